@@ -1,0 +1,497 @@
+"""The ``securechan`` command: parse, prompt, print. No protocol logic here.
+
+Exit codes (``docs/CLI.md``): 0 ok; 1 verification or policy failure; 2 usage,
+bad input or a local file problem; 3 relay or network failure; 4 untrusted or
+changed key. Expected errors print one line on stderr; never a traceback.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, BinaryIO, NoReturn
+
+import click
+
+import securechan
+from securechan.errors import (
+    ContactExists,
+    ContactNotFound,
+    IdentityExists,
+    MalformedInput,
+    NoIdentity,
+    SecurechanError,
+    StorageError,
+    UntrustedKey,
+    VerificationFailed,
+)
+
+EXIT_OK = 0
+EXIT_VERIFY = 1
+EXIT_USAGE = 2
+EXIT_NETWORK = 3
+EXIT_UNTRUSTED = 4
+_PROGRESS_MIN = 4 * 1024 * 1024
+
+
+def _exit_code(exc: SecurechanError) -> int:
+    """The one place that maps the error tree to exit codes."""
+    if isinstance(exc, UntrustedKey):  # includes KeyChanged
+        return EXIT_UNTRUSTED
+    if isinstance(exc, VerificationFailed):  # BadSignature, BadPassphrase
+        return EXIT_VERIFY
+    if isinstance(
+        exc,
+        MalformedInput
+        | NoIdentity
+        | IdentityExists
+        | ContactNotFound
+        | ContactExists
+        | StorageError,
+    ):
+        return EXIT_USAGE
+    return EXIT_VERIFY
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"securechan: {message}", err=True)
+    sys.exit(code)
+
+
+class _Group(click.Group):
+    """A group that turns expected errors into one line and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SecurechanError as e:
+            _fail(str(e), _exit_code(e))
+        except OSError as e:
+            name = f" {e.filename}" if e.filename else ""
+            _fail(f"cannot access{name}: {e.strerror or e}", EXIT_USAGE)
+
+
+class _App:
+    """What the global options set: the home folder and passphrase source."""
+
+    def __init__(self, home: Path | None, passphrase_file: Path | None) -> None:
+        self.home = home if home is not None else securechan.default_home()
+        self.passphrase_file = passphrase_file
+
+    @property
+    def keystore(self) -> securechan.Keystore:
+        return securechan.Keystore(self.home)
+
+    def passphrase(self, *, confirm: bool = False, prompt: str = "Passphrase") -> str:
+        """From --passphrase-file, else $SECURECHAN_PASSPHRASE, else a prompt."""
+        if self.passphrase_file is not None:
+            with open(self.passphrase_file, encoding="utf-8") as f:
+                line = f.readline().rstrip("\r\n")
+            if not line:
+                raise MalformedInput(f"{self.passphrase_file}: the first line is empty")
+            return line
+        env = os.environ.get("SECURECHAN_PASSPHRASE")
+        if env:
+            return env
+        if not sys.stdin.isatty():
+            raise MalformedInput(
+                "no passphrase: use --passphrase-file or SECURECHAN_PASSPHRASE, "
+                "or run in a terminal"
+            )
+        value: str = click.prompt(
+            prompt, hide_input=True, confirmation_prompt=confirm, err=True, type=str
+        )
+        return value
+
+
+def _emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+def _iso(ts: int | None) -> str | None:
+    if ts is None:
+        return None
+    return _dt.datetime.fromtimestamp(ts, _dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _json_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")(f)
+
+
+@contextmanager
+def _progress(size: int, label: str) -> Iterator[Callable[[int], None] | None]:
+    """A progress bar on stderr for big files, when stderr is a terminal."""
+    if size < _PROGRESS_MIN or not sys.stderr.isatty():
+        yield None
+        return
+    with click.progressbar(length=size, label=label, file=sys.stderr) as bar:
+        yield bar.update
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(securechan.__version__, prog_name="securechan")
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="SECURECHAN_HOME",
+    help="Home folder (default: $SECURECHAN_HOME, else the user data folder).",
+)
+@click.option(
+    "--passphrase-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Read the passphrase from the first line of this file.",
+)
+@click.pass_context
+def cli(ctx: click.Context, home: Path | None, passphrase_file: Path | None) -> None:
+    """securechan: a signed, end-to-end encrypted back-channel."""
+    ctx.obj = _App(home, passphrase_file)
+
+
+pass_app = click.make_pass_decorator(_App)
+
+
+# --- identity ----------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--name", required=True, help="Your delegation's name, e.g. tehran.")
+@click.option("--force", is_flag=True, help="Replace an existing identity (it is lost).")
+@click.option(
+    "--kdf",
+    type=click.Choice(sorted(securechan.KDF_PROFILES)),
+    default="moderate",
+    show_default=True,
+    help="Argon2id cost for the key file.",
+)
+@_json_option
+@pass_app
+def init(app: _App, name: str, force: bool, kdf: str, as_json: bool) -> None:
+    """Create your identity (hybrid ML-DSA-65 + Ed25519) in the home folder."""
+    store = app.keystore
+    securechan.identity.check_name(name)
+    if store.has_identity() and not force:
+        raise IdentityExists(f"{store.key_path} exists; use --force to replace it")
+    secret = app.passphrase(confirm=True, prompt="New passphrase")
+    ident = store.create(name, secret, kdf=securechan.KDF_PROFILES[kdf], force=force)
+    if as_json:
+        _emit_json(
+            {"name": ident.name, "fingerprint": str(ident.fingerprint), "home": str(store.home)}
+        )
+        return
+    click.echo(f"Created identity {ident.name}")
+    click.echo(f"Fingerprint: {ident.fingerprint}")
+    click.echo(f"Public identity file: {store.public_path}")
+
+
+@cli.group(name="id", cls=_Group)
+def id_group() -> None:
+    """Show or export your identity."""
+
+
+@id_group.command(name="show")
+@_json_option
+@pass_app
+def id_show(app: _App, as_json: bool) -> None:
+    """Show your name and fingerprint."""
+    store = app.keystore
+    pub = store.public_identity()
+    data = {
+        "name": pub.name,
+        "fingerprint": str(pub.fingerprint),
+        "created": _iso(pub.created),
+        "home": str(store.home),
+    }
+    if as_json:
+        _emit_json(data)
+        return
+    click.echo(f"Name:        {pub.name}")
+    click.echo(f"Fingerprint: {pub.fingerprint}")
+    click.echo(f"Created:     {data['created']}")
+    click.echo(f"Home:        {store.home}")
+
+
+@id_group.command(name="export")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here.")
+@pass_app
+def id_export(app: _App, output: Path | None) -> None:
+    """Print your public identity file, for others' 'contact add'."""
+    text = app.keystore.public_identity().to_text()
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text, encoding="ascii")
+
+
+@id_group.command(name="passwd")
+@click.option("--new-passphrase-file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--kdf", type=click.Choice(sorted(securechan.KDF_PROFILES)), default="moderate")
+@pass_app
+def id_passwd(app: _App, new_passphrase_file: Path | None, kdf: str) -> None:
+    """Change the passphrase that encrypts your key file."""
+    old = app.passphrase(prompt="Current passphrase")
+    new = _App(app.home, new_passphrase_file).passphrase(confirm=True, prompt="New passphrase")
+    app.keystore.change_passphrase(old, new, kdf=securechan.KDF_PROFILES[kdf])
+    click.echo("Passphrase changed.", err=True)
+
+
+# --- contacts ----------------------------------------------------------------
+
+
+def _contact_json(
+    c: securechan.Contact, sn: securechan.SafetyNumber | None = None
+) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "name": c.name,
+        "identity_name": c.identity.name,
+        "fingerprint": str(c.fingerprint),
+        "verified": c.verified,
+        "added": _iso(c.added),
+        "verified_at": _iso(c.verified_at),
+    }
+    if sn is not None:
+        data["safety_number"] = str(sn)
+        data["safety_words"] = list(sn.words)
+    return data
+
+
+@cli.group(cls=_Group)
+def contact() -> None:
+    """Pin, verify and list contacts (like SSH's known_hosts)."""
+
+
+@contact.command(name="add")
+@click.argument("file", type=click.File("r", encoding="ascii", errors="strict"))
+@click.option("--name", help="Pin under this name (default: the name in the file).")
+@click.option("--replace", is_flag=True, help="Accept a changed key for a known name.")
+@_json_option
+@pass_app
+def contact_add(app: _App, file: Any, name: str | None, replace: bool, as_json: bool) -> None:
+    """Pin the public identity in FILE ('-' for stdin)."""
+    try:
+        text = file.read(1024 * 1024 + 1)
+    except UnicodeDecodeError:
+        raise MalformedInput("the file is not a public identity file (not ASCII)") from None
+    ident = securechan.PublicIdentity.from_text(text)
+    c = app.keystore.contacts.add(ident, name=name, replace_key=replace)
+    if as_json:
+        _emit_json(_contact_json(c))
+        return
+    click.echo(f"Pinned {c.name}: {c.fingerprint}")
+    click.echo(f"Not verified yet: compare safety numbers with 'securechan contact show {c.name}'.")
+
+
+@contact.command(name="list")
+@_json_option
+@pass_app
+def contact_list(app: _App, as_json: bool) -> None:
+    """List pinned contacts."""
+    contacts = app.keystore.contacts.list()
+    if as_json:
+        _emit_json([_contact_json(c) for c in contacts])
+        return
+    for c in contacts:
+        mark = "verified  " if c.verified else "UNVERIFIED"
+        click.echo(f"{c.name:<20} {mark} {c.fingerprint}")
+
+
+@contact.command(name="show")
+@click.argument("name")
+@_json_option
+@pass_app
+def contact_show(app: _App, name: str, as_json: bool) -> None:
+    """Show a contact's fingerprint and your safety number with it."""
+    store = app.keystore
+    own = store.public_identity()
+    c = store.contacts.get(name)
+    sn = securechan.safety_number(own, c.identity)
+    if as_json:
+        _emit_json(_contact_json(c, sn))
+        return
+    click.echo(f"Name:          {c.name}")
+    click.echo(f"Fingerprint:   {c.fingerprint}")
+    click.echo(f"Verified:      {'yes, ' + str(_iso(c.verified_at)) if c.verified else 'NO'}")
+    click.echo(f"Safety number: {sn}")
+    click.echo(f"Spoken form:   {sn.words_text}")
+
+
+@contact.command(name="verify")
+@click.argument("name")
+@click.argument("safety_number", nargs=-1, required=True)
+@_json_option
+@pass_app
+def contact_verify(app: _App, name: str, safety_number: tuple[str, ...], as_json: bool) -> None:
+    """Mark NAME verified if SAFETY-NUMBER (digits or words) matches."""
+    store = app.keystore
+    c = store.contacts.verify(name, " ".join(safety_number), store.public_identity())
+    if as_json:
+        _emit_json(_contact_json(c))
+        return
+    click.echo(f"{c.name} is verified.")
+
+
+@contact.command(name="remove")
+@click.argument("name")
+@pass_app
+def contact_remove(app: _App, name: str) -> None:
+    """Unpin a contact."""
+    c = app.keystore.contacts.remove(name)
+    click.echo(f"Removed {c.name} ({c.fingerprint}).", err=True)
+
+
+# --- detached signatures -------------------------------------------------------
+
+
+def _open_document(path: Path) -> tuple[BinaryIO, int]:
+    f = open(path, "rb")  # noqa: SIM115 - closed by the caller
+    return f, os.fstat(f.fileno()).st_size
+
+
+@cli.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Default FILE.sig."
+)
+@click.option("--comment", help="A one-line comment, signed with the document.")
+@_json_option
+@pass_app
+def sign(app: _App, file: Path, output: Path | None, comment: str | None, as_json: bool) -> None:
+    """Write a detached signature of FILE to FILE.sig."""
+    from securechan.identity._files import atomic_write
+
+    ident = app.keystore.unlock(app.passphrase())
+    f, size = _open_document(file)
+    with f, _progress(size, "Signing") as progress:
+        sig = securechan.sign_document(
+            ident, f, now=int(time.time()), comment=comment, progress=progress
+        )
+    out = output if output is not None else file.with_name(file.name + ".sig")
+    atomic_write(out, sig.to_text().encode("utf-8"), replace=True, mode=0o644)
+    if as_json:
+        _emit_json({"signature": str(out), "size": sig.statement.size, "signer": ident.name})
+        return
+    click.echo(f"Signed {file} ({size} bytes) as {ident.name}: {out}", err=True)
+
+
+@cli.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--sig", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Default FILE.sig."
+)
+@click.option("--from", "from_name", help="The contact who should have signed.")
+@click.option(
+    "--key", type=click.File("r", encoding="ascii"), help="A public identity file instead."
+)
+@_json_option
+@pass_app
+def verify(
+    app: _App, file: Path, sig: Path | None, from_name: str | None, key: Any, as_json: bool
+) -> None:
+    """Check that FILE was signed by --from NAME (or --key PUBFILE)."""
+    if (from_name is None) == (key is None):
+        raise click.UsageError("give exactly one of --from NAME or --key PUBFILE")
+    sig_path = sig if sig is not None else file.with_name(file.name + ".sig")
+    try:
+        sig_text = sig_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise MalformedInput(f"no signature file {sig_path} (use --sig)") from None
+    except UnicodeDecodeError:
+        raise MalformedInput(f"{sig_path} is not a signature file") from None
+    signature = securechan.DocumentSignature.from_text_unverified(sig_text)
+    verified_contact = True
+    if from_name is not None:
+        c = app.keystore.contacts.get(from_name)
+        signer, verified_contact = c.identity, c.verified
+    else:
+        signer = securechan.PublicIdentity.from_text(key.read(1024 * 1024 + 1))
+    f, size = _open_document(file)
+    with f, _progress(size, "Verifying") as progress:
+        st = securechan.verify_document(signer, f, signature, progress=progress)
+    result = {
+        "valid": True,
+        "signer": signer.name,
+        "fingerprint": str(st.signer_fingerprint),
+        "created": _iso(st.created),
+        "comment": st.comment,
+        "contact_verified": verified_contact if from_name is not None else None,
+    }
+    if as_json:
+        _emit_json(result)
+    else:
+        click.echo(
+            f"Good signature by {signer.name} ({st.signer_fingerprint}), made {result['created']}"
+        )
+        if st.comment is not None:
+            click.echo(f"Signed comment: {st.comment}")
+    if not verified_contact:
+        click.echo(
+            f"securechan: warning: {from_name} is not verified; compare safety numbers "
+            f"('securechan contact show {from_name}')",
+            err=True,
+        )
+
+
+# --- demo ----------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--keep", type=click.Path(file_okay=False, path_type=Path), help="Run in DIR and keep it."
+)
+@_json_option
+def demo(keep: Path | None, as_json: bool) -> None:
+    """Show what securechan does, end to end, in a temporary folder."""
+    import tempfile
+
+    from securechan.demo import run_demo
+    from securechan.primitives import KDF_MODERATE
+
+    if keep is not None and keep.exists() and any(keep.iterdir()):
+        raise MalformedInput(f"{keep} is not empty")
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="securechan-demo-") as tmp:
+        folder = keep if keep is not None else Path(tmp)
+        steps = []
+        for step in run_demo(folder, kdf=KDF_MODERATE):
+            steps.append(step)
+            if not as_json:
+                _print_step(step)
+    ok = all(s.ok for s in steps)
+    if as_json:
+        _emit_json(
+            {
+                "ok": ok,
+                "seconds": round(time.perf_counter() - t0, 3),
+                "steps": [
+                    {"title": s.title, "ok": s.ok, "attack": s.attack, "details": s.details}
+                    for s in steps
+                ],
+            }
+        )
+    else:
+        verdict = "every step held" if ok else "SOME STEPS FAILED"
+        click.echo(f"\n{verdict} ({time.perf_counter() - t0:.1f} s)")
+    if not ok:
+        sys.exit(EXIT_VERIFY)
+
+
+def _print_step(step: Any) -> None:
+    tty = sys.stdout.isatty()
+    mark = ("CAUGHT" if step.ok else "MISSED") if step.attack else "ok" if step.ok else "FAILED"
+    colour = "green" if step.ok else "red"
+    click.echo(f"[{click.style(mark, fg=colour) if tty else mark}] {step.title}")
+    for k, v in step.details.items():
+        click.echo(f"       {k}: {v}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        cli.main(prog_name="securechan")
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)

@@ -1,0 +1,266 @@
+"""Pinned contacts, like SSH's ``known_hosts``: a name bound to one key.
+
+The first key seen for a name is pinned (trust on first use). A different key
+offered later under the same name is refused with :class:`KeyChanged`, unless
+the caller asks to replace it; a replaced contact starts unverified again.
+A contact becomes *verified* only when the user confirms the safety number
+computed from both identities (``safety.py``), out of band.
+
+The store is one wire record (``ContactsFile``, ``docs/PROTOCOL.md`` §7) in
+``contacts.bin``, rewritten atomically under the home folder's lock. Each
+change is reported to the event sink after it is on disk.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from securechan import wire
+from securechan.errors import (
+    ContactExists,
+    ContactNotFound,
+    KeyChanged,
+    MalformedInput,
+    VerificationFailed,
+)
+from securechan.identity._files import atomic_write, home_lock, read_bounded
+from securechan.identity.events import EventKind, EventSink, SecurityEvent, discard
+from securechan.identity.keys import (
+    NAME_MAX,
+    PUBLIC_IDENTITY,
+    Fingerprint,
+    PublicIdentity,
+    check_name,
+)
+from securechan.identity.safety import SafetyNumber, safety_number
+
+__all__ = ["Contact", "Contacts"]
+
+CONTACTS_FILE = "contacts.bin"
+MAX_CONTACTS = 4096
+
+CONTACT = wire.Schema(
+    0x0020,
+    "Contact",
+    (
+        wire.Field(1, "name", wire.Kind.TEXT, max_len=NAME_MAX),
+        wire.Field(2, "identity", wire.Kind.RECORD, max_len=8192, schema=PUBLIC_IDENTITY),
+        wire.Field(3, "verified", wire.Kind.BOOL),
+        wire.Field(4, "added", wire.Kind.UINT),
+        wire.Field(5, "verified_at", wire.Kind.UINT, optional=True),
+    ),
+)
+CONTACTS = wire.Schema(
+    0x0021,
+    "ContactsFile",
+    (
+        wire.Field(
+            1,
+            "contacts",
+            wire.Kind.LIST,
+            max_len=MAX_CONTACTS * 8400,
+            schema=CONTACT,
+            max_items=MAX_CONTACTS,
+        ),
+    ),
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Contact:
+    """A pinned contact."""
+
+    name: str
+    identity: PublicIdentity
+    verified: bool
+    added: int
+    verified_at: int | None = None
+
+    @property
+    def fingerprint(self) -> Fingerprint:
+        """The pinned key's fingerprint."""
+        return self.identity.fingerprint
+
+    def to_bytes(self) -> bytes:
+        """The canonical wire encoding (type 0x0020)."""
+        return wire.encode(
+            CONTACT,
+            {
+                "name": self.name,
+                "identity": self.identity.to_bytes(),
+                "verified": self.verified,
+                "added": self.added,
+                "verified_at": self.verified_at,
+            },
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Contact:
+        """Decode; the identity's self-signature is checked."""
+        rec = wire.decode(CONTACT, data)
+        return cls(
+            name=check_name(rec["name"]),
+            identity=PublicIdentity.from_bytes(rec["identity"]),
+            verified=rec["verified"],
+            added=rec["added"],
+            verified_at=rec["verified_at"],
+        )
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+class Contacts:
+    """The contact store of one home folder.
+
+    ``own`` is the owner's fingerprint, when known: adding it as a contact is
+    refused. Every method that changes the store takes the home lock, reads,
+    changes and rewrites the file atomically, then reports the event.
+    """
+
+    def __init__(
+        self,
+        home: Path | str,
+        *,
+        own: Fingerprint | None = None,
+        events: EventSink = discard,
+        clock: Callable[[], int] = _now,
+    ) -> None:
+        self.home = Path(home)
+        self._own = own
+        self._events = events
+        self._clock = clock
+
+    @property
+    def path(self) -> Path:
+        """Path of the contact store."""
+        return self.home / CONTACTS_FILE
+
+    def _load(self) -> list[Contact]:
+        try:
+            raw = read_bounded(self.path, MAX_CONTACTS * 8400 + 64)
+        except FileNotFoundError:
+            return []
+        try:
+            rec = wire.decode(CONTACTS, raw)
+            contacts = [Contact.from_bytes(item) for item in rec["contacts"]]
+        except MalformedInput as e:
+            raise MalformedInput(f"{self.path} is damaged: {e}") from None
+        if len({c.name for c in contacts}) != len(contacts):
+            raise MalformedInput(f"{self.path} is damaged: a name appears twice")
+        return contacts
+
+    def _save(self, contacts: list[Contact]) -> None:
+        data = wire.encode(CONTACTS, {"contacts": [c.to_bytes() for c in contacts]})
+        atomic_write(self.path, data, replace=True)
+
+    def _emit(self, kind: EventKind, contact: Contact, old: Fingerprint | None = None) -> None:
+        self._events(
+            SecurityEvent(
+                at=self._clock(),
+                kind=kind,
+                name=contact.name,
+                fingerprint=str(contact.fingerprint),
+                old_fingerprint=str(old) if old is not None else None,
+            )
+        )
+
+    def list(self) -> list[Contact]:
+        """All contacts, sorted by name."""
+        return sorted(self._load(), key=lambda c: c.name)
+
+    def get(self, name: str) -> Contact:
+        """The contact called ``name``; raise :class:`ContactNotFound`."""
+        check_name(name)
+        for c in self._load():
+            if c.name == name:
+                return c
+        raise ContactNotFound(f"no contact named {name!r}")
+
+    def find(self, fingerprint: Fingerprint) -> Contact | None:
+        """The contact pinned to this key, if any."""
+        for c in self._load():
+            if c.fingerprint == fingerprint:
+                return c
+        return None
+
+    def add(
+        self, identity: PublicIdentity, *, name: str | None = None, replace_key: bool = False
+    ) -> Contact:
+        """Pin ``identity`` under ``name`` (default: the identity's own name).
+
+        Adding the same key under the same name again changes nothing. A
+        different key under a pinned name raises :class:`KeyChanged` (and is
+        recorded as refused) unless ``replace_key`` is true. The same key under
+        a second name raises :class:`ContactExists`.
+        """
+        name = check_name(name if name is not None else identity.name)
+        if self._own is not None and identity.fingerprint == self._own:
+            raise MalformedInput("that is your own identity, not a contact")
+        with home_lock(self.home):
+            contacts = self._load()
+            for i, c in enumerate(contacts):
+                if c.name == name:
+                    if c.identity.same_key(identity):
+                        return c
+                    new = Contact(name=name, identity=identity, verified=False, added=self._clock())
+                    if not replace_key:
+                        self._emit(EventKind.CONTACT_KEY_CHANGE_REFUSED, new, old=c.fingerprint)
+                        raise KeyChanged(name, str(c.fingerprint), str(identity.fingerprint))
+                    contacts[i] = new
+                    self._save(contacts)
+                    self._emit(EventKind.CONTACT_KEY_CHANGED, new, old=c.fingerprint)
+                    return new
+                if c.identity.same_key(identity):
+                    raise ContactExists(f"this identity is already pinned as {c.name!r}")
+            if len(contacts) >= MAX_CONTACTS:
+                raise MalformedInput(f"at most {MAX_CONTACTS} contacts")
+            new = Contact(name=name, identity=identity, verified=False, added=self._clock())
+            contacts.append(new)
+            self._save(contacts)
+        self._emit(EventKind.CONTACT_ADDED, new)
+        return new
+
+    def safety_number(self, name: str, own: PublicIdentity) -> SafetyNumber:
+        """The safety number of ``own`` and the contact ``name``."""
+        return safety_number(own, self.get(name).identity)
+
+    def verify(self, name: str, given: str, own: PublicIdentity) -> Contact:
+        """Mark ``name`` verified if ``given`` is the pair's safety number.
+
+        ``given`` may be the 60 digits or the 16 words. A mismatch is recorded
+        and raises :class:`VerificationFailed`; the contact stays as it was.
+        """
+        with home_lock(self.home):
+            contacts = self._load()
+            i = next((k for k, c in enumerate(contacts) if c.name == name), None)
+            if i is None:
+                raise ContactNotFound(f"no contact named {name!r}")
+            c = contacts[i]
+            if not safety_number(own, c.identity).matches(given):
+                self._emit(EventKind.CONTACT_VERIFY_FAILED, c)
+                raise VerificationFailed(
+                    f"the safety number does not match {name!r}: do not trust this key"
+                )
+            done = replace(c, verified=True, verified_at=self._clock())
+            contacts[i] = done
+            self._save(contacts)
+        self._emit(EventKind.CONTACT_VERIFIED, done)
+        return done
+
+    def remove(self, name: str) -> Contact:
+        """Unpin ``name``; raise :class:`ContactNotFound`."""
+        check_name(name)
+        with home_lock(self.home):
+            contacts = self._load()
+            keep = [c for c in contacts if c.name != name]
+            if len(keep) == len(contacts):
+                raise ContactNotFound(f"no contact named {name!r}")
+            gone = next(c for c in contacts if c.name == name)
+            self._save(keep)
+        self._emit(EventKind.CONTACT_REMOVED, gone)
+        return gone

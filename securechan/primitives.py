@@ -1,0 +1,332 @@
+"""Every cryptographic primitive securechan uses, and the only module that
+imports ``cryptography`` or ``nacl`` (a test enforces this).
+
+Nothing here is invented. The module composes:
+
+* **Ed25519** (RFC 8032) from libsodium via PyNaCl. libsodium's verifier is
+  strict (it refuses non-canonical encodings and small-order points, as RFC
+  8032 §5.1.7 allows), and measured about twice as fast as OpenSSL's here
+  (``bench/bench_signatures.py``).
+* **ML-DSA-65** (FIPS 204) from ``cryptography`` >= 50 (OpenSSL 3.5).
+* The **composite ML-DSA-65 + Ed25519** signature of the IETF LAMPS draft
+  *Composite ML-DSA for use in X.509 PKI and CMS*
+  (draft-ietf-lamps-pq-composite-sigs, the ``id-MLDSA65-Ed25519-SHA512``
+  algorithm; ``docs/PROTOCOL.md`` §4 gives the revision and section).
+  A composite signature is valid only when *both* component signatures verify.
+* **Argon2id** (RFC 9106) and **XChaCha20-Poly1305** (libsodium's IETF AEAD)
+  from PyNaCl, for keys at rest.
+* SHA-256 / SHA-512 from ``hashlib`` and constant-time comparison from
+  ``hmac.compare_digest``.
+
+Randomness is drawn here (``os.urandom``) and never passed in, except for
+explicit seeds used to derive keys deterministically for test vectors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from dataclasses import dataclass
+from typing import Protocol
+
+import nacl.bindings as _sodium
+import nacl.exceptions as _nacl_exc
+import nacl.pwhash as _pwhash
+from cryptography.exceptions import InvalidSignature as _InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import mldsa as _mldsa
+
+from securechan.errors import BadSignature, MalformedInput, VerificationFailed
+
+__all__ = [
+    "AEAD_KEY_SIZE",
+    "AEAD_OVERHEAD",
+    "ARGON2_SALT_SIZE",
+    "COMPOSITE_LABEL",
+    "COMPOSITE_PREFIX",
+    "ED25519_PUBLIC_KEY_SIZE",
+    "ED25519_SIGNATURE_SIZE",
+    "HYBRID_PUBLIC_KEY_SIZE",
+    "HYBRID_SIGNATURE_SIZE",
+    "KDF_INTERACTIVE",
+    "KDF_MODERATE",
+    "KDF_SENSITIVE",
+    "MLDSA65_PUBLIC_KEY_SIZE",
+    "MLDSA65_SIGNATURE_SIZE",
+    "SEED_SIZE",
+    "Hasher",
+    "HybridSigningKey",
+    "HybridVerifyKey",
+    "KdfParams",
+    "aead_decrypt",
+    "aead_encrypt",
+    "argon2id",
+    "constant_time_equal",
+    "random_bytes",
+    "sha256",
+    "sha512",
+    "sha512_hasher",
+]
+
+ED25519_PUBLIC_KEY_SIZE = 32
+ED25519_SIGNATURE_SIZE = 64
+MLDSA65_PUBLIC_KEY_SIZE = 1952
+MLDSA65_SIGNATURE_SIZE = 3309
+SEED_SIZE = 32
+HYBRID_PUBLIC_KEY_SIZE = MLDSA65_PUBLIC_KEY_SIZE + ED25519_PUBLIC_KEY_SIZE
+HYBRID_SIGNATURE_SIZE = MLDSA65_SIGNATURE_SIZE + ED25519_SIGNATURE_SIZE
+
+# The composite draft's domain separators: the fixed prefix is shared by all
+# composite algorithms, the label names this one (draft §2.2 and §7).
+COMPOSITE_PREFIX = b"CompositeAlgorithmSignatures2025"
+COMPOSITE_LABEL = b"COMPSIG-MLDSA65-Ed25519-SHA512"
+
+AEAD_KEY_SIZE = 32
+_AEAD_NONCE_SIZE = 24
+AEAD_OVERHEAD = _AEAD_NONCE_SIZE + 16
+
+
+def random_bytes(n: int) -> bytes:
+    """``n`` bytes from the operating system's CSPRNG."""
+    return os.urandom(n)
+
+
+def sha256(data: bytes) -> bytes:
+    """SHA-256 digest (32 bytes)."""
+    return hashlib.sha256(data).digest()
+
+
+def sha512(data: bytes) -> bytes:
+    """SHA-512 digest (64 bytes)."""
+    return hashlib.sha512(data).digest()
+
+
+class Hasher(Protocol):
+    """An incremental hash (the subset of ``hashlib`` objects we use)."""
+
+    def update(self, data: bytes, /) -> None: ...
+    def digest(self) -> bytes: ...
+
+
+def sha512_hasher() -> Hasher:
+    """An incremental SHA-512, for hashing large files in chunks."""
+    return hashlib.sha512()
+
+
+def constant_time_equal(a: bytes, b: bytes) -> bool:
+    """Compare two byte strings in time independent of where they differ."""
+    return hmac.compare_digest(a, b)
+
+
+# --- composite ML-DSA-65 + Ed25519 signatures --------------------------------
+
+
+def _composite_message(prehash: bytes, context: bytes) -> bytes:
+    """M' = Prefix || Label || len(ctx) || ctx || PH(M), with PH = SHA-512."""
+    if len(prehash) != 64:
+        raise ValueError("the pre-hash is a 64-byte SHA-512 digest")
+    if not isinstance(context, bytes) or not 0 < len(context) <= 255:
+        raise ValueError("the context is 1..255 bytes")
+    return COMPOSITE_PREFIX + COMPOSITE_LABEL + bytes([len(context)]) + context + prehash
+
+
+class HybridVerifyKey:
+    """A composite ML-DSA-65 + Ed25519 public key.
+
+    Its byte form is ``mldsa65_pk (1952) || ed25519_pk (32)``, the draft's
+    serialisation. Equality is constant-time over that form.
+    """
+
+    __slots__ = ("_ed25519", "_mldsa", "_raw")
+
+    def __init__(self, raw: bytes) -> None:
+        if not isinstance(raw, bytes):
+            raise TypeError("a public key is bytes")
+        if len(raw) != HYBRID_PUBLIC_KEY_SIZE:
+            raise MalformedInput("a hybrid public key is 1984 bytes")
+        try:
+            self._mldsa = _mldsa.MLDSA65PublicKey.from_public_bytes(raw[:MLDSA65_PUBLIC_KEY_SIZE])
+        except ValueError:
+            raise MalformedInput("invalid ML-DSA-65 public key") from None
+        self._ed25519 = raw[MLDSA65_PUBLIC_KEY_SIZE:]
+        self._raw = raw
+
+    def __bytes__(self) -> bytes:
+        return self._raw
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, HybridVerifyKey):
+            return NotImplemented
+        return constant_time_equal(self._raw, other._raw)
+
+    def __hash__(self) -> int:
+        return hash(self._raw)
+
+    @property
+    def ed25519_bytes(self) -> bytes:
+        """The Ed25519 half (32 bytes)."""
+        return self._ed25519
+
+    @property
+    def mldsa65_bytes(self) -> bytes:
+        """The ML-DSA-65 half (1952 bytes)."""
+        return self._raw[:MLDSA65_PUBLIC_KEY_SIZE]
+
+    def verify(self, signature: bytes, message: bytes, *, context: bytes) -> None:
+        """Verify ``signature`` over ``message`` made for ``context``.
+
+        Raises :class:`BadSignature` unless both halves verify.
+        """
+        self.verify_prehashed(signature, sha512(message), context=context)
+
+    def verify_prehashed(self, signature: bytes, prehash: bytes, *, context: bytes) -> None:
+        """Verify a signature over a message whose SHA-512 is ``prehash``."""
+        m_prime = _composite_message(prehash, context)
+        if not isinstance(signature, bytes) or len(signature) != HYBRID_SIGNATURE_SIZE:
+            raise BadSignature("signature has the wrong length")
+        mldsa_sig = signature[:MLDSA65_SIGNATURE_SIZE]
+        ed_sig = signature[MLDSA65_SIGNATURE_SIZE:]
+        # Both halves are always checked, so the time taken does not tell which
+        # half failed; the result is the AND of both.
+        ok = True
+        try:
+            self._mldsa.verify(mldsa_sig, m_prime, COMPOSITE_LABEL)
+        except _InvalidSignature:
+            ok = False
+        try:
+            _sodium.crypto_sign_open(ed_sig + m_prime, self._ed25519)
+        except (_nacl_exc.BadSignatureError, _nacl_exc.ValueError):
+            ok = False
+        if not ok:
+            raise BadSignature("signature does not verify")
+
+
+class HybridSigningKey:
+    """A composite ML-DSA-65 + Ed25519 private key, held as two 32-byte seeds.
+
+    The seeds are the whole secret (FIPS 204 and RFC 8032 both expand keys
+    from a 32-byte seed); they are exposed only through
+    :meth:`seed_bytes_secret`, for the encrypted keystore.
+    """
+
+    __slots__ = ("_ed_sk", "_mldsa_sk", "_public", "_seeds")
+
+    def __init__(self, ed25519_seed: bytes, mldsa65_seed: bytes) -> None:
+        if len(ed25519_seed) != SEED_SIZE or len(mldsa65_seed) != SEED_SIZE:
+            raise ValueError("seeds are 32 bytes each")
+        ed_pk, self._ed_sk = _sodium.crypto_sign_seed_keypair(bytes(ed25519_seed))
+        self._mldsa_sk = _mldsa.MLDSA65PrivateKey.from_seed_bytes(bytes(mldsa65_seed))
+        self._seeds = (bytes(ed25519_seed), bytes(mldsa65_seed))
+        self._public = HybridVerifyKey(self._mldsa_sk.public_key().public_bytes_raw() + ed_pk)
+
+    @classmethod
+    def generate(cls) -> HybridSigningKey:
+        """A fresh key from the operating system's CSPRNG."""
+        return cls(random_bytes(SEED_SIZE), random_bytes(SEED_SIZE))
+
+    def __repr__(self) -> str:
+        return "HybridSigningKey(<secret>)"
+
+    @property
+    def public_key(self) -> HybridVerifyKey:
+        """The matching public key."""
+        return self._public
+
+    def seed_bytes_secret(self) -> tuple[bytes, bytes]:
+        """The (Ed25519, ML-DSA-65) seeds. Secret: only for encrypted storage."""
+        return self._seeds
+
+    def sign(self, message: bytes, *, context: bytes) -> bytes:
+        """Sign ``message`` for ``context`` (a ``securechan/v1/...`` label)."""
+        return self.sign_prehashed(sha512(message), context=context)
+
+    def sign_prehashed(self, prehash: bytes, *, context: bytes) -> bytes:
+        """Sign a message given its SHA-512 (for large, streamed documents)."""
+        m_prime = _composite_message(prehash, context)
+        mldsa_sig = self._mldsa_sk.sign(m_prime, COMPOSITE_LABEL)
+        ed_sig = _sodium.crypto_sign(m_prime, self._ed_sk)[:ED25519_SIGNATURE_SIZE]
+        return mldsa_sig + ed_sig
+
+
+# --- keys at rest ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KdfParams:
+    """Argon2id cost parameters (libsodium's ``opslimit``/``memlimit``)."""
+
+    opslimit: int
+    memlimit: int
+
+    # Bounds enforced when reading a key file: below the floor would be a
+    # downgrade, above the ceiling a denial of service.
+    MIN_MEMLIMIT = 64 * 1024 * 1024
+    MAX_MEMLIMIT = 4 * 1024 * 1024 * 1024
+    MIN_OPSLIMIT = 2
+    MAX_OPSLIMIT = 16
+
+    def check(self) -> None:
+        """Raise ``ValueError`` unless the parameters are within bounds."""
+        if not self.MIN_MEMLIMIT <= self.memlimit <= self.MAX_MEMLIMIT:
+            raise ValueError("Argon2id memory must be 64 MiB .. 4 GiB")
+        if not self.MIN_OPSLIMIT <= self.opslimit <= self.MAX_OPSLIMIT:
+            raise ValueError("Argon2id passes must be 2 .. 16")
+
+
+KDF_INTERACTIVE = KdfParams(
+    opslimit=_pwhash.argon2id.OPSLIMIT_INTERACTIVE,
+    memlimit=_pwhash.argon2id.MEMLIMIT_INTERACTIVE,
+)
+KDF_MODERATE = KdfParams(
+    opslimit=_pwhash.argon2id.OPSLIMIT_MODERATE,
+    memlimit=_pwhash.argon2id.MEMLIMIT_MODERATE,
+)
+KDF_SENSITIVE = KdfParams(
+    opslimit=_pwhash.argon2id.OPSLIMIT_SENSITIVE,
+    memlimit=_pwhash.argon2id.MEMLIMIT_SENSITIVE,
+)
+ARGON2_SALT_SIZE = _pwhash.argon2id.SALTBYTES
+
+
+def argon2id(passphrase: bytes, salt: bytes, params: KdfParams) -> bytes:
+    """Derive a 32-byte key from a passphrase with Argon2id (RFC 9106)."""
+    params.check()
+    if len(salt) != ARGON2_SALT_SIZE:
+        raise ValueError("Argon2id salt is 16 bytes")
+    return bytes(
+        _pwhash.argon2id.kdf(
+            AEAD_KEY_SIZE,
+            passphrase,
+            salt,
+            opslimit=params.opslimit,
+            memlimit=params.memlimit,
+        )
+    )
+
+
+def aead_encrypt(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
+    """XChaCha20-Poly1305: returns ``nonce (24) || ciphertext || tag (16)``.
+
+    The nonce is random (192 bits, so random nonces never collide in practice).
+    """
+    if len(key) != AEAD_KEY_SIZE:
+        raise ValueError("AEAD keys are 32 bytes")
+    nonce = random_bytes(_AEAD_NONCE_SIZE)
+    ct = _sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(plaintext, aad, nonce, key)
+    return nonce + bytes(ct)
+
+
+def aead_decrypt(key: bytes, sealed: bytes, aad: bytes) -> bytes:
+    """Open :func:`aead_encrypt`'s output; raise :class:`VerificationFailed`.
+
+    The tag is checked before any plaintext is released.
+    """
+    if len(key) != AEAD_KEY_SIZE:
+        raise ValueError("AEAD keys are 32 bytes")
+    if len(sealed) < AEAD_OVERHEAD:
+        raise VerificationFailed("ciphertext too short")
+    nonce, ct = sealed[:_AEAD_NONCE_SIZE], sealed[_AEAD_NONCE_SIZE:]
+    try:
+        return bytes(_sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(ct, aad, nonce, key))
+    except _nacl_exc.CryptoError:
+        raise VerificationFailed("decryption failed") from None
