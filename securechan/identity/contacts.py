@@ -20,6 +20,7 @@ from pathlib import Path
 
 from securechan import wire
 from securechan.errors import (
+    BadSignature,
     ContactExists,
     ContactNotFound,
     KeyChanged,
@@ -148,7 +149,7 @@ class Contacts:
         try:
             rec = wire.decode(CONTACTS, raw)
             contacts = [Contact.from_bytes(item) for item in rec["contacts"]]
-        except MalformedInput as e:
+        except (MalformedInput, BadSignature) as e:
             raise MalformedInput(f"{self.path} is damaged: {e}") from None
         if len({c.name for c in contacts}) != len(contacts):
             raise MalformedInput(f"{self.path} is damaged: a name appears twice")

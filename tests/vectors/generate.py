@@ -1,0 +1,138 @@
+"""Generate tests/vectors/identity.json from the public test-vector keys.
+
+Run: ``python tests/vectors/generate.py`` (writes the JSON next to this file).
+
+The keys in ``keys/test-vectors/`` are PUBLIC TEST DATA: their seeds are
+SHA-256 of published strings (see keys/README.md), so anyone can rebuild
+them. Everything here is deterministic except ML-DSA-65 signatures, which
+FIPS 204 randomises ("hedged" signing): those are recorded once and checked
+by verification, not by equality. Negative vectors are made by mutation, each
+with the reason it must be refused.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from securechan import wire  # noqa: E402
+from securechan.identity import Identity, safety_number  # noqa: E402
+from securechan.identity.keys import IDENTITY_CLAIM  # noqa: E402
+from securechan.primitives import (  # noqa: E402
+    COMPOSITE_LABEL,
+    COMPOSITE_PREFIX,
+    MLDSA65_SIGNATURE_SIZE,
+    HybridSigningKey,
+    sha512,
+)
+
+KEYS = ROOT / "keys" / "test-vectors"
+OUT = Path(__file__).with_name("identity.json")
+CREATED = 1767225600  # 2026-01-01T00:00:00Z
+MESSAGE = b"securechan test vector message"
+CONTEXT = b"securechan/v1/test-vector"
+
+
+def load_key(name: str) -> tuple[HybridSigningKey, dict[str, str]]:
+    data = json.loads((KEYS / f"{name}.json").read_text())
+    key = HybridSigningKey(bytes.fromhex(data["ed25519_seed"]), bytes.fromhex(data["mldsa65_seed"]))
+    return key, data
+
+
+def deterministic() -> dict[str, Any]:
+    """The part of the vectors a test recomputes and compares exactly."""
+    parties: dict[str, Any] = {}
+    idents: dict[str, Identity] = {}
+    for name in ("alice", "bob"):
+        key, _ = load_key(name)
+        ident = Identity(name=name, created=CREATED, key=key)
+        idents[name] = ident
+        pk = bytes(key.public_key)
+        parties[name] = {
+            "created": CREATED,
+            "public_key_ed25519": pk[1952:].hex(),
+            "public_key_sha512": sha512(pk).hex(),
+            "fingerprint": str(ident.fingerprint),
+            "identity_claim": wire.encode(
+                IDENTITY_CLAIM, {"name": name, "created": CREATED, "public_key": pk}
+            ).hex(),
+        }
+    sn = safety_number(idents["alice"].public, idents["bob"].public)
+    return {
+        "parties": parties,
+        "safety_number": {"digits": str(sn), "words": " ".join(sn.words)},
+        "composite": {
+            "prefix": COMPOSITE_PREFIX.decode(),
+            "label": COMPOSITE_LABEL.decode(),
+            "message": MESSAGE.hex(),
+            "context": CONTEXT.decode(),
+            "m_prime": (
+                COMPOSITE_PREFIX
+                + COMPOSITE_LABEL
+                + bytes([len(CONTEXT)])
+                + CONTEXT
+                + sha512(MESSAGE)
+            ).hex(),
+        },
+    }
+
+
+def main() -> None:
+    data = deterministic()
+    alice_key, _ = load_key("alice")
+    sig = alice_key.sign(MESSAGE, context=CONTEXT)
+    alice = Identity(name="alice", created=CREATED, key=alice_key)
+    data["parties"]["alice"]["public_identity_file"] = alice.public.to_text()
+    bob_key, _ = load_key("bob")
+    bob = Identity(name="bob", created=CREATED, key=bob_key)
+    data["parties"]["bob"]["public_identity_file"] = bob.public.to_text()
+    data["composite"]["signature_by_alice"] = sig.hex()
+
+    def flip(i: int) -> str:
+        b = bytearray(sig)
+        b[i] ^= 1
+        return b.hex()
+
+    other = alice_key.sign(b"another message", context=CONTEXT)
+    data["composite"]["invalid"] = [
+        {"why": "one bit flipped in the ML-DSA-65 half", "signature": flip(100)},
+        {
+            "why": "one bit flipped in the Ed25519 half",
+            "signature": flip(MLDSA65_SIGNATURE_SIZE + 10),
+        },
+        {
+            "why": "Ed25519 half taken from a signature over another message",
+            "signature": (sig[:MLDSA65_SIGNATURE_SIZE] + other[MLDSA65_SIGNATURE_SIZE:]).hex(),
+        },
+        {
+            "why": "ML-DSA-65 half taken from a signature over another message",
+            "signature": (other[:MLDSA65_SIGNATURE_SIZE] + sig[MLDSA65_SIGNATURE_SIZE:]).hex(),
+        },
+        {
+            "why": "post-quantum half stripped (downgrade to Ed25519 only)",
+            "signature": sig[MLDSA65_SIGNATURE_SIZE:].hex(),
+        },
+        {
+            "why": "classical half stripped (ML-DSA-65 only)",
+            "signature": sig[:MLDSA65_SIGNATURE_SIZE].hex(),
+        },
+        {
+            "why": "valid signature by bob, not alice",
+            "signature": bob_key.sign(MESSAGE, context=CONTEXT).hex(),
+        },
+        {
+            "why": "valid signature by alice for another context",
+            "signature": alice_key.sign(MESSAGE, context=b"securechan/v1/document").hex(),
+        },
+    ]
+    OUT.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    print(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+    main()
