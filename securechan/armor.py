@@ -58,12 +58,16 @@ def armor(label: str, body: bytes, headers: list[tuple[str, str]]) -> str:
     """Frame ``body`` as armoured text with ``headers`` after ``Version``."""
     if not _LABEL.fullmatch(label):
         raise ValueError("armour labels are upper-case words")
+    if not body:
+        raise ValueError("an armoured body is never empty")
+    if len({name for name, _ in headers}) != len(headers):
+        raise ValueError("header names must be unique")
     lines = [f"-----BEGIN SECURECHAN {label}-----", f"Version: {ARMOR_VERSION}"]
     for name, value in headers:
         if not _HEADER_NAME.fullmatch(name) or name == "Version":
             raise ValueError(f"bad header name {name!r}")
-        if any(c in value for c in "\r\n") or value != value.strip():
-            raise ValueError(f"header {name} has line breaks or outer blanks")
+        if not value or any(c in value for c in "\r\n") or value != value.strip():
+            raise ValueError(f"header {name} is empty or has line breaks or outer blanks")
         lines.append(f"{name}: {value}")
     lines.append("")
     text = base64.b64encode(body).decode("ascii")

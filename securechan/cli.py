@@ -12,7 +12,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
@@ -38,6 +38,7 @@ EXIT_USAGE = 2
 EXIT_NETWORK = 3
 EXIT_UNTRUSTED = 4
 _PROGRESS_MIN = 4 * 1024 * 1024
+_MAX_PASSPHRASE = 4096
 
 
 def _exit_code(exc: SecurechanError) -> int:
@@ -67,6 +68,29 @@ def _fail(message: str, code: int) -> NoReturn:
 class _Group(click.Group):
     """A group that turns expected errors into one line and an exit code."""
 
+    def main(  # click overloads main() on standalone_mode; we take both
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """Run like click, but report usage errors on one line too."""
+        run = super().main
+        if not standalone_mode:
+            return run(args, prog_name, complete_var, False, **extra)
+        try:
+            code = run(args, prog_name, complete_var, False, **extra)
+        except click.exceptions.Abort:
+            _fail("interrupted", 130)
+        except click.ClickException as e:
+            hint = ""
+            if isinstance(e, click.UsageError) and e.ctx is not None:
+                hint = f" (see '{e.ctx.command_path} --help')"
+            _fail(f"{e.format_message()}{hint}", e.exit_code)
+        sys.exit(code if isinstance(code, int) else EXIT_OK)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -75,6 +99,28 @@ class _Group(click.Group):
         except OSError as e:
             name = f" {e.filename}" if e.filename else ""
             _fail(f"cannot access{name}: {e.strerror or e}", EXIT_USAGE)
+        except UnicodeDecodeError:
+            # Safety net: every text input is decoded through _read_text,
+            # which names the file; this only stops a traceback.
+            _fail("an input file is not valid text", EXIT_USAGE)
+
+
+_MAX_TEXT = 1024 * 1024
+
+
+def _read_text(source: Path | BinaryIO, what: str) -> str:
+    """Read at most 1 MiB of UTF-8 text from a path or a binary file."""
+    if isinstance(source, Path):
+        with open(source, "rb") as f:
+            raw = f.read(_MAX_TEXT + 1)
+    else:
+        raw = source.read(_MAX_TEXT + 1)
+    if len(raw) > _MAX_TEXT:
+        raise MalformedInput(f"{what} is larger than 1 MiB")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedInput(f"{what} is not UTF-8 text") from None
 
 
 class _App:
@@ -91,8 +137,14 @@ class _App:
     def passphrase(self, *, confirm: bool = False, prompt: str = "Passphrase") -> str:
         """From --passphrase-file, else $SECURECHAN_PASSPHRASE, else a prompt."""
         if self.passphrase_file is not None:
-            with open(self.passphrase_file, encoding="utf-8") as f:
-                line = f.readline().rstrip("\r\n")
+            with open(self.passphrase_file, "rb") as f:
+                raw = f.readline(_MAX_PASSPHRASE + 1)
+            if len(raw.rstrip(b"\r\n")) > _MAX_PASSPHRASE:
+                raise MalformedInput(f"{self.passphrase_file}: the passphrase is over 4096 bytes")
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError:
+                raise MalformedInput(f"{self.passphrase_file} is not UTF-8 text") from None
             if not line:
                 raise MalformedInput(f"{self.passphrase_file}: the first line is empty")
             return line
@@ -235,6 +287,11 @@ def id_export(app: _App, output: Path | None) -> None:
 def id_passwd(app: _App, new_passphrase_file: Path | None, kdf: str) -> None:
     """Change the passphrase that encrypts your key file."""
     old = app.passphrase(prompt="Current passphrase")
+    if new_passphrase_file is None and not sys.stdin.isatty():
+        # Not $SECURECHAN_PASSPHRASE: it already holds the current passphrase.
+        raise MalformedInput(
+            "give the new passphrase with --new-passphrase-file, or run in a terminal"
+        )
     new = _App(app.home, new_passphrase_file).passphrase(confirm=True, prompt="New passphrase")
     app.keystore.change_passphrase(old, new, kdf=securechan.KDF_PROFILES[kdf])
     click.echo("Passphrase changed.", err=True)
@@ -266,18 +323,14 @@ def contact() -> None:
 
 
 @contact.command(name="add")
-@click.argument("file", type=click.File("r", encoding="ascii", errors="strict"))
+@click.argument("file", type=click.File("rb"))
 @click.option("--name", help="Pin under this name (default: the name in the file).")
 @click.option("--replace", is_flag=True, help="Accept a changed key for a known name.")
 @_json_option
 @pass_app
 def contact_add(app: _App, file: Any, name: str | None, replace: bool, as_json: bool) -> None:
     """Pin the public identity in FILE ('-' for stdin)."""
-    try:
-        text = file.read(1024 * 1024 + 1)
-    except UnicodeDecodeError:
-        raise MalformedInput("the file is not a public identity file (not ASCII)") from None
-    ident = securechan.PublicIdentity.from_text(text)
+    ident = securechan.PublicIdentity.from_text(_read_text(file, "the identity file"))
     c = app.keystore.contacts.add(ident, name=name, replace_key=replace)
     if as_json:
         _emit_json(_contact_json(c))
@@ -384,9 +437,7 @@ def sign(app: _App, file: Path, output: Path | None, comment: str | None, as_jso
     "--sig", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Default FILE.sig."
 )
 @click.option("--from", "from_name", help="The contact who should have signed.")
-@click.option(
-    "--key", type=click.File("r", encoding="ascii"), help="A public identity file instead."
-)
+@click.option("--key", type=click.File("rb"), help="A public identity file instead.")
 @_json_option
 @pass_app
 def verify(
@@ -394,21 +445,19 @@ def verify(
 ) -> None:
     """Check that FILE was signed by --from NAME (or --key PUBFILE)."""
     if (from_name is None) == (key is None):
-        raise click.UsageError("give exactly one of --from NAME or --key PUBFILE")
+        raise MalformedInput("give exactly one of --from NAME or --key PUBFILE")
     sig_path = sig if sig is not None else file.with_name(file.name + ".sig")
     try:
-        sig_text = sig_path.read_text(encoding="utf-8")
+        sig_text = _read_text(sig_path, str(sig_path))
     except FileNotFoundError:
         raise MalformedInput(f"no signature file {sig_path} (use --sig)") from None
-    except UnicodeDecodeError:
-        raise MalformedInput(f"{sig_path} is not a signature file") from None
     signature = securechan.DocumentSignature.from_text_unverified(sig_text)
     verified_contact = True
     if from_name is not None:
         c = app.keystore.contacts.get(from_name)
         signer, verified_contact = c.identity, c.verified
     else:
-        signer = securechan.PublicIdentity.from_text(key.read(1024 * 1024 + 1))
+        signer = securechan.PublicIdentity.from_text(_read_text(key, "the --key file"))
     f, size = _open_document(file)
     with f, _progress(size, "Verifying") as progress:
         st = securechan.verify_document(signer, f, signature, progress=progress)

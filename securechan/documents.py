@@ -224,7 +224,8 @@ def verify_document(
     st = signature.statement
     if st.signer_fingerprint != signer.fingerprint:
         raise BadSignature(
-            f"signed by key {st.signer_fingerprint}, not by {signer.name} ({signer.fingerprint})"
+            f"signed by another key ({st.signer_fingerprint}), not by the expected "
+            f"{signer.fingerprint}"
         )
     signer.verify(signature.signature, st.to_bytes(), context=CONTEXT_DOCUMENT)
     size, digest = hash_document(stream, progress)

@@ -125,8 +125,8 @@ def _composite_message(prehash: bytes, context: bytes) -> bytes:
     """M' = Prefix || Label || len(ctx) || ctx || PH(M), with PH = SHA-512."""
     if len(prehash) != 64:
         raise ValueError("the pre-hash is a 64-byte SHA-512 digest")
-    if not isinstance(context, bytes) or not 0 < len(context) <= 255:
-        raise ValueError("the context is 1..255 bytes")
+    if not isinstance(context, bytes) or len(context) > 255:
+        raise ValueError("the context is at most 255 bytes")
     return COMPOSITE_PREFIX + COMPOSITE_LABEL + bytes([len(context)]) + context + prehash
 
 

@@ -200,8 +200,12 @@ def _encode_value(schema: Schema, f: Field, value: Any) -> bytes:
 
 def _encode_nested(f: Field, value: Any, where: str) -> bytes:
     if isinstance(value, bytes):
-        # Already encoded by the nested type's own to_bytes(); check it.
-        decode(_nested(f), value)
+        # Already encoded by the nested type's own to_bytes(); check it. A bad
+        # encoding here is the caller's bug, hence ValueError.
+        try:
+            decode(_nested(f), value)
+        except MalformedInput as e:
+            raise ValueError(f"{where}: {e}") from None
         return value
     if isinstance(value, Mapping):
         return encode(_nested(f), value)

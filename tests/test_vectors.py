@@ -74,3 +74,22 @@ def test_invalid_signatures_are_refused(case: dict[str, str]) -> None:
             bytes.fromhex(c["message"]),
             context=c["context"].encode(),
         )
+
+
+LAMPS = json.loads((HERE / "lamps_composite_mldsa65_ed25519.json").read_text())
+
+
+def test_lamps_working_group_vector_verifies() -> None:
+    """Interoperability: the draft authors' own id-MLDSA65-Ed25519-SHA512 vector."""
+    import base64
+
+    pk = HybridVerifyKey(base64.b64decode(LAMPS["pk_base64"]))
+    sig = base64.b64decode(LAMPS["s_base64"])
+    msg = base64.b64decode(LAMPS["m_base64"])
+    ctx = base64.b64decode(LAMPS["ctx_base64"])
+    assert LAMPS["label"] == "COMPSIG-MLDSA65-Ed25519-SHA512"
+    pk.verify(sig, msg, context=ctx)
+    with pytest.raises(BadSignature):
+        pk.verify(sig, msg + b"!", context=ctx)
+    with pytest.raises(BadSignature):
+        pk.verify(sig, msg, context=b"securechan/v1/document")

@@ -94,6 +94,7 @@ _KDF_NAME = "argon2id"
 class _SealedKey:
     """A parsed, not yet authenticated key file."""
 
+    name_header: str | None
     header: bytes
     params: KdfParams
     salt: bytes
@@ -236,6 +237,9 @@ class Keystore:
         )
         outer = wire.decode(KEY_FILE_SCHEMA, block.body)
         header = wire.decode(KEY_FILE_HEADER, outer["header"])
+        fp_header = block.headers.get("Fingerprint")
+        if fp_header is not None and Fingerprint.parse(fp_header).digest != header["fingerprint"]:
+            raise MalformedInput(f"{self.key_path}: the Fingerprint header does not match the key")
         if header["kdf"] != _KDF_NAME:
             raise MalformedInput(f"{self.key_path}: unknown key derivation {header['kdf']!r}")
         params = KdfParams(opslimit=header["opslimit"], memlimit=header["memlimit"])
@@ -244,6 +248,7 @@ class Keystore:
         except ValueError as e:
             raise MalformedInput(f"{self.key_path}: {e}") from None
         return _SealedKey(
+            name_header=block.headers.get("Name"),
             header=outer["header"],
             params=params,
             salt=header["salt"],
@@ -275,6 +280,9 @@ class Keystore:
             # Unreachable unless the file was sealed by a buggy writer: the
             # header is authenticated together with the secret.
             raise MalformedInput(f"{self.key_path}: fingerprint does not match the key")
+        if stored.name_header is not None and stored.name_header != ident.name:
+            # The readable header is a copy for people; it must not lie.
+            raise MalformedInput(f"{self.key_path}: the Name header does not match the key")
         return ident
 
     def change_passphrase(
