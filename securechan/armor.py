@@ -113,7 +113,7 @@ def dearmor(text: str, label: str, *, allowed_headers: frozenset[str]) -> Armore
         raise MalformedInput("no blank line between headers and body")
     version = headers.pop("Version")
     if version != str(ARMOR_VERSION):
-        if version.isdigit() and len(version) < 6:
+        if re.fullmatch(r"[0-9]{1,5}", version):
             raise UnsupportedVersion(
                 f"format version {version} is not supported (this build reads {ARMOR_VERSION})"
             )
