@@ -16,17 +16,29 @@ from __future__ import annotations
 __all__ = [
     "BadPassphrase",
     "BadSignature",
+    "BundleRejected",
+    "ChainBroken",
     "ContactExists",
     "ContactNotFound",
+    "DecryptionFailed",
     "IdentityExists",
     "KeyChanged",
     "MalformedInput",
+    "MessageRejected",
+    "Misaddressed",
     "NoIdentity",
+    "Reflected",
+    "Replay",
+    "RolledBack",
     "SecurechanError",
     "StorageError",
+    "TooFarAhead",
+    "UnknownPrekey",
+    "UnknownSender",
     "UnsupportedVersion",
     "UntrustedKey",
     "VerificationFailed",
+    "WrongConversation",
 ]
 
 
@@ -89,3 +101,60 @@ class IdentityExists(SecurechanError):
 
 class StorageError(SecurechanError):
     """A file of the home folder could not be read or written."""
+
+
+class RolledBack(StorageError):
+    """Stored state is older than state already used (a rollback)."""
+
+
+# --- session protocol --------------------------------------------------------
+# Toward the peer every failure to open a message looks the same; locally each
+# subclass names the reason, for the audit log.
+
+
+class MessageRejected(VerificationFailed):
+    """A message was refused; the session state is unchanged."""
+
+
+class DecryptionFailed(MessageRejected):
+    """A message does not decrypt under any key of the session."""
+
+
+class Replay(MessageRejected):
+    """A message (or first message) that was already processed."""
+
+
+class Reflected(MessageRejected):
+    """A party's own message came back to it."""
+
+
+class Misaddressed(MessageRejected):
+    """A message signed for another recipient (surreptitious forwarding)."""
+
+
+class WrongConversation(MessageRejected):
+    """A message signed for another conversation."""
+
+
+class ChainBroken(MessageRejected):
+    """A message's hash chain contradicts messages already received."""
+
+
+class TooFarAhead(MessageRejected):
+    """A message would skip more keys than the session allows."""
+
+
+class BundleRejected(VerificationFailed):
+    """A prekey bundle is unsigned, wrongly signed, foreign or expired."""
+
+
+class UnknownPrekey(MessageRejected):
+    """A first message names a prekey that is unknown, used or expired."""
+
+
+class UnknownSender(UntrustedKey):
+    """A first message from an identity that is not a pinned contact."""
+
+    def __init__(self, message: str, identity: object | None = None) -> None:
+        super().__init__(message)
+        self.identity = identity

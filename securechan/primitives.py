@@ -15,8 +15,14 @@ Nothing here is invented. The module composes:
   A composite signature is valid only when *both* component signatures verify.
 * **Argon2id** (RFC 9106) and **XChaCha20-Poly1305** (libsodium's IETF AEAD)
   from PyNaCl, for keys at rest.
-* SHA-256 / SHA-512 from ``hashlib`` and constant-time comparison from
-  ``hmac.compare_digest``.
+* SHA-256 / SHA-512 from ``hashlib``, HMAC-SHA256 from ``hmac`` and
+  constant-time comparison from ``hmac.compare_digest``; HKDF-SHA256
+  (RFC 5869) from ``cryptography``.
+* For sessions: **X25519** (RFC 7748), **ML-KEM-768** (FIPS 203) and **HPKE**
+  (RFC 9180) with the hybrid ``MLKEM768-X25519`` KEM, HKDF-SHA256 and
+  ChaCha20-Poly1305, all from ``cryptography``; message keys are used once
+  with ChaCha20-Poly1305 (RFC 8439), key and nonce derived from the message
+  key as Signal's Double Ratchet specification recommends (§5.2).
 
 Randomness is drawn here (``os.urandom``) and never passed in, except for
 explicit seeds used to derive keys deterministically for test vectors.
@@ -34,7 +40,14 @@ import nacl.bindings as _sodium
 import nacl.exceptions as _nacl_exc
 import nacl.pwhash as _pwhash
 from cryptography.exceptions import InvalidSignature as _InvalidSignature
+from cryptography.exceptions import InvalidTag as _InvalidTag
+from cryptography.hazmat.primitives import hashes as _hashes
+from cryptography.hazmat.primitives import hpke as _hpke
 from cryptography.hazmat.primitives.asymmetric import mldsa as _mldsa
+from cryptography.hazmat.primitives.asymmetric import mlkem as _mlkem
+from cryptography.hazmat.primitives.asymmetric import x25519 as _x25519
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305 as _ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF as _HKDF
 
 from securechan.errors import BadSignature, MalformedInput, VerificationFailed
 
@@ -46,22 +59,41 @@ __all__ = [
     "COMPOSITE_PREFIX",
     "ED25519_PUBLIC_KEY_SIZE",
     "ED25519_SIGNATURE_SIZE",
+    "HPKE_ENC_SIZE",
+    "HPKE_OVERHEAD",
+    "HYBRID_KEM_PUBLIC_KEY_SIZE",
+    "HYBRID_KEM_SEED_SIZE",
     "HYBRID_PUBLIC_KEY_SIZE",
     "HYBRID_SIGNATURE_SIZE",
     "KDF_INTERACTIVE",
     "KDF_MODERATE",
     "KDF_SENSITIVE",
+    "KEM_SHARED_SECRET_SIZE",
+    "MESSAGE_AEAD_OVERHEAD",
     "MLDSA65_PUBLIC_KEY_SIZE",
     "MLDSA65_SIGNATURE_SIZE",
+    "MLKEM768_CIPHERTEXT_SIZE",
+    "MLKEM768_PUBLIC_KEY_SIZE",
+    "MLKEM768_SEED_SIZE",
     "SEED_SIZE",
+    "X25519_KEY_SIZE",
     "Hasher",
+    "HybridKemKeyPair",
     "HybridSigningKey",
     "HybridVerifyKey",
     "KdfParams",
+    "MlKemKeyPair",
+    "X25519KeyPair",
     "aead_decrypt",
     "aead_encrypt",
     "argon2id",
     "constant_time_equal",
+    "hkdf_sha256",
+    "hmac_sha256",
+    "hpke_seal",
+    "message_open",
+    "message_seal",
+    "mlkem_encapsulate",
     "random_bytes",
     "sha256",
     "sha512",
@@ -329,4 +361,201 @@ def aead_decrypt(key: bytes, sealed: bytes, aad: bytes) -> bytes:
     try:
         return bytes(_sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(ct, aad, nonce, key))
     except _nacl_exc.CryptoError:
+        raise VerificationFailed("decryption failed") from None
+
+
+# --- session primitives --------------------------------------------------------
+
+X25519_KEY_SIZE = 32
+MLKEM768_SEED_SIZE = 64
+MLKEM768_PUBLIC_KEY_SIZE = 1184
+MLKEM768_CIPHERTEXT_SIZE = 1088
+KEM_SHARED_SECRET_SIZE = 32
+HYBRID_KEM_PUBLIC_KEY_SIZE = MLKEM768_PUBLIC_KEY_SIZE + X25519_KEY_SIZE
+HYBRID_KEM_SEED_SIZE = MLKEM768_SEED_SIZE + X25519_KEY_SIZE
+# HPKE's encapsulation for MLKEM768-X25519: ML-KEM ciphertext || X25519 ephemeral.
+HPKE_ENC_SIZE = MLKEM768_CIPHERTEXT_SIZE + X25519_KEY_SIZE
+HPKE_OVERHEAD = HPKE_ENC_SIZE + 16
+MESSAGE_AEAD_OVERHEAD = 16
+_HPKE_SUITE = _hpke.Suite(
+    _hpke.KEM.MLKEM768_X25519, _hpke.KDF.HKDF_SHA256, _hpke.AEAD.CHACHA20_POLY1305
+)
+
+
+def hmac_sha256(key: bytes, data: bytes) -> bytes:
+    """HMAC-SHA256 (RFC 2104), the Double Ratchet's chain KDF."""
+    return hmac.new(key, data, hashlib.sha256).digest()
+
+
+def hkdf_sha256(ikm: bytes, *, salt: bytes, info: bytes, length: int) -> bytes:
+    """HKDF-SHA256 (RFC 5869) extract-and-expand."""
+    return _HKDF(algorithm=_hashes.SHA256(), length=length, salt=salt, info=info).derive(ikm)
+
+
+class X25519KeyPair:
+    """An X25519 key pair (RFC 7748) built from a 32-byte secret."""
+
+    __slots__ = ("_sk", "public")
+
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) != X25519_KEY_SIZE:
+            raise ValueError("X25519 secrets are 32 bytes")
+        self._sk = _x25519.X25519PrivateKey.from_private_bytes(secret)
+        self.public = self._sk.public_key().public_bytes_raw()
+
+    @classmethod
+    def generate(cls) -> X25519KeyPair:
+        """A fresh key pair."""
+        return cls(random_bytes(X25519_KEY_SIZE))
+
+    def __repr__(self) -> str:
+        return "X25519KeyPair(<secret>)"
+
+    def secret_bytes(self) -> bytes:
+        """The 32-byte secret, for encrypted session state only."""
+        return self._sk.private_bytes_raw()
+
+    def exchange(self, peer_public: bytes) -> bytes:
+        """X25519(secret, peer). Raises :class:`VerificationFailed` for a
+        low-order peer key whose output is all zeros (RFC 7748 §6.1)."""
+        if len(peer_public) != X25519_KEY_SIZE:
+            raise MalformedInput("an X25519 public key is 32 bytes")
+        try:
+            shared = self._sk.exchange(_x25519.X25519PublicKey.from_public_bytes(peer_public))
+        except ValueError:
+            raise VerificationFailed("X25519 with a low-order point") from None
+        if shared == bytes(32):  # pragma: no cover - OpenSSL already refuses
+            raise VerificationFailed("X25519 with a low-order point")
+        return shared
+
+
+class MlKemKeyPair:
+    """An ML-KEM-768 (FIPS 203) decapsulation key built from a 64-byte seed."""
+
+    __slots__ = ("_seed", "_sk", "public")
+
+    def __init__(self, seed: bytes) -> None:
+        if len(seed) != MLKEM768_SEED_SIZE:
+            raise ValueError("ML-KEM-768 seeds are 64 bytes")
+        self._seed = bytes(seed)
+        self._sk = _mlkem.MLKEM768PrivateKey.from_seed_bytes(self._seed)
+        self.public = self._sk.public_key().public_bytes_raw()
+
+    @classmethod
+    def generate(cls) -> MlKemKeyPair:
+        """A fresh key pair."""
+        return cls(random_bytes(MLKEM768_SEED_SIZE))
+
+    def __repr__(self) -> str:
+        return "MlKemKeyPair(<secret>)"
+
+    def seed_bytes_secret(self) -> bytes:
+        """The 64-byte seed, for encrypted session state only."""
+        return self._seed
+
+    def decapsulate(self, ciphertext: bytes) -> bytes:
+        """The 32-byte shared secret. ML-KEM decapsulation never fails on a
+        well-sized ciphertext (implicit rejection gives a random-looking
+        secret), so a forged ciphertext is caught later by the AEAD."""
+        if len(ciphertext) != MLKEM768_CIPHERTEXT_SIZE:
+            raise MalformedInput("an ML-KEM-768 ciphertext is 1088 bytes")
+        return self._sk.decapsulate(ciphertext)
+
+
+def mlkem_encapsulate(public_key: bytes) -> tuple[bytes, bytes]:
+    """Encapsulate to an ML-KEM-768 key: returns (shared secret, ciphertext)."""
+    if len(public_key) != MLKEM768_PUBLIC_KEY_SIZE:
+        raise MalformedInput("an ML-KEM-768 public key is 1184 bytes")
+    try:
+        pk = _mlkem.MLKEM768PublicKey.from_public_bytes(public_key)
+    except ValueError:
+        raise MalformedInput("invalid ML-KEM-768 public key") from None
+    shared, ct = pk.encapsulate()
+    return shared, ct
+
+
+class HybridKemKeyPair:
+    """An HPKE ``MLKEM768-X25519`` recipient key (a prekey).
+
+    Public form: ``mlkem768_pk (1184) || x25519_pk (32)``; secret form: the
+    64-byte ML-KEM seed followed by the 32-byte X25519 secret.
+    """
+
+    __slots__ = ("_hpke_sk", "_mlkem", "_x25519", "public")
+
+    def __init__(self, seed: bytes) -> None:
+        if len(seed) != HYBRID_KEM_SEED_SIZE:
+            raise ValueError("hybrid KEM seeds are 96 bytes")
+        self._mlkem = MlKemKeyPair(seed[:MLKEM768_SEED_SIZE])
+        self._x25519 = X25519KeyPair(seed[MLKEM768_SEED_SIZE:])
+        self._hpke_sk = _hpke.MLKEM768X25519PrivateKey(self._mlkem._sk, self._x25519._sk)
+        self.public = self._mlkem.public + self._x25519.public
+
+    @classmethod
+    def generate(cls) -> HybridKemKeyPair:
+        """A fresh key pair."""
+        return cls(random_bytes(HYBRID_KEM_SEED_SIZE))
+
+    def __repr__(self) -> str:
+        return "HybridKemKeyPair(<secret>)"
+
+    def seed_bytes_secret(self) -> bytes:
+        """The 96-byte seed, for encrypted storage only."""
+        return self._mlkem.seed_bytes_secret() + self._x25519.secret_bytes()
+
+    def hpke_open(self, sealed: bytes, *, info: bytes) -> bytes:
+        """Open an :func:`hpke_seal` output; raise :class:`VerificationFailed`."""
+        if len(sealed) < HPKE_OVERHEAD:
+            raise VerificationFailed("HPKE ciphertext too short")
+        try:
+            return _HPKE_SUITE.decrypt(sealed, self._hpke_sk, info=info)
+        except (_InvalidTag, ValueError):
+            raise VerificationFailed("HPKE decryption failed") from None
+
+
+def hpke_seal(public_key: bytes, plaintext: bytes, *, info: bytes) -> bytes:
+    """RFC 9180 single-shot base-mode encryption to a hybrid KEM public key.
+
+    Output: ``enc (1120) || ciphertext || tag (16)``.
+    """
+    if len(public_key) != HYBRID_KEM_PUBLIC_KEY_SIZE:
+        raise MalformedInput("a hybrid KEM public key is 1216 bytes")
+    try:
+        pk = _hpke.MLKEM768X25519PublicKey(
+            _mlkem.MLKEM768PublicKey.from_public_bytes(public_key[:MLKEM768_PUBLIC_KEY_SIZE]),
+            _x25519.X25519PublicKey.from_public_bytes(public_key[MLKEM768_PUBLIC_KEY_SIZE:]),
+        )
+    except ValueError:
+        raise MalformedInput("invalid hybrid KEM public key") from None
+    return bytes(_HPKE_SUITE.encrypt(plaintext, pk, info=info))
+
+
+_MESSAGE_KEY_INFO = b"securechan/v1/message-key"
+
+
+def _message_aead(message_key: bytes) -> tuple[_ChaCha20Poly1305, bytes]:
+    # One key per message (Double Ratchet spec §5.2): derive the AEAD key and
+    # nonce from it, so the nonce can never repeat under one key.
+    okm = hkdf_sha256(message_key, salt=bytes(32), info=_MESSAGE_KEY_INFO, length=44)
+    return _ChaCha20Poly1305(okm[:32]), okm[32:]
+
+
+def message_seal(message_key: bytes, plaintext: bytes, aad: bytes) -> bytes:
+    """Encrypt with a single-use 32-byte message key (ChaCha20-Poly1305)."""
+    if len(message_key) != 32:
+        raise ValueError("message keys are 32 bytes")
+    aead, nonce = _message_aead(message_key)
+    return aead.encrypt(nonce, plaintext, aad)
+
+
+def message_open(message_key: bytes, ciphertext: bytes, aad: bytes) -> bytes:
+    """Decrypt :func:`message_seal`'s output; raise :class:`VerificationFailed`."""
+    if len(message_key) != 32:
+        raise ValueError("message keys are 32 bytes")
+    if len(ciphertext) < MESSAGE_AEAD_OVERHEAD:
+        raise VerificationFailed("ciphertext too short")
+    aead, nonce = _message_aead(message_key)
+    try:
+        return aead.decrypt(nonce, ciphertext, aad)
+    except _InvalidTag:
         raise VerificationFailed("decryption failed") from None

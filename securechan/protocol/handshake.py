@@ -1,0 +1,363 @@
+"""The first message: a post-quantum hybrid, mutually authenticated handshake.
+
+The initiator sends one message; there is no round trip (as in Signal's
+X3DH/PQXDH). It is built from standard parts (``docs/PROTOCOL.md`` §12):
+
+1. ``hpke = HPKE.Seal(pk_R, seed, info)``: RFC 9180 base mode with the hybrid
+   ``MLKEM768-X25519`` KEM, HKDF-SHA256 and ChaCha20-Poly1305, to the
+   responder's one-time prekey when the bundle has one, else to its signed
+   prekey. ``seed`` is 32 fresh random bytes; ``info`` binds the responder's
+   fingerprint and the prekey used.
+2. The initiator signs the **transcript**: both fingerprints, the
+   conversation id, the time, the hashes of the prekey records it used, the
+   prekey ids, and the whole ``hpke`` output (so the HPKE encapsulation is
+   covered by the signature, as the issue asks).
+3. ``body = (initiator identity, conversation id, time, signature)`` is
+   encrypted under ``HKDF(seed, salt=SHA-256(hpke), "securechan/v1/handshake-body")``.
+   Only the responder can open it, so the relay learns neither who is talking
+   nor what is said.
+4. Both sides derive ``rk0 = HKDF(seed, salt=SHA-256(transcript),
+   "securechan/v1/handshake-root")`` for the ratchet, and use
+   ``SHA-256(transcript)`` as the associated data of every later message, so
+   both identities are bound into every key (no unknown key share).
+
+The responder refuses a replayed first message (it keeps the hashes of
+handshakes it has accepted), a prekey it does not hold (substituted, used or
+expired), a transcript whose prekey hashes are not its own records, a
+signature that does not verify, an initiator that is itself, and an initiator
+that is not a pinned contact (:class:`UnknownSender` carries the verified
+identity, so the caller can refuse or hold the message for the user).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from securechan import wire
+from securechan.errors import (
+    BadSignature,
+    DecryptionFailed,
+    MalformedInput,
+    Misaddressed,
+    Reflected,
+    Replay,
+    UnknownSender,
+    VerificationFailed,
+)
+from securechan.identity.keys import PUBLIC_IDENTITY, Fingerprint, Identity, PublicIdentity
+from securechan.primitives import (
+    HPKE_OVERHEAD,
+    HYBRID_SIGNATURE_SIZE,
+    MLKEM768_PUBLIC_KEY_SIZE,
+    MLKEM768_SEED_SIZE,
+    hkdf_sha256,
+    hpke_seal,
+    message_open,
+    message_seal,
+    random_bytes,
+    sha256,
+)
+from securechan.protocol.prekeys import KIND_ONE_TIME, KIND_SIGNED, PrekeyBundle, PrekeyStore
+
+__all__ = ["CONTEXT_HANDSHAKE", "FirstMessage", "Handshake", "ReplayGuard", "accept", "initiate"]
+
+CONTEXT_HANDSHAKE = b"securechan/v1/handshake"
+_BODY_INFO = b"securechan/v1/handshake-body"
+_ROOT_INFO = b"securechan/v1/handshake-root"
+_SEED_SIZE = 32
+CONVERSATION_ID_SIZE = 16
+# Accepted-handshake hashes are kept this long: past it, the prekeys they
+# could have used are gone, so a replay fails anyway.
+REPLAY_MEMORY = 120 * 24 * 3600
+MAX_REPLAY_ENTRIES = 100_000
+
+TRANSCRIPT = wire.Schema(
+    0x0050,
+    "HandshakeTranscript",
+    (
+        wire.Field(1, "initiator", wire.Kind.BYTES, size=32),
+        wire.Field(2, "responder", wire.Kind.BYTES, size=32),
+        wire.Field(3, "conversation", wire.Kind.BYTES, size=CONVERSATION_ID_SIZE),
+        wire.Field(4, "created", wire.Kind.UINT),
+        wire.Field(5, "signed_prekey_id", wire.Kind.UINT),
+        wire.Field(6, "signed_prekey_hash", wire.Kind.BYTES, size=32),
+        wire.Field(7, "one_time_prekey_id", wire.Kind.UINT, optional=True),
+        wire.Field(8, "one_time_prekey_hash", wire.Kind.BYTES, size=32, optional=True),
+        wire.Field(9, "hpke", wire.Kind.BYTES, size=HPKE_OVERHEAD + _SEED_SIZE),
+    ),
+)
+BODY = wire.Schema(
+    0x0051,
+    "HandshakeBody",
+    (
+        wire.Field(1, "initiator", wire.Kind.RECORD, max_len=8192, schema=PUBLIC_IDENTITY),
+        wire.Field(2, "conversation", wire.Kind.BYTES, size=CONVERSATION_ID_SIZE),
+        wire.Field(3, "created", wire.Kind.UINT),
+        wire.Field(4, "signature", wire.Kind.BYTES, size=HYBRID_SIGNATURE_SIZE),
+    ),
+)
+FIRST = wire.Schema(
+    0x0052,
+    "FirstMessage",
+    (
+        wire.Field(1, "signed_prekey_id", wire.Kind.UINT),
+        wire.Field(2, "one_time_prekey_id", wire.Kind.UINT, optional=True),
+        wire.Field(3, "hpke", wire.Kind.BYTES, size=HPKE_OVERHEAD + _SEED_SIZE),
+        wire.Field(4, "sealed_body", wire.Kind.BYTES, max_len=16384),
+        wire.Field(5, "message", wire.Kind.BYTES, max_len=1 << 20),
+    ),
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FirstMessage:
+    """The outer first message: what the relay sees (no identity in clear)."""
+
+    signed_prekey_id: int
+    one_time_prekey_id: int | None
+    hpke: bytes
+    sealed_body: bytes
+    message: bytes
+
+    def header_bytes(self) -> bytes:
+        """The associated data of the sealed body: everything but the body."""
+        return wire.encode(
+            FIRST,
+            {
+                "signed_prekey_id": self.signed_prekey_id,
+                "one_time_prekey_id": self.one_time_prekey_id,
+                "hpke": self.hpke,
+                "sealed_body": b"",
+                "message": b"",
+            },
+        )
+
+    def to_bytes(self) -> bytes:
+        """The canonical wire encoding (type 0x0052)."""
+        return wire.encode(
+            FIRST,
+            {
+                "signed_prekey_id": self.signed_prekey_id,
+                "one_time_prekey_id": self.one_time_prekey_id,
+                "hpke": self.hpke,
+                "sealed_body": self.sealed_body,
+                "message": self.message,
+            },
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> FirstMessage:
+        """Decode strictly."""
+        return cls(**wire.decode(FIRST, data))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Handshake:
+    """What both sides know after the handshake, to start the ratchet."""
+
+    initiator: PublicIdentity
+    responder: PublicIdentity
+    conversation: bytes
+    root_key: bytes
+    transcript_hash: bytes
+    # The signed prekey's public halves: the responder's first ratchet keys.
+    peer_dh: bytes
+    peer_kem: bytes
+    # Responder only: the signed prekey's secrets.
+    dh_secret: bytes | None = None
+    kem_seed: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplayGuard:
+    """Hashes of accepted handshakes, with the time each may be forgotten."""
+
+    seen: tuple[tuple[bytes, int], ...] = ()
+
+    def check(self, digest: bytes) -> None:
+        """Raise :class:`Replay` if this handshake was accepted before."""
+        if any(d == digest for d, _ in self.seen):
+            raise Replay("this first message was already accepted")
+
+    def add(self, digest: bytes, *, now: int) -> ReplayGuard:
+        """Remember ``digest``; forget entries past their time."""
+        live = tuple((d, t) for d, t in self.seen if t >= now)
+        return ReplayGuard(seen=(*live, (digest, now + REPLAY_MEMORY))[-MAX_REPLAY_ENTRIES:])
+
+
+def _info(responder: Fingerprint, kind: int, prekey_id: int) -> bytes:
+    return CONTEXT_HANDSHAKE + responder.digest + bytes([kind]) + prekey_id.to_bytes(8, "big")
+
+
+def _transcript(
+    *,
+    initiator: Fingerprint,
+    responder: Fingerprint,
+    conversation: bytes,
+    created: int,
+    bundle: PrekeyBundle,
+    hpke: bytes,
+) -> bytes:
+    otk = bundle.one_time_prekey
+    return wire.encode(
+        TRANSCRIPT,
+        {
+            "initiator": initiator.digest,
+            "responder": responder.digest,
+            "conversation": conversation,
+            "created": created,
+            "signed_prekey_id": bundle.signed_prekey.prekey_id,
+            "signed_prekey_hash": bundle.signed_prekey.hash,
+            "one_time_prekey_id": otk.prekey_id if otk else None,
+            "one_time_prekey_hash": otk.hash if otk else None,
+            "hpke": hpke,
+        },
+    )
+
+
+def _keys(seed: bytes, hpke: bytes, transcript: bytes) -> tuple[bytes, bytes, bytes]:
+    body_key = hkdf_sha256(seed, salt=sha256(hpke), info=_BODY_INFO, length=32)
+    th = sha256(transcript)
+    root = hkdf_sha256(seed, salt=th, info=_ROOT_INFO, length=32)
+    return body_key, root, th
+
+
+def initiate(
+    me: Identity, peer: PublicIdentity, bundle: PrekeyBundle, *, now: int
+) -> tuple[Handshake, FirstMessage]:
+    """Start a session with the pinned contact ``peer`` using ``bundle``.
+
+    Raises :class:`BundleRejected` for a bundle not signed by ``peer``, or
+    expired. Returns the handshake and a first message whose ``message``
+    field is still empty (the session fills in the first ratchet message).
+    """
+    bundle.verify(peer, now=now)
+    if peer.fingerprint == me.fingerprint:
+        raise ValueError("a session with oneself is not supported")
+    target = bundle.one_time_prekey or bundle.signed_prekey
+    kind = KIND_ONE_TIME if bundle.one_time_prekey else KIND_SIGNED
+    seed = random_bytes(_SEED_SIZE)
+    conversation = random_bytes(CONVERSATION_ID_SIZE)
+    hpke = hpke_seal(target.public_key, seed, info=_info(peer.fingerprint, kind, target.prekey_id))
+    transcript = _transcript(
+        initiator=me.fingerprint,
+        responder=peer.fingerprint,
+        conversation=conversation,
+        created=now,
+        bundle=bundle,
+        hpke=hpke,
+    )
+    body_key, root, th = _keys(seed, hpke, transcript)
+    body = wire.encode(
+        BODY,
+        {
+            "initiator": me.public.to_bytes(),
+            "conversation": conversation,
+            "created": now,
+            "signature": me.sign(transcript, context=CONTEXT_HANDSHAKE),
+        },
+    )
+    outer = FirstMessage(
+        signed_prekey_id=bundle.signed_prekey.prekey_id,
+        one_time_prekey_id=bundle.one_time_prekey.prekey_id if bundle.one_time_prekey else None,
+        hpke=hpke,
+        sealed_body=b"",
+        message=b"",
+    )
+    outer = replace(outer, sealed_body=message_seal(body_key, body, outer.header_bytes()))
+    spk = bundle.signed_prekey.public_key
+    return (
+        Handshake(
+            initiator=me.public,
+            responder=peer,
+            conversation=conversation,
+            root_key=root,
+            transcript_hash=th,
+            peer_dh=spk[MLKEM768_PUBLIC_KEY_SIZE:],
+            peer_kem=spk[:MLKEM768_PUBLIC_KEY_SIZE],
+        ),
+        outer,
+    )
+
+
+def accept(
+    me: Identity,
+    store: PrekeyStore,
+    guard: ReplayGuard,
+    first: FirstMessage,
+    *,
+    contact: Callable[[Fingerprint], PublicIdentity | None],
+    now: int,
+) -> tuple[Handshake, PrekeyStore, ReplayGuard]:
+    """Open and check a first message (the ratchet message inside is left to
+    the session). Returns the handshake and the new prekey store and guard,
+    which the caller persists only once the whole first message is accepted.
+
+    Raises :class:`Replay`, :class:`UnknownPrekey`, :class:`DecryptionFailed`,
+    :class:`MalformedInput`, :class:`BadSignature`, :class:`Reflected`,
+    :class:`Misaddressed` or :class:`UnknownSender`; nothing is consumed.
+    """
+    digest = sha256(first.hpke)
+    guard.check(digest)
+    spk_record, spk_pair = store.signed_key(first.signed_prekey_id, now=now)
+    if first.one_time_prekey_id is not None:
+        new_store, otk_record, target = store.take_one_time(first.one_time_prekey_id, now=now)
+        kind, target_id = KIND_ONE_TIME, otk_record.prekey_id
+    else:
+        new_store, otk_record, target = store, None, spk_pair
+        kind, target_id = KIND_SIGNED, spk_record.prekey_id
+    try:
+        seed = target.hpke_open(first.hpke, info=_info(me.fingerprint, kind, target_id))
+    except VerificationFailed:
+        raise DecryptionFailed("the first message does not decrypt") from None
+    if len(seed) != _SEED_SIZE:
+        raise MalformedInput("bad handshake seed")
+    body_key = hkdf_sha256(seed, salt=sha256(first.hpke), info=_BODY_INFO, length=32)
+    try:
+        body_bytes = message_open(body_key, first.sealed_body, first.header_bytes())
+    except VerificationFailed:
+        raise DecryptionFailed("the first message does not decrypt") from None
+    body = wire.decode(BODY, body_bytes)
+    initiator = PublicIdentity.from_bytes(body["initiator"])
+    if initiator.fingerprint == me.fingerprint:
+        raise Reflected("our own first message came back to us")
+    bundle = PrekeyBundle(signed_prekey=spk_record, one_time_prekey=otk_record)
+    transcript = _transcript(
+        initiator=initiator.fingerprint,
+        responder=me.fingerprint,
+        conversation=body["conversation"],
+        created=body["created"],
+        bundle=bundle,
+        hpke=first.hpke,
+    )
+    try:
+        initiator.verify(body["signature"], transcript, context=CONTEXT_HANDSHAKE)
+    except BadSignature:
+        # The transcript names us and our own prekey records: a signature made
+        # for another responder or another bundle fails here.
+        raise Misaddressed("the handshake was not signed for us and this bundle") from None
+    pinned = contact(initiator.fingerprint)
+    if pinned is None or not pinned.same_key(initiator):
+        raise UnknownSender(
+            f"first message from {initiator.name} ({initiator.fingerprint}), "
+            "who is not a pinned contact",
+            identity=initiator,
+        )
+    _, root, th = _keys(seed, first.hpke, transcript)
+    seed_all = spk_pair.seed_bytes_secret()
+    return (
+        Handshake(
+            initiator=pinned,
+            responder=me.public,
+            conversation=body["conversation"],
+            root_key=root,
+            transcript_hash=th,
+            peer_dh=spk_record.public_key[MLKEM768_PUBLIC_KEY_SIZE:],
+            peer_kem=spk_record.public_key[:MLKEM768_PUBLIC_KEY_SIZE],
+            dh_secret=seed_all[MLKEM768_SEED_SIZE:],
+            kem_seed=seed_all[:MLKEM768_SEED_SIZE],
+        ),
+        new_store,
+        guard.add(digest, now=now),
+    )

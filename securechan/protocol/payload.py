@@ -1,0 +1,281 @@
+"""Signed payloads: what a message says, who says it, to whom, and in what order.
+
+Every message is signed, then encrypted (``docs/PROTOCOL.md`` §14). The
+signed part names the sender, the recipient, the conversation, the sender's
+sequence number, the sender's clock, the content type, the body, and the hash
+of the sender's previous message, so that a message cannot be forwarded to
+someone else, moved to another conversation, replayed, reordered or silently
+dropped without the receiver noticing. This is the opposite of Signal's
+deniability, on purpose: diplomacy wants a provable record.
+
+Content types and their bodies:
+
+* ``TEXT`` (1): UTF-8 text (NFC, no NUL), the body record ``TextBody``.
+* ``FILE`` (2): one chunk of a file, ``FileChunk`` (name, total size, SHA-512
+  of the whole file, chunk index and count, data); files are split into
+  :data:`CHUNK_SIZE` chunks.
+* ``RECEIPT`` (3): ``Receipt``: "I have every message of yours up to
+  ``up_to_seq``, and the last one hashes to ``chain_hash``".
+* ``HELLO`` (4): empty; the first message of a session when the initiator has
+  nothing to say yet.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from securechan import wire
+from securechan.errors import MalformedInput
+from securechan.identity.keys import Fingerprint, Identity, PublicIdentity
+from securechan.primitives import HYBRID_SIGNATURE_SIZE, sha256
+
+__all__ = [
+    "CHUNK_SIZE",
+    "CONTEXT_MESSAGE",
+    "ContentType",
+    "FileChunk",
+    "Payload",
+    "Receipt",
+    "SignedPayload",
+]
+
+CONTEXT_MESSAGE = b"securechan/v1/message"
+CHUNK_SIZE = 32 * 1024
+MAX_BODY = CHUNK_SIZE + 4096
+MAX_FILE_SIZE = 1 << 32
+ZERO_HASH = bytes(32)
+
+
+class ContentType(enum.IntEnum):
+    """What the body of a payload is."""
+
+    TEXT = 1
+    FILE = 2
+    RECEIPT = 3
+    HELLO = 4
+
+
+PAYLOAD = wire.Schema(
+    0x0070,
+    "Payload",
+    (
+        wire.Field(1, "sender", wire.Kind.BYTES, size=32),
+        wire.Field(2, "recipient", wire.Kind.BYTES, size=32),
+        wire.Field(3, "conversation", wire.Kind.BYTES, size=16),
+        wire.Field(4, "seq", wire.Kind.UINT),
+        wire.Field(5, "sent_at", wire.Kind.UINT),
+        wire.Field(6, "content_type", wire.Kind.UINT),
+        wire.Field(7, "body", wire.Kind.BYTES, max_len=MAX_BODY),
+        wire.Field(8, "prev_hash", wire.Kind.BYTES, size=32),
+    ),
+)
+SIGNED_PAYLOAD = wire.Schema(
+    0x0071,
+    "SignedPayload",
+    (
+        wire.Field(1, "payload", wire.Kind.RECORD, max_len=MAX_BODY + 512, schema=PAYLOAD),
+        wire.Field(2, "signature", wire.Kind.BYTES, size=HYBRID_SIGNATURE_SIZE),
+    ),
+)
+TEXT_BODY = wire.Schema(
+    0x0072, "TextBody", (wire.Field(1, "text", wire.Kind.TEXT, max_len=MAX_BODY - 64),)
+)
+FILE_CHUNK = wire.Schema(
+    0x0073,
+    "FileChunk",
+    (
+        wire.Field(1, "file_id", wire.Kind.BYTES, size=16),
+        wire.Field(2, "name", wire.Kind.TEXT, max_len=255),
+        wire.Field(3, "size", wire.Kind.UINT),
+        wire.Field(4, "sha512", wire.Kind.BYTES, size=64),
+        wire.Field(5, "index", wire.Kind.UINT),
+        wire.Field(6, "count", wire.Kind.UINT),
+        wire.Field(7, "data", wire.Kind.BYTES, max_len=CHUNK_SIZE),
+    ),
+)
+RECEIPT = wire.Schema(
+    0x0074,
+    "Receipt",
+    (
+        wire.Field(1, "up_to_seq", wire.Kind.UINT),
+        wire.Field(2, "chain_hash", wire.Kind.BYTES, size=32),
+    ),
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Payload:
+    """The signed content of one message."""
+
+    sender: Fingerprint
+    recipient: Fingerprint
+    conversation: bytes
+    seq: int
+    sent_at: int
+    content_type: ContentType
+    body: bytes
+    prev_hash: bytes
+    # The encoding, once computed (an optimisation: never part of equality).
+    raw: bytes | None = field(default=None, compare=False, repr=False)
+
+    def to_bytes(self) -> bytes:
+        """The canonical wire encoding (type 0x0070): the signed bytes."""
+        if self.raw is not None:
+            return self.raw
+        return wire.encode(
+            PAYLOAD,
+            {
+                "sender": self.sender.digest,
+                "recipient": self.recipient.digest,
+                "conversation": self.conversation,
+                "seq": self.seq,
+                "sent_at": self.sent_at,
+                "content_type": int(self.content_type),
+                "body": self.body,
+                "prev_hash": self.prev_hash,
+            },
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Payload:
+        """Decode strictly, body included (checked against its content type)."""
+        rec = wire.decode(PAYLOAD, data)
+        try:
+            content_type = ContentType(rec["content_type"])
+        except ValueError:
+            raise MalformedInput("unknown content type") from None
+        payload = cls(
+            sender=Fingerprint(rec["sender"]),
+            recipient=Fingerprint(rec["recipient"]),
+            conversation=rec["conversation"],
+            seq=rec["seq"],
+            sent_at=rec["sent_at"],
+            content_type=content_type,
+            body=rec["body"],
+            prev_hash=rec["prev_hash"],
+            raw=bytes(data),
+        )
+        payload.content()  # the body must parse as its type
+        return payload
+
+    def content(self) -> str | FileChunk | Receipt | None:
+        """The decoded body: text, a file chunk, a receipt, or None (hello)."""
+        if self.content_type is ContentType.TEXT:
+            text: str = wire.decode(TEXT_BODY, self.body)["text"]
+            return text
+        if self.content_type is ContentType.FILE:
+            return FileChunk.from_bytes(self.body)
+        if self.content_type is ContentType.RECEIPT:
+            return Receipt.from_bytes(self.body)
+        if self.body:
+            raise MalformedInput("a hello has an empty body")
+        return None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SignedPayload:
+    """A payload and its sender's composite signature."""
+
+    payload: Payload
+    signature: bytes
+    raw: bytes | None = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def sign(cls, identity: Identity, payload: Payload) -> SignedPayload:
+        """Sign ``payload`` as ``identity`` (context ``securechan/v1/message``)."""
+        if payload.sender != identity.fingerprint:
+            raise ValueError("the payload names another sender")
+        payload_bytes = payload.to_bytes()
+        sig = identity.sign(payload_bytes, context=CONTEXT_MESSAGE)
+        raw = wire.encode(SIGNED_PAYLOAD, {"payload": payload_bytes, "signature": sig})
+        return cls(payload=payload, signature=sig, raw=raw)
+
+    def verify(self, sender: PublicIdentity) -> None:
+        """Raise :class:`BadSignature` unless ``sender`` signed this payload."""
+        sender.verify(self.signature, self.payload.to_bytes(), context=CONTEXT_MESSAGE)
+
+    def to_bytes(self) -> bytes:
+        """The canonical wire encoding (type 0x0071)."""
+        if self.raw is not None:
+            return self.raw
+        return wire.encode(
+            SIGNED_PAYLOAD, {"payload": self.payload.to_bytes(), "signature": self.signature}
+        )
+
+    @classmethod
+    def from_bytes_unverified(cls, data: bytes) -> SignedPayload:
+        """Decode strictly, without checking the signature."""
+        rec = wire.decode(SIGNED_PAYLOAD, data)
+        return cls(
+            payload=Payload.from_bytes(rec["payload"]), signature=rec["signature"], raw=bytes(data)
+        )
+
+    @property
+    def hash(self) -> bytes:
+        """SHA-256 of the signed record: the link of the sender's hash chain."""
+        return sha256(self.to_bytes())
+
+
+def text_body(text: str) -> bytes:
+    """The body of a ``TEXT`` payload."""
+    return wire.encode(TEXT_BODY, {"text": text})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FileChunk:
+    """One chunk of a file."""
+
+    file_id: bytes
+    name: str
+    size: int
+    sha512: bytes
+    index: int
+    count: int
+    data: bytes
+
+    def to_bytes(self) -> bytes:
+        """The canonical wire encoding (type 0x0073)."""
+        return wire.encode(
+            FILE_CHUNK,
+            {
+                "file_id": self.file_id,
+                "name": self.name,
+                "size": self.size,
+                "sha512": self.sha512,
+                "index": self.index,
+                "count": self.count,
+                "data": self.data,
+            },
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> FileChunk:
+        """Decode strictly; index, count and size must be consistent."""
+        chunk = cls(**wire.decode(FILE_CHUNK, data))
+        expected = max(1, -(-chunk.size // CHUNK_SIZE))
+        if chunk.size > MAX_FILE_SIZE or chunk.count != expected or chunk.index >= chunk.count:
+            raise MalformedInput("inconsistent file chunk numbering")
+        last = chunk.size - (chunk.count - 1) * CHUNK_SIZE
+        if len(chunk.data) != (last if chunk.index == chunk.count - 1 else CHUNK_SIZE):
+            raise MalformedInput("file chunk has the wrong length")
+        if not chunk.name or "/" in chunk.name or chunk.name in (".", ".."):
+            raise MalformedInput("a file name is one path component")
+        return chunk
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Receipt:
+    """The recipient's statement of what it has received so far."""
+
+    up_to_seq: int
+    chain_hash: bytes
+
+    def to_bytes(self) -> bytes:
+        """The canonical wire encoding (type 0x0074)."""
+        return wire.encode(RECEIPT, {"up_to_seq": self.up_to_seq, "chain_hash": self.chain_hash})
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Receipt:
+        """Decode strictly."""
+        return cls(**wire.decode(RECEIPT, data))

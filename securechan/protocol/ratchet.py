@@ -1,0 +1,514 @@
+"""The hybrid Double Ratchet: Signal's Double Ratchet with an ML-KEM-768 step.
+
+This follows Signal's *The Double Ratchet Algorithm* (Perrin, Marlinspike,
+rev. 1, 2016; "the spec" below) and adds a post-quantum key encapsulation to
+every ratchet step, in the spirit of Apple's PQ3 and Signal's triple ratchet.
+``docs/PROTOCOL.md`` §13 is the normative text; in short:
+
+* **Root step** (at every change of sending direction). The sender makes a
+  fresh X25519 key pair and a fresh ML-KEM-768 key pair, encapsulates to the
+  receiver's newest ML-KEM key, and mixes *both* secrets into the root key::
+
+      rk, ck = HKDF(salt=rk, ikm=X25519(dh_self, dh_remote) || ss_kem,
+                    info="securechan/v1/ratchet-root", L=64)
+
+* **Chain step** (every message), as in the spec §5.2::
+
+      mk_base = HMAC-SHA256(ck, 0x01);  ck = HMAC-SHA256(ck, 0x02)
+
+* **Epoch step** (every 50 messages of one chain). A one-way run cannot
+  update the root key (the root is a shared sequential state: a one-sided
+  update would fork it), so every 50 messages the sender encapsulates afresh to
+  the receiver's ML-KEM key and mixes that secret into each message key of the
+  epoch::
+
+      mk = HKDF(salt=ss_epoch, ikm=mk_base, info="securechan/v1/ratchet-message")
+
+  Epoch 0 uses the root step's secret. An attacker who copied the sender's
+  state must therefore also break ML-KEM (or hold the receiver's decapsulation
+  key) to read messages of any later epoch: post-compromise security within a
+  one-way run, and against a quantum adversary who can break X25519.
+
+Every header repeats its chain's root ciphertext (and, after epoch 0, the
+epoch's ciphertext), so any message of a chain can be opened when earlier ones
+were lost, exactly as the spec repeats the ratchet public key.
+
+The state is an immutable value: :func:`ratchet_encrypt` and
+:func:`ratchet_decrypt` return a new state and never change the old one, so a
+refused message leaves the state exactly as it was. Skipped message keys are
+bounded per chain (:data:`MAX_SKIP`), in total (:data:`MAX_SKIPPED`, oldest
+evicted first) and in time (:data:`SKIPPED_TTL`). A header that would skip too
+far is refused *before* any key agreement or derivation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping
+from dataclasses import dataclass, field, replace
+
+from securechan import wire
+from securechan.errors import (
+    DecryptionFailed,
+    MalformedInput,
+    Reflected,
+    Replay,
+    TooFarAhead,
+    VerificationFailed,
+)
+from securechan.primitives import (
+    MLKEM768_CIPHERTEXT_SIZE,
+    MLKEM768_PUBLIC_KEY_SIZE,
+    MLKEM768_SEED_SIZE,
+    X25519_KEY_SIZE,
+    MlKemKeyPair,
+    X25519KeyPair,
+    hkdf_sha256,
+    hmac_sha256,
+    message_open,
+    message_seal,
+    mlkem_encapsulate,
+    sha256,
+)
+
+__all__ = [
+    "MAX_SKIP",
+    "MAX_SKIPPED",
+    "PQ_INTERVAL",
+    "SKIPPED_TTL",
+    "RatchetHeader",
+    "RatchetState",
+    "ratchet_decrypt",
+    "ratchet_encrypt",
+]
+
+MAX_SKIP = 1000
+MAX_SKIPPED = 2000
+SKIPPED_TTL = 30 * 24 * 3600
+PQ_INTERVAL = 50
+_OWN_DH_KEPT = 8
+_ROOT_INFO = b"securechan/v1/ratchet-root"
+_MESSAGE_INFO = b"securechan/v1/ratchet-message"
+
+HEADER = wire.Schema(
+    0x0060,
+    "RatchetHeader",
+    (
+        wire.Field(1, "dh", wire.Kind.BYTES, size=X25519_KEY_SIZE),
+        wire.Field(2, "kem_pub", wire.Kind.BYTES, size=MLKEM768_PUBLIC_KEY_SIZE),
+        wire.Field(3, "root_ct", wire.Kind.BYTES, size=MLKEM768_CIPHERTEXT_SIZE),
+        wire.Field(4, "pn", wire.Kind.UINT),
+        wire.Field(5, "n", wire.Kind.UINT),
+        wire.Field(6, "epoch_ct", wire.Kind.BYTES, size=MLKEM768_CIPHERTEXT_SIZE, optional=True),
+    ),
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RatchetHeader:
+    """The cleartext (but authenticated) header of a ratchet message."""
+
+    dh: bytes
+    kem_pub: bytes
+    root_ct: bytes
+    pn: int
+    n: int
+    epoch_ct: bytes | None = None
+    raw: bytes | None = field(default=None, compare=False, repr=False)
+
+    def to_bytes(self) -> bytes:
+        """The canonical wire encoding (type 0x0060)."""
+        if self.raw is not None:
+            return self.raw
+        return wire.encode(
+            HEADER,
+            {
+                "dh": self.dh,
+                "kem_pub": self.kem_pub,
+                "root_ct": self.root_ct,
+                "pn": self.pn,
+                "n": self.n,
+                "epoch_ct": self.epoch_ct,
+            },
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> RatchetHeader:
+        """Decode strictly; an epoch ciphertext is present exactly after epoch 0."""
+        rec = wire.decode(HEADER, data)
+        header = cls(**rec, raw=bytes(data))
+        if (header.n >= PQ_INTERVAL) != (header.epoch_ct is not None):
+            raise MalformedInput("the epoch ciphertext must be present exactly after epoch 0")
+        return header
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Skipped:
+    """A message key kept for a message that has not arrived yet."""
+
+    dh: bytes
+    n: int
+    mk_base: bytes = field(repr=False)
+    kem_seed: bytes = field(repr=False)  # the decapsulation key its chain targets
+    at: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RatchetState:
+    """The whole ratchet state of one party (secret; stored encrypted).
+
+    ``dh_self``/``kem_self`` are the current secrets the peer's next chain will
+    target; ``recv_kem_seed`` is the ML-KEM secret the current receiving
+    chain's epoch ciphertexts were made for. ``send_pending`` says the next
+    send must start a new chain (a root step), done lazily on sending so that
+    an unauthenticated message never makes us generate or use keys.
+    """
+
+    rk: bytes = field(repr=False)
+    dh_self: bytes | None = field(default=None, repr=False)
+    kem_self: bytes | None = field(default=None, repr=False)
+    # Public halves of dh_self / kem_self, kept so sending costs no key expansion.
+    dh_self_pub: bytes | None = None
+    kem_self_pub: bytes | None = None
+    dh_remote: bytes | None = None
+    kem_remote: bytes | None = None
+    send_pending: bool = True
+    cks: bytes | None = field(default=None, repr=False)
+    ns: int = 0
+    pn: int = 0
+    send_root_ct: bytes | None = None
+    send_root_ss: bytes | None = field(default=None, repr=False)
+    send_epoch: int = 0
+    send_epoch_ct: bytes | None = None
+    send_epoch_ss: bytes | None = field(default=None, repr=False)
+    ckr: bytes | None = field(default=None, repr=False)
+    nr: int = 0
+    recv_kem_seed: bytes | None = field(default=None, repr=False)
+    skipped: tuple[Skipped, ...] = ()
+    own_dh_recent: tuple[bytes, ...] = ()
+    remote_dh_recent: tuple[bytes, ...] = ()
+
+    @classmethod
+    def initiator(cls, rk: bytes, *, peer_dh: bytes, peer_kem: bytes) -> RatchetState:
+        """Alice: she knows Bob's signed prekey, whose halves are his first
+        ratchet keys (spec §3.3, ``RatchetInitAlice``)."""
+        return cls(rk=rk, dh_remote=peer_dh, kem_remote=peer_kem, send_pending=True)
+
+    @classmethod
+    def responder(cls, rk: bytes, *, dh_secret: bytes, kem_seed: bytes) -> RatchetState:
+        """Bob: his signed prekey's secrets are his first ratchet keys
+        (spec §3.3, ``RatchetInitBob``); he sends after Alice's first message."""
+        dh_pub = X25519KeyPair(dh_secret).public
+        return cls(
+            rk=rk,
+            dh_self=dh_secret,
+            kem_self=kem_seed,
+            dh_self_pub=dh_pub,
+            kem_self_pub=MlKemKeyPair(kem_seed).public,
+            send_pending=False,
+            own_dh_recent=(dh_pub,),
+        )
+
+
+def _kdf_rk(rk: bytes, dh_out: bytes, kem_ss: bytes) -> tuple[bytes, bytes]:
+    okm = hkdf_sha256(dh_out + kem_ss, salt=rk, info=_ROOT_INFO, length=64)
+    return okm[:32], okm[32:]
+
+
+def _kdf_ck(ck: bytes) -> tuple[bytes, bytes]:
+    return hmac_sha256(ck, b"\x01"), hmac_sha256(ck, b"\x02")
+
+
+def _message_key(mk_base: bytes, epoch_ss: bytes) -> bytes:
+    return hkdf_sha256(mk_base, salt=epoch_ss, info=_MESSAGE_INFO, length=32)
+
+
+class _Decaps:
+    """ML-KEM decapsulation with a small per-session cache (not persisted)."""
+
+    def __init__(self, cache: MutableMapping[bytes, bytes] | None) -> None:
+        self.cache = cache if cache is not None else {}
+        self.new: dict[bytes, bytes] = {}
+
+    def __call__(self, kem_seed: bytes, ct: bytes) -> bytes:
+        key = sha256(kem_seed + ct)
+        hit = self.cache.get(key) or self.new.get(key)
+        if hit is None:
+            hit = MlKemKeyPair(kem_seed).decapsulate(ct)
+            self.new[key] = hit
+        return hit
+
+    def commit(self) -> None:
+        self.cache.update(self.new)
+        while len(self.cache) > 16:
+            del self.cache[next(iter(self.cache))]
+
+
+def ratchet_encrypt(
+    state: RatchetState, plaintext: bytes, ad: bytes
+) -> tuple[RatchetState, RatchetHeader, bytes]:
+    """Encrypt one message. Returns the new state, the header and the
+    ciphertext; the caller MUST persist the new state before sending."""
+    st = state
+    if st.send_pending or st.cks is None:
+        if st.dh_remote is None or st.kem_remote is None:
+            raise ValueError("this side cannot send before it has received a message")
+        # Root step (spec §3.5, sending half), with an ML-KEM encapsulation.
+        dh = X25519KeyPair.generate()
+        kem = MlKemKeyPair.generate()
+        ss, ct = mlkem_encapsulate(st.kem_remote)
+        rk, cks = _kdf_rk(st.rk, dh.exchange(st.dh_remote), ss)
+        st = replace(
+            st,
+            rk=rk,
+            dh_self=dh.secret_bytes(),
+            kem_self=kem.seed_bytes_secret(),
+            dh_self_pub=dh.public,
+            kem_self_pub=kem.public,
+            send_pending=False,
+            cks=cks,
+            pn=st.ns,
+            ns=0,
+            send_root_ct=ct,
+            send_root_ss=ss,
+            send_epoch=0,
+            send_epoch_ct=None,
+            send_epoch_ss=ss,
+            own_dh_recent=(*st.own_dh_recent, dh.public)[-_OWN_DH_KEPT:],
+        )
+    if st.cks is None or st.dh_self is None or st.kem_self is None or st.kem_remote is None:
+        raise ValueError("inconsistent ratchet state")  # unreachable
+    epoch = st.ns // PQ_INTERVAL
+    if epoch != st.send_epoch:
+        # Epoch step: a fresh encapsulation every PQ_INTERVAL messages.
+        ss, ct = mlkem_encapsulate(st.kem_remote)
+        st = replace(st, send_epoch=epoch, send_epoch_ct=ct, send_epoch_ss=ss)
+    chain, dh_pub, kem_pub = st.cks, st.dh_self_pub, st.kem_self_pub
+    if st.send_root_ct is None or st.send_epoch_ss is None or chain is None:
+        raise ValueError("inconsistent ratchet state")  # unreachable
+    if dh_pub is None or kem_pub is None:
+        raise ValueError("inconsistent ratchet state")  # unreachable
+    mk_base, next_chain = _kdf_ck(chain)
+    header = RatchetHeader(
+        dh=dh_pub,
+        kem_pub=kem_pub,
+        root_ct=st.send_root_ct,
+        pn=st.pn,
+        n=st.ns,
+        epoch_ct=st.send_epoch_ct if epoch > 0 else None,
+    )
+    header = replace(header, raw=header.to_bytes())
+    ciphertext = message_seal(
+        _message_key(mk_base, st.send_epoch_ss), plaintext, ad + header.to_bytes()
+    )
+    return replace(st, cks=next_chain, ns=st.ns + 1), header, ciphertext
+
+
+def _prune(skipped: tuple[Skipped, ...], now: int) -> tuple[Skipped, ...]:
+    live = tuple(s for s in skipped if now - s.at <= SKIPPED_TTL)
+    return live[-MAX_SKIPPED:]
+
+
+def _skip(
+    skipped: list[Skipped], ck: bytes, nr: int, until: int, dh: bytes, kem_seed: bytes, now: int
+) -> tuple[bytes, int]:
+    while nr < until:
+        mk_base, ck = _kdf_ck(ck)
+        skipped.append(Skipped(dh=dh, n=nr, mk_base=mk_base, kem_seed=kem_seed, at=now))
+        nr += 1
+    return ck, nr
+
+
+def ratchet_decrypt(
+    state: RatchetState,
+    header: RatchetHeader,
+    ciphertext: bytes,
+    ad: bytes,
+    *,
+    now: int,
+    cache: MutableMapping[bytes, bytes] | None = None,
+) -> tuple[RatchetState, bytes]:
+    """Decrypt one message; return the new state and the plaintext.
+
+    Raises :class:`Reflected` for our own message, :class:`TooFarAhead` for a
+    header that would skip more than :data:`MAX_SKIP` keys (checked before any
+    key agreement), and :class:`DecryptionFailed` otherwise. ``state`` is never
+    changed; on failure nothing is returned.
+    """
+    if header.dh in state.own_dh_recent:
+        raise Reflected("a message made with our own ratchet key came back to us")
+    full_ad = ad + header.to_bytes()
+    decaps = _Decaps(cache)
+    epoch = header.n // PQ_INTERVAL
+
+    def open_with(mk_base: bytes, kem_seed: bytes) -> bytes:
+        ss = decaps(kem_seed, header.root_ct if epoch == 0 else header.epoch_ct or b"")
+        try:
+            return message_open(_message_key(mk_base, ss), ciphertext, full_ad)
+        except VerificationFailed:
+            raise DecryptionFailed("the message does not decrypt") from None
+
+    # 1. A key skipped earlier (spec §3.5, TrySkippedMessageKeys).
+    for i, s in enumerate(state.skipped):
+        if s.n == header.n and s.dh == header.dh:
+            plaintext = open_with(s.mk_base, s.kem_seed)
+            decaps.commit()
+            return replace(state, skipped=state.skipped[:i] + state.skipped[i + 1 :]), plaintext
+
+    new_chain = header.dh != state.dh_remote
+    if new_chain and header.dh in state.remote_dh_recent:
+        # A chain we already left: its unused keys are all in `skipped`.
+        raise Replay("no key for this message (a replay, or too old)")
+    # 2. Bounds first: nothing expensive happens for a header that skips too far.
+    if new_chain:
+        behind = header.pn - state.nr if state.ckr is not None else 0
+        if behind > MAX_SKIP or header.n > MAX_SKIP:
+            raise TooFarAhead("the header would skip too many message keys")
+    elif header.n - state.nr > MAX_SKIP:
+        raise TooFarAhead("the header would skip too many message keys")
+    if not new_chain and header.n < state.nr:
+        raise Replay("no key for this message (a replay, or too old)")
+    dh_self, kem_self = state.dh_self, state.kem_self
+    if dh_self is None or kem_self is None:
+        raise DecryptionFailed("no key for this message")
+
+    skipped = list(state.skipped)
+    st = state
+    if new_chain:
+        if header.pn < state.nr and state.ckr is not None:
+            raise DecryptionFailed("the previous-chain length went backwards")
+        if st.ckr is not None and st.dh_remote is not None and st.recv_kem_seed is not None:
+            ckr, nr = _skip(skipped, st.ckr, st.nr, header.pn, st.dh_remote, st.recv_kem_seed, now)
+            st = replace(st, ckr=ckr, nr=nr)
+        # Root step, receiving half (spec §3.5, DHRatchet), with ML-KEM.
+        try:
+            dh_out = X25519KeyPair(dh_self).exchange(header.dh)
+        except VerificationFailed:
+            raise DecryptionFailed("the message does not decrypt") from None
+        ss = decaps(kem_self, header.root_ct)
+        rk, ckr = _kdf_rk(st.rk, dh_out, ss)
+        st = replace(
+            st,
+            rk=rk,
+            ckr=ckr,
+            nr=0,
+            dh_remote=header.dh,
+            kem_remote=header.kem_pub,
+            recv_kem_seed=kem_self,
+            send_pending=True,
+            remote_dh_recent=(
+                (*st.remote_dh_recent, st.dh_remote)[-_OWN_DH_KEPT:]
+                if st.dh_remote is not None
+                else st.remote_dh_recent
+            ),
+        )
+    if st.ckr is None or st.dh_remote is None or st.recv_kem_seed is None:
+        raise DecryptionFailed("no key for this message")
+    ckr, nr = _skip(skipped, st.ckr, st.nr, header.n, st.dh_remote, st.recv_kem_seed, now)
+    mk_base, ckr = _kdf_ck(ckr)
+    plaintext = open_with(mk_base, st.recv_kem_seed)
+    decaps.commit()
+    return replace(st, ckr=ckr, nr=nr + 1, skipped=_prune(tuple(skipped), now)), plaintext
+
+
+STATE = wire.Schema(
+    0x0061,
+    "RatchetState",
+    (
+        wire.Field(1, "rk", wire.Kind.BYTES, size=32),
+        wire.Field(2, "dh_self", wire.Kind.BYTES, size=32, optional=True),
+        wire.Field(3, "kem_self", wire.Kind.BYTES, size=MLKEM768_SEED_SIZE, optional=True),
+        wire.Field(4, "dh_remote", wire.Kind.BYTES, size=32, optional=True),
+        wire.Field(5, "kem_remote", wire.Kind.BYTES, size=MLKEM768_PUBLIC_KEY_SIZE, optional=True),
+        wire.Field(6, "send_pending", wire.Kind.BOOL),
+        wire.Field(7, "cks", wire.Kind.BYTES, size=32, optional=True),
+        wire.Field(8, "ns", wire.Kind.UINT),
+        wire.Field(9, "pn", wire.Kind.UINT),
+        wire.Field(
+            10, "send_root_ct", wire.Kind.BYTES, size=MLKEM768_CIPHERTEXT_SIZE, optional=True
+        ),
+        wire.Field(11, "send_root_ss", wire.Kind.BYTES, size=32, optional=True),
+        wire.Field(12, "send_epoch", wire.Kind.UINT),
+        wire.Field(
+            13, "send_epoch_ct", wire.Kind.BYTES, size=MLKEM768_CIPHERTEXT_SIZE, optional=True
+        ),
+        wire.Field(14, "send_epoch_ss", wire.Kind.BYTES, size=32, optional=True),
+        wire.Field(15, "ckr", wire.Kind.BYTES, size=32, optional=True),
+        wire.Field(16, "nr", wire.Kind.UINT),
+        wire.Field(17, "recv_kem_seed", wire.Kind.BYTES, size=MLKEM768_SEED_SIZE, optional=True),
+        wire.Field(18, "skipped", wire.Kind.BYTES, max_len=MAX_SKIPPED * 160),
+        wire.Field(19, "own_dh_recent", wire.Kind.BYTES, max_len=_OWN_DH_KEPT * 32),
+        wire.Field(20, "remote_dh_recent", wire.Kind.BYTES, max_len=_OWN_DH_KEPT * 32),
+        wire.Field(21, "dh_self_pub", wire.Kind.BYTES, size=32, optional=True),
+        wire.Field(
+            22, "kem_self_pub", wire.Kind.BYTES, size=MLKEM768_PUBLIC_KEY_SIZE, optional=True
+        ),
+    ),
+)
+_SKIPPED_ENTRY = 32 + 8 + 32 + MLKEM768_SEED_SIZE + 8
+
+
+def state_to_bytes(st: RatchetState) -> bytes:
+    """Secret: the ratchet state's wire encoding (type 0x0061)."""
+    skipped = b"".join(
+        s.dh + s.n.to_bytes(8, "big") + s.mk_base + s.kem_seed + s.at.to_bytes(8, "big")
+        for s in st.skipped
+    )
+    values = {
+        name: getattr(st, name)
+        for name in [
+            "rk",
+            "dh_self",
+            "kem_self",
+            "dh_remote",
+            "kem_remote",
+            "send_pending",
+            "cks",
+            "ns",
+            "pn",
+            "send_root_ct",
+            "send_root_ss",
+            "send_epoch",
+            "send_epoch_ct",
+            "send_epoch_ss",
+            "ckr",
+            "nr",
+            "recv_kem_seed",
+            "dh_self_pub",
+            "kem_self_pub",
+        ]
+    }
+    return wire.encode(
+        STATE,
+        {
+            **values,
+            "skipped": skipped,
+            "own_dh_recent": b"".join(st.own_dh_recent),
+            "remote_dh_recent": b"".join(st.remote_dh_recent),
+        },
+    )
+
+
+def state_from_bytes(data: bytes) -> RatchetState:
+    """Decode :func:`state_to_bytes` strictly."""
+    rec = wire.decode(STATE, data)
+    raw, own, remote = rec.pop("skipped"), rec.pop("own_dh_recent"), rec.pop("remote_dh_recent")
+    if len(raw) % _SKIPPED_ENTRY or len(own) % 32 or len(remote) % 32:
+        raise MalformedInput("bad ratchet state lists")
+    skipped = []
+    for i in range(0, len(raw), _SKIPPED_ENTRY):
+        e = raw[i : i + _SKIPPED_ENTRY]
+        skipped.append(
+            Skipped(
+                dh=e[:32],
+                n=int.from_bytes(e[32:40], "big"),
+                mk_base=e[40:72],
+                kem_seed=e[72:136],
+                at=int.from_bytes(e[136:144], "big"),
+            )
+        )
+    return RatchetState(
+        **rec,
+        skipped=tuple(skipped),
+        own_dh_recent=tuple(own[i : i + 32] for i in range(0, len(own), 32)),
+        remote_dh_recent=tuple(remote[i : i + 32] for i in range(0, len(remote), 32)),
+    )

@@ -1,0 +1,540 @@
+"""A conversation between two identities: handshake, ratchet, signed order.
+
+:class:`Session` is the sans-I/O core of securechan (in the style of h11):
+bytes and a clock value in, bytes and events out; no sockets, files or global
+time. It composes the handshake (``handshake.py``), the hybrid Double Ratchet
+(``ratchet.py``), signed payloads (``payload.py``) and Padmé padding.
+
+Sending (``docs/PROTOCOL.md`` §15): build the payload with the next sequence
+number and the hash of our previous message, sign it, pad it, ratchet-encrypt
+it. **The caller must persist the session (``to_bytes``) before it releases
+the ciphertext**; then a crash can at worst lose a message that was never
+sent, and never reuses a message key.
+
+Receiving: ratchet-decrypt, unpad, parse, and check, in this order, that the
+message is addressed to us, from our peer, for this conversation, correctly
+signed, not a duplicate, and consistent with the sender's hash chain. Only
+then is anything returned and the state advanced; **the caller persists the
+new state before it shows the plaintext**. A refused message leaves the
+session exactly as it was (every step works on new values), and raises one
+:class:`MessageRejected` subclass naming the reason, for the local audit log.
+
+Gaps and reordering: messages carry the sender's sequence number. A message
+beyond the next expected one is accepted and a :class:`MessagesMissing` event
+names the hole; when a missing message arrives later (within the ratchet's
+skip window) it is accepted too and :class:`OutOfOrder` reports it.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from securechan import wire
+from securechan.errors import (
+    BadSignature,
+    ChainBroken,
+    MalformedInput,
+    MessageRejected,
+    Misaddressed,
+    Reflected,
+    Replay,
+    TooFarAhead,
+    WrongConversation,
+)
+from securechan.identity.keys import PUBLIC_IDENTITY, Fingerprint, Identity, PublicIdentity
+from securechan.primitives import random_bytes, sha256, sha512
+from securechan.protocol import handshake as hs
+from securechan.protocol.padding import pad, unpad
+from securechan.protocol.payload import (
+    CHUNK_SIZE,
+    ZERO_HASH,
+    ContentType,
+    FileChunk,
+    Payload,
+    Receipt,
+    SignedPayload,
+    text_body,
+)
+from securechan.protocol.prekeys import PrekeyBundle, PrekeyStore
+from securechan.protocol.ratchet import (
+    MAX_SKIP,
+    RatchetHeader,
+    RatchetState,
+    ratchet_decrypt,
+    ratchet_encrypt,
+    state_from_bytes,
+    state_to_bytes,
+)
+
+__all__ = [
+    "Event",
+    "MessageReceived",
+    "MessagesMissing",
+    "OutOfOrder",
+    "ReceiptChecked",
+    "Role",
+    "Session",
+]
+
+MAX_GAP = MAX_SKIP
+_SENT_HASHES_KEPT = 4096
+
+MESSAGE = wire.Schema(
+    0x0062,
+    "RatchetMessage",
+    (
+        wire.Field(1, "header", wire.Kind.BYTES, max_len=4096),
+        wire.Field(2, "ciphertext", wire.Kind.BYTES, max_len=1 << 20),
+    ),
+)
+
+
+class Role(enum.IntEnum):
+    """Which side started the session."""
+
+    INITIATOR = 1
+    RESPONDER = 2
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessageReceived:
+    """A verified message from the peer."""
+
+    seq: int
+    sent_at: int
+    content_type: ContentType
+    content: str | FileChunk | Receipt | None
+    hash: bytes
+    signed: bytes = field(repr=False)  # the SignedPayload record, for the record
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessagesMissing:
+    """Sequence numbers ``from_seq``..``to_seq`` (inclusive) have not arrived."""
+
+    from_seq: int
+    to_seq: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutOfOrder:
+    """Message ``seq`` arrived after a later one (a gap being filled)."""
+
+    seq: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReceiptChecked:
+    """The peer's receipt: does its view of our messages match ours?"""
+
+    up_to_seq: int
+    matches: bool
+
+
+Event = MessageReceived | MessagesMissing | OutOfOrder | ReceiptChecked
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Received:
+    """Ordering state of the peer's direction."""
+
+    contiguous: int = 0  # every seq <= this has arrived
+    last_hash: bytes = ZERO_HASH  # hash of message `contiguous`
+    highest: int = 0  # highest seq seen
+    # seq -> (hash, prev_hash) for arrived messages beyond `contiguous`
+    ahead: tuple[tuple[int, bytes, bytes], ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _State:
+    role: Role
+    conversation: bytes
+    peer: PublicIdentity
+    transcript_hash: bytes
+    ratchet: RatchetState = field(repr=False)
+    send_seq: int = 0
+    send_last_hash: bytes = ZERO_HASH
+    sent_hashes: tuple[bytes, ...] = ()  # hashes of our last messages, oldest first
+    received: _Received = _Received()
+    generation: int = 0
+
+
+class Session:
+    """One conversation with one peer. Not thread-safe; one owner at a time."""
+
+    def __init__(self, me: Identity, state: _State) -> None:
+        self._me = me
+        self._st = state
+        self._decaps_cache: dict[bytes, bytes] = {}
+
+    # --- creation -----------------------------------------------------------
+
+    @classmethod
+    def initiate(
+        cls,
+        me: Identity,
+        peer: PublicIdentity,
+        bundle: PrekeyBundle,
+        *,
+        now: int,
+        text: str | None = None,
+    ) -> tuple[Session, bytes]:
+        """Start a session with the pinned contact ``peer``.
+
+        Returns the session and the first message (handshake plus the first
+        ratchet message, carrying ``text`` or an empty hello). Persist the
+        session before sending the first message.
+        """
+        shake, first = hs.initiate(me, peer, bundle, now=now)
+        ratchet = RatchetState.initiator(
+            shake.root_key, peer_dh=shake.peer_dh, peer_kem=shake.peer_kem
+        )
+        session = cls(
+            me,
+            _State(
+                role=Role.INITIATOR,
+                conversation=shake.conversation,
+                peer=peer,
+                transcript_hash=shake.transcript_hash,
+                ratchet=ratchet,
+            ),
+        )
+        if text is None:
+            inner = session._send(ContentType.HELLO, b"", now=now)
+        else:
+            inner = session._send(ContentType.TEXT, text_body(text), now=now)
+        return session, replace(first, message=inner).to_bytes()
+
+    @classmethod
+    def accept(
+        cls,
+        me: Identity,
+        store: PrekeyStore,
+        guard: hs.ReplayGuard,
+        data: bytes,
+        *,
+        contact: Callable[[Fingerprint], PublicIdentity | None],
+        now: int,
+    ) -> tuple[Session, PrekeyStore, hs.ReplayGuard, list[Event]]:
+        """Accept a first message. Returns the session, the new prekey store
+        and replay guard (persist all three, then show the events).
+
+        Nothing is consumed unless the whole first message, including the
+        ratchet message inside, is valid.
+        """
+        first = hs.FirstMessage.from_bytes(data)
+        shake, new_store, new_guard = hs.accept(me, store, guard, first, contact=contact, now=now)
+        if shake.dh_secret is None or shake.kem_seed is None:
+            raise ValueError("responder handshake without prekey secrets")  # unreachable
+        ratchet = RatchetState.responder(
+            shake.root_key, dh_secret=shake.dh_secret, kem_seed=shake.kem_seed
+        )
+        session = cls(
+            me,
+            _State(
+                role=Role.RESPONDER,
+                conversation=shake.conversation,
+                peer=shake.initiator,
+                transcript_hash=shake.transcript_hash,
+                ratchet=ratchet,
+            ),
+        )
+        events = session.receive(first.message, now=now)
+        return session, new_store, new_guard, events
+
+    # --- properties -----------------------------------------------------------
+
+    @property
+    def peer(self) -> PublicIdentity:
+        """The other party (a pinned contact)."""
+        return self._st.peer
+
+    @property
+    def conversation(self) -> bytes:
+        """The 16-byte conversation id the initiator chose."""
+        return self._st.conversation
+
+    @property
+    def role(self) -> Role:
+        """Initiator or responder."""
+        return self._st.role
+
+    @property
+    def generation(self) -> int:
+        """Counts every change of state; a stored copy with a lower
+        generation than one already used is a rollback."""
+        return self._st.generation
+
+    @property
+    def sent_count(self) -> int:
+        """How many messages we have sent."""
+        return self._st.send_seq
+
+    @property
+    def received_through(self) -> int:
+        """Every peer message up to this sequence number has arrived."""
+        return self._st.received.contiguous
+
+    # --- sending --------------------------------------------------------------
+
+    def send_text(self, text: str, *, now: int) -> bytes:
+        """Encrypt a text message. Persist the session before sending it."""
+        return self._send(ContentType.TEXT, text_body(text), now=now)
+
+    def send_receipt(self, *, now: int) -> bytes:
+        """Tell the peer how far we have received its messages, and the hash."""
+        r = self._st.received
+        body = Receipt(up_to_seq=r.contiguous, chain_hash=r.last_hash).to_bytes()
+        return self._send(ContentType.RECEIPT, body, now=now)
+
+    def send_file(self, name: str, data: bytes, *, now: int) -> list[bytes]:
+        """Encrypt a file as chunks of 32 KiB (one message each)."""
+        file_id = random_bytes(16)
+        digest = sha512(data)
+        count = max(1, -(-len(data) // CHUNK_SIZE))
+        out = []
+        for i in range(count):
+            chunk = FileChunk(
+                file_id=file_id,
+                name=name,
+                size=len(data),
+                sha512=digest,
+                index=i,
+                count=count,
+                data=data[i * CHUNK_SIZE : (i + 1) * CHUNK_SIZE],
+            )
+            FileChunk.from_bytes(chunk.to_bytes())  # the name must be valid
+            out.append(self._send(ContentType.FILE, chunk.to_bytes(), now=now))
+        return out
+
+    def _send(self, content_type: ContentType, body: bytes, *, now: int) -> bytes:
+        st = self._st
+        payload = Payload(
+            sender=self._me.fingerprint,
+            recipient=st.peer.fingerprint,
+            conversation=st.conversation,
+            seq=st.send_seq + 1,
+            sent_at=now,
+            content_type=content_type,
+            body=body,
+            prev_hash=st.send_last_hash,
+        )
+        signed = SignedPayload.sign(self._me, payload)
+        signed_bytes = signed.to_bytes()
+        digest = sha256(signed_bytes)
+        ratchet, header, ciphertext = ratchet_encrypt(
+            st.ratchet, pad(signed_bytes), st.transcript_hash
+        )
+        message = wire.encode(MESSAGE, {"header": header.to_bytes(), "ciphertext": ciphertext})
+        self._st = replace(
+            st,
+            ratchet=ratchet,
+            send_seq=payload.seq,
+            send_last_hash=digest,
+            sent_hashes=(*st.sent_hashes, digest)[-_SENT_HASHES_KEPT:],
+            generation=st.generation + 1,
+        )
+        return message
+
+    # --- receiving ------------------------------------------------------------
+
+    def receive(self, data: bytes, *, now: int) -> list[Event]:
+        """Open one message from the peer; return what it means.
+
+        Raises a :class:`MessageRejected` subclass (or :class:`MalformedInput`)
+        and leaves the session unchanged if anything is wrong.
+        """
+        st = self._st
+        rec = wire.decode(MESSAGE, data)
+        header = RatchetHeader.from_bytes(rec["header"])
+        ratchet, padded = ratchet_decrypt(
+            st.ratchet,
+            header,
+            rec["ciphertext"],
+            st.transcript_hash,
+            now=now,
+            cache=self._decaps_cache,
+        )
+        try:
+            signed_bytes = unpad(padded)
+            signed = SignedPayload.from_bytes_unverified(signed_bytes)
+        except MalformedInput as e:
+            # Authenticated by the ratchet yet malformed: the peer misbehaves.
+            raise MessageRejected(f"a malformed payload from the peer: {e}") from None
+        p = signed.payload
+        if p.recipient != self._me.fingerprint:
+            raise Misaddressed("the message was signed for another recipient")
+        if p.sender == self._me.fingerprint:
+            raise Reflected("our own message came back to us")
+        if p.sender != st.peer.fingerprint:
+            raise Misaddressed("the message was signed by someone other than the peer")
+        if p.conversation != st.conversation:
+            raise WrongConversation("the message was signed for another conversation")
+        try:
+            signed.verify(st.peer)
+        except BadSignature:
+            raise MessageRejected("the message's signature does not verify") from None
+        digest = sha256(signed_bytes)
+        received, events = _place(st.received, p.seq, digest, p.prev_hash)
+        content = p.content()
+        events.insert(
+            0,
+            MessageReceived(
+                seq=p.seq,
+                sent_at=p.sent_at,
+                content_type=p.content_type,
+                content=content,
+                hash=digest,
+                signed=signed_bytes,
+            ),
+        )
+        if isinstance(content, Receipt):
+            events.append(self._check_receipt(content))
+        self._st = replace(st, ratchet=ratchet, received=received, generation=st.generation + 1)
+        return events
+
+    def _check_receipt(self, r: Receipt) -> ReceiptChecked:
+        st = self._st
+        if r.up_to_seq == 0:
+            return ReceiptChecked(up_to_seq=0, matches=r.chain_hash == ZERO_HASH)
+        if r.up_to_seq > st.send_seq:
+            return ReceiptChecked(up_to_seq=r.up_to_seq, matches=False)
+        back = st.send_seq - r.up_to_seq
+        if back >= len(st.sent_hashes):
+            # Older than what we keep: cannot be checked here (the audit log can).
+            return ReceiptChecked(up_to_seq=r.up_to_seq, matches=False)
+        ours = st.sent_hashes[len(st.sent_hashes) - 1 - back]
+        return ReceiptChecked(up_to_seq=r.up_to_seq, matches=ours == r.chain_hash)
+
+    # --- state ----------------------------------------------------------------
+
+    def to_bytes(self) -> bytes:
+        """Secret: the whole session state (encrypt it at rest)."""
+        st = self._st
+        r = st.received
+        return wire.encode(
+            SESSION,
+            {
+                "role": int(st.role),
+                "conversation": st.conversation,
+                "own": self._me.fingerprint.digest,
+                "peer": st.peer.to_bytes(),
+                "transcript_hash": st.transcript_hash,
+                "ratchet": state_to_bytes(st.ratchet),
+                "send_seq": st.send_seq,
+                "send_last_hash": st.send_last_hash,
+                "sent_hashes": b"".join(st.sent_hashes),
+                "recv_contiguous": r.contiguous,
+                "recv_last_hash": r.last_hash,
+                "recv_highest": r.highest,
+                "recv_ahead": b"".join(s.to_bytes(8, "big") + h + ph for s, h, ph in r.ahead),
+                "generation": st.generation,
+            },
+        )
+
+    @classmethod
+    def from_bytes(cls, me: Identity, data: bytes) -> Session:
+        """Load a session of ``me``; raise :class:`MalformedInput`."""
+        rec = wire.decode(SESSION, data)
+        if rec["own"] != me.fingerprint.digest:
+            raise MalformedInput("this session belongs to another identity")
+        try:
+            role = Role(rec["role"])
+        except ValueError:
+            raise MalformedInput("bad session role") from None
+        sent, ahead = rec["sent_hashes"], rec["recv_ahead"]
+        if len(sent) % 32 or len(ahead) % 72:
+            raise MalformedInput("bad session lists")
+        return cls(
+            me,
+            _State(
+                role=role,
+                conversation=rec["conversation"],
+                peer=PublicIdentity.from_bytes(rec["peer"]),
+                transcript_hash=rec["transcript_hash"],
+                ratchet=state_from_bytes(rec["ratchet"]),
+                send_seq=rec["send_seq"],
+                send_last_hash=rec["send_last_hash"],
+                sent_hashes=tuple(sent[i : i + 32] for i in range(0, len(sent), 32)),
+                received=_Received(
+                    contiguous=rec["recv_contiguous"],
+                    last_hash=rec["recv_last_hash"],
+                    highest=rec["recv_highest"],
+                    ahead=tuple(
+                        (
+                            int.from_bytes(ahead[i : i + 8], "big"),
+                            ahead[i + 8 : i + 40],
+                            ahead[i + 40 : i + 72],
+                        )
+                        for i in range(0, len(ahead), 72)
+                    ),
+                ),
+                generation=rec["generation"],
+            ),
+        )
+
+
+def _place(
+    r: _Received, seq: int, digest: bytes, prev_hash: bytes
+) -> tuple[_Received, list[Event]]:
+    """Fit message ``seq`` into the peer's hash chain; return the new
+    ordering state and the gap/reorder events. Pure; raises on conflict."""
+    ahead = {s: (h, ph) for s, h, ph in r.ahead}
+    if seq == 0:
+        raise MessageRejected("sequence numbers start at 1")
+    if seq <= r.contiguous or seq in ahead:
+        raise Replay("this message was already received")
+    if seq - r.contiguous > MAX_GAP:
+        raise TooFarAhead("the message is too far ahead of the last one received")
+    # The link to the previous message, when we know it.
+    if seq == r.contiguous + 1:
+        if prev_hash != r.last_hash:
+            raise ChainBroken("the message does not follow the last one received")
+    elif seq - 1 in ahead and ahead[seq - 1][0] != prev_hash:
+        raise ChainBroken("the message does not follow its predecessor")
+    # The link from the next message, when it came first.
+    if seq + 1 in ahead and ahead[seq + 1][1] != digest:
+        raise ChainBroken("a later message does not follow this one")
+    events: list[Event] = []
+    if seq > r.highest + 1:
+        events.append(MessagesMissing(from_seq=r.highest + 1, to_seq=seq - 1))
+    if seq < r.highest:
+        events.append(OutOfOrder(seq=seq))
+    ahead[seq] = (digest, prev_hash)
+    contiguous, last_hash = r.contiguous, r.last_hash
+    while contiguous + 1 in ahead:
+        contiguous += 1
+        last_hash = ahead.pop(contiguous)[0]
+    return (
+        _Received(
+            contiguous=contiguous,
+            last_hash=last_hash,
+            highest=max(r.highest, seq),
+            ahead=tuple(sorted((s, h, ph) for s, (h, ph) in ahead.items())),
+        ),
+        events,
+    )
+
+
+SESSION = wire.Schema(
+    0x0080,
+    "Session",
+    (
+        wire.Field(1, "role", wire.Kind.UINT),
+        wire.Field(2, "conversation", wire.Kind.BYTES, size=16),
+        wire.Field(3, "own", wire.Kind.BYTES, size=32),
+        wire.Field(4, "peer", wire.Kind.RECORD, max_len=8192, schema=PUBLIC_IDENTITY),
+        wire.Field(5, "transcript_hash", wire.Kind.BYTES, size=32),
+        wire.Field(6, "ratchet", wire.Kind.BYTES, max_len=1 << 20),
+        wire.Field(7, "send_seq", wire.Kind.UINT),
+        wire.Field(8, "send_last_hash", wire.Kind.BYTES, size=32),
+        wire.Field(9, "sent_hashes", wire.Kind.BYTES, max_len=_SENT_HASHES_KEPT * 32),
+        wire.Field(10, "recv_contiguous", wire.Kind.UINT),
+        wire.Field(11, "recv_last_hash", wire.Kind.BYTES, size=32),
+        wire.Field(12, "recv_highest", wire.Kind.UINT),
+        wire.Field(13, "recv_ahead", wire.Kind.BYTES, max_len=(MAX_GAP + 1) * 72),
+        wire.Field(14, "generation", wire.Kind.UINT),
+    ),
+)
