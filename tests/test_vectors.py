@@ -39,6 +39,10 @@ def test_deterministic_values_are_reproduced() -> None:
         assert VECTORS["composite"][key] == fresh["composite"][key]
 
 
+def test_protocol_key_schedule_is_reproduced() -> None:
+    assert VECTORS["protocol"] == _generator().protocol_vectors()
+
+
 def test_public_identity_files_parse_and_match() -> None:
     idents = {}
     for name in ("alice", "bob"):

@@ -23,6 +23,7 @@ from securechan.primitives import (
     SEED_SIZE,
     HybridSigningKey,
     HybridVerifyKey,
+    hkdf_sha256,
     sha256,
 )
 
@@ -38,6 +39,7 @@ __all__ = [
 # for one purpose is never accepted for another (SECURITY-TESTS: key reuse).
 CONTEXT_IDENTITY_SELF = b"securechan/v1/identity-self"
 _FINGERPRINT_LABEL = b"securechan/v1/fingerprint"
+_STORAGE_KEY_LABEL = b"securechan/v1/storage-key"
 
 NAME_MAX = 64
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -252,6 +254,15 @@ class Identity:
     def sign_prehashed(self, prehash: bytes, *, context: bytes) -> bytes:
         """A composite signature over a message given by its SHA-512."""
         return self._key.sign_prehashed(prehash, context=context)
+
+    def storage_key(self) -> bytes:
+        """A 32-byte key for encrypting this identity's state at rest.
+
+        Derived from the identity's seeds with its own label, so it is exactly
+        as protected as the key file and needs no storage of its own.
+        """
+        ed_seed, mldsa_seed = self._key.seed_bytes_secret()
+        return hkdf_sha256(ed_seed + mldsa_seed, salt=bytes(32), info=_STORAGE_KEY_LABEL, length=32)
 
     def secret_bytes(self) -> bytes:
         """The secret record (seeds included) for the encrypted keystore only."""

@@ -82,8 +82,63 @@ def deterministic() -> dict[str, Any]:
     }
 
 
+def protocol_vectors() -> dict[str, Any]:
+    """Key-schedule vectors of the session protocol (docs/PROTOCOL.md §17).
+
+    Every input is fixed (SHA-256 of a published label), so every output is
+    reproducible; encapsulation and HPKE randomness are not involved.
+    """
+    from securechan.primitives import MlKemKeyPair, X25519KeyPair
+    from securechan.protocol import handshake as hs
+    from securechan.protocol import ratchet as rt
+    from securechan.protocol.padding import pad, padme
+
+    def fixed(label: str, n: int = 32) -> bytes:
+        out = b""
+        i = 0
+        while len(out) < n:
+            out += sha256(f"securechan/v1 test vector {label} {i}".encode())
+            i += 1
+        return out[:n]
+
+    a = X25519KeyPair(fixed("x25519 a"))
+    b = X25519KeyPair(fixed("x25519 b"))
+    kem = MlKemKeyPair(fixed("ml-kem seed", 64))
+    rk, kem_ss = fixed("root key"), fixed("kem shared secret")
+    new_rk, ck = rt._kdf_rk(rk, a.exchange(b.public), kem_ss)
+    mk_base, next_ck = rt._kdf_ck(ck)
+    seed, hpke_out, transcript = fixed("handshake seed"), fixed("hpke", 1168), fixed("tx", 200)
+    body_key, root, th = hs._keys(seed, hpke_out, transcript)
+    return {
+        "x25519_a_public": a.public.hex(),
+        "x25519_b_public": b.public.hex(),
+        "x25519_shared": a.exchange(b.public).hex(),
+        "mlkem768_public_sha256": sha256(kem.public).hex(),
+        "kdf_rk": {"rk": rk.hex(), "kem_ss": kem_ss.hex(), "new_rk": new_rk.hex(), "ck": ck.hex()},
+        "kdf_ck": {"mk_base": mk_base.hex(), "next_ck": next_ck.hex()},
+        "message_key": rt._message_key(mk_base, kem_ss).hex(),
+        "handshake": {
+            "seed": seed.hex(),
+            "hpke_sha256": sha256(hpke_out).hex(),
+            "transcript_sha256": sha256(transcript).hex(),
+            "body_key": body_key.hex(),
+            "root_key": root.hex(),
+            "transcript_hash": th.hex(),
+        },
+        "padme": {str(n): padme(n) for n in (1, 9, 100, 1000, 4500, 5000, 70000)},
+        "pad_hello_sha256": sha256(pad(b"hello")).hex(),
+    }
+
+
+def sha256(data: bytes) -> bytes:
+    import hashlib
+
+    return hashlib.sha256(data).digest()
+
+
 def main() -> None:
     data = deterministic()
+    data["protocol"] = protocol_vectors()
     alice_key, _ = load_key("alice")
     sig = alice_key.sign(MESSAGE, context=CONTEXT)
     alice = Identity(name="alice", created=CREATED, key=alice_key)

@@ -1,0 +1,91 @@
+"""Protocol state at rest: encrypted, bound to what it is, and rollback-checked.
+
+Session state, prekey stores and replay guards hold secrets (ratchet keys,
+prekey seeds). They are stored only as a ``SealedState`` record
+(``docs/PROTOCOL.md`` §16)::
+
+    header = (kind, object id, generation)
+    sealed = XChaCha20-Poly1305(storage_key, random nonce, state, aad = header)
+
+The storage key is derived from the identity's secret (see
+:meth:`securechan.identity.Identity.storage_key`), so it is as safe as the key
+file. The header is authenticated: a sealed session cannot be passed off as
+another session, as a prekey store, or as another generation.
+
+**Rollback.** Every change of a session increments its generation. The
+caller keeps the highest generation it has used *somewhere the state file
+does not live* (the audit log's hash chain, in the client) and passes it as
+``min_generation``: an older copy is refused with :class:`RolledBack`. An
+attacker who rolls back the state *and* that record together is not caught
+locally; the peer catches it instead, because a rolled-back sender reuses
+sequence numbers and ratchet positions, which the peer refuses as replays.
+"""
+
+from __future__ import annotations
+
+from securechan import wire
+from securechan.errors import MalformedInput, RolledBack, VerificationFailed
+from securechan.primitives import aead_decrypt, aead_encrypt
+
+__all__ = ["open_state", "seal_state"]
+
+KINDS = frozenset({"session", "prekeys", "replay-guard"})
+
+_HEADER = wire.Schema(
+    0x0090,
+    "SealedStateHeader",
+    (
+        wire.Field(1, "kind", wire.Kind.TEXT, max_len=32),
+        wire.Field(2, "object_id", wire.Kind.BYTES, max_len=64),
+        wire.Field(3, "generation", wire.Kind.UINT),
+    ),
+)
+_SEALED = wire.Schema(
+    0x0091,
+    "SealedState",
+    (
+        wire.Field(1, "header", wire.Kind.RECORD, max_len=256, schema=_HEADER),
+        wire.Field(2, "sealed", wire.Kind.BYTES, max_len=64 << 20),
+    ),
+)
+
+
+def seal_state(
+    storage_key: bytes, data: bytes, *, kind: str, object_id: bytes, generation: int
+) -> bytes:
+    """Encrypt ``data`` (a state's ``to_bytes()``) for storage."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown state kind {kind!r}")
+    header = wire.encode(_HEADER, {"kind": kind, "object_id": object_id, "generation": generation})
+    return wire.encode(
+        _SEALED, {"header": header, "sealed": aead_encrypt(storage_key, data, header)}
+    )
+
+
+def open_state(
+    storage_key: bytes, blob: bytes, *, kind: str, object_id: bytes, min_generation: int = 0
+) -> tuple[int, bytes]:
+    """Decrypt a sealed state; return ``(generation, data)``.
+
+    Raises :class:`MalformedInput` for a blob that does not parse,
+    :class:`VerificationFailed` if it was altered, sealed under another key,
+    or is another object's state, and :class:`RolledBack` if its generation is
+    below ``min_generation``. Authentication comes before anything is parsed.
+    """
+    rec = wire.decode(_SEALED, blob)
+    header = wire.decode(_HEADER, rec["header"])
+    try:
+        data = aead_decrypt(storage_key, rec["sealed"], rec["header"])
+    except VerificationFailed:
+        raise VerificationFailed("the stored state was altered or is not ours") from None
+    if header["kind"] != kind or header["object_id"] != object_id:
+        raise VerificationFailed("the stored state belongs to another object")
+    if header["generation"] < min_generation:
+        raise RolledBack(
+            f"stored {kind} state is generation {header['generation']}, "
+            f"but generation {min_generation} was already used (a rollback)"
+        )
+    if not isinstance(data, bytes):
+        raise MalformedInput("bad state")  # unreachable
+    generation: int = header["generation"]
+    return generation, data
