@@ -559,3 +559,44 @@ def message_open(message_key: bytes, ciphertext: bytes, aad: bytes) -> bytes:
         return aead.decrypt(nonce, ciphertext, aad)
     except _InvalidTag:
         raise VerificationFailed("decryption failed") from None
+
+
+# --- plain Ed25519 (relay and witness keys: C2SP signed notes) -----------------
+
+
+class Ed25519SigningKey:
+    """A plain Ed25519 key (RFC 8032), for formats that fix the algorithm
+    (C2SP signed-note, tlog-cosignature). Identities use the composite key."""
+
+    __slots__ = ("_sk", "public")
+
+    def __init__(self, seed: bytes) -> None:
+        if len(seed) != SEED_SIZE:
+            raise ValueError("Ed25519 seeds are 32 bytes")
+        self.public, self._sk = _sodium.crypto_sign_seed_keypair(bytes(seed))
+
+    @classmethod
+    def generate(cls) -> Ed25519SigningKey:
+        """A fresh key."""
+        return cls(random_bytes(SEED_SIZE))
+
+    def __repr__(self) -> str:
+        return "Ed25519SigningKey(<secret>)"
+
+    def seed_bytes_secret(self) -> bytes:
+        """The 32-byte seed, for encrypted or 0600 storage only."""
+        return bytes(_sodium.crypto_sign_ed25519_sk_to_seed(self._sk))
+
+    def sign(self, message: bytes) -> bytes:
+        """A 64-byte Ed25519 signature."""
+        return bytes(_sodium.crypto_sign(message, self._sk)[:ED25519_SIGNATURE_SIZE])
+
+
+def ed25519_verify(public_key: bytes, signature: bytes, message: bytes) -> None:
+    """Strict Ed25519 verification; raise :class:`BadSignature`."""
+    if len(public_key) != ED25519_PUBLIC_KEY_SIZE or len(signature) != ED25519_SIGNATURE_SIZE:
+        raise BadSignature("bad Ed25519 key or signature length")
+    try:
+        _sodium.crypto_sign_open(signature + message, public_key)
+    except (_nacl_exc.BadSignatureError, _nacl_exc.ValueError):
+        raise BadSignature("signature does not verify") from None
