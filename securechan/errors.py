@@ -27,7 +27,11 @@ __all__ = [
     "MessageRejected",
     "Misaddressed",
     "NoIdentity",
+    "ProofFailed",
     "Reflected",
+    "RelayError",
+    "RelayRefused",
+    "RelayUnavailable",
     "Replay",
     "RolledBack",
     "SecurechanError",
@@ -99,6 +103,22 @@ class IdentityExists(SecurechanError):
     """An identity already exists and would be overwritten (use ``--force``)."""
 
 
+class RelayError(SecurechanError):
+    """A relay could not be used (exit code 3)."""
+
+
+class RelayUnavailable(RelayError):
+    """A relay did not answer, or kept failing, after every retry."""
+
+
+class RelayRefused(RelayError):
+    """A relay refused a request (a 4xx answer other than 408 and 429)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"the relay refused the request: {message}")
+        self.status = status
+
+
 class StorageError(SecurechanError):
     """A file of the home folder could not be read or written."""
 
@@ -158,3 +178,10 @@ class UnknownSender(UntrustedKey):
     def __init__(self, message: str, identity: object | None = None) -> None:
         super().__init__(message)
         self.identity = identity
+
+
+# --- transparency log ---------------------------------------------------------
+
+
+class ProofFailed(VerificationFailed):
+    """A Merkle inclusion or consistency proof is malformed or does not verify."""

@@ -52,6 +52,8 @@ CONTACT = wire.Schema(
         wire.Field(3, "verified", wire.Kind.BOOL),
         wire.Field(4, "added", wire.Kind.UINT),
         wire.Field(5, "verified_at", wire.Kind.UINT, optional=True),
+        # The contact card (identity + relay addresses), opaque to this layer.
+        wire.Field(6, "card", wire.Kind.BYTES, max_len=32768, optional=True),
     ),
 )
 CONTACTS = wire.Schema(
@@ -79,6 +81,7 @@ class Contact:
     verified: bool
     added: int
     verified_at: int | None = None
+    card: bytes | None = None
 
     @property
     def fingerprint(self) -> Fingerprint:
@@ -95,6 +98,7 @@ class Contact:
                 "verified": self.verified,
                 "added": self.added,
                 "verified_at": self.verified_at,
+                "card": self.card,
             },
         )
 
@@ -108,6 +112,7 @@ class Contact:
             verified=rec["verified"],
             added=rec["added"],
             verified_at=rec["verified_at"],
+            card=rec["card"],
         )
 
 
@@ -190,11 +195,18 @@ class Contacts:
         return None
 
     def add(
-        self, identity: PublicIdentity, *, name: str | None = None, replace_key: bool = False
+        self,
+        identity: PublicIdentity,
+        *,
+        name: str | None = None,
+        replace_key: bool = False,
+        card: bytes | None = None,
     ) -> Contact:
         """Pin ``identity`` under ``name`` (default: the identity's own name).
 
-        Adding the same key under the same name again changes nothing. A
+        ``card`` is the contact's signed contact card (checked by the caller
+        against ``identity``); a newer card for the same key replaces the old.
+        Adding the same key under the same name again changes nothing else. A
         different key under a pinned name raises :class:`KeyChanged` (and is
         recorded as refused) unless ``replace_key`` is true. The same key under
         a second name raises :class:`ContactExists`.
@@ -207,8 +219,14 @@ class Contacts:
             for i, c in enumerate(contacts):
                 if c.name == name:
                     if c.identity.same_key(identity):
+                        if card is not None and card != c.card:
+                            contacts[i] = replace(c, card=card)
+                            self._save(contacts)
+                            return contacts[i]
                         return c
-                    new = Contact(name=name, identity=identity, verified=False, added=self._clock())
+                    new = Contact(
+                        name=name, identity=identity, verified=False, added=self._clock(), card=card
+                    )
                     if not replace_key:
                         self._emit(EventKind.CONTACT_KEY_CHANGE_REFUSED, new, old=c.fingerprint)
                         raise KeyChanged(name, str(c.fingerprint), str(identity.fingerprint))
@@ -220,7 +238,9 @@ class Contacts:
                     raise ContactExists(f"this identity is already pinned as {c.name!r}")
             if len(contacts) >= MAX_CONTACTS:
                 raise MalformedInput(f"at most {MAX_CONTACTS} contacts")
-            new = Contact(name=name, identity=identity, verified=False, added=self._clock())
+            new = Contact(
+                name=name, identity=identity, verified=False, added=self._clock(), card=card
+            )
             contacts.append(new)
             self._save(contacts)
         self._emit(EventKind.CONTACT_ADDED, new)

@@ -110,6 +110,13 @@ FIRST = wire.Schema(
 )
 
 
+_GUARD = wire.Schema(
+    0x0053,
+    "ReplayGuard",
+    (wire.Field(1, "seen", wire.Kind.BYTES, max_len=MAX_REPLAY_ENTRIES * 40),),
+)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FirstMessage:
     """The outer first message: what the relay sees (no identity in clear)."""
@@ -184,6 +191,25 @@ class ReplayGuard:
         """Remember ``digest``; forget entries past their time."""
         live = tuple((d, t) for d, t in self.seen if t >= now)
         return ReplayGuard(seen=(*live, (digest, now + REPLAY_MEMORY))[-MAX_REPLAY_ENTRIES:])
+
+    def to_bytes(self) -> bytes:
+        """The wire encoding (type 0x0053): persist it with the prekey store."""
+        return wire.encode(
+            _GUARD, {"seen": b"".join(d + t.to_bytes(8, "big") for d, t in self.seen)}
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ReplayGuard:
+        """Decode strictly."""
+        raw = wire.decode(_GUARD, data)["seen"]
+        if len(raw) % 40:
+            raise MalformedInput("bad replay guard")
+        return cls(
+            seen=tuple(
+                (raw[i : i + 32], int.from_bytes(raw[i + 32 : i + 40], "big"))
+                for i in range(0, len(raw), 40)
+            )
+        )
 
 
 def _info(responder: Fingerprint, kind: int, prekey_id: int) -> bytes:

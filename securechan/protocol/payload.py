@@ -18,6 +18,8 @@ Content types and their bodies:
   ``up_to_seq``, and the last one hashes to ``chain_hash``".
 * ``HELLO`` (4): empty; the first message of a session when the initiator has
   nothing to say yet.
+* ``QUEUE`` (5): a ``QueueGrant``: "send to me at this private queue from now
+  on" (``address.py``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from securechan import wire
 from securechan.errors import MalformedInput
 from securechan.identity.keys import Fingerprint, Identity, PublicIdentity
 from securechan.primitives import HYBRID_SIGNATURE_SIZE, sha256
+from securechan.protocol.address import QueueGrant
 
 __all__ = [
     "CHUNK_SIZE",
@@ -54,6 +57,7 @@ class ContentType(enum.IntEnum):
     FILE = 2
     RECEIPT = 3
     HELLO = 4
+    QUEUE = 5
 
 
 PAYLOAD = wire.Schema(
@@ -159,8 +163,9 @@ class Payload:
         payload.content()  # the body must parse as its type
         return payload
 
-    def content(self) -> str | FileChunk | Receipt | None:
-        """The decoded body: text, a file chunk, a receipt, or None (hello)."""
+    def content(self) -> str | FileChunk | Receipt | QueueGrant | None:
+        """The decoded body: text, a file chunk, a receipt, a queue grant, or
+        None (hello)."""
         if self.content_type is ContentType.TEXT:
             text: str = wire.decode(TEXT_BODY, self.body)["text"]
             return text
@@ -168,6 +173,8 @@ class Payload:
             return FileChunk.from_bytes(self.body)
         if self.content_type is ContentType.RECEIPT:
             return Receipt.from_bytes(self.body)
+        if self.content_type is ContentType.QUEUE:
+            return QueueGrant.from_bytes(self.body)
         if self.body:
             raise MalformedInput("a hello has an empty body")
         return None

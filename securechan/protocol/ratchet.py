@@ -347,12 +347,16 @@ def ratchet_decrypt(
         except VerificationFailed:
             raise DecryptionFailed("the message does not decrypt") from None
 
-    # 1. A key skipped earlier (spec §3.5, TrySkippedMessageKeys).
+    # 1. A key skipped earlier (spec §3.5, TrySkippedMessageKeys). Expired
+    # keys are never used, even if no later message has pruned them yet.
     for i, s in enumerate(state.skipped):
         if s.n == header.n and s.dh == header.dh:
+            if now - s.at > SKIPPED_TTL:
+                raise Replay("the key for this late message has expired")
             plaintext = open_with(s.mk_base, s.kem_seed)
             decaps.commit()
-            return replace(state, skipped=state.skipped[:i] + state.skipped[i + 1 :]), plaintext
+            rest = state.skipped[:i] + state.skipped[i + 1 :]
+            return replace(state, skipped=_prune(rest, now)), plaintext
 
     new_chain = header.dh != state.dh_remote
     if new_chain and header.dh in state.remote_dh_recent:

@@ -29,7 +29,7 @@ from securechan.primitives import aead_decrypt, aead_encrypt
 
 __all__ = ["open_state", "seal_state"]
 
-KINDS = frozenset({"session", "prekeys", "replay-guard"})
+KINDS = frozenset({"session", "prekeys", "replay-guard", "registration"})
 
 _HEADER = wire.Schema(
     0x0090,

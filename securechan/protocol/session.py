@@ -40,12 +40,12 @@ from securechan.errors import (
     Misaddressed,
     Reflected,
     Replay,
-    TooFarAhead,
     WrongConversation,
 )
 from securechan.identity.keys import PUBLIC_IDENTITY, Fingerprint, Identity, PublicIdentity
 from securechan.primitives import random_bytes, sha256, sha512
 from securechan.protocol import handshake as hs
+from securechan.protocol.address import QueueGrant
 from securechan.protocol.padding import pad, unpad
 from securechan.protocol.payload import (
     CHUNK_SIZE,
@@ -70,6 +70,7 @@ from securechan.protocol.ratchet import (
 
 __all__ = [
     "Event",
+    "GapAbandoned",
     "MessageReceived",
     "MessagesMissing",
     "OutOfOrder",
@@ -105,7 +106,7 @@ class MessageReceived:
     seq: int
     sent_at: int
     content_type: ContentType
-    content: str | FileChunk | Receipt | None
+    content: str | FileChunk | Receipt | QueueGrant | None
     hash: bytes
     signed: bytes = field(repr=False)  # the SignedPayload record, for the record
 
@@ -133,7 +134,18 @@ class ReceiptChecked:
     matches: bool
 
 
-Event = MessageReceived | MessagesMissing | OutOfOrder | ReceiptChecked
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GapAbandoned:
+    """Messages ``from_seq``..``to_seq`` are no longer awaited: more than
+    1000 later messages arrived, so any of them that never came is lost."""
+
+    from_seq: int
+    to_seq: int
+
+
+Event = MessageReceived | MessagesMissing | OutOfOrder | ReceiptChecked | GapAbandoned
+# The hash of a message we gave up waiting for: its successor cannot be linked.
+_UNKNOWN = b"\xff" * 32
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -168,6 +180,7 @@ class Session:
         self._me = me
         self._st = state
         self._decaps_cache: dict[bytes, bytes] = {}
+        self._last_sent = b""
 
     # --- creation -----------------------------------------------------------
 
@@ -268,6 +281,12 @@ class Session:
         return self._st.generation
 
     @property
+    def last_sent_record(self) -> bytes:
+        """The signed payload record of the last message sent by this object
+        (for the sender's own record; empty if it sent nothing yet)."""
+        return self._last_sent
+
+    @property
     def sent_count(self) -> int:
         """How many messages we have sent."""
         return self._st.send_seq
@@ -288,6 +307,10 @@ class Session:
         r = self._st.received
         body = Receipt(up_to_seq=r.contiguous, chain_hash=r.last_hash).to_bytes()
         return self._send(ContentType.RECEIPT, body, now=now)
+
+    def send_grant(self, grant: QueueGrant, *, now: int) -> bytes:
+        """Tell the peer to send to our private queue from now on."""
+        return self._send(ContentType.QUEUE, grant.to_bytes(), now=now)
 
     def send_file(self, name: str, data: bytes, *, now: int) -> list[bytes]:
         """Encrypt a file as chunks of 32 KiB (one message each)."""
@@ -328,6 +351,7 @@ class Session:
             st.ratchet, pad(signed_bytes), st.transcript_hash
         )
         message = wire.encode(MESSAGE, {"header": header.to_bytes(), "ciphertext": ciphertext})
+        self._last_sent = signed_bytes
         self._st = replace(
             st,
             ratchet=ratchet,
@@ -485,19 +509,30 @@ def _place(
     if seq == 0:
         raise MessageRejected("sequence numbers start at 1")
     if seq <= r.contiguous or seq in ahead:
-        raise Replay("this message was already received")
+        raise Replay("this message was already received (or given up as lost)")
+    events: list[Event] = []
     if seq - r.contiguous > MAX_GAP:
-        raise TooFarAhead("the message is too far ahead of the last one received")
+        # Memory is bounded: stop waiting for the oldest holes. They were
+        # reported as missing when they opened; now they are given up.
+        base = seq - MAX_GAP
+        events.append(GapAbandoned(from_seq=r.contiguous + 1, to_seq=base))
+        known = {s: h for s, h, _ in r.ahead if s <= base}
+        r = _Received(
+            contiguous=base,
+            last_hash=known.get(base, _UNKNOWN),
+            highest=max(r.highest, base),
+            ahead=tuple(e for e in r.ahead if e[0] > base),
+        )
+        ahead = {s: (h, ph) for s, h, ph in r.ahead}
     # The link to the previous message, when we know it.
     if seq == r.contiguous + 1:
-        if prev_hash != r.last_hash:
+        if r.last_hash != _UNKNOWN and prev_hash != r.last_hash:
             raise ChainBroken("the message does not follow the last one received")
     elif seq - 1 in ahead and ahead[seq - 1][0] != prev_hash:
         raise ChainBroken("the message does not follow its predecessor")
     # The link from the next message, when it came first.
     if seq + 1 in ahead and ahead[seq + 1][1] != digest:
         raise ChainBroken("a later message does not follow this one")
-    events: list[Event] = []
     if seq > r.highest + 1:
         events.append(MessagesMissing(from_seq=r.highest + 1, to_seq=seq - 1))
     if seq < r.highest:
