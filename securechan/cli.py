@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import sqlite3
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -26,6 +27,7 @@ from securechan.errors import (
     IdentityExists,
     MalformedInput,
     NoIdentity,
+    RelayError,
     SecurechanError,
     StorageError,
     UntrustedKey,
@@ -38,11 +40,14 @@ EXIT_USAGE = 2
 EXIT_NETWORK = 3
 EXIT_UNTRUSTED = 4
 _PROGRESS_MIN = 4 * 1024 * 1024
+CARD_FILE = "identity.card"
 _MAX_PASSPHRASE = 4096
 
 
 def _exit_code(exc: SecurechanError) -> int:
     """The one place that maps the error tree to exit codes."""
+    if isinstance(exc, RelayError):
+        return EXIT_NETWORK
     if isinstance(exc, UntrustedKey):  # includes KeyChanged
         return EXIT_UNTRUSTED
     if isinstance(exc, VerificationFailed):  # BadSignature, BadPassphrase
@@ -99,6 +104,8 @@ class _Group(click.Group):
         except OSError as e:
             name = f" {e.filename}" if e.filename else ""
             _fail(f"cannot access{name}: {e.strerror or e}", EXIT_USAGE)
+        except sqlite3.Error as e:
+            _fail(f"local database error: {e}", EXIT_USAGE)
         except UnicodeDecodeError:
             # Safety net: every text input is decoded through _read_text,
             # which names the file; this only stops a traceback.
@@ -272,8 +279,14 @@ def id_show(app: _App, as_json: bool) -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here.")
 @pass_app
 def id_export(app: _App, output: Path | None) -> None:
-    """Print your public identity file, for others' 'contact add'."""
+    """Print your public identity file, for others' 'contact add'.
+
+    After 'register', the file also holds your signed contact card (your
+    relay addresses), so it is all another party needs."""
     text = app.keystore.public_identity().to_text()
+    card_path = app.home / CARD_FILE
+    if card_path.exists():
+        text += _read_text(card_path, str(card_path))
     if output is None:
         click.echo(text, nl=False)
     else:
@@ -329,9 +342,21 @@ def contact() -> None:
 @_json_option
 @pass_app
 def contact_add(app: _App, file: Any, name: str | None, replace: bool, as_json: bool) -> None:
-    """Pin the public identity in FILE ('-' for stdin)."""
-    ident = securechan.PublicIdentity.from_text(_read_text(file, "the identity file"))
-    c = app.keystore.contacts.add(ident, name=name, replace_key=replace)
+    """Pin the public identity in FILE ('-' for stdin).
+
+    If FILE also holds a contact card (from 'id export' after 'register'),
+    its relay addresses are kept so you can send to this contact."""
+    from securechan.protocol.address import ContactCard
+
+    text = _read_text(file, "the identity file")
+    ident = securechan.PublicIdentity.from_text(text)
+    card: bytes | None = None
+    if "-----BEGIN SECURECHAN CONTACT CARD-----" in text:
+        parsed = ContactCard.from_text(text)
+        if not parsed.identity.same_key(ident):
+            raise MalformedInput("the contact card belongs to another identity than the file")
+        card = parsed.to_bytes()
+    c = app.keystore.contacts.add(ident, name=name, replace_key=replace, card=card)
     if as_json:
         _emit_json(_contact_json(c))
         return
@@ -483,6 +508,322 @@ def verify(
             f"('securechan contact show {from_name}')",
             err=True,
         )
+
+
+# --- relay and messaging ----------------------------------------------------------
+
+
+@cli.group(cls=_Group)
+def relay() -> None:
+    """Run a mediator's relay."""
+
+
+@relay.command(name="serve")
+@click.option("--host", default=None, help="Address to bind (default 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default 8470; 0 picks a free one).")
+@click.option(
+    "--data",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Data folder (default ./relay-data).",
+)
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="TOML config file (flags override it).",
+)
+@click.option(
+    "--synchronous",
+    type=click.Choice(["FULL", "NORMAL"]),
+    default=None,
+    help="SQLite durability (default FULL: a 2xx survives power loss).",
+)
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]), default=None)
+def relay_serve(
+    host: str | None,
+    port: int | None,
+    data: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    config_file: Path | None,
+    synchronous: str | None,
+    log_level: str | None,
+) -> None:
+    """Serve the relay until SIGTERM or Ctrl-C."""
+    import asyncio
+    import dataclasses
+    import logging
+
+    from securechan.relay.app import RelayConfig
+    from securechan.relay.server import load_config_file, options_from, serve
+
+    values: dict[str, Any] = {}
+    limits: dict[str, Any] = {}
+    if config_file is not None:
+        values, limits = load_config_file(config_file)
+    flags = {
+        "host": host,
+        "port": port,
+        "data": data,
+        "tls_cert": tls_cert,
+        "tls_key": tls_key,
+        "synchronous": synchronous,
+        "log_level": log_level,
+    }
+    values.update({k: v for k, v in flags.items() if v is not None})
+    opts = options_from(values)
+    try:
+        config = dataclasses.replace(RelayConfig(), **limits)
+    except TypeError as e:
+        raise MalformedInput(f"bad [limits] in the config: {e}") from None
+    logging.basicConfig(
+        level=opts.log_level, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
+    )
+    asyncio.run(serve(opts, config, announce=lambda line: click.echo(line)))
+
+
+def _channel(app: _App, *, unknown: str = "refuse") -> Any:
+    from securechan.client.channel import Channel
+
+    return Channel.open(app.home, app.passphrase(), unknown_senders=unknown)  # type: ignore[arg-type]
+
+
+def _run(coro: Any) -> Any:
+    import asyncio
+
+    return asyncio.run(coro)
+
+
+@cli.command()
+@click.option("--relay", "relays", multiple=True, required=True, help="Relay URL (repeatable).")
+@_json_option
+@pass_app
+def register(app: _App, relays: tuple[str, ...], as_json: bool) -> None:
+    """Create your contact address at each relay and publish prekeys."""
+    from securechan.identity._files import atomic_write
+
+    async def go() -> Any:
+        async with _channel(app) as ch:
+            card = None
+            for url in relays:
+                card = await ch.register(url)
+            return card
+
+    card = _run(go())
+    atomic_write(app.home / CARD_FILE, card.to_text().encode("ascii"), replace=True)
+    if as_json:
+        _emit_json({"relays": [a.relay for a in card.addresses]})
+        return
+    for a in card.addresses:
+        click.echo(f"Registered at {a.relay}")
+    click.echo("Your contact file now includes these addresses: 'securechan id export'.")
+
+
+@cli.command()
+@click.argument("contact_name", metavar="CONTACT")
+@click.argument("message", required=False)
+@click.option(
+    "--file",
+    "file_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Send a file instead of a text.",
+)
+@_json_option
+@pass_app
+def send(
+    app: _App, contact_name: str, message: str | None, file_path: Path | None, as_json: bool
+) -> None:
+    """Send MESSAGE (or '-' for stdin, or --file F) to CONTACT."""
+    if (message is None) == (file_path is None):
+        raise MalformedInput("give a MESSAGE ('-' reads stdin) or --file F")
+    contact = app.keystore.contacts.get(contact_name)
+    if not contact.verified:
+        click.echo(
+            f"securechan: warning: {contact_name} is not verified; compare safety numbers "
+            f"('securechan contact show {contact_name}')",
+            err=True,
+        )
+    if message == "-":
+        message = _read_text(sys.stdin.buffer, "standard input")
+
+    async def go() -> Any:
+        async with _channel(app) as ch:
+            if file_path is not None:
+                data = file_path.read_bytes()
+                return await ch.send_file(contact_name, file_path.name, data)
+            return await ch.send_text(contact_name, message or "")
+
+    result = _run(go())
+    if as_json:
+        _emit_json(
+            {
+                "contact": result.contact,
+                "seqs": list(result.seqs),
+                "delivered": result.delivered,
+                "pending": result.pending,
+            }
+        )
+    else:
+        state = "sent" if result.pending == 0 else f"queued ({result.pending} envelopes pending)"
+        seqs = ",".join(str(s) for s in result.seqs)
+        click.echo(f"Message {seqs} to {result.contact}: {state}", err=True)
+    if result.pending and not result.delivered:
+        raise RelayError("no relay accepted the message yet; it stays queued and is retried")
+
+
+def _save_download(folder: Path, name: str, data: bytes) -> Path:
+    """Write a received file inside ``folder`` under a sanitised, new name."""
+    import os
+
+    from securechan.client.channel import sanitize_filename
+
+    folder.mkdir(parents=True, exist_ok=True)
+    clean = sanitize_filename(name)
+    stem, dot, ext = clean.rpartition(".")
+    if not dot:
+        stem, ext = clean, ""
+    for i in range(1000):
+        candidate = clean if i == 0 else f"{stem} ({i}){dot}{ext}"
+        path = folder / candidate
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except FileExistsError:
+            continue
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return path
+    raise StorageError(f"too many files named {clean} in {folder}")
+
+
+def _show(item: Any, as_json: bool, download: Path) -> None:
+    from securechan.client.channel import Rejected
+
+    if isinstance(item, Rejected):
+        if as_json:
+            _emit_json({"rejected": item.reason, "error": item.error, "held": item.held})
+        else:
+            held = " (held: pin the sender, then run receive again)" if item.held else ""
+            click.echo(
+                f"securechan: refused an envelope: {item.reason}: {item.error}{held}", err=True
+            )
+        return
+    saved = None
+    if item.file_data is not None:
+        saved = _save_download(download, item.file_name or "file", item.file_data)
+    if as_json:
+        _emit_json(
+            {
+                "contact": item.contact,
+                "fingerprint": item.fingerprint,
+                "verified": item.verified,
+                "seq": item.seq,
+                "sent_at": _iso(item.sent_at),
+                "type": item.content_type.name.lower(),
+                "text": item.text,
+                "file": str(saved) if saved else None,
+                "receipt_matches": item.receipt_matches,
+                "notes": list(item.notes),
+            }
+        )
+        return
+    for note in item.notes:
+        click.echo(f"securechan: note: {note}", err=True)
+    mark = "verified" if item.verified else "UNVERIFIED"
+    head = f"[{_iso(item.sent_at)}] {item.contact} ({mark}) #{item.seq}"
+    if item.text is not None:
+        click.echo(f"{head}: {item.text}")
+    elif saved is not None:
+        click.echo(f"{head}: file {item.file_name!r} saved as {saved}")
+    elif item.receipt_matches is not None:
+        verdict = "matches our record" if item.receipt_matches else "DOES NOT MATCH our record"
+        click.echo(f"{item.contact}: receipt {verdict}")
+
+
+@cli.command()
+@click.option("--follow", is_flag=True, help="Keep receiving (Ctrl-C to stop).")
+@click.option(
+    "--download",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="Folder for received files.",
+)
+@click.option(
+    "--unknown",
+    type=click.Choice(["refuse", "hold"]),
+    default="refuse",
+    show_default=True,
+    help="First messages from identities you have not pinned.",
+)
+@click.option("--timeout", type=float, default=None, help="With --follow: stop after N seconds.")
+@_json_option
+@pass_app
+def receive(
+    app: _App, follow: bool, download: Path, unknown: str, timeout: float | None, as_json: bool
+) -> None:
+    """Fetch, verify, store and print new messages."""
+    import asyncio
+
+    async def go() -> None:
+        async with _channel(app, unknown=unknown) as ch:
+            if not follow:
+                for item in await ch.receive():
+                    _show(item, as_json, download)
+                return
+            stop = asyncio.Event()
+            if timeout is not None:
+                asyncio.get_running_loop().call_later(timeout, stop.set)
+            async for item in ch.follow(stop=stop):
+                _show(item, as_json, download)
+
+    _run(go())
+
+
+@cli.command()
+@click.argument("contact_name", metavar="CONTACT", required=False)
+@_json_option
+@pass_app
+def history(app: _App, contact_name: str | None, as_json: bool) -> None:
+    """Show the stored conversation (with CONTACT, or all)."""
+
+    async def go() -> Any:
+        async with _channel(app) as ch:
+            return ch.history(contact_name)
+
+    rows = _run(go())
+    if as_json:
+        _emit_json(
+            [
+                {"contact": c, "direction": d, "seq": s, "sent_at": _iso(t), "summary": m}
+                for c, d, s, t, m in rows
+            ]
+        )
+        return
+    for c, d, s, t, m in rows:
+        arrow = "->" if d == "out" else "<-"
+        click.echo(f"[{_iso(t)}] {arrow} {c} #{s}: {m}")
+
+
+@cli.command()
+@_json_option
+@pass_app
+def status(app: _App, as_json: bool) -> None:
+    """Relays, queues, sessions and envelopes waiting to be sent."""
+
+    async def go() -> Any:
+        async with _channel(app) as ch:
+            await ch.flush_outbox()
+            return ch.status()
+
+    info = _run(go())
+    if as_json:
+        _emit_json(info)
+        return
+    for k, v in info.items():
+        click.echo(f"{k + ':':<10} {', '.join(v) if isinstance(v, list) else v}")
 
 
 # --- demo ----------------------------------------------------------------------

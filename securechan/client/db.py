@@ -1,0 +1,446 @@
+"""The client's local database: session state, queues, outbox, messages.
+
+One SQLite file (``client.db`` in the home folder; WAL, ``synchronous=FULL``,
+``secure_delete=ON``). Everything secret or private is sealed with the
+identity's storage key before it is written: session and prekey state as
+``SealedState`` records (``protocol/sealed.py``), and queue secrets, peer
+grants and stored messages with XChaCha20-Poly1305 bound to their table and
+row. In clear remain only random ids (conversation ids, queue ids, message
+ids), counters and times, and the peer's fingerprint that also sits in
+``contacts.bin``.
+
+Each public method is one transaction. Read-modify-write of a session runs
+inside ``BEGIN IMMEDIATE`` (:meth:`ClientDB.transaction`), so two commands on
+the same home (``receive --follow`` in one terminal, ``send`` in another)
+never interleave their changes to one session.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from securechan.errors import MalformedInput, StorageError, VerificationFailed
+from securechan.primitives import aead_decrypt, aead_encrypt
+from securechan.protocol.sealed import open_state, seal_state
+
+__all__ = ["ClientDB", "OutboxEntry", "QueueRow", "SessionRow", "StoredMessage"]
+
+SCHEMA_VERSION = 1
+_AAD = b"securechan/v1/client-db/"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS state (
+    name TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    blob BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    conversation BLOB PRIMARY KEY,
+    peer BLOB NOT NULL,
+    created INTEGER NOT NULL,
+    grant_sent INTEGER NOT NULL DEFAULT 0,
+    peer_grant BLOB
+);
+CREATE INDEX IF NOT EXISTS sessions_peer ON sessions(peer, created);
+CREATE TABLE IF NOT EXISTS queues (
+    rid BLOB PRIMARY KEY,
+    relay TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    conversation BLOB,
+    secret BLOB NOT NULL,
+    last_seq INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY,
+    msg_id BLOB NOT NULL,
+    relay TEXT NOT NULL,
+    sid BLOB NOT NULL,
+    sender BLOB,
+    envelope BLOB NOT NULL,
+    created INTEGER NOT NULL,
+    UNIQUE (msg_id, relay, sid)
+);
+CREATE TABLE IF NOT EXISTS seen (
+    msg_id BLOB PRIMARY KEY,
+    at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY,
+    conversation BLOB NOT NULL,
+    peer BLOB NOT NULL,
+    direction TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    at INTEGER NOT NULL,
+    sealed BLOB NOT NULL,
+    UNIQUE (conversation, direction, seq)
+);
+CREATE TABLE IF NOT EXISTS file_chunks (
+    conversation BLOB NOT NULL,
+    file_id BLOB NOT NULL,
+    idx INTEGER NOT NULL,
+    sealed BLOB NOT NULL,
+    PRIMARY KEY (conversation, file_id, idx)
+);
+CREATE TABLE IF NOT EXISTS held (
+    msg_id BLOB PRIMARY KEY,
+    relay TEXT NOT NULL,
+    envelope BLOB NOT NULL,
+    at INTEGER NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionRow:
+    """Index data of one session (the state itself is sealed)."""
+
+    conversation: bytes
+    peer: bytes
+    created: int
+    grant_sent: bool
+    peer_grant: bytes | None  # sealed QueueGrant bytes, opened by the caller
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueRow:
+    """One of our receive queues."""
+
+    rid: bytes
+    relay: str
+    kind: str  # "contact" or "private"
+    conversation: bytes | None
+    secret: bytes  # the recipient key's seed (opened)
+    last_seq: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutboxEntry:
+    """An envelope persisted before sending, until the relay acknowledged it."""
+
+    id: int
+    msg_id: bytes
+    relay: str
+    sid: bytes
+    sender: bytes | None  # sender key seed (opened), for secured queues
+    envelope: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoredMessage:
+    """A message in the local store (``record`` is opened by the caller)."""
+
+    id: int
+    conversation: bytes
+    peer: bytes
+    direction: str
+    seq: int
+    at: int
+    record: bytes
+
+
+class ClientDB:
+    """The local database of one home folder, opened with its storage key."""
+
+    def __init__(self, path: Path, storage_key: bytes) -> None:
+        self.path = path
+        self._key = storage_key
+        new = not path.exists()
+        try:
+            if new:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                os.close(fd)
+            self._db = sqlite3.connect(path, isolation_level=None, timeout=30.0)
+        except (OSError, sqlite3.Error) as e:
+            raise StorageError(f"cannot open {path}: {e}") from None
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA secure_delete=ON")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        if version > SCHEMA_VERSION:
+            raise StorageError(f"{self.path} is from a newer securechan (schema {version})")
+        if version == 0:
+            # Idempotent (IF NOT EXISTS), so two processes opening a new home
+            # at once both succeed; one script, one transaction.
+            self._db.executescript(
+                "BEGIN IMMEDIATE;" + _SCHEMA + f"PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
+            )
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._db.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``; rollback on any exception."""
+        if self._db.in_transaction:
+            yield self._db
+            return
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            raise StorageError(f"cannot lock {self.path}: {e}") from None
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        else:
+            self._db.execute("COMMIT")
+
+    # --- sealing --------------------------------------------------------------
+
+    def seal(self, table: str, row: bytes, data: bytes) -> bytes:
+        """Encrypt a value for ``table``/``row`` (bound: cannot be moved)."""
+        return aead_encrypt(self._key, data, _AAD + table.encode() + b"/" + row)
+
+    def open(self, table: str, row: bytes, sealed: bytes) -> bytes:
+        """Decrypt :meth:`seal`'s output; raise :class:`StorageError`."""
+        try:
+            return aead_decrypt(self._key, sealed, _AAD + table.encode() + b"/" + row)
+        except VerificationFailed:
+            raise StorageError(f"{self.path}: a stored {table} value was altered") from None
+
+    # --- sealed protocol state ------------------------------------------------
+
+    def load_state(self, name: str, kind: str, object_id: bytes) -> tuple[int, bytes] | None:
+        """A sealed state blob, opened; ``None`` if absent."""
+        row = self._db.execute(
+            "SELECT generation, blob FROM state WHERE name = ? AND kind = ?", (name, kind)
+        ).fetchone()
+        if row is None:
+            return None
+        try:
+            return open_state(
+                self._key, row[1], kind=kind, object_id=object_id, min_generation=row[0]
+            )
+        except (VerificationFailed, MalformedInput) as e:
+            raise StorageError(f"{self.path}: stored {kind} state is damaged: {e}") from None
+
+    def save_state(
+        self, name: str, kind: str, object_id: bytes, generation: int, data: bytes
+    ) -> None:
+        """Seal and store a state blob (inside the caller's transaction)."""
+        blob = seal_state(self._key, data, kind=kind, object_id=object_id, generation=generation)
+        self._db.execute(
+            "INSERT INTO state (name, kind, generation, blob) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET "
+            "generation = excluded.generation, blob = excluded.blob",
+            (name, kind, generation, blob),
+        )
+
+    # --- sessions ---------------------------------------------------------------
+
+    def add_session(self, conversation: bytes, peer: bytes, created: int) -> None:
+        """Index a new session."""
+        self._db.execute(
+            "INSERT INTO sessions (conversation, peer, created) VALUES (?, ?, ?)",
+            (conversation, peer, created),
+        )
+
+    def sessions(self, peer: bytes | None = None) -> list[SessionRow]:
+        """Sessions, newest first (of one peer, if given)."""
+        query = "SELECT conversation, peer, created, grant_sent, peer_grant FROM sessions"
+        args: tuple[bytes, ...] = ()
+        if peer is not None:
+            query += " WHERE peer = ?"
+            args = (peer,)
+        rows = self._db.execute(query + " ORDER BY created DESC, rowid DESC", args).fetchall()
+        return [
+            SessionRow(
+                conversation=r[0],
+                peer=r[1],
+                created=r[2],
+                grant_sent=bool(r[3]),
+                peer_grant=self.open("peer_grant", r[0], r[4]) if r[4] is not None else None,
+            )
+            for r in rows
+        ]
+
+    def set_peer_grant(self, conversation: bytes, grant: bytes) -> None:
+        """Remember where the peer wants our messages."""
+        self._db.execute(
+            "UPDATE sessions SET peer_grant = ? WHERE conversation = ?",
+            (self.seal("peer_grant", conversation, grant), conversation),
+        )
+
+    def mark_grant_sent(self, conversation: bytes) -> None:
+        """We told the peer about our private queue."""
+        self._db.execute(
+            "UPDATE sessions SET grant_sent = 1 WHERE conversation = ?", (conversation,)
+        )
+
+    # --- queues -------------------------------------------------------------------
+
+    def add_queue(
+        self, rid: bytes, relay: str, kind: str, conversation: bytes | None, secret: bytes
+    ) -> None:
+        """Remember one of our receive queues and its recipient key seed."""
+        self._db.execute(
+            "INSERT INTO queues (rid, relay, kind, conversation, secret) VALUES (?, ?, ?, ?, ?)",
+            (rid, relay, kind, conversation, self.seal("queues", rid, secret)),
+        )
+
+    def queues(self) -> list[QueueRow]:
+        """All our receive queues."""
+        rows = self._db.execute(
+            "SELECT rid, relay, kind, conversation, secret, last_seq FROM queues ORDER BY rowid"
+        ).fetchall()
+        return [
+            QueueRow(
+                rid=r[0],
+                relay=r[1],
+                kind=r[2],
+                conversation=r[3],
+                secret=self.open("queues", r[0], r[4]),
+                last_seq=r[5],
+            )
+            for r in rows
+        ]
+
+    def set_last_seq(self, rid: bytes, seq: int) -> None:
+        """Advance the position we have fully processed in a queue."""
+        self._db.execute("UPDATE queues SET last_seq = MAX(last_seq, ?) WHERE rid = ?", (seq, rid))
+
+    # --- outbox -------------------------------------------------------------------
+
+    def add_outbox(
+        self, msg_id: bytes, relay: str, sid: bytes, sender: bytes | None, envelope: bytes, now: int
+    ) -> None:
+        """Persist an envelope before it is posted."""
+        sealed_sender = self.seal("outbox", msg_id + sid, sender) if sender is not None else None
+        self._db.execute(
+            "INSERT OR IGNORE INTO outbox (msg_id, relay, sid, sender, envelope, created) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (msg_id, relay, sid, sealed_sender, envelope, now),
+        )
+
+    def outbox(self) -> list[OutboxEntry]:
+        """Envelopes not yet acknowledged by their relay, oldest first."""
+        rows = self._db.execute(
+            "SELECT id, msg_id, relay, sid, sender, envelope FROM outbox ORDER BY id"
+        ).fetchall()
+        return [
+            OutboxEntry(
+                id=r[0],
+                msg_id=r[1],
+                relay=r[2],
+                sid=r[3],
+                sender=self.open("outbox", r[1] + r[3], r[4]) if r[4] is not None else None,
+                envelope=r[5],
+            )
+            for r in rows
+        ]
+
+    def remove_outbox(self, entry_id: int) -> None:
+        """The relay has the envelope."""
+        self._db.execute("DELETE FROM outbox WHERE id = ?", (entry_id,))
+
+    # --- received envelopes -----------------------------------------------------
+
+    def seen(self, msg_id: bytes) -> bool:
+        """Was this envelope (by message id, across relays) processed?"""
+        return (
+            self._db.execute("SELECT 1 FROM seen WHERE msg_id = ?", (msg_id,)).fetchone()
+            is not None
+        )
+
+    def mark_seen(self, msg_id: bytes, now: int) -> None:
+        """Record a processed (or refused) envelope."""
+        self._db.execute("INSERT OR IGNORE INTO seen (msg_id, at) VALUES (?, ?)", (msg_id, now))
+
+    def hold(self, msg_id: bytes, relay: str, envelope: bytes, now: int) -> None:
+        """Keep a first message from an unknown sender for the user to accept."""
+        self._db.execute(
+            "INSERT OR IGNORE INTO held (msg_id, relay, envelope, at) VALUES (?, ?, ?, ?)",
+            (msg_id, relay, envelope, now),
+        )
+
+    def held(self) -> list[tuple[bytes, str, bytes]]:
+        """Held first messages: (msg_id, relay, envelope)."""
+        return [
+            (r[0], r[1], r[2])
+            for r in self._db.execute("SELECT msg_id, relay, envelope FROM held ORDER BY at")
+        ]
+
+    def unhold(self, msg_id: bytes) -> None:
+        """Forget a held first message."""
+        self._db.execute("DELETE FROM held WHERE msg_id = ?", (msg_id,))
+
+    # --- messages -----------------------------------------------------------------
+
+    def add_message(
+        self, conversation: bytes, peer: bytes, direction: str, seq: int, at: int, record: bytes
+    ) -> None:
+        """Store a sent or received message (sealed)."""
+        row = conversation + direction.encode() + seq.to_bytes(8, "big")
+        self._db.execute(
+            "INSERT OR IGNORE INTO messages (conversation, peer, direction, seq, at, sealed) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (conversation, peer, direction, seq, at, self.seal("messages", row, record)),
+        )
+
+    def messages(self, peer: bytes | None = None, *, limit: int = 1000) -> list[StoredMessage]:
+        """Stored messages in the order they were stored (of one peer, if given)."""
+        query = "SELECT id, conversation, peer, direction, seq, at, sealed FROM messages"
+        args: tuple[object, ...] = ()
+        if peer is not None:
+            query += " WHERE peer = ?"
+            args = (peer,)
+        rows = self._db.execute(query + " ORDER BY id LIMIT ?", (*args, limit)).fetchall()
+        out = []
+        for r in rows:
+            row = r[1] + r[3].encode() + r[4].to_bytes(8, "big")
+            out.append(
+                StoredMessage(
+                    id=r[0],
+                    conversation=r[1],
+                    peer=r[2],
+                    direction=r[3],
+                    seq=r[4],
+                    at=r[5],
+                    record=self.open("messages", row, r[6]),
+                )
+            )
+        return out
+
+    # --- file chunks -----------------------------------------------------------------
+
+    def add_chunk(self, conversation: bytes, file_id: bytes, index: int, chunk: bytes) -> int:
+        """Store a received file chunk; return how many chunks of it are held."""
+        row = conversation + file_id + index.to_bytes(8, "big")
+        self._db.execute(
+            "INSERT OR IGNORE INTO file_chunks (conversation, file_id, idx, sealed) "
+            "VALUES (?, ?, ?, ?)",
+            (conversation, file_id, index, self.seal("file_chunks", row, chunk)),
+        )
+        (n,) = self._db.execute(
+            "SELECT COUNT(*) FROM file_chunks WHERE conversation = ? AND file_id = ?",
+            (conversation, file_id),
+        ).fetchone()
+        return int(n)
+
+    def take_chunks(self, conversation: bytes, file_id: bytes) -> list[bytes]:
+        """All chunks of a file in order, removed from the store."""
+        rows = self._db.execute(
+            "SELECT idx, sealed FROM file_chunks WHERE conversation = ? AND file_id = ? "
+            "ORDER BY idx",
+            (conversation, file_id),
+        ).fetchall()
+        self._db.execute(
+            "DELETE FROM file_chunks WHERE conversation = ? AND file_id = ?",
+            (conversation, file_id),
+        )
+        return [
+            self.open("file_chunks", conversation + file_id + r[0].to_bytes(8, "big"), r[1])
+            for r in rows
+        ]

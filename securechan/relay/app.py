@@ -1,0 +1,496 @@
+"""The relay's HTTP and WebSocket API (aiohttp). ``docs/RELAY.md`` is the
+contract and ``docs/openapi.yaml`` its machine-readable form.
+
+The relay is trusted with availability only. It stores and forwards opaque
+envelopes on one-way queues that are linked to no identity, hands out sealed
+prekey blobs it cannot read, and answers every bad request with a clear
+status and a JSON error body, never with a crash and never affecting other
+queues. Log lines name the route and the outcome, never an id, a key or a
+body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from securechan.errors import BadSignature, MalformedInput, StorageError
+from securechan.primitives import Ed25519SigningKey, random_bytes, sha256
+from securechan.protocol.relay_auth import (
+    MAX_SKEW,
+    b64d,
+    b64e,
+    parse_authorization,
+    verify_request,
+)
+from securechan.relay.limits import RateLimiter
+from securechan.relay.metrics import RelayMetrics
+from securechan.relay.storage import (
+    ID_SIZE,
+    KEY_SIZE,
+    QueueFull,
+    QueueRecord,
+    RelayStorage,
+    StorageClosed,
+)
+
+__all__ = ["RelayConfig", "make_app"]
+
+log = logging.getLogger("securechan.relay")
+
+API_VERSION = "v1"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RelayConfig:
+    """Limits and behaviour of one relay (``docs/RELAY.md`` §5)."""
+
+    max_envelope: int = 256 * 1024
+    max_depth: int = 10_000
+    ttl: int = 30 * 24 * 3600
+    fetch_limit: int = 500
+    # Sends per second per queue, and per client address (all queues).
+    queue_rate: float = 50.0
+    queue_burst: int = 200
+    client_rate: float = 500.0
+    client_burst: int = 1000
+    # Prekey bundle claims per contact address (one-time key exhaustion).
+    claim_rate: float = 1.0
+    claim_burst: int = 20
+    create_rate: float = 5.0
+    create_burst: int = 50
+    body_timeout: float = 15.0
+    max_one_time_upload: int = 200
+    max_prekey_blob: int = 16 * 1024
+    max_ws_per_queue: int = 4
+    clock: Callable[[], float] = field(default=time.time)
+
+
+class _HttpError(Exception):
+    def __init__(
+        self, status: int, code: str, message: str, *, retry_after: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+
+
+def _error_response(err: _HttpError) -> web.Response:
+    headers = {"Retry-After": str(err.retry_after)} if err.retry_after is not None else None
+    return web.json_response(
+        {"error": {"code": err.code, "message": err.message}}, status=err.status, headers=headers
+    )
+
+
+class Relay:
+    """Handlers and shared state of one relay process."""
+
+    def __init__(
+        self,
+        storage: RelayStorage,
+        key: Ed25519SigningKey,
+        config: RelayConfig,
+        metrics: RelayMetrics,
+    ) -> None:
+        self.storage = storage
+        self.key = key
+        self.config = config
+        self.metrics = metrics
+        self.queue_limit = RateLimiter(rate=config.queue_rate, burst=config.queue_burst)
+        self.client_limit = RateLimiter(rate=config.client_rate, burst=config.client_burst)
+        self.claim_limit = RateLimiter(rate=config.claim_rate, burst=config.claim_burst)
+        self.create_limit = RateLimiter(rate=config.create_rate, burst=config.create_burst)
+        self.subscribers: dict[bytes, set[web.WebSocketResponse]] = defaultdict(set)
+
+    # --- helpers --------------------------------------------------------------
+
+    def now(self) -> int:
+        return int(self.config.clock())
+
+    def _limit(self, limiter: RateLimiter, key: object, what: str) -> None:
+        wait = limiter.allow(key, self.config.clock())
+        if wait:
+            self.metrics.rate_limited.labels(what).inc()
+            raise _HttpError(429, "rate_limited", f"too many {what} requests", retry_after=wait)
+
+    async def _body(self, request: web.Request, limit: int) -> bytes:
+        if request.content_length is not None and request.content_length > limit:
+            raise _HttpError(413, "too_large", f"the body is larger than {limit} bytes")
+        try:
+            async with asyncio.timeout(self.config.body_timeout):
+                chunks = []
+                size = 0
+                async for chunk in request.content.iter_chunked(64 * 1024):
+                    size += len(chunk)
+                    if size > limit:
+                        raise _HttpError(413, "too_large", f"the body is larger than {limit} bytes")
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise _HttpError(408, "timeout", "the request body was too slow") from None
+        return b"".join(chunks)
+
+    async def _json(self, request: web.Request, limit: int = 64 * 1024) -> dict[str, Any]:
+        body = await self._body(request, limit)
+        try:
+            data = json.loads(body)
+        except (ValueError, RecursionError):
+            raise _HttpError(400, "bad_json", "the body is not JSON") from None
+        if not isinstance(data, dict):
+            raise _HttpError(400, "bad_json", "the body must be a JSON object")
+        return data
+
+    def _id(self, request: web.Request, name: str) -> bytes:
+        try:
+            return b64d(request.match_info[name], size=ID_SIZE)
+        except MalformedInput:
+            raise _HttpError(400, "bad_id", f"malformed {name}") from None
+
+    async def _authenticate(self, request: web.Request, key: bytes, body: bytes) -> None:
+        try:
+            req = parse_authorization(request.headers.get("Authorization"))
+        except MalformedInput as e:
+            raise _HttpError(401, "unauthenticated", str(e)) from None
+        now = self.now()
+        try:
+            verify_request(key, req, request.method, request.path_qs, body, now=now)
+        except BadSignature as e:
+            self.metrics.auth_failures.inc()
+            raise _HttpError(403, "forbidden", str(e)) from None
+        if not await self.storage.use_nonce(key, req.nonce, now=now, expires=now + 2 * MAX_SKEW):
+            self.metrics.auth_failures.inc()
+            raise _HttpError(403, "replayed", "this request was already made")
+
+    async def _queue(self, rid: bytes) -> QueueRecord:
+        queue = await self.storage.queue_by_rid(rid)
+        if queue is None:
+            raise _HttpError(404, "no_queue", "no such queue")
+        return queue
+
+    # --- routes ---------------------------------------------------------------
+
+    async def info(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "api": API_VERSION,
+                "relay_key": b64e(self.key.public),
+                "fingerprint": sha256(self.key.public).hex(),
+                "max_envelope": self.config.max_envelope,
+                "ttl": self.config.ttl,
+            }
+        )
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.Response(text=openapi_text(), content_type="application/yaml")
+
+    async def create_queue(self, request: web.Request) -> web.Response:
+        self._limit(self.create_limit, request.remote, "create")
+        body = await self._body(request, 4096)
+        try:
+            data = json.loads(body)
+            if not isinstance(data, dict) or set(data) - {"recipient_key", "sender_key", "contact"}:
+                raise ValueError
+            recipient_key = b64d(data["recipient_key"], size=KEY_SIZE)
+            sender_key = b64d(data["sender_key"], size=KEY_SIZE) if data.get("sender_key") else None
+            contact = data.get("contact", False)
+            if not isinstance(contact, bool) or (contact and sender_key is not None):
+                raise ValueError
+        except (ValueError, KeyError, TypeError, MalformedInput, RecursionError):
+            raise _HttpError(
+                400, "bad_request", "expected recipient_key, sender_key, contact"
+            ) from None
+        # Proof of possession of the recipient key: the request is signed by it.
+        await self._authenticate(request, recipient_key, body)
+        queue = QueueRecord(
+            rid=random_bytes(ID_SIZE),
+            sid=random_bytes(ID_SIZE),
+            recipient_key=recipient_key,
+            sender_key=sender_key,
+            contact=contact,
+            created=self.now(),
+        )
+        await self.storage.create_queue(queue)
+        self.metrics.queues_created.inc()
+        return web.json_response({"rid": b64e(queue.rid), "sid": b64e(queue.sid)}, status=201)
+
+    async def delete_queue(self, request: web.Request) -> web.Response:
+        rid = self._id(request, "rid")
+        queue = await self._queue(rid)
+        await self._authenticate(request, queue.recipient_key, await self._body(request, 0))
+        await self.storage.delete_queue(rid)
+        return web.json_response({"deleted": True})
+
+    async def secure_queue(self, request: web.Request) -> web.Response:
+        rid = self._id(request, "rid")
+        queue = await self._queue(rid)
+        body = await self._body(request, 4096)
+        await self._authenticate(request, queue.recipient_key, body)
+        try:
+            data = json.loads(body)
+            sender_key = b64d(data["sender_key"], size=KEY_SIZE)
+        except (ValueError, KeyError, TypeError, MalformedInput, RecursionError):
+            raise _HttpError(400, "bad_request", "expected sender_key") from None
+        if queue.contact:
+            raise _HttpError(409, "conflict", "a contact address stays open to all senders")
+        if queue.sender_key is not None and queue.sender_key != sender_key:
+            raise _HttpError(409, "conflict", "the queue is already secured with another key")
+        await self.storage.set_sender_key(rid, sender_key)
+        return web.json_response({"secured": True})
+
+    async def send(self, request: web.Request) -> web.Response:
+        self._limit(self.client_limit, request.remote, "client")
+        sid = self._id(request, "sid")
+        try:
+            msg_id = b64d(request.headers.get("X-Message-Id", ""), size=16)
+        except MalformedInput:
+            raise _HttpError(400, "bad_message_id", "X-Message-Id must be 16 bytes") from None
+        queue = await self.storage.queue_by_sid(sid)
+        if queue is None:
+            raise _HttpError(404, "no_queue", "no such queue")
+        self._limit(self.queue_limit, queue.rid, "queue")
+        body = await self._body(request, self.config.max_envelope)
+        if not body:
+            raise _HttpError(400, "empty", "an envelope is never empty")
+        if queue.sender_key is not None:
+            await self._authenticate(request, queue.sender_key, body)
+        try:
+            result = await self.storage.put_envelope(
+                queue.rid, msg_id, body, now=self.now(), max_depth=self.config.max_depth
+            )
+        except QueueFull:
+            self.metrics.rejected.labels("queue_full").inc()
+            raise _HttpError(429, "queue_full", "the queue is full", retry_after=60) from None
+        self.metrics.envelopes_stored.inc()
+        self.metrics.envelope_bytes.observe(len(body))
+        if not result.duplicate:
+            self._notify(queue.rid, result.seq, msg_id, body)
+        return web.json_response(
+            {"seq": result.seq, "duplicate": result.duplicate},
+            status=200 if result.duplicate else 201,
+        )
+
+    def _notify(self, rid: bytes, seq: int, msg_id: bytes, body: bytes) -> None:
+        frame = json.dumps(
+            {
+                "type": "message",
+                "seq": seq,
+                "msg_id": b64e(msg_id),
+                "data": b64e(body),
+                "received": self.now(),
+            }
+        )
+        for ws in list(self.subscribers.get(rid, ())):
+            if not ws.closed:
+                asyncio.get_running_loop().create_task(self._push(ws, frame))
+
+    async def _push(self, ws: web.WebSocketResponse, frame: str) -> None:
+        try:
+            await asyncio.wait_for(ws.send_str(frame), timeout=10)
+        except (ConnectionError, TimeoutError, RuntimeError):
+            await ws.close()
+
+    async def fetch(self, request: web.Request) -> web.Response:
+        rid = self._id(request, "rid")
+        queue = await self._queue(rid)
+        await self._authenticate(request, queue.recipient_key, await self._body(request, 0))
+        try:
+            after = int(request.query.get("after", "0"))
+            limit = min(int(request.query.get("limit", "100")), self.config.fetch_limit)
+            if after < 0 or limit < 1:
+                raise ValueError
+        except ValueError:
+            raise _HttpError(
+                400, "bad_query", "after and limit are non-negative integers"
+            ) from None
+        envelopes = await self.storage.fetch(rid, after=after, limit=limit)
+        return web.json_response(
+            {
+                "messages": [
+                    {
+                        "seq": e.seq,
+                        "msg_id": b64e(e.msg_id),
+                        "data": b64e(e.data),
+                        "received": e.received,
+                    }
+                    for e in envelopes
+                ]
+            }
+        )
+
+    async def ack(self, request: web.Request) -> web.Response:
+        rid = self._id(request, "rid")
+        queue = await self._queue(rid)
+        body = await self._body(request, 1024)
+        await self._authenticate(request, queue.recipient_key, body)
+        try:
+            up_to = json.loads(body)["up_to"]
+            if not isinstance(up_to, int) or isinstance(up_to, bool) or up_to < 0:
+                raise ValueError
+        except (ValueError, KeyError, TypeError, RecursionError):
+            raise _HttpError(400, "bad_request", "expected up_to, a non-negative integer") from None
+        deleted = await self.storage.ack(rid, up_to=up_to)
+        return web.json_response({"deleted": deleted})
+
+    async def put_prekeys(self, request: web.Request) -> web.Response:
+        rid = self._id(request, "rid")
+        queue = await self._queue(rid)
+        cfg = self.config
+        body = await self._body(request, cfg.max_prekey_blob * (cfg.max_one_time_upload + 2))
+        await self._authenticate(request, queue.recipient_key, body)
+        if not queue.contact:
+            raise _HttpError(409, "conflict", "prekeys belong on a contact address")
+        try:
+            data = json.loads(body)
+            signed = b64d(data["signed"], max_size=cfg.max_prekey_blob)
+            one_time = [b64d(x, max_size=cfg.max_prekey_blob) for x in data.get("one_time", [])]
+            replace = data.get("replace_one_time", False)
+            if not isinstance(replace, bool) or not signed or not all(one_time):
+                raise ValueError
+            if len(one_time) > cfg.max_one_time_upload:
+                raise ValueError
+        except (ValueError, KeyError, TypeError, MalformedInput, RecursionError):
+            raise _HttpError(
+                400, "bad_request", "expected signed, one_time, replace_one_time"
+            ) from None
+        left = await self.storage.put_prekeys(
+            rid, signed=signed, one_time=one_time, replace_one_time=replace
+        )
+        return web.json_response({"one_time_left": left})
+
+    async def prekey_status(self, request: web.Request) -> web.Response:
+        rid = self._id(request, "rid")
+        queue = await self._queue(rid)
+        await self._authenticate(request, queue.recipient_key, await self._body(request, 0))
+        return web.json_response({"one_time_left": await self.storage.prekey_count(rid)})
+
+    async def claim_bundle(self, request: web.Request) -> web.Response:
+        self._limit(self.client_limit, request.remote, "client")
+        sid = self._id(request, "sid")
+        await self._body(request, 0)
+        queue = await self.storage.queue_by_sid(sid)
+        if queue is None or not queue.contact:
+            raise _HttpError(404, "no_queue", "no such contact address")
+        self._limit(self.claim_limit, sid, "claim")
+        claimed = await self.storage.claim_bundle(queue.rid)
+        if claimed is None:
+            raise _HttpError(404, "no_prekeys", "no prekeys were published here")
+        signed, one_time, left = claimed
+        return web.json_response(
+            {
+                "signed": b64e(signed),
+                "one_time": b64e(one_time) if one_time is not None else None,
+                "one_time_left": left,
+            }
+        )
+
+    async def websocket(self, request: web.Request) -> web.StreamResponse:
+        rid = self._id(request, "rid")
+        queue = await self._queue(rid)
+        await self._authenticate(request, queue.recipient_key, b"")
+        if len(self.subscribers[rid]) >= self.config.max_ws_per_queue:
+            raise _HttpError(
+                429, "too_many_sockets", "too many sockets on this queue", retry_after=5
+            )
+        ws = web.WebSocketResponse(heartbeat=30, max_msg_size=4096)
+        await ws.prepare(request)
+        self.subscribers[rid].add(ws)
+        self.metrics.websockets.inc()
+        try:
+            async for msg in ws:  # the client only sends pings or closes
+                if msg.type in (WSMsgType.ERROR, WSMsgType.CLOSE):
+                    break
+        finally:
+            self.subscribers[rid].discard(ws)
+            if not self.subscribers[rid]:
+                self.subscribers.pop(rid, None)
+            self.metrics.websockets.dec()
+        return ws
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def openapi_text() -> str:
+    """The OpenAPI document: packaged with the wheel (from docs/openapi.yaml),
+    or read from the source tree in an editable install."""
+    packaged = resources.files("securechan.relay").joinpath("openapi.yaml")
+    if packaged.is_file():
+        return packaged.read_text("utf-8")
+    return (Path(__file__).resolve().parents[2] / "docs" / "openapi.yaml").read_text("utf-8")
+
+
+def make_app(
+    storage: RelayStorage,
+    key: Ed25519SigningKey,
+    config: RelayConfig | None = None,
+    metrics: RelayMetrics | None = None,
+) -> web.Application:
+    """The relay application. The caller owns ``storage`` (and closes it)."""
+    cfg = config or RelayConfig()
+    relay = Relay(storage, key, cfg, metrics or RelayMetrics())
+
+    @web.middleware
+    async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        route = request.match_info.route.resource
+        name = route.canonical if route is not None else "unmatched"
+        started = time.perf_counter()
+        try:
+            response = await handler(request)
+        except _HttpError as err:
+            response = _error_response(err)
+            log.info("%s %s -> %d %s", request.method, name, err.status, err.code)
+        except web.HTTPException as exc:  # aiohttp's own (404 route, 405, 413 ...)
+            response = _error_response(_HttpError(exc.status, "http", exc.reason))
+        except StorageClosed:
+            response = _error_response(_HttpError(503, "shutting_down", "the relay is stopping"))
+        except StorageError:
+            log.error("%s %s -> 503 storage error", request.method, name)
+            response = _error_response(
+                _HttpError(503, "storage", "the relay cannot store right now", retry_after=5)
+            )
+        except ValueError:
+            # The storage refuses writes to a queue deleted meanwhile (a race).
+            response = _error_response(_HttpError(404, "no_queue", "no such queue"))
+        relay.metrics.requests.labels(request.method, name, str(response.status)).inc()
+        relay.metrics.latency.labels(name).observe(time.perf_counter() - started)
+        return response
+
+    app = web.Application(middlewares=[errors], client_max_size=cfg.max_envelope + 64 * 1024)
+    app["relay"] = relay
+    r = app.router
+    r.add_get("/healthz", relay.healthz)
+    r.add_get("/metrics", relay.metrics.handler)
+    r.add_get("/v1/relay", relay.info)
+    r.add_get("/v1/openapi.yaml", relay.openapi)
+    r.add_post("/v1/queues", relay.create_queue)
+    r.add_delete("/v1/queues/{rid}", relay.delete_queue)
+    r.add_put("/v1/queues/{rid}/sender-key", relay.secure_queue)
+    r.add_get("/v1/queues/{rid}/messages", relay.fetch)
+    r.add_post("/v1/queues/{rid}/ack", relay.ack)
+    r.add_get("/v1/queues/{rid}/ws", relay.websocket)
+    r.add_put("/v1/queues/{rid}/prekeys", relay.put_prekeys)
+    r.add_get("/v1/queues/{rid}/prekeys", relay.prekey_status)
+    r.add_post("/v1/send/{sid}", relay.send)
+    r.add_post("/v1/contact/{sid}/bundle", relay.claim_bundle)
+
+    async def close_sockets(app: web.Application) -> None:
+        for sockets in list(relay.subscribers.values()):
+            for ws in list(sockets):
+                await ws.close(code=1001, message=b"relay shutting down")
+
+    app.on_shutdown.append(close_sockets)
+    return app

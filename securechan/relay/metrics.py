@@ -1,0 +1,62 @@
+"""Prometheus metrics of the relay (served at ``/metrics``).
+
+Labels are route templates and outcome codes only: never a queue id, key,
+client address or size of a particular envelope beyond the histogram.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+__all__ = ["RelayMetrics"]
+
+
+class RelayMetrics:
+    """One registry per relay application (tests run several in a process)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "securechan_relay_requests", "HTTP requests", ["method", "route", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "securechan_relay_request_seconds",
+            "Request latency",
+            ["route"],
+            registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
+        )
+        self.envelopes_stored = Counter(
+            "securechan_relay_envelopes_stored", "Envelopes committed", registry=r
+        )
+        self.envelope_bytes = Histogram(
+            "securechan_relay_envelope_bytes",
+            "Envelope sizes",
+            registry=r,
+            buckets=(1024, 4096, 8192, 16384, 32768, 65536, 131072, 262144),
+        )
+        self.queues_created = Counter("securechan_relay_queues_created", "Queues", registry=r)
+        self.rate_limited = Counter(
+            "securechan_relay_rate_limited", "429 answers", ["limit"], registry=r
+        )
+        self.rejected = Counter(
+            "securechan_relay_rejected", "Refused envelopes", ["reason"], registry=r
+        )
+        self.auth_failures = Counter(
+            "securechan_relay_auth_failures", "Bad, stale or replayed signatures", registry=r
+        )
+        self.websockets = Gauge("securechan_relay_websockets", "Open WebSockets", registry=r)
+
+    async def handler(self, request: web.Request) -> web.Response:
+        """The Prometheus text exposition."""
+        body = generate_latest(self.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

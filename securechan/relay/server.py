@@ -1,0 +1,182 @@
+"""Running a relay: its key, its data folder, TLS, expiry and clean shutdown.
+
+``securechan relay serve`` calls :func:`serve`. The data folder (mode 0700)
+holds ``relay.key`` (the relay's Ed25519 seed, mode 0600, created on first
+start) and ``relay.db`` (SQLite). On start the relay prints one line per fact
+to stdout: its public key and fingerprint (for clients to pin) and the URL it
+listens on. SIGTERM and SIGINT stop it gracefully: the listener closes,
+in-flight requests get up to ``shutdown_timeout`` seconds, pending writes are
+committed, then the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import ssl
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from securechan.relay.sqlite_store import SqliteStorage
+
+from securechan.errors import MalformedInput, StorageError
+from securechan.primitives import Ed25519SigningKey, sha256
+from securechan.protocol.relay_auth import b64e
+from securechan.relay.app import RelayConfig, make_app
+
+__all__ = ["ServeOptions", "load_config_file", "load_or_create_key", "serve"]
+
+log = logging.getLogger("securechan.relay")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServeOptions:
+    """Where and how to listen (flags or a TOML config file)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8470
+    data: Path = Path("relay-data")
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    synchronous: str = "FULL"
+    expire_every: float = 3600.0
+    shutdown_timeout: float = 10.0
+    log_level: str = "INFO"
+
+
+def load_config_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Read a TOML config: top-level serve options and a ``[limits]`` table
+    of :class:`RelayConfig` fields. Unknown keys are refused."""
+    try:
+        data = tomllib.loads(path.read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise MalformedInput(f"cannot read config {path}: {e}") from None
+    limits = data.pop("limits", {})
+    serve_names = {f.name for f in fields(ServeOptions)}
+    limit_names = {f.name for f in fields(RelayConfig)} - {"clock"}
+    unknown = (set(data) - serve_names) | (set(limits) - limit_names)
+    if unknown:
+        raise MalformedInput(f"unknown config keys: {', '.join(sorted(unknown))}")
+    return data, limits
+
+
+def load_or_create_key(data_dir: Path) -> Ed25519SigningKey:
+    """The relay key from ``relay.key``, created (0600, O_EXCL) if absent."""
+    try:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as e:
+        raise StorageError(f"cannot create {data_dir}: {e.strerror}") from None
+    path = data_dir / "relay.key"
+    try:
+        text = path.read_text("ascii").strip()
+    except FileNotFoundError:
+        key = Ed25519SigningKey.generate()
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as e:
+            raise StorageError(f"cannot create {path}: {e.strerror}") from None
+        with os.fdopen(fd, "w") as f:
+            f.write(key.seed_bytes_secret().hex() + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        return key
+    except (OSError, UnicodeDecodeError) as e:
+        raise StorageError(f"cannot read {path}: {e}") from None
+    try:
+        seed = bytes.fromhex(text)
+        return Ed25519SigningKey(seed)
+    except ValueError:
+        raise MalformedInput(f"{path} is not a relay key (64 hex digits)") from None
+
+
+def _tls(opts: ServeOptions) -> ssl.SSLContext | None:
+    if opts.tls_cert is None and opts.tls_key is None:
+        return None
+    if opts.tls_cert is None or opts.tls_key is None:
+        raise MalformedInput("give both --tls-cert and --tls-key")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(opts.tls_cert, opts.tls_key)
+    except (OSError, ssl.SSLError) as e:
+        raise MalformedInput(f"cannot load the TLS certificate or key: {e}") from None
+    return ctx
+
+
+async def serve(
+    opts: ServeOptions,
+    config: RelayConfig,
+    *,
+    announce: Callable[[str], None] = print,
+) -> None:
+    """Run until SIGTERM/SIGINT; return after a clean shutdown."""
+    key = load_or_create_key(opts.data)
+    tls = _tls(opts)
+    storage = await SqliteStorage.open(opts.data / "relay.db", synchronous=opts.synchronous)
+    app = make_app(storage, key, config)
+    runner = web.AppRunner(
+        app, handle_signals=False, access_log=None, shutdown_timeout=opts.shutdown_timeout
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, opts.host, opts.port, ssl_context=tls, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as e:
+        await runner.cleanup()
+        await storage.close()
+        raise StorageError(f"cannot listen on {opts.host}:{opts.port}: {e.strerror}") from None
+    port = opts.port
+    server = getattr(site, "_server", None)
+    if server is not None and server.sockets:
+        port = server.sockets[0].getsockname()[1]
+    scheme = "https" if tls else "http"
+    host = f"[{opts.host}]" if ":" in opts.host else opts.host
+    announce(f"relay key: {b64e(key.public)}")
+    announce(f"relay fingerprint: {sha256(key.public).hex()}")
+    announce(f"listening on {scheme}://{host}:{port}")
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    async def expire_loop() -> None:
+        while True:
+            await asyncio.sleep(opts.expire_every)
+            n = await storage.expire(older_than=int(config.clock()) - config.ttl)
+            if n:
+                log.info("expired %d envelopes", n)
+
+    expirer = asyncio.create_task(expire_loop())
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping: finishing in-flight requests")
+        expirer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await expirer
+        await runner.cleanup()
+        await storage.close()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        log.info("stopped")
+
+
+def options_from(values: dict[str, Any]) -> ServeOptions:
+    """Build :class:`ServeOptions` from flag/config values (paths converted)."""
+    opts = ServeOptions()
+    clean = {k: v for k, v in values.items() if v is not None}
+    for name in ("data", "tls_cert", "tls_key"):
+        if name in clean:
+            clean[name] = Path(clean[name])
+    try:
+        return replace(opts, **clean)
+    except TypeError as e:
+        raise MalformedInput(f"bad relay option: {e}") from None

@@ -1,0 +1,851 @@
+"""The relay's embedded storage: SQLite in WAL mode, ``synchronous=FULL``, group commit.
+
+Open with ``storage = await SqliteStorage.open(path)`` (an async class method:
+it creates the folder with mode 0700 and the file with mode 0600, then runs the
+schema migrations in a worker thread) and finish with ``await storage.close()``
+(or use it as ``async with``).
+
+**Writes and group commit.** One writer thread owns the only write connection.
+Each write method turns into a job, a function of that connection, put on a
+queue; the caller awaits an asyncio future. The writer takes the first job
+(blocking), drains up to :data:`MAX_BATCH` jobs already waiting, and runs them
+all in one ``BEGIN IMMEDIATE`` ... ``COMMIT``, each inside its own
+``SAVEPOINT``: a job that raises (``QueueFull``, ``ValueError``, an SQLite
+error) is rolled back to its savepoint and fails alone while the others
+commit. Futures are resolved only after ``COMMIT`` returned, and with
+``synchronous=FULL`` that commit synced the WAL, so a caller that sees success
+has its write on stable storage. While one batch is being synced the next one
+gathers, so N concurrent sends cost far fewer than N syncs (:attr:`commits`
+counts them). If ``BEGIN`` or ``COMMIT`` itself fails (disk full, I/O error),
+nothing of the batch was stored and every job of it fails with
+:class:`~securechan.errors.StorageError`; callers may retry (``put_envelope``
+is idempotent on ``msg_id``). A job whose caller was cancelled still runs:
+a resent envelope then comes back as a duplicate.
+
+**Reads** run on a small dedicated thread pool with as many read-only
+connections (``mode=ro``), so the event loop never blocks; in WAL mode readers
+see the last commit and never block the writer. A queue's depth is a counter
+kept by triggers, so the queue-full check reads one row however deep it is.
+
+**Deleted data does not linger.** ``secure_delete=ON`` overwrites deleted rows
+(acknowledged or expired envelopes, claimed one-time prekeys, deleted queues)
+in the database pages. Older copies of those pages stay in the WAL file until
+it is checkpointed and truncated, which the writer does when it has been idle
+for ``idle_checkpoint`` seconds after a deletion, at :meth:`close`, and on
+:meth:`SqliteStorage.checkpoint`. (Blocks the file system freed are out of
+reach of any database; full-disk encryption covers them.)
+
+**Schema.** ``PRAGMA user_version`` holds the schema version;
+``_MIGRATIONS[n]`` upgrades version ``n`` to ``n + 1``. All missing steps run
+in one transaction with the new version number, so an upgrade is all or
+nothing; a file from a newer version is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import queue
+import sqlite3
+import stat
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Self, TypeVar, cast
+
+from securechan.errors import StorageError
+from securechan.relay.storage import (
+    ID_SIZE,
+    KEY_SIZE,
+    Envelope,
+    PutResult,
+    QueueFull,
+    QueueRecord,
+    StorageClosed,
+)
+
+__all__ = [
+    "MAX_BATCH",
+    "MAX_ENVELOPE_BYTES",
+    "MAX_FETCH",
+    "MAX_ONE_TIME_HELD",
+    "MAX_PREKEY_BLOB",
+    "SCHEMA_VERSION",
+    "SqliteSettings",
+    "SqliteStorage",
+]
+
+T = TypeVar("T")
+Conn = sqlite3.Connection
+
+MAX_BATCH: Final = 256
+"""Most write jobs sharing one transaction (and one sync)."""
+MAX_FETCH: Final = 1000
+"""Most envelopes one :meth:`SqliteStorage.fetch` returns, whatever ``limit`` says."""
+MAX_ENVELOPE_BYTES: Final = 16 * 1024 * 1024
+"""Hard ceiling on one envelope; the relay enforces its own, lower, limit."""
+MAX_PREKEY_BLOB: Final = 64 * 1024
+"""Hard ceiling on one sealed prekey blob."""
+MAX_ONE_TIME_HELD: Final = 10_000
+"""Most one-time prekey blobs one queue may hold."""
+MAX_NONCE: Final = 64
+"""Longest request nonce."""
+
+_SYNC_MODES: Final = ("OFF", "NORMAL", "FULL", "EXTRA")
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SqliteSettings:
+    """The settings in force on the write connection (for tests and start-up logs)."""
+
+    journal_mode: str
+    synchronous: int  # 0 OFF, 1 NORMAL, 2 FULL, 3 EXTRA
+    secure_delete: int
+    foreign_keys: int
+    busy_timeout_ms: int
+    schema_version: int
+
+
+# --- schema ------------------------------------------------------------------
+
+
+def _migrate_0_to_1(conn: Conn) -> None:
+    # Ids and keys are checked for size here too, so a bug above cannot store
+    # something the interface does not allow. next_seq lives on the queue row
+    # so that a sequence number is never handed out twice, even after every
+    # envelope was acknowledged, expired or deleted. depth is kept by the
+    # triggers below, so the queue-full check costs one row, not a count of
+    # thousands, and no deletion path can forget it.
+    conn.execute(
+        """CREATE TABLE queues (
+            rid BLOB PRIMARY KEY CHECK (length(rid) = 16),
+            sid BLOB NOT NULL UNIQUE CHECK (length(sid) = 16),
+            recipient_key BLOB NOT NULL CHECK (length(recipient_key) = 32),
+            sender_key BLOB CHECK (sender_key IS NULL OR length(sender_key) = 32),
+            contact INTEGER NOT NULL CHECK (contact IN (0, 1)),
+            created INTEGER NOT NULL,
+            next_seq INTEGER NOT NULL DEFAULT 1 CHECK (next_seq >= 1),
+            depth INTEGER NOT NULL DEFAULT 0 CHECK (depth >= 0)
+        )"""
+    )
+    conn.execute(
+        """CREATE TABLE envelopes (
+            rid BLOB NOT NULL REFERENCES queues (rid) ON DELETE CASCADE,
+            seq INTEGER NOT NULL,
+            msg_id BLOB NOT NULL CHECK (length(msg_id) = 16),
+            data BLOB NOT NULL,
+            received INTEGER NOT NULL,
+            PRIMARY KEY (rid, seq),
+            UNIQUE (rid, msg_id)
+        )"""
+    )
+    conn.execute("CREATE INDEX envelopes_by_received ON envelopes (received)")
+    conn.execute(
+        """CREATE TRIGGER envelope_added AFTER INSERT ON envelopes BEGIN
+            UPDATE queues SET depth = depth + 1, next_seq = max(next_seq, NEW.seq + 1)
+            WHERE rid = NEW.rid;
+        END"""
+    )
+    conn.execute(
+        """CREATE TRIGGER envelope_removed AFTER DELETE ON envelopes BEGIN
+            UPDATE queues SET depth = depth - 1 WHERE rid = OLD.rid;
+        END"""
+    )
+    conn.execute(
+        """CREATE TABLE signed_prekeys (
+            rid BLOB PRIMARY KEY REFERENCES queues (rid) ON DELETE CASCADE,
+            blob BLOB NOT NULL
+        )"""
+    )
+    conn.execute(
+        """CREATE TABLE one_time_prekeys (
+            id INTEGER PRIMARY KEY,
+            rid BLOB NOT NULL REFERENCES queues (rid) ON DELETE CASCADE,
+            blob BLOB NOT NULL
+        )"""
+    )
+    conn.execute("CREATE INDEX one_time_by_rid ON one_time_prekeys (rid, id)")
+    conn.execute(
+        """CREATE TABLE nonces (
+            key BLOB NOT NULL CHECK (length(key) = 32),
+            nonce BLOB NOT NULL,
+            expires INTEGER NOT NULL,
+            PRIMARY KEY (key, nonce)
+        )"""
+    )
+    conn.execute("CREATE INDEX nonces_by_expiry ON nonces (expires)")
+
+
+_MIGRATIONS: Final[tuple[Callable[[Conn], None], ...]] = (_migrate_0_to_1,)
+SCHEMA_VERSION: Final = len(_MIGRATIONS)
+
+
+def _migrate(conn: Conn) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if version > SCHEMA_VERSION:
+            raise StorageError(
+                f"the relay database has schema version {version}; "
+                f"this build knows up to {SCHEMA_VERSION}"
+            )
+        for step in _MIGRATIONS[version:]:
+            step(conn)
+        # PRAGMA takes no parameters; SCHEMA_VERSION is an int constant.
+        conn.execute(f"PRAGMA user_version = {int(SCHEMA_VERSION)}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+# --- argument checks (misuse is a bug in the caller: TypeError / ValueError) ---
+
+
+def _bytes(value: object, name: str, *, size: int | None = None, max_size: int = 0) -> bytes:
+    if not isinstance(value, bytes):
+        raise TypeError(f"{name} must be bytes")
+    if size is not None and len(value) != size:
+        raise ValueError(f"{name} must be {size} bytes")
+    if size is None and not 1 <= len(value) <= max_size:
+        raise ValueError(f"{name} must be 1 to {max_size} bytes")
+    return value
+
+
+def _id(value: object, name: str) -> bytes:
+    return _bytes(value, name, size=ID_SIZE)
+
+
+def _key(value: object, name: str) -> bytes:
+    return _bytes(value, name, size=KEY_SIZE)
+
+
+def _int(value: object, name: str, *, low: int = _INT64[0]) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int")
+    if not low <= value <= _INT64[1]:
+        raise ValueError(f"{name} is out of range")
+    return value
+
+
+def _storage_error(exc: BaseException) -> BaseException:
+    """What a caller sees for ``exc``: SQLite's errors become one StorageError."""
+    if isinstance(exc, sqlite3.Error):
+        err = StorageError("the relay database failed")
+        err.__cause__ = exc
+        return err
+    return exc
+
+
+def _prepare_file(path: Path) -> None:
+    folder = path.parent
+    if not folder.exists():
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # O_NOFOLLOW: a symlink planted at the database path is refused, not followed.
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise StorageError(f"{path} is not a regular file")
+        if st.st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
+@dataclass(slots=True)
+class _Job:
+    fn: Callable[[Conn], Any]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+    transaction: bool
+
+
+def _settle(outcomes: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for future, ok, value in outcomes:
+        if future.done():  # the caller was cancelled
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+
+def _queue_record(row: tuple[Any, ...]) -> QueueRecord:
+    rid, sid, recipient_key, sender_key, contact, created = row
+    return QueueRecord(
+        rid=rid,
+        sid=sid,
+        recipient_key=recipient_key,
+        sender_key=sender_key,
+        contact=bool(contact),
+        created=created,
+    )
+
+
+_QUEUE_COLUMNS = "rid, sid, recipient_key, sender_key, contact, created"
+_QUEUE_BY_RID = f"SELECT {_QUEUE_COLUMNS} FROM queues WHERE rid = ?"  # noqa: S608 (constants)
+_QUEUE_BY_SID = f"SELECT {_QUEUE_COLUMNS} FROM queues WHERE sid = ?"  # noqa: S608 (constants)
+_PUT_CHECK = (
+    "SELECT next_seq, depth,"
+    " (SELECT seq FROM envelopes WHERE rid = ?1 AND msg_id = ?2)"
+    " FROM queues WHERE rid = ?1"
+)
+
+
+class SqliteStorage:
+    """:class:`~securechan.relay.storage.RelayStorage` on one SQLite file.
+
+    Construct with :meth:`open`. Methods raise :class:`StorageClosed` after
+    :meth:`close`, :class:`~securechan.errors.StorageError` when SQLite fails,
+    and ``TypeError``/``ValueError`` on misuse: wrong sizes, out-of-range
+    integers, a write to a queue that does not exist, a duplicate queue id.
+    """
+
+    commits: int
+    """Write transactions committed so far (each one sync with ``FULL``)."""
+    write_jobs: int
+    """Write jobs run so far; ``write_jobs / commits`` is the mean batch size."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: str = "FULL",
+        readers: int = 2,
+        busy_timeout: float = 5.0,
+        idle_checkpoint: float = 1.0,
+    ) -> None:
+        """Blocking: prefer ``await SqliteStorage.open(...)`` from async code."""
+        sync = synchronous.upper() if isinstance(synchronous, str) else ""
+        if sync not in _SYNC_MODES:
+            raise ValueError(f"synchronous must be one of {', '.join(_SYNC_MODES)}")
+        if not 1 <= readers <= 16:
+            raise ValueError("readers must be 1 to 16")
+        if not 0 < busy_timeout <= 600 or not 0 < idle_checkpoint <= 3600:
+            raise ValueError("busy_timeout and idle_checkpoint must be positive seconds")
+        # absolute(), not resolve(): a symlink at the path must be refused, not followed.
+        self.path = Path(path).absolute()
+        self.commits = 0
+        self.write_jobs = 0
+        self._idle_checkpoint = idle_checkpoint
+        self._deleted = False  # writer thread only: a deletion since the last truncation
+        self._lock = threading.Lock()
+        self._closed = False
+        self._shut = threading.Event()
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._readers: queue.SimpleQueue[Conn] = queue.SimpleQueue()
+        self._all_readers: list[Conn] = []
+        try:
+            _prepare_file(self.path)
+        except OSError as e:
+            raise StorageError(f"cannot create {self.path}: {e.strerror}") from None
+        try:
+            self._conn = self._connect_writer(sync, busy_timeout)
+        except sqlite3.Error as e:
+            raise StorageError(f"cannot open {self.path}: {e}") from None
+        try:
+            _migrate(self._conn)
+            for _ in range(readers):
+                self._connect_reader(busy_timeout)
+        except BaseException as e:
+            for conn in [*self._all_readers, self._conn]:
+                conn.close()
+            if isinstance(e, sqlite3.Error):
+                raise StorageError(f"cannot open {self.path}: {e}") from None
+            raise
+        self._read_pool = ThreadPoolExecutor(readers, thread_name_prefix="relay-db-read")
+        self._writer = threading.Thread(target=self._writer_main, name="relay-db-write")
+        # A daemon: a relay that exits without close() loses nothing already
+        # acknowledged (that was committed), and must not hang on exit.
+        self._writer.daemon = True
+        self._writer.start()
+
+    @classmethod
+    async def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: str = "FULL",
+        readers: int = 2,
+        busy_timeout: float = 5.0,
+        idle_checkpoint: float = 1.0,
+    ) -> Self:
+        """Open (creating if needed) the database at ``path`` and migrate it.
+
+        ``synchronous`` below ``FULL`` breaks the durability contract (a
+        power loss may lose acknowledged envelopes); it exists for benchmarks.
+        Raises :class:`~securechan.errors.StorageError` if the file cannot be
+        created, is not a database, or has a newer schema.
+        """
+        return await asyncio.to_thread(
+            cls,
+            path,
+            synchronous=synchronous,
+            readers=readers,
+            busy_timeout=busy_timeout,
+            idle_checkpoint=idle_checkpoint,
+        )
+
+    def _connect_writer(self, sync: str, busy_timeout: float) -> Conn:
+        # isolation_level=None: transactions are ours (BEGIN IMMEDIATE ... COMMIT).
+        conn = sqlite3.connect(
+            self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StorageError(f"{self.path}: WAL mode is not available here")
+            conn.execute(f"PRAGMA synchronous = {sync}")  # from the _SYNC_MODES allow-list
+            conn.execute("PRAGMA secure_delete = ON")
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("PRAGMA trusted_schema = OFF")
+            conn.execute("PRAGMA journal_size_limit = 67108864")  # bound the idle WAL: 64 MiB
+            if conn.execute("PRAGMA secure_delete").fetchone()[0] != 1:
+                raise StorageError("this SQLite cannot overwrite deleted data")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _connect_reader(self, busy_timeout: float) -> None:
+        uri = self.path.as_uri() + "?mode=ro"
+        conn = sqlite3.connect(
+            uri, uri=True, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        self._all_readers.append(conn)
+        conn.execute("PRAGMA query_only = ON")
+        conn.execute("PRAGMA trusted_schema = OFF")
+        self._readers.put(conn)
+
+    # --- plumbing ---------------------------------------------------------------
+
+    async def _write(self, fn: Callable[[Conn], T], *, transaction: bool = True) -> T:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        with self._lock:  # no job may enter the queue behind close()'s stop mark
+            if self._closed:
+                raise StorageClosed("the relay storage is closed")
+            self._jobs.put(_Job(fn, loop, future, transaction))
+        return cast(T, await future)
+
+    async def _read(self, fn: Callable[[Conn], T]) -> T:
+        with self._lock:
+            if self._closed:
+                raise StorageClosed("the relay storage is closed")
+            done = self._read_pool.submit(self._run_read, fn)
+        return await asyncio.wrap_future(done)
+
+    def _run_read(self, fn: Callable[[Conn], T]) -> T:
+        conn = self._readers.get()  # as many connections as threads: never waits
+        try:
+            return fn(conn)
+        except sqlite3.Error as e:
+            raise _storage_error(e) from None
+        finally:
+            self._readers.put(conn)
+
+    def _writer_main(self) -> None:
+        conn = self._conn
+        try:
+            while True:
+                try:
+                    job = self._jobs.get(timeout=self._idle_checkpoint if self._deleted else None)
+                except queue.Empty:
+                    self._truncate_wal(conn)
+                    continue
+                if job is None:
+                    break
+                batch = [job]
+                stop = False
+                while len(batch) < MAX_BATCH:
+                    try:
+                        job = self._jobs.get_nowait()
+                    except queue.Empty:
+                        break
+                    if job is None:
+                        stop = True
+                        break
+                    batch.append(job)
+                self._run_batch(conn, batch)
+                if stop:
+                    break
+            self._truncate_wal(conn)
+        finally:
+            conn.close()
+
+    def _run_batch(self, conn: Conn, batch: list[_Job]) -> None:
+        outcomes: list[tuple[_Job, bool, Any]] = []
+        transactional = [job for job in batch if job.transaction]
+        if transactional:
+            outcomes += self._commit(conn, transactional)
+        for job in batch:
+            if not job.transaction:
+                try:
+                    outcomes.append((job, True, job.fn(conn)))
+                except Exception as e:
+                    outcomes.append((job, False, _storage_error(e)))
+        # One wake-up per event loop and batch, not one per job.
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]]
+        by_loop = {}
+        for job, ok, value in outcomes:
+            by_loop.setdefault(job.loop, []).append((job.future, ok, value))
+        for loop, settled in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # the caller's loop is gone
+                loop.call_soon_threadsafe(_settle, settled)
+
+    def _commit(self, conn: Conn, jobs: list[_Job]) -> list[tuple[_Job, bool, Any]]:
+        """Run ``jobs`` in one transaction, each in a savepoint; one sync at the end."""
+        done: list[tuple[_Job, bool, Any]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for job in jobs:
+                conn.execute("SAVEPOINT job")
+                try:
+                    value = job.fn(conn)
+                except Exception as e:
+                    if not conn.in_transaction:  # SQLite rolled everything back
+                        done.append((job, False, _storage_error(e)))
+                        raise
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                    done.append((job, False, _storage_error(e)))
+                else:
+                    conn.execute("RELEASE job")
+                    done.append((job, True, value))
+            conn.execute("COMMIT")
+        except Exception as e:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            # Nothing of this batch was stored: the jobs that had succeeded,
+            # and those never run, fail with the batch.
+            failed = StorageError("the relay database failed; nothing was stored")
+            failed.__cause__ = e
+            ran = {id(job) for job, _, _ in done}
+            done = [(job, False, failed) if ok else (job, ok, v) for job, ok, v in done]
+            done += [(job, False, failed) for job in jobs if id(job) not in ran]
+            return done
+        self.commits += 1
+        self.write_jobs += len(jobs)
+        return done
+
+    def _truncate_wal(self, conn: Conn) -> bool:
+        try:
+            busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        except sqlite3.Error:
+            return False
+        if busy == 0:
+            self._deleted = False
+        return bool(busy == 0)
+
+    def _note_deletion(self) -> None:
+        self._deleted = True  # runs on the writer thread, inside a job
+
+    # --- queues -----------------------------------------------------------------
+
+    async def create_queue(self, queue: QueueRecord) -> None:
+        """Store a new queue; ``ValueError`` if its rid or sid exists."""
+        if not isinstance(queue, QueueRecord) or not isinstance(queue.contact, bool):
+            raise TypeError("queue must be a QueueRecord")
+        row = (
+            _id(queue.rid, "rid"),
+            _id(queue.sid, "sid"),
+            _key(queue.recipient_key, "recipient_key"),
+            None if queue.sender_key is None else _key(queue.sender_key, "sender_key"),
+            int(queue.contact),
+            _int(queue.created, "created"),
+        )
+
+        def job(conn: Conn) -> None:
+            try:
+                conn.execute(
+                    f"INSERT INTO queues ({_QUEUE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",  # noqa: S608
+                    row,
+                )
+            except sqlite3.IntegrityError:
+                raise ValueError("a queue with this rid or sid exists") from None
+
+        await self._write(job)
+
+    async def queue_by_rid(self, rid: bytes) -> QueueRecord | None:
+        """The queue with receive id ``rid``, or ``None``."""
+        return await self._queue_by("rid", _id(rid, "rid"))
+
+    async def queue_by_sid(self, sid: bytes) -> QueueRecord | None:
+        """The queue with send id ``sid``, or ``None``."""
+        return await self._queue_by("sid", _id(sid, "sid"))
+
+    async def _queue_by(self, column: str, value: bytes) -> QueueRecord | None:
+        sql = _QUEUE_BY_RID if column == "rid" else _QUEUE_BY_SID
+
+        def read(conn: Conn) -> QueueRecord | None:
+            row = conn.execute(sql, (value,)).fetchone()
+            return None if row is None else _queue_record(row)
+
+        return await self._read(read)
+
+    async def set_sender_key(self, rid: bytes, sender_key: bytes) -> None:
+        """Secure a queue; ``ValueError`` if there is no such queue."""
+        args = (_key(sender_key, "sender_key"), _id(rid, "rid"))
+
+        def job(conn: Conn) -> None:
+            if conn.execute("UPDATE queues SET sender_key = ? WHERE rid = ?", args).rowcount != 1:
+                raise ValueError("no such queue")
+
+        await self._write(job)
+
+    async def delete_queue(self, rid: bytes) -> None:
+        """Delete a queue with its envelopes and prekeys (no error if absent)."""
+        args = (_id(rid, "rid"),)
+
+        def job(conn: Conn) -> None:
+            conn.execute("DELETE FROM queues WHERE rid = ?", args)  # cascades
+            self._note_deletion()
+
+        await self._write(job)
+
+    # --- envelopes --------------------------------------------------------------
+
+    async def put_envelope(
+        self, rid: bytes, msg_id: bytes, data: bytes, *, now: int, max_depth: int
+    ) -> PutResult:
+        """Append durably; idempotent on ``msg_id`` while the envelope is held.
+
+        Raises :class:`QueueFull` when ``max_depth`` envelopes are held (a
+        resend of one of them still answers ``duplicate``), ``ValueError`` if
+        there is no such queue.
+        """
+        _id(rid, "rid")
+        _id(msg_id, "msg_id")
+        _bytes(data, "data", max_size=MAX_ENVELOPE_BYTES)
+        _int(now, "now")
+        _int(max_depth, "max_depth", low=1)
+
+        def job(conn: Conn) -> PutResult:
+            row = conn.execute(_PUT_CHECK, (rid, msg_id)).fetchone()
+            if row is None:
+                raise ValueError("no such queue")
+            seq, depth, held = row
+            if held is not None:  # checked before fullness: a resend is never refused
+                return PutResult(seq=held, duplicate=True)
+            if depth >= max_depth:
+                raise QueueFull("the queue is full")
+            # The envelope_added trigger moves next_seq on and counts the depth.
+            conn.execute(
+                "INSERT INTO envelopes (rid, seq, msg_id, data, received) VALUES (?, ?, ?, ?, ?)",
+                (rid, seq, msg_id, data, now),
+            )
+            return PutResult(seq=seq, duplicate=False)
+
+        return await self._write(job)
+
+    async def fetch(self, rid: bytes, *, after: int, limit: int) -> list[Envelope]:
+        """Envelopes with ``seq > after``, oldest first, at most ``min(limit, MAX_FETCH)``."""
+        args = (_id(rid, "rid"), _int(after, "after"), min(_int(limit, "limit", low=1), MAX_FETCH))
+
+        def read(conn: Conn) -> list[Envelope]:
+            rows = conn.execute(
+                "SELECT seq, msg_id, data, received FROM envelopes"
+                " WHERE rid = ? AND seq > ? ORDER BY seq LIMIT ?",
+                args,
+            ).fetchall()
+            return [Envelope(seq=s, msg_id=m, data=d, received=r) for s, m, d, r in rows]
+
+        return await self._read(read)
+
+    async def ack(self, rid: bytes, *, up_to: int) -> int:
+        """Delete envelopes with ``seq <= up_to``; return how many."""
+        args = (_id(rid, "rid"), _int(up_to, "up_to"))
+
+        def job(conn: Conn) -> int:
+            n = conn.execute("DELETE FROM envelopes WHERE rid = ? AND seq <= ?", args).rowcount
+            if n:
+                self._note_deletion()
+            return int(n)
+
+        return await self._write(job)
+
+    async def depth(self, rid: bytes) -> int:
+        """How many envelopes the queue holds."""
+        args = (_id(rid, "rid"),)
+
+        def read(conn: Conn) -> int:
+            row = conn.execute("SELECT depth FROM queues WHERE rid = ?", args).fetchone()
+            return 0 if row is None else int(row[0])
+
+        return await self._read(read)
+
+    async def expire(self, *, older_than: int) -> int:
+        """Delete envelopes received before ``older_than``; return how many."""
+        args = (_int(older_than, "older_than"),)
+
+        def job(conn: Conn) -> int:
+            n = conn.execute("DELETE FROM envelopes WHERE received < ?", args).rowcount
+            if n:
+                self._note_deletion()
+            return int(n)
+
+        return await self._write(job)
+
+    # --- prekeys ----------------------------------------------------------------
+
+    async def put_prekeys(
+        self, rid: bytes, *, signed: bytes, one_time: list[bytes], replace_one_time: bool
+    ) -> int:
+        """Store the signed blob, add (or replace) one-time blobs; return how many are held.
+
+        ``ValueError`` if there is no such queue or the queue would hold more
+        than :data:`MAX_ONE_TIME_HELD` one-time blobs (then nothing changes).
+        """
+        _id(rid, "rid")
+        _bytes(signed, "signed", max_size=MAX_PREKEY_BLOB)
+        if not isinstance(one_time, list):
+            raise TypeError("one_time must be a list")
+        if len(one_time) > MAX_ONE_TIME_HELD:
+            raise ValueError(f"a queue holds at most {MAX_ONE_TIME_HELD} one-time prekeys")
+        blobs = [(rid, _bytes(b, "one_time blob", max_size=MAX_PREKEY_BLOB)) for b in one_time]
+        if not isinstance(replace_one_time, bool):
+            raise TypeError("replace_one_time must be a bool")
+        replace = replace_one_time
+
+        def job(conn: Conn) -> int:
+            if conn.execute("SELECT 1 FROM queues WHERE rid = ?", (rid,)).fetchone() is None:
+                raise ValueError("no such queue")
+            if replace:
+                conn.execute("DELETE FROM one_time_prekeys WHERE rid = ?", (rid,))
+                self._note_deletion()
+            (held,) = conn.execute(
+                "SELECT count(*) FROM one_time_prekeys WHERE rid = ?", (rid,)
+            ).fetchone()
+            if held + len(blobs) > MAX_ONE_TIME_HELD:
+                raise ValueError(f"a queue holds at most {MAX_ONE_TIME_HELD} one-time prekeys")
+            conn.execute(
+                "INSERT INTO signed_prekeys (rid, blob) VALUES (?, ?)"
+                " ON CONFLICT (rid) DO UPDATE SET blob = excluded.blob",
+                (rid, signed),
+            )
+            conn.executemany("INSERT INTO one_time_prekeys (rid, blob) VALUES (?, ?)", blobs)
+            return int(held) + len(blobs)
+
+        return await self._write(job)
+
+    async def claim_bundle(self, rid: bytes) -> tuple[bytes, bytes | None, int] | None:
+        """The signed blob, the oldest one-time blob (removed), how many remain."""
+        _id(rid, "rid")
+
+        def job(conn: Conn) -> tuple[bytes, bytes | None, int] | None:
+            row = conn.execute("SELECT blob FROM signed_prekeys WHERE rid = ?", (rid,)).fetchone()
+            if row is None:
+                return None
+            one = conn.execute(
+                "SELECT id, blob FROM one_time_prekeys WHERE rid = ? ORDER BY id LIMIT 1", (rid,)
+            ).fetchone()
+            if one is not None:
+                conn.execute("DELETE FROM one_time_prekeys WHERE id = ?", (one[0],))
+                self._note_deletion()
+            (left,) = conn.execute(
+                "SELECT count(*) FROM one_time_prekeys WHERE rid = ?", (rid,)
+            ).fetchone()
+            return row[0], None if one is None else one[1], int(left)
+
+        return await self._write(job)
+
+    async def prekey_count(self, rid: bytes) -> int:
+        """How many one-time blobs remain."""
+        args = (_id(rid, "rid"),)
+
+        def read(conn: Conn) -> int:
+            sql = "SELECT count(*) FROM one_time_prekeys WHERE rid = ?"
+            return int(conn.execute(sql, args).fetchone()[0])
+
+        return await self._read(read)
+
+    # --- request nonces ---------------------------------------------------------
+
+    async def use_nonce(self, key: bytes, nonce: bytes, *, now: int, expires: int) -> bool:
+        """Record a nonce until ``expires``; ``False`` if it is already recorded.
+
+        Entries that expired before ``now`` are forgotten on the way, so the
+        table holds only the nonces of the replay window.
+        """
+        args = (
+            _key(key, "key"),
+            _bytes(nonce, "nonce", max_size=MAX_NONCE),
+            _int(expires, "expires"),
+        )
+        purge = (_int(now, "now"),)
+
+        def job(conn: Conn) -> bool:
+            conn.execute("DELETE FROM nonces WHERE expires < ?", purge)
+            sql = "INSERT OR IGNORE INTO nonces (key, nonce, expires) VALUES (?, ?, ?)"
+            return bool(conn.execute(sql, args).rowcount == 1)
+
+        return await self._write(job)
+
+    # --- maintenance ------------------------------------------------------------
+
+    async def checkpoint(self) -> bool:
+        """Copy the WAL into the database and truncate it; ``False`` if readers
+        kept it busy (it is tried again when idle and at close)."""
+        return await self._write(self._truncate_wal, transaction=False)
+
+    async def settings(self) -> SqliteSettings:
+        """The settings in force on the write connection."""
+
+        def job(conn: Conn) -> SqliteSettings:
+            def one(pragma: str) -> Any:
+                return conn.execute(f"PRAGMA {pragma}").fetchone()[0]
+
+            return SqliteSettings(
+                journal_mode=str(one("journal_mode")),
+                synchronous=int(one("synchronous")),
+                secure_delete=int(one("secure_delete")),
+                foreign_keys=int(one("foreign_keys")),
+                busy_timeout_ms=int(one("busy_timeout")),
+                schema_version=int(one("user_version")),
+            )
+
+        return await self._write(job, transaction=False)
+
+    async def close(self) -> None:
+        """Finish the writes already submitted, truncate the WAL, close.
+
+        Later calls of any other method raise :class:`StorageClosed`; calling
+        ``close`` again waits for the first close and returns.
+        """
+        with self._lock:
+            first = not self._closed
+            self._closed = True
+        if first:
+            await asyncio.to_thread(self._shutdown)
+        else:
+            await asyncio.to_thread(self._shut.wait)
+
+    def _shutdown(self) -> None:
+        try:
+            # Readers first, so that the writer's last checkpoint is not kept
+            # busy and closing the last connection removes the WAL file.
+            self._read_pool.shutdown(wait=True)
+            for conn in self._all_readers:
+                conn.close()
+            self._jobs.put(None)
+            self._writer.join()
+        finally:
+            self._shut.set()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

@@ -1,0 +1,130 @@
+"""The relay's storage interface: what every backend must do.
+
+The relay keeps only what store-and-forward needs: queues (random ids and
+public capability keys), opaque envelopes, opaque sealed prekey blobs and the
+nonces of recent signed requests. It never stores a name, a fingerprint or a
+plaintext; the envelopes and prekey blobs are ciphertexts it cannot open.
+
+Durability contract: when :meth:`RelayStorage.put_envelope` returns, the
+envelope is committed to stable storage (for SQLite: ``synchronous=FULL``), so
+a 2xx reply to a send survives ``kill -9``. Concurrent writers may share one
+commit (group commit); each still returns only after its commit.
+
+Every backend must pass ``tests/relay_conformance.py`` (run against SQLite in
+``tests/test_relay_storage.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+__all__ = [
+    "Envelope",
+    "PutResult",
+    "QueueFull",
+    "QueueRecord",
+    "RelayStorage",
+    "StorageClosed",
+]
+
+ID_SIZE = 16
+KEY_SIZE = 32
+
+
+class QueueFull(Exception):
+    """The queue holds its maximum number of envelopes."""
+
+
+class StorageClosed(Exception):
+    """The storage was closed (the relay is shutting down)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueRecord:
+    """A one-way queue: ``rid`` receives (with ``recipient_key``), ``sid``
+    sends (with ``sender_key`` once the queue is secured; anyone, rate-limited,
+    while it is a public contact address)."""
+
+    rid: bytes
+    sid: bytes
+    recipient_key: bytes
+    sender_key: bytes | None
+    contact: bool
+    created: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Envelope:
+    """One stored envelope: its queue position, client message id, bytes."""
+
+    seq: int
+    msg_id: bytes
+    data: bytes = field(repr=False)
+    received: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PutResult:
+    """Where a sent envelope landed; ``duplicate`` if ``msg_id`` was already
+    in the queue (an idempotent resend: nothing new was stored)."""
+
+    seq: int
+    duplicate: bool
+
+
+class RelayStorage(Protocol):
+    """Async storage used by the relay. All ids are 16 bytes, keys 32 bytes."""
+
+    async def create_queue(self, queue: QueueRecord) -> None:
+        """Store a new queue; raise ``ValueError`` if rid or sid exists."""
+
+    async def queue_by_rid(self, rid: bytes) -> QueueRecord | None:
+        """The queue with receive id ``rid``."""
+
+    async def queue_by_sid(self, sid: bytes) -> QueueRecord | None:
+        """The queue with send id ``sid``."""
+
+    async def set_sender_key(self, rid: bytes, sender_key: bytes) -> None:
+        """Secure a queue: from now on sends must be signed by this key."""
+
+    async def delete_queue(self, rid: bytes) -> None:
+        """Delete a queue with its envelopes and prekeys."""
+
+    async def put_envelope(
+        self, rid: bytes, msg_id: bytes, data: bytes, *, now: int, max_depth: int
+    ) -> PutResult:
+        """Append durably; idempotent on ``msg_id``; raise :class:`QueueFull`
+        when the queue already holds ``max_depth`` envelopes."""
+
+    async def fetch(self, rid: bytes, *, after: int, limit: int) -> list[Envelope]:
+        """Envelopes with ``seq > after``, oldest first, at most ``limit``."""
+
+    async def ack(self, rid: bytes, *, up_to: int) -> int:
+        """Delete envelopes with ``seq <= up_to``; return how many."""
+
+    async def depth(self, rid: bytes) -> int:
+        """How many envelopes the queue holds."""
+
+    async def expire(self, *, older_than: int) -> int:
+        """Delete envelopes received before ``older_than``; return how many."""
+
+    async def put_prekeys(
+        self, rid: bytes, *, signed: bytes, one_time: list[bytes], replace_one_time: bool
+    ) -> int:
+        """Store the sealed signed-prekey blob and add (or replace) sealed
+        one-time blobs; return how many one-time blobs are held."""
+
+    async def claim_bundle(self, rid: bytes) -> tuple[bytes, bytes | None, int] | None:
+        """The signed blob and one one-time blob (removed, so it is handed
+        out once), plus how many remain; ``None`` if nothing was published."""
+
+    async def prekey_count(self, rid: bytes) -> int:
+        """How many one-time blobs remain."""
+
+    async def use_nonce(self, key: bytes, nonce: bytes, *, now: int, expires: int) -> bool:
+        """Record a request nonce; ``False`` if it was already used (a
+        replayed request). Entries past ``expires`` may be forgotten."""
+
+    async def close(self) -> None:
+        """Finish pending writes and close."""

@@ -1,0 +1,309 @@
+"""The client side of the relay API (aiohttp): ``docs/RELAY.md``.
+
+:class:`RelayClient` speaks to one relay. Every request that acts on a queue
+is signed (``protocol/relay_auth.py``). Failures are retried with exponential
+backoff and full jitter (AWS Architecture Blog, "Exponential Backoff and
+Jitter"): connection errors, timeouts, 5xx and 429 (honouring Retry-After).
+Sends are idempotent: the caller fixes the message id, so a retry after a lost
+reply is stored once by the relay, and the recipient drops duplicates by id
+anyway. 4xx answers other than 408/429 are not retried and raise
+:class:`RelayRefused`; exhausting the retries raises :class:`RelayUnavailable`.
+
+This module does I/O only: it moves opaque bytes and never sees a plaintext.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from securechan.errors import MalformedInput, RelayRefused, RelayUnavailable
+from securechan.primitives import Ed25519SigningKey
+from securechan.protocol.relay_auth import b64d, b64e, sign_request
+
+__all__ = ["FetchedEnvelope", "QueueIds", "RelayClient", "RetryPolicy"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryPolicy:
+    """How hard to try: attempts, first delay, cap, per-request timeout."""
+
+    attempts: int = 6
+    base: float = 0.2
+    cap: float = 5.0
+    timeout: float = 20.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueIds:
+    """A queue's receive id and send id."""
+
+    rid: bytes
+    sid: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FetchedEnvelope:
+    """An envelope as the relay returned it."""
+
+    seq: int
+    msg_id: bytes
+    data: bytes
+    received: int
+
+
+def _envelope(item: Any) -> FetchedEnvelope:
+    if not isinstance(item, dict):
+        raise MalformedInput("the relay sent a bad envelope")
+    try:
+        return FetchedEnvelope(
+            seq=int(item["seq"]),
+            msg_id=b64d(item["msg_id"], size=16),
+            data=b64d(item["data"], max_size=1 << 20),
+            received=int(item["received"]),
+        )
+    except (KeyError, TypeError, ValueError):
+        raise MalformedInput("the relay sent a bad envelope") from None
+
+
+class RelayClient:
+    """One relay. Use as ``async with RelayClient(url) as relay: ...``."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        retry: RetryPolicy | None = None,
+        clock: Callable[[], float] = time.time,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.retry = retry or RetryPolicy()
+        self._clock = clock
+        self._session = session
+        self._own_session = session is None
+
+    async def __aenter__(self) -> RelayClient:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.retry.timeout)
+            )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the HTTP session if this client opened it."""
+        if self._own_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # --- the request loop -----------------------------------------------------
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: bytes = b"",
+        key: Ed25519SigningKey | None = None,
+        headers: dict[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> tuple[int, Any]:
+        if self._session is None:
+            raise RuntimeError("use RelayClient as an async context manager")
+        last: str = "no attempt"
+        for attempt in range(self.retry.attempts):
+            hdrs = dict(headers or {})
+            if body:
+                hdrs["Content-Type"] = content_type
+            if key is not None:
+                # A fresh signature (time and nonce) for every attempt.
+                hdrs["Authorization"] = sign_request(
+                    key, method, path, body, now=int(self._clock())
+                )
+            try:
+                async with self._session.request(
+                    method, self.url + path, data=body or None, headers=hdrs
+                ) as resp:
+                    raw = await resp.read()
+                    status = resp.status
+                    retry_after = resp.headers.get("Retry-After")
+            except (aiohttp.ClientError, TimeoutError, OSError) as e:
+                last = f"{type(e).__name__}: {e}"
+                await self._backoff(attempt, None)
+                continue
+            try:
+                data = json.loads(raw) if raw else None
+            except ValueError:
+                data = None
+            if status < 400:
+                return status, data
+            message = _error_message(data, status)
+            if status in (408, 429) or status >= 500:
+                last = message
+                await self._backoff(attempt, retry_after)
+                continue
+            raise RelayRefused(status, message)
+        raise RelayUnavailable(f"{self.url}: {last}")
+
+    async def _backoff(self, attempt: int, retry_after: str | None) -> None:
+        if attempt + 1 >= self.retry.attempts:
+            return
+        delay = random.uniform(0, min(self.retry.cap, self.retry.base * 2**attempt))  # noqa: S311 - jitter, not crypto
+        if retry_after is not None and retry_after.isdigit():
+            delay = max(delay, min(float(retry_after), self.retry.cap * 4))
+        await asyncio.sleep(delay)
+
+    # --- API ------------------------------------------------------------------
+
+    async def info(self) -> dict[str, Any]:
+        """The relay's public information (its key, limits)."""
+        _, data = await self._request("GET", "/v1/relay")
+        if not isinstance(data, dict):
+            raise MalformedInput("bad relay info")
+        return data
+
+    async def create_queue(
+        self,
+        recipient: Ed25519SigningKey,
+        *,
+        sender_key: bytes | None = None,
+        contact: bool = False,
+    ) -> QueueIds:
+        """Create a queue owned by ``recipient``."""
+        body = json.dumps(
+            {
+                "recipient_key": b64e(recipient.public),
+                "sender_key": b64e(sender_key) if sender_key else None,
+                "contact": contact,
+            }
+        ).encode()
+        _, data = await self._request("POST", "/v1/queues", body=body, key=recipient)
+        try:
+            return QueueIds(rid=b64d(data["rid"], size=16), sid=b64d(data["sid"], size=16))
+        except (KeyError, TypeError):
+            raise MalformedInput("bad queue ids from the relay") from None
+
+    async def delete_queue(self, rid: bytes, recipient: Ed25519SigningKey) -> None:
+        """Delete a queue and everything in it."""
+        await self._request("DELETE", f"/v1/queues/{b64e(rid)}", key=recipient)
+
+    async def send(
+        self, sid: bytes, envelope: bytes, msg_id: bytes, *, sender: Ed25519SigningKey | None
+    ) -> tuple[int, bool]:
+        """Post one envelope; return (queue seq, duplicate). Idempotent."""
+        _, data = await self._request(
+            "POST",
+            f"/v1/send/{b64e(sid)}",
+            body=envelope,
+            key=sender,
+            headers={"X-Message-Id": b64e(msg_id)},
+            content_type="application/octet-stream",
+        )
+        try:
+            return int(data["seq"]), bool(data["duplicate"])
+        except (KeyError, TypeError, ValueError):
+            raise MalformedInput("bad send reply from the relay") from None
+
+    async def fetch(
+        self, rid: bytes, recipient: Ed25519SigningKey, *, after: int = 0, limit: int = 100
+    ) -> list[FetchedEnvelope]:
+        """Envelopes after ``after``."""
+        _, data = await self._request(
+            "GET", f"/v1/queues/{b64e(rid)}/messages?after={after}&limit={limit}", key=recipient
+        )
+        try:
+            return [_envelope(m) for m in data["messages"]]
+        except (KeyError, TypeError):
+            raise MalformedInput("bad fetch reply from the relay") from None
+
+    async def ack(self, rid: bytes, recipient: Ed25519SigningKey, *, up_to: int) -> int:
+        """Delete envelopes up to ``up_to``; return how many."""
+        body = json.dumps({"up_to": up_to}).encode()
+        _, data = await self._request(
+            "POST", f"/v1/queues/{b64e(rid)}/ack", body=body, key=recipient
+        )
+        return int(data["deleted"]) if isinstance(data, dict) else 0
+
+    async def put_prekeys(
+        self,
+        rid: bytes,
+        recipient: Ed25519SigningKey,
+        *,
+        signed: bytes,
+        one_time: list[bytes],
+        replace_one_time: bool = False,
+    ) -> int:
+        """Publish sealed prekey blobs on a contact address."""
+        body = json.dumps(
+            {
+                "signed": b64e(signed),
+                "one_time": [b64e(x) for x in one_time],
+                "replace_one_time": replace_one_time,
+            }
+        ).encode()
+        _, data = await self._request(
+            "PUT", f"/v1/queues/{b64e(rid)}/prekeys", body=body, key=recipient
+        )
+        return int(data["one_time_left"])
+
+    async def prekey_count(self, rid: bytes, recipient: Ed25519SigningKey) -> int:
+        """How many one-time prekeys remain on the relay."""
+        _, data = await self._request("GET", f"/v1/queues/{b64e(rid)}/prekeys", key=recipient)
+        return int(data["one_time_left"])
+
+    async def claim_bundle(self, sid: bytes) -> tuple[bytes, bytes | None]:
+        """Claim the sealed signed-prekey blob and one one-time blob."""
+        _, data = await self._request("POST", f"/v1/contact/{b64e(sid)}/bundle")
+        try:
+            one_time = data["one_time"]
+            return (
+                b64d(data["signed"], max_size=1 << 16),
+                b64d(one_time, max_size=1 << 16) if one_time is not None else None,
+            )
+        except (KeyError, TypeError):
+            raise MalformedInput("bad bundle reply from the relay") from None
+
+    async def subscribe(
+        self, rid: bytes, recipient: Ed25519SigningKey
+    ) -> AsyncIterator[FetchedEnvelope]:
+        """Envelopes pushed over the WebSocket as they arrive (no retries:
+        the caller falls back to polling when this ends)."""
+        if self._session is None:
+            raise RuntimeError("use RelayClient as an async context manager")
+        path = f"/v1/queues/{b64e(rid)}/ws"
+        auth = sign_request(recipient, "GET", path, b"", now=int(self._clock()))
+        try:
+            async with self._session.ws_connect(
+                self.url + path, headers={"Authorization": auth}, heartbeat=30
+            ) as ws:
+                async for msg in ws:
+                    if msg.type != aiohttp.WSMsgType.TEXT:
+                        break
+                    try:
+                        item = json.loads(msg.data)
+                    except ValueError:
+                        continue
+                    if isinstance(item, dict) and item.get("type") == "message":
+                        yield _envelope(item)
+        except aiohttp.WSServerHandshakeError as e:
+            raise RelayRefused(e.status, "the relay refused the WebSocket") from None
+        except (aiohttp.ClientError, OSError) as e:
+            raise RelayUnavailable(f"{self.url}: {e}") from None
+
+
+def _error_message(data: Any, status: int) -> str:
+    if isinstance(data, dict) and isinstance(data.get("error"), dict):
+        msg = data["error"].get("message")
+        if isinstance(msg, str):
+            return f"{status} {msg[:200]}"
+    return f"HTTP {status}"

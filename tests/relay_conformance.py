@@ -1,0 +1,734 @@
+"""The contract every relay storage backend must meet (securechan.relay.storage).
+
+A backend's test module subclasses :class:`StorageConformance` and provides
+the ``open_storage`` fixture: an async callable that returns a new, empty,
+open storage each time it is called (a fresh file, a fresh schema...). Each
+test runs in its own ``asyncio.run`` (no async test plug-in needed) and
+closes what it opened.
+
+Beyond the docstrings of :class:`~securechan.relay.storage.RelayStorage`, the
+suite pins down what the relay relies on:
+
+* ids (``rid``, ``sid``, ``msg_id``) are exactly 16 bytes and keys 32 bytes;
+  other sizes raise ``ValueError``, other types ``TypeError``, naming the
+  argument, and change nothing;
+* writes to a queue that does not exist (send, secure, publish prekeys) raise
+  ``ValueError``; reads of one answer empty (``None``, ``[]``, ``0``);
+  deleting one is a no-op;
+* a failed call (``QueueFull``, a duplicate id) changes nothing and consumes
+  no sequence number, and never fails the calls running at the same time;
+* ``close`` finishes the writes already submitted and may be called twice;
+  every other method then raises ``StorageClosed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from securechan.relay.storage import (
+    Envelope,
+    PutResult,
+    QueueFull,
+    QueueRecord,
+    RelayStorage,
+    StorageClosed,
+)
+
+__all__ = ["NOW", "OpenStorage", "StorageConformance", "make_queue", "msg_id"]
+
+OpenStorage = Callable[[], Awaitable[RelayStorage]]
+Body = Callable[[RelayStorage], Awaitable[None]]
+
+NOW = 1_790_000_000
+DEPTH = 10_000
+
+
+def _b(label: str, size: int) -> bytes:
+    return hashlib.sha256(label.encode()).digest()[:size]
+
+
+def make_queue(name: str, *, contact: bool = False, sender: bool = False) -> QueueRecord:
+    """A queue whose ids and keys are derived from ``name``."""
+    return QueueRecord(
+        rid=_b(f"rid {name}", 16),
+        sid=_b(f"sid {name}", 16),
+        recipient_key=_b(f"recipient {name}", 32),
+        sender_key=_b(f"sender {name}", 32) if sender else None,
+        contact=contact,
+        created=NOW,
+    )
+
+
+def msg_id(n: int) -> bytes:
+    return n.to_bytes(16, "big")
+
+
+def run(open_storage: OpenStorage, body: Body) -> None:
+    """Open a fresh storage, run ``body`` on it, close it, in one event loop."""
+
+    async def main() -> None:
+        storage = await open_storage()
+        try:
+            await body(storage)
+        finally:
+            await storage.close()
+
+    asyncio.run(main())
+
+
+async def _fetch_all(s: RelayStorage, rid: bytes) -> list[Envelope]:
+    out: list[Envelope] = []
+    after = 0
+    while batch := await s.fetch(rid, after=after, limit=500):
+        out += batch
+        after = batch[-1].seq
+    return out
+
+
+# A pure model of the contract, for the property test.
+@dataclass
+class _ModelQueue:
+    next_seq: int = 1
+    held: dict[int, tuple[bytes, bytes, int]] = field(default_factory=dict)  # seq -> envelope
+
+
+_op = st.one_of(
+    st.tuples(st.just("put"), st.integers(0, 1), st.integers(0, 6), st.integers(0, 3)),
+    st.tuples(st.just("ack"), st.integers(0, 1), st.integers(0, 12)),
+    st.tuples(st.just("fetch"), st.integers(0, 1), st.integers(0, 12), st.integers(1, 4)),
+    st.tuples(st.just("expire"), st.integers(0, 4)),
+)
+
+
+class StorageConformance:
+    """Tests every backend must pass; subclasses provide ``open_storage``."""
+
+    @pytest.fixture
+    def open_storage(self) -> OpenStorage:
+        raise NotImplementedError("a backend's test module provides open_storage")
+
+    # --- queues ---------------------------------------------------------------
+
+    def test_create_and_look_up(self, open_storage: OpenStorage) -> None:
+        q, c = make_queue("a", sender=True), make_queue("contact", contact=True)
+
+        async def body(s: RelayStorage) -> None:
+            await s.create_queue(q)
+            await s.create_queue(c)
+            assert await s.queue_by_rid(q.rid) == q
+            assert await s.queue_by_sid(q.sid) == q
+            assert await s.queue_by_rid(c.rid) == c
+            assert await s.queue_by_sid(c.sid) == c
+            # The capabilities are separate: a sid is not a rid and vice versa.
+            assert await s.queue_by_rid(q.sid) is None
+            assert await s.queue_by_sid(q.rid) is None
+
+        run(open_storage, body)
+
+    def test_unknown_queue_reads_are_empty(self, open_storage: OpenStorage) -> None:
+        rid = make_queue("nobody").rid
+
+        async def body(s: RelayStorage) -> None:
+            assert await s.queue_by_rid(rid) is None
+            assert await s.queue_by_sid(rid) is None
+            assert await s.fetch(rid, after=0, limit=10) == []
+            assert await s.depth(rid) == 0
+            assert await s.ack(rid, up_to=100) == 0
+            assert await s.prekey_count(rid) == 0
+            assert await s.claim_bundle(rid) is None
+            await s.delete_queue(rid)  # a no-op
+
+        run(open_storage, body)
+
+    def test_writes_to_unknown_queue_are_refused(self, open_storage: OpenStorage) -> None:
+        rid = make_queue("nobody").rid
+
+        async def body(s: RelayStorage) -> None:
+            with pytest.raises(ValueError, match="no such queue"):
+                await s.put_envelope(rid, msg_id(1), b"x", now=NOW, max_depth=DEPTH)
+            with pytest.raises(ValueError, match="no such queue"):
+                await s.set_sender_key(rid, bytes(32))
+            with pytest.raises(ValueError, match="no such queue"):
+                await s.put_prekeys(rid, signed=b"s", one_time=[b"o"], replace_one_time=False)
+            assert await s.claim_bundle(rid) is None
+            assert await s.queue_by_rid(rid) is None
+
+        run(open_storage, body)
+
+    def test_duplicate_rid_or_sid_is_refused_and_changes_nothing(
+        self, open_storage: OpenStorage
+    ) -> None:
+        q = make_queue("a")
+        same_rid = QueueRecord(
+            rid=q.rid,
+            sid=make_queue("b").sid,
+            recipient_key=bytes(32),
+            sender_key=None,
+            contact=True,
+            created=NOW + 1,
+        )
+        same_sid = QueueRecord(
+            rid=make_queue("c").rid,
+            sid=q.sid,
+            recipient_key=bytes(32),
+            sender_key=None,
+            contact=True,
+            created=NOW + 1,
+        )
+
+        async def body(s: RelayStorage) -> None:
+            await s.create_queue(q)
+            for dup in (q, same_rid, same_sid):
+                with pytest.raises(ValueError, match="exists"):
+                    await s.create_queue(dup)
+            assert await s.queue_by_rid(q.rid) == q
+            assert await s.queue_by_sid(q.sid) == q
+            assert await s.queue_by_sid(same_rid.sid) is None
+            assert await s.queue_by_rid(same_sid.rid) is None
+
+        run(open_storage, body)
+
+    def test_hostile_id_bytes_are_stored_verbatim(self, open_storage: OpenStorage) -> None:
+        # Ids are opaque bytes: quotes, NUL, path pieces and SQL are just data.
+        q = QueueRecord(
+            rid=b"'; DROP TABLE--\x00",
+            sid=b"../../etc/passwd",
+            recipient_key=b"\x00" * 31 + b"'",
+            sender_key=None,
+            contact=False,
+            created=NOW,
+        )
+
+        async def body(s: RelayStorage) -> None:
+            await s.create_queue(q)
+            assert await s.queue_by_rid(q.rid) == q
+            assert await s.queue_by_sid(q.sid) == q
+            r = await s.put_envelope(q.rid, b"\x00" * 16, b"\x00'\"", now=NOW, max_depth=DEPTH)
+            [e] = await s.fetch(q.rid, after=0, limit=5)
+            assert (e.seq, e.msg_id, e.data) == (r.seq, b"\x00" * 16, b"\x00'\"")
+            assert await s.queue_by_rid(b"'; DROP TABLE--\x01") is None
+
+        run(open_storage, body)
+
+    def test_misuse_is_refused_and_changes_nothing(self, open_storage: OpenStorage) -> None:
+        q = make_queue("a")
+
+        async def body(s: RelayStorage) -> None:
+            await s.create_queue(q)
+            for bad_id in (b"", q.rid[:15], q.rid + b"\x00"):
+                with pytest.raises(ValueError, match="rid"):
+                    await s.queue_by_rid(bad_id)
+                with pytest.raises(ValueError, match="sid"):
+                    await s.queue_by_sid(bad_id)
+                with pytest.raises(ValueError, match="msg_id"):
+                    await s.put_envelope(q.rid, bad_id, b"x", now=NOW, max_depth=DEPTH)
+                with pytest.raises(ValueError, match="rid"):
+                    await s.put_envelope(bad_id, msg_id(1), b"x", now=NOW, max_depth=DEPTH)
+            with pytest.raises(TypeError, match="rid"):
+                await s.queue_by_rid(q.rid.hex())  # type: ignore[arg-type]
+            with pytest.raises(ValueError, match="sender_key"):
+                await s.set_sender_key(q.rid, bytes(31))
+            with pytest.raises(ValueError, match="key"):
+                await s.use_nonce(bytes(33), b"n", now=NOW, expires=NOW + 1)
+            with pytest.raises(ValueError, match="recipient_key"):
+                await s.create_queue(
+                    QueueRecord(
+                        rid=bytes(16),
+                        sid=bytes(16),
+                        recipient_key=bytes(16),
+                        sender_key=None,
+                        contact=False,
+                        created=NOW,
+                    )
+                )
+            with pytest.raises(ValueError, match="max_depth"):
+                await s.put_envelope(q.rid, msg_id(1), b"x", now=NOW, max_depth=0)
+            with pytest.raises(ValueError, match="limit"):
+                await s.fetch(q.rid, after=0, limit=0)
+            assert await s.depth(q.rid) == 0
+            assert await s.queue_by_rid(bytes(16)) is None
+            assert await s.queue_by_rid(q.rid) == q
+            assert (await s.put_envelope(q.rid, msg_id(1), b"x", now=NOW, max_depth=1)).seq == 1
+
+        run(open_storage, body)
+
+    def test_set_sender_key_secures_the_queue(self, open_storage: OpenStorage) -> None:
+        q = make_queue("a")
+        key = _b("the sender", 32)
+
+        async def body(s: RelayStorage) -> None:
+            await s.create_queue(q)
+            await s.set_sender_key(q.rid, key)
+            for found in (await s.queue_by_rid(q.rid), await s.queue_by_sid(q.sid)):
+                assert found is not None
+                assert found.sender_key == key
+                assert (found.rid, found.sid, found.recipient_key) == (
+                    q.rid,
+                    q.sid,
+                    q.recipient_key,
+                )
+
+        run(open_storage, body)
+
+    def test_delete_queue_takes_everything_with_it(self, open_storage: OpenStorage) -> None:
+        q, other = make_queue("a", contact=True), make_queue("b", contact=True)
+
+        async def body(s: RelayStorage) -> None:
+            for x in (q, other):
+                await s.create_queue(x)
+                await s.put_envelope(x.rid, msg_id(1), b"one", now=NOW, max_depth=DEPTH)
+                await s.put_prekeys(x.rid, signed=b"S", one_time=[b"o1"], replace_one_time=False)
+            await s.delete_queue(q.rid)
+            assert await s.queue_by_rid(q.rid) is None
+            assert await s.queue_by_sid(q.sid) is None
+            assert await s.fetch(q.rid, after=0, limit=10) == []
+            assert await s.depth(q.rid) == 0
+            assert await s.prekey_count(q.rid) == 0
+            assert await s.claim_bundle(q.rid) is None
+            # The other queue is untouched.
+            assert await s.depth(other.rid) == 1
+            assert await s.claim_bundle(other.rid) == (b"S", b"o1", 0)
+            # The ids are free again, and the new queue starts empty.
+            await s.create_queue(q)
+            assert await s.fetch(q.rid, after=0, limit=10) == []
+            assert await s.claim_bundle(q.rid) is None
+
+        run(open_storage, body)
+
+    # --- envelopes --------------------------------------------------------------
+
+    def test_put_fetch_in_order(self, open_storage: OpenStorage) -> None:
+        q = make_queue("a")
+
+        async def body(s: RelayStorage) -> None:
+            await s.create_queue(q)
+            seqs = [
+                (await s.put_envelope(q.rid, msg_id(i), b"m%d" % i, now=NOW + i, max_depth=DEPTH))
+                for i in range(10)
+            ]
+            assert [r.duplicate for r in seqs] == [False] * 10
+            assert [r.seq for r in seqs] == sorted({r.seq for r in seqs})  # increasing
+            got = await s.fetch(q.rid, after=0, limit=100)
+            assert [(e.seq, e.msg_id, e.data, e.received) for e in got] == [
+                (r.seq, msg_id(i), b"m%d" % i, NOW + i) for i, r in enumerate(seqs)
+            ]
+            assert await s.fetch(q.rid, after=seqs[3].seq, limit=2) == got[4:6]
+            assert await s.fetch(q.rid, after=seqs[-1].seq, limit=5) == []
+            assert await s.depth(q.rid) == 10
+
+        run(open_storage, body)
+
+    def test_envelopes_stay_in_their_queue(self, open_storage: OpenStorage) -> None:
+        a, b = make_queue("a"), make_queue("b")
+
+        async def body(s: RelayStorage) -> None:
+            await s.create_queue(a)
+            await s.create_queue(b)
+            await s.put_envelope(a.rid, msg_id(1), b"for a", now=NOW, max_depth=DEPTH)
+            # The same message id in another queue is another message.
+            r = await s.put_envelope(b.rid, msg_id(1), b"for b", now=NOW, max_depth=DEPTH)
+            assert not r.duplicate
+            assert [e.data for e in await s.fetch(a.rid, after=0, limit=9)] == [b"for a"]
+            assert [e.data for e in await s.fetch(b.rid, after=0, limit=9)] == [b"for b"]
+            assert await s.ack(a.rid, up_to=100) == 1
+            assert await s.depth(b.rid) == 1
+
+        run(open_storage, body)
+
+    def test_ack_deletes_up_to_and_counts(self, open_storage: OpenStorage) -> None:
+        q = make_queue("a")
+
+        async def body(s: RelayStorage) -> None:
+            await s.create_queue(q)
+            for i in range(5):
+                await s.put_envelope(q.rid, msg_id(i), b"x", now=NOW, max_depth=DEPTH)
+            assert await s.ack(q.rid, up_to=0) == 0
+            assert await s.ack(q.rid, up_to=2) == 2
+            assert [e.seq for e in await s.fetch(q.rid, after=0, limit=9)] == [3, 4, 5]
+            assert await s.ack(q.rid, up_to=2) == 0  # acking again is harmless
+            assert await s.ack(q.rid, up_to=100) == 3
+            assert await s.depth(q.rid) == 0
+
+        run(open_storage, body)
+
+    def test_seq_is_never_reused(self, open_storage: OpenStorage) -> None:
+        q = make_queue("a")
+
+        async def body(s: RelayStorage) -> None:
+            await s.create_queue(q)
+            put = [
+                await s.put_envelope(q.rid, msg_id(i), b"x", now=NOW, max_depth=DEPTH)
+                for i in range(3)
+            ]
+            assert [r.seq for r in put] == [1, 2, 3]
+            await s.ack(q.rid, up_to=3)
+            assert (await s.put_envelope(q.rid, msg_id(3), b"y", now=NOW, max_depth=DEPTH)).seq == 4
+            await s.expire(older_than=NOW + 1)
+            assert await s.depth(q.rid) == 0
+            # Even a resent msg_id, once acknowledged, gets a new number.
+            assert (await s.put_envelope(q.rid, msg_id(0), b"z", now=NOW, max_depth=DEPTH)).seq == 5
+
+        run(open_storage, body)
+
+    def test_put_is_idempotent_on_msg_id(self, open_storage: OpenStorage) -> None:
+        q = make_queue("a")
+
+        async def body(s: RelayStorage) -> None:
+            await s.create_queue(q)
+            first = await s.put_envelope(q.rid, msg_id(7), b"original", now=NOW, max_depth=DEPTH)
+            again = await s.put_envelope(q.rid, msg_id(7), b"resent", now=NOW + 5, max_depth=DEPTH)
+            assert first == PutResult(seq=1, duplicate=False)
+            assert again == PutResult(seq=1, duplicate=True)
+            [e] = await s.fetch(q.rid, after=0, limit=10)
+            assert (e.data, e.received) == (b"original", NOW)
+            assert await s.depth(q.rid) == 1
+            # The duplicate did not consume a sequence number.
+            assert (await s.put_envelope(q.rid, msg_id(8), b"x", now=NOW, max_depth=DEPTH)).seq == 2
+
+        run(open_storage, body)
+
+    def test_queue_full(self, open_storage: OpenStorage) -> None:
+        q, other = make_queue("full"), make_queue("other")
+
+        async def body(s: RelayStorage) -> None:
+            await s.create_queue(q)
+            await s.create_queue(other)
+            for i in range(3):
+                await s.put_envelope(q.rid, msg_id(i), b"x", now=NOW, max_depth=3)
+            with pytest.raises(QueueFull):
+                await s.put_envelope(q.rid, msg_id(99), b"x", now=NOW, max_depth=3)
+            assert await s.depth(q.rid) == 3
+            # A resend of a held envelope is still a duplicate, not a refusal.
+            assert await s.put_envelope(q.rid, msg_id(1), b"x", now=NOW, max_depth=3) == (
+                PutResult(seq=2, duplicate=True)
+            )
+            # Other queues are not affected.
+            r = await s.put_envelope(other.rid, msg_id(99), b"y", now=NOW, max_depth=3)
+            assert r == PutResult(seq=1, duplicate=False)
+            # Room again after an ack; the refused put used no number.
+            await s.ack(q.rid, up_to=1)
+            r = await s.put_envelope(q.rid, msg_id(99), b"x", now=NOW, max_depth=3)
+            assert r == PutResult(seq=4, duplicate=False)
+
+        run(open_storage, body)
+
+    def test_expire(self, open_storage: OpenStorage) -> None:
+        a, b = make_queue("a"), make_queue("b")
+
+        async def body(s: RelayStorage) -> None:
+            await s.create_queue(a)
+            await s.create_queue(b)
+            for i, t in enumerate((NOW, NOW + 10, NOW + 20)):
+                await s.put_envelope(a.rid, msg_id(i), b"a", now=t, max_depth=DEPTH)
+                await s.put_envelope(b.rid, msg_id(i), b"b", now=t, max_depth=DEPTH)
+            assert await s.expire(older_than=NOW) == 0  # strictly older
+            assert await s.expire(older_than=NOW + 11) == 4
+            assert [e.received for e in await s.fetch(a.rid, after=0, limit=9)] == [NOW + 20]
+            assert [e.received for e in await s.fetch(b.rid, after=0, limit=9)] == [NOW + 20]
+            assert await s.expire(older_than=NOW + 11) == 0
+
+        run(open_storage, body)
+
+    # --- prekeys ----------------------------------------------------------------
+
+    def test_prekeys_claimed_once_each(self, open_storage: OpenStorage) -> None:
+        q = make_queue("c", contact=True)
+        blobs = [b"one-time %d" % i for i in range(3)]
+
+        async def body(s: RelayStorage) -> None:
+            await s.create_queue(q)
+            assert await s.claim_bundle(q.rid) is None  # nothing published yet
+            assert (
+                await s.put_prekeys(q.rid, signed=b"S1", one_time=blobs, replace_one_time=False)
+                == 3
+            )
+            assert await s.prekey_count(q.rid) == 3
+            claimed = []
+            for left in (2, 1, 0):
+                bundle = await s.claim_bundle(q.rid)
+                assert bundle is not None
+                signed, one, n = bundle
+                assert (signed, n) == (b"S1", left)
+                assert one is not None
+                claimed.append(one)
+            assert sorted(claimed) == sorted(blobs)
+            # Exhausted: the signed prekey still works, without a one-time blob.
+            assert await s.claim_bundle(q.rid) == (b"S1", None, 0)
+            assert await s.prekey_count(q.rid) == 0
+
+        run(open_storage, body)
+
+    def test_put_prekeys_adds_or_replaces(self, open_storage: OpenStorage) -> None:
+        q = make_queue("c", contact=True)
+
+        async def body(s: RelayStorage) -> None:
+            await s.create_queue(q)
+            assert (
+                await s.put_prekeys(q.rid, signed=b"S1", one_time=[b"a"], replace_one_time=False)
+                == 1
+            )
+            assert (
+                await s.put_prekeys(q.rid, signed=b"S2", one_time=[b"b"], replace_one_time=False)
+                == 2
+            )
+            assert (
+                await s.put_prekeys(q.rid, signed=b"S3", one_time=[b"c"], replace_one_time=True)
+                == 1
+            )
+            assert await s.claim_bundle(q.rid) == (b"S3", b"c", 0)
+            # A new signed blob with no one-time blobs keeps the count.
+            assert (
+                await s.put_prekeys(q.rid, signed=b"S4", one_time=[], replace_one_time=False) == 0
+            )
+            assert await s.claim_bundle(q.rid) == (b"S4", None, 0)
+
+        run(open_storage, body)
+
+    # --- nonces -----------------------------------------------------------------
+
+    def test_nonce_replay_is_refused(self, open_storage: OpenStorage) -> None:
+        k1, k2 = _b("key 1", 32), _b("key 2", 32)
+
+        async def body(s: RelayStorage) -> None:
+            assert await s.use_nonce(k1, b"nonce-1", now=NOW, expires=NOW + 60)
+            assert not await s.use_nonce(k1, b"nonce-1", now=NOW, expires=NOW + 60)
+            assert not await s.use_nonce(k1, b"nonce-1", now=NOW + 59, expires=NOW + 119)
+            assert not await s.use_nonce(k1, b"nonce-1", now=NOW + 60, expires=NOW + 120)
+            assert await s.use_nonce(k1, b"nonce-2", now=NOW, expires=NOW + 60)
+            assert await s.use_nonce(k2, b"nonce-1", now=NOW, expires=NOW + 60)
+
+        run(open_storage, body)
+
+    # --- concurrency ------------------------------------------------------------
+
+    def test_concurrent_puts_get_distinct_seqs(self, open_storage: OpenStorage) -> None:
+        q = make_queue("a")
+
+        async def body(s: RelayStorage) -> None:
+            await s.create_queue(q)
+            results = await asyncio.gather(
+                *(
+                    s.put_envelope(q.rid, msg_id(i), b"m%d" % i, now=NOW, max_depth=DEPTH)
+                    for i in range(200)
+                )
+            )
+            assert sorted(r.seq for r in results) == list(range(1, 201))
+            assert not any(r.duplicate for r in results)
+            stored = {e.seq: e for e in await _fetch_all(s, q.rid)}
+            for i, r in enumerate(results):
+                assert (stored[r.seq].msg_id, stored[r.seq].data) == (msg_id(i), b"m%d" % i)
+
+        run(open_storage, body)
+
+    def test_concurrent_puts_respect_max_depth(self, open_storage: OpenStorage) -> None:
+        q = make_queue("a")
+
+        async def body(s: RelayStorage) -> None:
+            await s.create_queue(q)
+            results = await asyncio.gather(
+                *(
+                    s.put_envelope(q.rid, msg_id(i), b"x", now=NOW, max_depth=100)
+                    for i in range(150)
+                ),
+                return_exceptions=True,
+            )
+            ok = [r for r in results if isinstance(r, PutResult)]
+            full = [r for r in results if isinstance(r, QueueFull)]
+            assert (len(ok), len(full)) == (100, 50)
+            assert sorted(r.seq for r in ok) == list(range(1, 101))
+            assert await s.depth(q.rid) == 100
+
+        run(open_storage, body)
+
+    def test_concurrent_resends_store_once(self, open_storage: OpenStorage) -> None:
+        q = make_queue("a")
+
+        async def body(s: RelayStorage) -> None:
+            await s.create_queue(q)
+            results = await asyncio.gather(
+                *(
+                    s.put_envelope(q.rid, msg_id(5), b"x", now=NOW, max_depth=DEPTH)
+                    for _ in range(20)
+                )
+            )
+            assert {r.seq for r in results} == {1}
+            assert sum(not r.duplicate for r in results) == 1
+            assert await s.depth(q.rid) == 1
+
+        run(open_storage, body)
+
+    def test_a_failing_call_does_not_fail_its_neighbours(self, open_storage: OpenStorage) -> None:
+        q, full, dup = make_queue("a"), make_queue("full"), make_queue("dup")
+        nobody = make_queue("nobody")
+
+        async def body(s: RelayStorage) -> None:
+            for x in (q, full, dup):
+                await s.create_queue(x)
+            await s.put_envelope(full.rid, msg_id(0), b"x", now=NOW, max_depth=1)
+            good = [
+                s.put_envelope(q.rid, msg_id(i), b"g", now=NOW, max_depth=DEPTH) for i in range(60)
+            ]
+            bad = [
+                s.create_queue(dup),
+                s.put_envelope(full.rid, msg_id(1), b"x", now=NOW, max_depth=1),
+                s.put_envelope(nobody.rid, msg_id(1), b"x", now=NOW, max_depth=DEPTH),
+                s.set_sender_key(nobody.rid, bytes(32)),
+            ]
+            # Interleave the failing calls with the good ones so they share batches.
+            calls = good[:20] + bad[:2] + good[20:40] + bad[2:] + good[40:]
+            results = await asyncio.gather(*calls, return_exceptions=True)
+            errors = [r for r in results if isinstance(r, BaseException)]
+            assert [type(e) for e in errors] == [ValueError, QueueFull, ValueError, ValueError]
+            assert sorted(r.seq for r in results if isinstance(r, PutResult)) == list(range(1, 61))
+            assert await s.depth(q.rid) == 60
+            assert await s.depth(full.rid) == 1
+            assert await s.queue_by_rid(nobody.rid) is None
+
+        run(open_storage, body)
+
+    def test_concurrent_claims_hand_each_blob_out_once(self, open_storage: OpenStorage) -> None:
+        q = make_queue("c", contact=True)
+        blobs = [b"otk %d" % i for i in range(10)]
+
+        async def body(s: RelayStorage) -> None:
+            await s.create_queue(q)
+            await s.put_prekeys(q.rid, signed=b"S", one_time=blobs, replace_one_time=False)
+            bundles = await asyncio.gather(*(s.claim_bundle(q.rid) for _ in range(25)))
+            handed = [b[1] for b in bundles if b is not None and b[1] is not None]
+            assert sorted(handed) == sorted(blobs)
+            assert all(b is not None and b[0] == b"S" for b in bundles)
+            assert await s.prekey_count(q.rid) == 0
+
+        run(open_storage, body)
+
+    def test_concurrent_nonces_accept_once(self, open_storage: OpenStorage) -> None:
+        key = _b("key", 32)
+
+        async def body(s: RelayStorage) -> None:
+            used = await asyncio.gather(
+                *(s.use_nonce(key, b"same", now=NOW, expires=NOW + 60) for _ in range(30))
+            )
+            assert sorted(used) == [False] * 29 + [True]
+
+        run(open_storage, body)
+
+    # --- close ------------------------------------------------------------------
+
+    def test_close_finishes_pending_writes_then_refuses(self, open_storage: OpenStorage) -> None:
+        q = make_queue("a")
+
+        async def main() -> None:
+            s = await open_storage()
+            await s.create_queue(q)
+            puts = [
+                asyncio.ensure_future(
+                    s.put_envelope(q.rid, msg_id(i), b"x", now=NOW, max_depth=DEPTH)
+                )
+                for i in range(50)
+            ]
+            await asyncio.sleep(0)  # every put has started
+            await s.close()
+            # A put that started before close either finished or was refused as
+            # closed; none failed otherwise. (A backend's own tests may demand
+            # that all finished: SQLite's do.)
+            results = await asyncio.gather(*puts, return_exceptions=True)
+            done = [r.seq for r in results if isinstance(r, PutResult)]
+            assert len(done) + sum(isinstance(r, StorageClosed) for r in results) == 50
+            assert sorted(done) == list(range(1, len(done) + 1))
+            await s.close()  # a second close is harmless
+            calls: list[Awaitable[object]] = [
+                s.create_queue(make_queue("b")),
+                s.queue_by_rid(q.rid),
+                s.queue_by_sid(q.sid),
+                s.set_sender_key(q.rid, bytes(32)),
+                s.put_envelope(q.rid, msg_id(99), b"x", now=NOW, max_depth=DEPTH),
+                s.fetch(q.rid, after=0, limit=1),
+                s.ack(q.rid, up_to=1),
+                s.depth(q.rid),
+                s.expire(older_than=NOW),
+                s.put_prekeys(q.rid, signed=b"s", one_time=[], replace_one_time=False),
+                s.claim_bundle(q.rid),
+                s.prekey_count(q.rid),
+                s.use_nonce(bytes(32), b"n", now=NOW, expires=NOW),
+                s.delete_queue(q.rid),
+            ]
+            for call in calls:
+                with pytest.raises(StorageClosed):
+                    await call
+
+        asyncio.run(main())
+
+    # --- the whole contract against a model -----------------------------------
+
+    @settings(
+        max_examples=25,
+        deadline=None,
+        # open_storage hands out a fresh, empty storage on every call.
+        suppress_health_check=[HealthCheck.function_scoped_fixture],
+    )
+    @given(ops=st.lists(_op, max_size=30))
+    def test_matches_a_model(
+        self, open_storage: OpenStorage, ops: list[tuple[str | int, ...]]
+    ) -> None:
+        queues = [make_queue("m0"), make_queue("m1")]
+        max_depth = 4
+
+        async def body(s: RelayStorage) -> None:
+            model = [_ModelQueue(), _ModelQueue()]
+            for x in queues:
+                await s.create_queue(x)
+            for op in ops:
+                name, args = op[0], [int(a) for a in op[1:]]
+                if name == "put":
+                    qi, m, t = args
+                    mq, mid, data = model[qi], msg_id(m), b"data %d" % m
+                    held = [seq for seq, e in mq.held.items() if e[0] == mid]
+                    want: PutResult | type[QueueFull]
+                    if held:
+                        want = PutResult(seq=held[0], duplicate=True)
+                    elif len(mq.held) >= max_depth:
+                        want = QueueFull
+                    else:
+                        want = PutResult(seq=mq.next_seq, duplicate=False)
+                        mq.held[mq.next_seq] = (mid, data, NOW + t)
+                        mq.next_seq += 1
+                    try:
+                        got: PutResult | type[QueueFull] = await s.put_envelope(
+                            queues[qi].rid, mid, data, now=NOW + t, max_depth=max_depth
+                        )
+                    except QueueFull:
+                        got = QueueFull
+                    assert got == want, op
+                elif name == "ack":
+                    qi, up_to = args
+                    gone = [seq for seq in model[qi].held if seq <= up_to]
+                    for seq in gone:
+                        del model[qi].held[seq]
+                    assert await s.ack(queues[qi].rid, up_to=up_to) == len(gone), op
+                elif name == "fetch":
+                    qi, after, limit = args
+                    want_env = [
+                        (seq, *model[qi].held[seq]) for seq in sorted(model[qi].held) if seq > after
+                    ][:limit]
+                    got_env = await s.fetch(queues[qi].rid, after=after, limit=limit)
+                    assert [(e.seq, e.msg_id, e.data, e.received) for e in got_env] == want_env
+                else:
+                    (t,) = args
+                    n = 0
+                    for mq in model:
+                        old = [seq for seq, e in mq.held.items() if e[2] < NOW + t]
+                        n += len(old)
+                        for seq in old:
+                            del mq.held[seq]
+                    assert await s.expire(older_than=NOW + t) == n, op
+                for qi, x in enumerate(queues):
+                    assert await s.depth(x.rid) == len(model[qi].held)
+
+        run(open_storage, body)
