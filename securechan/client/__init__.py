@@ -1,0 +1,9 @@
+"""The high-level client: :class:`Channel` (async) and :class:`SyncChannel`.
+
+Importing this package loads aiohttp; ``import securechan`` alone does not.
+"""
+
+from securechan.client.channel import Channel, Received, Rejected, SendResult, sanitize_filename
+from securechan.client.sync import SyncChannel
+
+__all__ = ["Channel", "Received", "Rejected", "SendResult", "SyncChannel", "sanitize_filename"]

@@ -1,0 +1,80 @@
+"""A thin synchronous wrapper around :class:`Channel`, for scripts::
+
+    from securechan.client import SyncChannel
+
+    with SyncChannel.open("/path/to/home", "passphrase") as ch:
+        ch.send_text("washington", "We accept the draft.")
+        for item in ch.receive():
+            print(item)
+
+Each call runs the async method to completion on a private event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from securechan.client.channel import Channel, Received, Rejected, SendResult, UnknownPolicy
+from securechan.protocol.address import ContactCard
+
+__all__ = ["SyncChannel"]
+
+
+class SyncChannel:
+    """Blocking versions of the :class:`Channel` methods."""
+
+    def __init__(self, channel: Channel) -> None:
+        self._loop = asyncio.new_event_loop()
+        self.channel = channel
+
+    @classmethod
+    def open(
+        cls, home: Path | str, passphrase: str | bytes, *, unknown_senders: UnknownPolicy = "refuse"
+    ) -> SyncChannel:
+        """Unlock the identity in ``home``."""
+        return cls(Channel.open(home, passphrase, unknown_senders=unknown_senders))
+
+    def __enter__(self) -> SyncChannel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _run(self, coro: Any) -> Any:
+        return self._loop.run_until_complete(coro)
+
+    def register(self, relay_url: str) -> ContactCard:
+        """See :meth:`Channel.register`."""
+        card: ContactCard = self._run(self.channel.register(relay_url))
+        return card
+
+    def card(self) -> ContactCard:
+        """See :meth:`Channel.card`."""
+        return self.channel.card()
+
+    def send_text(self, contact: str, text: str) -> SendResult:
+        """See :meth:`Channel.send_text`."""
+        result: SendResult = self._run(self.channel.send_text(contact, text))
+        return result
+
+    def send_file(self, contact: str, file_name: str, data: bytes) -> SendResult:
+        """See :meth:`Channel.send_file`."""
+        result: SendResult = self._run(self.channel.send_file(contact, file_name, data))
+        return result
+
+    def receive(self) -> list[Received | Rejected]:
+        """See :meth:`Channel.receive`."""
+        items: list[Received | Rejected] = self._run(self.channel.receive())
+        return items
+
+    def history(self, contact: str | None = None) -> list[tuple[str, str, int, int, str]]:
+        """See :meth:`Channel.history`."""
+        return self.channel.history(contact)
+
+    def close(self) -> None:
+        """Close the channel and the private loop."""
+        if not self._loop.is_closed():
+            self._run(self.channel.close())
+            self._loop.close()
