@@ -134,11 +134,13 @@ class Schema:
         object.__setattr__(self, "_by_tag", {f.tag: f for f in self.fields})
 
 
-def encode(schema: Schema, values: Mapping[str, Any]) -> bytes:
+def encode(schema: Schema, values: Mapping[str, Any], *, check_nested: bool = True) -> bytes:
     """Encode ``values`` (field name to value) as a record of ``schema``.
 
     Optional fields whose value is ``None`` or absent are omitted. Raises
-    ``ValueError``/``TypeError`` when a value does not fit its field.
+    ``ValueError``/``TypeError`` when a value does not fit its field. Nested
+    records given as bytes are checked by decoding them, unless
+    ``check_nested`` is false (only for bytes this process just encoded).
     """
     unknown = set(values) - {f.name for f in schema.fields}
     if unknown:
@@ -150,13 +152,13 @@ def encode(schema: Schema, values: Mapping[str, Any]) -> bytes:
             if f.optional:
                 continue
             raise ValueError(f"{schema.name}.{f.name} is required")
-        raw = _encode_value(schema, f, value)
+        raw = _encode_value(schema, f, value, check_nested)
         out += _FIELD_HEADER.pack(f.tag, len(raw))
         out += raw
     return bytes(out)
 
 
-def _encode_value(schema: Schema, f: Field, value: Any) -> bytes:
+def _encode_value(schema: Schema, f: Field, value: Any, check_nested: bool = True) -> bytes:
     where = f"{schema.name}.{f.name}"
     raw: bytes
     if f.kind is Kind.BYTES:
@@ -180,7 +182,7 @@ def _encode_value(schema: Schema, f: Field, value: Any) -> bytes:
             raise TypeError(f"{where} must be bool")
         raw = b"\x01" if value else b"\x00"
     elif f.kind is Kind.RECORD:
-        raw = _encode_nested(f, value, where)
+        raw = _encode_nested(f, value, where, check_nested)
     else:
         if not isinstance(value, list | tuple):
             raise TypeError(f"{where} must be a list")
@@ -198,7 +200,9 @@ def _encode_value(schema: Schema, f: Field, value: Any) -> bytes:
     return raw
 
 
-def _encode_nested(f: Field, value: Any, where: str) -> bytes:
+def _encode_nested(f: Field, value: Any, where: str, check: bool = True) -> bytes:
+    if isinstance(value, bytes) and not check:
+        return value
     if isinstance(value, bytes):
         # Already encoded by the nested type's own to_bytes(); check it. A bad
         # encoding here is the caller's bug, hence ValueError.
@@ -228,11 +232,16 @@ def peek_type(data: bytes) -> int:
     return int(type_id)
 
 
-def decode(schema: Schema, data: bytes | bytearray | memoryview) -> dict[str, Any]:
+def decode(
+    schema: Schema, data: bytes | bytearray | memoryview, *, check_nested: bool = True
+) -> dict[str, Any]:
     """Decode a record of ``schema`` strictly; return field name to value.
 
     Absent optional fields map to ``None``. Nested records and list items are
-    returned as their exact bytes, for the nested type's ``from_bytes``.
+    returned as their exact bytes, for the nested type's ``from_bytes``; they
+    are fully checked here too unless ``check_nested`` is false, which only a
+    caller that decodes every nested record strictly right away may pass
+    (their header and type are still checked).
     Raises :class:`MalformedInput` (or :class:`UnsupportedVersion`) on any
     deviation from the one canonical encoding.
     """
@@ -258,7 +267,7 @@ def decode(schema: Schema, data: bytes | bytearray | memoryview) -> dict[str, An
             raise MalformedInput(f"{schema.name}.{f.name}: too long")
         if length > end - pos:
             raise MalformedInput(f"{schema.name}.{f.name}: truncated")
-        result[f.name] = _decode_value(schema, f, view[pos : pos + length])
+        result[f.name] = _decode_value(schema, f, view[pos : pos + length], check_nested)
         pos += length
     for f in schema.fields:
         if f.name not in result:
@@ -268,7 +277,7 @@ def decode(schema: Schema, data: bytes | bytearray | memoryview) -> dict[str, An
     return result
 
 
-def _decode_value(schema: Schema, f: Field, raw: memoryview) -> Any:
+def _decode_value(schema: Schema, f: Field, raw: memoryview, check_nested: bool = True) -> Any:
     where = f"{schema.name}.{f.name}"
     if f.size is not None and len(raw) != f.size:
         raise MalformedInput(f"{where}: must be {f.size} bytes")
@@ -292,7 +301,10 @@ def _decode_value(schema: Schema, f: Field, raw: memoryview) -> Any:
         return raw[0] == 1
     if f.kind is Kind.RECORD:
         item = bytes(raw)
-        decode(_nested(f), item)
+        if check_nested:
+            decode(_nested(f), item)
+        elif peek_type(item) != _nested(f).type_id:
+            raise MalformedInput(f"{where}: not a {_nested(f).name} record")
         return item
     items: list[bytes] = []
     pos = 0

@@ -12,7 +12,7 @@ contact keeps its fingerprint. An :class:`Identity` adds the private key.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 from securechan import armor, wire
@@ -132,12 +132,15 @@ class PublicIdentity:
     created: int
     public_key: HybridVerifyKey
     self_signature: bytes
+    _fingerprint: Fingerprint | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_name(self.name)
         self.public_key.verify(
             self.self_signature, self._claim_bytes(), context=CONTEXT_IDENTITY_SELF
         )
+        # Computed once: sessions read it several times per message.
+        object.__setattr__(self, "_fingerprint", Fingerprint.of(self.public_key))
 
     def _claim_bytes(self) -> bytes:
         return wire.encode(
@@ -148,7 +151,9 @@ class PublicIdentity:
     @property
     def fingerprint(self) -> Fingerprint:
         """Hash of the public key (the name is not part of it)."""
-        return Fingerprint.of(self.public_key)
+        if self._fingerprint is None:  # unreachable: set in __post_init__
+            return Fingerprint.of(self.public_key)
+        return self._fingerprint
 
     def verify(self, signature: bytes, message: bytes, *, context: bytes) -> None:
         """Raise :class:`BadSignature` unless this identity signed ``message``."""

@@ -120,8 +120,12 @@ class Payload:
     content_type: ContentType
     body: bytes
     prev_hash: bytes
-    # The encoding, once computed (an optimisation: never part of equality).
+    # The encoding and the decoded body, once computed (optimisations only:
+    # never part of equality).
     raw: bytes | None = field(default=None, compare=False, repr=False)
+    parsed: str | FileChunk | Receipt | QueueGrant | None = field(
+        default=None, compare=False, repr=False
+    )
 
     def to_bytes(self) -> bytes:
         """The canonical wire encoding (type 0x0070): the signed bytes."""
@@ -160,12 +164,18 @@ class Payload:
             prev_hash=rec["prev_hash"],
             raw=bytes(data),
         )
-        payload.content()  # the body must parse as its type
+        # The body must parse as its type; keep the result.
+        object.__setattr__(payload, "parsed", payload._parse_content())
         return payload
 
     def content(self) -> str | FileChunk | Receipt | QueueGrant | None:
         """The decoded body: text, a file chunk, a receipt, a queue grant, or
         None (hello)."""
+        if self.parsed is not None:
+            return self.parsed
+        return self._parse_content()
+
+    def _parse_content(self) -> str | FileChunk | Receipt | QueueGrant | None:
         if self.content_type is ContentType.TEXT:
             text: str = wire.decode(TEXT_BODY, self.body)["text"]
             return text
@@ -195,7 +205,10 @@ class SignedPayload:
             raise ValueError("the payload names another sender")
         payload_bytes = payload.to_bytes()
         sig = identity.sign(payload_bytes, context=CONTEXT_MESSAGE)
-        raw = wire.encode(SIGNED_PAYLOAD, {"payload": payload_bytes, "signature": sig})
+        # payload_bytes was encoded just above: no need to decode it again.
+        raw = wire.encode(
+            SIGNED_PAYLOAD, {"payload": payload_bytes, "signature": sig}, check_nested=False
+        )
         return cls(payload=payload, signature=sig, raw=raw)
 
     def verify(self, sender: PublicIdentity) -> None:
@@ -213,7 +226,8 @@ class SignedPayload:
     @classmethod
     def from_bytes_unverified(cls, data: bytes) -> SignedPayload:
         """Decode strictly, without checking the signature."""
-        rec = wire.decode(SIGNED_PAYLOAD, data)
+        # The nested payload is decoded strictly right below, so once is enough.
+        rec = wire.decode(SIGNED_PAYLOAD, data, check_nested=False)
         return cls(
             payload=Payload.from_bytes(rec["payload"]), signature=rec["signature"], raw=bytes(data)
         )

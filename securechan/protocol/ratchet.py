@@ -43,8 +43,8 @@ far is refused *before* any key agreement or derivation.
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 from securechan import wire
 from securechan.errors import (
@@ -80,6 +80,8 @@ __all__ = [
     "ratchet_decrypt",
     "ratchet_encrypt",
 ]
+
+_T = TypeVar("_T")
 
 MAX_SKIP = 1000
 MAX_SKIPPED = 2000
@@ -222,29 +224,62 @@ def _message_key(mk_base: bytes, epoch_ss: bytes) -> bytes:
     return hkdf_sha256(mk_base, salt=epoch_ss, info=_MESSAGE_INFO, length=32)
 
 
-class _Decaps:
-    """ML-KEM decapsulation with a small per-session cache (not persisted)."""
+class RatchetCache:
+    """Per-session, in-memory only: decapsulated secrets and expanded key
+    objects, so a root step does not expand the same ML-KEM or X25519 key
+    twice. Bounded; never persisted; safe to drop at any time."""
 
-    def __init__(self, cache: MutableMapping[bytes, bytes] | None) -> None:
-        self.cache = cache if cache is not None else {}
+    _MAX = 16
+
+    def __init__(self) -> None:
+        self.ss: dict[bytes, bytes] = {}
+        self.mlkem: dict[bytes, MlKemKeyPair] = {}
+        self.x25519: dict[bytes, X25519KeyPair] = {}
+
+    @staticmethod
+    def _put(table: dict[bytes, _T], key: bytes, value: _T) -> None:
+        table[key] = value
+        while len(table) > RatchetCache._MAX:
+            del table[next(iter(table))]
+
+    def mlkem_pair(self, seed: bytes) -> MlKemKeyPair:
+        pair = self.mlkem.get(seed)
+        if pair is None:
+            pair = MlKemKeyPair(seed)
+            self._put(self.mlkem, seed, pair)
+        return pair
+
+    def x25519_pair(self, secret: bytes) -> X25519KeyPair:
+        pair = self.x25519.get(secret)
+        if pair is None:
+            pair = X25519KeyPair(secret)
+            self._put(self.x25519, secret, pair)
+        return pair
+
+
+class _Decaps:
+    """ML-KEM decapsulation through the cache; new secrets are kept only
+    once the message they opened is accepted (:meth:`commit`)."""
+
+    def __init__(self, cache: RatchetCache) -> None:
+        self.cache = cache
         self.new: dict[bytes, bytes] = {}
 
     def __call__(self, kem_seed: bytes, ct: bytes) -> bytes:
         key = sha256(kem_seed + ct)
-        hit = self.cache.get(key) or self.new.get(key)
+        hit = self.cache.ss.get(key) or self.new.get(key)
         if hit is None:
-            hit = MlKemKeyPair(kem_seed).decapsulate(ct)
+            hit = self.cache.mlkem_pair(kem_seed).decapsulate(ct)
             self.new[key] = hit
         return hit
 
     def commit(self) -> None:
-        self.cache.update(self.new)
-        while len(self.cache) > 16:
-            del self.cache[next(iter(self.cache))]
+        for k, v in self.new.items():
+            RatchetCache._put(self.cache.ss, k, v)
 
 
 def ratchet_encrypt(
-    state: RatchetState, plaintext: bytes, ad: bytes
+    state: RatchetState, plaintext: bytes, ad: bytes, *, cache: RatchetCache | None = None
 ) -> tuple[RatchetState, RatchetHeader, bytes]:
     """Encrypt one message. Returns the new state, the header and the
     ciphertext; the caller MUST persist the new state before sending."""
@@ -255,6 +290,10 @@ def ratchet_encrypt(
         # Root step (spec §3.5, sending half), with an ML-KEM encapsulation.
         dh = X25519KeyPair.generate()
         kem = MlKemKeyPair.generate()
+        if cache is not None:
+            # The peer's next chain will target these: keep them expanded.
+            RatchetCache._put(cache.x25519, dh.secret_bytes(), dh)
+            RatchetCache._put(cache.mlkem, kem.seed_bytes_secret(), kem)
         ss, ct = mlkem_encapsulate(st.kem_remote)
         rk, cks = _kdf_rk(st.rk, dh.exchange(st.dh_remote), ss)
         st = replace(
@@ -325,7 +364,7 @@ def ratchet_decrypt(
     ad: bytes,
     *,
     now: int,
-    cache: MutableMapping[bytes, bytes] | None = None,
+    cache: RatchetCache | None = None,
 ) -> tuple[RatchetState, bytes]:
     """Decrypt one message; return the new state and the plaintext.
 
@@ -337,6 +376,7 @@ def ratchet_decrypt(
     if header.dh in state.own_dh_recent:
         raise Reflected("a message made with our own ratchet key came back to us")
     full_ad = ad + header.to_bytes()
+    cache = cache if cache is not None else RatchetCache()
     decaps = _Decaps(cache)
     epoch = header.n // PQ_INTERVAL
 
@@ -385,7 +425,7 @@ def ratchet_decrypt(
             st = replace(st, ckr=ckr, nr=nr)
         # Root step, receiving half (spec §3.5, DHRatchet), with ML-KEM.
         try:
-            dh_out = X25519KeyPair(dh_self).exchange(header.dh)
+            dh_out = cache.x25519_pair(dh_self).exchange(header.dh)
         except VerificationFailed:
             raise DecryptionFailed("the message does not decrypt") from None
         ss = decaps(kem_self, header.root_ct)

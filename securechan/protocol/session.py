@@ -28,6 +28,7 @@ skip window) it is accepted too and :class:`OutOfOrder` reports it.
 from __future__ import annotations
 
 import enum
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -60,6 +61,7 @@ from securechan.protocol.payload import (
 from securechan.protocol.prekeys import PrekeyBundle, PrekeyStore
 from securechan.protocol.ratchet import (
     MAX_SKIP,
+    RatchetCache,
     RatchetHeader,
     RatchetState,
     ratchet_decrypt,
@@ -168,7 +170,6 @@ class _State:
     ratchet: RatchetState = field(repr=False)
     send_seq: int = 0
     send_last_hash: bytes = ZERO_HASH
-    sent_hashes: tuple[bytes, ...] = ()  # hashes of our last messages, oldest first
     received: _Received = _Received()
     generation: int = 0
 
@@ -176,10 +177,13 @@ class _State:
 class Session:
     """One conversation with one peer. Not thread-safe; one owner at a time."""
 
-    def __init__(self, me: Identity, state: _State) -> None:
+    def __init__(self, me: Identity, state: _State, sent: tuple[bytes, ...] = ()) -> None:
         self._me = me
         self._st = state
-        self._decaps_cache: dict[bytes, bytes] = {}
+        # Hashes of our last messages, oldest first, for checking receipts.
+        # Kept outside the immutable state: appending must not copy 4096 hashes.
+        self._sent: deque[bytes] = deque(sent, maxlen=_SENT_HASHES_KEPT)
+        self._cache = RatchetCache()
         self._last_sent = b""
 
     # --- creation -----------------------------------------------------------
@@ -348,7 +352,7 @@ class Session:
         signed_bytes = signed.to_bytes()
         digest = sha256(signed_bytes)
         ratchet, header, ciphertext = ratchet_encrypt(
-            st.ratchet, pad(signed_bytes), st.transcript_hash
+            st.ratchet, pad(signed_bytes), st.transcript_hash, cache=self._cache
         )
         message = wire.encode(MESSAGE, {"header": header.to_bytes(), "ciphertext": ciphertext})
         self._last_sent = signed_bytes
@@ -357,9 +361,9 @@ class Session:
             ratchet=ratchet,
             send_seq=payload.seq,
             send_last_hash=digest,
-            sent_hashes=(*st.sent_hashes, digest)[-_SENT_HASHES_KEPT:],
             generation=st.generation + 1,
         )
+        self._sent.append(digest)
         return message
 
     # --- receiving ------------------------------------------------------------
@@ -379,7 +383,7 @@ class Session:
             rec["ciphertext"],
             st.transcript_hash,
             now=now,
-            cache=self._decaps_cache,
+            cache=self._cache,
         )
         try:
             signed_bytes = unpad(padded)
@@ -426,10 +430,10 @@ class Session:
         if r.up_to_seq > st.send_seq:
             return ReceiptChecked(up_to_seq=r.up_to_seq, matches=False)
         back = st.send_seq - r.up_to_seq
-        if back >= len(st.sent_hashes):
+        if back >= len(self._sent):
             # Older than what we keep: cannot be checked here (the audit log can).
             return ReceiptChecked(up_to_seq=r.up_to_seq, matches=False)
-        ours = st.sent_hashes[len(st.sent_hashes) - 1 - back]
+        ours = self._sent[len(self._sent) - 1 - back]
         return ReceiptChecked(up_to_seq=r.up_to_seq, matches=ours == r.chain_hash)
 
     # --- state ----------------------------------------------------------------
@@ -449,7 +453,7 @@ class Session:
                 "ratchet": state_to_bytes(st.ratchet),
                 "send_seq": st.send_seq,
                 "send_last_hash": st.send_last_hash,
-                "sent_hashes": b"".join(st.sent_hashes),
+                "sent_hashes": b"".join(self._sent),
                 "recv_contiguous": r.contiguous,
                 "recv_last_hash": r.last_hash,
                 "recv_highest": r.highest,
@@ -481,7 +485,6 @@ class Session:
                 ratchet=state_from_bytes(rec["ratchet"]),
                 send_seq=rec["send_seq"],
                 send_last_hash=rec["send_last_hash"],
-                sent_hashes=tuple(sent[i : i + 32] for i in range(0, len(sent), 32)),
                 received=_Received(
                     contiguous=rec["recv_contiguous"],
                     last_hash=rec["recv_last_hash"],
@@ -497,6 +500,7 @@ class Session:
                 ),
                 generation=rec["generation"],
             ),
+            tuple(sent[i : i + 32] for i in range(0, len(sent), 32)),
         )
 
 
