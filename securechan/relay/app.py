@@ -113,6 +113,9 @@ class Relay:
         self.claim_limit = RateLimiter(rate=config.claim_rate, burst=config.claim_burst)
         self.create_limit = RateLimiter(rate=config.create_rate, burst=config.create_burst)
         self.subscribers: dict[bytes, set[web.WebSocketResponse]] = defaultdict(set)
+        # Set when shutdown starts: a body still arriving then is answered 503
+        # at once (aiohttp stops reading from clients once it is closing).
+        self.stopping = asyncio.Event()
 
     # --- helpers --------------------------------------------------------------
 
@@ -128,28 +131,64 @@ class Relay:
     async def _body(self, request: web.Request, limit: int) -> bytes:
         if request.content_length is not None and request.content_length > limit:
             raise _HttpError(413, "too_large", f"the body is larger than {limit} bytes")
+        if request.content_length == 0 or (
+            request.content_length is None and not request.body_exists
+        ):
+            return b""
+        reader = asyncio.ensure_future(self._read_body(request, limit))
+        stop = asyncio.ensure_future(self.stopping.wait())
         try:
-            async with asyncio.timeout(self.config.body_timeout):
-                chunks = []
-                size = 0
-                async for chunk in request.content.iter_chunked(64 * 1024):
-                    size += len(chunk)
-                    if size > limit:
-                        raise _HttpError(413, "too_large", f"the body is larger than {limit} bytes")
-                    chunks.append(chunk)
-        except TimeoutError:
-            raise _HttpError(408, "timeout", "the request body was too slow") from None
+            done, _ = await asyncio.wait(
+                {reader, stop},
+                timeout=self.config.body_timeout,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            stop.cancel()
+        if reader in done:
+            return reader.result()
+        reader.cancel()
+        if stop in done:
+            raise _HttpError(503, "shutting_down", "the relay is stopping", retry_after=5)
+        raise _HttpError(408, "timeout", "the request body was too slow")
+
+    @staticmethod
+    async def _read_body(request: web.Request, limit: int) -> bytes:
+        chunks = []
+        size = 0
+        async for chunk in request.content.iter_chunked(64 * 1024):
+            size += len(chunk)
+            if size > limit:
+                raise _HttpError(413, "too_large", f"the body is larger than {limit} bytes")
+            chunks.append(chunk)
         return b"".join(chunks)
 
-    async def _json(self, request: web.Request, limit: int = 64 * 1024) -> dict[str, Any]:
-        body = await self._body(request, limit)
+    @staticmethod
+    def _object(
+        body: bytes, required: set[str], optional: frozenset[str] = frozenset()
+    ) -> dict[str, Any]:
+        """A JSON object with exactly these keys (no others), or 400."""
         try:
             data = json.loads(body)
         except (ValueError, RecursionError):
             raise _HttpError(400, "bad_json", "the body is not JSON") from None
-        if not isinstance(data, dict):
-            raise _HttpError(400, "bad_json", "the body must be a JSON object")
+        if not isinstance(data, dict) or not required <= set(data) <= (required | set(optional)):
+            expected = ", ".join(sorted(required | optional))
+            raise _HttpError(400, "bad_request", f"expected a JSON object with {expected}")
         return data
+
+    @staticmethod
+    def _position(value: Any, name: str, *, text: bool = False) -> int:
+        """A queue position: an integer 0 <= n < 2**63 (in JSON, or as ASCII
+        digits in a query string when ``text``), or 400."""
+        if text:
+            if not (isinstance(value, str) and value.isascii() and value.isdigit()):
+                raise _HttpError(400, "bad_query", f"{name} must be a non-negative integer")
+            value = int(value) if len(value) <= 19 else 2**63
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+            code = "bad_query" if text else "bad_request"
+            raise _HttpError(400, code, f"{name} must be an integer from 0 to 2**63-1")
+        return value
 
     def _id(self, request: web.Request, name: str) -> bytes:
         try:
@@ -200,16 +239,15 @@ class Relay:
     async def create_queue(self, request: web.Request) -> web.Response:
         self._limit(self.create_limit, request.remote, "create")
         body = await self._body(request, 4096)
+        data = self._object(body, {"recipient_key"}, frozenset({"sender_key", "contact"}))
         try:
-            data = json.loads(body)
-            if not isinstance(data, dict) or set(data) - {"recipient_key", "sender_key", "contact"}:
-                raise ValueError
             recipient_key = b64d(data["recipient_key"], size=KEY_SIZE)
-            sender_key = b64d(data["sender_key"], size=KEY_SIZE) if data.get("sender_key") else None
+            raw_sender = data.get("sender_key")
+            sender_key = b64d(raw_sender, size=KEY_SIZE) if raw_sender is not None else None
             contact = data.get("contact", False)
             if not isinstance(contact, bool) or (contact and sender_key is not None):
                 raise ValueError
-        except (ValueError, KeyError, TypeError, MalformedInput, RecursionError):
+        except (ValueError, MalformedInput):
             raise _HttpError(
                 400, "bad_request", "expected recipient_key, sender_key, contact"
             ) from None
@@ -239,10 +277,10 @@ class Relay:
         queue = await self._queue(rid)
         body = await self._body(request, 4096)
         await self._authenticate(request, queue.recipient_key, body)
+        data = self._object(body, {"sender_key"})
         try:
-            data = json.loads(body)
             sender_key = b64d(data["sender_key"], size=KEY_SIZE)
-        except (ValueError, KeyError, TypeError, MalformedInput, RecursionError):
+        except MalformedInput:
             raise _HttpError(400, "bad_request", "expected sender_key") from None
         if queue.contact:
             raise _HttpError(409, "conflict", "a contact address stays open to all senders")
@@ -307,15 +345,13 @@ class Relay:
         rid = self._id(request, "rid")
         queue = await self._queue(rid)
         await self._authenticate(request, queue.recipient_key, await self._body(request, 0))
-        try:
-            after = int(request.query.get("after", "0"))
-            limit = min(int(request.query.get("limit", "100")), self.config.fetch_limit)
-            if after < 0 or limit < 1:
-                raise ValueError
-        except ValueError:
-            raise _HttpError(
-                400, "bad_query", "after and limit are non-negative integers"
-            ) from None
+        if set(request.query) - {"after", "limit"}:
+            raise _HttpError(400, "bad_query", "the only parameters are after and limit")
+        after = self._position(request.query.get("after", "0"), "after", text=True)
+        limit = self._position(request.query.get("limit", "100"), "limit", text=True)
+        if limit < 1:
+            raise _HttpError(400, "bad_query", "limit must be at least 1")
+        limit = min(limit, self.config.fetch_limit)
         envelopes = await self.storage.fetch(rid, after=after, limit=limit)
         return web.json_response(
             {
@@ -336,12 +372,7 @@ class Relay:
         queue = await self._queue(rid)
         body = await self._body(request, 1024)
         await self._authenticate(request, queue.recipient_key, body)
-        try:
-            up_to = json.loads(body)["up_to"]
-            if not isinstance(up_to, int) or isinstance(up_to, bool) or up_to < 0:
-                raise ValueError
-        except (ValueError, KeyError, TypeError, RecursionError):
-            raise _HttpError(400, "bad_request", "expected up_to, a non-negative integer") from None
+        up_to = self._position(self._object(body, {"up_to"})["up_to"], "up_to")
         deleted = await self.storage.ack(rid, up_to=up_to)
         return web.json_response({"deleted": deleted})
 
@@ -353,8 +384,10 @@ class Relay:
         await self._authenticate(request, queue.recipient_key, body)
         if not queue.contact:
             raise _HttpError(409, "conflict", "prekeys belong on a contact address")
+        data = self._object(body, {"signed"}, frozenset({"one_time", "replace_one_time"}))
         try:
-            data = json.loads(body)
+            if not isinstance(data.get("one_time", []), list):
+                raise ValueError
             signed = b64d(data["signed"], max_size=cfg.max_prekey_blob)
             one_time = [b64d(x, max_size=cfg.max_prekey_blob) for x in data.get("one_time", [])]
             replace = data.get("replace_one_time", False)
@@ -488,6 +521,7 @@ def make_app(
     r.add_post("/v1/contact/{sid}/bundle", relay.claim_bundle)
 
     async def close_sockets(app: web.Application) -> None:
+        relay.stopping.set()
         for sockets in list(relay.subscribers.values()):
             for ws in list(sockets):
                 await ws.close(code=1001, message=b"relay shutting down")

@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from securechan.relay.sqlite_store import SqliteStorage
 
 from securechan.errors import MalformedInput, StorageError
 from securechan.primitives import Ed25519SigningKey, sha256
 from securechan.protocol.relay_auth import b64e
 from securechan.relay.app import RelayConfig, make_app
+from securechan.relay.sqlite_store import SqliteStorage
 
 __all__ = ["ServeOptions", "load_config_file", "load_or_create_key", "serve"]
 
@@ -48,6 +48,7 @@ class ServeOptions:
     synchronous: str = "FULL"
     expire_every: float = 3600.0
     shutdown_timeout: float = 10.0
+    idle_timeout: float = 8.0
     log_level: str = "INFO"
 
 
@@ -110,6 +111,18 @@ def _tls(opts: ServeOptions) -> ssl.SSLContext | None:
     return ctx
 
 
+class _NoRequestDetails(logging.Filter):
+    """aiohttp logs malformed requests with a traceback and the start of the
+    request line, which can hold a queue id: keep one plain line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = "rejected a malformed HTTP request"
+        record.args = ()
+        record.exc_info = None
+        record.exc_text = None
+        return True
+
+
 async def serve(
     opts: ServeOptions,
     config: RelayConfig,
@@ -119,10 +132,18 @@ async def serve(
     """Run until SIGTERM/SIGINT; return after a clean shutdown."""
     key = load_or_create_key(opts.data)
     tls = _tls(opts)
+    logging.getLogger("aiohttp.server").addFilter(_NoRequestDetails())
     storage = await SqliteStorage.open(opts.data / "relay.db", synchronous=opts.synchronous)
     app = make_app(storage, key, config)
+    # keepalive_timeout also bounds a new connection that never completes a
+    # request (idle, or dribbling its headers: slowloris); bodies have their
+    # own timeout in the handlers.
     runner = web.AppRunner(
-        app, handle_signals=False, access_log=None, shutdown_timeout=opts.shutdown_timeout
+        app,
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=opts.shutdown_timeout,
+        keepalive_timeout=opts.idle_timeout,
     )
     await runner.setup()
     site = web.TCPSite(runner, opts.host, opts.port, ssl_context=tls, reuse_address=True)
