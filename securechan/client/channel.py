@@ -518,14 +518,23 @@ class Channel:
         return await self._send(name, build, records)
 
     async def flush_outbox(self) -> tuple[int, int]:
-        """Post every pending envelope; return (delivered now, still pending)."""
+        """Post every pending envelope, oldest first; return (delivered now,
+        still pending). After a failed post to a queue, nothing younger goes
+        to that queue in this pass: envelopes must reach a queue in the order
+        they were made, or the recipient sees a false gap and a late arrival."""
         delivered = pending = 0
+        blocked: set[tuple[str, bytes]] = set()
         for entry in self.db.outbox():
+            target = (entry.relay, entry.sid)
+            if target in blocked:
+                pending += 1
+                continue
             try:
                 relay = await self._relay(entry.relay)
                 sender = Ed25519SigningKey(entry.sender) if entry.sender is not None else None
                 await relay.send(entry.sid, entry.envelope, entry.msg_id, sender=sender)
             except RelayError:
+                blocked.add(target)
                 pending += 1
                 continue
             with self.db.transaction():
