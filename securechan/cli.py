@@ -657,6 +657,13 @@ def send(
             return await ch.send_text(contact_name, message or "")
 
     result = _run(go())
+    seqs = ",".join(str(s) for s in result.seqs)
+    if result.pending and not result.delivered:
+        # One line, exit 3: the message is safe in the outbox.
+        raise RelayError(
+            f"no relay accepted message {seqs} to {result.contact} yet; it is queued "
+            "and will be posted by the next send, receive or status"
+        )
     if as_json:
         _emit_json(
             {
@@ -667,11 +674,8 @@ def send(
             }
         )
     else:
-        state = "sent" if result.pending == 0 else f"queued ({result.pending} envelopes pending)"
-        seqs = ",".join(str(s) for s in result.seqs)
+        state = "sent" if result.pending == 0 else f"sent, {result.pending} envelopes still queued"
         click.echo(f"Message {seqs} to {result.contact}: {state}", err=True)
-    if result.pending and not result.delivered:
-        raise RelayError("no relay accepted the message yet; it stays queued and is retried")
 
 
 def _save_download(folder: Path, name: str, data: bytes) -> Path:

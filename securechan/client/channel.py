@@ -2,7 +2,7 @@
 
 :class:`Channel` is what the CLI and ``import securechan`` users drive::
 
-    async with await Channel.open(home, passphrase) as ch:
+    async with Channel.open(home, passphrase) as ch:
         await ch.register("http://127.0.0.1:8470")
         await ch.send_text("washington", "We accept the draft.")
         for item in await ch.receive():
@@ -69,6 +69,7 @@ from securechan.protocol.session import (
     OutOfOrder,
     ReceiptChecked,
     Session,
+    message_chain,
 )
 from securechan.transport import FetchedEnvelope, RelayClient, RetryPolicy
 
@@ -158,20 +159,31 @@ class _Registration:
         return ContactAddress(relay=self.relay, sid=self.sid, key=self.address_key)
 
 
+_DEVICES = {"CON", "PRN", "AUX", "NUL"} | {f"{d}{i}" for d in ("COM", "LPT") for i in range(10)}
+
+
 def sanitize_filename(name: str) -> str:
     """A safe file name from a peer-supplied one: one path component of
-    letters, digits, ``.``, ``_``, ``-`` and spaces; no leading dot; not a
-    Windows device name; at most 100 characters. (magic-wormhole's
+    letters, digits, ``.``, ``_``, ``-`` and spaces; no leading dot, no
+    trailing dot or space; not a Windows device name (with any extension);
+    at most 100 characters, keeping a short extension. (magic-wormhole's
     CVE-2026-42448 was a peer-supplied path.)"""
     base = name.replace("\\", "/").rsplit("/", 1)[-1]
     clean = "".join(c if (c.isascii() and (c.isalnum() or c in "._- ")) else "_" for c in base)
-    clean = clean.strip(" .")[:100] or "file"
-    stem = clean.split(".", 1)[0].upper()
-    if stem in {"CON", "PRN", "AUX", "NUL"} or (
-        len(stem) == 4 and stem[:3] in ("COM", "LPT") and stem[3].isdigit()
-    ):
-        clean = "_" + clean
-    return clean
+    stem, dot, ext = clean.strip(" .").rpartition(".")
+    if not dot or len(ext) > 10:
+        stem, ext = clean.strip(" ."), ""
+    stem = stem[: 100 - (len(ext) + 1 if ext else 0)].strip(" .") or "file"
+    if stem.split(".", 1)[0].strip(" ").upper() in _DEVICES:
+        stem = "_" + stem
+    return f"{stem}.{ext}" if ext else stem
+
+
+def _is_first(data: bytes) -> bool:
+    try:
+        return wire.peek_type(data) == FIRST.type_id
+    except MalformedInput:
+        return False
 
 
 class Channel:
@@ -443,45 +455,66 @@ class Channel:
         records: Callable[[Session, list[int]], list[tuple[int, bytes]]] | None = None,
     ) -> SendResult:
         contact = self._contact(name)
-        if not contact.verified:
-            # Allowed, but the CLI warns: the safety number was not compared.
-            pass
         now = self._now()
         rows = self.db.sessions(contact.fingerprint.digest)
-        envelopes: list[bytes] = []
-        if not rows:
+        if rows:
+            row = rows[0]
+            targets = self._targets(contact, row.peer_grant)
+            with self.db.transaction():
+                session = self._load_session(row.conversation)
+                envelopes, seqs = self._build(session, build)
+                self._commit_send(session, contact, envelopes, seqs, records, targets, now)
+        else:
+            # First contact: the handshake, our queue grant and the message are
+            # built in memory and committed together, or not at all.
             bundle = await self._fetch_bundle(contact)
+            targets = self._targets(contact, None)
             session, first = Session.initiate(self.identity, contact.identity, bundle, now=now)
             grant = await self._ensure_own_queue(session)
-            envelopes.append(first)
+            envelopes = [first]
             if grant is not None:
                 envelopes.append(session.send_grant(grant, now=now))
+            more, seqs = self._build(session, build)
+            envelopes.extend(more)
             with self.db.transaction():
                 self.db.add_session(session.conversation, contact.fingerprint.digest, now)
                 if grant is not None:
                     self.db.mark_grant_sent(session.conversation)
-                self._save_session(session)
-            rows = self.db.sessions(contact.fingerprint.digest)
-        row = rows[0]
-        targets = self._targets(contact, row.peer_grant)
-        with self.db.transaction():
-            session = self._load_session(row.conversation)
-            first_seq = session.sent_count + 1
-            envelopes.extend(build(session))
-            seqs = list(range(first_seq, session.sent_count + 1))
-            self._save_session(session)
-            for seq, record in records(session, seqs) if records else []:
-                self.db.add_message(
-                    row.conversation, contact.fingerprint.digest, "out", seq, now, record
-                )
-            for env in envelopes:
-                msg_id = random_bytes(16)
-                for relay_url, sid, sender in targets:
-                    self.db.add_outbox(msg_id, relay_url, sid, sender, env, now)
+                self._commit_send(session, contact, envelopes, seqs, records, targets, now)
         delivered, pending = await self.flush_outbox()
         return SendResult(
             contact=contact.name, seqs=tuple(seqs), delivered=delivered, pending=pending
         )
+
+    @staticmethod
+    def _build(
+        session: Session, build: Callable[[Session], list[bytes]]
+    ) -> tuple[list[bytes], list[int]]:
+        first_seq = session.sent_count + 1
+        envelopes = build(session)
+        return envelopes, list(range(first_seq, session.sent_count + 1))
+
+    def _commit_send(
+        self,
+        session: Session,
+        contact: Contact,
+        envelopes: list[bytes],
+        seqs: list[int],
+        records: Callable[[Session, list[int]], list[tuple[int, bytes]]] | None,
+        targets: list[tuple[str, bytes, bytes | None]],
+        now: int,
+    ) -> None:
+        """Inside the caller's transaction: the new session state, our record
+        of what we sent, and the envelopes in the outbox, all at once."""
+        self._save_session(session)
+        for seq, record in records(session, seqs) if records else []:
+            self.db.add_message(
+                session.conversation, contact.fingerprint.digest, "out", seq, now, record
+            )
+        for env in envelopes:
+            msg_id = random_bytes(16)
+            for relay_url, sid, sender in targets:
+                self.db.add_outbox(msg_id, relay_url, sid, sender, env, now)
 
     def _record(self, signed: bytes, contact: str) -> bytes:
         return wire.encode(_RECORD, {"signed": signed, "contact": contact})
@@ -546,7 +579,7 @@ class Channel:
 
     async def receive(self) -> list[Received | Rejected]:
         """One pass over every queue at every relay: fetch, open, store, ack."""
-        out: list[Received | Rejected] = []
+        out: list[Received | Rejected] = self._release_held()
         await self.flush_outbox()
         for queue in self.db.queues():
             try:
@@ -601,16 +634,7 @@ class Channel:
             with self.db.transaction():
                 self.db.set_last_seq(queue.rid, env.seq)
         else:
-            try:
-                results = self._open(queue, env, now)
-            except (SecurechanError, ValueError) as e:
-                held = isinstance(e, UnknownSender) and self.unknown_senders == "hold"
-                with self.db.transaction():
-                    if held:
-                        self.db.hold(env.msg_id, queue.relay, env.data, now)
-                    self.db.mark_seen(env.msg_id, now)
-                    self.db.set_last_seq(queue.rid, env.seq)
-                results = [Rejected(reason=type(e).__name__, error=str(e), held=held)]
+            results = self._open_or_refuse(queue, env, now)
         try:
             relay = await self._relay(queue.relay)
             await relay.ack(queue.rid, Ed25519SigningKey(queue.secret), up_to=env.seq)
@@ -618,12 +642,78 @@ class Channel:
             pass  # acknowledged next time; the message id is already marked seen
         return results
 
-    def _open(self, queue: QueueRow, env: FetchedEnvelope, now: int) -> list[Received | Rejected]:
+    def _open_or_refuse(
+        self, queue: QueueRow, env: FetchedEnvelope, now: int, *, from_hold: bool = False
+    ) -> list[Received | Rejected]:
+        """Open an envelope, or record why not. A first message from an
+        unknown sender refuses (or, with the hold policy, keeps) the messages
+        that follow it on the same ratchet chain too, quietly: they are part
+        of the same refusal, not separate attacks."""
+        chain = message_chain(env.data)
+        if chain is not None and self.db.chain_refused(chain) and not from_hold:
+            hold = self.unknown_senders == "hold"
+            with self.db.transaction():
+                if hold:
+                    self.db.hold(env.msg_id, queue.relay, env.data, now)
+                self.db.mark_seen(env.msg_id, now)
+                self.db.set_last_seq(queue.rid, env.seq)
+            return []
+        try:
+            return self._open(queue, env, now)
+        except (SecurechanError, ValueError) as e:
+            unknown = isinstance(e, UnknownSender)
+            hold = unknown and self.unknown_senders == "hold"
+            with self.db.transaction():
+                if unknown and chain is not None:
+                    self.db.refuse_chain(chain, now)
+                if hold and not from_hold:
+                    self.db.hold(env.msg_id, queue.relay, env.data, now)
+                self.db.mark_seen(env.msg_id, now)
+                self.db.set_last_seq(queue.rid, env.seq)
+            if from_hold and hold:
+                return []  # still unknown: stays held, already reported
+            return [Rejected(reason=type(e).__name__, error=str(e), held=hold)]
+
+    def _release_held(self) -> list[Received | Rejected]:
+        """Retry held envelopes (oldest first): those whose sender has been
+        pinned since open now; the rest stay held."""
+        out: list[Received | Rejected] = []
+        contact_queues = {q.relay: q for q in self.db.queues() if q.kind == "contact"}
+        for msg_id, relay, data in self.db.held():
+            queue = contact_queues.get(relay)
+            if queue is None:
+                continue
+            env = FetchedEnvelope(seq=0, msg_id=msg_id, data=data, received=self._now())
+            chain = message_chain(data)
+            try:
+                results = self._open(queue, env, self._now(), reopen=True)
+            except UnknownSender:
+                continue  # not pinned yet
+            except (SecurechanError, ValueError) as e:
+                if chain is not None and self.db.chain_refused(chain):
+                    continue  # waits for the first message of its chain
+                with self.db.transaction():
+                    self.db.unhold(msg_id)
+                out.append(Rejected(reason=type(e).__name__, error=str(e)))
+                continue
+            with self.db.transaction():
+                self.db.unhold(msg_id)
+                if chain is not None:
+                    self.db.unrefuse_chain(chain)
+            out.extend(results)
+        return out
+
+    def _open(
+        self, queue: QueueRow, env: FetchedEnvelope, now: int, *, reopen: bool = False
+    ) -> list[Received | Rejected]:
         try:
             kind = wire.peek_type(env.data)
         except MalformedInput:
             raise MessageRejected("not a securechan envelope") from None
         with self.db.transaction():
+            if self.db.seen(env.msg_id) and not reopen:
+                # Another process on this home took it while we fetched.
+                return []
             if kind == FIRST.type_id:
                 session, events = self._accept_first(env.data, now)
             elif kind == MESSAGE.type_id:
@@ -787,16 +877,18 @@ class Channel:
             rec = wire.decode(_RECORD, m.record)
             payload = SignedPayload.from_bytes_unverified(rec["signed"]).payload
             content = payload.content()
+            if isinstance(content, QueueGrant) or payload.content_type is ContentType.HELLO:
+                continue  # protocol housekeeping, kept in the store, not shown
             if isinstance(content, str):
                 summary = content
             elif isinstance(content, FileChunk):
+                if content.index != content.count - 1:
+                    continue  # a file is shown once, at its last chunk
                 summary = f"[file {content.name}, {content.size} bytes]"
             elif isinstance(content, Receipt):
                 summary = f"[receipt up to {content.up_to_seq}]"
-            elif isinstance(content, QueueGrant):
-                summary = "[private queue granted]"
             else:
-                summary = "[hello]"
+                summary = "[empty]"
             out.append((rec["contact"], m.direction, m.seq, payload.sent_at, summary))
         return out
 
@@ -809,7 +901,9 @@ class Channel:
             "queues": len(self.db.queues()),
             "sessions": len(self.db.sessions()),
             "outbox": len(self.db.outbox()),
-            "held": len(self.db.held()),
+            # First messages from senders not yet pinned (their later envelopes
+            # are held behind them and not counted).
+            "held": sum(1 for _, _, data in self.db.held() if _is_first(data)),
         }
 
 

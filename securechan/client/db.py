@@ -30,7 +30,7 @@ from securechan.protocol.sealed import open_state, seal_state
 
 __all__ = ["ClientDB", "OutboxEntry", "QueueRow", "SessionRow", "StoredMessage"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _AAD = b"securechan/v1/client-db/"
 
 _SCHEMA = """
@@ -86,6 +86,10 @@ CREATE TABLE IF NOT EXISTS file_chunks (
     idx INTEGER NOT NULL,
     sealed BLOB NOT NULL,
     PRIMARY KEY (conversation, file_id, idx)
+);
+CREATE TABLE IF NOT EXISTS refused_chains (
+    dh BLOB PRIMARY KEY,
+    at INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS held (
     msg_id BLOB PRIMARY KEY,
@@ -168,9 +172,10 @@ class ClientDB:
         (version,) = self._db.execute("PRAGMA user_version").fetchone()
         if version > SCHEMA_VERSION:
             raise StorageError(f"{self.path} is from a newer securechan (schema {version})")
-        if version == 0:
-            # Idempotent (IF NOT EXISTS), so two processes opening a new home
-            # at once both succeed; one script, one transaction.
+        if version < SCHEMA_VERSION:
+            # Every statement is idempotent (IF NOT EXISTS), so the whole schema
+            # script is also the upgrade from any older version, and two
+            # processes opening a new home at once both succeed.
             self._db.executescript(
                 "BEGIN IMMEDIATE;" + _SCHEMA + f"PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
             )
@@ -375,6 +380,19 @@ class ClientDB:
     def unhold(self, msg_id: bytes) -> None:
         """Forget a held first message."""
         self._db.execute("DELETE FROM held WHERE msg_id = ?", (msg_id,))
+
+    def refuse_chain(self, dh: bytes, now: int) -> None:
+        """Envelopes on this sender ratchet key belong to a refused first message."""
+        self._db.execute("INSERT OR IGNORE INTO refused_chains (dh, at) VALUES (?, ?)", (dh, now))
+
+    def chain_refused(self, dh: bytes) -> bool:
+        """Was the first message of this ratchet chain refused?"""
+        row = self._db.execute("SELECT 1 FROM refused_chains WHERE dh = ?", (dh,)).fetchone()
+        return row is not None
+
+    def unrefuse_chain(self, dh: bytes) -> None:
+        """The chain's first message was accepted after all."""
+        self._db.execute("DELETE FROM refused_chains WHERE dh = ?", (dh,))
 
     # --- messages -----------------------------------------------------------------
 

@@ -79,6 +79,7 @@ __all__ = [
     "ReceiptChecked",
     "Role",
     "Session",
+    "message_chain",
 ]
 
 MAX_GAP = MAX_SKIP
@@ -502,6 +503,20 @@ class Session:
             ),
             tuple(sent[i : i + 32] for i in range(0, len(sent), 32)),
         )
+
+
+def message_chain(data: bytes) -> bytes | None:
+    """The sender's ratchet key of an envelope (a ratchet message's, or the
+    inner message's of a first message), without opening it; ``None`` if the
+    bytes are neither. Used only to group envelopes of one refused sender."""
+    try:
+        kind = wire.peek_type(data)
+        if kind == hs.FIRST.type_id:
+            data = wire.decode(hs.FIRST, data)["message"]
+        rec = wire.decode(MESSAGE, data)
+        return RatchetHeader.from_bytes(rec["header"]).dh
+    except MalformedInput:
+        return None
 
 
 def _place(
