@@ -139,7 +139,15 @@ class _App:
 
     @property
     def keystore(self) -> securechan.Keystore:
-        return securechan.Keystore(self.home)
+        return securechan.Keystore(self.home, events=self._record_event)
+
+    def _record_event(self, event: securechan.SecurityEvent) -> None:
+        # Every identity and contact change goes to the audit log. No identity
+        # here (no passphrase): the next opening with it signs these entries.
+        from securechan.audit.log import AuditLog
+
+        with AuditLog.open(self.home) as log:
+            log.record(event)
 
     def passphrase(self, *, confirm: bool = False, prompt: str = "Passphrase") -> str:
         """From --passphrase-file, else $SECURECHAN_PASSPHRASE, else a prompt."""
@@ -238,6 +246,11 @@ def init(app: _App, name: str, force: bool, kdf: str, as_json: bool) -> None:
         raise IdentityExists(f"{store.key_path} exists; use --force to replace it")
     secret = app.passphrase(confirm=True, prompt="New passphrase")
     ident = store.create(name, secret, kdf=securechan.KDF_PROFILES[kdf], force=force)
+    from securechan.audit.log import AuditLog
+
+    # The new identity signs the log at once, so 'log verify' holds after init.
+    with AuditLog.open(store.home, ident) as log:
+        log.checkpoint()
     if as_json:
         _emit_json(
             {"name": ident.name, "fingerprint": str(ident.fingerprint), "home": str(store.home)}
@@ -828,6 +841,80 @@ def status(app: _App, as_json: bool) -> None:
         return
     for k, v in info.items():
         click.echo(f"{k + ':':<10} {', '.join(v) if isinstance(v, list) else v}")
+
+
+# --- audit log -------------------------------------------------------------------
+
+
+@cli.group(name="log", cls=_Group)
+def log_group() -> None:
+    """Show and verify your local audit log (no passphrase needed)."""
+
+
+def _log_value(value: Any) -> str:
+    text = str(value)
+    return json.dumps(text) if (not text or " " in text) else text
+
+
+@log_group.command(name="show")
+@click.option("--since", type=click.IntRange(min=0), default=None, help="Start at entry N.")
+@_json_option
+@pass_app
+def log_show(app: _App, since: int | None, as_json: bool) -> None:
+    """Print the entries: index, time, kind and fields (never message text).
+
+    Entries are shown as stored; 'securechan log verify' checks them."""
+    from securechan.audit.log import AuditLog
+
+    with AuditLog.open(app.home, read_only=True) as log:
+        if as_json:
+            rows = [e.describe() for e in log.entries(since)]
+            _emit_json([{**r, "time": _iso(r["time"])} for r in rows])
+            return
+        for entry in log.entries(since):
+            fields = " ".join(f"{k}={_log_value(v)}" for k, v in entry.fields.describe().items())
+            click.echo(f"{entry.index:>6} {_iso(entry.time)} {entry.kind:<26} {fields}")
+
+
+@log_group.command(name="verify")
+@click.option(
+    "--key", type=click.File("rb"), help="Verify against this public identity file instead."
+)
+@_json_option
+@pass_app
+def log_verify(app: _App, key: Any, as_json: bool) -> None:
+    """Check every entry, checkpoint signature and audit.head.
+
+    Exit 0 if the log is intact; exit 1 naming the first bad entry."""
+    from securechan.audit.log import AuditLog
+
+    if key is not None:
+        ident = securechan.PublicIdentity.from_text(_read_text(key, "the --key file"))
+    else:
+        ident = app.keystore.public_identity()
+    with AuditLog.open(app.home, read_only=True) as log:
+        report = log.verify(ident)
+    if as_json:
+        _emit_json(
+            {
+                "intact": True,
+                "entries": report.entries,
+                "checkpoints": report.checkpoints,
+                "last_checkpoint": report.last_checkpoint,
+                "unsigned": report.unsigned,
+                "head_checkpoint": report.head_checkpoint,
+                "identity": ident.name,
+                "fingerprint": str(ident.fingerprint),
+            }
+        )
+        return
+    if report.last_checkpoint is None:
+        signed = "no signed checkpoint yet"
+    else:
+        signed = f"last signed checkpoint at {report.last_checkpoint}"
+        if report.unsigned:
+            signed += f" ({report.unsigned} newer entries not signed yet)"
+    click.echo(f"log intact: {report.entries} entries, {signed}")
 
 
 # --- demo ----------------------------------------------------------------------

@@ -14,6 +14,7 @@ bytes that failed.  The CLI maps this tree to exit codes in one place
 from __future__ import annotations
 
 __all__ = [
+    "AuditLogBroken",
     "BadPassphrase",
     "BadSignature",
     "BundleRejected",
@@ -185,3 +186,20 @@ class UnknownSender(UntrustedKey):
 
 class ProofFailed(VerificationFailed):
     """A Merkle inclusion or consistency proof is malformed or does not verify."""
+
+
+# --- local audit log ------------------------------------------------------------
+
+
+class AuditLogBroken(VerificationFailed):
+    """The local audit log fails verification (edited, cut, reordered or damaged).
+
+    ``index`` is the first entry at which the log stops verifying, or ``None``
+    when the problem is a whole file (a missing or damaged ``audit.head``).
+    """
+
+    def __init__(self, index: int | None, reason: str) -> None:
+        self.index = index
+        self.reason = reason
+        where = f" at entry {index}" if index is not None else ""
+        super().__init__(f"the audit log is broken{where}: {reason}")

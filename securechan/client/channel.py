@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Literal
 
 from securechan import wire
+from securechan.audit.log import AuditLog
 from securechan.client.db import ClientDB, QueueRow
 from securechan.errors import (
     BundleRejected,
@@ -50,7 +51,7 @@ from securechan.errors import (
 )
 from securechan.identity import Contact, Identity, Keystore
 from securechan.identity.keys import Fingerprint, PublicIdentity
-from securechan.primitives import Ed25519SigningKey, random_bytes, sha512
+from securechan.primitives import Ed25519SigningKey, random_bytes, sha256, sha512
 from securechan.protocol.address import (
     ContactAddress,
     ContactCard,
@@ -206,6 +207,10 @@ class Channel:
         self._clock = clock
         self._retry = retry or RetryPolicy()
         self.db = ClientDB(keystore.home / "client.db", identity.storage_key())
+        # The local audit log (docs/AUDIT.md): every event is recorded after
+        # the client database committed it, never inside the transaction.
+        self.audit = AuditLog.open(keystore.home, identity, clock=lambda: int(self._clock()))
+        self._audit_closed = False
         self._relays: dict[str, RelayClient] = {}
 
     @classmethod
@@ -236,6 +241,10 @@ class Channel:
             await relay.close()
         self._relays.clear()
         self.db.close()
+        if not self._audit_closed:
+            self._audit_closed = True
+            self.audit.checkpoint()
+            self.audit.close()
 
     def _now(self) -> int:
         return int(self._clock())
@@ -362,6 +371,7 @@ class Channel:
             one_time=one_time,
             replace_one_time=True,
         )
+        self.audit.prekeys_rotated(relay=reg.relay, count=len(one_time))
 
     def card(self) -> ContactCard:
         """Our contact card (identity + every registered address)."""
@@ -463,7 +473,7 @@ class Channel:
             with self.db.transaction():
                 session = self._load_session(row.conversation)
                 envelopes, seqs = self._build(session, build)
-                self._commit_send(session, contact, envelopes, seqs, records, targets, now)
+                sent = self._commit_send(session, contact, envelopes, seqs, records, targets, now)
         else:
             # First contact: the handshake, our queue grant and the message are
             # built in memory and committed together, or not at all.
@@ -480,7 +490,21 @@ class Channel:
                 self.db.add_session(session.conversation, contact.fingerprint.digest, now)
                 if grant is not None:
                     self.db.mark_grant_sent(session.conversation)
-                self._commit_send(session, contact, envelopes, seqs, records, targets, now)
+                sent = self._commit_send(session, contact, envelopes, seqs, records, targets, now)
+            self.audit.session_started(
+                conversation=session.conversation,
+                peer=contact.fingerprint,
+                role="initiator",
+                at=now,
+            )
+        for seq, signed in sent:
+            self.audit.message_sent(
+                conversation=session.conversation,
+                seq=seq,
+                payload_hash=sha256(signed),
+                peer=contact.fingerprint,
+                at=now,
+            )
         delivered, pending = await self.flush_outbox()
         return SendResult(
             contact=contact.name, seqs=tuple(seqs), delivered=delivered, pending=pending
@@ -503,18 +527,26 @@ class Channel:
         records: Callable[[Session, list[int]], list[tuple[int, bytes]]] | None,
         targets: list[tuple[str, bytes, bytes | None]],
         now: int,
-    ) -> None:
+    ) -> list[tuple[int, bytes]]:
         """Inside the caller's transaction: the new session state, our record
-        of what we sent, and the envelopes in the outbox, all at once."""
+        of what we sent, and the envelopes in the outbox, all at once.
+        Returns (seq, signed payload) of what was recorded, for the audit log."""
         self._save_session(session)
-        for seq, record in records(session, seqs) if records else []:
+        sent = records(session, seqs) if records else []
+        for seq, signed in sent:
             self.db.add_message(
-                session.conversation, contact.fingerprint.digest, "out", seq, now, record
+                session.conversation,
+                contact.fingerprint.digest,
+                "out",
+                seq,
+                now,
+                self._record(signed, contact.name),
             )
         for env in envelopes:
             msg_id = random_bytes(16)
             for relay_url, sid, sender in targets:
                 self.db.add_outbox(msg_id, relay_url, sid, sender, env, now)
+        return sent
 
     def _record(self, signed: bytes, contact: str) -> bytes:
         return wire.encode(_RECORD, {"signed": signed, "contact": contact})
@@ -529,7 +561,7 @@ class Channel:
             return [msg]
 
         def records(session: Session, seqs: list[int]) -> list[tuple[int, bytes]]:
-            return [(s, self._record(r, name)) for s, r in zip(seqs, holder, strict=True)]
+            return list(zip(seqs, holder, strict=True))
 
         return await self._send(name, build, records)
 
@@ -546,7 +578,7 @@ class Channel:
 
         def records(session: Session, seqs: list[int]) -> list[tuple[int, bytes]]:
             # One stored record per file: the last chunk's signed payload.
-            return [(seqs[-1], self._record(holder[-1], name))]
+            return [(seqs[-1], holder[-1])]
 
         return await self._send(name, build, records)
 
@@ -672,6 +704,7 @@ class Channel:
                 self.db.set_last_seq(queue.rid, env.seq)
             if from_hold and hold:
                 return []  # still unknown: stays held, already reported
+            self.audit.rejected(type(e).__name__, str(e), at=now)
             return [Rejected(reason=type(e).__name__, error=str(e), held=hold)]
 
     def _release_held(self) -> list[Received | Rejected]:
@@ -694,6 +727,7 @@ class Channel:
                     continue  # waits for the first message of its chain
                 with self.db.transaction():
                     self.db.unhold(msg_id)
+                self.audit.rejected(type(e).__name__, str(e))
                 out.append(Rejected(reason=type(e).__name__, error=str(e)))
                 continue
             with self.db.transaction():
@@ -724,6 +758,25 @@ class Channel:
             results = self._events(session, events, now)
             self.db.mark_seen(env.msg_id, now)
             self.db.set_last_seq(queue.rid, env.seq)
+        peer = session.peer.fingerprint
+        if kind == FIRST.type_id:
+            self.audit.session_started(
+                conversation=session.conversation, peer=peer, role="responder", at=now
+            )
+        for ev in events:
+            if isinstance(ev, MessageReceived):
+                self.audit.message_received(
+                    conversation=session.conversation,
+                    seq=ev.seq,
+                    payload_hash=ev.hash,
+                    peer=peer,
+                    at=now,
+                )
+        for item in results:
+            if isinstance(item, Rejected):
+                self.audit.rejected(
+                    item.reason, item.error, conversation=session.conversation, peer=peer, at=now
+                )
         return results
 
     def _open_ratchet(self, queue: QueueRow, data: bytes, now: int) -> tuple[Session, list[Event]]:
