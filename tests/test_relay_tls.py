@@ -77,10 +77,11 @@ def test_relay_serves_tls(tmp_path: Path) -> None:
     try:
         url = ""
         assert proc.stdout is not None
-        for _ in range(3):
+        for _ in range(10):  # key, fingerprint, ... then the URL
             line = proc.stdout.readline()
             if line.startswith("listening on "):
                 url = line.split()[-1]
+                break
         assert url.startswith("https://127.0.0.1:"), url
 
         async def check() -> None:
