@@ -666,11 +666,19 @@ def send(
         async with _channel(app) as ch:
             if file_path is not None:
                 data = file_path.read_bytes()
-                return await ch.send_file(contact_name, file_path.name, data)
+                if len(data) < _PROGRESS_MIN or not sys.stderr.isatty():
+                    return await ch.send_file(contact_name, file_path.name, data)
+                with click.progressbar(length=1, label="Sending", file=sys.stderr) as bar:
+
+                    def tick(done: int, total: int) -> None:
+                        bar.length = total
+                        bar.update(done - bar.pos)
+
+                    return await ch.send_file(contact_name, file_path.name, data, progress=tick)
             return await ch.send_text(contact_name, message or "")
 
     result = _run(go())
-    seqs = ",".join(str(s) for s in result.seqs)
+    seqs = _seq_range(result.seqs)
     if result.pending and not result.delivered:
         # One line, exit 3: the message is safe in the outbox.
         raise RelayError(
@@ -689,6 +697,13 @@ def send(
     else:
         state = "sent" if result.pending == 0 else f"sent, {result.pending} envelopes still queued"
         click.echo(f"Message {seqs} to {result.contact}: {state}", err=True)
+
+
+def _seq_range(seqs: tuple[int, ...]) -> str:
+    """'7', or '3-186' for the consecutive sequence numbers of a file."""
+    if not seqs:
+        return "?"
+    return str(seqs[0]) if len(seqs) == 1 else f"{seqs[0]}-{seqs[-1]}"
 
 
 def _save_download(folder: Path, name: str, data: bytes) -> Path:

@@ -463,6 +463,7 @@ class Channel:
         name: str,
         build: Callable[[Session], list[bytes]],
         records: Callable[[Session, list[int]], list[tuple[int, bytes]]] | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> SendResult:
         contact = self._contact(name)
         now = self._now()
@@ -505,7 +506,7 @@ class Channel:
                 peer=contact.fingerprint,
                 at=now,
             )
-        delivered, pending = await self.flush_outbox()
+        delivered, pending = await self.flush_outbox(progress=progress)
         return SendResult(
             contact=contact.name, seqs=tuple(seqs), delivered=delivered, pending=pending
         )
@@ -565,8 +566,16 @@ class Channel:
 
         return await self._send(name, build, records)
 
-    async def send_file(self, name: str, file_name: str, data: bytes) -> SendResult:
-        """Send a file (chunked) to the contact ``name``."""
+    async def send_file(
+        self,
+        name: str,
+        file_name: str,
+        data: bytes,
+        *,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> SendResult:
+        """Send a file (chunked) to the contact ``name``. ``progress(done,
+        total)`` is called as envelopes are posted."""
         holder: list[bytes] = []
 
         def build(session: Session) -> list[bytes]:
@@ -580,16 +589,21 @@ class Channel:
             # One stored record per file: the last chunk's signed payload.
             return [(seqs[-1], holder[-1])]
 
-        return await self._send(name, build, records)
+        return await self._send(name, build, records, progress)
 
-    async def flush_outbox(self) -> tuple[int, int]:
+    async def flush_outbox(
+        self, *, progress: Callable[[int, int], None] | None = None
+    ) -> tuple[int, int]:
         """Post every pending envelope, oldest first; return (delivered now,
         still pending). After a failed post to a queue, nothing younger goes
         to that queue in this pass: envelopes must reach a queue in the order
         they were made, or the recipient sees a false gap and a late arrival."""
         delivered = pending = 0
         blocked: set[tuple[str, bytes]] = set()
-        for entry in self.db.outbox():
+        entries = self.db.outbox()
+        for done, entry in enumerate(entries, 1):
+            if progress is not None:
+                progress(done, len(entries))
             target = (entry.relay, entry.sid)
             if target in blocked:
                 pending += 1
