@@ -9,6 +9,11 @@ reply is stored once by the relay, and the recipient drops duplicates by id
 anyway. 4xx answers other than 408/429 are not retried and raise
 :class:`RelayRefused`; exhausting the retries raises :class:`RelayUnavailable`.
 
+The transparency log's routes (``docs/AUDIT.md``) are here too: send
+receipts (:meth:`RelayClient.send_with_receipt`), checkpoints, proofs and
+witness cosignatures. They are parsed strictly but verified by nobody here:
+the caller checks signatures and proofs (``securechan.audit.receipt``).
+
 This module does I/O only: it moves opaque bytes and never sees a plaintext.
 """
 
@@ -24,11 +29,20 @@ from typing import Any
 
 import aiohttp
 
+from securechan.audit.note import MAX_NOTE_BYTES
+from securechan.audit.receipt import Receipt, decode_hashes
 from securechan.errors import MalformedInput, RelayRefused, RelayUnavailable
 from securechan.primitives import Ed25519SigningKey
 from securechan.protocol.relay_auth import b64d, b64e, sign_request
 
-__all__ = ["FetchedEnvelope", "QueueIds", "RelayClient", "RetryPolicy"]
+__all__ = [
+    "CosignatureReply",
+    "FetchedEnvelope",
+    "QueueIds",
+    "RelayClient",
+    "RetryPolicy",
+    "SendReply",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -57,6 +71,31 @@ class FetchedEnvelope:
     msg_id: bytes
     data: bytes
     received: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SendReply:
+    """The relay's answer to a send: queue position, whether it was a resend,
+    and the transparency log receipt (not verified here)."""
+
+    seq: int
+    duplicate: bool
+    receipt: Receipt
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CosignatureReply:
+    """The relay's answer to a witness's cosignature.
+
+    ``accepted``: stored, and ``checkpoint`` is the note with every
+    cosignature the relay holds for its size. Otherwise the checkpoint was
+    stale (HTTP 409, as tlog-witness add-checkpoint) and ``log_size`` is the
+    relay's current tree size: fetch that checkpoint, check it, cosign again.
+    """
+
+    accepted: bool
+    checkpoint: str | None = None
+    log_size: int | None = None
 
 
 def _envelope(item: Any) -> FetchedEnvelope:
@@ -118,6 +157,27 @@ class RelayClient:
         headers: dict[str, str] | None = None,
         content_type: str = "application/json",
     ) -> tuple[int, Any]:
+        status, raw = await self._request_raw(
+            method, path, body=body, key=key, headers=headers, content_type=content_type
+        )
+        try:
+            return status, json.loads(raw) if raw else None
+        except ValueError:
+            return status, None
+
+    async def _request_raw(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: bytes = b"",
+        key: Ed25519SigningKey | None = None,
+        headers: dict[str, str] | None = None,
+        content_type: str = "application/json",
+        answer: frozenset[int] = frozenset(),
+    ) -> tuple[int, bytes]:
+        """The request loop: the status and body of the first answer below
+        400 or in ``answer`` (statuses the caller handles itself)."""
         if self._session is None:
             raise RuntimeError("use RelayClient as an async context manager")
         last: str = "no attempt"
@@ -141,12 +201,12 @@ class RelayClient:
                 last = f"{type(e).__name__}: {e}"
                 await self._backoff(attempt, None)
                 continue
+            if status < 400 or status in answer:
+                return status, raw
             try:
                 data = json.loads(raw) if raw else None
             except ValueError:
                 data = None
-            if status < 400:
-                return status, data
             message = _error_message(data, status)
             if status in (408, 429) or status >= 500:
                 last = message
@@ -213,6 +273,72 @@ class RelayClient:
             return int(data["seq"]), bool(data["duplicate"])
         except (KeyError, TypeError, ValueError):
             raise MalformedInput("bad send reply from the relay") from None
+
+    async def send_with_receipt(
+        self, sid: bytes, envelope: bytes, msg_id: bytes, *, sender: Ed25519SigningKey | None
+    ) -> SendReply:
+        """Post one envelope; its position and log receipt (unverified: check
+        it with :func:`securechan.audit.receipt.verify_receipt`). Idempotent;
+        a resend carries the original envelope's receipt."""
+        _, data = await self._request(
+            "POST",
+            f"/v1/send/{b64e(sid)}",
+            body=envelope,
+            key=sender,
+            headers={"X-Message-Id": b64e(msg_id)},
+            content_type="application/octet-stream",
+        )
+        if not isinstance(data, dict) or "receipt" not in data:
+            raise MalformedInput("the relay sent no log receipt")
+        seq, duplicate = data.get("seq"), data.get("duplicate")
+        if type(seq) is not int or type(duplicate) is not bool:
+            raise MalformedInput("bad send reply from the relay")
+        return SendReply(seq=seq, duplicate=duplicate, receipt=Receipt.from_json(data["receipt"]))
+
+    async def log_checkpoint(self, size: int | None = None) -> str:
+        """The log's newest checkpoint (or the one of ``size``) with its
+        cosignatures: signed-note text, not verified here."""
+        path = "/v1/log/checkpoint" if size is None else f"/v1/log/checkpoint?size={int(size)}"
+        _, raw = await self._request_raw("GET", path)
+        if len(raw) > MAX_NOTE_BYTES:
+            raise MalformedInput("the relay's checkpoint is too long")
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise MalformedInput("the relay's checkpoint is not UTF-8") from None
+
+    async def inclusion_proof(self, index: int, size: int) -> tuple[bytes, ...]:
+        """The RFC 9162 inclusion proof of leaf ``index`` in the tree of ``size``."""
+        query = f"index={int(index)}&size={int(size)}"
+        _, data = await self._request("GET", f"/v1/log/proof/inclusion?{query}")
+        return _proof(data, {"index": index, "size": size})
+
+    async def consistency_proof(self, old: int, new: int) -> tuple[bytes, ...]:
+        """The RFC 9162 consistency proof from size ``old`` to ``new``."""
+        query = f"old={int(old)}&new={int(new)}"
+        _, data = await self._request("GET", f"/v1/log/proof/consistency?{query}")
+        return _proof(data, {"old": old, "new": new})
+
+    async def post_cosignature(self, text: str) -> CosignatureReply:
+        """Hand in a witness's cosignature: ``text`` is the checkpoint note
+        with the witness's cosignature line(s) appended. A stale checkpoint
+        is an answer (``accepted=False``), not an error."""
+        status, raw = await self._request_raw(
+            "POST",
+            "/v1/log/cosignature",
+            body=text.encode("utf-8"),
+            content_type="text/plain; charset=utf-8",
+            answer=frozenset({409}),
+        )
+        if status == 409:
+            size = raw.decode("ascii", "replace").removesuffix("\n")
+            if not (size.isascii() and size.isdigit() and len(size) <= 20):
+                raise MalformedInput("bad 409 answer from the relay's log")
+            return CosignatureReply(accepted=False, log_size=int(size))
+        try:
+            return CosignatureReply(accepted=True, checkpoint=raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise MalformedInput("the relay's checkpoint is not UTF-8") from None
 
     async def fetch(
         self, rid: bytes, recipient: Ed25519SigningKey, *, after: int = 0, limit: int = 100
@@ -299,6 +425,15 @@ class RelayClient:
             raise RelayRefused(e.status, "the relay refused the WebSocket") from None
         except (aiohttp.ClientError, OSError) as e:
             raise RelayUnavailable(f"{self.url}: {e}") from None
+
+
+def _proof(data: Any, echo: dict[str, int]) -> tuple[bytes, ...]:
+    """The hashes of a proof reply that answers the question asked."""
+    if not isinstance(data, dict) or any(
+        type(data.get(k)) is not int or data[k] != v for k, v in echo.items()
+    ):
+        raise MalformedInput("bad proof reply from the relay")
+    return decode_hashes(data.get("hashes"))
 
 
 def _error_message(data: Any, status: int) -> str:

@@ -436,6 +436,39 @@ class StorageConformance:
 
         run(open_storage, body)
 
+    def test_held_since_pages_through_every_queue(self, open_storage: OpenStorage) -> None:
+        a, b = make_queue("a"), make_queue("b")
+
+        async def body(s: RelayStorage) -> None:
+            await s.create_queue(a)
+            await s.create_queue(b)
+            for i, t in enumerate((NOW, NOW + 10, NOW + 10, NOW + 20)):
+                await s.put_envelope(a.rid, msg_id(i), b"a%d" % i, now=t, max_depth=DEPTH)
+                await s.put_envelope(b.rid, msg_id(i), b"b%d" % i, now=t, max_depth=DEPTH)
+            await s.ack(a.rid, up_to=1)  # a's first envelope is gone
+            want = sorted(
+                [(NOW + 10, q.rid, seq) for q in (a, b) for seq in (2, 3)]
+                + [(NOW + 20, a.rid, 4), (NOW + 20, b.rid, 4)]
+            )
+            seen: list[tuple[int, bytes, int]] = []
+            after = None
+            for _ in range(10):  # bounded: pages of two
+                page = await s.held_since(received=NOW + 10, after=after, limit=2)
+                if not page:
+                    break
+                assert len(page) <= 2
+                for held in page:
+                    e = held.envelope
+                    assert e.data == (b"a" if held.rid == a.rid else b"b") + b"%d" % (e.seq - 1)
+                    assert e.msg_id == msg_id(e.seq - 1)
+                seen += [h.cursor for h in page]
+                after = page[-1].cursor
+            assert seen == want
+            assert await s.held_since(received=NOW + 21, after=None, limit=5) == []
+            assert len(await s.held_since(received=0, after=None, limit=100)) == 7
+
+        run(open_storage, body)
+
     # --- prekeys ----------------------------------------------------------------
 
     def test_prekeys_claimed_once_each(self, open_storage: OpenStorage) -> None:

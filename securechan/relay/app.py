@@ -24,6 +24,8 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from securechan.audit.note import MAX_NOTE_BYTES
+from securechan.audit.receipt import Receipt, encode_hashes
 from securechan.errors import BadSignature, MalformedInput, StorageError
 from securechan.primitives import Ed25519SigningKey, random_bytes, sha256
 from securechan.protocol.relay_auth import (
@@ -43,6 +45,7 @@ from securechan.relay.storage import (
     RelayStorage,
     StorageClosed,
 )
+from securechan.relay.tlog import CosignatureRefused, RelayLog
 
 __all__ = ["RelayConfig", "make_app"]
 
@@ -103,8 +106,10 @@ class Relay:
         key: Ed25519SigningKey,
         config: RelayConfig,
         metrics: RelayMetrics,
+        log: RelayLog | None = None,
     ) -> None:
         self.storage = storage
+        self.log = log  # the transparency log (docs/AUDIT.md); None: not served
         self.key = key
         self.config = config
         self.metrics = metrics
@@ -220,15 +225,17 @@ class Relay:
     # --- routes ---------------------------------------------------------------
 
     async def info(self, request: web.Request) -> web.Response:
-        return web.json_response(
-            {
-                "api": API_VERSION,
-                "relay_key": b64e(self.key.public),
-                "fingerprint": sha256(self.key.public).hex(),
-                "max_envelope": self.config.max_envelope,
-                "ttl": self.config.ttl,
-            }
-        )
+        info: dict[str, Any] = {
+            "api": API_VERSION,
+            "relay_key": b64e(self.key.public),
+            "fingerprint": sha256(self.key.public).hex(),
+            "max_envelope": self.config.max_envelope,
+            "ttl": self.config.ttl,
+        }
+        if self.log is not None:
+            info["log_origin"] = self.log.origin
+            info["log_verifier_key"] = self.log.verifier.to_text()
+        return web.json_response(info)
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -314,12 +321,17 @@ class Relay:
             raise _HttpError(429, "queue_full", "the queue is full", retry_after=60) from None
         self.metrics.envelopes_stored.inc()
         self.metrics.envelope_bytes.observe(len(body))
+        reply: dict[str, Any] = {"seq": result.seq, "duplicate": result.duplicate}
+        if self.log is not None:
+            # Logged before the answer (and before the push): a 2xx means the
+            # envelope is both stored and in the log.
+            receipt = await self._log_receipt(
+                self.log, queue.rid, msg_id, body, result.seq, result.duplicate
+            )
+            reply["receipt"] = receipt.to_json()
         if not result.duplicate:
             self._notify(queue.rid, result.seq, msg_id, body)
-        return web.json_response(
-            {"seq": result.seq, "duplicate": result.duplicate},
-            status=200 if result.duplicate else 201,
-        )
+        return web.json_response(reply, status=200 if result.duplicate else 201)
 
     def _notify(self, rid: bytes, seq: int, msg_id: bytes, body: bytes) -> None:
         frame = json.dumps(
@@ -453,6 +465,94 @@ class Relay:
             self.metrics.websockets.dec()
         return ws
 
+    # --- transparency log (docs/AUDIT.md, "Relay transparency log") --------------
+
+    async def _log_receipt(
+        self, tlog: RelayLog, rid: bytes, msg_id: bytes, body: bytes, seq: int, duplicate: bool
+    ) -> Receipt:
+        """The receipt of a stored envelope, appending its leaf if the log lacks it."""
+        if not duplicate:
+            return await tlog.append(body)
+        receipt = await tlog.receipt_for(body)
+        if receipt is not None:
+            return receipt
+        # A resend the log does not hold: the relay keeps another body under
+        # this msg_id (the receipt is then the stored one's), or a crash came
+        # between the storage commit and the log append (append it now).
+        held = await self.storage.fetch(rid, after=seq - 1, limit=1)
+        if held and held[0].seq == seq and held[0].msg_id == msg_id:
+            body = held[0].data
+        return await tlog.append(body)
+
+    def _log_or_404(self) -> RelayLog:
+        if self.log is None:
+            raise _HttpError(404, "no_log", "this relay serves no transparency log")
+        return self.log
+
+    def _log_query(self, request: web.Request, names: set[str]) -> dict[str, int]:
+        """The query: only parameters among ``names``, each once, each a
+        non-negative integer (which ones are required, the caller checks)."""
+        if not set(request.query) <= names or len(request.query) != len(set(request.query)):
+            raise _HttpError(400, "bad_query", "the parameters are " + ", ".join(sorted(names)))
+        return {k: self._position(v, k, text=True) for k, v in request.query.items()}
+
+    def _log_size(self, tlog: RelayLog, size: int) -> None:
+        if size > tlog.size:
+            raise _HttpError(404, "no_checkpoint", f"the log has not reached size {size}")
+
+    async def log_checkpoint(self, request: web.Request) -> web.Response:
+        tlog = self._log_or_404()
+        self._limit(self.client_limit, request.remote, "client")
+        query = self._log_query(request, {"size"})
+        if "size" in query:
+            self._log_size(tlog, query["size"])
+            note = await tlog.checkpoint_at(query["size"])
+        else:
+            note = tlog.checkpoint()
+        return web.Response(text=note, headers={"Cache-Control": "no-store"})
+
+    async def log_inclusion(self, request: web.Request) -> web.Response:
+        tlog = self._log_or_404()
+        self._limit(self.client_limit, request.remote, "client")
+        query = self._log_query(request, {"index", "size"})
+        if len(query) != 2 or query["index"] >= query["size"]:
+            raise _HttpError(400, "bad_query", "give index and size, with index < size")
+        self._log_size(tlog, query["size"])
+        hashes = await tlog.inclusion_proof(query["index"], query["size"])
+        return web.json_response(
+            {"index": query["index"], "size": query["size"], "hashes": encode_hashes(hashes)}
+        )
+
+    async def log_consistency(self, request: web.Request) -> web.Response:
+        tlog = self._log_or_404()
+        self._limit(self.client_limit, request.remote, "client")
+        query = self._log_query(request, {"old", "new"})
+        if len(query) != 2 or query["old"] > query["new"]:
+            raise _HttpError(400, "bad_query", "give old and new, with old <= new")
+        self._log_size(tlog, query["new"])
+        hashes = await tlog.consistency_proof(query["old"], query["new"])
+        return web.json_response(
+            {"old": query["old"], "new": query["new"], "hashes": encode_hashes(hashes)}
+        )
+
+    async def log_cosignature(self, request: web.Request) -> web.Response:
+        tlog = self._log_or_404()
+        self._limit(self.client_limit, request.remote, "client")
+        body = await self._body(request, MAX_NOTE_BYTES)
+        try:
+            note = await tlog.add_cosignatures(body)
+        except CosignatureRefused as e:
+            if e.reason == "stale":
+                # As tlog-witness add-checkpoint answers a stale old size.
+                return web.Response(
+                    status=409,
+                    body=f"{e.log_size}\n".encode("ascii"),
+                    headers={"Content-Type": "text/x.tlog.size"},
+                )
+            status = {"unknown_witness": 403, "bad_signature": 403, "not_in_log": 422}
+            raise _HttpError(status.get(e.reason, 400), e.reason, e.message) from None
+        return web.Response(text=note)
+
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -471,10 +571,13 @@ def make_app(
     key: Ed25519SigningKey,
     config: RelayConfig | None = None,
     metrics: RelayMetrics | None = None,
+    *,
+    tlog: RelayLog | None = None,
 ) -> web.Application:
-    """The relay application. The caller owns ``storage`` (and closes it)."""
+    """The relay application. The caller owns ``storage`` and ``tlog`` (and
+    closes them); without ``tlog`` the relay serves no transparency log."""
     cfg = config or RelayConfig()
-    relay = Relay(storage, key, cfg, metrics or RelayMetrics())
+    relay = Relay(storage, key, cfg, metrics or RelayMetrics(), tlog)
 
     @web.middleware
     async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -519,6 +622,12 @@ def make_app(
     r.add_get("/v1/queues/{rid}/prekeys", relay.prekey_status)
     r.add_post("/v1/send/{sid}", relay.send)
     r.add_post("/v1/contact/{sid}/bundle", relay.claim_bundle)
+    if tlog is not None:
+        r.add_get("/v1/log/checkpoint", relay.log_checkpoint)
+        r.add_get("/v1/log/proof/inclusion", relay.log_inclusion)
+        r.add_get("/v1/log/proof/consistency", relay.log_consistency)
+        r.add_post("/v1/log/cosignature", relay.log_cosignature)
+        relay.metrics.log_size.set_function(lambda: tlog.size)
 
     async def close_sockets(app: web.Application) -> None:
         relay.stopping.set()

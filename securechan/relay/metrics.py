@@ -55,6 +55,9 @@ class RelayMetrics:
             "securechan_relay_auth_failures", "Bad, stale or replayed signatures", registry=r
         )
         self.websockets = Gauge("securechan_relay_websockets", "Open WebSockets", registry=r)
+        self.log_size = Gauge(
+            "securechan_relay_log_size", "Leaves in the transparency log", registry=r
+        )
 
     async def handler(self, request: web.Request) -> web.Response:
         """The Prometheus text exposition."""

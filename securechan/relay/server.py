@@ -2,8 +2,11 @@
 
 ``securechan relay serve`` calls :func:`serve`. The data folder (mode 0700)
 holds ``relay.key`` (the relay's Ed25519 seed, mode 0600, created on first
-start) and ``relay.db`` (SQLite). On start the relay prints one line per fact
-to stdout: its public key and fingerprint (for clients to pin) and the URL it
+start), ``relay.db`` (SQLite), ``tlog.db`` (the transparency log, see
+:mod:`securechan.relay.tlog`) and optionally ``witnesses.txt`` (witness
+verifier keys, one a line, added to the config's ``[log] witnesses``). On
+start the relay prints one line per fact to stdout: its public key and
+fingerprint (for clients to pin), the log's verifier key, and the URL it
 listens on. SIGTERM and SIGINT stop it gracefully: the listener closes,
 in-flight requests get up to ``shutdown_timeout`` seconds, pending writes are
 committed, then the process exits 0.
@@ -25,11 +28,13 @@ from typing import Any
 
 from aiohttp import web
 
+from securechan.audit.note import VerifierKey
 from securechan.errors import MalformedInput, StorageError
 from securechan.primitives import Ed25519SigningKey, sha256
 from securechan.protocol.relay_auth import b64e
 from securechan.relay.app import RelayConfig, make_app
 from securechan.relay.sqlite_store import SqliteStorage
+from securechan.relay.tlog import DEFAULT_COSIGN_WINDOW, RelayLog, parse_witness_keys
 
 __all__ = ["ServeOptions", "load_config_file", "load_or_create_key", "serve"]
 
@@ -50,16 +55,32 @@ class ServeOptions:
     shutdown_timeout: float = 10.0
     idle_timeout: float = 8.0
     log_level: str = "INFO"
+    # The transparency log: the config file's [log] table.
+    log_origin: str | None = None
+    log_witnesses: tuple[str, ...] = ()
+    log_cosign_window: float = DEFAULT_COSIGN_WINDOW
+
+
+_LOG_KEYS = {
+    "origin": "log_origin",
+    "witnesses": "log_witnesses",
+    "cosign_window": "log_cosign_window",
+}
 
 
 def load_config_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Read a TOML config: top-level serve options and a ``[limits]`` table
-    of :class:`RelayConfig` fields. Unknown keys are refused."""
+    """Read a TOML config: top-level serve options, a ``[limits]`` table of
+    :class:`RelayConfig` fields and a ``[log]`` table (``origin``,
+    ``witnesses``, ``cosign_window``). Unknown keys are refused."""
     try:
         data = tomllib.loads(path.read_text("utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise MalformedInput(f"cannot read config {path}: {e}") from None
     limits = data.pop("limits", {})
+    log_table = data.pop("log", {})
+    if not isinstance(log_table, dict) or set(log_table) - set(_LOG_KEYS):
+        raise MalformedInput("the [log] table takes origin, witnesses and cosign_window")
+    data.update({_LOG_KEYS[k]: v for k, v in log_table.items()})
     serve_names = {f.name for f in fields(ServeOptions)}
     limit_names = {f.name for f in fields(RelayConfig)} - {"clock"}
     unknown = (set(data) - serve_names) | (set(limits) - limit_names)
@@ -95,6 +116,21 @@ def load_or_create_key(data_dir: Path) -> Ed25519SigningKey:
         return Ed25519SigningKey(seed)
     except ValueError:
         raise MalformedInput(f"{path} is not a relay key (64 hex digits)") from None
+
+
+def witness_keys(opts: ServeOptions) -> tuple[VerifierKey, ...]:
+    """The configured witnesses: ``[log] witnesses`` plus ``DATA/witnesses.txt``."""
+    lines = list(opts.log_witnesses)
+    try:
+        lines += (opts.data / "witnesses.txt").read_text("utf-8").splitlines()
+    except FileNotFoundError:
+        pass
+    except (OSError, UnicodeDecodeError) as e:
+        raise MalformedInput(f"cannot read {opts.data / 'witnesses.txt'}: {e}") from None
+    try:
+        return parse_witness_keys(lines)
+    except MalformedInput as e:
+        raise MalformedInput(f"a configured witness key is not valid: {e}") from None
 
 
 def _tls(opts: ServeOptions) -> ssl.SSLContext | None:
@@ -133,8 +169,33 @@ async def serve(
     key = load_or_create_key(opts.data)
     tls = _tls(opts)
     logging.getLogger("aiohttp.server").addFilter(_NoRequestDetails())
+    witnesses = witness_keys(opts)
     storage = await SqliteStorage.open(opts.data / "relay.db", synchronous=opts.synchronous)
-    app = make_app(storage, key, config)
+    try:
+        tlog = await RelayLog.open(
+            opts.data / "tlog.db",
+            key,
+            origin=opts.log_origin,
+            witnesses=witnesses,
+            synchronous=opts.synchronous,
+            cosign_window=opts.log_cosign_window,
+            clock=config.clock,
+        )
+    except ValueError as e:
+        await storage.close()
+        raise MalformedInput(f"bad [log] config: {e}") from None
+    except BaseException:
+        await storage.close()
+        raise
+    try:
+        # Envelopes stored but not logged when the relay last stopped (a
+        # crash between the two commits) are logged before anyone is served.
+        await tlog.repair(storage)
+    except BaseException:
+        await tlog.close()
+        await storage.close()
+        raise
+    app = make_app(storage, key, config, tlog=tlog)
     # keepalive_timeout also bounds a new connection that never completes a
     # request (idle, or dribbling its headers: slowloris); bodies have their
     # own timeout in the handlers.
@@ -151,6 +212,7 @@ async def serve(
         await site.start()
     except OSError as e:
         await runner.cleanup()
+        await tlog.close()
         await storage.close()
         raise StorageError(f"cannot listen on {opts.host}:{opts.port}: {e.strerror}") from None
     port = opts.port
@@ -161,6 +223,7 @@ async def serve(
     host = f"[{opts.host}]" if ":" in opts.host else opts.host
     announce(f"relay key: {b64e(key.public)}")
     announce(f"relay fingerprint: {sha256(key.public).hex()}")
+    announce(f"log verifier key: {tlog.verifier.to_text()}")
     announce(f"listening on {scheme}://{host}:{port}")
 
     stop = asyncio.Event()
@@ -184,6 +247,7 @@ async def serve(
         with contextlib.suppress(asyncio.CancelledError):
             await expirer
         await runner.cleanup()
+        await tlog.close()
         await storage.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
@@ -197,6 +261,18 @@ def options_from(values: dict[str, Any]) -> ServeOptions:
     for name in ("data", "tls_cert", "tls_key"):
         if name in clean:
             clean[name] = Path(clean[name])
+    witnesses = clean.get("log_witnesses")
+    if witnesses is not None:
+        if not isinstance(witnesses, list | tuple) or not all(
+            isinstance(w, str) for w in witnesses
+        ):
+            raise MalformedInput("[log] witnesses is a list of verifier keys")
+        clean["log_witnesses"] = tuple(witnesses)
+    if not isinstance(clean.get("log_origin", ""), str):
+        raise MalformedInput("[log] origin is a string")
+    window = clean.get("log_cosign_window", 0.0)
+    if isinstance(window, bool) or not isinstance(window, int | float):
+        raise MalformedInput("[log] cosign_window is a number of seconds")
     try:
         return replace(opts, **clean)
     except TypeError as e:

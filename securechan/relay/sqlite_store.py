@@ -62,6 +62,7 @@ from securechan.relay.storage import (
     ID_SIZE,
     KEY_SIZE,
     Envelope,
+    HeldEnvelope,
     PutResult,
     QueueFull,
     QueueRecord,
@@ -692,6 +693,39 @@ class SqliteStorage:
             return int(n)
 
         return await self._write(job)
+
+    async def held_since(
+        self, *, received: int, after: tuple[int, bytes, int] | None, limit: int
+    ) -> list[HeldEnvelope]:
+        """Held envelopes received at or after ``received``, by ``(received,
+        rid, seq)``, strictly after the cursor ``after``; at most
+        ``min(limit, MAX_FETCH)``."""
+        since = _int(received, "received")
+        count = min(_int(limit, "limit", low=1), MAX_FETCH)
+        if after is None:
+            sql = (
+                "SELECT rid, seq, msg_id, data, received FROM envelopes WHERE received >= ?"
+                " ORDER BY received, rid, seq LIMIT ?"
+            )
+            args: tuple[Any, ...] = (since, count)
+        else:
+            if not isinstance(after, tuple) or len(after) != 3:
+                raise TypeError("after must be a (received, rid, seq) tuple")
+            cursor = (_int(after[0], "after"), _id(after[1], "after"), _int(after[2], "after"))
+            sql = (
+                "SELECT rid, seq, msg_id, data, received FROM envelopes"
+                " WHERE received >= ? AND (received, rid, seq) > (?, ?, ?)"
+                " ORDER BY received, rid, seq LIMIT ?"
+            )
+            args = (since, *cursor, count)
+
+        def read(conn: Conn) -> list[HeldEnvelope]:
+            return [
+                HeldEnvelope(rid=r, envelope=Envelope(seq=s, msg_id=m, data=d, received=t))
+                for r, s, m, d, t in conn.execute(sql, args).fetchall()
+            ]
+
+        return await self._read(read)
 
     # --- prekeys ----------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from typing import Protocol
 
 __all__ = [
     "Envelope",
+    "HeldEnvelope",
     "PutResult",
     "QueueFull",
     "QueueRecord",
@@ -62,6 +63,19 @@ class Envelope:
     msg_id: bytes
     data: bytes = field(repr=False)
     received: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HeldEnvelope:
+    """An envelope with the queue that holds it (for relay-wide scans)."""
+
+    rid: bytes
+    envelope: Envelope
+
+    @property
+    def cursor(self) -> tuple[int, bytes, int]:
+        """Where a scan stands after this envelope: ``(received, rid, seq)``."""
+        return (self.envelope.received, self.rid, self.envelope.seq)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -108,6 +122,14 @@ class RelayStorage(Protocol):
 
     async def expire(self, *, older_than: int) -> int:
         """Delete envelopes received before ``older_than``; return how many."""
+
+    async def held_since(
+        self, *, received: int, after: tuple[int, bytes, int] | None, limit: int
+    ) -> list[HeldEnvelope]:
+        """Envelopes held in any queue, received at or after ``received``,
+        ordered by ``(received, rid, seq)`` and strictly after the cursor
+        ``after`` (see :attr:`HeldEnvelope.cursor`), at most ``limit``. The
+        transparency log's start-up repair pages through these."""
 
     async def put_prekeys(
         self, rid: bytes, *, signed: bytes, one_time: list[bytes], replace_one_time: bool
