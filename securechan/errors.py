@@ -36,6 +36,7 @@ __all__ = [
     "Replay",
     "RolledBack",
     "SecurechanError",
+    "SplitView",
     "StorageError",
     "TooFarAhead",
     "UnknownPrekey",
@@ -203,3 +204,15 @@ class AuditLogBroken(VerificationFailed):
         self.reason = reason
         where = f" at entry {index}" if index is not None else ""
         super().__init__(f"the audit log is broken{where}: {reason}")
+
+
+class SplitView(VerificationFailed):
+    """A relay's log shows two histories that cannot both be true.
+
+    ``evidence`` holds the two signed checkpoints (note texts) that conflict:
+    together they prove the relay signed inconsistent views.
+    """
+
+    def __init__(self, message: str, evidence: tuple[str, str]) -> None:
+        super().__init__(message)
+        self.evidence = evidence

@@ -50,7 +50,7 @@ from securechan.client.channel import Channel, Received, Rejected, SendResult
 from securechan.errors import RelayError, RelayUnavailable
 from securechan.identity import Identity, Keystore
 from securechan.primitives import KDF_INTERACTIVE, Ed25519SigningKey
-from securechan.transport import FetchedEnvelope, RelayClient, RetryPolicy
+from securechan.transport import FetchedEnvelope, RelayClient, RetryPolicy, SendReply
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -573,18 +573,19 @@ async def _order(relay: RelayProcess, a: Party, b: Party, monkeypatch: pytest.Mo
 
         # One transient failure (a reset connection) on the oldest envelope.
         client = await ach._relay(relay.url)
-        real_send = client.send
+        # The outbox posts with send_with_receipt (it checks the log receipt).
+        real_send = client.send_with_receipt
         dropped: list[bytes] = []
 
         async def one_reset(
             sid: bytes, envelope: bytes, msg_id: bytes, *, sender: Ed25519SigningKey | None
-        ) -> tuple[int, bool]:
+        ) -> SendReply:
             if msg_id == queued[0].msg_id and not dropped:
                 dropped.append(msg_id)
                 raise RelayUnavailable(f"{relay.url}: connection reset (injected)")
             return await real_send(sid, envelope, msg_id, sender=sender)
 
-        monkeypatch.setattr(client, "send", one_reset)
+        monkeypatch.setattr(client, "send_with_receipt", one_reset)
         for _ in range(10):
             _, pending = await ach.flush_outbox()
             if pending == 0:
@@ -685,15 +686,15 @@ async def _receiver(
         # Record what A posts (the envelope, its id, where and with which key).
         posted: list[tuple[bytes, bytes, bytes, Ed25519SigningKey | None]] = []
         a_relay = await ach._relay(relay.url)
-        real_send = a_relay.send
+        real_send = a_relay.send_with_receipt  # what the outbox posts with
 
         async def recording_send(
             sid: bytes, envelope: bytes, msg_id: bytes, *, sender: Ed25519SigningKey | None
-        ) -> tuple[int, bool]:
+        ) -> SendReply:
             posted.append((sid, envelope, msg_id, sender))
             return await real_send(sid, envelope, msg_id, sender=sender)
 
-        monkeypatch.setattr(a_relay, "send", recording_send)
+        monkeypatch.setattr(a_relay, "send_with_receipt", recording_send)
 
         # (a) B commits the message, then the relay dies before the ack lands.
         assert (await ach.send_text(b.name, "m1")).pending == 0

@@ -35,7 +35,11 @@ from pathlib import Path
 from typing import Literal
 
 from securechan import wire
+from securechan.audit.checkpoint import Checkpoint, open_checkpoint
 from securechan.audit.log import AuditLog
+from securechan.audit.merkle import verify_consistency
+from securechan.audit.note import VerifierKey
+from securechan.audit.receipt import verify_receipt
 from securechan.client.db import ClientDB, QueueRow
 from securechan.errors import (
     BundleRejected,
@@ -43,8 +47,10 @@ from securechan.errors import (
     MalformedInput,
     MessageRejected,
     NoIdentity,
+    ProofFailed,
     RelayError,
     SecurechanError,
+    SplitView,
     UnknownSender,
     UntrustedKey,
     VerificationFailed,
@@ -600,6 +606,8 @@ class Channel:
         they were made, or the recipient sees a false gap and a late arrival."""
         delivered = pending = 0
         blocked: set[tuple[str, bytes]] = set()
+        bad_receipts: list[str] = []
+        split: SplitView | None = None
         entries = self.db.outbox()
         for done, entry in enumerate(entries, 1):
             if progress is not None:
@@ -611,7 +619,9 @@ class Channel:
             try:
                 relay = await self._relay(entry.relay)
                 sender = Ed25519SigningKey(entry.sender) if entry.sender is not None else None
-                await relay.send(entry.sid, entry.envelope, entry.msg_id, sender=sender)
+                reply = await relay.send_with_receipt(
+                    entry.sid, entry.envelope, entry.msg_id, sender=sender
+                )
             except RelayError:
                 blocked.add(target)
                 pending += 1
@@ -619,7 +629,82 @@ class Channel:
             with self.db.transaction():
                 self.db.remove_outbox(entry.id)
             delivered += 1
+            # The relay has the envelope; now hold it to its log: the receipt
+            # must prove the envelope is in a checkpoint consistent with every
+            # checkpoint we saw from this relay before.
+            try:
+                key = await self._log_key(entry.relay)
+                checkpoint = verify_receipt(reply.receipt, entry.envelope, key)
+                await self._accept_checkpoint(
+                    entry.relay, key, reply.receipt.checkpoint, checkpoint
+                )
+            except SplitView as e:
+                split = split or e  # the strongest finding: reported as such
+            except (VerificationFailed, MalformedInput) as e:
+                self.audit.rejected(type(e).__name__, f"receipt from {entry.relay}: {e}")
+                bad_receipts.append(f"{entry.relay}: {e}")
+        if split is not None:
+            raise split
+        if bad_receipts:
+            raise VerificationFailed(
+                "a relay stored the message but its log receipt does not verify: "
+                + "; ".join(bad_receipts[:3])
+            )
         return delivered, pending
+
+    async def _log_key(self, relay_url: str) -> VerifierKey:
+        """The relay's log key: pinned on first use, and equal to the relay
+        key we pinned when registering there."""
+        known = self.db.relay_log(relay_url)
+        if known is not None:
+            return VerifierKey.from_text(known[0])
+        info = await (await self._relay(relay_url)).info()
+        text = info.get("log_verifier_key")
+        if not isinstance(text, str):
+            raise MalformedInput(f"{relay_url} publishes no transparency log")
+        key = VerifierKey.from_text(text)
+        reg = next((r for r in self._registrations() if r.relay == relay_url), None)
+        if reg is not None and key.public_key != reg.relay_key:
+            raise UntrustedKey(f"the log key of {relay_url} is not the relay key you pinned")
+        with self.db.transaction():
+            self.db.set_relay_log(relay_url, key.to_text(), None)
+        return key
+
+    async def _accept_checkpoint(
+        self, relay_url: str, key: VerifierKey, note: str, checkpoint: Checkpoint
+    ) -> None:
+        """Check a new checkpoint against the newest one we hold from this
+        relay (a consistency proof either way), then keep the newer one.
+        Raises :class:`SplitView` with both notes when they conflict."""
+        known = self.db.relay_log(relay_url)
+        old_note = known[1] if known is not None else None
+        if old_note is not None:
+            old = open_checkpoint(old_note, key)
+            small, large = (old, checkpoint) if old.size <= checkpoint.size else (checkpoint, old)
+            try:
+                if small.size == large.size:
+                    if small.root_hash != large.root_hash:
+                        raise ProofFailed("two different roots for one size")
+                else:
+                    relay = await self._relay(relay_url)
+                    proof = await relay.consistency_proof(small.size, large.size)
+                    verify_consistency(
+                        small.size, large.size, proof, small.root_hash, large.root_hash
+                    )
+            except ProofFailed as e:
+                self.audit.rejected("SplitView", f"{relay_url}: {e}")
+                raise SplitView(
+                    f"the log of {relay_url} shows two histories ({e}); "
+                    "both signed checkpoints are kept as evidence",
+                    (old_note, note),
+                ) from None
+            if old.size >= checkpoint.size:
+                return
+        with self.db.transaction():
+            self.db.set_relay_log(relay_url, key.to_text(), note)
+        self.audit.checkpoint_seen(
+            origin=checkpoint.origin, size=checkpoint.size, root_hash=checkpoint.root_hash
+        )
 
     # --- receiving ----------------------------------------------------------------
 

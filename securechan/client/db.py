@@ -30,7 +30,7 @@ from securechan.protocol.sealed import open_state, seal_state
 
 __all__ = ["ClientDB", "OutboxEntry", "QueueRow", "SessionRow", "StoredMessage"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _AAD = b"securechan/v1/client-db/"
 
 _SCHEMA = """
@@ -86,6 +86,11 @@ CREATE TABLE IF NOT EXISTS file_chunks (
     idx INTEGER NOT NULL,
     sealed BLOB NOT NULL,
     PRIMARY KEY (conversation, file_id, idx)
+);
+CREATE TABLE IF NOT EXISTS relay_logs (
+    relay TEXT PRIMARY KEY,
+    verifier_key TEXT NOT NULL,
+    checkpoint TEXT
 );
 CREATE TABLE IF NOT EXISTS refused_chains (
     dh BLOB PRIMARY KEY,
@@ -380,6 +385,22 @@ class ClientDB:
     def unhold(self, msg_id: bytes) -> None:
         """Forget a held first message."""
         self._db.execute("DELETE FROM held WHERE msg_id = ?", (msg_id,))
+
+    def relay_log(self, relay: str) -> tuple[str, str | None] | None:
+        """The pinned log verifier key of a relay and the newest checkpoint
+        (signed note text) we verified from it."""
+        row = self._db.execute(
+            "SELECT verifier_key, checkpoint FROM relay_logs WHERE relay = ?", (relay,)
+        ).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def set_relay_log(self, relay: str, verifier_key: str, checkpoint: str | None) -> None:
+        """Pin a relay's log key (first use) or advance its newest checkpoint."""
+        self._db.execute(
+            "INSERT INTO relay_logs (relay, verifier_key, checkpoint) VALUES (?, ?, ?) "
+            "ON CONFLICT(relay) DO UPDATE SET checkpoint = excluded.checkpoint",
+            (relay, verifier_key, checkpoint),
+        )
 
     def refuse_chain(self, dh: bytes, now: int) -> None:
         """Envelopes on this sender ratchet key belong to a refused first message."""
