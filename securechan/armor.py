@@ -66,7 +66,7 @@ def armor(label: str, body: bytes, headers: list[tuple[str, str]]) -> str:
     for name, value in headers:
         if not _HEADER_NAME.fullmatch(name) or name == "Version":
             raise ValueError(f"bad header name {name!r}")
-        if not value or any(c in value for c in "\r\n") or value != value.strip():
+        if not value or not value.isprintable() or value != value.strip():
             raise ValueError(f"header {name} is empty or has line breaks or outer blanks")
         lines.append(f"{name}: {value}")
     lines.append("")
@@ -101,7 +101,12 @@ def dearmor(text: str, label: str, *, allowed_headers: frozenset[str]) -> Armore
     i = 0
     while i < len(inner) and inner[i] != "":
         name, sep, value = inner[i].partition(": ")
-        if not sep or not _HEADER_NAME.fullmatch(name) or value != value.strip():
+        if (
+            not sep
+            or not _HEADER_NAME.fullmatch(name)
+            or value != value.strip()
+            or not value.isprintable()  # what armor() could have written
+        ):
             raise MalformedInput(f"bad header line {i + 1}")
         if name in headers:
             raise MalformedInput(f"header {name} appears twice")

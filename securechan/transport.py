@@ -98,17 +98,36 @@ class CosignatureReply:
     log_size: int | None = None
 
 
+def _loads(raw: bytes) -> Any:
+    """Parse a relay's JSON answer; anything unparsable (including absurd
+    nesting or numbers) is ``None``, never an exception."""
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _int_field(data: Any, name: str, what: str) -> int:
+    """A non-negative integer field of a relay's JSON object, or MalformedInput."""
+    value = data.get(name) if isinstance(data, dict) else None
+    if type(value) is not int or value < 0:
+        raise MalformedInput(f"bad {what} from the relay")
+    return value
+
+
 def _envelope(item: Any) -> FetchedEnvelope:
     if not isinstance(item, dict):
         raise MalformedInput("the relay sent a bad envelope")
     try:
         return FetchedEnvelope(
-            seq=int(item["seq"]),
+            seq=_int_field(item, "seq", "envelope"),
             msg_id=b64d(item["msg_id"], size=16),
             data=b64d(item["data"], max_size=1 << 20),
-            received=int(item["received"]),
+            received=_int_field(item, "received", "envelope"),
         )
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OverflowError):
         raise MalformedInput("the relay sent a bad envelope") from None
 
 
@@ -160,10 +179,7 @@ class RelayClient:
         status, raw = await self._request_raw(
             method, path, body=body, key=key, headers=headers, content_type=content_type
         )
-        try:
-            return status, json.loads(raw) if raw else None
-        except ValueError:
-            return status, None
+        return status, _loads(raw)
 
     async def _request_raw(
         self,
@@ -203,11 +219,7 @@ class RelayClient:
                 continue
             if status < 400 or status in answer:
                 return status, raw
-            try:
-                data = json.loads(raw) if raw else None
-            except ValueError:
-                data = None
-            message = _error_message(data, status)
+            message = _error_message(_loads(raw), status)
             if status in (408, 429) or status >= 500:
                 last = message
                 await self._backoff(attempt, retry_after)
@@ -269,10 +281,10 @@ class RelayClient:
             headers={"X-Message-Id": b64e(msg_id)},
             content_type="application/octet-stream",
         )
-        try:
-            return int(data["seq"]), bool(data["duplicate"])
-        except (KeyError, TypeError, ValueError):
-            raise MalformedInput("bad send reply from the relay") from None
+        duplicate = data.get("duplicate") if isinstance(data, dict) else None
+        if type(duplicate) is not bool:
+            raise MalformedInput("bad send reply from the relay")
+        return _int_field(data, "seq", "send reply"), duplicate
 
     async def send_with_receipt(
         self, sid: bytes, envelope: bytes, msg_id: bytes, *, sender: Ed25519SigningKey | None
@@ -358,7 +370,7 @@ class RelayClient:
         _, data = await self._request(
             "POST", f"/v1/queues/{b64e(rid)}/ack", body=body, key=recipient
         )
-        return int(data["deleted"]) if isinstance(data, dict) else 0
+        return _int_field(data, "deleted", "ack reply")
 
     async def put_prekeys(
         self,
@@ -380,12 +392,12 @@ class RelayClient:
         _, data = await self._request(
             "PUT", f"/v1/queues/{b64e(rid)}/prekeys", body=body, key=recipient
         )
-        return int(data["one_time_left"])
+        return _int_field(data, "one_time_left", "prekey reply")
 
     async def prekey_count(self, rid: bytes, recipient: Ed25519SigningKey) -> int:
         """How many one-time prekeys remain on the relay."""
         _, data = await self._request("GET", f"/v1/queues/{b64e(rid)}/prekeys", key=recipient)
-        return int(data["one_time_left"])
+        return _int_field(data, "one_time_left", "prekey count")
 
     async def claim_bundle(self, sid: bytes) -> tuple[bytes, bytes | None]:
         """Claim the sealed signed-prekey blob and one one-time blob."""
@@ -396,7 +408,7 @@ class RelayClient:
                 b64d(data["signed"], max_size=1 << 16),
                 b64d(one_time, max_size=1 << 16) if one_time is not None else None,
             )
-        except (KeyError, TypeError):
+        except (KeyError, TypeError, ValueError):
             raise MalformedInput("bad bundle reply from the relay") from None
 
     async def subscribe(
@@ -415,9 +427,8 @@ class RelayClient:
                 async for msg in ws:
                     if msg.type != aiohttp.WSMsgType.TEXT:
                         break
-                    try:
-                        item = json.loads(msg.data)
-                    except ValueError:
+                    item = _loads(msg.data.encode() if isinstance(msg.data, str) else b"")
+                    if item is None:
                         continue
                     if isinstance(item, dict) and item.get("type") == "message":
                         yield _envelope(item)

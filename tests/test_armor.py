@@ -293,9 +293,13 @@ labels = st.from_regex(r"[A-Z][A-Z ]{0,40}[A-Z]", fullmatch=True)
 header_names = st.from_regex(r"[A-Z][A-Za-z-]{0,30}", fullmatch=True).filter(
     lambda n: n != "Version"
 )
+# Header values are printable text without outer blanks (armor() refuses
+# anything else, and dearmor() accepts nothing armor() could not write).
 header_values = st.text(
-    alphabet=st.characters(exclude_characters="\r\n"), min_size=1, max_size=60
-).filter(lambda v: v == v.strip())
+    alphabet=st.characters(exclude_categories=("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")),
+    min_size=1,
+    max_size=60,
+).filter(lambda v: v == v.strip() and v.isprintable())
 header_lists = st.lists(
     st.tuples(header_names, header_values), max_size=5, unique_by=lambda h: h[0]
 )
@@ -386,3 +390,15 @@ def test_mutated_armour_only_malformed(data: st.DataObject) -> None:
         else:
             text = text[:pos] + text[pos + len(piece) :]
     _only_malformed(text)
+
+
+def test_control_characters_in_a_header_value_are_refused() -> None:
+    """dearmor() accepts nothing armor() could not have written (found by fuzzing)."""
+    good = armor("SIGNATURE", b"body", [("Comment", "x y")])
+    for bad in ("x\ry", "x\x07y", "x\x00y", "x\u2028y"):
+        with pytest.raises(MalformedInput):
+            dearmor(
+                good.replace("x y", bad), "SIGNATURE", allowed_headers=frozenset({"Comment"})
+            )
+        with pytest.raises(ValueError, match="header"):
+            armor("SIGNATURE", b"body", [("Comment", bad)])
