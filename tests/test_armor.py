@@ -397,8 +397,6 @@ def test_control_characters_in_a_header_value_are_refused() -> None:
     good = armor("SIGNATURE", b"body", [("Comment", "x y")])
     for bad in ("x\ry", "x\x07y", "x\x00y", "x\u2028y"):
         with pytest.raises(MalformedInput):
-            dearmor(
-                good.replace("x y", bad), "SIGNATURE", allowed_headers=frozenset({"Comment"})
-            )
+            dearmor(good.replace("x y", bad), "SIGNATURE", allowed_headers=frozenset({"Comment"}))
         with pytest.raises(ValueError, match="header"):
             armor("SIGNATURE", b"body", [("Comment", bad)])
