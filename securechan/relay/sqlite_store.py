@@ -58,6 +58,7 @@ from types import TracebackType
 from typing import Any, Final, Self, TypeVar, cast
 
 from securechan.errors import StorageError
+from securechan.relay.batching import take_batch
 from securechan.relay.storage import (
     ID_SIZE,
     KEY_SIZE,
@@ -462,17 +463,7 @@ class SqliteStorage:
                     continue
                 if job is None:
                     break
-                batch = [job]
-                stop = False
-                while len(batch) < MAX_BATCH:
-                    try:
-                        job = self._jobs.get_nowait()
-                    except queue.Empty:
-                        break
-                    if job is None:
-                        stop = True
-                        break
-                    batch.append(job)
+                batch, stop = take_batch(self._jobs, job, MAX_BATCH)
                 self._run_batch(conn, batch)
                 if stop:
                     break

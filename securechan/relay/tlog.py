@@ -77,6 +77,7 @@ from securechan.audit.receipt import Receipt, envelope_leaf_hash
 from securechan.audit.tree import TreeStore
 from securechan.errors import BadSignature, MalformedInput, StorageError
 from securechan.primitives import Ed25519SigningKey, constant_time_equal, sha256
+from securechan.relay.batching import take_batch
 from securechan.relay.storage import RelayStorage, StorageClosed
 
 __all__ = [
@@ -606,17 +607,7 @@ class RelayLog:
             job = self._jobs.get()
             if job is None:
                 return
-            batch = [job]
-            stop = False
-            while len(batch) < MAX_BATCH:
-                try:
-                    job = self._jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if job is None:
-                    stop = True
-                    break
-                batch.append(job)
+            batch, stop = take_batch(self._jobs, job, MAX_BATCH)
             outcomes: list[tuple[_Job, bool, Any]] = []
             appends = [j for j in batch if j.kind == "append"]
             if appends:
