@@ -334,6 +334,8 @@ class Relay:
         return web.json_response(reply, status=200 if result.duplicate else 201)
 
     def _notify(self, rid: bytes, seq: int, msg_id: bytes, body: bytes) -> None:
+        if not self.subscribers.get(rid):
+            return  # nobody listening: no frame to build (it base64-encodes the body)
         frame = json.dumps(
             {
                 "type": "message",
