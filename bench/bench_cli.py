@@ -1,0 +1,374 @@
+"""Benchmark the command line's cold start: whole ``securechan send`` and ``receive`` processes.
+
+Usage::
+
+    python bench/bench_cli.py [--json] [--quick] [--runs N]
+
+What a delegation's operator waits for is a whole process: Python starting,
+the imports, the passphrase-derived key unlock (Argon2id), the local database,
+the relay round trips, the fsyncs. This script times exactly that, with
+``time.perf_counter`` around ``subprocess.run`` of the console script next to
+``sys.executable``, against a real ``securechan relay serve`` (default
+settings: SQLite WAL, ``synchronous=FULL``, transparency log on) on a free
+loopback port.
+
+Set-up, all through the CLI itself: two delegations (``tehran`` and
+``washington``) each run ``init --kdf interactive`` (the cheapest Argon2id
+the keystore accepts, 64 MiB and 2 passes: every timed command that needs the
+private key pays it once, see the ``key unlock`` figure), ``register``,
+``id export``; each ``contact add``\\ s the other and ``contact verify``\\ s
+the safety number. One message each way then establishes the session, so the
+timed runs are the steady state (no handshake).
+
+Timed, in every round, in this order (the three references rotate):
+
+* ``python -c pass``: the interpreter alone (the reference for every row);
+* ``python -c "import securechan"``: the library's import;
+* ``securechan --version``: the console script and click;
+* ``securechan send washington <1 KiB text>``: unlock, ratchet, sign, seal,
+  outbox commit, post to the relay (which commits it durably and logs it),
+  receipt verified against the relay's signed checkpoint, audit log entry;
+* ``securechan receive`` as washington, with that one message waiting: fetch,
+  open, verify, store, acknowledge, audit log, print;
+* ``securechan receive`` with nothing waiting.
+
+Each figure is the median over the rounds (default 15, ``--quick`` 3) of the
+wall-clock time; the children's CPU time (user + system, from
+``getrusage(RUSAGE_CHILDREN)``) is also given: a busy machine inflates it much
+less than the wall clock. Every run's exit code and output are checked (the
+message received is the one sent). ``bench/bench_gpg.py`` reuses this set-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import queue
+import re
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MODES = {"default": 15, "quick": 3}
+KDF = "interactive"
+# A 1 KiB text, printable, fixed (the same size the protocol benchmark uses).
+TEXT = ("Draft communique, paragraph 7: " + "the parties agree to continue talks. " * 40)[:1024]
+# Throwaway identities made in the run.
+PASSPHRASES = {"tehran": "tehran bench passphrase", "washington": "washington bench passphrase"}
+
+
+def securechan_command() -> list[str]:
+    """The console script next to the running interpreter (as installed)."""
+    found = shutil.which("securechan", path=str(Path(sys.executable).parent))
+    if found is None:
+        raise SystemExit(f"no securechan console script next to {sys.executable}: pip install -e .")
+    return [found]
+
+
+def clean_env(passphrase: str | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SECURECHAN_")}
+    if passphrase is not None:
+        env["SECURECHAN_PASSPHRASE"] = passphrase
+    return env
+
+
+@dataclass
+class Timing:
+    """Wall-clock and child CPU seconds of one whole process."""
+
+    wall: float
+    cpu: float
+    out: subprocess.CompletedProcess[str]
+
+
+def timed(argv: Sequence[str], env: dict[str, str], cwd: Path) -> Timing:
+    """Run ``argv`` to completion; raise if it fails."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    out = subprocess.run(
+        list(argv),
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        timeout=300,
+        check=False,
+    )
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    if out.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(map(str, argv))} exited {out.returncode}\n{out.stdout}\n{out.stderr}"
+        )
+    return Timing(wall, cpu, out)
+
+
+class Relay:
+    """``securechan relay serve --port 0`` in a child process."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.url = ""
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> str:
+        log = open(self.root / "relay.log", "ab")  # noqa: SIM115 - closed in stop()
+        self._log = log
+        self.proc = proc = subprocess.Popen(
+            [*securechan_command(), "relay", "serve", "--port", "0", "--data", self.root / "data"],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            env=clean_env(),
+            text=True,
+        )
+        lines: queue.Queue[str | None] = queue.Queue()
+
+        def pump() -> None:
+            for line in proc.stdout or ():
+                lines.put(line)
+            lines.put(None)
+
+        threading.Thread(target=pump, daemon=True).start()
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                line = None
+            if line is None:
+                self.stop()
+                raise RuntimeError(f"the relay did not start: {self.root / 'relay.log'}")
+            m = re.match(r"listening on (https?://\S+)$", line.strip())
+            if m:
+                self.url = m.group(1)
+                return self.url
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+            self._log.close()
+
+
+@dataclass
+class Delegation:
+    name: str
+    home: Path
+
+    @property
+    def passphrase(self) -> str:
+        return PASSPHRASES[self.name]
+
+    def argv(self, *args: object) -> list[str]:
+        return [*securechan_command(), "--home", str(self.home), *map(str, args)]
+
+    def run(self, *args: object, cwd: Path | None = None) -> Timing:
+        return timed(self.argv(*args), clean_env(self.passphrase), cwd or self.home.parent)
+
+
+@dataclass
+class World:
+    """A relay on loopback and two delegations that have verified each other."""
+
+    root: Path
+    relay: Relay = field(init=False)
+    t: Delegation = field(init=False)
+    w: Delegation = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.relay = Relay(self.root)
+        self.t = Delegation("tehran", self.root / "tehran")
+        self.w = Delegation("washington", self.root / "washington")
+
+    def __enter__(self) -> World:
+        self.root.mkdir(parents=True, exist_ok=True)
+        url = self.relay.start()
+        try:
+            self._introduce(url)
+        except BaseException:
+            self.relay.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.relay.stop()
+
+    def _introduce(self, url: str) -> None:
+        files = {}
+        for p in (self.t, self.w):
+            p.run("init", "--name", p.name, "--kdf", KDF)
+            p.run("register", "--relay", url)
+            files[p.name] = self.root / f"{p.name}.id"
+            p.run("id", "export", "-o", files[p.name])
+        for p, other in ((self.t, self.w), (self.w, self.t)):
+            p.run("contact", "add", files[other.name])
+        numbers = {
+            p.name: json.loads(p.run("contact", "show", o.name, "--json").out.stdout)
+            for p, o in ((self.t, self.w), (self.w, self.t))
+        }
+        self.t.run("contact", "verify", "washington", numbers["washington"]["safety_number"])
+        self.w.run("contact", "verify", "tehran", numbers["tehran"]["safety_number"])
+        # One message each way: the session exists, both private queues too.
+        for a, b in ((self.t, self.w), (self.w, self.t)):
+            a.run("send", b.name, f"{a.name}: opening the channel")
+            got = b.run("receive", "--json").out.stdout
+            if f"{a.name}: opening the channel" not in got:
+                raise RuntimeError(f"set-up message not received: {got}")
+
+
+def summarise(samples: dict[str, list[Timing]]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for name, runs in samples.items():
+        walls = [r.wall for r in runs]
+        cpus = [r.cpu for r in runs]
+        out[name] = {
+            "median_s": statistics.median(walls),
+            "min_s": min(walls),
+            "max_s": max(walls),
+            "cpu_median_s": statistics.median(cpus),
+            "runs": len(runs),
+        }
+    return out
+
+
+def reference_cases(cwd: Path) -> dict[str, Callable[[], Timing]]:
+    env = clean_env()
+    py = sys.executable
+    return {
+        "python -c pass": lambda: timed([py, "-c", "pass"], env, cwd),
+        'python -c "import securechan"': lambda: timed([py, "-c", "import securechan"], env, cwd),
+        "securechan --version": lambda: timed([*securechan_command(), "--version"], env, cwd),
+    }
+
+
+def key_unlock_seconds(home: Path, passphrase: str, repeats: int) -> float:
+    """In-process median of one Argon2id unlock of a key file (the KDF share)."""
+    from securechan.identity import Keystore
+
+    store = Keystore(home)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        store.unlock(passphrase)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def run(runs: int) -> dict[str, Any]:
+    samples: dict[str, list[Timing]] = {}
+    with tempfile.TemporaryDirectory(prefix="securechan-bench-cli-") as tmp:
+        root = Path(tmp)
+        with World(root) as world:
+            refs = reference_cases(root)
+            names = list(refs)
+            for i in range(runs):
+                k = i % len(names)
+                for name in names[k:] + names[:k]:
+                    samples.setdefault(name, []).append(refs[name]())
+                line = f"round {i}: {TEXT}"[:1024]
+                sent = world.t.run("send", "washington", line)
+                samples.setdefault("securechan send (1 KiB text)", []).append(sent)
+                got = world.w.run("receive", "--json")
+                if line not in got.out.stdout:
+                    raise RuntimeError(f"receive did not show the message of round {i}")
+                samples.setdefault("securechan receive (1 message)", []).append(got)
+                empty = world.w.run("receive", "--json")
+                samples.setdefault("securechan receive (nothing waiting)", []).append(empty)
+            unlock = key_unlock_seconds(world.t.home, world.t.passphrase, max(3, runs // 2))
+    results = summarise(samples)
+    ref = results["python -c pass"]["median_s"]
+    imp = results['python -c "import securechan"']["median_s"]
+    rows = []
+    for name in (
+        'python -c "import securechan"',
+        "securechan --version",
+        "securechan send (1 KiB text)",
+        "securechan receive (1 message)",
+        "securechan receive (nothing waiting)",
+    ):
+        ours = results[name]["median_s"]
+        rows.append(
+            {
+                "name": f"CLI cold start: {name}",
+                "ours": ours,
+                "reference_name": "python -c pass",
+                "reference": ref,
+                "ratio": ours / ref,
+                "unit": "s",
+                "note": f"over import securechan: {ours / imp:.2f}x" if ours != imp else "",
+            }
+        )
+    return {
+        "environment": {
+            "python": f"{platform.python_implementation()} {platform.python_version()}",
+            "platform": platform.platform(),
+        },
+        "runs": runs,
+        "kdf": KDF,
+        "key_unlock_s": unlock,
+        "results": results,
+        "rows": rows,
+    }
+
+
+def markdown(out: dict[str, Any]) -> str:
+    lines = [
+        f"CLI cold start, whole processes, median of {out['runs']} runs "
+        f"(key files at --kdf {out['kdf']}; one Argon2id unlock takes "
+        f"{out['key_unlock_s'] * 1000:.0f} ms in-process).",
+        "",
+        "| command | median ms | min ms | child CPU ms | / python -c pass |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    ref = out["results"]["python -c pass"]["median_s"]
+    for name, r in out["results"].items():
+        lines.append(
+            f"| `{name}` | {r['median_s'] * 1000:.0f} | {r['min_s'] * 1000:.0f} "
+            f"| {r['cpu_median_s'] * 1000:.0f} | {r['median_s'] / ref:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print a JSON object")
+    parser.add_argument("--quick", action="store_true", help="3 runs (a smoke test)")
+    parser.add_argument("--runs", type=int, default=0, help="rounds (default 15)")
+    args = parser.parse_args(argv)
+    runs = args.runs or MODES["quick" if args.quick else "default"]
+    t0 = time.perf_counter()
+    out = run(runs)
+    out["mode"] = "quick" if args.quick else "default"
+    out["elapsed_s"] = round(time.perf_counter() - t0, 1)
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print(markdown(out))
+        print(f"\n(ran for {out['elapsed_s']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
