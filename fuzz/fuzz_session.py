@@ -40,7 +40,7 @@ _BOB_GENERATION = _bob.generation
 
 def _encrypt(plaintext: bytes) -> bytes:
     """A ratchet message from Alice's (unchanged) state carrying ``plaintext``."""
-    _, header, ciphertext = ratchet_encrypt(
+    _, header, ciphertext, _ = ratchet_encrypt(
         ALICE_STATE.ratchet, plaintext, ALICE_STATE.transcript_hash
     )
     return wire.encode(MESSAGE, {"header": header.to_bytes(), "ciphertext": ciphertext})

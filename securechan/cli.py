@@ -829,14 +829,14 @@ def history(app: _App, contact_name: str | None, as_json: bool) -> None:
     if as_json:
         _emit_json(
             [
-                {"contact": c, "direction": d, "seq": s, "sent_at": _iso(t), "summary": m}
-                for c, d, s, t, m in rows
+                {"id": i, "contact": c, "direction": d, "seq": s, "sent_at": _iso(t), "summary": m}
+                for c, d, s, t, m, i in rows
             ]
         )
         return
-    for c, d, s, t, m in rows:
+    for c, d, s, t, m, i in rows:
         arrow = "->" if d == "out" else "<-"
-        click.echo(f"[{_iso(t)}] {arrow} {c} #{s}: {m}")
+        click.echo(f"[{_iso(t)}] {i} {arrow} {c} #{s}: {m}")
 
 
 @cli.command()
@@ -930,6 +930,140 @@ def log_verify(app: _App, key: Any, as_json: bool) -> None:
         if report.unsigned:
             signed += f" ({report.unsigned} newer entries not signed yet)"
     click.echo(f"log intact: {report.entries} entries, {signed}")
+
+
+# --- statements ------------------------------------------------------------------
+
+
+@cli.group(cls=_Group)
+def statement() -> None:
+    """Export one message as a statement a third party verifies offline."""
+
+
+@statement.command(name="export")
+@click.argument("message_id")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the statement here (never over an existing file).",
+)
+@_json_option
+@pass_app
+def statement_export(app: _App, message_id: str, output: Path, as_json: bool) -> None:
+    """Write the statement of MESSAGE-ID (an id from 'history').
+
+    The file reveals that message, its sender and recipient, and the key of
+    its envelope (no other message's); give it only to whom you mean to."""
+
+    async def go() -> Any:
+        async with _channel(app) as ch:
+            return ch.statement(message_id)
+
+    st = _run(go())
+    text = st.to_text()
+    try:
+        with open(output, "x", encoding="ascii", newline="\n") as f:
+            f.write(text)
+    except FileExistsError:
+        raise MalformedInput(f"{output} exists; choose another name") from None
+    except OSError as e:
+        raise StorageError(f"cannot write {output}: {e.strerror}") from None
+    from securechan.audit.statement import message_id as _mid
+
+    info = {"file": str(output), "message_id": _mid(st.signed), "log": st.placement is not None}
+    if as_json:
+        _emit_json(info)
+        return
+    where = "with its relay log receipt" if st.placement else "without a relay log receipt"
+    click.echo(f"Statement of message {info['message_id']} written to {output} ({where})")
+
+
+@statement.command(name="verify")
+@click.argument("file", type=click.File("rb"))
+@click.option(
+    "--trust-relay",
+    "trust_relay",
+    metavar="KEY",
+    help="The relay's log verifier key (name+id+key) you trust; the file's must equal it.",
+)
+@click.option(
+    "--trust-witness",
+    "trust_witness",
+    metavar="KEY",
+    multiple=True,
+    help="A witness (type 0x04 key) that must have cosigned; repeatable.",
+)
+@_json_option
+def statement_verify(
+    file: Any, trust_relay: str | None, trust_witness: tuple[str, ...], as_json: bool
+) -> None:
+    """Check a statement FILE with no keystore: who said what to whom, when,
+    and where it sits in which relay log. Exit 0 only if everything holds."""
+    from securechan.audit.note import VerifierKey
+    from securechan.audit.statement import Statement, verify_statement
+
+    relay_key = VerifierKey.from_text(trust_relay.strip()) if trust_relay else None
+    witnesses = [VerifierKey.from_text(w.strip()) for w in trust_witness]
+    st = Statement.from_text(_read_text(file, "the statement file"))
+    v = verify_statement(st, trust_relay=relay_key, trust_witnesses=witnesses)
+    p = v.payload
+    log = v.log
+    result: dict[str, Any] = {
+        "valid": True,
+        "message_id": v.message_id,
+        "from": {"name": v.sender.name, "fingerprint": str(v.sender.fingerprint)},
+        "to": {"name": v.recipient.name, "fingerprint": str(v.recipient.fingerprint)},
+        "conversation": p.conversation.hex(),
+        "seq": p.seq,
+        "sent_at": _iso(p.sent_at),
+        "content_type": p.content_type.name.lower(),
+        "content": v.summary(),
+        "payload_sha256": v.payload_hash.hex(),
+        "prev_hash": p.prev_hash.hex(),
+        "log": None
+        if log is None
+        else {
+            "origin": log.checkpoint.origin,
+            "relay_key_trusted": log.trusted,
+            "leaf_index": log.leaf_index,
+            "tree_size": log.checkpoint.size,
+            "root_hash": log.checkpoint.root_hash.hex(),
+            "cosigned_by": [
+                {"witness": c.cosigner.name, "at": _iso(c.timestamp)} for c in log.cosignatures
+            ],
+        },
+    }
+    if as_json:
+        _emit_json(result)
+        return
+    click.echo(f"Statement of message {v.message_id}: VALID")
+    click.echo(f"  from:    {v.sender.name} ({v.sender.fingerprint})")
+    click.echo(f"  to:      {v.recipient.name} ({v.recipient.fingerprint})")
+    click.echo(
+        f"  message: #{p.seq} of conversation {p.conversation.hex()}, "
+        f"signed at {result['sent_at']} (sender's clock)"
+    )
+    click.echo(f"  content: {v.summary()}")
+    if log is None:
+        click.echo("  log:     none (the statement carries no relay receipt)")
+    else:
+        click.echo(
+            f"  log:     leaf {log.leaf_index} of {log.checkpoint.size} in {log.checkpoint.origin}"
+        )
+        for c in log.cosignatures:
+            click.echo(f"           cosigned by {c.cosigner.name} at {_iso(c.timestamp)}")
+        if not log.trusted:
+            click.echo(
+                "securechan: warning: the relay key came from the file itself; "
+                "pass --trust-relay KEY to check it against the key you trust",
+                err=True,
+            )
+    click.echo(
+        "  note:    the fingerprints prove which keys signed; compare them with the "
+        "parties' published fingerprints"
+    )
 
 
 # --- demo ----------------------------------------------------------------------

@@ -545,7 +545,9 @@ def test_library_api(relay: RelayProcess, people: dict[str, Party], tmp_path: Pa
             assert (f.file_name, f.file_data) == ("memo.txt", memo)
             assert not [r for r in await washington.receive() if isinstance(r, Received)]
 
-            convo = [(d, s) for _, d, _, _, s in tehran.history("washington") if s not in INTERNAL]
+            convo = [
+                (d, s) for _, d, _, _, s, _ in tehran.history("washington") if s not in INTERNAL
+            ]
             assert convo == [
                 ("out", "We accept the draft."),
                 ("in", "Noted."),

@@ -173,7 +173,7 @@ def _inject(sender: Session, signed: bytes) -> bytes:
     """Ratchet-encrypt arbitrary signed bytes in ``sender``'s session, as a
     malicious or buggy client could (only the ratchet advances)."""
     st = sender._st
-    ratchet, header, ciphertext = ratchet_encrypt(st.ratchet, pad(signed), st.transcript_hash)
+    ratchet, header, ciphertext, _ = ratchet_encrypt(st.ratchet, pad(signed), st.transcript_hash)
     sender._st = replace(st, ratchet=ratchet)
     return wire.encode(session_mod.MESSAGE, {"header": header.to_bytes(), "ciphertext": ciphertext})
 
@@ -183,7 +183,7 @@ def _burn(sender: Session, count: int) -> None:
     st = sender._st
     ratchet = st.ratchet
     for _ in range(count):
-        ratchet, _, _ = ratchet_encrypt(ratchet, b"", st.transcript_hash)
+        ratchet, _, _, _ = ratchet_encrypt(ratchet, b"", st.transcript_hash)
     sender._st = replace(st, ratchet=ratchet)
 
 

@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -38,8 +39,10 @@ from securechan import wire
 from securechan.audit.checkpoint import Checkpoint, open_checkpoint
 from securechan.audit.log import AuditLog
 from securechan.audit.merkle import verify_consistency
-from securechan.audit.note import VerifierKey
+from securechan.audit.note import SignedNote, VerifierKey
+from securechan.audit.receipt import Receipt as LogReceipt
 from securechan.audit.receipt import verify_receipt
+from securechan.audit.statement import LogPlacement, Statement, message_id
 from securechan.client.db import ClientDB, QueueRow
 from securechan.errors import (
     BundleRejected,
@@ -107,8 +110,25 @@ _RECORD = wire.Schema(
     (
         wire.Field(1, "signed", wire.Kind.BYTES, max_len=1 << 17),
         wire.Field(2, "contact", wire.Kind.TEXT, max_len=64),
+        # The envelope that carried it, its message key and the session's
+        # transcript hash: what a statement reveals (audit/statement.py).
+        wire.Field(3, "envelope", wire.Kind.BYTES, max_len=(1 << 20) + 65536, optional=True),
+        wire.Field(4, "key", wire.Kind.BYTES, size=32, optional=True),
+        wire.Field(5, "ad", wire.Kind.BYTES, size=32, optional=True),
     ),
 )
+
+
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    """One message we sent, as kept in our record."""
+
+    seq: int
+    signed: bytes
+    envelope: bytes
+    key: bytes
+    ad: bytes
+
 
 UnknownPolicy = Literal["refuse", "hold"]
 
@@ -468,7 +488,7 @@ class Channel:
         self,
         name: str,
         build: Callable[[Session], list[bytes]],
-        records: Callable[[Session, list[int]], list[tuple[int, bytes]]] | None = None,
+        records: Callable[[Session, list[int]], list[_Sent]] | None = None,
         progress: Callable[[int, int], None] | None = None,
     ) -> SendResult:
         contact = self._contact(name)
@@ -504,11 +524,11 @@ class Channel:
                 role="initiator",
                 at=now,
             )
-        for seq, signed in sent:
+        for item in sent:
             self.audit.message_sent(
                 conversation=session.conversation,
-                seq=seq,
-                payload_hash=sha256(signed),
+                seq=item.seq,
+                payload_hash=sha256(item.signed),
                 peer=contact.fingerprint,
                 at=now,
             )
@@ -531,23 +551,25 @@ class Channel:
         contact: Contact,
         envelopes: list[bytes],
         seqs: list[int],
-        records: Callable[[Session, list[int]], list[tuple[int, bytes]]] | None,
+        records: Callable[[Session, list[int]], list[_Sent]] | None,
         targets: list[tuple[str, bytes, bytes | None]],
         now: int,
-    ) -> list[tuple[int, bytes]]:
+    ) -> list[_Sent]:
         """Inside the caller's transaction: the new session state, our record
         of what we sent, and the envelopes in the outbox, all at once.
         Returns (seq, signed payload) of what was recorded, for the audit log."""
         self._save_session(session)
         sent = records(session, seqs) if records else []
-        for seq, signed in sent:
+        for item in sent:
             self.db.add_message(
                 session.conversation,
                 contact.fingerprint.digest,
                 "out",
-                seq,
+                item.seq,
                 now,
-                self._record(signed, contact.name),
+                self._record(
+                    item.signed, contact.name, envelope=item.envelope, key=item.key, ad=item.ad
+                ),
             )
         for env in envelopes:
             msg_id = random_bytes(16)
@@ -555,20 +577,32 @@ class Channel:
                 self.db.add_outbox(msg_id, relay_url, sid, sender, env, now)
         return sent
 
-    def _record(self, signed: bytes, contact: str) -> bytes:
-        return wire.encode(_RECORD, {"signed": signed, "contact": contact})
+    def _record(
+        self,
+        signed: bytes,
+        contact: str,
+        *,
+        envelope: bytes | None = None,
+        key: bytes | None = None,
+        ad: bytes | None = None,
+    ) -> bytes:
+        return wire.encode(
+            _RECORD,
+            {"signed": signed, "contact": contact, "envelope": envelope, "key": key, "ad": ad},
+        )
 
     async def send_text(self, name: str, text: str) -> SendResult:
         """Send a text message to the contact ``name``."""
-        holder: list[bytes] = []
+        holder: list[_Sent] = []
 
         def build(session: Session) -> list[bytes]:
             msg = session.send_text(text, now=self._now())
-            holder.append(session.last_sent_record)
+            key, ad = session.last_sent_opening
+            holder.append(_Sent(0, session.last_sent_record, msg, key, ad))
             return [msg]
 
-        def records(session: Session, seqs: list[int]) -> list[tuple[int, bytes]]:
-            return list(zip(seqs, holder, strict=True))
+        def records(session: Session, seqs: list[int]) -> list[_Sent]:
+            return [replace(h, seq=seq) for seq, h in zip(seqs, holder, strict=True)]
 
         return await self._send(name, build, records)
 
@@ -582,18 +616,19 @@ class Channel:
     ) -> SendResult:
         """Send a file (chunked) to the contact ``name``. ``progress(done,
         total)`` is called as envelopes are posted."""
-        holder: list[bytes] = []
+        holder: list[_Sent] = []
 
         def build(session: Session) -> list[bytes]:
             out = []
             for env in session.send_file(file_name, data, now=self._now()):
                 out.append(env)
-            holder.append(session.last_sent_record)
+            key, ad = session.last_sent_opening
+            holder.append(_Sent(0, session.last_sent_record, out[-1], key, ad))
             return out
 
-        def records(session: Session, seqs: list[int]) -> list[tuple[int, bytes]]:
+        def records(session: Session, seqs: list[int]) -> list[_Sent]:
             # One stored record per file: the last chunk's signed payload.
-            return [(seqs[-1], holder[-1])]
+            return [replace(holder[-1], seq=seqs[-1])]
 
         return await self._send(name, build, records, progress)
 
@@ -638,6 +673,12 @@ class Channel:
                 await self._accept_checkpoint(
                     entry.relay, key, reply.receipt.checkpoint, checkpoint
                 )
+                with self.db.transaction():
+                    self.db.add_log_receipt(
+                        sha256(entry.envelope),
+                        entry.relay,
+                        json.dumps(reply.receipt.to_json(), separators=(",", ":")),
+                    )
             except SplitView as e:
                 split = split or e  # the strongest finding: reported as such
             except (VerificationFailed, MalformedInput) as e:
@@ -854,7 +895,7 @@ class Channel:
             else:
                 raise MessageRejected("not a securechan envelope")
             self._save_session(session)
-            results = self._events(session, events, now)
+            results = self._events(session, events, now, env.data)
             self.db.mark_seen(env.msg_id, now)
             self.db.set_last_seq(queue.rid, env.seq)
         peer = session.peer.fingerprint
@@ -909,7 +950,9 @@ class Channel:
         self.db.add_session(session.conversation, session.peer.fingerprint.digest, now)
         return session, list(events)
 
-    def _events(self, session: Session, events: list[Event], now: int) -> list[Received | Rejected]:
+    def _events(
+        self, session: Session, events: list[Event], now: int, envelope: bytes
+    ) -> list[Received | Rejected]:
         contact = self.keystore.contacts.find(session.peer.fingerprint)
         name = contact.name if contact is not None else session.peer.name
         verified = contact.verified if contact is not None else False
@@ -954,7 +997,9 @@ class Channel:
                 "in",
                 ev.seq,
                 now,
-                self._record(ev.signed, name),
+                self._record(
+                    ev.signed, name, envelope=envelope, key=ev.key, ad=session.transcript_hash
+                ),
             )
             content = ev.content
             if isinstance(content, QueueGrant):
@@ -1016,8 +1061,10 @@ class Channel:
 
     # --- reading the record ---------------------------------------------------------
 
-    def history(self, name: str | None = None) -> list[tuple[str, str, int, int, str]]:
-        """Stored messages: (contact, direction, seq, time, summary)."""
+    def history(self, name: str | None = None) -> list[tuple[str, str, int, int, str, str]]:
+        """Stored messages: (contact, direction, seq, time, summary, message id).
+
+        The message id is the same on both sides (:func:`message_id`)."""
         from securechan.protocol.payload import SignedPayload
 
         peer = None
@@ -1041,8 +1088,78 @@ class Channel:
                 summary = f"[receipt up to {content.up_to_seq}]"
             else:
                 summary = "[empty]"
-            out.append((rec["contact"], m.direction, m.seq, payload.sent_at, summary))
+            out.append(
+                (
+                    rec["contact"],
+                    m.direction,
+                    m.seq,
+                    payload.sent_at,
+                    summary,
+                    message_id(rec["signed"]),
+                )
+            )
         return out
+
+    def statement(self, message_id: str) -> Statement:
+        """The statement of one stored message (``docs/AUDIT.md``, Statements).
+
+        ``message_id`` is the id ``history`` shows (a prefix of at least 8 hex
+        digits will do if it is unique). The statement reveals that message's
+        key, and only that message's. It carries the relay's log receipt when
+        we sent the message and kept one; the checkpoint keeps only the
+        relay's own signature (cosignatures by keys the file does not name
+        would make it unverifiable). Raises :class:`ContactNotFound` for an
+        unknown id and :class:`MalformedInput` for a message stored before
+        statements existed.
+        """
+        wanted = message_id.strip().lower()
+        if not 8 <= len(wanted) <= 64 or any(c not in "0123456789abcdef" for c in wanted):
+            raise MalformedInput("a message id is 8 to 64 hex digits")
+        found = []
+        for m in self.db.messages(limit=1 << 40):
+            rec = wire.decode(_RECORD, m.record)
+            if sha256(rec["signed"]).hex().startswith(wanted):
+                found.append((m, rec))
+        if not found:
+            raise ContactNotFound(f"no stored message has the id {wanted}")
+        if len(found) > 1:
+            raise MalformedInput(f"the id {wanted} is ambiguous: give more digits")
+        m, rec = found[0]
+        if rec["envelope"] is None or rec["key"] is None or rec["ad"] is None:
+            raise MalformedInput("this message was stored without what a statement needs")
+        peer = self.keystore.contacts.find(Fingerprint(m.peer))
+        if peer is None:
+            raise ContactNotFound("the message's contact is no longer pinned")
+        me, them = self.identity.public.to_bytes(), peer.identity.to_bytes()
+        placement = None
+        for relay_url, text in self.db.log_receipts(sha256(rec["envelope"])):
+            known = self.db.relay_log(relay_url)
+            if known is None:
+                continue
+            receipt = LogReceipt.from_json(json.loads(text))
+            key = VerifierKey.from_text(known[0])
+            note = SignedNote.from_text_unverified(receipt.checkpoint)
+            own = tuple(
+                sig for sig in note.signatures if (sig.name, sig.key_id) == (key.name, key.key_id)
+            )
+            if not own:
+                continue
+            placement = LogPlacement(
+                log_key=known[0],
+                leaf_index=receipt.leaf_index,
+                checkpoint=SignedNote(text=note.text, signatures=own).to_text(),
+                inclusion_proof=receipt.inclusion_proof,
+            )
+            break
+        return Statement(
+            signed=rec["signed"],
+            sender=me if m.direction == "out" else them,
+            recipient=them if m.direction == "out" else me,
+            envelope=rec["envelope"],
+            message_key=rec["key"],
+            transcript_hash=rec["ad"],
+            placement=placement,
+        )
 
     def status(self) -> dict[str, object]:
         """Relays, queues, sessions and pending envelopes."""

@@ -30,7 +30,7 @@ from securechan.protocol.sealed import open_state, seal_state
 
 __all__ = ["ClientDB", "OutboxEntry", "QueueRow", "SessionRow", "StoredMessage"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _AAD = b"securechan/v1/client-db/"
 
 _SCHEMA = """
@@ -95,6 +95,12 @@ CREATE TABLE IF NOT EXISTS relay_logs (
 CREATE TABLE IF NOT EXISTS refused_chains (
     dh BLOB PRIMARY KEY,
     at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS log_receipts (
+    envelope_hash BLOB NOT NULL,
+    relay TEXT NOT NULL,
+    receipt TEXT NOT NULL,
+    PRIMARY KEY (envelope_hash, relay)
 );
 CREATE TABLE IF NOT EXISTS held (
     msg_id BLOB PRIMARY KEY,
@@ -393,6 +399,22 @@ class ClientDB:
             "SELECT verifier_key, checkpoint FROM relay_logs WHERE relay = ?", (relay,)
         ).fetchone()
         return None if row is None else (row[0], row[1])
+
+    def add_log_receipt(self, envelope_hash: bytes, relay: str, receipt: str) -> None:
+        """Keep a verified log receipt (JSON text) of an envelope we sent, for
+        statements. Receipts are public (the relay serves the same proofs)."""
+        self._db.execute(
+            "INSERT OR REPLACE INTO log_receipts (envelope_hash, relay, receipt) VALUES (?, ?, ?)",
+            (envelope_hash, relay, receipt),
+        )
+
+    def log_receipts(self, envelope_hash: bytes) -> list[tuple[str, str]]:
+        """(relay, receipt JSON) of every receipt kept for an envelope."""
+        rows = self._db.execute(
+            "SELECT relay, receipt FROM log_receipts WHERE envelope_hash = ? ORDER BY relay",
+            (envelope_hash,),
+        ).fetchall()
+        return [(str(r[0]), str(r[1])) for r in rows]
 
     def set_relay_log(self, relay: str, verifier_key: str, checkpoint: str | None) -> None:
         """Pin a relay's log key (first use) or advance its newest checkpoint."""

@@ -69,7 +69,7 @@ class SyncChannel:
         items: list[Received | Rejected] = self._run(self.channel.receive())
         return items
 
-    def history(self, contact: str | None = None) -> list[tuple[str, str, int, int, str]]:
+    def history(self, contact: str | None = None) -> list[tuple[str, str, int, int, str, str]]:
         """See :meth:`Channel.history`."""
         return self.channel.history(contact)
 

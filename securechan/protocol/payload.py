@@ -20,6 +20,12 @@ Content types and their bodies:
   nothing to say yet.
 * ``QUEUE`` (5): a ``QueueGrant``: "send to me at this private queue from now
   on" (``address.py``).
+
+Any payload may also carry ``checkpoints``: the newest relay log checkpoints
+the sender has verified (C2SP signed notes, opaque text at this layer), so
+that the recipient can check them against its own view of the same logs and
+catch a relay that shows the two parties different histories
+(``docs/AUDIT.md``, Split views).
 """
 
 from __future__ import annotations
@@ -48,6 +54,10 @@ CHUNK_SIZE = 32 * 1024
 MAX_BODY = CHUNK_SIZE + 4096
 MAX_FILE_SIZE = 1 << 32
 ZERO_HASH = bytes(32)
+# At most this many checkpoints ride in one payload (one per relay the
+# message is posted to), each a signed note of at most MAX_CHECKPOINT_TEXT.
+MAX_CHECKPOINTS = 4
+MAX_CHECKPOINT_TEXT = 8192
 
 
 class ContentType(enum.IntEnum):
@@ -60,6 +70,11 @@ class ContentType(enum.IntEnum):
     QUEUE = 5
 
 
+CHECKPOINT_REF = wire.Schema(
+    0x0075,
+    "CarriedCheckpoint",
+    (wire.Field(1, "note", wire.Kind.TEXT, max_len=MAX_CHECKPOINT_TEXT),),
+)
 PAYLOAD = wire.Schema(
     0x0070,
     "Payload",
@@ -72,13 +87,23 @@ PAYLOAD = wire.Schema(
         wire.Field(6, "content_type", wire.Kind.UINT),
         wire.Field(7, "body", wire.Kind.BYTES, max_len=MAX_BODY),
         wire.Field(8, "prev_hash", wire.Kind.BYTES, size=32),
+        wire.Field(
+            9,
+            "checkpoints",
+            wire.Kind.LIST,
+            max_len=MAX_CHECKPOINTS * (MAX_CHECKPOINT_TEXT + 64),
+            schema=CHECKPOINT_REF,
+            max_items=MAX_CHECKPOINTS,
+            optional=True,
+        ),
     ),
 )
+_MAX_PAYLOAD = MAX_BODY + 512 + MAX_CHECKPOINTS * (MAX_CHECKPOINT_TEXT + 64)
 SIGNED_PAYLOAD = wire.Schema(
     0x0071,
     "SignedPayload",
     (
-        wire.Field(1, "payload", wire.Kind.RECORD, max_len=MAX_BODY + 512, schema=PAYLOAD),
+        wire.Field(1, "payload", wire.Kind.RECORD, max_len=_MAX_PAYLOAD, schema=PAYLOAD),
         wire.Field(2, "signature", wire.Kind.BYTES, size=HYBRID_SIGNATURE_SIZE),
     ),
 )
@@ -120,6 +145,8 @@ class Payload:
     content_type: ContentType
     body: bytes
     prev_hash: bytes
+    # Relay checkpoints the sender vouches for having verified (signed notes).
+    checkpoints: tuple[str, ...] = ()
     # The encoding and the decoded body, once computed (optimisations only:
     # never part of equality).
     raw: bytes | None = field(default=None, compare=False, repr=False)
@@ -142,6 +169,8 @@ class Payload:
                 "content_type": int(self.content_type),
                 "body": self.body,
                 "prev_hash": self.prev_hash,
+                # Absent when empty: one encoding per value.
+                "checkpoints": [{"note": n} for n in self.checkpoints] or None,
             },
         )
 
@@ -153,6 +182,9 @@ class Payload:
             content_type = ContentType(rec["content_type"])
         except ValueError:
             raise MalformedInput("unknown content type") from None
+        carried = rec.get("checkpoints")
+        if carried is not None and not carried:
+            raise MalformedInput("an empty checkpoint list is encoded as no field")
         payload = cls(
             sender=Fingerprint(rec["sender"]),
             recipient=Fingerprint(rec["recipient"]),
@@ -162,6 +194,7 @@ class Payload:
             content_type=content_type,
             body=rec["body"],
             prev_hash=rec["prev_hash"],
+            checkpoints=tuple(wire.decode(CHECKPOINT_REF, c)["note"] for c in carried or ()),
             raw=bytes(data),
         )
         # The body must parse as its type; keep the result.

@@ -280,9 +280,13 @@ class _Decaps:
 
 def ratchet_encrypt(
     state: RatchetState, plaintext: bytes, ad: bytes, *, cache: RatchetCache | None = None
-) -> tuple[RatchetState, RatchetHeader, bytes]:
-    """Encrypt one message. Returns the new state, the header and the
-    ciphertext; the caller MUST persist the new state before sending."""
+) -> tuple[RatchetState, RatchetHeader, bytes, bytes]:
+    """Encrypt one message. Returns the new state, the header, the ciphertext
+    and the message key; the caller MUST persist the new state before sending.
+
+    The message key opens this one message and nothing else (every key of a
+    chain comes from a one-way KDF step), so the sender may keep it to reveal
+    the message later in a statement (``docs/AUDIT.md``, Statements)."""
     st = state
     if st.send_pending or st.cks is None:
         if st.dh_remote is None or st.kem_remote is None:
@@ -336,10 +340,9 @@ def ratchet_encrypt(
         epoch_ct=st.send_epoch_ct if epoch > 0 else None,
     )
     header = replace(header, raw=header.to_bytes())
-    ciphertext = message_seal(
-        _message_key(mk_base, st.send_epoch_ss), plaintext, ad + header.to_bytes()
-    )
-    return replace(st, cks=next_chain, ns=st.ns + 1), header, ciphertext
+    message_key = _message_key(mk_base, st.send_epoch_ss)
+    ciphertext = message_seal(message_key, plaintext, ad + header.to_bytes())
+    return replace(st, cks=next_chain, ns=st.ns + 1), header, ciphertext, message_key
 
 
 def _prune(skipped: tuple[Skipped, ...], now: int) -> tuple[Skipped, ...]:
@@ -365,8 +368,9 @@ def ratchet_decrypt(
     *,
     now: int,
     cache: RatchetCache | None = None,
-) -> tuple[RatchetState, bytes]:
-    """Decrypt one message; return the new state and the plaintext.
+) -> tuple[RatchetState, bytes, bytes]:
+    """Decrypt one message; return the new state, the plaintext and the
+    message key that opened it (kept for statements, see ratchet_encrypt).
 
     Raises :class:`Reflected` for our own message, :class:`TooFarAhead` for a
     header that would skip more than :data:`MAX_SKIP` keys (checked before any
@@ -380,10 +384,11 @@ def ratchet_decrypt(
     decaps = _Decaps(cache)
     epoch = header.n // PQ_INTERVAL
 
-    def open_with(mk_base: bytes, kem_seed: bytes) -> bytes:
+    def open_with(mk_base: bytes, kem_seed: bytes) -> tuple[bytes, bytes]:
         ss = decaps(kem_seed, header.root_ct if epoch == 0 else header.epoch_ct or b"")
+        key = _message_key(mk_base, ss)
         try:
-            return message_open(_message_key(mk_base, ss), ciphertext, full_ad)
+            return message_open(key, ciphertext, full_ad), key
         except VerificationFailed:
             raise DecryptionFailed("the message does not decrypt") from None
 
@@ -393,10 +398,10 @@ def ratchet_decrypt(
         if s.n == header.n and s.dh == header.dh:
             if now - s.at > SKIPPED_TTL:
                 raise Replay("the key for this late message has expired")
-            plaintext = open_with(s.mk_base, s.kem_seed)
+            plaintext, key = open_with(s.mk_base, s.kem_seed)
             decaps.commit()
             rest = state.skipped[:i] + state.skipped[i + 1 :]
-            return replace(state, skipped=_prune(rest, now)), plaintext
+            return replace(state, skipped=_prune(rest, now)), plaintext, key
 
     new_chain = header.dh != state.dh_remote
     if new_chain and header.dh in state.remote_dh_recent:
@@ -449,9 +454,9 @@ def ratchet_decrypt(
         raise DecryptionFailed("no key for this message")
     ckr, nr = _skip(skipped, st.ckr, st.nr, header.n, st.dh_remote, st.recv_kem_seed, now)
     mk_base, ckr = _kdf_ck(ckr)
-    plaintext = open_with(mk_base, st.recv_kem_seed)
+    plaintext, key = open_with(mk_base, st.recv_kem_seed)
     decaps.commit()
-    return replace(st, ckr=ckr, nr=nr + 1, skipped=_prune(tuple(skipped), now)), plaintext
+    return replace(st, ckr=ckr, nr=nr + 1, skipped=_prune(tuple(skipped), now)), plaintext, key
 
 
 STATE = wire.Schema(

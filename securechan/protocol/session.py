@@ -112,6 +112,10 @@ class MessageReceived:
     content: str | FileChunk | Receipt | QueueGrant | None
     hash: bytes
     signed: bytes = field(repr=False)  # the SignedPayload record, for the record
+    # The message key that opened it (this message only), for statements.
+    key: bytes = field(default=b"", repr=False)
+    # Relay checkpoints the sender says it verified (unverified here).
+    checkpoints: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -186,6 +190,10 @@ class Session:
         self._sent: deque[bytes] = deque(sent, maxlen=_SENT_HASHES_KEPT)
         self._cache = RatchetCache()
         self._last_sent = b""
+        self._last_key = b""
+        # Relay checkpoints to carry in the payloads we send (the client's
+        # newest verified ones; see payload.py). Not part of the state.
+        self.checkpoints: tuple[str, ...] = ()
 
     # --- creation -----------------------------------------------------------
 
@@ -292,6 +300,20 @@ class Session:
         return self._last_sent
 
     @property
+    def transcript_hash(self) -> bytes:
+        """The handshake transcript hash: the associated-data prefix of every
+        message of this session (public to both parties)."""
+        return self._st.transcript_hash
+
+    @property
+    def last_sent_opening(self) -> tuple[bytes, bytes]:
+        """The message key and associated-data prefix of the last message sent
+        by this object: with them anyone can open that one envelope and no
+        other (``docs/AUDIT.md``, Statements). Keep them as secret as the
+        message itself."""
+        return self._last_key, self._st.transcript_hash
+
+    @property
     def sent_count(self) -> int:
         """How many messages we have sent."""
         return self._st.send_seq
@@ -348,15 +370,17 @@ class Session:
             content_type=content_type,
             body=body,
             prev_hash=st.send_last_hash,
+            checkpoints=self.checkpoints,
         )
         signed = SignedPayload.sign(self._me, payload)
         signed_bytes = signed.to_bytes()
         digest = sha256(signed_bytes)
-        ratchet, header, ciphertext = ratchet_encrypt(
+        ratchet, header, ciphertext, key = ratchet_encrypt(
             st.ratchet, pad(signed_bytes), st.transcript_hash, cache=self._cache
         )
         message = wire.encode(MESSAGE, {"header": header.to_bytes(), "ciphertext": ciphertext})
         self._last_sent = signed_bytes
+        self._last_key = key
         self._st = replace(
             st,
             ratchet=ratchet,
@@ -378,7 +402,7 @@ class Session:
         st = self._st
         rec = wire.decode(MESSAGE, data)
         header = RatchetHeader.from_bytes(rec["header"])
-        ratchet, padded = ratchet_decrypt(
+        ratchet, padded, key = ratchet_decrypt(
             st.ratchet,
             header,
             rec["ciphertext"],
@@ -417,6 +441,8 @@ class Session:
                 content=content,
                 hash=digest,
                 signed=signed_bytes,
+                key=key,
+                checkpoints=p.checkpoints,
             ),
         )
         if isinstance(content, Receipt):

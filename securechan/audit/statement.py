@@ -1,0 +1,338 @@
+"""Statements: one message, proven to a third party who holds only the file.
+
+A statement is what the fact-checking tool hands to someone outside the
+conversation (``docs/AUDIT.md``, Statements). It shows, with no keystore and
+no network:
+
+1. **who said what to whom**: the sender's signed payload (sender, recipient,
+   conversation, sequence number, the sender's clock, content, the hash of the
+   sender's previous message), with the sender's and the recipient's
+   self-signed public identities. The composite signature (ML-DSA-65 +
+   Ed25519) makes it non-repudiable.
+2. **that this is the envelope that travelled**: the envelope exactly as the
+   relay stored it, with its message key and associated-data prefix revealed
+   (:mod:`securechan.protocol.opening`). Opening it must give the signed
+   payload byte for byte. The key opens this one envelope and no other.
+3. **where it sits in the relay's log**, when the exporter has a receipt: the
+   relay's log verifier key, the leaf index, the signed checkpoint (with any
+   witness cosignatures) and the RFC 9162 inclusion proof of the envelope's
+   leaf. Cosignature timestamps bound when the envelope existed.
+
+The file is armoured text (``BEGIN SECURECHAN STATEMENT``) around one wire
+record (type 0x00C0). Verification also demands that the file is exactly the
+canonical armour of its record, so that changing any byte of the file makes
+it fail, and that every signature line of the checkpoint is by the log key or
+a witness key the statement names (an unknown line would otherwise be ignored,
+as C2SP signed-note allows, and an edit there would go unnoticed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from securechan import armor, wire
+from securechan.audit.checkpoint import Checkpoint, Cosignature, open_cosigned_checkpoint
+from securechan.audit.merkle import MAX_PROOF_HASHES
+from securechan.audit.note import MAX_NOTE_BYTES, SIG_COSIGNATURE_V1, VerifierKey, open_note
+from securechan.audit.receipt import Receipt, verify_receipt
+from securechan.errors import BadSignature, MalformedInput, UntrustedKey, VerificationFailed
+from securechan.identity.keys import PublicIdentity
+from securechan.primitives import sha256
+from securechan.protocol.opening import open_envelope
+from securechan.protocol.payload import FileChunk, Payload, SignedPayload
+from securechan.protocol.payload import Receipt as MessageReceipt
+
+__all__ = [
+    "ARMOR_LABEL",
+    "LogPlacement",
+    "Statement",
+    "VerifiedStatement",
+    "message_id",
+    "verify_statement",
+]
+
+ARMOR_LABEL = "STATEMENT"
+MESSAGE_ID_HEX = 16  # characters of SHA-256(signed payload) shown as the id
+_HEADERS = frozenset({"Message", "From", "To"})
+_MAX_WITNESSES = 16
+
+_WITNESS = wire.Schema(
+    0x00C1, "StatementWitness", (wire.Field(1, "key", wire.Kind.TEXT, max_len=512),)
+)
+STATEMENT = wire.Schema(
+    0x00C0,
+    "Statement",
+    (
+        wire.Field(1, "signed", wire.Kind.BYTES, max_len=1 << 17),
+        wire.Field(2, "sender", wire.Kind.BYTES, max_len=16384),
+        wire.Field(3, "recipient", wire.Kind.BYTES, max_len=16384),
+        wire.Field(4, "envelope", wire.Kind.BYTES, max_len=(1 << 20) + 65536),
+        wire.Field(5, "message_key", wire.Kind.BYTES, size=32),
+        wire.Field(6, "transcript_hash", wire.Kind.BYTES, size=32),
+        wire.Field(7, "log_key", wire.Kind.TEXT, max_len=512, optional=True),
+        wire.Field(8, "leaf_index", wire.Kind.UINT, optional=True),
+        wire.Field(9, "checkpoint", wire.Kind.TEXT, max_len=MAX_NOTE_BYTES, optional=True),
+        wire.Field(
+            10, "inclusion_proof", wire.Kind.BYTES, max_len=MAX_PROOF_HASHES * 32, optional=True
+        ),
+        wire.Field(
+            11,
+            "witnesses",
+            wire.Kind.LIST,
+            max_len=_MAX_WITNESSES * 600,
+            schema=_WITNESS,
+            max_items=_MAX_WITNESSES,
+            optional=True,
+        ),
+    ),
+)
+
+
+def message_id(signed: bytes) -> str:
+    """The id both parties show for a message: the first 16 hex digits of
+    SHA-256 of its signed payload record (the link of the sender's chain)."""
+    return sha256(signed).hex()[:MESSAGE_ID_HEX]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogPlacement:
+    """Where the envelope sits in a relay's transparency log (unverified)."""
+
+    log_key: str
+    leaf_index: int
+    checkpoint: str
+    inclusion_proof: tuple[bytes, ...]
+    witnesses: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Statement:
+    """The evidence for one message, as exported (unverified until
+    :func:`verify_statement`)."""
+
+    signed: bytes
+    sender: bytes
+    recipient: bytes
+    envelope: bytes
+    message_key: bytes
+    transcript_hash: bytes
+    placement: LogPlacement | None = None
+
+    def to_bytes(self) -> bytes:
+        """The canonical wire encoding (type 0x00C0)."""
+        p = self.placement
+        return wire.encode(
+            STATEMENT,
+            {
+                "signed": self.signed,
+                "sender": self.sender,
+                "recipient": self.recipient,
+                "envelope": self.envelope,
+                "message_key": self.message_key,
+                "transcript_hash": self.transcript_hash,
+                "log_key": p.log_key if p else None,
+                "leaf_index": p.leaf_index if p else None,
+                "checkpoint": p.checkpoint if p else None,
+                "inclusion_proof": b"".join(p.inclusion_proof) if p else None,
+                "witnesses": [{"key": w} for w in p.witnesses] if p and p.witnesses else None,
+            },
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Statement:
+        """Decode strictly; the log fields come all together or not at all."""
+        rec = wire.decode(STATEMENT, data)
+        log = [rec[k] for k in ("log_key", "leaf_index", "checkpoint", "inclusion_proof")]
+        placement = None
+        if any(v is not None for v in log):
+            if any(v is None for v in log):
+                raise MalformedInput("a statement's log fields come all together")
+            proof = rec["inclusion_proof"]
+            if len(proof) % 32:
+                raise MalformedInput("an inclusion proof is a whole number of hashes")
+            witnesses = rec["witnesses"]
+            if witnesses is not None and not witnesses:
+                raise MalformedInput("an empty witness list is encoded as no field")
+            placement = LogPlacement(
+                log_key=rec["log_key"],
+                leaf_index=rec["leaf_index"],
+                checkpoint=rec["checkpoint"],
+                inclusion_proof=tuple(proof[i : i + 32] for i in range(0, len(proof), 32)),
+                witnesses=tuple(wire.decode(_WITNESS, w)["key"] for w in witnesses or ()),
+            )
+        elif rec["witnesses"] is not None:
+            raise MalformedInput("witnesses without a log placement")
+        return cls(
+            signed=rec["signed"],
+            sender=rec["sender"],
+            recipient=rec["recipient"],
+            envelope=rec["envelope"],
+            message_key=rec["message_key"],
+            transcript_hash=rec["transcript_hash"],
+            placement=placement,
+        )
+
+    def _headers(self) -> list[tuple[str, str]]:
+        signed = SignedPayload.from_bytes_unverified(self.signed)
+        return [
+            ("Message", message_id(self.signed)),
+            ("From", str(signed.payload.sender)),
+            ("To", str(signed.payload.recipient)),
+        ]
+
+    def to_text(self) -> str:
+        """The statement file: armour with the message id, sender and
+        recipient fingerprints as headers (checked against the body)."""
+        return armor.armor(ARMOR_LABEL, self.to_bytes(), self._headers())
+
+    @classmethod
+    def from_text(cls, text: str) -> Statement:
+        """Parse a statement file. It must be exactly the canonical armour of
+        its record: any other byte, anywhere, is refused."""
+        block = armor.dearmor(text, ARMOR_LABEL, allowed_headers=_HEADERS)
+        statement = cls.from_bytes(block.body)
+        try:
+            canonical = statement.to_text()
+        except (MalformedInput, ValueError):
+            raise MalformedInput("the statement's payload does not parse") from None
+        if text != canonical:
+            raise MalformedInput("the statement file is not in canonical form (edited?)")
+        return statement
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VerifiedLog:
+    """A verified log placement."""
+
+    log_key: VerifierKey
+    trusted: bool  # the log key was given by the verifier, not just the file
+    leaf_index: int
+    checkpoint: Checkpoint
+    cosignatures: tuple[Cosignature, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VerifiedStatement:
+    """What a verified statement proves."""
+
+    message_id: str
+    sender: PublicIdentity
+    recipient: PublicIdentity
+    payload: Payload
+    payload_hash: bytes
+    log: VerifiedLog | None
+
+    def summary(self) -> str:
+        """The content in one line (text as is; files and receipts described)."""
+        content = self.payload.content()
+        if isinstance(content, str):
+            return content
+        if isinstance(content, FileChunk):
+            return (
+                f"[file {content.name!r}, {content.size} bytes, chunk {content.index + 1} "
+                f"of {content.count}, SHA-512 {content.sha512.hex()}]"
+            )
+        if isinstance(content, MessageReceipt):
+            return f"[receipt: everything up to #{content.up_to_seq}]"
+        return f"[{self.payload.content_type.name.lower()}]"
+
+
+def verify_statement(
+    statement: Statement,
+    *,
+    trust_relay: VerifierKey | None = None,
+    trust_witnesses: Sequence[VerifierKey] = (),
+) -> VerifiedStatement:
+    """Check everything a statement claims; return what it proves.
+
+    Steps: (1) both identities are self-signed and named by the payload;
+    (2) the sender's composite signature over the payload verifies;
+    (3) the revealed key opens the envelope to exactly the signed payload;
+    (4) with a log placement: the checkpoint is signed by the log key (which
+    must equal ``trust_relay`` when given), every other signature line is a
+    verifying cosignature by a witness the statement names, each of
+    ``trust_witnesses`` is among them, and the inclusion proof puts the
+    envelope's leaf under the checkpoint's root. ``trust_relay`` or
+    ``trust_witnesses`` without a placement is a failure too.
+
+    Raises :class:`MalformedInput`, :class:`BadSignature`,
+    :class:`UntrustedKey`, :class:`ProofFailed` or :class:`VerificationFailed`.
+    """
+    sender = PublicIdentity.from_bytes(statement.sender)
+    recipient = PublicIdentity.from_bytes(statement.recipient)
+    signed = SignedPayload.from_bytes_unverified(statement.signed)
+    p = signed.payload
+    if p.sender != sender.fingerprint or p.recipient != recipient.fingerprint:
+        raise VerificationFailed("the identities are not the payload's sender and recipient")
+    if p.sender == p.recipient:
+        raise VerificationFailed("a message to oneself is not a statement")
+    try:
+        signed.verify(sender)
+    except BadSignature:
+        raise BadSignature("the sender's signature on the message does not verify") from None
+    try:
+        opened = open_envelope(statement.envelope, statement.message_key, statement.transcript_hash)
+    except MalformedInput:
+        raise VerificationFailed("the envelope is not a securechan message") from None
+    except VerificationFailed:
+        raise VerificationFailed("the revealed key does not open the envelope") from None
+    if opened != statement.signed:
+        raise VerificationFailed("the envelope carries another message")
+    log = _verify_placement(statement, trust_relay, trust_witnesses)
+    return VerifiedStatement(
+        message_id=message_id(statement.signed),
+        sender=sender,
+        recipient=recipient,
+        payload=p,
+        payload_hash=sha256(statement.signed),
+        log=log,
+    )
+
+
+def _verify_placement(
+    statement: Statement,
+    trust_relay: VerifierKey | None,
+    trust_witnesses: Sequence[VerifierKey],
+) -> VerifiedLog | None:
+    placement = statement.placement
+    if placement is None:
+        if trust_relay is not None or trust_witnesses:
+            raise VerificationFailed("the statement carries no relay log receipt")
+        return None
+    key = VerifierKey.from_text(placement.log_key)
+    if trust_relay is not None and key != trust_relay:
+        raise UntrustedKey("the statement's log is not the relay key you trust")
+    witnesses = [VerifierKey.from_text(w) for w in placement.witnesses]
+    if any(w.sig_type != SIG_COSIGNATURE_V1 for w in witnesses):
+        raise MalformedInput("a statement's witness keys are cosignature (type 0x04) keys")
+    if len(set(witnesses)) != len(witnesses) or key in witnesses:
+        raise MalformedInput("a statement names each key once")
+    opened = open_note(placement.checkpoint, [key, *witnesses])
+    if opened.unverified:
+        raise VerificationFailed(
+            "the checkpoint has a signature by a key the statement does not name"
+        )
+    cosigned = open_cosigned_checkpoint(
+        placement.checkpoint, key, witnesses, required=len(witnesses)
+    )
+    signers = {c.cosigner for c in cosigned.cosignatures}
+    missing = [w for w in trust_witnesses if w not in signers]
+    if missing:
+        raise VerificationFailed(f"not cosigned by the witness {missing[0].name}")
+    checkpoint = verify_receipt(
+        Receipt(
+            leaf_index=placement.leaf_index,
+            checkpoint=placement.checkpoint,
+            inclusion_proof=placement.inclusion_proof,
+        ),
+        statement.envelope,
+        key,
+    )
+    return VerifiedLog(
+        log_key=key,
+        trusted=trust_relay is not None,
+        leaf_index=placement.leaf_index,
+        checkpoint=checkpoint,
+        cosignatures=cosigned.cosignatures,
+    )
