@@ -35,3 +35,32 @@ def test_quick_start_has_two_commands() -> None:
     assert len(commands) == 2
     assert commands[0].endswith("securechan demo")
     assert commands[1].endswith("pytest")
+
+
+def test_benchmark_command_writes_a_report(tmp_path: Path) -> None:
+    """The README's `bench/run_all.py` (one cheap benchmark of it, --quick)."""
+    assert "bench/run_all.py" in README
+    report = tmp_path / "RESULTS.md"
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).resolve().parent.parent / "bench" / "run_all.py"),
+            "--quick",
+            "--only",
+            "signatures",
+            "--output",
+            str(report),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    text = report.read_text("utf-8")
+    assert "## Machine" in text
+    assert re.search(r"\| cpu \| .+ \|", text)
+    # A row: our figure, the reference from the same run, and the ratio.
+    assert re.search(
+        r"\| hybrid sign \(200-byte document\) \| [\d,.]+ \| .+ \| [\d,.]+ \| [\d.]+ \|", text
+    )
