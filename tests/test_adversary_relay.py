@@ -20,7 +20,9 @@ before authentication are fast.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import sqlite3
 import time
 import tracemalloc
 from collections.abc import Iterator
@@ -604,3 +606,135 @@ def test_relay_sends_huge_counter_or_garbage_key(world: World) -> None:
     assert state.audited() == refusals(got)
     fw.release()
     assert shown(receive(w)) == ["counted"]
+
+
+# --- receipts and the transparency log ---------------------------------------------------
+
+
+def outbox_rows(p: Party) -> int:
+    conn = sqlite3.connect(f"file:{p.home / 'client.db'}?mode=ro", uri=True, timeout=10)
+    try:
+        return int(conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def _relay_log(p: Party, url: str) -> Any:
+    return [row for row in session_states(p.home)["relay_logs"] if row[0] == url]
+
+
+def _flip_signature(note: str) -> str:
+    lines = note.split("\n")
+    i = max(k for k, line in enumerate(lines) if line.startswith("\u2014 "))
+    sig = lines[i].rsplit(" ", 1)
+    raw = bytearray(b64d_std(sig[1]))
+    raw[-1] ^= 1
+    lines[i] = f"{sig[0]} {base64.b64encode(bytes(raw)).decode()}"
+    return "\n".join(lines)
+
+
+def b64d_std(text: str) -> bytes:
+    return base64.b64decode(text)
+
+
+RECEIPT_FORGERIES: dict[str, Any] = {
+    "checkpoint signature altered": lambda r: {**r, "checkpoint": _flip_signature(r["checkpoint"])},
+    "inclusion proof altered": lambda r: {
+        **r,
+        "inclusion_proof": [base64.b64encode(random_bytes(32)).decode(), *r["inclusion_proof"][1:]],
+    },
+    "another leaf index": lambda r: {**r, "leaf_index": r["leaf_index"] + 1},
+}
+
+
+@pytest.mark.parametrize("forgery", sorted(RECEIPT_FORGERIES))
+def test_relay_forges_log_receipt(world: World, forgery: str) -> None:
+    """The relay's answer to a send carries a receipt that does not prove the
+    envelope is in its log: refused (exit 1), the reason audited, the bad
+    checkpoint not adopted; the message itself is delivered once."""
+    t, w, fw = world.t, world.w, world.front["washington"]
+    t.ok("send", "washington", "Tehran: first")
+    head = _relay_log(t, fw.url)
+    assert head and head[0][2] is not None
+    change = RECEIPT_FORGERIES[forgery]
+
+    def forge(x: Any, status: int, body: bytes) -> tuple[int, bytes]:
+        data = json.loads(body)
+        data["receipt"] = change(data["receipt"])
+        return status, json.dumps(data).encode()
+
+    fw.on_response("send", forge)
+    before = len(audit_rejections(t.home))
+    proc = t.run("send", "washington", "Tehran: second")
+    assert proc.returncode == 1, transcript(proc)
+    assert "receipt" in proc.stderr and len(proc.stderr.splitlines()) == 1, transcript(proc)
+    assert _relay_log(t, fw.url) == head
+    assert len(audit_rejections(t.home)) == before + 1
+    assert json.loads(t.ok("status", "--json"))["outbox"] == 0
+    assert shown(receive(w)) == ["Tehran: first", "Tehran: second"]
+
+
+def test_relay_strips_log_receipt(world: World) -> None:
+    """No receipt at all: the envelope is not counted as delivered by the
+    sender; it stays in the outbox and goes out (once) when the relay
+    answers properly."""
+    t, w, fw = world.t, world.w, world.front["washington"]
+
+    def strip(x: Any, status: int, body: bytes) -> tuple[int, bytes]:
+        data = json.loads(body)
+        data.pop("receipt", None)
+        return status, json.dumps(data).encode()
+
+    fw.on_response("send", strip)
+    proc = t.run("send", "washington", "Tehran: receipted?")
+    assert proc.returncode != 0, transcript(proc)
+    assert len(proc.stderr.splitlines()) == 1, transcript(proc)
+    assert outbox_rows(t) == 1
+    fw.reset()
+    t.ok("send", "washington", "Tehran: and now")
+    assert shown(receive(w)) == ["Tehran: receipted?", "Tehran: and now"]
+
+
+def test_relay_shows_forked_log(world: World) -> None:
+    """The relay shows tehran another history (a shadow log signed with the
+    relay's own key, diverging by one leaf), then the real one again: the
+    second checkpoint cannot be consistent with the first, and tehran says
+    so with both signed notes as evidence."""
+    t, w, fw = world.t, world.w, world.front["washington"]
+    t.ok("send", "washington", "m1 (real log)")
+    leaf = fw.fork(base="copy")
+    assert fw.forked and leaf
+    # A fork after what tehran saw, seen alone, is consistent with it: this
+    # is why the checkpoints also travel between the parties.
+    t.ok("send", "washington", "m2 (forked log)")
+    forked_head = _relay_log(t, fw.url)
+    fw.unfork()
+    before = len(audit_rejections(t.home))
+    proc = t.run("send", "washington", "m3 (real log again)")
+    assert proc.returncode == 1, transcript(proc)
+    line = proc.stderr.strip()
+    assert "two histories" in line and len(proc.stderr.splitlines()) == 1, transcript(proc)
+    assert _relay_log(t, fw.url) == forked_head  # the contradicted head is kept as evidence
+    reasons = [r["reason"] for r in audit_rejections(t.home)[before:]]
+    assert reasons == ["SplitView"], reasons
+    # The fork does not cost messages: each is delivered once.
+    assert shown(receive(w)) == ["m1 (real log)", "m2 (forked log)", "m3 (real log again)"]
+    # And it stays detected.
+    assert t.run("send", "washington", "m4").returncode == 1
+
+
+def test_relay_rolls_back_its_log(world: World) -> None:
+    """A relay that restarts its log from nothing (a rewritten, truncated
+    history) after tehran saw a larger checkpoint: the smaller checkpoint is
+    never adopted and the send does not report success. (That it is also
+    reported as a split view, exit 1 with an audit entry, is
+    pending_bugs_adversary.py::test_rolled_back_log_is_a_split_view.)"""
+    t, fw = world.t, world.front["washington"]
+    t.ok("send", "washington", "m1")
+    t.ok("send", "washington", "m2")
+    head = _relay_log(t, fw.url)
+    fw.fork(base="empty")
+    proc = t.run("send", "washington", "m3")
+    assert proc.returncode != 0, transcript(proc)
+    assert len(proc.stderr.splitlines()) == 1, transcript(proc)
+    assert _relay_log(t, fw.url) == head

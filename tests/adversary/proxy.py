@@ -389,19 +389,20 @@ class MaliciousRelay:
     async def _fork_answer(self, x: Exchange, query: dict[str, str]) -> tuple[int, bytes, str]:
         assert self._fork is not None
         log = self._fork.log
+        route = URL(x.path, encoded=True).path
         try:
             nums = {k: int(v) for k, v in query.items()}
-            if x.path.endswith("/checkpoint"):
+            if route.endswith("/checkpoint"):
                 note = (
                     log.checkpoint()
                     if "size" not in nums
                     else await log.checkpoint_at(nums["size"])
                 )
                 return 200, note.encode(), "text/plain; charset=utf-8"
-            if x.path.endswith("/proof/inclusion"):
+            if route.endswith("/proof/inclusion"):
                 hashes = await log.inclusion_proof(nums["index"], nums["size"])
                 body = {"index": nums["index"], "size": nums["size"]}
-            elif x.path.endswith("/proof/consistency"):
+            elif route.endswith("/proof/consistency"):
                 hashes = await log.consistency_proof(nums["old"], nums["new"])
                 body = {"old": nums["old"], "new": nums["new"]}
             else:
