@@ -2,7 +2,7 @@
 
 Usage::
 
-    python bench/run_all.py                 # everything, writes bench/RESULTS.md (10-15 min)
+    python bench/run_all.py                 # all, writes bench/RESULTS.md (~6 min on 2 cores)
     python bench/run_all.py --quick         # smoke test (~1.5 min), prints the report
     python bench/run_all.py --only cli,gpg  # some of them
     python bench/run_all.py --raw out.json  # also keep every script's full JSON
