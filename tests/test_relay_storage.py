@@ -25,7 +25,14 @@ import pytest
 from securechan.errors import StorageError
 from securechan.relay import sqlite_store
 from securechan.relay.sqlite_store import MAX_FETCH, SCHEMA_VERSION, SqliteStorage
-from securechan.relay.storage import Envelope, PutResult, RelayStorage
+from securechan.relay.storage import (
+    Envelope,
+    NonceReused,
+    NonceUse,
+    PutResult,
+    QueueFull,
+    RelayStorage,
+)
 from tests.relay_conformance import (
     NOW,
     OpenStorage,
@@ -559,3 +566,69 @@ def test_without_secure_delete_the_grep_would_find_them(tmp_path: Path) -> None:
     assert conn.execute("SELECT count(*) FROM t").fetchone() == (1,)
     assert secret in _files(path)
     conn.close()
+
+
+def test_a_send_records_its_nonce_in_the_same_transaction(tmp_path: Path) -> None:
+    key = bytes(range(32))
+
+    def use(nonce: bytes, now: int = NOW) -> NonceUse:
+        return NonceUse(key=key, nonce=nonce, now=now, expires=now + 600)
+
+    async def main() -> None:
+        async with await SqliteStorage.open(tmp_path / "relay.db") as s:
+            q = make_queue("n", sender=True)
+            await s.create_queue(q)
+            commits = s.commits
+            r = await s.put_envelope(q.rid, msg_id(1), b"a", now=NOW, max_depth=2, nonce=use(b"1"))
+            assert r == PutResult(seq=1, duplicate=False)
+            assert s.commits == commits + 1  # one commit for the nonce and the envelope
+            # A replay stores nothing, even under a new message id.
+            with pytest.raises(NonceReused):
+                await s.put_envelope(q.rid, msg_id(2), b"b", now=NOW, max_depth=2, nonce=use(b"1"))
+            assert [e.msg_id for e in await _fetch_all(s, q.rid)] == [msg_id(1)]
+            # The nonce tables of use_nonce and put_envelope are one.
+            assert not await s.use_nonce(key, b"1", now=NOW, expires=NOW + 600)
+            assert await s.use_nonce(key, b"2", now=NOW, expires=NOW + 600)
+            with pytest.raises(NonceReused):
+                await s.put_envelope(q.rid, msg_id(3), b"c", now=NOW, max_depth=2, nonce=use(b"2"))
+            # A full queue refuses the envelope but keeps the nonce.
+            await s.put_envelope(q.rid, msg_id(4), b"d", now=NOW, max_depth=2, nonce=use(b"3"))
+            with pytest.raises(QueueFull):
+                await s.put_envelope(q.rid, msg_id(5), b"e", now=NOW, max_depth=2, nonce=use(b"4"))
+            assert not await s.use_nonce(key, b"4", now=NOW, expires=NOW + 600)
+            # No such queue: nothing recorded.
+            with pytest.raises(ValueError, match="no such queue"):
+                await s.put_envelope(
+                    bytes(16), msg_id(6), b"f", now=NOW, max_depth=2, nonce=use(b"5")
+                )
+            assert await s.use_nonce(key, b"5", now=NOW, expires=NOW + 600)
+            # Past its expiry a nonce may be used again.
+            later = NOW + 601
+            r = await s.put_envelope(
+                q.rid, msg_id(1), b"a", now=later, max_depth=2, nonce=use(b"1", later)
+            )
+            assert r.duplicate
+
+    _run(main)
+
+
+def test_cached_queue_records_follow_every_change(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with await SqliteStorage.open(tmp_path / "relay.db") as s:
+            q = make_queue("c")
+            await s.create_queue(q)
+            assert await s.queue_by_sid(q.sid) == q
+            assert await s.queue_by_rid(q.rid) == q
+            await s.set_sender_key(q.rid, bytes(range(32)))
+            secured = await s.queue_by_sid(q.sid)
+            assert secured is not None
+            assert secured.sender_key == bytes(range(32))
+            assert await s.queue_by_rid(q.rid) == secured
+            # A read racing a change must not cache what it read before the change.
+            read = asyncio.ensure_future(s.queue_by_sid(q.sid))
+            await s.delete_queue(q.rid)
+            await read
+            assert await s.queue_by_sid(q.sid) is None
+            assert await s.queue_by_rid(q.rid) is None
+
+    _run(main)

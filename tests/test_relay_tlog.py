@@ -772,3 +772,21 @@ def test_zz_openapi_lists_every_status_the_log_routes_answered() -> None:
         ("GET", "/v1/log/proof/consistency"),
         ("POST", "/v1/log/cosignature"),
     }
+
+
+def test_batch_inclusion_proofs_equal_the_tree_s(tmp_path: Path) -> None:
+    # The writer computes a batch's proofs at once (relay/tlog.py); they must
+    # be exactly RFC 9162's, as TreeStore computes them one by one.
+    from securechan.relay.tlog import _inclusion_proofs
+
+    tree = TreeStore(tmp_path / "tree.db", synchronous="NORMAL")
+    try:
+        rng = secrets.SystemRandom()
+        for total in [*range(1, 40), 255, 256, 257, 1000]:
+            tree.append_many_leaf_hashes([os.urandom(32) for _ in range(total - tree.size)])
+            for size in {total, max(1, total - 5), rng.randint(1, total)}:
+                batch = set(range(max(0, size - 20), size)) | {0, rng.randrange(size)}
+                got = _inclusion_proofs(tree, batch, size)
+                assert got == {i: tree.inclusion_proof(i, size) for i in batch}
+    finally:
+        tree.close()

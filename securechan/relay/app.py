@@ -30,6 +30,7 @@ from securechan.errors import BadSignature, MalformedInput, StorageError
 from securechan.primitives import Ed25519SigningKey, random_bytes, sha256
 from securechan.protocol.relay_auth import (
     MAX_SKEW,
+    SignedRequest,
     b64d,
     b64e,
     parse_authorization,
@@ -40,6 +41,8 @@ from securechan.relay.metrics import RelayMetrics
 from securechan.relay.storage import (
     ID_SIZE,
     KEY_SIZE,
+    NonceReused,
+    NonceUse,
     QueueFull,
     QueueRecord,
     RelayStorage,
@@ -140,6 +143,14 @@ class Relay:
             request.content_length is None and not request.body_exists
         ):
             return b""
+        content = request.content
+        if content.is_eof() and not self.stopping.is_set():
+            # The whole body came with the headers (the usual case for an
+            # envelope): take it without a reader task and a timer.
+            data = content.read_nowait(-1)
+            if len(data) > limit:
+                raise _HttpError(413, "too_large", f"the body is larger than {limit} bytes")
+            return data
         reader = asyncio.ensure_future(self._read_body(request, limit))
         stop = asyncio.ensure_future(self.stopping.wait())
         try:
@@ -202,8 +213,15 @@ class Relay:
             raise _HttpError(400, "bad_id", f"malformed {name}") from None
 
     async def _authenticate(self, request: web.Request, key: bytes, body: bytes) -> None:
+        use = self._verify(request, key, body)
+        if not await self.storage.use_nonce(key, use.nonce, now=use.now, expires=use.expires):
+            raise self._replayed()
+
+    def _verify(self, request: web.Request, key: bytes, body: bytes) -> NonceUse:
+        """Check the request's signature (401, 403); the nonce the caller must
+        then record, refusing the request if it was recorded before."""
         try:
-            req = parse_authorization(request.headers.get("Authorization"))
+            req: SignedRequest = parse_authorization(request.headers.get("Authorization"))
         except MalformedInput as e:
             raise _HttpError(401, "unauthenticated", str(e)) from None
         now = self.now()
@@ -212,9 +230,11 @@ class Relay:
         except BadSignature as e:
             self.metrics.auth_failures.inc()
             raise _HttpError(403, "forbidden", str(e)) from None
-        if not await self.storage.use_nonce(key, req.nonce, now=now, expires=now + 2 * MAX_SKEW):
-            self.metrics.auth_failures.inc()
-            raise _HttpError(403, "replayed", "this request was already made")
+        return NonceUse(key=key, nonce=req.nonce, now=now, expires=now + 2 * MAX_SKEW)
+
+    def _replayed(self) -> _HttpError:
+        self.metrics.auth_failures.inc()
+        return _HttpError(403, "replayed", "this request was already made")
 
     async def _queue(self, rid: bytes) -> QueueRecord:
         queue = await self.storage.queue_by_rid(rid)
@@ -310,12 +330,20 @@ class Relay:
         body = await self._body(request, self.config.max_envelope)
         if not body:
             raise _HttpError(400, "empty", "an envelope is never empty")
-        if queue.sender_key is not None:
-            await self._authenticate(request, queue.sender_key, body)
+        # The nonce is recorded in the same transaction (and commit) as the
+        # envelope: a replay is refused and stores nothing.
+        nonce = None if queue.sender_key is None else self._verify(request, queue.sender_key, body)
         try:
             result = await self.storage.put_envelope(
-                queue.rid, msg_id, body, now=self.now(), max_depth=self.config.max_depth
+                queue.rid,
+                msg_id,
+                body,
+                now=self.now(),
+                max_depth=self.config.max_depth,
+                nonce=nonce,
             )
+        except NonceReused:
+            raise self._replayed() from None
         except QueueFull:
             self.metrics.rejected.labels("queue_full").inc()
             raise _HttpError(429, "queue_full", "the queue is full", retry_after=60) from None

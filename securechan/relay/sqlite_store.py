@@ -64,6 +64,8 @@ from securechan.relay.storage import (
     KEY_SIZE,
     Envelope,
     HeldEnvelope,
+    NonceReused,
+    NonceUse,
     PutResult,
     QueueFull,
     QueueRecord,
@@ -96,6 +98,8 @@ MAX_ONE_TIME_HELD: Final = 10_000
 """Most one-time prekey blobs one queue may hold."""
 MAX_NONCE: Final = 64
 """Longest request nonce."""
+MAX_CACHED_QUEUES: Final = 65_536
+"""Most queue records held in memory (see :meth:`SqliteStorage.queue_by_sid`)."""
 
 _SYNC_MODES: Final = ("OFF", "NORMAL", "FULL", "EXTRA")
 _INT64 = (-(2**63), 2**63 - 1)
@@ -293,6 +297,14 @@ def _queue_record(row: tuple[Any, ...]) -> QueueRecord:
 _QUEUE_COLUMNS = "rid, sid, recipient_key, sender_key, contact, created"
 _QUEUE_BY_RID = f"SELECT {_QUEUE_COLUMNS} FROM queues WHERE rid = ?"  # noqa: S608 (constants)
 _QUEUE_BY_SID = f"SELECT {_QUEUE_COLUMNS} FROM queues WHERE sid = ?"  # noqa: S608 (constants)
+_NONCE_UPSERT = (
+    # A nonce past its expiry may be used again (it would be forgotten anyway):
+    # the row is then renewed, otherwise nothing changes and rowcount is 0.
+    "INSERT INTO nonces (key, nonce, expires) VALUES (?1, ?2, ?3)"
+    " ON CONFLICT (key, nonce) DO UPDATE SET expires = excluded.expires"
+    " WHERE nonces.expires < ?4"
+)
+_FULL: Final = object()  # a put_envelope job's answer when the queue is full
 _PUT_CHECK = (
     "SELECT next_seq, depth,"
     " (SELECT seq FROM envelopes WHERE rid = ?1 AND msg_id = ?2)"
@@ -337,6 +349,12 @@ class SqliteStorage:
         self.write_jobs = 0
         self._idle_checkpoint = idle_checkpoint
         self._deleted = False  # writer thread only: a deletion since the last truncation
+        self._next_purge = _INT64[0]  # writer thread only: when expired nonces go next
+        # Queue records by sid and by rid, filled by reads and dropped around
+        # every write that changes a queue (see _queue_by); event loop only.
+        self._by_sid: dict[bytes, QueueRecord] = {}
+        self._by_rid: dict[bytes, QueueRecord] = {}
+        self._queue_writes = 0
         self._lock = threading.Lock()
         self._closed = False
         self._shut = threading.Event()
@@ -567,20 +585,51 @@ class SqliteStorage:
 
     async def queue_by_rid(self, rid: bytes) -> QueueRecord | None:
         """The queue with receive id ``rid``, or ``None``."""
-        return await self._queue_by("rid", _id(rid, "rid"))
+        _id(rid, "rid")
+        return self._by_rid.get(rid) or await self._queue_by(_QUEUE_BY_RID, rid)
 
     async def queue_by_sid(self, sid: bytes) -> QueueRecord | None:
-        """The queue with send id ``sid``, or ``None``."""
-        return await self._queue_by("sid", _id(sid, "sid"))
+        """The queue with send id ``sid``, or ``None``.
 
-    async def _queue_by(self, column: str, value: bytes) -> QueueRecord | None:
-        sql = _QUEUE_BY_RID if column == "rid" else _QUEUE_BY_SID
+        Queue records are cached in memory (every send reads one): a record
+        read from the database is kept unless a write that changes a queue
+        (securing, deleting) was submitted or finished while it was read, and
+        each such write drops the queue's record when it is submitted and again
+        when it has committed. So a record is never older than the last
+        committed change, as a database read would be; this holds because one
+        process owns the database (one writer connection) and only this
+        object's methods change queues. Unknown ids are not cached.
+        """
+        _id(sid, "sid")
+        return self._by_sid.get(sid) or await self._queue_by(_QUEUE_BY_SID, sid)
 
+    async def _queue_by(self, sql: str, value: bytes) -> QueueRecord | None:
         def read(conn: Conn) -> QueueRecord | None:
             row = conn.execute(sql, (value,)).fetchone()
             return None if row is None else _queue_record(row)
 
-        return await self._read(read)
+        writes = self._queue_writes
+        queue = await self._read(read)
+        if queue is not None and writes == self._queue_writes:
+            if len(self._by_sid) >= MAX_CACHED_QUEUES:
+                self._by_sid.clear()
+                self._by_rid.clear()
+            self._by_sid[queue.sid] = queue
+            self._by_rid[queue.rid] = queue
+        return queue
+
+    def _forget_queue(self, rid: bytes) -> None:
+        self._queue_writes += 1  # a read in flight must not cache what it read
+        queue = self._by_rid.pop(rid, None)
+        if queue is not None:
+            self._by_sid.pop(queue.sid, None)
+
+    async def _queue_write(self, rid: bytes, job: Callable[[Conn], None]) -> None:
+        self._forget_queue(rid)
+        try:
+            await self._write(job)
+        finally:
+            self._forget_queue(rid)
 
     async def set_sender_key(self, rid: bytes, sender_key: bytes) -> None:
         """Secure a queue; ``ValueError`` if there is no such queue."""
@@ -590,7 +639,7 @@ class SqliteStorage:
             if conn.execute("UPDATE queues SET sender_key = ? WHERE rid = ?", args).rowcount != 1:
                 raise ValueError("no such queue")
 
-        await self._write(job)
+        await self._queue_write(rid, job)
 
     async def delete_queue(self, rid: bytes) -> None:
         """Delete a queue with its envelopes and prekeys (no error if absent)."""
@@ -600,26 +649,40 @@ class SqliteStorage:
             conn.execute("DELETE FROM queues WHERE rid = ?", args)  # cascades
             self._note_deletion()
 
-        await self._write(job)
+        await self._queue_write(rid, job)
 
     # --- envelopes --------------------------------------------------------------
 
     async def put_envelope(
-        self, rid: bytes, msg_id: bytes, data: bytes, *, now: int, max_depth: int
+        self,
+        rid: bytes,
+        msg_id: bytes,
+        data: bytes,
+        *,
+        now: int,
+        max_depth: int,
+        nonce: NonceUse | None = None,
     ) -> PutResult:
         """Append durably; idempotent on ``msg_id`` while the envelope is held.
 
         Raises :class:`QueueFull` when ``max_depth`` envelopes are held (a
         resend of one of them still answers ``duplicate``), ``ValueError`` if
-        there is no such queue.
+        there is no such queue. With ``nonce``, the request nonce is recorded
+        in the same transaction: :class:`NonceReused` (nothing stored) if it
+        was recorded before; a full queue still records it.
         """
         _id(rid, "rid")
         _id(msg_id, "msg_id")
         _bytes(data, "data", max_size=MAX_ENVELOPE_BYTES)
         _int(now, "now")
         _int(max_depth, "max_depth", low=1)
+        if nonce is not None and not isinstance(nonce, NonceUse):
+            raise TypeError("nonce must be a NonceUse")
+        request = None if nonce is None else self._nonce_args(nonce)
 
-        def job(conn: Conn) -> PutResult:
+        def job(conn: Conn) -> PutResult | object:
+            if request is not None and not self._record_nonce(conn, *request):
+                raise NonceReused("this request nonce was already used")
             row = conn.execute(_PUT_CHECK, (rid, msg_id)).fetchone()
             if row is None:
                 raise ValueError("no such queue")
@@ -627,7 +690,7 @@ class SqliteStorage:
             if held is not None:  # checked before fullness: a resend is never refused
                 return PutResult(seq=held, duplicate=True)
             if depth >= max_depth:
-                raise QueueFull("the queue is full")
+                return _FULL  # not raised: the nonce stays recorded
             # The envelope_added trigger moves next_seq on and counts the depth.
             conn.execute(
                 "INSERT INTO envelopes (rid, seq, msg_id, data, received) VALUES (?, ?, ?, ?, ?)",
@@ -635,7 +698,10 @@ class SqliteStorage:
             )
             return PutResult(seq=seq, duplicate=False)
 
-        return await self._write(job)
+        result = await self._write(job)
+        if result is _FULL:
+            raise QueueFull("the queue is full")
+        return cast(PutResult, result)
 
     async def fetch(self, rid: bytes, *, after: int, limit: int) -> list[Envelope]:
         """Envelopes with ``seq > after``, oldest first, at most ``min(limit, MAX_FETCH)``."""
@@ -799,19 +865,30 @@ class SqliteStorage:
         Entries that expired before ``now`` are forgotten on the way, so the
         table holds only the nonces of the replay window.
         """
-        args = (
-            _key(key, "key"),
-            _bytes(nonce, "nonce", max_size=MAX_NONCE),
-            _int(expires, "expires"),
-        )
-        purge = (_int(now, "now"),)
+        args = self._nonce_args(NonceUse(key=key, nonce=nonce, now=now, expires=expires))
 
         def job(conn: Conn) -> bool:
-            conn.execute("DELETE FROM nonces WHERE expires < ?", purge)
-            sql = "INSERT OR IGNORE INTO nonces (key, nonce, expires) VALUES (?, ?, ?)"
-            return bool(conn.execute(sql, args).rowcount == 1)
+            return self._record_nonce(conn, *args)
 
         return await self._write(job)
+
+    @staticmethod
+    def _nonce_args(use: NonceUse) -> tuple[bytes, bytes, int, int]:
+        return (
+            _key(use.key, "key"),
+            _bytes(use.nonce, "nonce", max_size=MAX_NONCE),
+            _int(use.expires, "expires"),
+            _int(use.now, "now"),
+        )
+
+    def _record_nonce(self, conn: Conn, key: bytes, nonce: bytes, expires: int, now: int) -> bool:
+        """Record a nonce (writer thread, inside a job); ``False`` if it is held
+        and not yet expired. Expired rows are purged at most once a second:
+        the check itself does not depend on the purge."""
+        if now >= self._next_purge:
+            conn.execute("DELETE FROM nonces WHERE expires < ?", (now,))
+            self._next_purge = now + 1
+        return bool(conn.execute(_NONCE_UPSERT, (key, nonce, expires, now)).rowcount == 1)
 
     # --- maintenance ------------------------------------------------------------
 

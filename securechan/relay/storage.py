@@ -22,6 +22,8 @@ from typing import Protocol
 __all__ = [
     "Envelope",
     "HeldEnvelope",
+    "NonceReused",
+    "NonceUse",
     "PutResult",
     "QueueFull",
     "QueueRecord",
@@ -39,6 +41,10 @@ class QueueFull(Exception):
 
 class StorageClosed(Exception):
     """The storage was closed (the relay is shutting down)."""
+
+
+class NonceReused(Exception):
+    """The request nonce given with a write was already recorded (a replay)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -79,6 +85,18 @@ class HeldEnvelope:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class NonceUse:
+    """A signed request's nonce to record with the write it authorises:
+    ``nonce`` under ``key`` until ``expires``; entries expired before ``now``
+    may be forgotten (:meth:`RelayStorage.use_nonce` has the same meaning)."""
+
+    key: bytes
+    nonce: bytes = field(repr=False)
+    now: int
+    expires: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PutResult:
     """Where a sent envelope landed; ``duplicate`` if ``msg_id`` was already
     in the queue (an idempotent resend: nothing new was stored)."""
@@ -106,10 +124,22 @@ class RelayStorage(Protocol):
         """Delete a queue with its envelopes and prekeys."""
 
     async def put_envelope(
-        self, rid: bytes, msg_id: bytes, data: bytes, *, now: int, max_depth: int
+        self,
+        rid: bytes,
+        msg_id: bytes,
+        data: bytes,
+        *,
+        now: int,
+        max_depth: int,
+        nonce: NonceUse | None = None,
     ) -> PutResult:
         """Append durably; idempotent on ``msg_id``; raise :class:`QueueFull`
-        when the queue already holds ``max_depth`` envelopes."""
+        when the queue already holds ``max_depth`` envelopes.
+
+        With ``nonce``, the request nonce is recorded in the same transaction
+        as the envelope (one commit for both): :class:`NonceReused`, and
+        nothing stored, if it was recorded before. A refused send
+        (``QueueFull``) still records it, as :meth:`use_nonce` would have."""
 
     async def fetch(self, rid: bytes, *, after: int, limit: int) -> list[Envelope]:
         """Envelopes with ``seq > after``, oldest first, at most ``limit``."""

@@ -63,6 +63,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar, cast
 
+from securechan.audit import merkle
 from securechan.audit.checkpoint import Checkpoint
 from securechan.audit.note import (
     MAX_TIMESTAMP,
@@ -162,6 +163,49 @@ class _Job:
     arg: Any
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Any]
+
+
+def _inclusion_proofs(tree: TreeStore, indices: set[int], size: int) -> dict[int, list[bytes]]:
+    """RFC 9162 inclusion proofs of several leaves in the tree of ``size``.
+
+    The same paths as :func:`securechan.audit.merkle.inclusion_proof` (a test
+    compares them), computed for a whole batch at once: every node the proofs
+    need is read in one query, and the hash of each sibling range is computed
+    once, however many proofs share it (the leaves of one batch are
+    neighbours, so above the batch's width they share every sibling).
+    """
+    # The path of node (level, i) upwards, memoised: a leaf's walk stops at
+    # the first ancestor whose path a neighbour already computed.
+    above: dict[tuple[int, int], tuple[tuple[int, int], ...]] = {}
+    paths: dict[int, tuple[tuple[int, int], ...]] = {}
+    ranges: set[tuple[int, int]] = set()
+    for index in indices:
+        walked = []
+        level, node = 0, index
+        while (1 << level) < size and (level, node) not in above:
+            walked.append((level, node))
+            level += 1
+            node >>= 1
+        path = above.get((level, node), ())
+        for level, node in reversed(walked):
+            begin = (node ^ 1) << level
+            if begin < size:  # a sibling wholly past the edge adds nothing
+                sibling = (begin, min(begin + (1 << level), size))
+                ranges.add(sibling)
+                path = (sibling, *path)
+            above[(level, node)] = path
+        paths[index] = path
+    covers = {r: merkle.perfect_cover(*r) for r in ranges}
+    ids = list({node for cover in covers.values() for node in cover})
+    nodes = dict(zip(ids, tree.get_nodes(ids), strict=True))
+    hashes: dict[tuple[int, int], bytes] = {}
+    for r, cover in covers.items():
+        # MTH of a run of perfect subtrees, largest first: fold right to left.
+        acc = nodes[cover[-1]]
+        for left in reversed(cover[:-1]):
+            acc = merkle.node_hash(nodes[left], acc)
+        hashes[r] = acc
+    return {index: [hashes[r] for r in path] for index, path in paths.items()}
 
 
 def _settle(outcomes: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
@@ -312,6 +356,8 @@ class RelayLog:
         # Replaced whole (never mutated) by the writer, read by the event loop.
         self._head: _Head
         self._cosigs: dict[str, _Cosig] = {}
+        # The newest head's note with its cosignatures, composed once (event loop).
+        self._note: tuple[_Head, dict[str, _Cosig], str] | None = None
         self._watermark: int | None = None
         try:
             _prepare_file(self.path)
@@ -368,8 +414,17 @@ class RelayLog:
 
     def checkpoint(self) -> str:
         """The newest checkpoint, signed, with every cosignature held for it."""
-        head = self._head
-        return self._compose(head.text, head.size, head.signature)
+        return self._head_note(self._head)
+
+    def _head_note(self, head: _Head) -> str:
+        """``head`` signed, with its cosignatures; composed once per head and
+        set of cosignatures (both are replaced whole, never changed)."""
+        cached, cosigs = self._note, self._cosigs
+        if cached is not None and cached[0] is head and cached[1] is cosigs:
+            return cached[2]
+        note = self._compose(head.text, head.size, head.signature)
+        self._note = (head, cosigs, note)
+        return note
 
     async def checkpoint_at(self, size: int) -> str:
         """The checkpoint of a past ``size`` (signed again: Ed25519 is
@@ -407,10 +462,11 @@ class RelayLog:
         """Log ``envelope`` (once: a logged one keeps its leaf); its receipt.
 
         Returns after the leaf is committed, with the checkpoint of the batch
-        that committed it (or the newest one, for a leaf logged before).
+        that committed it (or the newest one, for a leaf logged before) and
+        the inclusion proof the writer computed against it.
         """
-        index, head, _ = await self._submit("append", envelope_leaf_hash(envelope))
-        return await self._receipt(index, head)
+        index, head, _, proof = await self._submit("append", envelope_leaf_hash(envelope))
+        return Receipt(leaf_index=index, checkpoint=self._head_note(head), inclusion_proof=proof)
 
     async def receipt_for(self, envelope: bytes) -> Receipt | None:
         """The receipt of ``envelope`` against the newest checkpoint, or
@@ -426,8 +482,9 @@ class RelayLog:
 
     async def _receipt(self, index: int, head: _Head) -> Receipt:
         proof = await self._read(lambda r: r.tree.inclusion_proof(index, head.size))
-        note = self._compose(head.text, head.size, head.signature)
-        return Receipt(leaf_index=index, checkpoint=note, inclusion_proof=tuple(proof))
+        return Receipt(
+            leaf_index=index, checkpoint=self._head_note(head), inclusion_proof=tuple(proof)
+        )
 
     async def repair(self, storage: RelayStorage) -> int:
         """Log the envelopes ``storage`` holds that the log may lack; how many
@@ -439,7 +496,7 @@ class RelayLog:
             results = await asyncio.gather(
                 *(self._submit("append", envelope_leaf_hash(h.envelope.data)) for h in page)
             )
-            appended += sum(1 for _, _, created in results if created)
+            appended += sum(1 for _, _, created, _ in results if created)
             after = page[-1].cursor
         if appended:
             log.warning("transparency log: appended %d stored envelopes it lacked", appended)
@@ -649,15 +706,18 @@ class RelayLog:
                     new.append(leaf)
             if new:
                 self._commit(tree, index, start, new)
+            head = self._head
+            # Each caller's receipt proves its leaf in this batch's checkpoint:
+            # computed here, once per batch, not by a read per caller.
+            proofs = _inclusion_proofs(tree, {i for i, _ in placed.values()}, head.size)
         except Exception as e:
             err = _storage_error(e)
             return [(job, False, err) for job in jobs]
-        head = self._head
         out: list[tuple[_Job, bool, Any]] = []
         for job in jobs:
             idx, created = placed[job.arg]
             # Only the first job of a new leaf reports it as created.
-            out.append((job, True, (idx, head, created)))
+            out.append((job, True, (idx, head, created, tuple(proofs[idx]))))
             if created:
                 placed[job.arg] = (idx, False)
         return out
