@@ -735,7 +735,12 @@ def _show(item: Any, as_json: bool, download: Path) -> None:
 
     if isinstance(item, Rejected):
         if as_json:
-            _emit_json({"rejected": item.reason, "error": item.error, "held": item.held})
+            out = {"rejected": item.reason, "error": item.error, "held": item.held}
+            if item.evidence:
+                out["evidence"] = list(item.evidence)
+            _emit_json(out)
+        elif item.reason == "SplitView":
+            click.echo(f"securechan: SPLIT VIEW: {item.error}", err=True)
         else:
             held = " (held: pin the sender, then run receive again)" if item.held else ""
             click.echo(
@@ -796,22 +801,34 @@ def _show(item: Any, as_json: bool, download: Path) -> None:
 def receive(
     app: _App, follow: bool, download: Path, unknown: str, timeout: float | None, as_json: bool
 ) -> None:
-    """Fetch, verify, store and print new messages."""
+    """Fetch, verify, store and print new messages.
+
+    Exit 1 at the end if a relay was caught showing two histories (a split
+    view): every message is still stored and shown first."""
     import asyncio
+
+    split: list[str] = []
+
+    def show(item: Any) -> None:
+        _show(item, as_json, download)
+        if getattr(item, "reason", None) == "SplitView":
+            split.append(item.error)
 
     async def go() -> None:
         async with _channel(app, unknown=unknown) as ch:
             if not follow:
                 for item in await ch.receive():
-                    _show(item, as_json, download)
+                    show(item)
                 return
             stop = asyncio.Event()
             if timeout is not None:
                 asyncio.get_running_loop().call_later(timeout, stop.set)
             async for item in ch.follow(stop=stop):
-                _show(item, as_json, download)
+                show(item)
 
     _run(go())
+    if split:
+        sys.exit(EXIT_VERIFY)
 
 
 @cli.command()

@@ -52,6 +52,7 @@ from securechan.errors import (
     NoIdentity,
     ProofFailed,
     RelayError,
+    RelayRefused,
     SecurechanError,
     SplitView,
     UnknownSender,
@@ -69,7 +70,13 @@ from securechan.protocol.address import (
     seal_prekey_blob,
 )
 from securechan.protocol.handshake import FIRST, ReplayGuard
-from securechan.protocol.payload import ContentType, FileChunk, Receipt
+from securechan.protocol.payload import (
+    MAX_CHECKPOINT_TEXT,
+    MAX_CHECKPOINTS,
+    ContentType,
+    FileChunk,
+    Receipt,
+)
 from securechan.protocol.prekeys import Prekey, PrekeyBundle, PrekeyStore
 from securechan.protocol.session import (
     MESSAGE,
@@ -160,6 +167,8 @@ class Rejected:
     reason: str
     error: str
     held: bool = False
+    # For a split view: the two signed checkpoints that conflict.
+    evidence: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -238,6 +247,9 @@ class Channel:
         self.audit = AuditLog.open(keystore.home, identity, clock=lambda: int(self._clock()))
         self._audit_closed = False
         self._relays: dict[str, RelayClient] = {}
+        # Checkpoints carried by messages received in this pass, checked
+        # against our own view of each log once the pass is done.
+        self._carried_in: list[tuple[tuple[str, ...], str]] = []
 
     @classmethod
     def open(
@@ -497,8 +509,10 @@ class Channel:
         if rows:
             row = rows[0]
             targets = self._targets(contact, row.peer_grant)
+            await self._refresh_checkpoints(targets)
             with self.db.transaction():
                 session = self._load_session(row.conversation)
+                session.checkpoints = self._carried_checkpoints(targets)
                 envelopes, seqs = self._build(session, build)
                 sent = self._commit_send(session, contact, envelopes, seqs, records, targets, now)
         else:
@@ -508,6 +522,8 @@ class Channel:
             targets = self._targets(contact, None)
             session, first = Session.initiate(self.identity, contact.identity, bundle, now=now)
             grant = await self._ensure_own_queue(session)
+            await self._refresh_checkpoints(targets)
+            session.checkpoints = self._carried_checkpoints(targets)
             envelopes = [first]
             if grant is not None:
                 envelopes.append(session.send_grant(grant, now=now))
@@ -536,6 +552,38 @@ class Channel:
         return SendResult(
             contact=contact.name, seqs=tuple(seqs), delivered=delivered, pending=pending
         )
+
+    async def _refresh_checkpoints(self, targets: list[tuple[str, bytes, bytes | None]]) -> None:
+        """Before signing a message, fetch each target relay's newest
+        checkpoint and check it against ours (consistency proof), so that the
+        message carries the relay's current view of its log. A relay we
+        cannot reach is skipped (the outbox will retry the send anyway); a
+        relay caught with two histories raises :class:`SplitView`."""
+        for relay_url in dict.fromkeys(t[0] for t in targets):
+            try:
+                key = await self._log_key(relay_url)
+                note = await (await self._relay(relay_url)).log_checkpoint()
+                checkpoint = open_checkpoint(note, key)
+                await self._accept_checkpoint(relay_url, key, note, checkpoint)
+            except RelayError:
+                continue
+            except SplitView:
+                raise
+            except (VerificationFailed, MalformedInput) as e:
+                self.audit.rejected(type(e).__name__, f"checkpoint from {relay_url}: {e}")
+
+    def _carried_checkpoints(
+        self, targets: list[tuple[str, bytes, bytes | None]]
+    ) -> tuple[str, ...]:
+        """The newest verified checkpoints we hold, those of the relays this
+        message goes to first: the recipient checks each against its own
+        view of the same log (``docs/AUDIT.md``, Split views)."""
+        first = {t[0] for t in targets}
+        rows = sorted(self.db.relay_logs(), key=lambda r: r[0] not in first)
+        notes = dict.fromkeys(
+            note for _, _, note in rows if note is not None and len(note) <= MAX_CHECKPOINT_TEXT
+        )
+        return tuple(notes)[:MAX_CHECKPOINTS]
 
     @staticmethod
     def _build(
@@ -764,7 +812,55 @@ class Channel:
                 continue
             for env in envelopes:
                 out.extend(await self._process(queue, env))
+        out.extend(await self._check_carried())
         await self._after_receive()
+        return out
+
+    async def _check_carried(self) -> list[Rejected]:
+        """Hold each checkpoint a peer carried in a message against our own
+        newest checkpoint of the same log (a consistency proof either way,
+        fetched from the relay we reach that log through). A relay that shows
+        the peer one history and us another cannot give that proof: the
+        result is a :class:`SplitView`, recorded in the audit log and returned
+        as a rejection with both checkpoints as evidence. A carried
+        checkpoint of a log we do not use, or that does not verify, proves
+        nothing and is skipped (and recorded)."""
+        carried, self._carried_in = self._carried_in, []
+        out: list[Rejected] = []
+        logs = self.db.relay_logs()
+        for notes, peer in carried:
+            for note in notes:
+                for relay_url, key_text, _ in logs:
+                    key = VerifierKey.from_text(key_text)
+                    try:
+                        checkpoint = open_checkpoint(note, key)
+                    except (VerificationFailed, MalformedInput):
+                        continue  # another log's checkpoint
+                    try:
+                        await self._accept_checkpoint(relay_url, key, note, checkpoint)
+                    except SplitView as e:
+                        out.append(
+                            Rejected(
+                                reason="SplitView",
+                                error=f"{e} (the checkpoint came from {peer})",
+                                evidence=e.evidence,
+                            )
+                        )
+                    except RelayRefused as e:
+                        # An honest log proves consistency up to any size it
+                        # signed; refusing to is a split view by itself.
+                        self.audit.rejected("SplitView", f"{relay_url}: refused a proof: {e}")
+                        own = self.db.relay_log(relay_url)
+                        out.append(
+                            Rejected(
+                                reason="SplitView",
+                                error=f"the log of {relay_url} will not prove consistency with "
+                                f"a checkpoint it signed for {peer}",
+                                evidence=(own[1] or "", note) if own else (note,),
+                            )
+                        )
+                    except RelayError as e:
+                        self.audit.rejected("CheckpointUnchecked", f"{relay_url}: {e}")
         return out
 
     async def follow(
@@ -904,6 +1000,8 @@ class Channel:
                 conversation=session.conversation, peer=peer, role="responder", at=now
             )
         for ev in events:
+            if isinstance(ev, MessageReceived) and ev.checkpoints:
+                self._carried_in.append((ev.checkpoints, session.peer.name))
             if isinstance(ev, MessageReceived):
                 self.audit.message_received(
                     conversation=session.conversation,

@@ -400,6 +400,13 @@ class ClientDB:
         ).fetchone()
         return None if row is None else (row[0], row[1])
 
+    def relay_logs(self) -> list[tuple[str, str, str | None]]:
+        """(relay, log verifier key, newest checkpoint) of every pinned relay log."""
+        rows = self._db.execute(
+            "SELECT relay, verifier_key, checkpoint FROM relay_logs ORDER BY relay"
+        ).fetchall()
+        return [(str(r[0]), str(r[1]), r[2]) for r in rows]
+
     def add_log_receipt(self, envelope_hash: bytes, relay: str, receipt: str) -> None:
         """Keep a verified log receipt (JSON text) of an envelope we sent, for
         statements. Receipts are public (the relay serves the same proofs)."""
