@@ -658,6 +658,10 @@ def make_app(
         r.add_get("/v1/log/proof/consistency", relay.log_consistency)
         r.add_post("/v1/log/cosignature", relay.log_cosignature)
         relay.metrics.log_size.set_function(lambda: tlog.size)
+        relay.metrics.log_commits.set_function(lambda: tlog.commits)
+    # Backends that count their commits (SqliteStorage) show group commit at work.
+    relay.metrics.db_commits.set_function(lambda: getattr(storage, "commits", 0))
+    relay.metrics.db_write_jobs.set_function(lambda: getattr(storage, "write_jobs", 0))
 
     async def close_sockets(app: web.Application) -> None:
         relay.stopping.set()

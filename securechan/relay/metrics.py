@@ -58,6 +58,16 @@ class RelayMetrics:
         self.log_size = Gauge(
             "securechan_relay_log_size", "Leaves in the transparency log", registry=r
         )
+        # Group commit at work: write jobs per commit is the mean batch size.
+        self.db_commits = Gauge(
+            "securechan_relay_db_commits", "relay.db write transactions committed", registry=r
+        )
+        self.db_write_jobs = Gauge(
+            "securechan_relay_db_write_jobs", "relay.db write jobs run", registry=r
+        )
+        self.log_commits = Gauge(
+            "securechan_relay_log_commits", "Transparency log tree commits", registry=r
+        )
 
     async def handler(self, request: web.Request) -> web.Response:
         """The Prometheus text exposition."""
