@@ -807,3 +807,25 @@ def test_schema_construction_accepts_valid_edges() -> None:
     Field(1, "b", Kind.BYTES, size=1)
     Field(1, "r", Kind.RECORD, schema=INNER, max_len=10)
     Field(1, "l", Kind.LIST, schema=INNER, max_len=10, max_items=1)
+
+
+def test_every_record_type_id_is_unique() -> None:
+    """Two schemas with one type id would let one record pass for another:
+    import every module and check the registry (docs/PROTOCOL.md §2)."""
+    import importlib
+    import pkgutil
+
+    import securechan
+
+    found: dict[int, Schema] = {}
+    for mod in pkgutil.walk_packages(securechan.__path__, "securechan."):
+        if mod.name.split(".")[-1] in {"cli", "__main__"}:
+            continue
+        module = importlib.import_module(mod.name)
+        found.update({id(o): o for o in vars(module).values() if isinstance(o, Schema)})
+    schemas = found.values()
+    seen: dict[int, str] = {}
+    for schema in schemas:
+        other = seen.setdefault(schema.type_id, schema.name)
+        assert other == schema.name, f"type 0x{schema.type_id:04X}: {other} and {schema.name}"
+    assert len(seen) >= 40

@@ -19,7 +19,7 @@ no network:
    leaf. Cosignature timestamps bound when the envelope existed.
 
 The file is armoured text (``BEGIN SECURECHAN STATEMENT``) around one wire
-record (type 0x00C0). Verification also demands that the file is exactly the
+record (type 0x00D0). Verification also demands that the file is exactly the
 canonical armour of its record, so that changing any byte of the file makes
 it fail, and that every signature line of the checkpoint is by the log key or
 a witness key the statement names (an unknown line would otherwise be ignored,
@@ -58,10 +58,10 @@ _HEADERS = frozenset({"Message", "From", "To"})
 _MAX_WITNESSES = 16
 
 _WITNESS = wire.Schema(
-    0x00C1, "StatementWitness", (wire.Field(1, "key", wire.Kind.TEXT, max_len=512),)
+    0x00D1, "StatementWitness", (wire.Field(1, "key", wire.Kind.TEXT, max_len=512),)
 )
 STATEMENT = wire.Schema(
-    0x00C0,
+    0x00D0,
     "Statement",
     (
         wire.Field(1, "signed", wire.Kind.BYTES, max_len=1 << 17),
@@ -120,7 +120,7 @@ class Statement:
     placement: LogPlacement | None = None
 
     def to_bytes(self) -> bytes:
-        """The canonical wire encoding (type 0x00C0)."""
+        """The canonical wire encoding (type 0x00D0)."""
         p = self.placement
         return wire.encode(
             STATEMENT,
