@@ -528,6 +528,49 @@ def test_generation_refuses_impossible_requests() -> None:
         root_from_leaf_data([], chunk=3)
 
 
+# --- full-log recomputation (the fast path of root_from_leaf_data) -------------
+
+
+def _mth_of_data(data: list[bytes]) -> bytes:
+    """RFC 6962 §2.1 MTH, recursively, with hashlib only (no securechan code)."""
+    if not data:
+        return hashlib.sha256(b"").digest()
+    if len(data) == 1:
+        return hashlib.sha256(b"\x00" + data[0]).digest()
+    k = _k(len(data))
+    return _h(_mth_of_data(data[:k]), _mth_of_data(data[k:]))
+
+
+def test_root_from_leaf_data_matches_the_rfc_across_batch_edges() -> None:
+    rng = random.Random(6962)  # noqa: S311 - test data, not keys
+    data = [rng.randbytes(rng.choice((0, 1, 31, 32, 33, 64, 65, 200))) for _ in range(8200)]
+    # Every size up to 70 with batches of 1 to 64 leaves (odd carries at every level)...
+    for size in range(71):
+        want = _mth_of_data(data[:size])
+        for chunk in (1, 2, 4, 8, 64):
+            assert root_from_leaf_data(data[:size], chunk=chunk) == want, (size, chunk)
+        assert root_from_leaf_data(iter(data[:size])) == want
+        assert root_from_leaf_hashes([leaf_hash(d) for d in data[:size]]) == want
+    # ... and around the default batch of 4096 leaves.
+    for size in (4095, 4096, 4097, 8191, 8192, 8193, 8200):
+        assert root_from_leaf_data(data[:size]) == _mth_of_data(data[:size]), size
+
+
+def test_sha256_prefixed_copies_are_independent() -> None:
+    from securechan.primitives import sha256_prefixed
+
+    make = sha256_prefixed(b"\x01")
+    a, b = make(), make()
+    a.update(b"left")
+    b.update(b"other")
+    a.update(b"right")
+    assert a.digest() == hashlib.sha256(b"\x01leftright").digest()
+    assert b.digest() == hashlib.sha256(b"\x01other").digest()
+    assert make().digest() == hashlib.sha256(b"\x01").digest()
+    assert node_hash(bytes(32), bytes(range(32))) == _h(bytes(32), bytes(range(32)))
+    assert leaf_hash(b"abc") == hashlib.sha256(b"\x00abc").digest()
+
+
 # --- the SQLite store ---------------------------------------------------------
 
 
