@@ -1230,7 +1230,13 @@ def statement_verify(
 )
 @_json_option
 def demo(keep: Path | None, as_json: bool) -> None:
-    """Show what securechan does, end to end, in a temporary folder."""
+    """Play the back-channel on this machine, attacks included.
+
+    Two relays (muscat, the mediator; geneva, its witness) run as real
+    processes on loopback; tehran and washington talk through muscat, which
+    then reads, tampers, replays, drops and forks its log; each attempt must
+    be caught. Exit 0 only if every step held. Runs in a temporary folder
+    (kept with --keep DIR)."""
     import tempfile
 
     from securechan.demo import run_demo
@@ -1253,7 +1259,13 @@ def demo(keep: Path | None, as_json: bool) -> None:
                 "ok": ok,
                 "seconds": round(time.perf_counter() - t0, 3),
                 "steps": [
-                    {"title": s.title, "ok": s.ok, "attack": s.attack, "details": s.details}
+                    {
+                        "id": s.id,
+                        "title": s.title,
+                        "ok": s.ok,
+                        "attack": s.attack,
+                        "details": s.details,
+                    }
                     for s in steps
                 ],
             }

@@ -20,7 +20,6 @@ import shutil
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -968,25 +967,6 @@ def test_id_passwd_wrong_old_passphrase(world: World) -> None:
     cmd = ("id", "passwd", "--new-passphrase-file", new_pw, *KDF)
     failed(run("--home", a.home, "--passphrase-file", wrong, *cmd), 1)
     assert snapshot(a.home) == before
-
-
-# --- demo ----------------------------------------------------------------------------
-
-
-def test_demo_json() -> None:
-    t0 = time.monotonic()
-    data = json_out(run("demo", "--json"))
-    elapsed = time.monotonic() - t0
-    assert elapsed < 60
-    assert isinstance(data, dict)
-    assert data["ok"] is True
-    steps = data["steps"]
-    assert isinstance(steps, list)
-    assert len(steps) >= 10
-    assert all(step["ok"] is True for step in steps), steps
-    attacks = [step for step in steps if step["attack"]]
-    assert len(attacks) >= 4
-    assert all(step["details"]["refused"] != "NOT REFUSED" for step in attacks)
 
 
 # --- real processes -------------------------------------------------------------------

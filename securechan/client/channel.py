@@ -654,6 +654,12 @@ class Channel:
 
         return await self._send(name, build, records)
 
+    async def send_receipt(self, name: str) -> SendResult:
+        """Tell ``name`` how far we have received its messages: a signed
+        receipt with the hash of the last one, which the peer checks against
+        its own record of what it sent (``Received.receipt_matches``)."""
+        return await self._send(name, lambda session: [session.send_receipt(now=self._now())])
+
     async def send_file(
         self,
         name: str,

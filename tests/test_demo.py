@@ -1,0 +1,99 @@
+"""``securechan demo`` (issue 7, "Must show"): the whole back-channel story
+as a real process, with its relays as real child processes; every step and
+every detection must report success, in under a minute."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from securechan.audit.statement import Statement, verify_statement
+
+pytestmark = pytest.mark.timeout(120)
+
+# What the mediator must be caught doing, by step id.
+ATTACKS = {
+    "attack-read",
+    "attack-tamper",
+    "attack-replay",
+    "attack-drop",
+    "attack-split-view",
+    "attack-statement-edit",
+}
+
+
+def _securechan() -> list[str]:
+    found = shutil.which("securechan", path=str(Path(sys.executable).parent))
+    assert found is not None
+    return [found]
+
+
+def test_demo_json_every_step_and_detection(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SECURECHAN_")}
+    keep = tmp_path / "demo"
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [*_securechan(), "demo", "--json", "--keep", str(keep)],
+        capture_output=True,
+        text=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        timeout=110,
+        check=False,
+    )
+    elapsed = time.monotonic() - t0
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert elapsed < 60, f"the demo took {elapsed:.1f} s"
+    data = json.loads(proc.stdout)
+    assert data["ok"] is True
+    steps = {s["id"]: s for s in data["steps"]}
+    assert len(steps) == len(data["steps"]), "step ids are unique"
+    assert all(s["ok"] is True for s in data["steps"]), data["steps"]
+    assert {i for i, s in steps.items() if s["attack"]} >= ATTACKS
+    for name in ("tehran", "washington"):
+        assert f"identity-{name}" in steps
+        assert f"audit-log-{name}" in steps
+    for want in ("relays", "verify-contacts", "message", "file", "receipt", "witness", "statement"):
+        assert want in steps
+    # The detections say what caught them.
+    assert steps["attack-tamper"]["details"]["refused as"] != "NOT REFUSED"
+    assert steps["attack-replay"]["details"]["refused as"] == "Replay"
+    assert "have not arrived" in steps["attack-drop"]["details"]["reported"]
+    split = steps["attack-split-view"]["details"]
+    assert split["washington"] == split["tehran"] == "SPLIT VIEW reported"
+    assert steps["attack-read"]["details"]["secrets found"] == "none"
+    assert steps["witness"]["details"]["cosigned by"] == "geneva.example/witness"
+    # The statement it wrote verifies here too, independently of the demo.
+    statement = Statement.from_text((keep / "statement.txt").read_text("ascii"))
+    verified = verify_statement(statement)
+    assert (verified.sender.name, verified.recipient.name) == ("tehran", "washington")
+    # Both relays were stopped: their data folders are closed files now.
+    assert (keep / "muscat" / "data" / "relay.db").exists()
+
+
+def test_demo_text_output_is_a_readable_transcript(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SECURECHAN_")}
+    proc = subprocess.run(
+        [*_securechan(), "demo"],
+        capture_output=True,
+        text=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        timeout=110,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert sum(1 for line in lines if line.startswith("[CAUGHT]")) >= len(ATTACKS)
+    assert not any(line.startswith(("[MISSED]", "[FAILED]")) for line in lines)
+    assert "\x1b[" not in proc.stdout, "no colour codes when stdout is not a terminal"
+    assert lines[-1].startswith("every step held")
