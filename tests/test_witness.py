@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import os
@@ -31,6 +32,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -44,11 +46,13 @@ from securechan.audit.checkpoint import (
 from securechan.audit.merkle import MemoryTree
 from securechan.audit.note import SIG_COSIGNATURE_V1, VerifierKey, add_signatures
 from securechan.audit.witness import (
+    Cosigned,
     WitnessState,
     already_cosigned,
     witness_checkpoint,
 )
 from securechan.audit.witness_store import WitnessHome, WitnessKey
+from securechan.client.witness import RoundResult, witness_round
 from securechan.errors import (
     BadPassphrase,
     BadSignature,
@@ -56,13 +60,14 @@ from securechan.errors import (
     MalformedInput,
     NoIdentity,
     ProofFailed,
+    RelayError,
     SplitView,
     StorageError,
     UntrustedKey,
     VerificationFailed,
 )
 from securechan.primitives import KDF_INTERACTIVE, Ed25519SigningKey
-from securechan.transport import RelayClient, RetryPolicy
+from securechan.transport import CosignatureReply, RelayClient, RetryPolicy
 
 ORIGIN = "relay.example/witness-test"
 NOW = 1_790_000_000
@@ -98,7 +103,7 @@ class Log:
         return self.tree.consistency_proof(old, self.tree.size if new is None else new)
 
 
-def cosign(state: WitnessState, note: str, proof: list[bytes], now: int = NOW) -> object:
+def cosign(state: WitnessState, note: str, proof: list[bytes], now: int = NOW) -> Cosigned:
     return witness_checkpoint(
         state, key=WITNESS.key, name=WITNESS.name, log_key=LOG_KEY, note=note, proof=proof, now=now
     )
@@ -106,7 +111,7 @@ def cosign(state: WitnessState, note: str, proof: list[bytes], now: int = NOW) -
 
 def first(log: Log) -> WitnessState:
     done = cosign(WitnessState(), log.note(), [])
-    return done.state  # type: ignore[attr-defined,no-any-return]
+    return done.state
 
 
 # --- the core ---------------------------------------------------------------------
@@ -181,11 +186,11 @@ def test_state_round_trips_and_already_cosigned() -> None:
     log = Log()
     log.grow(3)
     done = cosign(WitnessState(), log.note(), [])
-    state = done.state  # type: ignore[attr-defined]
+    state = done.state
     assert WitnessState.from_json(state.to_json()) == state
-    assert already_cosigned(state, done.note, LOG_KEY, WITNESS.verifier)  # type: ignore[attr-defined]
+    assert already_cosigned(state, done.note, LOG_KEY, WITNESS.verifier)
     assert not already_cosigned(state, log.note(), LOG_KEY, WITNESS.verifier)
-    assert not already_cosigned(WitnessState(), done.note, LOG_KEY, WITNESS.verifier)  # type: ignore[attr-defined]
+    assert not already_cosigned(WitnessState(), done.note, LOG_KEY, WITNESS.verifier)
     log.grow(1)
     assert not already_cosigned(state, log.note(), LOG_KEY, WITNESS.verifier)
     # A stored note that no longer verifies is refused, never trusted as a baseline.
@@ -218,9 +223,10 @@ def test_refusals_leave_the_state_unchanged() -> None:
     _refuses(state, impostor.note(), impostor.proof(6), BadSignature)
     # ... a signature byte flipped.
     note = log.note()
-    sig = note.rsplit(" ", 1)
-    flipped = sig[0] + " " + ("A" if sig[1][0] != "A" else "B") + sig[1][1:]
-    _refuses(state, flipped, [], VerificationFailed)
+    head, sig64 = note.rstrip("\n").rsplit(" ", 1)
+    raw = base64.b64decode(sig64)
+    flipped = head + " " + base64.b64encode(raw[:-1] + bytes([raw[-1] ^ 1])).decode() + "\n"
+    _refuses(state, flipped, [], BadSignature)
     # ... garbage.
     _refuses(state, "not a note\n", [], MalformedInput)
 
@@ -266,7 +272,7 @@ def test_refusals_leave_the_state_unchanged() -> None:
     _refuses(state, log.note(), good[:-1], SplitView)
     _refuses(state, log.note(), [], SplitView)
     # With the right proof the same state cosigns.
-    assert cosign(state, log.note(), good).checkpoint.size == 11  # type: ignore[attr-defined]
+    assert cosign(state, log.note(), good).checkpoint.size == 11
 
     # 6. Nothing cosigned yet: a proof from 0 is empty.
     with pytest.raises(ProofFailed):
@@ -455,8 +461,7 @@ def test_witness_cosign_against_a_real_relay(tmp_path: Path, relays: list[Relay]
     assert (r2["size"], r2["old_size"], r2["status"]) == (7, 3, "cosigned")
     got = open_cosigned_checkpoint(served(relay.url), log_key, [witness], required=1)
     assert got.checkpoint.size == 7
-    # The old size keeps the cosignature made on it? No: the relay keeps the
-    # newest per witness, served with the size it cosigns.
+    # The relay keeps one cosignature per witness, its newest: size 3 has none now.
     assert (
         open_cosigned_checkpoint(served(relay.url, 3), log_key, [witness], required=0).cosignatures
         == ()
@@ -523,3 +528,67 @@ def _notes(evidence: str) -> list[str]:
     body = evidence.split("-- checkpoint cosigned before\n", 1)[1]
     old, new = body.split("\n-- checkpoint refused\n", 1)
     return [old, new]
+
+
+# --- one round, against a scripted relay (the 409 path) -------------------------------
+
+
+class ScriptedRelay:
+    """The log routes of a relay, in memory; ``moves`` 409s before accepting."""
+
+    def __init__(self, log: Log, moves: int, serve_ours: bool = True) -> None:
+        self.log, self.moves, self.serve_ours = log, moves, serve_ours
+        self.posted: list[str] = []
+
+    async def log_checkpoint(self, size: int | None = None) -> str:
+        return self.log.note(size)
+
+    async def consistency_proof(self, old: int, new: int) -> tuple[bytes, ...]:
+        return tuple(self.log.proof(old, new))
+
+    async def post_cosignature(self, text: str) -> CosignatureReply:
+        self.posted.append(text)
+        if self.moves:
+            self.moves -= 1
+            self.log.grow(2)  # the log moved on before the post arrived
+            return CosignatureReply(accepted=False, log_size=self.log.tree.size)
+        if not self.serve_ours:
+            return CosignatureReply(accepted=True, checkpoint=self.log.note())
+        return CosignatureReply(accepted=True, checkpoint=text)
+
+
+def _round(relay: ScriptedRelay, home: WitnessHome) -> RoundResult:
+    client = cast(RelayClient, relay)
+    return asyncio.run(
+        witness_round("unused", home, WITNESS, LOG_KEY, clock=lambda: NOW, client=client)
+    )
+
+
+def test_round_retries_once_after_409(tmp_path: Path) -> None:
+    log = Log()
+    log.grow(3)
+    home = WitnessHome(tmp_path)
+    relay = ScriptedRelay(log, moves=1)
+    result = _round(relay, home)
+    # The first post (size 3) met a 409; the second round cosigned size 5 from 3.
+    assert (result.status, result.checkpoint.size, result.old_size) == ("cosigned", 5, 3)
+    assert len(relay.posted) == 2
+    assert home.read_state().old_size(LOG_KEY) == 5
+    # Nothing new: unchanged, nothing posted.
+    assert _round(relay, home).status == "cosigned"  # the served note lacks our line
+    served = ScriptedRelay(log, moves=0)
+    served.log_checkpoint = lambda size=None: _async(relay.posted[-1])  # type: ignore[method-assign]
+    assert _round(served, home).status == "unchanged" and served.posted == []
+
+    # 409 twice (5, then 7, while the log went to 9): a relay error; the
+    # state holds the last checkpoint checked and cosigned.
+    with pytest.raises(RelayError):
+        _round(ScriptedRelay(log, moves=2), home)
+    assert (home.read_state().old_size(LOG_KEY), log.tree.size) == (7, 9)
+    # Accepted but our cosignature is not in the answer: a verification failure.
+    with pytest.raises(VerificationFailed, match="does not serve"):
+        _round(ScriptedRelay(log, moves=0, serve_ours=False), home)
+
+
+async def _async(value: str) -> str:
+    return value
