@@ -1112,11 +1112,13 @@ def statement_export(app: _App, message_id: str, output: Path, as_json: bool) ->
     The file reveals that message, its sender and recipient, and the key of
     its envelope (no other message's); give it only to whom you mean to."""
 
+    from securechan.client.policy import witnessed_statement
+
     async def go() -> Any:
         async with _channel(app) as ch:
-            return ch.statement(message_id)
+            return await witnessed_statement(ch, message_id)
 
-    st = _run(go())
+    st, witnessed = _run(go())
     text = st.to_text()
     try:
         with open(output, "x", encoding="ascii", newline="\n") as f:
@@ -1127,11 +1129,18 @@ def statement_export(app: _App, message_id: str, output: Path, as_json: bool) ->
         raise StorageError(f"cannot write {output}: {e.strerror}") from None
     from securechan.audit.statement import message_id as _mid
 
-    info = {"file": str(output), "message_id": _mid(st.signed), "log": st.placement is not None}
+    info = {
+        "file": str(output),
+        "message_id": _mid(st.signed),
+        "log": st.placement is not None,
+        "witnessed": witnessed,
+    }
     if as_json:
         _emit_json(info)
         return
-    where = "with its relay log receipt" if st.placement else "without a relay log receipt"
+    where = "without a relay log receipt"
+    if st.placement is not None:
+        where = "with a witnessed log checkpoint" if witnessed else "with its relay log receipt"
     click.echo(f"Statement of message {info['message_id']} written to {output} ({where})")
 
 
@@ -1219,6 +1228,101 @@ def statement_verify(
         "  note:    the fingerprints prove which keys signed; compare them with the "
         "parties' published fingerprints"
     )
+
+
+# --- witness policy ----------------------------------------------------------------
+
+
+@cli.group(cls=_Group)
+def policy() -> None:
+    """Which witnesses must cosign a relay's log (docs/AUDIT.md, Witnesses)."""
+
+
+@policy.command(name="set")
+@click.option("--relay", "relay_url", required=True, help="The relay, as registered.")
+@click.option(
+    "--witness",
+    "witness_keys",
+    multiple=True,
+    metavar="KEY",
+    help="A witness's key line ('securechan witness key' prints it); repeatable. "
+    "None: remove the policy.",
+)
+@click.option("--require", type=int, default=None, help="How many must cosign (default: all).")
+@_json_option
+@pass_app
+def policy_set(
+    app: _App, relay_url: str, witness_keys: tuple[str, ...], require: int | None, as_json: bool
+) -> None:
+    """Require cosignatures on RELAY's checkpoints before they count as witnessed."""
+    from securechan.audit.note import VerifierKey
+    from securechan.client.policy import set_policy
+
+    keys = [VerifierKey.from_text(k.strip()) for k in witness_keys]
+
+    async def go() -> Any:
+        async with _channel(app) as ch:
+            if relay_url not in ch.relays() + ch.known_logs():
+                raise MalformedInput(f"{relay_url} is none of your or your contacts' relays")
+            return set_policy(ch, relay_url, keys, require)
+
+    p = _run(go())
+    info = {
+        "relay": p.relay,
+        "witnesses": [k.to_text() for k in p.witnesses],
+        "required": p.required if p.witnesses else 0,
+    }
+    if as_json:
+        _emit_json(info)
+    elif p.witnesses:
+        click.echo(f"{relay_url}: {p.required} of {len(p.witnesses)} witnesses must cosign")
+    else:
+        click.echo(f"{relay_url}: no witness policy")
+
+
+@policy.command(name="show")
+@_json_option
+@pass_app
+def policy_show(app: _App, as_json: bool) -> None:
+    """Each relay's policy and the newest checkpoint that met it (fetched now)."""
+    from securechan.client.policy import get_policy, refresh_witnessed
+
+    async def go() -> Any:
+        out = []
+        async with _channel(app) as ch:
+            for relay_url in ch.relays():
+                p = get_policy(ch, relay_url)
+                row: dict[str, Any] = {"relay": relay_url, "witnesses": [], "required": 0}
+                if p is not None:
+                    row["witnesses"] = [k.to_text() for k in p.witnesses]
+                    row["required"] = p.required
+                    try:
+                        cp = await refresh_witnessed(ch, relay_url)
+                    except RelayError as e:
+                        row["error"] = str(e)
+                        cp = None
+                    if cp is not None:
+                        row["witnessed_size"] = cp.checkpoint.size
+                        row["cosigned_by"] = [
+                            {"witness": c.cosigner.name, "at": _iso(c.timestamp)}
+                            for c in cp.cosignatures
+                        ]
+                out.append(row)
+        return out
+
+    rows = _run(go())
+    if as_json:
+        _emit_json(rows)
+        return
+    for row in rows:
+        if not row["witnesses"]:
+            click.echo(f"{row['relay']}: no witness policy")
+            continue
+        seen = row.get("witnessed_size")
+        state = f"witnessed up to size {seen}" if seen is not None else "nothing witnessed yet"
+        click.echo(
+            f"{row['relay']}: {row['required']} of {len(row['witnesses'])} witnesses; {state}"
+        )
 
 
 # --- demo ----------------------------------------------------------------------

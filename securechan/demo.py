@@ -41,6 +41,7 @@ from securechan.audit.note import VerifierKey
 from securechan.audit.statement import Statement, verify_statement
 from securechan.audit.witness_store import WitnessHome, WitnessKey
 from securechan.client.channel import Channel, Received, Rejected
+from securechan.client.policy import refresh_witnessed, set_policy, witnessed_statement
 from securechan.client.witness import witness_round
 from securechan.errors import MalformedInput, SecurechanError
 from securechan.identity import Identity, Keystore
@@ -282,14 +283,25 @@ class _Scenario:
         with urllib.request.urlopen(f"{muscat.url}/v1/log/checkpoint", timeout=10) as r:  # noqa: S310
             note = r.read().decode("utf-8")
         cosigned = open_cosigned_checkpoint(note, log_key, [witness.verifier], required=1)
+        # Each delegation's policy: muscat's checkpoints count once geneva
+        # has cosigned them (docs/AUDIT.md, Witnesses).
+        held = []
+        for name in PEOPLE:
+            for url in {f.url for f in self.front.values()}:
+                set_policy(self.ch[name], url, [witness.verifier], 1)
+            seen = await refresh_witnessed(self.ch[name], self.front["washington"].url)
+            held.append(seen is not None and seen.checkpoint.size == cosigned.checkpoint.size)
         yield Step(
             id="witness",
             title="every send carried a log receipt; geneva witnesses muscat's log and cosigns",
-            ok=result.status in ("cosigned", "unchanged") and len(cosigned.cosignatures) == 1,
+            ok=result.status in ("cosigned", "unchanged")
+            and len(cosigned.cosignatures) == 1
+            and all(held),
             details={
                 "log size": str(cosigned.checkpoint.size),
                 "root": cosigned.checkpoint.root_hash.hex()[:32] + "...",
                 "cosigned by": witness.verifier.name,
+                "policy": "each delegation requires geneva's cosignature",
             },
         )
         statement_id = next(
@@ -301,11 +313,13 @@ class _Scenario:
             yield step
 
         # --- 5. The record -----------------------------------------------------------------
-        st = t.statement(statement_id)
+        st, witnessed = await witnessed_statement(t, statement_id)
         path = self.folder / "statement.txt"
         path.write_text(st.to_text(), encoding="ascii")
         third_party = verify_statement(
-            Statement.from_text(path.read_text("ascii")), trust_relay=log_key
+            Statement.from_text(path.read_text("ascii")),
+            trust_relay=log_key,
+            trust_witnesses=[witness.verifier],
         )
         yield Step(
             id="statement",
@@ -313,7 +327,9 @@ class _Scenario:
             ok=third_party.sender.name == "tehran"
             and third_party.recipient.name == "washington"
             and third_party.payload.content() == line
-            and third_party.log is not None,
+            and third_party.log is not None
+            and witnessed
+            and len(third_party.log.cosignatures) == 1,
             details={
                 "file": str(path),
                 "from": f"tehran ({third_party.sender.fingerprint})",
@@ -322,6 +338,11 @@ class _Scenario:
                 f"{third_party.log.checkpoint.size}"
                 if third_party.log
                 else "-",
+                "cosigned by": ", ".join(
+                    f"{c.cosigner.name} at {time.strftime('%H:%M:%S', time.gmtime(c.timestamp))}"
+                    for c in (third_party.log.cosignatures if third_party.log else ())
+                )
+                or "nobody",
             },
         )
         edited = path.read_text("ascii").replace("A", "B", 1)

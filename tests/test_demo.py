@@ -71,9 +71,13 @@ def test_demo_json_every_step_and_detection(tmp_path: Path) -> None:
     assert split["washington"] == split["tehran"] == "SPLIT VIEW reported"
     assert steps["attack-read"]["details"]["secrets found"] == "none"
     assert steps["witness"]["details"]["cosigned by"] == "geneva.example/witness"
+    # The statement's checkpoint is the witnessed one, with geneva's cosignature.
+    assert "geneva.example/witness at" in steps["statement"]["details"]["cosigned by"]
     # The statement it wrote verifies here too, independently of the demo.
     statement = Statement.from_text((keep / "statement.txt").read_text("ascii"))
     verified = verify_statement(statement)
+    assert verified.log is not None
+    assert [c.cosigner.name for c in verified.log.cosignatures] == ["geneva.example/witness"]
     assert (verified.sender.name, verified.recipient.name) == ("tehran", "washington")
     # Both relays were stopped: their data folders are closed files now.
     assert (keep / "muscat" / "data" / "relay.db").exists()

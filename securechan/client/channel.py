@@ -44,6 +44,7 @@ from securechan.audit.receipt import Receipt as LogReceipt
 from securechan.audit.receipt import verify_receipt
 from securechan.audit.statement import LogPlacement, Statement, message_id
 from securechan.client.db import ClientDB, QueueRow
+from securechan.client.policy import check_witnessed
 from securechan.errors import (
     BundleRejected,
     ContactNotFound,
@@ -793,10 +794,13 @@ class Channel:
                     "both signed checkpoints are kept as evidence",
                     (old_note, note),
                 ) from None
+            check_witnessed(self, relay_url, key, note)
             if old.size >= checkpoint.size:
                 return
         with self.db.transaction():
             self.db.set_relay_log(relay_url, key.to_text(), note)
+        if old_note is None:
+            check_witnessed(self, relay_url, key, note)
         self.audit.checkpoint_seen(
             origin=checkpoint.origin, size=checkpoint.size, root_hash=checkpoint.root_hash
         )
@@ -1264,6 +1268,14 @@ class Channel:
             transcript_hash=rec["ad"],
             placement=placement,
         )
+
+    def relays(self) -> list[str]:
+        """The relays we are registered at, as registered."""
+        return [r.relay for r in self._registrations()]
+
+    def known_logs(self) -> list[str]:
+        """Every relay whose log key we pinned (ours, and our contacts')."""
+        return [relay for relay, _, _ in self.db.relay_logs()]
 
     def status(self) -> dict[str, object]:
         """Relays, queues, sessions and pending envelopes."""

@@ -30,7 +30,7 @@ from securechan.protocol.sealed import open_state, seal_state
 
 __all__ = ["ClientDB", "OutboxEntry", "QueueRow", "SessionRow", "StoredMessage"]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 _AAD = b"securechan/v1/client-db/"
 
 _SCHEMA = """
@@ -101,6 +101,12 @@ CREATE TABLE IF NOT EXISTS log_receipts (
     relay TEXT NOT NULL,
     receipt TEXT NOT NULL,
     PRIMARY KEY (envelope_hash, relay)
+);
+CREATE TABLE IF NOT EXISTS witness_policy (
+    relay TEXT PRIMARY KEY,
+    witnesses TEXT NOT NULL,
+    required INTEGER NOT NULL,
+    witnessed TEXT
 );
 CREATE TABLE IF NOT EXISTS held (
     msg_id BLOB PRIMARY KEY,
@@ -406,6 +412,32 @@ class ClientDB:
             "SELECT relay, verifier_key, checkpoint FROM relay_logs ORDER BY relay"
         ).fetchall()
         return [(str(r[0]), str(r[1]), r[2]) for r in rows]
+
+    def set_witness_policy(self, relay: str, witnesses: list[str], required: int) -> None:
+        """The witnesses (verifier key lines) whose cosignatures a checkpoint of
+        ``relay`` needs, and how many of them; an empty list removes it."""
+        if not witnesses:
+            self._db.execute("DELETE FROM witness_policy WHERE relay = ?", (relay,))
+            return
+        self._db.execute(
+            "INSERT INTO witness_policy (relay, witnesses, required) VALUES (?, ?, ?) "
+            "ON CONFLICT(relay) DO UPDATE SET witnesses = excluded.witnesses, "
+            "required = excluded.required, witnessed = NULL",
+            (relay, "\n".join(witnesses), required),
+        )
+
+    def witness_policy(self, relay: str) -> tuple[list[str], int, str | None] | None:
+        """(witness keys, required, newest checkpoint that met the policy)."""
+        row = self._db.execute(
+            "SELECT witnesses, required, witnessed FROM witness_policy WHERE relay = ?", (relay,)
+        ).fetchone()
+        return None if row is None else (str(row[0]).split("\n"), int(row[1]), row[2])
+
+    def set_witnessed(self, relay: str, checkpoint: str) -> None:
+        """Keep the newest checkpoint of ``relay`` that met its witness policy."""
+        self._db.execute(
+            "UPDATE witness_policy SET witnessed = ? WHERE relay = ?", (checkpoint, relay)
+        )
 
     def add_log_receipt(self, envelope_hash: bytes, relay: str, receipt: str) -> None:
         """Keep a verified log receipt (JSON text) of an envelope we sent, for

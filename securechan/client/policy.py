@@ -1,0 +1,196 @@
+"""Witness policy: which cosignatures make a relay's checkpoint count.
+
+A relay signs its own checkpoints; on their own they prove only what the
+relay says. Witnesses (other mediators, the delegations themselves: see
+``securechan witness``) cosign a checkpoint after checking that it extends
+everything they cosigned before. A delegation's policy names, per relay, the
+witnesses it trusts and how many of them must have cosigned; a checkpoint
+that meets it is **witnessed**. Sigsum's result (``docs/AUDIT.md``,
+Witnesses): two parties requiring k1-of-n and k2-of-n cannot be shown
+different witnessed histories when k1 + k2 > n + f, with f dishonest
+witnesses. With the two delegations and one mediator as the n = 3 witnesses
+and f = 1, each delegation requires 2 (both delegations' own cosignatures,
+or one of them and the mediator's, as the parties agree).
+
+The client keeps, per relay, the newest checkpoint it has seen meet the
+policy (every checkpoint it verifies is tried: receipts, the refresh before
+each send, checkpoints carried by the peer, :func:`refresh_witnessed`).
+Statements then use it: the envelope's inclusion proof is taken to that
+witnessed checkpoint, which carries the witnesses' timestamped cosignatures
+(:func:`witnessed_statement`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+from securechan.audit.checkpoint import CosignedCheckpoint, open_cosigned_checkpoint
+from securechan.audit.merkle import verify_inclusion
+from securechan.audit.note import SIG_COSIGNATURE_V1, SignedNote, VerifierKey
+from securechan.audit.receipt import Receipt, envelope_leaf_hash
+from securechan.audit.statement import LogPlacement, Statement
+from securechan.errors import MalformedInput, RelayError, VerificationFailed
+from securechan.primitives import sha256
+
+if TYPE_CHECKING:
+    from securechan.client.channel import Channel
+
+__all__ = [
+    "WitnessPolicy",
+    "check_witnessed",
+    "get_policy",
+    "refresh_witnessed",
+    "set_policy",
+    "witnessed_statement",
+]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WitnessPolicy:
+    """The witnesses one relay's checkpoints need, and the newest checkpoint
+    seen meeting the policy (its signed note, with cosignatures)."""
+
+    relay: str
+    witnesses: tuple[VerifierKey, ...]
+    required: int
+    witnessed: str | None = None
+
+
+def set_policy(
+    ch: Channel, relay_url: str, witnesses: Sequence[VerifierKey], required: int | None = None
+) -> WitnessPolicy:
+    """Require ``required`` (default: all) cosignatures of ``witnesses`` on
+    checkpoints of ``relay_url``; no witnesses removes the policy. Raises
+    ``MalformedInput`` for a key that is not a cosignature key, a repeated
+    key, or a count out of range."""
+    keys = tuple(witnesses)
+    if any(k.sig_type != SIG_COSIGNATURE_V1 for k in keys):
+        raise MalformedInput(
+            "witness keys are cosignature keys (type 0x04), as 'witness key' prints"
+        )
+    if len(set(keys)) != len(keys):
+        raise MalformedInput("a witness is named twice")
+    need = len(keys) if required is None else required
+    if keys and not 1 <= need <= len(keys):
+        raise MalformedInput(f"--require is between 1 and {len(keys)}")
+    with ch.db.transaction():
+        ch.db.set_witness_policy(relay_url, [k.to_text() for k in keys], need)
+    return WitnessPolicy(relay=relay_url, witnesses=keys, required=need)
+
+
+def get_policy(ch: Channel, relay_url: str) -> WitnessPolicy | None:
+    """The policy of ``relay_url``, or None."""
+    row = ch.db.witness_policy(relay_url)
+    if row is None:
+        return None
+    keys, required, witnessed = row
+    return WitnessPolicy(
+        relay=relay_url,
+        witnesses=tuple(VerifierKey.from_text(k) for k in keys),
+        required=required,
+        witnessed=witnessed,
+    )
+
+
+def _open(policy: WitnessPolicy, log_key: VerifierKey, note: str, now: int) -> CosignedCheckpoint:
+    return open_cosigned_checkpoint(
+        note, log_key, policy.witnesses, required=policy.required, now=now
+    )
+
+
+def check_witnessed(ch: Channel, relay_url: str, log_key: VerifierKey, note: str) -> bool:
+    """Keep ``note`` as the relay's witnessed checkpoint if it meets the
+    policy and is newer than the one kept. The caller has already checked it
+    for consistency with everything seen from this relay. True if kept."""
+    policy = get_policy(ch, relay_url)
+    if policy is None:
+        return False
+    now = int(ch._clock())
+    try:
+        new = _open(policy, log_key, note, now)
+    except (VerificationFailed, MalformedInput):
+        return False
+    if policy.witnessed is not None:
+        old = _open(policy, log_key, policy.witnessed, now)
+        if old.checkpoint.size >= new.checkpoint.size:
+            return False
+    with ch.db.transaction():
+        ch.db.set_witnessed(relay_url, note)
+    return True
+
+
+async def refresh_witnessed(ch: Channel, relay_url: str) -> CosignedCheckpoint | None:
+    """Fetch the relay's newest checkpoint (with the cosignatures it holds),
+    check it against what we saw (consistency), and keep it if it meets the
+    policy. Returns the newest witnessed checkpoint we hold, or None."""
+    from securechan.audit.checkpoint import open_checkpoint
+
+    policy = get_policy(ch, relay_url)
+    if policy is None:
+        raise MalformedInput(f"no witness policy for {relay_url}: 'securechan policy set' first")
+    key = await ch._log_key(relay_url)
+    note = await (await ch._relay(relay_url)).log_checkpoint()
+    await ch._accept_checkpoint(relay_url, key, note, open_checkpoint(note, key))
+    check_witnessed(ch, relay_url, key, note)
+    policy = get_policy(ch, relay_url)
+    if policy is None or policy.witnessed is None:
+        return None
+    return _open(policy, key, policy.witnessed, int(ch._clock()))
+
+
+async def witnessed_statement(ch: Channel, message_id: str) -> tuple[Statement, bool]:
+    """The statement of a message, its log placement moved to a witnessed
+    checkpoint when one covers the envelope (a fresh inclusion proof from the
+    relay, checked here). Returns the statement and whether it is witnessed;
+    when the relay cannot be reached it falls back to the send receipt."""
+    statement = ch.statement(message_id)
+    if statement.placement is None:
+        return statement, False
+    for relay_url, text in ch.db.log_receipts(sha256(statement.envelope)):
+        policy = get_policy(ch, relay_url)
+        if policy is None:
+            continue
+        key = await ch._log_key(relay_url)
+        receipt = Receipt.from_json(json.loads(text))
+        try:
+            cosigned = await refresh_witnessed(ch, relay_url)
+        except (RelayError, VerificationFailed):
+            # Unreachable, or caught lying since: the checkpoint witnessed
+            # before still stands (the witnesses checked it then).
+            cosigned = None
+            policy_now = get_policy(ch, relay_url)
+            if policy_now is not None and policy_now.witnessed is not None:
+                cosigned = _open(policy_now, key, policy_now.witnessed, int(ch._clock()))
+        if cosigned is None or cosigned.checkpoint.size <= receipt.leaf_index:
+            continue
+        policy = get_policy(ch, relay_url)
+        if policy is None or policy.witnessed is None:
+            continue
+        size = cosigned.checkpoint.size
+        try:
+            proof = await (await ch._relay(relay_url)).inclusion_proof(receipt.leaf_index, size)
+        except RelayError:
+            continue
+        verify_inclusion(
+            envelope_leaf_hash(statement.envelope),
+            receipt.leaf_index,
+            size,
+            proof,
+            cosigned.checkpoint.root_hash,
+        )
+        signers = [c.cosigner for c in cosigned.cosignatures]
+        note = SignedNote.from_text_unverified(policy.witnessed)
+        wanted = {(k.name, k.key_id) for k in (key, *signers)}
+        lines = tuple(s for s in note.signatures if (s.name, s.key_id) in wanted)
+        placement = LogPlacement(
+            log_key=key.to_text(),
+            leaf_index=receipt.leaf_index,
+            checkpoint=SignedNote(text=note.text, signatures=lines).to_text(),
+            inclusion_proof=tuple(proof),
+            witnesses=tuple(k.to_text() for k in signers),
+        )
+        return replace(statement, placement=placement), True
+    return statement, False
