@@ -1,25 +1,64 @@
-"""Group commit: the batch a writer thread takes from its job queue."""
+"""Group commit: the batch a writer thread takes from its job queue.
+
+A commit has a fixed cost (SQLite's BEGIN and COMMIT, the WAL frames of the
+pages every job touches, the sync, waking the event loop) that its jobs
+share. Measured on the relay's writers, it is worth several jobs' own work,
+so under load the batch is let to grow a little before it commits: while
+jobs keep arriving (each within :data:`LINGER_STEP` of the last), the writer
+waits for them, up to :data:`LINGER` in all. A job that arrives alone (no
+other job waiting when it is taken) is committed at once, so a lightly
+loaded relay adds no delay; under load the wait replaces time the callers
+would have spent queued anyway, and the CPU it saves goes to them. Durability
+is unchanged: every job still returns only after its commit.
+"""
 
 from __future__ import annotations
 
 import queue
-from typing import TypeVar
+import time
+from typing import Final, TypeVar
 
-__all__ = ["take_batch"]
+__all__ = ["LINGER", "LINGER_STEP", "take_batch"]
 
 T = TypeVar("T")
 
+LINGER: Final = 0.008
+"""Most seconds a batch of two or more jobs waits for more before it commits."""
+LINGER_STEP: Final = 0.002
+"""The wait ends when no new job arrived for this many seconds."""
 
-def take_batch(jobs: queue.SimpleQueue[T | None], first: T, limit: int) -> tuple[list[T], bool]:
-    """``first`` plus every job already waiting, up to ``limit`` in all, so
-    they share one commit. Returns the batch and whether the shutdown
-    sentinel (``None``) was taken: the writer stops after this batch."""
+
+def take_batch(
+    jobs: queue.SimpleQueue[T | None],
+    first: T,
+    limit: int,
+    *,
+    linger: float = LINGER,
+    step: float = LINGER_STEP,
+) -> tuple[list[T], bool]:
+    """``first`` plus every job already waiting, and (if that makes two or
+    more) those that keep arriving for up to ``linger`` seconds, up to
+    ``limit`` in all, so they share one commit. Returns the batch and whether
+    the shutdown sentinel (``None``) was taken: the writer stops after this
+    batch."""
     batch = [first]
+    deadline = 0.0
     while len(batch) < limit:
         try:
             job = jobs.get_nowait()
         except queue.Empty:
-            break
+            if len(batch) < 2 or linger <= 0:
+                break  # alone: commit now
+            now = time.monotonic()
+            if not deadline:
+                deadline = now + linger
+            wait = min(step, deadline - now)
+            if wait <= 0:
+                break
+            try:
+                job = jobs.get(timeout=wait)
+            except queue.Empty:
+                break  # the burst is over
         if job is None:
             return batch, True
         batch.append(job)

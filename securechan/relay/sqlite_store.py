@@ -8,19 +8,20 @@ schema migrations in a worker thread) and finish with ``await storage.close()``
 **Writes and group commit.** One writer thread owns the only write connection.
 Each write method turns into a job, a function of that connection, put on a
 queue; the caller awaits an asyncio future. The writer takes the first job
-(blocking), drains up to :data:`MAX_BATCH` jobs already waiting, and runs them
-all in one ``BEGIN IMMEDIATE`` ... ``COMMIT``, each inside its own
-``SAVEPOINT``: a job that raises (``QueueFull``, ``ValueError``, an SQLite
-error) is rolled back to its savepoint and fails alone while the others
-commit. Futures are resolved only after ``COMMIT`` returned, and with
-``synchronous=FULL`` that commit synced the WAL, so a caller that sees success
-has its write on stable storage. While one batch is being synced the next one
-gathers, so N concurrent sends cost far fewer than N syncs (:attr:`commits`
-counts them). If ``BEGIN`` or ``COMMIT`` itself fails (disk full, I/O error),
-nothing of the batch was stored and every job of it fails with
-:class:`~securechan.errors.StorageError`; callers may retry (``put_envelope``
-is idempotent on ``msg_id``). A job whose caller was cancelled still runs:
-a resent envelope then comes back as a duplicate.
+(blocking), drains up to :data:`MAX_BATCH` jobs already waiting (under load
+also those arriving within a few milliseconds, see
+:mod:`securechan.relay.batching`), and runs them all in one ``BEGIN IMMEDIATE``
+... ``COMMIT``, each inside its own ``SAVEPOINT``: a job that raises
+(``QueueFull``, ``ValueError``, an SQLite error) is rolled back to its
+savepoint and fails alone while the others commit. Futures are resolved only
+after ``COMMIT`` returned, and with ``synchronous=FULL`` that commit synced the
+WAL, so a caller that sees success has its write on stable storage. While one
+batch is being synced the next one gathers, so N concurrent sends cost far
+fewer than N syncs (:attr:`commits` counts them). If ``BEGIN`` or ``COMMIT``
+itself fails (disk full, I/O error), nothing of the batch was stored and every
+job of it fails with :class:`~securechan.errors.StorageError`; callers may
+retry (``put_envelope`` is idempotent on ``msg_id``). A job whose caller was
+cancelled still runs: a resent envelope then comes back as a duplicate.
 
 **Reads** run on a small dedicated thread pool with as many read-only
 connections (``mode=ro``), so the event loop never blocks; in WAL mode readers

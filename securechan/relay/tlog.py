@@ -23,9 +23,11 @@ served with the checkpoint of the size they cosign.
 (leaf hash -> index), the cosignatures and one metadata row; a reader thread
 has its own pair for proofs and look-ups (``sqlite3`` objects stay on the
 thread that made them). Appends are group-committed: the writer takes every
-job waiting (up to :data:`MAX_BATCH`), writes the index rows, then appends the
-new leaves in one ``TreeStore`` transaction, signs one checkpoint, and only
-then resolves the callers' futures. The index commit uses
+job waiting (up to :data:`MAX_BATCH`; see :mod:`securechan.relay.batching`),
+writes the index rows, then appends the new leaves in one ``TreeStore``
+transaction, signs one checkpoint, computes every caller's inclusion proof
+against it (one pass for the batch), and only then resolves the callers'
+futures. The index commit uses
 ``synchronous=NORMAL`` and the tree commit right after it ``FULL``: both are
 in the same WAL file, whose sync on the tree commit makes both durable with
 one fsync, and a crash can only lose a suffix of the WAL. So after any crash
