@@ -1041,7 +1041,10 @@ def witness_cosign(
     from securechan.audit.note import VerifierKey
     from securechan.client.witness import witness_round
 
-    pinned = VerifierKey.from_text(log_key)
+    try:
+        pinned = VerifierKey.from_text(log_key)
+    except MalformedInput as e:
+        raise MalformedInput(f"--log-key: {e}") from None
     if pinned.sig_type != 0x01:
         raise MalformedInput("--log-key is the log's Ed25519 (type 0x01) verifier key")
     home = _witness_home(app)
