@@ -612,26 +612,53 @@ def _run(coro: Any) -> Any:
 
 @cli.command()
 @click.option("--relay", "relays", multiple=True, required=True, help="Relay URL (repeatable).")
+@click.option(
+    "--relay-fingerprint",
+    "fingerprint",
+    metavar="HEX",
+    help="The fingerprint the relay's operator published ('relay fingerprint:' at start); "
+    "refuse the relay if its key differs. Only with one --relay.",
+)
 @_json_option
 @pass_app
-def register(app: _App, relays: tuple[str, ...], as_json: bool) -> None:
-    """Create your contact address at each relay and publish prekeys."""
+def register(app: _App, relays: tuple[str, ...], fingerprint: str | None, as_json: bool) -> None:
+    """Create your contact address at each relay and publish prekeys.
+
+    The relay's key is pinned on first use; give --relay-fingerprint to check
+    it against the one its operator published instead of trusting the first
+    answer."""
     from securechan.identity._files import atomic_write
+    from securechan.primitives import sha256
+
+    if fingerprint is not None and len(relays) != 1:
+        raise MalformedInput("--relay-fingerprint goes with exactly one --relay")
+    wanted = fingerprint.strip().lower().replace(" ", "") if fingerprint else None
+    if wanted is not None and (
+        len(wanted) != 64 or any(c not in "0123456789abcdef" for c in wanted)
+    ):
+        raise MalformedInput("a relay fingerprint is 64 hex digits")
 
     async def go() -> Any:
         async with _channel(app) as ch:
             card = None
             for url in relays:
-                card = await ch.register(url)
-            return card
+                pin = bytes.fromhex(wanted) if wanted is not None else None
+                card = await ch.register(url, pin_fingerprint=pin)
+            keys = {r.relay: sha256(r.relay_key).hex() for r in ch._registrations()}
+            return card, keys
 
-    card = _run(go())
+    card, keys = _run(go())
     atomic_write(app.home / CARD_FILE, card.to_text().encode("ascii"), replace=True)
     if as_json:
-        _emit_json({"relays": [a.relay for a in card.addresses]})
+        _emit_json(
+            {
+                "relays": [a.relay for a in card.addresses],
+                "relay_fingerprints": {a.relay: keys.get(a.relay) for a in card.addresses},
+            }
+        )
         return
     for a in card.addresses:
-        click.echo(f"Registered at {a.relay}")
+        click.echo(f"Registered at {a.relay} (relay fingerprint {keys.get(a.relay)})")
     click.echo("Your contact file now includes these addresses: 'securechan id export'.")
 
 

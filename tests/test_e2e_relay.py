@@ -876,3 +876,26 @@ def test_relay_down_then_back(people: dict[str, Party], tmp_path: Path) -> None:
             assert "no relay" in one_line_error(proc, 3)
     finally:
         relay.stop()
+
+
+def test_register_checks_the_published_relay_fingerprint(
+    relay: RelayProcess, people: dict[str, Party]
+) -> None:
+    """register --relay-fingerprint: the operator's published fingerprint,
+    not the first answer, decides; a wrong one registers nothing (exit 4)."""
+    import hashlib
+    import urllib.request
+
+    from securechan.protocol.relay_auth import b64d
+
+    with urllib.request.urlopen(f"{relay.url}/v1/relay", timeout=10) as r:  # noqa: S310
+        fingerprint = hashlib.sha256(b64d(json.load(r)["relay_key"], size=32)).hexdigest()
+    t = people["tehran"]
+    wrong = "00" * 32
+    line = one_line_error(t.run("register", "--relay", relay.url, "--relay-fingerprint", wrong), 4)
+    assert "fingerprint" in line
+    assert not (t.home / "identity.card").exists()
+    assert not (t.home / "client.db").exists() or not t.json("status")["relays"]
+    one_line_error(t.run("register", "--relay", relay.url, "--relay-fingerprint", "abc"), 2)
+    out = t.json("register", "--relay", relay.url, "--relay-fingerprint", fingerprint.upper())
+    assert out["relay_fingerprints"] == {relay.url: fingerprint}

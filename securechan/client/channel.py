@@ -346,11 +346,19 @@ class Channel:
     def _save_guard(self, guard: ReplayGuard) -> None:
         self.db.save_state("replay-guard", "replay-guard", b"", 0, guard.to_bytes())
 
-    async def register(self, relay_url: str, *, pin_key: bytes | None = None) -> ContactCard:
+    async def register(
+        self,
+        relay_url: str,
+        *,
+        pin_key: bytes | None = None,
+        pin_fingerprint: bytes | None = None,
+    ) -> ContactCard:
         """Create our contact address at ``relay_url`` and publish prekeys.
 
-        The relay's key is pinned on first use (or checked against
-        ``pin_key``). Registering again at the same relay refreshes prekeys.
+        The relay's key is pinned on first use, or checked against
+        ``pin_key`` or ``pin_fingerprint`` (SHA-256 of the key, as the relay
+        prints it at start): :class:`UntrustedKey` if it differs. Registering
+        again at the same relay refreshes prekeys.
         """
         relay = await self._relay(relay_url)
         info = await relay.info()
@@ -362,6 +370,8 @@ class Channel:
             raise MalformedInput("the relay sent a bad key") from None
         if pin_key is not None and pin_key != relay_key:
             raise UntrustedKey("the relay's key is not the one you pinned")
+        if pin_fingerprint is not None and sha256(relay_key) != pin_fingerprint:
+            raise UntrustedKey(f"the key of {relay_url} does not have the fingerprint you gave")
         regs = self._registrations()
         existing = next((r for r in regs if r.relay == relay_url), None)
         if existing is not None and existing.relay_key != relay_key:
