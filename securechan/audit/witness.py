@@ -18,8 +18,11 @@ cosignature back. The checks are the ones the spec puts in ``add-checkpoint``:
 
 Failures of step 2 raise :class:`~securechan.errors.SplitView` carrying the
 two relay-signed notes (the one cosigned before and the new one): a log that
-shrinks, signs two roots for one size, or grows into a tree that does not
-extend the old one has shown two histories, and the pair is the evidence.
+signs two roots for one size, or grows into a tree that does not extend the
+old one, has shown two histories, and the pair is the evidence. A log that
+shrinks is refused the same way, though that pair alone proves less: the
+relay re-signs past sizes on request, so a replayed or cached older
+checkpoint looks the same (``docs/AUDIT.md`` says how to tell them apart).
 Failures of step 1 raise what :func:`open_checkpoint` raises; a log key other
 than the one this witness cosigned the origin under raises
 :class:`~securechan.errors.UntrustedKey`. On every failure the state is
