@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,7 @@ class Party:
 
     def run(self, *args: object, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """``securechan --home HOME ARGS``; a traceback is always a failure."""
+        start = time.monotonic()
         proc = subprocess.run(
             [*securechan_command(), "--home", str(self.home), *map(str, args)],
             capture_output=True,
@@ -55,6 +58,10 @@ class Party:
             check=False,
         )
         assert "Traceback" not in proc.stderr + proc.stdout, transcript(proc)
+        if os.environ.get("ADVERSARY_TIMING"):
+            print(
+                f"[{time.monotonic() - start:5.2f}s] {self.name}: {' '.join(map(str, args))[:60]}"
+            )
         return proc
 
     def ok(self, *args: object) -> str:
