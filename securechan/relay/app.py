@@ -609,6 +609,11 @@ def make_app(
     cfg = config or RelayConfig()
     relay = Relay(storage, key, cfg, metrics or RelayMetrics(), tlog)
 
+    # Labelled metric children, looked up once (labels() costs a lock and a
+    # tuple per call). Keys are route templates, methods and statuses: bounded.
+    counters: dict[tuple[str, str, int], Any] = {}
+    timers: dict[str, Any] = {}
+
     @web.middleware
     async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         route = request.match_info.route.resource
@@ -631,8 +636,15 @@ def make_app(
         except ValueError:
             # The storage refuses writes to a queue deleted meanwhile (a race).
             response = _error_response(_HttpError(404, "no_queue", "no such queue"))
-        relay.metrics.requests.labels(request.method, name, str(response.status)).inc()
-        relay.metrics.latency.labels(name).observe(time.perf_counter() - started)
+        key = (request.method, name, response.status)
+        counter = counters.get(key)
+        if counter is None:
+            counter = counters[key] = relay.metrics.requests.labels(key[0], name, str(key[2]))
+        counter.inc()
+        timer = timers.get(name)
+        if timer is None:
+            timer = timers[name] = relay.metrics.latency.labels(name)
+        timer.observe(time.perf_counter() - started)
         return response
 
     app = web.Application(middlewares=[errors], client_max_size=cfg.max_envelope + 64 * 1024)

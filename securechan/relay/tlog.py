@@ -167,6 +167,16 @@ class _Job:
     future: asyncio.Future[Any]
 
 
+def _cover(begin: int, end: int) -> list[merkle.NodeId]:
+    """The perfect subtrees covering leaves ``[begin, end)``: most sibling
+    ranges are one complete subtree, found without the general walk."""
+    width = end - begin
+    if width & (width - 1) == 0 and begin % width == 0:
+        level = width.bit_length() - 1
+        return [(level, begin >> level)]
+    return merkle.perfect_cover(begin, end)
+
+
 def _inclusion_proofs(tree: TreeStore, indices: set[int], size: int) -> dict[int, list[bytes]]:
     """RFC 9162 inclusion proofs of several leaves in the tree of ``size``.
 
@@ -197,7 +207,7 @@ def _inclusion_proofs(tree: TreeStore, indices: set[int], size: int) -> dict[int
                 path = (sibling, *path)
             above[(level, node)] = path
         paths[index] = path
-    covers = {r: merkle.perfect_cover(*r) for r in ranges}
+    covers = {r: _cover(*r) for r in ranges}
     ids = list({node for cover in covers.values() for node in cover})
     nodes = dict(zip(ids, tree.get_nodes(ids), strict=True))
     hashes: dict[tuple[int, int], bytes] = {}
@@ -208,6 +218,18 @@ def _inclusion_proofs(tree: TreeStore, indices: set[int], size: int) -> dict[int
             acc = merkle.node_hash(nodes[left], acc)
         hashes[r] = acc
     return {index: [hashes[r] for r in path] for index, path in paths.items()}
+
+
+def _lookup_many(index: sqlite3.Connection, leaves: set[bytes]) -> dict[bytes, int]:
+    """The index of each of ``leaves`` the log holds (a few queries, not one each)."""
+    wanted = list(leaves)
+    found: dict[bytes, int] = {}
+    for start in range(0, len(wanted), 500):  # below SQLite's bound on parameters
+        chunk = wanted[start : start + 500]
+        marks = ", ".join("?" * len(chunk))
+        sql = f"SELECT leaf, idx FROM relay_log_leaves WHERE leaf IN ({marks})"  # noqa: S608
+        found.update((leaf, int(idx)) for leaf, idx in index.execute(sql, chunk))
+    return found
 
 
 def _settle(outcomes: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
@@ -694,15 +716,13 @@ class RelayLog:
         placed: dict[bytes, tuple[int, bool]] = {}
         new: list[bytes] = []
         try:
+            known = _lookup_many(index, {job.arg for job in jobs})
             for job in jobs:
                 leaf = job.arg
                 if leaf in placed:
                     continue
-                row = index.execute(
-                    "SELECT idx FROM relay_log_leaves WHERE leaf = ?", (leaf,)
-                ).fetchone()
-                if row is not None:
-                    placed[leaf] = (int(row[0]), False)
+                if leaf in known:
+                    placed[leaf] = (known[leaf], False)
                 else:
                     placed[leaf] = (start + len(new), True)
                     new.append(leaf)
