@@ -187,8 +187,8 @@ def test_relay_sigkilled_during_cli_traffic(pristine: Path, tmp_path: Path) -> N
 
         for i in range(8):
             sender, receiver = (t, w) if i % 2 == 0 else (w, t)
-            text = f"{sender.name} {i}: " + ("into a dead relay" if i in (1, 4, 6) else "relay up")
-            back = outage() if i in (1, 4, 6) else None
+            text = f"{sender.name} {i}: " + ("into a dead relay" if i in (1, 4) else "relay up")
+            back = outage() if i in (1, 4) else None
             proc = sender.run("send", receiver.name, text)
             sent[sender.name].append(text)
             if back is not None:
@@ -201,7 +201,7 @@ def test_relay_sigkilled_during_cli_traffic(pristine: Path, tmp_path: Path) -> N
                     assert "queued" in proc.stderr
             else:
                 assert proc.returncode == 0, transcript(proc)
-            if i in (3, 5):  # an outage while the receiver fetches
+            if i == 5:  # an outage while the receiver fetches
                 back = outage()
                 kills += 1
                 got, _ = receive_json(receiver)
