@@ -161,7 +161,7 @@ class _Cosig:
 
 @dataclass(slots=True)
 class _Job:
-    kind: str  # "append" or "cosign"
+    kind: str  # "append" (arg: the envelope) or "cosign" (arg: the posted note)
     arg: Any
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Any]
@@ -489,7 +489,10 @@ class RelayLog:
         that committed it (or the newest one, for a leaf logged before) and
         the inclusion proof the writer computed against it.
         """
-        index, head, _, proof = await self._submit("append", envelope_leaf_hash(envelope))
+        if not isinstance(envelope, bytes):
+            raise TypeError("an envelope is bytes")
+        # Hashed by the writer: the event loop hands over the bytes and goes on.
+        index, head, _, proof = await self._submit("append", envelope)
         return Receipt(leaf_index=index, checkpoint=self._head_note(head), inclusion_proof=proof)
 
     async def receipt_for(self, envelope: bytes) -> Receipt | None:
@@ -517,9 +520,7 @@ class RelayLog:
         after: tuple[int, bytes, int] | None = None
         appended = 0
         while page := await storage.held_since(received=since, after=after, limit=_REPAIR_PAGE):
-            results = await asyncio.gather(
-                *(self._submit("append", envelope_leaf_hash(h.envelope.data)) for h in page)
-            )
+            results = await asyncio.gather(*(self._submit("append", h.envelope.data) for h in page))
             appended += sum(1 for _, _, created, _ in results if created)
             after = page[-1].cursor
         if appended:
@@ -716,9 +717,9 @@ class RelayLog:
         placed: dict[bytes, tuple[int, bool]] = {}
         new: list[bytes] = []
         try:
-            known = _lookup_many(index, {job.arg for job in jobs})
-            for job in jobs:
-                leaf = job.arg
+            leaves = [envelope_leaf_hash(job.arg) for job in jobs]  # jobs carry envelopes
+            known = _lookup_many(index, set(leaves))
+            for leaf in leaves:
                 if leaf in placed:
                     continue
                 if leaf in known:
@@ -736,12 +737,12 @@ class RelayLog:
             err = _storage_error(e)
             return [(job, False, err) for job in jobs]
         out: list[tuple[_Job, bool, Any]] = []
-        for job in jobs:
-            idx, created = placed[job.arg]
+        for job, leaf in zip(jobs, leaves, strict=True):
+            idx, created = placed[leaf]
             # Only the first job of a new leaf reports it as created.
             out.append((job, True, (idx, head, created, tuple(proofs[idx]))))
             if created:
-                placed[job.arg] = (idx, False)
+                placed[leaf] = (idx, False)
         return out
 
     def _commit(
