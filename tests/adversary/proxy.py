@@ -25,6 +25,15 @@ at, so the proxy a party registered through sees that party's fetches and
 every envelope sent to it. A fork on one proxy is then shown to the clients
 who use that proxy only (a split view between two parties).
 
+A two-party split view, for example (``tests/adversary/world.py`` sets this
+up: one front per party, both in front of one relay)::
+
+    with world_of(relay, pristine, tmp_path, ["tehran", "washington"]) as world:
+        world.introduce("tehran", "washington")
+        world.front["washington"].fork()   # whoever sends *to* washington,
+        # i.e. tehran, now gets receipts and checkpoints of the shadow log,
+        # while washington's own sends (to tehran's front) see the real one.
+
 WebSocket upgrades are refused (404); clients fall back to polling.
 """
 
