@@ -257,6 +257,12 @@ class MaliciousRelay:
             await self._session.close()
         if self._runner is not None:
             await self._runner.cleanup()
+        # Handlers still sleeping on a held answer: cancel them, so the loop
+        # closes with no task pending.
+        rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in rest:
+            task.cancel()
+        await asyncio.gather(*rest, return_exceptions=True)
 
     def call(self, coro: Awaitable[T], *, timeout: float = 60) -> T:
         """Run ``coro`` on the proxy's event loop from the test's thread."""
