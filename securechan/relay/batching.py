@@ -11,9 +11,10 @@ loaded relay adds no delay; under load the wait replaces time the callers
 would have spent queued anyway, and the CPU it saves goes to them. Durability
 is unchanged: every job still returns only after its commit.
 
-The cap is kept short because the relay's two writers are in series (relay.db,
-then tlog.db): a send waits for both, and the waits bound what a fixed number
-of concurrent clients can get through.
+The cap is kept short: a send waits for relay.db's commit and then for the
+transparency log's, and with a fixed number of clients every millisecond of
+waiting is throughput lost. The log's writer does not linger at all (its jobs
+arrive in bursts, one per relay.db batch).
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ __all__ = ["LINGER", "LINGER_STEP", "take_batch"]
 
 T = TypeVar("T")
 
-LINGER: Final = 0.006
-"""Most seconds a batch of two or more jobs waits for more before it commits."""
+LINGER: Final = 0.003
+"""Most seconds a batch of two or more jobs waits for more before it commits
+(3 ms: batches of ~8 under the relay benchmark's load instead of ~4)."""
 LINGER_STEP: Final = 0.001
 """The wait ends when no new job arrived for this many seconds."""
 

@@ -689,7 +689,10 @@ class RelayLog:
             job = self._jobs.get()
             if job is None:
                 return
-            batch, stop = take_batch(self._jobs, job, MAX_BATCH)
+            # No linger: appends come in bursts already (the sends of one
+            # relay.db batch resume together), and a wait here would only
+            # add to every send's latency.
+            batch, stop = take_batch(self._jobs, job, MAX_BATCH, linger=0)
             outcomes: list[tuple[_Job, bool, Any]] = []
             appends = [j for j in batch if j.kind == "append"]
             if appends:
