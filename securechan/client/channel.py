@@ -48,6 +48,7 @@ from securechan.client.policy import check_witnessed
 from securechan.errors import (
     BundleRejected,
     ContactNotFound,
+    DecryptionFailed,
     MalformedInput,
     MessageRejected,
     NoIdentity,
@@ -216,6 +217,13 @@ def sanitize_filename(name: str) -> str:
     return f"{stem}.{ext}" if ext else stem
 
 
+# A message that arrives ahead of its session's first message is held this
+# long (seconds) for the first message to come, and at most MAX_HELD
+# envelopes are held in all (held first messages of unknown senders included).
+EARLY_GRACE = 600
+MAX_HELD = 256
+
+
 def _is_first(data: bytes) -> bool:
     try:
         return wire.peek_type(data) == FIRST.type_id
@@ -251,6 +259,7 @@ class Channel:
         # Checkpoints carried by messages received in this pass, checked
         # against our own view of each log once the pass is done.
         self._carried_in: list[tuple[tuple[str, ...], str]] = []
+        self._splits: set[tuple[str, str]] = set()
 
     @classmethod
     def open(
@@ -488,6 +497,9 @@ class Channel:
             except (RelayError, VerificationFailed, MalformedInput) as e:
                 last = e
         if isinstance(last, VerificationFailed):
+            # A substituted or forged bundle: the relay (or the network) is
+            # attacking the first contact; it belongs in the audit log.
+            self.audit.rejected("BundleRejected", f"bundle for {contact.name}: {last}")
             raise BundleRejected(f"no valid prekey bundle for {contact.name}: {last}")
         raise last if last is not None else MalformedInput(f"{contact.name} has no address")
 
@@ -520,7 +532,7 @@ class Channel:
         if rows:
             row = rows[0]
             targets = self._targets(contact, row.peer_grant)
-            await self._refresh_checkpoints(targets)
+            split = await self._refresh_checkpoints(targets)
             with self.db.transaction():
                 session = self._load_session(row.conversation)
                 session.checkpoints = self._carried_checkpoints(targets)
@@ -533,7 +545,7 @@ class Channel:
             targets = self._targets(contact, None)
             session, first = Session.initiate(self.identity, contact.identity, bundle, now=now)
             grant = await self._ensure_own_queue(session)
-            await self._refresh_checkpoints(targets)
+            split = await self._refresh_checkpoints(targets)
             session.checkpoints = self._carried_checkpoints(targets)
             envelopes = [first]
             if grant is not None:
@@ -559,17 +571,28 @@ class Channel:
                 peer=contact.fingerprint,
                 at=now,
             )
-        delivered, pending = await self.flush_outbox(progress=progress)
+        try:
+            delivered, pending = await self.flush_outbox(progress=progress)
+        except SplitView as e:
+            split = split or e
+        if split is not None:
+            raise split
         return SendResult(
             contact=contact.name, seqs=tuple(seqs), delivered=delivered, pending=pending
         )
 
-    async def _refresh_checkpoints(self, targets: list[tuple[str, bytes, bytes | None]]) -> None:
+    async def _refresh_checkpoints(
+        self, targets: list[tuple[str, bytes, bytes | None]]
+    ) -> SplitView | None:
         """Before signing a message, fetch each target relay's newest
         checkpoint and check it against ours (consistency proof), so that the
         message carries the relay's current view of its log. A relay we
         cannot reach is skipped (the outbox will retry the send anyway); a
-        relay caught with two histories raises :class:`SplitView`."""
+        relay caught with two histories is returned as a :class:`SplitView`
+        for the caller to raise once the message is sent (the message is
+        end-to-end protected; the fork costs no message, and the user is
+        told)."""
+        split: SplitView | None = None
         for relay_url in dict.fromkeys(t[0] for t in targets):
             try:
                 key = await self._log_key(relay_url)
@@ -578,10 +601,11 @@ class Channel:
                 await self._accept_checkpoint(relay_url, key, note, checkpoint)
             except RelayError:
                 continue
-            except SplitView:
-                raise
+            except SplitView as e:
+                split = split or e
             except (VerificationFailed, MalformedInput) as e:
                 self.audit.rejected(type(e).__name__, f"checkpoint from {relay_url}: {e}")
+        return split
 
     def _carried_checkpoints(
         self, targets: list[tuple[str, bytes, bytes | None]]
@@ -793,12 +817,26 @@ class Channel:
                         raise ProofFailed("two different roots for one size")
                 else:
                     relay = await self._relay(relay_url)
-                    proof = await relay.consistency_proof(small.size, large.size)
+                    try:
+                        proof = await relay.consistency_proof(small.size, large.size)
+                    except RelayRefused as e:
+                        # An honest log proves consistency up to any size it
+                        # ever signed: refusing to (a 4xx) means it no longer
+                        # has the history it signed, a rolled-back or
+                        # rewritten log.
+                        raise ProofFailed(
+                            f"the relay will not prove size {small.size} consistent with "
+                            f"size {large.size}, both signed by its key ({e})"
+                        ) from None
                     verify_consistency(
                         small.size, large.size, proof, small.root_hash, large.root_hash
                     )
             except ProofFailed as e:
-                self.audit.rejected("SplitView", f"{relay_url}: {e}")
+                # One audit entry per contradicted head: later checkpoints that
+                # contradict the same head are the same finding.
+                if (relay_url, old_note) not in self._splits:
+                    self._splits.add((relay_url, old_note))
+                    self.audit.rejected("SplitView", f"{relay_url}: {e}")
                 raise SplitView(
                     f"the log of {relay_url} shows two histories ({e}); "
                     "both signed checkpoints are kept as evidence",
@@ -832,6 +870,8 @@ class Channel:
                 continue
             for env in envelopes:
                 out.extend(await self._process(queue, env))
+        if self.db.held():
+            out.extend(self._release_held())  # a first message may have come
         out.extend(await self._check_carried())
         await self._after_receive()
         return out
@@ -864,19 +904,6 @@ class Channel:
                                 reason="SplitView",
                                 error=f"{e} (the checkpoint came from {peer})",
                                 evidence=e.evidence,
-                            )
-                        )
-                    except RelayRefused as e:
-                        # An honest log proves consistency up to any size it
-                        # signed; refusing to is a split view by itself.
-                        self.audit.rejected("SplitView", f"{relay_url}: refused a proof: {e}")
-                        own = self.db.relay_log(relay_url)
-                        out.append(
-                            Rejected(
-                                reason="SplitView",
-                                error=f"the log of {relay_url} will not prove consistency with "
-                                f"a checkpoint it signed for {peer}",
-                                evidence=(own[1] or "", note) if own else (note,),
                             )
                         )
                     except RelayError as e:
@@ -949,6 +976,15 @@ class Channel:
         try:
             return self._open(queue, env, now)
         except (SecurechanError, ValueError) as e:
+            if not from_hold and self._early(queue, env.data, e):
+                # Possibly ahead of the first message of its session (the
+                # relay or the network reordered them): keep it, retried
+                # after each first message, refused once EARLY_GRACE passed.
+                with self.db.transaction():
+                    self.db.hold(env.msg_id, queue.relay, env.data, now)
+                    self.db.mark_seen(env.msg_id, now)
+                    self.db.set_last_seq(queue.rid, env.seq)
+                return []
             unknown = isinstance(e, UnknownSender)
             hold = unknown and self.unknown_senders == "hold"
             with self.db.transaction():
@@ -963,12 +999,27 @@ class Channel:
             self.audit.rejected(type(e).__name__, str(e), at=now)
             return [Rejected(reason=type(e).__name__, error=str(e), held=hold)]
 
+    def _early(self, queue: QueueRow, data: bytes, error: Exception) -> bool:
+        """Could this refused envelope be a message that overtook the first
+        message of its session? Only on the contact queue (where a session's
+        first messages travel), only a ratchet message that no session could
+        decrypt (a replay, reflection or absurd counter is refused at once),
+        and while few are held."""
+        if queue.kind != "contact" or type(error) not in (DecryptionFailed, MessageRejected):
+            return False
+        try:
+            if wire.peek_type(data) != MESSAGE.type_id:
+                return False
+        except MalformedInput:
+            return False
+        return len(self.db.held()) < MAX_HELD
+
     def _release_held(self) -> list[Received | Rejected]:
         """Retry held envelopes (oldest first): those whose sender has been
         pinned since open now; the rest stay held."""
         out: list[Received | Rejected] = []
         contact_queues = {q.relay: q for q in self.db.queues() if q.kind == "contact"}
-        for msg_id, relay, data in self.db.held():
+        for msg_id, relay, data, at in self.db.held():
             queue = contact_queues.get(relay)
             if queue is None:
                 continue
@@ -981,6 +1032,8 @@ class Channel:
             except (SecurechanError, ValueError) as e:
                 if chain is not None and self.db.chain_refused(chain):
                     continue  # waits for the first message of its chain
+                if not _is_first(data) and self._now() - at < EARLY_GRACE:
+                    continue  # may still be ahead of its first message
                 with self.db.transaction():
                     self.db.unhold(msg_id)
                 self.audit.rejected(type(e).__name__, str(e))
@@ -1298,7 +1351,7 @@ class Channel:
             "outbox": len(self.db.outbox()),
             # First messages from senders not yet pinned (their later envelopes
             # are held behind them and not counted).
-            "held": sum(1 for _, _, data in self.db.held() if _is_first(data)),
+            "held": sum(1 for _, _, data, _ in self.db.held() if _is_first(data)),
         }
 
 

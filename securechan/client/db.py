@@ -381,17 +381,21 @@ class ClientDB:
         self._db.execute("INSERT OR IGNORE INTO seen (msg_id, at) VALUES (?, ?)", (msg_id, now))
 
     def hold(self, msg_id: bytes, relay: str, envelope: bytes, now: int) -> None:
-        """Keep a first message from an unknown sender for the user to accept."""
+        """Keep an envelope to open later: a first message from an unknown
+        sender (for the user to accept), or a message that came ahead of its
+        session's first message."""
         self._db.execute(
             "INSERT OR IGNORE INTO held (msg_id, relay, envelope, at) VALUES (?, ?, ?, ?)",
             (msg_id, relay, envelope, now),
         )
 
-    def held(self) -> list[tuple[bytes, str, bytes]]:
-        """Held first messages: (msg_id, relay, envelope)."""
+    def held(self) -> list[tuple[bytes, str, bytes, int]]:
+        """Held envelopes, oldest first: (msg_id, relay, envelope, time held)."""
         return [
-            (r[0], r[1], r[2])
-            for r in self._db.execute("SELECT msg_id, relay, envelope FROM held ORDER BY at")
+            (r[0], r[1], r[2], int(r[3]))
+            for r in self._db.execute(
+                "SELECT msg_id, relay, envelope, at FROM held ORDER BY at, rowid"
+            )
         ]
 
     def unhold(self, msg_id: bytes) -> None:
