@@ -370,8 +370,7 @@ def test_relay_substitutes_prekey_bundle(strangers: World, pristine: Path, tmp_p
     state.check()
     assert json.loads(t.ok("status", "--json"))["outbox"] == 0  # nothing encrypted to mallory
     assert [x for x in fw.sent() if x.status < 300] == []
-    # Rule 3 (the refusal in tehran's audit log) fails today: see
-    # pending_bugs_adversary.py::test_substituted_bundle_is_audited.
+    assert state.audited() == ["BundleRejected"]
     # The real bundle works.
     fw.reset()
     t.ok("send", "washington", "Tehran: for washington's eyes")
@@ -495,6 +494,22 @@ def test_relay_withholds_one_time_prekeys_and_strips_fields(strangers: World) ->
     fw.release()
     final = receive_all(w)
     assert shown(final) == ["Tehran: first contact"], final
+
+
+def test_relay_delays_first_message_behind_its_followers(strangers: World) -> None:
+    """Reordering across the handshake: the first message held back while
+    the grant and the text that follow it on the contact queue are
+    delivered. Nothing is lost or shown twice once the first arrives."""
+    t, w, fw = strangers.t, strangers.w, strangers.front["washington"]
+    fw.hold(lambda e: wire.peek_type(e.data) == FIRST.type_id)
+    t.ok("send", "washington", "Tehran: first contact")
+    early = receive(w)
+    assert shown(early) == []
+    assert fw.release() == 1
+    late = receive_all(w)
+    assert shown(early + late) == ["Tehran: first contact"], (early, late)
+    t.ok("send", "washington", "Tehran: and more")
+    assert shown(receive(w)) == ["Tehran: and more"]
 
 
 def receive_all(p: Party, want: int = 1) -> list[Received | Rejected]:
@@ -725,16 +740,17 @@ def test_relay_shows_forked_log(world: World) -> None:
 
 def test_relay_rolls_back_its_log(world: World) -> None:
     """A relay that restarts its log from nothing (a rewritten, truncated
-    history) after tehran saw a larger checkpoint: the smaller checkpoint is
-    never adopted and the send does not report success. (That it is also
-    reported as a split view, exit 1 with an audit entry, is
-    pending_bugs_adversary.py::test_rolled_back_log_is_a_split_view.)"""
+    history) after tehran saw a larger checkpoint, and so cannot prove the
+    old checkpoint consistent with the new one: a split view (exit 1, in the
+    audit log); the smaller checkpoint is never adopted."""
     t, fw = world.t, world.front["washington"]
     t.ok("send", "washington", "m1")
     t.ok("send", "washington", "m2")
     head = _relay_log(t, fw.url)
     fw.fork(base="empty")
+    before = len(audit_rejections(t.home))
     proc = t.run("send", "washington", "m3")
-    assert proc.returncode != 0, transcript(proc)
-    assert len(proc.stderr.splitlines()) == 1, transcript(proc)
+    assert proc.returncode == 1, transcript(proc)
+    assert "two histories" in proc.stderr and len(proc.stderr.splitlines()) == 1, transcript(proc)
     assert _relay_log(t, fw.url) == head
+    assert [r["reason"] for r in audit_rejections(t.home)[before:]] == ["SplitView"]
