@@ -754,3 +754,22 @@ def test_relay_rolls_back_its_log(world: World) -> None:
     assert "two histories" in proc.stderr and len(proc.stderr.splitlines()) == 1, transcript(proc)
     assert _relay_log(t, fw.url) == head
     assert [r["reason"] for r in audit_rejections(t.home)[before:]] == ["SplitView"]
+
+
+def test_relay_answers_one_fetch_with_garbage(world: World) -> None:
+    """A relay answering one queue's fetch with malformed JSON: that queue is
+    reported (one line, audited), the others are still received."""
+    t, w, fw = world.t, world.w, world.front["washington"]
+    contact = fw.queue_of("contact")
+
+    def garbage(x: Any, status: int, body: bytes) -> tuple[int, bytes]:
+        return (status, b'{"messages": "garbage"}') if x.queue == contact else (status, body)
+
+    fw.on_response("fetch", garbage)
+    before = len(audit_rejections(w.home))
+    t.ok("send", "washington", "on the private queue")
+    proc = w.run("receive")
+    assert proc.returncode == 0, transcript(proc)
+    assert "on the private queue" in proc.stdout, transcript(proc)
+    assert len(proc.stderr.splitlines()) == 1, transcript(proc)
+    assert [r["reason"] for r in audit_rejections(w.home)[before:]] == ["MalformedInput"]

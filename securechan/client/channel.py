@@ -868,6 +868,12 @@ class Channel:
             except RelayError as e:
                 out.append(Rejected(reason="relay", error=str(e)))
                 continue
+            except MalformedInput as e:
+                # A relay answering garbage for one queue must not stop the
+                # others: report it, record it, go on.
+                self.audit.rejected("MalformedInput", f"fetch answer from {queue.relay}: {e}")
+                out.append(Rejected(reason="relay", error=f"{queue.relay}: {e}"))
+                continue
             for env in envelopes:
                 out.extend(await self._process(queue, env))
         if self.db.held():
