@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -221,6 +222,7 @@ async def serve(
         port = server.sockets[0].getsockname()[1]
     scheme = "https" if tls else "http"
     host = f"[{opts.host}]" if ":" in opts.host else opts.host
+    _tune_gc()
     announce(f"relay key: {b64e(key.public)}")
     announce(f"relay fingerprint: {sha256(key.public).hex()}")
     announce(f"log verifier key: {tlog.verifier.to_text()}")
@@ -252,6 +254,23 @@ async def serve(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         log.info("stopped")
+
+
+def _tune_gc() -> None:
+    """Cheaper garbage collection for a long-running server (process-wide:
+    ``serve`` runs as the relay process's main program).
+
+    Every request allocates futures, tasks and handler frames, many of them in
+    short-lived reference cycles. With the default first-generation threshold
+    (700) the collector ran ~30 times a second under load and an oldest-
+    generation pass over everything loaded at start-up stalled the event loop
+    for ~16 ms (measured with ``gc.callbacks`` under the relay benchmark): a
+    latency spike for every request in flight. Freezing the start-up objects
+    takes them out of every collection, and a higher first threshold lets
+    most garbage die young between collections; cycles are still collected.
+    """
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
 
 
 def options_from(values: dict[str, Any]) -> ServeOptions:
