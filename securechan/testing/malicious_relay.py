@@ -28,6 +28,15 @@ at, so the proxy a party registered through sees that party's fetches and
 every envelope sent to it. A fork on one proxy is then shown to the clients
 who use that proxy only (a split view between two parties).
 
+A two-party split view, for example (``tests/adversary/world.py`` sets this
+up: one front per party, both in front of one relay)::
+
+    with world_of(relay, pristine, tmp_path, ["tehran", "washington"]) as world:
+        world.introduce("tehran", "washington")
+        world.front["washington"].fork()   # whoever sends *to* washington,
+        # i.e. tehran, now gets receipts and checkpoints of the shadow log,
+        # while washington's own sends (to tehran's front) see the real one.
+
 WebSocket upgrades are refused (404); clients fall back to polling.
 """
 
@@ -221,7 +230,9 @@ class MaliciousRelay:
     async def _serve(self) -> None:
         app = web.Application(client_max_size=8 << 20)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=0.5
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
@@ -250,6 +261,12 @@ class MaliciousRelay:
             await self._session.close()
         if self._runner is not None:
             await self._runner.cleanup()
+        # Handlers still sleeping on a held answer: cancel them, so the loop
+        # closes with no task pending.
+        rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in rest:
+            task.cancel()
+        await asyncio.gather(*rest, return_exceptions=True)
 
     def call(self, coro: Awaitable[T], *, timeout: float = 60) -> T:
         """Run ``coro`` on the proxy's event loop from the test's thread."""
