@@ -632,3 +632,51 @@ def test_cached_queue_records_follow_every_change(tmp_path: Path) -> None:
             assert await s.queue_by_rid(q.rid) is None
 
     _run(main)
+
+
+def test_a_commit_continuation_may_hold_the_answer(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with await SqliteStorage.open(tmp_path / "relay.db") as s:
+            q = make_queue("t")
+            await s.create_queue(q)
+            loop = asyncio.get_running_loop()
+            seen: list[tuple[PutResult, bool]] = []
+            held: list[tuple[asyncio.Future[PutResult], PutResult]] = []
+
+            def hold(result: PutResult, future: asyncio.Future[PutResult]) -> bool:
+                seen.append((result, threading.current_thread() is threading.main_thread()))
+                held.append((future, result))
+                return True
+
+            put = asyncio.ensure_future(
+                s.put_envelope(q.rid, msg_id(1), b"a", now=NOW, max_depth=1, then=hold)
+            )
+            while not held:
+                await asyncio.sleep(0.01)
+            # Committed (a second connection sees it) but not answered yet.
+            conn = _raw(s.path)
+            assert conn.execute("SELECT count(*) FROM envelopes").fetchone() == (1,)
+            conn.close()
+            assert not put.done()
+            future, result = held[0]
+            loop.call_soon_threadsafe(future.set_result, result)
+            assert await put == PutResult(seq=1, duplicate=False)
+            assert seen == [(PutResult(seq=1, duplicate=False), False)]  # on the writer thread
+
+            def decline(result: PutResult, future: asyncio.Future[PutResult]) -> bool:
+                seen.append((result, False))
+                return False
+
+            def fail(result: PutResult, future: asyncio.Future[PutResult]) -> bool:
+                raise RuntimeError("cannot continue")
+
+            r = await s.put_envelope(q.rid, msg_id(1), b"a", now=NOW, max_depth=1, then=decline)
+            assert r == PutResult(seq=1, duplicate=True)
+            r = await s.put_envelope(q.rid, msg_id(1), b"a", now=NOW, max_depth=1, then=fail)
+            assert r.duplicate
+            # A refused envelope is not handed to the continuation.
+            with pytest.raises(QueueFull):
+                await s.put_envelope(q.rid, msg_id(2), b"b", now=NOW, max_depth=1, then=hold)
+            assert len(held) == 1
+
+    _run(main)

@@ -43,6 +43,7 @@ from securechan.relay.storage import (
     KEY_SIZE,
     NonceReused,
     NonceUse,
+    PutResult,
     QueueFull,
     QueueRecord,
     RelayStorage,
@@ -333,6 +334,27 @@ class Relay:
         # The nonce is recorded in the same transaction (and commit) as the
         # envelope: a replay is refused and stores nothing.
         nonce = None if queue.sender_key is None else self._verify(request, queue.sender_key, body)
+        tlog = self.log
+        logged: asyncio.Future[Any] | None = None
+        if tlog is not None:
+            # A new envelope's leaf is appended by the log's writer straight
+            # after relay.db's commit (no round trip through the event loop),
+            # and the send is answered only when both are committed.
+            loop = asyncio.get_running_loop()
+            appended = loop.create_future()
+
+            def then(result: PutResult, stored: asyncio.Future[PutResult]) -> bool:
+                # On relay.db's writer thread, after its commit.
+                nonlocal logged
+                if result.duplicate:
+                    return False  # answered at once; its receipt is looked up below
+                try:
+                    tlog.append_from_thread(body, loop, appended, before=(stored, result))
+                except StorageClosed:
+                    return False  # shutting down: the append below says so
+                logged = appended
+                return True
+
         try:
             result = await self.storage.put_envelope(
                 queue.rid,
@@ -341,6 +363,7 @@ class Relay:
                 now=self.now(),
                 max_depth=self.config.max_depth,
                 nonce=nonce,
+                then=None if tlog is None else then,
             )
         except NonceReused:
             raise self._replayed() from None
@@ -350,12 +373,15 @@ class Relay:
         self.metrics.envelopes_stored.inc()
         self.metrics.envelope_bytes.observe(len(body))
         reply: dict[str, Any] = {"seq": result.seq, "duplicate": result.duplicate}
-        if self.log is not None:
+        if tlog is not None:
             # Logged before the answer (and before the push): a 2xx means the
             # envelope is both stored and in the log.
-            receipt = await self._log_receipt(
-                self.log, queue.rid, msg_id, body, result.seq, result.duplicate
-            )
+            if logged is not None:
+                receipt = tlog.receipt_from(await logged)
+            else:  # a duplicate, or the log could not be reached from the writer
+                receipt = await self._log_receipt(
+                    tlog, queue.rid, msg_id, body, result.seq, result.duplicate
+                )
             reply["receipt"] = receipt.to_json()
         if not result.duplicate:
             self._notify(queue.rid, result.seq, msg_id, body)

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import queue
 import sqlite3
@@ -86,6 +87,7 @@ __all__ = [
 
 T = TypeVar("T")
 Conn = sqlite3.Connection
+log = logging.getLogger("securechan.relay")
 
 MAX_BATCH: Final = 256
 """Most write jobs sharing one transaction (and one sync)."""
@@ -271,6 +273,7 @@ class _Job:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Any]
     transaction: bool
+    then: Callable[[Any, asyncio.Future[Any]], bool] | None = None
 
 
 def _settle(outcomes: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
@@ -446,13 +449,19 @@ class SqliteStorage:
 
     # --- plumbing ---------------------------------------------------------------
 
-    async def _write(self, fn: Callable[[Conn], T], *, transaction: bool = True) -> T:
+    async def _write(
+        self,
+        fn: Callable[[Conn], T],
+        *,
+        transaction: bool = True,
+        then: Callable[[Any, asyncio.Future[Any]], bool] | None = None,
+    ) -> T:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         with self._lock:  # no job may enter the queue behind close()'s stop mark
             if self._closed:
                 raise StorageClosed("the relay storage is closed")
-            self._jobs.put(_Job(fn, loop, future, transaction))
+            self._jobs.put(_Job(fn, loop, future, transaction, then))
         return cast(T, await future)
 
     async def _read(self, fn: Callable[[Conn], T]) -> T:
@@ -505,10 +514,22 @@ class SqliteStorage:
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]]
         by_loop = {}
         for job, ok, value in outcomes:
+            if ok and job.then is not None and self._hand_over(job.then, value, job.future):
+                continue  # the continuation answers the caller
             by_loop.setdefault(job.loop, []).append((job.future, ok, value))
         for loop, settled in by_loop.items():
             with contextlib.suppress(RuntimeError):  # the caller's loop is gone
                 loop.call_soon_threadsafe(_settle, settled)
+
+    @staticmethod
+    def _hand_over(
+        then: Callable[[Any, asyncio.Future[Any]], bool], value: Any, future: asyncio.Future[Any]
+    ) -> bool:
+        try:
+            return then(value, future)
+        except Exception:  # the continuation could not start: answer the caller now
+            log.exception("relay storage: a commit continuation failed")
+            return False
 
     def _commit(self, conn: Conn, jobs: list[_Job]) -> list[tuple[_Job, bool, Any]]:
         """Run ``jobs`` in one transaction, each in a savepoint; one sync at the end."""
@@ -663,6 +684,7 @@ class SqliteStorage:
         now: int,
         max_depth: int,
         nonce: NonceUse | None = None,
+        then: Callable[[PutResult, asyncio.Future[PutResult]], bool] | None = None,
     ) -> PutResult:
         """Append durably; idempotent on ``msg_id`` while the envelope is held.
 
@@ -671,6 +693,15 @@ class SqliteStorage:
         there is no such queue. With ``nonce``, the request nonce is recorded
         in the same transaction: :class:`NonceReused` (nothing stored) if it
         was recorded before; a full queue still records it.
+
+        ``then(result, future)``, if given, runs on the writer thread right
+        after the commit that stored (or found) the envelope, before the
+        caller is answered; it must not block. If it returns ``True`` it has
+        taken over answering: it must resolve ``future`` with ``result`` (the
+        relay does so once the transparency log has committed the envelope's
+        leaf, which spares the event loop a round trip between the two
+        commits). If it returns ``False`` or raises, the caller is answered
+        at once.
         """
         _id(rid, "rid")
         _id(msg_id, "msg_id")
@@ -699,7 +730,11 @@ class SqliteStorage:
             )
             return PutResult(seq=seq, duplicate=False)
 
-        result = await self._write(job)
+        def after(value: Any, future: asyncio.Future[Any]) -> bool:
+            # Not for a full queue (the caller gets QueueFull at once).
+            return then is not None and isinstance(value, PutResult) and then(value, future)
+
+        result = await self._write(job, then=None if then is None else after)
         if result is _FULL:
             raise QueueFull("the queue is full")
         return cast(PutResult, result)

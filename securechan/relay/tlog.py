@@ -165,6 +165,8 @@ class _Job:
     arg: Any
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Any]
+    # Resolved with its value just before ``future``, in the same callback.
+    before: tuple[asyncio.Future[Any], Any] | None = None
 
 
 def _cover(begin: int, end: int) -> list[merkle.NodeId]:
@@ -492,8 +494,7 @@ class RelayLog:
         if not isinstance(envelope, bytes):
             raise TypeError("an envelope is bytes")
         # Hashed by the writer: the event loop hands over the bytes and goes on.
-        index, head, _, proof = await self._submit("append", envelope)
-        return Receipt(leaf_index=index, checkpoint=self._head_note(head), inclusion_proof=proof)
+        return self.receipt_from(await self._submit("append", envelope))
 
     async def receipt_for(self, envelope: bytes) -> Receipt | None:
         """The receipt of ``envelope`` against the newest checkpoint, or
@@ -540,6 +541,33 @@ class RelayLog:
         return cast(str, await self._submit("cosign", body))
 
     # --- plumbing ------------------------------------------------------------------
+
+    def append_from_thread(
+        self,
+        envelope: bytes,
+        loop: asyncio.AbstractEventLoop,
+        future: asyncio.Future[Any],
+        *,
+        before: tuple[asyncio.Future[Any], Any] | None = None,
+    ) -> None:
+        """Start :meth:`append` from any thread: ``future`` (of ``loop``) gets
+        the append's answer, which :meth:`receipt_from` turns into the
+        receipt on the event loop, or the error. ``before``, a future of the same loop with
+        its value, is resolved in the same callback just before ``future``, so
+        a task that awaits one and then the other wakes once. Raises
+        :class:`StorageClosed` (nothing started) after :meth:`close`."""
+        if not isinstance(envelope, bytes):
+            raise TypeError("an envelope is bytes")
+        with self._lock:
+            if self._closed:
+                raise StorageClosed("the transparency log is closed")
+            self._jobs.put(_Job("append", envelope, loop, future, before))
+
+    def receipt_from(self, appended: Any) -> Receipt:
+        """The receipt for what an append answered (on the event loop: the
+        checkpoint note is composed there, once per checkpoint)."""
+        index, head, _, proof = appended
+        return Receipt(leaf_index=index, checkpoint=self._head_note(head), inclusion_proof=proof)
 
     async def _submit(self, kind: str, arg: Any) -> Any:
         loop = asyncio.get_running_loop()
@@ -706,7 +734,10 @@ class RelayLog:
             by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]]
             by_loop = {}
             for j, ok, value in outcomes:
-                by_loop.setdefault(j.loop, []).append((j.future, ok, value))
+                settled = by_loop.setdefault(j.loop, [])
+                if j.before is not None:
+                    settled.append((j.before[0], True, j.before[1]))
+                settled.append((j.future, ok, value))
             for loop, settled in by_loop.items():
                 with contextlib.suppress(RuntimeError):  # the caller's loop is gone
                     loop.call_soon_threadsafe(_settle, settled)
