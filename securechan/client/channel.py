@@ -36,14 +36,13 @@ from pathlib import Path
 from typing import Literal
 
 from securechan import wire
-from securechan.audit.checkpoint import Checkpoint, open_checkpoint
 from securechan.audit.log import AuditLog
-from securechan.audit.merkle import verify_consistency
 from securechan.audit.note import SignedNote, VerifierKey
 from securechan.audit.receipt import Receipt as LogReceipt
 from securechan.audit.receipt import verify_receipt
 from securechan.audit.statement import LogPlacement, Statement, message_id
 from securechan.client.db import ClientDB, QueueRow
+from securechan.client.logview import RelayLogs
 from securechan.client.policy import check_witnessed
 from securechan.errors import (
     BundleRejected,
@@ -52,9 +51,7 @@ from securechan.errors import (
     MalformedInput,
     MessageRejected,
     NoIdentity,
-    ProofFailed,
     RelayError,
-    RelayRefused,
     SecurechanError,
     SplitView,
     UnknownSender,
@@ -73,8 +70,6 @@ from securechan.protocol.address import (
 )
 from securechan.protocol.handshake import FIRST, ReplayGuard
 from securechan.protocol.payload import (
-    MAX_CHECKPOINT_TEXT,
-    MAX_CHECKPOINTS,
     ContentType,
     FileChunk,
     Receipt,
@@ -258,8 +253,13 @@ class Channel:
         self._relays: dict[str, RelayClient] = {}
         # Checkpoints carried by messages received in this pass, checked
         # against our own view of each log once the pass is done.
-        self._carried_in: list[tuple[tuple[str, ...], str]] = []
-        self._splits: set[tuple[str, str]] = set()
+        self.logs = RelayLogs(
+            self.db,
+            self.audit,
+            self._relay,
+            self._pinned_relay_key,
+            lambda url, key, note: check_witnessed(self, url, key, note),
+        )
 
     @classmethod
     def open(
@@ -306,6 +306,10 @@ class Channel:
         return client
 
     # --- registration -------------------------------------------------------------
+
+    def _pinned_relay_key(self, relay_url: str) -> bytes | None:
+        reg = next((r for r in self._registrations() if r.relay == relay_url), None)
+        return reg.relay_key if reg is not None else None
 
     def _registrations(self) -> list[_Registration]:
         loaded = self.db.load_state("registrations", "registration", b"")
@@ -532,10 +536,10 @@ class Channel:
         if rows:
             row = rows[0]
             targets = self._targets(contact, row.peer_grant)
-            split = await self._refresh_checkpoints(targets)
+            split = await self.logs.refresh(t[0] for t in targets)
             with self.db.transaction():
                 session = self._load_session(row.conversation)
-                session.checkpoints = self._carried_checkpoints(targets)
+                session.checkpoints = self.logs.carried(t[0] for t in targets)
                 envelopes, seqs = self._build(session, build)
                 sent = self._commit_send(session, contact, envelopes, seqs, records, targets, now)
         else:
@@ -545,8 +549,8 @@ class Channel:
             targets = self._targets(contact, None)
             session, first = Session.initiate(self.identity, contact.identity, bundle, now=now)
             grant = await self._ensure_own_queue(session)
-            split = await self._refresh_checkpoints(targets)
-            session.checkpoints = self._carried_checkpoints(targets)
+            split = await self.logs.refresh(t[0] for t in targets)
+            session.checkpoints = self.logs.carried(t[0] for t in targets)
             envelopes = [first]
             if grant is not None:
                 envelopes.append(session.send_grant(grant, now=now))
@@ -580,45 +584,6 @@ class Channel:
         return SendResult(
             contact=contact.name, seqs=tuple(seqs), delivered=delivered, pending=pending
         )
-
-    async def _refresh_checkpoints(
-        self, targets: list[tuple[str, bytes, bytes | None]]
-    ) -> SplitView | None:
-        """Before signing a message, fetch each target relay's newest
-        checkpoint and check it against ours (consistency proof), so that the
-        message carries the relay's current view of its log. A relay we
-        cannot reach is skipped (the outbox will retry the send anyway); a
-        relay caught with two histories is returned as a :class:`SplitView`
-        for the caller to raise once the message is sent (the message is
-        end-to-end protected; the fork costs no message, and the user is
-        told)."""
-        split: SplitView | None = None
-        for relay_url in dict.fromkeys(t[0] for t in targets):
-            try:
-                key = await self._log_key(relay_url)
-                note = await (await self._relay(relay_url)).log_checkpoint()
-                checkpoint = open_checkpoint(note, key)
-                await self._accept_checkpoint(relay_url, key, note, checkpoint)
-            except RelayError:
-                continue
-            except SplitView as e:
-                split = split or e
-            except (VerificationFailed, MalformedInput) as e:
-                self.audit.rejected(type(e).__name__, f"checkpoint from {relay_url}: {e}")
-        return split
-
-    def _carried_checkpoints(
-        self, targets: list[tuple[str, bytes, bytes | None]]
-    ) -> tuple[str, ...]:
-        """The newest verified checkpoints we hold, those of the relays this
-        message goes to first: the recipient checks each against its own
-        view of the same log (``docs/AUDIT.md``, Split views)."""
-        first = {t[0] for t in targets}
-        rows = sorted(self.db.relay_logs(), key=lambda r: r[0] not in first)
-        notes = dict.fromkeys(
-            note for _, _, note in rows if note is not None and len(note) <= MAX_CHECKPOINT_TEXT
-        )
-        return tuple(notes)[:MAX_CHECKPOINTS]
 
     @staticmethod
     def _build(
@@ -757,11 +722,9 @@ class Channel:
             # must prove the envelope is in a checkpoint consistent with every
             # checkpoint we saw from this relay before.
             try:
-                key = await self._log_key(entry.relay)
+                key = await self.logs.key(entry.relay)
                 checkpoint = verify_receipt(reply.receipt, entry.envelope, key)
-                await self._accept_checkpoint(
-                    entry.relay, key, reply.receipt.checkpoint, checkpoint
-                )
+                await self.logs.accept(entry.relay, key, reply.receipt.checkpoint, checkpoint)
                 with self.db.transaction():
                     self.db.add_log_receipt(
                         sha256(entry.envelope),
@@ -781,77 +744,6 @@ class Channel:
                 + "; ".join(bad_receipts[:3])
             )
         return delivered, pending
-
-    async def _log_key(self, relay_url: str) -> VerifierKey:
-        """The relay's log key: pinned on first use, and equal to the relay
-        key we pinned when registering there."""
-        known = self.db.relay_log(relay_url)
-        if known is not None:
-            return VerifierKey.from_text(known[0])
-        info = await (await self._relay(relay_url)).info()
-        text = info.get("log_verifier_key")
-        if not isinstance(text, str):
-            raise MalformedInput(f"{relay_url} publishes no transparency log")
-        key = VerifierKey.from_text(text)
-        reg = next((r for r in self._registrations() if r.relay == relay_url), None)
-        if reg is not None and key.public_key != reg.relay_key:
-            raise UntrustedKey(f"the log key of {relay_url} is not the relay key you pinned")
-        with self.db.transaction():
-            self.db.set_relay_log(relay_url, key.to_text(), None)
-        return key
-
-    async def _accept_checkpoint(
-        self, relay_url: str, key: VerifierKey, note: str, checkpoint: Checkpoint
-    ) -> None:
-        """Check a new checkpoint against the newest one we hold from this
-        relay (a consistency proof either way), then keep the newer one.
-        Raises :class:`SplitView` with both notes when they conflict."""
-        known = self.db.relay_log(relay_url)
-        old_note = known[1] if known is not None else None
-        if old_note is not None:
-            old = open_checkpoint(old_note, key)
-            small, large = (old, checkpoint) if old.size <= checkpoint.size else (checkpoint, old)
-            try:
-                if small.size == large.size:
-                    if small.root_hash != large.root_hash:
-                        raise ProofFailed("two different roots for one size")
-                else:
-                    relay = await self._relay(relay_url)
-                    try:
-                        proof = await relay.consistency_proof(small.size, large.size)
-                    except RelayRefused as e:
-                        # An honest log proves consistency up to any size it
-                        # ever signed: refusing to (a 4xx) means it no longer
-                        # has the history it signed, a rolled-back or
-                        # rewritten log.
-                        raise ProofFailed(
-                            f"the relay will not prove size {small.size} consistent with "
-                            f"size {large.size}, both signed by its key ({e})"
-                        ) from None
-                    verify_consistency(
-                        small.size, large.size, proof, small.root_hash, large.root_hash
-                    )
-            except ProofFailed as e:
-                # One audit entry per contradicted head: later checkpoints that
-                # contradict the same head are the same finding.
-                if (relay_url, old_note) not in self._splits:
-                    self._splits.add((relay_url, old_note))
-                    self.audit.rejected("SplitView", f"{relay_url}: {e}")
-                raise SplitView(
-                    f"the log of {relay_url} shows two histories ({e}); "
-                    "both signed checkpoints are kept as evidence",
-                    (old_note, note),
-                ) from None
-            check_witnessed(self, relay_url, key, note)
-            if old.size >= checkpoint.size:
-                return
-        with self.db.transaction():
-            self.db.set_relay_log(relay_url, key.to_text(), note)
-        if old_note is None:
-            check_witnessed(self, relay_url, key, note)
-        self.audit.checkpoint_seen(
-            origin=checkpoint.origin, size=checkpoint.size, root_hash=checkpoint.root_hash
-        )
 
     # --- receiving ----------------------------------------------------------------
 
@@ -878,42 +770,15 @@ class Channel:
                 out.extend(await self._process(queue, env))
         if self.db.held():
             out.extend(self._release_held())  # a first message may have come
-        out.extend(await self._check_carried())
+        out.extend(
+            Rejected(
+                reason="SplitView",
+                error=f"{e} (the checkpoint came from {peer})",
+                evidence=e.evidence,
+            )
+            for e, peer in await self.logs.check_carried()
+        )
         await self._after_receive()
-        return out
-
-    async def _check_carried(self) -> list[Rejected]:
-        """Hold each checkpoint a peer carried in a message against our own
-        newest checkpoint of the same log (a consistency proof either way,
-        fetched from the relay we reach that log through). A relay that shows
-        the peer one history and us another cannot give that proof: the
-        result is a :class:`SplitView`, recorded in the audit log and returned
-        as a rejection with both checkpoints as evidence. A carried
-        checkpoint of a log we do not use, or that does not verify, proves
-        nothing and is skipped (and recorded)."""
-        carried, self._carried_in = self._carried_in, []
-        out: list[Rejected] = []
-        logs = self.db.relay_logs()
-        for notes, peer in carried:
-            for note in notes:
-                for relay_url, key_text, _ in logs:
-                    key = VerifierKey.from_text(key_text)
-                    try:
-                        checkpoint = open_checkpoint(note, key)
-                    except (VerificationFailed, MalformedInput):
-                        continue  # another log's checkpoint
-                    try:
-                        await self._accept_checkpoint(relay_url, key, note, checkpoint)
-                    except SplitView as e:
-                        out.append(
-                            Rejected(
-                                reason="SplitView",
-                                error=f"{e} (the checkpoint came from {peer})",
-                                evidence=e.evidence,
-                            )
-                        )
-                    except RelayError as e:
-                        self.audit.rejected("CheckpointUnchecked", f"{relay_url}: {e}")
         return out
 
     async def follow(
@@ -1080,7 +945,7 @@ class Channel:
             )
         for ev in events:
             if isinstance(ev, MessageReceived) and ev.checkpoints:
-                self._carried_in.append((ev.checkpoints, session.peer.name))
+                self.logs.carry_in(ev.checkpoints, session.peer.name)
             if isinstance(ev, MessageReceived):
                 self.audit.message_received(
                     conversation=session.conversation,

@@ -131,9 +131,9 @@ async def refresh_witnessed(ch: Channel, relay_url: str) -> CosignedCheckpoint |
     policy = get_policy(ch, relay_url)
     if policy is None:
         raise MalformedInput(f"no witness policy for {relay_url}: 'securechan policy set' first")
-    key = await ch._log_key(relay_url)
+    key = await ch.logs.key(relay_url)
     note = await (await ch._relay(relay_url)).log_checkpoint()
-    await ch._accept_checkpoint(relay_url, key, note, open_checkpoint(note, key))
+    await ch.logs.accept(relay_url, key, note, open_checkpoint(note, key))
     check_witnessed(ch, relay_url, key, note)
     policy = get_policy(ch, relay_url)
     if policy is None or policy.witnessed is None:
@@ -153,7 +153,7 @@ async def witnessed_statement(ch: Channel, message_id: str) -> tuple[Statement, 
         policy = get_policy(ch, relay_url)
         if policy is None:
             continue
-        key = await ch._log_key(relay_url)
+        key = await ch.logs.key(relay_url)
         receipt = Receipt.from_json(json.loads(text))
         try:
             cosigned = await refresh_witnessed(ch, relay_url)

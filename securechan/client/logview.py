@@ -1,0 +1,196 @@
+"""What this client has seen of each relay's transparency log.
+
+Per relay, the client pins the log's verifier key (equal to the relay key it
+pinned when registering) and keeps the newest checkpoint it verified. Every
+new checkpoint, from a send receipt, from the relay before a message is
+signed, or carried inside a peer's message, must be consistent with that one
+(a consistency proof from the relay, either way); one that is not is a
+**split view**: the relay signed two histories, and both signed notes are the
+evidence (``docs/AUDIT.md``, Receipts and Split views). The newest
+checkpoints travel inside our own messages for the peer to check in turn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+
+from securechan.audit.checkpoint import Checkpoint, open_checkpoint
+from securechan.audit.log import AuditLog
+from securechan.audit.merkle import verify_consistency
+from securechan.audit.note import VerifierKey
+from securechan.client.db import ClientDB
+from securechan.errors import (
+    MalformedInput,
+    ProofFailed,
+    RelayError,
+    RelayRefused,
+    SplitView,
+    UntrustedKey,
+    VerificationFailed,
+)
+from securechan.protocol.payload import MAX_CHECKPOINT_TEXT, MAX_CHECKPOINTS
+from securechan.transport import RelayClient
+
+__all__ = ["RelayLogs"]
+
+
+class RelayLogs:
+    """The client's view of its relays' logs, kept in the client database.
+
+    ``relay(url)`` gives a connected :class:`RelayClient`; ``pinned_key(url)``
+    the relay key pinned at registration (None for a contact's relay);
+    ``witnessed(url, key, note)`` is called with every checkpoint that passed
+    the consistency check (the witness policy's hook).
+    """
+
+    def __init__(
+        self,
+        db: ClientDB,
+        audit: AuditLog,
+        relay: Callable[[str], Awaitable[RelayClient]],
+        pinned_key: Callable[[str], bytes | None],
+        witnessed: Callable[[str, VerifierKey, str], object],
+    ) -> None:
+        self._db = db
+        self._audit = audit
+        self._relay = relay
+        self._pinned_key = pinned_key
+        self._witnessed = witnessed
+        # Contradicted heads already recorded (one audit entry per finding).
+        self._splits: set[tuple[str, str]] = set()
+        # Checkpoints peers carried in the messages of the current pass.
+        self._carried_in: list[tuple[tuple[str, ...], str]] = []
+
+    async def key(self, relay_url: str) -> VerifierKey:
+        """The relay's log key: pinned on first use, and equal to the relay
+        key we pinned when registering there."""
+        known = self._db.relay_log(relay_url)
+        if known is not None:
+            return VerifierKey.from_text(known[0])
+        info = await (await self._relay(relay_url)).info()
+        text = info.get("log_verifier_key")
+        if not isinstance(text, str):
+            raise MalformedInput(f"{relay_url} publishes no transparency log")
+        key = VerifierKey.from_text(text)
+        pinned = self._pinned_key(relay_url)
+        if pinned is not None and key.public_key != pinned:
+            raise UntrustedKey(f"the log key of {relay_url} is not the relay key you pinned")
+        with self._db.transaction():
+            self._db.set_relay_log(relay_url, key.to_text(), None)
+        return key
+
+    async def accept(
+        self, relay_url: str, key: VerifierKey, note: str, checkpoint: Checkpoint
+    ) -> None:
+        """Check a new checkpoint against the newest one we hold from this
+        relay (a consistency proof either way), then keep the newer one.
+        Raises :class:`SplitView` with both notes when they conflict."""
+        known = self._db.relay_log(relay_url)
+        old_note = known[1] if known is not None else None
+        if old_note is not None:
+            old = open_checkpoint(old_note, key)
+            try:
+                await self._prove(relay_url, old, checkpoint)
+            except ProofFailed as e:
+                # One audit entry per contradicted head: later checkpoints that
+                # contradict the same head are the same finding.
+                if (relay_url, old_note) not in self._splits:
+                    self._splits.add((relay_url, old_note))
+                    self._audit.rejected("SplitView", f"{relay_url}: {e}")
+                raise SplitView(
+                    f"the log of {relay_url} shows two histories ({e}); "
+                    "both signed checkpoints are kept as evidence",
+                    (old_note, note),
+                ) from None
+            self._witnessed(relay_url, key, note)
+            if old.size >= checkpoint.size:
+                return
+        with self._db.transaction():
+            self._db.set_relay_log(relay_url, key.to_text(), note)
+        if old_note is None:
+            self._witnessed(relay_url, key, note)
+        self._audit.checkpoint_seen(
+            origin=checkpoint.origin, size=checkpoint.size, root_hash=checkpoint.root_hash
+        )
+
+    async def _prove(self, relay_url: str, a: Checkpoint, b: Checkpoint) -> None:
+        small, large = (a, b) if a.size <= b.size else (b, a)
+        if small.size == large.size:
+            if small.root_hash != large.root_hash:
+                raise ProofFailed("two different roots for one size")
+            return
+        relay = await self._relay(relay_url)
+        try:
+            proof = await relay.consistency_proof(small.size, large.size)
+        except RelayRefused as e:
+            # An honest log proves consistency up to any size it ever signed:
+            # refusing to (a 4xx) means it no longer has the history it
+            # signed, a rolled-back or rewritten log.
+            raise ProofFailed(
+                f"the relay will not prove size {small.size} consistent with "
+                f"size {large.size}, both signed by its key ({e})"
+            ) from None
+        verify_consistency(small.size, large.size, proof, small.root_hash, large.root_hash)
+
+    async def refresh(self, relay_urls: Iterable[str]) -> SplitView | None:
+        """Before signing a message, fetch each relay's newest checkpoint and
+        check it against ours, so that the message carries the relay's
+        current view of its log. A relay we cannot reach is skipped (the
+        outbox retries the send anyway); a relay caught with two histories
+        is returned as a :class:`SplitView` for the caller to raise once the
+        message is sent (it is end-to-end protected: the fork costs no
+        message, and the user is told)."""
+        split: SplitView | None = None
+        for relay_url in dict.fromkeys(relay_urls):
+            try:
+                key = await self.key(relay_url)
+                note = await (await self._relay(relay_url)).log_checkpoint()
+                await self.accept(relay_url, key, note, open_checkpoint(note, key))
+            except RelayError:
+                continue
+            except SplitView as e:
+                split = split or e
+            except (VerificationFailed, MalformedInput) as e:
+                self._audit.rejected(type(e).__name__, f"checkpoint from {relay_url}: {e}")
+        return split
+
+    def carried(self, first: Iterable[str]) -> tuple[str, ...]:
+        """The newest verified checkpoints we hold, those of the relays in
+        ``first`` (where the message goes) first: what a message carries."""
+        firsts = set(first)
+        rows = sorted(self._db.relay_logs(), key=lambda r: r[0] not in firsts)
+        notes = dict.fromkeys(
+            note for _, _, note in rows if note is not None and len(note) <= MAX_CHECKPOINT_TEXT
+        )
+        return tuple(notes)[:MAX_CHECKPOINTS]
+
+    def carry_in(self, notes: tuple[str, ...], peer: str) -> None:
+        """Remember the checkpoints a verified message from ``peer`` carried."""
+        if notes:
+            self._carried_in.append((notes, peer))
+
+    async def check_carried(self) -> list[tuple[SplitView, str]]:
+        """Hold each checkpoint peers carried against our own newest of the
+        same log (a consistency proof either way, from the relay we reach
+        that log through). Returns each split view found, with the peer whose
+        message showed it. A carried checkpoint of a log we do not use proves
+        nothing and is skipped; one we cannot check now (relay unreachable)
+        is recorded as unchecked."""
+        carried, self._carried_in = self._carried_in, []
+        out: list[tuple[SplitView, str]] = []
+        logs = self._db.relay_logs()
+        for notes, peer in carried:
+            for note in notes:
+                for relay_url, key_text, _ in logs:
+                    key = VerifierKey.from_text(key_text)
+                    try:
+                        checkpoint = open_checkpoint(note, key)
+                    except (VerificationFailed, MalformedInput):
+                        continue  # another log's checkpoint
+                    try:
+                        await self.accept(relay_url, key, note, checkpoint)
+                    except SplitView as e:
+                        out.append((e, peer))
+                    except RelayError as e:
+                        self._audit.rejected("CheckpointUnchecked", f"{relay_url}: {e}")
+        return out
