@@ -325,6 +325,20 @@ class RelayClient:
         _, data = await self._request("GET", f"/v1/log/proof/inclusion?{query}")
         return _proof(data, {"index": index, "size": size})
 
+    async def leaf_receipt(self, leaf_hash: bytes) -> Receipt | None:
+        """The log's receipt for the leaf with this RFC 6962 hash (against the
+        newest checkpoint), or ``None`` if the log does not hold it. Not
+        verified here: see :func:`securechan.audit.receipt.verify_receipt`."""
+        if len(leaf_hash) != 32:
+            raise ValueError("a leaf hash is 32 bytes")
+        try:
+            _, data = await self._request("GET", f"/v1/log/proof/leaf?hash={leaf_hash.hex()}")
+        except RelayRefused as e:
+            if e.status == 404:
+                return None
+            raise
+        return Receipt.from_json(data)
+
     async def consistency_proof(self, old: int, new: int) -> tuple[bytes, ...]:
         """The RFC 9162 consistency proof from size ``old`` to ``new``."""
         query = f"old={int(old)}&new={int(new)}"

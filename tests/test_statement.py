@@ -118,16 +118,17 @@ def test_statement_round_trip_cli(exported: tuple[Path, Path, str, str], tmp_pat
     assert "--trust-relay" in proc.stderr
 
     # The recipient can reveal the same message: same id, same content, and
-    # the same signature; it holds no send receipt, so no log placement.
-    proc = _verify(tmp_path, by_recipient, "--json")
+    # the same signature; it asks its relay for the envelope's receipt
+    # (GET /v1/log/proof/leaf), so it shows the same place in the same log.
+    proc = _verify(tmp_path, by_recipient, "--trust-relay", log_key, "--json")
     assert proc.returncode == 0, transcript(proc)
     out_r = json.loads(proc.stdout)
     assert out_r["message_id"] == mid
     assert out_r["from"] == out["from"]
     assert out_r["payload_sha256"] == out["payload_sha256"]
-    assert out_r["log"] is None
-    # ... so a verifier who insists on the relay's log gets a failure.
-    one_line_error(_verify(tmp_path, by_recipient, "--trust-relay", log_key), 1)
+    assert out_r["log"] is not None
+    assert out_r["log"]["leaf_index"] == log["leaf_index"]
+    assert out_r["log"]["origin"] == log["origin"]
 
 
 def test_statement_refuses_an_untrusted_relay_key(
@@ -248,3 +249,29 @@ def test_statement_decoder_fuzz(data: bytes) -> None:
     ):
         with contextlib.suppress(SecurechanError):
             parse()
+
+
+def test_leaf_receipt_endpoint(exported: tuple[Path, Path, str, str], relay: RelayProcess) -> None:
+    """GET /v1/log/proof/leaf: a receipt for a leaf the log holds (it
+    verifies), 404 for one it does not, 400 for anything but one lowercase
+    hex hash."""
+    import urllib.error
+
+    from securechan.audit.receipt import Receipt, envelope_leaf_hash, verify_receipt
+
+    by_sender, _, _, log_key = exported
+    st = Statement.from_text(by_sender.read_text("ascii"))
+    leaf = envelope_leaf_hash(st.envelope).hex()
+    with urllib.request.urlopen(f"{relay.url}/v1/log/proof/leaf?hash={leaf}", timeout=10) as r:  # noqa: S310
+        receipt = Receipt.from_json(json.load(r))
+    checkpoint = verify_receipt(receipt, st.envelope, VerifierKey.from_text(log_key))
+    assert st.placement is not None
+    assert receipt.leaf_index == st.placement.leaf_index < checkpoint.size
+    statuses = {}
+    for query in ("hash=" + "00" * 32, "hash=" + leaf.upper(), "hash=" + leaf[:-1], "x=1", ""):
+        try:
+            urllib.request.urlopen(f"{relay.url}/v1/log/proof/leaf?{query}", timeout=10)  # noqa: S310
+            statuses[query] = 200
+        except urllib.error.HTTPError as e:
+            statuses[query] = e.code
+    assert list(statuses.values()) == [404, 400, 400, 400, 400], statuses

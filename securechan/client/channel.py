@@ -33,15 +33,15 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from securechan import wire
 from securechan.audit.log import AuditLog
 from securechan.audit.note import SignedNote, VerifierKey
 from securechan.audit.receipt import Receipt as LogReceipt
-from securechan.audit.receipt import verify_receipt
+from securechan.audit.receipt import envelope_leaf_hash, verify_receipt
 from securechan.audit.statement import LogPlacement, Statement, message_id
-from securechan.client.db import ClientDB, QueueRow
+from securechan.client.db import ClientDB, QueueRow, StoredMessage
 from securechan.client.logview import RelayLogs
 from securechan.client.policy import check_witnessed
 from securechan.errors import (
@@ -119,6 +119,8 @@ _RECORD = wire.Schema(
         wire.Field(3, "envelope", wire.Kind.BYTES, max_len=(1 << 20) + 65536, optional=True),
         wire.Field(4, "key", wire.Kind.BYTES, size=32, optional=True),
         wire.Field(5, "ad", wire.Kind.BYTES, size=32, optional=True),
+        # The relay a received envelope came from (for its log receipt).
+        wire.Field(6, "relay", wire.Kind.TEXT, max_len=2048, optional=True),
     ),
 )
 
@@ -633,10 +635,18 @@ class Channel:
         envelope: bytes | None = None,
         key: bytes | None = None,
         ad: bytes | None = None,
+        relay: str | None = None,
     ) -> bytes:
         return wire.encode(
             _RECORD,
-            {"signed": signed, "contact": contact, "envelope": envelope, "key": key, "ad": ad},
+            {
+                "signed": signed,
+                "contact": contact,
+                "envelope": envelope,
+                "key": key,
+                "ad": ad,
+                "relay": relay,
+            },
         )
 
     async def send_text(self, name: str, text: str) -> SendResult:
@@ -935,7 +945,7 @@ class Channel:
             else:
                 raise MessageRejected("not a securechan envelope")
             self._save_session(session)
-            results = self._events(session, events, now, env.data)
+            results = self._events(session, events, now, env.data, queue.relay)
             self.db.mark_seen(env.msg_id, now)
             self.db.set_last_seq(queue.rid, env.seq)
         peer = session.peer.fingerprint
@@ -993,7 +1003,7 @@ class Channel:
         return session, list(events)
 
     def _events(
-        self, session: Session, events: list[Event], now: int, envelope: bytes
+        self, session: Session, events: list[Event], now: int, envelope: bytes, relay: str
     ) -> list[Received | Rejected]:
         contact = self.keystore.contacts.find(session.peer.fingerprint)
         name = contact.name if contact is not None else session.peer.name
@@ -1040,7 +1050,12 @@ class Channel:
                 ev.seq,
                 now,
                 self._record(
-                    ev.signed, name, envelope=envelope, key=ev.key, ad=session.transcript_hash
+                    ev.signed,
+                    name,
+                    envelope=envelope,
+                    key=ev.key,
+                    ad=session.transcript_hash,
+                    relay=relay,
                 ),
             )
             content = ev.content
@@ -1142,18 +1157,7 @@ class Channel:
             )
         return out
 
-    def statement(self, message_id: str) -> Statement:
-        """The statement of one stored message (``docs/AUDIT.md``, Statements).
-
-        ``message_id`` is the id ``history`` shows (a prefix of at least 8 hex
-        digits will do if it is unique). The statement reveals that message's
-        key, and only that message's. It carries the relay's log receipt when
-        we sent the message and kept one; the checkpoint keeps only the
-        relay's own signature (cosignatures by keys the file does not name
-        would make it unverifiable). Raises :class:`ContactNotFound` for an
-        unknown id and :class:`MalformedInput` for a message stored before
-        statements existed.
-        """
+    def _find_message(self, message_id: str) -> tuple[StoredMessage, dict[str, Any]]:
         wanted = message_id.strip().lower()
         if not 8 <= len(wanted) <= 64 or any(c not in "0123456789abcdef" for c in wanted):
             raise MalformedInput("a message id is 8 to 64 hex digits")
@@ -1166,7 +1170,54 @@ class Channel:
             raise ContactNotFound(f"no stored message has the id {wanted}")
         if len(found) > 1:
             raise MalformedInput(f"the id {wanted} is ambiguous: give more digits")
-        m, rec = found[0]
+        return found[0]
+
+    async def fetch_receipt(self, message_id: str) -> bool:
+        """For a message we received: ask the relay it came through for the
+        log receipt of its envelope (``GET /v1/log/proof/leaf``), verify it
+        and hold it to everything we saw of that log, and keep it for
+        statements. Returns whether a receipt is now kept; False when the
+        relay does not hold the leaf or cannot be reached. Raises
+        :class:`SplitView` or :class:`VerificationFailed` for a bad one."""
+        _, rec = self._find_message(message_id)
+        envelope, relay_url = rec["envelope"], rec["relay"]
+        if envelope is None or relay_url is None:
+            return False
+        if self.db.log_receipts(sha256(envelope)):
+            return True
+        try:
+            key = await self.logs.key(relay_url)
+            receipt = await (await self._relay(relay_url)).leaf_receipt(
+                envelope_leaf_hash(envelope)
+            )
+            if receipt is None:
+                return False
+            checkpoint = verify_receipt(receipt, envelope, key)
+            await self.logs.accept(relay_url, key, receipt.checkpoint, checkpoint)
+        except RelayError:
+            return False
+        with self.db.transaction():
+            self.db.add_log_receipt(
+                sha256(envelope),
+                relay_url,
+                json.dumps(receipt.to_json(), separators=(",", ":")),
+            )
+        return True
+
+    def statement(self, message_id: str) -> Statement:
+        """The statement of one stored message (``docs/AUDIT.md``, Statements).
+
+        ``message_id`` is the id ``history`` shows (a prefix of at least 8 hex
+        digits will do if it is unique). The statement reveals that message's
+        key, and only that message's. It carries the relay's log receipt when
+        one is kept (every send's; a received message's once
+        :meth:`fetch_receipt` got it); the checkpoint keeps only the
+        relay's own signature (cosignatures by keys the file does not name
+        would make it unverifiable). Raises :class:`ContactNotFound` for an
+        unknown id and :class:`MalformedInput` for a message stored before
+        statements existed.
+        """
+        m, rec = self._find_message(message_id)
         if rec["envelope"] is None or rec["key"] is None or rec["ad"] is None:
             raise MalformedInput("this message was stored without what a statement needs")
         peer = self.keystore.contacts.find(Fingerprint(m.peer))

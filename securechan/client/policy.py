@@ -147,6 +147,8 @@ async def witnessed_statement(ch: Channel, message_id: str) -> tuple[Statement, 
     relay, checked here). Returns the statement and whether it is witnessed;
     when the relay cannot be reached it falls back to the send receipt."""
     statement = ch.statement(message_id)
+    if statement.placement is None and await ch.fetch_receipt(message_id):
+        statement = ch.statement(message_id)  # a received message: now with its receipt
     if statement.placement is None:
         return statement, False
     for relay_url, text in ch.db.log_receipts(sha256(statement.envelope)):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -56,6 +57,8 @@ __all__ = ["RelayConfig", "make_app"]
 log = logging.getLogger("securechan.relay")
 
 API_VERSION = "v1"
+# A leaf hash in a query: SHA-256 in lowercase hex, one spelling only.
+_LEAF_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -214,24 +217,25 @@ class Relay:
             raise _HttpError(400, "bad_id", f"malformed {name}") from None
 
     async def _authenticate(self, request: web.Request, key: bytes, body: bytes) -> None:
-        use = self._verify(request, key, body)
+        use, _ = self._verify(request, key, body)
         if not await self.storage.use_nonce(key, use.nonce, now=use.now, expires=use.expires):
             raise self._replayed()
 
-    def _verify(self, request: web.Request, key: bytes, body: bytes) -> NonceUse:
+    def _verify(self, request: web.Request, key: bytes, body: bytes) -> tuple[NonceUse, bytes]:
         """Check the request's signature (401, 403); the nonce the caller must
-        then record, refusing the request if it was recorded before."""
+        then record, refusing the request if it was recorded before, and
+        SHA-256 of the body (hashed once for the signature, reused by the log)."""
         try:
             req: SignedRequest = parse_authorization(request.headers.get("Authorization"))
         except MalformedInput as e:
             raise _HttpError(401, "unauthenticated", str(e)) from None
         now = self.now()
         try:
-            verify_request(key, req, request.method, request.path_qs, body, now=now)
+            digest = verify_request(key, req, request.method, request.path_qs, body, now=now)
         except BadSignature as e:
             self.metrics.auth_failures.inc()
             raise _HttpError(403, "forbidden", str(e)) from None
-        return NonceUse(key=key, nonce=req.nonce, now=now, expires=now + 2 * MAX_SKEW)
+        return NonceUse(key=key, nonce=req.nonce, now=now, expires=now + 2 * MAX_SKEW), digest
 
     def _replayed(self) -> _HttpError:
         self.metrics.auth_failures.inc()
@@ -333,7 +337,10 @@ class Relay:
             raise _HttpError(400, "empty", "an envelope is never empty")
         # The nonce is recorded in the same transaction (and commit) as the
         # envelope: a replay is refused and stores nothing.
-        nonce = None if queue.sender_key is None else self._verify(request, queue.sender_key, body)
+        nonce: NonceUse | None = None
+        digest: bytes | None = None
+        if queue.sender_key is not None:
+            nonce, digest = self._verify(request, queue.sender_key, body)
         tlog = self.log
         logged: asyncio.Future[Any] | None = None
         if tlog is not None:
@@ -349,7 +356,9 @@ class Relay:
                 if result.duplicate:
                     return False  # answered at once; its receipt is looked up below
                 try:
-                    tlog.append_from_thread(body, loop, appended, before=(stored, result))
+                    tlog.append_from_thread(
+                        body, loop, appended, before=(stored, result), digest=digest
+                    )
                 except StorageClosed:
                     return False  # shutting down: the append below says so
                 logged = appended
@@ -567,6 +576,25 @@ class Relay:
             note = tlog.checkpoint()
         return web.Response(text=note, headers={"Cache-Control": "no-store"})
 
+    async def log_leaf(self, request: web.Request) -> web.Response:
+        """The receipt of one leaf, found by its hash: for a recipient, who
+        holds the envelope but never saw the send reply."""
+        tlog = self._log_or_404()
+        self._limit(self.client_limit, request.remote, "client")
+        text = request.query.get("hash", "")
+        if (
+            set(request.query) != {"hash"}
+            or len(request.query) != 1
+            or not _LEAF_HEX.fullmatch(text)
+        ):
+            raise _HttpError(
+                400, "bad_query", "give hash, the leaf hash in 64 lowercase hex digits"
+            )
+        receipt = await tlog.receipt_for_leaf(bytes.fromhex(text))
+        if receipt is None:
+            raise _HttpError(404, "no_leaf", "the log holds no such leaf")
+        return web.json_response(receipt.to_json(), headers={"Cache-Control": "no-store"})
+
     async def log_inclusion(self, request: web.Request) -> web.Response:
         tlog = self._log_or_404()
         self._limit(self.client_limit, request.remote, "client")
@@ -693,6 +721,7 @@ def make_app(
     if tlog is not None:
         r.add_get("/v1/log/checkpoint", relay.log_checkpoint)
         r.add_get("/v1/log/proof/inclusion", relay.log_inclusion)
+        r.add_get("/v1/log/proof/leaf", relay.log_leaf)
         r.add_get("/v1/log/proof/consistency", relay.log_consistency)
         r.add_post("/v1/log/cosignature", relay.log_cosignature)
         relay.metrics.log_size.set_function(lambda: tlog.size)

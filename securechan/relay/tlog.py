@@ -20,20 +20,19 @@ served with the checkpoint of the size they cosign.
 
 **Threads and durability.** One writer thread owns the only writing
 ``TreeStore`` and a second connection to the same file for the leaf index
-(leaf hash -> index), the cosignatures and one metadata row; a reader thread
-has its own pair for proofs and look-ups (``sqlite3`` objects stay on the
-thread that made them). Appends are group-committed: the writer takes every
-job waiting (up to :data:`MAX_BATCH`; see :mod:`securechan.relay.batching`),
-writes the index rows, then appends the new leaves in one ``TreeStore``
-transaction, signs one checkpoint, computes every caller's inclusion proof
-against it (one pass for the batch), and only then resolves the callers'
-futures. The index commit uses
-``synchronous=NORMAL`` and the tree commit right after it ``FULL``: both are
-in the same WAL file, whose sync on the tree commit makes both durable with
-one fsync, and a crash can only lose a suffix of the WAL. So after any crash
-the index is either complete or ahead of the tree (rows for leaves never
-appended) or behind it (never: the tree commit comes second); opening the log
-deletes rows past the tree's size and adds any missing ones from the tree.
+(leaf hash -> index) look-ups, the cosignatures and the start-up checks; a
+reader thread has its own pair for proofs and look-ups (``sqlite3`` objects
+stay on the thread that made them). Appends are group-committed: the writer
+takes every job waiting (up to :data:`MAX_BATCH`; see
+:mod:`securechan.relay.batching`), then appends the new leaves, their index
+rows and the time of the append in ONE transaction of the tree's connection
+(``TreeStore.append_many_leaf_hashes(..., also=...)``; one commit, one sync
+with ``synchronous=FULL``), signs one checkpoint, computes every caller's
+inclusion proof against it (one pass for the batch), and only then resolves
+the callers' futures. The index and the tree are therefore always in step
+after a crash; opening the log still deletes index rows past the tree's size
+and adds any missing ones from the tree (files written by older relays,
+which committed the index separately just before the tree).
 
 **Repairing the gap with relay.db.** The relay appends to the log after the
 envelope is committed to ``relay.db`` and before it answers, so a 2xx means
@@ -76,7 +75,7 @@ from securechan.audit.note import (
     VerifierKey,
     is_valid_key_name,
 )
-from securechan.audit.receipt import Receipt, envelope_leaf_hash
+from securechan.audit.receipt import ENVELOPE_LEAF_CONTEXT, Receipt, envelope_leaf_hash
 from securechan.audit.tree import TreeStore
 from securechan.errors import BadSignature, MalformedInput, StorageError
 from securechan.primitives import Ed25519SigningKey, constant_time_equal, sha256
@@ -167,6 +166,8 @@ class _Job:
     future: asyncio.Future[Any]
     # Resolved with its value just before ``future``, in the same callback.
     before: tuple[asyncio.Future[Any], Any] | None = None
+    # An append's leaf hash when the caller had SHA-256(envelope) already.
+    leaf: bytes | None = None
 
 
 def _cover(begin: int, end: int) -> list[merkle.NodeId]:
@@ -499,7 +500,13 @@ class RelayLog:
     async def receipt_for(self, envelope: bytes) -> Receipt | None:
         """The receipt of ``envelope`` against the newest checkpoint, or
         ``None`` if the log does not hold it (nothing is appended)."""
-        leaf = envelope_leaf_hash(envelope)
+        return await self.receipt_for_leaf(envelope_leaf_hash(envelope))
+
+    async def receipt_for_leaf(self, leaf: bytes) -> Receipt | None:
+        """The receipt of the leaf whose RFC 6962 hash is ``leaf`` against the
+        newest checkpoint, or ``None`` if the log does not hold it. This is
+        how a recipient, who has the envelope but no send reply, gets its
+        receipt (``GET /v1/log/proof/leaf``)."""
         index = await self._read(lambda r: r.lookup(leaf))
         head = self._head
         # The index is committed just before the tree: a row past the head is
@@ -549,19 +556,28 @@ class RelayLog:
         future: asyncio.Future[Any],
         *,
         before: tuple[asyncio.Future[Any], Any] | None = None,
+        digest: bytes | None = None,
     ) -> None:
         """Start :meth:`append` from any thread: ``future`` (of ``loop``) gets
         the append's answer, which :meth:`receipt_from` turns into the
         receipt on the event loop, or the error. ``before``, a future of the same loop with
         its value, is resolved in the same callback just before ``future``, so
         a task that awaits one and then the other wakes once. Raises
-        :class:`StorageClosed` (nothing started) after :meth:`close`."""
+        :class:`StorageClosed` (nothing started) after :meth:`close`.
+        ``digest``, if given, must be SHA-256 of ``envelope`` as the caller
+        computed it (the relay has it from the request signature's check):
+        the leaf hash is then derived from it, not from the envelope again."""
         if not isinstance(envelope, bytes):
             raise TypeError("an envelope is bytes")
+        leaf = None
+        if digest is not None:
+            if not isinstance(digest, bytes) or len(digest) != 32:
+                raise ValueError("digest is SHA-256 of the envelope")
+            leaf = merkle.leaf_hash(ENVELOPE_LEAF_CONTEXT + digest)
         with self._lock:
             if self._closed:
                 raise StorageClosed("the transparency log is closed")
-            self._jobs.put(_Job("append", envelope, loop, future, before))
+            self._jobs.put(_Job("append", envelope, loop, future, before, leaf))
 
     def receipt_from(self, appended: Any) -> Receipt:
         """The receipt for what an append answered (on the event loop: the
@@ -724,7 +740,7 @@ class RelayLog:
             outcomes: list[tuple[_Job, bool, Any]] = []
             appends = [j for j in batch if j.kind == "append"]
             if appends:
-                outcomes += self._append_batch(tree, index, appends)
+                outcomes += self._append_batch(tree, appends)
             for j in batch:
                 if j.kind == "cosign":
                     try:
@@ -744,15 +760,17 @@ class RelayLog:
             if stop:
                 return
 
-    def _append_batch(
-        self, tree: TreeStore, index: sqlite3.Connection, jobs: list[_Job]
-    ) -> list[tuple[_Job, bool, Any]]:
+    def _append_batch(self, tree: TreeStore, jobs: list[_Job]) -> list[tuple[_Job, bool, Any]]:
         start = self._head.size
         placed: dict[bytes, tuple[int, bool]] = {}
         new: list[bytes] = []
         try:
-            leaves = [envelope_leaf_hash(job.arg) for job in jobs]  # jobs carry envelopes
-            known = _lookup_many(index, set(leaves))
+            # Jobs carry envelopes, and the leaf hash when the caller had the digest.
+            leaves = [job.leaf or envelope_leaf_hash(job.arg) for job in jobs]
+            # Through the tree's connection, which writes the index rows too:
+            # its page cache stays warm (a second connection's cache would be
+            # dropped after every commit of the tree's).
+            known = _lookup_many(tree.connection, set(leaves))
             for leaf in leaves:
                 if leaf in placed:
                     continue
@@ -762,7 +780,7 @@ class RelayLog:
                     placed[leaf] = (start + len(new), True)
                     new.append(leaf)
             if new:
-                self._commit(tree, index, start, new)
+                self._commit(tree, start, new)
             head = self._head
             # Each caller's receipt proves its leaf in this batch's checkpoint:
             # computed here, once per batch, not by a read per caller.
@@ -779,32 +797,21 @@ class RelayLog:
                 placed[leaf] = (idx, False)
         return out
 
-    def _commit(
-        self, tree: TreeStore, index: sqlite3.Connection, start: int, new: list[bytes]
-    ) -> None:
-        """Index rows (no sync), then the leaves (one sync for both), then the head."""
-        index.execute("BEGIN IMMEDIATE")
-        try:
-            index.executemany(
+    def _commit(self, tree: TreeStore, start: int, new: list[bytes]) -> None:
+        """The leaves, their index rows and the append time in ONE transaction
+        of the tree's connection (one commit, one sync), then the head."""
+        stamp = int(self._clock())
+
+        def index_rows(conn: sqlite3.Connection, at: int) -> None:
+            if at != start:
+                raise StorageError("another writer appended to the transparency log")
+            conn.executemany(
                 "INSERT INTO relay_log_leaves (leaf, idx) VALUES (?, ?)",
                 ((leaf, start + i) for i, leaf in enumerate(new)),
             )
-            index.execute(
-                "UPDATE relay_log_meta SET last_append = ? WHERE id = 0", (int(self._clock()),)
-            )
-            index.execute("COMMIT")
-        except BaseException:
-            if index.in_transaction:
-                index.execute("ROLLBACK")
-            raise
-        try:
-            appended = tree.append_many_leaf_hashes(new)
-            if appended.start != start:
-                raise StorageError("another writer appended to the transparency log")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                index.execute("DELETE FROM relay_log_leaves WHERE idx >= ?", (start,))
-            raise
+            conn.execute("UPDATE relay_log_meta SET last_append = ? WHERE id = 0", (stamp,))
+
+        tree.append_many_leaf_hashes(new, also=index_rows)
         self.commits += 1
         size = start + len(new)
         self._head = self._make_head(size, tree.root(size))
