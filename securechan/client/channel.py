@@ -253,8 +253,8 @@ class Channel:
         self.audit = AuditLog.open(keystore.home, identity, clock=lambda: int(self._clock()))
         self._audit_closed = False
         self._relays: dict[str, RelayClient] = {}
-        # Checkpoints carried by messages received in this pass, checked
-        # against our own view of each log once the pass is done.
+        # What we saw of each relay's log (client/logview.py); every
+        # checkpoint that passes is offered to the witness policy.
         self.logs = RelayLogs(
             self.db,
             self.audit,
