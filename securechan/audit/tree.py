@@ -204,8 +204,20 @@ class TreeStore:
         """Append leaves by their data in one transaction; their indices."""
         return self.append_many_leaf_hashes([leaf_hash(d) for d in data])
 
-    def append_many_leaf_hashes(self, leaves: Iterable[bytes]) -> range:
-        """Append leaf hashes in one transaction, all or none; their indices."""
+    def append_many_leaf_hashes(
+        self,
+        leaves: Iterable[bytes],
+        *,
+        also: Callable[[sqlite3.Connection, int], None] | None = None,
+    ) -> range:
+        """Append leaf hashes in one transaction, all or none; their indices.
+
+        ``also(connection, start)``, if given, runs inside that transaction
+        after the tree's rows are written (``start`` is the first new index):
+        rows of the caller's own tables in the same file then commit with the
+        tree, atomically and with its one sync. If it raises, nothing is
+        appended.
+        """
         batch = list(leaves)
         if any(type(h) is not bytes or len(h) != HASH_SIZE for h in batch):
             raise ValueError("leaf hashes are 32 bytes")
@@ -221,11 +233,22 @@ class TreeStore:
                 zip(count(_position(size)), rows, strict=False),
             )
             self._db.execute("UPDATE tree_size SET size = ? WHERE id = 0", (staged.size,))
+            if also is not None:
+                also(self._db, size)
         # Only now is the batch durable; a failure above left the range as it was.
         self._range = staged
         return range(size, staged.size)
 
     # --- reading -----------------------------------------------------------------
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """This store's connection, for reading the caller's own tables in the
+        same file on the same thread. Reading through it rather than a second
+        connection keeps its page cache: SQLite drops a connection's whole
+        cache when another connection has written to the WAL since it last
+        read. Writes belong in :meth:`append_many_leaf_hashes`'s ``also``."""
+        return self._db
 
     @property
     def size(self) -> int:

@@ -76,13 +76,13 @@ class SignedRequest:
     signature: bytes
 
 
-def _message(method: str, target: str, body: bytes, ts: int, nonce: bytes) -> bytes:
+def _message(method: str, target: str, digest: bytes, ts: int, nonce: bytes) -> bytes:
     return b"\n".join(
         (
             _LABEL,
             method.upper().encode("ascii"),
             target.encode("utf-8"),
-            sha256(body).hex().encode("ascii"),
+            digest.hex().encode("ascii"),
             str(ts).encode("ascii"),
             b64e(nonce).encode("ascii"),
         )
@@ -92,7 +92,7 @@ def _message(method: str, target: str, body: bytes, ts: int, nonce: bytes) -> by
 def sign_request(key: Ed25519SigningKey, method: str, target: str, body: bytes, *, now: int) -> str:
     """The ``Authorization`` header value for one request (fresh nonce)."""
     nonce = random_bytes(16)
-    sig = key.sign(_message(method, target, body, now, nonce))
+    sig = key.sign(_message(method, target, sha256(body), now, nonce))
     return f"SC1 ts={now}, nonce={b64e(nonce)}, sig={b64e(sig)}"
 
 
@@ -110,11 +110,15 @@ def parse_authorization(value: str | None) -> SignedRequest:
 
 def verify_request(
     public_key: bytes, req: SignedRequest, method: str, target: str, body: bytes, *, now: int
-) -> None:
+) -> bytes:
     """Check freshness and signature; raise :class:`BadSignature`.
 
-    The caller must also record ``req.nonce`` and refuse one seen before.
+    Returns SHA-256 of ``body`` (signed over, so the caller need not hash
+    the body again). The caller must also record ``req.nonce`` and refuse one
+    seen before.
     """
     if abs(now - req.ts) > MAX_SKEW:
         raise BadSignature("the request is stale or from the future")
-    ed25519_verify(public_key, req.signature, _message(method, target, body, req.ts, req.nonce))
+    digest = sha256(body)
+    ed25519_verify(public_key, req.signature, _message(method, target, digest, req.ts, req.nonce))
+    return digest
