@@ -34,6 +34,8 @@ from hypothesis import strategies as st
 
 from securechan.relay.storage import (
     Envelope,
+    NonceReused,
+    NonceUse,
     PutResult,
     QueueFull,
     QueueRecord,
@@ -536,6 +538,152 @@ class StorageConformance:
             assert not await s.use_nonce(k1, b"nonce-1", now=NOW + 60, expires=NOW + 120)
             assert await s.use_nonce(k1, b"nonce-2", now=NOW, expires=NOW + 60)
             assert await s.use_nonce(k2, b"nonce-1", now=NOW, expires=NOW + 60)
+
+        run(open_storage, body)
+
+    # --- put_envelope(nonce=, then=) --------------------------------------------
+
+    def test_put_records_its_nonce(self, open_storage: OpenStorage) -> None:
+        q, key = make_queue("n", sender=True), _b("sender key", 32)
+        use = NonceUse(key=key, nonce=b"nonce-1", now=NOW, expires=NOW + 600)
+
+        async def body(s: RelayStorage) -> None:
+            await s.create_queue(q)
+            r = await s.put_envelope(q.rid, msg_id(1), b"one", now=NOW, max_depth=DEPTH, nonce=use)
+            assert r == PutResult(seq=1, duplicate=False)
+            # The same nonce again: refused, nothing stored, no number used,
+            # even for another msg_id or another queue's write.
+            with pytest.raises(NonceReused):
+                await s.put_envelope(q.rid, msg_id(2), b"two", now=NOW, max_depth=DEPTH, nonce=use)
+            with pytest.raises(NonceReused):
+                await s.put_envelope(q.rid, msg_id(1), b"one", now=NOW, max_depth=DEPTH, nonce=use)
+            assert not await s.use_nonce(key, b"nonce-1", now=NOW, expires=NOW + 600)
+            assert [e.data for e in await s.fetch(q.rid, after=0, limit=10)] == [b"one"]
+            assert await s.depth(q.rid) == 1
+            # A nonce recorded by use_nonce is refused here too.
+            assert await s.use_nonce(key, b"nonce-2", now=NOW, expires=NOW + 600)
+            other = NonceUse(key=key, nonce=b"nonce-2", now=NOW, expires=NOW + 600)
+            with pytest.raises(NonceReused):
+                await s.put_envelope(q.rid, msg_id(3), b"x", now=NOW, max_depth=DEPTH, nonce=other)
+            fresh = NonceUse(key=key, nonce=b"nonce-3", now=NOW, expires=NOW + 600)
+            r = await s.put_envelope(q.rid, msg_id(3), b"x", now=NOW, max_depth=DEPTH, nonce=fresh)
+            assert r == PutResult(seq=2, duplicate=False)
+
+        run(open_storage, body)
+
+    def test_put_nonce_with_a_full_queue_or_a_duplicate_or_no_queue(
+        self, open_storage: OpenStorage
+    ) -> None:
+        q, key = make_queue("nf", sender=True), _b("sender key", 32)
+
+        def use(n: int) -> NonceUse:
+            return NonceUse(key=key, nonce=b"n%d" % n, now=NOW, expires=NOW + 600)
+
+        async def body(s: RelayStorage) -> None:
+            await s.create_queue(q)
+            await s.put_envelope(q.rid, msg_id(1), b"x", now=NOW, max_depth=1, nonce=use(1))
+            # Refused for fullness: the nonce is still recorded (docstring).
+            with pytest.raises(QueueFull):
+                await s.put_envelope(q.rid, msg_id(2), b"y", now=NOW, max_depth=1, nonce=use(2))
+            assert not await s.use_nonce(key, b"n2", now=NOW, expires=NOW + 600)
+            # A resend answers duplicate and records its nonce.
+            r = await s.put_envelope(q.rid, msg_id(1), b"x", now=NOW, max_depth=1, nonce=use(3))
+            assert r == PutResult(seq=1, duplicate=True)
+            assert not await s.use_nonce(key, b"n3", now=NOW, expires=NOW + 600)
+            # No such queue: ValueError, and the nonce is not kept.
+            with pytest.raises(ValueError, match="queue"):
+                await s.put_envelope(
+                    make_queue("none").rid, msg_id(1), b"z", now=NOW, max_depth=9, nonce=use(4)
+                )
+            assert await s.use_nonce(key, b"n4", now=NOW, expires=NOW + 600)
+
+        run(open_storage, body)
+
+    def test_put_nonce_is_checked_type(self, open_storage: OpenStorage) -> None:
+        q = make_queue("nt")
+
+        async def body(s: RelayStorage) -> None:
+            await s.create_queue(q)
+            with pytest.raises(TypeError):
+                await s.put_envelope(
+                    q.rid,
+                    msg_id(1),
+                    b"x",
+                    now=NOW,
+                    max_depth=DEPTH,
+                    nonce=b"not a NonceUse",  # type: ignore[arg-type]
+                )
+            assert await s.depth(q.rid) == 0
+
+        run(open_storage, body)
+
+    def test_put_then_runs_after_the_commit(self, open_storage: OpenStorage) -> None:
+        q = make_queue("t")
+        seen: list[tuple[PutResult, bool]] = []
+
+        async def body(s: RelayStorage) -> None:
+            await s.create_queue(q)
+            loop = asyncio.get_running_loop()
+
+            def declines(result: PutResult, future: asyncio.Future[PutResult]) -> bool:
+                seen.append((result, future.done()))
+                return False  # the caller is answered at once
+
+            r = await s.put_envelope(
+                q.rid, msg_id(1), b"a", now=NOW, max_depth=DEPTH, then=declines
+            )
+            assert r == PutResult(seq=1, duplicate=False)
+            # Called once, before the caller was answered, for a duplicate too.
+            r = await s.put_envelope(
+                q.rid, msg_id(1), b"a", now=NOW, max_depth=DEPTH, then=declines
+            )
+            assert r == PutResult(seq=1, duplicate=True)
+            assert seen == [(PutResult(seq=1, duplicate=False), False), (r, False)]
+
+            def takes_over(result: PutResult, future: asyncio.Future[PutResult]) -> bool:
+                # Answer later, from another thread, as the relay's log does.
+                def answer() -> None:
+                    if not future.done():
+                        future.set_result(result)
+
+                loop.call_soon_threadsafe(loop.call_later, 0.05, answer)
+                return True
+
+            started = loop.time()
+            r = await s.put_envelope(
+                q.rid, msg_id(2), b"b", now=NOW, max_depth=DEPTH, then=takes_over
+            )
+            assert r == PutResult(seq=2, duplicate=False)
+            assert loop.time() - started >= 0.04
+            # The envelope was durable when then ran: another reader sees it.
+            assert [e.seq for e in await s.fetch(q.rid, after=0, limit=10)] == [1, 2]
+
+        run(open_storage, body)
+
+    def test_put_then_failing_or_skipped(self, open_storage: OpenStorage) -> None:
+        q = make_queue("tf")
+        calls: list[PutResult] = []
+
+        async def body(s: RelayStorage) -> None:
+            await s.create_queue(q)
+
+            def raises(result: PutResult, future: asyncio.Future[PutResult]) -> bool:
+                calls.append(result)
+                raise RuntimeError("cannot start")
+
+            # A continuation that raises: the caller is answered at once, and
+            # the envelope stays stored.
+            r = await s.put_envelope(q.rid, msg_id(1), b"a", now=NOW, max_depth=1, then=raises)
+            assert r == PutResult(seq=1, duplicate=False)
+            assert await s.depth(q.rid) == 1
+            # Not called for a refused send (full queue, no queue).
+            with pytest.raises(QueueFull):
+                await s.put_envelope(q.rid, msg_id(2), b"b", now=NOW, max_depth=1, then=raises)
+            with pytest.raises(ValueError, match="queue"):
+                await s.put_envelope(
+                    make_queue("none").rid, msg_id(2), b"b", now=NOW, max_depth=1, then=raises
+                )
+            assert calls == [PutResult(seq=1, duplicate=False)]
 
         run(open_storage, body)
 
