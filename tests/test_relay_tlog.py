@@ -790,3 +790,29 @@ def test_batch_inclusion_proofs_equal_the_tree_s(tmp_path: Path) -> None:
                 assert got == {i: tree.inclusion_proof(i, size) for i in batch}
     finally:
         tree.close()
+
+
+def test_tree_store_commits_the_callers_rows_with_the_leaves(tmp_path: Path) -> None:
+    """The log writes its leaf index through ``append_many_leaf_hashes(also=)``:
+    one transaction with the tree's rows, so a failing hook appends nothing."""
+    leaves = [hashlib.sha256(b"leaf %d" % i).digest() for i in range(5)]
+    with TreeStore(tmp_path / "t.db") as tree:
+        tree.connection.execute("CREATE TABLE side (idx INTEGER)")
+        assert tree.appended == (0, EMPTY_ROOT)
+
+        def rows(conn: sqlite3.Connection, start: int) -> None:
+            conn.executemany("INSERT INTO side VALUES (?)", [(start + i,) for i in range(3)])
+
+        assert tree.append_many_leaf_hashes(leaves[:3], also=rows) == range(3)
+        assert tree.appended == (3, root_from_leaf_hashes(leaves[:3])) == (3, tree.root())
+
+        def fails(conn: sqlite3.Connection, start: int) -> None:
+            conn.execute("INSERT INTO side VALUES (?)", (start,))
+            raise RuntimeError("refused")
+
+        with pytest.raises(RuntimeError):
+            tree.append_many_leaf_hashes(leaves[3:], also=fails)
+        assert tree.size == 3 and tree.appended[0] == 3
+        assert [r[0] for r in tree.connection.execute("SELECT idx FROM side")] == [0, 1, 2]
+        assert tree.append_many_leaf_hashes(leaves[3:]) == range(3, 5)
+        assert tree.appended == (5, root_from_leaf_hashes(leaves)) == (5, tree.root())

@@ -242,6 +242,13 @@ class TreeStore:
     # --- reading -----------------------------------------------------------------
 
     @property
+    def appended(self) -> tuple[int, bytes]:
+        """The size and root as of this store's last append (or its opening),
+        from memory: no query. Appends by another writer since then are not
+        seen (:attr:`size` and :meth:`root` read the file)."""
+        return self._range.size, self._range.root()
+
+    @property
     def connection(self) -> sqlite3.Connection:
         """This store's connection, for reading the caller's own tables in the
         same file on the same thread. Reading through it rather than a second
