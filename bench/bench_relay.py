@@ -140,7 +140,11 @@ async def main():
     await stop.wait()
     await runner.cleanup()
 
-asyncio.run(main())
+try:  # the same event loop as `securechan relay serve` uses
+    import uvloop
+    uvloop.run(main())
+except ImportError:
+    asyncio.run(main())
 """
 
 WRK_SCRIPT = """
