@@ -214,10 +214,12 @@ class _Scenario:
             store = Keystore(self.folder / name)
             self.ids[name] = store.create(name, random_bytes(18).hex(), kdf=self.kdf)
             self.ch[name] = Channel(store, self.ids[name], retry=_FAST)
-            card = await self.ch[name].register(self.front[name].url)
+            await self.ch[name].register(self.front[name].url)
+            card = await self.ch[name].register(geneva.url)  # a second, redundant path
             yield Step(
                 id=f"identity-{name}",
-                title=f"{name}: identity created (ML-DSA-65 + Ed25519), registered at muscat",
+                title=f"{name}: identity created (ML-DSA-65 + Ed25519), registered at muscat "
+                "and geneva",
                 ok=card.identity.fingerprint == self.ids[name].fingerprint,
                 details={
                     "fingerprint": str(self.ids[name].fingerprint),
@@ -243,21 +245,39 @@ class _Scenario:
         )
 
         # --- 3. The conversation -----------------------------------------------------------
+        # First contact goes to both relays; muscat refuses service meanwhile.
         line = "Tehran: we accept a ceasefire from 06:00 on the 3rd, if the text holds."
+        self.front["washington"].refuse_service(503)
         sent = await t.send_text("washington", line)
-        # Before washington fetches it, the mediator looks at what it stores.
-        yield self._mediator_reads(muscat)
         got, bad = await self._receive("washington")
         texts = [x.text for x in got if x.text]
+        unreachable = [x for x in bad if x.reason == "relay"]
         yield Step(
             id="message",
-            title="washington receives tehran's message: decrypted, signature verified, in order",
-            ok=texts == [line] and not bad and got[-1].verified,
+            title="muscat refuses service; tehran's first message arrives through geneva, "
+            "decrypted and verified",
+            ok=texts == [line]
+            and got[-1].verified
+            and sent.pending > 0
+            and len(unreachable) == len(bad),
+            attack=True,
             details={
                 "text": line,
                 "seq": str(got[-1].seq if got else "-"),
-                "relay acks": str(sent.delivered),
+                "envelopes posted / waiting for muscat": f"{sent.delivered} / {sent.pending}",
             },
+        )
+        self.front["washington"].refuse_service(None)
+        delivered, pending = await t.flush_outbox()
+        # Before washington fetches the late copies, muscat looks at what it stores.
+        yield self._mediator_reads(muscat)
+        got, bad = await self._receive("washington")
+        yield Step(
+            id="redundant",
+            title="muscat serves again: tehran's outbox delivers there too; "
+            "the late copies are not shown twice",
+            ok=delivered > 0 and pending == 0 and not got and not bad,
+            details={"late envelopes delivered to muscat": str(delivered), "shown again": "none"},
         )
         await w.send_file("tehran", "communique-draft.txt", COMMUNIQUE)
         got, bad = await self._receive("tehran")

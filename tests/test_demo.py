@@ -61,8 +61,20 @@ def test_demo_json_every_step_and_detection(tmp_path: Path) -> None:
     for name in ("tehran", "washington"):
         assert f"identity-{name}" in steps
         assert f"audit-log-{name}" in steps
-    for want in ("relays", "verify-contacts", "message", "file", "receipt", "witness", "statement"):
+    for want in (
+        "relays",
+        "verify-contacts",
+        "message",
+        "redundant",
+        "file",
+        "receipt",
+        "witness",
+        "statement",
+    ):
         assert want in steps
+    # muscat refused service at first contact: the message came through geneva.
+    assert steps["message"]["details"]["text"].startswith("Tehran: we accept a ceasefire")
+    assert steps["redundant"]["details"]["shown again"] == "none"
     # The detections say what caught them.
     assert steps["attack-tamper"]["details"]["refused as"] != "NOT REFUSED"
     assert steps["attack-replay"]["details"]["refused as"] == "Replay"

@@ -788,7 +788,14 @@ class Channel:
             )
             for e, peer in await self.logs.check_carried()
         )
-        await self._after_receive()
+        # What follows must not lose what was received above (it is stored
+        # and acknowledged already): its failures are reported with it.
+        try:
+            await self._after_receive()
+        except SplitView as e:
+            out.append(Rejected(reason="SplitView", error=str(e), evidence=e.evidence))
+        except (RelayError, VerificationFailed, MalformedInput) as e:
+            out.append(Rejected(reason="relay", error=f"after receiving: {e}"))
         return out
 
     async def follow(
@@ -1090,7 +1097,10 @@ class Channel:
             if row.grant_sent or row.peer_grant is None:
                 continue
             session = self._load_session(row.conversation)
-            grant = await self._ensure_own_queue(session)
+            try:
+                grant = await self._ensure_own_queue(session)
+            except RelayError:
+                continue  # our relay is down: the grant goes out on a later pass
             if grant is None:
                 continue
             contact = self.keystore.contacts.find(Fingerprint(row.peer))
