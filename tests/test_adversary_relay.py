@@ -773,3 +773,19 @@ def test_relay_answers_one_fetch_with_garbage(world: World) -> None:
     assert "on the private queue" in proc.stdout, transcript(proc)
     assert len(proc.stderr.splitlines()) == 1, transcript(proc)
     assert [r["reason"] for r in audit_rejections(w.home)[before:]] == ["MalformedInput"]
+
+
+def test_relay_refuses_queue_creation_while_receiving(strangers: World) -> None:
+    """The recipient's own relay refuses to create the private queue its
+    grant needs (after the first message was fetched): the message is still
+    shown (it is stored and acknowledged already), the grant follows on a
+    later pass, and the conversation moves to the private queue."""
+    t, w, fw = strangers.t, strangers.w, strangers.front["washington"]
+    t.ok("send", "washington", "Tehran: first contact")
+    fw.fail("create", status=503, times=-1)
+    assert shown(receive(w)) == ["Tehran: first contact"]
+    fw.reset()
+    assert shown(receive(w)) == []  # the grant goes out now
+    assert shown(receive(t)) == []  # tehran takes it
+    t.ok("send", "washington", "Tehran: on your private queue")
+    assert shown(receive(w)) == ["Tehran: on your private queue"]
