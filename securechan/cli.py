@@ -635,7 +635,6 @@ def register(app: _App, relays: tuple[str, ...], fingerprint: str | None, as_jso
     it against the one its operator published instead of trusting the first
     answer."""
     from securechan.identity._files import atomic_write
-    from securechan.primitives import sha256
 
     if fingerprint is not None and len(relays) != 1:
         raise MalformedInput("--relay-fingerprint goes with exactly one --relay")
@@ -651,8 +650,7 @@ def register(app: _App, relays: tuple[str, ...], fingerprint: str | None, as_jso
             for url in relays:
                 pin = bytes.fromhex(wanted) if wanted is not None else None
                 card = await ch.register(url, pin_fingerprint=pin)
-            keys = {r.relay: sha256(r.relay_key).hex() for r in ch._registrations()}
-            return card, keys
+            return card, ch.relay_fingerprints()
 
     card, keys = _run(go())
     atomic_write(app.home / CARD_FILE, card.to_text().encode("ascii"), replace=True)

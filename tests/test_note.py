@@ -35,6 +35,7 @@ from securechan.audit.note import (
     SignedNote,
     VerifierKey,
     add_signatures,
+    keep_signatures,
     open_note,
     sign_note,
 )
@@ -529,3 +530,22 @@ def test_two_of_two_cosigner_quorum() -> None:
     }
     with pytest.raises(ValueError, match="required"):
         open_cosigned_checkpoint(both, LOG_VKEY, [WITNESS_VKEY], required=2)
+
+
+def test_keep_signatures_drops_other_lines_only() -> None:
+    """keep_signatures: the lines of the keys named stay, in order, and still
+    verify; the others go; none left is None."""
+    a = NoteSigner("a.example/log", Ed25519SigningKey(bytes([1]) * 32))  # PUBLIC TEST DATA
+    b = NoteSigner("b.example/w", Ed25519SigningKey(bytes([2]) * 32))
+    c = NoteSigner("c.example/w", Ed25519SigningKey(bytes([3]) * 32))
+    note = sign_note("a.example/log\n1\n" + "A" * 43 + "=\n", [a, b, c])
+    kept = keep_signatures(note, [a.verifier, c.verifier])
+    assert kept is not None
+    parsed = SignedNote.from_text_unverified(kept)
+    assert [s.name for s in parsed.signatures] == ["a.example/log", "c.example/w"]
+    opened = open_note(kept, [a.verifier, b.verifier, c.verifier])
+    assert {v.key.name for v in opened.verified} == {"a.example/log", "c.example/w"}
+    assert (
+        keep_signatures(note, [NoteSigner("d.example/x", Ed25519SigningKey(bytes(32))).verifier])
+        is None
+    )

@@ -65,6 +65,7 @@ __all__ = [
     "check_note_text",
     "cosignature_message",
     "is_valid_key_name",
+    "keep_signatures",
     "key_id",
     "open_note",
     "sign_note",
@@ -445,3 +446,13 @@ def add_signatures(data: bytes | str, signatures: Sequence[NoteSignature]) -> st
     if len(kept) + len(signatures) > MAX_SIGNATURES:
         raise ValueError("too many signatures for one note")
     return SignedNote(text=note.text, signatures=(*kept, *signatures)).to_text()
+
+
+def keep_signatures(data: bytes | str, keys: Sequence[VerifierKey]) -> str | None:
+    """The note with only the signature lines whose (name, key ID) is one of
+    ``keys``, or ``None`` if none is. Nothing is verified: dropping lines
+    cannot make a note say more than it did."""
+    note = SignedNote.from_text_unverified(data)
+    wanted = {(k.name, k.key_id) for k in keys}
+    kept = tuple(s for s in note.signatures if (s.name, s.key_id) in wanted)
+    return SignedNote(text=note.text, signatures=kept).to_text() if kept else None

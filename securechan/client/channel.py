@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 from securechan import wire
 from securechan.audit.log import AuditLog
-from securechan.audit.note import SignedNote, VerifierKey
+from securechan.audit.note import VerifierKey, keep_signatures
 from securechan.audit.receipt import Receipt as LogReceipt
 from securechan.audit.receipt import envelope_leaf_hash, verify_receipt
 from securechan.audit.statement import LogPlacement, Statement, message_id
@@ -778,7 +778,7 @@ class Channel:
                 continue
             for env in envelopes:
                 out.extend(await self._process(queue, env))
-        if self.db.held():
+        if self.db.held_count():
             out.extend(self._release_held())  # a first message may have come
         out.extend(
             Rejected(
@@ -900,7 +900,7 @@ class Channel:
                 return False
         except MalformedInput:
             return False
-        return len(self.db.held()) < MAX_HELD
+        return self.db.held_count() < MAX_HELD
 
     def _release_held(self) -> list[Received | Rejected]:
         """Retry held envelopes (oldest first): those whose sender has been
@@ -1241,16 +1241,13 @@ class Channel:
                 continue
             receipt = LogReceipt.from_json(json.loads(text))
             key = VerifierKey.from_text(known[0])
-            note = SignedNote.from_text_unverified(receipt.checkpoint)
-            own = tuple(
-                sig for sig in note.signatures if (sig.name, sig.key_id) == (key.name, key.key_id)
-            )
-            if not own:
+            own = keep_signatures(receipt.checkpoint, [key])
+            if own is None:
                 continue
             placement = LogPlacement(
                 log_key=known[0],
                 leaf_index=receipt.leaf_index,
-                checkpoint=SignedNote(text=note.text, signatures=own).to_text(),
+                checkpoint=own,
                 inclusion_proof=receipt.inclusion_proof,
             )
             break
@@ -1267,6 +1264,11 @@ class Channel:
     def relays(self) -> list[str]:
         """The relays we are registered at, as registered."""
         return [r.relay for r in self._registrations()]
+
+    def relay_fingerprints(self) -> dict[str, str]:
+        """Each relay we are registered at: SHA-256 of its pinned key, in hex
+        (what ``relay serve`` prints as its fingerprint)."""
+        return {r.relay: sha256(r.relay_key).hex() for r in self._registrations()}
 
     def known_logs(self) -> list[str]:
         """Every relay whose log key we pinned (ours, and our contacts')."""

@@ -398,6 +398,11 @@ class ClientDB:
             )
         ]
 
+    def held_count(self) -> int:
+        """How many envelopes are held."""
+        (n,) = self._db.execute("SELECT count(*) FROM held").fetchone()
+        return int(n)
+
     def unhold(self, msg_id: bytes) -> None:
         """Forget a held first message."""
         self._db.execute("DELETE FROM held WHERE msg_id = ?", (msg_id,))

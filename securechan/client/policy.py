@@ -22,6 +22,7 @@ witnessed checkpoint, which carries the witnesses' timestamped cosignatures
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from securechan.audit.checkpoint import CosignedCheckpoint, open_cosigned_checkpoint
 from securechan.audit.merkle import verify_inclusion
-from securechan.audit.note import SIG_COSIGNATURE_V1, SignedNote, VerifierKey
+from securechan.audit.note import SIG_COSIGNATURE_V1, VerifierKey, keep_signatures
 from securechan.audit.receipt import Receipt, envelope_leaf_hash
 from securechan.audit.statement import LogPlacement, Statement
 from securechan.errors import MalformedInput, RelayError, VerificationFailed
@@ -157,19 +158,15 @@ async def witnessed_statement(ch: Channel, message_id: str) -> tuple[Statement, 
             continue
         key = await ch.logs.key(relay_url)
         receipt = Receipt.from_json(json.loads(text))
-        try:
-            cosigned = await refresh_witnessed(ch, relay_url)
-        except (RelayError, VerificationFailed):
-            # Unreachable, or caught lying since: the checkpoint witnessed
-            # before still stands (the witnesses checked it then).
-            cosigned = None
-            policy_now = get_policy(ch, relay_url)
-            if policy_now is not None and policy_now.witnessed is not None:
-                cosigned = _open(policy_now, key, policy_now.witnessed, int(ch._clock()))
-        if cosigned is None or cosigned.checkpoint.size <= receipt.leaf_index:
-            continue
+        # Unreachable, or caught lying since: the checkpoint witnessed before
+        # still stands (the witnesses checked it then).
+        with contextlib.suppress(RelayError, VerificationFailed):
+            await refresh_witnessed(ch, relay_url)
         policy = get_policy(ch, relay_url)
         if policy is None or policy.witnessed is None:
+            continue
+        cosigned = _open(policy, key, policy.witnessed, int(ch._clock()))
+        if cosigned.checkpoint.size <= receipt.leaf_index:
             continue
         size = cosigned.checkpoint.size
         try:
@@ -184,13 +181,13 @@ async def witnessed_statement(ch: Channel, message_id: str) -> tuple[Statement, 
             cosigned.checkpoint.root_hash,
         )
         signers = [c.cosigner for c in cosigned.cosignatures]
-        note = SignedNote.from_text_unverified(policy.witnessed)
-        wanted = {(k.name, k.key_id) for k in (key, *signers)}
-        lines = tuple(s for s in note.signatures if (s.name, s.key_id) in wanted)
+        note = keep_signatures(policy.witnessed, [key, *signers])
+        if note is None:
+            continue
         placement = LogPlacement(
             log_key=key.to_text(),
             leaf_index=receipt.leaf_index,
-            checkpoint=SignedNote(text=note.text, signatures=lines).to_text(),
+            checkpoint=note,
             inclusion_proof=tuple(proof),
             witnesses=tuple(k.to_text() for k in signers),
         )
