@@ -83,13 +83,22 @@ from securechan.protocol.payload import (
     SignedPayload,
     text_body,
 )
-from securechan.protocol.prekeys import CONTEXT_PREKEY, KIND_ONE_TIME, SIGNED_PREKEY_LIFETIME
+from securechan.protocol.prekeys import (
+    CONTEXT_PREKEY,
+    KIND_ONE_TIME,
+    KIND_SIGNED,
+    SIGNED_PREKEY_LIFETIME,
+)
 from securechan.protocol.ratchet import (
     MAX_SKIP,
     MAX_SKIPPED,
     PQ_INTERVAL,
     SKIPPED_TTL,
     RatchetHeader,
+    RatchetState,
+    RootStep,
+    chain_commitment,
+    ratchet_decrypt,
     ratchet_encrypt,
 )
 from tests.conftest import NOW, fixed_identity
@@ -167,6 +176,12 @@ def _rewrap(message: bytes, **changes: object) -> bytes:
     fields.update(changes)
     raw = wire.encode(ratchet_mod.HEADER, fields)
     return wire.encode(session_mod.MESSAGE, {"header": raw, "ciphertext": ciphertext})
+
+
+def _first_chain(message: bytes) -> bytes:
+    """The commitment to a ratchet message's chain, as the responder computes it."""
+    header, _ = _parts(message)
+    return chain_commitment(header.dh, header.kem_pub, header.root_ct)
 
 
 def _inject(sender: Session, signed: bytes) -> bytes:
@@ -410,6 +425,70 @@ def test_first_message_replay_without_one_time_key_refused() -> None:
     assert len(guard.seen) == 1
 
 
+def test_signed_prekey_holder_cannot_rewrap_first_message_under_own_ratchet_keys() -> None:
+    """Review 2026-12, finding 2. Mallory holds Bob's signed-prekey secret
+    (stolen; the relay withholds Bob's one-time prekeys, so Alice's first
+    message is sealed to that key). She opens Alice's genuine first message,
+    takes Alice's *signed* payload out of the inner ratchet message and
+    re-encrypts it under ratchet keys of her own. Bob must refuse it: the
+    handshake signature covers Alice's first chain. (Accepted before the fix,
+    and then Bob's replies were readable by Mallory.)"""
+    store = PrekeyStore.new(BOB).rotate(BOB, now=NOW)  # no one-time prekey
+    _, first_bytes = Session.initiate(
+        ALICE, BOB.public, store.bundle(NOW), now=NOW, text="meet at the embassy"
+    )
+    first = hs.FirstMessage.from_bytes(first_bytes)
+    assert first.one_time_prekey_id is None
+    # Mallory's loot: Bob's signed prekey, secret halves included.
+    spk_record, spk_pair = store.signed_key(first.signed_prekey_id, now=NOW)
+    seed_all = spk_pair.seed_bytes_secret()
+    spk_kem_seed, spk_dh_secret = seed_all[:64], seed_all[64:]
+    spk_kem_pub = spk_record.public_key[:MLKEM768_PUBLIC_KEY_SIZE]
+    spk_dh_pub = spk_record.public_key[MLKEM768_PUBLIC_KEY_SIZE:]
+    # 1. Open the HPKE and the body, rebuild the transcript Alice signed.
+    seed = spk_pair.hpke_open(
+        first.hpke, info=hs._info(BOB.fingerprint, KIND_SIGNED, spk_record.prekey_id)
+    )
+    body_key = hkdf_sha256(seed, salt=sha256(first.hpke), info=hs._BODY_INFO, length=32)
+    body = wire.decode(hs.BODY, message_open(body_key, first.sealed_body, first.header_bytes()))
+    transcript = hs._transcript(
+        initiator=ALICE.fingerprint,
+        responder=BOB.fingerprint,
+        conversation=body["conversation"],
+        created=body["created"],
+        bundle=store.bundle(NOW, with_one_time=False),
+        hpke=first.hpke,
+        first_chain=_first_chain(first.message),
+    )
+    _, rk0, th = hs._keys(seed, first.hpke, transcript)
+    # 2. Decrypt Alice's inner message as Bob would: her signed payload.
+    header, ciphertext = _parts(first.message)
+    bob_view = RatchetState.responder(rk0, dh_secret=spk_dh_secret, kem_seed=spk_kem_seed)
+    _, padded, _ = ratchet_decrypt(bob_view, header, ciphertext, th, now=NOW)
+    # 3. Re-encrypt it under Mallory's own first chain and swap it in.
+    mallory = RatchetState.initiator(
+        rk0, peer_dh=spk_dh_pub, peer_kem=spk_kem_pub, first=RootStep.generate(spk_kem_pub)
+    )
+    mallory, m_header, m_ct, _ = ratchet_encrypt(mallory, padded, th)
+    assert m_header.dh != header.dh
+    inner = wire.encode(session_mod.MESSAGE, {"header": m_header.to_bytes(), "ciphertext": m_ct})
+    forged = replace(first, message=inner).to_bytes()
+
+    before = store.to_bytes()
+    with pytest.raises(Misaddressed):
+        Session.accept(BOB, store, ReplayGuard(), forged, contact=_contacts(ALICE), now=NOW)
+    assert store.to_bytes() == before
+    # Alice's genuine first message is still accepted afterwards.
+    sb, _, _, events = Session.accept(
+        BOB, store, ReplayGuard(), first_bytes, contact=_contacts(ALICE), now=NOW
+    )
+    assert _texts(events) == ["meet at the embassy"]
+    # ... and Mallory, with her chain's keys, cannot read Bob's reply.
+    reply_header, reply_ct = _parts(sb.send_text("agreed", now=NOW))
+    with pytest.raises(DecryptionFailed):
+        ratchet_decrypt(mallory, reply_header, reply_ct, th, now=NOW)
+
+
 # --- unknown senders ------------------------------------------------------------
 
 
@@ -534,6 +613,7 @@ def test_handshake_signature_forwarded_to_another_responder_refused() -> None:
             created=body["created"],
             bundle=carol_bundle,
             hpke=hpke,
+            first_chain=_first_chain(first.message),
         )
 
     contact = _contacts(ALICE, BOB)
@@ -543,7 +623,15 @@ def test_handshake_signature_forwarded_to_another_responder_refused() -> None:
         initiator=BOB.public.to_bytes(),
         signature=BOB.sign(transcript_for_carol(BOB), context=hs.CONTEXT_HANDSHAKE),
     )
-    shake, _, _ = hs.accept(CAROL, carol_store, ReplayGuard(), honest, contact=contact, now=NOW)
+    shake, _, _ = hs.accept(
+        CAROL,
+        carol_store,
+        ReplayGuard(),
+        honest,
+        contact=contact,
+        first_chain=_first_chain(first.message),
+        now=NOW,
+    )
     assert shake.initiator.same_key(BOB.public)
     # Alice's own signature, forwarded: it names Bob and Bob's prekeys.
     for attempt in (to_carol(), to_carol(signature=body["signature"])):

@@ -59,6 +59,7 @@ from securechan.primitives import (
     sha256,
 )
 from securechan.protocol.prekeys import KIND_ONE_TIME, KIND_SIGNED, PrekeyBundle, PrekeyStore
+from securechan.protocol.ratchet import RootStep
 
 __all__ = ["CONTEXT_HANDSHAKE", "FirstMessage", "Handshake", "ReplayGuard", "accept", "initiate"]
 
@@ -85,6 +86,7 @@ TRANSCRIPT = wire.Schema(
         wire.Field(7, "one_time_prekey_id", wire.Kind.UINT, optional=True),
         wire.Field(8, "one_time_prekey_hash", wire.Kind.BYTES, size=32, optional=True),
         wire.Field(9, "hpke", wire.Kind.BYTES, size=HPKE_OVERHEAD + _SEED_SIZE),
+        wire.Field(10, "first_chain", wire.Kind.BYTES, size=32),
     ),
 )
 BODY = wire.Schema(
@@ -171,6 +173,8 @@ class Handshake:
     # The signed prekey's public halves: the responder's first ratchet keys.
     peer_dh: bytes
     peer_kem: bytes
+    # Initiator only: the first chain's root step, committed to in the transcript.
+    first_step: RootStep | None = None
     # Responder only: the signed prekey's secrets.
     dh_secret: bytes | None = None
     kem_seed: bytes | None = None
@@ -224,6 +228,7 @@ def _transcript(
     created: int,
     bundle: PrekeyBundle,
     hpke: bytes,
+    first_chain: bytes,
 ) -> bytes:
     otk = bundle.one_time_prekey
     return wire.encode(
@@ -238,6 +243,7 @@ def _transcript(
             "one_time_prekey_id": otk.prekey_id if otk else None,
             "one_time_prekey_hash": otk.hash if otk else None,
             "hpke": hpke,
+            "first_chain": first_chain,
         },
     )
 
@@ -263,6 +269,10 @@ def initiate(
         raise ValueError("a session with oneself is not supported")
     target = bundle.one_time_prekey or bundle.signed_prekey
     kind = KIND_ONE_TIME if bundle.one_time_prekey else KIND_SIGNED
+    spk = bundle.signed_prekey.public_key
+    # The first chain's root step does not depend on the root key: make it
+    # now, so the signature covers the keys the responder's replies will use.
+    first_step = RootStep.generate(spk[:MLKEM768_PUBLIC_KEY_SIZE])
     seed = random_bytes(_SEED_SIZE)
     conversation = random_bytes(CONVERSATION_ID_SIZE)
     hpke = hpke_seal(target.public_key, seed, info=_info(peer.fingerprint, kind, target.prekey_id))
@@ -273,6 +283,7 @@ def initiate(
         created=now,
         bundle=bundle,
         hpke=hpke,
+        first_chain=first_step.commitment(),
     )
     body_key, root, th = _keys(seed, hpke, transcript)
     body = wire.encode(
@@ -292,7 +303,6 @@ def initiate(
         message=b"",
     )
     outer = replace(outer, sealed_body=message_seal(body_key, body, outer.header_bytes()))
-    spk = bundle.signed_prekey.public_key
     return (
         Handshake(
             initiator=me.public,
@@ -302,6 +312,7 @@ def initiate(
             transcript_hash=th,
             peer_dh=spk[MLKEM768_PUBLIC_KEY_SIZE:],
             peer_kem=spk[:MLKEM768_PUBLIC_KEY_SIZE],
+            first_step=first_step,
         ),
         outer,
     )
@@ -314,11 +325,15 @@ def accept(
     first: FirstMessage,
     *,
     contact: Callable[[Fingerprint], PublicIdentity | None],
+    first_chain: bytes,
     now: int,
 ) -> tuple[Handshake, PrekeyStore, ReplayGuard]:
     """Open and check a first message (the ratchet message inside is left to
-    the session). Returns the handshake and the new prekey store and guard,
-    which the caller persists only once the whole first message is accepted.
+    the session). ``first_chain`` is the :func:`~securechan.protocol.ratchet.chain_commitment`
+    of the inner ratchet message's header, as received: the signature must
+    cover it, so only the signer's own ratchet keys start the session.
+    Returns the handshake and the new prekey store and guard, which the
+    caller persists only once the whole first message is accepted.
 
     Raises :class:`Replay`, :class:`UnknownPrekey`, :class:`DecryptionFailed`,
     :class:`MalformedInput`, :class:`BadSignature`, :class:`Reflected`,
@@ -356,12 +371,14 @@ def accept(
         created=body["created"],
         bundle=bundle,
         hpke=first.hpke,
+        first_chain=first_chain,
     )
     try:
         initiator.verify(body["signature"], transcript, context=CONTEXT_HANDSHAKE)
     except BadSignature:
-        # The transcript names us and our own prekey records: a signature made
-        # for another responder or another bundle fails here.
+        # The transcript names us, our own prekey records and the first
+        # chain's keys: a signature made for another responder or bundle, or
+        # re-wrapped under someone else's ratchet keys, fails here.
         raise Misaddressed("the handshake was not signed for us and this bundle") from None
     pinned = contact(initiator.fingerprint)
     if pinned is None or not pinned.same_key(initiator):

@@ -77,6 +77,7 @@ __all__ = [
     "SKIPPED_TTL",
     "RatchetHeader",
     "RatchetState",
+    "RootStep",
     "ratchet_decrypt",
     "ratchet_encrypt",
 ]
@@ -90,6 +91,7 @@ PQ_INTERVAL = 50
 _OWN_DH_KEPT = 8
 _ROOT_INFO = b"securechan/v1/ratchet-root"
 _MESSAGE_INFO = b"securechan/v1/ratchet-message"
+_FIRST_CHAIN_LABEL = b"securechan/v1/handshake-first-chain"
 
 HEADER = wire.Schema(
     0x0060,
@@ -154,6 +156,39 @@ class Skipped:
     at: int
 
 
+@dataclass(frozen=True, slots=True)
+class RootStep:
+    """The sending half of a root step, made before the root key is known.
+
+    Nothing here depends on the root key (fresh key pairs and an ML-KEM
+    encapsulation to the peer's key), so the initiator makes its first
+    chain's step *before* it signs the handshake and binds
+    :meth:`commitment` into the signed transcript (``docs/PROTOCOL.md``
+    §12): the responder then accepts the first chain only from the signer.
+    """
+
+    dh: X25519KeyPair
+    kem: MlKemKeyPair
+    ss: bytes = field(repr=False)
+    ct: bytes
+
+    @classmethod
+    def generate(cls, peer_kem: bytes) -> RootStep:
+        """Fresh X25519 and ML-KEM-768 pairs and an encapsulation to ``peer_kem``."""
+        ss, ct = mlkem_encapsulate(peer_kem)
+        return cls(X25519KeyPair.generate(), MlKemKeyPair.generate(), ss, ct)
+
+    def commitment(self) -> bytes:
+        """SHA-256 over the chain's public header fields (see :func:`chain_commitment`)."""
+        return chain_commitment(self.dh.public, self.kem.public, self.ct)
+
+
+def chain_commitment(dh: bytes, kem_pub: bytes, root_ct: bytes) -> bytes:
+    """``SHA-256("securechan/v1/handshake-first-chain" || dh || kem_pub || root_ct)``:
+    every header field that, with the root key, fixes a sending chain."""
+    return sha256(_FIRST_CHAIN_LABEL + dh + kem_pub + root_ct)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RatchetState:
     """The whole ratchet state of one party (secret; stored encrypted).
@@ -190,10 +225,14 @@ class RatchetState:
     remote_dh_recent: tuple[bytes, ...] = ()
 
     @classmethod
-    def initiator(cls, rk: bytes, *, peer_dh: bytes, peer_kem: bytes) -> RatchetState:
+    def initiator(
+        cls, rk: bytes, *, peer_dh: bytes, peer_kem: bytes, first: RootStep
+    ) -> RatchetState:
         """Alice: she knows Bob's signed prekey, whose halves are his first
-        ratchet keys (spec §3.3, ``RatchetInitAlice``)."""
-        return cls(rk=rk, dh_remote=peer_dh, kem_remote=peer_kem, send_pending=True)
+        ratchet keys (spec §3.3, ``RatchetInitAlice``). ``first`` is the root
+        step her signed handshake transcript committed to; it is applied here."""
+        st = cls(rk=rk, dh_remote=peer_dh, kem_remote=peer_kem, send_pending=True)
+        return _root_step(st, first)
 
     @classmethod
     def responder(cls, rk: bytes, *, dh_secret: bytes, kem_seed: bytes) -> RatchetState:
@@ -209,6 +248,31 @@ class RatchetState:
             send_pending=False,
             own_dh_recent=(dh_pub,),
         )
+
+
+def _root_step(st: RatchetState, step: RootStep) -> RatchetState:
+    if st.dh_remote is None:
+        raise ValueError("this side cannot send before it has received a message")
+    dh, kem, ss, ct = step.dh, step.kem, step.ss, step.ct
+    rk, cks = _kdf_rk(st.rk, dh.exchange(st.dh_remote), ss)
+    return replace(
+        st,
+        rk=rk,
+        dh_self=dh.secret_bytes(),
+        kem_self=kem.seed_bytes_secret(),
+        dh_self_pub=dh.public,
+        kem_self_pub=kem.public,
+        send_pending=False,
+        cks=cks,
+        pn=st.ns,
+        ns=0,
+        send_root_ct=ct,
+        send_root_ss=ss,
+        send_epoch=0,
+        send_epoch_ct=None,
+        send_epoch_ss=ss,
+        own_dh_recent=(*st.own_dh_recent, dh.public)[-_OWN_DH_KEPT:],
+    )
 
 
 def _kdf_rk(rk: bytes, dh_out: bytes, kem_ss: bytes) -> tuple[bytes, bytes]:
@@ -292,32 +356,12 @@ def ratchet_encrypt(
         if st.dh_remote is None or st.kem_remote is None:
             raise ValueError("this side cannot send before it has received a message")
         # Root step (spec §3.5, sending half), with an ML-KEM encapsulation.
-        dh = X25519KeyPair.generate()
-        kem = MlKemKeyPair.generate()
+        step = RootStep.generate(st.kem_remote)
         if cache is not None:
             # The peer's next chain will target these: keep them expanded.
-            RatchetCache._put(cache.x25519, dh.secret_bytes(), dh)
-            RatchetCache._put(cache.mlkem, kem.seed_bytes_secret(), kem)
-        ss, ct = mlkem_encapsulate(st.kem_remote)
-        rk, cks = _kdf_rk(st.rk, dh.exchange(st.dh_remote), ss)
-        st = replace(
-            st,
-            rk=rk,
-            dh_self=dh.secret_bytes(),
-            kem_self=kem.seed_bytes_secret(),
-            dh_self_pub=dh.public,
-            kem_self_pub=kem.public,
-            send_pending=False,
-            cks=cks,
-            pn=st.ns,
-            ns=0,
-            send_root_ct=ct,
-            send_root_ss=ss,
-            send_epoch=0,
-            send_epoch_ct=None,
-            send_epoch_ss=ss,
-            own_dh_recent=(*st.own_dh_recent, dh.public)[-_OWN_DH_KEPT:],
-        )
+            RatchetCache._put(cache.x25519, step.dh.secret_bytes(), step.dh)
+            RatchetCache._put(cache.mlkem, step.kem.seed_bytes_secret(), step.kem)
+        st = _root_step(st, step)
     if st.cks is None or st.dh_self is None or st.kem_self is None or st.kem_remote is None:
         raise ValueError("inconsistent ratchet state")  # unreachable
     epoch = st.ns // PQ_INTERVAL

@@ -64,6 +64,7 @@ from securechan.protocol.ratchet import (
     RatchetCache,
     RatchetHeader,
     RatchetState,
+    chain_commitment,
     ratchet_decrypt,
     ratchet_encrypt,
     state_from_bytes,
@@ -214,8 +215,10 @@ class Session:
         session before sending the first message.
         """
         shake, first = hs.initiate(me, peer, bundle, now=now)
+        if shake.first_step is None:
+            raise ValueError("initiator handshake without its first step")  # unreachable
         ratchet = RatchetState.initiator(
-            shake.root_key, peer_dh=shake.peer_dh, peer_kem=shake.peer_kem
+            shake.root_key, peer_dh=shake.peer_dh, peer_kem=shake.peer_kem, first=shake.first_step
         )
         session = cls(
             me,
@@ -251,7 +254,16 @@ class Session:
         ratchet message inside, is valid.
         """
         first = hs.FirstMessage.from_bytes(data)
-        shake, new_store, new_guard = hs.accept(me, store, guard, first, contact=contact, now=now)
+        inner = RatchetHeader.from_bytes(wire.decode(MESSAGE, first.message)["header"])
+        shake, new_store, new_guard = hs.accept(
+            me,
+            store,
+            guard,
+            first,
+            contact=contact,
+            first_chain=chain_commitment(inner.dh, inner.kem_pub, inner.root_ct),
+            now=now,
+        )
         if shake.dh_secret is None or shake.kem_seed is None:
             raise ValueError("responder handshake without prekey secrets")  # unreachable
         ratchet = RatchetState.responder(
