@@ -454,7 +454,6 @@ def test_signed_prekey_holder_cannot_rewrap_first_message_under_own_ratchet_keys
     transcript = hs._transcript(
         initiator=ALICE.fingerprint,
         responder=BOB.fingerprint,
-        conversation=body["conversation"],
         created=body["created"],
         bundle=store.bundle(NOW, with_one_time=False),
         hpke=first.hpke,
@@ -609,7 +608,6 @@ def test_handshake_signature_forwarded_to_another_responder_refused() -> None:
         return hs._transcript(
             initiator=initiator.fingerprint,
             responder=CAROL.fingerprint,
-            conversation=body["conversation"],
             created=body["created"],
             bundle=carol_bundle,
             hpke=hpke,
@@ -647,6 +645,38 @@ def test_handshake_signature_forwarded_to_another_responder_refused() -> None:
             CAROL, carol_store, ReplayGuard(), forged.to_bytes(), contact=contact, now=NOW
         )
     assert carol_store.to_bytes() == before
+
+
+def test_first_message_cannot_take_another_sessions_conversation_id(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review 2026-12, finding 5. Carol, a pinned contact of Bob, wants her
+    first message to claim the conversation id of Bob's session with Alice
+    (which made every later receive of Bob's fail). She controls her own
+    random number generator, so she makes every 16-byte draw that id, and
+    she tries to put the id into the signed handshake body herself. The id
+    is derived from the transcript: neither works. (Before the fix the first
+    way gave Bob a second session under Alice's id.)"""
+    p = _pair(ALICE, BOB)
+    target = p.b.conversation
+    assert target == p.a.conversation == hs.conversation_id(p.b.transcript_hash)
+    real = hs.random_bytes
+    monkeypatch.setattr(hs, "random_bytes", lambda n: target if n == len(target) else real(n))
+    sc, first = Session.initiate(CAROL, BOB.public, p.store.bundle(NOW), now=NOW)
+    monkeypatch.undo()
+    sb, _, _, _ = Session.accept(
+        BOB, p.store, p.guard, first, contact=_contacts(ALICE, CAROL), now=NOW
+    )
+    assert sb.conversation != target
+    assert sb.conversation == sc.conversation == hs.conversation_id(sb.transcript_hash)
+    # A body that names a conversation is not a body: the field does not exist.
+    assert "conversation" not in {f.name for f in hs.BODY.fields}
+    assert "conversation" not in {f.name for f in hs.TRANSCRIPT.fields}
+    # A stored session whose id was swapped for another one does not load.
+    rec = wire.decode(session_mod.SESSION, sb.to_bytes())
+    swapped = wire.encode(session_mod.SESSION, {**rec, "conversation": target})
+    with pytest.raises(MalformedInput):
+        Session.from_bytes(BOB, swapped)
 
 
 def test_message_signed_for_another_conversation_refused() -> None:

@@ -8,18 +8,20 @@ X3DH/PQXDH). It is built from standard parts (``docs/PROTOCOL.md`` §12):
    responder's one-time prekey when the bundle has one, else to its signed
    prekey. ``seed`` is 32 fresh random bytes; ``info`` binds the responder's
    fingerprint and the prekey used.
-2. The initiator signs the **transcript**: both fingerprints, the
-   conversation id, the time, the hashes of the prekey records it used, the
-   prekey ids, and the whole ``hpke`` output (so the HPKE encapsulation is
-   covered by the signature, as the issue asks).
-3. ``body = (initiator identity, conversation id, time, signature)`` is
+2. The initiator signs the **transcript**: both fingerprints, the time,
+   the hashes of the prekey records it used, the prekey ids, and the whole
+   ``hpke`` output (so the HPKE encapsulation is covered by the signature),
+   and a hash of its first ratchet chain's keys (so no one else's chain can
+   carry its signature).
+3. ``body = (initiator identity, time, signature)`` is
    encrypted under ``HKDF(seed, salt=SHA-256(hpke), "securechan/v1/handshake-body")``.
    Only the responder can open it, so the relay learns neither who is talking
    nor what is said.
 4. Both sides derive ``rk0 = HKDF(seed, salt=SHA-256(transcript),
    "securechan/v1/handshake-root")`` for the ratchet, and use
    ``SHA-256(transcript)`` as the associated data of every later message, so
-   both identities are bound into every key (no unknown key share).
+   both identities are bound into every key (no unknown key share). The
+   conversation id is derived from the same hash (:func:`conversation_id`).
 
 The responder refuses a replayed first message (it keeps the hashes of
 handshakes it has accepted), a prekey it does not hold (substituted, used or
@@ -61,11 +63,20 @@ from securechan.primitives import (
 from securechan.protocol.prekeys import KIND_ONE_TIME, KIND_SIGNED, PrekeyBundle, PrekeyStore
 from securechan.protocol.ratchet import RootStep
 
-__all__ = ["CONTEXT_HANDSHAKE", "FirstMessage", "Handshake", "ReplayGuard", "accept", "initiate"]
+__all__ = [
+    "CONTEXT_HANDSHAKE",
+    "FirstMessage",
+    "Handshake",
+    "ReplayGuard",
+    "accept",
+    "conversation_id",
+    "initiate",
+]
 
 CONTEXT_HANDSHAKE = b"securechan/v1/handshake"
 _BODY_INFO = b"securechan/v1/handshake-body"
 _ROOT_INFO = b"securechan/v1/handshake-root"
+_CONVERSATION_LABEL = b"securechan/v1/conversation-id"
 _SEED_SIZE = 32
 CONVERSATION_ID_SIZE = 16
 # Accepted-handshake hashes are kept this long: past it, the prekeys they
@@ -79,7 +90,8 @@ TRANSCRIPT = wire.Schema(
     (
         wire.Field(1, "initiator", wire.Kind.BYTES, size=32),
         wire.Field(2, "responder", wire.Kind.BYTES, size=32),
-        wire.Field(3, "conversation", wire.Kind.BYTES, size=CONVERSATION_ID_SIZE),
+        # Tag 3 (an initiator-chosen conversation id) is retired: the id is
+        # derived from this transcript (conversation_id), review 2026-12 #5.
         wire.Field(4, "created", wire.Kind.UINT),
         wire.Field(5, "signed_prekey_id", wire.Kind.UINT),
         wire.Field(6, "signed_prekey_hash", wire.Kind.BYTES, size=32),
@@ -94,7 +106,7 @@ BODY = wire.Schema(
     "HandshakeBody",
     (
         wire.Field(1, "initiator", wire.Kind.RECORD, max_len=8192, schema=PUBLIC_IDENTITY),
-        wire.Field(2, "conversation", wire.Kind.BYTES, size=CONVERSATION_ID_SIZE),
+        # Tag 2 (the conversation id) is retired, as in the transcript.
         wire.Field(3, "created", wire.Kind.UINT),
         wire.Field(4, "signature", wire.Kind.BYTES, size=HYBRID_SIGNATURE_SIZE),
     ),
@@ -224,7 +236,6 @@ def _transcript(
     *,
     initiator: Fingerprint,
     responder: Fingerprint,
-    conversation: bytes,
     created: int,
     bundle: PrekeyBundle,
     hpke: bytes,
@@ -236,7 +247,6 @@ def _transcript(
         {
             "initiator": initiator.digest,
             "responder": responder.digest,
-            "conversation": conversation,
             "created": created,
             "signed_prekey_id": bundle.signed_prekey.prekey_id,
             "signed_prekey_hash": bundle.signed_prekey.hash,
@@ -246,6 +256,15 @@ def _transcript(
             "first_chain": first_chain,
         },
     )
+
+
+def conversation_id(transcript_hash: bytes) -> bytes:
+    """``SHA-256("securechan/v1/conversation-id" || SHA-256(transcript))[:16]``.
+
+    Derived, never chosen: a peer cannot make its first message claim the id
+    of another session (review 2026-12, finding 5); two sessions share an id
+    only if their transcripts collide in 128 bits."""
+    return sha256(_CONVERSATION_LABEL + transcript_hash)[:CONVERSATION_ID_SIZE]
 
 
 def _keys(seed: bytes, hpke: bytes, transcript: bytes) -> tuple[bytes, bytes, bytes]:
@@ -274,12 +293,10 @@ def initiate(
     # now, so the signature covers the keys the responder's replies will use.
     first_step = RootStep.generate(spk[:MLKEM768_PUBLIC_KEY_SIZE])
     seed = random_bytes(_SEED_SIZE)
-    conversation = random_bytes(CONVERSATION_ID_SIZE)
     hpke = hpke_seal(target.public_key, seed, info=_info(peer.fingerprint, kind, target.prekey_id))
     transcript = _transcript(
         initiator=me.fingerprint,
         responder=peer.fingerprint,
-        conversation=conversation,
         created=now,
         bundle=bundle,
         hpke=hpke,
@@ -290,7 +307,6 @@ def initiate(
         BODY,
         {
             "initiator": me.public.to_bytes(),
-            "conversation": conversation,
             "created": now,
             "signature": me.sign(transcript, context=CONTEXT_HANDSHAKE),
         },
@@ -307,7 +323,7 @@ def initiate(
         Handshake(
             initiator=me.public,
             responder=peer,
-            conversation=conversation,
+            conversation=conversation_id(th),
             root_key=root,
             transcript_hash=th,
             peer_dh=spk[MLKEM768_PUBLIC_KEY_SIZE:],
@@ -367,7 +383,6 @@ def accept(
     transcript = _transcript(
         initiator=initiator.fingerprint,
         responder=me.fingerprint,
-        conversation=body["conversation"],
         created=body["created"],
         bundle=bundle,
         hpke=first.hpke,
@@ -393,7 +408,7 @@ def accept(
         Handshake(
             initiator=pinned,
             responder=me.public,
-            conversation=body["conversation"],
+            conversation=conversation_id(th),
             root_key=root,
             transcript_hash=th,
             peer_dh=spk_record.public_key[MLKEM768_PUBLIC_KEY_SIZE:],

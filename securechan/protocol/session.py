@@ -291,7 +291,9 @@ class Session:
 
     @property
     def conversation(self) -> bytes:
-        """The 16-byte conversation id the initiator chose."""
+        """The 16-byte conversation id, derived from the handshake transcript
+        (:func:`~securechan.protocol.handshake.conversation_id`): no party
+        chooses it. Every payload is signed for it (Payload field 3)."""
         return self._st.conversation
 
     @property
@@ -514,6 +516,8 @@ class Session:
         sent, ahead = rec["sent_hashes"], rec["recv_ahead"]
         if len(sent) % 32 or len(ahead) % 72:
             raise MalformedInput("bad session lists")
+        if rec["conversation"] != hs.conversation_id(rec["transcript_hash"]):
+            raise MalformedInput("the conversation id does not match the transcript")
         return cls(
             me,
             _State(
