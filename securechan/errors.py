@@ -143,7 +143,30 @@ class DecryptionFailed(MessageRejected):
 
 
 class Replay(MessageRejected):
-    """A message (or first message) that was already processed."""
+    """A message (or first message) that was already processed.
+
+    For a ratchet message, ``chain`` (the sender's ratchet public key) and
+    ``n`` name the ratchet position whose key was already used, ``seq`` the
+    sender's sequence number when the message could be opened, and
+    ``signed`` its verified signed payload then: with the message key it
+    kept for that position, the client can tell a relay's replay (the same
+    signed payload) from a rolled-back sender (same position or sequence
+    number, other signed content)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        chain: bytes | None = None,
+        n: int | None = None,
+        seq: int | None = None,
+        signed: bytes | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.chain = chain
+        self.n = n
+        self.seq = seq
+        self.signed = signed
 
 
 class Reflected(MessageRejected):

@@ -71,6 +71,7 @@ __all__ = [
     "KDF_SENSITIVE",
     "KEM_SHARED_SECRET_SIZE",
     "MESSAGE_AEAD_OVERHEAD",
+    "MESSAGE_REUSE_GUARD_SIZE",
     "MLDSA65_PUBLIC_KEY_SIZE",
     "MLDSA65_SIGNATURE_SIZE",
     "MLKEM768_CIPHERTEXT_SIZE",
@@ -394,6 +395,7 @@ HYBRID_KEM_SEED_SIZE = MLKEM768_SEED_SIZE + X25519_KEY_SIZE
 HPKE_ENC_SIZE = MLKEM768_CIPHERTEXT_SIZE + X25519_KEY_SIZE
 HPKE_OVERHEAD = HPKE_ENC_SIZE + 16
 MESSAGE_AEAD_OVERHEAD = 16
+MESSAGE_REUSE_GUARD_SIZE = 32
 _HPKE_SUITE = _hpke.Suite(
     _hpke.KEM.MLKEM768_X25519, _hpke.KDF.HKDF_SHA256, _hpke.AEAD.CHACHA20_POLY1305
 )
@@ -550,28 +552,38 @@ def hpke_seal(public_key: bytes, plaintext: bytes, *, info: bytes) -> bytes:
 _MESSAGE_KEY_INFO = b"securechan/v1/message-key"
 
 
-def _message_aead(message_key: bytes) -> tuple[_ChaCha20Poly1305, bytes]:
+def _message_aead(message_key: bytes, reuse_guard: bytes) -> tuple[_ChaCha20Poly1305, bytes]:
     # One key per message (Double Ratchet spec §5.2): derive the AEAD key and
-    # nonce from it, so the nonce can never repeat under one key.
-    okm = hkdf_sha256(message_key, salt=bytes(32), info=_MESSAGE_KEY_INFO, length=44)
+    # nonce from it, so the nonce can never repeat under one key. The reuse
+    # guard (fresh random bytes per message, carried in the authenticated
+    # header; cf. MLS RFC 9420 §6.3.1) is the HKDF salt: a sender restored
+    # from a backup that reuses a message key still gets a fresh key+nonce.
+    if len(message_key) != 32:
+        raise ValueError("message keys are 32 bytes")
+    if len(reuse_guard) != MESSAGE_REUSE_GUARD_SIZE:
+        raise ValueError("reuse guards are 32 bytes")
+    okm = hkdf_sha256(message_key, salt=reuse_guard, info=_MESSAGE_KEY_INFO, length=44)
     return _ChaCha20Poly1305(okm[:32]), okm[32:]
 
 
-def message_seal(message_key: bytes, plaintext: bytes, aad: bytes) -> bytes:
-    """Encrypt with a single-use 32-byte message key (ChaCha20-Poly1305)."""
-    if len(message_key) != 32:
-        raise ValueError("message keys are 32 bytes")
-    aead, nonce = _message_aead(message_key)
+def message_seal(
+    message_key: bytes, plaintext: bytes, aad: bytes, *, reuse_guard: bytes = bytes(32)
+) -> bytes:
+    """Encrypt with a single-use 32-byte message key (ChaCha20-Poly1305).
+
+    ``reuse_guard`` (32 bytes) salts the key+nonce derivation; pass fresh
+    random bytes wherever the same message key could ever be used twice."""
+    aead, nonce = _message_aead(message_key, reuse_guard)
     return aead.encrypt(nonce, plaintext, aad)
 
 
-def message_open(message_key: bytes, ciphertext: bytes, aad: bytes) -> bytes:
+def message_open(
+    message_key: bytes, ciphertext: bytes, aad: bytes, *, reuse_guard: bytes = bytes(32)
+) -> bytes:
     """Decrypt :func:`message_seal`'s output; raise :class:`VerificationFailed`."""
-    if len(message_key) != 32:
-        raise ValueError("message keys are 32 bytes")
+    aead, nonce = _message_aead(message_key, reuse_guard)
     if len(ciphertext) < MESSAGE_AEAD_OVERHEAD:
         raise VerificationFailed("ciphertext too short")
-    aead, nonce = _message_aead(message_key)
     try:
         return aead.decrypt(nonce, ciphertext, aad)
     except _InvalidTag:

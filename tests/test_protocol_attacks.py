@@ -171,7 +171,8 @@ def _rewrap(message: bytes, **changes: object) -> bytes:
     """``message`` with header fields changed (the ciphertext is kept)."""
     header, ciphertext = _parts(message)
     fields: dict[str, object] = {
-        name: getattr(header, name) for name in ("dh", "kem_pub", "root_ct", "pn", "n", "epoch_ct")
+        name: getattr(header, name)
+        for name in ("dh", "kem_pub", "root_ct", "pn", "n", "epoch_ct", "guard")
     }
     fields.update(changes)
     raw = wire.encode(ratchet_mod.HEADER, fields)
@@ -706,7 +707,9 @@ def test_second_payload_with_used_seq_refused() -> None:
     ev = p.b.receive(p.a.send_text("the real two", now=NOW), now=NOW)[0]
     assert ev.seq == 2
     alt = _signed(ALICE, p.a, seq=2, prev_hash=p.first_event.hash, text="a different two")
-    _refused(p.b, _inject(p.a, alt), Replay)
+    replay = _refused(p.b, _inject(p.a, alt), Replay)
+    # The refusal hands over the verified equivocating payload, for the record.
+    assert isinstance(replay, Replay) and (replay.seq, replay.signed) == (2, alt)
     # A rollback further back, and to seq 0.
     _refused(p.b, _inject(p.a, _signed(ALICE, p.a, seq=1, prev_hash=ZERO_HASH)), Replay)
     err = _refused(

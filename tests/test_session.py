@@ -48,6 +48,7 @@ from securechan.identity import Identity
 from securechan.primitives import (
     MlKemKeyPair,
     X25519KeyPair,
+    hkdf_sha256,
     message_open,
     random_bytes,
     sha256,
@@ -66,6 +67,8 @@ from securechan.protocol import (
     Session,
 )
 from securechan.protocol.handshake import FirstMessage
+from securechan.protocol.opening import open_ratchet_message
+from securechan.protocol.padding import pad
 from securechan.protocol.payload import CHUNK_SIZE, ZERO_HASH, SignedPayload
 from securechan.protocol.ratchet import (
     MAX_SKIP,
@@ -388,7 +391,9 @@ def test_forward_secrecy_nothing_in_stored_state_opens_a_read_message(order: str
     # Control: the keys we computed are the real ones.
     for (_, _, mk), m, i in zip(keys, messages, (2, 3), strict=True):
         header, ct = _split(m)
-        assert f"A{i} secret".encode() in message_open(mk, ct, _ad(sa, header))
+        assert f"A{i} secret".encode() in message_open(
+            mk, ct, _ad(sa, header), reuse_guard=header.guard
+        )
 
     delivery = messages if order == "in order" else messages[::-1]
     for m in delivery:
@@ -453,7 +458,7 @@ def _attacker_opens(secrets: dict[str, set[bytes]], message: bytes, ad_prefix: b
             mk_base, ck = _kdf_ck(ck)
             for ss in sss:
                 try:
-                    message_open(_message_key(mk_base, ss), ct, ad)
+                    message_open(_message_key(mk_base, ss), ct, ad, reuse_guard=header.guard)
                 except VerificationFailed:
                     continue
                 return True
@@ -532,7 +537,9 @@ def test_root_step_key_depends_on_the_ml_kem_secret() -> None:
         _, ck = _kdf_rk(before.rk, dh_out, ss_root)
         mk_base, _ = _kdf_ck(ck)
         try:
-            plaintext = message_open(_message_key(mk_base, ss_message), ct, ad)
+            plaintext = message_open(
+                _message_key(mk_base, ss_message), ct, ad, reuse_guard=header.guard
+            )
         except VerificationFailed:
             return False
         assert b"B1 post-quantum" in plaintext
@@ -572,7 +579,7 @@ def test_epoch_step_key_depends_on_the_epoch_ml_kem_secret() -> None:
     def opens(ck: bytes, ss: bytes, header: RatchetHeader, ct: bytes) -> bool:
         mk_base, _ = _kdf_ck(ck)
         try:
-            message_open(_message_key(mk_base, ss), ct, _ad(sb, header))
+            message_open(_message_key(mk_base, ss), ct, _ad(sb, header), reuse_guard=header.guard)
         except VerificationFailed:
             return False
         return True
@@ -762,3 +769,74 @@ def test_every_step_survives_a_restart_and_counts_a_generation() -> None:
     # Afterwards every message ever sent is refused by its receiver.
     for party, m in log:
         refuse(PEER[party], m, Replay)
+
+
+# ---------------------------------------------------------------------------
+# Review 2026-12, finding 1: a sender restored from a backup.
+
+
+def _aead_key_nonce(message_key: bytes, header: RatchetHeader) -> bytes:
+    """The ChaCha20-Poly1305 key and nonce a message is sealed under (§13)."""
+    return hkdf_sha256(message_key, salt=header.guard, info=b"securechan/v1/message-key", length=44)
+
+
+def _xor(a: bytes, b: bytes) -> bytes:
+    return bytes(x ^ y for x, y in zip(a, b, strict=False))
+
+
+def test_restored_sender_never_reuses_an_aead_key_and_nonce() -> None:
+    """Alice's home folder is restored from a backup taken one message ago
+    and she sends again. The relay holds both ciphertexts at the same ratchet
+    position under the same message key; the reuse guard makes the AEAD key
+    and nonce differ, so XORing the ciphertexts does not give the XOR of the
+    plaintexts. (Before the fix: same key, same nonce, keystream reuse.)"""
+    sa, _, _ = _pair()
+    backup = sa.to_bytes()
+    m1 = sa.send_text("the first text, sent before the restore", now=NOW)
+    s1, (k1, _) = sa.last_sent_record, sa.last_sent_opening
+    restored = Session.from_bytes(ALICE, backup)
+    m2 = restored.send_text("a different text, after the restore!!", now=NOW)
+    s2, (k2, _) = restored.last_sent_record, restored.last_sent_opening
+    (h1, c1), (h2, c2) = _split(m1), _split(m2)
+    # The rollback is real: same position, same message key.
+    assert (h1.dh, h1.n) == (h2.dh, h2.n) and k1 == k2 and s1 != s2
+    assert h1.guard != h2.guard
+    assert _aead_key_nonce(k1, h1)[:32] != _aead_key_nonce(k2, h2)[:32]
+    assert _aead_key_nonce(k1, h1)[32:] != _aead_key_nonce(k2, h2)[32:]
+    # The relay's attack: XOR the ciphertexts, compare with the XOR of the
+    # (padded) plaintexts: no keystream reuse.
+    leak = _xor(c1, c2)
+    assert leak[:64] != _xor(pad(s1), pad(s2))[:64]
+
+
+def test_reused_position_replay_names_the_position_and_tells_rollback_from_replay() -> None:
+    """Bob receives Alice's message, keeps its key by ratchet position, and
+    then gets (a) the relay's replay of it, (b) what a restored Alice sent at
+    the same position. Both are refused as Replay naming the position; the
+    kept key opens both (the reuse guard is in the header), and the verified
+    signed payload tells a replay (identical) from a rollback (same seq,
+    other signed content, valid signature)."""
+    sa, sb, _ = _pair()
+    backup = sa.to_bytes()
+    m1 = sa.send_text("original", now=NOW)
+    events = sb.receive(m1, now=NOW)
+    got = events[0]
+    assert isinstance(got, MessageReceived)
+    h1, _ = _split(m1)
+    assert (got.chain, got.n) == (h1.dh, h1.n)
+    kept = {(got.chain, got.n): got.key}  # what a client stores
+    rolled = Session.from_bytes(ALICE, backup).send_text("rewritten", now=NOW)
+
+    for message, same in ((m1, True), (rolled, False)):
+        err = _refused(BOB, sb, message, Replay)
+        assert isinstance(err, Replay)
+        assert (err.chain, err.n) == (h1.dh, h1.n)
+        opened = open_ratchet_message(
+            message, kept[(err.chain, err.n)], sb.transcript_hash, sender=ALICE.public
+        )
+        payload = SignedPayload.from_bytes_unverified(opened).payload
+        assert payload.seq == 1 + 1  # the first message was seq 1
+        assert (opened == got.signed) is same
+    # Opening with the key needs the peer's valid signature.
+    with pytest.raises(VerificationFailed):
+        open_ratchet_message(rolled, got.key, sb.transcript_hash, sender=BOB.public)

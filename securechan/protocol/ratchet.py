@@ -43,6 +43,7 @@ far is refused *before* any key agreement or derivation.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
@@ -56,6 +57,7 @@ from securechan.errors import (
     VerificationFailed,
 )
 from securechan.primitives import (
+    MESSAGE_REUSE_GUARD_SIZE,
     MLKEM768_CIPHERTEXT_SIZE,
     MLKEM768_PUBLIC_KEY_SIZE,
     MLKEM768_SEED_SIZE,
@@ -67,6 +69,7 @@ from securechan.primitives import (
     message_open,
     message_seal,
     mlkem_encapsulate,
+    random_bytes,
     sha256,
 )
 
@@ -103,6 +106,7 @@ HEADER = wire.Schema(
         wire.Field(4, "pn", wire.Kind.UINT),
         wire.Field(5, "n", wire.Kind.UINT),
         wire.Field(6, "epoch_ct", wire.Kind.BYTES, size=MLKEM768_CIPHERTEXT_SIZE, optional=True),
+        wire.Field(7, "guard", wire.Kind.BYTES, size=MESSAGE_REUSE_GUARD_SIZE),
     ),
 )
 
@@ -117,6 +121,8 @@ class RatchetHeader:
     pn: int
     n: int
     epoch_ct: bytes | None = None
+    # Fresh random bytes per message: the reuse guard (see ratchet_encrypt).
+    guard: bytes
     raw: bytes | None = field(default=None, compare=False, repr=False)
 
     def to_bytes(self) -> bytes:
@@ -132,6 +138,7 @@ class RatchetHeader:
                 "pn": self.pn,
                 "n": self.n,
                 "epoch_ct": self.epoch_ct,
+                "guard": self.guard,
             },
         )
 
@@ -343,10 +350,23 @@ class _Decaps:
 
 
 def ratchet_encrypt(
-    state: RatchetState, plaintext: bytes, ad: bytes, *, cache: RatchetCache | None = None
+    state: RatchetState,
+    plaintext: bytes,
+    ad: bytes,
+    *,
+    cache: RatchetCache | None = None,
+    rand: Callable[[int], bytes] = random_bytes,
 ) -> tuple[RatchetState, RatchetHeader, bytes, bytes]:
     """Encrypt one message. Returns the new state, the header, the ciphertext
     and the message key; the caller MUST persist the new state before sending.
+
+    **Reuse guard** (after MLS, RFC 9420 §6.3.1): 32 fresh bytes from
+    ``rand`` go into the header and salt the derivation of the AEAD key and
+    nonce from the message key. A state restored from a backup sends again
+    at a ratchet position it already used, with the same message key; the
+    guard still makes the AEAD key and nonce new, so the two ciphertexts
+    reveal nothing about each other (the peer refuses the second as a
+    replay of that position, see :class:`~securechan.errors.Replay`).
 
     The message key opens this one message and nothing else (every key of a
     chain comes from a one-way KDF step), so the sender may keep it to reveal
@@ -382,10 +402,13 @@ def ratchet_encrypt(
         pn=st.pn,
         n=st.ns,
         epoch_ct=st.send_epoch_ct if epoch > 0 else None,
+        guard=rand(MESSAGE_REUSE_GUARD_SIZE),
     )
     header = replace(header, raw=header.to_bytes())
     message_key = _message_key(mk_base, st.send_epoch_ss)
-    ciphertext = message_seal(message_key, plaintext, ad + header.to_bytes())
+    ciphertext = message_seal(
+        message_key, plaintext, ad + header.to_bytes(), reuse_guard=header.guard
+    )
     return replace(st, cks=next_chain, ns=st.ns + 1), header, ciphertext, message_key
 
 
@@ -432,7 +455,7 @@ def ratchet_decrypt(
         ss = decaps(kem_seed, header.root_ct if epoch == 0 else header.epoch_ct or b"")
         key = _message_key(mk_base, ss)
         try:
-            return message_open(key, ciphertext, full_ad), key
+            return message_open(key, ciphertext, full_ad, reuse_guard=header.guard), key
         except VerificationFailed:
             raise DecryptionFailed("the message does not decrypt") from None
 
@@ -441,7 +464,7 @@ def ratchet_decrypt(
     for i, s in enumerate(state.skipped):
         if s.n == header.n and s.dh == header.dh:
             if now - s.at > SKIPPED_TTL:
-                raise Replay("the key for this late message has expired")
+                raise Replay("the key for this late message has expired", chain=s.dh, n=s.n)
             plaintext, key = open_with(s.mk_base, s.kem_seed)
             decaps.commit()
             rest = state.skipped[:i] + state.skipped[i + 1 :]
@@ -450,7 +473,7 @@ def ratchet_decrypt(
     new_chain = header.dh != state.dh_remote
     if new_chain and header.dh in state.remote_dh_recent:
         # A chain we already left: its unused keys are all in `skipped`.
-        raise Replay("no key for this message (a replay, or too old)")
+        raise Replay("no key for this message (a replay, or too old)", chain=header.dh, n=header.n)
     # 2. Bounds first: nothing expensive happens for a header that skips too far.
     if new_chain:
         behind = header.pn - state.nr if state.ckr is not None else 0
@@ -459,7 +482,10 @@ def ratchet_decrypt(
     elif header.n - state.nr > MAX_SKIP:
         raise TooFarAhead("the header would skip too many message keys")
     if not new_chain and header.n < state.nr:
-        raise Replay("no key for this message (a replay, or too old)")
+        # This position's key was used: a relay's replay, or a sender
+        # restored from a backup. The caller tells them apart with the key
+        # it kept for (header.dh, header.n) (opening.open_ratchet_message).
+        raise Replay("no key for this message (a replay, or too old)", chain=header.dh, n=header.n)
     dh_self, kem_self = state.dh_self, state.kem_self
     if dh_self is None or kem_self is None:
         raise DecryptionFailed("no key for this message")

@@ -113,8 +113,12 @@ class MessageReceived:
     content: str | FileChunk | Receipt | QueueGrant | None
     hash: bytes
     signed: bytes = field(repr=False)  # the SignedPayload record, for the record
-    # The message key that opened it (this message only), for statements.
+    # The message key that opened it (this message only), for statements, and
+    # the ratchet position it belongs to (the sender's ratchet key and n):
+    # keep the key by position to examine a later Replay of that position.
     key: bytes = field(default=b"", repr=False)
+    chain: bytes = b""
+    n: int = 0
     # Relay checkpoints the sender says it verified (unverified here).
     checkpoints: tuple[str, ...] = ()
 
@@ -192,6 +196,9 @@ class Session:
         self._cache = RatchetCache()
         self._last_sent = b""
         self._last_key = b""
+        # The one source of randomness for reuse guards (tests inject one to
+        # make vectors reproducible); key generation uses primitives'.
+        self.random: Callable[[int], bytes] = random_bytes
         # Relay checkpoints to carry in the payloads we send (the client's
         # newest verified ones; see payload.py). Not part of the state.
         self.checkpoints: tuple[str, ...] = ()
@@ -390,7 +397,7 @@ class Session:
         signed_bytes = signed.to_bytes()
         digest = sha256(signed_bytes)
         ratchet, header, ciphertext, key = ratchet_encrypt(
-            st.ratchet, pad(signed_bytes), st.transcript_hash, cache=self._cache
+            st.ratchet, pad(signed_bytes), st.transcript_hash, cache=self._cache, rand=self.random
         )
         message = wire.encode(MESSAGE, {"header": header.to_bytes(), "ciphertext": ciphertext})
         self._last_sent = signed_bytes
@@ -444,7 +451,15 @@ class Session:
         except BadSignature:
             raise MessageRejected("the message's signature does not verify") from None
         digest = sha256(signed_bytes)
-        received, events = _place(st.received, p.seq, digest, p.prev_hash)
+        try:
+            received, events = _place(st.received, p.seq, digest, p.prev_hash)
+        except Replay as e:
+            # A fresh ratchet position but a used sequence number: a sender
+            # restored from a backup (or equivocating). The payload is
+            # verified: hand it over for comparison with the one we kept.
+            raise Replay(
+                str(e), chain=header.dh, n=header.n, seq=p.seq, signed=signed_bytes
+            ) from None
         content = p.content()
         events.insert(
             0,
@@ -456,6 +471,8 @@ class Session:
                 hash=digest,
                 signed=signed_bytes,
                 key=key,
+                chain=header.dh,
+                n=header.n,
                 checkpoints=p.checkpoints,
             ),
         )
