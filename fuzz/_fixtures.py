@@ -127,8 +127,8 @@ def build_world() -> World:
     return World(
         store=store.to_bytes(),
         first=first,
-        alice=alice.to_bytes(),
-        bob=bob.to_bytes(),
+        alice=alice.to_bytes(now=NOW),
+        bob=bob.to_bytes(now=NOW),
         guard=guard.to_bytes(),
         messages=tuple(messages),
     )

@@ -32,9 +32,9 @@ from securechan.protocol.ratchet import ratchet_encrypt
 from securechan.protocol.session import MESSAGE
 
 WORLD = load_world()
-ALICE_STATE = Session.from_bytes(ALICE, WORLD.alice)._st
+ALICE_STATE = Session.from_bytes(ALICE, WORLD.alice, now=NOW)._st
 BOB_BYTES = WORLD.bob
-_bob = Session.from_bytes(BOB, BOB_BYTES)
+_bob = Session.from_bytes(BOB, BOB_BYTES, now=NOW)
 _BOB_GENERATION = _bob.generation
 
 
@@ -74,12 +74,12 @@ def test_one_input(data: bytes) -> None:
     try:
         _bob.receive(message, now=NOW)
     except (MessageRejected, MalformedInput):
-        check(_bob.to_bytes() == BOB_BYTES, "a refused message changed the session")
+        check(_bob.to_bytes(now=NOW) == BOB_BYTES, "a refused message changed the session")
         return
     except SecurechanError as e:
         raise AssertionError(f"receive raised {type(e).__name__}, outside its contract") from e
     check(_bob.generation == _BOB_GENERATION + 1, "an accepted message did not count")
-    _bob = Session.from_bytes(BOB, BOB_BYTES)
+    _bob = Session.from_bytes(BOB, BOB_BYTES, now=NOW)
 
 
 if __name__ == "__main__":

@@ -486,19 +486,19 @@ def _rich_session() -> tuple[Session, list[bytes]]:
 
 
 RICH, HELD = _rich_session()
-RICH_BYTES = RICH.to_bytes()
+RICH_BYTES = RICH.to_bytes(now=NOW)
 
 
 @FUZZ
 @given(mutations(RICH_BYTES, max_random=0))
 def test_fuzz_rich_session_from_bytes(data: bytes) -> None:
-    canonical(lambda d: Session.from_bytes(BOB, d), lambda s: s.to_bytes(), data)
+    canonical(lambda d: Session.from_bytes(BOB, d, now=NOW), lambda s: s.to_bytes(now=NOW), data)
 
 
 def test_rich_session_still_opens_what_it_skipped() -> None:
     # The state the fuzz test above mutates is a real one: it opens the
     # messages it skipped, in any order.
-    b = Session.from_bytes(BOB, RICH_BYTES)
+    b = Session.from_bytes(BOB, RICH_BYTES, now=NOW)
     for m in (HELD[1], HELD[0], HELD[2]):
         b.receive(m, now=NOW)
     with pytest.raises(MessageRejected):

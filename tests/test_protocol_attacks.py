@@ -231,10 +231,10 @@ def _refused(
     session: Session, message: bytes, expected: type[SecurechanError], *, now: int = NOW
 ) -> SecurechanError:
     """Deliver ``message``; it must raise ``expected`` and change nothing."""
-    before = session.to_bytes()
+    before = session.to_bytes(now=NOW)
     with pytest.raises(expected) as info:
         session.receive(message, now=now)
-    assert session.to_bytes() == before
+    assert session.to_bytes(now=NOW) == before
     return info.value
 
 
@@ -293,7 +293,7 @@ def test_first_message_every_byte_flip_refused() -> None:
 
 
 def _flip_all(receiver: Session, message: bytes) -> dict[str, int]:
-    before = receiver.to_bytes()
+    before = receiver.to_bytes(now=NOW)
     seen: dict[str, int] = {}
     wrong: list[tuple[int, int, str]] = []
     for pos in _sample(len(message)):
@@ -306,7 +306,7 @@ def _flip_all(receiver: Session, message: bytes) -> dict[str, int]:
                 wrong.append((pos, xor, type(e).__name__))
             else:
                 wrong.append((pos, xor, "accepted"))
-            if receiver.to_bytes() != before:
+            if receiver.to_bytes(now=NOW) != before:
                 wrong.append((pos, xor, "state changed"))
                 return seen
     assert wrong == []
@@ -333,12 +333,13 @@ def test_ratchet_message_every_byte_flip_refused_new_chain() -> None:
 
 def test_ratchet_message_every_byte_flip_refused_after_epoch_step() -> None:
     p = _pair()
-    _burn(p.a, PQ_INTERVAL - 1)
-    m = p.a.send_text("epoch 1", now=NOW)
+    # The responder's chain has epoch steps (the initiator's first one has none).
+    _burn(p.b, PQ_INTERVAL)
+    m = p.b.send_text("epoch 1", now=NOW)
     header, _ = _parts(m)
     assert header.n == PQ_INTERVAL and header.epoch_ct is not None
-    _flip_all(p.b, m)
-    assert _texts(p.b.receive(m, now=NOW)) == ["epoch 1"]
+    _flip_all(p.a, m)
+    assert _texts(p.a.receive(m, now=NOW)) == ["epoch 1"]
 
 
 # --- the relay substitutes bundles ------------------------------------------
@@ -376,13 +377,13 @@ def test_first_message_replay_refused_and_session_not_reset() -> None:
     p = _pair()
     p.b.receive(p.a.send_text("one", now=NOW), now=NOW)
     p.a.receive(p.b.send_text("ack", now=NOW), now=NOW)
-    session_before = p.b.to_bytes()
+    session_before = p.b.to_bytes(now=NOW)
     store_before = p.store.to_bytes()
     with pytest.raises(Replay):
         Session.accept(BOB, p.store, p.guard, p.first, contact=_contacts(ALICE), now=NOW + 60)
     assert p.store.to_bytes() == store_before
     assert len(p.guard.seen) == 1
-    assert p.b.to_bytes() == session_before
+    assert p.b.to_bytes(now=NOW) == session_before
     # Also refused against the store as it was before (a restored backup of
     # the prekeys): the guard is checked first.
     with pytest.raises(Replay):
@@ -407,7 +408,7 @@ def test_old_envelope_redelivered_after_restart_refused() -> None:
     p.b.receive(m2, now=NOW)  # m1 still held back: its key is skipped
     p.b.receive(m1, now=NOW)
     # The recipient restarts from its persisted state; the relay re-delivers.
-    restarted = Session.from_bytes(BOB, p.b.to_bytes())
+    restarted = Session.from_bytes(BOB, p.b.to_bytes(now=NOW), now=NOW)
     for old in (m1, m2, hs.FirstMessage.from_bytes(p.first).message):
         _refused(restarted, old, Replay)
     assert _texts(restarted.receive(p.a.send_text("three", now=NOW), now=NOW)) == ["three"]
@@ -674,10 +675,10 @@ def test_first_message_cannot_take_another_sessions_conversation_id(
     assert "conversation" not in {f.name for f in hs.BODY.fields}
     assert "conversation" not in {f.name for f in hs.TRANSCRIPT.fields}
     # A stored session whose id was swapped for another one does not load.
-    rec = wire.decode(session_mod.SESSION, sb.to_bytes())
+    rec = wire.decode(session_mod.SESSION, sb.to_bytes(now=NOW))
     swapped = wire.encode(session_mod.SESSION, {**rec, "conversation": target})
     with pytest.raises(MalformedInput):
-        Session.from_bytes(BOB, swapped)
+        Session.from_bytes(BOB, swapped, now=NOW)
 
 
 def test_message_signed_for_another_conversation_refused() -> None:
@@ -751,13 +752,13 @@ def test_equivocation_against_a_later_message_refused() -> None:
 
 
 def _quick_refusal(session: Session, message: bytes, expected: type[SecurechanError]) -> None:
-    before = session.to_bytes()
+    before = session.to_bytes(now=NOW)
     started = time.perf_counter()
     with pytest.raises(expected):
         session.receive(message, now=NOW)
     elapsed = time.perf_counter() - started
     assert elapsed < 0.050, f"took {elapsed * 1000:.1f} ms"
-    assert session.to_bytes() == before
+    assert session.to_bytes(now=NOW) == before
 
 
 def test_huge_counter_refused_quickly() -> None:
@@ -859,22 +860,28 @@ def test_kem_fields_altered_or_zeroed_refused() -> None:
 
 def test_epoch_ciphertext_stripped_or_altered_refused() -> None:
     p = _pair()
-    _burn(p.a, PQ_INTERVAL - 1)
-    m = p.a.send_text("epoch 1", now=NOW)
+    _burn(p.b, PQ_INTERVAL)
+    m = p.b.send_text("epoch 1", now=NOW)
     header, _ = _parts(m)
     assert header.n >= PQ_INTERVAL and header.epoch_ct is not None
-    _refused(p.b, _rewrap(m, epoch_ct=None), MalformedInput)
+    _refused(p.a, _rewrap(m, epoch_ct=None), DecryptionFailed)
     # Stripped and relabelled as epoch 0 (so that it parses): the epoch-0
     # secret does not open it.
-    _refused(p.b, _rewrap(m, epoch_ct=None, n=PQ_INTERVAL - 1), DecryptionFailed)
-    _refused(p.b, _rewrap(m, epoch_ct=bytes(MLKEM768_CIPHERTEXT_SIZE)), DecryptionFailed)
-    _refused(p.b, _rewrap(m, epoch_ct=header.root_ct), DecryptionFailed)
-    _refused(p.b, _rewrap(m, epoch_ct=_flip(header.epoch_ct, 7, 1)), DecryptionFailed)
-    assert _texts(p.b.receive(m, now=NOW)) == ["epoch 1"]
-    # An epoch ciphertext where none belongs is refused as well.
+    _refused(p.a, _rewrap(m, epoch_ct=None, n=PQ_INTERVAL - 1), DecryptionFailed)
+    _refused(p.a, _rewrap(m, epoch_ct=bytes(MLKEM768_CIPHERTEXT_SIZE)), DecryptionFailed)
+    _refused(p.a, _rewrap(m, epoch_ct=header.root_ct), DecryptionFailed)
+    _refused(p.a, _rewrap(m, epoch_ct=_flip(header.epoch_ct, 7, 1)), DecryptionFailed)
+    assert _texts(p.a.receive(m, now=NOW)) == ["epoch 1"]
+    # An epoch ciphertext where none belongs is refused as well: in epoch 0,
+    # and anywhere on the initiator's first chain (it has no epoch steps).
     p2 = _pair()
     m2 = p2.a.send_text("epoch 0", now=NOW)
     _refused(p2.b, _rewrap(m2, epoch_ct=random_bytes(MLKEM768_CIPHERTEXT_SIZE)), MalformedInput)
+    _burn(p2.a, PQ_INTERVAL)
+    m3 = p2.a.send_text("first chain, message 52", now=NOW)
+    assert _parts(m3)[0].epoch_ct is None
+    _refused(p2.b, _rewrap(m3, epoch_ct=random_bytes(MLKEM768_CIPHERTEXT_SIZE)), DecryptionFailed)
+    assert _texts(p2.b.receive(m3, now=NOW)) == ["first chain, message 52"]
 
 
 def _signature_variants(signed: bytes) -> dict[str, bytes]:
@@ -958,7 +965,7 @@ def test_skipped_keys_capped_across_chains() -> None:
         assert lengths[-1] <= MAX_SKIPPED
         p.a.receive(p.b.send_text("ack", now=NOW), now=NOW)
     assert lengths == [MAX_SKIP - 1, 2 * (MAX_SKIP - 1), MAX_SKIPPED]
-    assert len(p.b.to_bytes()) < 1 << 20
+    assert len(p.b.to_bytes(now=NOW)) < 1 << 20
     # The per-chain bound: a chain that would skip more than MAX_SKIP is refused.
     _burn(p.a, MAX_SKIP + 1)
     _refused(p.b, p.a.send_text("too far", now=NOW), TooFarAhead)
@@ -1007,7 +1014,7 @@ def test_fuzz_session_receive() -> None:
     p = _pair()
     p.a.receive(p.b.send_text("reply", now=NOW), now=NOW)
     valid = p.a.send_text("fuzzed", now=NOW)
-    before = p.b.to_bytes()
+    before = p.b.to_bytes(now=NOW)
 
     @given(_mutations(valid))
     @FUZZ
@@ -1016,7 +1023,7 @@ def test_fuzz_session_receive() -> None:
             return
         with pytest.raises(RECEIVE_ERRORS):
             p.b.receive(data, now=NOW)
-        assert p.b.to_bytes() == before
+        assert p.b.to_bytes(now=NOW) == before
 
     run()
     assert _texts(p.b.receive(valid, now=NOW)) == ["fuzzed"]
@@ -1093,13 +1100,13 @@ def test_fuzz_ratchet_header_decoder() -> None:
 def test_fuzz_session_from_bytes() -> None:
     p = _pair()
     p.b.receive(p.a.send_text("x", now=NOW), now=NOW)
-    valid = p.b.to_bytes()
-    assert Session.from_bytes(BOB, valid).to_bytes() == valid
+    valid = p.b.to_bytes(now=NOW)
+    assert Session.from_bytes(BOB, valid, now=NOW).to_bytes(now=NOW) == valid
     with pytest.raises(MalformedInput):
-        Session.from_bytes(CAROL, valid)  # another identity's session
+        Session.from_bytes(CAROL, valid, now=NOW)  # another identity's session
     _decoder_fuzz(
-        lambda d: Session.from_bytes(BOB, d),
-        lambda s: s.to_bytes(),  # type: ignore[attr-defined]
+        lambda d: Session.from_bytes(BOB, d, now=NOW),
+        lambda s: s.to_bytes(now=NOW),  # type: ignore[attr-defined]
         valid,
     )
 

@@ -35,21 +35,27 @@ def test_round_trip_and_session_restores(pair: tuple[Session, Session]) -> None:
     a = fixed_identity("tehran")
     key = a.storage_key()
     blob = seal_state(
-        key, sa.to_bytes(), kind="session", object_id=sa.conversation, generation=sa.generation
+        key,
+        sa.to_bytes(now=NOW),
+        kind="session",
+        object_id=sa.conversation,
+        generation=sa.generation,
     )
     gen, data = open_state(
         key, blob, kind="session", object_id=sa.conversation, min_generation=sa.generation
     )
     assert gen == sa.generation
-    assert Session.from_bytes(a, data).to_bytes() == sa.to_bytes()
+    assert Session.from_bytes(a, data, now=NOW).to_bytes(now=NOW) == sa.to_bytes(now=NOW)
     # The state's secrets never appear in the sealed blob.
-    assert sa.to_bytes()[:64] not in blob
+    assert sa.to_bytes(now=NOW)[:64] not in blob
 
 
 def test_bound_to_key_kind_object_and_content(pair: tuple[Session, Session]) -> None:
     sa, _ = pair
     key = fixed_identity("tehran").storage_key()
-    blob = seal_state(key, sa.to_bytes(), kind="session", object_id=sa.conversation, generation=3)
+    blob = seal_state(
+        key, sa.to_bytes(now=NOW), kind="session", object_id=sa.conversation, generation=3
+    )
     with pytest.raises(VerificationFailed):
         open_state(
             fixed_identity("washington").storage_key(),
@@ -75,12 +81,16 @@ def test_rollback_is_detected(pair: tuple[Session, Session]) -> None:
     key = fixed_identity("tehran").storage_key()
     old_gen = sa.generation
     old = seal_state(
-        key, sa.to_bytes(), kind="session", object_id=sa.conversation, generation=old_gen
+        key, sa.to_bytes(now=NOW), kind="session", object_id=sa.conversation, generation=old_gen
     )
     sa.send_text("a message that advances the state", now=NOW)
     assert sa.generation == old_gen + 1
     new = seal_state(
-        key, sa.to_bytes(), kind="session", object_id=sa.conversation, generation=sa.generation
+        key,
+        sa.to_bytes(now=NOW),
+        kind="session",
+        object_id=sa.conversation,
+        generation=sa.generation,
     )
     assert (
         open_state(
@@ -99,16 +109,16 @@ def test_rolled_back_sender_is_caught_by_the_peer(pair: tuple[Session, Session])
     the peer refuses what it makes, so nothing is shown twice or silently replaced."""
     sa, sb = pair
     a = fixed_identity("tehran")
-    snapshot = sa.to_bytes()
+    snapshot = sa.to_bytes(now=NOW)
     first = sa.send_text("original", now=NOW)
     events = sb.receive(first, now=NOW)
     assert events[0].content == "original"
-    cloned = Session.from_bytes(a, snapshot)
+    cloned = Session.from_bytes(a, snapshot, now=NOW)
     forked = cloned.send_text("rewritten", now=NOW)
-    before = sb.to_bytes()
+    before = sb.to_bytes(now=NOW)
     with pytest.raises(MessageRejected):
         sb.receive(forked, now=NOW)
-    assert sb.to_bytes() == before
+    assert sb.to_bytes(now=NOW) == before
 
 
 def test_unknown_kind_is_a_programming_error() -> None:

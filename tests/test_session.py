@@ -121,9 +121,9 @@ def _ad(session: Session, header: RatchetHeader) -> bytes:
 
 def _reload(me: Identity, session: Session) -> Session:
     """A restart: load the session from its bytes; the bytes must round-trip."""
-    blob = session.to_bytes()
-    restored = Session.from_bytes(me, blob)
-    assert restored.to_bytes() == blob
+    blob = session.to_bytes(now=NOW)
+    restored = Session.from_bytes(me, blob, now=NOW)
+    assert restored.to_bytes(now=NOW) == blob
     assert (restored.generation, restored.sent_count, restored.received_through) == (
         session.generation,
         session.sent_count,
@@ -142,17 +142,17 @@ def _refused(
     """Deliver ``message`` and require a refusal (one of ``expected``, if
     given) that leaves ``session`` exactly as it was; then the same for a
     restart from the stored bytes."""
-    before, generation = session.to_bytes(), session.generation
+    before, generation = session.to_bytes(now=NOW), session.generation
     with pytest.raises(MessageRejected) as info:
         session.receive(message, now=now)
     if expected:
         assert isinstance(info.value, expected), repr(info.value)
-    assert session.to_bytes() == before
+    assert session.to_bytes(now=NOW) == before
     assert session.generation == generation
-    restored = Session.from_bytes(me, before)
+    restored = Session.from_bytes(me, before, now=NOW)
     with pytest.raises(type(info.value)):
         restored.receive(message, now=now)
-    assert restored.to_bytes() == before
+    assert restored.to_bytes(now=NOW) == before
     return info.value
 
 
@@ -400,8 +400,8 @@ def test_forward_secrecy_nothing_in_stored_state_opens_a_read_message(order: str
         sb.receive(m, now=NOW)
     assert sb.received_through == 3
 
-    state, sender_state = sb.to_bytes(), sa.to_bytes()
-    restored = Session.from_bytes(BOB, state)
+    state, sender_state = sb.to_bytes(now=NOW), sa.to_bytes(now=NOW)
+    restored = Session.from_bytes(BOB, state, now=NOW)
     assert restored._st.ratchet.skipped == ()
     for m in messages:
         _refused(BOB, restored, m, Replay, DecryptionFailed)
@@ -417,11 +417,13 @@ def test_forward_secrecy_skipped_key_is_erased_when_used() -> None:
     m3 = sa.send_text("A3", now=NOW)
     sb.receive(m3, now=NOW)
     (skipped,) = sb._st.ratchet.skipped  # m2's key waits for it
-    assert skipped.mk_base in sb.to_bytes()
+    assert skipped.mk_base in sb.to_bytes(now=NOW)
     sb.receive(m2, now=NOW)
     assert sb._st.ratchet.skipped == ()
-    assert skipped.mk_base not in sb.to_bytes()
-    _refused(BOB, Session.from_bytes(BOB, sb.to_bytes()), m2, Replay, DecryptionFailed)
+    assert skipped.mk_base not in sb.to_bytes(now=NOW)
+    _refused(
+        BOB, Session.from_bytes(BOB, sb.to_bytes(now=NOW), now=NOW), m2, Replay, DecryptionFailed
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -471,7 +473,7 @@ def test_post_compromise_security_after_both_directions_ratchet() -> None:
     sa.receive(r1, now=NOW)
     m2 = sa.send_text("A2", now=NOW)
     # Time T: the attacker copies both states.
-    a_state, b_state = sa.to_bytes(), sb.to_bytes()
+    a_state, b_state = sa.to_bytes(now=NOW), sb.to_bytes(now=NOW)
 
     sb.receive(m2, now=NOW)
     r2 = sb.send_text("B2 still readable with A's copy", now=NOW)
@@ -487,8 +489,8 @@ def test_post_compromise_security_after_both_directions_ratchet() -> None:
 
     # The copies, fed all traffic in order, read what precedes the healing
     # (so they really are working copies) ...
-    old_a = Session.from_bytes(ALICE, a_state)
-    old_b = Session.from_bytes(BOB, b_state)
+    old_a = Session.from_bytes(ALICE, a_state, now=NOW)
+    old_b = Session.from_bytes(BOB, b_state, now=NOW)
     assert _content(old_a.receive(r2, now=NOW)) == "B2 still readable with A's copy"
     assert _content(old_b.receive(m2, now=NOW)) == "A2"
     # ... and nothing after it, whether in order or straight away.
@@ -498,12 +500,15 @@ def test_post_compromise_security_after_both_directions_ratchet() -> None:
     ):
         for m in later:
             _refused(me, copy, m, DecryptionFailed)
-            _refused(me, Session.from_bytes(me, copy_state), m, DecryptionFailed)
+            _refused(me, Session.from_bytes(me, copy_state, now=NOW), m, DecryptionFailed)
 
     # Beyond the session's own logic: every key in both copies (after they
     # read what they could), combined in every way the key schedule allows.
     secrets = _attacker_secrets(
-        old_a, old_b, Session.from_bytes(ALICE, a_state), Session.from_bytes(BOB, b_state)
+        old_a,
+        old_b,
+        Session.from_bytes(ALICE, a_state, now=NOW),
+        Session.from_bytes(BOB, b_state, now=NOW),
     )
     th = sa._st.transcript_hash
     assert _attacker_opens(secrets, r2, th)  # control: the search finds r2's key
@@ -688,12 +693,14 @@ def test_a_lying_receipt_does_not_match() -> None:
     # then correctly signed and encrypted, and only its content is false.
     sa, sb, _ = _pair()
     for up_to, chain_hash in ((5, sa._st.send_last_hash), (1, bytes(32)), (0, b"\x01" * 32)):
-        liar = Session.from_bytes(BOB, sb.to_bytes())
+        liar = Session.from_bytes(BOB, sb.to_bytes(now=NOW), now=NOW)
         liar._st = replace(
             liar._st, received=replace(liar._st.received, contiguous=up_to, last_hash=chain_hash)
         )
         checks = _receipt_checks(
-            Session.from_bytes(ALICE, sa.to_bytes()).receive(liar.send_receipt(now=NOW), now=NOW)
+            Session.from_bytes(ALICE, sa.to_bytes(now=NOW), now=NOW).receive(
+                liar.send_receipt(now=NOW), now=NOW
+            )
         )
         assert checks == [ReceiptChecked(up_to_seq=up_to, matches=False)]
 
@@ -791,10 +798,10 @@ def test_restored_sender_never_reuses_an_aead_key_and_nonce() -> None:
     and nonce differ, so XORing the ciphertexts does not give the XOR of the
     plaintexts. (Before the fix: same key, same nonce, keystream reuse.)"""
     sa, _, _ = _pair()
-    backup = sa.to_bytes()
+    backup = sa.to_bytes(now=NOW)
     m1 = sa.send_text("the first text, sent before the restore", now=NOW)
     s1, (k1, _) = sa.last_sent_record, sa.last_sent_opening
-    restored = Session.from_bytes(ALICE, backup)
+    restored = Session.from_bytes(ALICE, backup, now=NOW)
     m2 = restored.send_text("a different text, after the restore!!", now=NOW)
     s2, (k2, _) = restored.last_sent_record, restored.last_sent_opening
     (h1, c1), (h2, c2) = _split(m1), _split(m2)
@@ -817,7 +824,7 @@ def test_reused_position_replay_names_the_position_and_tells_rollback_from_repla
     signed payload tells a replay (identical) from a rollback (same seq,
     other signed content, valid signature)."""
     sa, sb, _ = _pair()
-    backup = sa.to_bytes()
+    backup = sa.to_bytes(now=NOW)
     m1 = sa.send_text("original", now=NOW)
     events = sb.receive(m1, now=NOW)
     got = events[0]
@@ -825,7 +832,7 @@ def test_reused_position_replay_names_the_position_and_tells_rollback_from_repla
     h1, _ = _split(m1)
     assert (got.chain, got.n) == (h1.dh, h1.n)
     kept = {(got.chain, got.n): got.key}  # what a client stores
-    rolled = Session.from_bytes(ALICE, backup).send_text("rewritten", now=NOW)
+    rolled = Session.from_bytes(ALICE, backup, now=NOW).send_text("rewritten", now=NOW)
 
     for message, same in ((m1, True), (rolled, False)):
         err = _refused(BOB, sb, message, Replay)
@@ -840,3 +847,61 @@ def test_reused_position_replay_names_the_position_and_tells_rollback_from_repla
     # Opening with the key needs the peer's valid signature.
     with pytest.raises(VerificationFailed):
         open_ratchet_message(rolled, got.key, sb.transcript_hash, sender=BOB.public)
+
+
+# ---------------------------------------------------------------------------
+# Review 2026-12, finding 6: keys outliving their schedule.
+
+YEAR = 365 * 24 * 3600
+
+
+def test_a_state_read_a_year_later_no_longer_holds_a_dropped_messages_key() -> None:
+    """The relay drops Alice's m1 and delivers m2: Bob keeps m1's skipped key.
+    No later message comes. A year on, Bob's client loads and saves the
+    state; a thief who then takes it must not find m1's key, and m1 (the
+    relay kept it) must not open. (Before the fix the key stayed in every
+    write of the state, pruned only after a later successful decrypt.)"""
+    sa, sb, _ = _pair()
+    m1 = sa.send_text("dropped by the relay", now=NOW)
+    sb.receive(sa.send_text("delivered", now=NOW), now=NOW)
+    (skipped,) = sb._st.ratchet.skipped
+    assert skipped.mk_base in sb.to_bytes(now=NOW)  # control: kept while fresh
+    stored = sb.to_bytes(now=NOW + SKIPPED_TTL)  # still within its 30 days
+    assert skipped.mk_base in stored
+    later = Session.from_bytes(BOB, stored, now=NOW + YEAR)
+    assert skipped.mk_base not in later.to_bytes(now=NOW + YEAR)
+    # Written a year later without a load in between: pruned as well.
+    assert skipped.mk_base not in sb.to_bytes(now=NOW + YEAR)
+    _refused(BOB, later, m1, Replay, DecryptionFailed, now=NOW + YEAR)
+
+
+def test_responder_session_holds_no_signed_prekey_secret_after_the_first_message() -> None:
+    """Bob's stored session must not carry his signed prekey's secret halves:
+    they are needed only for the receiving root step of Alice's first chain
+    (which therefore has no epoch steps), and the prekey store deletes them
+    on schedule. (Before the fix they were copied into every responder
+    session and outlived the prekey.)"""
+    store = PrekeyStore.new(BOB).rotate(BOB, now=NOW)  # signed prekey only
+    sa, first = Session.initiate(ALICE, BOB.public, store.bundle(NOW), now=NOW, text="A1")
+    spk_id = FirstMessage.from_bytes(first).signed_prekey_id
+    _, pair = store.signed_key(spk_id, now=NOW)
+    seed = pair.seed_bytes_secret()  # ML-KEM seed (64) || X25519 secret (32)
+    secrets = [seed[:32], seed[32:64], seed[64:]]
+    sb, _, _, _ = Session.accept(BOB, store, ReplayGuard(), first, contact=CONTACTS.get, now=NOW)
+
+    def holds_a_secret() -> bool:
+        blob = sb.to_bytes(now=NOW)
+        return any(s in blob for s in secrets)
+
+    assert not holds_a_secret()
+    # Nor later: a long first chain (past an epoch boundary), with messages
+    # skipped and kept, then Bob's reply and Alice's next chain.
+    run = [sa.send_text(f"A{i}", now=NOW) for i in range(2, PQ_INTERVAL + 5)]
+    for m in run[::-1][:3]:
+        sb.receive(m, now=NOW)
+    assert not holds_a_secret()
+    for m in run[::-1][3:]:
+        sb.receive(m, now=NOW)
+    sa.receive(sb.send_text("B1", now=NOW), now=NOW)
+    sb.receive(sa.send_text("A-next", now=NOW), now=NOW)
+    assert not holds_a_secret()

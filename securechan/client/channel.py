@@ -454,12 +454,16 @@ class Channel:
         loaded = self.db.load_state("session:" + conversation.hex(), "session", conversation)
         if loaded is None:
             raise MalformedInput("unknown conversation")
-        return Session.from_bytes(self.identity, loaded[1])
+        return Session.from_bytes(self.identity, loaded[1], now=self._now())
 
     def _save_session(self, session: Session) -> None:
         conv = session.conversation
         self.db.save_state(
-            "session:" + conv.hex(), "session", conv, session.generation, session.to_bytes()
+            "session:" + conv.hex(),
+            "session",
+            conv,
+            session.generation,
+            session.to_bytes(now=self._now()),
         )
 
     def _targets(

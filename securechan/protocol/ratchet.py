@@ -81,6 +81,7 @@ __all__ = [
     "RatchetHeader",
     "RatchetState",
     "RootStep",
+    "prune",
     "ratchet_decrypt",
     "ratchet_encrypt",
 ]
@@ -144,11 +145,13 @@ class RatchetHeader:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> RatchetHeader:
-        """Decode strictly; an epoch ciphertext is present exactly after epoch 0."""
+        """Decode strictly; an epoch ciphertext is never present in epoch 0
+        (whether it must be present after it depends on the chain, see
+        :func:`ratchet_decrypt`)."""
         rec = wire.decode(HEADER, data)
         header = cls(**rec, raw=bytes(data))
-        if (header.n >= PQ_INTERVAL) != (header.epoch_ct is not None):
-            raise MalformedInput("the epoch ciphertext must be present exactly after epoch 0")
+        if header.n < PQ_INTERVAL and header.epoch_ct is not None:
+            raise MalformedInput("an epoch ciphertext in epoch 0")
         return header
 
 
@@ -159,7 +162,10 @@ class Skipped:
     dh: bytes
     n: int
     mk_base: bytes = field(repr=False)
-    kem_seed: bytes = field(repr=False)  # the decapsulation key its chain targets
+    root_ss: bytes = field(repr=False)  # its chain's epoch-0 secret
+    # The decapsulation key its chain's epoch ciphertexts target; None for a
+    # chain without epoch steps (the initiator's first chain, see below).
+    kem_seed: bytes | None = field(repr=False)
     at: int
 
 
@@ -227,6 +233,13 @@ class RatchetState:
     ckr: bytes | None = field(default=None, repr=False)
     nr: int = 0
     recv_kem_seed: bytes | None = field(default=None, repr=False)
+    # The current receiving chain's epoch-0 secret (its root step's).
+    recv_root_ss: bytes | None = field(default=None, repr=False)
+    # Whether the current sending / receiving chain has epoch steps: all but
+    # the initiator's first chain, which targets the responder's signed
+    # prekey, whose secret the responder erases at once (see initiator()).
+    send_epochs: bool = True
+    recv_epochs: bool = True
     skipped: tuple[Skipped, ...] = ()
     own_dh_recent: tuple[bytes, ...] = ()
     remote_dh_recent: tuple[bytes, ...] = ()
@@ -237,9 +250,14 @@ class RatchetState:
     ) -> RatchetState:
         """Alice: she knows Bob's signed prekey, whose halves are his first
         ratchet keys (spec §3.3, ``RatchetInitAlice``). ``first`` is the root
-        step her signed handshake transcript committed to; it is applied here."""
+        step her signed handshake transcript committed to; it is applied here.
+
+        This first chain has no epoch steps: they would encapsulate to the
+        signed prekey's ML-KEM key, and the responder erases that secret as
+        soon as it has made the receiving root step (review 2026-12, finding
+        6), so that no stored session holds a prekey secret."""
         st = cls(rk=rk, dh_remote=peer_dh, kem_remote=peer_kem, send_pending=True)
-        return _root_step(st, first)
+        return replace(_root_step(st, first), send_epochs=False)
 
     @classmethod
     def responder(cls, rk: bytes, *, dh_secret: bytes, kem_seed: bytes) -> RatchetState:
@@ -278,6 +296,7 @@ def _root_step(st: RatchetState, step: RootStep) -> RatchetState:
         send_epoch=0,
         send_epoch_ct=None,
         send_epoch_ss=ss,
+        send_epochs=True,
         own_dh_recent=(*st.own_dh_recent, dh.public)[-_OWN_DH_KEPT:],
     )
 
@@ -384,7 +403,7 @@ def ratchet_encrypt(
         st = _root_step(st, step)
     if st.cks is None or st.dh_self is None or st.kem_self is None or st.kem_remote is None:
         raise ValueError("inconsistent ratchet state")  # unreachable
-    epoch = st.ns // PQ_INTERVAL
+    epoch = st.ns // PQ_INTERVAL if st.send_epochs else 0
     if epoch != st.send_epoch:
         # Epoch step: a fresh encapsulation every PQ_INTERVAL messages.
         ss, ct = mlkem_encapsulate(st.kem_remote)
@@ -417,12 +436,31 @@ def _prune(skipped: tuple[Skipped, ...], now: int) -> tuple[Skipped, ...]:
     return live[-MAX_SKIPPED:]
 
 
+def prune(state: RatchetState, now: int) -> RatchetState:
+    """``state`` without skipped keys older than :data:`SKIPPED_TTL`.
+
+    Applied on every receive and, by the session, on every write and load
+    of the state, so an expired key (and the ML-KEM seed kept with it) does
+    not outlive its 30 days when no later message arrives."""
+    live = _prune(state.skipped, now)
+    return state if live == state.skipped else replace(state, skipped=live)
+
+
 def _skip(
-    skipped: list[Skipped], ck: bytes, nr: int, until: int, dh: bytes, kem_seed: bytes, now: int
+    skipped: list[Skipped],
+    ck: bytes,
+    nr: int,
+    until: int,
+    dh: bytes,
+    root_ss: bytes,
+    kem_seed: bytes | None,
+    now: int,
 ) -> tuple[bytes, int]:
     while nr < until:
         mk_base, ck = _kdf_ck(ck)
-        skipped.append(Skipped(dh=dh, n=nr, mk_base=mk_base, kem_seed=kem_seed, at=now))
+        skipped.append(
+            Skipped(dh=dh, n=nr, mk_base=mk_base, root_ss=root_ss, kem_seed=kem_seed, at=now)
+        )
         nr += 1
     return ck, nr
 
@@ -441,18 +479,25 @@ def ratchet_decrypt(
 
     Raises :class:`Reflected` for our own message, :class:`TooFarAhead` for a
     header that would skip more than :data:`MAX_SKIP` keys (checked before any
-    key agreement), and :class:`DecryptionFailed` otherwise. ``state`` is never
-    changed; on failure nothing is returned.
+    key agreement), :class:`Replay` (naming the position) for a position whose
+    key was already used, and :class:`DecryptionFailed` otherwise. ``state``
+    is never changed; on failure nothing is returned.
     """
     if header.dh in state.own_dh_recent:
         raise Reflected("a message made with our own ratchet key came back to us")
     full_ad = ad + header.to_bytes()
     cache = cache if cache is not None else RatchetCache()
     decaps = _Decaps(cache)
-    epoch = header.n // PQ_INTERVAL
 
-    def open_with(mk_base: bytes, kem_seed: bytes) -> tuple[bytes, bytes]:
-        ss = decaps(kem_seed, header.root_ct if epoch == 0 else header.epoch_ct or b"")
+    def open_with(mk_base: bytes, root_ss: bytes, kem_seed: bytes | None) -> tuple[bytes, bytes]:
+        # A chain without epoch steps (kem_seed None) stays in epoch 0.
+        epoch = header.n // PQ_INTERVAL if kem_seed is not None else 0
+        if (epoch > 0) != (header.epoch_ct is not None):
+            raise DecryptionFailed("the message does not decrypt")
+        if kem_seed is not None and header.epoch_ct is not None:
+            ss = decaps(kem_seed, header.epoch_ct)
+        else:
+            ss = root_ss
         key = _message_key(mk_base, ss)
         try:
             return message_open(key, ciphertext, full_ad, reuse_guard=header.guard), key
@@ -465,7 +510,7 @@ def ratchet_decrypt(
         if s.n == header.n and s.dh == header.dh:
             if now - s.at > SKIPPED_TTL:
                 raise Replay("the key for this late message has expired", chain=s.dh, n=s.n)
-            plaintext, key = open_with(s.mk_base, s.kem_seed)
+            plaintext, key = open_with(s.mk_base, s.root_ss, s.kem_seed)
             decaps.commit()
             rest = state.skipped[:i] + state.skipped[i + 1 :]
             return replace(state, skipped=_prune(rest, now)), plaintext, key
@@ -486,17 +531,26 @@ def ratchet_decrypt(
         # restored from a backup. The caller tells them apart with the key
         # it kept for (header.dh, header.n) (opening.open_ratchet_message).
         raise Replay("no key for this message (a replay, or too old)", chain=header.dh, n=header.n)
-    dh_self, kem_self = state.dh_self, state.kem_self
-    if dh_self is None or kem_self is None:
-        raise DecryptionFailed("no key for this message")
 
     skipped = list(state.skipped)
     st = state
     if new_chain:
+        dh_self, kem_self = state.dh_self, state.kem_self
+        if dh_self is None or kem_self is None:
+            raise DecryptionFailed("no key for this message")
         if header.pn < state.nr and state.ckr is not None:
             raise DecryptionFailed("the previous-chain length went backwards")
-        if st.ckr is not None and st.dh_remote is not None and st.recv_kem_seed is not None:
-            ckr, nr = _skip(skipped, st.ckr, st.nr, header.pn, st.dh_remote, st.recv_kem_seed, now)
+        if st.ckr is not None and st.dh_remote is not None and st.recv_root_ss is not None:
+            ckr, nr = _skip(
+                skipped,
+                st.ckr,
+                st.nr,
+                header.pn,
+                st.dh_remote,
+                st.recv_root_ss,
+                st.recv_kem_seed if st.recv_epochs else None,
+                now,
+            )
             st = replace(st, ckr=ckr, nr=nr)
         # Root step, receiving half (spec §3.5, DHRatchet), with ML-KEM.
         try:
@@ -505,6 +559,10 @@ def ratchet_decrypt(
             raise DecryptionFailed("the message does not decrypt") from None
         ss = decaps(kem_self, header.root_ct)
         rk, ckr = _kdf_rk(st.rk, dh_out, ss)
+        # The responder's first chain (it has never received): our keys are
+        # the signed prekey's. That chain has no epoch steps, so nothing
+        # needs the prekey's secrets any more: erase them from the session.
+        first = state.dh_remote is None
         st = replace(
             st,
             rk=rk,
@@ -512,7 +570,11 @@ def ratchet_decrypt(
             nr=0,
             dh_remote=header.dh,
             kem_remote=header.kem_pub,
-            recv_kem_seed=kem_self,
+            recv_kem_seed=None if first else kem_self,
+            recv_root_ss=ss,
+            recv_epochs=not first,
+            dh_self=None if first else st.dh_self,
+            kem_self=None if first else st.kem_self,
             send_pending=True,
             remote_dh_recent=(
                 (*st.remote_dh_recent, st.dh_remote)[-_OWN_DH_KEPT:]
@@ -520,15 +582,20 @@ def ratchet_decrypt(
                 else st.remote_dh_recent
             ),
         )
-    if st.ckr is None or st.dh_remote is None or st.recv_kem_seed is None:
+    if st.ckr is None or st.dh_remote is None or st.recv_root_ss is None:
         raise DecryptionFailed("no key for this message")
-    ckr, nr = _skip(skipped, st.ckr, st.nr, header.n, st.dh_remote, st.recv_kem_seed, now)
+    kem_seed = st.recv_kem_seed if st.recv_epochs else None
+    if st.recv_epochs and kem_seed is None:
+        raise DecryptionFailed("no key for this message")  # unreachable
+    ckr, nr = _skip(skipped, st.ckr, st.nr, header.n, st.dh_remote, st.recv_root_ss, kem_seed, now)
     mk_base, ckr = _kdf_ck(ckr)
-    plaintext, key = open_with(mk_base, st.recv_kem_seed)
+    plaintext, key = open_with(mk_base, st.recv_root_ss, kem_seed)
     decaps.commit()
     return replace(st, ckr=ckr, nr=nr + 1, skipped=_prune(tuple(skipped), now)), plaintext, key
 
 
+# dh, n, mk_base, root_ss, has-epochs flag, kem_seed (zeros when none), at
+_SKIPPED_ENTRY = 32 + 8 + 32 + 32 + 1 + MLKEM768_SEED_SIZE + 8
 STATE = wire.Schema(
     0x0061,
     "RatchetState",
@@ -554,22 +621,29 @@ STATE = wire.Schema(
         wire.Field(15, "ckr", wire.Kind.BYTES, size=32, optional=True),
         wire.Field(16, "nr", wire.Kind.UINT),
         wire.Field(17, "recv_kem_seed", wire.Kind.BYTES, size=MLKEM768_SEED_SIZE, optional=True),
-        wire.Field(18, "skipped", wire.Kind.BYTES, max_len=MAX_SKIPPED * 160),
+        wire.Field(18, "skipped", wire.Kind.BYTES, max_len=MAX_SKIPPED * _SKIPPED_ENTRY),
         wire.Field(19, "own_dh_recent", wire.Kind.BYTES, max_len=_OWN_DH_KEPT * 32),
         wire.Field(20, "remote_dh_recent", wire.Kind.BYTES, max_len=_OWN_DH_KEPT * 32),
         wire.Field(21, "dh_self_pub", wire.Kind.BYTES, size=32, optional=True),
         wire.Field(
             22, "kem_self_pub", wire.Kind.BYTES, size=MLKEM768_PUBLIC_KEY_SIZE, optional=True
         ),
+        wire.Field(23, "recv_root_ss", wire.Kind.BYTES, size=32, optional=True),
+        wire.Field(24, "send_epochs", wire.Kind.BOOL),
+        wire.Field(25, "recv_epochs", wire.Kind.BOOL),
     ),
 )
-_SKIPPED_ENTRY = 32 + 8 + 32 + MLKEM768_SEED_SIZE + 8
 
 
 def state_to_bytes(st: RatchetState) -> bytes:
     """Secret: the ratchet state's wire encoding (type 0x0061)."""
     skipped = b"".join(
-        s.dh + s.n.to_bytes(8, "big") + s.mk_base + s.kem_seed + s.at.to_bytes(8, "big")
+        s.dh
+        + s.n.to_bytes(8, "big")
+        + s.mk_base
+        + s.root_ss
+        + (b"\x01" + s.kem_seed if s.kem_seed is not None else bytes(1 + MLKEM768_SEED_SIZE))
+        + s.at.to_bytes(8, "big")
         for s in st.skipped
     )
     values = {
@@ -594,6 +668,9 @@ def state_to_bytes(st: RatchetState) -> bytes:
             "recv_kem_seed",
             "dh_self_pub",
             "kem_self_pub",
+            "recv_root_ss",
+            "send_epochs",
+            "recv_epochs",
         ]
     }
     return wire.encode(
@@ -616,13 +693,17 @@ def state_from_bytes(data: bytes) -> RatchetState:
     skipped = []
     for i in range(0, len(raw), _SKIPPED_ENTRY):
         e = raw[i : i + _SKIPPED_ENTRY]
+        flag, seed = e[104], e[105:169]
+        if flag not in (0, 1) or (flag == 0 and any(seed)):
+            raise MalformedInput("bad ratchet state lists")
         skipped.append(
             Skipped(
                 dh=e[:32],
                 n=int.from_bytes(e[32:40], "big"),
                 mk_base=e[40:72],
-                kem_seed=e[72:136],
-                at=int.from_bytes(e[136:144], "big"),
+                root_ss=e[72:104],
+                kem_seed=seed if flag else None,
+                at=int.from_bytes(e[169:177], "big"),
             )
         )
     return RatchetState(

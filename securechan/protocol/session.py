@@ -65,6 +65,7 @@ from securechan.protocol.ratchet import (
     RatchetHeader,
     RatchetState,
     chain_commitment,
+    prune,
     ratchet_decrypt,
     ratchet_encrypt,
     state_from_bytes,
@@ -496,8 +497,13 @@ class Session:
 
     # --- state ----------------------------------------------------------------
 
-    def to_bytes(self) -> bytes:
-        """Secret: the whole session state (encrypt it at rest)."""
+    def to_bytes(self, *, now: int) -> bytes:
+        """Secret: the whole session state (encrypt it at rest).
+
+        Skipped message keys older than 30 days are pruned first, here and
+        in memory (``now`` is the caller's clock): no expired key is ever
+        written (review 2026-12, finding 6)."""
+        self._st = replace(self._st, ratchet=prune(self._st.ratchet, now))
         st = self._st
         r = st.received
         return wire.encode(
@@ -521,8 +527,9 @@ class Session:
         )
 
     @classmethod
-    def from_bytes(cls, me: Identity, data: bytes) -> Session:
-        """Load a session of ``me``; raise :class:`MalformedInput`."""
+    def from_bytes(cls, me: Identity, data: bytes, *, now: int) -> Session:
+        """Load a session of ``me``; raise :class:`MalformedInput`. Skipped
+        message keys older than 30 days at ``now`` are dropped on load."""
         rec = wire.decode(SESSION, data)
         if rec["own"] != me.fingerprint.digest:
             raise MalformedInput("this session belongs to another identity")
@@ -542,7 +549,7 @@ class Session:
                 conversation=rec["conversation"],
                 peer=PublicIdentity.from_bytes(rec["peer"]),
                 transcript_hash=rec["transcript_hash"],
-                ratchet=state_from_bytes(rec["ratchet"]),
+                ratchet=prune(state_from_bytes(rec["ratchet"]), now),
                 send_seq=rec["send_seq"],
                 send_last_hash=rec["send_last_hash"],
                 received=_Received(
