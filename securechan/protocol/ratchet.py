@@ -26,8 +26,13 @@ every ratchet step, in the spirit of Apple's PQ3 and Signal's triple ratchet.
 
   Epoch 0 uses the root step's secret. An attacker who copied the sender's
   state must therefore also break ML-KEM (or hold the receiver's decapsulation
-  key) to read messages of any later epoch: post-compromise security within a
-  one-way run, and against a quantum adversary who can break X25519.
+  key) to read messages of any later epoch: healing of a *sender-side*
+  compromise within a one-way run, and a defence against a quantum adversary
+  who can break X25519. A copy of the *receiver's* state holds that
+  decapsulation key and is not healed before the receiver sends; mixing the
+  epoch secret into the chain would not change that and would break loss
+  tolerance (``docs/PROTOCOL.md`` §13). The initiator's first chain has no
+  epoch steps (see :meth:`RatchetState.initiator`).
 
 Every header repeats its chain's root ciphertext (and, after epoch 0, the
 epoch's ciphertext), so any message of a chain can be opened when earlier ones
