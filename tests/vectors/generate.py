@@ -88,7 +88,7 @@ def protocol_vectors() -> dict[str, Any]:
     Every input is fixed (SHA-256 of a published label), so every output is
     reproducible; encapsulation and HPKE randomness are not involved.
     """
-    from securechan.primitives import MlKemKeyPair, X25519KeyPair
+    from securechan.primitives import MlKemKeyPair, X25519KeyPair, hkdf_sha256, message_seal
     from securechan.protocol import handshake as hs
     from securechan.protocol import ratchet as rt
     from securechan.protocol.padding import pad, padme
@@ -109,6 +109,12 @@ def protocol_vectors() -> dict[str, Any]:
     mk_base, next_ck = rt._kdf_ck(ck)
     seed, hpke_out, transcript = fixed("handshake seed"), fixed("hpke", 1168), fixed("tx", 200)
     body_key, root, th = hs._keys(seed, hpke_out, transcript)
+    # The reuse guard (§13): the AEAD key and nonce from a message key,
+    # salted with the header's 32 random bytes, and a sealed message.
+    mk = rt._message_key(mk_base, kem_ss)
+    guard, aad, plaintext = fixed("reuse guard"), fixed("associated data", 48), b"hello"
+    okm = hkdf_sha256(mk, salt=guard, info=b"securechan/v1/message-key", length=44)
+    first_chain = rt.chain_commitment(a.public, kem.public, fixed("root ct", 1088))
     return {
         "x25519_a_public": a.public.hex(),
         "x25519_b_public": b.public.hex(),
@@ -116,7 +122,26 @@ def protocol_vectors() -> dict[str, Any]:
         "mlkem768_public_sha256": sha256(kem.public).hex(),
         "kdf_rk": {"rk": rk.hex(), "kem_ss": kem_ss.hex(), "new_rk": new_rk.hex(), "ck": ck.hex()},
         "kdf_ck": {"mk_base": mk_base.hex(), "next_ck": next_ck.hex()},
-        "message_key": rt._message_key(mk_base, kem_ss).hex(),
+        "message_key": mk.hex(),
+        "reuse_guard": {
+            "message_key": mk.hex(),
+            "guard": guard.hex(),
+            "aead_key": okm[:32].hex(),
+            "nonce": okm[32:].hex(),
+            "aad": aad.hex(),
+            "plaintext": plaintext.hex(),
+            "ciphertext": message_seal(mk, plaintext, aad, reuse_guard=guard).hex(),
+        },
+        "first_chain": {
+            "dh": a.public.hex(),
+            "kem_pub_sha256": sha256(kem.public).hex(),
+            "root_ct_sha256": sha256(fixed("root ct", 1088)).hex(),
+            "commitment": first_chain.hex(),
+        },
+        "conversation_id": {
+            "transcript_hash": th.hex(),
+            "conversation": hs.conversation_id(th).hex(),
+        },
         "handshake": {
             "seed": seed.hex(),
             "hpke_sha256": sha256(hpke_out).hex(),
