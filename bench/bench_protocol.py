@@ -247,6 +247,9 @@ def build_operations() -> Setup:
     # One chain: Alice -> Bob only. Send past the first epoch step, so the
     # timed messages carry an epoch ciphertext as most of a long chain does.
     oa, ob = session_pair(p)
+    # Bob replies once: Alice's first chain has no epoch steps (PROTOCOL.md
+    # §13), her next one, measured here, has them.
+    deliver(ob, oa)
     epoch0 = deliver(oa, ob)
     for _ in range(WARMUP_MESSAGES):
         one_chain_sample = deliver(oa, ob)
@@ -449,6 +452,7 @@ def message_sizes(msg: bytes, event: MessageReceived) -> dict[str, int]:
         "ratchet header: ML-KEM-768 public key": len(header["kem_pub"]),
         "ratchet header: root ML-KEM ciphertext": len(header["root_ct"]),
         "ratchet header: epoch ML-KEM ciphertext": len(header["epoch_ct"] or b""),
+        "ratchet header: reuse guard": len(header["guard"]),
         "ratchet header: counters (pn, n)": 8 * sum(isinstance(v, int) for v in header.values()),
         "ratchet header: framing": len(header_bytes) - _value_bytes(header),
         "outer framing (RatchetMessage)": len(msg) - len(header_bytes) - len(ciphertext),
