@@ -166,7 +166,8 @@ def rewrap(message: bytes, **changes: object) -> bytes:
     rec = wire.decode(session_mod.MESSAGE, message)
     header = RatchetHeader.from_bytes(rec["header"])
     fields: dict[str, object] = {
-        name: getattr(header, name) for name in ("dh", "kem_pub", "root_ct", "pn", "n", "epoch_ct")
+        name: getattr(header, name)
+        for name in ("dh", "kem_pub", "root_ct", "pn", "n", "epoch_ct", "guard")
     }
     fields.update(changes)
     raw = wire.encode(ratchet_mod.HEADER, fields)
