@@ -116,6 +116,7 @@ def test_restored_client_db_refuses_to_send(pair: Pair, tmp_path: Path) -> None:
     assert "securechan contact rekey washington" in line, line
     # Refused again, every time (the rollback mark is outside client.db).
     one_line_error(t.run("send", "washington", "again"), EXIT_ROLLBACK)
+    assert t.json("status")["rolled_back"] == ["washington"]
     # Nothing reached the relay: the peer finds no message and no refusal.
     items = w.items("receive")
     assert texts(items) == [] and rejected(items) == [], items
@@ -133,6 +134,7 @@ def test_restored_client_db_refuses_to_send(pair: Pair, tmp_path: Path) -> None:
     # The way out: a new session.
     out = t.run("contact", "rekey", "washington")
     assert out.returncode == 0, transcript(out)
+    assert t.json("status")["rolled_back"] == []
     t.ok("send", "washington", "Tehran: on a new session")
     got = w.items("receive")
     assert [x["text"] for x in texts(got)] == ["Tehran: on a new session"], got

@@ -1454,6 +1454,9 @@ class Channel:
             # First messages from senders not yet pinned (their later envelopes
             # are held behind them and not counted).
             "held": sum(1 for _, _, data, _ in self.db.held() if _is_first(data)),
+            # Contacts whose conversation was restored from an older copy:
+            # sending to them is refused until 'contact rekey'.
+            "rolled_back": self.rolled_back(),
         }
 
 

@@ -14,11 +14,11 @@ another session, as a prekey store, or as another generation.
 
 **Rollback.** Every change of a session increments its generation. The
 caller keeps the highest generation it has used *somewhere the state file
-does not live* (the audit log's hash chain, in the client) and passes it as
-``min_generation``: an older copy is refused with :class:`RolledBack`. An
-attacker who rolls back the state *and* that record together is not caught
-locally; the peer catches it instead, because a rolled-back sender reuses
-sequence numbers and ratchet positions, which the peer refuses as replays.
+does not live* (``state.gen``, in the client: ``client/generations.py``) and
+compares: an older copy is rolled back (:class:`RolledBack`). An attacker who
+rolls back the state *and* that record together is not caught locally; the
+peer catches it instead, because a rolled-back sender reuses ratchet
+positions, which the peer's client reports (``PeerRolledBack``).
 """
 
 from __future__ import annotations
