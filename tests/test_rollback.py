@@ -24,8 +24,11 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from securechan import wire
 from securechan.client.channel import _RECORD
+from securechan.errors import Replay
 from securechan.primitives import random_bytes
 from securechan.protocol.sealed import _HEADER, _SEALED, open_state
 from securechan.transport import RelayClient
@@ -154,6 +157,20 @@ def test_deleted_generations_file_counts_as_a_rollback(pair: Pair) -> None:
     one_line_error(t.run("send", "washington", "no"), EXIT_ROLLBACK)
 
 
+def test_altered_generations_file_is_refused(pair: Pair) -> None:
+    """state.gen is sealed: one changed byte (say, to lower a mark) makes
+    every command that opens the state fail with one line, exit 2, instead
+    of trusting it."""
+    t, w = pair.t, pair.w
+    _start_conversation(t, w)
+    path = t.home / GENERATIONS_FILE
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    line = one_line_error(t.run("send", "washington", "no"), 2)
+    assert "state.gen was altered" in line, line
+
+
 # --- (b) the whole home restored: the peer reports it ------------------------------------
 
 
@@ -196,6 +213,35 @@ def test_restored_home_is_reported_by_the_peer(pair: Pair, tmp_path: Path) -> No
     # The audit log keeps the evidence.
     log = w.ok("log", "show", "--json")
     assert log.count("PeerRolledBack") == 2, log
+
+
+@pytest.mark.xfail(
+    not hasattr(Replay("probe"), "signed"),
+    reason="needs the protocol's Replay.signed (the verified payload of a message refused "
+    "for its sequence number), from the protocol half of finding 1 (branch h-protocol)",
+    strict=True,
+)
+def test_restored_home_that_ratcheted_since_is_reported_by_the_peer(
+    pair: Pair, tmp_path: Path
+) -> None:
+    """The restored sender first receives the peer's reply, which moves it to
+    a new ratchet chain: its next message reuses no ratchet position, only a
+    sequence number. The peer still reports it, from the signed payload."""
+    t, w = pair.t, pair.w
+    _start_conversation(t, w)  # washington answered with its queue grant: not yet read
+    home_backup = tmp_path / "tehran-backup"
+    shutil.copytree(t.home, home_backup)
+    t.ok("send", "washington", "Tehran: second")
+    assert [x["text"] for x in texts(w.items("receive"))] == ["Tehran: second"]
+    shutil.rmtree(t.home)
+    shutil.copytree(home_backup, t.home)
+    t.ok("receive")  # the grant: a new chain for tehran's next message
+    t.ok("send", "washington", "Tehran: rewritten second")
+    proc = w.run("receive", "--json")
+    assert proc.returncode == EXIT_ROLLBACK, transcript(proc)
+    items = json_stream(proc.stdout)
+    assert texts(items) == [], items
+    assert [x["rejected"] for x in rejected(items)] == ["PeerRolledBack"], items
 
 
 def test_redelivered_envelope_stays_a_quiet_replay(pair: Pair) -> None:

@@ -959,7 +959,7 @@ class Channel:
         try:
             return self._open(queue, env, now)
         except (SecurechanError, ValueError) as e:
-            found = self._peer_rollback(env.data, now) if isinstance(e, Replay) else None
+            found = self._peer_rollback(env.data, e, now) if isinstance(e, Replay) else None
             if found is not None:
                 with self.db.transaction():
                     self.db.mark_seen(env.msg_id, now)
@@ -988,65 +988,92 @@ class Channel:
             self.audit.rejected(type(e).__name__, str(e), at=now)
             return [Rejected(reason=type(e).__name__, error=str(e), held=hold)]
 
-    def _peer_rollback(self, data: bytes, now: int) -> Rejected | None:
+    def _peer_rollback(self, data: bytes, error: Replay, now: int) -> Rejected | None:
         """A message refused as a replay: at a ratchet position whose message
-        we already received. The same envelope again is a re-delivery (a
-        quiet replay: ``None``). A different envelope that the message key we
-        kept for that position opens, holding a payload the peer validly
-        signed and that differs from the one received, is the peer reusing a
-        ratchet position: its state was rolled back (a restored backup) or it
-        equivocates. That is reported, with the hashes of both, never hidden."""
-        position = _ratchet_position(data)
-        if position is None:
-            return None
-        hit = self.db.position(self.db.position_key(*position))
-        if hit is None:
-            return None
-        conversation, seq = hit
-        stored = self.db.message(conversation, "in", seq)
-        if stored is None:
-            return None
-        rec = wire.decode(_RECORD, stored.record)
-        first, key, ad = rec["envelope"], rec["key"], rec["ad"]
-        if first is None or key is None or ad is None or first == data:
-            return None
+        we already received, or (once opened) with a sequence number already
+        received. The same envelope or signed payload again is a re-delivery
+        (a quiet replay: ``None``). A payload the peer validly signed that
+        differs from the one we received at that position or sequence number
+        is the peer's state rolled back (a restored backup) or equivocation:
+        reported, with the hashes of both, never hidden."""
+        found = self._payload_at_position(data)
+        if found is not None:
+            stored, rec, signed_bytes = found
+        else:
+            # Opened by the session, refused for its sequence number (a
+            # rolled-back sender that ratcheted since uses a fresh position):
+            # the protocol hands over the verified payload (Replay.signed).
+            handed: object = getattr(error, "signed", None)
+            if not isinstance(handed, bytes):
+                return None
+            signed_bytes = handed
+            try:
+                p = SignedPayload.from_bytes_unverified(signed_bytes).payload
+            except MalformedInput:
+                return None
+            stored_msg = self.db.message(p.conversation, "in", p.seq)
+            if stored_msg is None:
+                return None
+            stored, rec = stored_msg, wire.decode(_RECORD, stored_msg.record)
         contact = self.keystore.contacts.find(Fingerprint(stored.peer))
-        if contact is None:
+        first = rec["envelope"]
+        if contact is None or first is None or first == data or signed_bytes == rec["signed"]:
             return None
         try:
-            signed_bytes = open_envelope(data, key, ad)
             signed = SignedPayload.from_bytes_unverified(signed_bytes)
             p = signed.payload
             if (
                 p.sender != contact.fingerprint
                 or p.recipient != self.identity.fingerprint
-                or p.conversation != conversation
+                or p.conversation != stored.conversation
             ):
                 return None
             signed.verify(contact.identity)
         except (VerificationFailed, MalformedInput):
             return None  # not the peer's: an ordinary (forged or garbled) replay
-        if signed_bytes == rec["signed"]:
-            return None  # the same signed message, sent again
         evidence = (
             f"received payload sha256 {sha256(rec['signed']).hex()}",
             f"second payload sha256 {sha256(signed_bytes).hex()}",
             f"received envelope sha256 {sha256(first).hex()}",
             f"second envelope sha256 {sha256(data).hex()}",
         )
-        error = (
+        error_text = (
             f"{contact.name}'s state was rolled back (or it equivocated): a second, different "
-            f"message #{p.seq} signed by {contact.name} reuses the message key of message #{seq} "
-            "already received; not shown"
+            f"message #{p.seq} signed by {contact.name} takes the place of message "
+            f"#{stored.seq} already received; not shown"
         )
         self.audit.rejected(
             "PeerRolledBack",
-            f"{error}; " + "; ".join(evidence),
-            conversation=conversation,
+            f"{error_text}; " + "; ".join(evidence),
+            conversation=stored.conversation,
             peer=contact.fingerprint,
             at=now,
         )
-        return Rejected(reason="PeerRolledBack", error=error, evidence=evidence)
+        return Rejected(reason="PeerRolledBack", error=error_text, evidence=evidence)
+
+    def _payload_at_position(
+        self, data: bytes
+    ) -> tuple[StoredMessage, dict[str, Any], bytes] | None:
+        """The stored message received at ``data``'s ratchet position, its
+        record, and ``data`` opened with the message key kept for it (not yet
+        checked for a signature); ``None`` if any of that is missing or the
+        key does not open it."""
+        position = _ratchet_position(data)
+        if position is None:
+            return None
+        hit = self.db.position(self.db.position_key(*position))
+        if hit is None:
+            return None
+        stored = self.db.message(hit[0], "in", hit[1])
+        if stored is None:
+            return None
+        rec = wire.decode(_RECORD, stored.record)
+        if rec["key"] is None or rec["ad"] is None or rec["envelope"] == data:
+            return None
+        try:
+            return stored, rec, open_envelope(data, rec["key"], rec["ad"])
+        except (VerificationFailed, MalformedInput):
+            return None
 
     def _early(self, queue: QueueRow, data: bytes, error: Exception) -> bool:
         """Could this refused envelope be a message that overtook the first
