@@ -28,7 +28,6 @@ import pytest
 
 from securechan import wire
 from securechan.client.channel import _RECORD
-from securechan.errors import Replay
 from securechan.primitives import random_bytes
 from securechan.protocol.sealed import _HEADER, _SEALED, open_state
 from securechan.transport import RelayClient
@@ -216,9 +215,10 @@ def test_restored_home_is_reported_by_the_peer(pair: Pair, tmp_path: Path) -> No
 
 
 @pytest.mark.xfail(
-    not hasattr(Replay("probe"), "signed"),
-    reason="needs the protocol's Replay.signed (the verified payload of a message refused "
-    "for its sequence number), from the protocol half of finding 1 (branch h-protocol)",
+    reason="protocol: the peer's ratchet refuses this message before decrypting it "
+    "(DecryptionFailed: the previous-chain length went backwards), so no verified payload "
+    "reaches the client; it needs the protocol to open it and raise Replay with the "
+    "verified payload (Replay.signed). Checked with h-protocol b32908e merged.",
     strict=True,
 )
 def test_restored_home_that_ratcheted_since_is_reported_by_the_peer(
