@@ -309,14 +309,15 @@ class Channel:
             await relay.close()
         self._relays.clear()
         try:
+            # What was received is committed: its generations join the mark.
             self.db.record_generations()
             self._report_rollbacks()
         finally:
             self.db.close()
-        if not self._audit_closed:
-            self._audit_closed = True
-            self.audit.checkpoint()
-            self.audit.close()
+            if not self._audit_closed:
+                self._audit_closed = True
+                self.audit.checkpoint()
+                self.audit.close()
 
     def _now(self) -> int:
         return int(self._clock())

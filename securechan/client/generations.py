@@ -37,6 +37,7 @@ like a rollback).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,14 +86,29 @@ class Generations:
     def __init__(self, path: Path, storage_key: bytes) -> None:
         self.path = path
         self._key = storage_key
+        # The last file read, by (inode, mtime, size), for the checks made on
+        # every load (every write replaces the file: a new inode). Changes
+        # always re-read the file under the database's write lock.
+        self._cached: tuple[tuple[int, int, int], _Marks] | None = None
 
     def _read(self) -> _Marks:
+        """The marks as stored, for reading only (possibly the cached copy)."""
         try:
-            blob = read_bounded(self.path, _MAX_FILE)
+            st = os.stat(self.path)
         except FileNotFoundError:
             return _Marks()
         except OSError as e:
             raise StorageError(f"cannot read {self.path}: {e.strerror}") from None
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if self._cached is None or self._cached[0] != stamp:
+            self._cached = (stamp, self._parse())
+        return self._cached[1]
+
+    def _parse(self) -> _Marks:
+        try:
+            blob = read_bounded(self.path, _MAX_FILE)
+        except FileNotFoundError:
+            return _Marks()
         try:
             data = aead_decrypt(self._key, blob, _AAD)
             items = wire.decode(_FILE, data)["items"]
@@ -135,7 +151,7 @@ class Generations:
     def raise_to(self, generations: dict[str, int]) -> None:
         """Raise the mark of each store to at least the given generation
         (never lower it); write (fsync'ed, atomic) only if something changed."""
-        marks = self._read()
+        marks = self._parse()  # never the cache: a stale copy would lower marks
         changed = False
         for name, gen in generations.items():
             if gen > marks.high.get(name, 0):
@@ -146,7 +162,7 @@ class Generations:
 
     def mark_rolled_back(self, name: str) -> None:
         """Remember that ``name`` was found rolled back (until :meth:`forget`)."""
-        marks = self._read()
+        marks = self._parse()
         if name in marks.rolled_back:
             return
         marks.rolled_back.add(name)
@@ -156,7 +172,7 @@ class Generations:
     def forget(self, name: str) -> None:
         """``name`` was discarded (a session re-keyed): clear its rollback
         mark. Its high-water mark stays, so the old state can never return."""
-        marks = self._read()
+        marks = self._parse()
         if name in marks.rolled_back:
             marks.rolled_back.discard(name)
             self._write(marks)
