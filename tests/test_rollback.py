@@ -170,6 +170,41 @@ def test_altered_generations_file_is_refused(pair: Pair) -> None:
     assert "state.gen was altered" in line, line
 
 
+def test_rolled_back_prekey_store_and_replay_guard_are_reported_and_resealed(
+    pair: Pair, tmp_path: Path
+) -> None:
+    """The responder's client.db restored from before a second first message:
+    its prekey store and replay guard are older than their marks. At the next
+    first message they are reported in the audit log and resealed above the
+    mark (what they would let through again re-creates a session below its own
+    mark, refused for sending), and the message is received."""
+    t, w = pair.t, pair.w
+    _start_conversation(t, w)
+    backup = tmp_path / "washington.db.bak"
+    backup_db(w, backup)
+    t.ok("contact", "rekey", "washington")
+    t.ok("send", "washington", "Tehran: a second session")
+    assert [x["text"] for x in texts(w.items("receive"))] == ["Tehran: a second session"]
+    before = {n: marks(w).high(n) for n in ("prekeys", "replay-guard")}
+
+    restore_db(w, backup)
+    # The stores are checked when used: the next first message uses both.
+    t.ok("contact", "rekey", "washington")
+    t.ok("send", "washington", "Tehran: a third session")
+    proc = w.run("receive", "--json")
+    assert proc.returncode == 0, transcript(proc)
+    assert [x["text"] for x in texts(json_stream(proc.stdout))] == ["Tehran: a third session"]
+    log = w.ok("log", "show", "--json")
+    assert log.count("stored prekeys state is older than its high-water mark") == 1, log
+    assert log.count("stored replay-guard state is older than its high-water mark") == 1, log
+    after = generations(w)
+    for name, high in before.items():
+        assert after[name] > high, (name, after[name], high)
+    w.ok("receive")  # reported once, not at every command
+    log = w.ok("log", "show", "--json")
+    assert log.count("stored prekeys state is older than its high-water mark") == 1, log
+
+
 # --- (b) the whole home restored: the peer reports it ------------------------------------
 
 

@@ -208,6 +208,7 @@ class ClientDB:
         # Stores found rolled back by this process, in the order found (the
         # channel reports each once to the audit log).
         self.rollbacks: list[str] = []
+        self._found: set[str] = set()
         self._position_key = hkdf_sha256(
             storage_key, salt=b"", info=_AAD + b"position-key", length=32
         )
@@ -299,11 +300,20 @@ class ClientDB:
         except (VerificationFailed, MalformedInput) as e:
             raise StorageError(f"{self.path}: stored {kind} state is damaged: {e}") from None
         if self.generations.is_rolled_back(name, generation):
-            if name not in self.rollbacks:
+            if name not in self._found:
+                self._found.add(name)
                 self.rollbacks.append(name)
-            if kind == "session":
+            if kind != "session":
+                # The prekey store, replay guard, registrations: used as they
+                # are (reported once), resealed above the mark. What they let
+                # through again (a first message accepted after the backup)
+                # re-creates a session below its own mark: refused for sending.
+                resealed = max(self.state_generation(name) or 0, self.generations.high(name)) + 1
                 with self.transaction():
-                    self.generations.mark_rolled_back(name)
+                    self.save_state(name, kind, object_id, resealed, data)
+                return resealed, data
+            with self.transaction():
+                self.generations.mark_rolled_back(name)
             if refuse_rolled_back:
                 raise RolledBack(
                     f"stored {kind} state is generation {generation}, older than generation "
