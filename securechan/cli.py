@@ -28,6 +28,7 @@ from securechan.errors import (
     MalformedInput,
     NoIdentity,
     RelayError,
+    RolledBack,
     SecurechanError,
     StorageError,
     UntrustedKey,
@@ -39,6 +40,7 @@ EXIT_VERIFY = 1
 EXIT_USAGE = 2
 EXIT_NETWORK = 3
 EXIT_UNTRUSTED = 4
+EXIT_ROLLBACK = 5  # a rolled-back state: ours (send refused) or a peer's (receive)
 _PROGRESS_MIN = 4 * 1024 * 1024
 CARD_FILE = "identity.card"
 _MAX_PASSPHRASE = 4096
@@ -50,6 +52,8 @@ def _exit_code(exc: SecurechanError) -> int:
         return EXIT_NETWORK
     if isinstance(exc, UntrustedKey):  # includes KeyChanged
         return EXIT_UNTRUSTED
+    if isinstance(exc, RolledBack):  # before StorageError, its base
+        return EXIT_ROLLBACK
     if isinstance(exc, VerificationFailed):  # BadSignature, BadPassphrase
         return EXIT_VERIFY
     if isinstance(
@@ -426,6 +430,26 @@ def contact_verify(app: _App, name: str, safety_number: tuple[str, ...], as_json
     click.echo(f"{c.name} is verified.")
 
 
+@contact.command(name="rekey")
+@click.argument("name")
+@pass_app
+def contact_rekey(app: _App, name: str) -> None:
+    """Start a new session with NAME at the next send.
+
+    For a conversation whose state was restored from an older copy (send
+    refuses it, exit 5): its sessions are never sent on again, and the next
+    'send' makes a new handshake with fresh keys. Messages NAME sent on the
+    old session still arrive."""
+
+    async def go() -> int:
+        async with _channel(app) as ch:
+            count: int = ch.rekey(name)
+            return count
+
+    count = _run(go())
+    click.echo(f"Retired {count} session(s) with {name}; the next send starts a new one.", err=True)
+
+
 @contact.command(name="remove")
 @click.argument("name")
 @pass_app
@@ -773,6 +797,8 @@ def _show(item: Any, as_json: bool, download: Path) -> None:
             _emit_json(out)
         elif item.reason == "SplitView":
             click.echo(f"securechan: SPLIT VIEW: {item.error}", err=True)
+        elif item.reason == "PeerRolledBack":
+            click.echo(f"securechan: PEER ROLLED BACK: {item.error}", err=True)
         else:
             held = " (held: pin the sender, then run receive again)" if item.held else ""
             click.echo(
@@ -836,15 +862,20 @@ def receive(
     """Fetch, verify, store and print new messages.
 
     Exit 1 at the end if a relay was caught showing two histories (a split
-    view): every message is still stored and shown first."""
+    view), else 5 if a contact sent a second, different message at a place
+    already used (its state was rolled back): every message is still stored
+    and shown first."""
     import asyncio
 
     split: list[str] = []
+    rolled_back: list[str] = []
 
     def show(item: Any) -> None:
         _show(item, as_json, download)
         if getattr(item, "reason", None) == "SplitView":
             split.append(item.error)
+        if getattr(item, "reason", None) == "PeerRolledBack":
+            rolled_back.append(item.error)
 
     async def go() -> None:
         async with _channel(app, unknown=unknown) as ch:
@@ -861,6 +892,8 @@ def receive(
     _run(go())
     if split:
         sys.exit(EXIT_VERIFY)
+    if rolled_back:
+        sys.exit(EXIT_ROLLBACK)
 
 
 @cli.command()

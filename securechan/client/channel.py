@@ -52,6 +52,8 @@ from securechan.errors import (
     MessageRejected,
     NoIdentity,
     RelayError,
+    Replay,
+    RolledBack,
     SecurechanError,
     SplitView,
     UnknownSender,
@@ -69,12 +71,15 @@ from securechan.protocol.address import (
     seal_prekey_blob,
 )
 from securechan.protocol.handshake import FIRST, ReplayGuard
+from securechan.protocol.opening import open_envelope
 from securechan.protocol.payload import (
     ContentType,
     FileChunk,
     Receipt,
+    SignedPayload,
 )
 from securechan.protocol.prekeys import Prekey, PrekeyBundle, PrekeyStore
+from securechan.protocol.ratchet import RatchetHeader
 from securechan.protocol.session import (
     MESSAGE,
     Event,
@@ -221,6 +226,19 @@ EARLY_GRACE = 600
 MAX_HELD = 256
 
 
+def _ratchet_position(data: bytes) -> tuple[bytes, int] | None:
+    """(sender ratchet key, message number) of an envelope's ratchet header,
+    without opening it; ``None`` if it has none."""
+    try:
+        if wire.peek_type(data) == FIRST.type_id:
+            data = wire.decode(FIRST, data)["message"]
+        rec = wire.decode(MESSAGE, data)
+        header = RatchetHeader.from_bytes(rec["header"])
+    except MalformedInput:
+        return None
+    return header.dh, header.n
+
+
 def _is_first(data: bytes) -> bool:
     try:
         return wire.peek_type(data) == FIRST.type_id
@@ -290,11 +308,16 @@ class Channel:
         for relay in self._relays.values():
             await relay.close()
         self._relays.clear()
-        self.db.close()
-        if not self._audit_closed:
-            self._audit_closed = True
-            self.audit.checkpoint()
-            self.audit.close()
+        try:
+            # What was received is committed: its generations join the mark.
+            self.db.record_generations()
+            self._report_rollbacks()
+        finally:
+            self.db.close()
+            if not self._audit_closed:
+                self._audit_closed = True
+                self.audit.checkpoint()
+                self.audit.close()
 
     def _now(self) -> int:
         return int(self._clock())
@@ -341,7 +364,7 @@ class Channel:
                 ]
             },
         )
-        self.db.save_state("registrations", "registration", b"", 0, data)
+        self.db.save_state("registrations", "registration", b"", None, data)
 
     def _prekeys(self) -> PrekeyStore:
         loaded = self.db.load_state("prekeys", "prekeys", self.identity.fingerprint.digest)
@@ -351,7 +374,7 @@ class Channel:
 
     def _save_prekeys(self, store: PrekeyStore) -> None:
         self.db.save_state(
-            "prekeys", "prekeys", self.identity.fingerprint.digest, 0, store.to_bytes()
+            "prekeys", "prekeys", self.identity.fingerprint.digest, None, store.to_bytes()
         )
 
     def _guard(self) -> ReplayGuard:
@@ -359,7 +382,7 @@ class Channel:
         return ReplayGuard() if loaded is None else ReplayGuard.from_bytes(loaded[1])
 
     def _save_guard(self, guard: ReplayGuard) -> None:
-        self.db.save_state("replay-guard", "replay-guard", b"", 0, guard.to_bytes())
+        self.db.save_state("replay-guard", "replay-guard", b"", None, guard.to_bytes())
 
     async def register(
         self,
@@ -444,14 +467,71 @@ class Channel:
             self.identity, tuple(r.address() for r in regs), now=self.identity.created
         )
 
+    # --- rollback -------------------------------------------------------------------
+
+    def _report_rollbacks(self) -> None:
+        """One audit entry per store found rolled back (client/generations.py)."""
+        while self.db.rollbacks:
+            name = self.db.rollbacks.pop(0)
+            conversation = bytes.fromhex(name[8:]) if name.startswith("session:") else None
+            self.audit.rejected(
+                "RolledBack",
+                f"stored {name.split(':')[0]} state is older than its high-water mark "
+                "(client.db restored from an older copy)",
+                conversation=conversation,
+            )
+
+    def rolled_back(self) -> list[str]:
+        """Names of the contacts whose current session was found rolled back
+        (sending to them is refused until :meth:`rekey`)."""
+        marked = self.db.generations.rolled_back()
+        retired = self.db.retired()
+        out: list[str] = []
+        for row in self.db.sessions():
+            if "session:" + row.conversation.hex() in marked and row.conversation not in retired:
+                contact = self.keystore.contacts.find(Fingerprint(row.peer))
+                name = contact.name if contact is not None else row.peer.hex()[:16]
+                if name not in out:
+                    out.append(name)
+        return out
+
+    def rekey(self, name: str) -> int:
+        """Retire every session with ``name``: none is sent on again, and the
+        next send starts a new handshake (fresh keys, a new conversation).
+        The old sessions still receive, so the peer's messages sent before it
+        sees the new handshake are not lost. Returns how many were retired."""
+        contact = self._contact(name)
+        now = self._now()
+        rows = self.db.sessions(contact.fingerprint.digest)
+        with self.db.transaction():
+            retired = self.db.retired()
+            fresh = [r for r in rows if r.conversation not in retired]
+            for row in fresh:
+                self.db.retire_session(row.conversation, now)
+        for row in fresh:
+            self.audit.rejected(
+                "Rekeyed",
+                f"session retired by 'contact rekey {name}'; the next send starts a new one",
+                conversation=row.conversation,
+                peer=contact.fingerprint,
+                at=now,
+            )
+        return len(fresh)
+
     # --- sending ------------------------------------------------------------------
 
     def _contact(self, name: str) -> Contact:
         contact = self.keystore.contacts.get(name)
         return contact
 
-    def _load_session(self, conversation: bytes) -> Session:
-        loaded = self.db.load_state("session:" + conversation.hex(), "session", conversation)
+    def _load_session(self, conversation: bytes, *, sending: bool = False) -> Session:
+        """A stored session. Loaded for ``sending``, a session older than its
+        high-water mark (``state.gen``) raises :class:`RolledBack`: its next
+        message would reuse a message key and nonce already used. Receiving
+        on it goes on (it never encrypts); it stays marked until re-keyed."""
+        loaded = self.db.load_state(
+            "session:" + conversation.hex(), "session", conversation, refuse_rolled_back=sending
+        )
         if loaded is None:
             raise MalformedInput("unknown conversation")
         return Session.from_bytes(self.identity, loaded[1], now=self._now())
@@ -538,16 +618,29 @@ class Channel:
     ) -> SendResult:
         contact = self._contact(name)
         now = self._now()
-        rows = self.db.sessions(contact.fingerprint.digest)
+        retired = self.db.retired()
+        rows = [
+            r for r in self.db.sessions(contact.fingerprint.digest) if r.conversation not in retired
+        ]
         if rows:
             row = rows[0]
             targets = self._targets(contact, row.peer_grant)
             split = await self.logs.refresh(t[0] for t in targets)
-            with self.db.transaction():
-                session = self._load_session(row.conversation)
-                session.checkpoints = self.logs.carried(t[0] for t in targets)
-                envelopes, seqs = self._build(session, build)
-                sent = self._commit_send(session, contact, envelopes, seqs, records, targets, now)
+            try:
+                with self.db.transaction():
+                    session = self._load_session(row.conversation, sending=True)
+                    session.checkpoints = self.logs.carried(t[0] for t in targets)
+                    envelopes, seqs = self._build(session, build)
+                    sent = self._commit_send(
+                        session, contact, envelopes, seqs, records, targets, now
+                    )
+            except RolledBack:
+                self._report_rollbacks()
+                raise RolledBack(
+                    f"refused to send to {contact.name}: the conversation's state was restored "
+                    "from an older copy and would reuse message keys; start a new session with "
+                    f"'securechan contact rekey {contact.name}'"
+                ) from None
         else:
             # First contact: the handshake, our queue grant and the message are
             # built in memory and committed together, or not at all.
@@ -711,6 +804,9 @@ class Channel:
         blocked: set[tuple[str, bytes]] = set()
         bad_receipts: list[str] = []
         split: SplitView | None = None
+        # The high-water mark first: nothing leaves the machine that a
+        # restored client.db could make again unnoticed (client/generations.py).
+        self.db.record_generations()
         entries = self.db.outbox()
         for done, entry in enumerate(entries, 1):
             if progress is not None:
@@ -868,6 +964,12 @@ class Channel:
         try:
             return self._open(queue, env, now)
         except (SecurechanError, ValueError) as e:
+            found = self._peer_rollback(env.data, e, now) if isinstance(e, Replay) else None
+            if found is not None:
+                with self.db.transaction():
+                    self.db.mark_seen(env.msg_id, now)
+                    self.db.set_last_seq(queue.rid, env.seq)
+                return [found]
             if not from_hold and self._early(queue, env.data, e):
                 # Possibly ahead of the first message of its session (the
                 # relay or the network reordered them): keep it, retried
@@ -890,6 +992,93 @@ class Channel:
                 return []  # still unknown: stays held, already reported
             self.audit.rejected(type(e).__name__, str(e), at=now)
             return [Rejected(reason=type(e).__name__, error=str(e), held=hold)]
+
+    def _peer_rollback(self, data: bytes, error: Replay, now: int) -> Rejected | None:
+        """A message refused as a replay: at a ratchet position whose message
+        we already received, or (once opened) with a sequence number already
+        received. The same envelope or signed payload again is a re-delivery
+        (a quiet replay: ``None``). A payload the peer validly signed that
+        differs from the one we received at that position or sequence number
+        is the peer's state rolled back (a restored backup) or equivocation:
+        reported, with the hashes of both, never hidden."""
+        found = self._payload_at_position(data)
+        if found is not None:
+            stored, rec, signed_bytes = found
+        else:
+            # Opened by the session, refused for its sequence number (a
+            # rolled-back sender that ratcheted since uses a fresh position):
+            # the protocol hands over the verified payload (Replay.signed).
+            handed: object = getattr(error, "signed", None)
+            if not isinstance(handed, bytes):
+                return None
+            signed_bytes = handed
+            try:
+                p = SignedPayload.from_bytes_unverified(signed_bytes).payload
+            except MalformedInput:
+                return None
+            stored_msg = self.db.message(p.conversation, "in", p.seq)
+            if stored_msg is None:
+                return None
+            stored, rec = stored_msg, wire.decode(_RECORD, stored_msg.record)
+        contact = self.keystore.contacts.find(Fingerprint(stored.peer))
+        first = rec["envelope"]
+        if contact is None or first is None or first == data or signed_bytes == rec["signed"]:
+            return None
+        try:
+            signed = SignedPayload.from_bytes_unverified(signed_bytes)
+            p = signed.payload
+            if (
+                p.sender != contact.fingerprint
+                or p.recipient != self.identity.fingerprint
+                or p.conversation != stored.conversation
+            ):
+                return None
+            signed.verify(contact.identity)
+        except (VerificationFailed, MalformedInput):
+            return None  # not the peer's: an ordinary (forged or garbled) replay
+        evidence = (
+            f"received payload sha256 {sha256(rec['signed']).hex()}",
+            f"second payload sha256 {sha256(signed_bytes).hex()}",
+            f"received envelope sha256 {sha256(first).hex()}",
+            f"second envelope sha256 {sha256(data).hex()}",
+        )
+        error_text = (
+            f"{contact.name}'s state was rolled back (or it equivocated): a second, different "
+            f"message #{p.seq} signed by {contact.name} takes the place of message "
+            f"#{stored.seq} already received; not shown"
+        )
+        self.audit.rejected(
+            "PeerRolledBack",
+            f"{error_text}; " + "; ".join(evidence),
+            conversation=stored.conversation,
+            peer=contact.fingerprint,
+            at=now,
+        )
+        return Rejected(reason="PeerRolledBack", error=error_text, evidence=evidence)
+
+    def _payload_at_position(
+        self, data: bytes
+    ) -> tuple[StoredMessage, dict[str, Any], bytes] | None:
+        """The stored message received at ``data``'s ratchet position, its
+        record, and ``data`` opened with the message key kept for it (not yet
+        checked for a signature); ``None`` if any of that is missing or the
+        key does not open it."""
+        position = _ratchet_position(data)
+        if position is None:
+            return None
+        hit = self.db.position(self.db.position_key(*position))
+        if hit is None:
+            return None
+        stored = self.db.message(hit[0], "in", hit[1])
+        if stored is None:
+            return None
+        rec = wire.decode(_RECORD, stored.record)
+        if rec["key"] is None or rec["ad"] is None or rec["envelope"] == data:
+            return None
+        try:
+            return stored, rec, open_envelope(data, rec["key"], rec["ad"])
+        except (VerificationFailed, MalformedInput):
+            return None
 
     def _early(self, queue: QueueRow, data: bytes, error: Exception) -> bool:
         """Could this refused envelope be a message that overtook the first
@@ -1069,6 +1258,9 @@ class Channel:
                     relay=relay,
                 ),
             )
+            position = _ratchet_position(envelope)
+            if position is not None:  # for telling a replay from a rollback
+                self.db.add_position(self.db.position_key(*position), session.conversation, ev.seq)
             content = ev.content
             if isinstance(content, QueueGrant):
                 self.db.set_peer_grant(session.conversation, content.to_bytes())
@@ -1097,10 +1289,14 @@ class Channel:
 
     async def _after_receive(self) -> None:
         """Grant our private queue to peers who granted theirs; top up prekeys."""
+        retired = self.db.retired()
         for row in self.db.sessions():
-            if row.grant_sent or row.peer_grant is None:
+            if row.grant_sent or row.peer_grant is None or row.conversation in retired:
                 continue
-            session = self._load_session(row.conversation)
+            try:
+                session = self._load_session(row.conversation, sending=True)
+            except RolledBack:
+                continue  # never sends again; reported by close()
             try:
                 grant = await self._ensure_own_queue(session)
             except RelayError:
@@ -1112,7 +1308,7 @@ class Channel:
                 continue
             target = QueueGrant.from_bytes(row.peer_grant)
             with self.db.transaction():
-                session = self._load_session(row.conversation)
+                session = self._load_session(row.conversation, sending=True)
                 env = session.send_grant(grant, now=self._now())
                 self._save_session(session)
                 self.db.mark_grant_sent(row.conversation)
@@ -1290,6 +1486,9 @@ class Channel:
             # First messages from senders not yet pinned (their later envelopes
             # are held behind them and not counted).
             "held": sum(1 for _, _, data, _ in self.db.held() if _is_first(data)),
+            # Contacts whose conversation was restored from an older copy:
+            # sending to them is refused until 'contact rekey'.
+            "rolled_back": self.rolled_back(),
         }
 
 

@@ -9,6 +9,12 @@ row. In clear remain only random ids (conversation ids, queue ids, message
 ids), counters and times, and the peer's fingerprint that also sits in
 ``contacts.bin``.
 
+Rollback (``docs/CLI.md``, Backups): every sealed store's generation grows
+with each write, and the highest one reached is kept outside this file, in
+``state.gen`` (``client/generations.py``). :meth:`ClientDB.load_state`
+compares the two: a store older than its mark was restored from an older
+copy of this file, and is refused for sending (:class:`RolledBack`).
+
 Each public method is one transaction. Read-modify-write of a session runs
 inside ``BEGIN IMMEDIATE`` (:meth:`ClientDB.transaction`), so two commands on
 the same home (``receive --follow`` in one terminal, ``send`` in another)
@@ -24,13 +30,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from securechan.errors import MalformedInput, StorageError, VerificationFailed
-from securechan.primitives import aead_decrypt, aead_encrypt
+from securechan.client.generations import GENERATIONS_FILE, Generations
+from securechan.errors import MalformedInput, RolledBack, StorageError, VerificationFailed
+from securechan.primitives import aead_decrypt, aead_encrypt, hkdf_sha256, hmac_sha256
 from securechan.protocol.sealed import open_state, seal_state
 
 __all__ = ["ClientDB", "OutboxEntry", "QueueRow", "SessionRow", "StoredMessage"]
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 _AAD = b"securechan/v1/client-db/"
 
 _SCHEMA = """
@@ -108,6 +115,19 @@ CREATE TABLE IF NOT EXISTS witness_policy (
     required INTEGER NOT NULL,
     witnessed TEXT
 );
+CREATE TABLE IF NOT EXISTS meta (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS positions (
+    position BLOB PRIMARY KEY,
+    conversation BLOB NOT NULL,
+    seq INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS retired (
+    conversation BLOB PRIMARY KEY,
+    at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS held (
     msg_id BLOB PRIMARY KEY,
     relay TEXT NOT NULL,
@@ -184,6 +204,15 @@ class ClientDB:
         self._db.execute("PRAGMA secure_delete=ON")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._migrate()
+        self.generations = Generations(path.parent / GENERATIONS_FILE, storage_key)
+        # Stores found rolled back by this process, in the order found (the
+        # channel reports each once to the audit log).
+        self.rollbacks: list[str] = []
+        self._found: set[str] = set()
+        self._position_key = hkdf_sha256(
+            storage_key, salt=b"", info=_AAD + b"position-key", length=32
+        )
+        self._check_marks_present()
 
     def _migrate(self) -> None:
         (version,) = self._db.execute("PRAGMA user_version").fetchone()
@@ -234,24 +263,79 @@ class ClientDB:
 
     # --- sealed protocol state ------------------------------------------------
 
-    def load_state(self, name: str, kind: str, object_id: bytes) -> tuple[int, bytes] | None:
-        """A sealed state blob, opened; ``None`` if absent."""
+    def _check_marks_present(self) -> None:
+        """``state.gen`` deleted while this database says it was written: a
+        rollback can no longer be ruled out, so every stored session is
+        treated as rolled back (sending on it refused until re-keyed)."""
+        row = self._db.execute("SELECT value FROM meta WHERE name = 'generations'").fetchone()
+        if row is None or self.generations.path.exists():
+            return
+        with self.transaction():
+            names = [r[0] for r in self._db.execute("SELECT name FROM state ORDER BY name")]
+            for name in names:
+                if name.startswith("session:"):
+                    self.generations.mark_rolled_back(name)
+            self.generations.raise_to({})
+            self.rollbacks.append(GENERATIONS_FILE)
+
+    def load_state(
+        self, name: str, kind: str, object_id: bytes, *, refuse_rolled_back: bool = False
+    ) -> tuple[int, bytes] | None:
+        """A sealed state blob, opened; ``None`` if absent.
+
+        The stored generation is checked against ``state.gen``, never
+        against this database (which a restored copy would bring along). A
+        rolled-back store is added to :attr:`rollbacks`; a rolled-back
+        session is also marked in ``state.gen`` (it stays marked while it
+        receives, until re-keyed). With ``refuse_rolled_back``,
+        :class:`RolledBack` is raised for it.
+        """
         row = self._db.execute(
-            "SELECT generation, blob FROM state WHERE name = ? AND kind = ?", (name, kind)
+            "SELECT blob FROM state WHERE name = ? AND kind = ?", (name, kind)
         ).fetchone()
         if row is None:
             return None
         try:
-            return open_state(
-                self._key, row[1], kind=kind, object_id=object_id, min_generation=row[0]
-            )
+            generation, data = open_state(self._key, row[0], kind=kind, object_id=object_id)
         except (VerificationFailed, MalformedInput) as e:
             raise StorageError(f"{self.path}: stored {kind} state is damaged: {e}") from None
+        if self.generations.is_rolled_back(name, generation):
+            if name not in self._found:
+                self._found.add(name)
+                self.rollbacks.append(name)
+            if kind != "session":
+                # The prekey store, replay guard, registrations: used as they
+                # are (reported once), resealed above the mark. What they let
+                # through again (a first message accepted after the backup)
+                # re-creates a session below its own mark: refused for sending.
+                resealed = max(self.state_generation(name) or 0, self.generations.high(name)) + 1
+                with self.transaction():
+                    self.save_state(name, kind, object_id, resealed, data)
+                return resealed, data
+            with self.transaction():
+                self.generations.mark_rolled_back(name)
+            if refuse_rolled_back:
+                raise RolledBack(
+                    f"stored {kind} state is generation {generation}, older than generation "
+                    f"{self.generations.high(name)} already used (client.db was restored "
+                    "from an older copy)"
+                )
+        return generation, data
 
     def save_state(
-        self, name: str, kind: str, object_id: bytes, generation: int, data: bytes
+        self, name: str, kind: str, object_id: bytes, generation: int | None, data: bytes
     ) -> None:
-        """Seal and store a state blob (inside the caller's transaction)."""
+        """Seal and store a state blob (inside the caller's transaction).
+
+        ``generation=None`` (stores without their own counter): one above
+        both the stored generation and the high-water mark, so every write
+        of every store has a generation never used before."""
+        if generation is None:
+            row = self._db.execute(
+                "SELECT generation FROM state WHERE name = ?", (name,)
+            ).fetchone()
+            stored = int(row[0]) if row is not None else 0
+            generation = max(stored, self.generations.high(name)) + 1
         blob = seal_state(self._key, data, kind=kind, object_id=object_id, generation=generation)
         self._db.execute(
             "INSERT INTO state (name, kind, generation, blob) VALUES (?, ?, ?, ?) "
@@ -260,7 +344,38 @@ class ClientDB:
             (name, kind, generation, blob),
         )
 
+    def state_generation(self, name: str) -> int | None:
+        """The generation column of a stored state (``None`` if absent)."""
+        row = self._db.execute("SELECT generation FROM state WHERE name = ?", (name,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def record_generations(self) -> None:
+        """Raise ``state.gen`` to every stored generation. Called before
+        anything made from the state leaves the machine, and on close.
+
+        The generation column is not authenticated, but it can only raise
+        the mark (a false alarm, as deleting the file would be), never lower it."""
+        with self.transaction():
+            gens = {
+                str(r[0]): int(r[1]) for r in self._db.execute("SELECT name, generation FROM state")
+            }
+            self.generations.raise_to(gens)
+            self._db.execute("INSERT OR IGNORE INTO meta (name, value) VALUES ('generations', 1)")
+
     # --- sessions ---------------------------------------------------------------
+
+    def retire_session(self, conversation: bytes, now: int) -> None:
+        """Never send on this session again (``contact rekey``); it still
+        receives, so the peer's messages sent before the new handshake reach
+        us. Its rollback mark is cleared: its high-water mark stays."""
+        self._db.execute(
+            "INSERT OR IGNORE INTO retired (conversation, at) VALUES (?, ?)", (conversation, now)
+        )
+        self.generations.forget("session:" + conversation.hex())
+
+    def retired(self) -> set[bytes]:
+        """Conversations retired by ``contact rekey``."""
+        return {bytes(r[0]) for r in self._db.execute("SELECT conversation FROM retired")}
 
     def add_session(self, conversation: bytes, peer: bytes, created: int) -> None:
         """Index a new session."""
@@ -521,6 +636,45 @@ class ClientDB:
                 )
             )
         return out
+
+    def position_key(self, dh: bytes, n: int) -> bytes:
+        """The index key of a ratchet position (keyed, so the clear index
+        does not link stored messages to envelopes the relay saw)."""
+        return hmac_sha256(self._position_key, dh + n.to_bytes(8, "big"))
+
+    def add_position(self, position: bytes, conversation: bytes, seq: int) -> None:
+        """Remember which received message consumed a ratchet position."""
+        self._db.execute(
+            "INSERT OR IGNORE INTO positions (position, conversation, seq) VALUES (?, ?, ?)",
+            (position, conversation, seq),
+        )
+
+    def position(self, position: bytes) -> tuple[bytes, int] | None:
+        """(conversation, seq) of the received message at a ratchet position."""
+        row = self._db.execute(
+            "SELECT conversation, seq FROM positions WHERE position = ?", (position,)
+        ).fetchone()
+        return None if row is None else (bytes(row[0]), int(row[1]))
+
+    def message(self, conversation: bytes, direction: str, seq: int) -> StoredMessage | None:
+        """One stored message by its place, or ``None``."""
+        r = self._db.execute(
+            "SELECT id, conversation, peer, direction, seq, at, sealed FROM messages "
+            "WHERE conversation = ? AND direction = ? AND seq = ?",
+            (conversation, direction, seq),
+        ).fetchone()
+        if r is None:
+            return None
+        row = r[1] + r[3].encode() + r[4].to_bytes(8, "big")
+        return StoredMessage(
+            id=r[0],
+            conversation=r[1],
+            peer=r[2],
+            direction=r[3],
+            seq=r[4],
+            at=r[5],
+            record=self.open("messages", row, r[6]),
+        )
 
     # --- file chunks -----------------------------------------------------------------
 

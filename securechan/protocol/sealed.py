@@ -12,15 +12,15 @@ The storage key is derived from the identity's secret (see
 file. The header is authenticated: a sealed session cannot be passed off as
 another session, as a prekey store, or as another generation.
 
-**Rollback.** Every change of a session increments its generation, which
-is in the authenticated header. ``open_state`` refuses a state below the
-caller's ``min_generation`` with :class:`RolledBack`; keeping that
-high-water mark where a restored backup does not roll it back is the
-client's job (``docs/CLI.md``), not this module's. Whatever the client
-detects, a rolled-back sender never reuses an AEAD key and nonce (the
-ratchet's reuse guard), and its peer refuses what it resends at used ratchet
-positions or sequence numbers as :class:`~securechan.errors.Replay`
-(``docs/PROTOCOL.md`` §15).
+**Rollback.** Every change of a session increments its generation. The
+caller keeps the highest generation it has used *somewhere the state file
+does not live* (``state.gen``, in the client: ``client/generations.py``) and
+compares: an older copy is rolled back (:class:`RolledBack`). An attacker who
+rolls back the state *and* that record together is not caught locally; the
+peer catches it instead, because a rolled-back sender reuses ratchet
+positions, which the peer's client reports (``PeerRolledBack``).
+Whatever is detected, a rolled-back sender never reuses an AEAD key and
+nonce (the ratchet's reuse guard, ``docs/PROTOCOL.md`` §13).
 """
 
 from __future__ import annotations
