@@ -1144,8 +1144,10 @@ def statement() -> None:
 def statement_export(app: _App, message_id: str, output: Path, as_json: bool) -> None:
     """Write the statement of MESSAGE-ID (an id from 'history').
 
-    The file reveals that message, its sender and recipient, and the key of
-    its envelope (no other message's); give it only to whom you mean to."""
+    The file reveals that message, its sender and recipient, the session's
+    handshake transcript, the key of its envelope (no other message's) and
+    the recipient's signed receipt for it, if there is one; give it only to
+    whom you mean to."""
 
     from securechan.client.policy import witnessed_statement
 
@@ -1169,6 +1171,7 @@ def statement_export(app: _App, message_id: str, output: Path, as_json: bool) ->
         "message_id": _mid(st.signed),
         "log": st.placement is not None,
         "witnessed": witnessed,
+        "delivery_receipt": st.receipt is not None,
     }
     if as_json:
         _emit_json(info)
@@ -1176,7 +1179,14 @@ def statement_export(app: _App, message_id: str, output: Path, as_json: bool) ->
     where = "without a relay log receipt"
     if st.placement is not None:
         where = "with a witnessed log checkpoint" if witnessed else "with its relay log receipt"
-    click.echo(f"Statement of message {info['message_id']} written to {output} ({where})")
+    delivery = (
+        "the recipient's receipt for it"
+        if st.receipt is not None
+        else "no receipt from the recipient for exactly this message: delivery not proven"
+    )
+    click.echo(
+        f"Statement of message {info['message_id']} written to {output} ({where}; {delivery})"
+    )
 
 
 @statement.command(name="verify")
@@ -1207,8 +1217,8 @@ def statement_verify(
     require_delivery: bool,
     as_json: bool,
 ) -> None:
-    """Check a statement FILE with no keystore. It says which claims the file
-    proves: PROVES (the sender signed the message in a session between the
+    """Check a statement FILE offline and say which claims it proves:
+    PROVES (the sender signed the message in a session between the
     two parties; where the envelope is logged) and DELIVERY (acknowledged by
     the recipient's signed receipt, or not proven). Exit 0 if everything the
     file claims holds (1 with --require-delivery and no delivery proof)."""
