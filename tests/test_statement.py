@@ -40,10 +40,18 @@ from securechan.audit.statement import (
 )
 from securechan.errors import BadSignature, SecurechanError, UntrustedKey, VerificationFailed
 from securechan.identity.keys import Identity
-from securechan.primitives import Ed25519SigningKey, message_seal, random_bytes, sha256
+from securechan.primitives import (
+    Ed25519SigningKey,
+    MlKemKeyPair,
+    X25519KeyPair,
+    random_bytes,
+    sha256,
+)
 from securechan.protocol import handshake as hs
 from securechan.protocol.padding import pad
 from securechan.protocol.payload import ContentType, Payload, SignedPayload, text_body
+from securechan.protocol.payload import Receipt as MessageReceipt
+from securechan.protocol.ratchet import RatchetState, ratchet_encrypt
 from securechan.protocol.session import MESSAGE, Session
 from tests import test_e2e_relay as e2e
 from tests.test_e2e_relay import (
@@ -362,8 +370,8 @@ def _forge(
 ) -> tuple[bytes, bytes, bytes, bytes]:
     """A payload signed by the sender with the genuine one's sequence number
     and link, sealed under a fresh random key and the associated data of
-    ``transcript`` (default: a made-up 32-byte "transcript hash"), in the
-    header of the genuine envelope. Returns (signed, envelope, key, ad)."""
+    ``transcript`` (default: a made-up 32-byte "transcript hash"). Returns
+    (signed, envelope, key, ad)."""
     g = SignedPayload.from_bytes_unverified(genuine.signed).payload
     conversation = hs.conversation_id(transcript) if transcript is not None else g.conversation
     payload = Payload(
@@ -377,11 +385,18 @@ def _forge(
         prev_hash=g.prev_hash,
     )
     signed = SignedPayload.sign(me, payload).to_bytes()
-    key = random_bytes(32)
     ad = hs.transcript_hash(transcript) if transcript is not None else random_bytes(32)
-    header = wire.decode(MESSAGE, genuine.envelope)["header"]
-    sealed = message_seal(key, pad(signed), ad + header)
-    return signed, wire.encode(MESSAGE, {"header": header, "ciphertext": sealed}), key, ad
+    # A ratchet of the sender's own making (random root and peer keys): the
+    # message key is random, and the envelope is built exactly as the
+    # protocol builds one, whatever goes into the key derivation.
+    ratchet = RatchetState.initiator(
+        random_bytes(32),
+        peer_dh=X25519KeyPair.generate().public,
+        peer_kem=MlKemKeyPair.generate().public,
+    )
+    _, header, sealed, key = ratchet_encrypt(ratchet, pad(signed), ad)
+    envelope = wire.encode(MESSAGE, {"header": header.to_bytes(), "ciphertext": sealed})
+    return signed, envelope, key, ad
 
 
 def _fake_transcript(me: Identity, genuine: Statement, **changes: object) -> tuple[bytes, bytes]:
@@ -683,3 +698,39 @@ def test_statement_refuses_a_transcript_naming_a_third_party(
     with pytest.raises(BadSignature):
         verify_statement(resigned)
     one_line_error(_verify(tmp_path, _write(tmp_path, resigned, "resigned.s")), 1)
+
+
+def test_statement_receipt_must_cover_exactly_the_message(
+    acknowledged: tuple[Statement, Statement, str], pair: Pair
+) -> None:
+    """Receipts the exporter puts in the file: only the recipient's, in this
+    conversation, for exactly this sequence number and payload hash, make a
+    delivery claim; any other is refused (the file claims what it cannot
+    show), whoever signed it."""
+    genuine, _, _ = acknowledged
+    assert genuine.receipt is not None
+    w = pair.w.keystore().unlock(pair.w.passphrase)
+    t = _identity(pair)
+    g = SignedPayload.from_bytes_unverified(genuine.signed)
+    r = SignedPayload.from_bytes_unverified(genuine.receipt).payload
+    seq = g.payload.seq
+
+    def receipt(signer: Identity, up_to: int = seq, chain: bytes = g.hash, **changes: Any) -> bytes:
+        body = MessageReceipt(up_to_seq=up_to, chain_hash=chain).to_bytes()
+        payload = replace(r, body=body, raw=None, parsed=None, **changes)
+        return SignedPayload.sign(signer, payload).to_bytes()
+
+    v = verify_statement(replace(genuine, receipt=receipt(w)))
+    assert v.delivery is not None and v.delivery.up_to_seq == seq
+    flipped = genuine.receipt[:-1] + bytes([genuine.receipt[-1] ^ 1])
+    for bad in (
+        receipt(w, seq + 1),  # a later receipt: would need the links in between
+        receipt(w, seq - 1),
+        receipt(w, chain=bytes(32)),
+        receipt(w, conversation=bytes(16)),
+        receipt(t, sender=t.fingerprint, recipient=w.fingerprint),  # the sender's own
+        flipped,
+        genuine.signed,  # the message itself
+    ):
+        with pytest.raises(VerificationFailed):
+            verify_statement(replace(genuine, receipt=bad))
