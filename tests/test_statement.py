@@ -486,7 +486,10 @@ def _verdict(proc: Any) -> list[str]:
 
 
 def test_statement_of_an_acknowledged_message_proves_both(
-    acknowledged: tuple[Statement, Statement, str], relay: RelayProcess, tmp_path: Path
+    acknowledged: tuple[Statement, Statement, str],
+    pair: Pair,
+    relay: RelayProcess,
+    tmp_path: Path,
 ) -> None:
     """A genuine statement of a delivered, acknowledged message proves
     authorship, logging and delivery, whichever party exports it."""
@@ -516,6 +519,25 @@ def test_statement_of_an_acknowledged_message_proves_both(
     # Both parties show the same session.
     assert by_t.transcript == by_w.transcript
     assert by_t.transcript_signature == by_w.transcript_signature
+    # The first message (a FirstMessage envelope, here a hello, opened by
+    # the responder): bound to the same session; washington's receipt covers
+    # a later message only, so it proves no delivery.
+    # (history does not list the hello: its id comes from the store.)
+    from securechan.client import channel as channel_mod
+
+    async def hello_statement() -> Statement:
+        async with pair.w.channel() as ch:
+            for m in ch.db.messages(limit=1 << 20):
+                if m.direction == "in" and m.seq == 1:
+                    signed = wire.decode(channel_mod._RECORD, m.record)["signed"]
+                    return ch.statement(message_id(signed))
+        raise AssertionError("no first message stored")
+
+    first_st = asyncio.run(hello_statement())
+    assert wire.peek_type(first_st.envelope) == hs.FIRST.type_id
+    v = verify_statement(first_st)
+    assert v.session.transcript_hash == hs.transcript_hash(by_t.transcript)
+    assert v.payload.seq == 1 and v.delivery is None
 
 
 def test_statement_sender_cannot_prove_an_envelope_the_recipient_refuses(
