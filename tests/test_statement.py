@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
 import urllib.request
 from dataclasses import replace
 from pathlib import Path
@@ -756,3 +757,17 @@ def test_statement_receipt_must_cover_exactly_the_message(
     ):
         with pytest.raises(VerificationFailed):
             verify_statement(replace(genuine, receipt=bad))
+    # Hostile bytes in the new fields (truncated, extended, random): only a
+    # SecurechanError comes out, never another exception.
+    rng = random.Random(11)  # noqa: S311 (reproducible test mutations, not keys)
+    for name in ("transcript", "transcript_signature", "receipt"):
+        value: bytes = getattr(genuine, name)
+        variants = [value[:i] for i in range(0, len(value), 97)]
+        variants += [value + b"\x00", bytes(len(value)), rng.randbytes(len(value))]
+        variants += [
+            value[:i] + bytes([value[i] ^ (1 << rng.randrange(8))]) + value[i + 1 :]
+            for i in range(0, len(value), 53)
+        ]
+        for bad in variants:
+            with pytest.raises(SecurechanError):
+                verify_statement(replace(genuine, **{name: bad}))
