@@ -1177,8 +1177,10 @@ def statement() -> None:
 def statement_export(app: _App, message_id: str, output: Path, as_json: bool) -> None:
     """Write the statement of MESSAGE-ID (an id from 'history').
 
-    The file reveals that message, its sender and recipient, and the key of
-    its envelope (no other message's); give it only to whom you mean to."""
+    The file reveals that message, its sender and recipient, the session's
+    handshake transcript, the key of its envelope (no other message's) and
+    the recipient's signed receipt for it, if there is one; give it only to
+    whom you mean to."""
 
     from securechan.client.policy import witnessed_statement
 
@@ -1202,6 +1204,7 @@ def statement_export(app: _App, message_id: str, output: Path, as_json: bool) ->
         "message_id": _mid(st.signed),
         "log": st.placement is not None,
         "witnessed": witnessed,
+        "delivery_receipt": st.receipt is not None,
     }
     if as_json:
         _emit_json(info)
@@ -1209,7 +1212,14 @@ def statement_export(app: _App, message_id: str, output: Path, as_json: bool) ->
     where = "without a relay log receipt"
     if st.placement is not None:
         where = "with a witnessed log checkpoint" if witnessed else "with its relay log receipt"
-    click.echo(f"Statement of message {info['message_id']} written to {output} ({where})")
+    delivery = (
+        "the recipient's receipt for it"
+        if st.receipt is not None
+        else "no receipt from the recipient for exactly this message: delivery not proven"
+    )
+    click.echo(
+        f"Statement of message {info['message_id']} written to {output} ({where}; {delivery})"
+    )
 
 
 @statement.command(name="verify")
@@ -1227,12 +1237,24 @@ def statement_export(app: _App, message_id: str, output: Path, as_json: bool) ->
     multiple=True,
     help="A witness (type 0x04 key) that must have cosigned; repeatable.",
 )
+@click.option(
+    "--require-delivery",
+    is_flag=True,
+    help="Exit 1 unless the file also proves delivery (the recipient's signed receipt).",
+)
 @_json_option
 def statement_verify(
-    file: Any, trust_relay: str | None, trust_witness: tuple[str, ...], as_json: bool
+    file: Any,
+    trust_relay: str | None,
+    trust_witness: tuple[str, ...],
+    require_delivery: bool,
+    as_json: bool,
 ) -> None:
-    """Check a statement FILE with no keystore: who said what to whom, when,
-    and where it sits in which relay log. Exit 0 only if everything holds."""
+    """Check a statement FILE offline and say which claims it proves:
+    PROVES (the sender signed the message in a session between the
+    two parties; where the envelope is logged) and DELIVERY (acknowledged by
+    the recipient's signed receipt, or not proven). Exit 0 if everything the
+    file claims holds (1 with --require-delivery and no delivery proof)."""
     from securechan.audit.note import VerifierKey
     from securechan.audit.statement import Statement, verify_statement
 
@@ -1242,12 +1264,31 @@ def statement_verify(
     v = verify_statement(st, trust_relay=relay_key, trust_witnesses=witnesses)
     p = v.payload
     log = v.log
+    d = v.delivery
+    roles = {
+        str(v.session.initiator.fingerprint): "initiator",
+        str(v.session.responder.fingerprint): "responder",
+    }
     result: dict[str, Any] = {
         "valid": True,
+        "proves": {
+            "authorship": True,
+            "logged": log is not None,
+            "delivery": d is not None,
+        },
         "message_id": v.message_id,
-        "from": {"name": v.sender.name, "fingerprint": str(v.sender.fingerprint)},
-        "to": {"name": v.recipient.name, "fingerprint": str(v.recipient.fingerprint)},
+        "from": {
+            "name": v.sender.name,
+            "fingerprint": str(v.sender.fingerprint),
+            "role": roles[str(v.sender.fingerprint)],
+        },
+        "to": {
+            "name": v.recipient.name,
+            "fingerprint": str(v.recipient.fingerprint),
+            "role": roles[str(v.recipient.fingerprint)],
+        },
         "conversation": p.conversation.hex(),
+        "transcript_hash": v.session.transcript_hash.hex(),
         "seq": p.seq,
         "sent_at": _iso(p.sent_at),
         "content_type": p.content_type.name.lower(),
@@ -1266,32 +1307,77 @@ def statement_verify(
                 {"witness": c.cosigner.name, "at": _iso(c.timestamp)} for c in log.cosignatures
             ],
         },
+        "delivery": None
+        if d is None
+        else {
+            "receipt_id": d.receipt_id,
+            "up_to_seq": d.up_to_seq,
+            "signed_at": _iso(d.signed_at),
+        },
     }
     if as_json:
         _emit_json(result)
-        return
+    else:
+        _print_statement(v, result)
+    if require_delivery and d is None:
+        raise VerificationFailed("the statement does not prove delivery (no recipient receipt)")
+
+
+def _print_statement(verified: Any, result: dict[str, Any]) -> None:
+    """The verdict first, in the tool's own fixed words (only numbers and
+    fingerprints, which the tool computes, are filled in); then, after a
+    marked line, what the signers and the relay wrote (names, the message,
+    the log's name), which can say anything."""
+    from securechan.audit.statement import VerifiedStatement
+
+    v: VerifiedStatement = verified
+    log = v.log
+    d = v.delivery
+    p = v.payload
     click.echo(f"Statement of message {v.message_id}: VALID")
-    click.echo(f"  from:    {v.sender.name} ({v.sender.fingerprint})")
-    click.echo(f"  to:      {v.recipient.name} ({v.recipient.fingerprint})")
+    click.echo(
+        f"PROVES: signed by {v.sender.fingerprint} to {v.recipient.fingerprint}, "
+        f"message #{p.seq}, in a session whose handshake both are named in"
+    )
+    if log is None:
+        click.echo("PROVES: not logged (the file carries no relay log receipt)")
+    else:
+        trust = "the relay key you trust" if log.trusted else "a relay key taken from the file"
+        click.echo(
+            f"PROVES: logged at index {log.leaf_index} of {log.checkpoint.size} "
+            f"by the relay log with {trust} (key id {log.log_key.key_id.hex()}), "
+            f"{len(log.cosignatures)} witness cosignature(s)"
+        )
+    if d is None:
+        click.echo("DELIVERY: not proven (the file carries no receipt signed by the recipient)")
+    else:
+        click.echo(
+            f"DELIVERY: acknowledged by {v.recipient.fingerprint} "
+            f"(its signed receipt {d.receipt_id} covers #{d.up_to_seq} and this message's hash)"
+        )
+    click.echo("--- details: the text below was written by the signers and the relay ---")
+    click.echo(f"  from:    {v.sender.name!r} ({v.sender.fingerprint}, {result['from']['role']})")
+    click.echo(
+        f"  to:      {v.recipient.name!r} ({v.recipient.fingerprint}, {result['to']['role']})"
+    )
     click.echo(
         f"  message: #{p.seq} of conversation {p.conversation.hex()}, "
         f"signed at {result['sent_at']} (sender's clock)"
     )
+    click.echo(f"  session: transcript hash {v.session.transcript_hash.hex()}")
     click.echo(f"  content: {v.summary()}")
-    if log is None:
-        click.echo("  log:     none (the statement carries no relay receipt)")
-    else:
-        click.echo(
-            f"  log:     leaf {log.leaf_index} of {log.checkpoint.size} in {log.checkpoint.origin}"
-        )
+    if log is not None:
+        click.echo(f"  log:     {log.checkpoint.origin!r}")
         for c in log.cosignatures:
-            click.echo(f"           cosigned by {c.cosigner.name} at {_iso(c.timestamp)}")
-        if not log.trusted:
-            click.echo(
-                "securechan: warning: the relay key came from the file itself; "
-                "pass --trust-relay KEY to check it against the key you trust",
-                err=True,
-            )
+            click.echo(f"           cosigned by {c.cosigner.name!r} at {_iso(c.timestamp)}")
+    if d is not None:
+        click.echo(f"  receipt: signed at {result['delivery']['signed_at']} (recipient's clock)")
+    if log is not None and not log.trusted:
+        click.echo(
+            "securechan: warning: the relay key came from the file itself; "
+            "pass --trust-relay KEY to check it against the key you trust",
+            err=True,
+        )
     click.echo(
         "  note:    the fingerprints prove which keys signed; compare them with the "
         "parties' published fingerprints"

@@ -1,29 +1,53 @@
 """Statements: one message, proven to a third party who holds only the file.
 
 A statement is what the fact-checking tool hands to someone outside the
-conversation (``docs/AUDIT.md``, Statements). It shows, with no keystore and
-no network:
+conversation (``docs/AUDIT.md``, Statements). It makes two separate claims,
+with no keystore and no network, and says which of them it proves:
+
+**(a) authorship and logging** (always):
 
 1. **who said what to whom**: the sender's signed payload (sender, recipient,
    conversation, sequence number, the sender's clock, content, the hash of the
    sender's previous message), with the sender's and the recipient's
    self-signed public identities. The composite signature (ML-DSA-65 +
    Ed25519) makes it non-repudiable.
-2. **that this is the envelope that travelled**: the envelope exactly as the
-   relay stored it, with its message key and associated-data prefix revealed
+2. **in which session**: the session's HandshakeTranscript record and the
+   initiator's signature over it. It must name exactly the payload's sender
+   and recipient (in either role), be signed by the one it names as
+   initiator, and give the payload's conversation id; its hash is the
+   associated-data prefix of the envelope. A sender can no longer choose an
+   arbitrary "transcript hash": only a handshake signed for these two parties
+   opens the envelope (:func:`securechan.protocol.handshake.verify_transcript`).
+3. **that this is the envelope that travelled**: the envelope exactly as the
+   relay stored it, with its message key revealed
    (:mod:`securechan.protocol.opening`). Opening it must give the signed
    payload byte for byte. The key opens this one envelope and no other.
-3. **where it sits in the relay's log**, when the exporter has a receipt: the
+4. **where it sits in the relay's log**, when the exporter has a receipt: the
    relay's log verifier key, the leaf index, the signed checkpoint (with any
    witness cosignatures) and the RFC 9162 inclusion proof of the envelope's
    leaf. Cosignature timestamps bound when the envelope existed.
 
+None of this shows that the recipient ever accepted the message: the sender
+alone can make every part of (a), including a handshake the recipient never
+completed.
+
+**(b) delivery** (only with the recipient's own signed receipt): a RECEIPT
+payload (content type 3) signed by the recipient, in the same conversation,
+to the sender, whose ``up_to_seq`` is the message's sequence number and whose
+``chain_hash`` is the hash of exactly this signed payload. The recipient's
+session signs one chain hash per sequence number, so two different payloads
+with one sequence number cannot both carry a delivery claim. A receipt for a
+later message would need every signed payload in between to link the hash
+chain (each link is the hash of a whole signed record, content included), so
+statements only use a receipt that covers exactly the message.
+
 The file is armoured text (``BEGIN SECURECHAN STATEMENT``) around one wire
-record (type 0x00D0). Verification also demands that the file is exactly the
-canonical armour of its record, so that changing any byte of the file makes
-it fail, and that every signature line of the checkpoint is by the log key or
-a witness key the statement names (an unknown line would otherwise be ignored,
-as C2SP signed-note allows, and an edit there would go unnoticed).
+record (type 0x00D2; the unbound 0x00D0 of before issue 11 is refused).
+Verification also demands that the file is exactly the canonical armour of
+its record, so that changing any byte of the file makes it fail, and that
+every signature line of the checkpoint is by the log key or a witness key the
+statement names (an unknown line would otherwise be ignored, as C2SP
+signed-note allows, and an edit there would go unnoticed).
 """
 
 from __future__ import annotations
@@ -38,15 +62,17 @@ from securechan.audit.note import MAX_NOTE_BYTES, SIG_COSIGNATURE_V1, VerifierKe
 from securechan.audit.receipt import Receipt, verify_receipt
 from securechan.errors import BadSignature, MalformedInput, UntrustedKey, VerificationFailed
 from securechan.identity.keys import PublicIdentity
-from securechan.primitives import sha256
+from securechan.primitives import HYBRID_SIGNATURE_SIZE, sha256
+from securechan.protocol.handshake import SessionBinding, verify_transcript
 from securechan.protocol.opening import open_envelope
-from securechan.protocol.payload import FileChunk, Payload, SignedPayload
+from securechan.protocol.payload import ContentType, FileChunk, Payload, SignedPayload
 from securechan.protocol.payload import Receipt as MessageReceipt
 
 __all__ = [
     "ARMOR_LABEL",
     "LogPlacement",
     "Statement",
+    "VerifiedDelivery",
     "VerifiedStatement",
     "message_id",
     "verify_statement",
@@ -56,28 +82,34 @@ ARMOR_LABEL = "STATEMENT"
 MESSAGE_ID_HEX = 16  # characters of SHA-256(signed payload) shown as the id
 _HEADERS = frozenset({"Message", "From", "To"})
 _MAX_WITNESSES = 16
+# The statement record of before issue 11: it carried a bare "transcript
+# hash" the exporter chose, bound to no session. Refused with its own message.
+_UNBOUND_STATEMENT_TYPE = 0x00D0
+_MAX_TRANSCRIPT = 8192
+_MAX_SIGNED = 1 << 17
 
 _WITNESS = wire.Schema(
     0x00D1, "StatementWitness", (wire.Field(1, "key", wire.Kind.TEXT, max_len=512),)
 )
 STATEMENT = wire.Schema(
-    0x00D0,
+    0x00D2,
     "Statement",
     (
-        wire.Field(1, "signed", wire.Kind.BYTES, max_len=1 << 17),
+        wire.Field(1, "signed", wire.Kind.BYTES, max_len=_MAX_SIGNED),
         wire.Field(2, "sender", wire.Kind.BYTES, max_len=16384),
         wire.Field(3, "recipient", wire.Kind.BYTES, max_len=16384),
         wire.Field(4, "envelope", wire.Kind.BYTES, max_len=(1 << 20) + 65536),
         wire.Field(5, "message_key", wire.Kind.BYTES, size=32),
-        wire.Field(6, "transcript_hash", wire.Kind.BYTES, size=32),
-        wire.Field(7, "log_key", wire.Kind.TEXT, max_len=512, optional=True),
-        wire.Field(8, "leaf_index", wire.Kind.UINT, optional=True),
-        wire.Field(9, "checkpoint", wire.Kind.TEXT, max_len=MAX_NOTE_BYTES, optional=True),
+        wire.Field(6, "transcript", wire.Kind.BYTES, max_len=_MAX_TRANSCRIPT),
+        wire.Field(7, "transcript_signature", wire.Kind.BYTES, size=HYBRID_SIGNATURE_SIZE),
+        wire.Field(8, "log_key", wire.Kind.TEXT, max_len=512, optional=True),
+        wire.Field(9, "leaf_index", wire.Kind.UINT, optional=True),
+        wire.Field(10, "checkpoint", wire.Kind.TEXT, max_len=MAX_NOTE_BYTES, optional=True),
         wire.Field(
-            10, "inclusion_proof", wire.Kind.BYTES, max_len=MAX_PROOF_HASHES * 32, optional=True
+            11, "inclusion_proof", wire.Kind.BYTES, max_len=MAX_PROOF_HASHES * 32, optional=True
         ),
         wire.Field(
-            11,
+            12,
             "witnesses",
             wire.Kind.LIST,
             max_len=_MAX_WITNESSES * 600,
@@ -85,6 +117,8 @@ STATEMENT = wire.Schema(
             max_items=_MAX_WITNESSES,
             optional=True,
         ),
+        # The recipient's signed RECEIPT payload covering exactly this message.
+        wire.Field(13, "receipt", wire.Kind.BYTES, max_len=_MAX_SIGNED, optional=True),
     ),
 )
 
@@ -116,11 +150,15 @@ class Statement:
     recipient: bytes
     envelope: bytes
     message_key: bytes
-    transcript_hash: bytes
+    # The session's HandshakeTranscript record and the initiator's signature.
+    transcript: bytes
+    transcript_signature: bytes
     placement: LogPlacement | None = None
+    # The recipient's signed receipt covering exactly this message, if any.
+    receipt: bytes | None = None
 
     def to_bytes(self) -> bytes:
-        """The canonical wire encoding (type 0x00D0)."""
+        """The canonical wire encoding (type 0x00D2)."""
         p = self.placement
         return wire.encode(
             STATEMENT,
@@ -130,18 +168,25 @@ class Statement:
                 "recipient": self.recipient,
                 "envelope": self.envelope,
                 "message_key": self.message_key,
-                "transcript_hash": self.transcript_hash,
+                "transcript": self.transcript,
+                "transcript_signature": self.transcript_signature,
                 "log_key": p.log_key if p else None,
                 "leaf_index": p.leaf_index if p else None,
                 "checkpoint": p.checkpoint if p else None,
                 "inclusion_proof": b"".join(p.inclusion_proof) if p else None,
                 "witnesses": [{"key": w} for w in p.witnesses] if p and p.witnesses else None,
+                "receipt": self.receipt,
             },
         )
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Statement:
         """Decode strictly; the log fields come all together or not at all."""
+        if wire.peek_type(data) == _UNBOUND_STATEMENT_TYPE:
+            raise MalformedInput(
+                "this statement is in the format of before issue 11 (type 0x00D0), which "
+                "bound no session and is no longer accepted; ask for a new export"
+            )
         rec = wire.decode(STATEMENT, data)
         log = [rec[k] for k in ("log_key", "leaf_index", "checkpoint", "inclusion_proof")]
         placement = None
@@ -169,8 +214,10 @@ class Statement:
             recipient=rec["recipient"],
             envelope=rec["envelope"],
             message_key=rec["message_key"],
-            transcript_hash=rec["transcript_hash"],
+            transcript=rec["transcript"],
+            transcript_signature=rec["transcript_signature"],
             placement=placement,
+            receipt=rec["receipt"],
         )
 
     def _headers(self) -> list[tuple[str, str]]:
@@ -213,15 +260,28 @@ class VerifiedLog:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class VerifiedDelivery:
+    """Claim (b): the recipient's own signed receipt covers the message."""
+
+    receipt_id: str  # message_id() of the receipt payload
+    up_to_seq: int
+    signed_at: int  # the recipient's clock, as it signed
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class VerifiedStatement:
-    """What a verified statement proves."""
+    """What a verified statement proves: always claim (a), authorship in a
+    session between the two parties (and logging, when ``log`` is set);
+    claim (b), delivery, only when ``delivery`` is set."""
 
     message_id: str
     sender: PublicIdentity
     recipient: PublicIdentity
     payload: Payload
     payload_hash: bytes
+    session: SessionBinding
     log: VerifiedLog | None
+    delivery: VerifiedDelivery | None
 
     def summary(self) -> str:
         """The content in one line (text as is; files and receipts described)."""
@@ -248,13 +308,20 @@ def verify_statement(
 
     Steps: (1) both identities are self-signed and named by the payload;
     (2) the sender's composite signature over the payload verifies;
-    (3) the revealed key opens the envelope to exactly the signed payload;
-    (4) with a log placement: the checkpoint is signed by the log key (which
-    must equal ``trust_relay`` when given), every other signature line is a
-    verifying cosignature by a witness the statement names, each of
-    ``trust_witnesses`` is among them, and the inclusion proof puts the
-    envelope's leaf under the checkpoint's root. ``trust_relay`` or
-    ``trust_witnesses`` without a placement is a failure too.
+    (3) the handshake transcript names exactly these two parties, is signed
+    by the one it names as initiator, and gives the payload's conversation
+    id; (4) the revealed key opens the envelope, under the transcript's hash
+    as associated-data prefix, to exactly the signed payload; (5) with a log
+    placement: the checkpoint is signed by the log key (which must equal
+    ``trust_relay`` when given), every other signature line is a verifying
+    cosignature by a witness the statement names, each of ``trust_witnesses``
+    is among them, and the inclusion proof puts the envelope's leaf under the
+    checkpoint's root (``trust_relay`` or ``trust_witnesses`` without a
+    placement is a failure too); (6) with a receipt: it is a RECEIPT payload
+    signed by the recipient, to the sender, in the same conversation, for
+    exactly this sequence number and this payload's hash. A file whose
+    receipt does not cover the message is refused, not downgraded: it
+    claims a delivery it cannot show.
 
     Raises :class:`MalformedInput`, :class:`BadSignature`,
     :class:`UntrustedKey`, :class:`ProofFailed` or :class:`VerificationFailed`.
@@ -271,22 +338,64 @@ def verify_statement(
         signed.verify(sender)
     except BadSignature:
         raise BadSignature("the sender's signature on the message does not verify") from None
+    session = verify_transcript(
+        statement.transcript, statement.transcript_signature, (sender, recipient)
+    )
+    if p.conversation != session.conversation:
+        raise VerificationFailed("the message belongs to another conversation than the handshake")
     try:
-        opened = open_envelope(statement.envelope, statement.message_key, statement.transcript_hash)
+        opened = open_envelope(statement.envelope, statement.message_key, session.transcript_hash)
     except MalformedInput:
         raise VerificationFailed("the envelope is not a securechan message") from None
     except VerificationFailed:
-        raise VerificationFailed("the revealed key does not open the envelope") from None
+        raise VerificationFailed(
+            "the revealed key does not open the envelope in this session"
+        ) from None
     if opened != statement.signed:
         raise VerificationFailed("the envelope carries another message")
     log = _verify_placement(statement, trust_relay, trust_witnesses)
+    delivery = None
+    if statement.receipt is not None:
+        delivery = _verify_delivery(statement.receipt, signed, sender, recipient)
     return VerifiedStatement(
         message_id=message_id(statement.signed),
         sender=sender,
         recipient=recipient,
         payload=p,
         payload_hash=sha256(statement.signed),
+        session=session,
         log=log,
+        delivery=delivery,
+    )
+
+
+def _verify_delivery(
+    receipt_bytes: bytes, signed: SignedPayload, sender: PublicIdentity, recipient: PublicIdentity
+) -> VerifiedDelivery:
+    """The recipient's signed receipt must acknowledge exactly this payload:
+    its sequence number and the hash of its signed record (the link of the
+    sender's chain that the recipient's session checked, docs/PROTOCOL.md
+    §15). The conversation id ties it to the same session."""
+    receipt = SignedPayload.from_bytes_unverified(receipt_bytes)
+    r = receipt.payload
+    p = signed.payload
+    if r.sender != recipient.fingerprint or r.recipient != sender.fingerprint:
+        raise VerificationFailed("the receipt is not from the recipient to the sender")
+    if r.conversation != p.conversation:
+        raise VerificationFailed("the receipt belongs to another conversation")
+    if r.content_type is not ContentType.RECEIPT:
+        raise VerificationFailed("the recipient's payload is not a receipt")
+    try:
+        receipt.verify(recipient)
+    except BadSignature:
+        raise BadSignature("the recipient's signature on the receipt does not verify") from None
+    content = r.content()
+    if not isinstance(content, MessageReceipt):  # pragma: no cover - checked by content type
+        raise VerificationFailed("the recipient's payload is not a receipt")
+    if content.up_to_seq != p.seq or content.chain_hash != signed.hash:
+        raise VerificationFailed("the recipient's receipt does not acknowledge this message")
+    return VerifiedDelivery(
+        receipt_id=message_id(receipt_bytes), up_to_seq=content.up_to_seq, signed_at=r.sent_at
     )
 
 

@@ -128,6 +128,17 @@ _RECORD = wire.Schema(
         wire.Field(6, "relay", wire.Kind.TEXT, max_len=2048, optional=True),
     ),
 )
+# A session's handshake transcript and the initiator's signature over it,
+# kept (sealed, write-once) for statements: they show a third party which
+# session a message belongs to (audit/statement.py).
+_HANDSHAKE = wire.Schema(
+    0x00B3,
+    "StoredHandshake",
+    (
+        wire.Field(1, "transcript", wire.Kind.BYTES, max_len=8192),
+        wire.Field(2, "signature", wire.Kind.BYTES, max_len=8192),
+    ),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -546,6 +557,25 @@ class Channel:
             session.to_bytes(now=self._now()),
         )
 
+    def _save_handshake(self, session: Session) -> None:
+        """Keep a new session's transcript and signature for statements."""
+        if session.handshake_proof is None:  # pragma: no cover - new sessions have one
+            return
+        transcript, signature = session.handshake_proof
+        conv = session.conversation
+        data = wire.encode(_HANDSHAKE, {"transcript": transcript, "signature": signature})
+        self.db.save_state("handshake:" + conv.hex(), "handshake", conv, 0, data)
+
+    def _load_handshake(self, conversation: bytes) -> tuple[bytes, bytes]:
+        loaded = self.db.load_state("handshake:" + conversation.hex(), "handshake", conversation)
+        if loaded is None:
+            raise MalformedInput(
+                "this session was started before statements were bound to the handshake; "
+                "a statement needs a message of a newer session"
+            )
+        rec = wire.decode(_HANDSHAKE, loaded[1])
+        return rec["transcript"], rec["signature"]
+
     def _targets(
         self, contact: Contact, row_grant: bytes | None
     ) -> list[tuple[str, bytes, bytes | None]]:
@@ -657,6 +687,7 @@ class Channel:
             envelopes.extend(more)
             with self.db.transaction():
                 self.db.add_session(session.conversation, contact.fingerprint.digest, now)
+                self._save_handshake(session)
                 if grant is not None:
                     self.db.mark_grant_sent(session.conversation)
                 sent = self._commit_send(session, contact, envelopes, seqs, records, targets, now)
@@ -765,7 +796,20 @@ class Channel:
         """Tell ``name`` how far we have received its messages: a signed
         receipt with the hash of the last one, which the peer checks against
         its own record of what it sent (``Received.receipt_matches``)."""
-        return await self._send(name, lambda session: [session.send_receipt(now=self._now())])
+        holder: list[_Sent] = []
+
+        def build(session: Session) -> list[bytes]:
+            msg = session.send_receipt(now=self._now())
+            # Kept in our record: our signed receipt is what proves delivery
+            # in a statement of the peer's message (audit/statement.py).
+            key, ad = session.last_sent_opening
+            holder.append(_Sent(0, session.last_sent_record, msg, key, ad))
+            return [msg]
+
+        def records(session: Session, seqs: list[int]) -> list[_Sent]:
+            return [replace(h, seq=seq) for seq, h in zip(seqs, holder, strict=True)]
+
+        return await self._send(name, build, records)
 
     async def send_file(
         self,
@@ -1200,6 +1244,7 @@ class Channel:
         self._save_prekeys(store)
         self._save_guard(guard)
         self.db.add_session(session.conversation, session.peer.fingerprint.digest, now)
+        self._save_handshake(session)
         return session, list(events)
 
     def _events(
@@ -1433,6 +1478,7 @@ class Channel:
         peer = self.keystore.contacts.find(Fingerprint(m.peer))
         if peer is None:
             raise ContactNotFound("the message's contact is no longer pinned")
+        transcript, signature = self._load_handshake(m.conversation)
         me, them = self.identity.public.to_bytes(), peer.identity.to_bytes()
         placement = None
         for relay_url, text in self.db.log_receipts(sha256(rec["envelope"])):
@@ -1457,9 +1503,33 @@ class Channel:
             recipient=them if m.direction == "out" else me,
             envelope=rec["envelope"],
             message_key=rec["key"],
-            transcript_hash=rec["ad"],
+            transcript=transcript,
+            transcript_signature=signature,
             placement=placement,
+            receipt=self._receipt_for(m, rec["signed"]),
         )
+
+    def _receipt_for(self, m: StoredMessage, signed: bytes) -> bytes | None:
+        """The recipient's signed receipt (ours for a received message, the
+        peer's for a sent one) covering exactly message ``m``: up to its
+        sequence number, with its hash. Only an exact one: a later receipt
+        would need the messages in between revealed to link the chain."""
+        from securechan.protocol.payload import SignedPayload
+
+        digest = sha256(signed)
+        for other in self.db.messages(m.peer, limit=1 << 40):
+            if other.conversation != m.conversation or other.direction == m.direction:
+                continue
+            candidate = wire.decode(_RECORD, other.record)["signed"]
+            payload = SignedPayload.from_bytes_unverified(candidate).payload
+            content = payload.content()
+            if (
+                isinstance(content, Receipt)
+                and content.up_to_seq == m.seq
+                and content.chain_hash == digest
+            ):
+                return bytes(candidate)
+        return None
 
     def relays(self) -> list[str]:
         """The relays we are registered at, as registered."""

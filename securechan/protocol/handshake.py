@@ -68,9 +68,12 @@ __all__ = [
     "FirstMessage",
     "Handshake",
     "ReplayGuard",
+    "SessionBinding",
     "accept",
     "conversation_id",
     "initiate",
+    "transcript_hash",
+    "verify_transcript",
 ]
 
 CONTEXT_HANDSHAKE = b"securechan/v1/handshake"
@@ -190,6 +193,11 @@ class Handshake:
     # Responder only: the signed prekey's secrets.
     dh_secret: bytes | None = None
     kem_seed: bytes | None = None
+    # The HandshakeTranscript record and the initiator's signature over it:
+    # public to both parties, kept so that a statement can show a third party
+    # which session a message belongs to (verify_transcript).
+    transcript: bytes = b""
+    signature: bytes = b""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -303,12 +311,13 @@ def initiate(
         first_chain=first_step.commitment(),
     )
     body_key, root, th = _keys(seed, hpke, transcript)
+    signature = me.sign(transcript, context=CONTEXT_HANDSHAKE)
     body = wire.encode(
         BODY,
         {
             "initiator": me.public.to_bytes(),
             "created": now,
-            "signature": me.sign(transcript, context=CONTEXT_HANDSHAKE),
+            "signature": signature,
         },
     )
     outer = FirstMessage(
@@ -329,6 +338,8 @@ def initiate(
             peer_dh=spk[MLKEM768_PUBLIC_KEY_SIZE:],
             peer_kem=spk[:MLKEM768_PUBLIC_KEY_SIZE],
             first_step=first_step,
+            transcript=transcript,
+            signature=signature,
         ),
         outer,
     )
@@ -415,7 +426,61 @@ def accept(
             peer_kem=spk_record.public_key[:MLKEM768_PUBLIC_KEY_SIZE],
             dh_secret=seed_all[MLKEM768_SEED_SIZE:],
             kem_seed=seed_all[:MLKEM768_SEED_SIZE],
+            transcript=transcript,
+            signature=body["signature"],
         ),
         new_store,
         guard.add(digest, now=now),
+    )
+
+
+# --- the session a transcript names (for statements, docs/AUDIT.md) -----------
+
+
+def transcript_hash(transcript: bytes) -> bytes:
+    """The hash of a HandshakeTranscript record: the associated-data prefix
+    of every message of its session (step 4 of the module docstring)."""
+    return sha256(transcript)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionBinding:
+    """A verified transcript: who started the session with whom, its
+    conversation id and its transcript hash."""
+
+    initiator: PublicIdentity
+    responder: PublicIdentity
+    conversation: bytes
+    transcript_hash: bytes
+
+
+def verify_transcript(
+    transcript: bytes, signature: bytes, parties: tuple[PublicIdentity, PublicIdentity]
+) -> SessionBinding:
+    """Check that ``transcript`` is a handshake between exactly the two
+    ``parties`` (in either role), signed by the one it names as initiator.
+
+    Raises :class:`MalformedInput` for a record that does not parse,
+    :class:`VerificationFailed` when it names anyone else (a third party, or
+    one party twice), and :class:`BadSignature` when the initiator's
+    signature (context ``securechan/v1/handshake``) does not verify.
+    """
+    rec = wire.decode(TRANSCRIPT, transcript)
+    first, second = parties
+    if first.fingerprint == second.fingerprint:
+        raise VerificationFailed("a session is between two different identities")
+    by_digest = {first.fingerprint.digest: first, second.fingerprint.digest: second}
+    initiator = by_digest.get(rec["initiator"])
+    responder = by_digest.get(rec["responder"])
+    if initiator is None or responder is None or initiator is responder:
+        raise VerificationFailed("the handshake transcript names someone else")
+    try:
+        initiator.verify(signature, transcript, context=CONTEXT_HANDSHAKE)
+    except BadSignature:
+        raise BadSignature("the initiator's signature on the handshake does not verify") from None
+    return SessionBinding(
+        initiator=initiator,
+        responder=responder,
+        conversation=conversation_id(transcript_hash(transcript)),
+        transcript_hash=transcript_hash(transcript),
     )

@@ -31,7 +31,8 @@ from securechan.primitives import aead_decrypt, aead_encrypt
 
 __all__ = ["open_state", "seal_state"]
 
-KINDS = frozenset({"session", "prekeys", "replay-guard", "registration"})
+# "handshake": a session's transcript and initiator signature, kept for statements.
+KINDS = frozenset({"session", "prekeys", "replay-guard", "registration", "handshake"})
 
 _HEADER = wire.Schema(
     0x0090,

@@ -203,6 +203,10 @@ class Session:
         # Relay checkpoints to carry in the payloads we send (the client's
         # newest verified ones; see payload.py). Not part of the state.
         self.checkpoints: tuple[str, ...] = ()
+        # The handshake transcript record and the initiator's signature, set
+        # only on a session just made by initiate/accept (not persisted here:
+        # the client keeps them for statements, docs/AUDIT.md).
+        self.handshake_proof: tuple[bytes, bytes] | None = None
 
     # --- creation -----------------------------------------------------------
 
@@ -238,6 +242,7 @@ class Session:
                 ratchet=ratchet,
             ),
         )
+        session.handshake_proof = (shake.transcript, shake.signature)
         if text is None:
             inner = session._send(ContentType.HELLO, b"", now=now)
         else:
@@ -287,6 +292,7 @@ class Session:
                 ratchet=ratchet,
             ),
         )
+        session.handshake_proof = (shake.transcript, shake.signature)
         events = session.receive(first.message, now=now)
         return session, new_store, new_guard, events
 
