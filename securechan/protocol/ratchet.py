@@ -46,7 +46,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
-from securechan import wire
+from securechan import primitives, wire
 from securechan.errors import (
     DecryptionFailed,
     MalformedInput,
@@ -137,6 +137,10 @@ class RatchetHeader:
     def from_bytes(cls, data: bytes) -> RatchetHeader:
         """Decode strictly; an epoch ciphertext is present exactly after epoch 0."""
         rec = wire.decode(HEADER, data)
+        # The peer's ratchet keys are validated when parsed (issue 11, "peer
+        # keys"): no low-order X25519 point, FIPS 203 §7.2 for ML-KEM.
+        primitives.check_x25519_public_key(rec["dh"])
+        primitives.check_mlkem768_public_key(rec["kem_pub"])
         header = cls(**rec, raw=bytes(data))
         if (header.n >= PQ_INTERVAL) != (header.epoch_ct is not None):
             raise MalformedInput("the epoch ciphertext must be present exactly after epoch 0")
