@@ -30,6 +30,7 @@ explicit seeds used to derive keys deterministically for test vectors.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
@@ -219,10 +220,20 @@ def check_mlkem768_public_key(public_key: bytes) -> None:
     """
     if not isinstance(public_key, bytes) or len(public_key) != MLKEM768_PUBLIC_KEY_SIZE:
         raise MalformedInput("an ML-KEM-768 public key is 1184 bytes")
+    if not _mlkem768_key_loads(public_key):
+        raise MalformedInput("an ML-KEM-768 public key fails the FIPS 203 modulus check")
+
+
+@functools.lru_cache(maxsize=256)
+def _mlkem768_key_loads(public_key: bytes) -> bool:
+    # Loading costs ~90 us (OpenSSL also expands the matrix); every message of
+    # a ratchet chain repeats the same key, so remember recent answers (public
+    # keys only, nothing secret).
     try:
         _mlkem.MLKEM768PublicKey.from_public_bytes(public_key)
     except ValueError:
-        raise MalformedInput("an ML-KEM-768 public key fails the FIPS 203 modulus check") from None
+        return False
+    return True
 
 
 def check_hybrid_kem_public_key(public_key: bytes) -> None:
