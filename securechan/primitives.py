@@ -612,6 +612,13 @@ class HybridKemKeyPair:
         """Open an :func:`hpke_seal` output; raise :class:`VerificationFailed`."""
         if len(sealed) < HPKE_OVERHEAD:
             raise VerificationFailed("HPKE ciphertext too short")
+        # The sender's ephemeral X25519 key (the tail of enc) is a peer key
+        # too: refuse a low-order one before any work, with the same opaque
+        # error as every other HPKE failure.
+        try:
+            check_x25519_public_key(sealed[MLKEM768_CIPHERTEXT_SIZE:HPKE_ENC_SIZE])
+        except MalformedInput:
+            raise VerificationFailed("HPKE decryption failed") from None
         try:
             return _HPKE_SUITE.decrypt(sealed, self._hpke_sk, info=info)
         except (_InvalidTag, ValueError):

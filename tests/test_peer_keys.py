@@ -127,6 +127,18 @@ def test_low_order_x25519_keys_are_refused(point: bytes) -> None:
         X25519KeyPair.generate().exchange(point)
 
 
+def test_hpke_open_refuses_a_low_order_ephemeral() -> None:
+    """The first message's HPKE enc carries the initiator's ephemeral X25519
+    key: a low-order one is the same opaque VerificationFailed as any forgery."""
+    pair = HybridKemKeyPair.generate()
+    sealed = hpke_seal(pair.public, b"seed", info=b"securechan/v1/test")
+    assert pair.hpke_open(sealed, info=b"securechan/v1/test") == b"seed"
+    for point in LOW_ORDER_X25519:
+        bad = sealed[:1088] + point + sealed[1120:]
+        with pytest.raises(VerificationFailed, match="HPKE decryption failed"):
+            pair.hpke_open(bad, info=b"securechan/v1/test")
+
+
 def test_valid_x25519_keys_pass() -> None:
     for _ in range(200):
         check_x25519_public_key(X25519KeyPair.generate().public)
