@@ -499,3 +499,25 @@ def test_cli_send_hostile_bundles(files: Files, variant: tuple[str, int, bool]) 
 def test_verification_errors_keep_their_family() -> None:
     # BundleRejected stays a verification failure (exit 1 in docs/CLI.md).
     assert issubclass(BundleRejected, VerificationFailed)
+
+
+def test_cli_last_safety_net(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """An exception outside the error tree (a bug) is one line and exit 70,
+    naming only its type: its text may hold peer bytes or secrets."""
+    import securechan
+
+    def broken(text: str) -> PublicIdentity:
+        raise RuntimeError("peer-controlled \x1b]52;c;text and a secret")
+
+    monkeypatch.setattr(securechan.PublicIdentity, "from_text", broken)
+    path = tmp_path / "x.id"
+    path.write_text("anything")
+    args = ["--home", str(tmp_path / "home"), "contact", "add", str(path)]
+    result = CliRunner().invoke(cli, args, env={"SECURECHAN_DEBUG": None})
+    assert result.exit_code == 70, result.stderr
+    assert result.stderr.splitlines() == [
+        "securechan: internal error (RuntimeError); please report it "
+        "(SECURECHAN_DEBUG=1 shows the traceback)"
+    ]
+    debug = CliRunner().invoke(cli, args, env={"SECURECHAN_DEBUG": "1"})
+    assert isinstance(debug.exception, RuntimeError)
