@@ -41,6 +41,10 @@ EXIT_USAGE = 2
 EXIT_NETWORK = 3
 EXIT_UNTRUSTED = 4
 EXIT_ROLLBACK = 5  # a rolled-back state: ours (send refused) or a peer's (receive)
+# sysexits.h EX_SOFTWARE: an exception outside the error tree (a bug). Input
+# from a peer or a relay must never reach this; the safety net below still
+# keeps it to one line, with no traceback and no echo of the input.
+EXIT_INTERNAL = 70
 _PROGRESS_MIN = 4 * 1024 * 1024
 CARD_FILE = "identity.card"
 _MAX_PASSPHRASE = 4096
@@ -114,6 +118,21 @@ class _Group(click.Group):
             # Safety net: every text input is decoded through _read_text,
             # which names the file; this only stops a traceback.
             _fail("an input file is not valid text", EXIT_USAGE)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except Exception as e:
+            # Last safety net (issue 11, "peer keys"): whatever a peer or a
+            # relay sent, the user sees one line and a documented code, not a
+            # traceback. Only the exception's type is shown: its text may
+            # carry peer-controlled bytes or secrets. SECURECHAN_DEBUG=1
+            # re-raises, for developers.
+            if os.environ.get("SECURECHAN_DEBUG") == "1":
+                raise
+            _fail(
+                f"internal error ({type(e).__name__}); please report it "
+                "(SECURECHAN_DEBUG=1 shows the traceback)",
+                EXIT_INTERNAL,
+            )
 
 
 _MAX_TEXT = 1024 * 1024

@@ -30,6 +30,7 @@ explicit seeds used to derive keys deterministically for test vectors.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
@@ -90,6 +91,10 @@ __all__ = [
     "aead_decrypt",
     "aead_encrypt",
     "argon2id",
+    "check_ed25519_public_key",
+    "check_hybrid_kem_public_key",
+    "check_mlkem768_public_key",
+    "check_x25519_public_key",
     "constant_time_equal",
     "ed25519_verify",
     "hkdf_sha256",
@@ -168,6 +173,90 @@ def constant_time_equal(a: bytes, b: bytes) -> bool:
     return hmac.compare_digest(a, b)
 
 
+# --- peer public key validation ----------------------------------------------
+#
+# Every public key a peer or a relay supplies is checked here when it is
+# parsed, so a bad key is a MalformedInput at the parse site and never a
+# ValueError (or a silently weak exchange) later.
+
+_P25519 = 2**255 - 19
+# The u-coordinates of the points of order 1, 2, 4 and 8 on Curve25519 and
+# its twist (libsodium's ``has_small_order`` blocklist, as residues mod p;
+# the two order-8 values are from RFC 7748 §6.1's discussion and libsodium).
+# X25519 with any of them gives the all-zero shared secret that RFC 7748
+# §6.1 says to refuse; tests/test_primitives.py checks every one does.
+_X25519_LOW_ORDER_U = frozenset(
+    {
+        0,
+        1,
+        _P25519 - 1,
+        325606250916557431795983626356110631294008115727848805560023387167927233504,
+        39382357235489614581723060781553021112529911719440698176882885853963445705823,
+    }
+)
+
+
+def check_x25519_public_key(public_key: bytes) -> None:
+    """Refuse an X25519 public key that is not 32 bytes or has low order.
+
+    RFC 7748 §5 ignores the top bit and reduces u mod p, so non-canonical
+    encodings of the blocked points (u + p, top bit set) are refused too.
+    Raises :class:`MalformedInput`.
+    """
+    if not isinstance(public_key, bytes) or len(public_key) != X25519_KEY_SIZE:
+        raise MalformedInput("an X25519 public key is 32 bytes")
+    u = (int.from_bytes(public_key, "little") & ((1 << 255) - 1)) % _P25519
+    if u in _X25519_LOW_ORDER_U:
+        raise MalformedInput("an X25519 public key has low order")
+
+
+def check_mlkem768_public_key(public_key: bytes) -> None:
+    """FIPS 203 §7.2 input checks on an ML-KEM-768 encapsulation key.
+
+    The length check (1184 bytes) is done here; the modulus check (every
+    12-bit coefficient of the encoded vector below q = 3329) is done by
+    OpenSSL when ``cryptography`` loads the key (tests/test_primitives.py
+    checks that 3328 is accepted and 3329 refused at every position we
+    try). Raises :class:`MalformedInput`.
+    """
+    if not isinstance(public_key, bytes) or len(public_key) != MLKEM768_PUBLIC_KEY_SIZE:
+        raise MalformedInput("an ML-KEM-768 public key is 1184 bytes")
+    if not _mlkem768_key_loads(public_key):
+        raise MalformedInput("an ML-KEM-768 public key fails the FIPS 203 modulus check")
+
+
+@functools.lru_cache(maxsize=256)
+def _mlkem768_key_loads(public_key: bytes) -> bool:
+    # Loading costs ~90 us (OpenSSL also expands the matrix); every message of
+    # a ratchet chain repeats the same key, so remember recent answers (public
+    # keys only, nothing secret).
+    try:
+        _mlkem.MLKEM768PublicKey.from_public_bytes(public_key)
+    except ValueError:
+        return False
+    return True
+
+
+def check_hybrid_kem_public_key(public_key: bytes) -> None:
+    """Check an HPKE ``MLKEM768-X25519`` public key: both halves."""
+    if not isinstance(public_key, bytes) or len(public_key) != HYBRID_KEM_PUBLIC_KEY_SIZE:
+        raise MalformedInput("a hybrid KEM public key is 1216 bytes")
+    check_mlkem768_public_key(public_key[:MLKEM768_PUBLIC_KEY_SIZE])
+    check_x25519_public_key(public_key[MLKEM768_PUBLIC_KEY_SIZE:])
+
+
+def check_ed25519_public_key(public_key: bytes) -> None:
+    """Refuse an Ed25519 public key that is not a canonical point of the
+    prime-order subgroup, or has small order (libsodium's
+    ``crypto_core_ed25519_is_valid_point``; RFC 8032 §5.1.7 lets a verifier
+    refuse these, and libsodium's verifier would refuse every signature
+    under them anyway). Raises :class:`MalformedInput`."""
+    if not isinstance(public_key, bytes) or len(public_key) != ED25519_PUBLIC_KEY_SIZE:
+        raise MalformedInput("an Ed25519 public key is 32 bytes")
+    if not _sodium.crypto_core_ed25519_is_valid_point(public_key):
+        raise MalformedInput("an Ed25519 public key is not a valid point")
+
+
 # --- composite ML-DSA-65 + Ed25519 signatures --------------------------------
 
 
@@ -198,6 +287,7 @@ class HybridVerifyKey:
             self._mldsa = _mldsa.MLDSA65PublicKey.from_public_bytes(raw[:MLDSA65_PUBLIC_KEY_SIZE])
         except ValueError:
             raise MalformedInput("invalid ML-DSA-65 public key") from None
+        check_ed25519_public_key(raw[MLDSA65_PUBLIC_KEY_SIZE:])
         self._ed25519 = raw[MLDSA65_PUBLIC_KEY_SIZE:]
         self._raw = raw
 
@@ -437,8 +527,7 @@ class X25519KeyPair:
     def exchange(self, peer_public: bytes) -> bytes:
         """X25519(secret, peer). Raises :class:`VerificationFailed` for a
         low-order peer key whose output is all zeros (RFC 7748 §6.1)."""
-        if len(peer_public) != X25519_KEY_SIZE:
-            raise MalformedInput("an X25519 public key is 32 bytes")
+        check_x25519_public_key(peer_public)
         try:
             shared = self._sk.exchange(_x25519.X25519PublicKey.from_public_bytes(peer_public))
         except ValueError:
@@ -483,8 +572,7 @@ class MlKemKeyPair:
 
 def mlkem_encapsulate(public_key: bytes) -> tuple[bytes, bytes]:
     """Encapsulate to an ML-KEM-768 key: returns (shared secret, ciphertext)."""
-    if len(public_key) != MLKEM768_PUBLIC_KEY_SIZE:
-        raise MalformedInput("an ML-KEM-768 public key is 1184 bytes")
+    check_mlkem768_public_key(public_key)
     try:
         pk = _mlkem.MLKEM768PublicKey.from_public_bytes(public_key)
     except ValueError:
@@ -526,6 +614,13 @@ class HybridKemKeyPair:
         """Open an :func:`hpke_seal` output; raise :class:`VerificationFailed`."""
         if len(sealed) < HPKE_OVERHEAD:
             raise VerificationFailed("HPKE ciphertext too short")
+        # The sender's ephemeral X25519 key (the tail of enc) is a peer key
+        # too: refuse a low-order one before any work, with the same opaque
+        # error as every other HPKE failure.
+        try:
+            check_x25519_public_key(sealed[MLKEM768_CIPHERTEXT_SIZE:HPKE_ENC_SIZE])
+        except MalformedInput:
+            raise VerificationFailed("HPKE decryption failed") from None
         try:
             return _HPKE_SUITE.decrypt(sealed, self._hpke_sk, info=info)
         except (_InvalidTag, ValueError):
@@ -537,8 +632,7 @@ def hpke_seal(public_key: bytes, plaintext: bytes, *, info: bytes) -> bytes:
 
     Output: ``enc (1120) || ciphertext || tag (16)``.
     """
-    if len(public_key) != HYBRID_KEM_PUBLIC_KEY_SIZE:
-        raise MalformedInput("a hybrid KEM public key is 1216 bytes")
+    check_hybrid_kem_public_key(public_key)
     try:
         pk = _hpke.MLKEM768X25519PublicKey(
             _mlkem.MLKEM768PublicKey.from_public_bytes(public_key[:MLKEM768_PUBLIC_KEY_SIZE]),
@@ -546,7 +640,10 @@ def hpke_seal(public_key: bytes, plaintext: bytes, *, info: bytes) -> bytes:
         )
     except ValueError:
         raise MalformedInput("invalid hybrid KEM public key") from None
-    return bytes(_HPKE_SUITE.encrypt(plaintext, pk, info=info))
+    try:
+        return bytes(_HPKE_SUITE.encrypt(plaintext, pk, info=info))
+    except ValueError:  # pragma: no cover - the key checks above come first
+        raise MalformedInput("invalid hybrid KEM public key") from None
 
 
 _MESSAGE_KEY_INFO = b"securechan/v1/message-key"

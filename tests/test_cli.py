@@ -444,7 +444,7 @@ def test_contact_show_both_sides_see_the_same_safety_number(paired: World) -> No
     assert SAFETY_NUMBER_RE.fullmatch(str(from_a["safety_number"])), from_a
     words = from_a["safety_words"]
     assert isinstance(words, list)
-    assert len(words) == 16
+    assert len(words) == 28
     assert all(isinstance(w, str) and w.isalpha() for w in words)
     assert from_a["safety_number"] == from_b["safety_number"]
     assert from_a["safety_words"] == from_b["safety_words"]
@@ -454,7 +454,7 @@ def test_contact_show_both_sides_see_the_same_safety_number(paired: World) -> No
     text = ok(run("--home", a.home, "contact", "show", "bravo")).stdout
     assert f"Safety number: {from_a['safety_number']}" in text
     assert "Verified:      NO" in text
-    assert " ".join(words[:4]) in text
+    assert " ".join(words[:7]) in text
 
 
 def test_contact_show_different_pairs_differ(paired: World) -> None:
@@ -512,7 +512,7 @@ def test_contact_verify_right_number(paired: World, form: str) -> None:
         "digit-groups-as-argv": number.split(),
         "digits-one-argument": [number],
         "words-as-argv": words,
-        "spoken-line": [" / ".join(" ".join(words[i : i + 4]) for i in range(0, 16, 4)).upper()],
+        "spoken-line": [" / ".join(" ".join(words[i : i + 7]) for i in range(0, 28, 7)).upper()],
     }[form]
     result = ok(run("--home", a.home, "contact", "verify", "bravo", *given))
     assert result.stdout == "bravo is verified.\n"

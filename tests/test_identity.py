@@ -169,7 +169,7 @@ def test_safety_number_is_order_independent(alice: Identity, bob: Identity) -> N
     ba = safety_number(bob.public, alice.public)
     assert ab == ba
     assert re.fullmatch(r"(\d{5} ){11}\d{5}", str(ab))
-    assert len(ab.words) == 16
+    assert len(ab.words) == 28
     assert ab.words == ba.words
     assert safety_number(alice.fingerprint, bob.fingerprint) == ab
 
@@ -180,6 +180,51 @@ def test_safety_number_changes_with_either_key(alice: Identity, bob: Identity) -
     assert safety_number(alice.public, carol.public) != ab
     assert safety_number(carol.public, bob.public) != ab
     assert safety_number(alice.public, carol.public).words != ab.words
+
+
+def _aligned_halves(words: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    half = len(words) // 2
+    return words[:half], words[half:]
+
+
+def test_spoken_safety_number_encodes_each_party_separately(alice: Identity, bob: Identity) -> None:
+    """Issue 11, finding 3: the spoken form must not be a collision target.
+
+    A man-in-the-middle gives alice a key M_b and bob a key M_a and wins if the
+    words alice hears for (alice, M_b) equal those bob hears for (M_a, bob).
+    If the words are one short hash of *both* keys (the old 16-word form, a
+    128-bit SHA-256 of the digits), M_a and M_b vary independently and a
+    birthday collision (~2^64 per side) suffices. We cannot compute such a
+    collision, so we test the property that rules it out: each party's key
+    alone fixes a run of >= 100 bits of the words, whoever the other party is,
+    and changing one party's key changes only that party's run. Then equal
+    words for (A, M_b) and (M_a, B) force half(M_b) == half(B) and
+    half(M_a) == half(A): two second preimages. On the old code the words of
+    (alice, bob) and (alice, carol) share no such run, so this fails.
+    """
+    others = [bob] + [fixed_identity(n) for n in ("carol", "dave", "erin")]
+    runs: list[tuple[tuple[str, ...], tuple[str, ...]]] = []
+    for other in others:
+        words = safety_number(alice.public, other.public).words
+        low, high = _aligned_halves(words)
+        own = safety_number(other.public, alice.public).words
+        assert own == words  # the same sequence on both sides
+        runs.append((low, high))
+    # alice's run: the half common to every pairing that includes her.
+    common = set(runs[0]) & set(runs[1])
+    assert len(common) == 1, "alice's words must appear as one whole half in every pairing"
+    (alice_run,) = common
+    for low, high in runs:
+        assert alice_run in (low, high)
+    # at least 100 bits that depend on alice's key alone (8 bits per PGP word)
+    assert len(alice_run) * 8 >= 100
+    # changing only the other party's key changes only the other party's half
+    others_runs = [high if low == alice_run else low for low, high in runs]
+    assert len(set(others_runs)) == len(others_runs)
+    # and that half is the other party's own: the same with any partner
+    for other, run in zip(others, others_runs, strict=True):
+        seen = safety_number(other.public, fixed_identity("zed").public).words
+        assert run in _aligned_halves(seen)
 
 
 def test_safety_number_matching(alice: Identity, bob: Identity) -> None:
@@ -194,7 +239,8 @@ def test_safety_number_matching(alice: Identity, bob: Identity) -> None:
     swapped = list(sn.words)
     swapped[0], swapped[2] = swapped[2], swapped[0]
     assert not sn.matches(" ".join(swapped))
-    for junk in ("", "123", sn.digits + "1", "hello world", "aardvark " * 15, "12 ab"):
+    old_form = " ".join(sn.words[:16])  # the pre-issue-11 length: refused, not compared
+    for junk in ("", "123", sn.digits + "1", "hello world", "aardvark " * 27, "12 ab", old_form):
         with pytest.raises(MalformedInput):
             sn.matches(junk)
 

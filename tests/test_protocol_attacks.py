@@ -820,9 +820,11 @@ def test_garbage_ratchet_key_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     for _ in range(3):
         _refused(p.b, _rewrap(m, dh=random_bytes(32)), DecryptionFailed)
     for point in LOW_ORDER_POINTS:
-        _refused(p.b, _rewrap(m, dh=point), DecryptionFailed)
-    # The low-order points were refused by X25519 itself (RFC 7748 §6.1).
-    assert _SpyX25519.refused == LOW_ORDER_POINTS
+        _refused(p.b, _rewrap(m, dh=point), MalformedInput)
+    # The low-order points are refused when the header is parsed (issue 11,
+    # "peer keys"), before any X25519; RFC 7748 §6.1's all-zero check in
+    # X25519KeyPair.exchange stays as a second line.
+    assert _SpyX25519.refused == []
     assert _texts(p.b.receive(m, now=NOW)) == ["new chain"]
 
 
@@ -836,7 +838,8 @@ def test_kem_fields_altered_or_zeroed_refused() -> None:
     header, _ = _parts(m)
     variants = {
         "kem_pub zeroed": {"kem_pub": bytes(MLKEM768_PUBLIC_KEY_SIZE)},
-        "kem_pub altered": {"kem_pub": _flip(header.kem_pub, 100, 1)},
+        # altered in rho (any 32 bytes are a valid rho): still a well-formed key
+        "kem_pub altered": {"kem_pub": _flip(header.kem_pub, 1160, 1)},
         "kem_pub of a fresh key": {"kem_pub": MlKemKeyPair.generate().public},
         "root_ct zeroed": {"root_ct": bytes(MLKEM768_CIPHERTEXT_SIZE)},
         "root_ct altered": {"root_ct": _flip(header.root_ct, 500, 4)},
@@ -845,6 +848,10 @@ def test_kem_fields_altered_or_zeroed_refused() -> None:
         assert isinstance(_refused(p.b, _rewrap(m, **change), DecryptionFailed), MessageRejected), (
             name
         )
+    # A key whose first coefficient is q = 3329 fails FIPS 203 §7.2 when the
+    # header is parsed (issue 11, "peer keys").
+    over = bytes([0x01, (header.kem_pub[1] & 0xF0) | 0x0D]) + header.kem_pub[2:]
+    _refused(p.b, _rewrap(m, kem_pub=over), MalformedInput)
     # A header without its KEM fields does not even parse.
     rec = wire.decode(ratchet_mod.HEADER, header.to_bytes())
     for dropped in ("kem_pub", "root_ct"):

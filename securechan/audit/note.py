@@ -42,6 +42,7 @@ from securechan.primitives import (
     ED25519_SIGNATURE_SIZE,
     SEED_SIZE,
     Ed25519SigningKey,
+    check_ed25519_public_key,
     ed25519_verify,
     sha256,
 )
@@ -188,6 +189,7 @@ class VerifierKey:
             raise MalformedInput("malformed verifier key")
         if raw[0] not in _TYPES:
             raise MalformedInput("unknown verifier key type")
+        check_ed25519_public_key(raw[1:])
         key = cls(name=name, sig_type=raw[0], public_key=raw[1:])
         if key.key_id.hex() != hex_id:
             raise MalformedInput("verifier key ID does not match the key")

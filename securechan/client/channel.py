@@ -62,7 +62,13 @@ from securechan.errors import (
 )
 from securechan.identity import Contact, Identity, Keystore
 from securechan.identity.keys import Fingerprint, PublicIdentity
-from securechan.primitives import Ed25519SigningKey, random_bytes, sha256, sha512
+from securechan.primitives import (
+    Ed25519SigningKey,
+    check_ed25519_public_key,
+    random_bytes,
+    sha256,
+    sha512,
+)
 from securechan.protocol.address import (
     ContactAddress,
     ContactCard,
@@ -415,6 +421,7 @@ class Channel:
             from securechan.protocol.relay_auth import b64d
 
             relay_key = b64d(str(info["relay_key"]), size=32)
+            check_ed25519_public_key(relay_key)
         except (KeyError, MalformedInput):
             raise MalformedInput("the relay sent a bad key") from None
         if pin_key is not None and pin_key != relay_key:

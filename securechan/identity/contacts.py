@@ -253,7 +253,7 @@ class Contacts:
     def verify(self, name: str, given: str, own: PublicIdentity) -> Contact:
         """Mark ``name`` verified if ``given`` is the pair's safety number.
 
-        ``given`` may be the 60 digits or the 16 words. A mismatch is recorded
+        ``given`` may be the 60 digits or the 28 words. A mismatch is recorded
         and raises :class:`VerificationFailed`; the contact stays as it was.
         """
         with home_lock(self.home):

@@ -26,6 +26,7 @@ from securechan.primitives import (
     HYBRID_KEM_SEED_SIZE,
     HYBRID_SIGNATURE_SIZE,
     HybridKemKeyPair,
+    check_hybrid_kem_public_key,
     random_bytes,
     sha256,
 )
@@ -139,11 +140,21 @@ class Prekey:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Prekey:
-        """Decode strictly, without checking the signature."""
+        """Decode strictly, without checking the signature.
+
+        The public key is validated here (both halves: FIPS 203 §7.2 and no
+        low-order X25519 point, ``primitives.check_hybrid_kem_public_key``):
+        a bad one raises :class:`BundleRejected`, even when its owner signed
+        it, so it never reaches HPKE.
+        """
         rec = wire.decode(PREKEY, data)
         body = wire.decode(PREKEY_BODY, rec["body"])
         if body["kind"] not in (KIND_SIGNED, KIND_ONE_TIME):
             raise MalformedInput("unknown prekey kind")
+        try:
+            check_hybrid_kem_public_key(body["public_key"])
+        except MalformedInput as e:
+            raise BundleRejected(f"the prekey's public key is invalid: {e}") from None
         return cls(
             owner=Fingerprint(body["owner"]),
             kind=body["kind"],

@@ -52,7 +52,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
-from securechan import wire
+from securechan import primitives, wire
 from securechan.errors import (
     DecryptionFailed,
     MalformedInput,
@@ -154,6 +154,10 @@ class RatchetHeader:
         (whether it must be present after it depends on the chain, see
         :func:`ratchet_decrypt`)."""
         rec = wire.decode(HEADER, data)
+        # The peer's ratchet keys are validated when parsed (issue 11, "peer
+        # keys"): no low-order X25519 point, FIPS 203 §7.2 for ML-KEM.
+        primitives.check_x25519_public_key(rec["dh"])
+        primitives.check_mlkem768_public_key(rec["kem_pub"])
         header = cls(**rec, raw=bytes(data))
         if header.n < PQ_INTERVAL and header.epoch_ct is not None:
             raise MalformedInput("an epoch ciphertext in epoch 0")

@@ -65,6 +65,8 @@ def deterministic() -> dict[str, Any]:
     sn = safety_number(idents["alice"].public, idents["bob"].public)
     return {
         "parties": parties,
+        # 28 words since issue 11 (finding 3): 14 from each party's own hash,
+        # so the spoken form is no longer a 128-bit hash of both halves.
         "safety_number": {"digits": str(sn), "words": " ".join(sn.words)},
         "composite": {
             "prefix": COMPOSITE_PREFIX.decode(),
