@@ -1239,7 +1239,7 @@ class Channel:
             known = self.db.relay_log(relay_url)
             if known is None:
                 continue
-            receipt = LogReceipt.from_json(json.loads(text))
+            receipt = LogReceipt.from_json_text(text)
             key = VerifierKey.from_text(known[0])
             own = keep_signatures(receipt.checkpoint, [key])
             if own is None:
