@@ -125,14 +125,15 @@ def loads(
         raise TypeError("loads() takes bytes or str")
     if len(data) > max_size:
         raise MalformedInput(f"{what} is larger than {max_size} bytes")
-    if bytes(data[:3]) == b"\xef\xbb\xbf":
+    data = bytes(data)
+    if data.startswith(b"\xef\xbb\xbf"):
         raise MalformedInput(f"{what} starts with a byte order mark")
     if b"\x00" in data:
         # Never in JSON text (raw control characters are not allowed even
         # in strings): the sign of UTF-16 or UTF-32 without a BOM.
         raise MalformedInput(f"{what} is not UTF-8 JSON text (it holds a NUL byte)")
     try:
-        text = bytes(data).decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise MalformedInput(f"{what} is not UTF-8 text") from None
     if _too_deep(text, max_depth):
