@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import re
 import sqlite3
 import subprocess
@@ -34,7 +33,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from securechan import wire
+from securechan import strict_json, wire
 from securechan.audit.checkpoint import open_checkpoint, open_cosigned_checkpoint
 from securechan.audit.log import AuditLog
 from securechan.audit.note import VerifierKey
@@ -119,7 +118,10 @@ class _Relay:
 
     def log_key(self) -> VerifierKey:
         with urllib.request.urlopen(f"{self.url}/v1/relay", timeout=10) as r:  # noqa: S310
-            return VerifierKey.from_text(json.load(r)["log_verifier_key"])
+            info = strict_json.loads(r.read(1 << 16), max_size=1 << 16, what="the relay's info")
+        if not isinstance(info, dict) or not isinstance(info.get("log_verifier_key"), str):
+            raise MalformedInput("the relay's info names no log key")
+        return VerifierKey.from_text(info["log_verifier_key"])
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None

@@ -29,6 +29,7 @@ from typing import Any
 
 import aiohttp
 
+from securechan import strict_json
 from securechan.audit.note import MAX_NOTE_BYTES
 from securechan.audit.receipt import Receipt, decode_hashes
 from securechan.errors import MalformedInput, RelayRefused, RelayUnavailable
@@ -98,14 +99,27 @@ class CosignatureReply:
     log_size: int | None = None
 
 
-def _loads(raw: bytes) -> Any:
-    """Parse a relay's JSON answer; anything unparsable (including absurd
-    nesting or numbers) is ``None``, never an exception."""
+# The largest answer parsed: a page of 100 envelopes of at most 1 MiB each,
+# in base64, with room for the JSON around them.
+MAX_ANSWER = 150 << 20
+
+
+def _loads(raw: bytes | str) -> Any:
+    """Parse a relay's JSON answer strictly (:mod:`securechan.strict_json`):
+    duplicate names, UTF-16, absurd nesting and the like raise
+    :class:`MalformedInput`, never a silent "last one wins". An empty body
+    is ``None``."""
     if not raw:
         return None
+    return strict_json.loads(raw, max_size=MAX_ANSWER, what="the relay's answer")
+
+
+def _loads_or_none(raw: bytes | str) -> Any:
+    """:func:`_loads` for an error body or a push, where a bad one is
+    ignored (the status, or the next poll, says what happened)."""
     try:
-        return json.loads(raw)
-    except (ValueError, RecursionError):
+        return _loads(raw)
+    except MalformedInput:
         return None
 
 
@@ -219,7 +233,7 @@ class RelayClient:
                 continue
             if status < 400 or status in answer:
                 return status, raw
-            message = _error_message(_loads(raw), status)
+            message = _error_message(_loads_or_none(raw), status)
             if status in (408, 429) or status >= 500:
                 last = message
                 await self._backoff(attempt, retry_after)
@@ -441,7 +455,7 @@ class RelayClient:
                 async for msg in ws:
                     if msg.type != aiohttp.WSMsgType.TEXT:
                         break
-                    item = _loads(msg.data.encode() if isinstance(msg.data, str) else b"")
+                    item = _loads_or_none(msg.data if isinstance(msg.data, str) else b"")
                     if item is None:
                         continue
                     if isinstance(item, dict) and item.get("type") == "message":

@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from securechan import strict_json
 from securechan.audit.checkpoint import Checkpoint, open_checkpoint
 from securechan.audit.merkle import HASH_SIZE, MAX_PROOF_HASHES, MAX_TREE_SIZE, verify_inclusion
 from securechan.audit.merkle import leaf_hash as _leaf_hash
@@ -121,6 +122,13 @@ class Receipt:
             "checkpoint": self.checkpoint,
             "inclusion_proof": encode_hashes(self.inclusion_proof),
         }
+
+    @classmethod
+    def from_json_text(cls, text: str | bytes) -> Receipt:
+        """Parse a receipt stored as JSON text (strictly: no duplicate
+        names, UTF-8 only, bounded); ``MalformedInput``."""
+        data = strict_json.loads(text, max_size=4 * MAX_NOTE_BYTES, what="a stored receipt")
+        return cls.from_json(data)
 
     @classmethod
     def from_json(cls, data: Any) -> Receipt:

@@ -39,6 +39,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from securechan import strict_json
 from securechan.audit.checkpoint import Checkpoint, cosign_checkpoint, open_checkpoint
 from securechan.audit.merkle import EMPTY_ROOT, verify_consistency
 from securechan.audit.note import (
@@ -59,6 +60,7 @@ from securechan.errors import (
 from securechan.primitives import Ed25519SigningKey
 
 __all__ = [
+    "MAX_STATE_BYTES",
     "STATE_VERSION",
     "Cosigned",
     "WitnessState",
@@ -72,6 +74,8 @@ STATE_VERSION = 1
 # One witness follows a handful of logs; the bound only keeps a damaged
 # state file from costing more than that.
 MAX_LOGS = 256
+# The largest state file read (MAX_LOGS notes with their cosignatures).
+MAX_STATE_BYTES = 16 * 1024 * 1024
 
 
 def relay_signed_note(note: bytes | str, log_key: VerifierKey) -> str:
@@ -144,17 +148,16 @@ class WitnessState:
         return json.dumps({"version": STATE_VERSION, "logs": logs}, indent=1, sort_keys=True) + "\n"
 
     @classmethod
-    def from_json(cls, text: str) -> WitnessState:
-        """Parse strictly; every stored note must verify under its stored log key.
+    def from_json(cls, text: str | bytes) -> WitnessState:
+        """Parse strictly (:mod:`securechan.strict_json`: UTF-8 only, no
+        duplicate names); every stored note must verify under its stored log
+        key.
 
         The file is this witness's own, but re-checking costs one signature
         per log and means a damaged file is refused rather than trusted as a
         baseline. Raises :class:`MalformedInput`.
         """
-        try:
-            data: Any = json.loads(text)
-        except (ValueError, RecursionError):
-            raise MalformedInput("the witness state is not JSON") from None
+        data: Any = strict_json.loads(text, max_size=MAX_STATE_BYTES, what="the witness state")
         if not isinstance(data, dict) or set(data) != {"version", "logs"}:
             raise MalformedInput("malformed witness state")
         if data["version"] != STATE_VERSION:

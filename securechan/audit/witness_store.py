@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from securechan.audit.note import SIG_COSIGNATURE_V1, VerifierKey, is_valid_key_name
-from securechan.audit.witness import WitnessState
+from securechan.audit.witness import MAX_STATE_BYTES, WitnessState
 from securechan.errors import (
     BadPassphrase,
     IdentityExists,
@@ -74,7 +74,7 @@ LOCK_FILE = "witness.lock"
 EVIDENCE_DIR = "witness-evidence"
 _VERSION_LINE = "securechan witness key v1"
 _MAX_KEY_FILE = 4096
-_MAX_STATE_FILE = 16 * 1024 * 1024
+_MAX_STATE_FILE = MAX_STATE_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,8 +254,8 @@ class WitnessHome:
         except FileNotFoundError:
             return WitnessState()
         try:
-            return WitnessState.from_json(raw.decode("utf-8"))
-        except (UnicodeDecodeError, MalformedInput) as e:
+            return WitnessState.from_json(raw)
+        except MalformedInput as e:
             # Never start again from nothing over a damaged file: that would
             # let a relay that rewrote history get a fresh cosignature.
             raise StorageError(f"{self.state_path} is damaged: {e}") from None

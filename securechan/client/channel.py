@@ -459,15 +459,14 @@ class Channel:
                     store = store.rotate(self.identity, now=now)
             except SecurechanError:
                 store = store.rotate(self.identity, now=now)
-            new_one_time = max(0, ONE_TIME_BATCH - len(store.one_time))
-            if fresh or new_one_time:
-                store = store.add_one_time(self.identity, new_one_time, now=now)
+            # A pool of its own for this relay, replacing the one it holds: a
+            # key published to two relays, or again after a relay handed it
+            # out, could be handed out twice (PROTOCOL.md §11).
+            store, pool = store.new_pool(self.identity, ONE_TIME_BATCH, now=now)
             # Persist the secrets before the public halves leave this machine.
             self._save_prekeys(store)
         signed = seal_prekey_blob(reg.address_key, store.current_signed(now).to_bytes())
-        one_time = [
-            seal_prekey_blob(reg.address_key, p.to_bytes()) for p in store.one_time_records()
-        ]
+        one_time = [seal_prekey_blob(reg.address_key, p.to_bytes()) for p in pool]
         relay = await self._relay(reg.relay)
         await relay.put_prekeys(
             reg.rid,
@@ -1492,7 +1491,7 @@ class Channel:
             known = self.db.relay_log(relay_url)
             if known is None:
                 continue
-            receipt = LogReceipt.from_json(json.loads(text))
+            receipt = LogReceipt.from_json_text(text)
             key = VerifierKey.from_text(known[0])
             own = keep_signatures(receipt.checkpoint, [key])
             if own is None:

@@ -23,7 +23,6 @@ witnessed checkpoint, which carries the witnesses' timestamped cosignatures
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -157,7 +156,7 @@ async def witnessed_statement(ch: Channel, message_id: str) -> tuple[Statement, 
         if policy is None:
             continue
         key = await ch.logs.key(relay_url)
-        receipt = Receipt.from_json(json.loads(text))
+        receipt = Receipt.from_json_text(text)
         # Unreachable, or caught lying since: the checkpoint witnessed before
         # still stands (the witnesses checked it then).
         with contextlib.suppress(RelayError, VerificationFailed):

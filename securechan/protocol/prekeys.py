@@ -296,6 +296,28 @@ class PrekeyStore:
             store = replace(store, next_id=store.next_id + 1)
         return replace(store, one_time=(*self.one_time, *added))
 
+    def new_pool(
+        self, identity: Identity, count: int, *, now: int
+    ) -> tuple[PrekeyStore, tuple[Prekey, ...]]:
+        """A fresh pool of ``count`` one-time prekeys for *one* relay, and the
+        store that keeps their secrets.
+
+        Every one-time key is published to exactly one relay, once: a key
+        given to two relays (or republished after a relay handed it out) can
+        be handed out twice, and the second first message that names it is
+        refused as a reuse (PROTOCOL.md §11). Keys of earlier pools stay here
+        until they are used or expire, since a first message made from one
+        may still be on its way; to make room the expired ones are dropped
+        and then, past the pool's bound of 1000, the oldest.
+        """
+        if count < 0 or count > MAX_ONE_TIME:
+            raise ValueError(f"the one-time pool holds at most {MAX_ONE_TIME} keys")
+        live = tuple(k for k in self.one_time if now <= k.record.expires)
+        room = MAX_ONE_TIME - count
+        kept = replace(self, one_time=live[max(0, len(live) - room) :])
+        store = kept.add_one_time(identity, count, now=now)
+        return store, store.one_time_records()[len(kept.one_time) :]
+
     def current_signed(self, now: int) -> Prekey:
         """The newest signed prekey that has not expired."""
         live = [k for k in self.signed if now <= k.record.expires]

@@ -25,6 +25,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from securechan import strict_json
 from securechan.audit.note import MAX_NOTE_BYTES
 from securechan.audit.receipt import Receipt, encode_hashes
 from securechan.errors import BadSignature, MalformedInput, StorageError
@@ -189,9 +190,10 @@ class Relay:
     ) -> dict[str, Any]:
         """A JSON object with exactly these keys (no others), or 400."""
         try:
-            data = json.loads(body)
-        except (ValueError, RecursionError):
-            raise _HttpError(400, "bad_json", "the body is not JSON") from None
+            # _body already bounded the size by the route's own limit.
+            data = strict_json.loads(body, max_size=len(body), what="the body")
+        except MalformedInput as e:
+            raise _HttpError(400, "bad_json", str(e)) from None
         if not isinstance(data, dict) or not required <= set(data) <= (required | set(optional)):
             expected = ", ".join(sorted(required | optional))
             raise _HttpError(400, "bad_request", f"expected a JSON object with {expected}")

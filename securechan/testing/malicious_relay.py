@@ -58,6 +58,8 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
+from securechan import strict_json
+from securechan.errors import MalformedInput
 from securechan.primitives import Ed25519SigningKey
 from securechan.relay.tlog import RelayLog
 
@@ -519,12 +521,12 @@ class MaliciousRelay:
     async def _after(self, x: Exchange, status: int, reply: bytes) -> tuple[int, bytes]:
         """The adversary's own business with an honest answer."""
         if x.kind == "create" and status < 300:
-            with contextlib.suppress(ValueError, KeyError, TypeError):
-                made = json.loads(reply)
-                asked = json.loads(x.body)
+            with contextlib.suppress(MalformedInput, ValueError, KeyError, TypeError):
+                made = _loads(reply)
+                asked = _loads(x.body)
                 self.queue_kinds[made["rid"]] = "contact" if asked.get("contact") else "private"
         if x.kind == "send" and status < 300 and self._fork is not None:
-            answer = json.loads(reply)
+            answer = _loads(reply)
             receipt = await self._fork.log.append(x.body)
             answer["receipt"] = receipt.to_json()
             return status, json.dumps(answer).encode()
@@ -533,7 +535,7 @@ class MaliciousRelay:
         return status, reply
 
     def _rewrite_fetch(self, x: Exchange, reply: bytes) -> bytes:
-        data = json.loads(reply)
+        data = _loads(reply)
         rid = x.queue or ""
         after = int(URL(x.path, encoded=True).query.get("after", "0"))
         page = [
@@ -578,6 +580,12 @@ class MaliciousRelay:
                         break
         data["messages"] = [e.to_json() for e in out]
         return json.dumps(data).encode()
+
+
+def _loads(raw: bytes) -> Any:
+    """The honest relay's answer (or a client's body), read strictly like
+    every JSON in securechan."""
+    return strict_json.loads(raw, max_size=len(raw), what="the relay's answer")
 
 
 def _error(status: int, message: str) -> bytes:
