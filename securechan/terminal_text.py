@@ -19,6 +19,11 @@ Two pure functions close that:
   with. Whatever the text holds, it cannot start a line that looks like the
   tool's.
 
+Given the terminal's width, both also cut a line before the terminal would
+wrap it (and go on after :data:`CONTINUATION`), so padding cannot push text to
+the start of a screen line either. Unicode 14 (this Python's database)
+classifies the characters; ``tests/test_terminal_text.py`` checks the list.
+
 What is made visible (docs/CLI.md, "How untrusted text is shown"):
 
 * C0 controls U+0000-U+001F (ESC, BEL, CR, BS, TAB, NUL...), DEL U+007F and
