@@ -835,7 +835,9 @@ def _show(item: Any, as_json: bool, download: Path) -> None:
         # The contact's text: controls visible, each further line marked.
         click.echo(f"{head}: {block(item.text, width=_columns(), indent=len(head) + 2)}")
     elif saved is not None:
-        said = f"file '{item.file_name or ''}' saved as {saved}"
+        # Where it was saved first; the sender's name for it last, so that
+        # name cannot pose as the place it was saved.
+        said = f"file saved as {saved} (the sender named it: {item.file_name or ''})"
         click.echo(f"{head}: {inline(said, width=_columns(), indent=len(head) + 2)}")
     elif item.receipt_matches is not None:
         verdict = "matches our record" if item.receipt_matches else "DOES NOT MATCH our record"
