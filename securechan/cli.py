@@ -34,6 +34,7 @@ from securechan.errors import (
     UntrustedKey,
     VerificationFailed,
 )
+from securechan.terminal_text import block, inline
 
 EXIT_OK = 0
 EXIT_VERIFY = 1
@@ -73,8 +74,21 @@ def _exit_code(exc: SecurechanError) -> int:
     return EXIT_VERIFY
 
 
+def _columns(*, err: bool = False) -> int | None:
+    """The terminal's width when stdout (or stderr) is a terminal, which wraps
+    long lines; None for a pipe or a file, where lines are never cut."""
+    stream = sys.stderr if err else sys.stdout
+    try:
+        columns = os.get_terminal_size(stream.fileno()).columns if stream.isatty() else 0
+    except (OSError, ValueError):
+        return None
+    return columns or None
+
+
 def _fail(message: str, code: int) -> NoReturn:
-    click.echo(f"securechan: {message}", err=True)
+    # Error messages embed peer and relay data (an unknown sender's name, a
+    # relay's error body, a file name): rendered on one line, controls visible.
+    click.echo(f"securechan: {inline(message, width=_columns(err=True), indent=12)}", err=True)
     sys.exit(code)
 
 
@@ -201,7 +215,10 @@ class _App:
 
 
 def _emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True))
+    # The exact text, but printed as ASCII (json.dumps' default ensure_ascii):
+    # controls, bidi and every other non-ASCII character are \uXXXX escapes,
+    # so JSON on a terminal is as harmless as the rendered form.
+    click.echo(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=True))
 
 
 def _iso(ts: int | None) -> str | None:
@@ -279,9 +296,9 @@ def init(app: _App, name: str, force: bool, kdf: str, as_json: bool) -> None:
             {"name": ident.name, "fingerprint": str(ident.fingerprint), "home": str(store.home)}
         )
         return
-    click.echo(f"Created identity {ident.name}")
+    click.echo(f"Created identity {inline(ident.name)}")
     click.echo(f"Fingerprint: {ident.fingerprint}")
-    click.echo(f"Public identity file: {store.public_path}")
+    click.echo(f"Public identity file: {inline(str(store.public_path))}")
 
 
 @cli.group(name="id", cls=_Group)
@@ -305,10 +322,10 @@ def id_show(app: _App, as_json: bool) -> None:
     if as_json:
         _emit_json(data)
         return
-    click.echo(f"Name:        {pub.name}")
+    click.echo(f"Name:        {inline(pub.name)}")
     click.echo(f"Fingerprint: {pub.fingerprint}")
     click.echo(f"Created:     {data['created']}")
-    click.echo(f"Home:        {store.home}")
+    click.echo(f"Home:        {inline(str(store.home))}")
 
 
 @id_group.command(name="export")
@@ -396,8 +413,9 @@ def contact_add(app: _App, file: Any, name: str | None, replace: bool, as_json: 
     if as_json:
         _emit_json(_contact_json(c))
         return
-    click.echo(f"Pinned {c.name}: {c.fingerprint}")
-    click.echo(f"Not verified yet: compare safety numbers with 'securechan contact show {c.name}'.")
+    shown = inline(c.name)
+    click.echo(f"Pinned {shown}: {c.fingerprint}")
+    click.echo(f"Not verified yet: compare safety numbers with 'securechan contact show {shown}'.")
 
 
 @contact.command(name="list")
@@ -411,7 +429,7 @@ def contact_list(app: _App, as_json: bool) -> None:
         return
     for c in contacts:
         mark = "verified  " if c.verified else "UNVERIFIED"
-        click.echo(f"{c.name:<20} {mark} {c.fingerprint}")
+        click.echo(f"{inline(c.name):<20} {mark} {c.fingerprint}")
 
 
 @contact.command(name="show")
@@ -427,7 +445,7 @@ def contact_show(app: _App, name: str, as_json: bool) -> None:
     if as_json:
         _emit_json(_contact_json(c, sn))
         return
-    click.echo(f"Name:          {c.name}")
+    click.echo(f"Name:          {inline(c.name)}")
     click.echo(f"Fingerprint:   {c.fingerprint}")
     click.echo(f"Verified:      {'yes, ' + str(_iso(c.verified_at)) if c.verified else 'NO'}")
     click.echo(f"Safety number: {sn}")
@@ -446,7 +464,7 @@ def contact_verify(app: _App, name: str, safety_number: tuple[str, ...], as_json
     if as_json:
         _emit_json(_contact_json(c))
         return
-    click.echo(f"{c.name} is verified.")
+    click.echo(f"{inline(c.name)} is verified.")
 
 
 @contact.command(name="rekey")
@@ -466,7 +484,10 @@ def contact_rekey(app: _App, name: str) -> None:
             return count
 
     count = _run(go())
-    click.echo(f"Retired {count} session(s) with {name}; the next send starts a new one.", err=True)
+    click.echo(
+        f"Retired {count} session(s) with {inline(name)}; the next send starts a new one.",
+        err=True,
+    )
 
 
 @contact.command(name="remove")
@@ -475,7 +496,7 @@ def contact_rekey(app: _App, name: str) -> None:
 def contact_remove(app: _App, name: str) -> None:
     """Unpin a contact."""
     c = app.keystore.contacts.remove(name)
-    click.echo(f"Removed {c.name} ({c.fingerprint}).", err=True)
+    click.echo(f"Removed {inline(c.name)} ({c.fingerprint}).", err=True)
 
 
 # --- detached signatures -------------------------------------------------------
@@ -509,7 +530,10 @@ def sign(app: _App, file: Path, output: Path | None, comment: str | None, as_jso
     if as_json:
         _emit_json({"signature": str(out), "size": sig.statement.size, "signer": ident.name})
         return
-    click.echo(f"Signed {file} ({size} bytes) as {ident.name}: {out}", err=True)
+    click.echo(
+        f"Signed {inline(str(file))} ({size} bytes) as {inline(ident.name)}: {inline(str(out))}",
+        err=True,
+    )
 
 
 @cli.command()
@@ -554,14 +578,16 @@ def verify(
         _emit_json(result)
     else:
         click.echo(
-            f"Good signature by {signer.name} ({st.signer_fingerprint}), made {result['created']}"
+            f"Good signature by {inline(signer.name)} ({st.signer_fingerprint}), "
+            f"made {result['created']}"
         )
-        if st.comment is not None:
-            click.echo(f"Signed comment: {st.comment}")
+        if st.comment is not None:  # the signer's text: after the verdict, marked
+            click.echo(f"Signed comment: {block(st.comment, width=_columns(), indent=16)}")
     if not verified_contact:
+        shown = inline(str(from_name))
         click.echo(
-            f"securechan: warning: {from_name} is not verified; compare safety numbers "
-            f"('securechan contact show {from_name}')",
+            f"securechan: warning: {shown} is not verified; compare safety numbers "
+            f"('securechan contact show {shown}')",
             err=True,
         )
 
@@ -706,7 +732,7 @@ def register(app: _App, relays: tuple[str, ...], fingerprint: str | None, as_jso
         )
         return
     for a in card.addresses:
-        click.echo(f"Registered at {a.relay} (relay fingerprint {keys.get(a.relay)})")
+        click.echo(f"Registered at {inline(a.relay)} (relay fingerprint {keys.get(a.relay)})")
     click.echo("Your contact file now includes these addresses: 'securechan id export'.")
 
 
@@ -729,9 +755,10 @@ def send(
         raise MalformedInput("give a MESSAGE ('-' reads stdin) or --file F")
     contact = app.keystore.contacts.get(contact_name)
     if not contact.verified:
+        shown = inline(contact_name)
         click.echo(
-            f"securechan: warning: {contact_name} is not verified; compare safety numbers "
-            f"('securechan contact show {contact_name}')",
+            f"securechan: warning: {shown} is not verified; compare safety numbers "
+            f"('securechan contact show {shown}')",
             err=True,
         )
     if message == "-":
@@ -771,7 +798,7 @@ def send(
         )
     else:
         state = "sent" if result.pending == 0 else f"sent, {result.pending} envelopes still queued"
-        click.echo(f"Message {seqs} to {result.contact}: {state}", err=True)
+        click.echo(f"Message {seqs} to {inline(result.contact)}: {state}", err=True)
 
 
 def _seq_range(seqs: tuple[int, ...]) -> str:
@@ -815,14 +842,17 @@ def _show(item: Any, as_json: bool, download: Path) -> None:
                 out["evidence"] = list(item.evidence)
             _emit_json(out)
         elif item.reason == "SplitView":
-            click.echo(f"securechan: SPLIT VIEW: {item.error}", err=True)
+            error = inline(item.error, width=_columns(err=True), indent=24)
+            click.echo(f"securechan: SPLIT VIEW: {error}", err=True)
         elif item.reason == "PeerRolledBack":
-            click.echo(f"securechan: PEER ROLLED BACK: {item.error}", err=True)
+            error = inline(item.error, width=_columns(err=True), indent=30)
+            click.echo(f"securechan: PEER ROLLED BACK: {error}", err=True)
         else:
+            # The error can name a stranger (UnknownSender) or quote a relay.
             held = " (held: pin the sender, then run receive again)" if item.held else ""
-            click.echo(
-                f"securechan: refused an envelope: {item.reason}: {item.error}{held}", err=True
-            )
+            head = f"securechan: refused an envelope: {inline(item.reason)}: "
+            error = inline(item.error + held, width=_columns(err=True), indent=len(head))
+            click.echo(head + error, err=True)
         return
     saved = None
     if item.file_data is not None:
@@ -844,16 +874,23 @@ def _show(item: Any, as_json: bool, download: Path) -> None:
         )
         return
     for note in item.notes:
-        click.echo(f"securechan: note: {note}", err=True)
+        click.echo(
+            f"securechan: note: {inline(note, width=_columns(err=True), indent=18)}", err=True
+        )
     mark = "verified" if item.verified else "UNVERIFIED"
-    head = f"[{_iso(item.sent_at)}] {item.contact} ({mark}) #{item.seq}"
+    who = inline(item.contact)
+    head = f"[{_iso(item.sent_at)}] {who} ({mark}) #{item.seq}"
     if item.text is not None:
-        click.echo(f"{head}: {item.text}")
+        # The contact's text: controls visible, each further line marked.
+        click.echo(f"{head}: {block(item.text, width=_columns(), indent=len(head) + 2)}")
     elif saved is not None:
-        click.echo(f"{head}: file {item.file_name!r} saved as {saved}")
+        # Where it was saved first; the sender's name for it last, so that
+        # name cannot pose as the place it was saved.
+        said = f"file saved as {saved} (the sender named it: {item.file_name or ''})"
+        click.echo(f"{head}: {inline(said, width=_columns(), indent=len(head) + 2)}")
     elif item.receipt_matches is not None:
         verdict = "matches our record" if item.receipt_matches else "DOES NOT MATCH our record"
-        click.echo(f"{item.contact}: receipt {verdict}")
+        click.echo(f"{who}: receipt {verdict}")
 
 
 @cli.command()
@@ -937,7 +974,8 @@ def history(app: _App, contact_name: str | None, as_json: bool) -> None:
         return
     for c, d, s, t, m, i in rows:
         arrow = "->" if d == "out" else "<-"
-        click.echo(f"[{_iso(t)}] {i} {arrow} {c} #{s}: {m}")
+        head = f"[{_iso(t)}] {i} {arrow} {inline(c)} #{s}: "
+        click.echo(head + block(m, width=_columns(), indent=len(head)))
 
 
 @cli.command()
@@ -956,7 +994,8 @@ def status(app: _App, as_json: bool) -> None:
         _emit_json(info)
         return
     for k, v in info.items():
-        click.echo(f"{k + ':':<10} {', '.join(v) if isinstance(v, list) else v}")
+        shown = ", ".join(map(str, v)) if isinstance(v, list) else str(v)
+        click.echo(f"{k + ':':<10} {inline(shown)}")
 
 
 # --- audit log -------------------------------------------------------------------
@@ -968,8 +1007,10 @@ def log_group() -> None:
 
 
 def _log_value(value: Any) -> str:
+    # Fields hold peer and relay data (a refused sender's name, a relay URL):
+    # quoted JSON (ASCII) when empty or spaced, else rendered on one line.
     text = str(value)
-    return json.dumps(text) if (not text or " " in text) else text
+    return json.dumps(text) if (not text or " " in text) else inline(text)
 
 
 @log_group.command(name="show")
@@ -989,7 +1030,8 @@ def log_show(app: _App, since: int | None, as_json: bool) -> None:
             return
         for entry in log.entries(since):
             fields = " ".join(f"{k}={_log_value(v)}" for k, v in entry.fields.describe().items())
-            click.echo(f"{entry.index:>6} {_iso(entry.time)} {entry.kind:<26} {fields}")
+            head = f"{entry.index:>6} {_iso(entry.time)} {inline(entry.kind):<26} "
+            click.echo(head + inline(fields, width=_columns(), indent=len(head)))
 
 
 @log_group.command(name="verify")
@@ -1152,7 +1194,7 @@ def witness_cosign(
                 )
             )
         else:
-            click.echo(f"{cp.origin} size {cp.size} root {root}: {result.status}")
+            click.echo(f"{inline(cp.origin)} size {cp.size} root {root}: {inline(result.status)}")
 
     async def go() -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -1162,7 +1204,7 @@ def witness_cosign(
             except RelayError as e:
                 if not follow:
                     raise
-                click.echo(f"securechan: warning: {e}", err=True)  # keep following
+                click.echo(f"securechan: warning: {inline(str(e))}", err=True)  # keep following
             if not follow or (deadline is not None and time.monotonic() >= deadline):
                 return
             pause = interval if deadline is None else min(interval, deadline - time.monotonic())
@@ -1237,7 +1279,8 @@ def statement_export(app: _App, message_id: str, output: Path, as_json: bool) ->
         else "no receipt from the recipient for exactly this message: delivery not proven"
     )
     click.echo(
-        f"Statement of message {info['message_id']} written to {output} ({where}; {delivery})"
+        f"Statement of message {info['message_id']} written to {inline(str(output))} "
+        f"({where}; {delivery})"
     )
 
 
@@ -1375,20 +1418,21 @@ def _print_statement(verified: Any, result: dict[str, Any]) -> None:
             f"(its signed receipt {d.receipt_id} covers #{d.up_to_seq} and this message's hash)"
         )
     click.echo("--- details: the text below was written by the signers and the relay ---")
-    click.echo(f"  from:    {v.sender.name!r} ({v.sender.fingerprint}, {result['from']['role']})")
     click.echo(
-        f"  to:      {v.recipient.name!r} ({v.recipient.fingerprint}, {result['to']['role']})"
+        f"  from:    {inline(v.sender.name)} ({v.sender.fingerprint}, {result['from']['role']})"
+    )
+    click.echo(
+        f"  to:      {inline(v.recipient.name)} ({v.recipient.fingerprint}, {result['to']['role']})"
     )
     click.echo(
         f"  message: #{p.seq} of conversation {p.conversation.hex()}, "
         f"signed at {result['sent_at']} (sender's clock)"
     )
     click.echo(f"  session: transcript hash {v.session.transcript_hash.hex()}")
-    click.echo(f"  content: {v.summary()}")
     if log is not None:
-        click.echo(f"  log:     {log.checkpoint.origin!r}")
+        click.echo(f"  log:     {inline(log.checkpoint.origin)}")
         for c in log.cosignatures:
-            click.echo(f"           cosigned by {c.cosigner.name!r} at {_iso(c.timestamp)}")
+            click.echo(f"           cosigned by {inline(c.cosigner.name)} at {_iso(c.timestamp)}")
     if d is not None:
         click.echo(f"  receipt: signed at {result['delivery']['signed_at']} (recipient's clock)")
     if log is not None and not log.trusted:
@@ -1401,6 +1445,9 @@ def _print_statement(verified: Any, result: dict[str, Any]) -> None:
         "  note:    the fingerprints prove which keys signed; compare them with the "
         "parties' published fingerprints"
     )
+    # The signer's own text comes last, after every line of the tool's, and
+    # each of its further lines is marked: it cannot pose as a verdict line.
+    click.echo(f"  content: {block(v.summary(), width=_columns(), indent=11)}")
 
 
 # --- witness policy ----------------------------------------------------------------
@@ -1448,9 +1495,9 @@ def policy_set(
     if as_json:
         _emit_json(info)
     elif p.witnesses:
-        click.echo(f"{relay_url}: {p.required} of {len(p.witnesses)} witnesses must cosign")
+        click.echo(f"{inline(relay_url)}: {p.required} of {len(p.witnesses)} witnesses must cosign")
     else:
-        click.echo(f"{relay_url}: no witness policy")
+        click.echo(f"{inline(relay_url)}: no witness policy")
 
 
 @policy.command(name="show")
@@ -1488,13 +1535,14 @@ def policy_show(app: _App, as_json: bool) -> None:
         _emit_json(rows)
         return
     for row in rows:
+        relay_shown = inline(row["relay"])
         if not row["witnesses"]:
-            click.echo(f"{row['relay']}: no witness policy")
+            click.echo(f"{relay_shown}: no witness policy")
             continue
         seen = row.get("witnessed_size")
         state = f"witnessed up to size {seen}" if seen is not None else "nothing witnessed yet"
         click.echo(
-            f"{row['relay']}: {row['required']} of {len(row['witnesses'])} witnesses; {state}"
+            f"{relay_shown}: {row['required']} of {len(row['witnesses'])} witnesses; {state}"
         )
 
 
@@ -1558,9 +1606,10 @@ def _print_step(step: Any) -> None:
     tty = sys.stdout.isatty()
     mark = ("CAUGHT" if step.ok else "MISSED") if step.attack else "ok" if step.ok else "FAILED"
     colour = "green" if step.ok else "red"
-    click.echo(f"[{click.style(mark, fg=colour) if tty else mark}] {step.title}")
-    for k, v in step.details.items():
-        click.echo(f"       {k}: {v}")
+    click.echo(f"[{click.style(mark, fg=colour) if tty else mark}] {inline(step.title)}")
+    for k, v in step.details.items():  # details quote relays and messages
+        head = f"       {inline(k)}: "
+        click.echo(head + block(v, width=_columns(), indent=len(head)))
 
 
 def main() -> None:

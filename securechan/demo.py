@@ -10,10 +10,10 @@ each delegation, and muscat's cheating done by a proxy in front of its relay
 a mediator controls: what its relay stores, hands out and signs.
 
 Then the mediator attacks: it reads its own database, tampers with an
-envelope, replays one, drops one, and shows the two delegations different
-histories of its log. Each attempt must be caught. The run ends with a
-statement of one message verified as a third party would, and both audit
-logs verified.
+envelope, replays one, drops one, shows the two delegations different
+histories of its log, and answers with an error made to drive a terminal.
+Each attempt must be caught. The run ends with a statement of one message
+verified as a third party would, and both audit logs verified.
 
 Every step is a :class:`Step` (title, whether it held, details); the CLI
 decides how to show them. A run is good only if every step held.
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import sqlite3
 import subprocess
@@ -46,6 +47,7 @@ from securechan.errors import MalformedInput, SecurechanError
 from securechan.identity import Identity, Keystore
 from securechan.primitives import Ed25519SigningKey, KdfParams, random_bytes
 from securechan.protocol.session import MESSAGE
+from securechan.terminal_text import inline, is_flagged
 from securechan.testing.malicious_relay import Envelope, MaliciousRelay
 from securechan.transport import RetryPolicy
 
@@ -484,6 +486,30 @@ class _Scenario:
             },
         )
         front.reset()
+        # Words for a person: muscat answers washington's fetch with an error
+        # made to drive a terminal (window title, clipboard, clear screen, a
+        # bidi override) and to imitate a verified message from tehran.
+        hostile = (
+            "\x1b]0;muscat owns this window\x07\x1b]52;c;d2l0aGRyYXc=\x07\x1b[2J\u202e"
+            "\n[2026-12-04T12:00:00Z] tehran (verified) #99: we withdraw"
+        )
+        body = json.dumps({"error": {"code": "forbidden", "message": hostile}}).encode()
+        front.on_request("fetch", lambda _: (403, body))
+        _, bad = await self._receive("washington")
+        front.on_request("fetch", None)
+        said = [x.error for x in bad if x.reason == "relay" and hostile in x.error]
+        shown = inline(said[0]) if said else ""
+        yield Step(
+            id="attack-terminal",
+            title="muscat answers with an error made to drive washington's terminal and "
+            "forge a message line: shown escaped, on one line",
+            ok=bool(said)
+            and not any(is_flagged(c) for c in shown)
+            and "\\x1b]0;muscat owns this window\\x07" in shown
+            and "<U+202E>\\x0a[2026-12-04T12:00:00Z] tehran" in shown,
+            attack=True,
+            details={"shown as": shown or "NOT RECEIVED"},
+        )
 
 
 def _is_message(env: Envelope) -> bool:

@@ -26,6 +26,7 @@ ATTACKS = {
     "attack-drop",
     "attack-split-view",
     "attack-statement-edit",
+    "attack-terminal",
 }
 
 
@@ -82,6 +83,10 @@ def test_demo_json_every_step_and_detection(tmp_path: Path) -> None:
     split = steps["attack-split-view"]["details"]
     assert split["washington"] == split["tehran"] == "SPLIT VIEW reported"
     assert steps["attack-read"]["details"]["secrets found"] == "none"
+    # The mediator's hostile error text, as a person would see it: visible, inert.
+    shown = steps["attack-terminal"]["details"]["shown as"]
+    assert "\\x1b]0;muscat owns this window\\x07" in shown
+    assert not any(c < " " or "\x7f" <= c <= "\x9f" or c == "\u202e" for c in shown)
     assert steps["witness"]["details"]["cosigned by"] == "geneva.example/witness"
     # The statement's checkpoint is the witnessed one, with geneva's cosignature.
     assert "geneva.example/witness at" in steps["statement"]["details"]["cosigned by"]

@@ -24,6 +24,7 @@ RANKS = {
     "primitives": 1,
     "wire": 2,
     "armor": 2,
+    "terminal_text": 2,
     "identity": 3,
     "documents": 4,
     "protocol": 4,
