@@ -73,7 +73,7 @@ from securechan.protocol.address import (
     open_prekey_blob,
     seal_prekey_blob,
 )
-from securechan.protocol.handshake import FIRST, ReplayGuard
+from securechan.protocol.handshake import FIRST, FirstMessage, ReplayGuard
 from securechan.protocol.payload import (
     ContentType,
     FileChunk,
@@ -269,6 +269,24 @@ class _Pass:
     tries: int = UNAUTH_TRIES
     sessions: dict[bytes, Session] = field(default_factory=dict)
     chains: list[bytes] = field(default_factory=list)  # first messages accepted
+    rows: list[SessionRow] | None = None
+    prekeys: PrekeyStore | None = None
+    guard: ReplayGuard | None = None
+    # Envelopes of the queue being read that were decided without any key
+    # use: written in one transaction (_flush_quiet), before the ack.
+    quiet: list[_Quiet] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _Quiet:
+    """An envelope decided by a lookup: held until ``key`` (of ``kind``)
+    happens, or refused for ``reason``."""
+
+    env: FetchedEnvelope
+    kind: str  # "chain" (held) or "refuse"
+    key: bytes = b""
+    reason: str = ""
+    error: str = ""
 
 
 def _is_first(data: bytes) -> bool:
@@ -856,10 +874,15 @@ class Channel:
                 out.append(self._report_unexpected(e, f"fetch answer from {queue.relay}"))
                 continue
             self._rx.tries = UNAUTH_TRIES
+            done = 0
             for env in envelopes:
                 if queue.kind == "contact" and self._rx.tries <= 0:
                     break  # the rest waits for the next pass (bounded work per pass)
-                out.extend(await self._process(queue, env))
+                out.extend(self._process(queue, env))
+                done = env.seq
+            out.extend(self._flush_quiet(queue))
+            if done:
+                out.extend(await self._ack(queue, done))
         out.extend(
             Rejected(
                 reason="SplitView",
@@ -910,31 +933,132 @@ class Channel:
                 task.cancel()
             await asyncio.gather(*listeners, return_exceptions=True)
 
-    async def _process(self, queue: QueueRow, env: FetchedEnvelope) -> list[Received | Rejected]:
+    def _process(self, queue: QueueRow, env: FetchedEnvelope) -> list[Received | Rejected]:
         now = self._now()
         results: list[Received | Rejected] = []
         try:
+            quiet = self._decide_quietly(queue, env, now)
+            if quiet is not None:
+                self._rx.quiet.append(quiet)
+                return []
+            # Whatever is decided in its own transaction comes after the
+            # quiet ones before it (the queue's position only moves forward).
+            results.extend(self._flush_quiet(queue))
             if self.db.seen(env.msg_id):
                 with self.db.transaction():
                     self.db.set_last_seq(queue.rid, env.seq)
             else:
                 with _stage("refuse"):
-                    results = self._open_or_refuse(queue, env, now)
+                    results.extend(self._open_or_refuse(queue, env, now))
         except _Unexpected as e:
-            results = [self._set_aside(queue, env, now, e)]
+            results.append(self._set_aside(queue, env, now, e))
         except sqlite3.OperationalError as e:
             raise StorageError(f"{self.db.path}: {e}") from None
         results.extend(self._release_chains(now))
+        return results
+
+    async def _ack(self, queue: QueueRow, up_to: int) -> list[Received | Rejected]:
+        """One acknowledgement per queue and pass, after everything up to
+        ``up_to`` is committed locally."""
         try:
             with _stage("ack"):
                 relay = await self._relay(queue.relay)
-                await relay.ack(queue.rid, Ed25519SigningKey(queue.secret), up_to=env.seq)
+                await relay.ack(queue.rid, Ed25519SigningKey(queue.secret), up_to=up_to)
         except RelayError:
-            pass  # acknowledged next time; the message id is already marked seen
+            pass  # acknowledged next time; the message ids are already marked seen
         except _Unexpected as e:
             # Seen already: a later ack (up_to a later seq) covers it.
-            results.append(self._report_unexpected(e, f"ack to {queue.relay}"))
-        return results
+            return [self._report_unexpected(e, f"ack to {queue.relay}")]
+        return []
+
+    def _decide_quietly(self, queue: QueueRow, env: FetchedEnvelope, now: int) -> _Quiet | None:
+        """What an envelope on the contact queue is, if a lookup decides it
+        (no key used, no transaction): not an envelope; a first message
+        naming a prekey we do not hold, or already accepted; a ratchet
+        message whose ratchet key no session expects (held for the first
+        message of its chain). ``None``: it needs the full path."""
+        if queue.kind != "contact":
+            return None
+        with _stage("decode"):
+            try:
+                kind = wire.peek_type(env.data)
+            except MalformedInput:
+                kind = -1
+            if kind not in (FIRST.type_id, MESSAGE.type_id):
+                return _Quiet(
+                    env, "refuse", reason="MessageRejected", error="not a securechan envelope"
+                )
+            chain = message_chain(env.data)
+            if chain is None:
+                return _Quiet(env, "refuse", reason="MalformedInput", error="a malformed envelope")
+            if self.db.chain_refused(chain):
+                return None  # the unknown-sender path (_open_or_refuse)
+        if kind == FIRST.type_id:
+            with _stage("first-message"):
+                return self._first_by_lookup(env, now)
+        with _stage("decrypt"):
+            if self._rx.rows is None:
+                self._rx.rows = self.db.sessions()
+            for row in self._rx.rows:
+                if self._expectation(row).expects(env.data, new_chain=row.grant_sent is False):
+                    return None
+        return _Quiet(env, "chain", key=chain)
+
+    def _first_by_lookup(self, env: FetchedEnvelope, now: int) -> _Quiet | None:
+        """Refuse a first message by lookups alone: replayed, or naming a
+        prekey we do not hold (before any decapsulation)."""
+        try:
+            first = FirstMessage.from_bytes(env.data)
+        except MalformedInput as e:
+            return _Quiet(env, "refuse", reason="MalformedInput", error=str(e))
+        if self._rx.prekeys is None:
+            self._rx.prekeys = self._prekeys()
+            self._rx.guard = self._guard()
+        store, guard = self._rx.prekeys, self._rx.guard
+        try:
+            if guard is not None:
+                guard.check(sha256(first.hpke))
+            store.signed_key(first.signed_prekey_id, now=now)
+            if first.one_time_prekey_id is not None:
+                store.take_one_time(first.one_time_prekey_id, now=now)
+        except (UnknownPrekey, Replay) as e:
+            return _Quiet(env, "refuse", reason=type(e).__name__, error=str(e))
+        return None
+
+    def _flush_quiet(self, queue: QueueRow) -> list[Received | Rejected]:
+        """Write the quietly decided envelopes in one transaction: hold what
+        fits under MAX_HELD / MAX_HELD_BYTES, refuse the rest; mark all seen.
+        Refusals are audited and reported once per reason (with a count), so
+        a flood costs one audit entry, not one per envelope."""
+        batch, self._rx.quiet = self._rx.quiet, []
+        if not batch:
+            return []
+        now = self._now()
+        refused: dict[str, list[str]] = {}
+        with self.db.transaction():
+            count, size = self.db.held_count(), self.db.held_bytes()
+            for q in batch:
+                if self.db.seen(q.env.msg_id):
+                    continue
+                if q.kind == "chain":
+                    if count < MAX_HELD and size + len(q.env.data) <= MAX_HELD_BYTES:
+                        self.db.hold(q.env.msg_id, queue.relay, q.env.data, now)
+                        self.db.set_held_key(q.env.msg_id, "chain", q.key)
+                        count, size = count + 1, size + len(q.env.data)
+                    else:
+                        refused.setdefault("DecryptionFailed", []).append(
+                            "no session expects its ratchet key and the hold is full"
+                        )
+                else:
+                    refused.setdefault(q.reason, []).append(q.error)
+                self.db.mark_seen(q.env.msg_id, now)
+            self.db.set_last_seq(queue.rid, max(q.env.seq for q in batch))
+        out: list[Received | Rejected] = []
+        for reason, errors in refused.items():
+            error = errors[0] if len(errors) == 1 else f"{len(errors)} envelopes: {errors[0]}"
+            self.audit.rejected(reason, f"contact queue at {queue.relay}: {error}", at=now)
+            out.append(Rejected(reason=reason, error=error))
+        return out
 
     def _report_unexpected(self, e: _Unexpected, what: str) -> Rejected:
         """Audit an unexpected failure (best effort: the audit write may be
@@ -1042,17 +1166,22 @@ class Channel:
     def _expire_held(self) -> list[Received | Rejected]:
         """Refuse the held messages that waited EARLY_GRACE for their chain's
         first message (a first message waiting for its sender stays)."""
-        out: list[Received | Rejected] = []
         now = self._now()
-        for row in self.db.held_entries(before=now - EARLY_GRACE):
-            if row.kind == "sender" or (row.kind is None and _is_first(row.envelope)):
-                continue
-            with self.db.transaction():
-                self.db.unhold(row.msg_id)
-            error = f"held {EARLY_GRACE} s for the first message of its session, which never came"
-            self.audit.rejected("DecryptionFailed", error, at=now)
-            out.append(Rejected(reason="DecryptionFailed", error=error))
-        return out
+        expired = [
+            row.msg_id
+            for row in self.db.held_entries(before=now - EARLY_GRACE)
+            if not (row.kind == "sender" or (row.kind is None and _is_first(row.envelope)))
+        ]
+        if not expired:
+            return []
+        with self.db.transaction():
+            for msg_id in expired:
+                self.db.unhold(msg_id)
+        error = f"held {EARLY_GRACE} s for the first message of its session, which never came"
+        if len(expired) > 1:
+            error = f"{len(expired)} envelopes: {error}"
+        self.audit.rejected("DecryptionFailed", error, at=now)
+        return [Rejected(reason="DecryptionFailed", error=error)]
 
     def _release_held(self) -> list[Received | Rejected]:
         """Retry the held first messages whose sender has been pinned since
@@ -1061,7 +1190,7 @@ class Channel:
         labelled."""
         out: list[Received | Rejected] = []
         contact_queues = {q.relay: q for q in self.db.queues() if q.kind == "contact"}
-        for row in self.db.held_entries():
+        for row in self.db.held_entries(chains=False):
             if row.kind == "sender" and row.key is not None:
                 if self.keystore.contacts.find(Fingerprint(row.key)) is None:
                     continue  # not pinned yet: nothing to try
@@ -1083,6 +1212,8 @@ class Channel:
         its chain (the messages that overtook it, or followed it while its
         sender was not pinned)."""
         out: list[Received | Rejected] = []
+        if not self._rx.chains:
+            return out
         contact_queues = {q.relay: q for q in self.db.queues() if q.kind == "contact"}
         while self._rx.chains:
             chain = self._rx.chains.pop(0)
@@ -1133,6 +1264,7 @@ class Channel:
                 if reopen:
                     self.db.unhold(env.msg_id)
         self._rx.sessions.clear()  # a session changed: expectations are stale
+        self._rx.rows = None
         if kind == FIRST.type_id:
             chain = message_chain(env.data)
             if chain is not None:

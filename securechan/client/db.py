@@ -457,14 +457,15 @@ class ClientDB:
             (msg_id, kind, key),
         )
 
-    def held_entries(self, *, before: int | None = None) -> list[HeldRow]:
+    def held_entries(self, *, before: int | None = None, chains: bool = True) -> list[HeldRow]:
         """Held envelopes with what they wait for, oldest first (only those
-        held before ``before``, if given)."""
+        held before ``before``, if given; without those waiting for a chain's
+        first message unless ``chains``)."""
         rows = self._db.execute(
             "SELECT h.msg_id, h.relay, h.envelope, h.at, k.kind, k.key FROM held h"
             " LEFT JOIN held_keys k ON k.msg_id = h.msg_id WHERE h.at < ?"
-            " ORDER BY h.at, h.rowid",
-            (before if before is not None else 1 << 62,),
+            " AND (? OR k.kind IS NULL OR k.kind != 'chain') ORDER BY h.at, h.rowid",
+            (before if before is not None else 1 << 62, chains),
         ).fetchall()
         return [
             HeldRow(msg_id=m, relay=r, envelope=e, at=a, kind=k, key=key)
