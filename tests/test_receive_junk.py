@@ -11,8 +11,8 @@ decryption attempts, HPKE opens) by wrapping them, and check that:
   never a decryption attempt, and is never retried on later passes;
 * a first message naming a prekey id washington does not hold costs a
   lookup, not a decapsulation;
-* held envelopes are capped (count and bytes), and a flood costs one audit
-  entry per reason, not one per envelope;
+* held envelopes are capped (count and bytes), and a flood costs a bounded
+  number of audit entries per reason, not one per envelope;
 * where a new chain *is* possible on the contact queue (a session whose
   private queue grant is still pending), the failed attempts per pass are
   capped and the rest of the queue waits, unacknowledged, for the next pass;
@@ -184,7 +184,7 @@ def test_garbage_ratchet_envelopes_cost_a_lookup_and_are_never_retried(
 ) -> None:
     """300 garbage ratchet envelopes on the contact queue: no decryption is
     attempted for any of them, on this pass or the next; at most MAX_HELD
-    are held; the flood is one audit entry per reason; tehran's texts sent
+    are held; the refused rest costs AUDIT_EACH + 1 audit entries; tehran's texts sent
     after the flood are shown on the first pass."""
     t, w = world.t, world.w
     card = card_of(t, "washington")
@@ -198,10 +198,12 @@ def test_garbage_ratchet_envelopes_cost_a_lookup_and_are_never_retried(
     count, size = held(w)
     assert count <= channel_mod.MAX_HELD and size <= channel_mod.MAX_HELD_BYTES
     assert count == channel_mod.MAX_HELD  # the rest was refused, not held
+    # 44 refused: AUDIT_EACH one by one, the rest in one entry.
     refused = [x for x in got if isinstance(x, Rejected)]
-    assert [x.reason for x in refused] == ["DecryptionFailed"], refused
-    assert "envelopes" in refused[0].error
-    assert len(audit_rejections(w.home)) - before == 1
+    each = channel_mod.AUDIT_EACH
+    assert [x.reason for x in refused] == ["DecryptionFailed"] * (each + 1), refused
+    assert refused[-1].error.startswith(f"{300 - 256 - each} more envelopes: "), refused[-1]
+    assert len(audit_rejections(w.home)) - before == each + 1
     # Held garbage is not retried on later passes.
     work.reset()
     send(t, "washington", "later")
@@ -213,7 +215,8 @@ def test_first_message_naming_an_unknown_prekey_costs_no_decapsulation(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """50 first messages naming prekey ids washington never published are
-    refused by a lookup: no HPKE open, no decryption; one audit entry."""
+    refused by a lookup: no HPKE open, no decryption; AUDIT_EACH audit
+    entries and one for the rest."""
     t, w = world.t, world.w
     post(card_of(t, "washington"), [garbage_first() for _ in range(50)])
     send(t, "washington", "still here")
@@ -222,8 +225,13 @@ def test_first_message_naming_an_unknown_prekey_costs_no_decapsulation(
     got = receive(w)
     assert shown(got) == ["still here"], got
     assert work.hpke_opens == 0 and work.decrypts == 1, (work.hpke_opens, work.decrypts)
-    assert [x.reason for x in got if isinstance(x, Rejected)] == ["UnknownPrekey"], got
-    assert [r["reason"] for r in audit_rejections(w.home)[before:]] == ["UnknownPrekey"]
+    each = channel_mod.AUDIT_EACH
+    refused = [x for x in got if isinstance(x, Rejected)]
+    assert [x.reason for x in refused] == ["UnknownPrekey"] * (each + 1), got
+    assert refused[-1].error.startswith(f"{50 - each} more envelopes: "), refused[-1]
+    assert [r["reason"] for r in audit_rejections(w.home)[before:]] == ["UnknownPrekey"] * (
+        each + 1
+    )
     assert held(w) == (0, 0)
 
 

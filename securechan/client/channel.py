@@ -233,6 +233,9 @@ MAX_HELD_BYTES = 4 << 20
 UNAUTH_TRIES = 16
 # Envelopes set aside after an unexpected failure: the newest kept in client.db.
 MAX_PARKED = 64
+# Refusals decided by a lookup, per reason, queue and pass: this many are
+# audited and reported one by one, the rest in one entry with their count.
+AUDIT_EACH = 8
 
 
 class _Unexpected(Exception):
@@ -979,6 +982,12 @@ class Channel:
         message of its chain). ``None``: it needs the full path."""
         if queue.kind != "contact":
             return None
+        try:
+            return self._decide_by_lookup(env, now)
+        except (MalformedInput, ValueError) as e:
+            return _Quiet(env, "refuse", reason="MalformedInput", error=str(e))
+
+    def _decide_by_lookup(self, env: FetchedEnvelope, now: int) -> _Quiet | None:
         with _stage("decode"):
             try:
                 kind = wire.peek_type(env.data)
@@ -1028,8 +1037,9 @@ class Channel:
     def _flush_quiet(self, queue: QueueRow) -> list[Received | Rejected]:
         """Write the quietly decided envelopes in one transaction: hold what
         fits under MAX_HELD / MAX_HELD_BYTES, refuse the rest; mark all seen.
-        Refusals are audited and reported once per reason (with a count), so
-        a flood costs one audit entry, not one per envelope."""
+        Refusals are audited and reported one by one up to AUDIT_EACH per
+        reason, the rest in one entry with a count: a flood costs a bounded
+        number of audit entries, not one per envelope."""
         batch, self._rx.quiet = self._rx.quiet, []
         if not batch:
             return []
@@ -1055,9 +1065,14 @@ class Channel:
             self.db.set_last_seq(queue.rid, max(q.env.seq for q in batch))
         out: list[Received | Rejected] = []
         for reason, errors in refused.items():
-            error = errors[0] if len(errors) == 1 else f"{len(errors)} envelopes: {errors[0]}"
-            self.audit.rejected(reason, f"contact queue at {queue.relay}: {error}", at=now)
-            out.append(Rejected(reason=reason, error=error))
+            rest = errors[AUDIT_EACH:]
+            if len(rest) == 1:
+                errors, rest = errors[: AUDIT_EACH + 1], []
+            for error in errors[:AUDIT_EACH] + (
+                [f"{len(rest)} more envelopes: {rest[0]}"] if rest else []
+            ):
+                self.audit.rejected(reason, error, at=now)
+                out.append(Rejected(reason=reason, error=error))
         return out
 
     def _report_unexpected(self, e: _Unexpected, what: str) -> Rejected:
@@ -1191,7 +1206,7 @@ class Channel:
         out: list[Received | Rejected] = []
         contact_queues = {q.relay: q for q in self.db.queues() if q.kind == "contact"}
         for row in self.db.held_entries(chains=False):
-            if row.kind == "sender" and row.key is not None:
+            if row.kind == "sender" and row.key:
                 if self.keystore.contacts.find(Fingerprint(row.key)) is None:
                     continue  # not pinned yet: nothing to try
             elif row.kind is not None:

@@ -461,9 +461,11 @@ class Session:
         when a new chain is possible at all: the peer can only start one in
         answer to a ratchet key of ours it has not answered yet (Double
         Ratchet §3.5: a sending step follows the receipt of a new key), so
-        not while our next send is still pending. False never changes what
-        :meth:`receive` would accept from an honest peer; True promises
-        nothing."""
+        not while our next send is still pending. With ``new_chain`` True,
+        False means :meth:`receive` would refuse the message from an honest
+        peer's session; with it False, new chains are left to the caller
+        (who may know where the peer would send one). True promises
+        nothing. Nothing is changed."""
         try:
             rec = wire.decode(MESSAGE, data)
             header = RatchetHeader.from_bytes(rec["header"])
