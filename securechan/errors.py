@@ -21,6 +21,7 @@ __all__ = [
     "ChainBroken",
     "ContactExists",
     "ContactNotFound",
+    "ConversationInUse",
     "DecryptionFailed",
     "IdentityExists",
     "KeyChanged",
@@ -179,6 +180,10 @@ class Misaddressed(MessageRejected):
 
 class WrongConversation(MessageRejected):
     """A message signed for another conversation."""
+
+
+class ConversationInUse(MessageRejected):
+    """A first message names the conversation id of an existing session."""
 
 
 class ChainBroken(MessageRejected):

@@ -29,8 +29,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -41,12 +42,13 @@ from securechan.audit.note import VerifierKey, keep_signatures
 from securechan.audit.receipt import Receipt as LogReceipt
 from securechan.audit.receipt import envelope_leaf_hash, verify_receipt
 from securechan.audit.statement import LogPlacement, Statement, message_id
-from securechan.client.db import ClientDB, QueueRow, StoredMessage
+from securechan.client.db import ClientDB, HeldRow, QueueRow, SessionRow, StoredMessage
 from securechan.client.logview import RelayLogs
 from securechan.client.policy import check_witnessed
 from securechan.errors import (
     BundleRejected,
     ContactNotFound,
+    ConversationInUse,
     DecryptionFailed,
     MalformedInput,
     MessageRejected,
@@ -56,6 +58,8 @@ from securechan.errors import (
     RolledBack,
     SecurechanError,
     SplitView,
+    StorageError,
+    UnknownPrekey,
     UnknownSender,
     UntrustedKey,
     VerificationFailed,
@@ -76,7 +80,7 @@ from securechan.protocol.address import (
     open_prekey_blob,
     seal_prekey_blob,
 )
-from securechan.protocol.handshake import FIRST, ReplayGuard
+from securechan.protocol.handshake import FIRST, FirstMessage, ReplayGuard
 from securechan.protocol.opening import open_envelope
 from securechan.protocol.payload import (
     ContentType,
@@ -238,9 +242,75 @@ def sanitize_filename(name: str) -> str:
 
 # A message that arrives ahead of its session's first message is held this
 # long (seconds) for the first message to come, and at most MAX_HELD
-# envelopes are held in all (held first messages of unknown senders included).
+# envelopes, MAX_HELD_BYTES in all, are held (held first messages of unknown
+# senders included); past that, what would be held is refused at once.
 EARLY_GRACE = 600
 MAX_HELD = 256
+MAX_HELD_BYTES = 4 << 20
+# Work before authentication, per contact queue and receive pass: this many
+# failed expensive attempts (a ratchet decryption that could involve a
+# decapsulation and up to 2 x MAX_SKIP chain steps, or a first message's HPKE
+# open); the rest of the queue waits for the next pass.
+UNAUTH_TRIES = 16
+# Envelopes set aside after an unexpected failure: the newest kept in client.db.
+MAX_PARKED = 64
+# Refusals decided by a lookup, per reason, queue and pass: this many are
+# audited and reported one by one, the rest in one entry with their count.
+AUDIT_EACH = 8
+
+
+class _Unexpected(Exception):
+    """An exception no stage of the receive pipeline expects (a bug, a
+    database constraint): the envelope is set aside, the queue moves on."""
+
+    def __init__(self, stage: str, error: Exception) -> None:
+        super().__init__(stage)
+        self.stage = stage
+        self.error = error
+
+    def describe(self) -> str:
+        return f"{type(self.error).__name__}: {str(self.error)[:200]}"
+
+
+@contextlib.contextmanager
+def _stage(name: str) -> Iterator[None]:
+    """Name the pipeline stage for anything unexpected raised inside it.
+    Refusals (the errors tree; a ValueError from a parser) pass unchanged, as
+    does a failing store (sqlite3.OperationalError: the disk, a lock)."""
+    try:
+        yield
+    except (SecurechanError, ValueError, _Unexpected, sqlite3.OperationalError):
+        raise
+    except Exception as e:
+        raise _Unexpected(name, e) from e
+
+
+@dataclass(slots=True)
+class _Pass:
+    """One receive pass: its budget of unauthenticated work and what it
+    read once."""
+
+    tries: int = UNAUTH_TRIES
+    sessions: dict[bytes, Session] = field(default_factory=dict)
+    chains: list[bytes] = field(default_factory=list)  # first messages accepted
+    rows: list[SessionRow] | None = None
+    prekeys: PrekeyStore | None = None
+    guard: ReplayGuard | None = None
+    # Envelopes of the queue being read that were decided without any key
+    # use: written in one transaction (_flush_quiet), before the ack.
+    quiet: list[_Quiet] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _Quiet:
+    """An envelope decided by a lookup: held until ``key`` (of ``kind``)
+    happens, or refused for ``reason``."""
+
+    env: FetchedEnvelope
+    kind: str  # "chain" (held) or "refuse"
+    key: bytes = b""
+    reason: str = ""
+    error: str = ""
 
 
 def _ratchet_position(data: bytes) -> tuple[bytes, int] | None:
@@ -290,6 +360,7 @@ class Channel:
         self._relays: dict[str, RelayClient] = {}
         # What we saw of each relay's log (client/logview.py); every
         # checkpoint that passes is offered to the witness policy.
+        self._rx = _Pass()  # the receive pass under way (budget, caches)
         self.logs = RelayLogs(
             self.db,
             self.audit,
@@ -906,30 +977,64 @@ class Channel:
         return delivered, pending
 
     # --- receiving ----------------------------------------------------------------
+    #
+    # The pipeline, per envelope: fetch answer -> decode -> first message or
+    # session lookup + decrypt -> payload (grants, receipts) -> file assembly
+    # -> stored record -> audit -> ack. Two rules hold it together:
+    #
+    # * No envelope blocks a queue. An expected refusal (a SecurechanError) is
+    #   audited and the envelope marked seen; an unexpected exception at any
+    #   stage (a bug, a store constraint) rolls the envelope's transaction
+    #   back, then the envelope is *set aside*: parked in client.db (the newest
+    #   MAX_PARKED, never retried), marked seen, acknowledged to the relay, and
+    #   audited as "InternalError" naming the stage. The envelopes behind it
+    #   are delivered. Only a failing store (StorageError: the disk, a lock)
+    #   stops the pass, without marking anything: that is not the envelope's
+    #   fault, and the next pass retries it.
+    # * Bounded work before authentication (docs/SECURITY.md, issue 11). A
+    #   ratchet message on the contact queue is tried only against sessions
+    #   whose state expects its ratchet key (Session.expects: a lookup, no key
+    #   use); failed expensive attempts (a decapsulation) are counted per
+    #   contact queue and pass, and past UNAUTH_TRIES the rest of that queue
+    #   waits for the next pass, unacknowledged. A held envelope is retried
+    #   only when what it waits for happens (its chain's first message is
+    #   accepted, or its sender is pinned), never on every pass.
 
     async def receive(self) -> list[Received | Rejected]:
         """One pass over every queue at every relay: fetch, open, store, ack."""
-        out: list[Received | Rejected] = self._release_held()
+        self._rx = _Pass()
+        out: list[Received | Rejected] = self._expire_held() + self._release_held()
+        out.extend(self._release_chains(self._now()))
         await self.flush_outbox()
         for queue in self.db.queues():
             try:
-                relay = await self._relay(queue.relay)
-                envelopes = await relay.fetch(
-                    queue.rid, Ed25519SigningKey(queue.secret), after=queue.last_seq, limit=200
-                )
+                with _stage("fetch"):
+                    relay = await self._relay(queue.relay)
+                    envelopes = await relay.fetch(
+                        queue.rid, Ed25519SigningKey(queue.secret), after=queue.last_seq, limit=200
+                    )
             except RelayError as e:
                 out.append(Rejected(reason="relay", error=str(e)))
                 continue
-            except MalformedInput as e:
+            except (MalformedInput, ValueError) as e:
                 # A relay answering garbage for one queue must not stop the
                 # others: report it, record it, go on.
                 self.audit.rejected("MalformedInput", f"fetch answer from {queue.relay}: {e}")
                 out.append(Rejected(reason="relay", error=f"{queue.relay}: {e}"))
                 continue
+            except _Unexpected as e:
+                out.append(self._report_unexpected(e, f"fetch answer from {queue.relay}"))
+                continue
+            self._rx.tries = UNAUTH_TRIES
+            done = 0
             for env in envelopes:
-                out.extend(await self._process(queue, env))
-        if self.db.held_count():
-            out.extend(self._release_held())  # a first message may have come
+                if queue.kind == "contact" and self._rx.tries <= 0:
+                    break  # the rest waits for the next pass (bounded work per pass)
+                out.extend(self._process(queue, env))
+                done = env.seq
+            out.extend(self._flush_quiet(queue))
+            if done:
+                out.extend(await self._ack(queue, done))
         out.extend(
             Rejected(
                 reason="SplitView",
@@ -980,20 +1085,178 @@ class Channel:
                 task.cancel()
             await asyncio.gather(*listeners, return_exceptions=True)
 
-    async def _process(self, queue: QueueRow, env: FetchedEnvelope) -> list[Received | Rejected]:
+    def _process(self, queue: QueueRow, env: FetchedEnvelope) -> list[Received | Rejected]:
         now = self._now()
         results: list[Received | Rejected] = []
-        if self.db.seen(env.msg_id):
-            with self.db.transaction():
-                self.db.set_last_seq(queue.rid, env.seq)
-        else:
-            results = self._open_or_refuse(queue, env, now)
         try:
-            relay = await self._relay(queue.relay)
-            await relay.ack(queue.rid, Ed25519SigningKey(queue.secret), up_to=env.seq)
-        except RelayError:
-            pass  # acknowledged next time; the message id is already marked seen
+            quiet = self._decide_quietly(queue, env, now)
+            if quiet is not None:
+                self._rx.quiet.append(quiet)
+                return []
+            # Whatever is decided in its own transaction comes after the
+            # quiet ones before it (the queue's position only moves forward).
+            results.extend(self._flush_quiet(queue))
+            if self.db.seen(env.msg_id):
+                with self.db.transaction():
+                    self.db.set_last_seq(queue.rid, env.seq)
+            else:
+                with _stage("refuse"):
+                    results.extend(self._open_or_refuse(queue, env, now))
+        except _Unexpected as e:
+            results.append(self._set_aside(queue, env, now, e))
+        except sqlite3.OperationalError as e:
+            raise StorageError(f"{self.db.path}: {e}") from None
+        results.extend(self._release_chains(now))
         return results
+
+    async def _ack(self, queue: QueueRow, up_to: int) -> list[Received | Rejected]:
+        """One acknowledgement per queue and pass, after everything up to
+        ``up_to`` is committed locally."""
+        try:
+            with _stage("ack"):
+                relay = await self._relay(queue.relay)
+                await relay.ack(queue.rid, Ed25519SigningKey(queue.secret), up_to=up_to)
+        except RelayError:
+            pass  # acknowledged next time; the message ids are already marked seen
+        except _Unexpected as e:
+            # Seen already: a later ack (up_to a later seq) covers it.
+            return [self._report_unexpected(e, f"ack to {queue.relay}")]
+        return []
+
+    def _decide_quietly(self, queue: QueueRow, env: FetchedEnvelope, now: int) -> _Quiet | None:
+        """What an envelope on the contact queue is, if a lookup decides it
+        (no key used, no transaction): not an envelope; a first message
+        naming a prekey we do not hold, or already accepted; a ratchet
+        message whose ratchet key no session expects (held for the first
+        message of its chain). ``None``: it needs the full path."""
+        if queue.kind != "contact":
+            return None
+        try:
+            return self._decide_by_lookup(env, now)
+        except (MalformedInput, ValueError) as e:
+            return _Quiet(env, "refuse", reason="MalformedInput", error=str(e))
+
+    def _decide_by_lookup(self, env: FetchedEnvelope, now: int) -> _Quiet | None:
+        with _stage("decode"):
+            try:
+                kind = wire.peek_type(env.data)
+            except MalformedInput:
+                kind = -1
+            if kind not in (FIRST.type_id, MESSAGE.type_id):
+                return _Quiet(
+                    env, "refuse", reason="MessageRejected", error="not a securechan envelope"
+                )
+            chain = message_chain(env.data)
+            if chain is None:
+                return _Quiet(env, "refuse", reason="MalformedInput", error="a malformed envelope")
+            if self.db.chain_refused(chain):
+                return None  # the unknown-sender path (_open_or_refuse)
+        if kind == FIRST.type_id:
+            with _stage("first-message"):
+                return self._first_by_lookup(env, now)
+        with _stage("decrypt"):
+            if self._rx.rows is None:
+                self._rx.rows = self.db.sessions()
+            for row in self._rx.rows:
+                if self._expectation(row).expects(env.data, new_chain=row.grant_sent is False):
+                    return None
+        return _Quiet(env, "chain", key=chain)
+
+    def _first_by_lookup(self, env: FetchedEnvelope, now: int) -> _Quiet | None:
+        """Refuse a first message by lookups alone: replayed, or naming a
+        prekey we do not hold (before any decapsulation)."""
+        try:
+            first = FirstMessage.from_bytes(env.data)
+        except MalformedInput as e:
+            return _Quiet(env, "refuse", reason="MalformedInput", error=str(e))
+        if self._rx.prekeys is None:
+            self._rx.prekeys = self._prekeys()
+            self._rx.guard = self._guard()
+        store, guard = self._rx.prekeys, self._rx.guard
+        try:
+            if guard is not None:
+                guard.check(sha256(first.hpke))
+            store.signed_key(first.signed_prekey_id, now=now)
+            if first.one_time_prekey_id is not None:
+                store.take_one_time(first.one_time_prekey_id, now=now)
+        except (UnknownPrekey, Replay) as e:
+            return _Quiet(env, "refuse", reason=type(e).__name__, error=str(e))
+        return None
+
+    def _flush_quiet(self, queue: QueueRow) -> list[Received | Rejected]:
+        """Write the quietly decided envelopes in one transaction: hold what
+        fits under MAX_HELD / MAX_HELD_BYTES, refuse the rest; mark all seen.
+        Refusals are audited and reported one by one up to AUDIT_EACH per
+        reason, the rest in one entry with a count: a flood costs a bounded
+        number of audit entries, not one per envelope."""
+        batch, self._rx.quiet = self._rx.quiet, []
+        if not batch:
+            return []
+        now = self._now()
+        refused: dict[str, list[str]] = {}
+        with self.db.transaction():
+            count, size = self.db.held_count(), self.db.held_bytes()
+            for q in batch:
+                if self.db.seen(q.env.msg_id):
+                    continue
+                if q.kind == "chain":
+                    if count < MAX_HELD and size + len(q.env.data) <= MAX_HELD_BYTES:
+                        self.db.hold(q.env.msg_id, queue.relay, q.env.data, now)
+                        self.db.set_held_key(q.env.msg_id, "chain", q.key)
+                        count, size = count + 1, size + len(q.env.data)
+                    else:
+                        refused.setdefault("DecryptionFailed", []).append(
+                            "no session expects its ratchet key and the hold is full"
+                        )
+                else:
+                    refused.setdefault(q.reason, []).append(q.error)
+                self.db.mark_seen(q.env.msg_id, now)
+            self.db.set_last_seq(queue.rid, max(q.env.seq for q in batch))
+        out: list[Received | Rejected] = []
+        for reason, errors in refused.items():
+            rest = errors[AUDIT_EACH:]
+            if len(rest) == 1:
+                errors, rest = errors[: AUDIT_EACH + 1], []
+            for error in errors[:AUDIT_EACH] + (
+                [f"{len(rest)} more envelopes: {rest[0]}"] if rest else []
+            ):
+                self.audit.rejected(reason, error, at=now)
+                out.append(Rejected(reason=reason, error=error))
+        return out
+
+    def _report_unexpected(self, e: _Unexpected, what: str) -> Rejected:
+        """Audit an unexpected failure (best effort: the audit write may be
+        what fails) and say it in one line."""
+        detail = f"{what}: {e.stage}: {e.describe()}"
+        with contextlib.suppress(Exception):
+            self.audit.rejected("InternalError", detail)
+        return Rejected(reason="InternalError", error=detail)
+
+    def _set_aside(
+        self, queue: QueueRow, env: FetchedEnvelope, now: int, e: _Unexpected
+    ) -> Rejected:
+        """An envelope failed in a way no stage expects: its transaction was
+        rolled back (state unchanged); park it, mark it seen so it is never
+        retried, and let the queue move on."""
+        with self.db.transaction():
+            self.db.unhold(env.msg_id)
+            self.db.park(env.msg_id, queue.relay, e.stage, env.data, now, keep=MAX_PARKED)
+            self.db.mark_seen(env.msg_id, now)
+            if env.seq:
+                self.db.set_last_seq(queue.rid, env.seq)
+        return self._report_unexpected(e, f"envelope {env.msg_id.hex()[:16]} set aside")
+
+    def _hold(self, queue: QueueRow, env: FetchedEnvelope, now: int, kind: str, key: bytes) -> bool:
+        """Hold an envelope until ``(kind, key)`` happens, inside the caller's
+        transaction; False (not held) once MAX_HELD envelopes or
+        MAX_HELD_BYTES are held."""
+        if self.db.held_count() >= MAX_HELD:
+            return False
+        if self.db.held_bytes() + len(env.data) > MAX_HELD_BYTES:
+            return False
+        self.db.hold(env.msg_id, queue.relay, env.data, now)
+        self.db.set_held_key(env.msg_id, kind, key)
+        return True
 
     def _open_or_refuse(
         self, queue: QueueRow, env: FetchedEnvelope, now: int, *, from_hold: bool = False
@@ -1004,15 +1267,16 @@ class Channel:
         of the same refusal, not separate attacks."""
         chain = message_chain(env.data)
         if chain is not None and self.db.chain_refused(chain) and not from_hold:
-            hold = self.unknown_senders == "hold"
             with self.db.transaction():
-                if hold:
-                    self.db.hold(env.msg_id, queue.relay, env.data, now)
+                if self.unknown_senders == "hold":
+                    self._hold(queue, env, now, "chain", chain)
                 self.db.mark_seen(env.msg_id, now)
                 self.db.set_last_seq(queue.rid, env.seq)
             return []
         try:
-            return self._open(queue, env, now)
+            return self._open(queue, env, now, reopen=from_hold)
+        except StorageError:
+            raise  # the disk, not the envelope: nothing is marked, the next pass retries
         except (SecurechanError, ValueError) as e:
             found = self._peer_rollback(env.data, e, now) if isinstance(e, Replay) else None
             if found is not None:
@@ -1020,24 +1284,38 @@ class Channel:
                     self.db.mark_seen(env.msg_id, now)
                     self.db.set_last_seq(queue.rid, env.seq)
                 return [found]
-            if not from_hold and self._early(queue, env.data, e):
+            if _is_first(env.data) and not isinstance(e, (UnknownPrekey, Replay, MalformedInput)):
+                self._rx.tries -= 1  # a decapsulation was spent on it
+            if not from_hold and chain is not None and self._early(queue, env.data, e):
                 # Possibly ahead of the first message of its session (the
-                # relay or the network reordered them): keep it, retried
-                # after each first message, refused once EARLY_GRACE passed.
+                # relay or the network reordered them): keep it, retried when
+                # a first message of its chain is accepted, refused once
+                # EARLY_GRACE passed.
                 with self.db.transaction():
-                    self.db.hold(env.msg_id, queue.relay, env.data, now)
-                    self.db.mark_seen(env.msg_id, now)
-                    self.db.set_last_seq(queue.rid, env.seq)
-                return []
+                    held = self._hold(queue, env, now, "chain", chain)
+                    if held:
+                        self.db.mark_seen(env.msg_id, now)
+                        self.db.set_last_seq(queue.rid, env.seq)
+                if held:
+                    return []
             unknown = isinstance(e, UnknownSender)
             hold = unknown and self.unknown_senders == "hold"
             with self.db.transaction():
                 if unknown and chain is not None:
                     self.db.refuse_chain(chain, now)
-                if hold and not from_hold:
-                    self.db.hold(env.msg_id, queue.relay, env.data, now)
+                if hold and isinstance(e, UnknownSender):
+                    who = e.identity
+                    fp = who.fingerprint if isinstance(who, PublicIdentity) else None
+                    sender = fp.digest if fp is not None else b""
+                    if from_hold:
+                        self.db.set_held_key(env.msg_id, "sender", sender)
+                    else:
+                        hold = self._hold(queue, env, now, "sender", sender)
+                if from_hold and not hold:
+                    self.db.unhold(env.msg_id)  # refused for good
                 self.db.mark_seen(env.msg_id, now)
-                self.db.set_last_seq(queue.rid, env.seq)
+                if env.seq:
+                    self.db.set_last_seq(queue.rid, env.seq)
             if from_hold and hold:
                 return []  # still unknown: stays held, already reported
             self.audit.rejected(type(e).__name__, str(e), at=now)
@@ -1134,70 +1412,138 @@ class Channel:
         """Could this refused envelope be a message that overtook the first
         message of its session? Only on the contact queue (where a session's
         first messages travel), only a ratchet message that no session could
-        decrypt (a replay, reflection or absurd counter is refused at once),
-        and while few are held."""
+        decrypt (a replay, reflection or absurd counter is refused at once)."""
         if queue.kind != "contact" or type(error) not in (DecryptionFailed, MessageRejected):
             return False
         try:
-            if wire.peek_type(data) != MESSAGE.type_id:
-                return False
+            return wire.peek_type(data) == MESSAGE.type_id
         except MalformedInput:
             return False
-        return self.db.held_count() < MAX_HELD
+
+    def _expire_held(self) -> list[Received | Rejected]:
+        """Refuse the held messages that waited EARLY_GRACE for their chain's
+        first message (a first message waiting for its sender stays)."""
+        now = self._now()
+        expired = [
+            row.msg_id
+            for row in self.db.held_entries(before=now - EARLY_GRACE)
+            if not (row.kind == "sender" or (row.kind is None and _is_first(row.envelope)))
+        ]
+        if not expired:
+            return []
+        with self.db.transaction():
+            for msg_id in expired:
+                self.db.unhold(msg_id)
+        error = f"held {EARLY_GRACE} s for the first message of its session, which never came"
+        if len(expired) > 1:
+            error = f"{len(expired)} envelopes: {error}"
+        self.audit.rejected("DecryptionFailed", error, at=now)
+        return [Rejected(reason="DecryptionFailed", error=error)]
 
     def _release_held(self) -> list[Received | Rejected]:
-        """Retry held envelopes (oldest first): those whose sender has been
-        pinned since open now; the rest stay held."""
+        """Retry the held first messages whose sender has been pinned since
+        (a lookup per envelope; the others are not touched). Rows held before
+        schema 6 do not say what they wait for: they are tried once and
+        labelled."""
         out: list[Received | Rejected] = []
         contact_queues = {q.relay: q for q in self.db.queues() if q.kind == "contact"}
-        for msg_id, relay, data, at in self.db.held():
-            queue = contact_queues.get(relay)
-            if queue is None:
-                continue
-            env = FetchedEnvelope(seq=0, msg_id=msg_id, data=data, received=self._now())
-            chain = message_chain(data)
-            try:
-                results = self._open(queue, env, self._now(), reopen=True)
-            except UnknownSender:
-                continue  # not pinned yet
-            except (SecurechanError, ValueError) as e:
-                if chain is not None and self.db.chain_refused(chain):
-                    continue  # waits for the first message of its chain
-                if not _is_first(data) and self._now() - at < EARLY_GRACE:
-                    continue  # may still be ahead of its first message
+        for row in self.db.held_entries(chains=False):
+            if row.kind == "sender" and row.key:
+                if self.keystore.contacts.find(Fingerprint(row.key)) is None:
+                    continue  # not pinned yet: nothing to try
+            elif row.kind is not None:
+                continue  # waits for its chain's first message (_release_chains)
+            elif not _is_first(row.envelope):
+                chain = message_chain(row.envelope)
                 with self.db.transaction():
-                    self.db.unhold(msg_id)
-                self.audit.rejected(type(e).__name__, str(e))
-                out.append(Rejected(reason=type(e).__name__, error=str(e)))
+                    if chain is None:
+                        self.db.unhold(row.msg_id)
+                    else:
+                        self.db.set_held_key(row.msg_id, "chain", chain)
                 continue
-            with self.db.transaction():
-                self.db.unhold(msg_id)
-                if chain is not None:
-                    self.db.unrefuse_chain(chain)
-            out.extend(results)
+            out.extend(self._retry_held(row, contact_queues))
         return out
+
+    def _release_chains(self, now: int) -> list[Received | Rejected]:
+        """After a first message was accepted: retry what was held waiting for
+        its chain (the messages that overtook it, or followed it while its
+        sender was not pinned)."""
+        out: list[Received | Rejected] = []
+        if not self._rx.chains:
+            return out
+        contact_queues = {q.relay: q for q in self.db.queues() if q.kind == "contact"}
+        while self._rx.chains:
+            chain = self._rx.chains.pop(0)
+            for row in self.db.held_waiting("chain", chain):
+                out.extend(self._retry_held(row, contact_queues))
+        return out
+
+    def _retry_held(
+        self, row: HeldRow, contact_queues: dict[str, QueueRow]
+    ) -> list[Received | Rejected]:
+        queue = contact_queues.get(row.relay)
+        if queue is None:
+            return []
+        now = self._now()
+        env = FetchedEnvelope(seq=0, msg_id=row.msg_id, data=row.envelope, received=now)
+        try:
+            return self._open_or_refuse(queue, env, now, from_hold=True)
+        except _Unexpected as e:
+            return [self._set_aside(queue, env, now, e)]
 
     def _open(
         self, queue: QueueRow, env: FetchedEnvelope, now: int, *, reopen: bool = False
     ) -> list[Received | Rejected]:
-        try:
-            kind = wire.peek_type(env.data)
-        except MalformedInput:
-            raise MessageRejected("not a securechan envelope") from None
+        with _stage("decode"):
+            try:
+                kind = wire.peek_type(env.data)
+            except MalformedInput:
+                raise MessageRejected("not a securechan envelope") from None
         with self.db.transaction():
             if self.db.seen(env.msg_id) and not reopen:
                 # Another process on this home took it while we fetched.
                 return []
             if kind == FIRST.type_id:
-                session, events = self._accept_first(env.data, now)
+                with _stage("first-message"):
+                    session, events = self._accept_first(env.data, now)
             elif kind == MESSAGE.type_id:
-                session, events = self._open_ratchet(queue, env.data, now)
+                with _stage("decrypt"):
+                    session, events = self._open_ratchet(queue, env.data, now)
             else:
                 raise MessageRejected("not a securechan envelope")
-            self._save_session(session)
+            with _stage("store"):
+                self._save_session(session)
             results = self._events(session, events, now, env.data, queue.relay)
-            self.db.mark_seen(env.msg_id, now)
-            self.db.set_last_seq(queue.rid, env.seq)
+            with _stage("store"):
+                self.db.mark_seen(env.msg_id, now)
+                if env.seq:
+                    self.db.set_last_seq(queue.rid, env.seq)
+                if reopen:
+                    self.db.unhold(env.msg_id)
+        self._rx.sessions.clear()  # a session changed: expectations are stale
+        self._rx.rows = None
+        if kind == FIRST.type_id:
+            chain = message_chain(env.data)
+            if chain is not None:
+                with self.db.transaction():
+                    self.db.unrefuse_chain(chain)
+                self._rx.chains.append(chain)
+        try:
+            with _stage("audit"):
+                self._audit_opened(kind, session, events, results, now)
+        except _Unexpected as e:
+            # Stored and seen already: what was received is still shown.
+            results.append(self._report_unexpected(e, "audit log"))
+        return results
+
+    def _audit_opened(
+        self,
+        kind: int,
+        session: Session,
+        events: list[Event],
+        results: list[Received | Rejected],
+        now: int,
+    ) -> None:
         peer = session.peer.fingerprint
         if kind == FIRST.type_id:
             self.audit.session_started(
@@ -1219,22 +1565,46 @@ class Channel:
                 self.audit.rejected(
                     item.reason, item.error, conversation=session.conversation, peer=peer, at=now
                 )
-        return results
+
+    def _expectation(self, row: SessionRow) -> Session:
+        """The session as last stored, read once per pass for
+        :meth:`Session.expects` (never used to decrypt)."""
+        cached = self._rx.sessions.get(row.conversation)
+        if cached is None:
+            cached = self._rx.sessions[row.conversation] = self._load_session(row.conversation)
+        return cached
 
     def _open_ratchet(self, queue: QueueRow, data: bytes, now: int) -> tuple[Session, list[Event]]:
         """Try the sessions this queue can carry: a private queue belongs to
-        one conversation; the contact queue may carry any initiator's early
-        messages. A failed attempt changes nothing (sessions are values)."""
+        one conversation (and only its peer holds the sender key); the
+        contact queue may carry any initiator's early messages, so there a
+        session is tried only if it expects the message's ratchet key: its
+        current or a skipped chain, or a new chain while the peer could start
+        one and has no private queue of ours to send it to. A failed attempt
+        changes nothing (sessions are values) and is counted against the
+        pass's UNAUTH_TRIES."""
         rows = self.db.sessions()
         if queue.conversation is not None:
             rows = [r for r in rows if r.conversation == queue.conversation]
+        else:
+            rows = [
+                r
+                for r in rows
+                if self._expectation(r).expects(data, new_chain=r.grant_sent is False)
+            ]
+            if not rows:
+                raise MessageRejected("no session expects this message's ratchet key")
         last_error: SecurechanError = MessageRejected("no session opens this message")
         for row in rows:
+            if queue.conversation is None and self._rx.tries <= 0:
+                break
             candidate = self._load_session(row.conversation)
             try:
                 return candidate, candidate.receive(data, now=now)
             except MessageRejected as e:
                 last_error = e
+                if queue.conversation is None:
+                    self._rx.tries -= 1
         raise last_error
 
     def _accept_first(self, data: bytes, now: int) -> tuple[Session, list[Event]]:
@@ -1247,6 +1617,13 @@ class Channel:
         session, store, guard, events = Session.accept(
             self.identity, self._prekeys(), self._guard(), data, contact=lookup, now=now
         )
+        if self.db.has_session(session.conversation):
+            # Issue 11, finding 5: the initiator chose an id already in use.
+            # Refused before anything is stored (the existing session and
+            # the prekeys are untouched).
+            raise ConversationInUse(
+                "the first message names the conversation id of an existing session"
+            )
         self._save_prekeys(store)
         self._save_guard(guard)
         self.db.add_session(session.conversation, session.peer.fingerprint.digest, now)
@@ -1294,34 +1671,41 @@ class Channel:
                 "notes": tuple(notes),
                 "hash": ev.hash,
             }
-            self.db.add_message(
-                session.conversation,
-                session.peer.fingerprint.digest,
-                "in",
-                ev.seq,
-                now,
-                self._record(
-                    ev.signed,
-                    name,
-                    envelope=envelope,
-                    key=ev.key,
-                    ad=session.transcript_hash,
-                    relay=relay,
-                ),
-            )
-            position = _ratchet_position(envelope)
-            if position is not None:  # for telling a replay from a rollback
-                self.db.add_position(self.db.position_key(*position), session.conversation, ev.seq)
+            with _stage("store"):
+                self.db.add_message(
+                    session.conversation,
+                    session.peer.fingerprint.digest,
+                    "in",
+                    ev.seq,
+                    now,
+                    self._record(
+                        ev.signed,
+                        name,
+                        envelope=envelope,
+                        key=ev.key,
+                        ad=session.transcript_hash,
+                        relay=relay,
+                    ),
+                )
+                position = _ratchet_position(envelope)
+                if position is not None:  # for telling a replay from a rollback
+                    self.db.add_position(
+                        self.db.position_key(*position), session.conversation, ev.seq
+                    )
             content = ev.content
             if isinstance(content, QueueGrant):
-                self.db.set_peer_grant(session.conversation, content.to_bytes())
+                with _stage("payload"):
+                    self.db.set_peer_grant(session.conversation, content.to_bytes())
                 continue
             if isinstance(content, FileChunk):
-                held = self.db.add_chunk(
-                    session.conversation, content.file_id, content.index, content.data
-                )
-                if held == content.count:
-                    data = b"".join(self.db.take_chunks(session.conversation, content.file_id))
+                with _stage("file"):
+                    held = self.db.add_chunk(
+                        session.conversation, content.file_id, content.index, content.data
+                    )
+                    data = None
+                    if held == content.count:
+                        data = b"".join(self.db.take_chunks(session.conversation, content.file_id))
+                if data is not None:
                     if len(data) != content.size or sha512(data) != content.sha512:
                         out.append(
                             Rejected(
@@ -1332,10 +1716,11 @@ class Channel:
                         continue
                     out.append(Received(**base, file_name=content.name, file_data=data))  # type: ignore[arg-type]
                 continue
-            if isinstance(content, Receipt):
-                out.append(Received(**base, receipt=content))  # type: ignore[arg-type]
-                continue
-            out.append(Received(**base, text=content if isinstance(content, str) else None))  # type: ignore[arg-type]
+            with _stage("payload"):
+                if isinstance(content, Receipt):
+                    out.append(Received(**base, receipt=content))  # type: ignore[arg-type]
+                    continue
+                out.append(Received(**base, text=content if isinstance(content, str) else None))  # type: ignore[arg-type]
         return out
 
     async def _after_receive(self) -> None:

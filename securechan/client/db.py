@@ -35,7 +35,7 @@ from securechan.errors import MalformedInput, RolledBack, StorageError, Verifica
 from securechan.primitives import aead_decrypt, aead_encrypt, hkdf_sha256, hmac_sha256
 from securechan.protocol.sealed import open_state, seal_state
 
-__all__ = ["ClientDB", "OutboxEntry", "QueueRow", "SessionRow", "StoredMessage"]
+__all__ = ["ClientDB", "HeldRow", "OutboxEntry", "QueueRow", "SessionRow", "StoredMessage"]
 
 SCHEMA_VERSION = 6
 _AAD = b"securechan/v1/client-db/"
@@ -134,6 +134,19 @@ CREATE TABLE IF NOT EXISTS held (
     envelope BLOB NOT NULL,
     at INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS held_keys (
+    msg_id BLOB PRIMARY KEY,
+    kind TEXT NOT NULL,
+    key BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS held_keys_key ON held_keys(kind, key);
+CREATE TABLE IF NOT EXISTS parked (
+    msg_id BLOB PRIMARY KEY,
+    relay TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    envelope BLOB NOT NULL,
+    at INTEGER NOT NULL
+);
 """
 
 
@@ -146,6 +159,19 @@ class SessionRow:
     created: int
     grant_sent: bool
     peer_grant: bytes | None  # sealed QueueGrant bytes, opened by the caller
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HeldRow:
+    """A held envelope and what it waits for (``kind``/``key``: see
+    :meth:`ClientDB.set_held_key`; ``None`` for rows held before schema 6)."""
+
+    msg_id: bytes
+    relay: str
+    envelope: bytes
+    at: int
+    kind: str | None
+    key: bytes | None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -384,6 +410,15 @@ class ClientDB:
             (conversation, peer, created),
         )
 
+    def has_session(self, conversation: bytes) -> bool:
+        """Whether a session with this conversation id exists."""
+        return (
+            self._db.execute(
+                "SELECT 1 FROM sessions WHERE conversation = ?", (conversation,)
+            ).fetchone()
+            is not None
+        )
+
     def sessions(self, peer: bytes | None = None) -> list[SessionRow]:
         """Sessions, newest first (of one peer, if given)."""
         query = "SELECT conversation, peer, created, grant_sent, peer_grant FROM sessions"
@@ -519,8 +554,73 @@ class ClientDB:
         return int(n)
 
     def unhold(self, msg_id: bytes) -> None:
-        """Forget a held first message."""
+        """Forget a held envelope."""
         self._db.execute("DELETE FROM held WHERE msg_id = ?", (msg_id,))
+        self._db.execute("DELETE FROM held_keys WHERE msg_id = ?", (msg_id,))
+
+    def held_bytes(self) -> int:
+        """The total size of the held envelopes."""
+        (n,) = self._db.execute("SELECT coalesce(sum(length(envelope)), 0) FROM held").fetchone()
+        return int(n)
+
+    def set_held_key(self, msg_id: bytes, kind: str, key: bytes) -> None:
+        """What a held envelope waits for: ``("chain", ratchet key)`` for the
+        first message of its chain, ``("sender", fingerprint)`` for its sender
+        to be pinned. Only that event retries it."""
+        self._db.execute(
+            "INSERT OR REPLACE INTO held_keys (msg_id, kind, key) VALUES (?, ?, ?)",
+            (msg_id, kind, key),
+        )
+
+    def held_entries(self, *, before: int | None = None, chains: bool = True) -> list[HeldRow]:
+        """Held envelopes with what they wait for, oldest first (only those
+        held before ``before``, if given; without those waiting for a chain's
+        first message unless ``chains``)."""
+        rows = self._db.execute(
+            "SELECT h.msg_id, h.relay, h.envelope, h.at, k.kind, k.key FROM held h"
+            " LEFT JOIN held_keys k ON k.msg_id = h.msg_id WHERE h.at < ?"
+            " AND (? OR k.kind IS NULL OR k.kind != 'chain') ORDER BY h.at, h.rowid",
+            (before if before is not None else 1 << 62, chains),
+        ).fetchall()
+        return [
+            HeldRow(msg_id=m, relay=r, envelope=e, at=a, kind=k, key=key)
+            for m, r, e, a, k, key in rows
+        ]
+
+    def held_waiting(self, kind: str, key: bytes) -> list[HeldRow]:
+        """Held envelopes waiting for ``(kind, key)``, oldest first."""
+        rows = self._db.execute(
+            "SELECT h.msg_id, h.relay, h.envelope, h.at FROM held h"
+            " JOIN held_keys k ON k.msg_id = h.msg_id WHERE k.kind = ? AND k.key = ?"
+            " ORDER BY h.at, h.rowid",
+            (kind, key),
+        ).fetchall()
+        return [
+            HeldRow(msg_id=m, relay=r, envelope=e, at=a, kind=kind, key=key) for m, r, e, a in rows
+        ]
+
+    def park(
+        self, msg_id: bytes, relay: str, stage: str, envelope: bytes, now: int, *, keep: int
+    ) -> None:
+        """Keep an envelope that failed unexpectedly (for diagnosis, never
+        retried); only the newest ``keep`` are kept."""
+        self._db.execute(
+            "INSERT OR REPLACE INTO parked (msg_id, relay, stage, envelope, at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (msg_id, relay, stage, envelope, now),
+        )
+        self._db.execute(
+            "DELETE FROM parked WHERE rowid NOT IN"
+            " (SELECT rowid FROM parked ORDER BY at DESC, rowid DESC LIMIT ?)",
+            (keep,),
+        )
+
+    def parked(self) -> list[tuple[bytes, str, str, int]]:
+        """Parked envelopes: (msg_id, relay, stage, time), oldest first."""
+        rows = self._db.execute(
+            "SELECT msg_id, relay, stage, at FROM parked ORDER BY at, rowid"
+        ).fetchall()
+        return [(m, r, st, a) for m, r, st, a in rows]
 
     def relay_log(self, relay: str) -> tuple[str, str | None] | None:
         """The pinned log verifier key of a relay and the newest checkpoint

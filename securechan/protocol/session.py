@@ -488,6 +488,34 @@ class Session:
         self._st = replace(st, ratchet=ratchet, received=received, generation=st.generation + 1)
         return events
 
+    def expects(self, data: bytes, *, new_chain: bool = True) -> bool:
+        """Could ``data`` (a ratchet message) belong to this session? A cheap
+        test before any key is used (no KDF step, no key agreement, no
+        decapsulation), for refusing unauthenticated junk by a lookup.
+
+        True when its ratchet key is the peer's current chain, a chain we
+        hold skipped keys for, or a key :meth:`receive` refuses cheaply (our
+        own, or a chain the peer already left); and, when ``new_chain``,
+        when a new chain is possible at all: the peer can only start one in
+        answer to a ratchet key of ours it has not answered yet (Double
+        Ratchet §3.5: a sending step follows the receipt of a new key), so
+        not while our next send is still pending. With ``new_chain`` True,
+        False means :meth:`receive` would refuse the message from an honest
+        peer's session; with it False, new chains are left to the caller
+        (who may know where the peer would send one). True promises
+        nothing. Nothing is changed."""
+        try:
+            rec = wire.decode(MESSAGE, data)
+            header = RatchetHeader.from_bytes(rec["header"])
+        except MalformedInput:
+            return False
+        r = self._st.ratchet
+        if header.dh == r.dh_remote or header.dh in r.own_dh_recent:
+            return True
+        if header.dh in r.remote_dh_recent or any(s.dh == header.dh for s in r.skipped):
+            return True
+        return new_chain and not r.send_pending and r.dh_self is not None
+
     def _check_receipt(self, r: Receipt) -> ReceiptChecked:
         st = self._st
         if r.up_to_seq == 0:
