@@ -223,6 +223,7 @@ def test_ratchet_header_parse_site() -> None:
         "pn": 0,
         "n": 0,
         "epoch_ct": None,
+        "guard": bytes(32),
     }
     RatchetHeader.from_bytes(wire.encode(ratchet_mod.HEADER, fields))
     for change in [

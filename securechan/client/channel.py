@@ -87,6 +87,7 @@ from securechan.protocol.payload import (
     FileChunk,
     Receipt,
     SignedPayload,
+    message_text,
 )
 from securechan.protocol.prekeys import Prekey, PrekeyBundle, PrekeyStore
 from securechan.protocol.ratchet import RatchetHeader
@@ -855,7 +856,12 @@ class Channel:
         )
 
     async def send_text(self, name: str, text: str) -> SendResult:
-        """Send a text message to the contact ``name``."""
+        """Send a text message to the contact ``name``.
+
+        The text is sent in Unicode NFC; a NUL character or more than
+        ``MAX_TEXT_BYTES`` of UTF-8 is refused (:class:`MalformedInput`)
+        before anything is stored or sent."""
+        text = message_text(text)
         holder: list[_Sent] = []
 
         def build(session: Session) -> list[bytes]:

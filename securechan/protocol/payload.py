@@ -31,6 +31,7 @@ catch a relay that shows the two parties different histories
 from __future__ import annotations
 
 import enum
+import unicodedata
 from dataclasses import dataclass, field
 
 from securechan import wire
@@ -42,16 +43,20 @@ from securechan.protocol.address import QueueGrant
 __all__ = [
     "CHUNK_SIZE",
     "CONTEXT_MESSAGE",
+    "MAX_TEXT_BYTES",
     "ContentType",
     "FileChunk",
     "Payload",
     "Receipt",
     "SignedPayload",
+    "message_text",
 ]
 
 CONTEXT_MESSAGE = b"securechan/v1/message"
 CHUNK_SIZE = 32 * 1024
 MAX_BODY = CHUNK_SIZE + 4096
+# The longest text one TEXT message carries, in bytes of UTF-8 (TextBody's limit).
+MAX_TEXT_BYTES = MAX_BODY - 64
 MAX_FILE_SIZE = 1 << 32
 ZERO_HASH = bytes(32)
 # At most this many checkpoints ride in one payload (one per relay the
@@ -108,7 +113,7 @@ SIGNED_PAYLOAD = wire.Schema(
     ),
 )
 TEXT_BODY = wire.Schema(
-    0x0072, "TextBody", (wire.Field(1, "text", wire.Kind.TEXT, max_len=MAX_BODY - 64),)
+    0x0072, "TextBody", (wire.Field(1, "text", wire.Kind.TEXT, max_len=MAX_TEXT_BYTES),)
 )
 FILE_CHUNK = wire.Schema(
     0x0073,
@@ -269,6 +274,26 @@ class SignedPayload:
     def hash(self) -> bytes:
         """SHA-256 of the signed record: the link of the sender's hash chain."""
         return sha256(self.to_bytes())
+
+
+def message_text(text: str) -> str:
+    """The text a user gave, as a TEXT payload carries it: in Unicode NFC
+    (canonically equivalent, so nothing a reader sees changes), with no NUL,
+    at most :data:`MAX_TEXT_BYTES` in UTF-8.
+
+    Raises :class:`MalformedInput` (a usage error, before any key is used)
+    instead of letting the encoder's ``ValueError`` escape as a crash.
+    """
+    text = unicodedata.normalize("NFC", text)
+    if "\x00" in text:
+        raise MalformedInput("a text message cannot contain a NUL character")
+    size = len(text.encode("utf-8"))
+    if size > MAX_TEXT_BYTES:
+        raise MalformedInput(
+            f"the text is {size} bytes of UTF-8; a message holds at most {MAX_TEXT_BYTES} "
+            "(send longer text as a file: send CONTACT --file F)"
+        )
+    return text
 
 
 def text_body(text: str) -> bytes:
