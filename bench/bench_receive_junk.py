@@ -57,7 +57,7 @@ from bench_cli import TEXT, World  # noqa: E402
 
 from securechan import wire  # noqa: E402
 from securechan.client.channel import Channel, Received  # noqa: E402
-from securechan.primitives import random_bytes  # noqa: E402
+from securechan.primitives import MlKemKeyPair, X25519KeyPair, random_bytes  # noqa: E402
 from securechan.protocol import ratchet, session  # noqa: E402
 from securechan.protocol.address import ContactCard  # noqa: E402
 from securechan.transport import RelayClient  # noqa: E402
@@ -68,17 +68,20 @@ LIMIT = 2.0
 
 
 def garbage() -> bytes:
-    """One garbage ratchet envelope, as someone with no key makes it."""
+    """One garbage ratchet envelope, as someone with no key makes it: fresh
+    valid keys (random bytes would already be refused by the parse-time key
+    checks), counters at the skip limit, random ciphertexts."""
     n = ratchet.MAX_SKIP
     header = wire.encode(
         ratchet.HEADER,
         {
-            "dh": random_bytes(32),
-            "kem_pub": random_bytes(1184),
+            "dh": X25519KeyPair.generate().public,
+            "kem_pub": MlKemKeyPair.generate().public,
             "root_ct": random_bytes(1088),
             "pn": ratchet.MAX_SKIP,
             "n": n,
             "epoch_ct": random_bytes(1088) if n >= ratchet.PQ_INTERVAL else None,
+            "guard": random_bytes(32),
         },
     )
     return wire.encode(session.MESSAGE, {"header": header, "ciphertext": random_bytes(1200)})

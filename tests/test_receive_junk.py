@@ -35,7 +35,7 @@ import pytest
 from securechan import wire
 from securechan.client import channel as channel_mod
 from securechan.client.channel import Received, Rejected
-from securechan.primitives import HybridKemKeyPair, random_bytes
+from securechan.primitives import HybridKemKeyPair, MlKemKeyPair, X25519KeyPair, random_bytes
 from securechan.protocol import handshake as hs
 from securechan.protocol import ratchet
 from securechan.protocol import session as session_mod
@@ -77,18 +77,21 @@ def run(coro: Any, seconds: float = 180) -> Any:
 
 
 def garbage_ratchet() -> bytes:
-    """A well-formed ratchet envelope with a random ratchet key, counters at
-    the skip limit and random ciphertexts: what anyone can make."""
+    """A well-formed ratchet envelope with a fresh, valid ratchet key and
+    ML-KEM key (so it passes the parse-time key checks, which refuse random
+    bytes as a key), counters at the skip limit and random ciphertexts: what
+    anyone can make."""
     n = ratchet.MAX_SKIP
     header = wire.encode(
         ratchet.HEADER,
         {
-            "dh": random_bytes(32),
-            "kem_pub": random_bytes(1184),
+            "dh": X25519KeyPair.generate().public,
+            "kem_pub": MlKemKeyPair.generate().public,
             "root_ct": random_bytes(1088),
             "pn": ratchet.MAX_SKIP,
             "n": n,
             "epoch_ct": random_bytes(1088) if n >= ratchet.PQ_INTERVAL else None,
+            "guard": random_bytes(32),
         },
     )
     return wire.encode(session_mod.MESSAGE, {"header": header, "ciphertext": random_bytes(1200)})

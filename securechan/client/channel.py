@@ -642,7 +642,7 @@ class Channel:
         transcript, signature = session.handshake_proof
         conv = session.conversation
         data = wire.encode(_HANDSHAKE, {"transcript": transcript, "signature": signature})
-        self.db.save_state("handshake:" + conv.hex(), "handshake", conv, 0, data)
+        self.db.save_state("handshake:" + conv.hex(), "handshake", conv, None, data)
 
     def _load_handshake(self, conversation: bytes) -> tuple[bytes, bytes]:
         loaded = self.db.load_state("handshake:" + conversation.hex(), "handshake", conversation)
