@@ -35,7 +35,7 @@ import pytest
 from securechan import wire
 from securechan.client import channel as channel_mod
 from securechan.client.channel import Received, Rejected
-from securechan.primitives import HybridKemKeyPair, random_bytes
+from securechan.primitives import HybridKemKeyPair, MlKemKeyPair, X25519KeyPair, random_bytes
 from securechan.protocol import handshake as hs
 from securechan.protocol import ratchet
 from securechan.protocol import session as session_mod
@@ -76,6 +76,9 @@ def run(coro: Any, seconds: float = 180) -> Any:
     return asyncio.run(asyncio.wait_for(coro, seconds))
 
 
+_KEM_PUB = MlKemKeyPair.generate().public
+
+
 def garbage_ratchet() -> bytes:
     """A well-formed ratchet envelope with a random ratchet key, counters at
     the skip limit and random ciphertexts: what anyone can make."""
@@ -83,12 +86,15 @@ def garbage_ratchet() -> bytes:
     header = wire.encode(
         ratchet.HEADER,
         {
-            "dh": random_bytes(32),
-            "kem_pub": random_bytes(1184),
+            # Valid public keys (the ratchet validates the peer's keys when
+            # it parses a header): what anyone can make, as cheaply.
+            "dh": X25519KeyPair.generate().public,
+            "kem_pub": _KEM_PUB,
             "root_ct": random_bytes(1088),
             "pn": ratchet.MAX_SKIP,
             "n": n,
             "epoch_ct": random_bytes(1088) if n >= ratchet.PQ_INTERVAL else None,
+            "guard": random_bytes(32),
         },
     )
     return wire.encode(session_mod.MESSAGE, {"header": header, "ciphertext": random_bytes(1200)})
