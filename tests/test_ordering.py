@@ -12,16 +12,20 @@ envelopes) is tests/test_receive_junk.py and tests/test_adversary_relay.py.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from securechan.client.db import ClientDB
 from securechan.errors import DecryptionFailed, MessageRejected, Replay
 from securechan.protocol.ordering import (
     CHAIN,
     SENDER,
     Bounds,
     Budget,
+    Entry,
     Expired,
     Hold,
     HoldQueue,
@@ -219,3 +223,36 @@ def test_may_be_early() -> None:
     assert not may_be_early(contact_queue=False, ratchet_message=True, error=DecryptionFailed("x"))
     assert not may_be_early(contact_queue=True, ratchet_message=False, error=DecryptionFailed("x"))
     assert not may_be_early(contact_queue=True, ratchet_message=True, error=Replay("x"))
+
+
+def test_client_db_rows_are_the_machines_state(tmp_path: Path) -> None:
+    """What client.db keeps (held + held_keys, as the client writes them) is
+    the machine's state: reloading it gives the same rows and decisions. A row
+    held before schema 6 (no held_keys row) reads as waiting for a sender no
+    one pins: never expired, never retried by an event."""
+    db = ClientDB(tmp_path / "client.db", bytes(32))
+    try:
+        q = HoldQueue(Bounds(grace=10))
+        rows: list[tuple[bytes, int, Literal["chain", "sender"], bytes, int]] = [
+            (IDS[0], 30, CHAIN, KEYS[0], 100),
+            (IDS[1], 20, SENDER, KEYS[1], 101),
+            (IDS[2], 10, CHAIN, KEYS[2], 102),
+        ]
+        with db.transaction():
+            for m, size, wait, key, at in rows:
+                d = q.arrived(m, size, wait, key, now=at)
+                assert isinstance(d, Hold)
+                db.hold(m, "https://relay.example", bytes(size), at)
+                db.set_held_key(m, d.wait, d.key)
+            db.hold(IDS[3], "https://relay.example", bytes(5), 99)  # before schema 6
+        loaded = HoldQueue.from_rows(db.held_index(), q.bounds)
+        assert loaded.rows()[1:] == q.rows()
+        assert loaded.rows()[0] == Entry(msg_id=IDS[3], size=5, wait=SENDER, key=b"", at=99)
+        assert loaded.tick(111) == q.tick(111) == Expired((IDS[0],))
+        assert loaded.chain_accepted(KEYS[2]) == Retry((IDS[2],))
+        assert loaded.sender_pinned(KEYS[1]) == Retry((IDS[1],))
+        assert [r.msg_id for r in db.held_unlabelled()] == [IDS[3]]
+        row = db.held_row(IDS[1])
+        assert row is not None and (row.kind, row.key, row.at) == (SENDER, KEYS[1], 101)
+    finally:
+        db.close()
