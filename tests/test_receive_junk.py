@@ -76,20 +76,17 @@ def run(coro: Any, seconds: float = 180) -> Any:
     return asyncio.run(asyncio.wait_for(coro, seconds))
 
 
-_KEM_PUB = MlKemKeyPair.generate().public
-
-
 def garbage_ratchet() -> bytes:
-    """A well-formed ratchet envelope with a random ratchet key, counters at
-    the skip limit and random ciphertexts: what anyone can make."""
+    """A well-formed ratchet envelope with a fresh, valid ratchet key and
+    ML-KEM key (so it passes the parse-time key checks, which refuse random
+    bytes as a key), counters at the skip limit and random ciphertexts: what
+    anyone can make."""
     n = ratchet.MAX_SKIP
     header = wire.encode(
         ratchet.HEADER,
         {
-            # Valid public keys (the ratchet validates the peer's keys when
-            # it parses a header): what anyone can make, as cheaply.
             "dh": X25519KeyPair.generate().public,
-            "kem_pub": _KEM_PUB,
+            "kem_pub": MlKemKeyPair.generate().public,
             "root_ct": random_bytes(1088),
             "pn": ratchet.MAX_SKIP,
             "n": n,
