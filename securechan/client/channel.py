@@ -49,7 +49,6 @@ from securechan.errors import (
     BundleRejected,
     ContactNotFound,
     ConversationInUse,
-    DecryptionFailed,
     MalformedInput,
     MessageRejected,
     NoIdentity,
@@ -82,6 +81,16 @@ from securechan.protocol.address import (
 )
 from securechan.protocol.handshake import FIRST, FirstMessage, ReplayGuard
 from securechan.protocol.opening import open_envelope
+from securechan.protocol.ordering import (
+    CHAIN,
+    SENDER,
+    Bounds,
+    Budget,
+    Hold,
+    HoldQueue,
+    Retry,
+    may_be_early,
+)
 from securechan.protocol.payload import (
     ContentType,
     FileChunk,
@@ -241,18 +250,22 @@ def sanitize_filename(name: str) -> str:
     return f"{stem}.{ext}" if ext else stem
 
 
-# A message that arrives ahead of its session's first message is held this
-# long (seconds) for the first message to come, and at most MAX_HELD
+# What is held, for how long, and when it is retried is decided by the pure
+# machine in securechan/protocol/ordering.py (HoldQueue); the client stores
+# its rows (client.db's held / held_keys tables) and does what it decides.
+# A message that arrives ahead of its session's first message is held
+# EARLY_GRACE seconds for the first message to come, and at most MAX_HELD
 # envelopes, MAX_HELD_BYTES in all, are held (held first messages of unknown
 # senders included); past that, what would be held is refused at once.
-EARLY_GRACE = 600
-MAX_HELD = 256
-MAX_HELD_BYTES = 4 << 20
-# Work before authentication, per contact queue and receive pass: this many
-# failed expensive attempts (a ratchet decryption that could involve a
-# decapsulation and up to 2 x MAX_SKIP chain steps, or a first message's HPKE
-# open); the rest of the queue waits for the next pass.
-UNAUTH_TRIES = 16
+# Work before authentication, per contact queue and receive pass:
+# UNAUTH_TRIES failed expensive attempts (a ratchet decryption that could
+# involve a decapsulation and up to 2 x MAX_SKIP chain steps, or a first
+# message's HPKE open); the rest of the queue waits for the next pass.
+HOLD = Bounds()
+EARLY_GRACE = HOLD.grace
+MAX_HELD = HOLD.count
+MAX_HELD_BYTES = HOLD.size
+UNAUTH_TRIES = HOLD.tries
 # Envelopes set aside after an unexpected failure: the newest kept in client.db.
 MAX_PARKED = 64
 # Refusals decided by a lookup, per reason, queue and pass: this many are
@@ -291,7 +304,7 @@ class _Pass:
     """One receive pass: its budget of unauthenticated work and what it
     read once."""
 
-    tries: int = UNAUTH_TRIES
+    budget: Budget = field(default_factory=lambda: Budget.of(HOLD))
     sessions: dict[bytes, Session] = field(default_factory=dict)
     chains: list[bytes] = field(default_factory=list)  # first messages accepted
     rows: list[SessionRow] | None = None
@@ -1009,7 +1022,8 @@ class Channel:
     async def receive(self) -> list[Received | Rejected]:
         """One pass over every queue at every relay: fetch, open, store, ack."""
         self._rx = _Pass()
-        out: list[Received | Rejected] = self._expire_held() + self._release_held()
+        out: list[Received | Rejected] = self._upgrade_held()
+        out += self._expire_held() + self._release_held()
         out.extend(self._release_chains(self._now()))
         await self.flush_outbox()
         for queue in self.db.queues():
@@ -1031,10 +1045,10 @@ class Channel:
             except _Unexpected as e:
                 out.append(self._report_unexpected(e, f"fetch answer from {queue.relay}"))
                 continue
-            self._rx.tries = UNAUTH_TRIES
+            self._rx.budget = Budget.of(HOLD)
             done = 0
             for env in envelopes:
-                if queue.kind == "contact" and self._rx.tries <= 0:
+                if queue.kind == "contact" and self._rx.budget.exhausted:
                     break  # the rest waits for the next pass (bounded work per pass)
                 out.extend(self._process(queue, env))
                 done = env.seq
@@ -1201,16 +1215,12 @@ class Channel:
         now = self._now()
         refused: dict[str, list[str]] = {}
         with self.db.transaction():
-            count, size = self.db.held_count(), self.db.held_bytes()
+            order = self._order()
             for q in batch:
                 if self.db.seen(q.env.msg_id):
                     continue
                 if q.kind == "chain":
-                    if count < MAX_HELD and size + len(q.env.data) <= MAX_HELD_BYTES:
-                        self.db.hold(q.env.msg_id, queue.relay, q.env.data, now)
-                        self.db.set_held_key(q.env.msg_id, "chain", q.key)
-                        count, size = count + 1, size + len(q.env.data)
-                    else:
+                    if not self._hold_as(order, queue, q.env, now, CHAIN, q.key):
                         refused.setdefault("DecryptionFailed", []).append(
                             "no session expects its ratchet key and the hold is full"
                         )
@@ -1252,17 +1262,39 @@ class Channel:
                 self.db.set_last_seq(queue.rid, env.seq)
         return self._report_unexpected(e, f"envelope {env.msg_id.hex()[:16]} set aside")
 
-    def _hold(self, queue: QueueRow, env: FetchedEnvelope, now: int, kind: str, key: bytes) -> bool:
-        """Hold an envelope until ``(kind, key)`` happens, inside the caller's
-        transaction; False (not held) once MAX_HELD envelopes or
-        MAX_HELD_BYTES are held."""
-        if self.db.held_count() >= MAX_HELD:
-            return False
-        if self.db.held_bytes() + len(env.data) > MAX_HELD_BYTES:
+    def _order(self) -> HoldQueue:
+        """The hold's machine, from the rows client.db keeps (read inside the
+        caller's transaction, so a rolled-back envelope leaves no trace)."""
+        return HoldQueue.from_rows(self.db.held_index(), HOLD)
+
+    def _hold_as(
+        self,
+        order: HoldQueue,
+        queue: QueueRow,
+        env: FetchedEnvelope,
+        now: int,
+        kind: Literal["chain", "sender"],
+        key: bytes,
+    ) -> bool:
+        """Ask the machine whether to hold ``env`` until ``(kind, key)``
+        happens and store what it decides, inside the caller's transaction;
+        False (not held): the hold is full."""
+        decision = order.arrived(env.msg_id, len(env.data), kind, key, now=now)
+        if not isinstance(decision, Hold):
             return False
         self.db.hold(env.msg_id, queue.relay, env.data, now)
-        self.db.set_held_key(env.msg_id, kind, key)
+        self.db.set_held_key(env.msg_id, decision.wait, decision.key)
         return True
+
+    def _hold(
+        self,
+        queue: QueueRow,
+        env: FetchedEnvelope,
+        now: int,
+        kind: Literal["chain", "sender"],
+        key: bytes,
+    ) -> bool:
+        return self._hold_as(self._order(), queue, env, now, kind, key)
 
     def _open_or_refuse(
         self, queue: QueueRow, env: FetchedEnvelope, now: int, *, from_hold: bool = False
@@ -1275,7 +1307,7 @@ class Channel:
         if chain is not None and self.db.chain_refused(chain) and not from_hold:
             with self.db.transaction():
                 if self.unknown_senders == "hold":
-                    self._hold(queue, env, now, "chain", chain)
+                    self._hold(queue, env, now, CHAIN, chain)
                 self.db.mark_seen(env.msg_id, now)
                 self.db.set_last_seq(queue.rid, env.seq)
             return []
@@ -1291,14 +1323,14 @@ class Channel:
                     self.db.set_last_seq(queue.rid, env.seq)
                 return [found]
             if _is_first(env.data) and not isinstance(e, (UnknownPrekey, Replay, MalformedInput)):
-                self._rx.tries -= 1  # a decapsulation was spent on it
+                self._rx.budget.spend()  # a decapsulation was spent on it
             if not from_hold and chain is not None and self._early(queue, env.data, e):
                 # Possibly ahead of the first message of its session (the
                 # relay or the network reordered them): keep it, retried when
                 # a first message of its chain is accepted, refused once
                 # EARLY_GRACE passed.
                 with self.db.transaction():
-                    held = self._hold(queue, env, now, "chain", chain)
+                    held = self._hold(queue, env, now, CHAIN, chain)
                     if held:
                         self.db.mark_seen(env.msg_id, now)
                         self.db.set_last_seq(queue.rid, env.seq)
@@ -1314,10 +1346,13 @@ class Channel:
                     fp = who.fingerprint if isinstance(who, PublicIdentity) else None
                     sender = fp.digest if fp is not None else b""
                     if from_hold:
-                        self.db.set_held_key(env.msg_id, "sender", sender)
+                        order = self._order()
+                        if isinstance(order.rewait(env.msg_id, SENDER, sender), Hold):
+                            self.db.set_held_key(env.msg_id, SENDER, sender)
                     else:
-                        hold = self._hold(queue, env, now, "sender", sender)
+                        hold = self._hold(queue, env, now, SENDER, sender)
                 if from_hold and not hold:
+                    self._order().settled(env.msg_id)
                     self.db.unhold(env.msg_id)  # refused for good
                 self.db.mark_seen(env.msg_id, now)
                 if env.seq:
@@ -1419,27 +1454,24 @@ class Channel:
         message of its session? Only on the contact queue (where a session's
         first messages travel), only a ratchet message that no session could
         decrypt (a replay, reflection or absurd counter is refused at once)."""
-        if queue.kind != "contact" or type(error) not in (DecryptionFailed, MessageRejected):
-            return False
         try:
-            return wire.peek_type(data) == MESSAGE.type_id
+            ratchet = wire.peek_type(data) == MESSAGE.type_id
         except MalformedInput:
             return False
+        return may_be_early(
+            contact_queue=queue.kind == "contact", ratchet_message=ratchet, error=error
+        )
 
     def _expire_held(self) -> list[Received | Rejected]:
         """Refuse the held messages that waited EARLY_GRACE for their chain's
         first message (a first message waiting for its sender stays)."""
         now = self._now()
-        expired = [
-            row.msg_id
-            for row in self.db.held_entries(before=now - EARLY_GRACE)
-            if not (row.kind == "sender" or (row.kind is None and _is_first(row.envelope)))
-        ]
-        if not expired:
-            return []
         with self.db.transaction():
+            expired = self._order().tick(now).ids
             for msg_id in expired:
                 self.db.unhold(msg_id)
+        if not expired:
+            return []
         error = f"held {EARLY_GRACE} s for the first message of its session, which never came"
         if len(expired) > 1:
             error = f"{len(expired)} envelopes: {error}"
@@ -1453,21 +1485,42 @@ class Channel:
         labelled."""
         out: list[Received | Rejected] = []
         contact_queues = {q.relay: q for q in self.db.queues() if q.kind == "contact"}
-        for row in self.db.held_entries(chains=False):
-            if row.kind == "sender" and row.key:
-                if self.keystore.contacts.find(Fingerprint(row.key)) is None:
-                    continue  # not pinned yet: nothing to try
-            elif row.kind is not None:
-                continue  # waits for its chain's first message (_release_chains)
-            elif not _is_first(row.envelope):
-                chain = message_chain(row.envelope)
-                with self.db.transaction():
-                    if chain is None:
-                        self.db.unhold(row.msg_id)
-                    else:
-                        self.db.set_held_key(row.msg_id, "chain", chain)
+        order = self._order()
+        for fp in order.waiting_senders():
+            if fp and self.keystore.contacts.find(Fingerprint(fp)) is not None:
+                out.extend(self._retry_ids(order.sender_pinned(fp), contact_queues))
+        return out
+
+    def _upgrade_held(self) -> list[Received | Rejected]:
+        """Rows held before schema 6 do not say what they wait for: a ratchet
+        message is given its chain (the machine then expires it as any
+        other), a first message is tried once."""
+        out: list[Received | Rejected] = []
+        legacy = self.db.held_unlabelled()
+        if not legacy:
+            return out
+        contact_queues = {q.relay: q for q in self.db.queues() if q.kind == "contact"}
+        for row in legacy:
+            if _is_first(row.envelope):
+                out.extend(self._retry_held(row, contact_queues))
                 continue
-            out.extend(self._retry_held(row, contact_queues))
+            chain = message_chain(row.envelope)
+            with self.db.transaction():
+                if chain is None:
+                    self.db.unhold(row.msg_id)
+                else:
+                    self.db.set_held_key(row.msg_id, CHAIN, chain)
+        return out
+
+    def _retry_ids(
+        self, retry: Retry, contact_queues: dict[str, QueueRow]
+    ) -> list[Received | Rejected]:
+        """Do what the machine decided: try these held envelopes again."""
+        out: list[Received | Rejected] = []
+        for msg_id in retry.ids:
+            row = self.db.held_row(msg_id)
+            if row is not None:
+                out.extend(self._retry_held(row, contact_queues))
         return out
 
     def _release_chains(self, now: int) -> list[Received | Rejected]:
@@ -1480,8 +1533,7 @@ class Channel:
         contact_queues = {q.relay: q for q in self.db.queues() if q.kind == "contact"}
         while self._rx.chains:
             chain = self._rx.chains.pop(0)
-            for row in self.db.held_waiting("chain", chain):
-                out.extend(self._retry_held(row, contact_queues))
+            out.extend(self._retry_ids(self._order().chain_accepted(chain), contact_queues))
         return out
 
     def _retry_held(
@@ -1602,7 +1654,7 @@ class Channel:
                 raise MessageRejected("no session expects this message's ratchet key")
         last_error: SecurechanError = MessageRejected("no session opens this message")
         for row in rows:
-            if queue.conversation is None and self._rx.tries <= 0:
+            if queue.conversation is None and self._rx.budget.exhausted:
                 break
             candidate = self._load_session(row.conversation)
             try:
@@ -1610,7 +1662,7 @@ class Channel:
             except MessageRejected as e:
                 last_error = e
                 if queue.conversation is None:
-                    self._rx.tries -= 1
+                    self._rx.budget.spend()
         raise last_error
 
     def _accept_first(self, data: bytes, now: int) -> tuple[Session, list[Event]]:

@@ -33,6 +33,7 @@ from pathlib import Path
 from securechan.client.generations import GENERATIONS_FILE, Generations
 from securechan.errors import MalformedInput, RolledBack, StorageError, VerificationFailed
 from securechan.primitives import aead_decrypt, aead_encrypt, hkdf_sha256, hmac_sha256
+from securechan.protocol.ordering import CHAIN, SENDER, Entry
 from securechan.protocol.sealed import open_state, seal_state
 
 __all__ = ["ClientDB", "HeldRow", "OutboxEntry", "QueueRow", "SessionRow", "StoredMessage"]
@@ -548,20 +549,10 @@ class ClientDB:
             )
         ]
 
-    def held_count(self) -> int:
-        """How many envelopes are held."""
-        (n,) = self._db.execute("SELECT count(*) FROM held").fetchone()
-        return int(n)
-
     def unhold(self, msg_id: bytes) -> None:
         """Forget a held envelope."""
         self._db.execute("DELETE FROM held WHERE msg_id = ?", (msg_id,))
         self._db.execute("DELETE FROM held_keys WHERE msg_id = ?", (msg_id,))
-
-    def held_bytes(self) -> int:
-        """The total size of the held envelopes."""
-        (n,) = self._db.execute("SELECT coalesce(sum(length(envelope)), 0) FROM held").fetchone()
-        return int(n)
 
     def set_held_key(self, msg_id: bytes, kind: str, key: bytes) -> None:
         """What a held envelope waits for: ``("chain", ratchet key)`` for the
@@ -572,32 +563,50 @@ class ClientDB:
             (msg_id, kind, key),
         )
 
-    def held_entries(self, *, before: int | None = None, chains: bool = True) -> list[HeldRow]:
-        """Held envelopes with what they wait for, oldest first (only those
-        held before ``before``, if given; without those waiting for a chain's
-        first message unless ``chains``)."""
+    def held_index(self) -> list[Entry]:
+        """The hold's state for :class:`~securechan.protocol.ordering.HoldQueue`
+        (no envelope bytes), oldest first. A row held before schema 6 says
+        nothing of what it waits for: it is read as waiting for a sender no
+        one pins (kept, never expired: what it did before)."""
         rows = self._db.execute(
-            "SELECT h.msg_id, h.relay, h.envelope, h.at, k.kind, k.key FROM held h"
-            " LEFT JOIN held_keys k ON k.msg_id = h.msg_id WHERE h.at < ?"
-            " AND (? OR k.kind IS NULL OR k.kind != 'chain') ORDER BY h.at, h.rowid",
-            (before if before is not None else 1 << 62, chains),
+            "SELECT h.msg_id, length(h.envelope), h.at, k.kind, k.key FROM held h"
+            " LEFT JOIN held_keys k ON k.msg_id = h.msg_id ORDER BY h.at, h.rowid"
         ).fetchall()
         return [
-            HeldRow(msg_id=m, relay=r, envelope=e, at=a, kind=k, key=key)
-            for m, r, e, a, k, key in rows
+            Entry(
+                msg_id=m,
+                size=int(n),
+                wait=CHAIN if k == CHAIN else SENDER,
+                key=key if key is not None else b"",
+                at=int(a),
+            )
+            for m, n, a, k, key in rows
         ]
 
-    def held_waiting(self, kind: str, key: bytes) -> list[HeldRow]:
-        """Held envelopes waiting for ``(kind, key)``, oldest first."""
+    def held_unlabelled(self) -> list[HeldRow]:
+        """Held envelopes that do not say what they wait for (held before
+        schema 6), oldest first."""
         rows = self._db.execute(
             "SELECT h.msg_id, h.relay, h.envelope, h.at FROM held h"
-            " JOIN held_keys k ON k.msg_id = h.msg_id WHERE k.kind = ? AND k.key = ?"
-            " ORDER BY h.at, h.rowid",
-            (kind, key),
+            " LEFT JOIN held_keys k ON k.msg_id = h.msg_id WHERE k.kind IS NULL"
+            " ORDER BY h.at, h.rowid"
         ).fetchall()
         return [
-            HeldRow(msg_id=m, relay=r, envelope=e, at=a, kind=kind, key=key) for m, r, e, a in rows
+            HeldRow(msg_id=m, relay=r, envelope=e, at=int(a), kind=None, key=None)
+            for m, r, e, a in rows
         ]
+
+    def held_row(self, msg_id: bytes) -> HeldRow | None:
+        """One held envelope, or ``None``."""
+        r = self._db.execute(
+            "SELECT h.msg_id, h.relay, h.envelope, h.at, k.kind, k.key FROM held h"
+            " LEFT JOIN held_keys k ON k.msg_id = h.msg_id WHERE h.msg_id = ?",
+            (msg_id,),
+        ).fetchone()
+        if r is None:
+            return None
+        m, relay, e, a, k, key = r
+        return HeldRow(msg_id=m, relay=relay, envelope=e, at=int(a), kind=k, key=key)
 
     def park(
         self, msg_id: bytes, relay: str, stage: str, envelope: bytes, now: int, *, keep: int
