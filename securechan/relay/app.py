@@ -84,6 +84,14 @@ class RelayConfig:
     max_one_time_upload: int = 200
     max_prekey_blob: int = 16 * 1024
     max_ws_per_queue: int = 4
+    # Fetch answers (docs/RELAY.md, "Limits"): envelope bytes per answer, how
+    # many answers are built and written at once (memory is bounded by about
+    # fetch_concurrency x fetch_max_bytes x 1.4, the base64 in JSON), and
+    # fetches per second per queue.
+    fetch_max_bytes: int = 4 * 1024 * 1024
+    fetch_concurrency: int = 8
+    fetch_rate: float = 50.0
+    fetch_burst: int = 200
     clock: Callable[[], float] = field(default=time.time)
 
 
@@ -125,6 +133,10 @@ class Relay:
         self.client_limit = RateLimiter(rate=config.client_rate, burst=config.client_burst)
         self.claim_limit = RateLimiter(rate=config.claim_rate, burst=config.claim_burst)
         self.create_limit = RateLimiter(rate=config.create_rate, burst=config.create_burst)
+        self.fetch_limit = RateLimiter(rate=config.fetch_rate, burst=config.fetch_burst)
+        # Fetch answers being read, encoded or written (a budget in bytes:
+        # each holds at most fetch_max_bytes of envelopes, plus one envelope).
+        self.fetch_slots = asyncio.Semaphore(max(1, config.fetch_concurrency))
         self.subscribers: dict[bytes, set[web.WebSocketResponse]] = defaultdict(set)
         # Set when shutdown starts: a body still arriving then is answered 503
         # at once (aiohttp stops reading from clients once it is closing).
@@ -420,9 +432,10 @@ class Relay:
         except (ConnectionError, TimeoutError, RuntimeError):
             await ws.close()
 
-    async def fetch(self, request: web.Request) -> web.Response:
+    async def fetch(self, request: web.Request) -> web.StreamResponse:
         rid = self._id(request, "rid")
         queue = await self._queue(rid)
+        self._limit(self.fetch_limit, rid, "fetch")
         await self._authenticate(request, queue.recipient_key, await self._body(request, 0))
         if set(request.query) - {"after", "limit"}:
             raise _HttpError(400, "bad_query", "the only parameters are after and limit")
@@ -431,20 +444,54 @@ class Relay:
         if limit < 1:
             raise _HttpError(400, "bad_query", "limit must be at least 1")
         limit = min(limit, self.config.fetch_limit)
-        envelopes = await self.storage.fetch(rid, after=after, limit=limit)
-        return web.json_response(
-            {
-                "messages": [
-                    {
-                        "seq": e.seq,
-                        "msg_id": b64e(e.msg_id),
-                        "data": b64e(e.data),
-                        "received": e.received,
-                    }
-                    for e in envelopes
-                ]
-            }
-        )
+        budget = self.config.fetch_max_bytes
+        try:
+            await asyncio.wait_for(self.fetch_slots.acquire(), timeout=self.config.body_timeout)
+        except TimeoutError:
+            self.metrics.rate_limited.labels("fetch_busy").inc()
+            raise _HttpError(503, "busy", "too many fetches at once", retry_after=1) from None
+        self.metrics.fetches_active.inc()
+        try:
+            envelopes = await self.storage.fetch(rid, after=after, limit=limit, max_bytes=budget)
+            size = sum(len(e.data) for e in envelopes)
+            # "more": the page was cut by the count or (maybe) by the byte
+            # budget; the client fetches again after the last seq (the next
+            # page may then be empty).
+            more = len(envelopes) == limit or size + self.config.max_envelope > budget
+            body = json.dumps(
+                {
+                    "messages": [
+                        {
+                            "seq": e.seq,
+                            "msg_id": b64e(e.msg_id),
+                            "data": b64e(e.data),
+                            "received": e.received,
+                        }
+                        for e in envelopes
+                    ],
+                    "more": more,
+                }
+            ).encode()
+            del envelopes
+            self.metrics.fetch_bytes.observe(len(body))
+            response = web.Response(body=body, content_type="application/json")
+            del body
+            # Written while the slot is held, so the answers in memory stay
+            # bounded; a reader too slow to take it loses its connection.
+            try:
+                await asyncio.wait_for(self._send(request, response), self.config.body_timeout)
+            except (TimeoutError, ConnectionError):
+                if request.transport is not None:
+                    request.transport.close()
+            return response
+        finally:
+            self.metrics.fetches_active.dec()
+            self.fetch_slots.release()
+
+    @staticmethod
+    async def _send(request: web.Request, response: web.StreamResponse) -> None:
+        await response.prepare(request)
+        await response.write_eof()
 
     async def ack(self, request: web.Request) -> web.Response:
         rid = self._id(request, "rid")

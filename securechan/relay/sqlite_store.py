@@ -739,17 +739,29 @@ class SqliteStorage:
             raise QueueFull("the queue is full")
         return cast(PutResult, result)
 
-    async def fetch(self, rid: bytes, *, after: int, limit: int) -> list[Envelope]:
-        """Envelopes with ``seq > after``, oldest first, at most ``min(limit, MAX_FETCH)``."""
+    async def fetch(
+        self, rid: bytes, *, after: int, limit: int, max_bytes: int | None = None
+    ) -> list[Envelope]:
+        """Envelopes with ``seq > after``, oldest first, at most ``min(limit,
+        MAX_FETCH)``; with ``max_bytes``, no more envelope bytes than that
+        (but always the first envelope). Rows are read one at a time, so a
+        cut page never holds more than one envelope beyond its budget."""
         args = (_id(rid, "rid"), _int(after, "after"), min(_int(limit, "limit", low=1), MAX_FETCH))
+        budget = None if max_bytes is None else _int(max_bytes, "max_bytes", low=1)
 
         def read(conn: Conn) -> list[Envelope]:
-            rows = conn.execute(
+            out: list[Envelope] = []
+            total = 0
+            for s, m, d, r in conn.execute(
                 "SELECT seq, msg_id, data, received FROM envelopes"
                 " WHERE rid = ? AND seq > ? ORDER BY seq LIMIT ?",
                 args,
-            ).fetchall()
-            return [Envelope(seq=s, msg_id=m, data=d, received=r) for s, m, d, r in rows]
+            ):
+                total += len(d)
+                if budget is not None and out and total > budget:
+                    break
+                out.append(Envelope(seq=s, msg_id=m, data=d, received=r))
+            return out
 
         return await self._read(read)
 

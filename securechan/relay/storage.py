@@ -152,8 +152,12 @@ class RelayStorage(Protocol):
         envelope's log leaf is committed too); ``False`` or an exception
         means the caller is answered at once."""
 
-    async def fetch(self, rid: bytes, *, after: int, limit: int) -> list[Envelope]:
-        """Envelopes with ``seq > after``, oldest first, at most ``limit``."""
+    async def fetch(
+        self, rid: bytes, *, after: int, limit: int, max_bytes: int | None = None
+    ) -> list[Envelope]:
+        """Envelopes with ``seq > after``, oldest first, at most ``limit``;
+        with ``max_bytes``, also stop before the envelope that would take the
+        total of their sizes past it (the first one is always returned)."""
 
     async def ack(self, rid: bytes, *, up_to: int) -> int:
         """Delete envelopes with ``seq <= up_to``; return how many."""
