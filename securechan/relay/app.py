@@ -48,6 +48,8 @@ from securechan.relay.storage import (
     PutResult,
     QueueFull,
     QueueRecord,
+    Quota,
+    QuotaExceeded,
     RelayStorage,
     StorageClosed,
 )
@@ -92,6 +94,18 @@ class RelayConfig:
     fetch_concurrency: int = 8
     fetch_rate: float = 50.0
     fetch_burst: int = 200
+    # Byte quotas (docs/RELAY.md, "Limits"; 0: no limit). Envelope bytes held
+    # per queue and per sender key (all queues secured with that key); the
+    # database's used size overall; the free space the file system keeps for
+    # acks, deletes and the WAL (sends that would eat into it are refused,
+    # and /readyz says not ready below it); envelope bytes per second per
+    # client address.
+    queue_max_bytes: int = 256 * 1024 * 1024
+    sender_max_bytes: int = 1024 * 1024 * 1024
+    storage_max_bytes: int = 0
+    storage_reserve_bytes: int = 8 * 1024 * 1024
+    client_byte_rate: float = 8 * 1024 * 1024
+    client_byte_burst: int = 64 * 1024 * 1024
     clock: Callable[[], float] = field(default=time.time)
 
 
@@ -134,6 +148,23 @@ class Relay:
         self.claim_limit = RateLimiter(rate=config.claim_rate, burst=config.claim_burst)
         self.create_limit = RateLimiter(rate=config.create_rate, burst=config.create_burst)
         self.fetch_limit = RateLimiter(rate=config.fetch_rate, burst=config.fetch_burst)
+        self.byte_limit = RateLimiter(
+            rate=config.client_byte_rate, burst=max(config.client_byte_burst, config.max_envelope)
+        )
+        reserve = config.storage_reserve_bytes or None
+        self.quota = Quota(
+            queue_bytes=config.queue_max_bytes or None,
+            sender_bytes=config.sender_max_bytes or None,
+            storage_bytes=(
+                max(0, config.storage_max_bytes - (reserve or 0))
+                if config.storage_max_bytes
+                else None
+            ),
+            free_bytes=reserve,
+        )
+        # Set when a commit failed (disk full, I/O error), cleared by the
+        # next stored envelope: /readyz says not ready meanwhile.
+        self.write_failed = False
         # Fetch answers being read, encoded or written (a budget in bytes:
         # each holds at most fetch_max_bytes of envelopes, plus one envelope).
         self.fetch_slots = asyncio.Semaphore(max(1, config.fetch_concurrency))
@@ -279,6 +310,38 @@ class Relay:
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
+    def not_ready(self) -> list[str]:
+        """Why the relay should get no new traffic (empty: ready)."""
+        # Not ready as soon as an envelope of the largest size could be
+        # refused for space (the storage checks the same sums on each send).
+        reasons = []
+        room = self.config.max_envelope
+        reserve = self.config.storage_reserve_bytes
+        free = getattr(self.storage, "free_bytes", lambda: None)()
+        if reserve and free is not None and free - room < reserve:
+            reasons.append("disk_reserve")
+        used = getattr(self.storage, "used_bytes", None)
+        limit = self.quota.storage_bytes
+        if limit is not None and isinstance(used, int) and used + room > limit:
+            reasons.append("storage_limit")
+        if self.write_failed:
+            reasons.append("write_failed")
+        if self.stopping.is_set():
+            reasons.append("stopping")
+        return reasons
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        """Readiness (docs/RELAY.md, "Metrics, health and logs"): 503 while
+        sends would be refused for storage; /healthz stays liveness."""
+        reasons = self.not_ready()
+        if reasons:
+            return web.json_response(
+                {"status": "not_ready", "reasons": reasons},
+                status=503,
+                headers={"Retry-After": "5"},
+            )
+        return web.json_response({"status": "ready"})
+
     async def openapi(self, request: web.Request) -> web.Response:
         return web.Response(text=openapi_text(), content_type="application/yaml")
 
@@ -349,6 +412,12 @@ class Relay:
         body = await self._body(request, self.config.max_envelope)
         if not body:
             raise _HttpError(400, "empty", "an envelope is never empty")
+        wait = self.byte_limit.allow(request.remote, self.config.clock(), len(body))
+        if wait:
+            self.metrics.rate_limited.labels("client_bytes").inc()
+            raise _HttpError(
+                429, "rate_limited", "too many bytes sent from this address", retry_after=wait
+            )
         # The nonce is recorded in the same transaction (and commit) as the
         # envelope: a replay is refused and stores nothing.
         nonce: NonceUse | None = None
@@ -387,12 +456,23 @@ class Relay:
                 max_depth=self.config.max_depth,
                 nonce=nonce,
                 then=None if tlog is None else then,
+                quota=self.quota,
             )
         except NonceReused:
             raise self._replayed() from None
+        except QuotaExceeded as e:
+            self.metrics.rejected.labels(f"{e.kind}_quota").inc()
+            if e.kind in ("queue", "sender"):
+                raise _HttpError(
+                    429, "quota_exceeded", f"the {e.kind} byte quota is used up", retry_after=60
+                ) from None
+            raise _HttpError(
+                507, "insufficient_storage", "the relay's storage is full", retry_after=60
+            ) from None
         except QueueFull:
             self.metrics.rejected.labels("queue_full").inc()
             raise _HttpError(429, "queue_full", "the queue is full", retry_after=60) from None
+        self.write_failed = False
         self.metrics.envelopes_stored.inc()
         self.metrics.envelope_bytes.observe(len(body))
         reply: dict[str, Any] = {"seq": result.seq, "duplicate": result.duplicate}
@@ -732,6 +812,7 @@ def make_app(
         except StorageClosed:
             response = _error_response(_HttpError(503, "shutting_down", "the relay is stopping"))
         except StorageError:
+            relay.write_failed = True
             log.error("%s %s -> 503 storage error", request.method, name)
             response = _error_response(
                 _HttpError(503, "storage", "the relay cannot store right now", retry_after=5)
@@ -754,6 +835,7 @@ def make_app(
     app["relay"] = relay
     r = app.router
     r.add_get("/healthz", relay.healthz)
+    r.add_get("/readyz", relay.readyz)
     r.add_get("/metrics", relay.metrics.handler)
     r.add_get("/v1/relay", relay.info)
     r.add_get("/v1/openapi.yaml", relay.openapi)
@@ -778,6 +860,12 @@ def make_app(
     # Backends that count their commits (SqliteStorage) show group commit at work.
     relay.metrics.db_commits.set_function(lambda: getattr(storage, "commits", 0))
     relay.metrics.db_write_jobs.set_function(lambda: getattr(storage, "write_jobs", 0))
+    relay.metrics.storage_used.set_function(lambda: getattr(storage, "used_bytes", 0))
+    relay.metrics.storage_free.set_function(
+        lambda: getattr(storage, "free_bytes", lambda: None)() or 0
+    )
+    relay.metrics.reclaimed_pages.set_function(lambda: getattr(storage, "reclaimed_pages", 0))
+    relay.metrics.ready.set_function(lambda: 0 if relay.not_ready() else 1)
 
     async def close_sockets(app: web.Application) -> None:
         relay.stopping.set()

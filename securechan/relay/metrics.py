@@ -64,6 +64,20 @@ class RelayMetrics:
             registry=r,
             buckets=(4096, 65536, 524288, 1048576, 4194304, 8388608, 16777216),
         )
+        self.storage_used = Gauge(
+            "securechan_relay_storage_used_bytes", "relay.db pages in use, in bytes", registry=r
+        )
+        self.storage_free = Gauge(
+            "securechan_relay_storage_free_bytes",
+            "Free space on the data folder's file system",
+            registry=r,
+        )
+        self.reclaimed_pages = Gauge(
+            "securechan_relay_storage_reclaimed_pages",
+            "relay.db pages given back by incremental vacuum",
+            registry=r,
+        )
+        self.ready = Gauge("securechan_relay_ready", "1 when /readyz answers 200", registry=r)
         self.log_size = Gauge(
             "securechan_relay_log_size", "Leaves in the transparency log", registry=r
         )
