@@ -392,3 +392,40 @@ def test_space_is_reclaimed_after_a_drain(tmp_path: Path) -> None:
         assert "securechan_relay_storage_reclaimed_pages" in relay.metrics()
     finally:
         relay.stop()
+
+
+def test_a_failing_write_makes_the_relay_not_ready(tmp_path: Path) -> None:
+    """With no reserve configured, an attacker fills a 4 MiB tmpfs data
+    folder until a commit fails (disk full: 503 storage): /readyz then
+    answers 503 with ``write_failed`` while /healthz (liveness) says 200.
+    On main /readyz did not exist: /healthz said 200 and nothing else."""
+    data = tmp_path / "data"
+    if not _tmpfs(data, "4m"):
+        pytest.skip("cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN)")
+    relay = start_relay(
+        tmp_path, "failing", {"queue_burst": 1000, "storage_reserve_bytes": 0}, data=data
+    )
+    try:
+
+        async def go() -> tuple[list[int], Resp, int]:
+            async with session() as s:
+                q = await new_queue(s, relay)
+                statuses: list[int] = []
+                for _ in range(40):
+                    r = await send(s, relay, q, envelope(relay, QUOTA_ENVELOPE))
+                    statuses.append(r.status)
+                    if r.status != 201:
+                        break
+                ready = await readyz(s, relay)
+                health = await call(s, relay, "GET", "/healthz")
+                return statuses, ready, health.status
+
+        statuses, ready, health = run(go())
+        assert statuses[-1] == 503, statuses
+        assert ready.status == 503, ready.body
+        assert "write_failed" in json.loads(ready.body)["reasons"]
+        assert health == 200
+    finally:
+        relay.kill()
+        with contextlib.suppress(Exception):
+            subprocess.run(["umount", "-l", str(data)], check=False)

@@ -60,6 +60,8 @@ __all__ = ["RelayConfig", "make_app"]
 log = logging.getLogger("securechan.relay")
 
 API_VERSION = "v1"
+# How long /readyz says write_failed after a storage error with no commit since.
+WRITE_FAILED_FOR = 30.0
 # A leaf hash in a query: SHA-256 in lowercase hex, one spelling only.
 _LEAF_HEX = re.compile(r"[0-9a-f]{64}")
 
@@ -162,9 +164,10 @@ class Relay:
             ),
             free_bytes=reserve,
         )
-        # Set when a commit failed (disk full, I/O error), cleared by the
-        # next stored envelope: /readyz says not ready meanwhile.
-        self.write_failed = False
+        # When a storage error was last answered, and the commit count then:
+        # /readyz says not ready until a later commit succeeds, or for
+        # WRITE_FAILED_FOR seconds (a relay with no traffic comes back).
+        self.write_failed: tuple[float, int] | None = None
         # Fetch answers being read, encoded or written (a budget in bytes:
         # each holds at most fetch_max_bytes of envelopes, plus one envelope).
         self.fetch_slots = asyncio.Semaphore(max(1, config.fetch_concurrency))
@@ -324,8 +327,15 @@ class Relay:
         limit = self.quota.storage_bytes
         if limit is not None and isinstance(used, int) and used + room > limit:
             reasons.append("storage_limit")
-        if self.write_failed:
-            reasons.append("write_failed")
+        if self.write_failed is not None:
+            at, commits = self.write_failed
+            if (
+                getattr(self.storage, "commits", 0) == commits
+                and time.monotonic() - at < WRITE_FAILED_FOR
+            ):
+                reasons.append("write_failed")
+            else:
+                self.write_failed = None
         if self.stopping.is_set():
             reasons.append("stopping")
         return reasons
@@ -472,7 +482,6 @@ class Relay:
         except QueueFull:
             self.metrics.rejected.labels("queue_full").inc()
             raise _HttpError(429, "queue_full", "the queue is full", retry_after=60) from None
-        self.write_failed = False
         self.metrics.envelopes_stored.inc()
         self.metrics.envelope_bytes.observe(len(body))
         reply: dict[str, Any] = {"seq": result.seq, "duplicate": result.duplicate}
@@ -812,7 +821,7 @@ def make_app(
         except StorageClosed:
             response = _error_response(_HttpError(503, "shutting_down", "the relay is stopping"))
         except StorageError:
-            relay.write_failed = True
+            relay.write_failed = (time.monotonic(), getattr(storage, "commits", 0))
             log.error("%s %s -> 503 storage error", request.method, name)
             response = _error_response(
                 _HttpError(503, "storage", "the relay cannot store right now", retry_after=5)
