@@ -60,6 +60,10 @@ __all__ = ["RelayConfig", "make_app"]
 log = logging.getLogger("securechan.relay")
 
 API_VERSION = "v1"
+# storage_reserve_bytes = -1: keep this share of the data disk free, at most
+# AUTO_RESERVE bytes (so a small disk is not all reserve).
+AUTO_RESERVE = 64 * 1024 * 1024
+AUTO_RESERVE_SHARE = 0.05
 # How long /readyz says write_failed after a storage error with no commit since.
 WRITE_FAILED_FOR = 30.0
 # A leaf hash in a query: SHA-256 in lowercase hex, one spelling only.
@@ -105,7 +109,7 @@ class RelayConfig:
     queue_max_bytes: int = 256 * 1024 * 1024
     sender_max_bytes: int = 1024 * 1024 * 1024
     storage_max_bytes: int = 0
-    storage_reserve_bytes: int = 8 * 1024 * 1024
+    storage_reserve_bytes: int = -1  # automatic: 5 % of the data disk, at most 64 MiB
     client_byte_rate: float = 8 * 1024 * 1024
     client_byte_burst: int = 64 * 1024 * 1024
     clock: Callable[[], float] = field(default=time.time)
@@ -153,7 +157,8 @@ class Relay:
         self.byte_limit = RateLimiter(
             rate=config.client_byte_rate, burst=max(config.client_byte_burst, config.max_envelope)
         )
-        reserve = config.storage_reserve_bytes or None
+        auto = config.storage_reserve_bytes < 0
+        reserve = AUTO_RESERVE if auto else (config.storage_reserve_bytes or None)
         self.quota = Quota(
             queue_bytes=config.queue_max_bytes or None,
             sender_bytes=config.sender_max_bytes or None,
@@ -163,6 +168,7 @@ class Relay:
                 else None
             ),
             free_bytes=reserve,
+            free_share=AUTO_RESERVE_SHARE if auto else None,
         )
         # When a storage error was last answered, and the commit count then:
         # /readyz says not ready until a later commit succeeds, or for
@@ -319,9 +325,9 @@ class Relay:
         # refused for space (the storage checks the same sums on each send).
         reasons = []
         room = self.config.max_envelope
-        reserve = self.config.storage_reserve_bytes
-        free = getattr(self.storage, "free_bytes", lambda: None)()
-        if reserve and free is not None and free - room < reserve:
+        disk = getattr(self.storage, "disk_bytes", lambda: None)()
+        reserve = None if disk is None else self.quota.reserve(disk[1])
+        if disk is not None and reserve is not None and disk[0] - room < reserve:
             reasons.append("disk_reserve")
         used = getattr(self.storage, "used_bytes", None)
         limit = self.quota.storage_bytes

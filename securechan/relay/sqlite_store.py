@@ -851,8 +851,9 @@ class SqliteStorage:
         if quota.storage_bytes is not None and self._used(conn) + size > quota.storage_bytes:
             return QuotaExceeded("storage")
         if quota.free_bytes is not None:
-            free = self.free_bytes()
-            if free is not None and free - size < quota.free_bytes:
+            disk = self.disk_bytes()
+            reserve = None if disk is None else quota.reserve(disk[1])
+            if disk is not None and reserve is not None and disk[0] - size < reserve:
                 return QuotaExceeded("disk")
         return None
 
@@ -865,10 +866,16 @@ class SqliteStorage:
         return used
 
     def free_bytes(self) -> int | None:
-        """Free space on the database's file system (for unprivileged
-        writers), less the size of the WAL: its frames may all be copied into
-        the database file at the next checkpoint, so in WAL mode the data
-        can take twice its size for a while (conservative: after a
+        """Free space on the database's file system less the WAL (see
+        :meth:`disk_bytes`); ``None`` if it cannot be read."""
+        disk = self.disk_bytes()
+        return None if disk is None else disk[0]
+
+    def disk_bytes(self) -> tuple[int, int] | None:
+        """The database's file system: free space (for unprivileged writers)
+        less the size of the WAL, and its size. The WAL's frames may all be
+        copied into the database file at the next checkpoint, so in WAL mode
+        the data can take twice its size for a while (conservative: after a
         checkpoint the WAL keeps its size until the writer truncates it)."""
         try:
             st = os.statvfs(self.path.parent)
@@ -878,7 +885,7 @@ class SqliteStorage:
             wal = os.stat(f"{self.path}-wal").st_size
         except OSError:
             wal = 0
-        return max(0, st.f_bavail * st.f_frsize - wal)
+        return max(0, st.f_bavail * st.f_frsize - wal), st.f_blocks * st.f_frsize
 
     async def fetch(
         self, rid: bytes, *, after: int, limit: int, max_bytes: int | None = None

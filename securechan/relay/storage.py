@@ -60,12 +60,23 @@ class Quota:
     transaction as the insert (``None``: no limit). ``storage_bytes`` bounds
     what the database holds overall; ``free_bytes`` is the free space the
     file system must keep after the write (the reserve for acks, deletes
-    and the WAL)."""
+    and the WAL); with ``free_share``, the reserve is the smaller of
+    ``free_bytes`` and that share of the file system's size (so a small
+    disk is not all reserve)."""
 
     queue_bytes: int | None = None
     sender_bytes: int | None = None
     storage_bytes: int | None = None
     free_bytes: int | None = None
+    free_share: float | None = None
+
+    def reserve(self, disk_size: int) -> int | None:
+        """The free space to keep on a file system of ``disk_size`` bytes."""
+        if self.free_bytes is None:
+            return None
+        if self.free_share is None:
+            return self.free_bytes
+        return min(self.free_bytes, int(disk_size * self.free_share))
 
 
 class StorageClosed(Exception):
