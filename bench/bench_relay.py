@@ -113,8 +113,6 @@ RELAY_LIMITS = {
     "max_depth": 1_000_000_000,
     "client_byte_rate": 1e12,
     "client_byte_burst": 1_000_000_000_000,
-    "queue_max_bytes": 0,
-    "sender_max_bytes": 0,
     "fetch_limit": 1000,
 }
 
