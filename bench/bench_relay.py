@@ -111,6 +111,8 @@ RELAY_LIMITS = {
     "client_rate": 1e9,
     "client_burst": 1_000_000_000,
     "max_depth": 1_000_000_000,
+    "client_byte_rate": 1e12,
+    "client_byte_burst": 1_000_000_000_000,
     "fetch_limit": 1000,
 }
 

@@ -383,14 +383,30 @@ class RelayClient:
     async def fetch(
         self, rid: bytes, recipient: Ed25519SigningKey, *, after: int = 0, limit: int = 100
     ) -> list[FetchedEnvelope]:
-        """Envelopes after ``after``."""
-        _, data = await self._request(
-            "GET", f"/v1/queues/{b64e(rid)}/messages?after={after}&limit={limit}", key=recipient
-        )
-        try:
-            return [_envelope(m) for m in data["messages"]]
-        except (KeyError, TypeError):
-            raise MalformedInput("bad fetch reply from the relay") from None
+        """Envelopes after ``after``, at most ``limit``. The relay cuts its
+        answers by bytes and says ``"more": true`` when there may be more:
+        the next page is then fetched after the last seq, until ``limit``
+        envelopes came or the relay says there are no more (an answer
+        without ``more``, from an older relay, is one page as before)."""
+        out: list[FetchedEnvelope] = []
+        while True:
+            want = limit - len(out)
+            _, data = await self._request(
+                "GET", f"/v1/queues/{b64e(rid)}/messages?after={after}&limit={want}", key=recipient
+            )
+            try:
+                page = [_envelope(m) for m in data["messages"]]
+                more = data.get("more", False)
+            except (KeyError, TypeError, AttributeError):
+                raise MalformedInput("bad fetch reply from the relay") from None
+            if not isinstance(more, bool) or len(page) > want:
+                raise MalformedInput("bad fetch reply from the relay")
+            out.extend(page)
+            if not page or not more or len(out) >= limit:
+                return out
+            if page[-1].seq <= after:
+                raise MalformedInput("the relay's fetch answer went backwards")
+            after = page[-1].seq
 
     async def ack(self, rid: bytes, recipient: Ed25519SigningKey, *, up_to: int) -> int:
         """Delete envelopes up to ``up_to``; return how many."""

@@ -90,6 +90,7 @@ UPGRADE = {
 
 API_OPERATIONS = [
     ("GET", "/healthz"),
+    ("GET", "/readyz"),
     ("GET", "/metrics"),
     ("GET", "/v1/relay"),
     ("GET", "/v1/openapi.yaml"),

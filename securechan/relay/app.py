@@ -48,6 +48,8 @@ from securechan.relay.storage import (
     PutResult,
     QueueFull,
     QueueRecord,
+    Quota,
+    QuotaExceeded,
     RelayStorage,
     StorageClosed,
 )
@@ -58,6 +60,12 @@ __all__ = ["RelayConfig", "make_app"]
 log = logging.getLogger("securechan.relay")
 
 API_VERSION = "v1"
+# storage_reserve_bytes = -1: keep this share of the data disk free, at most
+# AUTO_RESERVE bytes (so a small disk is not all reserve).
+AUTO_RESERVE = 64 * 1024 * 1024
+AUTO_RESERVE_SHARE = 0.05
+# How long /readyz says write_failed after a storage error with no commit since.
+WRITE_FAILED_FOR = 30.0
 # A leaf hash in a query: SHA-256 in lowercase hex, one spelling only.
 _LEAF_HEX = re.compile(r"[0-9a-f]{64}")
 
@@ -84,6 +92,26 @@ class RelayConfig:
     max_one_time_upload: int = 200
     max_prekey_blob: int = 16 * 1024
     max_ws_per_queue: int = 4
+    # Fetch answers (docs/RELAY.md, "Limits"): envelope bytes per answer, how
+    # many answers are built and written at once (memory is bounded by about
+    # fetch_concurrency x fetch_max_bytes x 1.4, the base64 in JSON), and
+    # fetches per second per queue.
+    fetch_max_bytes: int = 4 * 1024 * 1024
+    fetch_concurrency: int = 8
+    fetch_rate: float = 50.0
+    fetch_burst: int = 200
+    # Byte quotas (docs/RELAY.md, "Limits"; 0: no limit). Envelope bytes held
+    # per queue and per sender key (all queues secured with that key); the
+    # database's used size overall; the free space the file system keeps for
+    # acks, deletes and the WAL (sends that would eat into it are refused,
+    # and /readyz says not ready below it); envelope bytes per second per
+    # client address.
+    queue_max_bytes: int = 256 * 1024 * 1024
+    sender_max_bytes: int = 1024 * 1024 * 1024
+    storage_max_bytes: int = 0
+    storage_reserve_bytes: int = -1  # automatic: 5 % of the data disk, at most 64 MiB
+    client_byte_rate: float = 8 * 1024 * 1024
+    client_byte_burst: int = 64 * 1024 * 1024
     clock: Callable[[], float] = field(default=time.time)
 
 
@@ -125,6 +153,30 @@ class Relay:
         self.client_limit = RateLimiter(rate=config.client_rate, burst=config.client_burst)
         self.claim_limit = RateLimiter(rate=config.claim_rate, burst=config.claim_burst)
         self.create_limit = RateLimiter(rate=config.create_rate, burst=config.create_burst)
+        self.fetch_limit = RateLimiter(rate=config.fetch_rate, burst=config.fetch_burst)
+        self.byte_limit = RateLimiter(
+            rate=config.client_byte_rate, burst=max(config.client_byte_burst, config.max_envelope)
+        )
+        auto = config.storage_reserve_bytes < 0
+        reserve = AUTO_RESERVE if auto else (config.storage_reserve_bytes or None)
+        self.quota = Quota(
+            queue_bytes=config.queue_max_bytes or None,
+            sender_bytes=config.sender_max_bytes or None,
+            storage_bytes=(
+                max(0, config.storage_max_bytes - (reserve or 0))
+                if config.storage_max_bytes
+                else None
+            ),
+            free_bytes=reserve,
+            free_share=AUTO_RESERVE_SHARE if auto else None,
+        )
+        # When a storage error was last answered, and the commit count then:
+        # /readyz says not ready until a later commit succeeds, or for
+        # WRITE_FAILED_FOR seconds (a relay with no traffic comes back).
+        self.write_failed: tuple[float, int] | None = None
+        # Fetch answers being read, encoded or written (a budget in bytes:
+        # each holds at most fetch_max_bytes of envelopes, plus one envelope).
+        self.fetch_slots = asyncio.Semaphore(max(1, config.fetch_concurrency))
         self.subscribers: dict[bytes, set[web.WebSocketResponse]] = defaultdict(set)
         # Set when shutdown starts: a body still arriving then is answered 503
         # at once (aiohttp stops reading from clients once it is closing).
@@ -267,6 +319,45 @@ class Relay:
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
+    def not_ready(self) -> list[str]:
+        """Why the relay should get no new traffic (empty: ready)."""
+        # Not ready as soon as an envelope of the largest size could be
+        # refused for space (the storage checks the same sums on each send).
+        reasons = []
+        room = self.config.max_envelope
+        disk = getattr(self.storage, "disk_bytes", lambda: None)()
+        reserve = None if disk is None else self.quota.reserve(disk[1])
+        if disk is not None and reserve is not None and disk[0] - room < reserve:
+            reasons.append("disk_reserve")
+        used = getattr(self.storage, "used_bytes", None)
+        limit = self.quota.storage_bytes
+        if limit is not None and isinstance(used, int) and used + room > limit:
+            reasons.append("storage_limit")
+        if self.write_failed is not None:
+            at, commits = self.write_failed
+            if (
+                getattr(self.storage, "commits", 0) == commits
+                and time.monotonic() - at < WRITE_FAILED_FOR
+            ):
+                reasons.append("write_failed")
+            else:
+                self.write_failed = None
+        if self.stopping.is_set():
+            reasons.append("stopping")
+        return reasons
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        """Readiness (docs/RELAY.md, "Metrics, health and logs"): 503 while
+        sends would be refused for storage; /healthz stays liveness."""
+        reasons = self.not_ready()
+        if reasons:
+            return web.json_response(
+                {"status": "not_ready", "reasons": reasons},
+                status=503,
+                headers={"Retry-After": "5"},
+            )
+        return web.json_response({"status": "ready"})
+
     async def openapi(self, request: web.Request) -> web.Response:
         return web.Response(text=openapi_text(), content_type="application/yaml")
 
@@ -337,6 +428,12 @@ class Relay:
         body = await self._body(request, self.config.max_envelope)
         if not body:
             raise _HttpError(400, "empty", "an envelope is never empty")
+        wait = self.byte_limit.allow(request.remote, self.config.clock(), len(body))
+        if wait:
+            self.metrics.rate_limited.labels("client_bytes").inc()
+            raise _HttpError(
+                429, "rate_limited", "too many bytes sent from this address", retry_after=wait
+            )
         # The nonce is recorded in the same transaction (and commit) as the
         # envelope: a replay is refused and stores nothing.
         nonce: NonceUse | None = None
@@ -375,9 +472,19 @@ class Relay:
                 max_depth=self.config.max_depth,
                 nonce=nonce,
                 then=None if tlog is None else then,
+                quota=self.quota,
             )
         except NonceReused:
             raise self._replayed() from None
+        except QuotaExceeded as e:
+            self.metrics.rejected.labels(f"{e.kind}_quota").inc()
+            if e.kind in ("queue", "sender"):
+                raise _HttpError(
+                    429, "quota_exceeded", f"the {e.kind} byte quota is used up", retry_after=60
+                ) from None
+            raise _HttpError(
+                507, "insufficient_storage", "the relay's storage is full", retry_after=60
+            ) from None
         except QueueFull:
             self.metrics.rejected.labels("queue_full").inc()
             raise _HttpError(429, "queue_full", "the queue is full", retry_after=60) from None
@@ -420,9 +527,10 @@ class Relay:
         except (ConnectionError, TimeoutError, RuntimeError):
             await ws.close()
 
-    async def fetch(self, request: web.Request) -> web.Response:
+    async def fetch(self, request: web.Request) -> web.StreamResponse:
         rid = self._id(request, "rid")
         queue = await self._queue(rid)
+        self._limit(self.fetch_limit, rid, "fetch")
         await self._authenticate(request, queue.recipient_key, await self._body(request, 0))
         if set(request.query) - {"after", "limit"}:
             raise _HttpError(400, "bad_query", "the only parameters are after and limit")
@@ -431,20 +539,54 @@ class Relay:
         if limit < 1:
             raise _HttpError(400, "bad_query", "limit must be at least 1")
         limit = min(limit, self.config.fetch_limit)
-        envelopes = await self.storage.fetch(rid, after=after, limit=limit)
-        return web.json_response(
-            {
-                "messages": [
-                    {
-                        "seq": e.seq,
-                        "msg_id": b64e(e.msg_id),
-                        "data": b64e(e.data),
-                        "received": e.received,
-                    }
-                    for e in envelopes
-                ]
-            }
-        )
+        budget = self.config.fetch_max_bytes
+        try:
+            await asyncio.wait_for(self.fetch_slots.acquire(), timeout=self.config.body_timeout)
+        except TimeoutError:
+            self.metrics.rate_limited.labels("fetch_busy").inc()
+            raise _HttpError(503, "busy", "too many fetches at once", retry_after=1) from None
+        self.metrics.fetches_active.inc()
+        try:
+            envelopes = await self.storage.fetch(rid, after=after, limit=limit, max_bytes=budget)
+            size = sum(len(e.data) for e in envelopes)
+            # "more": the page was cut by the count or (maybe) by the byte
+            # budget; the client fetches again after the last seq (the next
+            # page may then be empty).
+            more = len(envelopes) == limit or size + self.config.max_envelope > budget
+            body = json.dumps(
+                {
+                    "messages": [
+                        {
+                            "seq": e.seq,
+                            "msg_id": b64e(e.msg_id),
+                            "data": b64e(e.data),
+                            "received": e.received,
+                        }
+                        for e in envelopes
+                    ],
+                    "more": more,
+                }
+            ).encode()
+            del envelopes
+            self.metrics.fetch_bytes.observe(len(body))
+            response = web.Response(body=body, content_type="application/json")
+            del body
+            # Written while the slot is held, so the answers in memory stay
+            # bounded; a reader too slow to take it loses its connection.
+            try:
+                await asyncio.wait_for(self._send(request, response), self.config.body_timeout)
+            except (TimeoutError, ConnectionError):
+                if request.transport is not None:
+                    request.transport.close()
+            return response
+        finally:
+            self.metrics.fetches_active.dec()
+            self.fetch_slots.release()
+
+    @staticmethod
+    async def _send(request: web.Request, response: web.StreamResponse) -> None:
+        await response.prepare(request)
+        await response.write_eof()
 
     async def ack(self, request: web.Request) -> web.Response:
         rid = self._id(request, "rid")
@@ -685,6 +827,7 @@ def make_app(
         except StorageClosed:
             response = _error_response(_HttpError(503, "shutting_down", "the relay is stopping"))
         except StorageError:
+            relay.write_failed = (time.monotonic(), getattr(storage, "commits", 0))
             log.error("%s %s -> 503 storage error", request.method, name)
             response = _error_response(
                 _HttpError(503, "storage", "the relay cannot store right now", retry_after=5)
@@ -707,6 +850,7 @@ def make_app(
     app["relay"] = relay
     r = app.router
     r.add_get("/healthz", relay.healthz)
+    r.add_get("/readyz", relay.readyz)
     r.add_get("/metrics", relay.metrics.handler)
     r.add_get("/v1/relay", relay.info)
     r.add_get("/v1/openapi.yaml", relay.openapi)
@@ -731,6 +875,12 @@ def make_app(
     # Backends that count their commits (SqliteStorage) show group commit at work.
     relay.metrics.db_commits.set_function(lambda: getattr(storage, "commits", 0))
     relay.metrics.db_write_jobs.set_function(lambda: getattr(storage, "write_jobs", 0))
+    relay.metrics.storage_used.set_function(lambda: getattr(storage, "used_bytes", 0))
+    relay.metrics.storage_free.set_function(
+        lambda: getattr(storage, "free_bytes", lambda: None)() or 0
+    )
+    relay.metrics.reclaimed_pages.set_function(lambda: getattr(storage, "reclaimed_pages", 0))
+    relay.metrics.ready.set_function(lambda: 0 if relay.not_ready() else 1)
 
     async def close_sockets(app: web.Application) -> None:
         relay.stopping.set()

@@ -55,6 +55,29 @@ class RelayMetrics:
             "securechan_relay_auth_failures", "Bad, stale or replayed signatures", registry=r
         )
         self.websockets = Gauge("securechan_relay_websockets", "Open WebSockets", registry=r)
+        self.fetches_active = Gauge(
+            "securechan_relay_fetches_active", "Fetch answers being built or written", registry=r
+        )
+        self.fetch_bytes = Histogram(
+            "securechan_relay_fetch_answer_bytes",
+            "Fetch answer sizes (JSON bytes)",
+            registry=r,
+            buckets=(4096, 65536, 524288, 1048576, 4194304, 8388608, 16777216),
+        )
+        self.storage_used = Gauge(
+            "securechan_relay_storage_used_bytes", "relay.db pages in use, in bytes", registry=r
+        )
+        self.storage_free = Gauge(
+            "securechan_relay_storage_free_bytes",
+            "Free space on the data folder's file system",
+            registry=r,
+        )
+        self.reclaimed_pages = Gauge(
+            "securechan_relay_storage_reclaimed_pages",
+            "relay.db pages given back by incremental vacuum",
+            registry=r,
+        )
+        self.ready = Gauge("securechan_relay_ready", "1 when /readyz answers 200", registry=r)
         self.log_size = Gauge(
             "securechan_relay_log_size", "Leaves in the transparency log", registry=r
         )

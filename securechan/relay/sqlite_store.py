@@ -71,6 +71,8 @@ from securechan.relay.storage import (
     PutResult,
     QueueFull,
     QueueRecord,
+    Quota,
+    QuotaExceeded,
     StorageClosed,
 )
 
@@ -101,6 +103,10 @@ MAX_ONE_TIME_HELD: Final = 10_000
 """Most one-time prekey blobs one queue may hold."""
 MAX_NONCE: Final = 64
 """Longest request nonce."""
+VACUUM_FREE_PAGES: Final = 64
+"""Free pages (256 KiB of 4 KiB pages) above which the idle writer reclaims space."""
+VACUUM_STEP: Final = 256
+"""Pages one ``PRAGMA incremental_vacuum`` step gives back (one short write)."""
 MAX_CACHED_QUEUES: Final = 65_536
 """Most queue records held in memory (see :meth:`SqliteStorage.queue_by_sid`)."""
 
@@ -190,7 +196,38 @@ def _migrate_0_to_1(conn: Conn) -> None:
     conn.execute("CREATE INDEX nonces_by_expiry ON nonces (expires)")
 
 
-_MIGRATIONS: Final[tuple[Callable[[Conn], None], ...]] = (_migrate_0_to_1,)
+def _migrate_1_to_2(conn: Conn) -> None:
+    # Byte quotas (docs/RELAY.md, "Limits"): each queue counts the bytes it
+    # holds, kept by the same triggers as depth, and queues are found by
+    # sender key to add up a sender's bytes.
+    conn.execute(
+        "ALTER TABLE queues ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0 CHECK (bytes >= 0)"
+    )
+    conn.execute(
+        "UPDATE queues SET bytes = (SELECT coalesce(sum(length(data)), 0) FROM envelopes"
+        " WHERE envelopes.rid = queues.rid)"
+    )
+    conn.execute("DROP TRIGGER envelope_added")
+    conn.execute("DROP TRIGGER envelope_removed")
+    conn.execute(
+        """CREATE TRIGGER envelope_added AFTER INSERT ON envelopes BEGIN
+            UPDATE queues SET depth = depth + 1, next_seq = max(next_seq, NEW.seq + 1),
+                bytes = bytes + length(NEW.data)
+            WHERE rid = NEW.rid;
+        END"""
+    )
+    conn.execute(
+        """CREATE TRIGGER envelope_removed AFTER DELETE ON envelopes BEGIN
+            UPDATE queues SET depth = depth - 1, bytes = bytes - length(OLD.data)
+            WHERE rid = OLD.rid;
+        END"""
+    )
+    conn.execute(
+        "CREATE INDEX queues_by_sender ON queues (sender_key) WHERE sender_key IS NOT NULL"
+    )
+
+
+_MIGRATIONS: Final[tuple[Callable[[Conn], None], ...]] = (_migrate_0_to_1, _migrate_1_to_2)
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 
 
@@ -311,9 +348,10 @@ _NONCE_UPSERT = (
 _FULL: Final = object()  # a put_envelope job's answer when the queue is full
 _PUT_CHECK = (
     "SELECT next_seq, depth,"
-    " (SELECT seq FROM envelopes WHERE rid = ?1 AND msg_id = ?2)"
+    " (SELECT seq FROM envelopes WHERE rid = ?1 AND msg_id = ?2), bytes, sender_key"
     " FROM queues WHERE rid = ?1"
 )
+_SENDER_BYTES = "SELECT coalesce(sum(bytes), 0) FROM queues WHERE sender_key = ?"
 
 
 class SqliteStorage:
@@ -351,6 +389,9 @@ class SqliteStorage:
         self.path = Path(path).absolute()
         self.commits = 0
         self.write_jobs = 0
+        self.used_bytes = 0
+        self.reclaimed_pages = 0
+        self._page_size = 4096
         self._idle_checkpoint = idle_checkpoint
         self._deleted = False  # writer thread only: a deletion since the last truncation
         self._next_purge = _INT64[0]  # writer thread only: when expired nonces go next
@@ -375,6 +416,9 @@ class SqliteStorage:
             raise StorageError(f"cannot open {self.path}: {e}") from None
         try:
             _migrate(self._conn)
+            self._incremental_vacuum_on()
+            self._page_size = int(self._conn.execute("PRAGMA page_size").fetchone()[0])
+            self._used(self._conn)
             for _ in range(readers):
                 self._connect_reader(busy_timeout)
         except BaseException as e:
@@ -422,6 +466,9 @@ class SqliteStorage:
             self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
         )
         try:
+            # Takes effect on a new, empty file only, and only before WAL
+            # mode writes its header (see _incremental_vacuum_on).
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise StorageError(f"{self.path}: WAL mode is not available here")
@@ -436,6 +483,19 @@ class SqliteStorage:
             conn.close()
             raise
         return conn
+
+    def _incremental_vacuum_on(self) -> None:
+        """``auto_vacuum = INCREMENTAL``: free pages can be given back to the
+        file system in small steps. A new file gets it before its first
+        table (set in :meth:`_connect_writer`); a file made before it needs
+        one full ``VACUUM`` (at the first open by this version: it rewrites
+        the file once and needs as much free space again)."""
+        conn = self._conn
+        if conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
+            return
+        log.warning("relay storage: one-time VACUUM of %s for incremental vacuum", self.path.name)
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        conn.execute("VACUUM")
 
     def _connect_reader(self, busy_timeout: float) -> None:
         uri = self.path.as_uri() + "?mode=ro"
@@ -487,12 +547,15 @@ class SqliteStorage:
                 try:
                     job = self._jobs.get(timeout=self._idle_checkpoint if self._deleted else None)
                 except queue.Empty:
+                    self._reclaim(conn)
                     self._truncate_wal(conn)
                     continue
                 if job is None:
                     break
                 batch, stop = take_batch(self._jobs, job, MAX_BATCH)
                 self._run_batch(conn, batch)
+                if self._deleted:  # never idle under load: one step now and then
+                    self._reclaim(conn, steps=1, above=16 * VACUUM_FREE_PAGES)
                 if stop:
                     break
             self._truncate_wal(conn)
@@ -565,7 +628,28 @@ class SqliteStorage:
             return done
         self.commits += 1
         self.write_jobs += len(jobs)
+        with contextlib.suppress(sqlite3.Error):
+            self._used(conn)
         return done
+
+    def _reclaim(self, conn: Conn, *, steps: int = 1 << 30, above: int = VACUUM_FREE_PAGES) -> None:
+        """Give free pages back to the file system (writer thread, idle):
+        steps of :data:`VACUUM_STEP` pages while more than
+        :data:`VACUUM_FREE_PAGES` (``above``) are free and no write is
+        waiting, at most ``steps`` of them (one after a batch under load);
+        the file shrinks at the next WAL truncation."""
+        try:
+            for _ in range(steps):
+                free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+                if free <= above or (steps > 1 and not self._jobs.empty()):
+                    break
+                # executescript steps the pragma to the end (execute would
+                # free one page per call).
+                conn.executescript(f"PRAGMA incremental_vacuum({int(VACUUM_STEP)});")
+                self.reclaimed_pages += min(free, VACUUM_STEP)
+            self._used(conn)
+        except sqlite3.Error:
+            log.warning("relay storage: incremental vacuum failed", exc_info=False)
 
     def _truncate_wal(self, conn: Conn) -> bool:
         try:
@@ -685,8 +769,15 @@ class SqliteStorage:
         max_depth: int,
         nonce: NonceUse | None = None,
         then: Callable[[PutResult, asyncio.Future[PutResult]], bool] | None = None,
+        quota: Quota | None = None,
     ) -> PutResult:
         """Append durably; idempotent on ``msg_id`` while the envelope is held.
+
+        With ``quota``, :class:`QuotaExceeded` when the envelope would take
+        the queue's bytes, its sender key's bytes (all queues secured with
+        that key), the database's used pages or the file system's free space
+        past a limit; checked in the write transaction, after the duplicate
+        and depth checks.
 
         Raises :class:`QueueFull` when ``max_depth`` envelopes are held (a
         resend of one of them still answers ``duplicate``), ``ValueError`` if
@@ -718,11 +809,15 @@ class SqliteStorage:
             row = conn.execute(_PUT_CHECK, (rid, msg_id)).fetchone()
             if row is None:
                 raise ValueError("no such queue")
-            seq, depth, held = row
+            seq, depth, held, queue_bytes, sender_key = row
             if held is not None:  # checked before fullness: a resend is never refused
                 return PutResult(seq=held, duplicate=True)
             if depth >= max_depth:
                 return _FULL  # not raised: the nonce stays recorded
+            if quota is not None:
+                over = self._over_quota(conn, quota, len(data), queue_bytes, sender_key)
+                if over is not None:
+                    return over  # not raised either
             # The envelope_added trigger moves next_seq on and counts the depth.
             conn.execute(
                 "INSERT INTO envelopes (rid, seq, msg_id, data, received) VALUES (?, ?, ?, ?, ?)",
@@ -734,22 +829,87 @@ class SqliteStorage:
             # Not for a full queue (the caller gets QueueFull at once).
             return then is not None and isinstance(value, PutResult) and then(value, future)
 
+        if quota is not None and not isinstance(quota, Quota):
+            raise TypeError("quota must be a Quota")
         result = await self._write(job, then=None if then is None else after)
         if result is _FULL:
             raise QueueFull("the queue is full")
+        if isinstance(result, QuotaExceeded):
+            raise result
         return cast(PutResult, result)
 
-    async def fetch(self, rid: bytes, *, after: int, limit: int) -> list[Envelope]:
-        """Envelopes with ``seq > after``, oldest first, at most ``min(limit, MAX_FETCH)``."""
+    def _over_quota(
+        self, conn: Conn, quota: Quota, size: int, queue_bytes: int, sender_key: bytes | None
+    ) -> QuotaExceeded | None:
+        """The first limit of ``quota`` that ``size`` more bytes would pass."""
+        if quota.queue_bytes is not None and queue_bytes + size > quota.queue_bytes:
+            return QuotaExceeded("queue")
+        if quota.sender_bytes is not None and sender_key is not None:
+            (held,) = conn.execute(_SENDER_BYTES, (sender_key,)).fetchone()
+            if held + size > quota.sender_bytes:
+                return QuotaExceeded("sender")
+        if quota.storage_bytes is not None and self._used(conn) + size > quota.storage_bytes:
+            return QuotaExceeded("storage")
+        if quota.free_bytes is not None:
+            disk = self.disk_bytes()
+            reserve = None if disk is None else quota.reserve(disk[1])
+            if disk is not None and reserve is not None and disk[0] - size < reserve:
+                return QuotaExceeded("disk")
+        return None
+
+    def _used(self, conn: Conn) -> int:
+        """Bytes of the database's pages in use (free pages not counted)."""
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        used = int(pages - free) * self._page_size
+        self.used_bytes = used
+        return used
+
+    def free_bytes(self) -> int | None:
+        """Free space on the database's file system less the WAL (see
+        :meth:`disk_bytes`); ``None`` if it cannot be read."""
+        disk = self.disk_bytes()
+        return None if disk is None else disk[0]
+
+    def disk_bytes(self) -> tuple[int, int] | None:
+        """The database's file system: free space (for unprivileged writers)
+        less the size of the WAL, and its size. The WAL's frames may all be
+        copied into the database file at the next checkpoint, so in WAL mode
+        the data can take twice its size for a while (conservative: after a
+        checkpoint the WAL keeps its size until the writer truncates it)."""
+        try:
+            st = os.statvfs(self.path.parent)
+        except OSError:
+            return None
+        try:
+            wal = os.stat(f"{self.path}-wal").st_size
+        except OSError:
+            wal = 0
+        return max(0, st.f_bavail * st.f_frsize - wal), st.f_blocks * st.f_frsize
+
+    async def fetch(
+        self, rid: bytes, *, after: int, limit: int, max_bytes: int | None = None
+    ) -> list[Envelope]:
+        """Envelopes with ``seq > after``, oldest first, at most ``min(limit,
+        MAX_FETCH)``; with ``max_bytes``, no more envelope bytes than that
+        (but always the first envelope). Rows are read one at a time, so a
+        cut page never holds more than one envelope beyond its budget."""
         args = (_id(rid, "rid"), _int(after, "after"), min(_int(limit, "limit", low=1), MAX_FETCH))
+        budget = None if max_bytes is None else _int(max_bytes, "max_bytes", low=1)
 
         def read(conn: Conn) -> list[Envelope]:
-            rows = conn.execute(
+            out: list[Envelope] = []
+            total = 0
+            for s, m, d, r in conn.execute(
                 "SELECT seq, msg_id, data, received FROM envelopes"
                 " WHERE rid = ? AND seq > ? ORDER BY seq LIMIT ?",
                 args,
-            ).fetchall()
-            return [Envelope(seq=s, msg_id=m, data=d, received=r) for s, m, d, r in rows]
+            ):
+                total += len(d)
+                if budget is not None and out and total > budget:
+                    break
+                out.append(Envelope(seq=s, msg_id=m, data=d, received=r))
+            return out
 
         return await self._read(read)
 

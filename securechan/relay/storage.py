@@ -29,6 +29,8 @@ __all__ = [
     "PutResult",
     "QueueFull",
     "QueueRecord",
+    "Quota",
+    "QuotaExceeded",
     "RelayStorage",
     "StorageClosed",
 ]
@@ -39,6 +41,42 @@ KEY_SIZE = 32
 
 class QueueFull(Exception):
     """The queue holds its maximum number of envelopes."""
+
+
+class QuotaExceeded(Exception):
+    """A send would take a byte quota past its limit; ``kind`` says which:
+    ``"queue"``, ``"sender"`` (all queues of the sender key), ``"storage"``
+    (the relay's overall limit) or ``"disk"`` (the file system's free space
+    would fall under the reserve)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(f"the {kind} byte quota is used up")
+        self.kind = kind
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Quota:
+    """Byte limits checked by :meth:`RelayStorage.put_envelope` in the same
+    transaction as the insert (``None``: no limit). ``storage_bytes`` bounds
+    what the database holds overall; ``free_bytes`` is the free space the
+    file system must keep after the write (the reserve for acks, deletes
+    and the WAL); with ``free_share``, the reserve is the smaller of
+    ``free_bytes`` and that share of the file system's size (so a small
+    disk is not all reserve)."""
+
+    queue_bytes: int | None = None
+    sender_bytes: int | None = None
+    storage_bytes: int | None = None
+    free_bytes: int | None = None
+    free_share: float | None = None
+
+    def reserve(self, disk_size: int) -> int | None:
+        """The free space to keep on a file system of ``disk_size`` bytes."""
+        if self.free_bytes is None:
+            return None
+        if self.free_share is None:
+            return self.free_bytes
+        return min(self.free_bytes, int(disk_size * self.free_share))
 
 
 class StorageClosed(Exception):
@@ -135,9 +173,13 @@ class RelayStorage(Protocol):
         max_depth: int,
         nonce: NonceUse | None = None,
         then: Callable[[PutResult, asyncio.Future[PutResult]], bool] | None = None,
+        quota: Quota | None = None,
     ) -> PutResult:
         """Append durably; idempotent on ``msg_id``; raise :class:`QueueFull`
-        when the queue already holds ``max_depth`` envelopes.
+        when the queue already holds ``max_depth`` envelopes, and
+        :class:`QuotaExceeded` when storing ``data`` would pass a limit of
+        ``quota`` (a resend of a held envelope is still a duplicate; the
+        nonce stays recorded, as for ``QueueFull``).
 
         With ``nonce``, the request nonce is recorded in the same transaction
         as the envelope (one commit for both): :class:`NonceReused`, and
@@ -152,8 +194,12 @@ class RelayStorage(Protocol):
         envelope's log leaf is committed too); ``False`` or an exception
         means the caller is answered at once."""
 
-    async def fetch(self, rid: bytes, *, after: int, limit: int) -> list[Envelope]:
-        """Envelopes with ``seq > after``, oldest first, at most ``limit``."""
+    async def fetch(
+        self, rid: bytes, *, after: int, limit: int, max_bytes: int | None = None
+    ) -> list[Envelope]:
+        """Envelopes with ``seq > after``, oldest first, at most ``limit``;
+        with ``max_bytes``, also stop before the envelope that would take the
+        total of their sizes past it (the first one is always returned)."""
 
     async def ack(self, rid: bytes, *, up_to: int) -> int:
         """Delete envelopes with ``seq <= up_to``; return how many."""
