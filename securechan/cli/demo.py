@@ -55,16 +55,7 @@ def demo(keep: Path | None, as_json: bool) -> None:
             {
                 "ok": ok,
                 "seconds": round(time.perf_counter() - t0, 3),
-                "steps": [
-                    {
-                        "id": s.id,
-                        "title": s.title,
-                        "ok": s.ok,
-                        "attack": s.attack,
-                        "details": s.details,
-                    }
-                    for s in steps
-                ],
+                "steps": [s.to_json() for s in steps],
             }
         )
     else:
