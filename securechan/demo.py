@@ -75,6 +75,16 @@ class Step:
     details: dict[str, str] = field(default_factory=dict)
     attack: bool = False
 
+    def to_json(self) -> dict[str, str | bool | dict[str, str]]:
+        """The step as ``securechan demo --json`` prints it (docs/CLI.md)."""
+        return {
+            "id": self.id,
+            "title": self.title,
+            "ok": self.ok,
+            "attack": self.attack,
+            "details": dict(self.details),
+        }
+
 
 class _Relay:
     """A ``securechan relay serve`` child process."""

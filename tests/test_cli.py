@@ -1048,3 +1048,57 @@ def test_process_key_changed_exit_code(paired: World) -> None:
     assert proc.returncode == 4, proc.stderr
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.splitlines()) == 1, proc.stderr
+
+
+# --- the package: commands load lazily ------------------------------------------------
+
+
+def test_each_one_line_help_is_the_commands_own() -> None:
+    """The top-level group prints its list from COMMANDS without importing the
+    modules: each one-line help there must be the command's real first paragraph."""
+    import click
+
+    from securechan.cli import COMMANDS
+
+    ctx = click.Context(cli)
+    assert sorted(COMMANDS) == cli.list_commands(ctx)
+    for name, (_, one_line) in COMMANDS.items():
+        command = cli.get_command(ctx, name)
+        assert command is not None and command.name == name
+        first = " ".join((command.help or "").split("\n\n")[0].split())
+        assert one_line == first, name
+
+
+_LOADED = """
+import json, sys
+from securechan.cli import main
+try:
+    main()
+except SystemExit:
+    pass
+print(json.dumps(sorted(m for m in sys.modules if m.startswith(("securechan.", "aiohttp")))))
+"""
+
+
+@pytest.mark.parametrize("args", [["--help"], ["id", "show"], ["contact", "list"]])
+def test_a_command_imports_only_its_own_module(tmp_path: Path, args: list[str]) -> None:
+    """`securechan --help` imports no command module; an offline command only
+    its own: neither the client, the relay, the audit log nor aiohttp."""
+    home = tmp_path / "home"
+    proc = subprocess.run(
+        [sys.executable, "-c", _LOADED, "--home", str(home), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    loaded = set(json.loads(proc.stdout.strip().splitlines()[-1]))
+    commands = {m for m in loaded if m.startswith("securechan.cli.")}
+    own = {
+        "--help": set(),
+        "id": {"securechan.cli.identity"},
+        "contact": {"securechan.cli.contact"},
+    }
+    assert commands == {"securechan.cli.core"} | own[args[0]], loaded
+    for heavy in ("securechan.client", "securechan.relay", "securechan.audit", "aiohttp"):
+        assert heavy not in loaded, sorted(loaded)

@@ -118,3 +118,21 @@ def test_demo_text_output_is_a_readable_transcript(tmp_path: Path) -> None:
     assert not any(line.startswith(("[MISSED]", "[FAILED]")) for line in lines)
     assert "\x1b[" not in proc.stdout, "no colour codes when stdout is not a terminal"
     assert lines[-1].startswith("every step held")
+
+
+def test_a_step_gives_its_own_json() -> None:
+    """`demo --json` prints each step's to_json(): the documented keys, the
+    details copied (the caller cannot change the step through them)."""
+    from securechan.demo import Step
+
+    step = Step(id="attack-read", title="muscat reads", ok=True, attack=True, details={"db": "x"})
+    data = step.to_json()
+    assert data == {
+        "id": "attack-read",
+        "title": "muscat reads",
+        "ok": True,
+        "attack": True,
+        "details": {"db": "x"},
+    }
+    assert json.loads(json.dumps(data)) == data
+    assert data["details"] is not step.details

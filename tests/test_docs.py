@@ -211,7 +211,7 @@ def _check_command_line(line: str) -> str | None:
             i += 2 if takes_value and "=" not in tok else 1
             continue
         if isinstance(cmd, click.Group):
-            sub = cmd.commands.get(tok)
+            sub = cmd.get_command(click.Context(cmd), tok)  # the root loads lazily
             if sub is None:
                 return f"{' '.join(path)} has no command {tok!r}"
             cmd = sub

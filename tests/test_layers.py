@@ -1,7 +1,7 @@
 """Architecture rules, checked on the source: layers point down, crypto stays fenced.
 
 * Only ``securechan/primitives.py`` imports ``cryptography`` or ``nacl``.
-* Only ``securechan/cli.py`` imports ``click``.
+* Only the ``securechan/cli/`` package (the top layer) imports ``click``.
 * ``import securechan`` loads neither click nor aiohttp (CLI start-up cost).
 * Each module imports only modules of its own layer or below (DESIGN.md).
 """

@@ -1,0 +1,298 @@
+"""The CLI's core: the group class, global options, the error-to-exit-code
+mapping, printing helpers. Every command module builds on this one."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib
+import json
+import os
+import sqlite3
+import sys
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn, TypeVar
+
+import click
+
+import securechan
+from securechan.errors import (
+    ContactExists,
+    ContactNotFound,
+    IdentityExists,
+    MalformedInput,
+    NoIdentity,
+    RelayError,
+    RolledBack,
+    SecurechanError,
+    StorageError,
+    UntrustedKey,
+    VerificationFailed,
+)
+from securechan.terminal_text import inline
+
+if TYPE_CHECKING:  # typed, but not imported at start-up
+    from securechan.client.channel import Channel, UnknownPolicy
+
+_T = TypeVar("_T")
+
+EXIT_OK = 0
+EXIT_VERIFY = 1
+EXIT_USAGE = 2
+EXIT_NETWORK = 3
+EXIT_UNTRUSTED = 4
+EXIT_ROLLBACK = 5  # a rolled-back state: ours (send refused) or a peer's (receive)
+# sysexits.h EX_SOFTWARE: an exception outside the error tree (a bug). Input
+# from a peer or a relay must never reach this; the safety net below still
+# keeps it to one line, with no traceback and no echo of the input.
+EXIT_INTERNAL = 70
+_PROGRESS_MIN = 4 * 1024 * 1024
+CARD_FILE = "identity.card"
+_MAX_PASSPHRASE = 4096
+
+
+def _exit_code(exc: SecurechanError) -> int:
+    """The one place that maps the error tree to exit codes."""
+    if isinstance(exc, RelayError):
+        return EXIT_NETWORK
+    if isinstance(exc, UntrustedKey):  # includes KeyChanged
+        return EXIT_UNTRUSTED
+    if isinstance(exc, RolledBack):  # before StorageError, its base
+        return EXIT_ROLLBACK
+    if isinstance(exc, VerificationFailed):  # BadSignature, BadPassphrase
+        return EXIT_VERIFY
+    if isinstance(
+        exc,
+        MalformedInput
+        | NoIdentity
+        | IdentityExists
+        | ContactNotFound
+        | ContactExists
+        | StorageError,
+    ):
+        return EXIT_USAGE
+    return EXIT_VERIFY
+
+
+def _columns(*, err: bool = False) -> int | None:
+    """The terminal's width when stdout (or stderr) is a terminal, which wraps
+    long lines; None for a pipe or a file, where lines are never cut."""
+    stream = sys.stderr if err else sys.stdout
+    try:
+        columns = os.get_terminal_size(stream.fileno()).columns if stream.isatty() else 0
+    except (OSError, ValueError):
+        return None
+    return columns or None
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    # Error messages embed peer and relay data (an unknown sender's name, a
+    # relay's error body, a file name): rendered on one line, controls visible.
+    click.echo(f"securechan: {inline(message, width=_columns(err=True), indent=12)}", err=True)
+    sys.exit(code)
+
+
+class _Group(click.Group):
+    """A group that turns expected errors into one line and an exit code."""
+
+    def main(  # click overloads main() on standalone_mode; we take both
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """Run like click, but report usage errors on one line too."""
+        run = super().main
+        if not standalone_mode:
+            return run(args, prog_name, complete_var, False, **extra)
+        try:
+            code = run(args, prog_name, complete_var, False, **extra)
+        except click.exceptions.Abort:
+            _fail("interrupted", 130)
+        except click.ClickException as e:
+            hint = ""
+            if isinstance(e, click.UsageError) and e.ctx is not None:
+                hint = f" (see '{e.ctx.command_path} --help')"
+            _fail(f"{e.format_message()}{hint}", e.exit_code)
+        sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SecurechanError as e:
+            _fail(str(e), _exit_code(e))
+        except OSError as e:
+            name = f" {e.filename}" if e.filename else ""
+            _fail(f"cannot access{name}: {e.strerror or e}", EXIT_USAGE)
+        except sqlite3.Error as e:
+            _fail(f"local database error: {e}", EXIT_USAGE)
+        except UnicodeDecodeError:
+            # Safety net: every text input is decoded through _read_text,
+            # which names the file; this only stops a traceback.
+            _fail("an input file is not valid text", EXIT_USAGE)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except Exception as e:
+            # Last safety net (issue 11, "peer keys"): whatever a peer or a
+            # relay sent, the user sees one line and a documented code, not a
+            # traceback. Only the exception's type is shown: its text may
+            # carry peer-controlled bytes or secrets. SECURECHAN_DEBUG=1
+            # re-raises, for developers.
+            if os.environ.get("SECURECHAN_DEBUG") == "1":
+                raise
+            _fail(
+                f"internal error ({type(e).__name__}); please report it "
+                "(SECURECHAN_DEBUG=1 shows the traceback)",
+                EXIT_INTERNAL,
+            )
+
+
+class _LazyGroup(_Group):
+    """The top-level group: it knows each command's name, module and one-line
+    help, and imports the module only when that command runs or shows its
+    help (click's "lazily loading subcommands" pattern). ``securechan --help``
+    and a simple command stay light; ``tests/test_cli.py`` checks that each
+    one-line help here is the command's own."""
+
+    def __init__(
+        self, *args: Any, lazy_commands: Mapping[str, tuple[str, str]], **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        # name -> ("module:attribute", the first paragraph of its help)
+        self.lazy_commands = dict(lazy_commands)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy_commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.lazy_commands:
+            return super().get_command(ctx, cmd_name)
+        module_name, attribute = self.lazy_commands[cmd_name][0].split(":")
+        command = getattr(importlib.import_module(module_name), attribute)
+        if not isinstance(command, click.Command):
+            raise TypeError(f"{module_name}:{attribute} is not a click command")
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """As click prints them, from the one-line helps: no module is imported."""
+        stubs = {
+            name: click.Command(name, help=text) for name, (_, text) in self.lazy_commands.items()
+        }
+        shown = sorted({**self.commands, **stubs}.items())
+        rows = [(name, cmd) for name, cmd in shown if not cmd.hidden]
+        if not rows:
+            return
+        limit = formatter.width - 6 - max(len(name) for name, _ in rows)
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, cmd.get_short_help_str(limit)) for name, cmd in rows])
+
+
+_MAX_TEXT = 1024 * 1024
+
+
+def _read_text(source: Path | BinaryIO, what: str) -> str:
+    """Read at most 1 MiB of UTF-8 text from a path or a binary file."""
+    if isinstance(source, Path):
+        with open(source, "rb") as f:
+            raw = f.read(_MAX_TEXT + 1)
+    else:
+        raw = source.read(_MAX_TEXT + 1)
+    if len(raw) > _MAX_TEXT:
+        raise MalformedInput(f"{what} is larger than 1 MiB")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedInput(f"{what} is not UTF-8 text") from None
+
+
+class _App:
+    """What the global options set: the home folder and passphrase source."""
+
+    def __init__(self, home: Path | None, passphrase_file: Path | None) -> None:
+        self.home = home if home is not None else securechan.default_home()
+        self.passphrase_file = passphrase_file
+
+    @property
+    def keystore(self) -> securechan.Keystore:
+        return securechan.Keystore(self.home, events=self._record_event)
+
+    def _record_event(self, event: securechan.SecurityEvent) -> None:
+        # Every identity and contact change goes to the audit log. No identity
+        # here (no passphrase): the next opening with it signs these entries.
+        from securechan.audit.log import AuditLog
+
+        with AuditLog.open(self.home) as log:
+            log.record(event)
+
+    def passphrase(self, *, confirm: bool = False, prompt: str = "Passphrase") -> str:
+        """From --passphrase-file, else $SECURECHAN_PASSPHRASE, else a prompt."""
+        if self.passphrase_file is not None:
+            with open(self.passphrase_file, "rb") as f:
+                raw = f.readline(_MAX_PASSPHRASE + 1)
+            if len(raw.rstrip(b"\r\n")) > _MAX_PASSPHRASE:
+                raise MalformedInput(f"{self.passphrase_file}: the passphrase is over 4096 bytes")
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError:
+                raise MalformedInput(f"{self.passphrase_file} is not UTF-8 text") from None
+            if not line:
+                raise MalformedInput(f"{self.passphrase_file}: the first line is empty")
+            return line
+        env = os.environ.get("SECURECHAN_PASSPHRASE")
+        if env:
+            return env
+        if not sys.stdin.isatty():
+            raise MalformedInput(
+                "no passphrase: use --passphrase-file or SECURECHAN_PASSPHRASE, "
+                "or run in a terminal"
+            )
+        value: str = click.prompt(
+            prompt, hide_input=True, confirmation_prompt=confirm, err=True, type=str
+        )
+        return value
+
+
+def _emit_json(data: Any) -> None:
+    # The exact text, but printed as ASCII (json.dumps' default ensure_ascii):
+    # controls, bidi and every other non-ASCII character are \uXXXX escapes,
+    # so JSON on a terminal is as harmless as the rendered form.
+    click.echo(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=True))
+
+
+def _iso(ts: int | None) -> str | None:
+    if ts is None:
+        return None
+    return _dt.datetime.fromtimestamp(ts, _dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _json_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")(f)
+
+
+@contextmanager
+def _progress(size: int, label: str) -> Iterator[Callable[[int], None] | None]:
+    """A progress bar on stderr for big files, when stderr is a terminal."""
+    if size < _PROGRESS_MIN or not sys.stderr.isatty():
+        yield None
+        return
+    with click.progressbar(length=size, label=label, file=sys.stderr) as bar:
+        yield bar.update
+
+
+pass_app = click.make_pass_decorator(_App)
+
+
+def _channel(app: _App, *, unknown: UnknownPolicy = "refuse") -> Channel:
+    """The client, unlocked (imported here: only messaging commands pay for it)."""
+    from securechan.client.channel import Channel
+
+    return Channel.open(app.home, app.passphrase(), unknown_senders=unknown)
+
+
+def _run(coro: Coroutine[Any, Any, _T]) -> _T:
+    import asyncio
+
+    return asyncio.run(coro)

@@ -1,0 +1,122 @@
+"""``securechan init`` and ``securechan id``: your identity."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+import securechan
+from securechan.cli.core import (
+    CARD_FILE,
+    _App,
+    _emit_json,
+    _Group,
+    _iso,
+    _json_option,
+    _read_text,
+    pass_app,
+)
+from securechan.errors import (
+    IdentityExists,
+    MalformedInput,
+)
+from securechan.terminal_text import inline
+
+
+@click.command()
+@click.option("--name", required=True, help="Your delegation's name, e.g. tehran.")
+@click.option("--force", is_flag=True, help="Replace an existing identity (it is lost).")
+@click.option(
+    "--kdf",
+    type=click.Choice(sorted(securechan.KDF_PROFILES)),
+    default="moderate",
+    show_default=True,
+    help="Argon2id cost for the key file.",
+)
+@_json_option
+@pass_app
+def init(app: _App, name: str, force: bool, kdf: str, as_json: bool) -> None:
+    """Create your identity (hybrid ML-DSA-65 + Ed25519) in the home folder."""
+    store = app.keystore
+    securechan.identity.check_name(name)
+    if store.has_identity() and not force:
+        raise IdentityExists(f"{store.key_path} exists; use --force to replace it")
+    secret = app.passphrase(confirm=True, prompt="New passphrase")
+    ident = store.create(name, secret, kdf=securechan.KDF_PROFILES[kdf], force=force)
+    from securechan.audit.log import AuditLog
+
+    # The new identity signs the log at once, so 'log verify' holds after init.
+    with AuditLog.open(store.home, ident) as log:
+        log.checkpoint()
+    if as_json:
+        _emit_json(
+            {"name": ident.name, "fingerprint": str(ident.fingerprint), "home": str(store.home)}
+        )
+        return
+    click.echo(f"Created identity {inline(ident.name)}")
+    click.echo(f"Fingerprint: {ident.fingerprint}")
+    click.echo(f"Public identity file: {inline(str(store.public_path))}")
+
+
+@click.group(name="id", cls=_Group)
+def id_group() -> None:
+    """Show or export your identity."""
+
+
+@id_group.command(name="show")
+@_json_option
+@pass_app
+def id_show(app: _App, as_json: bool) -> None:
+    """Show your name and fingerprint."""
+    store = app.keystore
+    pub = store.public_identity()
+    data = {
+        "name": pub.name,
+        "fingerprint": str(pub.fingerprint),
+        "created": _iso(pub.created),
+        "home": str(store.home),
+    }
+    if as_json:
+        _emit_json(data)
+        return
+    click.echo(f"Name:        {inline(pub.name)}")
+    click.echo(f"Fingerprint: {pub.fingerprint}")
+    click.echo(f"Created:     {data['created']}")
+    click.echo(f"Home:        {inline(str(store.home))}")
+
+
+@id_group.command(name="export")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here.")
+@pass_app
+def id_export(app: _App, output: Path | None) -> None:
+    """Print your public identity file, for others' 'contact add'.
+
+    After 'register', the file also holds your signed contact card (your
+    relay addresses), so it is all another party needs."""
+    text = app.keystore.public_identity().to_text()
+    card_path = app.home / CARD_FILE
+    if card_path.exists():
+        text += _read_text(card_path, str(card_path))
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text, encoding="ascii")
+
+
+@id_group.command(name="passwd")
+@click.option("--new-passphrase-file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--kdf", type=click.Choice(sorted(securechan.KDF_PROFILES)), default="moderate")
+@pass_app
+def id_passwd(app: _App, new_passphrase_file: Path | None, kdf: str) -> None:
+    """Change the passphrase that encrypts your key file."""
+    old = app.passphrase(prompt="Current passphrase")
+    if new_passphrase_file is None and not sys.stdin.isatty():
+        # Not $SECURECHAN_PASSPHRASE: it already holds the current passphrase.
+        raise MalformedInput(
+            "give the new passphrase with --new-passphrase-file, or run in a terminal"
+        )
+    new = _App(app.home, new_passphrase_file).passphrase(confirm=True, prompt="New passphrase")
+    app.keystore.change_passphrase(old, new, kdf=securechan.KDF_PROFILES[kdf])
+    click.echo("Passphrase changed.", err=True)

@@ -1,0 +1,351 @@
+"""``register``, ``send``, ``receive``, ``history``, ``status``: talking through relays."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from securechan.cli.core import (
+    _PROGRESS_MIN,
+    CARD_FILE,
+    EXIT_ROLLBACK,
+    EXIT_VERIFY,
+    _App,
+    _channel,
+    _columns,
+    _emit_json,
+    _iso,
+    _json_option,
+    _read_text,
+    _run,
+    pass_app,
+)
+from securechan.errors import (
+    MalformedInput,
+    RelayError,
+    StorageError,
+)
+from securechan.terminal_text import block, inline
+
+if TYPE_CHECKING:
+    from securechan.client.channel import UnknownPolicy
+
+
+@click.command()
+@click.option("--relay", "relays", multiple=True, required=True, help="Relay URL (repeatable).")
+@click.option(
+    "--relay-fingerprint",
+    "fingerprint",
+    metavar="HEX",
+    help="The fingerprint the relay's operator published ('relay fingerprint:' at start); "
+    "refuse the relay if its key differs. Only with one --relay.",
+)
+@_json_option
+@pass_app
+def register(app: _App, relays: tuple[str, ...], fingerprint: str | None, as_json: bool) -> None:
+    """Create your contact address at each relay and publish prekeys.
+
+    The relay's key is pinned on first use; give --relay-fingerprint to check
+    it against the one its operator published instead of trusting the first
+    answer."""
+    from securechan.identity._files import atomic_write
+
+    if fingerprint is not None and len(relays) != 1:
+        raise MalformedInput("--relay-fingerprint goes with exactly one --relay")
+    wanted = fingerprint.strip().lower().replace(" ", "") if fingerprint else None
+    if wanted is not None and (
+        len(wanted) != 64 or any(c not in "0123456789abcdef" for c in wanted)
+    ):
+        raise MalformedInput("a relay fingerprint is 64 hex digits")
+
+    async def go() -> Any:
+        async with _channel(app) as ch:
+            card = None
+            for url in relays:
+                pin = bytes.fromhex(wanted) if wanted is not None else None
+                card = await ch.register(url, pin_fingerprint=pin)
+            return card, ch.relay_fingerprints()
+
+    card, keys = _run(go())
+    atomic_write(app.home / CARD_FILE, card.to_text().encode("ascii"), replace=True)
+    if as_json:
+        _emit_json(
+            {
+                "relays": [a.relay for a in card.addresses],
+                "relay_fingerprints": {a.relay: keys.get(a.relay) for a in card.addresses},
+            }
+        )
+        return
+    for a in card.addresses:
+        click.echo(f"Registered at {inline(a.relay)} (relay fingerprint {keys.get(a.relay)})")
+    click.echo("Your contact file now includes these addresses: 'securechan id export'.")
+
+
+@click.command()
+@click.argument("contact_name", metavar="CONTACT")
+@click.argument("message", required=False)
+@click.option(
+    "--file",
+    "file_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Send a file instead of a text.",
+)
+@_json_option
+@pass_app
+def send(
+    app: _App, contact_name: str, message: str | None, file_path: Path | None, as_json: bool
+) -> None:
+    """Send MESSAGE (or '-' for stdin, or --file F) to CONTACT."""
+    if (message is None) == (file_path is None):
+        raise MalformedInput("give a MESSAGE ('-' reads stdin) or --file F")
+    contact = app.keystore.contacts.get(contact_name)
+    if not contact.verified:
+        shown = inline(contact_name)
+        click.echo(
+            f"securechan: warning: {shown} is not verified; compare safety numbers "
+            f"('securechan contact show {shown}')",
+            err=True,
+        )
+    if message == "-":
+        message = _read_text(sys.stdin.buffer, "standard input")
+
+    async def go() -> Any:
+        async with _channel(app) as ch:
+            if file_path is not None:
+                data = file_path.read_bytes()
+                if len(data) < _PROGRESS_MIN or not sys.stderr.isatty():
+                    return await ch.send_file(contact_name, file_path.name, data)
+                with click.progressbar(length=1, label="Sending", file=sys.stderr) as bar:
+
+                    def tick(done: int, total: int) -> None:
+                        bar.length = total
+                        bar.update(done - bar.pos)
+
+                    return await ch.send_file(contact_name, file_path.name, data, progress=tick)
+            return await ch.send_text(contact_name, message or "")
+
+    result = _run(go())
+    seqs = _seq_range(result.seqs)
+    if result.pending and not result.delivered:
+        # One line, exit 3: the message is safe in the outbox.
+        raise RelayError(
+            f"no relay accepted message {seqs} to {result.contact} yet; it is queued "
+            "and will be posted by the next send, receive or status"
+        )
+    if as_json:
+        _emit_json(
+            {
+                "contact": result.contact,
+                "seqs": list(result.seqs),
+                "delivered": result.delivered,
+                "pending": result.pending,
+            }
+        )
+    else:
+        state = "sent" if result.pending == 0 else f"sent, {result.pending} envelopes still queued"
+        click.echo(f"Message {seqs} to {inline(result.contact)}: {state}", err=True)
+
+
+def _seq_range(seqs: tuple[int, ...]) -> str:
+    """'7', or '3-186' for the consecutive sequence numbers of a file."""
+    if not seqs:
+        return "?"
+    return str(seqs[0]) if len(seqs) == 1 else f"{seqs[0]}-{seqs[-1]}"
+
+
+def _save_download(folder: Path, name: str, data: bytes) -> Path:
+    """Write a received file inside ``folder`` under a sanitised, new name."""
+
+    from securechan.client.channel import sanitize_filename
+
+    folder.mkdir(parents=True, exist_ok=True)
+    clean = sanitize_filename(name)
+    stem, dot, ext = clean.rpartition(".")
+    if not dot:
+        stem, ext = clean, ""
+    for i in range(1000):
+        candidate = clean if i == 0 else f"{stem} ({i}){dot}{ext}"
+        path = folder / candidate
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except FileExistsError:
+            continue
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return path
+    raise StorageError(f"too many files named {clean} in {folder}")
+
+
+def _show(item: Any, as_json: bool, download: Path) -> None:
+    from securechan.client.channel import Rejected
+
+    if isinstance(item, Rejected):
+        if as_json:
+            out = {"rejected": item.reason, "error": item.error, "held": item.held}
+            if item.evidence:
+                out["evidence"] = list(item.evidence)
+            _emit_json(out)
+        elif item.reason == "SplitView":
+            error = inline(item.error, width=_columns(err=True), indent=24)
+            click.echo(f"securechan: SPLIT VIEW: {error}", err=True)
+        elif item.reason == "PeerRolledBack":
+            error = inline(item.error, width=_columns(err=True), indent=30)
+            click.echo(f"securechan: PEER ROLLED BACK: {error}", err=True)
+        else:
+            # The error can name a stranger (UnknownSender) or quote a relay.
+            held = " (held: pin the sender, then run receive again)" if item.held else ""
+            head = f"securechan: refused an envelope: {inline(item.reason)}: "
+            error = inline(item.error + held, width=_columns(err=True), indent=len(head))
+            click.echo(head + error, err=True)
+        return
+    saved = None
+    if item.file_data is not None:
+        saved = _save_download(download, item.file_name or "file", item.file_data)
+    if as_json:
+        _emit_json(
+            {
+                "contact": item.contact,
+                "fingerprint": item.fingerprint,
+                "verified": item.verified,
+                "seq": item.seq,
+                "sent_at": _iso(item.sent_at),
+                "type": item.content_type.name.lower(),
+                "text": item.text,
+                "file": str(saved) if saved else None,
+                "receipt_matches": item.receipt_matches,
+                "notes": list(item.notes),
+            }
+        )
+        return
+    for note in item.notes:
+        click.echo(
+            f"securechan: note: {inline(note, width=_columns(err=True), indent=18)}", err=True
+        )
+    mark = "verified" if item.verified else "UNVERIFIED"
+    who = inline(item.contact)
+    head = f"[{_iso(item.sent_at)}] {who} ({mark}) #{item.seq}"
+    if item.text is not None:
+        # The contact's text: controls visible, each further line marked.
+        click.echo(f"{head}: {block(item.text, width=_columns(), indent=len(head) + 2)}")
+    elif saved is not None:
+        # Where it was saved first; the sender's name for it last, so that
+        # name cannot pose as the place it was saved.
+        said = f"file saved as {saved} (the sender named it: {item.file_name or ''})"
+        click.echo(f"{head}: {inline(said, width=_columns(), indent=len(head) + 2)}")
+    elif item.receipt_matches is not None:
+        verdict = "matches our record" if item.receipt_matches else "DOES NOT MATCH our record"
+        click.echo(f"{who}: receipt {verdict}")
+
+
+@click.command()
+@click.option("--follow", is_flag=True, help="Keep receiving (Ctrl-C to stop).")
+@click.option(
+    "--download",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="Folder for received files.",
+)
+@click.option(
+    "--unknown",
+    type=click.Choice(["refuse", "hold"]),
+    default="refuse",
+    show_default=True,
+    help="First messages from identities you have not pinned.",
+)
+@click.option("--timeout", type=float, default=None, help="With --follow: stop after N seconds.")
+@_json_option
+@pass_app
+def receive(
+    app: _App,
+    follow: bool,
+    download: Path,
+    unknown: UnknownPolicy,
+    timeout: float | None,
+    as_json: bool,
+) -> None:
+    """Fetch, verify, store and print new messages.
+
+    Exit 1 at the end if a relay was caught showing two histories (a split
+    view), else 5 if a contact sent a second, different message at a place
+    already used (its state was rolled back): every message is still stored
+    and shown first."""
+    import asyncio
+
+    split: list[str] = []
+    rolled_back: list[str] = []
+
+    def show(item: Any) -> None:
+        _show(item, as_json, download)
+        if getattr(item, "reason", None) == "SplitView":
+            split.append(item.error)
+        if getattr(item, "reason", None) == "PeerRolledBack":
+            rolled_back.append(item.error)
+
+    async def go() -> None:
+        async with _channel(app, unknown=unknown) as ch:
+            if not follow:
+                for item in await ch.receive():
+                    show(item)
+                return
+            stop = asyncio.Event()
+            if timeout is not None:
+                asyncio.get_running_loop().call_later(timeout, stop.set)
+            async for item in ch.follow(stop=stop):
+                show(item)
+
+    _run(go())
+    if split:
+        sys.exit(EXIT_VERIFY)
+    if rolled_back:
+        sys.exit(EXIT_ROLLBACK)
+
+
+@click.command()
+@click.argument("contact_name", metavar="CONTACT", required=False)
+@_json_option
+@pass_app
+def history(app: _App, contact_name: str | None, as_json: bool) -> None:
+    """Show the stored conversation (with CONTACT, or all)."""
+
+    async def go() -> Any:
+        async with _channel(app) as ch:
+            return ch.history(contact_name)
+
+    rows = _run(go())
+    if as_json:
+        _emit_json(
+            [
+                {"id": i, "contact": c, "direction": d, "seq": s, "sent_at": _iso(t), "summary": m}
+                for c, d, s, t, m, i in rows
+            ]
+        )
+        return
+    for c, d, s, t, m, i in rows:
+        arrow = "->" if d == "out" else "<-"
+        head = f"[{_iso(t)}] {i} {arrow} {inline(c)} #{s}: "
+        click.echo(head + block(m, width=_columns(), indent=len(head)))
+
+
+@click.command()
+@_json_option
+@pass_app
+def status(app: _App, as_json: bool) -> None:
+    """Relays, queues, sessions and envelopes waiting to be sent."""
+
+    async def go() -> Any:
+        async with _channel(app) as ch:
+            await ch.flush_outbox()
+            return ch.status()
+
+    info = _run(go())
+    if as_json:
+        _emit_json(info)
+        return
+    for k, v in info.items():
+        shown = ", ".join(map(str, v)) if isinstance(v, list) else str(v)
+        click.echo(f"{k + ':':<10} {inline(shown)}")

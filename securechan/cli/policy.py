@@ -1,0 +1,116 @@
+"""``securechan policy``: which witnesses must cosign a relay's log."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from securechan.cli.core import (
+    _App,
+    _channel,
+    _emit_json,
+    _Group,
+    _iso,
+    _json_option,
+    _run,
+    pass_app,
+)
+from securechan.errors import (
+    MalformedInput,
+    RelayError,
+)
+from securechan.terminal_text import inline
+
+
+@click.group(cls=_Group)
+def policy() -> None:
+    """Which witnesses must cosign a relay's log (docs/AUDIT.md, Witnesses)."""
+
+
+@policy.command(name="set")
+@click.option("--relay", "relay_url", required=True, help="The relay, as registered.")
+@click.option(
+    "--witness",
+    "witness_keys",
+    multiple=True,
+    metavar="KEY",
+    help="A witness's key line ('securechan witness key' prints it); repeatable. "
+    "None: remove the policy.",
+)
+@click.option("--require", type=int, default=None, help="How many must cosign (default: all).")
+@_json_option
+@pass_app
+def policy_set(
+    app: _App, relay_url: str, witness_keys: tuple[str, ...], require: int | None, as_json: bool
+) -> None:
+    """Require cosignatures on RELAY's checkpoints before they count as witnessed."""
+    from securechan.audit.note import VerifierKey
+    from securechan.client.policy import set_policy
+
+    keys = [VerifierKey.from_text(k.strip()) for k in witness_keys]
+
+    async def go() -> Any:
+        async with _channel(app) as ch:
+            if relay_url not in ch.relays() + ch.known_logs():
+                raise MalformedInput(f"{relay_url} is none of your or your contacts' relays")
+            return set_policy(ch, relay_url, keys, require)
+
+    p = _run(go())
+    info = {
+        "relay": p.relay,
+        "witnesses": [k.to_text() for k in p.witnesses],
+        "required": p.required if p.witnesses else 0,
+    }
+    if as_json:
+        _emit_json(info)
+    elif p.witnesses:
+        click.echo(f"{inline(relay_url)}: {p.required} of {len(p.witnesses)} witnesses must cosign")
+    else:
+        click.echo(f"{inline(relay_url)}: no witness policy")
+
+
+@policy.command(name="show")
+@_json_option
+@pass_app
+def policy_show(app: _App, as_json: bool) -> None:
+    """Each relay's policy and the newest checkpoint that met it (fetched now)."""
+    from securechan.client.policy import get_policy, refresh_witnessed
+
+    async def go() -> Any:
+        out = []
+        async with _channel(app) as ch:
+            for relay_url in ch.relays():
+                p = get_policy(ch, relay_url)
+                row: dict[str, Any] = {"relay": relay_url, "witnesses": [], "required": 0}
+                if p is not None:
+                    row["witnesses"] = [k.to_text() for k in p.witnesses]
+                    row["required"] = p.required
+                    try:
+                        cp = await refresh_witnessed(ch, relay_url)
+                    except RelayError as e:
+                        row["error"] = str(e)
+                        cp = None
+                    if cp is not None:
+                        row["witnessed_size"] = cp.checkpoint.size
+                        row["cosigned_by"] = [
+                            {"witness": c.cosigner.name, "at": _iso(c.timestamp)}
+                            for c in cp.cosignatures
+                        ]
+                out.append(row)
+        return out
+
+    rows = _run(go())
+    if as_json:
+        _emit_json(rows)
+        return
+    for row in rows:
+        relay_shown = inline(row["relay"])
+        if not row["witnesses"]:
+            click.echo(f"{relay_shown}: no witness policy")
+            continue
+        seen = row.get("witnessed_size")
+        state = f"witnessed up to size {seen}" if seen is not None else "nothing witnessed yet"
+        click.echo(
+            f"{relay_shown}: {row['required']} of {len(row['witnesses'])} witnesses; {state}"
+        )

@@ -1,0 +1,95 @@
+"""``securechan relay``: run a mediator's relay."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from securechan.cli.core import (
+    _Group,
+)
+from securechan.errors import (
+    MalformedInput,
+)
+
+
+@click.group(cls=_Group)
+def relay() -> None:
+    """Run a mediator's relay."""
+
+
+@relay.command(name="serve")
+@click.option("--host", default=None, help="Address to bind (default 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default 8470; 0 picks a free one).")
+@click.option(
+    "--data",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Data folder (default ./relay-data).",
+)
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="TOML config file (flags override it).",
+)
+@click.option(
+    "--synchronous",
+    type=click.Choice(["FULL", "NORMAL"]),
+    default=None,
+    help="SQLite durability (default FULL: a 2xx survives power loss).",
+)
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]), default=None)
+def relay_serve(
+    host: str | None,
+    port: int | None,
+    data: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    config_file: Path | None,
+    synchronous: str | None,
+    log_level: str | None,
+) -> None:
+    """Serve the relay until SIGTERM or Ctrl-C."""
+    import asyncio
+    import dataclasses
+    import logging
+
+    from securechan.relay.app import RelayConfig
+    from securechan.relay.server import load_config_file, options_from, serve
+
+    values: dict[str, Any] = {}
+    limits: dict[str, Any] = {}
+    if config_file is not None:
+        values, limits = load_config_file(config_file)
+    flags = {
+        "host": host,
+        "port": port,
+        "data": data,
+        "tls_cert": tls_cert,
+        "tls_key": tls_key,
+        "synchronous": synchronous,
+        "log_level": log_level,
+    }
+    values.update({k: v for k, v in flags.items() if v is not None})
+    opts = options_from(values)
+    try:
+        config = dataclasses.replace(RelayConfig(), **limits)
+    except TypeError as e:
+        raise MalformedInput(f"bad [limits] in the config: {e}") from None
+    logging.basicConfig(
+        level=opts.log_level, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
+    )
+    run = asyncio.run
+    try:  # libuv's event loop when installed (a dependency on POSIX): less CPU per request
+        import uvloop
+
+        run = uvloop.run
+    except ImportError:
+        pass
+    run(serve(opts, config, announce=lambda line: click.echo(line)))
