@@ -15,7 +15,9 @@ attacker would attack it (docs/RELAY.md §3, "Limits", "Metrics and logs").
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import sqlite3
 import statistics
 import time
 from pathlib import Path
@@ -269,6 +271,86 @@ def test_replayed_send_and_ack_are_refused_after_a_restart(tmp_path: Path) -> No
         relay.stop()
     finally:
         relay.kill()
+
+
+def test_storage_error_is_logged_with_its_cause(tmp_path: Path) -> None:
+    """Another process holds relay.db's write lock (as a stuck backup job
+    would): the send gets the plain 503, the operator's log line the cause."""
+    with running(tmp_path, "locked") as relay:
+
+        async def create() -> tuple[Resp, Resp]:
+            async with session() as s:
+                q = await new_queue(s, relay)
+                holder = sqlite3.connect(relay.data / "relay.db", isolation_level=None)
+                holder.execute("BEGIN IMMEDIATE")
+                try:
+                    locked = await send(s, relay, q, envelope(relay))
+                finally:
+                    holder.execute("ROLLBACK")
+                    holder.close()
+                return locked, await send(s, relay, q, envelope(relay))
+
+        locked, after = run(create())
+        assert locked.status == 503 and locked.json()["error"]["code"] == "storage"
+        assert locked.headers.get("retry-after") == "5"
+        assert "SQLITE" not in locked.body.decode() and "locked" not in locked.body.decode()
+        assert after.status == 201, "the relay did not recover once the lock was gone"
+        log = relay.stop()
+        lines = [line for line in log.splitlines() if "503 storage error" in line]
+        assert lines and "database is locked (SQLITE_BUSY)" in lines[0], lines
+
+
+def _fill(db: Path, n: int, size: int) -> None:
+    """n envelopes of ``size`` bytes received now, on one queue, written
+    straight into a stopped relay's relay.db (as a busy relay would hold)."""
+    conn = sqlite3.connect(db)
+    rid = os.urandom(16)
+    t = now()
+    conn.execute(
+        "INSERT INTO queues (rid, sid, recipient_key, contact, created) VALUES (?, ?, ?, 0, ?)",
+        (rid, os.urandom(16), os.urandom(32), t),
+    )
+    conn.executemany(
+        "INSERT INTO envelopes (rid, seq, msg_id, data, received)"
+        " VALUES (?, ?, ?, CAST(randomblob(16) || zeroblob(?) AS BLOB), ?)",
+        ((rid, i + 1, os.urandom(16), size - 16, t) for i in range(n)),
+    )
+    conn.commit()
+    conn.close()
+
+
+def _timed_start(root: Path, name: str, data: Path) -> tuple[Relay, float]:
+    started = time.perf_counter()
+    relay = start_relay(root, name, data=data)
+    return relay, time.perf_counter() - started
+
+
+def test_start_up_time_does_not_grow_with_stored_envelopes(tmp_path: Path) -> None:
+    """Before issue 15 every start re-read (and hashed) every envelope of
+    the last hour to repair the transparency log: ~4 s per GiB."""
+    empty = tmp_path / "empty"
+    full = tmp_path / "full"
+    for data in (empty, full):
+        start_relay(tmp_path, data.name, data=data).stop()
+    _fill(full / "relay.db", 500, 256 * 1024)  # 125 MiB
+    relay = start_relay(tmp_path, "full", data=full)  # logs what it lacks
+    relay.stop()
+    assert "appended 500 stored envelopes" in relay.log()
+    times: dict[str, list[float]] = {"empty": [], "full": []}
+    for _ in range(2):
+        for data in (empty, full):
+            relay, took = _timed_start(tmp_path, data.name, data)
+            relay.stop()
+            times[data.name].append(took)
+    grew = min(times["full"]) - min(times["empty"])
+    assert grew < 0.8, f"start-up took {grew:.2f} s longer with 125 MiB stored: {times}"
+    # A crash (no clean stop) still repairs: the mark is gone once started.
+    relay, _ = _timed_start(tmp_path, "full", full)
+    relay.kill()
+    relay = start_relay(tmp_path, "full", data=full)
+    log = relay.stop()
+    assert "no repair needed" in _timed_start(tmp_path, "full", full)[0].stop()
+    assert log.count("no repair needed") == 0, log
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -733,10 +733,12 @@ def storage_cause(exc: BaseException) -> str:
         root = root.__cause__
     if isinstance(root, sqlite3.Error):
         name = getattr(root, "sqlite_errorname", None)
-        return f"{root} ({name})" if name else str(root)
+        return f"{root} ({name})" if name else type(root).__name__
     if isinstance(root, OSError) and root.strerror:
         return root.strerror
-    return str(root) or type(root).__name__
+    if isinstance(root, StorageError):
+        return str(root)  # the relay's own words
+    return type(root).__name__
 
 
 def openapi_text() -> str:
