@@ -721,7 +721,7 @@ class Relay:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Routes an address over its failed-authentication budget may still use.
-_UNGATED = frozenset({"/healthz", "/metrics"})
+_UNGATED = frozenset({"/healthz", "/metrics", "/v1/relay", "/v1/openapi.yaml"})
 
 
 def storage_cause(exc: BaseException) -> str:
