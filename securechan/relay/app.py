@@ -15,8 +15,9 @@ import asyncio
 import json
 import logging
 import re
+import sqlite3
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -38,7 +39,7 @@ from securechan.protocol.relay_auth import (
     parse_authorization,
     verify_request,
 )
-from securechan.relay.limits import RateLimiter
+from securechan.relay.limits import LogSampler, RateLimiter
 from securechan.relay.metrics import RelayMetrics
 from securechan.relay.storage import (
     ID_SIZE,
@@ -112,6 +113,20 @@ class RelayConfig:
     storage_reserve_bytes: int = -1  # automatic: 5 % of the data disk, at most 64 MiB
     client_byte_rate: float = 8 * 1024 * 1024
     client_byte_burst: int = 64 * 1024 * 1024
+    # Failed authentication (401, 403) per client address: once the budget
+    # is spent, the address is answered 429 before any signature is checked.
+    auth_failure_rate: float = 2.0
+    auth_failure_burst: int = 30
+    # Reads (fetches, prekey status) per queue.
+    read_rate: float = 100.0
+    read_burst: int = 500
+    # Nonces of read requests, held in memory for the replay window (not in
+    # relay.db: a read changes nothing, docs/RELAY.md §3).
+    max_read_nonces: int = 200_000
+    # Refusal log lines: at most log_sample per route, status and code in
+    # every log_interval seconds, then one summary line.
+    log_sample: int = 10
+    log_interval: float = 10.0
     clock: Callable[[], float] = field(default=time.time)
 
 
@@ -177,6 +192,17 @@ class Relay:
         # Fetch answers being read, encoded or written (a budget in bytes:
         # each holds at most fetch_max_bytes of envelopes, plus one envelope).
         self.fetch_slots = asyncio.Semaphore(max(1, config.fetch_concurrency))
+        self.auth_limit = RateLimiter(
+            rate=config.auth_failure_rate, burst=config.auth_failure_burst
+        )
+        self.read_limit = RateLimiter(rate=config.read_rate, burst=config.read_burst)
+        # key + nonce -> expiry, oldest first (expiries are now + a constant).
+        self.read_nonces: OrderedDict[bytes, int] = OrderedDict()
+        self.refusals = LogSampler(
+            logging.getLogger("securechan.relay"),
+            per_interval=config.log_sample,
+            interval=config.log_interval,
+        )
         self.subscribers: dict[bytes, set[web.WebSocketResponse]] = defaultdict(set)
         # Set when shutdown starts: a body still arriving then is answered 503
         # at once (aiohttp stops reading from clients once it is closing).
@@ -270,29 +296,75 @@ class Relay:
         except MalformedInput:
             raise _HttpError(400, "bad_id", f"malformed {name}") from None
 
-    async def _authenticate(self, request: web.Request, key: bytes, body: bytes) -> None:
+    async def _authenticate(
+        self, request: web.Request, key: bytes, body: bytes, *, read: bool = False
+    ) -> None:
+        """Check the signature and record the nonce: a ``read`` (a request
+        that changes nothing) in memory, any other in relay.db."""
         use, _ = self._verify(request, key, body)
-        if not await self.storage.use_nonce(key, use.nonce, now=use.now, expires=use.expires):
-            raise self._replayed()
+        if read:
+            fresh = self._use_read_nonce(use)
+        else:
+            fresh = await self.storage.use_nonce(key, use.nonce, now=use.now, expires=use.expires)
+        if not fresh:
+            raise self._replayed(request)
+
+    def _use_read_nonce(self, use: NonceUse) -> bool:
+        """Record a read's nonce in memory until it expires; ``False`` if held.
+        Bounded: past ``max_read_nonces`` the oldest is forgotten."""
+        cache = self.read_nonces
+        while cache:
+            oldest, expires = next(iter(cache.items()))
+            if expires >= use.now:
+                break
+            del cache[oldest]
+        ident = use.key + use.nonce
+        if ident in cache:
+            return False
+        cache[ident] = use.expires
+        if len(cache) > self.config.max_read_nonces:
+            cache.popitem(last=False)
+        return True
+
+    def _auth_failed(self, request: web.Request, reason: str) -> None:
+        """Count a refused authentication and spend the address's budget."""
+        self.metrics.auth_failures.labels(reason).inc()
+        self.auth_limit.allow(request.remote, self.config.clock())
+
+    def _auth_gate(self, request: web.Request) -> None:
+        """429 for an address that spent its failed-authentication budget:
+        before any lookup or signature check, so a flood of bad signatures
+        costs the relay next to nothing."""
+        wait = self.auth_limit.blocked(request.remote, self.config.clock())
+        if wait:
+            self.metrics.rate_limited.labels("auth_failure").inc()
+            raise _HttpError(
+                429,
+                "rate_limited",
+                "too many failed authentications from this address",
+                retry_after=wait,
+            )
 
     def _verify(self, request: web.Request, key: bytes, body: bytes) -> tuple[NonceUse, bytes]:
         """Check the request's signature (401, 403); the nonce the caller must
         then record, refusing the request if it was recorded before, and
         SHA-256 of the body (hashed once for the signature, reused by the log)."""
+        header = request.headers.get("Authorization")
         try:
-            req: SignedRequest = parse_authorization(request.headers.get("Authorization"))
+            req: SignedRequest = parse_authorization(header)
         except MalformedInput as e:
+            self._auth_failed(request, "missing" if header is None else "malformed")
             raise _HttpError(401, "unauthenticated", str(e)) from None
         now = self.now()
         try:
             digest = verify_request(key, req, request.method, request.path_qs, body, now=now)
         except BadSignature as e:
-            self.metrics.auth_failures.inc()
+            self._auth_failed(request, "stale" if abs(now - req.ts) > MAX_SKEW else "signature")
             raise _HttpError(403, "forbidden", str(e)) from None
         return NonceUse(key=key, nonce=req.nonce, now=now, expires=now + 2 * MAX_SKEW), digest
 
-    def _replayed(self) -> _HttpError:
-        self.metrics.auth_failures.inc()
+    def _replayed(self, request: web.Request) -> _HttpError:
+        self._auth_failed(request, "replayed")
         return _HttpError(403, "replayed", "this request was already made")
 
     async def _queue(self, rid: bytes) -> QueueRecord:
@@ -475,7 +547,7 @@ class Relay:
                 quota=self.quota,
             )
         except NonceReused:
-            raise self._replayed() from None
+            raise self._replayed(request) from None
         except QuotaExceeded as e:
             self.metrics.rejected.labels(f"{e.kind}_quota").inc()
             if e.kind in ("queue", "sender"):
@@ -530,8 +602,13 @@ class Relay:
     async def fetch(self, request: web.Request) -> web.StreamResponse:
         rid = self._id(request, "rid")
         queue = await self._queue(rid)
+        await self._authenticate(
+            request, queue.recipient_key, await self._body(request, 0), read=True
+        )
+        # Both per-queue limits count only authenticated fetches, so a stranger
+        # cannot spend the owner's budget.
+        self._limit(self.read_limit, rid, "read")
         self._limit(self.fetch_limit, rid, "fetch")
-        await self._authenticate(request, queue.recipient_key, await self._body(request, 0))
         if set(request.query) - {"after", "limit"}:
             raise _HttpError(400, "bad_query", "the only parameters are after and limit")
         after = self._position(request.query.get("after", "0"), "after", text=True)
@@ -628,7 +705,10 @@ class Relay:
     async def prekey_status(self, request: web.Request) -> web.Response:
         rid = self._id(request, "rid")
         queue = await self._queue(rid)
-        await self._authenticate(request, queue.recipient_key, await self._body(request, 0))
+        await self._authenticate(
+            request, queue.recipient_key, await self._body(request, 0), read=True
+        )
+        self._limit(self.read_limit, rid, "read")
         return web.json_response({"one_time_left": await self.storage.prekey_count(rid)})
 
     async def claim_bundle(self, request: web.Request) -> web.Response:
@@ -784,6 +864,26 @@ class Relay:
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+# Routes an address over its failed-authentication budget may still use.
+_UNGATED = frozenset({"/healthz", "/metrics", "/v1/relay", "/v1/openapi.yaml"})
+
+
+def storage_cause(exc: BaseException) -> str:
+    """The root cause of a storage error in the operator's words (SQLite's
+    or the system's message, e.g. "database or disk is full (SQLITE_FULL)",
+    "database is locked (SQLITE_BUSY)"): never a key, id or body."""
+    root = exc
+    while root.__cause__ is not None:
+        root = root.__cause__
+    if isinstance(root, sqlite3.Error):
+        name = getattr(root, "sqlite_errorname", None)
+        return f"{root} ({name})" if name else type(root).__name__
+    if isinstance(root, OSError) and root.strerror:
+        return root.strerror
+    if isinstance(root, StorageError):
+        return str(root)  # the relay's own words
+    return type(root).__name__
+
 
 def openapi_text() -> str:
     """The OpenAPI document: packaged with the wheel (from docs/openapi.yaml),
@@ -818,17 +918,35 @@ def make_app(
         name = route.canonical if route is not None else "unmatched"
         started = time.perf_counter()
         try:
+            if name not in _UNGATED:
+                relay._auth_gate(request)
             response = await handler(request)
         except _HttpError as err:
             response = _error_response(err)
-            log.info("%s %s -> %d %s", request.method, name, err.status, err.code)
+            relay.refusals.log(
+                logging.INFO,
+                f"{request.method} {name} -> {err.status} {err.code}",
+                "%s %s -> %d %s",
+                request.method,
+                name,
+                err.status,
+                err.code,
+            )
         except web.HTTPException as exc:  # aiohttp's own (404 route, 405, 413 ...)
             response = _error_response(_HttpError(exc.status, "http", exc.reason))
         except StorageClosed:
             response = _error_response(_HttpError(503, "shutting_down", "the relay is stopping"))
-        except StorageError:
+        except StorageError as exc:
             relay.write_failed = (time.monotonic(), getattr(storage, "commits", 0))
-            log.error("%s %s -> 503 storage error", request.method, name)
+            cause = storage_cause(exc)
+            relay.refusals.log(
+                logging.ERROR,
+                f"{request.method} {name} -> 503 storage error: {cause}",
+                "%s %s -> 503 storage error: %s",
+                request.method,
+                name,
+                cause,
+            )
             response = _error_response(
                 _HttpError(503, "storage", "the relay cannot store right now", retry_after=5)
             )
@@ -882,8 +1000,11 @@ def make_app(
     relay.metrics.reclaimed_pages.set_function(lambda: getattr(storage, "reclaimed_pages", 0))
     relay.metrics.ready.set_function(lambda: 0 if relay.not_ready() else 1)
 
+    relay.metrics.read_nonces.set_function(lambda: len(relay.read_nonces))
+
     async def close_sockets(app: web.Application) -> None:
         relay.stopping.set()
+        relay.refusals.flush()
         for sockets in list(relay.subscribers.values()):
             for ws in list(sockets):
                 await ws.close(code=1001, message=b"relay shutting down")

@@ -52,7 +52,13 @@ class RelayMetrics:
             "securechan_relay_rejected", "Refused envelopes", ["reason"], registry=r
         )
         self.auth_failures = Counter(
-            "securechan_relay_auth_failures", "Bad, stale or replayed signatures", registry=r
+            "securechan_relay_auth_failures",
+            "Refused request authentication (401 and 403), by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.read_nonces = Gauge(
+            "securechan_relay_read_nonces", "Read request nonces held in memory", registry=r
         )
         self.websockets = Gauge("securechan_relay_websockets", "Open WebSockets", registry=r)
         self.fetches_active = Gauge(

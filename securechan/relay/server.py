@@ -33,7 +33,7 @@ from securechan.audit.note import VerifierKey
 from securechan.errors import MalformedInput, StorageError
 from securechan.primitives import Ed25519SigningKey, sha256
 from securechan.protocol.relay_auth import b64e
-from securechan.relay.app import RelayConfig, make_app
+from securechan.relay.app import RelayConfig, make_app, storage_cause
 from securechan.relay.sqlite_store import SqliteStorage
 from securechan.relay.tlog import DEFAULT_COSIGN_WINDOW, RelayLog, parse_witness_keys
 
@@ -249,8 +249,20 @@ async def serve(
         with contextlib.suppress(asyncio.CancelledError):
             await expirer
         await runner.cleanup()
-        await tlog.close()
-        await storage.close()
+        # relay.db first: its last commits hand their appends to the log,
+        # which then records a clean stop if every append succeeded, so the
+        # next start need not rescan relay.db (RelayLog.repair).
+        try:
+            await storage.close()
+            try:
+                clean = await tlog.mark_clean()
+            except StorageError as e:
+                log.warning("transparency log: cannot record a clean stop: %s", storage_cause(e))
+            else:
+                if not clean:
+                    log.warning("transparency log: an append failed; the next start repairs it")
+        finally:
+            await tlog.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         log.info("stopped")

@@ -279,10 +279,18 @@ def _int(value: object, name: str, *, low: int = _INT64[0]) -> int:
     return value
 
 
+def _sqlite_words(exc: sqlite3.Error) -> str:
+    """SQLite's own words for a failure ("database or disk is full
+    (SQLITE_FULL)", "database is locked (SQLITE_BUSY)"): names no data."""
+    name = getattr(exc, "sqlite_errorname", None)
+    # Without an SQLite error name the text is Python's, which may quote data.
+    return f"{exc} ({name})" if name else type(exc).__name__
+
+
 def _storage_error(exc: BaseException) -> BaseException:
     """What a caller sees for ``exc``: SQLite's errors become one StorageError."""
     if isinstance(exc, sqlite3.Error):
-        err = StorageError("the relay database failed")
+        err = StorageError(f"the relay database failed: {_sqlite_words(exc)}")
         err.__cause__ = exc
         return err
     return exc
@@ -620,7 +628,8 @@ class SqliteStorage:
                     conn.execute("ROLLBACK")
             # Nothing of this batch was stored: the jobs that had succeeded,
             # and those never run, fail with the batch.
-            failed = StorageError("the relay database failed; nothing was stored")
+            words = _sqlite_words(e) if isinstance(e, sqlite3.Error) else type(e).__name__
+            failed = StorageError(f"the relay database failed ({words}); nothing was stored")
             failed.__cause__ = e
             ran = {id(job) for job, _, _ in done}
             done = [(job, False, failed) if ok else (job, ok, v) for job, ok, v in done]

@@ -160,7 +160,7 @@ class _Cosig:
 
 @dataclass(slots=True)
 class _Job:
-    kind: str  # "append" (arg: the envelope) or "cosign" (arg: the posted note)
+    kind: str  # "append" (arg: the envelope), "cosign" (arg: the posted note) or "clean"
     arg: Any
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Any]
@@ -245,9 +245,17 @@ def _settle(outcomes: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
             future.set_exception(value)
 
 
+def _sqlite_words(exc: sqlite3.Error) -> str:
+    """SQLite's own words for a failure ("database or disk is full
+    (SQLITE_FULL)", "database is locked (SQLITE_BUSY)"): names no data."""
+    name = getattr(exc, "sqlite_errorname", None)
+    # Without an SQLite error name the text is Python's, which may quote data.
+    return f"{exc} ({name})" if name else type(exc).__name__
+
+
 def _storage_error(exc: BaseException) -> BaseException:
     if isinstance(exc, sqlite3.Error):
-        err = StorageError("the transparency log database failed")
+        err = StorageError(f"the transparency log database failed: {_sqlite_words(exc)}")
         err.__cause__ = exc
         return err
     return exc
@@ -386,6 +394,10 @@ class RelayLog:
         # The newest head's note with its cosignatures, composed once (event loop).
         self._note: tuple[_Head, dict[str, _Cosig], str] | None = None
         self._watermark: int | None = None
+        # The log's size when the relay last stopped cleanly (read and
+        # cleared at open), and whether an append failed since (writer).
+        self._clean_size: int | None = None
+        self._lost = False
         try:
             _prepare_file(self.path)
         except OSError as e:
@@ -523,7 +535,14 @@ class RelayLog:
 
     async def repair(self, storage: RelayStorage) -> int:
         """Log the envelopes ``storage`` holds that the log may lack; how many
-        were appended. Run once at start-up, before the relay listens."""
+        were appended. Run once at start-up, before the relay listens.
+
+        Nothing is read when the relay last stopped cleanly (:meth:`mark_clean`)
+        and the log has not grown since: every stored envelope was logged, and
+        start-up costs the same however much relay.db holds."""
+        if self._clean_size is not None and self._clean_size == self._head.size:
+            log.info("transparency log: clean stop at size %d, no repair needed", self._clean_size)
+            return 0
         since = -(2**63) if self._watermark is None else self._watermark - REPAIR_MARGIN
         after: tuple[int, bytes, int] | None = None
         appended = 0
@@ -534,6 +553,13 @@ class RelayLog:
         if appended:
             log.warning("transparency log: appended %d stored envelopes it lacked", appended)
         return appended
+
+    async def mark_clean(self) -> bool:
+        """Record that every envelope of relay.db is in the log, so the next
+        start need not rescan relay.db; ``False`` (nothing recorded) if an
+        append failed since this log was opened. Call after relay.db is closed
+        (no more appends can come) and before :meth:`close`."""
+        return bool(await self._submit("clean", None))
 
     # --- witnesses -------------------------------------------------------------------
 
@@ -576,6 +602,7 @@ class RelayLog:
             leaf = merkle.leaf_hash(ENVELOPE_LEAF_CONTEXT + digest)
         with self._lock:
             if self._closed:
+                self._lost = True
                 raise StorageClosed("the transparency log is closed")
             self._jobs.put(_Job("append", envelope, loop, future, before, leaf))
 
@@ -590,6 +617,7 @@ class RelayLog:
         future: asyncio.Future[Any] = loop.create_future()
         with self._lock:  # no job may enter the queue behind close()'s stop mark
             if self._closed:
+                self._lost = self._lost or kind == "append"
                 raise StorageClosed("the transparency log is closed")
             self._jobs.put(_Job(kind, arg, loop, future))
         return await future
@@ -659,6 +687,8 @@ class RelayLog:
         _migrate(index)
         key_text = self.verifier.to_text()
         size = tree.size
+        # Synced: the clean-stop mark's removal must outlive a power loss.
+        index.execute("PRAGMA synchronous = FULL")
         index.execute("BEGIN IMMEDIATE")
         try:
             row = index.execute(
@@ -676,6 +706,16 @@ class RelayLog:
                 )
             else:
                 self._watermark = row[2] if type(row[2]) is int else None
+            # A clean-stop mark is good for this start only: cleared in the
+            # start-up transaction, so a crash later means a full repair.
+            index.execute(
+                "CREATE TABLE IF NOT EXISTS relay_log_clean"
+                " (id INTEGER PRIMARY KEY CHECK (id = 0), size INTEGER NOT NULL)"
+            )
+            clean = index.execute("SELECT size FROM relay_log_clean WHERE id = 0").fetchone()
+            index.execute("DELETE FROM relay_log_clean")
+            if clean is not None and type(clean[0]) is int and self._watermark is not None:
+                self._clean_size = clean[0]
             # Rows past the tree: leaves whose tree commit never happened.
             index.execute("DELETE FROM relay_log_leaves WHERE idx >= ?", (size,))
             (top,) = index.execute("SELECT coalesce(max(idx), -1) FROM relay_log_leaves").fetchone()
@@ -697,6 +737,8 @@ class RelayLog:
             if index.in_transaction:
                 index.execute("ROLLBACK")
             raise
+        finally:
+            index.execute("PRAGMA synchronous = NORMAL")
         self._head = self._make_head(size, tree.root(size))
         self._cosigs = self._load_cosignatures(tree, index, size)
 
@@ -741,7 +783,13 @@ class RelayLog:
             appends = [j for j in batch if j.kind == "append"]
             if appends:
                 outcomes += self._append_batch(tree, appends)
+                self._lost = self._lost or not all(ok for _, ok, _ in outcomes)
             for j in batch:
+                if j.kind == "clean":
+                    try:
+                        outcomes.append((j, True, self._mark_clean(index)))
+                    except Exception as e:
+                        outcomes.append((j, False, _storage_error(e)))
                 if j.kind == "cosign":
                     try:
                         outcomes.append((j, True, self._cosign(tree, index, j.arg)))
@@ -818,6 +866,16 @@ class RelayLog:
         size, root = tree.appended
         self._head = self._make_head(size, root)
         self._grown.append((time.monotonic(), start))
+
+    def _mark_clean(self, index: sqlite3.Connection) -> bool:
+        if self._lost:
+            return False
+        with index:
+            index.execute(
+                "INSERT OR REPLACE INTO relay_log_clean (id, size) VALUES (0, ?)",
+                (self._head.size,),
+            )
+        return True
 
     def _recent_floor(self) -> int:
         """The oldest size a cosignature may still be for (writer thread)."""
