@@ -188,7 +188,12 @@ def test_reads_are_rate_limited_per_queue(tmp_path: Path) -> None:
 
 
 def test_signed_fetches_write_nothing_and_replays_are_still_refused(tmp_path: Path) -> None:
-    limits: dict[str, float | int] = {"read_rate": 100_000.0, "read_burst": 100_000}
+    limits: dict[str, float | int] = {
+        "read_rate": 100_000.0,
+        "read_burst": 100_000,
+        "fetch_rate": 100_000.0,
+        "fetch_burst": 100_000,
+    }
     with running(tmp_path, "fetches", limits) as relay:
 
         async def go() -> tuple[float, float, int, int, list[int]]:
