@@ -33,6 +33,7 @@ from __future__ import annotations
 import enum
 import unicodedata
 from dataclasses import dataclass, field
+from typing import Annotated
 
 from securechan import wire
 from securechan.errors import MalformedInput
@@ -75,11 +76,76 @@ class ContentType(enum.IntEnum):
     QUEUE = 5
 
 
-CHECKPOINT_REF = wire.Schema(
-    0x0075,
-    "CarriedCheckpoint",
-    (wire.Field(1, "note", wire.Kind.TEXT, max_len=MAX_CHECKPOINT_TEXT),),
-)
+@wire.record(0x0075, "CarriedCheckpoint")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CarriedCheckpoint(wire.Record):
+    """One relay checkpoint (a signed note) a payload carries."""
+
+    note: Annotated[str, wire.text(1, max_len=MAX_CHECKPOINT_TEXT)]
+
+
+@wire.record(0x0072, "TextBody")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TextBody(wire.Record):
+    """The body of a ``TEXT`` payload."""
+
+    text: Annotated[str, wire.text(1, max_len=MAX_TEXT_BYTES)]
+
+
+@wire.record(0x0073, "FileChunk")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FileChunk:
+    """One chunk of a file."""
+
+    file_id: Annotated[bytes, wire.bytes_(1, size=16)]
+    name: Annotated[str, wire.text(2, max_len=255)]
+    size: Annotated[int, wire.uint(3)]
+    sha512: Annotated[bytes, wire.bytes_(4, size=64)]
+    index: Annotated[int, wire.uint(5)]
+    count: Annotated[int, wire.uint(6)]
+    data: Annotated[bytes, wire.bytes_(7, max_len=CHUNK_SIZE)]
+
+    def to_bytes(self) -> bytes:
+        """The canonical wire encoding (type 0x0073)."""
+        return wire.encode_record(self)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> FileChunk:
+        """Decode strictly; index, count and size must be consistent."""
+        chunk = wire.decode_record(cls, data)
+        expected = max(1, -(-chunk.size // CHUNK_SIZE))
+        if chunk.size > MAX_FILE_SIZE or chunk.count != expected or chunk.index >= chunk.count:
+            raise MalformedInput("inconsistent file chunk numbering")
+        last = chunk.size - (chunk.count - 1) * CHUNK_SIZE
+        if len(chunk.data) != (last if chunk.index == chunk.count - 1 else CHUNK_SIZE):
+            raise MalformedInput("file chunk has the wrong length")
+        if not chunk.name or "/" in chunk.name or chunk.name in (".", ".."):
+            raise MalformedInput("a file name is one path component")
+        return chunk
+
+
+@wire.record(0x0074, "Receipt")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Receipt:
+    """The recipient's statement of what it has received so far."""
+
+    up_to_seq: Annotated[int, wire.uint(1)]
+    chain_hash: Annotated[bytes, wire.bytes_(2, size=32)]
+
+    def to_bytes(self) -> bytes:
+        """The canonical wire encoding (type 0x0074)."""
+        return wire.encode_record(self)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Receipt:
+        """Decode strictly."""
+        return wire.decode_record(cls, data)
+
+
+CHECKPOINT_REF = wire.schema_of(CarriedCheckpoint)
+TEXT_BODY = wire.schema_of(TextBody)
+FILE_CHUNK = wire.schema_of(FileChunk)
+RECEIPT = wire.schema_of(Receipt)
 PAYLOAD = wire.Schema(
     0x0070,
     "Payload",
@@ -110,30 +176,6 @@ SIGNED_PAYLOAD = wire.Schema(
     (
         wire.Field(1, "payload", wire.Kind.RECORD, max_len=_MAX_PAYLOAD, schema=PAYLOAD),
         wire.Field(2, "signature", wire.Kind.BYTES, size=HYBRID_SIGNATURE_SIZE),
-    ),
-)
-TEXT_BODY = wire.Schema(
-    0x0072, "TextBody", (wire.Field(1, "text", wire.Kind.TEXT, max_len=MAX_TEXT_BYTES),)
-)
-FILE_CHUNK = wire.Schema(
-    0x0073,
-    "FileChunk",
-    (
-        wire.Field(1, "file_id", wire.Kind.BYTES, size=16),
-        wire.Field(2, "name", wire.Kind.TEXT, max_len=255),
-        wire.Field(3, "size", wire.Kind.UINT),
-        wire.Field(4, "sha512", wire.Kind.BYTES, size=64),
-        wire.Field(5, "index", wire.Kind.UINT),
-        wire.Field(6, "count", wire.Kind.UINT),
-        wire.Field(7, "data", wire.Kind.BYTES, max_len=CHUNK_SIZE),
-    ),
-)
-RECEIPT = wire.Schema(
-    0x0074,
-    "Receipt",
-    (
-        wire.Field(1, "up_to_seq", wire.Kind.UINT),
-        wire.Field(2, "chain_hash", wire.Kind.BYTES, size=32),
     ),
 )
 
@@ -175,7 +217,8 @@ class Payload:
                 "body": self.body,
                 "prev_hash": self.prev_hash,
                 # Absent when empty: one encoding per value.
-                "checkpoints": [{"note": n} for n in self.checkpoints] or None,
+                "checkpoints": [CarriedCheckpoint(note=n).to_bytes() for n in self.checkpoints]
+                or None,
             },
         )
 
@@ -199,7 +242,7 @@ class Payload:
             content_type=content_type,
             body=rec["body"],
             prev_hash=rec["prev_hash"],
-            checkpoints=tuple(wire.decode(CHECKPOINT_REF, c)["note"] for c in carried or ()),
+            checkpoints=tuple(CarriedCheckpoint.from_bytes(c).note for c in carried or ()),
             raw=bytes(data),
         )
         # The body must parse as its type; keep the result.
@@ -215,8 +258,7 @@ class Payload:
 
     def _parse_content(self) -> str | FileChunk | Receipt | QueueGrant | None:
         if self.content_type is ContentType.TEXT:
-            text: str = wire.decode(TEXT_BODY, self.body)["text"]
-            return text
+            return TextBody.from_bytes(self.body).text
         if self.content_type is ContentType.FILE:
             return FileChunk.from_bytes(self.body)
         if self.content_type is ContentType.RECEIPT:
@@ -298,63 +340,4 @@ def message_text(text: str) -> str:
 
 def text_body(text: str) -> bytes:
     """The body of a ``TEXT`` payload."""
-    return wire.encode(TEXT_BODY, {"text": text})
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class FileChunk:
-    """One chunk of a file."""
-
-    file_id: bytes
-    name: str
-    size: int
-    sha512: bytes
-    index: int
-    count: int
-    data: bytes
-
-    def to_bytes(self) -> bytes:
-        """The canonical wire encoding (type 0x0073)."""
-        return wire.encode(
-            FILE_CHUNK,
-            {
-                "file_id": self.file_id,
-                "name": self.name,
-                "size": self.size,
-                "sha512": self.sha512,
-                "index": self.index,
-                "count": self.count,
-                "data": self.data,
-            },
-        )
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> FileChunk:
-        """Decode strictly; index, count and size must be consistent."""
-        chunk = cls(**wire.decode(FILE_CHUNK, data))
-        expected = max(1, -(-chunk.size // CHUNK_SIZE))
-        if chunk.size > MAX_FILE_SIZE or chunk.count != expected or chunk.index >= chunk.count:
-            raise MalformedInput("inconsistent file chunk numbering")
-        last = chunk.size - (chunk.count - 1) * CHUNK_SIZE
-        if len(chunk.data) != (last if chunk.index == chunk.count - 1 else CHUNK_SIZE):
-            raise MalformedInput("file chunk has the wrong length")
-        if not chunk.name or "/" in chunk.name or chunk.name in (".", ".."):
-            raise MalformedInput("a file name is one path component")
-        return chunk
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Receipt:
-    """The recipient's statement of what it has received so far."""
-
-    up_to_seq: int
-    chain_hash: bytes
-
-    def to_bytes(self) -> bytes:
-        """The canonical wire encoding (type 0x0074)."""
-        return wire.encode(RECEIPT, {"up_to_seq": self.up_to_seq, "chain_hash": self.chain_hash})
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> Receipt:
-        """Decode strictly."""
-        return cls(**wire.decode(RECEIPT, data))
+    return TextBody(text=text).to_bytes()
