@@ -354,9 +354,10 @@ def _decode_value(schema: Schema, f: Field, raw: memoryview, check_nested: bool 
 # The Schema is derived once, when the class is decorated (schema_of(cls)),
 # and encode_record/decode_record run the very same strict encode/decode as
 # the dict API above, so the bytes cannot differ. A field typed ``X | None``
-# is optional (and must default to None). A nested record is annotated with
+# is optional (its default, if any, is None). A nested record is annotated with
 # its class (decoded to an instance) or with ``bytes`` and ``of=Class`` (kept
-# as its exact, checked bytes: for records whose bytes are signed); a list of
+# as its exact, checked bytes: for records whose bytes are signed), or with
+# any class that has to_bytes/from_bytes and ``of=SCHEMA``; a list of
 # records is ``tuple[Class, ...]`` (or ``tuple[bytes, ...]`` with ``of=``).
 # Dataclass fields without a wire annotation are not on the wire; they must
 # have a default (decode_record passes them only through ``extra``).
@@ -374,7 +375,7 @@ class Spec:
     max_len: int = 0
     size: int | None = None
     max_items: int = 0
-    of: type | None = None
+    of: type | Schema | None = None
 
 
 def bytes_(tag: int, *, size: int | None = None, max_len: int = 0) -> Spec:
@@ -397,13 +398,14 @@ def boolean(tag: int) -> Spec:
     return Spec(tag, Kind.BOOL)
 
 
-def nested(tag: int, *, max_len: int, of: type | None = None) -> Spec:
+def nested(tag: int, *, max_len: int, of: type | Schema | None = None) -> Spec:
     """A ``RECORD`` field; the record class comes from the annotation or
-    from ``of`` (then the annotation is ``bytes``: the value stays encoded)."""
+    from ``of``, a record class or a :class:`Schema` (then the annotation is
+    ``bytes``: the value stays encoded, checked in both directions)."""
     return Spec(tag, Kind.RECORD, max_len=max_len, of=of)
 
 
-def list_(tag: int, *, max_len: int, max_items: int, of: type | None = None) -> Spec:
+def list_(tag: int, *, max_len: int, max_items: int, of: type | Schema | None = None) -> Spec:
     """A ``LIST`` of records (``tuple[Class, ...]`` or ``tuple[bytes, ...]``
     with ``of=Class``)."""
     return Spec(tag, Kind.LIST, max_len=max_len, max_items=max_items, of=of)
@@ -453,7 +455,7 @@ def record(type_id: int, name: str) -> Callable[[type[_T]], type[_T]]:
                 continue
             (spec,) = specs
             tp, optional = _strip_optional(typing.get_args(hint)[0])
-            if optional and dc_field.default is not None:
+            if optional and dc_field.default not in (None, dataclasses.MISSING):
                 raise TypeError(f"{name}.{dc_field.name}: an optional field defaults to None")
             item_cls: type | None = None
             if spec.kind is Kind.LIST:
@@ -462,9 +464,13 @@ def record(type_id: int, name: str) -> Callable[[type[_T]], type[_T]]:
                 tp = typing.get_args(tp)[0]
             if spec.kind in (Kind.RECORD, Kind.LIST):
                 if spec.of is not None:
+                    sub = spec.of if isinstance(spec.of, Schema) else schema_of(spec.of)
                     if tp is not bytes:
-                        raise TypeError(f"{name}.{dc_field.name}: with of=, annotate bytes")
-                    sub = schema_of(spec.of)
+                        # A class that is not a @wire.record but encodes as
+                        # one: its own to_bytes/from_bytes convert.
+                        if not (hasattr(tp, "to_bytes") and hasattr(tp, "from_bytes")):
+                            raise TypeError(f"{name}.{dc_field.name}: {tp!r} cannot convert")
+                        item_cls = tp
                 else:
                     sub = schema_of(tp)
                     item_cls = tp
@@ -523,7 +529,7 @@ def encode_record(obj: object) -> bytes:
                     raise TypeError(f"{schema.name}.{b.name} must be a tuple")
                 value = [_encode_instance(b.cls, v, f"{schema.name}.{b.name}") for v in value]
         values[b.name] = value
-    return encode(schema, values, check_nested=False)
+    return encode(schema, values)
 
 
 def _encode_instance(cls: type, value: object, where: str) -> bytes:
