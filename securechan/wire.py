@@ -521,15 +521,24 @@ def encode_record(obj: object) -> bytes:
     values: dict[str, Any] = {}
     for b in bindings:
         value = getattr(obj, b.name)
+        where = f"{schema.name}.{b.name}"
         if b.cls is not None and value is not None:
+            # Encoded just now by the nested type itself: not decoded again.
             if b.kind is Kind.RECORD:
-                value = _encode_instance(b.cls, value, f"{schema.name}.{b.name}")
+                value = _encode_instance(b.cls, value, where)
             else:
                 if not isinstance(value, tuple | list):
-                    raise TypeError(f"{schema.name}.{b.name} must be a tuple")
-                value = [_encode_instance(b.cls, v, f"{schema.name}.{b.name}") for v in value]
+                    raise TypeError(f"{where} must be a tuple")
+                value = [_encode_instance(b.cls, v, where) for v in value]
+        elif b.kind is Kind.RECORD and isinstance(value, bytes):
+            # Bytes from the caller: checked, as encode() checks them.
+            try:
+                decode(_nested(schema_field(schema, b.name)), value)
+            except MalformedInput as e:
+                raise ValueError(f"{where}: {e}") from None
         values[b.name] = value
-    return encode(schema, values)
+    # Lists of bytes are checked item by item by encode() itself.
+    return encode(schema, values, check_nested=False)
 
 
 def _encode_instance(cls: type, value: object, where: str) -> bytes:

@@ -81,6 +81,42 @@ _LEGACY_RECEIPT = wire.Schema(
     ),
 )
 
+# protocol/payload.py: Payload, SignedPayload
+_LEGACY_PAYLOAD = wire.Schema(
+    0x0070,
+    "Payload",
+    (
+        wire.Field(1, "sender", wire.Kind.BYTES, size=32),
+        wire.Field(2, "recipient", wire.Kind.BYTES, size=32),
+        wire.Field(3, "conversation", wire.Kind.BYTES, size=16),
+        wire.Field(4, "seq", wire.Kind.UINT),
+        wire.Field(5, "sent_at", wire.Kind.UINT),
+        wire.Field(6, "content_type", wire.Kind.UINT),
+        wire.Field(7, "body", wire.Kind.BYTES, max_len=payload.MAX_BODY),
+        wire.Field(8, "prev_hash", wire.Kind.BYTES, size=32),
+        wire.Field(
+            9,
+            "checkpoints",
+            wire.Kind.LIST,
+            max_len=payload.MAX_CHECKPOINTS * (MAX_CHECKPOINT_TEXT + 64),
+            schema=_LEGACY_CHECKPOINT_REF,
+            max_items=payload.MAX_CHECKPOINTS,
+            optional=True,
+        ),
+    ),
+)
+_LEGACY_MAX_PAYLOAD = payload.MAX_BODY + 512 + payload.MAX_CHECKPOINTS * (MAX_CHECKPOINT_TEXT + 64)
+_LEGACY_SIGNED_PAYLOAD = wire.Schema(
+    0x0071,
+    "SignedPayload",
+    (
+        wire.Field(
+            1, "payload", wire.Kind.RECORD, max_len=_LEGACY_MAX_PAYLOAD, schema=_LEGACY_PAYLOAD
+        ),
+        wire.Field(2, "signature", wire.Kind.BYTES, size=HYBRID_SIGNATURE_SIZE),
+    ),
+)
+
 # protocol/handshake.py
 _LEGACY_TRANSCRIPT = wire.Schema(
     0x0050,
@@ -250,12 +286,14 @@ LEGACY: list[tuple[type, wire.Schema]] = [
     (prekeys.PrekeyBody, _LEGACY_PK_PREKEY_BODY),
     (prekeys._PrekeyRecord, _LEGACY_PK_PREKEY),
     (statement._Witness, _LEGACY_WITNESS),
+    (payload._PayloadRecord, _LEGACY_PAYLOAD),
     (statement._StatementRecord, _LEGACY_STATEMENT),
 ]
 # Records holding nested instances that check their content on decode
 # (valid keys): compared by schema only, their bytes are proven by the vectors.
 LEGACY_SCHEMA_ONLY: list[tuple[type, wire.Schema]] = [
     (prekeys.PrekeyBundle, _LEGACY_PK_BUNDLE),
+    (payload.SignedPayload, _LEGACY_SIGNED_PAYLOAD),
     (prekeys._StoredKey, _LEGACY_PK_STORED_KEY),
     (prekeys._StoreRecord, _LEGACY_PK_STORE),
 ]
@@ -412,6 +450,9 @@ def test_nested_records_and_lists_round_trip_like_the_dict_api() -> None:
         _Outer.from_bytes(data + b"\x00")
     with pytest.raises(TypeError):
         _Outer(name="a", inner=b"", items=()).to_bytes()  # type: ignore[arg-type]
+    # Nested bytes from the caller are checked, as the dict API checks them.
+    with pytest.raises(ValueError, match="raw_inner"):
+        _Outer(name="a", inner=inner, items=(), raw_inner=b"\x01\x7f\x01").to_bytes()
 
 
 def test_a_bad_declaration_is_refused_at_import() -> None:

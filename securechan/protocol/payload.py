@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import enum
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Annotated
 
 from securechan import wire
@@ -146,38 +146,32 @@ CHECKPOINT_REF = wire.schema_of(CarriedCheckpoint)
 TEXT_BODY = wire.schema_of(TextBody)
 FILE_CHUNK = wire.schema_of(FileChunk)
 RECEIPT = wire.schema_of(Receipt)
-PAYLOAD = wire.Schema(
-    0x0070,
-    "Payload",
-    (
-        wire.Field(1, "sender", wire.Kind.BYTES, size=32),
-        wire.Field(2, "recipient", wire.Kind.BYTES, size=32),
-        wire.Field(3, "conversation", wire.Kind.BYTES, size=16),
-        wire.Field(4, "seq", wire.Kind.UINT),
-        wire.Field(5, "sent_at", wire.Kind.UINT),
-        wire.Field(6, "content_type", wire.Kind.UINT),
-        wire.Field(7, "body", wire.Kind.BYTES, max_len=MAX_BODY),
-        wire.Field(8, "prev_hash", wire.Kind.BYTES, size=32),
-        wire.Field(
-            9,
-            "checkpoints",
-            wire.Kind.LIST,
-            max_len=MAX_CHECKPOINTS * (MAX_CHECKPOINT_TEXT + 64),
-            schema=CHECKPOINT_REF,
-            max_items=MAX_CHECKPOINTS,
-            optional=True,
-        ),
-    ),
-)
 _MAX_PAYLOAD = MAX_BODY + 512 + MAX_CHECKPOINTS * (MAX_CHECKPOINT_TEXT + 64)
-SIGNED_PAYLOAD = wire.Schema(
-    0x0071,
-    "SignedPayload",
-    (
-        wire.Field(1, "payload", wire.Kind.RECORD, max_len=_MAX_PAYLOAD, schema=PAYLOAD),
-        wire.Field(2, "signature", wire.Kind.BYTES, size=HYBRID_SIGNATURE_SIZE),
-    ),
-)
+
+
+@wire.record(0x0070, "Payload")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _PayloadRecord(wire.Record):
+    # The wire form of Payload (fingerprints as digests, the type as a number).
+    sender: Annotated[bytes, wire.bytes_(1, size=32)]
+    recipient: Annotated[bytes, wire.bytes_(2, size=32)]
+    conversation: Annotated[bytes, wire.bytes_(3, size=16)]
+    seq: Annotated[int, wire.uint(4)]
+    sent_at: Annotated[int, wire.uint(5)]
+    content_type: Annotated[int, wire.uint(6)]
+    body: Annotated[bytes, wire.bytes_(7, max_len=MAX_BODY)]
+    prev_hash: Annotated[bytes, wire.bytes_(8, size=32)]
+    checkpoints: Annotated[
+        tuple[CarriedCheckpoint, ...] | None,
+        wire.list_(
+            9,
+            max_len=MAX_CHECKPOINTS * (MAX_CHECKPOINT_TEXT + 64),
+            max_items=MAX_CHECKPOINTS,
+        ),
+    ] = None
+
+
+PAYLOAD = wire.schema_of(_PayloadRecord)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -205,44 +199,39 @@ class Payload:
         """The canonical wire encoding (type 0x0070): the signed bytes."""
         if self.raw is not None:
             return self.raw
-        return wire.encode(
-            PAYLOAD,
-            {
-                "sender": self.sender.digest,
-                "recipient": self.recipient.digest,
-                "conversation": self.conversation,
-                "seq": self.seq,
-                "sent_at": self.sent_at,
-                "content_type": int(self.content_type),
-                "body": self.body,
-                "prev_hash": self.prev_hash,
-                # Absent when empty: one encoding per value.
-                "checkpoints": [CarriedCheckpoint(note=n).to_bytes() for n in self.checkpoints]
-                or None,
-            },
-        )
+        return _PayloadRecord(
+            sender=self.sender.digest,
+            recipient=self.recipient.digest,
+            conversation=self.conversation,
+            seq=self.seq,
+            sent_at=self.sent_at,
+            content_type=int(self.content_type),
+            body=self.body,
+            prev_hash=self.prev_hash,
+            # Absent when empty: one encoding per value.
+            checkpoints=tuple(CarriedCheckpoint(note=n) for n in self.checkpoints) or None,
+        ).to_bytes()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Payload:
         """Decode strictly, body included (checked against its content type)."""
-        rec = wire.decode(PAYLOAD, data)
+        rec = _PayloadRecord.from_bytes(data)
         try:
-            content_type = ContentType(rec["content_type"])
+            content_type = ContentType(rec.content_type)
         except ValueError:
             raise MalformedInput("unknown content type") from None
-        carried = rec.get("checkpoints")
-        if carried is not None and not carried:
+        if rec.checkpoints is not None and not rec.checkpoints:
             raise MalformedInput("an empty checkpoint list is encoded as no field")
         payload = cls(
-            sender=Fingerprint(rec["sender"]),
-            recipient=Fingerprint(rec["recipient"]),
-            conversation=rec["conversation"],
-            seq=rec["seq"],
-            sent_at=rec["sent_at"],
+            sender=Fingerprint(rec.sender),
+            recipient=Fingerprint(rec.recipient),
+            conversation=rec.conversation,
+            seq=rec.seq,
+            sent_at=rec.sent_at,
             content_type=content_type,
-            body=rec["body"],
-            prev_hash=rec["prev_hash"],
-            checkpoints=tuple(CarriedCheckpoint.from_bytes(c).note for c in carried or ()),
+            body=rec.body,
+            prev_hash=rec.prev_hash,
+            checkpoints=tuple(c.note for c in rec.checkpoints or ()),
             raw=bytes(data),
         )
         # The body must parse as its type; keep the result.
@@ -270,12 +259,13 @@ class Payload:
         return None
 
 
+@wire.record(0x0071, "SignedPayload")
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SignedPayload:
     """A payload and its sender's composite signature."""
 
-    payload: Payload
-    signature: bytes
+    payload: Annotated[Payload, wire.nested(1, max_len=_MAX_PAYLOAD, of=PAYLOAD)]
+    signature: Annotated[bytes, wire.bytes_(2, size=HYBRID_SIGNATURE_SIZE)]
     raw: bytes | None = field(default=None, compare=False, repr=False)
 
     @classmethod
@@ -285,11 +275,9 @@ class SignedPayload:
             raise ValueError("the payload names another sender")
         payload_bytes = payload.to_bytes()
         sig = identity.sign(payload_bytes, context=CONTEXT_MESSAGE)
-        # payload_bytes was encoded just above: no need to decode it again.
-        raw = wire.encode(
-            SIGNED_PAYLOAD, {"payload": payload_bytes, "signature": sig}, check_nested=False
-        )
-        return cls(payload=payload, signature=sig, raw=raw)
+        # Keep the encoding just made, so it is not made again below.
+        unsigned = cls(payload=replace(payload, raw=payload_bytes), signature=sig)
+        return replace(unsigned, raw=unsigned.to_bytes())
 
     def verify(self, sender: PublicIdentity) -> None:
         """Raise :class:`BadSignature` unless ``sender`` signed this payload."""
@@ -299,23 +287,21 @@ class SignedPayload:
         """The canonical wire encoding (type 0x0071)."""
         if self.raw is not None:
             return self.raw
-        return wire.encode(
-            SIGNED_PAYLOAD, {"payload": self.payload.to_bytes(), "signature": self.signature}
-        )
+        return wire.encode_record(self)
 
     @classmethod
     def from_bytes_unverified(cls, data: bytes) -> SignedPayload:
-        """Decode strictly, without checking the signature."""
-        # The nested payload is decoded strictly right below, so once is enough.
-        rec = wire.decode(SIGNED_PAYLOAD, data, check_nested=False)
-        return cls(
-            payload=Payload.from_bytes(rec["payload"]), signature=rec["signature"], raw=bytes(data)
-        )
+        """Decode strictly, without checking the signature (the nested
+        payload is decoded by Payload.from_bytes, body included)."""
+        return wire.decode_record(cls, data, raw=bytes(data))
 
     @property
     def hash(self) -> bytes:
         """SHA-256 of the signed record: the link of the sender's hash chain."""
         return sha256(self.to_bytes())
+
+
+SIGNED_PAYLOAD = wire.schema_of(SignedPayload)
 
 
 def message_text(text: str) -> str:
