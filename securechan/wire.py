@@ -22,7 +22,10 @@ Value encodings by :class:`Kind`:
 * ``RECORD``: a complete nested record of the field's schema.
 * ``LIST``: zero or more items, each ``length:u32be || record``.
 
-Every field declares a maximum length, checked before the value is sliced or
+Record types are declared as annotated frozen dataclasses with
+:func:`record` (see "Typed records" below); the :class:`Schema` is derived
+from them and the dict API (:func:`encode`, :func:`decode`) is what both
+run. Every field declares a maximum length, checked before the value is sliced or
 parsed, so a hostile length prefix cannot make the decoder allocate or loop.
 Decoding raises only :class:`~securechan.errors.MalformedInput` (or its
 subclass ``UnsupportedVersion``) on bad input; encoding raises ``ValueError``

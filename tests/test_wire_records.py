@@ -33,7 +33,7 @@ from securechan.primitives import (
     MLKEM768_PUBLIC_KEY_SIZE,
     X25519_KEY_SIZE,
 )
-from securechan.protocol import handshake, payload, prekeys, ratchet
+from securechan.protocol import handshake, payload, prekeys, ratchet, sealed, session
 from securechan.protocol.payload import CHUNK_SIZE, MAX_CHECKPOINT_TEXT, MAX_TEXT_BYTES
 
 # --- the hand-written schemas, as they were ---------------------------------
@@ -272,6 +272,33 @@ _LEGACY_STATEMENT = wire.Schema(
     ),
 )
 
+# protocol/session.py, protocol/sealed.py
+_LEGACY_RATCHET_MESSAGE = wire.Schema(
+    0x0062,
+    "RatchetMessage",
+    (
+        wire.Field(1, "header", wire.Kind.BYTES, max_len=4096),
+        wire.Field(2, "ciphertext", wire.Kind.BYTES, max_len=1 << 20),
+    ),
+)
+_LEGACY_SEALED_HEADER = wire.Schema(
+    0x0090,
+    "SealedStateHeader",
+    (
+        wire.Field(1, "kind", wire.Kind.TEXT, max_len=32),
+        wire.Field(2, "object_id", wire.Kind.BYTES, max_len=64),
+        wire.Field(3, "generation", wire.Kind.UINT),
+    ),
+)
+_LEGACY_SEALED = wire.Schema(
+    0x0091,
+    "SealedState",
+    (
+        wire.Field(1, "header", wire.Kind.RECORD, max_len=256, schema=_LEGACY_SEALED_HEADER),
+        wire.Field(2, "sealed", wire.Kind.BYTES, max_len=64 << 20),
+    ),
+)
+
 # (record class, the hand-written schema it replaced)
 LEGACY: list[tuple[type, wire.Schema]] = [
     (ratchet.RatchetHeader, _LEGACY_HEADER),
@@ -287,6 +314,9 @@ LEGACY: list[tuple[type, wire.Schema]] = [
     (prekeys._PrekeyRecord, _LEGACY_PK_PREKEY),
     (statement._Witness, _LEGACY_WITNESS),
     (payload._PayloadRecord, _LEGACY_PAYLOAD),
+    (session.RatchetMessage, _LEGACY_RATCHET_MESSAGE),
+    (sealed._StateHeader, _LEGACY_SEALED_HEADER),
+    (sealed._Sealed, _LEGACY_SEALED),
     (statement._StatementRecord, _LEGACY_STATEMENT),
 ]
 # Records holding nested instances that check their content on decode
