@@ -33,7 +33,7 @@ from securechan.primitives import (
     MLKEM768_PUBLIC_KEY_SIZE,
     X25519_KEY_SIZE,
 )
-from securechan.protocol import handshake, payload, prekeys, ratchet, sealed, session
+from securechan.protocol import address, handshake, payload, prekeys, ratchet, sealed, session
 from securechan.protocol.payload import CHUNK_SIZE, MAX_CHECKPOINT_TEXT, MAX_TEXT_BYTES
 
 # --- the hand-written schemas, as they were ---------------------------------
@@ -299,6 +299,50 @@ _LEGACY_SEALED = wire.Schema(
     ),
 )
 
+# protocol/address.py
+_LEGACY_AD_ADDRESS = wire.Schema(
+    0x00A0,
+    "ContactAddress",
+    (
+        wire.Field(1, "relay", wire.Kind.TEXT, max_len=512),
+        wire.Field(2, "sid", wire.Kind.BYTES, size=16),
+        wire.Field(3, "key", wire.Kind.BYTES, size=32),
+    ),
+)
+_LEGACY_AD_CARD_BODY = wire.Schema(
+    0x00A1,
+    "ContactCardBody",
+    (
+        wire.Field(1, "identity", wire.Kind.RECORD, max_len=8192, schema=PUBLIC_IDENTITY),
+        wire.Field(2, "created", wire.Kind.UINT),
+        wire.Field(
+            3,
+            "addresses",
+            wire.Kind.LIST,
+            max_len=address.MAX_ADDRESSES * 700,
+            schema=_LEGACY_AD_ADDRESS,
+            max_items=address.MAX_ADDRESSES,
+        ),
+    ),
+)
+_LEGACY_AD_CARD = wire.Schema(
+    0x00A2,
+    "ContactCard",
+    (
+        wire.Field(1, "body", wire.Kind.RECORD, max_len=16384, schema=_LEGACY_AD_CARD_BODY),
+        wire.Field(2, "signature", wire.Kind.BYTES, size=HYBRID_SIGNATURE_SIZE),
+    ),
+)
+_LEGACY_AD_GRANT = wire.Schema(
+    0x00A3,
+    "QueueGrant",
+    (
+        wire.Field(1, "relay", wire.Kind.TEXT, max_len=512),
+        wire.Field(2, "sid", wire.Kind.BYTES, size=16),
+        wire.Field(3, "sender_seed", wire.Kind.BYTES, size=32),
+    ),
+)
+
 # (record class, the hand-written schema it replaced)
 LEGACY: list[tuple[type, wire.Schema]] = [
     (ratchet.RatchetHeader, _LEGACY_HEADER),
@@ -315,6 +359,7 @@ LEGACY: list[tuple[type, wire.Schema]] = [
     (statement._Witness, _LEGACY_WITNESS),
     (payload._PayloadRecord, _LEGACY_PAYLOAD),
     (session.RatchetMessage, _LEGACY_RATCHET_MESSAGE),
+    (address._CardRecord, _LEGACY_AD_CARD),
     (sealed._StateHeader, _LEGACY_SEALED_HEADER),
     (sealed._Sealed, _LEGACY_SEALED),
     (statement._StatementRecord, _LEGACY_STATEMENT),
@@ -323,6 +368,9 @@ LEGACY: list[tuple[type, wire.Schema]] = [
 # (valid keys): compared by schema only, their bytes are proven by the vectors.
 LEGACY_SCHEMA_ONLY: list[tuple[type, wire.Schema]] = [
     (prekeys.PrekeyBundle, _LEGACY_PK_BUNDLE),
+    (address.ContactAddress, _LEGACY_AD_ADDRESS),
+    (address._CardBody, _LEGACY_AD_CARD_BODY),
+    (address.QueueGrant, _LEGACY_AD_GRANT),
     (payload.SignedPayload, _LEGACY_SIGNED_PAYLOAD),
     (prekeys._StoredKey, _LEGACY_PK_STORED_KEY),
     (prekeys._StoreRecord, _LEGACY_PK_STORE),
@@ -366,7 +414,8 @@ def _value(f: wire.Field) -> st.SearchStrategy[Any]:
             return st.binary(min_size=f.size, max_size=f.size)
         return st.binary(max_size=min(f.max_len, 64))
     if f.kind is wire.Kind.TEXT:
-        return _NFC_TEXT
+        limit = f.max_len
+        return _NFC_TEXT.filter(lambda t: len(t.encode("utf-8")) <= limit)
     if f.kind is wire.Kind.UINT:
         return st.integers(0, 2**64 - 1)
     if f.kind is wire.Kind.BOOL:
