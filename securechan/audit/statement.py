@@ -54,6 +54,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Annotated
 
 from securechan import armor, wire
 from securechan.audit.checkpoint import Checkpoint, Cosignature, open_cosigned_checkpoint
@@ -88,39 +89,38 @@ _UNBOUND_STATEMENT_TYPE = 0x00D0
 _MAX_TRANSCRIPT = 8192
 _MAX_SIGNED = 1 << 17
 
-_WITNESS = wire.Schema(
-    0x00D1, "StatementWitness", (wire.Field(1, "key", wire.Kind.TEXT, max_len=512),)
-)
-STATEMENT = wire.Schema(
-    0x00D2,
-    "Statement",
-    (
-        wire.Field(1, "signed", wire.Kind.BYTES, max_len=_MAX_SIGNED),
-        wire.Field(2, "sender", wire.Kind.BYTES, max_len=16384),
-        wire.Field(3, "recipient", wire.Kind.BYTES, max_len=16384),
-        wire.Field(4, "envelope", wire.Kind.BYTES, max_len=(1 << 20) + 65536),
-        wire.Field(5, "message_key", wire.Kind.BYTES, size=32),
-        wire.Field(6, "transcript", wire.Kind.BYTES, max_len=_MAX_TRANSCRIPT),
-        wire.Field(7, "transcript_signature", wire.Kind.BYTES, size=HYBRID_SIGNATURE_SIZE),
-        wire.Field(8, "log_key", wire.Kind.TEXT, max_len=512, optional=True),
-        wire.Field(9, "leaf_index", wire.Kind.UINT, optional=True),
-        wire.Field(10, "checkpoint", wire.Kind.TEXT, max_len=MAX_NOTE_BYTES, optional=True),
-        wire.Field(
-            11, "inclusion_proof", wire.Kind.BYTES, max_len=MAX_PROOF_HASHES * 32, optional=True
-        ),
-        wire.Field(
-            12,
-            "witnesses",
-            wire.Kind.LIST,
-            max_len=_MAX_WITNESSES * 600,
-            schema=_WITNESS,
-            max_items=_MAX_WITNESSES,
-            optional=True,
-        ),
-        # The recipient's signed RECEIPT payload covering exactly this message.
-        wire.Field(13, "receipt", wire.Kind.BYTES, max_len=_MAX_SIGNED, optional=True),
-    ),
-)
+
+@wire.record(0x00D1, "StatementWitness")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Witness(wire.Record):
+    key: Annotated[str, wire.text(1, max_len=512)]
+
+
+@wire.record(0x00D2, "Statement")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _StatementRecord(wire.Record):
+    # The wire form of Statement: its placement flattened into tags 8-12.
+    signed: Annotated[bytes, wire.bytes_(1, max_len=_MAX_SIGNED)]
+    sender: Annotated[bytes, wire.bytes_(2, max_len=16384)]
+    recipient: Annotated[bytes, wire.bytes_(3, max_len=16384)]
+    envelope: Annotated[bytes, wire.bytes_(4, max_len=(1 << 20) + 65536)]
+    message_key: Annotated[bytes, wire.bytes_(5, size=32)]
+    transcript: Annotated[bytes, wire.bytes_(6, max_len=_MAX_TRANSCRIPT)]
+    transcript_signature: Annotated[bytes, wire.bytes_(7, size=HYBRID_SIGNATURE_SIZE)]
+    log_key: Annotated[str | None, wire.text(8, max_len=512)] = None
+    leaf_index: Annotated[int | None, wire.uint(9)] = None
+    checkpoint: Annotated[str | None, wire.text(10, max_len=MAX_NOTE_BYTES)] = None
+    inclusion_proof: Annotated[bytes | None, wire.bytes_(11, max_len=MAX_PROOF_HASHES * 32)] = None
+    witnesses: Annotated[
+        tuple[_Witness, ...] | None,
+        wire.list_(12, max_len=_MAX_WITNESSES * 600, max_items=_MAX_WITNESSES),
+    ] = None
+    # The recipient's signed RECEIPT payload covering exactly this message.
+    receipt: Annotated[bytes | None, wire.bytes_(13, max_len=_MAX_SIGNED)] = None
+
+
+_WITNESS = wire.schema_of(_Witness)
+STATEMENT = wire.schema_of(_StatementRecord)
 
 
 def message_id(signed: bytes) -> str:
@@ -160,24 +160,21 @@ class Statement:
     def to_bytes(self) -> bytes:
         """The canonical wire encoding (type 0x00D2)."""
         p = self.placement
-        return wire.encode(
-            STATEMENT,
-            {
-                "signed": self.signed,
-                "sender": self.sender,
-                "recipient": self.recipient,
-                "envelope": self.envelope,
-                "message_key": self.message_key,
-                "transcript": self.transcript,
-                "transcript_signature": self.transcript_signature,
-                "log_key": p.log_key if p else None,
-                "leaf_index": p.leaf_index if p else None,
-                "checkpoint": p.checkpoint if p else None,
-                "inclusion_proof": b"".join(p.inclusion_proof) if p else None,
-                "witnesses": [{"key": w} for w in p.witnesses] if p and p.witnesses else None,
-                "receipt": self.receipt,
-            },
-        )
+        return _StatementRecord(
+            signed=self.signed,
+            sender=self.sender,
+            recipient=self.recipient,
+            envelope=self.envelope,
+            message_key=self.message_key,
+            transcript=self.transcript,
+            transcript_signature=self.transcript_signature,
+            log_key=p.log_key if p else None,
+            leaf_index=p.leaf_index if p else None,
+            checkpoint=p.checkpoint if p else None,
+            inclusion_proof=b"".join(p.inclusion_proof) if p else None,
+            witnesses=tuple(_Witness(key=w) for w in p.witnesses) if p and p.witnesses else None,
+            receipt=self.receipt,
+        ).to_bytes()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Statement:
@@ -187,37 +184,44 @@ class Statement:
                 "this statement is in the format of before issue 11 (type 0x00D0), which "
                 "bound no session and is no longer accepted; ask for a new export"
             )
-        rec = wire.decode(STATEMENT, data)
-        log = [rec[k] for k in ("log_key", "leaf_index", "checkpoint", "inclusion_proof")]
+        rec = _StatementRecord.from_bytes(data)
         placement = None
-        if any(v is not None for v in log):
-            if any(v is None for v in log):
-                raise MalformedInput("a statement's log fields come all together")
-            proof = rec["inclusion_proof"]
+        if (
+            rec.log_key is not None
+            and rec.leaf_index is not None
+            and rec.checkpoint is not None
+            and rec.inclusion_proof is not None
+        ):
+            proof = rec.inclusion_proof
             if len(proof) % 32:
                 raise MalformedInput("an inclusion proof is a whole number of hashes")
-            witnesses = rec["witnesses"]
+            witnesses = rec.witnesses
             if witnesses is not None and not witnesses:
                 raise MalformedInput("an empty witness list is encoded as no field")
             placement = LogPlacement(
-                log_key=rec["log_key"],
-                leaf_index=rec["leaf_index"],
-                checkpoint=rec["checkpoint"],
+                log_key=rec.log_key,
+                leaf_index=rec.leaf_index,
+                checkpoint=rec.checkpoint,
                 inclusion_proof=tuple(proof[i : i + 32] for i in range(0, len(proof), 32)),
-                witnesses=tuple(wire.decode(_WITNESS, w)["key"] for w in witnesses or ()),
+                witnesses=tuple(w.key for w in witnesses or ()),
             )
-        elif rec["witnesses"] is not None:
+        elif any(
+            v is not None
+            for v in (rec.log_key, rec.leaf_index, rec.checkpoint, rec.inclusion_proof)
+        ):
+            raise MalformedInput("a statement's log fields come all together")
+        elif rec.witnesses is not None:
             raise MalformedInput("witnesses without a log placement")
         return cls(
-            signed=rec["signed"],
-            sender=rec["sender"],
-            recipient=rec["recipient"],
-            envelope=rec["envelope"],
-            message_key=rec["message_key"],
-            transcript=rec["transcript"],
-            transcript_signature=rec["transcript_signature"],
+            signed=rec.signed,
+            sender=rec.sender,
+            recipient=rec.recipient,
+            envelope=rec.envelope,
+            message_key=rec.message_key,
+            transcript=rec.transcript,
+            transcript_signature=rec.transcript_signature,
             placement=placement,
-            receipt=rec["receipt"],
+            receipt=rec.receipt,
         )
 
     def _headers(self) -> list[tuple[str, str]]:

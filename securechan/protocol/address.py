@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Annotated
 
 from securechan import armor, wire
 from securechan.errors import BadSignature, MalformedInput, VerificationFailed
@@ -40,49 +41,6 @@ _BLOB_AAD = b"securechan/v1/prekey-blob"
 MAX_ADDRESSES = 8
 _URL = re.compile(r"https?://[A-Za-z0-9.\-\[\]:]{1,255}(/[A-Za-z0-9._~\-/]{0,200})?")
 
-ADDRESS = wire.Schema(
-    0x00A0,
-    "ContactAddress",
-    (
-        wire.Field(1, "relay", wire.Kind.TEXT, max_len=512),
-        wire.Field(2, "sid", wire.Kind.BYTES, size=16),
-        wire.Field(3, "key", wire.Kind.BYTES, size=32),
-    ),
-)
-CARD_BODY = wire.Schema(
-    0x00A1,
-    "ContactCardBody",
-    (
-        wire.Field(1, "identity", wire.Kind.RECORD, max_len=8192, schema=PUBLIC_IDENTITY),
-        wire.Field(2, "created", wire.Kind.UINT),
-        wire.Field(
-            3,
-            "addresses",
-            wire.Kind.LIST,
-            max_len=MAX_ADDRESSES * 700,
-            schema=ADDRESS,
-            max_items=MAX_ADDRESSES,
-        ),
-    ),
-)
-CARD = wire.Schema(
-    0x00A2,
-    "ContactCard",
-    (
-        wire.Field(1, "body", wire.Kind.RECORD, max_len=16384, schema=CARD_BODY),
-        wire.Field(2, "signature", wire.Kind.BYTES, size=HYBRID_SIGNATURE_SIZE),
-    ),
-)
-GRANT = wire.Schema(
-    0x00A3,
-    "QueueGrant",
-    (
-        wire.Field(1, "relay", wire.Kind.TEXT, max_len=512),
-        wire.Field(2, "sid", wire.Kind.BYTES, size=16),
-        wire.Field(3, "sender_seed", wire.Kind.BYTES, size=32),
-    ),
-)
-
 
 def _check_url(url: str) -> str:
     if not isinstance(url, str) or not _URL.fullmatch(url):
@@ -90,25 +48,37 @@ def _check_url(url: str) -> str:
     return url
 
 
+@wire.record(0x00A0, "ContactAddress")
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ContactAddress:
+class ContactAddress(wire.Record):
     """A public queue for first messages, with the key that seals prekeys."""
 
-    relay: str
-    sid: bytes
-    key: bytes
+    relay: Annotated[str, wire.text(1, max_len=512)]
+    sid: Annotated[bytes, wire.bytes_(2, size=16)]
+    key: Annotated[bytes, wire.bytes_(3, size=32)]
 
     def __post_init__(self) -> None:
         _check_url(self.relay)
 
-    def to_bytes(self) -> bytes:
-        """The canonical wire encoding (type 0x00A0)."""
-        return wire.encode(ADDRESS, {"relay": self.relay, "sid": self.sid, "key": self.key})
 
-    @classmethod
-    def from_bytes(cls, data: bytes) -> ContactAddress:
-        """Decode strictly."""
-        return cls(**wire.decode(ADDRESS, data))
+@wire.record(0x00A1, "ContactCardBody")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _CardBody(wire.Record):
+    # What the identity signs.
+    identity: Annotated[PublicIdentity, wire.nested(1, max_len=8192, of=PUBLIC_IDENTITY)]
+    created: Annotated[int, wire.uint(2)]
+    addresses: Annotated[
+        tuple[ContactAddress, ...],
+        wire.list_(3, max_len=MAX_ADDRESSES * 700, max_items=MAX_ADDRESSES),
+    ]
+
+
+@wire.record(0x00A2, "ContactCard")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _CardRecord(wire.Record):
+    # The body stays as its exact bytes: they are what is signed.
+    body: Annotated[bytes, wire.nested(1, max_len=16384, of=_CardBody)]
+    signature: Annotated[bytes, wire.bytes_(2, size=HYBRID_SIGNATURE_SIZE)]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -130,32 +100,27 @@ class ContactCard:
         return cls(identity=identity.public, created=now, addresses=addresses, signature=sig)
 
     def _body(self) -> bytes:
-        return wire.encode(
-            CARD_BODY,
-            {
-                "identity": self.identity.to_bytes(),
-                "created": self.created,
-                "addresses": [a.to_bytes() for a in self.addresses],
-            },
-        )
+        return _CardBody(
+            identity=self.identity, created=self.created, addresses=self.addresses
+        ).to_bytes()
 
     def to_bytes(self) -> bytes:
         """The canonical wire encoding (type 0x00A2)."""
-        return wire.encode(CARD, {"body": self._body(), "signature": self.signature})
+        return _CardRecord(body=self._body(), signature=self.signature).to_bytes()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ContactCard:
         """Decode and verify the identity's signature over the card."""
-        rec = wire.decode(CARD, data)
-        body = wire.decode(CARD_BODY, rec["body"])
+        rec = _CardRecord.from_bytes(data)
+        body = _CardBody.from_bytes(rec.body)
         card = cls(
-            identity=PublicIdentity.from_bytes(body["identity"]),
-            created=body["created"],
-            addresses=tuple(ContactAddress.from_bytes(a) for a in body["addresses"]),
-            signature=rec["signature"],
+            identity=body.identity,
+            created=body.created,
+            addresses=body.addresses,
+            signature=rec.signature,
         )
         try:
-            card.identity.verify(card.signature, rec["body"], context=CONTEXT_CARD)
+            card.identity.verify(card.signature, rec.body, context=CONTEXT_CARD)
         except BadSignature:
             raise BadSignature("the contact card's signature does not verify") from None
         return card
@@ -183,27 +148,23 @@ class ContactCard:
         return card
 
 
+@wire.record(0x00A3, "QueueGrant")
 @dataclass(frozen=True, slots=True, kw_only=True)
-class QueueGrant:
+class QueueGrant(wire.Record):
     """The right to send to a private queue (travels end-to-end encrypted)."""
 
-    relay: str
-    sid: bytes
-    sender_seed: bytes
+    relay: Annotated[str, wire.text(1, max_len=512)]
+    sid: Annotated[bytes, wire.bytes_(2, size=16)]
+    sender_seed: Annotated[bytes, wire.bytes_(3, size=32)]
 
     def __post_init__(self) -> None:
         _check_url(self.relay)
 
-    def to_bytes(self) -> bytes:
-        """The canonical wire encoding (type 0x00A3)."""
-        return wire.encode(
-            GRANT, {"relay": self.relay, "sid": self.sid, "sender_seed": self.sender_seed}
-        )
 
-    @classmethod
-    def from_bytes(cls, data: bytes) -> QueueGrant:
-        """Decode strictly."""
-        return cls(**wire.decode(GRANT, data))
+ADDRESS = wire.schema_of(ContactAddress)
+CARD_BODY = wire.schema_of(_CardBody)
+CARD = wire.schema_of(_CardRecord)
+GRANT = wire.schema_of(QueueGrant)
 
 
 def seal_prekey_blob(address_key: bytes, record: bytes) -> bytes:

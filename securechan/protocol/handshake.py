@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Annotated
 
 from securechan import wire
 from securechan.errors import (
@@ -87,93 +88,65 @@ CONVERSATION_ID_SIZE = 16
 REPLAY_MEMORY = 120 * 24 * 3600
 MAX_REPLAY_ENTRIES = 100_000
 
-TRANSCRIPT = wire.Schema(
-    0x0050,
-    "HandshakeTranscript",
-    (
-        wire.Field(1, "initiator", wire.Kind.BYTES, size=32),
-        wire.Field(2, "responder", wire.Kind.BYTES, size=32),
-        # Tag 3 (an initiator-chosen conversation id) is retired: the id is
-        # derived from this transcript (conversation_id), review 2026-12 #5.
-        wire.Field(4, "created", wire.Kind.UINT),
-        wire.Field(5, "signed_prekey_id", wire.Kind.UINT),
-        wire.Field(6, "signed_prekey_hash", wire.Kind.BYTES, size=32),
-        wire.Field(7, "one_time_prekey_id", wire.Kind.UINT, optional=True),
-        wire.Field(8, "one_time_prekey_hash", wire.Kind.BYTES, size=32, optional=True),
-        wire.Field(9, "hpke", wire.Kind.BYTES, size=HPKE_OVERHEAD + _SEED_SIZE),
-        wire.Field(10, "first_chain", wire.Kind.BYTES, size=32),
-    ),
-)
-BODY = wire.Schema(
-    0x0051,
-    "HandshakeBody",
-    (
-        wire.Field(1, "initiator", wire.Kind.RECORD, max_len=8192, schema=PUBLIC_IDENTITY),
-        # Tag 2 (the conversation id) is retired, as in the transcript.
-        wire.Field(3, "created", wire.Kind.UINT),
-        wire.Field(4, "signature", wire.Kind.BYTES, size=HYBRID_SIGNATURE_SIZE),
-    ),
-)
-FIRST = wire.Schema(
-    0x0052,
-    "FirstMessage",
-    (
-        wire.Field(1, "signed_prekey_id", wire.Kind.UINT),
-        wire.Field(2, "one_time_prekey_id", wire.Kind.UINT, optional=True),
-        wire.Field(3, "hpke", wire.Kind.BYTES, size=HPKE_OVERHEAD + _SEED_SIZE),
-        wire.Field(4, "sealed_body", wire.Kind.BYTES, max_len=16384),
-        wire.Field(5, "message", wire.Kind.BYTES, max_len=1 << 20),
-    ),
-)
 
-
-_GUARD = wire.Schema(
-    0x0053,
-    "ReplayGuard",
-    (wire.Field(1, "seen", wire.Kind.BYTES, max_len=MAX_REPLAY_ENTRIES * 40),),
-)
-
-
+@wire.record(0x0050, "HandshakeTranscript")
 @dataclass(frozen=True, slots=True, kw_only=True)
-class FirstMessage:
+class HandshakeTranscript(wire.Record):
+    """What the initiator signs: both parties, the prekeys used, the HPKE
+    encapsulation and the first chain's commitment."""
+
+    initiator: Annotated[bytes, wire.bytes_(1, size=32)]
+    responder: Annotated[bytes, wire.bytes_(2, size=32)]
+    # Tag 3 (an initiator-chosen conversation id) is retired: the id is
+    # derived from this transcript (conversation_id), review 2026-12 #5.
+    created: Annotated[int, wire.uint(4)]
+    signed_prekey_id: Annotated[int, wire.uint(5)]
+    signed_prekey_hash: Annotated[bytes, wire.bytes_(6, size=32)]
+    one_time_prekey_id: Annotated[int | None, wire.uint(7)] = None
+    one_time_prekey_hash: Annotated[bytes | None, wire.bytes_(8, size=32)] = None
+    hpke: Annotated[bytes, wire.bytes_(9, size=HPKE_OVERHEAD + _SEED_SIZE)]
+    first_chain: Annotated[bytes, wire.bytes_(10, size=32)]
+
+
+@wire.record(0x0051, "HandshakeBody")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HandshakeBody(wire.Record):
+    """The sealed body of a first message: who the initiator is, and its
+    signature over the transcript."""
+
+    initiator: Annotated[bytes, wire.nested(1, max_len=8192, of=PUBLIC_IDENTITY)]
+    # Tag 2 (the conversation id) is retired, as in the transcript.
+    created: Annotated[int, wire.uint(3)]
+    signature: Annotated[bytes, wire.bytes_(4, size=HYBRID_SIGNATURE_SIZE)]
+
+
+@wire.record(0x0053, "ReplayGuard")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _ReplayGuardRecord(wire.Record):
+    # 40 bytes per entry: a 32-byte digest and the u64 time it may go.
+    seen: Annotated[bytes, wire.bytes_(1, max_len=MAX_REPLAY_ENTRIES * 40)]
+
+
+@wire.record(0x0052, "FirstMessage")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FirstMessage(wire.Record):
     """The outer first message: what the relay sees (no identity in clear)."""
 
-    signed_prekey_id: int
-    one_time_prekey_id: int | None
-    hpke: bytes
-    sealed_body: bytes
-    message: bytes
+    signed_prekey_id: Annotated[int, wire.uint(1)]
+    one_time_prekey_id: Annotated[int | None, wire.uint(2)]
+    hpke: Annotated[bytes, wire.bytes_(3, size=HPKE_OVERHEAD + _SEED_SIZE)]
+    sealed_body: Annotated[bytes, wire.bytes_(4, max_len=16384)]
+    message: Annotated[bytes, wire.bytes_(5, max_len=1 << 20)]
 
     def header_bytes(self) -> bytes:
         """The associated data of the sealed body: everything but the body."""
-        return wire.encode(
-            FIRST,
-            {
-                "signed_prekey_id": self.signed_prekey_id,
-                "one_time_prekey_id": self.one_time_prekey_id,
-                "hpke": self.hpke,
-                "sealed_body": b"",
-                "message": b"",
-            },
-        )
+        return replace(self, sealed_body=b"", message=b"").to_bytes()
 
-    def to_bytes(self) -> bytes:
-        """The canonical wire encoding (type 0x0052)."""
-        return wire.encode(
-            FIRST,
-            {
-                "signed_prekey_id": self.signed_prekey_id,
-                "one_time_prekey_id": self.one_time_prekey_id,
-                "hpke": self.hpke,
-                "sealed_body": self.sealed_body,
-                "message": self.message,
-            },
-        )
 
-    @classmethod
-    def from_bytes(cls, data: bytes) -> FirstMessage:
-        """Decode strictly."""
-        return cls(**wire.decode(FIRST, data))
+TRANSCRIPT = wire.schema_of(HandshakeTranscript)
+BODY = wire.schema_of(HandshakeBody)
+FIRST = wire.schema_of(FirstMessage)
+_GUARD = wire.schema_of(_ReplayGuardRecord)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -218,14 +191,14 @@ class ReplayGuard:
 
     def to_bytes(self) -> bytes:
         """The wire encoding (type 0x0053): persist it with the prekey store."""
-        return wire.encode(
-            _GUARD, {"seen": b"".join(d + t.to_bytes(8, "big") for d, t in self.seen)}
-        )
+        return _ReplayGuardRecord(
+            seen=b"".join(d + t.to_bytes(8, "big") for d, t in self.seen)
+        ).to_bytes()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ReplayGuard:
         """Decode strictly."""
-        raw = wire.decode(_GUARD, data)["seen"]
+        raw = _ReplayGuardRecord.from_bytes(data).seen
         if len(raw) % 40:
             raise MalformedInput("bad replay guard")
         return cls(
@@ -250,20 +223,17 @@ def _transcript(
     first_chain: bytes,
 ) -> bytes:
     otk = bundle.one_time_prekey
-    return wire.encode(
-        TRANSCRIPT,
-        {
-            "initiator": initiator.digest,
-            "responder": responder.digest,
-            "created": created,
-            "signed_prekey_id": bundle.signed_prekey.prekey_id,
-            "signed_prekey_hash": bundle.signed_prekey.hash,
-            "one_time_prekey_id": otk.prekey_id if otk else None,
-            "one_time_prekey_hash": otk.hash if otk else None,
-            "hpke": hpke,
-            "first_chain": first_chain,
-        },
-    )
+    return HandshakeTranscript(
+        initiator=initiator.digest,
+        responder=responder.digest,
+        created=created,
+        signed_prekey_id=bundle.signed_prekey.prekey_id,
+        signed_prekey_hash=bundle.signed_prekey.hash,
+        one_time_prekey_id=otk.prekey_id if otk else None,
+        one_time_prekey_hash=otk.hash if otk else None,
+        hpke=hpke,
+        first_chain=first_chain,
+    ).to_bytes()
 
 
 def conversation_id(transcript_hash: bytes) -> bytes:
@@ -312,14 +282,9 @@ def initiate(
     )
     body_key, root, th = _keys(seed, hpke, transcript)
     signature = me.sign(transcript, context=CONTEXT_HANDSHAKE)
-    body = wire.encode(
-        BODY,
-        {
-            "initiator": me.public.to_bytes(),
-            "created": now,
-            "signature": signature,
-        },
-    )
+    body = HandshakeBody(
+        initiator=me.public.to_bytes(), created=now, signature=signature
+    ).to_bytes()
     outer = FirstMessage(
         signed_prekey_id=bundle.signed_prekey.prekey_id,
         one_time_prekey_id=bundle.one_time_prekey.prekey_id if bundle.one_time_prekey else None,
@@ -386,21 +351,21 @@ def accept(
         body_bytes = message_open(body_key, first.sealed_body, first.header_bytes())
     except VerificationFailed:
         raise DecryptionFailed("the first message does not decrypt") from None
-    body = wire.decode(BODY, body_bytes)
-    initiator = PublicIdentity.from_bytes(body["initiator"])
+    body = HandshakeBody.from_bytes(body_bytes)
+    initiator = PublicIdentity.from_bytes(body.initiator)
     if initiator.fingerprint == me.fingerprint:
         raise Reflected("our own first message came back to us")
     bundle = PrekeyBundle(signed_prekey=spk_record, one_time_prekey=otk_record)
     transcript = _transcript(
         initiator=initiator.fingerprint,
         responder=me.fingerprint,
-        created=body["created"],
+        created=body.created,
         bundle=bundle,
         hpke=first.hpke,
         first_chain=first_chain,
     )
     try:
-        initiator.verify(body["signature"], transcript, context=CONTEXT_HANDSHAKE)
+        initiator.verify(body.signature, transcript, context=CONTEXT_HANDSHAKE)
     except BadSignature:
         # The transcript names us, our own prekey records and the first
         # chain's keys: a signature made for another responder or bundle, or
@@ -427,7 +392,7 @@ def accept(
             dh_secret=seed_all[MLKEM768_SEED_SIZE:],
             kem_seed=seed_all[:MLKEM768_SEED_SIZE],
             transcript=transcript,
-            signature=body["signature"],
+            signature=body.signature,
         ),
         new_store,
         guard.add(digest, now=now),
@@ -465,13 +430,13 @@ def verify_transcript(
     one party twice), and :class:`BadSignature` when the initiator's
     signature (context ``securechan/v1/handshake``) does not verify.
     """
-    rec = wire.decode(TRANSCRIPT, transcript)
+    rec = HandshakeTranscript.from_bytes(transcript)
     first, second = parties
     if first.fingerprint == second.fingerprint:
         raise VerificationFailed("a session is between two different identities")
     by_digest = {first.fingerprint.digest: first, second.fingerprint.digest: second}
-    initiator = by_digest.get(rec["initiator"])
-    responder = by_digest.get(rec["responder"])
+    initiator = by_digest.get(rec.initiator)
+    responder = by_digest.get(rec.responder)
     if initiator is None or responder is None or initiator is responder:
         raise VerificationFailed("the handshake transcript names someone else")
     try:

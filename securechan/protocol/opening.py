@@ -32,7 +32,7 @@ from securechan.protocol.handshake import FIRST, FirstMessage
 from securechan.protocol.padding import unpad
 from securechan.protocol.payload import SignedPayload
 from securechan.protocol.ratchet import RatchetHeader
-from securechan.protocol.session import MESSAGE
+from securechan.protocol.session import RatchetMessage
 
 __all__ = ["KEY_SIZE", "open_envelope", "open_ratchet_message"]
 
@@ -51,9 +51,9 @@ def open_envelope(envelope: bytes, key: bytes, ad: bytes) -> bytes:
         raise MalformedInput("a message key and a transcript hash are 32 bytes each")
     if wire.peek_type(envelope) == FIRST.type_id:
         envelope = FirstMessage.from_bytes(envelope).message
-    rec = wire.decode(MESSAGE, envelope)
-    header = RatchetHeader.from_bytes(rec["header"])
-    padded = message_open(key, rec["ciphertext"], ad + header.to_bytes(), reuse_guard=header.guard)
+    rec = RatchetMessage.from_bytes(envelope)
+    header = RatchetHeader.from_bytes(rec.header)
+    padded = message_open(key, rec.ciphertext, ad + header.to_bytes(), reuse_guard=header.guard)
     try:
         return unpad(padded)
     except MalformedInput:

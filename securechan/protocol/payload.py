@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import enum
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Annotated
 
 from securechan import wire
 from securechan.errors import MalformedInput
@@ -75,67 +76,102 @@ class ContentType(enum.IntEnum):
     QUEUE = 5
 
 
-CHECKPOINT_REF = wire.Schema(
-    0x0075,
-    "CarriedCheckpoint",
-    (wire.Field(1, "note", wire.Kind.TEXT, max_len=MAX_CHECKPOINT_TEXT),),
-)
-PAYLOAD = wire.Schema(
-    0x0070,
-    "Payload",
-    (
-        wire.Field(1, "sender", wire.Kind.BYTES, size=32),
-        wire.Field(2, "recipient", wire.Kind.BYTES, size=32),
-        wire.Field(3, "conversation", wire.Kind.BYTES, size=16),
-        wire.Field(4, "seq", wire.Kind.UINT),
-        wire.Field(5, "sent_at", wire.Kind.UINT),
-        wire.Field(6, "content_type", wire.Kind.UINT),
-        wire.Field(7, "body", wire.Kind.BYTES, max_len=MAX_BODY),
-        wire.Field(8, "prev_hash", wire.Kind.BYTES, size=32),
-        wire.Field(
-            9,
-            "checkpoints",
-            wire.Kind.LIST,
-            max_len=MAX_CHECKPOINTS * (MAX_CHECKPOINT_TEXT + 64),
-            schema=CHECKPOINT_REF,
-            max_items=MAX_CHECKPOINTS,
-            optional=True,
-        ),
-    ),
-)
+@wire.record(0x0075, "CarriedCheckpoint")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CarriedCheckpoint(wire.Record):
+    """One relay checkpoint (a signed note) a payload carries."""
+
+    note: Annotated[str, wire.text(1, max_len=MAX_CHECKPOINT_TEXT)]
+
+
+@wire.record(0x0072, "TextBody")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TextBody(wire.Record):
+    """The body of a ``TEXT`` payload."""
+
+    text: Annotated[str, wire.text(1, max_len=MAX_TEXT_BYTES)]
+
+
+@wire.record(0x0073, "FileChunk")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FileChunk:
+    """One chunk of a file."""
+
+    file_id: Annotated[bytes, wire.bytes_(1, size=16)]
+    name: Annotated[str, wire.text(2, max_len=255)]
+    size: Annotated[int, wire.uint(3)]
+    sha512: Annotated[bytes, wire.bytes_(4, size=64)]
+    index: Annotated[int, wire.uint(5)]
+    count: Annotated[int, wire.uint(6)]
+    data: Annotated[bytes, wire.bytes_(7, max_len=CHUNK_SIZE)]
+
+    def to_bytes(self) -> bytes:
+        """The canonical wire encoding (type 0x0073)."""
+        return wire.encode_record(self)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> FileChunk:
+        """Decode strictly; index, count and size must be consistent."""
+        chunk = wire.decode_record(cls, data)
+        expected = max(1, -(-chunk.size // CHUNK_SIZE))
+        if chunk.size > MAX_FILE_SIZE or chunk.count != expected or chunk.index >= chunk.count:
+            raise MalformedInput("inconsistent file chunk numbering")
+        last = chunk.size - (chunk.count - 1) * CHUNK_SIZE
+        if len(chunk.data) != (last if chunk.index == chunk.count - 1 else CHUNK_SIZE):
+            raise MalformedInput("file chunk has the wrong length")
+        if not chunk.name or "/" in chunk.name or chunk.name in (".", ".."):
+            raise MalformedInput("a file name is one path component")
+        return chunk
+
+
+@wire.record(0x0074, "Receipt")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Receipt:
+    """The recipient's statement of what it has received so far."""
+
+    up_to_seq: Annotated[int, wire.uint(1)]
+    chain_hash: Annotated[bytes, wire.bytes_(2, size=32)]
+
+    def to_bytes(self) -> bytes:
+        """The canonical wire encoding (type 0x0074)."""
+        return wire.encode_record(self)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Receipt:
+        """Decode strictly."""
+        return wire.decode_record(cls, data)
+
+
+CHECKPOINT_REF = wire.schema_of(CarriedCheckpoint)
+TEXT_BODY = wire.schema_of(TextBody)
+FILE_CHUNK = wire.schema_of(FileChunk)
+RECEIPT = wire.schema_of(Receipt)
 _MAX_PAYLOAD = MAX_BODY + 512 + MAX_CHECKPOINTS * (MAX_CHECKPOINT_TEXT + 64)
-SIGNED_PAYLOAD = wire.Schema(
-    0x0071,
-    "SignedPayload",
-    (
-        wire.Field(1, "payload", wire.Kind.RECORD, max_len=_MAX_PAYLOAD, schema=PAYLOAD),
-        wire.Field(2, "signature", wire.Kind.BYTES, size=HYBRID_SIGNATURE_SIZE),
-    ),
-)
-TEXT_BODY = wire.Schema(
-    0x0072, "TextBody", (wire.Field(1, "text", wire.Kind.TEXT, max_len=MAX_TEXT_BYTES),)
-)
-FILE_CHUNK = wire.Schema(
-    0x0073,
-    "FileChunk",
-    (
-        wire.Field(1, "file_id", wire.Kind.BYTES, size=16),
-        wire.Field(2, "name", wire.Kind.TEXT, max_len=255),
-        wire.Field(3, "size", wire.Kind.UINT),
-        wire.Field(4, "sha512", wire.Kind.BYTES, size=64),
-        wire.Field(5, "index", wire.Kind.UINT),
-        wire.Field(6, "count", wire.Kind.UINT),
-        wire.Field(7, "data", wire.Kind.BYTES, max_len=CHUNK_SIZE),
-    ),
-)
-RECEIPT = wire.Schema(
-    0x0074,
-    "Receipt",
-    (
-        wire.Field(1, "up_to_seq", wire.Kind.UINT),
-        wire.Field(2, "chain_hash", wire.Kind.BYTES, size=32),
-    ),
-)
+
+
+@wire.record(0x0070, "Payload")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _PayloadRecord(wire.Record):
+    # The wire form of Payload (fingerprints as digests, the type as a number).
+    sender: Annotated[bytes, wire.bytes_(1, size=32)]
+    recipient: Annotated[bytes, wire.bytes_(2, size=32)]
+    conversation: Annotated[bytes, wire.bytes_(3, size=16)]
+    seq: Annotated[int, wire.uint(4)]
+    sent_at: Annotated[int, wire.uint(5)]
+    content_type: Annotated[int, wire.uint(6)]
+    body: Annotated[bytes, wire.bytes_(7, max_len=MAX_BODY)]
+    prev_hash: Annotated[bytes, wire.bytes_(8, size=32)]
+    checkpoints: Annotated[
+        tuple[CarriedCheckpoint, ...] | None,
+        wire.list_(
+            9,
+            max_len=MAX_CHECKPOINTS * (MAX_CHECKPOINT_TEXT + 64),
+            max_items=MAX_CHECKPOINTS,
+        ),
+    ] = None
+
+
+PAYLOAD = wire.schema_of(_PayloadRecord)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -163,43 +199,39 @@ class Payload:
         """The canonical wire encoding (type 0x0070): the signed bytes."""
         if self.raw is not None:
             return self.raw
-        return wire.encode(
-            PAYLOAD,
-            {
-                "sender": self.sender.digest,
-                "recipient": self.recipient.digest,
-                "conversation": self.conversation,
-                "seq": self.seq,
-                "sent_at": self.sent_at,
-                "content_type": int(self.content_type),
-                "body": self.body,
-                "prev_hash": self.prev_hash,
-                # Absent when empty: one encoding per value.
-                "checkpoints": [{"note": n} for n in self.checkpoints] or None,
-            },
-        )
+        return _PayloadRecord(
+            sender=self.sender.digest,
+            recipient=self.recipient.digest,
+            conversation=self.conversation,
+            seq=self.seq,
+            sent_at=self.sent_at,
+            content_type=int(self.content_type),
+            body=self.body,
+            prev_hash=self.prev_hash,
+            # Absent when empty: one encoding per value.
+            checkpoints=tuple(CarriedCheckpoint(note=n) for n in self.checkpoints) or None,
+        ).to_bytes()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Payload:
         """Decode strictly, body included (checked against its content type)."""
-        rec = wire.decode(PAYLOAD, data)
+        rec = _PayloadRecord.from_bytes(data)
         try:
-            content_type = ContentType(rec["content_type"])
+            content_type = ContentType(rec.content_type)
         except ValueError:
             raise MalformedInput("unknown content type") from None
-        carried = rec.get("checkpoints")
-        if carried is not None and not carried:
+        if rec.checkpoints is not None and not rec.checkpoints:
             raise MalformedInput("an empty checkpoint list is encoded as no field")
         payload = cls(
-            sender=Fingerprint(rec["sender"]),
-            recipient=Fingerprint(rec["recipient"]),
-            conversation=rec["conversation"],
-            seq=rec["seq"],
-            sent_at=rec["sent_at"],
+            sender=Fingerprint(rec.sender),
+            recipient=Fingerprint(rec.recipient),
+            conversation=rec.conversation,
+            seq=rec.seq,
+            sent_at=rec.sent_at,
             content_type=content_type,
-            body=rec["body"],
-            prev_hash=rec["prev_hash"],
-            checkpoints=tuple(wire.decode(CHECKPOINT_REF, c)["note"] for c in carried or ()),
+            body=rec.body,
+            prev_hash=rec.prev_hash,
+            checkpoints=tuple(c.note for c in rec.checkpoints or ()),
             raw=bytes(data),
         )
         # The body must parse as its type; keep the result.
@@ -215,8 +247,7 @@ class Payload:
 
     def _parse_content(self) -> str | FileChunk | Receipt | QueueGrant | None:
         if self.content_type is ContentType.TEXT:
-            text: str = wire.decode(TEXT_BODY, self.body)["text"]
-            return text
+            return TextBody.from_bytes(self.body).text
         if self.content_type is ContentType.FILE:
             return FileChunk.from_bytes(self.body)
         if self.content_type is ContentType.RECEIPT:
@@ -228,12 +259,13 @@ class Payload:
         return None
 
 
+@wire.record(0x0071, "SignedPayload")
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SignedPayload:
     """A payload and its sender's composite signature."""
 
-    payload: Payload
-    signature: bytes
+    payload: Annotated[Payload, wire.nested(1, max_len=_MAX_PAYLOAD, of=PAYLOAD)]
+    signature: Annotated[bytes, wire.bytes_(2, size=HYBRID_SIGNATURE_SIZE)]
     raw: bytes | None = field(default=None, compare=False, repr=False)
 
     @classmethod
@@ -243,11 +275,9 @@ class SignedPayload:
             raise ValueError("the payload names another sender")
         payload_bytes = payload.to_bytes()
         sig = identity.sign(payload_bytes, context=CONTEXT_MESSAGE)
-        # payload_bytes was encoded just above: no need to decode it again.
-        raw = wire.encode(
-            SIGNED_PAYLOAD, {"payload": payload_bytes, "signature": sig}, check_nested=False
-        )
-        return cls(payload=payload, signature=sig, raw=raw)
+        # Keep the encoding just made, so it is not made again below.
+        unsigned = cls(payload=replace(payload, raw=payload_bytes), signature=sig)
+        return replace(unsigned, raw=unsigned.to_bytes())
 
     def verify(self, sender: PublicIdentity) -> None:
         """Raise :class:`BadSignature` unless ``sender`` signed this payload."""
@@ -257,23 +287,21 @@ class SignedPayload:
         """The canonical wire encoding (type 0x0071)."""
         if self.raw is not None:
             return self.raw
-        return wire.encode(
-            SIGNED_PAYLOAD, {"payload": self.payload.to_bytes(), "signature": self.signature}
-        )
+        return wire.encode_record(self)
 
     @classmethod
     def from_bytes_unverified(cls, data: bytes) -> SignedPayload:
-        """Decode strictly, without checking the signature."""
-        # The nested payload is decoded strictly right below, so once is enough.
-        rec = wire.decode(SIGNED_PAYLOAD, data, check_nested=False)
-        return cls(
-            payload=Payload.from_bytes(rec["payload"]), signature=rec["signature"], raw=bytes(data)
-        )
+        """Decode strictly, without checking the signature (the nested
+        payload is decoded by Payload.from_bytes, body included)."""
+        return wire.decode_record(cls, data, raw=bytes(data))
 
     @property
     def hash(self) -> bytes:
         """SHA-256 of the signed record: the link of the sender's hash chain."""
         return sha256(self.to_bytes())
+
+
+SIGNED_PAYLOAD = wire.schema_of(SignedPayload)
 
 
 def message_text(text: str) -> str:
@@ -298,63 +326,4 @@ def message_text(text: str) -> str:
 
 def text_body(text: str) -> bytes:
     """The body of a ``TEXT`` payload."""
-    return wire.encode(TEXT_BODY, {"text": text})
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class FileChunk:
-    """One chunk of a file."""
-
-    file_id: bytes
-    name: str
-    size: int
-    sha512: bytes
-    index: int
-    count: int
-    data: bytes
-
-    def to_bytes(self) -> bytes:
-        """The canonical wire encoding (type 0x0073)."""
-        return wire.encode(
-            FILE_CHUNK,
-            {
-                "file_id": self.file_id,
-                "name": self.name,
-                "size": self.size,
-                "sha512": self.sha512,
-                "index": self.index,
-                "count": self.count,
-                "data": self.data,
-            },
-        )
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> FileChunk:
-        """Decode strictly; index, count and size must be consistent."""
-        chunk = cls(**wire.decode(FILE_CHUNK, data))
-        expected = max(1, -(-chunk.size // CHUNK_SIZE))
-        if chunk.size > MAX_FILE_SIZE or chunk.count != expected or chunk.index >= chunk.count:
-            raise MalformedInput("inconsistent file chunk numbering")
-        last = chunk.size - (chunk.count - 1) * CHUNK_SIZE
-        if len(chunk.data) != (last if chunk.index == chunk.count - 1 else CHUNK_SIZE):
-            raise MalformedInput("file chunk has the wrong length")
-        if not chunk.name or "/" in chunk.name or chunk.name in (".", ".."):
-            raise MalformedInput("a file name is one path component")
-        return chunk
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Receipt:
-    """The recipient's statement of what it has received so far."""
-
-    up_to_seq: int
-    chain_hash: bytes
-
-    def to_bytes(self) -> bytes:
-        """The canonical wire encoding (type 0x0074)."""
-        return wire.encode(RECEIPT, {"up_to_seq": self.up_to_seq, "chain_hash": self.chain_hash})
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> Receipt:
-        """Decode strictly."""
-        return cls(**wire.decode(RECEIPT, data))
+    return TextBody(text=text).to_bytes()

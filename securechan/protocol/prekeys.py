@@ -17,6 +17,7 @@ that serialises through ``wire``; the caller stores it (encrypted).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Annotated
 
 from securechan import wire
 from securechan.errors import BadSignature, BundleRejected, MalformedInput, UnknownPrekey
@@ -48,63 +49,30 @@ MAX_ONE_TIME = 1000
 KIND_SIGNED = 1
 KIND_ONE_TIME = 2
 
-PREKEY_BODY = wire.Schema(
-    0x0040,
-    "PrekeyBody",
-    (
-        wire.Field(1, "owner", wire.Kind.BYTES, size=32),
-        wire.Field(2, "kind", wire.Kind.UINT),
-        wire.Field(3, "prekey_id", wire.Kind.UINT),
-        wire.Field(4, "public_key", wire.Kind.BYTES, size=HYBRID_KEM_PUBLIC_KEY_SIZE),
-        wire.Field(5, "created", wire.Kind.UINT),
-        wire.Field(6, "expires", wire.Kind.UINT),
-    ),
-)
-PREKEY = wire.Schema(
-    0x0041,
-    "Prekey",
-    (
-        wire.Field(1, "body", wire.Kind.RECORD, max_len=2048, schema=PREKEY_BODY),
-        wire.Field(2, "signature", wire.Kind.BYTES, size=HYBRID_SIGNATURE_SIZE),
-    ),
-)
-BUNDLE = wire.Schema(
-    0x0042,
-    "PrekeyBundle",
-    (
-        wire.Field(1, "signed_prekey", wire.Kind.RECORD, max_len=8192, schema=PREKEY),
-        wire.Field(
-            2, "one_time_prekey", wire.Kind.RECORD, max_len=8192, schema=PREKEY, optional=True
-        ),
-    ),
-)
-_STORED_KEY = wire.Schema(
-    0x0043,
-    "StoredPrekey",
-    (
-        wire.Field(1, "record", wire.Kind.RECORD, max_len=8192, schema=PREKEY),
-        wire.Field(2, "seed", wire.Kind.BYTES, size=HYBRID_KEM_SEED_SIZE),
-    ),
-)
-_STORE = wire.Schema(
-    0x0044,
-    "PrekeyStore",
-    (
-        wire.Field(1, "owner", wire.Kind.BYTES, size=32),
-        wire.Field(2, "next_id", wire.Kind.UINT),
-        wire.Field(
-            3, "signed", wire.Kind.LIST, max_len=64 * 9000, schema=_STORED_KEY, max_items=64
-        ),
-        wire.Field(
-            4,
-            "one_time",
-            wire.Kind.LIST,
-            max_len=MAX_ONE_TIME * 9000,
-            schema=_STORED_KEY,
-            max_items=MAX_ONE_TIME,
-        ),
-    ),
-)
+
+@wire.record(0x0040, "PrekeyBody")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PrekeyBody(wire.Record):
+    """The signed part of a prekey."""
+
+    owner: Annotated[bytes, wire.bytes_(1, size=32)]
+    kind: Annotated[int, wire.uint(2)]
+    prekey_id: Annotated[int, wire.uint(3)]
+    public_key: Annotated[bytes, wire.bytes_(4, size=HYBRID_KEM_PUBLIC_KEY_SIZE)]
+    created: Annotated[int, wire.uint(5)]
+    expires: Annotated[int, wire.uint(6)]
+
+
+@wire.record(0x0041, "Prekey")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _PrekeyRecord(wire.Record):
+    # The body stays as its exact bytes: they are what is signed.
+    body: Annotated[bytes, wire.nested(1, max_len=2048, of=PrekeyBody)]
+    signature: Annotated[bytes, wire.bytes_(2, size=HYBRID_SIGNATURE_SIZE)]
+
+
+PREKEY_BODY = wire.schema_of(PrekeyBody)
+PREKEY = wire.schema_of(_PrekeyRecord)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -122,21 +90,18 @@ class Prekey:
 
     def body_bytes(self) -> bytes:
         """The signed bytes."""
-        return wire.encode(
-            PREKEY_BODY,
-            {
-                "owner": self.owner.digest,
-                "kind": self.kind,
-                "prekey_id": self.prekey_id,
-                "public_key": self.public_key,
-                "created": self.created,
-                "expires": self.expires,
-            },
-        )
+        return PrekeyBody(
+            owner=self.owner.digest,
+            kind=self.kind,
+            prekey_id=self.prekey_id,
+            public_key=self.public_key,
+            created=self.created,
+            expires=self.expires,
+        ).to_bytes()
 
     def to_bytes(self) -> bytes:
         """The canonical wire encoding (type 0x0041)."""
-        return wire.encode(PREKEY, {"body": self.body_bytes(), "signature": self.signature})
+        return _PrekeyRecord(body=self.body_bytes(), signature=self.signature).to_bytes()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Prekey:
@@ -147,22 +112,22 @@ class Prekey:
         a bad one raises :class:`BundleRejected`, even when its owner signed
         it, so it never reaches HPKE.
         """
-        rec = wire.decode(PREKEY, data)
-        body = wire.decode(PREKEY_BODY, rec["body"])
-        if body["kind"] not in (KIND_SIGNED, KIND_ONE_TIME):
+        rec = _PrekeyRecord.from_bytes(data)
+        body = PrekeyBody.from_bytes(rec.body)
+        if body.kind not in (KIND_SIGNED, KIND_ONE_TIME):
             raise MalformedInput("unknown prekey kind")
         try:
-            check_hybrid_kem_public_key(body["public_key"])
+            check_hybrid_kem_public_key(body.public_key)
         except MalformedInput as e:
             raise BundleRejected(f"the prekey's public key is invalid: {e}") from None
         return cls(
-            owner=Fingerprint(body["owner"]),
-            kind=body["kind"],
-            prekey_id=body["prekey_id"],
-            public_key=body["public_key"],
-            created=body["created"],
-            expires=body["expires"],
-            signature=rec["signature"],
+            owner=Fingerprint(body.owner),
+            kind=body.kind,
+            prekey_id=body.prekey_id,
+            public_key=body.public_key,
+            created=body.created,
+            expires=body.expires,
+            signature=rec.signature,
         )
 
     def verify(self, owner: PublicIdentity, *, kind: int, now: int) -> None:
@@ -189,34 +154,14 @@ class Prekey:
         return sha256(self.to_bytes())
 
 
+@wire.record(0x0042, "PrekeyBundle")
 @dataclass(frozen=True, slots=True, kw_only=True)
-class PrekeyBundle:
-    """What an initiator fetches: a signed prekey and maybe a one-time prekey."""
+class PrekeyBundle(wire.Record):
+    """What an initiator fetches: a signed prekey and maybe a one-time prekey.
+    Decoding does not check signatures (:meth:`verify` does)."""
 
-    signed_prekey: Prekey
-    one_time_prekey: Prekey | None = None
-
-    def to_bytes(self) -> bytes:
-        """The canonical wire encoding (type 0x0042)."""
-        return wire.encode(
-            BUNDLE,
-            {
-                "signed_prekey": self.signed_prekey.to_bytes(),
-                "one_time_prekey": (
-                    self.one_time_prekey.to_bytes() if self.one_time_prekey else None
-                ),
-            },
-        )
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> PrekeyBundle:
-        """Decode strictly, without checking signatures."""
-        rec = wire.decode(BUNDLE, data)
-        otk = rec["one_time_prekey"]
-        return cls(
-            signed_prekey=Prekey.from_bytes(rec["signed_prekey"]),
-            one_time_prekey=Prekey.from_bytes(otk) if otk is not None else None,
-        )
+    signed_prekey: Annotated[Prekey, wire.nested(1, max_len=8192, of=PREKEY)]
+    one_time_prekey: Annotated[Prekey | None, wire.nested(2, max_len=8192, of=PREKEY)] = None
 
     def verify(self, owner: PublicIdentity, *, now: int) -> None:
         """Check every prekey against the pinned ``owner``; raise
@@ -226,18 +171,28 @@ class PrekeyBundle:
             self.one_time_prekey.verify(owner, kind=KIND_ONE_TIME, now=now)
 
 
+@wire.record(0x0043, "StoredPrekey")
 @dataclass(frozen=True, slots=True, kw_only=True)
-class _StoredKey:
-    record: Prekey
-    seed: bytes = field(repr=False)
+class _StoredKey(wire.Record):
+    record: Annotated[Prekey, wire.nested(1, max_len=8192, of=PREKEY)]
+    seed: Annotated[bytes, wire.bytes_(2, size=HYBRID_KEM_SEED_SIZE)] = field(repr=False)
 
-    def to_bytes(self) -> bytes:
-        return wire.encode(_STORED_KEY, {"record": self.record.to_bytes(), "seed": self.seed})
 
-    @classmethod
-    def from_bytes(cls, data: bytes) -> _StoredKey:
-        rec = wire.decode(_STORED_KEY, data)
-        return cls(record=Prekey.from_bytes(rec["record"]), seed=rec["seed"])
+@wire.record(0x0044, "PrekeyStore")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _StoreRecord(wire.Record):
+    owner: Annotated[bytes, wire.bytes_(1, size=32)]
+    next_id: Annotated[int, wire.uint(2)]
+    signed: Annotated[tuple[_StoredKey, ...], wire.list_(3, max_len=64 * 9000, max_items=64)]
+    one_time: Annotated[
+        tuple[_StoredKey, ...],
+        wire.list_(4, max_len=MAX_ONE_TIME * 9000, max_items=MAX_ONE_TIME),
+    ]
+
+
+BUNDLE = wire.schema_of(PrekeyBundle)
+_STORED_KEY = wire.schema_of(_StoredKey)
+_STORE = wire.schema_of(_StoreRecord)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -355,23 +310,20 @@ class PrekeyStore:
 
     def to_bytes(self) -> bytes:
         """Secret: the wire encoding with every prekey seed (store encrypted)."""
-        return wire.encode(
-            _STORE,
-            {
-                "owner": self.owner.digest,
-                "next_id": self.next_id,
-                "signed": [k.to_bytes() for k in self.signed],
-                "one_time": [k.to_bytes() for k in self.one_time],
-            },
-        )
+        return _StoreRecord(
+            owner=self.owner.digest,
+            next_id=self.next_id,
+            signed=self.signed,
+            one_time=self.one_time,
+        ).to_bytes()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> PrekeyStore:
         """Decode strictly."""
-        rec = wire.decode(_STORE, data)
+        rec = _StoreRecord.from_bytes(data)
         return cls(
-            owner=Fingerprint(rec["owner"]),
-            next_id=rec["next_id"],
-            signed=tuple(_StoredKey.from_bytes(b) for b in rec["signed"]),
-            one_time=tuple(_StoredKey.from_bytes(b) for b in rec["one_time"]),
+            owner=Fingerprint(rec.owner),
+            next_id=rec.next_id,
+            signed=rec.signed,
+            one_time=rec.one_time,
         )

@@ -50,7 +50,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
 from securechan import primitives, wire
 from securechan.errors import (
@@ -102,66 +102,44 @@ _ROOT_INFO = b"securechan/v1/ratchet-root"
 _MESSAGE_INFO = b"securechan/v1/ratchet-message"
 _FIRST_CHAIN_LABEL = b"securechan/v1/handshake-first-chain"
 
-HEADER = wire.Schema(
-    0x0060,
-    "RatchetHeader",
-    (
-        wire.Field(1, "dh", wire.Kind.BYTES, size=X25519_KEY_SIZE),
-        wire.Field(2, "kem_pub", wire.Kind.BYTES, size=MLKEM768_PUBLIC_KEY_SIZE),
-        wire.Field(3, "root_ct", wire.Kind.BYTES, size=MLKEM768_CIPHERTEXT_SIZE),
-        wire.Field(4, "pn", wire.Kind.UINT),
-        wire.Field(5, "n", wire.Kind.UINT),
-        wire.Field(6, "epoch_ct", wire.Kind.BYTES, size=MLKEM768_CIPHERTEXT_SIZE, optional=True),
-        wire.Field(7, "guard", wire.Kind.BYTES, size=MESSAGE_REUSE_GUARD_SIZE),
-    ),
-)
 
-
+@wire.record(0x0060, "RatchetHeader")
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RatchetHeader:
     """The cleartext (but authenticated) header of a ratchet message."""
 
-    dh: bytes
-    kem_pub: bytes
-    root_ct: bytes
-    pn: int
-    n: int
-    epoch_ct: bytes | None = None
+    dh: Annotated[bytes, wire.bytes_(1, size=X25519_KEY_SIZE)]
+    kem_pub: Annotated[bytes, wire.bytes_(2, size=MLKEM768_PUBLIC_KEY_SIZE)]
+    root_ct: Annotated[bytes, wire.bytes_(3, size=MLKEM768_CIPHERTEXT_SIZE)]
+    pn: Annotated[int, wire.uint(4)]
+    n: Annotated[int, wire.uint(5)]
+    epoch_ct: Annotated[bytes | None, wire.bytes_(6, size=MLKEM768_CIPHERTEXT_SIZE)] = None
     # Fresh random bytes per message: the reuse guard (see ratchet_encrypt).
-    guard: bytes
+    guard: Annotated[bytes, wire.bytes_(7, size=MESSAGE_REUSE_GUARD_SIZE)]
     raw: bytes | None = field(default=None, compare=False, repr=False)
 
     def to_bytes(self) -> bytes:
         """The canonical wire encoding (type 0x0060)."""
         if self.raw is not None:
             return self.raw
-        return wire.encode(
-            HEADER,
-            {
-                "dh": self.dh,
-                "kem_pub": self.kem_pub,
-                "root_ct": self.root_ct,
-                "pn": self.pn,
-                "n": self.n,
-                "epoch_ct": self.epoch_ct,
-                "guard": self.guard,
-            },
-        )
+        return wire.encode_record(self)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> RatchetHeader:
         """Decode strictly; an epoch ciphertext is never present in epoch 0
         (whether it must be present after it depends on the chain, see
         :func:`ratchet_decrypt`)."""
-        rec = wire.decode(HEADER, data)
+        header = wire.decode_record(cls, data, raw=bytes(data))
         # The peer's ratchet keys are validated when parsed (issue 11, "peer
         # keys"): no low-order X25519 point, FIPS 203 §7.2 for ML-KEM.
-        primitives.check_x25519_public_key(rec["dh"])
-        primitives.check_mlkem768_public_key(rec["kem_pub"])
-        header = cls(**rec, raw=bytes(data))
+        primitives.check_x25519_public_key(header.dh)
+        primitives.check_mlkem768_public_key(header.kem_pub)
         if header.n < PQ_INTERVAL and header.epoch_ct is not None:
             raise MalformedInput("an epoch ciphertext in epoch 0")
         return header
+
+
+HEADER = wire.schema_of(RatchetHeader)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -25,6 +25,9 @@ nonce (the ratchet's reuse guard, ``docs/PROTOCOL.md`` §13).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Annotated
+
 from securechan import wire
 from securechan.errors import MalformedInput, RolledBack, VerificationFailed
 from securechan.primitives import aead_decrypt, aead_encrypt
@@ -34,23 +37,26 @@ __all__ = ["open_state", "seal_state"]
 # "handshake": a session's transcript and initiator signature, kept for statements.
 KINDS = frozenset({"session", "prekeys", "replay-guard", "registration", "handshake"})
 
-_HEADER = wire.Schema(
-    0x0090,
-    "SealedStateHeader",
-    (
-        wire.Field(1, "kind", wire.Kind.TEXT, max_len=32),
-        wire.Field(2, "object_id", wire.Kind.BYTES, max_len=64),
-        wire.Field(3, "generation", wire.Kind.UINT),
-    ),
-)
-_SEALED = wire.Schema(
-    0x0091,
-    "SealedState",
-    (
-        wire.Field(1, "header", wire.Kind.RECORD, max_len=256, schema=_HEADER),
-        wire.Field(2, "sealed", wire.Kind.BYTES, max_len=64 << 20),
-    ),
-)
+
+@wire.record(0x0090, "SealedStateHeader")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _StateHeader(wire.Record):
+    # Bound as associated data: a blob opens only as its own object's state.
+    kind: Annotated[str, wire.text(1, max_len=32)]
+    object_id: Annotated[bytes, wire.bytes_(2, max_len=64)]
+    generation: Annotated[int, wire.uint(3)]
+
+
+@wire.record(0x0091, "SealedState")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Sealed(wire.Record):
+    # The header stays as its exact bytes: they are the associated data.
+    header: Annotated[bytes, wire.nested(1, max_len=256, of=_StateHeader)]
+    sealed: Annotated[bytes, wire.bytes_(2, max_len=64 << 20)]
+
+
+_HEADER = wire.schema_of(_StateHeader)
+_SEALED = wire.schema_of(_Sealed)
 
 
 def seal_state(
@@ -59,10 +65,8 @@ def seal_state(
     """Encrypt ``data`` (a state's ``to_bytes()``) for storage."""
     if kind not in KINDS:
         raise ValueError(f"unknown state kind {kind!r}")
-    header = wire.encode(_HEADER, {"kind": kind, "object_id": object_id, "generation": generation})
-    return wire.encode(
-        _SEALED, {"header": header, "sealed": aead_encrypt(storage_key, data, header)}
-    )
+    header = _StateHeader(kind=kind, object_id=object_id, generation=generation).to_bytes()
+    return _Sealed(header=header, sealed=aead_encrypt(storage_key, data, header)).to_bytes()
 
 
 def open_state(
@@ -75,20 +79,19 @@ def open_state(
     or is another object's state, and :class:`RolledBack` if its generation is
     below ``min_generation``. Authentication comes before anything is parsed.
     """
-    rec = wire.decode(_SEALED, blob)
-    header = wire.decode(_HEADER, rec["header"])
+    rec = _Sealed.from_bytes(blob)
+    header = _StateHeader.from_bytes(rec.header)
     try:
-        data = aead_decrypt(storage_key, rec["sealed"], rec["header"])
+        data = aead_decrypt(storage_key, rec.sealed, rec.header)
     except VerificationFailed:
         raise VerificationFailed("the stored state was altered or is not ours") from None
-    if header["kind"] != kind or header["object_id"] != object_id:
+    if header.kind != kind or header.object_id != object_id:
         raise VerificationFailed("the stored state belongs to another object")
-    if header["generation"] < min_generation:
+    if header.generation < min_generation:
         raise RolledBack(
-            f"stored {kind} state is generation {header['generation']}, "
+            f"stored {kind} state is generation {header.generation}, "
             f"but generation {min_generation} was already used (a rollback)"
         )
     if not isinstance(data, bytes):
         raise MalformedInput("bad state")  # unreachable
-    generation: int = header["generation"]
-    return generation, data
+    return header.generation, data

@@ -31,6 +31,7 @@ import enum
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Annotated
 
 from securechan import wire
 from securechan.errors import (
@@ -87,14 +88,18 @@ __all__ = [
 MAX_GAP = MAX_SKIP
 _SENT_HASHES_KEPT = 4096
 
-MESSAGE = wire.Schema(
-    0x0062,
-    "RatchetMessage",
-    (
-        wire.Field(1, "header", wire.Kind.BYTES, max_len=4096),
-        wire.Field(2, "ciphertext", wire.Kind.BYTES, max_len=1 << 20),
-    ),
-)
+
+@wire.record(0x0062, "RatchetMessage")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RatchetMessage(wire.Record):
+    """A ratchet message on the wire: the header's exact bytes (parse them
+    with ``RatchetHeader.from_bytes``) and the ciphertext."""
+
+    header: Annotated[bytes, wire.bytes_(1, max_len=4096)]
+    ciphertext: Annotated[bytes, wire.bytes_(2, max_len=1 << 20)]
+
+
+MESSAGE = wire.schema_of(RatchetMessage)
 
 
 class Role(enum.IntEnum):
@@ -267,7 +272,7 @@ class Session:
         ratchet message inside, is valid.
         """
         first = hs.FirstMessage.from_bytes(data)
-        inner = RatchetHeader.from_bytes(wire.decode(MESSAGE, first.message)["header"])
+        inner = RatchetHeader.from_bytes(RatchetMessage.from_bytes(first.message).header)
         shake, new_store, new_guard = hs.accept(
             me,
             store,
@@ -406,7 +411,7 @@ class Session:
         ratchet, header, ciphertext, key = ratchet_encrypt(
             st.ratchet, pad(signed_bytes), st.transcript_hash, cache=self._cache, rand=self.random
         )
-        message = wire.encode(MESSAGE, {"header": header.to_bytes(), "ciphertext": ciphertext})
+        message = RatchetMessage(header=header.to_bytes(), ciphertext=ciphertext).to_bytes()
         self._last_sent = signed_bytes
         self._last_key = key
         self._st = replace(
@@ -428,12 +433,12 @@ class Session:
         and leaves the session unchanged if anything is wrong.
         """
         st = self._st
-        rec = wire.decode(MESSAGE, data)
-        header = RatchetHeader.from_bytes(rec["header"])
+        rec = RatchetMessage.from_bytes(data)
+        header = RatchetHeader.from_bytes(rec.header)
         ratchet, padded, key = ratchet_decrypt(
             st.ratchet,
             header,
-            rec["ciphertext"],
+            rec.ciphertext,
             st.transcript_hash,
             now=now,
             cache=self._cache,
@@ -505,8 +510,8 @@ class Session:
         (who may know where the peer would send one). True promises
         nothing. Nothing is changed."""
         try:
-            rec = wire.decode(MESSAGE, data)
-            header = RatchetHeader.from_bytes(rec["header"])
+            rec = RatchetMessage.from_bytes(data)
+            header = RatchetHeader.from_bytes(rec.header)
         except MalformedInput:
             return False
         r = self._st.ratchet
@@ -612,9 +617,8 @@ def message_chain(data: bytes) -> bytes | None:
     try:
         kind = wire.peek_type(data)
         if kind == hs.FIRST.type_id:
-            data = wire.decode(hs.FIRST, data)["message"]
-        rec = wire.decode(MESSAGE, data)
-        return RatchetHeader.from_bytes(rec["header"]).dh
+            data = hs.FirstMessage.from_bytes(data).message
+        return RatchetHeader.from_bytes(RatchetMessage.from_bytes(data).header).dh
     except MalformedInput:
         return None
 
