@@ -38,6 +38,7 @@ from securechan.protocol.relay_auth import (
     parse_authorization,
     verify_request,
 )
+from securechan.relay.connlimit import SampledLog, client_key
 from securechan.relay.limits import RateLimiter
 from securechan.relay.metrics import RelayMetrics
 from securechan.relay.storage import (
@@ -84,6 +85,13 @@ class RelayConfig:
     max_one_time_upload: int = 200
     max_prekey_blob: int = 16 * 1024
     max_ws_per_queue: int = 4
+    # Connection caps (docs/RELAY.md, "Connections"): per client address
+    # (IPv4, or IPv6 /64) and overall. 0: sized at start from the fd limit
+    # (overall), an eighth of the overall cap (per address).
+    max_connections: int = 0
+    max_connections_per_client: int = 0
+    max_websockets: int = 0
+    max_ws_per_client: int = 0
     clock: Callable[[], float] = field(default=time.time)
 
 
@@ -129,6 +137,12 @@ class Relay:
         # Set when shutdown starts: a body still arriving then is answered 503
         # at once (aiohttp stops reading from clients once it is closing).
         self.stopping = asyncio.Event()
+        # Set on SIGTERM for the drain period: /healthz answers 503 draining
+        # so that a reverse proxy moves traffic away while requests finish.
+        self.draining = False
+        self.ws_open = 0
+        self.ws_by_client: dict[str, int] = {}
+        self.ws_refusals = SampledLog("WebSockets")
 
     # --- helpers --------------------------------------------------------------
 
@@ -265,6 +279,10 @@ class Relay:
         return web.json_response(info)
 
     async def healthz(self, request: web.Request) -> web.Response:
+        if self.draining:
+            return web.json_response(
+                {"status": "draining"}, status=503, headers={"Retry-After": "5"}
+            )
         return web.json_response({"status": "ok"})
 
     async def openapi(self, request: web.Request) -> web.Response:
@@ -509,26 +527,52 @@ class Relay:
             }
         )
 
+    def _ws_refuse(self, status: int, reason: str, message: str) -> _HttpError:
+        self.ws_refusals.refused(reason)
+        self.metrics.connections_refused.labels(f"ws_{reason}").inc()
+        return _HttpError(status, "too_many_sockets", message, retry_after=5)
+
     async def websocket(self, request: web.Request) -> web.StreamResponse:
         rid = self._id(request, "rid")
         queue = await self._queue(rid)
         await self._authenticate(request, queue.recipient_key, b"")
-        if len(self.subscribers[rid]) >= self.config.max_ws_per_queue:
+        # Looked up with get(): a refused or failed upgrade leaves no entry.
+        if len(self.subscribers.get(rid, ())) >= self.config.max_ws_per_queue:
             raise _HttpError(
                 429, "too_many_sockets", "too many sockets on this queue", retry_after=5
             )
+        client = client_key(request.remote or "")
+        cfg = self.config
+        if cfg.max_websockets and self.ws_open >= cfg.max_websockets:
+            raise self._ws_refuse(503, "overall", "the relay has too many sockets")
+        if cfg.max_ws_per_client and self.ws_by_client.get(client, 0) >= cfg.max_ws_per_client:
+            raise self._ws_refuse(429, "per_client", "too many sockets from this address")
         ws = web.WebSocketResponse(heartbeat=30, max_msg_size=4096)
-        await ws.prepare(request)
-        self.subscribers[rid].add(ws)
+        if not ws.can_prepare(request).ok:
+            raise _HttpError(400, "not_websocket", "this route takes a WebSocket upgrade")
+        # Counted before the upgrade's first await: concurrent upgrades from
+        # one address cannot all pass the check above.
+        self.ws_open += 1
+        self.ws_by_client[client] = self.ws_by_client.get(client, 0) + 1
         self.metrics.websockets.inc()
         try:
+            await ws.prepare(request)
+            self.subscribers[rid].add(ws)
             async for msg in ws:  # the client only sends pings or closes
                 if msg.type in (WSMsgType.ERROR, WSMsgType.CLOSE):
                     break
         finally:
-            self.subscribers[rid].discard(ws)
-            if not self.subscribers[rid]:
-                self.subscribers.pop(rid, None)
+            sockets = self.subscribers.get(rid)
+            if sockets is not None:
+                sockets.discard(ws)
+                if not sockets:
+                    self.subscribers.pop(rid, None)
+            self.ws_open -= 1
+            held = self.ws_by_client.get(client, 0) - 1
+            if held > 0:
+                self.ws_by_client[client] = held
+            else:
+                self.ws_by_client.pop(client, None)
             self.metrics.websockets.dec()
         return ws
 
@@ -728,6 +772,7 @@ def make_app(
         r.add_post("/v1/log/cosignature", relay.log_cosignature)
         relay.metrics.log_size.set_function(lambda: tlog.size)
         relay.metrics.log_commits.set_function(lambda: tlog.commits)
+    relay.metrics.ws_queues.set_function(lambda: len(relay.subscribers))
     # Backends that count their commits (SqliteStorage) show group commit at work.
     relay.metrics.db_commits.set_function(lambda: getattr(storage, "commits", 0))
     relay.metrics.db_write_jobs.set_function(lambda: getattr(storage, "write_jobs", 0))
