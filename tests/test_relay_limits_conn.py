@@ -208,8 +208,11 @@ def test_idle_connections_per_address_are_capped(capped: Relay) -> None:
     finally:
         close_all(sockets)
     log = capped.stop()
-    # sampled: one line per 10 s at most, not one per refusal
-    assert 1 <= log.count("refused connections") <= 2, log
+    # sampled: one line per 10 s at most (and one at stop), not one per
+    # refusal; the lines add up to every refusal
+    counts = [int(n) for n in re.findall(r"refused connections \((\d+) per_client\)", log)]
+    assert 1 <= len(counts) <= 3, log
+    assert sum(counts) == 30 * len(ATTACKERS) - PER_CLIENT * len(ATTACKERS), log
 
 
 def test_overall_cap_bounds_fds_and_idle_connections_are_closed(relay_root: Path) -> None:
@@ -295,7 +298,10 @@ def test_websockets_per_address_are_capped(capped: Relay) -> None:
                 await good.close()
 
     run(go())
-    capped.stop()
+    log = capped.stop()
+    counts = [int(n) for n in re.findall(r"refused WebSockets \((\d+) per_client\)", log)]
+    assert 1 <= len(counts) <= 3 and sum(counts) == 12 - WS_PER_CLIENT, log
+    assert "too_many_sockets" not in log, "one log line per refusal"
 
 
 def test_websocket_request_without_upgrade_leaves_no_subscriber(capped: Relay) -> None:

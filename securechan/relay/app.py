@@ -527,10 +527,12 @@ class Relay:
             }
         )
 
-    def _ws_refuse(self, status: int, reason: str, message: str) -> _HttpError:
+    def _ws_refuse(self, status: int, reason: str, message: str) -> web.Response:
+        # Answered here, not raised: the refusal is logged sampled, not as
+        # one line per request by the error middleware.
         self.ws_refusals.refused(reason)
         self.metrics.connections_refused.labels(f"ws_{reason}").inc()
-        return _HttpError(status, "too_many_sockets", message, retry_after=5)
+        return _error_response(_HttpError(status, "too_many_sockets", message, retry_after=5))
 
     async def websocket(self, request: web.Request) -> web.StreamResponse:
         rid = self._id(request, "rid")
@@ -544,9 +546,9 @@ class Relay:
         client = client_key(request.remote or "")
         cfg = self.config
         if cfg.max_websockets and self.ws_open >= cfg.max_websockets:
-            raise self._ws_refuse(503, "overall", "the relay has too many sockets")
+            return self._ws_refuse(503, "overall", "the relay has too many sockets")
         if cfg.max_ws_per_client and self.ws_by_client.get(client, 0) >= cfg.max_ws_per_client:
-            raise self._ws_refuse(429, "per_client", "too many sockets from this address")
+            return self._ws_refuse(429, "per_client", "too many sockets from this address")
         ws = web.WebSocketResponse(heartbeat=30, max_msg_size=4096)
         if not ws.can_prepare(request).ok:
             raise _HttpError(400, "not_websocket", "this route takes a WebSocket upgrade")

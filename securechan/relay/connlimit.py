@@ -91,25 +91,43 @@ def client_key(host: str) -> str:
 
 class SampledLog:
     """Counts refusals by reason; logs one WARNING line per ``every`` seconds
-    at most, with the counts since the last line."""
+    at most, with the counts since the last line (counts still pending are
+    logged ``every`` seconds after the last line by a timer on the running
+    event loop, so a burst shorter than ``every`` is reported in full)."""
 
     def __init__(
         self, what: str, *, every: float = 10.0, clock: Callable[[], float] = time.monotonic
-    ):
+    ) -> None:
         self.what = what
         self.every = every
         self.clock = clock
         self._counts: dict[str, int] = {}
         self._last = -every
+        self._timer: asyncio.TimerHandle | None = None
 
     def refused(self, reason: str) -> None:
         self._counts[reason] = self._counts.get(reason, 0) + 1
-        now = self.clock()
-        if now - self._last >= self.every:
-            parts = ", ".join(f"{n} {r}" for r, n in sorted(self._counts.items()))
-            log.warning("refused %s (%s) since the last such line", self.what, parts)
-            self._counts.clear()
-            self._last = now
+        wait = self._last + self.every - self.clock()
+        if wait <= 0:
+            self.flush()
+        elif self._timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return
+            self._timer = loop.call_later(wait, self.flush)
+
+    def flush(self) -> None:
+        """Log the pending counts now (if any)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._counts:
+            return
+        parts = ", ".join(f"{n} {r}" for r, n in sorted(self._counts.items()))
+        log.warning("refused %s (%s) since the last such line", self.what, parts)
+        self._counts.clear()
+        self._last = self.clock()
 
 
 def _canned(status: int, reason: str, code: str, message: str) -> bytes:

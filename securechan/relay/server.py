@@ -282,6 +282,8 @@ async def serve(
             await expirer
         listener.close()
         await runner.cleanup()
+        gate.sampled.flush()  # refusal counts not yet logged
+        relay.ws_refusals.flush()
         await tlog.close()
         await storage.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
