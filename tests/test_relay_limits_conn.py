@@ -34,6 +34,7 @@ import pytest
 from yarl import URL
 
 from securechan.protocol.relay_auth import sign_request
+from securechan.relay.connlimit import client_key
 from tests.test_relay_api import (
     EXE,
     HOST,
@@ -332,6 +333,15 @@ def test_websocket_request_without_upgrade_leaves_no_subscriber(capped: Relay) -
     capped.stop()
 
 
+def test_a_client_address_is_ipv4_or_the_ipv6_64() -> None:
+    """One IPv6 host owns a /64: counting single IPv6 addresses caps nothing."""
+    assert client_key("127.0.0.2") == "127.0.0.2"
+    assert client_key("2001:db8:1:2:aaaa::1") == client_key("2001:db8:1:2:ffff::9")
+    assert client_key("2001:db8:1:2::1") == "2001:db8:1:2::/64"
+    assert client_key("2001:db8:1:3::1") != client_key("2001:db8:1:2::1")
+    assert client_key("::ffff:10.0.0.1") == "10.0.0.1"
+
+
 def test_sigterm_drains_before_stopping(relay_root: Path) -> None:
     """After SIGTERM, /healthz answers 503 draining for drain_seconds while
     requests are still served; then the relay stops cleanly (exit 0)."""
@@ -349,6 +359,8 @@ def test_sigterm_drains_before_stopping(relay_root: Path) -> None:
                 r = await call(s, relay, "GET", "/healthz")
                 assert (r.status, r.json()) == (503, {"status": "draining"})
                 assert r.headers.get("retry-after") == "5"
+                # keep-alive connections are closed after each answer
+                assert r.headers.get("connection", "").lower() == "close"
                 await asyncio.wait_for(bystander(relay), timeout=drain)  # still served
                 while relay.proc.poll() is None and time.monotonic() - stopped_at < drain + 8:
                     await asyncio.sleep(0.05)

@@ -738,6 +738,8 @@ def make_app(
         except ValueError:
             # The storage refuses writes to a queue deleted meanwhile (a race).
             response = _error_response(_HttpError(404, "no_queue", "no such queue"))
+        if relay.draining and not response.prepared:
+            response.force_close()  # keep-alive clients reconnect (through the proxy)
         key = (request.method, name, response.status)
         counter = counters.get(key)
         if counter is None:
