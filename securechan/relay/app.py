@@ -39,6 +39,7 @@ from securechan.protocol.relay_auth import (
     parse_authorization,
     verify_request,
 )
+from securechan.relay.connlimit import SampledLog, client_key
 from securechan.relay.limits import LogSampler, RateLimiter
 from securechan.relay.metrics import RelayMetrics
 from securechan.relay.storage import (
@@ -127,6 +128,13 @@ class RelayConfig:
     # every log_interval seconds, then one summary line.
     log_sample: int = 10
     log_interval: float = 10.0
+    # Connection caps (docs/RELAY.md, "Connections"): per client address
+    # (IPv4, or IPv6 /64) and overall. 0: sized at start from the fd limit
+    # (overall), an eighth of the overall cap (per address).
+    max_connections: int = 0
+    max_connections_per_client: int = 0
+    max_websockets: int = 0
+    max_ws_per_client: int = 0
     clock: Callable[[], float] = field(default=time.time)
 
 
@@ -207,6 +215,12 @@ class Relay:
         # Set when shutdown starts: a body still arriving then is answered 503
         # at once (aiohttp stops reading from clients once it is closing).
         self.stopping = asyncio.Event()
+        # Set on SIGTERM for the drain period: /healthz answers 503 draining
+        # so that a reverse proxy moves traffic away while requests finish.
+        self.draining = False
+        self.ws_open = 0
+        self.ws_by_client: dict[str, int] = {}
+        self.ws_refusals = SampledLog("WebSockets")
 
     # --- helpers --------------------------------------------------------------
 
@@ -389,6 +403,10 @@ class Relay:
         return web.json_response(info)
 
     async def healthz(self, request: web.Request) -> web.Response:
+        if self.draining:
+            return web.json_response(
+                {"status": "draining"}, status=503, headers={"Retry-After": "5"}
+            )
         return web.json_response({"status": "ok"})
 
     def not_ready(self) -> list[str]:
@@ -414,6 +432,8 @@ class Relay:
                 reasons.append("write_failed")
             else:
                 self.write_failed = None
+        if self.draining:
+            reasons.append("draining")
         if self.stopping.is_set():
             reasons.append("stopping")
         return reasons
@@ -731,26 +751,54 @@ class Relay:
             }
         )
 
+    def _ws_refuse(self, status: int, reason: str, message: str) -> web.Response:
+        # Answered here, not raised: the refusal is logged sampled, not as
+        # one line per request by the error middleware.
+        self.ws_refusals.refused(reason)
+        self.metrics.connections_refused.labels(f"ws_{reason}").inc()
+        return _error_response(_HttpError(status, "too_many_sockets", message, retry_after=5))
+
     async def websocket(self, request: web.Request) -> web.StreamResponse:
         rid = self._id(request, "rid")
         queue = await self._queue(rid)
         await self._authenticate(request, queue.recipient_key, b"")
-        if len(self.subscribers[rid]) >= self.config.max_ws_per_queue:
+        # Looked up with get(): a refused or failed upgrade leaves no entry.
+        if len(self.subscribers.get(rid, ())) >= self.config.max_ws_per_queue:
             raise _HttpError(
                 429, "too_many_sockets", "too many sockets on this queue", retry_after=5
             )
+        client = client_key(request.remote or "")
+        cfg = self.config
+        if cfg.max_websockets and self.ws_open >= cfg.max_websockets:
+            return self._ws_refuse(503, "overall", "the relay has too many sockets")
+        if cfg.max_ws_per_client and self.ws_by_client.get(client, 0) >= cfg.max_ws_per_client:
+            return self._ws_refuse(429, "per_client", "too many sockets from this address")
         ws = web.WebSocketResponse(heartbeat=30, max_msg_size=4096)
-        await ws.prepare(request)
-        self.subscribers[rid].add(ws)
+        if not ws.can_prepare(request).ok:
+            raise _HttpError(400, "not_websocket", "this route takes a WebSocket upgrade")
+        # Counted before the upgrade's first await: concurrent upgrades from
+        # one address cannot all pass the check above.
+        self.ws_open += 1
+        self.ws_by_client[client] = self.ws_by_client.get(client, 0) + 1
         self.metrics.websockets.inc()
         try:
+            await ws.prepare(request)
+            self.subscribers[rid].add(ws)
             async for msg in ws:  # the client only sends pings or closes
                 if msg.type in (WSMsgType.ERROR, WSMsgType.CLOSE):
                     break
         finally:
-            self.subscribers[rid].discard(ws)
-            if not self.subscribers[rid]:
-                self.subscribers.pop(rid, None)
+            sockets = self.subscribers.get(rid)
+            if sockets is not None:
+                sockets.discard(ws)
+                if not sockets:
+                    self.subscribers.pop(rid, None)
+            self.ws_open -= 1
+            held = self.ws_by_client.get(client, 0) - 1
+            if held > 0:
+                self.ws_by_client[client] = held
+            else:
+                self.ws_by_client.pop(client, None)
             self.metrics.websockets.dec()
         return ws
 
@@ -953,6 +1001,8 @@ def make_app(
         except ValueError:
             # The storage refuses writes to a queue deleted meanwhile (a race).
             response = _error_response(_HttpError(404, "no_queue", "no such queue"))
+        if relay.draining and not response.prepared:
+            response.force_close()  # keep-alive clients reconnect (through the proxy)
         key = (request.method, name, response.status)
         counter = counters.get(key)
         if counter is None:
@@ -990,6 +1040,7 @@ def make_app(
         r.add_post("/v1/log/cosignature", relay.log_cosignature)
         relay.metrics.log_size.set_function(lambda: tlog.size)
         relay.metrics.log_commits.set_function(lambda: tlog.commits)
+    relay.metrics.ws_queues.set_function(lambda: len(relay.subscribers))
     # Backends that count their commits (SqliteStorage) show group commit at work.
     relay.metrics.db_commits.set_function(lambda: getattr(storage, "commits", 0))
     relay.metrics.db_write_jobs.set_function(lambda: getattr(storage, "write_jobs", 0))

@@ -84,6 +84,25 @@ class RelayMetrics:
             registry=r,
         )
         self.ready = Gauge("securechan_relay_ready", "1 when /readyz answers 200", registry=r)
+        self.ws_queues = Gauge(
+            "securechan_relay_ws_queues", "Queues with at least one WebSocket open", registry=r
+        )
+        # Connection caps (connlimit.py): set by the serving process.
+        self.connections = Gauge(
+            "securechan_relay_connections", "Open client connections", registry=r
+        )
+        self.open_fds = Gauge(
+            "securechan_relay_open_fds", "File descriptors the relay process holds", registry=r
+        )
+        self.fd_limit = Gauge(
+            "securechan_relay_fd_limit", "The process's file-descriptor limit", registry=r
+        )
+        self.connections_refused = Counter(
+            "securechan_relay_connections_refused",
+            "Connections or WebSockets refused by a cap",
+            ["limit"],
+            registry=r,
+        )
         self.log_size = Gauge(
             "securechan_relay_log_size", "Leaves in the transparency log", registry=r
         )

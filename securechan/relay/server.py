@@ -7,9 +7,14 @@ start), ``relay.db`` (SQLite), ``tlog.db`` (the transparency log, see
 verifier keys, one a line, added to the config's ``[log] witnesses``). On
 start the relay prints one line per fact to stdout: its public key and
 fingerprint (for clients to pin), the log's verifier key, and the URL it
-listens on. SIGTERM and SIGINT stop it gracefully: the listener closes,
-in-flight requests get up to ``shutdown_timeout`` seconds, pending writes are
-committed, then the process exits 0.
+listens on. SIGTERM and SIGINT stop it gracefully: for ``drain_seconds``
+``/healthz`` answers 503 draining while requests are still served (a reverse
+proxy moves traffic away; a second signal ends the drain), then the listener
+closes, in-flight requests get up to ``shutdown_timeout`` seconds, pending
+writes are committed, and the process exits 0.
+
+At start the file-descriptor limit is raised to its hard limit and the
+connection caps (:mod:`securechan.relay.connlimit`) are sized from it.
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ from securechan.audit.note import VerifierKey
 from securechan.errors import MalformedInput, StorageError
 from securechan.primitives import Ed25519SigningKey, sha256
 from securechan.protocol.relay_auth import b64e
-from securechan.relay.app import RelayConfig, make_app, storage_cause
+from securechan.relay.app import Relay, RelayConfig, make_app, storage_cause
+from securechan.relay.connlimit import ConnectionGate, fd_headroom, open_fds, raise_fd_limit
 from securechan.relay.sqlite_store import SqliteStorage
 from securechan.relay.tlog import DEFAULT_COSIGN_WINDOW, RelayLog, parse_witness_keys
 
@@ -55,6 +61,7 @@ class ServeOptions:
     expire_every: float = 3600.0
     shutdown_timeout: float = 10.0
     idle_timeout: float = 8.0
+    drain_seconds: float = 0.0
     log_level: str = "INFO"
     # The transparency log: the config file's [log] table.
     log_origin: str | None = None
@@ -196,7 +203,19 @@ async def serve(
         await tlog.close()
         await storage.close()
         raise
+    try:
+        config, gate = _connection_caps(config)
+    except BaseException:
+        await tlog.close()
+        await storage.close()
+        raise
     app = make_app(storage, key, config, tlog=tlog)
+    relay: Relay = app["relay"]
+    metrics = relay.metrics
+    metrics.connections.set_function(lambda: gate.open)
+    metrics.open_fds.set_function(open_fds)
+    metrics.fd_limit.set(gate.fd_limit)
+    gate.on_refuse = lambda reason: metrics.connections_refused.labels(reason).inc()
     # keepalive_timeout also bounds a new connection that never completes a
     # request (idle, or dribbling its headers: slowloris); bodies have their
     # own timeout in the handlers.
@@ -208,18 +227,23 @@ async def serve(
         keepalive_timeout=opts.idle_timeout,
     )
     await runner.setup()
-    site = web.TCPSite(runner, opts.host, opts.port, ssl_context=tls, reuse_address=True)
+    loop = asyncio.get_running_loop()
+    handler = runner.server
     try:
-        await site.start()
+        if handler is None:  # set by setup(); never None here
+            raise OSError(0, "the HTTP server was not set up")
+        # Every connection passes the gate before aiohttp sees it.
+        listener = await loop.create_server(
+            gate.wrap(handler), opts.host, opts.port, ssl=tls, reuse_address=True, backlog=512
+        )
     except OSError as e:
         await runner.cleanup()
         await tlog.close()
         await storage.close()
         raise StorageError(f"cannot listen on {opts.host}:{opts.port}: {e.strerror}") from None
     port = opts.port
-    server = getattr(site, "_server", None)
-    if server is not None and server.sockets:
-        port = server.sockets[0].getsockname()[1]
+    if listener.sockets:
+        port = listener.sockets[0].getsockname()[1]
     scheme = "https" if tls else "http"
     host = f"[{opts.host}]" if ":" in opts.host else opts.host
     _tune_gc()
@@ -229,7 +253,6 @@ async def serve(
     announce(f"listening on {scheme}://{host}:{port}")
 
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
@@ -243,12 +266,24 @@ async def serve(
     expirer = asyncio.create_task(expire_loop())
     try:
         await stop.wait()
+        if opts.drain_seconds > 0:
+            # Readiness says 503 draining while requests are still served, so
+            # that a reverse proxy's health check moves traffic away first.
+            log.info("draining for %g s: /healthz answers 503", opts.drain_seconds)
+            relay.draining = True
+            stop.clear()  # a second SIGTERM/SIGINT ends the drain early
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=opts.drain_seconds)
     finally:
         log.info("stopping: finishing in-flight requests")
+        relay.draining = True
         expirer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await expirer
+        listener.close()
         await runner.cleanup()
+        gate.sampled.flush()  # refusal counts not yet logged
+        relay.ws_refusals.flush()
         # relay.db first: its last commits hand their appends to the log,
         # which then records a clean stop if every append succeeded, so the
         # next start need not rescan relay.db (RelayLog.repair).
@@ -266,6 +301,46 @@ async def serve(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         log.info("stopped")
+
+
+def _connection_caps(config: RelayConfig) -> tuple[RelayConfig, ConnectionGate]:
+    """Raise the fd limit; size the overall connection and WebSocket caps
+    from it (a configured cap above what the descriptors allow is lowered,
+    with a warning: it would bring back EMFILE)."""
+    limit = raise_fd_limit()
+    held = max(open_fds(), 0)
+    room = limit - held - fd_headroom(limit)
+    if room < 16:
+        raise StorageError(
+            f"the file-descriptor limit ({limit}) leaves no room for connections: raise it"
+        )
+    total = config.max_connections or room
+    if total > room:
+        log.warning("max_connections %d lowered to %d (fd limit %d)", total, room, limit)
+        total = room
+    # One address may hold an eighth of each overall cap by default: seven
+    # addresses at their caps still leave room for everyone else.
+    per_client = min(config.max_connections_per_client or max(1, total // 8), total)
+    sockets = min(config.max_websockets or max(1, total // 2), total)
+    ws_per_client = min(config.max_ws_per_client or max(1, sockets // 8), sockets)
+    gate = ConnectionGate(max_total=total, max_per_client=per_client)
+    gate.fd_limit = limit
+    log.info(
+        "fd limit %d: at most %d connections (%d per address), %d WebSockets (%d per address)",
+        limit,
+        total,
+        per_client,
+        sockets,
+        ws_per_client,
+    )
+    resolved = replace(
+        config,
+        max_connections=total,
+        max_connections_per_client=per_client,
+        max_websockets=sockets,
+        max_ws_per_client=ws_per_client,
+    )
+    return resolved, gate
 
 
 def _tune_gc() -> None:
