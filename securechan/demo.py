@@ -40,10 +40,11 @@ from securechan.audit.log import AuditLog
 from securechan.audit.note import VerifierKey
 from securechan.audit.statement import Statement, verify_statement
 from securechan.audit.witness_store import WitnessHome, WitnessKey
-from securechan.client.channel import Channel, Received, Rejected
+from securechan.client.channel import Channel
 from securechan.client.policy import refresh_witnessed, set_policy, witnessed_statement
+from securechan.client.results import Received, Rejected
 from securechan.client.witness import witness_round
-from securechan.errors import MalformedInput, SecurechanError
+from securechan.errors import MalformedInput, Reason, SecurechanError
 from securechan.identity import Identity, Keystore
 from securechan.primitives import Ed25519SigningKey, KdfParams, random_bytes
 from securechan.protocol.session import MESSAGE
@@ -265,7 +266,7 @@ class _Scenario:
         sent = await t.send_text("washington", line)
         got, bad = await self._receive("washington")
         texts = [x.text for x in got if x.text]
-        unreachable = [x for x in bad if x.reason == "relay"]
+        unreachable = [x for x in bad if x.reason == Reason.RELAY_ERROR]
         yield Step(
             id="message",
             title="muscat refuses service; tehran's first message arrives through geneva, "
@@ -478,8 +479,8 @@ class _Scenario:
         _, bad_w = await self._receive("washington")
         await w.send_text("tehran", "Washington: agreed on all five points.")
         _, bad_t = await self._receive("tehran")
-        caught_w = [x for x in bad_w if x.reason == "SplitView"]
-        caught_t = [x for x in bad_t if x.reason == "SplitView"]
+        caught_w = [x for x in bad_w if x.reason == Reason.SPLIT_VIEW]
+        caught_t = [x for x in bad_t if x.reason == Reason.SPLIT_VIEW]
         sizes = []
         for x in (caught_w or caught_t)[:1]:
             key = self.log_key
@@ -507,7 +508,7 @@ class _Scenario:
         front.on_request("fetch", lambda _: (403, body))
         _, bad = await self._receive("washington")
         front.on_request("fetch", None)
-        said = [x.error for x in bad if x.reason == "relay" and hostile in x.error]
+        said = [x.error for x in bad if x.reason == Reason.RELAY_ERROR and hostile in x.error]
         shown = inline(said[0]) if said else ""
         yield Step(
             id="attack-terminal",

@@ -13,6 +13,9 @@ bytes that failed.  The CLI maps this tree to exit codes in one place
 
 from __future__ import annotations
 
+from enum import StrEnum
+from typing import ClassVar
+
 __all__ = [
     "AuditLogBroken",
     "BadPassphrase",
@@ -30,6 +33,7 @@ __all__ = [
     "Misaddressed",
     "NoIdentity",
     "ProofFailed",
+    "Reason",
     "Reflected",
     "RelayError",
     "RelayRefused",
@@ -46,39 +50,112 @@ __all__ = [
     "UntrustedKey",
     "VerificationFailed",
     "WrongConversation",
+    "reason_of",
 ]
+
+
+class Reason(StrEnum):
+    """Stable codes for why something was refused.
+
+    These are what ``--json`` output and new audit-log entries carry (not
+    Python class names, which may change): one code per class of this tree
+    (``SecurechanError.code``) plus the reasons a receive pass reports without
+    an exception.  A code is never renamed or reused; docs/CLI.md lists them.
+    """
+
+    AUDIT_LOG_BROKEN = "audit-log-broken"
+    BAD_PASSPHRASE = "bad-passphrase"  # noqa: S105 - a reason code, not a secret
+    BAD_SIGNATURE = "bad-signature"
+    BUNDLE_REJECTED = "bundle-rejected"
+    CHAIN_BROKEN = "chain-broken"
+    CHECKPOINT_UNCHECKED = "checkpoint-unchecked"
+    CONTACT_EXISTS = "contact-exists"
+    CONTACT_NOT_FOUND = "contact-not-found"
+    CONVERSATION_IN_USE = "conversation-in-use"
+    DECRYPTION_FAILED = "decryption-failed"
+    ERROR = "error"
+    FILE_CORRUPT = "file-corrupt"
+    IDENTITY_EXISTS = "identity-exists"
+    INTERNAL_ERROR = "internal-error"
+    KEY_CHANGED = "key-changed"
+    MALFORMED_INPUT = "malformed"
+    MESSAGE_REJECTED = "message-rejected"
+    MISADDRESSED = "misaddressed"
+    NO_IDENTITY = "no-identity"
+    PEER_ROLLED_BACK = "peer-rolled-back"
+    PROOF_FAILED = "proof-failed"
+    REKEYED = "rekeyed"
+    REFLECTED = "reflected"
+    RELAY_ERROR = "relay"
+    RELAY_REFUSED = "relay-refused"
+    RELAY_UNAVAILABLE = "relay-unavailable"
+    REPLAY = "replay"
+    ROLLED_BACK = "rolled-back"
+    SPLIT_VIEW = "split-view"
+    STORAGE_ERROR = "storage"
+    TOO_FAR_AHEAD = "too-far-ahead"
+    UNKNOWN_PREKEY = "unknown-prekey"
+    UNKNOWN_SENDER = "unknown-sender"
+    UNSUPPORTED_VERSION = "unsupported-version"
+    UNTRUSTED_KEY = "untrusted-key"
+    VERIFICATION_FAILED = "verification-failed"
+    WRONG_CONVERSATION = "wrong-conversation"
+
+
+def reason_of(error: BaseException) -> Reason:
+    """The stable code for ``error``: its class's code, or ``internal-error``
+    for anything outside this tree (a bug, reported as such)."""
+    if isinstance(error, SecurechanError):
+        return error.code
+    return Reason.INTERNAL_ERROR
 
 
 class SecurechanError(Exception):
     """Base of every error securechan raises on purpose."""
 
+    code: ClassVar[Reason] = Reason.ERROR
+
 
 class MalformedInput(SecurechanError):
     """Bytes or text that do not parse as the expected format."""
+
+    code = Reason.MALFORMED_INPUT
 
 
 class UnsupportedVersion(MalformedInput):
     """A well-formed input from a format version this build does not know."""
 
+    code = Reason.UNSUPPORTED_VERSION
+
 
 class VerificationFailed(SecurechanError):
     """A cryptographic or policy check failed."""
+
+    code = Reason.VERIFICATION_FAILED
 
 
 class BadSignature(VerificationFailed):
     """A signature did not verify (either half of a hybrid signature)."""
 
+    code = Reason.BAD_SIGNATURE
+
 
 class BadPassphrase(VerificationFailed):
     """The passphrase is wrong or the encrypted key file was altered."""
+
+    code = Reason.BAD_PASSPHRASE
 
 
 class UntrustedKey(SecurechanError):
     """A key is not pinned, or is pinned but not verified, where policy needs it."""
 
+    code = Reason.UNTRUSTED_KEY
+
 
 class KeyChanged(UntrustedKey):
     """A contact's name is pinned to a different identity key."""
+
+    code = Reason.KEY_CHANGED
 
     def __init__(self, name: str, old_fingerprint: str, new_fingerprint: str) -> None:
         self.name = name
@@ -93,29 +170,43 @@ class KeyChanged(UntrustedKey):
 class ContactNotFound(SecurechanError):
     """No contact of that name is pinned."""
 
+    code = Reason.CONTACT_NOT_FOUND
+
 
 class ContactExists(SecurechanError):
     """The same identity is already pinned under another name."""
+
+    code = Reason.CONTACT_EXISTS
 
 
 class NoIdentity(SecurechanError):
     """The home folder holds no identity yet (run ``securechan init``)."""
 
+    code = Reason.NO_IDENTITY
+
 
 class IdentityExists(SecurechanError):
     """An identity already exists and would be overwritten (use ``--force``)."""
+
+    code = Reason.IDENTITY_EXISTS
 
 
 class RelayError(SecurechanError):
     """A relay could not be used (exit code 3)."""
 
+    code = Reason.RELAY_ERROR
+
 
 class RelayUnavailable(RelayError):
     """A relay did not answer, or kept failing, after every retry."""
 
+    code = Reason.RELAY_UNAVAILABLE
+
 
 class RelayRefused(RelayError):
     """A relay refused a request (a 4xx answer other than 408 and 429)."""
+
+    code = Reason.RELAY_REFUSED
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(f"the relay refused the request: {message}")
@@ -125,9 +216,13 @@ class RelayRefused(RelayError):
 class StorageError(SecurechanError):
     """A file of the home folder could not be read or written."""
 
+    code = Reason.STORAGE_ERROR
+
 
 class RolledBack(StorageError):
     """Stored state is older than state already used (a rollback)."""
+
+    code = Reason.ROLLED_BACK
 
 
 # --- session protocol --------------------------------------------------------
@@ -138,9 +233,13 @@ class RolledBack(StorageError):
 class MessageRejected(VerificationFailed):
     """A message was refused; the session state is unchanged."""
 
+    code = Reason.MESSAGE_REJECTED
+
 
 class DecryptionFailed(MessageRejected):
     """A message does not decrypt under any key of the session."""
+
+    code = Reason.DECRYPTION_FAILED
 
 
 class Replay(MessageRejected):
@@ -153,6 +252,8 @@ class Replay(MessageRejected):
     kept for that position, the client can tell a relay's replay (the same
     signed payload) from a rolled-back sender (same position or sequence
     number, other signed content)."""
+
+    code = Reason.REPLAY
 
     def __init__(
         self,
@@ -173,37 +274,55 @@ class Replay(MessageRejected):
 class Reflected(MessageRejected):
     """A party's own message came back to it."""
 
+    code = Reason.REFLECTED
+
 
 class Misaddressed(MessageRejected):
     """A message signed for another recipient (surreptitious forwarding)."""
+
+    code = Reason.MISADDRESSED
 
 
 class WrongConversation(MessageRejected):
     """A message signed for another conversation."""
 
+    code = Reason.WRONG_CONVERSATION
+
 
 class ConversationInUse(MessageRejected):
     """A first message names the conversation id of an existing session."""
+
+    code = Reason.CONVERSATION_IN_USE
 
 
 class ChainBroken(MessageRejected):
     """A message's hash chain contradicts messages already received."""
 
+    code = Reason.CHAIN_BROKEN
+
 
 class TooFarAhead(MessageRejected):
     """A message would skip more keys than the session allows."""
+
+    code = Reason.TOO_FAR_AHEAD
 
 
 class BundleRejected(VerificationFailed):
     """A prekey bundle is unsigned, wrongly signed, foreign or expired."""
 
+    code = Reason.BUNDLE_REJECTED
+
 
 class UnknownPrekey(MessageRejected):
     """A first message names a prekey that is unknown, used or expired."""
 
+    code = Reason.UNKNOWN_PREKEY
+
 
 class UnknownSender(UntrustedKey):
     """A first message from an identity that is not a pinned contact."""
+
+    code = Reason.UNKNOWN_SENDER
 
     def __init__(self, message: str, identity: object | None = None) -> None:
         super().__init__(message)
@@ -216,6 +335,8 @@ class UnknownSender(UntrustedKey):
 class ProofFailed(VerificationFailed):
     """A Merkle inclusion or consistency proof is malformed or does not verify."""
 
+    code = Reason.PROOF_FAILED
+
 
 # --- local audit log ------------------------------------------------------------
 
@@ -226,6 +347,8 @@ class AuditLogBroken(VerificationFailed):
     ``index`` is the first entry at which the log stops verifying, or ``None``
     when the problem is a whole file (a missing or damaged ``audit.head``).
     """
+
+    code = Reason.AUDIT_LOG_BROKEN
 
     def __init__(self, index: int | None, reason: str) -> None:
         self.index = index
@@ -240,6 +363,8 @@ class SplitView(VerificationFailed):
     ``evidence`` holds the two signed checkpoints (note texts) that conflict:
     together they prove the relay signed inconsistent views.
     """
+
+    code = Reason.SPLIT_VIEW
 
     def __init__(self, message: str, evidence: tuple[str, str]) -> None:
         super().__init__(message)

@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from securechan.client.channel import Received, Rejected
+from securechan.client.results import Received, Rejected
 from securechan.errors import MalformedInput, MessageRejected
 from tests.adversary import Exchange, RelayProcess
 from tests.adversary.world import World, world_of

@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 
 from securechan import wire
-from securechan.client.channel import Received, Rejected
+from securechan.client.results import Received, Rejected
 from securechan.identity import Keystore
 from securechan.primitives import KDF_INTERACTIVE, random_bytes
 from securechan.protocol import ratchet as ratchet_mod
@@ -190,13 +190,13 @@ def test_relay_replays_old_envelope(world: World) -> None:
     fw.inject(old.data, queue=old.rid)  # a new message id: only the session can tell
     fw.inject(old.data, queue=old.rid, msg_id=old.msg_id)  # the same id
     items, err = cli_receive(w)
-    assert items == [{"rejected": "Replay", "error": items[0]["error"], "held": False}], items
+    assert items == [{"rejected": "replay", "error": items[0]["error"], "held": False}], items
     assert err == [], err
     state.check()
-    assert state.audited() == ["Replay"]  # one entry: the same id is dropped as seen
+    assert state.audited() == ["replay"]  # one entry: the same id is dropped as seen
     # The reason as the user's own tool shows it.
     audit = [e for e in w.cli_audit() if e["kind"] == "rejected"]
-    assert audit[-1]["fields"]["reason"] == "Replay"
+    assert audit[-1]["fields"]["reason"] == "replay"
     # Shown once, in history too; the conversation goes on.
     history = json.loads(w.ok("history", "tehran", "--json"))
     assert [h["summary"] for h in history].count("Tehran: the meeting is at noon.") == 1
@@ -371,7 +371,7 @@ def test_relay_substitutes_prekey_bundle(strangers: World, pristine: Path, tmp_p
     state.check()
     assert json.loads(t.ok("status", "--json"))["outbox"] == 0  # nothing encrypted to mallory
     assert [x for x in fw.sent() if x.status < 300] == []
-    assert state.audited() == ["BundleRejected"]
+    assert state.audited() == ["bundle-rejected"]
     # The real bundle works.
     fw.reset()
     t.ok("send", "washington", "Tehran: for washington's eyes")
@@ -402,9 +402,9 @@ def test_relay_substitutes_identity_key(world: World, pristine: Path, tmp_path: 
     proc = t.run("receive")
     assert proc.returncode == 0, transcript(proc)
     assert proc.stdout == "" and "resend everything" not in proc.stderr
-    assert "UnknownSender" in proc.stderr, transcript(proc)
+    assert "unknown-sender" in proc.stderr, transcript(proc)
     state.check()
-    assert state.audited() == ["UnknownSender"]
+    assert state.audited() == ["unknown-sender"]
     # Offered as washington's new key, it is refused (exit 4) and not pinned.
     offered = tmp_path / "washington-new.id"
     offered.write_text(mallory.keystore.public_identity().to_text(), encoding="ascii")
@@ -426,9 +426,9 @@ def test_relay_replays_first_message(world: World) -> None:
     state = Unchanged(w)
     fw.inject(first, queue="contact")
     items, _ = cli_receive(w)
-    assert [x.get("rejected") for x in items] == ["Replay"], items
+    assert [x.get("rejected") for x in items] == ["replay"], items
     state.check()  # the existing session is not reset
-    assert state.audited() == ["Replay"]
+    assert state.audited() == ["replay"]
     t.ok("send", "washington", "Tehran: same session")
     assert shown(receive(w)) == ["Tehran: same session"]
 
@@ -449,7 +449,7 @@ def test_relay_reuses_one_time_prekey(relay: RelayProcess, pristine: Path, tmp_p
         # The first message is refused for its key; cairo's grant and text on
         # the same chain then open under no session (refused, not shown).
         reasons = [x.get("rejected") for x in items]
-        assert reasons[0] == "UnknownPrekey" and None not in reasons, items
+        assert reasons[0] == "unknown-prekey" and None not in reasons, items
         assert err == []
         state.check()
         assert state.audited() == reasons
@@ -614,7 +614,7 @@ def test_relay_sends_huge_counter_or_garbage_key(world: World) -> None:
 
     got, elapsed, peak = run(go())
     assert shown(got) == [] and len(refusals(got)) == len(variants), got
-    assert set(refusals(got)) <= {"TooFarAhead", "DecryptionFailed", "MalformedInput"}, got
+    assert set(refusals(got)) <= {"too-far-ahead", "decryption-failed", "malformed"}, got
     # Refused before any expensive work: no skipped-key derivation storm.
     assert elapsed < 5.0, elapsed
     assert peak < 32 << 20, peak
@@ -732,7 +732,7 @@ def test_relay_shows_forked_log(world: World) -> None:
     assert "two histories" in line and len(proc.stderr.splitlines()) == 1, transcript(proc)
     assert _relay_log(t, fw.url) == forked_head  # the contradicted head is kept as evidence
     reasons = [r["reason"] for r in audit_rejections(t.home)[before:]]
-    assert reasons == ["SplitView"], reasons
+    assert reasons == ["split-view"], reasons
     # The fork does not cost messages: each is delivered once.
     assert shown(receive(w)) == ["m1 (real log)", "m2 (forked log)", "m3 (real log again)"]
     # And it stays detected.
@@ -754,7 +754,7 @@ def test_relay_rolls_back_its_log(world: World) -> None:
     assert proc.returncode == 1, transcript(proc)
     assert "two histories" in proc.stderr and len(proc.stderr.splitlines()) == 1, transcript(proc)
     assert _relay_log(t, fw.url) == head
-    assert [r["reason"] for r in audit_rejections(t.home)[before:]] == ["SplitView"]
+    assert [r["reason"] for r in audit_rejections(t.home)[before:]] == ["split-view"]
 
 
 def test_relay_answers_one_fetch_with_garbage(world: World) -> None:
@@ -773,7 +773,7 @@ def test_relay_answers_one_fetch_with_garbage(world: World) -> None:
     assert proc.returncode == 0, transcript(proc)
     assert "on the private queue" in proc.stdout, transcript(proc)
     assert len(proc.stderr.splitlines()) == 1, transcript(proc)
-    assert [r["reason"] for r in audit_rejections(w.home)[before:]] == ["MalformedInput"]
+    assert [r["reason"] for r in audit_rejections(w.home)[before:]] == ["malformed"]
 
 
 def test_relay_refuses_queue_creation_while_receiving(strangers: World) -> None:

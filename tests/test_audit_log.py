@@ -715,7 +715,7 @@ def test_append_refuses_misuse(tmp_path: Path) -> None:
             log.append("message-sent", conversation=CONV, seq="1", payload_hash=ZERO, peer=ZERO)
         with pytest.raises(ValueError, match="role"):
             log.session_started(conversation=CONV, peer=fixed_identity("a").fingerprint, role="x")
-        with pytest.raises(ValueError, match="class name"):
+        with pytest.raises(ValueError, match="a reason is a code"):
             log.rejected("not a class name", "x")
         with pytest.raises(ValueError, match="control"):
             log.append("rejected", reason="Replay", detail="\x1b[2J")

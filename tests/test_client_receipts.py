@@ -75,4 +75,4 @@ def test_a_forked_history_is_caught(tmp_path: Path) -> None:
         asyncio.run(asyncio.wait_for(go(relay.url, relay.data), 60))
     with AuditLog.open(a.home, read_only=True) as log:
         rows = [e for e in log.entries() if e.kind == "rejected"]
-    assert any("SplitView" in json.dumps(e.describe()) for e in rows)
+    assert any("split-view" in json.dumps(e.describe()) for e in rows)

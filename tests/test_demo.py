@@ -78,7 +78,7 @@ def test_demo_json_every_step_and_detection(tmp_path: Path) -> None:
     assert steps["redundant"]["details"]["shown again"] == "none"
     # The detections say what caught them.
     assert steps["attack-tamper"]["details"]["refused as"] != "NOT REFUSED"
-    assert steps["attack-replay"]["details"]["refused as"] == "Replay"
+    assert steps["attack-replay"]["details"]["refused as"] == "replay"
     assert "have not arrived" in steps["attack-drop"]["details"]["reported"]
     split = steps["attack-split-view"]["details"]
     assert split["washington"] == split["tehran"] == "SPLIT VIEW reported"

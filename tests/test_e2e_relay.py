@@ -40,7 +40,8 @@ from typing import Any
 import pytest
 
 from securechan import wire
-from securechan.client.channel import Channel, Received, sanitize_filename
+from securechan.client.channel import Channel, sanitize_filename
+from securechan.client.results import Received
 from securechan.errors import MalformedInput
 from securechan.identity import Keystore
 from securechan.identity.safety import safety_number

@@ -314,7 +314,7 @@ def test_low_order_signed_prekey_is_one_line_not_a_traceback(
         assert "bundle" in lines[0] and "public key is invalid" in lines[0], transcript(proc)
         assert proc.stdout == ""
         assert session_states(t.home) == before
-        assert [r["reason"] for r in audit_rejections(t.home)[rejections:]] == ["BundleRejected"]
+        assert [r["reason"] for r in audit_rejections(t.home)[rejections:]] == ["bundle-rejected"]
         assert [x for x in fw.sent() if x.status < 300] == []
         # The honest bundle still works.
         fw.reset()

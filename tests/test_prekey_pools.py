@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from securechan.client.channel import ONE_TIME_BATCH, Received, Rejected
+from securechan.client.channel import ONE_TIME_BATCH
+from securechan.client.results import Received, Rejected
 from securechan.protocol.prekeys import MAX_ONE_TIME, ONE_TIME_PREKEY_LIFETIME, PrekeyStore
 from tests.adversary import Exchange, MaliciousRelay, RelayProcess
 from tests.adversary.parties import make_people, pin, receive_until

@@ -34,7 +34,7 @@ import pytest
 
 from securechan import wire
 from securechan.client import channel as channel_mod
-from securechan.client.channel import Received, Rejected
+from securechan.client.results import Received, Rejected
 from securechan.primitives import HybridKemKeyPair, MlKemKeyPair, X25519KeyPair, random_bytes
 from securechan.protocol import handshake as hs
 from securechan.protocol import ratchet
@@ -204,7 +204,7 @@ def test_garbage_ratchet_envelopes_cost_a_lookup_and_are_never_retried(
     # 44 refused: AUDIT_EACH one by one, the rest in one entry.
     refused = [x for x in got if isinstance(x, Rejected)]
     each = channel_mod.AUDIT_EACH
-    assert [x.reason for x in refused] == ["DecryptionFailed"] * (each + 1), refused
+    assert [x.reason for x in refused] == ["decryption-failed"] * (each + 1), refused
     assert refused[-1].error.startswith(f"{300 - 256 - each} more envelopes: "), refused[-1]
     assert len(audit_rejections(w.home)) - before == each + 1
     # Held garbage is not retried on later passes.
@@ -230,9 +230,9 @@ def test_first_message_naming_an_unknown_prekey_costs_no_decapsulation(
     assert work.hpke_opens == 0 and work.decrypts == 1, (work.hpke_opens, work.decrypts)
     each = channel_mod.AUDIT_EACH
     refused = [x for x in got if isinstance(x, Rejected)]
-    assert [x.reason for x in refused] == ["UnknownPrekey"] * (each + 1), got
+    assert [x.reason for x in refused] == ["unknown-prekey"] * (each + 1), got
     assert refused[-1].error.startswith(f"{50 - each} more envelopes: "), refused[-1]
-    assert [r["reason"] for r in audit_rejections(w.home)[before:]] == ["UnknownPrekey"] * (
+    assert [r["reason"] for r in audit_rejections(w.home)[before:]] == ["unknown-prekey"] * (
         each + 1
     )
     assert held(w) == (0, 0)

@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 
 from securechan.audit.log import AuditLog
-from securechan.client.channel import Received, Rejected
 from securechan.client.db import ClientDB
+from securechan.client.results import Received, Rejected
 from securechan.protocol import handshake as hs
 from securechan.protocol.session import Session
 from securechan.transport import RelayClient
@@ -113,15 +113,15 @@ def new_audit(p: Party, before: int) -> list[dict[str, Any]]:
 def check_set_aside(p: Party, got: list[Received | Rejected], stage: str, before: int) -> None:
     """The failing envelope is reported once, audited with a reason code
     naming the stage, parked, and not retried by the next pass."""
-    assert refusals(got) == ["InternalError"], got
+    assert refusals(got) == ["internal-error"], got
     [bad] = [x for x in got if isinstance(x, Rejected)]
     assert f": {stage}: " in bad.error, bad
-    assert [r["reason"] for r in new_audit(p, before)] == ["InternalError"]
+    assert [r["reason"] for r in new_audit(p, before)] == ["internal-error"]
     assert f": {stage}: " in new_audit(p, before)[0]["detail"]
     assert parked(p) == [stage]
     again = receive(p)
     assert again == [], again
-    assert [r["reason"] for r in new_audit(p, before)] == ["InternalError"]
+    assert [r["reason"] for r in new_audit(p, before)] == ["internal-error"]
 
 
 # --- finding 5: a first message reusing a conversation id --------------------------------
@@ -173,7 +173,7 @@ def test_first_message_reusing_a_conversation_id_is_refused_and_blocks_nothing(
         assert shown(got) == ["tehran: behind the collision"]
         assert "cairo: same conversation id" not in shown(got)
         reasons = [r["reason"] for r in new_audit(w, before)]
-        assert reasons[0] == "ConversationInUse", reasons
+        assert reasons[0] == "conversation-in-use", reasons
         # The existing session, the prekeys and the stored messages of the
         # tehran conversation: tehran's message was stored, nothing else.
         after = session_states(w.home)
@@ -214,8 +214,8 @@ def test_fetch_answer_failing_for_one_queue_leaves_the_others(
     monkeypatch.setattr(RelayClient, "fetch", fetch)
     got = receive(w)
     assert shown(got) == ["one", "two"], got
-    assert refusals(got) == ["InternalError"], got
-    assert [r["reason"] for r in new_audit(w, before)] == ["InternalError"]
+    assert refusals(got) == ["internal-error"], got
+    assert [r["reason"] for r in new_audit(w, before)] == ["internal-error"]
     assert "fetch" in new_audit(w, before)[0]["detail"]
 
 
@@ -229,7 +229,7 @@ def test_garbage_envelope_decode_blocks_nothing(world: World) -> None:
         fw.inject(junk, queue="private")
     got = receive(w)
     assert shown(got) == ["before"], got
-    assert refusals(got) == ["MessageRejected"] * 4, got
+    assert refusals(got) == ["message-rejected"] * 4, got
     send(t, "washington", "after")
     assert shown(receive(w)) == ["after"]
 
@@ -293,10 +293,10 @@ def test_first_message_failing_unexpectedly_sets_it_aside(
         got = receive(w)
         monkeypatch.undo()
         assert "tehran: meanwhile" in shown(got), got
-        assert "InternalError" in refusals(got), got
+        assert "internal-error" in refusals(got), got
         assert "first-message" in [r for r in parked(w)]
         reasons = [r["reason"] for r in new_audit(w, before)]
-        assert reasons.count("InternalError") == 1, reasons
+        assert reasons.count("internal-error") == 1, reasons
 
 
 def test_payload_handling_failing_sets_one_envelope_aside(
@@ -399,7 +399,7 @@ def test_audit_write_failing_loses_nothing(world: World, monkeypatch: pytest.Mon
     monkeypatch.undo()
     assert shown(got) == ["one", "two", "three"], got
     [bad] = [x for x in got if isinstance(x, Rejected)]
-    assert bad.reason == "InternalError" and ": audit: " in bad.error, bad
+    assert bad.reason == "internal-error" and ": audit: " in bad.error, bad
     assert receive(w) == []
 
 
@@ -423,7 +423,7 @@ def test_ack_failing_loses_and_repeats_nothing(
     got = receive(w)
     monkeypatch.undo()
     assert shown(got) == ["one", "two", "three"], got
-    assert refusals(got) == ["InternalError"], got
+    assert refusals(got) == ["internal-error"], got
     assert receive(w) == []
     send(t, "washington", "four")
     assert shown(receive(w)) == ["four"]

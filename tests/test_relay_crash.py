@@ -46,7 +46,8 @@ from typing import Any, TypeVar
 import aiohttp
 import pytest
 
-from securechan.client.channel import Channel, Received, Rejected, SendResult
+from securechan.client.channel import Channel
+from securechan.client.results import Received, Rejected, SendResult
 from securechan.errors import RelayError, RelayUnavailable
 from securechan.identity import Identity, Keystore
 from securechan.primitives import KDF_INTERACTIVE, Ed25519SigningKey

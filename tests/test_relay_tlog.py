@@ -61,7 +61,8 @@ from securechan.audit.merkle import EMPTY_ROOT, root_from_leaf_hashes, verify_co
 from securechan.audit.note import SIG_COSIGNATURE_V1, VerifierKey
 from securechan.audit.receipt import Receipt, envelope_leaf_hash, verify_receipt
 from securechan.audit.tree import TreeStore
-from securechan.client.channel import Channel, Received
+from securechan.client.channel import Channel
+from securechan.client.results import Received
 from securechan.errors import ProofFailed
 from securechan.identity import Keystore
 from securechan.primitives import KDF_INTERACTIVE, Ed25519SigningKey

@@ -124,7 +124,7 @@ def test_restored_client_db_refuses_to_send(pair: Pair, tmp_path: Path) -> None:
     assert texts(items) == [] and rejected(items) == [], items
     # The audit log (outside client.db) recorded the rollback.
     log = t.ok("log", "show", "--json")
-    assert "RolledBack" in log, log
+    assert "rolled-back" in log, log
 
     # Receiving on the rolled-back session goes on.
     w.ok("send", "tehran", "Washington: still reaching you")
@@ -231,7 +231,7 @@ def test_restored_home_is_reported_by_the_peer(pair: Pair, tmp_path: Path) -> No
     items = json_stream(proc.stdout)
     assert texts(items) == [], items  # the second version is never shown
     [report] = rejected(items)
-    assert report["rejected"] == "PeerRolledBack", report
+    assert report["rejected"] == "peer-rolled-back", report
     assert "tehran's state was rolled back (or it equivocated)" in report["error"]
     assert len(report["evidence"]) == 4 and all(
         len(e.split()[-1]) == 64 for e in report["evidence"]
@@ -246,7 +246,7 @@ def test_restored_home_is_reported_by_the_peer(pair: Pair, tmp_path: Path) -> No
     assert "rewritten" not in proc.stdout, transcript(proc)
     # The audit log keeps the evidence.
     log = w.ok("log", "show", "--json")
-    assert log.count("PeerRolledBack") == 2, log
+    assert log.count("peer-rolled-back") == 2, log
 
 
 @pytest.mark.xfail(
@@ -276,7 +276,7 @@ def test_restored_home_that_ratcheted_since_is_reported_by_the_peer(
     assert proc.returncode == EXIT_ROLLBACK, transcript(proc)
     items = json_stream(proc.stdout)
     assert texts(items) == [], items
-    assert [x["rejected"] for x in rejected(items)] == ["PeerRolledBack"], items
+    assert [x["rejected"] for x in rejected(items)] == ["peer-rolled-back"], items
 
 
 def test_redelivered_envelope_stays_a_quiet_replay(pair: Pair) -> None:
@@ -308,7 +308,7 @@ def test_redelivered_envelope_stays_a_quiet_replay(pair: Pair) -> None:
     items = json_stream(proc.stdout)
     assert texts(items) == [], items
     reasons = {x["rejected"] for x in rejected(items)}
-    assert reasons and "PeerRolledBack" not in reasons, items
+    assert reasons and "peer-rolled-back" not in reasons, items
 
 
 # --- (c) every store's generation grows with every write ---------------------------------

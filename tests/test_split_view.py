@@ -13,7 +13,7 @@ Clients carry their newest verified checkpoints inside their signed,
 encrypted messages and check a peer's against their own view of the same
 log. Within one exchange (tehran -> washington, washington -> tehran), both
 detect the split view: a one-line SPLIT VIEW report (exit 1 from the CLI,
-``Rejected(reason="SplitView")`` from the library) with the two conflicting
+``Rejected(reason="split-view")`` from the library) with the two conflicting
 checkpoints as evidence, and a SplitView entry in each audit log. The
 messages themselves are still delivered and shown: the split is about the
 relay, not the peer.
@@ -32,7 +32,7 @@ import pytest
 from securechan.audit.checkpoint import open_checkpoint
 from securechan.audit.merkle import verify_consistency
 from securechan.audit.note import VerifierKey
-from securechan.client.channel import Received, Rejected
+from securechan.client.results import Received, Rejected
 from securechan.errors import ProofFailed
 from tests.adversary import RelayProcess, audit_rejections
 from tests.adversary.parties import Party, transcript
@@ -143,7 +143,7 @@ def test_split_view_detected_by_both_parties_within_one_exchange(
     assert proc.returncode == 1, transcript(proc)
     items = json_stream(proc.stdout)
     assert [x.get("text") for x in items if "text" in x] == ["Tehran: the draft stands."]
-    splits = [x for x in items if x.get("rejected") == "SplitView"]
+    splits = [x for x in items if x.get("rejected") == "split-view"]
     assert len(splits) == 1, items
     _assert_conflict(splits[0]["evidence"], relay)
 
@@ -153,14 +153,14 @@ def test_split_view_detected_by_both_parties_within_one_exchange(
     _send(w, "tehran", "Washington: agreed.")
     got = _receive(t)
     assert [x.text for x in got if isinstance(x, Received) and x.text] == ["Washington: agreed."]
-    split = [x for x in got if isinstance(x, Rejected) and x.reason == "SplitView"]
+    split = [x for x in got if isinstance(x, Rejected) and x.reason == "split-view"]
     assert len(split) >= 1, got
     _assert_conflict(split[0].evidence, relay)
 
     # Both audit logs hold the finding.
     for p, before in ((t, before_t), (w, before_w)):
         reasons = [r["reason"] for r in audit_rejections(p.home)[before:]]
-        assert "SplitView" in reasons, (p.name, reasons)
+        assert "split-view" in reasons, (p.name, reasons)
 
 
 def test_no_split_view_when_the_relay_is_honest(world: World) -> None:

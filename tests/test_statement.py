@@ -682,7 +682,7 @@ def test_statement_one_seq_two_payloads_only_one_delivered(
     assert proc.returncode == 5, transcript(proc)
     got = e2e.json_stream(proc.stdout)
     assert lie not in [x.get("text") for x in got]
-    assert [x.get("rejected") for x in got if "rejected" in x] == ["PeerRolledBack"]
+    assert [x.get("rejected") for x in got if "rejected" in x] == ["peer-rolled-back"]
 
 
 def test_statement_refuses_a_transcript_naming_a_third_party(

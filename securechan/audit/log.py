@@ -66,6 +66,7 @@ from securechan.errors import (
     AuditLogBroken,
     BadSignature,
     MalformedInput,
+    Reason,
     SecurechanError,
     StorageError,
     UnsupportedVersion,
@@ -733,14 +734,14 @@ class AuditLog:
 
     def rejected(
         self,
-        reason: str,
+        reason: Reason,
         detail: str,
         *,
         conversation: bytes | None = None,
         peer: Fingerprint | None = None,
         at: int | None = None,
     ) -> AuditEntry:
-        """Something refused: ``reason`` is the error class (``"Replay"``),
+        """Something refused: ``reason`` is its stable code (``Reason.REPLAY``),
         ``detail`` its message, made safe to print and cut to 500 characters."""
         fields = Rejection(
             reason=reason,

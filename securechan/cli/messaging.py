@@ -26,6 +26,7 @@ from securechan.cli.core import (
 )
 from securechan.errors import (
     MalformedInput,
+    Reason,
     RelayError,
     StorageError,
 )
@@ -181,7 +182,7 @@ def _save_download(folder: Path, name: str, data: bytes) -> Path:
 
 
 def _show(item: Any, as_json: bool, download: Path) -> None:
-    from securechan.client.channel import Rejected
+    from securechan.client.results import Rejected
 
     if isinstance(item, Rejected):
         if as_json:
@@ -189,10 +190,10 @@ def _show(item: Any, as_json: bool, download: Path) -> None:
             if item.evidence:
                 out["evidence"] = list(item.evidence)
             _emit_json(out)
-        elif item.reason == "SplitView":
+        elif item.reason == Reason.SPLIT_VIEW:
             error = inline(item.error, width=_columns(err=True), indent=24)
             click.echo(f"securechan: SPLIT VIEW: {error}", err=True)
-        elif item.reason == "PeerRolledBack":
+        elif item.reason == Reason.PEER_ROLLED_BACK:
             error = inline(item.error, width=_columns(err=True), indent=30)
             click.echo(f"securechan: PEER ROLLED BACK: {error}", err=True)
         else:
@@ -281,9 +282,9 @@ def receive(
 
     def show(item: Any) -> None:
         _show(item, as_json, download)
-        if getattr(item, "reason", None) == "SplitView":
+        if getattr(item, "reason", None) == Reason.SPLIT_VIEW:
             split.append(item.error)
-        if getattr(item, "reason", None) == "PeerRolledBack":
+        if getattr(item, "reason", None) == Reason.PEER_ROLLED_BACK:
             rolled_back.append(item.error)
 
     async def go() -> None:

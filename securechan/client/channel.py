@@ -45,6 +45,7 @@ from securechan.audit.statement import LogPlacement, Statement, message_id
 from securechan.client.db import ClientDB, HeldRow, QueueRow, SessionRow, StoredMessage
 from securechan.client.logview import RelayLogs
 from securechan.client.policy import check_witnessed
+from securechan.client.results import Received, Rejected, SendResult
 from securechan.errors import (
     BundleRejected,
     ContactNotFound,
@@ -52,6 +53,7 @@ from securechan.errors import (
     MalformedInput,
     MessageRejected,
     NoIdentity,
+    Reason,
     RelayError,
     Replay,
     RolledBack,
@@ -62,6 +64,7 @@ from securechan.errors import (
     UnknownSender,
     UntrustedKey,
     VerificationFailed,
+    reason_of,
 )
 from securechan.identity import Contact, Identity, Keystore
 from securechan.identity.keys import Fingerprint, PublicIdentity
@@ -176,48 +179,6 @@ UnknownPolicy = Literal["refuse", "hold"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Received:
-    """A message that passed every check, as stored and shown."""
-
-    contact: str
-    fingerprint: str
-    verified: bool
-    conversation: bytes
-    seq: int
-    sent_at: int
-    content_type: ContentType
-    text: str | None = None
-    file_name: str | None = None
-    file_data: bytes | None = field(default=None, repr=False)
-    receipt: Receipt | None = None
-    receipt_matches: bool | None = None
-    notes: tuple[str, ...] = ()
-    hash: bytes = b""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Rejected:
-    """An envelope that was refused, with the local reason."""
-
-    reason: str
-    error: str
-    held: bool = False
-    # For a split view: the two signed checkpoints that conflict.
-    evidence: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SendResult:
-    """What a send did: sequence numbers, and how many envelopes the relays
-    confirmed now (the rest stay in the outbox and are retried)."""
-
-    contact: str
-    seqs: tuple[int, ...]
-    delivered: int
-    pending: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class _Registration:
     relay: str
     relay_key: bytes
@@ -323,7 +284,7 @@ class _Quiet:
     env: FetchedEnvelope
     kind: str  # "chain" (held) or "refuse"
     key: bytes = b""
-    reason: str = ""
+    reason: Reason = Reason.ERROR
     error: str = ""
 
 
@@ -577,7 +538,7 @@ class Channel:
             name = self.db.rollbacks.pop(0)
             conversation = bytes.fromhex(name[8:]) if name.startswith("session:") else None
             self.audit.rejected(
-                "RolledBack",
+                Reason.ROLLED_BACK,
                 f"stored {name.split(':')[0]} state is older than its high-water mark "
                 "(client.db restored from an older copy)",
                 conversation=conversation,
@@ -612,7 +573,7 @@ class Channel:
                 self.db.retire_session(row.conversation, now)
         for row in fresh:
             self.audit.rejected(
-                "Rekeyed",
+                Reason.REKEYED,
                 f"session retired by 'contact rekey {name}'; the next send starts a new one",
                 conversation=row.conversation,
                 peer=contact.fingerprint,
@@ -710,7 +671,7 @@ class Channel:
         if isinstance(last, VerificationFailed):
             # A substituted or forged bundle: the relay (or the network) is
             # attacking the first contact; it belongs in the audit log.
-            self.audit.rejected("BundleRejected", f"bundle for {contact.name}: {last}")
+            self.audit.rejected(Reason.BUNDLE_REJECTED, f"bundle for {contact.name}: {last}")
             raise BundleRejected(f"no valid prekey bundle for {contact.name}: {last}")
         raise last if last is not None else MalformedInput(f"{contact.name} has no address")
 
@@ -984,7 +945,7 @@ class Channel:
             except SplitView as e:
                 split = split or e  # the strongest finding: reported as such
             except (VerificationFailed, MalformedInput) as e:
-                self.audit.rejected(type(e).__name__, f"receipt from {entry.relay}: {e}")
+                self.audit.rejected(reason_of(e), f"receipt from {entry.relay}: {e}")
                 bad_receipts.append(f"{entry.relay}: {e}")
         if split is not None:
             raise split
@@ -1006,7 +967,7 @@ class Channel:
     #   stage (a bug, a store constraint) rolls the envelope's transaction
     #   back, then the envelope is *set aside*: parked in client.db (the newest
     #   MAX_PARKED, never retried), marked seen, acknowledged to the relay, and
-    #   audited as "InternalError" naming the stage. The envelopes behind it
+    #   audited as "internal-error" naming the stage. The envelopes behind it
     #   are delivered. Only a failing store (StorageError: the disk, a lock)
     #   stops the pass, without marking anything: that is not the envelope's
     #   fault, and the next pass retries it.
@@ -1034,13 +995,13 @@ class Channel:
                         queue.rid, Ed25519SigningKey(queue.secret), after=queue.last_seq, limit=200
                     )
             except RelayError as e:
-                out.append(Rejected(reason="relay", error=str(e)))
+                out.append(Rejected(reason=Reason.RELAY_ERROR, error=str(e)))
                 continue
             except (MalformedInput, ValueError) as e:
                 # A relay answering garbage for one queue must not stop the
                 # others: report it, record it, go on.
-                self.audit.rejected("MalformedInput", f"fetch answer from {queue.relay}: {e}")
-                out.append(Rejected(reason="relay", error=f"{queue.relay}: {e}"))
+                self.audit.rejected(Reason.MALFORMED_INPUT, f"fetch answer from {queue.relay}: {e}")
+                out.append(Rejected(reason=Reason.RELAY_ERROR, error=f"{queue.relay}: {e}"))
                 continue
             except _Unexpected as e:
                 out.append(self._report_unexpected(e, f"fetch answer from {queue.relay}"))
@@ -1057,7 +1018,7 @@ class Channel:
                 out.extend(await self._ack(queue, done))
         out.extend(
             Rejected(
-                reason="SplitView",
+                reason=Reason.SPLIT_VIEW,
                 error=f"{e} (the checkpoint came from {peer})",
                 evidence=e.evidence,
             )
@@ -1068,9 +1029,9 @@ class Channel:
         try:
             await self._after_receive()
         except SplitView as e:
-            out.append(Rejected(reason="SplitView", error=str(e), evidence=e.evidence))
+            out.append(Rejected(reason=Reason.SPLIT_VIEW, error=str(e), evidence=e.evidence))
         except (RelayError, VerificationFailed, MalformedInput) as e:
-            out.append(Rejected(reason="relay", error=f"after receiving: {e}"))
+            out.append(Rejected(reason=Reason.RELAY_ERROR, error=f"after receiving: {e}"))
         return out
 
     async def follow(
@@ -1154,7 +1115,7 @@ class Channel:
         try:
             return self._decide_by_lookup(env, now)
         except (MalformedInput, ValueError) as e:
-            return _Quiet(env, "refuse", reason="MalformedInput", error=str(e))
+            return _Quiet(env, "refuse", reason=Reason.MALFORMED_INPUT, error=str(e))
 
     def _decide_by_lookup(self, env: FetchedEnvelope, now: int) -> _Quiet | None:
         with _stage("decode"):
@@ -1164,11 +1125,13 @@ class Channel:
                 kind = -1
             if kind not in (FIRST.type_id, MESSAGE.type_id):
                 return _Quiet(
-                    env, "refuse", reason="MessageRejected", error="not a securechan envelope"
+                    env, "refuse", reason=Reason.MESSAGE_REJECTED, error="not a securechan envelope"
                 )
             chain = message_chain(env.data)
             if chain is None:
-                return _Quiet(env, "refuse", reason="MalformedInput", error="a malformed envelope")
+                return _Quiet(
+                    env, "refuse", reason=Reason.MALFORMED_INPUT, error="a malformed envelope"
+                )
             if self.db.chain_refused(chain):
                 return None  # the unknown-sender path (_open_or_refuse)
         if kind == FIRST.type_id:
@@ -1188,7 +1151,7 @@ class Channel:
         try:
             first = FirstMessage.from_bytes(env.data)
         except MalformedInput as e:
-            return _Quiet(env, "refuse", reason="MalformedInput", error=str(e))
+            return _Quiet(env, "refuse", reason=Reason.MALFORMED_INPUT, error=str(e))
         if self._rx.prekeys is None:
             self._rx.prekeys = self._prekeys()
             self._rx.guard = self._guard()
@@ -1200,7 +1163,7 @@ class Channel:
             if first.one_time_prekey_id is not None:
                 store.take_one_time(first.one_time_prekey_id, now=now)
         except (UnknownPrekey, Replay) as e:
-            return _Quiet(env, "refuse", reason=type(e).__name__, error=str(e))
+            return _Quiet(env, "refuse", reason=reason_of(e), error=str(e))
         return None
 
     def _flush_quiet(self, queue: QueueRow) -> list[Received | Rejected]:
@@ -1213,7 +1176,7 @@ class Channel:
         if not batch:
             return []
         now = self._now()
-        refused: dict[str, list[str]] = {}
+        refused: dict[Reason, list[str]] = {}
         with self.db.transaction():
             order = self._order()
             for q in batch:
@@ -1221,7 +1184,7 @@ class Channel:
                     continue
                 if q.kind == "chain":
                     if not self._hold_as(order, queue, q.env, now, CHAIN, q.key):
-                        refused.setdefault("DecryptionFailed", []).append(
+                        refused.setdefault(Reason.DECRYPTION_FAILED, []).append(
                             "no session expects its ratchet key and the hold is full"
                         )
                 else:
@@ -1245,8 +1208,8 @@ class Channel:
         what fails) and say it in one line."""
         detail = f"{what}: {e.stage}: {e.describe()}"
         with contextlib.suppress(Exception):
-            self.audit.rejected("InternalError", detail)
-        return Rejected(reason="InternalError", error=detail)
+            self.audit.rejected(Reason.INTERNAL_ERROR, detail)
+        return Rejected(reason=Reason.INTERNAL_ERROR, error=detail)
 
     def _set_aside(
         self, queue: QueueRow, env: FetchedEnvelope, now: int, e: _Unexpected
@@ -1359,8 +1322,8 @@ class Channel:
                     self.db.set_last_seq(queue.rid, env.seq)
             if from_hold and hold:
                 return []  # still unknown: stays held, already reported
-            self.audit.rejected(type(e).__name__, str(e), at=now)
-            return [Rejected(reason=type(e).__name__, error=str(e), held=hold)]
+            self.audit.rejected(reason_of(e), str(e), at=now)
+            return [Rejected(reason=reason_of(e), error=str(e), held=hold)]
 
     def _peer_rollback(self, data: bytes, error: Replay, now: int) -> Rejected | None:
         """A message refused as a replay: at a ratchet position whose message
@@ -1417,13 +1380,13 @@ class Channel:
             f"#{stored.seq} already received; not shown"
         )
         self.audit.rejected(
-            "PeerRolledBack",
+            Reason.PEER_ROLLED_BACK,
             f"{error_text}; " + "; ".join(evidence),
             conversation=stored.conversation,
             peer=contact.fingerprint,
             at=now,
         )
-        return Rejected(reason="PeerRolledBack", error=error_text, evidence=evidence)
+        return Rejected(reason=Reason.PEER_ROLLED_BACK, error=error_text, evidence=evidence)
 
     def _payload_at_position(
         self, data: bytes
@@ -1475,8 +1438,8 @@ class Channel:
         error = f"held {EARLY_GRACE} s for the first message of its session, which never came"
         if len(expired) > 1:
             error = f"{len(expired)} envelopes: {error}"
-        self.audit.rejected("DecryptionFailed", error, at=now)
-        return [Rejected(reason="DecryptionFailed", error=error)]
+        self.audit.rejected(Reason.DECRYPTION_FAILED, error, at=now)
+        return [Rejected(reason=Reason.DECRYPTION_FAILED, error=error)]
 
     def _release_held(self) -> list[Received | Rejected]:
         """Retry the held first messages whose sender has been pinned since
@@ -1767,7 +1730,7 @@ class Channel:
                     if len(data) != content.size or sha512(data) != content.sha512:
                         out.append(
                             Rejected(
-                                reason="FileCorrupt",
+                                reason=Reason.FILE_CORRUPT,
                                 error=f"file {content.name!r} does not match its hash",
                             )
                         )

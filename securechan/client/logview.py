@@ -22,11 +22,13 @@ from securechan.client.db import ClientDB
 from securechan.errors import (
     MalformedInput,
     ProofFailed,
+    Reason,
     RelayError,
     RelayRefused,
     SplitView,
     UntrustedKey,
     VerificationFailed,
+    reason_of,
 )
 from securechan.protocol.payload import MAX_CHECKPOINT_TEXT, MAX_CHECKPOINTS
 from securechan.transport import RelayClient
@@ -96,7 +98,7 @@ class RelayLogs:
                 # contradict the same head are the same finding.
                 if (relay_url, old_note) not in self._splits:
                     self._splits.add((relay_url, old_note))
-                    self._audit.rejected("SplitView", f"{relay_url}: {e}")
+                    self._audit.rejected(Reason.SPLIT_VIEW, f"{relay_url}: {e}")
                 raise SplitView(
                     f"the log of {relay_url} shows two histories ({e}); "
                     "both signed checkpoints are kept as evidence",
@@ -151,7 +153,7 @@ class RelayLogs:
             except SplitView as e:
                 split = split or e
             except (VerificationFailed, MalformedInput) as e:
-                self._audit.rejected(type(e).__name__, f"checkpoint from {relay_url}: {e}")
+                self._audit.rejected(reason_of(e), f"checkpoint from {relay_url}: {e}")
         return split
 
     def carried(self, first: Iterable[str]) -> tuple[str, ...]:
@@ -192,5 +194,5 @@ class RelayLogs:
                     except SplitView as e:
                         out.append((e, peer))
                     except RelayError as e:
-                        self._audit.rejected("CheckpointUnchecked", f"{relay_url}: {e}")
+                        self._audit.rejected(Reason.CHECKPOINT_UNCHECKED, f"{relay_url}: {e}")
         return out

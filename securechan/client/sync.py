@@ -16,7 +16,8 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from securechan.client.channel import Channel, Received, Rejected, SendResult, UnknownPolicy
+from securechan.client.channel import Channel, UnknownPolicy
+from securechan.client.results import Received, Rejected, SendResult
 from securechan.protocol.address import ContactCard
 
 __all__ = ["SyncChannel"]

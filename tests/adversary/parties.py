@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from securechan.audit.log import AuditLog
-from securechan.client.channel import Channel, Received, Rejected
+from securechan.client.channel import Channel
+from securechan.client.results import Received, Rejected
 from securechan.identity import Identity, Keystore
 from securechan.identity.safety import safety_number
 from securechan.primitives import KDF_INTERACTIVE
