@@ -7,8 +7,10 @@ time. It composes the handshake (``handshake.py``), the hybrid Double Ratchet
 
 Sending (``docs/PROTOCOL.md`` §15): build the payload with the next sequence
 number and the hash of our previous message, sign it, pad it, ratchet-encrypt
-it. **The caller must persist the session (``to_bytes``) before it releases
-the ciphertext**; then a crash can at worst lose a message that was never
+it. Every ``send_*`` returns an :class:`Outgoing` holding everything the
+caller keeps of that message (envelope, signed record, message key,
+associated data). **The caller must persist the session (``to_bytes``)
+before it releases the envelope**; then a crash can at worst lose a message that was never
 sent, and never reuses a message key.
 
 Receiving: ratchet-decrypt, unpad, parse, and check, in this order, that the
@@ -79,6 +81,7 @@ __all__ = [
     "MessageReceived",
     "MessagesMissing",
     "OutOfOrder",
+    "Outgoing",
     "ReceiptChecked",
     "Role",
     "Session",
@@ -100,6 +103,22 @@ class RatchetMessage(wire.Record):
 
 
 MESSAGE = wire.schema_of(RatchetMessage)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outgoing:
+    """One message made by a :class:`Session`: everything the caller persists
+    (with the session state) before it releases ``envelope``.
+
+    ``record`` is the signed payload record (our own record of what we
+    said); ``key`` and ``ad`` open this one envelope and no other
+    (``docs/AUDIT.md``, Statements): keep them as secret as the message."""
+
+    seq: int
+    envelope: bytes = field(repr=False)  # the ratchet message to post
+    record: bytes = field(repr=False)  # the SignedPayload record
+    key: bytes = field(repr=False)  # the message key
+    ad: bytes  # the associated-data prefix (the transcript hash, public)
 
 
 class Role(enum.IntEnum):
@@ -200,8 +219,6 @@ class Session:
         # Kept outside the immutable state: appending must not copy 4096 hashes.
         self._sent: deque[bytes] = deque(sent, maxlen=_SENT_HASHES_KEPT)
         self._cache = RatchetCache()
-        self._last_sent = b""
-        self._last_key = b""
         # The one source of randomness for reuse guards (tests inject one to
         # make vectors reproducible); key generation uses primitives'.
         self.random: Callable[[int], bytes] = random_bytes
@@ -252,7 +269,7 @@ class Session:
             inner = session._send(ContentType.HELLO, b"", now=now)
         else:
             inner = session._send(ContentType.TEXT, text_body(text), now=now)
-        return session, replace(first, message=inner).to_bytes()
+        return session, replace(first, message=inner.envelope).to_bytes()
 
     @classmethod
     def accept(
@@ -327,24 +344,10 @@ class Session:
         return self._st.generation
 
     @property
-    def last_sent_record(self) -> bytes:
-        """The signed payload record of the last message sent by this object
-        (for the sender's own record; empty if it sent nothing yet)."""
-        return self._last_sent
-
-    @property
     def transcript_hash(self) -> bytes:
         """The handshake transcript hash: the associated-data prefix of every
         message of this session (public to both parties)."""
         return self._st.transcript_hash
-
-    @property
-    def last_sent_opening(self) -> tuple[bytes, bytes]:
-        """The message key and associated-data prefix of the last message sent
-        by this object: with them anyone can open that one envelope and no
-        other (``docs/AUDIT.md``, Statements). Keep them as secret as the
-        message itself."""
-        return self._last_key, self._st.transcript_hash
 
     @property
     def sent_count(self) -> int:
@@ -358,22 +361,23 @@ class Session:
 
     # --- sending --------------------------------------------------------------
 
-    def send_text(self, text: str, *, now: int) -> bytes:
-        """Encrypt a text message. Persist the session before sending it."""
+    def send_text(self, text: str, *, now: int) -> Outgoing:
+        """Encrypt a text message. Persist the session (and what the caller
+        keeps of the :class:`Outgoing`) before sending its envelope."""
         return self._send(ContentType.TEXT, text_body(text), now=now)
 
-    def send_receipt(self, *, now: int) -> bytes:
+    def send_receipt(self, *, now: int) -> Outgoing:
         """Tell the peer how far we have received its messages, and the hash."""
         r = self._st.received
         body = Receipt(up_to_seq=r.contiguous, chain_hash=r.last_hash).to_bytes()
         return self._send(ContentType.RECEIPT, body, now=now)
 
-    def send_grant(self, grant: QueueGrant, *, now: int) -> bytes:
+    def send_grant(self, grant: QueueGrant, *, now: int) -> Outgoing:
         """Tell the peer to send to our private queue from now on."""
         return self._send(ContentType.QUEUE, grant.to_bytes(), now=now)
 
-    def send_file(self, name: str, data: bytes, *, now: int) -> list[bytes]:
-        """Encrypt a file as chunks of 32 KiB (one message each)."""
+    def send_file(self, name: str, data: bytes, *, now: int) -> list[Outgoing]:
+        """Encrypt a file as chunks of 32 KiB (one message each, in order)."""
         file_id = random_bytes(16)
         digest = sha512(data)
         count = max(1, -(-len(data) // CHUNK_SIZE))
@@ -392,7 +396,7 @@ class Session:
             out.append(self._send(ContentType.FILE, chunk.to_bytes(), now=now))
         return out
 
-    def _send(self, content_type: ContentType, body: bytes, *, now: int) -> bytes:
+    def _send(self, content_type: ContentType, body: bytes, *, now: int) -> Outgoing:
         st = self._st
         payload = Payload(
             sender=self._me.fingerprint,
@@ -412,8 +416,6 @@ class Session:
             st.ratchet, pad(signed_bytes), st.transcript_hash, cache=self._cache, rand=self.random
         )
         message = RatchetMessage(header=header.to_bytes(), ciphertext=ciphertext).to_bytes()
-        self._last_sent = signed_bytes
-        self._last_key = key
         self._st = replace(
             st,
             ratchet=ratchet,
@@ -422,7 +424,13 @@ class Session:
             generation=st.generation + 1,
         )
         self._sent.append(digest)
-        return message
+        return Outgoing(
+            seq=payload.seq,
+            envelope=message,
+            record=signed_bytes,
+            key=key,
+            ad=st.transcript_hash,
+        )
 
     # --- receiving ------------------------------------------------------------
 
