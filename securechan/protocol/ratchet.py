@@ -83,6 +83,7 @@ __all__ = [
     "MAX_SKIPPED",
     "PQ_INTERVAL",
     "SKIPPED_TTL",
+    "Random",
     "RatchetHeader",
     "RatchetState",
     "RootStep",
@@ -92,6 +93,12 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
+
+Random = Callable[[int], bytes]
+"""A source of randomness: ``rand(n)`` returns ``n`` bytes. The default
+everywhere is :func:`~securechan.primitives.random_bytes` (the OS CSPRNG);
+tests and vectors inject a seeded one to replay a conversation. Only key
+*material* is drawn from it; the keys are built from it by ``primitives``."""
 
 MAX_SKIP = 1000
 MAX_SKIPPED = 2000
@@ -173,10 +180,17 @@ class RootStep:
     ct: bytes
 
     @classmethod
-    def generate(cls, peer_kem: bytes) -> RootStep:
-        """Fresh X25519 and ML-KEM-768 pairs and an encapsulation to ``peer_kem``."""
+    def generate(cls, peer_kem: bytes, *, rand: Random = random_bytes) -> RootStep:
+        """Fresh X25519 and ML-KEM-768 pairs (the X25519 secret, then the
+        ML-KEM seed, drawn from ``rand``) and an encapsulation to ``peer_kem``.
+
+        The encapsulation draws its own randomness inside ``cryptography``
+        (no API takes it), so ``ct`` and ``ss`` are fresh even with an
+        injected ``rand`` (``docs/PROTOCOL.md`` §17)."""
+        dh = X25519KeyPair(rand(X25519_KEY_SIZE))
+        kem = MlKemKeyPair(rand(MLKEM768_SEED_SIZE))
         ss, ct = mlkem_encapsulate(peer_kem)
-        return cls(X25519KeyPair.generate(), MlKemKeyPair.generate(), ss, ct)
+        return cls(dh, kem, ss, ct)
 
     def commitment(self) -> bytes:
         """SHA-256 over the chain's public header fields (see :func:`chain_commitment`)."""
@@ -361,10 +375,13 @@ def ratchet_encrypt(
     ad: bytes,
     *,
     cache: RatchetCache | None = None,
-    rand: Callable[[int], bytes] = random_bytes,
+    rand: Random = random_bytes,
 ) -> tuple[RatchetState, RatchetHeader, bytes, bytes]:
     """Encrypt one message. Returns the new state, the header, the ciphertext
     and the message key; the caller MUST persist the new state before sending.
+
+    ``rand`` gives the key material of a root step's new key pairs and the
+    reuse guard; ML-KEM encapsulations draw their own randomness.
 
     **Reuse guard** (after MLS, RFC 9420 §6.3.1): 32 fresh bytes from
     ``rand`` go into the header and salt the derivation of the AEAD key and
@@ -382,7 +399,7 @@ def ratchet_encrypt(
         if st.dh_remote is None or st.kem_remote is None:
             raise ValueError("this side cannot send before it has received a message")
         # Root step (spec §3.5, sending half), with an ML-KEM encapsulation.
-        step = RootStep.generate(st.kem_remote)
+        step = RootStep.generate(st.kem_remote, rand=rand)
         if cache is not None:
             # The peer's next chain will target these: keep them expanded.
             RatchetCache._put(cache.x25519, step.dh.secret_bytes(), step.dh)

@@ -64,6 +64,7 @@ from securechan.protocol.payload import (
 from securechan.protocol.prekeys import PrekeyBundle, PrekeyStore
 from securechan.protocol.ratchet import (
     MAX_SKIP,
+    Random,
     RatchetCache,
     RatchetHeader,
     RatchetState,
@@ -212,16 +213,24 @@ class _State:
 class Session:
     """One conversation with one peer. Not thread-safe; one owner at a time."""
 
-    def __init__(self, me: Identity, state: _State, sent: tuple[bytes, ...] = ()) -> None:
+    def __init__(
+        self,
+        me: Identity,
+        state: _State,
+        sent: tuple[bytes, ...] = (),
+        *,
+        rand: Random = random_bytes,
+    ) -> None:
         self._me = me
         self._st = state
         # Hashes of our last messages, oldest first, for checking receipts.
         # Kept outside the immutable state: appending must not copy 4096 hashes.
         self._sent: deque[bytes] = deque(sent, maxlen=_SENT_HASHES_KEPT)
         self._cache = RatchetCache()
-        # The one source of randomness for reuse guards (tests inject one to
-        # make vectors reproducible); key generation uses primitives'.
-        self.random: Callable[[int], bytes] = random_bytes
+        # The session's one source of randomness (ratchet key material,
+        # reuse guards, file ids), given like the clock: the OS CSPRNG unless
+        # a test or a vector injects a seeded one. Not part of the state.
+        self._rand = rand
         # Relay checkpoints to carry in the payloads we send (the client's
         # newest verified ones; see payload.py). Not part of the state.
         self.checkpoints: tuple[str, ...] = ()
@@ -241,14 +250,16 @@ class Session:
         *,
         now: int,
         text: str | None = None,
+        rand: Random = random_bytes,
     ) -> tuple[Session, bytes]:
         """Start a session with the pinned contact ``peer``.
 
         Returns the session and the first message (handshake plus the first
         ratchet message, carrying ``text`` or an empty hello). Persist the
-        session before sending the first message.
+        session before sending the first message. ``rand`` is the session's
+        source of randomness (the OS CSPRNG unless a test injects one).
         """
-        shake, first = hs.initiate(me, peer, bundle, now=now)
+        shake, first = hs.initiate(me, peer, bundle, now=now, rand=rand)
         if shake.first_step is None:
             raise ValueError("initiator handshake without its first step")  # unreachable
         ratchet = RatchetState.initiator(
@@ -263,6 +274,7 @@ class Session:
                 transcript_hash=shake.transcript_hash,
                 ratchet=ratchet,
             ),
+            rand=rand,
         )
         session.handshake_proof = (shake.transcript, shake.signature)
         if text is None:
@@ -281,6 +293,7 @@ class Session:
         *,
         contact: Callable[[Fingerprint], PublicIdentity | None],
         now: int,
+        rand: Random = random_bytes,
     ) -> tuple[Session, PrekeyStore, hs.ReplayGuard, list[Event]]:
         """Accept a first message. Returns the session, the new prekey store
         and replay guard (persist all three, then show the events).
@@ -313,6 +326,7 @@ class Session:
                 transcript_hash=shake.transcript_hash,
                 ratchet=ratchet,
             ),
+            rand=rand,
         )
         session.handshake_proof = (shake.transcript, shake.signature)
         events = session.receive(first.message, now=now)
@@ -378,7 +392,7 @@ class Session:
 
     def send_file(self, name: str, data: bytes, *, now: int) -> list[Outgoing]:
         """Encrypt a file as chunks of 32 KiB (one message each, in order)."""
-        file_id = random_bytes(16)
+        file_id = self._rand(16)
         digest = sha512(data)
         count = max(1, -(-len(data) // CHUNK_SIZE))
         out = []
@@ -413,7 +427,7 @@ class Session:
         signed_bytes = signed.to_bytes()
         digest = sha256(signed_bytes)
         ratchet, header, ciphertext, key = ratchet_encrypt(
-            st.ratchet, pad(signed_bytes), st.transcript_hash, cache=self._cache, rand=self.random
+            st.ratchet, pad(signed_bytes), st.transcript_hash, cache=self._cache, rand=self._rand
         )
         message = RatchetMessage(header=header.to_bytes(), ciphertext=ciphertext).to_bytes()
         self._st = replace(
@@ -574,9 +588,12 @@ class Session:
         )
 
     @classmethod
-    def from_bytes(cls, me: Identity, data: bytes, *, now: int) -> Session:
+    def from_bytes(
+        cls, me: Identity, data: bytes, *, now: int, rand: Random = random_bytes
+    ) -> Session:
         """Load a session of ``me``; raise :class:`MalformedInput`. Skipped
-        message keys older than 30 days at ``now`` are dropped on load."""
+        message keys older than 30 days at ``now`` are dropped on load.
+        ``rand`` as for :meth:`initiate`."""
         rec = wire.decode(SESSION, data)
         if rec["own"] != me.fingerprint.digest:
             raise MalformedInput("this session belongs to another identity")
@@ -615,6 +632,7 @@ class Session:
                 generation=rec["generation"],
             ),
             tuple(sent[i : i + 32] for i in range(0, len(sent), 32)),
+            rand=rand,
         )
 
 
