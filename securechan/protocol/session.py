@@ -210,6 +210,32 @@ class _State:
     generation: int = 0
 
 
+@wire.record(0x0080, "Session")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _SessionRecord(wire.Record):
+    """The stored form of a session (type 0x0080, secret). The two lists are
+    packed as they always were: ``sent_hashes`` (32 bytes each, oldest
+    first) and ``recv_ahead`` (``seq:u64be || hash || prev_hash``, 72 each)."""
+
+    role: Annotated[int, wire.uint(1)]
+    conversation: Annotated[bytes, wire.bytes_(2, size=16)]
+    own: Annotated[bytes, wire.bytes_(3, size=32)]
+    peer: Annotated[PublicIdentity, wire.nested(4, max_len=8192, of=PUBLIC_IDENTITY)]
+    transcript_hash: Annotated[bytes, wire.bytes_(5, size=32)]
+    ratchet: Annotated[bytes, wire.bytes_(6, max_len=1 << 20)]
+    send_seq: Annotated[int, wire.uint(7)]
+    send_last_hash: Annotated[bytes, wire.bytes_(8, size=32)]
+    sent_hashes: Annotated[bytes, wire.bytes_(9, max_len=_SENT_HASHES_KEPT * 32)]
+    recv_contiguous: Annotated[int, wire.uint(10)]
+    recv_last_hash: Annotated[bytes, wire.bytes_(11, size=32)]
+    recv_highest: Annotated[int, wire.uint(12)]
+    recv_ahead: Annotated[bytes, wire.bytes_(13, max_len=(MAX_GAP + 1) * 72)]
+    generation: Annotated[int, wire.uint(14)]
+
+
+SESSION = wire.schema_of(_SessionRecord)
+
+
 class Session:
     """One conversation with one peer. Not thread-safe; one owner at a time."""
 
@@ -567,25 +593,22 @@ class Session:
         self._st = replace(self._st, ratchet=prune(self._st.ratchet, now))
         st = self._st
         r = st.received
-        return wire.encode(
-            SESSION,
-            {
-                "role": int(st.role),
-                "conversation": st.conversation,
-                "own": self._me.fingerprint.digest,
-                "peer": st.peer.to_bytes(),
-                "transcript_hash": st.transcript_hash,
-                "ratchet": state_to_bytes(st.ratchet),
-                "send_seq": st.send_seq,
-                "send_last_hash": st.send_last_hash,
-                "sent_hashes": b"".join(self._sent),
-                "recv_contiguous": r.contiguous,
-                "recv_last_hash": r.last_hash,
-                "recv_highest": r.highest,
-                "recv_ahead": b"".join(s.to_bytes(8, "big") + h + ph for s, h, ph in r.ahead),
-                "generation": st.generation,
-            },
-        )
+        return _SessionRecord(
+            role=int(st.role),
+            conversation=st.conversation,
+            own=self._me.fingerprint.digest,
+            peer=st.peer,
+            transcript_hash=st.transcript_hash,
+            ratchet=state_to_bytes(st.ratchet),
+            send_seq=st.send_seq,
+            send_last_hash=st.send_last_hash,
+            sent_hashes=b"".join(self._sent),
+            recv_contiguous=r.contiguous,
+            recv_last_hash=r.last_hash,
+            recv_highest=r.highest,
+            recv_ahead=b"".join(s.to_bytes(8, "big") + h + ph for s, h, ph in r.ahead),
+            generation=st.generation,
+        ).to_bytes()
 
     @classmethod
     def from_bytes(
@@ -594,32 +617,32 @@ class Session:
         """Load a session of ``me``; raise :class:`MalformedInput`. Skipped
         message keys older than 30 days at ``now`` are dropped on load.
         ``rand`` as for :meth:`initiate`."""
-        rec = wire.decode(SESSION, data)
-        if rec["own"] != me.fingerprint.digest:
+        rec = _SessionRecord.from_bytes(data)
+        if rec.own != me.fingerprint.digest:
             raise MalformedInput("this session belongs to another identity")
         try:
-            role = Role(rec["role"])
+            role = Role(rec.role)
         except ValueError:
             raise MalformedInput("bad session role") from None
-        sent, ahead = rec["sent_hashes"], rec["recv_ahead"]
+        sent, ahead = rec.sent_hashes, rec.recv_ahead
         if len(sent) % 32 or len(ahead) % 72:
             raise MalformedInput("bad session lists")
-        if rec["conversation"] != hs.conversation_id(rec["transcript_hash"]):
+        if rec.conversation != hs.conversation_id(rec.transcript_hash):
             raise MalformedInput("the conversation id does not match the transcript")
         return cls(
             me,
             _State(
                 role=role,
-                conversation=rec["conversation"],
-                peer=PublicIdentity.from_bytes(rec["peer"]),
-                transcript_hash=rec["transcript_hash"],
-                ratchet=prune(state_from_bytes(rec["ratchet"]), now),
-                send_seq=rec["send_seq"],
-                send_last_hash=rec["send_last_hash"],
+                conversation=rec.conversation,
+                peer=rec.peer,
+                transcript_hash=rec.transcript_hash,
+                ratchet=prune(state_from_bytes(rec.ratchet), now),
+                send_seq=rec.send_seq,
+                send_last_hash=rec.send_last_hash,
                 received=_Received(
-                    contiguous=rec["recv_contiguous"],
-                    last_hash=rec["recv_last_hash"],
-                    highest=rec["recv_highest"],
+                    contiguous=rec.recv_contiguous,
+                    last_hash=rec.recv_last_hash,
+                    highest=rec.recv_highest,
                     ahead=tuple(
                         (
                             int.from_bytes(ahead[i : i + 8], "big"),
@@ -629,7 +652,7 @@ class Session:
                         for i in range(0, len(ahead), 72)
                     ),
                 ),
-                generation=rec["generation"],
+                generation=rec.generation,
             ),
             tuple(sent[i : i + 32] for i in range(0, len(sent), 32)),
             rand=rand,
@@ -700,25 +723,3 @@ def _place(
         ),
         events,
     )
-
-
-SESSION = wire.Schema(
-    0x0080,
-    "Session",
-    (
-        wire.Field(1, "role", wire.Kind.UINT),
-        wire.Field(2, "conversation", wire.Kind.BYTES, size=16),
-        wire.Field(3, "own", wire.Kind.BYTES, size=32),
-        wire.Field(4, "peer", wire.Kind.RECORD, max_len=8192, schema=PUBLIC_IDENTITY),
-        wire.Field(5, "transcript_hash", wire.Kind.BYTES, size=32),
-        wire.Field(6, "ratchet", wire.Kind.BYTES, max_len=1 << 20),
-        wire.Field(7, "send_seq", wire.Kind.UINT),
-        wire.Field(8, "send_last_hash", wire.Kind.BYTES, size=32),
-        wire.Field(9, "sent_hashes", wire.Kind.BYTES, max_len=_SENT_HASHES_KEPT * 32),
-        wire.Field(10, "recv_contiguous", wire.Kind.UINT),
-        wire.Field(11, "recv_last_hash", wire.Kind.BYTES, size=32),
-        wire.Field(12, "recv_highest", wire.Kind.UINT),
-        wire.Field(13, "recv_ahead", wire.Kind.BYTES, max_len=(MAX_GAP + 1) * 72),
-        wire.Field(14, "generation", wire.Kind.UINT),
-    ),
-)
