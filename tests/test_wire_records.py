@@ -34,7 +34,17 @@ from securechan.primitives import (
     MLKEM768_SEED_SIZE,
     X25519_KEY_SIZE,
 )
-from securechan.protocol import address, handshake, payload, prekeys, ratchet, sealed, session
+from securechan.protocol import (
+    address,
+    handshake,
+    payload,
+    prekeys,
+    ratchet,
+    ratchet_record,
+    sealed,
+    session,
+    session_state,
+)
 from securechan.protocol.payload import CHUNK_SIZE, MAX_CHECKPOINT_TEXT, MAX_TEXT_BYTES
 
 # --- the hand-written schemas, as they were ---------------------------------
@@ -425,7 +435,7 @@ LEGACY: list[tuple[type, wire.Schema]] = [
     (sealed._StateHeader, _LEGACY_SEALED_HEADER),
     (sealed._Sealed, _LEGACY_SEALED),
     (statement._StatementRecord, _LEGACY_STATEMENT),
-    (ratchet._StateRecord, _LEGACY_RATCHET_STATE),
+    (ratchet_record._StateRecord, _LEGACY_RATCHET_STATE),
 ]
 # Records holding nested instances that check their content on decode
 # (valid keys): compared by schema only, their bytes are proven by the vectors.
@@ -439,7 +449,7 @@ LEGACY_SCHEMA_ONLY: list[tuple[type, wire.Schema]] = [
     (prekeys._StoreRecord, _LEGACY_PK_STORE),
     # Its peer is a PublicIdentity (valid keys); its bytes are proven by the
     # fixture in tests/test_state_records.py, written by the old encoder.
-    (session._SessionRecord, _LEGACY_SESSION),
+    (session_state._SessionRecord, _LEGACY_SESSION),
 ]
 _IDS = [s.name for _, s in LEGACY]
 

@@ -44,13 +44,17 @@ refused message leaves the state exactly as it was. Skipped message keys are
 bounded per chain (:data:`MAX_SKIP`), in total (:data:`MAX_SKIPPED`, oldest
 evicted first) and in time (:data:`SKIPPED_TTL`). A header that would skip too
 far is refused *before* any key agreement or derivation.
+
+The stored form of the state (type 0x0061) is in ``ratchet_record.py``; the
+in-memory cache of expanded keys and decapsulated secrets in
+``ratchet_cache.py``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 from securechan import primitives, wire
 from securechan.errors import (
@@ -77,6 +81,7 @@ from securechan.primitives import (
     random_bytes,
     sha256,
 )
+from securechan.protocol.ratchet_cache import Decaps, RatchetCache
 
 __all__ = [
     "MAX_SKIP",
@@ -92,8 +97,6 @@ __all__ = [
     "ratchet_encrypt",
 ]
 
-_T = TypeVar("_T")
-
 Random = Callable[[int], bytes]
 """A source of randomness: ``rand(n)`` returns ``n`` bytes. The default
 everywhere is :func:`~securechan.primitives.random_bytes` (the OS CSPRNG);
@@ -104,7 +107,7 @@ MAX_SKIP = 1000
 MAX_SKIPPED = 2000
 SKIPPED_TTL = 30 * 24 * 3600
 PQ_INTERVAL = 50
-_OWN_DH_KEPT = 8
+OWN_DH_KEPT = 8
 _ROOT_INFO = b"securechan/v1/ratchet-root"
 _MESSAGE_INFO = b"securechan/v1/ratchet-message"
 _FIRST_CHAIN_LABEL = b"securechan/v1/handshake-first-chain"
@@ -298,7 +301,7 @@ def _root_step(st: RatchetState, step: RootStep) -> RatchetState:
         send_epoch_ct=None,
         send_epoch_ss=ss,
         send_epochs=True,
-        own_dh_recent=(*st.own_dh_recent, dh.public)[-_OWN_DH_KEPT:],
+        own_dh_recent=(*st.own_dh_recent, dh.public)[-OWN_DH_KEPT:],
     )
 
 
@@ -313,60 +316,6 @@ def _kdf_ck(ck: bytes) -> tuple[bytes, bytes]:
 
 def _message_key(mk_base: bytes, epoch_ss: bytes) -> bytes:
     return hkdf_sha256(mk_base, salt=epoch_ss, info=_MESSAGE_INFO, length=32)
-
-
-class RatchetCache:
-    """Per-session, in-memory only: decapsulated secrets and expanded key
-    objects, so a root step does not expand the same ML-KEM or X25519 key
-    twice. Bounded; never persisted; safe to drop at any time."""
-
-    _MAX = 16
-
-    def __init__(self) -> None:
-        self.ss: dict[bytes, bytes] = {}
-        self.mlkem: dict[bytes, MlKemKeyPair] = {}
-        self.x25519: dict[bytes, X25519KeyPair] = {}
-
-    @staticmethod
-    def _put(table: dict[bytes, _T], key: bytes, value: _T) -> None:
-        table[key] = value
-        while len(table) > RatchetCache._MAX:
-            del table[next(iter(table))]
-
-    def mlkem_pair(self, seed: bytes) -> MlKemKeyPair:
-        pair = self.mlkem.get(seed)
-        if pair is None:
-            pair = MlKemKeyPair(seed)
-            self._put(self.mlkem, seed, pair)
-        return pair
-
-    def x25519_pair(self, secret: bytes) -> X25519KeyPair:
-        pair = self.x25519.get(secret)
-        if pair is None:
-            pair = X25519KeyPair(secret)
-            self._put(self.x25519, secret, pair)
-        return pair
-
-
-class _Decaps:
-    """ML-KEM decapsulation through the cache; new secrets are kept only
-    once the message they opened is accepted (:meth:`commit`)."""
-
-    def __init__(self, cache: RatchetCache) -> None:
-        self.cache = cache
-        self.new: dict[bytes, bytes] = {}
-
-    def __call__(self, kem_seed: bytes, ct: bytes) -> bytes:
-        key = sha256(kem_seed + ct)
-        hit = self.cache.ss.get(key) or self.new.get(key)
-        if hit is None:
-            hit = self.cache.mlkem_pair(kem_seed).decapsulate(ct)
-            self.new[key] = hit
-        return hit
-
-    def commit(self) -> None:
-        for k, v in self.new.items():
-            RatchetCache._put(self.cache.ss, k, v)
 
 
 def ratchet_encrypt(
@@ -402,8 +351,8 @@ def ratchet_encrypt(
         step = RootStep.generate(st.kem_remote, rand=rand)
         if cache is not None:
             # The peer's next chain will target these: keep them expanded.
-            RatchetCache._put(cache.x25519, step.dh.secret_bytes(), step.dh)
-            RatchetCache._put(cache.mlkem, step.kem.seed_bytes_secret(), step.kem)
+            RatchetCache.put(cache.x25519, step.dh.secret_bytes(), step.dh)
+            RatchetCache.put(cache.mlkem, step.kem.seed_bytes_secret(), step.kem)
         st = _root_step(st, step)
     if st.cks is None or st.dh_self is None or st.kem_self is None or st.kem_remote is None:
         raise ValueError("inconsistent ratchet state")  # unreachable
@@ -491,7 +440,7 @@ def ratchet_decrypt(
         raise Reflected("a message made with our own ratchet key came back to us")
     full_ad = ad + header.to_bytes()
     cache = cache if cache is not None else RatchetCache()
-    decaps = _Decaps(cache)
+    decaps = Decaps(cache)
 
     def open_with(mk_base: bytes, root_ss: bytes, kem_seed: bytes | None) -> tuple[bytes, bytes]:
         # A chain without epoch steps (kem_seed None) stays in epoch 0.
@@ -581,7 +530,7 @@ def ratchet_decrypt(
             kem_self=None if first else st.kem_self,
             send_pending=True,
             remote_dh_recent=(
-                (*st.remote_dh_recent, st.dh_remote)[-_OWN_DH_KEPT:]
+                (*st.remote_dh_recent, st.dh_remote)[-OWN_DH_KEPT:]
                 if st.dh_remote is not None
                 else st.remote_dh_recent
             ),
@@ -596,137 +545,3 @@ def ratchet_decrypt(
     plaintext, key = open_with(mk_base, st.recv_root_ss, kem_seed)
     decaps.commit()
     return replace(st, ckr=ckr, nr=nr + 1, skipped=_prune(tuple(skipped), now)), plaintext, key
-
-
-# One skipped key, packed: dh, n, mk_base, root_ss, has-epochs flag,
-# kem_seed (zeros when none), at.
-_SKIPPED_ENTRY = 32 + 8 + 32 + 32 + 1 + MLKEM768_SEED_SIZE + 8
-_SEED = MLKEM768_SEED_SIZE
-_KEM_PUB = MLKEM768_PUBLIC_KEY_SIZE
-_KEM_CT = MLKEM768_CIPHERTEXT_SIZE
-
-
-@wire.record(0x0061, "RatchetState")
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _StateRecord(wire.Record):
-    """The stored form of :class:`RatchetState` (type 0x0061, secret).
-
-    The three lists are packed into byte strings of fixed-size entries, as
-    they always were: ``skipped`` (:data:`_SKIPPED_ENTRY` bytes each),
-    ``own_dh_recent`` and ``remote_dh_recent`` (32 bytes each)."""
-
-    rk: Annotated[bytes, wire.bytes_(1, size=32)]
-    dh_self: Annotated[bytes | None, wire.bytes_(2, size=32)] = None
-    kem_self: Annotated[bytes | None, wire.bytes_(3, size=_SEED)] = None
-    dh_remote: Annotated[bytes | None, wire.bytes_(4, size=32)] = None
-    kem_remote: Annotated[bytes | None, wire.bytes_(5, size=_KEM_PUB)] = None
-    send_pending: Annotated[bool, wire.boolean(6)]
-    cks: Annotated[bytes | None, wire.bytes_(7, size=32)] = None
-    ns: Annotated[int, wire.uint(8)]
-    pn: Annotated[int, wire.uint(9)]
-    send_root_ct: Annotated[bytes | None, wire.bytes_(10, size=_KEM_CT)] = None
-    send_root_ss: Annotated[bytes | None, wire.bytes_(11, size=32)] = None
-    send_epoch: Annotated[int, wire.uint(12)]
-    send_epoch_ct: Annotated[bytes | None, wire.bytes_(13, size=_KEM_CT)] = None
-    send_epoch_ss: Annotated[bytes | None, wire.bytes_(14, size=32)] = None
-    ckr: Annotated[bytes | None, wire.bytes_(15, size=32)] = None
-    nr: Annotated[int, wire.uint(16)]
-    recv_kem_seed: Annotated[bytes | None, wire.bytes_(17, size=_SEED)] = None
-    skipped: Annotated[bytes, wire.bytes_(18, max_len=MAX_SKIPPED * _SKIPPED_ENTRY)]
-    own_dh_recent: Annotated[bytes, wire.bytes_(19, max_len=_OWN_DH_KEPT * 32)]
-    remote_dh_recent: Annotated[bytes, wire.bytes_(20, max_len=_OWN_DH_KEPT * 32)]
-    dh_self_pub: Annotated[bytes | None, wire.bytes_(21, size=32)] = None
-    kem_self_pub: Annotated[bytes | None, wire.bytes_(22, size=_KEM_PUB)] = None
-    recv_root_ss: Annotated[bytes | None, wire.bytes_(23, size=32)] = None
-    send_epochs: Annotated[bool, wire.boolean(24)]
-    recv_epochs: Annotated[bool, wire.boolean(25)]
-
-
-STATE = wire.schema_of(_StateRecord)
-
-
-def _pack_skipped(s: Skipped) -> bytes:
-    seed = b"\x01" + s.kem_seed if s.kem_seed is not None else bytes(1 + MLKEM768_SEED_SIZE)
-    return s.dh + s.n.to_bytes(8, "big") + s.mk_base + s.root_ss + seed + s.at.to_bytes(8, "big")
-
-
-def _unpack_skipped(e: bytes) -> Skipped:
-    flag, seed = e[104], e[105:169]
-    if flag not in (0, 1) or (flag == 0 and any(seed)):
-        raise MalformedInput("bad ratchet state lists")
-    return Skipped(
-        dh=e[:32],
-        n=int.from_bytes(e[32:40], "big"),
-        mk_base=e[40:72],
-        root_ss=e[72:104],
-        kem_seed=seed if flag else None,
-        at=int.from_bytes(e[169:177], "big"),
-    )
-
-
-def state_to_bytes(st: RatchetState) -> bytes:
-    """Secret: the ratchet state's wire encoding (type 0x0061)."""
-    return _StateRecord(
-        rk=st.rk,
-        dh_self=st.dh_self,
-        kem_self=st.kem_self,
-        dh_remote=st.dh_remote,
-        kem_remote=st.kem_remote,
-        send_pending=st.send_pending,
-        cks=st.cks,
-        ns=st.ns,
-        pn=st.pn,
-        send_root_ct=st.send_root_ct,
-        send_root_ss=st.send_root_ss,
-        send_epoch=st.send_epoch,
-        send_epoch_ct=st.send_epoch_ct,
-        send_epoch_ss=st.send_epoch_ss,
-        ckr=st.ckr,
-        nr=st.nr,
-        recv_kem_seed=st.recv_kem_seed,
-        skipped=b"".join(_pack_skipped(s) for s in st.skipped),
-        own_dh_recent=b"".join(st.own_dh_recent),
-        remote_dh_recent=b"".join(st.remote_dh_recent),
-        dh_self_pub=st.dh_self_pub,
-        kem_self_pub=st.kem_self_pub,
-        recv_root_ss=st.recv_root_ss,
-        send_epochs=st.send_epochs,
-        recv_epochs=st.recv_epochs,
-    ).to_bytes()
-
-
-def state_from_bytes(data: bytes) -> RatchetState:
-    """Decode :func:`state_to_bytes` strictly."""
-    rec = _StateRecord.from_bytes(data)
-    raw, own, remote = rec.skipped, rec.own_dh_recent, rec.remote_dh_recent
-    if len(raw) % _SKIPPED_ENTRY or len(own) % 32 or len(remote) % 32:
-        raise MalformedInput("bad ratchet state lists")
-    return RatchetState(
-        rk=rec.rk,
-        dh_self=rec.dh_self,
-        kem_self=rec.kem_self,
-        dh_self_pub=rec.dh_self_pub,
-        kem_self_pub=rec.kem_self_pub,
-        dh_remote=rec.dh_remote,
-        kem_remote=rec.kem_remote,
-        send_pending=rec.send_pending,
-        cks=rec.cks,
-        ns=rec.ns,
-        pn=rec.pn,
-        send_root_ct=rec.send_root_ct,
-        send_root_ss=rec.send_root_ss,
-        send_epoch=rec.send_epoch,
-        send_epoch_ct=rec.send_epoch_ct,
-        send_epoch_ss=rec.send_epoch_ss,
-        ckr=rec.ckr,
-        nr=rec.nr,
-        recv_kem_seed=rec.recv_kem_seed,
-        recv_root_ss=rec.recv_root_ss,
-        send_epochs=rec.send_epochs,
-        recv_epochs=rec.recv_epochs,
-        skipped=tuple(
-            _unpack_skipped(raw[i : i + _SKIPPED_ENTRY]) for i in range(0, len(raw), _SKIPPED_ENTRY)
-        ),
-        own_dh_recent=tuple(own[i : i + 32] for i in range(0, len(own), 32)),
-        remote_dh_recent=tuple(remote[i : i + 32] for i in range(0, len(remote), 32)),
-    )

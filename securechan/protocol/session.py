@@ -25,11 +25,15 @@ Gaps and reordering: messages carry the sender's sequence number. A message
 beyond the next expected one is accepted and a :class:`MessagesMissing` event
 names the hole; when a missing message arrives later (within the ratchet's
 skip window) it is accepted too and :class:`OutOfOrder` reports it.
+
+Where the parts live: the hash-chain placement and its events in
+``peer_chain.py`` (pure), the state value and its stored form (0x0080) in
+``session_state.py``, the ratchet in ``ratchet.py`` (stored form in
+``ratchet_record.py``, in-memory cache in ``ratchet_cache.py``).
 """
 
 from __future__ import annotations
 
-import enum
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -38,7 +42,6 @@ from typing import Annotated
 from securechan import wire
 from securechan.errors import (
     BadSignature,
-    ChainBroken,
     MalformedInput,
     MessageRejected,
     Misaddressed,
@@ -46,7 +49,7 @@ from securechan.errors import (
     Replay,
     WrongConversation,
 )
-from securechan.identity.keys import PUBLIC_IDENTITY, Fingerprint, Identity, PublicIdentity
+from securechan.identity.keys import Fingerprint, Identity, PublicIdentity
 from securechan.primitives import random_bytes, sha256, sha512
 from securechan.protocol import handshake as hs
 from securechan.protocol.address import QueueGrant
@@ -61,22 +64,29 @@ from securechan.protocol.payload import (
     SignedPayload,
     text_body,
 )
+from securechan.protocol.peer_chain import GapAbandoned, MessagesMissing, OutOfOrder, place
 from securechan.protocol.prekeys import PrekeyBundle, PrekeyStore
 from securechan.protocol.ratchet import (
-    MAX_SKIP,
     Random,
-    RatchetCache,
     RatchetHeader,
     RatchetState,
     chain_commitment,
-    prune,
     ratchet_decrypt,
     ratchet_encrypt,
-    state_from_bytes,
-    state_to_bytes,
+)
+from securechan.protocol.ratchet_cache import RatchetCache
+from securechan.protocol.session_state import (
+    SENT_HASHES_KEPT,
+    SESSION,
+    Role,
+    SessionState,
+    session_from_bytes,
+    session_to_bytes,
 )
 
 __all__ = [
+    "MESSAGE",
+    "SESSION",
     "Event",
     "GapAbandoned",
     "MessageReceived",
@@ -88,9 +98,6 @@ __all__ = [
     "Session",
     "message_chain",
 ]
-
-MAX_GAP = MAX_SKIP
-_SENT_HASHES_KEPT = 4096
 
 
 @wire.record(0x0062, "RatchetMessage")
@@ -122,13 +129,6 @@ class Outgoing:
     ad: bytes  # the associated-data prefix (the transcript hash, public)
 
 
-class Role(enum.IntEnum):
-    """Which side started the session."""
-
-    INITIATOR = 1
-    RESPONDER = 2
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MessageReceived:
     """A verified message from the peer."""
@@ -150,21 +150,6 @@ class MessageReceived:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class MessagesMissing:
-    """Sequence numbers ``from_seq``..``to_seq`` (inclusive) have not arrived."""
-
-    from_seq: int
-    to_seq: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class OutOfOrder:
-    """Message ``seq`` arrived after a later one (a gap being filled)."""
-
-    seq: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class ReceiptChecked:
     """The peer's receipt: does its view of our messages match ours?"""
 
@@ -172,68 +157,7 @@ class ReceiptChecked:
     matches: bool
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class GapAbandoned:
-    """Messages ``from_seq``..``to_seq`` are no longer awaited: more than
-    1000 later messages arrived, so any of them that never came is lost."""
-
-    from_seq: int
-    to_seq: int
-
-
 Event = MessageReceived | MessagesMissing | OutOfOrder | ReceiptChecked | GapAbandoned
-# The hash of a message we gave up waiting for: its successor cannot be linked.
-_UNKNOWN = b"\xff" * 32
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _Received:
-    """Ordering state of the peer's direction."""
-
-    contiguous: int = 0  # every seq <= this has arrived
-    last_hash: bytes = ZERO_HASH  # hash of message `contiguous`
-    highest: int = 0  # highest seq seen
-    # seq -> (hash, prev_hash) for arrived messages beyond `contiguous`
-    ahead: tuple[tuple[int, bytes, bytes], ...] = ()
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _State:
-    role: Role
-    conversation: bytes
-    peer: PublicIdentity
-    transcript_hash: bytes
-    ratchet: RatchetState = field(repr=False)
-    send_seq: int = 0
-    send_last_hash: bytes = ZERO_HASH
-    received: _Received = _Received()
-    generation: int = 0
-
-
-@wire.record(0x0080, "Session")
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _SessionRecord(wire.Record):
-    """The stored form of a session (type 0x0080, secret). The two lists are
-    packed as they always were: ``sent_hashes`` (32 bytes each, oldest
-    first) and ``recv_ahead`` (``seq:u64be || hash || prev_hash``, 72 each)."""
-
-    role: Annotated[int, wire.uint(1)]
-    conversation: Annotated[bytes, wire.bytes_(2, size=16)]
-    own: Annotated[bytes, wire.bytes_(3, size=32)]
-    peer: Annotated[PublicIdentity, wire.nested(4, max_len=8192, of=PUBLIC_IDENTITY)]
-    transcript_hash: Annotated[bytes, wire.bytes_(5, size=32)]
-    ratchet: Annotated[bytes, wire.bytes_(6, max_len=1 << 20)]
-    send_seq: Annotated[int, wire.uint(7)]
-    send_last_hash: Annotated[bytes, wire.bytes_(8, size=32)]
-    sent_hashes: Annotated[bytes, wire.bytes_(9, max_len=_SENT_HASHES_KEPT * 32)]
-    recv_contiguous: Annotated[int, wire.uint(10)]
-    recv_last_hash: Annotated[bytes, wire.bytes_(11, size=32)]
-    recv_highest: Annotated[int, wire.uint(12)]
-    recv_ahead: Annotated[bytes, wire.bytes_(13, max_len=(MAX_GAP + 1) * 72)]
-    generation: Annotated[int, wire.uint(14)]
-
-
-SESSION = wire.schema_of(_SessionRecord)
 
 
 class Session:
@@ -242,7 +166,7 @@ class Session:
     def __init__(
         self,
         me: Identity,
-        state: _State,
+        state: SessionState,
         sent: tuple[bytes, ...] = (),
         *,
         rand: Random = random_bytes,
@@ -251,7 +175,7 @@ class Session:
         self._st = state
         # Hashes of our last messages, oldest first, for checking receipts.
         # Kept outside the immutable state: appending must not copy 4096 hashes.
-        self._sent: deque[bytes] = deque(sent, maxlen=_SENT_HASHES_KEPT)
+        self._sent: deque[bytes] = deque(sent, maxlen=SENT_HASHES_KEPT)
         self._cache = RatchetCache()
         # The session's one source of randomness (ratchet key material,
         # reuse guards, file ids), given like the clock: the OS CSPRNG unless
@@ -293,7 +217,7 @@ class Session:
         )
         session = cls(
             me,
-            _State(
+            SessionState(
                 role=Role.INITIATOR,
                 conversation=shake.conversation,
                 peer=peer,
@@ -345,7 +269,7 @@ class Session:
         )
         session = cls(
             me,
-            _State(
+            SessionState(
                 role=Role.RESPONDER,
                 conversation=shake.conversation,
                 peer=shake.initiator,
@@ -512,7 +436,7 @@ class Session:
             raise MessageRejected("the message's signature does not verify") from None
         digest = sha256(signed_bytes)
         try:
-            received, events = _place(st.received, p.seq, digest, p.prev_hash)
+            received, chain_events = place(st.received, p.seq, digest, p.prev_hash)
         except Replay as e:
             # A fresh ratchet position but a used sequence number: a sender
             # restored from a backup (or equivocating). The payload is
@@ -521,8 +445,7 @@ class Session:
                 str(e), chain=header.dh, n=header.n, seq=p.seq, signed=signed_bytes
             ) from None
         content = p.content()
-        events.insert(
-            0,
+        events: list[Event] = [
             MessageReceived(
                 seq=p.seq,
                 sent_at=p.sent_at,
@@ -535,7 +458,8 @@ class Session:
                 n=header.n,
                 checkpoints=p.checkpoints,
             ),
-        )
+            *chain_events,
+        ]
         if isinstance(content, Receipt):
             events.append(self._check_receipt(content))
         self._st = replace(st, ratchet=ratchet, received=received, generation=st.generation + 1)
@@ -590,25 +514,10 @@ class Session:
         Skipped message keys older than 30 days are pruned first, here and
         in memory (``now`` is the caller's clock): no expired key is ever
         written (review 2026-12, finding 6)."""
-        self._st = replace(self._st, ratchet=prune(self._st.ratchet, now))
-        st = self._st
-        r = st.received
-        return _SessionRecord(
-            role=int(st.role),
-            conversation=st.conversation,
-            own=self._me.fingerprint.digest,
-            peer=st.peer,
-            transcript_hash=st.transcript_hash,
-            ratchet=state_to_bytes(st.ratchet),
-            send_seq=st.send_seq,
-            send_last_hash=st.send_last_hash,
-            sent_hashes=b"".join(self._sent),
-            recv_contiguous=r.contiguous,
-            recv_last_hash=r.last_hash,
-            recv_highest=r.highest,
-            recv_ahead=b"".join(s.to_bytes(8, "big") + h + ph for s, h, ph in r.ahead),
-            generation=st.generation,
-        ).to_bytes()
+        self._st, data = session_to_bytes(
+            self._st, own=self._me.fingerprint.digest, sent=self._sent, now=now
+        )
+        return data
 
     @classmethod
     def from_bytes(
@@ -617,46 +526,8 @@ class Session:
         """Load a session of ``me``; raise :class:`MalformedInput`. Skipped
         message keys older than 30 days at ``now`` are dropped on load.
         ``rand`` as for :meth:`initiate`."""
-        rec = _SessionRecord.from_bytes(data)
-        if rec.own != me.fingerprint.digest:
-            raise MalformedInput("this session belongs to another identity")
-        try:
-            role = Role(rec.role)
-        except ValueError:
-            raise MalformedInput("bad session role") from None
-        sent, ahead = rec.sent_hashes, rec.recv_ahead
-        if len(sent) % 32 or len(ahead) % 72:
-            raise MalformedInput("bad session lists")
-        if rec.conversation != hs.conversation_id(rec.transcript_hash):
-            raise MalformedInput("the conversation id does not match the transcript")
-        return cls(
-            me,
-            _State(
-                role=role,
-                conversation=rec.conversation,
-                peer=rec.peer,
-                transcript_hash=rec.transcript_hash,
-                ratchet=prune(state_from_bytes(rec.ratchet), now),
-                send_seq=rec.send_seq,
-                send_last_hash=rec.send_last_hash,
-                received=_Received(
-                    contiguous=rec.recv_contiguous,
-                    last_hash=rec.recv_last_hash,
-                    highest=rec.recv_highest,
-                    ahead=tuple(
-                        (
-                            int.from_bytes(ahead[i : i + 8], "big"),
-                            ahead[i + 8 : i + 40],
-                            ahead[i + 40 : i + 72],
-                        )
-                        for i in range(0, len(ahead), 72)
-                    ),
-                ),
-                generation=rec.generation,
-            ),
-            tuple(sent[i : i + 32] for i in range(0, len(sent), 32)),
-            rand=rand,
-        )
+        state, sent = session_from_bytes(data, own=me.fingerprint.digest, now=now)
+        return cls(me, state, sent, rand=rand)
 
 
 def message_chain(data: bytes) -> bytes | None:
@@ -670,56 +541,3 @@ def message_chain(data: bytes) -> bytes | None:
         return RatchetHeader.from_bytes(RatchetMessage.from_bytes(data).header).dh
     except MalformedInput:
         return None
-
-
-def _place(
-    r: _Received, seq: int, digest: bytes, prev_hash: bytes
-) -> tuple[_Received, list[Event]]:
-    """Fit message ``seq`` into the peer's hash chain; return the new
-    ordering state and the gap/reorder events. Pure; raises on conflict."""
-    ahead = {s: (h, ph) for s, h, ph in r.ahead}
-    if seq == 0:
-        raise MessageRejected("sequence numbers start at 1")
-    if seq <= r.contiguous or seq in ahead:
-        raise Replay("this message was already received (or given up as lost)")
-    events: list[Event] = []
-    if seq - r.contiguous > MAX_GAP:
-        # Memory is bounded: stop waiting for the oldest holes. They were
-        # reported as missing when they opened; now they are given up.
-        base = seq - MAX_GAP
-        events.append(GapAbandoned(from_seq=r.contiguous + 1, to_seq=base))
-        known = {s: h for s, h, _ in r.ahead if s <= base}
-        r = _Received(
-            contiguous=base,
-            last_hash=known.get(base, _UNKNOWN),
-            highest=max(r.highest, base),
-            ahead=tuple(e for e in r.ahead if e[0] > base),
-        )
-        ahead = {s: (h, ph) for s, h, ph in r.ahead}
-    # The link to the previous message, when we know it.
-    if seq == r.contiguous + 1:
-        if r.last_hash != _UNKNOWN and prev_hash != r.last_hash:
-            raise ChainBroken("the message does not follow the last one received")
-    elif seq - 1 in ahead and ahead[seq - 1][0] != prev_hash:
-        raise ChainBroken("the message does not follow its predecessor")
-    # The link from the next message, when it came first.
-    if seq + 1 in ahead and ahead[seq + 1][1] != digest:
-        raise ChainBroken("a later message does not follow this one")
-    if seq > r.highest + 1:
-        events.append(MessagesMissing(from_seq=r.highest + 1, to_seq=seq - 1))
-    if seq < r.highest:
-        events.append(OutOfOrder(seq=seq))
-    ahead[seq] = (digest, prev_hash)
-    contiguous, last_hash = r.contiguous, r.last_hash
-    while contiguous + 1 in ahead:
-        contiguous += 1
-        last_hash = ahead.pop(contiguous)[0]
-    return (
-        _Received(
-            contiguous=contiguous,
-            last_hash=last_hash,
-            highest=max(r.highest, seq),
-            ahead=tuple(sorted((s, h, ph) for s, (h, ph) in ahead.items())),
-        ),
-        events,
-    )
