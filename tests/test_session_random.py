@@ -178,8 +178,30 @@ def test_the_default_source_is_the_os_csprng() -> None:
         hs.initiate,
         ratchet.ratchet_encrypt,
         ratchet.RootStep.generate,
+        PrekeyStore.rotate,
+        PrekeyStore.add_one_time,
+        PrekeyStore.new_pool,
     ]
     for fn in entry_points:
         default = inspect.signature(fn).parameters["rand"].default
         assert default is primitives.random_bytes, fn.__qualname__
     assert inspect.getsource(primitives.random_bytes).rstrip().endswith("return os.urandom(n)")
+
+
+def test_prekeys_from_the_same_source_are_the_same_keys() -> None:
+    """Signed and one-time prekey secrets come from the injected source too;
+    only their signatures (hedged ML-DSA) differ between runs."""
+
+    def store(seed: bytes) -> PrekeyStore:
+        rand = Seeded(seed)
+        s = PrekeyStore.new(BOB).rotate(BOB, now=NOW, rand=rand)
+        return s.new_pool(BOB, 3, now=NOW, rand=rand)[0]
+
+    one, two, other = store(b"p"), store(b"p"), store(b"q")
+    assert one.to_bytes() != two.to_bytes()  # the signatures
+
+    def keys(s: PrekeyStore) -> list[tuple[int, bytes, bytes]]:
+        return [(k.record.prekey_id, k.record.public_key, k.seed) for k in (*s.signed, *s.one_time)]
+
+    assert keys(one) == keys(two) and len(keys(one)) == 4
+    assert {k[1] for k in keys(one)}.isdisjoint(k[1] for k in keys(other))
