@@ -217,7 +217,7 @@ def session_pair(p: Parties) -> tuple[Session, Session]:
 
 def deliver(sender: Session, receiver: Session) -> tuple[bytes, MessageReceived]:
     """One 1 KiB text message, checked."""
-    msg = sender.send_text(TEXT, now=NOW)
+    msg = sender.send_text(TEXT, now=NOW).envelope
     events = receiver.receive(msg, now=NOW)
     event = events[0]
     if len(events) != 1 or not isinstance(event, MessageReceived) or event.content != TEXT:
@@ -309,12 +309,12 @@ def build_operations() -> Setup:
     one_a, one_b = oa, ob
 
     def one_chain() -> object:
-        return one_b.receive(one_a.send_text(TEXT, now=NOW), now=NOW)
+        return one_b.receive(one_a.send_text(TEXT, now=NOW).envelope, now=NOW)
 
     def ping_pong() -> object:
         sender, receiver = pp_pair
         pp_pair.reverse()
-        return receiver.receive(sender.send_text(TEXT, now=NOW), now=NOW)
+        return receiver.receive(sender.send_text(TEXT, now=NOW).envelope, now=NOW)
 
     kem_pub = kem.public
     ops: dict[str, Callable[[], object]] = {

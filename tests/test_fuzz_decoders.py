@@ -478,8 +478,8 @@ def _rich_session() -> tuple[Session, list[bytes]]:
     a, first = Session.initiate(ALICE, BOB.public, store.bundle(NOW), now=NOW, text="hi")
     contacts = {ALICE.fingerprint: ALICE.public}.get
     b, _, _, _ = Session.accept(BOB, store, ReplayGuard(), first, contact=contacts, now=NOW)
-    a.receive(b.send_text("back", now=NOW), now=NOW)
-    held = [a.send_text(f"m{i}", now=NOW) for i in range(4)]
+    a.receive(b.send_text("back", now=NOW).envelope, now=NOW)
+    held = [a.send_text(f"m{i}", now=NOW).envelope for i in range(4)]
     b.receive(held[3], now=NOW)  # three skipped keys, one message ahead
     b.send_text("and more", now=NOW)
     return b, held

@@ -251,7 +251,7 @@ def test_low_level_injection_harness_is_sound() -> None:
     events = p.b.receive(_inject(p.a, signed), now=NOW)
     assert _texts(events) == ["crafted"]
     # And a rewrapped header with no change is the same message.
-    m = p.a.send_text("x", now=NOW)
+    m = p.a.send_text("x", now=NOW).envelope
     assert _rewrap(m) == m
 
 
@@ -315,7 +315,7 @@ def _flip_all(receiver: Session, message: bytes) -> dict[str, int]:
 
 def test_ratchet_message_every_byte_flip_refused_same_chain() -> None:
     p = _pair()
-    m = p.a.send_text("same chain", now=NOW)
+    m = p.a.send_text("same chain", now=NOW).envelope
     seen = _flip_all(p.b, m)
     assert {"MalformedInput", "DecryptionFailed"} <= set(seen), seen
     assert _texts(p.b.receive(m, now=NOW)) == ["same chain"]
@@ -323,8 +323,8 @@ def test_ratchet_message_every_byte_flip_refused_same_chain() -> None:
 
 def test_ratchet_message_every_byte_flip_refused_new_chain() -> None:
     p = _pair()
-    p.a.receive(p.b.send_text("reply", now=NOW), now=NOW)
-    m = p.a.send_text("new chain", now=NOW)  # a root step: new DH and KEM keys
+    p.a.receive(p.b.send_text("reply", now=NOW).envelope, now=NOW)
+    m = p.a.send_text("new chain", now=NOW).envelope  # a root step: new DH and KEM keys
     assert _parts(m)[0].pn == 1
     seen = _flip_all(p.b, m)
     assert {"MalformedInput", "DecryptionFailed"} <= set(seen), seen
@@ -335,7 +335,7 @@ def test_ratchet_message_every_byte_flip_refused_after_epoch_step() -> None:
     p = _pair()
     # The responder's chain has epoch steps (the initiator's first one has none).
     _burn(p.b, PQ_INTERVAL)
-    m = p.b.send_text("epoch 1", now=NOW)
+    m = p.b.send_text("epoch 1", now=NOW).envelope
     header, _ = _parts(m)
     assert header.n == PQ_INTERVAL and header.epoch_ct is not None
     _flip_all(p.a, m)
@@ -375,8 +375,8 @@ def test_bundle_with_old_expired_signed_prekey_refused_at_initiate() -> None:
 
 def test_first_message_replay_refused_and_session_not_reset() -> None:
     p = _pair()
-    p.b.receive(p.a.send_text("one", now=NOW), now=NOW)
-    p.a.receive(p.b.send_text("ack", now=NOW), now=NOW)
+    p.b.receive(p.a.send_text("one", now=NOW).envelope, now=NOW)
+    p.a.receive(p.b.send_text("ack", now=NOW).envelope, now=NOW)
     session_before = p.b.to_bytes(now=NOW)
     store_before = p.store.to_bytes()
     with pytest.raises(Replay):
@@ -397,21 +397,21 @@ def test_first_message_replay_refused_and_session_not_reset() -> None:
     inner = hs.FirstMessage.from_bytes(p.first).message
     _refused(p.b, inner, Replay)
     # The existing session keeps working in both directions.
-    assert _texts(p.b.receive(p.a.send_text("two", now=NOW), now=NOW)) == ["two"]
-    assert _texts(p.a.receive(p.b.send_text("three", now=NOW), now=NOW)) == ["three"]
+    assert _texts(p.b.receive(p.a.send_text("two", now=NOW).envelope, now=NOW)) == ["two"]
+    assert _texts(p.a.receive(p.b.send_text("three", now=NOW).envelope, now=NOW)) == ["three"]
 
 
 def test_old_envelope_redelivered_after_restart_refused() -> None:
     p = _pair()
-    m1 = p.a.send_text("one", now=NOW)
-    m2 = p.a.send_text("two", now=NOW)
+    m1 = p.a.send_text("one", now=NOW).envelope
+    m2 = p.a.send_text("two", now=NOW).envelope
     p.b.receive(m2, now=NOW)  # m1 still held back: its key is skipped
     p.b.receive(m1, now=NOW)
     # The recipient restarts from its persisted state; the relay re-delivers.
     restarted = Session.from_bytes(BOB, p.b.to_bytes(now=NOW), now=NOW)
     for old in (m1, m2, hs.FirstMessage.from_bytes(p.first).message):
         _refused(restarted, old, Replay)
-    assert _texts(restarted.receive(p.a.send_text("three", now=NOW), now=NOW)) == ["three"]
+    assert _texts(restarted.receive(p.a.send_text("three", now=NOW).envelope, now=NOW)) == ["three"]
 
 
 def test_first_message_replay_without_one_time_key_refused() -> None:
@@ -485,7 +485,7 @@ def test_signed_prekey_holder_cannot_rewrap_first_message_under_own_ratchet_keys
     )
     assert _texts(events) == ["meet at the embassy"]
     # ... and Mallory, with her chain's keys, cannot read Bob's reply.
-    reply_header, reply_ct = _parts(sb.send_text("agreed", now=NOW))
+    reply_header, reply_ct = _parts(sb.send_text("agreed", now=NOW).envelope)
     with pytest.raises(DecryptionFailed):
         ratchet_decrypt(mallory, reply_header, reply_ct, th, now=NOW)
 
@@ -524,16 +524,16 @@ def test_unknown_sender_is_held_then_accepted_after_pinning() -> None:
 
 def test_own_ratchet_message_reflected() -> None:
     p = _pair()
-    m = p.a.send_text("to bob", now=NOW)
+    m = p.a.send_text("to bob", now=NOW).envelope
     _refused(p.a, m, Reflected)
     # The first message's ratchet message too.
     _refused(p.a, hs.FirstMessage.from_bytes(p.first).message, Reflected)
     # And after both sides ratcheted.
     p.b.receive(m, now=NOW)
-    reply = p.b.send_text("to alice", now=NOW)
+    reply = p.b.send_text("to alice", now=NOW).envelope
     _refused(p.b, reply, Reflected)
     p.a.receive(reply, now=NOW)
-    m2 = p.a.send_text("again", now=NOW)
+    m2 = p.a.send_text("again", now=NOW).envelope
     _refused(p.a, m2, Reflected)
     assert _texts(p.b.receive(m2, now=NOW)) == ["again"]
 
@@ -557,14 +557,16 @@ def test_own_first_message_to_own_accept_refused() -> None:
 def test_surreptitious_forwarding_refused() -> None:
     ab = _pair(ALICE, BOB)
     bc = _pair(BOB, CAROL)  # Bob initiated to Carol
-    events = ab.b.receive(ab.a.send_text("for Bob's eyes only", now=NOW), now=NOW)
+    events = ab.b.receive(ab.a.send_text("for Bob's eyes only", now=NOW).envelope, now=NOW)
     signed_for_bob = events[0].signed
     # Bob re-encrypts Alice's signed statement to Carol in the Bob-Carol session.
     forwarded = _inject(bc.a, signed_for_bob)
     err = _refused(bc.b, forwarded, Misaddressed)
     assert isinstance(err, MessageRejected)
     # The Bob-Carol session is intact.
-    assert _texts(bc.b.receive(bc.a.send_text("hi Carol", now=NOW), now=NOW)) == ["hi Carol"]
+    assert _texts(bc.b.receive(bc.a.send_text("hi Carol", now=NOW).envelope, now=NOW)) == [
+        "hi Carol"
+    ]
 
 
 def test_handshake_signature_forwarded_to_another_responder_refused() -> None:
@@ -685,17 +687,17 @@ def test_message_signed_for_another_conversation_refused() -> None:
     one = _pair(ALICE, BOB, text="conversation one")
     two = _pair(ALICE, BOB, text="conversation two")
     assert one.a.conversation != two.a.conversation
-    events = two.b.receive(two.a.send_text("said in two", now=NOW), now=NOW)
+    events = two.b.receive(two.a.send_text("said in two", now=NOW).envelope, now=NOW)
     signed_in_two = events[0].signed
     moved = _inject(one.a, signed_in_two)
     _refused(one.b, moved, WrongConversation)
-    assert _texts(one.b.receive(one.a.send_text("in one", now=NOW), now=NOW)) == ["in one"]
+    assert _texts(one.b.receive(one.a.send_text("in one", now=NOW).envelope, now=NOW)) == ["in one"]
 
 
 def test_envelope_moved_into_another_conversation_refused() -> None:
     one = _pair(ALICE, BOB)
     two = _pair(ALICE, BOB)
-    m = two.a.send_text("for two", now=NOW)
+    m = two.a.send_text("for two", now=NOW).envelope
     _refused(one.b, m, DecryptionFailed)
     assert _texts(two.b.receive(m, now=NOW)) == ["for two"]
 
@@ -705,7 +707,7 @@ def test_envelope_moved_into_another_conversation_refused() -> None:
 
 def test_second_payload_with_used_seq_refused() -> None:
     p = _pair()
-    ev = p.b.receive(p.a.send_text("the real two", now=NOW), now=NOW)[0]
+    ev = p.b.receive(p.a.send_text("the real two", now=NOW).envelope, now=NOW)[0]
     assert ev.seq == 2
     alt = _signed(ALICE, p.a, seq=2, prev_hash=p.first_event.hash, text="a different two")
     replay = _refused(p.b, _inject(p.a, alt), Replay)
@@ -721,7 +723,7 @@ def test_second_payload_with_used_seq_refused() -> None:
 
 def test_wrong_prev_hash_refused() -> None:
     p = _pair()
-    last = p.b.receive(p.a.send_text("two", now=NOW), now=NOW)[0]
+    last = p.b.receive(p.a.send_text("two", now=NOW).envelope, now=NOW)[0]
     for prev in (random_bytes(32), ZERO_HASH, p.first_event.hash):
         bad = _signed(ALICE, p.a, seq=3, prev_hash=prev)
         _refused(p.b, _inject(p.a, bad), ChainBroken)
@@ -731,8 +733,8 @@ def test_wrong_prev_hash_refused() -> None:
 
 def test_equivocation_against_a_later_message_refused() -> None:
     p = _pair()
-    two = p.a.send_text("two", now=NOW)
-    three = p.a.send_text("three", now=NOW)
+    two = p.a.send_text("two", now=NOW).envelope
+    three = p.a.send_text("three", now=NOW).envelope
     hash_one = p.first_event.hash
     events = p.b.receive(three, now=NOW)  # two is held back by the relay
     assert MessagesMissing(from_seq=2, to_seq=2) in events
@@ -743,7 +745,7 @@ def test_equivocation_against_a_later_message_refused() -> None:
     assert _texts(events) == ["two"] and OutOfOrder(seq=2) in events
     # A successor that does not follow a message held "ahead".
     p.a.send_text("four", now=NOW)  # withheld by the relay
-    p.b.receive(p.a.send_text("five", now=NOW), now=NOW)  # seq 5 ahead, 4 missing
+    p.b.receive(p.a.send_text("five", now=NOW).envelope, now=NOW)  # seq 5 ahead, 4 missing
     bad_six = _signed(ALICE, p.a, seq=6, prev_hash=random_bytes(32))
     _refused(p.b, _inject(p.a, bad_six), ChainBroken)
 
@@ -763,7 +765,7 @@ def _quick_refusal(session: Session, message: bytes, expected: type[SecurechanEr
 
 def test_huge_counter_refused_quickly() -> None:
     p = _pair()
-    m = p.a.send_text("same chain", now=NOW)  # n = 1 in Alice's first chain
+    m = p.a.send_text("same chain", now=NOW).envelope  # n = 1 in Alice's first chain
     epoch_ct = random_bytes(MLKEM768_CIPHERTEXT_SIZE)
     nr = p.b._st.ratchet.nr
     for n in (10**9, 2**64 - 1, nr + MAX_SKIP + 1):
@@ -781,7 +783,7 @@ def test_huge_counter_refused_quickly() -> None:
 
 def test_skip_bound_is_exact_and_refusal_still_changes_nothing() -> None:
     p = _pair()
-    m = p.a.send_text("x", now=NOW)
+    m = p.a.send_text("x", now=NOW).envelope
     nr = p.b._st.ratchet.nr
     # Exactly MAX_SKIP ahead passes the bound; the keys are derived, the AEAD
     # refuses the forgery, and none of the derived keys is kept.
@@ -815,8 +817,8 @@ def test_garbage_ratchet_key_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ratchet_mod, "X25519KeyPair", _SpyX25519)
     _SpyX25519.refused.clear()
     p = _pair()
-    p.a.receive(p.b.send_text("reply", now=NOW), now=NOW)
-    m = p.a.send_text("new chain", now=NOW)  # pn matches Bob's count: passes the bounds
+    p.a.receive(p.b.send_text("reply", now=NOW).envelope, now=NOW)
+    m = p.a.send_text("new chain", now=NOW).envelope  # pn matches Bob's count: passes the bounds
     for _ in range(3):
         _refused(p.b, _rewrap(m, dh=random_bytes(32)), DecryptionFailed)
     for point in LOW_ORDER_POINTS:
@@ -833,8 +835,8 @@ def test_garbage_ratchet_key_refused(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_kem_fields_altered_or_zeroed_refused() -> None:
     p = _pair()
-    p.a.receive(p.b.send_text("reply", now=NOW), now=NOW)
-    m = p.a.send_text("pq", now=NOW)
+    p.a.receive(p.b.send_text("reply", now=NOW).envelope, now=NOW)
+    m = p.a.send_text("pq", now=NOW).envelope
     header, _ = _parts(m)
     variants = {
         "kem_pub zeroed": {"kem_pub": bytes(MLKEM768_PUBLIC_KEY_SIZE)},
@@ -868,7 +870,7 @@ def test_kem_fields_altered_or_zeroed_refused() -> None:
 def test_epoch_ciphertext_stripped_or_altered_refused() -> None:
     p = _pair()
     _burn(p.b, PQ_INTERVAL)
-    m = p.b.send_text("epoch 1", now=NOW)
+    m = p.b.send_text("epoch 1", now=NOW).envelope
     header, _ = _parts(m)
     assert header.n >= PQ_INTERVAL and header.epoch_ct is not None
     _refused(p.a, _rewrap(m, epoch_ct=None), DecryptionFailed)
@@ -882,10 +884,10 @@ def test_epoch_ciphertext_stripped_or_altered_refused() -> None:
     # An epoch ciphertext where none belongs is refused as well: in epoch 0,
     # and anywhere on the initiator's first chain (it has no epoch steps).
     p2 = _pair()
-    m2 = p2.a.send_text("epoch 0", now=NOW)
+    m2 = p2.a.send_text("epoch 0", now=NOW).envelope
     _refused(p2.b, _rewrap(m2, epoch_ct=random_bytes(MLKEM768_CIPHERTEXT_SIZE)), MalformedInput)
     _burn(p2.a, PQ_INTERVAL)
-    m3 = p2.a.send_text("first chain, message 52", now=NOW)
+    m3 = p2.a.send_text("first chain, message 52", now=NOW).envelope
     assert _parts(m3)[0].epoch_ct is None
     _refused(p2.b, _rewrap(m3, epoch_ct=random_bytes(MLKEM768_CIPHERTEXT_SIZE)), DecryptionFailed)
     assert _texts(p2.b.receive(m3, now=NOW)) == ["first chain, message 52"]
@@ -932,7 +934,7 @@ def test_stripped_or_truncated_signature_refused() -> None:
 
 def test_lowered_wire_version_refused() -> None:
     p = _pair()
-    m = p.a.send_text("v1", now=NOW)
+    m = p.a.send_text("v1", now=NOW).envelope
     for version in (0, 2, 255):
         _refused(p.b, bytes([version]) + m[1:], UnsupportedVersion)
     header, ciphertext = _parts(m)
@@ -947,7 +949,7 @@ def test_lowered_wire_version_refused() -> None:
 
 def test_insider_sends_1000_delivers_last() -> None:
     p = _pair()
-    sent = [p.a.send_text(f"m{i}", now=NOW) for i in range(MAX_SKIP)]
+    sent = [p.a.send_text(f"m{i}", now=NOW).envelope for i in range(MAX_SKIP)]
     events = p.b.receive(sent[-1], now=NOW)
     assert MessagesMissing(from_seq=2, to_seq=MAX_SKIP) in events
     skipped = p.b._st.ratchet.skipped
@@ -967,36 +969,36 @@ def test_skipped_keys_capped_across_chains() -> None:
     lengths = []
     for chain in range(3):
         _burn(p.a, MAX_SKIP - 1)
-        p.b.receive(p.a.send_text(f"chain {chain}", now=NOW), now=NOW)
+        p.b.receive(p.a.send_text(f"chain {chain}", now=NOW).envelope, now=NOW)
         lengths.append(len(p.b._st.ratchet.skipped))
         assert lengths[-1] <= MAX_SKIPPED
-        p.a.receive(p.b.send_text("ack", now=NOW), now=NOW)
+        p.a.receive(p.b.send_text("ack", now=NOW).envelope, now=NOW)
     assert lengths == [MAX_SKIP - 1, 2 * (MAX_SKIP - 1), MAX_SKIPPED]
     assert len(p.b.to_bytes(now=NOW)) < 1 << 20
     # The per-chain bound: a chain that would skip more than MAX_SKIP is refused.
     _burn(p.a, MAX_SKIP + 1)
-    _refused(p.b, p.a.send_text("too far", now=NOW), TooFarAhead)
+    _refused(p.b, p.a.send_text("too far", now=NOW).envelope, TooFarAhead)
 
 
 def test_skipped_keys_expire() -> None:
     p = _pair()
-    held = [p.a.send_text(f"held {i}", now=NOW) for i in range(3)]
-    p.b.receive(p.a.send_text("delivered", now=NOW), now=NOW)
+    held = [p.a.send_text(f"held {i}", now=NOW).envelope for i in range(3)]
+    p.b.receive(p.a.send_text("delivered", now=NOW).envelope, now=NOW)
     assert len(p.b._st.ratchet.skipped) == 3
     # Within the TTL a later message keeps them, and they still open.
-    p.b.receive(p.a.send_text("later", now=NOW), now=NOW + SKIPPED_TTL)
+    p.b.receive(p.a.send_text("later", now=NOW).envelope, now=NOW + SKIPPED_TTL)
     assert len(p.b._st.ratchet.skipped) == 3
     assert _texts(p.b.receive(held[0], now=NOW + SKIPPED_TTL)) == ["held 0"]
     # Past the TTL the next message prunes them; the held ones are refused.
-    p.b.receive(p.a.send_text("much later", now=NOW), now=NOW + SKIPPED_TTL + 1)
+    p.b.receive(p.a.send_text("much later", now=NOW).envelope, now=NOW + SKIPPED_TTL + 1)
     assert p.b._st.ratchet.skipped == ()
     _refused(p.b, held[1], Replay, now=NOW + SKIPPED_TTL + 1)
 
 
 def test_skipped_key_expires_without_later_traffic() -> None:
     p = _pair()
-    held = p.a.send_text("held", now=NOW)
-    p.b.receive(p.a.send_text("delivered", now=NOW), now=NOW)
+    held = p.a.send_text("held", now=NOW).envelope
+    p.b.receive(p.a.send_text("delivered", now=NOW).envelope, now=NOW)
     assert len(p.b._st.ratchet.skipped) == 1
     # Nothing else arrives; the held message turns up after the TTL. Its key
     # is older than SKIPPED_TTL and must not be used.
@@ -1019,8 +1021,8 @@ def _mutations(valid: bytes) -> st.SearchStrategy[bytes]:
 
 def test_fuzz_session_receive() -> None:
     p = _pair()
-    p.a.receive(p.b.send_text("reply", now=NOW), now=NOW)
-    valid = p.a.send_text("fuzzed", now=NOW)
+    p.a.receive(p.b.send_text("reply", now=NOW).envelope, now=NOW)
+    valid = p.a.send_text("fuzzed", now=NOW).envelope
     before = p.b.to_bytes(now=NOW)
 
     @given(_mutations(valid))
@@ -1087,7 +1089,7 @@ def test_fuzz_first_message_decoder() -> None:
 def test_fuzz_ratchet_header_decoder() -> None:
     p = _pair()
     _burn(p.a, PQ_INTERVAL)
-    valid = _parts(p.a.send_text("x", now=NOW))[0].to_bytes()
+    valid = _parts(p.a.send_text("x", now=NOW).envelope)[0].to_bytes()
 
     def encode(h: object) -> bytes:
         assert isinstance(h, RatchetHeader)
@@ -1106,7 +1108,7 @@ def test_fuzz_ratchet_header_decoder() -> None:
 
 def test_fuzz_session_from_bytes() -> None:
     p = _pair()
-    p.b.receive(p.a.send_text("x", now=NOW), now=NOW)
+    p.b.receive(p.a.send_text("x", now=NOW).envelope, now=NOW)
     valid = p.b.to_bytes(now=NOW)
     assert Session.from_bytes(BOB, valid, now=NOW).to_bytes(now=NOW) == valid
     with pytest.raises(MalformedInput):

@@ -110,11 +110,11 @@ def test_rolled_back_sender_is_caught_by_the_peer(pair: tuple[Session, Session])
     sa, sb = pair
     a = fixed_identity("tehran")
     snapshot = sa.to_bytes(now=NOW)
-    first = sa.send_text("original", now=NOW)
+    first = sa.send_text("original", now=NOW).envelope
     events = sb.receive(first, now=NOW)
     assert events[0].content == "original"
     cloned = Session.from_bytes(a, snapshot, now=NOW)
-    forked = cloned.send_text("rewritten", now=NOW)
+    forked = cloned.send_text("rewritten", now=NOW).envelope
     before = sb.to_bytes(now=NOW)
     with pytest.raises(MessageRejected):
         sb.receive(forked, now=NOW)

@@ -244,7 +244,7 @@ class Relay(RuleBasedStateMachine):
     def send_text(self, sender: str, body: str) -> None:
         seq = self._sent_count(sender) + 1
         text = unicodedata.normalize("NFC", f"[{sender}{seq}] {body}")
-        message = self.sessions[sender].send_text(text, now=self.now)
+        message = self.sessions[sender].send_text(text, now=self.now).envelope
         self._record_send(sender, message, text=text, receipt=None)
 
     @rule(sender=st.sampled_from("AB"))
@@ -255,7 +255,7 @@ class Relay(RuleBasedStateMachine):
         expected = Receipt(
             up_to_seq=up_to, chain_hash=self.hashes[(peer, up_to)] if up_to else ZERO_HASH
         )
-        message = self.sessions[sender].send_receipt(now=self.now)
+        message = self.sessions[sender].send_receipt(now=self.now).envelope
         self._record_send(sender, message, text=None, receipt=expected)
 
     @precondition(lambda self: self.in_flight)
@@ -387,7 +387,7 @@ def test_forward_secrecy_nothing_in_stored_state_opens_a_read_message(order: str
     messages = []
     for i in (2, 3):
         keys.append(_next_send_key(sa))
-        messages.append(sa.send_text(f"A{i} secret", now=NOW))
+        messages.append(sa.send_text(f"A{i} secret", now=NOW).envelope)
     # Control: the keys we computed are the real ones.
     for (_, _, mk), m, i in zip(keys, messages, (2, 3), strict=True):
         header, ct = _split(m)
@@ -413,8 +413,8 @@ def test_forward_secrecy_nothing_in_stored_state_opens_a_read_message(order: str
 
 def test_forward_secrecy_skipped_key_is_erased_when_used() -> None:
     sa, sb, _ = _pair()
-    m2 = sa.send_text("A2", now=NOW)
-    m3 = sa.send_text("A3", now=NOW)
+    m2 = sa.send_text("A2", now=NOW).envelope
+    m3 = sa.send_text("A3", now=NOW).envelope
     sb.receive(m3, now=NOW)
     (skipped,) = sb._st.ratchet.skipped  # m2's key waits for it
     assert skipped.mk_base in sb.to_bytes(now=NOW)
@@ -469,22 +469,22 @@ def _attacker_opens(secrets: dict[str, set[bytes]], message: bytes, ad_prefix: b
 
 def test_post_compromise_security_after_both_directions_ratchet() -> None:
     sa, sb, _ = _pair()
-    r1 = sb.send_text("B1", now=NOW)
+    r1 = sb.send_text("B1", now=NOW).envelope
     sa.receive(r1, now=NOW)
-    m2 = sa.send_text("A2", now=NOW)
+    m2 = sa.send_text("A2", now=NOW).envelope
     # Time T: the attacker copies both states.
     a_state, b_state = sa.to_bytes(now=NOW), sb.to_bytes(now=NOW)
 
     sb.receive(m2, now=NOW)
-    r2 = sb.send_text("B2 still readable with A's copy", now=NOW)
+    r2 = sb.send_text("B2 still readable with A's copy", now=NOW).envelope
     sa.receive(r2, now=NOW)
-    m3 = sa.send_text("A3 after healing", now=NOW)  # fresh ratchet key of A's
+    m3 = sa.send_text("A3 after healing", now=NOW).envelope  # fresh ratchet key of A's
     sb.receive(m3, now=NOW)
-    r3 = sb.send_text("B3 after healing", now=NOW)
+    r3 = sb.send_text("B3 after healing", now=NOW).envelope
     sa.receive(r3, now=NOW)
-    m4 = sa.send_text("A4 after healing", now=NOW)
+    m4 = sa.send_text("A4 after healing", now=NOW).envelope
     sb.receive(m4, now=NOW)
-    r4 = sb.send_text("B4 after healing", now=NOW)
+    r4 = sb.send_text("B4 after healing", now=NOW).envelope
     sa.receive(r4, now=NOW)
 
     # The copies, fed all traffic in order, read what precedes the healing
@@ -525,7 +525,7 @@ GUESSES = {"zeros": bytes(32), "random": random_bytes(32)}
 def test_root_step_key_depends_on_the_ml_kem_secret() -> None:
     sa, sb, _ = _pair()
     before = sb._st.ratchet  # Bob's state before his root step
-    r1 = sb.send_text("B1 post-quantum", now=NOW)
+    r1 = sb.send_text("B1 post-quantum", now=NOW).envelope
     after = sb._st.ratchet
     header, ct = _split(r1)
     ad = _ad(sb, header)
@@ -566,11 +566,11 @@ def test_root_step_key_depends_on_the_ml_kem_secret() -> None:
 
 def test_epoch_step_key_depends_on_the_epoch_ml_kem_secret() -> None:
     sa, sb, _ = _pair()
-    messages = [sb.send_text(f"B{n}", now=NOW) for n in range(PQ_INTERVAL - 1)]
+    messages = [sb.send_text(f"B{n}", now=NOW).envelope for n in range(PQ_INTERVAL - 1)]
     last_of_epoch_0 = sb._st.ratchet  # about to send n = 49
-    messages.append(sb.send_text(f"B{PQ_INTERVAL - 1}", now=NOW))
+    messages.append(sb.send_text(f"B{PQ_INTERVAL - 1}", now=NOW).envelope)
     chain = sb._st.ratchet  # about to send n = 50: the attacker has its chain key
-    messages.append(sb.send_text(f"B{PQ_INTERVAL}", now=NOW))
+    messages.append(sb.send_text(f"B{PQ_INTERVAL}", now=NOW).envelope)
     after = sb._st.ratchet
 
     h49, ct49 = _split(messages[-2])
@@ -605,7 +605,7 @@ def test_epoch_step_key_depends_on_the_epoch_ml_kem_secret() -> None:
 def test_a_long_one_way_run_reordered_across_epochs() -> None:
     sa, sb, _ = _pair()
     count = 2 * PQ_INTERVAL + 10
-    messages = [(seq, sa.send_text(f"A{seq}", now=NOW)) for seq in range(2, count + 2)]
+    messages = [(seq, sa.send_text(f"A{seq}", now=NOW).envelope) for seq in range(2, count + 2)]
     random.Random(1).shuffle(messages)  # noqa: S311 - a test shuffle, not a secret
     seen, highest = [], 1
     for seq, m in messages:
@@ -634,7 +634,7 @@ def test_a_long_one_way_run_reordered_across_epochs() -> None:
 def test_file_arrives_as_ordered_chunks(order: str) -> None:
     sa, sb, _ = _pair()
     data = random_bytes(100_000)
-    chunks = sa.send_file("communique.bin", data, now=NOW)
+    chunks = [c.envelope for c in sa.send_file("communique.bin", data, now=NOW)]
     assert len(chunks) == -(-len(data) // CHUNK_SIZE) == 4
     got: dict[int, FileChunk] = {}
     numbered = list(enumerate(chunks, 2))
@@ -666,22 +666,22 @@ def _receipt_checks(events: Sequence[object]) -> list[ReceiptChecked]:
 def test_receipts_follow_the_contiguous_view() -> None:
     sa, sb, _ = _pair()
     # A receipt from the initiator before it heard anything: zero, and true.
-    events = sb.receive(sa.send_receipt(now=NOW), now=NOW)  # Alice's seq 2
+    events = sb.receive(sa.send_receipt(now=NOW).envelope, now=NOW)  # Alice's seq 2
     assert _receipt_checks(events) == [ReceiptChecked(up_to_seq=0, matches=True)]
 
-    ms = [sa.send_text(f"A{i}", now=NOW) for i in range(3, 8)]  # seq 3..7
+    ms = [sa.send_text(f"A{i}", now=NOW).envelope for i in range(3, 8)]  # seq 3..7
     seen = {}
     for m in (ms[0], ms[1], ms[3]):  # 3, 4, 6: contiguous through 4
         event = sb.receive(m, now=NOW)[0]
         assert isinstance(event, MessageReceived)
         seen[event.seq] = event.hash
     assert sb.received_through == 4
-    events = sa.receive(sb.send_receipt(now=NOW), now=NOW)
+    events = sa.receive(sb.send_receipt(now=NOW).envelope, now=NOW)
     assert _content(events) == Receipt(up_to_seq=4, chain_hash=seen[4])
     assert _receipt_checks(events) == [ReceiptChecked(up_to_seq=4, matches=True)]
     for m in (ms[2], ms[4]):
         sb.receive(m, now=NOW)
-    events = sa.receive(sb.send_receipt(now=NOW), now=NOW)
+    events = sa.receive(sb.send_receipt(now=NOW).envelope, now=NOW)
     assert isinstance(events[0], MessageReceived) and isinstance(events[0].content, Receipt)
     assert events[0].content.up_to_seq <= sa.sent_count
     assert _receipt_checks(events) == [ReceiptChecked(up_to_seq=7, matches=True)]
@@ -699,7 +699,7 @@ def test_a_lying_receipt_does_not_match() -> None:
         )
         checks = _receipt_checks(
             Session.from_bytes(ALICE, sa.to_bytes(now=NOW), now=NOW).receive(
-                liar.send_receipt(now=NOW), now=NOW
+                liar.send_receipt(now=NOW).envelope, now=NOW
             )
         )
         assert checks == [ReceiptChecked(up_to_seq=up_to, matches=False)]
@@ -713,7 +713,7 @@ def test_every_step_survives_a_restart_and_counts_a_generation() -> None:
     sa, sb, first = _pair()
     _, other_b, _ = _pair("another conversation")
     stranger = Session.initiate(ALICE, BOB.public, STORE.bundle(NOW), now=NOW)[0]
-    foreign = stranger.send_text("for another session", now=NOW)
+    foreign = stranger.send_text("for another session", now=NOW).envelope
     sessions, me = {"A": sa, "B": sb}, {"A": ALICE, "B": BOB}
     log: list[tuple[str, bytes]] = [("A", first)]
     generations = {p: [s.generation] for p, s in sessions.items()}
@@ -723,11 +723,13 @@ def test_every_step_survives_a_restart_and_counts_a_generation() -> None:
         before = session.generation
         out: list[bytes] = []
         if action == "text":
-            out = [session.send_text(f"{party}{session.sent_count + 1}", now=NOW)]
+            out = [session.send_text(f"{party}{session.sent_count + 1}", now=NOW).envelope]
         elif action == "file":
-            out = session.send_file("f.txt", b"x" * (CHUNK_SIZE + 10), now=NOW)
+            out = [
+                c.envelope for c in session.send_file("f.txt", b"x" * (CHUNK_SIZE + 10), now=NOW)
+            ]
         elif action == "receipt":
-            out = [session.send_receipt(now=NOW)]
+            out = [session.send_receipt(now=NOW).envelope]
         else:
             session.receive(args[0], now=NOW)
         assert session.generation == before + max(1, len(out))
@@ -752,7 +754,7 @@ def test_every_step_survives_a_restart_and_counts_a_generation() -> None:
     )
     refuse("B", flipped, DecryptionFailed)
     refuse("B", foreign, DecryptionFailed)
-    refuse("B", other_b.send_text("B to A in another conversation", now=NOW))
+    refuse("B", other_b.send_text("B to A in another conversation", now=NOW).envelope)
     step("B", "receive", a2)
     (b1,) = step("B", "text")
     refuse("B", b1, Reflected)
@@ -799,11 +801,11 @@ def test_restored_sender_never_reuses_an_aead_key_and_nonce() -> None:
     plaintexts. (Before the fix: same key, same nonce, keystream reuse.)"""
     sa, _, _ = _pair()
     backup = sa.to_bytes(now=NOW)
-    m1 = sa.send_text("the first text, sent before the restore", now=NOW)
-    s1, (k1, _) = sa.last_sent_record, sa.last_sent_opening
+    o1 = sa.send_text("the first text, sent before the restore", now=NOW)
+    m1, s1, k1 = o1.envelope, o1.record, o1.key
     restored = Session.from_bytes(ALICE, backup, now=NOW)
-    m2 = restored.send_text("a different text, after the restore!!", now=NOW)
-    s2, (k2, _) = restored.last_sent_record, restored.last_sent_opening
+    o2 = restored.send_text("a different text, after the restore!!", now=NOW)
+    m2, s2, k2 = o2.envelope, o2.record, o2.key
     (h1, c1), (h2, c2) = _split(m1), _split(m2)
     # The rollback is real: same position, same message key.
     assert (h1.dh, h1.n) == (h2.dh, h2.n) and k1 == k2 and s1 != s2
@@ -825,14 +827,14 @@ def test_reused_position_replay_names_the_position_and_tells_rollback_from_repla
     other signed content, valid signature)."""
     sa, sb, _ = _pair()
     backup = sa.to_bytes(now=NOW)
-    m1 = sa.send_text("original", now=NOW)
+    m1 = sa.send_text("original", now=NOW).envelope
     events = sb.receive(m1, now=NOW)
     got = events[0]
     assert isinstance(got, MessageReceived)
     h1, _ = _split(m1)
     assert (got.chain, got.n) == (h1.dh, h1.n)
     kept = {(got.chain, got.n): got.key}  # what a client stores
-    rolled = Session.from_bytes(ALICE, backup, now=NOW).send_text("rewritten", now=NOW)
+    rolled = Session.from_bytes(ALICE, backup, now=NOW).send_text("rewritten", now=NOW).envelope
 
     for message, same in ((m1, True), (rolled, False)):
         err = _refused(BOB, sb, message, Replay)
@@ -862,8 +864,8 @@ def test_a_state_read_a_year_later_no_longer_holds_a_dropped_messages_key() -> N
     relay kept it) must not open. (Before the fix the key stayed in every
     write of the state, pruned only after a later successful decrypt.)"""
     sa, sb, _ = _pair()
-    m1 = sa.send_text("dropped by the relay", now=NOW)
-    sb.receive(sa.send_text("delivered", now=NOW), now=NOW)
+    m1 = sa.send_text("dropped by the relay", now=NOW).envelope
+    sb.receive(sa.send_text("delivered", now=NOW).envelope, now=NOW)
     (skipped,) = sb._st.ratchet.skipped
     assert skipped.mk_base in sb.to_bytes(now=NOW)  # control: kept while fresh
     stored = sb.to_bytes(now=NOW + SKIPPED_TTL)  # still within its 30 days
@@ -896,12 +898,12 @@ def test_responder_session_holds_no_signed_prekey_secret_after_the_first_message
     assert not holds_a_secret()
     # Nor later: a long first chain (past an epoch boundary), with messages
     # skipped and kept, then Bob's reply and Alice's next chain.
-    run = [sa.send_text(f"A{i}", now=NOW) for i in range(2, PQ_INTERVAL + 5)]
+    run = [sa.send_text(f"A{i}", now=NOW).envelope for i in range(2, PQ_INTERVAL + 5)]
     for m in run[::-1][:3]:
         sb.receive(m, now=NOW)
     assert not holds_a_secret()
     for m in run[::-1][3:]:
         sb.receive(m, now=NOW)
-    sa.receive(sb.send_text("B1", now=NOW), now=NOW)
-    sb.receive(sa.send_text("A-next", now=NOW), now=NOW)
+    sa.receive(sb.send_text("B1", now=NOW).envelope, now=NOW)
+    sb.receive(sa.send_text("A-next", now=NOW).envelope, now=NOW)
     assert not holds_a_secret()

@@ -641,11 +641,10 @@ def test_statement_one_seq_two_payloads_only_one_delivered(
 
     me = _identity(pair)
     session = Session.from_bytes(me, saved, now=int(time.time()))
-    envelope = session.send_text(
+    out = session.send_text(
         lie, now=SignedPayload.from_bytes_unverified(genuine.signed).payload.sent_at
     )
-    key, _ = session.last_sent_opening
-    signed = session.last_sent_record
+    envelope, key, signed = out.envelope, out.key, out.record
     assert (
         SignedPayload.from_bytes_unverified(signed).payload.seq
         == SignedPayload.from_bytes_unverified(genuine.signed).payload.seq

@@ -31,9 +31,20 @@ from securechan.primitives import (
     MESSAGE_REUSE_GUARD_SIZE,
     MLKEM768_CIPHERTEXT_SIZE,
     MLKEM768_PUBLIC_KEY_SIZE,
+    MLKEM768_SEED_SIZE,
     X25519_KEY_SIZE,
 )
-from securechan.protocol import address, handshake, payload, prekeys, ratchet, sealed, session
+from securechan.protocol import (
+    address,
+    handshake,
+    payload,
+    prekeys,
+    ratchet,
+    ratchet_record,
+    sealed,
+    session,
+    session_state,
+)
 from securechan.protocol.payload import CHUNK_SIZE, MAX_CHECKPOINT_TEXT, MAX_TEXT_BYTES
 
 # --- the hand-written schemas, as they were ---------------------------------
@@ -343,6 +354,67 @@ _LEGACY_AD_GRANT = wire.Schema(
     ),
 )
 
+# The stored states (protocol/ratchet.py, protocol/session.py), as they were
+# on main at b33a4c5 (issue 12 item 3, the protocol half).
+_LEGACY_SKIPPED_ENTRY = 32 + 8 + 32 + 32 + 1 + MLKEM768_SEED_SIZE + 8
+_LEGACY_RATCHET_STATE = wire.Schema(
+    0x0061,
+    "RatchetState",
+    (
+        wire.Field(1, "rk", wire.Kind.BYTES, size=32),
+        wire.Field(2, "dh_self", wire.Kind.BYTES, size=32, optional=True),
+        wire.Field(3, "kem_self", wire.Kind.BYTES, size=MLKEM768_SEED_SIZE, optional=True),
+        wire.Field(4, "dh_remote", wire.Kind.BYTES, size=32, optional=True),
+        wire.Field(5, "kem_remote", wire.Kind.BYTES, size=MLKEM768_PUBLIC_KEY_SIZE, optional=True),
+        wire.Field(6, "send_pending", wire.Kind.BOOL),
+        wire.Field(7, "cks", wire.Kind.BYTES, size=32, optional=True),
+        wire.Field(8, "ns", wire.Kind.UINT),
+        wire.Field(9, "pn", wire.Kind.UINT),
+        wire.Field(
+            10, "send_root_ct", wire.Kind.BYTES, size=MLKEM768_CIPHERTEXT_SIZE, optional=True
+        ),
+        wire.Field(11, "send_root_ss", wire.Kind.BYTES, size=32, optional=True),
+        wire.Field(12, "send_epoch", wire.Kind.UINT),
+        wire.Field(
+            13, "send_epoch_ct", wire.Kind.BYTES, size=MLKEM768_CIPHERTEXT_SIZE, optional=True
+        ),
+        wire.Field(14, "send_epoch_ss", wire.Kind.BYTES, size=32, optional=True),
+        wire.Field(15, "ckr", wire.Kind.BYTES, size=32, optional=True),
+        wire.Field(16, "nr", wire.Kind.UINT),
+        wire.Field(17, "recv_kem_seed", wire.Kind.BYTES, size=MLKEM768_SEED_SIZE, optional=True),
+        wire.Field(18, "skipped", wire.Kind.BYTES, max_len=2000 * _LEGACY_SKIPPED_ENTRY),
+        wire.Field(19, "own_dh_recent", wire.Kind.BYTES, max_len=8 * 32),
+        wire.Field(20, "remote_dh_recent", wire.Kind.BYTES, max_len=8 * 32),
+        wire.Field(21, "dh_self_pub", wire.Kind.BYTES, size=32, optional=True),
+        wire.Field(
+            22, "kem_self_pub", wire.Kind.BYTES, size=MLKEM768_PUBLIC_KEY_SIZE, optional=True
+        ),
+        wire.Field(23, "recv_root_ss", wire.Kind.BYTES, size=32, optional=True),
+        wire.Field(24, "send_epochs", wire.Kind.BOOL),
+        wire.Field(25, "recv_epochs", wire.Kind.BOOL),
+    ),
+)
+_LEGACY_SESSION = wire.Schema(
+    0x0080,
+    "Session",
+    (
+        wire.Field(1, "role", wire.Kind.UINT),
+        wire.Field(2, "conversation", wire.Kind.BYTES, size=16),
+        wire.Field(3, "own", wire.Kind.BYTES, size=32),
+        wire.Field(4, "peer", wire.Kind.RECORD, max_len=8192, schema=PUBLIC_IDENTITY),
+        wire.Field(5, "transcript_hash", wire.Kind.BYTES, size=32),
+        wire.Field(6, "ratchet", wire.Kind.BYTES, max_len=1 << 20),
+        wire.Field(7, "send_seq", wire.Kind.UINT),
+        wire.Field(8, "send_last_hash", wire.Kind.BYTES, size=32),
+        wire.Field(9, "sent_hashes", wire.Kind.BYTES, max_len=4096 * 32),
+        wire.Field(10, "recv_contiguous", wire.Kind.UINT),
+        wire.Field(11, "recv_last_hash", wire.Kind.BYTES, size=32),
+        wire.Field(12, "recv_highest", wire.Kind.UINT),
+        wire.Field(13, "recv_ahead", wire.Kind.BYTES, max_len=(1000 + 1) * 72),
+        wire.Field(14, "generation", wire.Kind.UINT),
+    ),
+)
+
 # (record class, the hand-written schema it replaced)
 LEGACY: list[tuple[type, wire.Schema]] = [
     (ratchet.RatchetHeader, _LEGACY_HEADER),
@@ -363,6 +435,7 @@ LEGACY: list[tuple[type, wire.Schema]] = [
     (sealed._StateHeader, _LEGACY_SEALED_HEADER),
     (sealed._Sealed, _LEGACY_SEALED),
     (statement._StatementRecord, _LEGACY_STATEMENT),
+    (ratchet_record._StateRecord, _LEGACY_RATCHET_STATE),
 ]
 # Records holding nested instances that check their content on decode
 # (valid keys): compared by schema only, their bytes are proven by the vectors.
@@ -374,6 +447,9 @@ LEGACY_SCHEMA_ONLY: list[tuple[type, wire.Schema]] = [
     (payload.SignedPayload, _LEGACY_SIGNED_PAYLOAD),
     (prekeys._StoredKey, _LEGACY_PK_STORED_KEY),
     (prekeys._StoreRecord, _LEGACY_PK_STORE),
+    # Its peer is a PublicIdentity (valid keys); its bytes are proven by the
+    # fixture in tests/test_state_records.py, written by the old encoder.
+    (session_state._SessionRecord, _LEGACY_SESSION),
 ]
 _IDS = [s.name for _, s in LEGACY]
 

@@ -734,7 +734,7 @@ class Channel:
             session.checkpoints = self.logs.carried(t[0] for t in targets)
             envelopes = [first]
             if grant is not None:
-                envelopes.append(session.send_grant(grant, now=now))
+                envelopes.append(session.send_grant(grant, now=now).envelope)
             more, seqs = self._build(session, build)
             envelopes.extend(more)
             with self.db.transaction():
@@ -839,10 +839,9 @@ class Channel:
         holder: list[_Sent] = []
 
         def build(session: Session) -> list[bytes]:
-            msg = session.send_text(text, now=self._now())
-            key, ad = session.last_sent_opening
-            holder.append(_Sent(0, session.last_sent_record, msg, key, ad))
-            return [msg]
+            out = session.send_text(text, now=self._now())
+            holder.append(_Sent(0, out.record, out.envelope, out.key, out.ad))
+            return [out.envelope]
 
         def records(session: Session, seqs: list[int]) -> list[_Sent]:
             return [replace(h, seq=seq) for seq, h in zip(seqs, holder, strict=True)]
@@ -856,12 +855,11 @@ class Channel:
         holder: list[_Sent] = []
 
         def build(session: Session) -> list[bytes]:
-            msg = session.send_receipt(now=self._now())
+            out = session.send_receipt(now=self._now())
             # Kept in our record: our signed receipt is what proves delivery
             # in a statement of the peer's message (audit/statement.py).
-            key, ad = session.last_sent_opening
-            holder.append(_Sent(0, session.last_sent_record, msg, key, ad))
-            return [msg]
+            holder.append(_Sent(0, out.record, out.envelope, out.key, out.ad))
+            return [out.envelope]
 
         def records(session: Session, seqs: list[int]) -> list[_Sent]:
             return [replace(h, seq=seq) for seq, h in zip(seqs, holder, strict=True)]
@@ -881,12 +879,10 @@ class Channel:
         holder: list[_Sent] = []
 
         def build(session: Session) -> list[bytes]:
-            out = []
-            for env in session.send_file(file_name, data, now=self._now()):
-                out.append(env)
-            key, ad = session.last_sent_opening
-            holder.append(_Sent(0, session.last_sent_record, out[-1], key, ad))
-            return out
+            chunks = session.send_file(file_name, data, now=self._now())
+            last = chunks[-1]
+            holder.append(_Sent(0, last.record, last.envelope, last.key, last.ad))
+            return [c.envelope for c in chunks]
 
         def records(session: Session, seqs: list[int]) -> list[_Sent]:
             # One stored record per file: the last chunk's signed payload.
@@ -1766,7 +1762,7 @@ class Channel:
             target = QueueGrant.from_bytes(row.peer_grant)
             with self.db.transaction():
                 session = self._load_session(row.conversation, sending=True)
-                env = session.send_grant(grant, now=self._now())
+                env = session.send_grant(grant, now=self._now()).envelope
                 self._save_session(session)
                 self.db.mark_grant_sent(row.conversation)
                 self.db.add_outbox(

@@ -62,7 +62,7 @@ from securechan.primitives import (
     sha256,
 )
 from securechan.protocol.prekeys import KIND_ONE_TIME, KIND_SIGNED, PrekeyBundle, PrekeyStore
-from securechan.protocol.ratchet import RootStep
+from securechan.protocol.ratchet import Random, RootStep
 
 __all__ = [
     "CONTEXT_HANDSHAKE",
@@ -253,9 +253,18 @@ def _keys(seed: bytes, hpke: bytes, transcript: bytes) -> tuple[bytes, bytes, by
 
 
 def initiate(
-    me: Identity, peer: PublicIdentity, bundle: PrekeyBundle, *, now: int
+    me: Identity,
+    peer: PublicIdentity,
+    bundle: PrekeyBundle,
+    *,
+    now: int,
+    rand: Random = random_bytes,
 ) -> tuple[Handshake, FirstMessage]:
     """Start a session with the pinned contact ``peer`` using ``bundle``.
+
+    ``rand`` gives the first chain's key material and the 32-byte handshake
+    seed; the HPKE encapsulation, the ML-KEM encapsulation and the ML-DSA
+    signature draw their own randomness inside ``cryptography``.
 
     Raises :class:`BundleRejected` for a bundle not signed by ``peer``, or
     expired. Returns the handshake and a first message whose ``message``
@@ -269,8 +278,8 @@ def initiate(
     spk = bundle.signed_prekey.public_key
     # The first chain's root step does not depend on the root key: make it
     # now, so the signature covers the keys the responder's replies will use.
-    first_step = RootStep.generate(spk[:MLKEM768_PUBLIC_KEY_SIZE])
-    seed = random_bytes(_SEED_SIZE)
+    first_step = RootStep.generate(spk[:MLKEM768_PUBLIC_KEY_SIZE], rand=rand)
+    seed = rand(_SEED_SIZE)
     hpke = hpke_seal(target.public_key, seed, info=_info(peer.fingerprint, kind, target.prekey_id))
     transcript = _transcript(
         initiator=me.fingerprint,

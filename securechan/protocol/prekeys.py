@@ -16,6 +16,7 @@ that serialises through ``wire``; the caller stores it (encrypted).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Annotated
 
@@ -214,10 +215,12 @@ class PrekeyStore:
         """An empty store for ``identity``."""
         return cls(owner=identity.fingerprint)
 
-    def _make(self, identity: Identity, kind: int, now: int, lifetime: int) -> _StoredKey:
+    def _make(
+        self, identity: Identity, kind: int, now: int, lifetime: int, rand: Callable[[int], bytes]
+    ) -> _StoredKey:
         if identity.fingerprint != self.owner:
             raise ValueError("this store belongs to another identity")
-        seed = random_bytes(HYBRID_KEM_SEED_SIZE)
+        seed = rand(HYBRID_KEM_SEED_SIZE)
         pair = HybridKemKeyPair(seed)
         unsigned = Prekey(
             owner=self.owner,
@@ -232,27 +235,47 @@ class PrekeyStore:
         return _StoredKey(record=replace(unsigned, signature=sig), seed=seed)
 
     def rotate(
-        self, identity: Identity, *, now: int, lifetime: int = SIGNED_PREKEY_LIFETIME
+        self,
+        identity: Identity,
+        *,
+        now: int,
+        lifetime: int = SIGNED_PREKEY_LIFETIME,
+        rand: Callable[[int], bytes] = random_bytes,
     ) -> PrekeyStore:
-        """Add a new signed prekey and drop those past expiry + grace."""
-        new = self._make(identity, KIND_SIGNED, now, lifetime)
+        """Add a new signed prekey and drop those past expiry + grace.
+        ``rand`` gives its 96-byte secret seed (the OS CSPRNG unless a test
+        injects a source; the signature's ML-DSA randomness is not injectable)."""
+        new = self._make(identity, KIND_SIGNED, now, lifetime, rand)
         keep = tuple(k for k in self.signed if now <= k.record.expires + GRACE_SECONDS)
         return replace(self, next_id=self.next_id + 1, signed=(*keep, new)[-64:])
 
-    def add_one_time(self, identity: Identity, count: int, *, now: int) -> PrekeyStore:
-        """Add ``count`` one-time prekeys (the pool holds at most 1000)."""
+    def add_one_time(
+        self,
+        identity: Identity,
+        count: int,
+        *,
+        now: int,
+        rand: Callable[[int], bytes] = random_bytes,
+    ) -> PrekeyStore:
+        """Add ``count`` one-time prekeys (the pool holds at most 1000);
+        ``rand`` as for :meth:`rotate`."""
         if count < 0 or len(self.one_time) + count > MAX_ONE_TIME:
             raise ValueError(f"the one-time pool holds at most {MAX_ONE_TIME} keys")
         store = self
         added = []
         for _ in range(count):
-            key = store._make(identity, KIND_ONE_TIME, now, ONE_TIME_PREKEY_LIFETIME)
+            key = store._make(identity, KIND_ONE_TIME, now, ONE_TIME_PREKEY_LIFETIME, rand)
             added.append(key)
             store = replace(store, next_id=store.next_id + 1)
         return replace(store, one_time=(*self.one_time, *added))
 
     def new_pool(
-        self, identity: Identity, count: int, *, now: int
+        self,
+        identity: Identity,
+        count: int,
+        *,
+        now: int,
+        rand: Callable[[int], bytes] = random_bytes,
     ) -> tuple[PrekeyStore, tuple[Prekey, ...]]:
         """A fresh pool of ``count`` one-time prekeys for *one* relay, and the
         store that keeps their secrets.
@@ -270,7 +293,7 @@ class PrekeyStore:
         live = tuple(k for k in self.one_time if now <= k.record.expires)
         room = MAX_ONE_TIME - count
         kept = replace(self, one_time=live[max(0, len(live) - room) :])
-        store = kept.add_one_time(identity, count, now=now)
+        store = kept.add_one_time(identity, count, now=now, rand=rand)
         return store, store.one_time_records()[len(kept.one_time) :]
 
     def current_signed(self, now: int) -> Prekey:

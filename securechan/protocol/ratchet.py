@@ -44,13 +44,17 @@ refused message leaves the state exactly as it was. Skipped message keys are
 bounded per chain (:data:`MAX_SKIP`), in total (:data:`MAX_SKIPPED`, oldest
 evicted first) and in time (:data:`SKIPPED_TTL`). A header that would skip too
 far is refused *before* any key agreement or derivation.
+
+The stored form of the state (type 0x0061) is in ``ratchet_record.py``; the
+in-memory cache of expanded keys and decapsulated secrets in
+``ratchet_cache.py``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 from securechan import primitives, wire
 from securechan.errors import (
@@ -77,12 +81,14 @@ from securechan.primitives import (
     random_bytes,
     sha256,
 )
+from securechan.protocol.ratchet_cache import Decaps, RatchetCache
 
 __all__ = [
     "MAX_SKIP",
     "MAX_SKIPPED",
     "PQ_INTERVAL",
     "SKIPPED_TTL",
+    "Random",
     "RatchetHeader",
     "RatchetState",
     "RootStep",
@@ -91,13 +97,17 @@ __all__ = [
     "ratchet_encrypt",
 ]
 
-_T = TypeVar("_T")
+Random = Callable[[int], bytes]
+"""A source of randomness: ``rand(n)`` returns ``n`` bytes. The default
+everywhere is :func:`~securechan.primitives.random_bytes` (the OS CSPRNG);
+tests and vectors inject a seeded one to replay a conversation. Only key
+*material* is drawn from it; the keys are built from it by ``primitives``."""
 
 MAX_SKIP = 1000
 MAX_SKIPPED = 2000
 SKIPPED_TTL = 30 * 24 * 3600
 PQ_INTERVAL = 50
-_OWN_DH_KEPT = 8
+OWN_DH_KEPT = 8
 _ROOT_INFO = b"securechan/v1/ratchet-root"
 _MESSAGE_INFO = b"securechan/v1/ratchet-message"
 _FIRST_CHAIN_LABEL = b"securechan/v1/handshake-first-chain"
@@ -173,10 +183,17 @@ class RootStep:
     ct: bytes
 
     @classmethod
-    def generate(cls, peer_kem: bytes) -> RootStep:
-        """Fresh X25519 and ML-KEM-768 pairs and an encapsulation to ``peer_kem``."""
+    def generate(cls, peer_kem: bytes, *, rand: Random = random_bytes) -> RootStep:
+        """Fresh X25519 and ML-KEM-768 pairs (the X25519 secret, then the
+        ML-KEM seed, drawn from ``rand``) and an encapsulation to ``peer_kem``.
+
+        The encapsulation draws its own randomness inside ``cryptography``
+        (no API takes it), so ``ct`` and ``ss`` are fresh even with an
+        injected ``rand`` (``docs/PROTOCOL.md`` §17)."""
+        dh = X25519KeyPair(rand(X25519_KEY_SIZE))
+        kem = MlKemKeyPair(rand(MLKEM768_SEED_SIZE))
         ss, ct = mlkem_encapsulate(peer_kem)
-        return cls(X25519KeyPair.generate(), MlKemKeyPair.generate(), ss, ct)
+        return cls(dh, kem, ss, ct)
 
     def commitment(self) -> bytes:
         """SHA-256 over the chain's public header fields (see :func:`chain_commitment`)."""
@@ -284,7 +301,7 @@ def _root_step(st: RatchetState, step: RootStep) -> RatchetState:
         send_epoch_ct=None,
         send_epoch_ss=ss,
         send_epochs=True,
-        own_dh_recent=(*st.own_dh_recent, dh.public)[-_OWN_DH_KEPT:],
+        own_dh_recent=(*st.own_dh_recent, dh.public)[-OWN_DH_KEPT:],
     )
 
 
@@ -301,70 +318,19 @@ def _message_key(mk_base: bytes, epoch_ss: bytes) -> bytes:
     return hkdf_sha256(mk_base, salt=epoch_ss, info=_MESSAGE_INFO, length=32)
 
 
-class RatchetCache:
-    """Per-session, in-memory only: decapsulated secrets and expanded key
-    objects, so a root step does not expand the same ML-KEM or X25519 key
-    twice. Bounded; never persisted; safe to drop at any time."""
-
-    _MAX = 16
-
-    def __init__(self) -> None:
-        self.ss: dict[bytes, bytes] = {}
-        self.mlkem: dict[bytes, MlKemKeyPair] = {}
-        self.x25519: dict[bytes, X25519KeyPair] = {}
-
-    @staticmethod
-    def _put(table: dict[bytes, _T], key: bytes, value: _T) -> None:
-        table[key] = value
-        while len(table) > RatchetCache._MAX:
-            del table[next(iter(table))]
-
-    def mlkem_pair(self, seed: bytes) -> MlKemKeyPair:
-        pair = self.mlkem.get(seed)
-        if pair is None:
-            pair = MlKemKeyPair(seed)
-            self._put(self.mlkem, seed, pair)
-        return pair
-
-    def x25519_pair(self, secret: bytes) -> X25519KeyPair:
-        pair = self.x25519.get(secret)
-        if pair is None:
-            pair = X25519KeyPair(secret)
-            self._put(self.x25519, secret, pair)
-        return pair
-
-
-class _Decaps:
-    """ML-KEM decapsulation through the cache; new secrets are kept only
-    once the message they opened is accepted (:meth:`commit`)."""
-
-    def __init__(self, cache: RatchetCache) -> None:
-        self.cache = cache
-        self.new: dict[bytes, bytes] = {}
-
-    def __call__(self, kem_seed: bytes, ct: bytes) -> bytes:
-        key = sha256(kem_seed + ct)
-        hit = self.cache.ss.get(key) or self.new.get(key)
-        if hit is None:
-            hit = self.cache.mlkem_pair(kem_seed).decapsulate(ct)
-            self.new[key] = hit
-        return hit
-
-    def commit(self) -> None:
-        for k, v in self.new.items():
-            RatchetCache._put(self.cache.ss, k, v)
-
-
 def ratchet_encrypt(
     state: RatchetState,
     plaintext: bytes,
     ad: bytes,
     *,
     cache: RatchetCache | None = None,
-    rand: Callable[[int], bytes] = random_bytes,
+    rand: Random = random_bytes,
 ) -> tuple[RatchetState, RatchetHeader, bytes, bytes]:
     """Encrypt one message. Returns the new state, the header, the ciphertext
     and the message key; the caller MUST persist the new state before sending.
+
+    ``rand`` gives the key material of a root step's new key pairs and the
+    reuse guard; ML-KEM encapsulations draw their own randomness.
 
     **Reuse guard** (after MLS, RFC 9420 §6.3.1): 32 fresh bytes from
     ``rand`` go into the header and salt the derivation of the AEAD key and
@@ -382,11 +348,11 @@ def ratchet_encrypt(
         if st.dh_remote is None or st.kem_remote is None:
             raise ValueError("this side cannot send before it has received a message")
         # Root step (spec §3.5, sending half), with an ML-KEM encapsulation.
-        step = RootStep.generate(st.kem_remote)
+        step = RootStep.generate(st.kem_remote, rand=rand)
         if cache is not None:
             # The peer's next chain will target these: keep them expanded.
-            RatchetCache._put(cache.x25519, step.dh.secret_bytes(), step.dh)
-            RatchetCache._put(cache.mlkem, step.kem.seed_bytes_secret(), step.kem)
+            RatchetCache.put(cache.x25519, step.dh.secret_bytes(), step.dh)
+            RatchetCache.put(cache.mlkem, step.kem.seed_bytes_secret(), step.kem)
         st = _root_step(st, step)
     if st.cks is None or st.dh_self is None or st.kem_self is None or st.kem_remote is None:
         raise ValueError("inconsistent ratchet state")  # unreachable
@@ -474,7 +440,7 @@ def ratchet_decrypt(
         raise Reflected("a message made with our own ratchet key came back to us")
     full_ad = ad + header.to_bytes()
     cache = cache if cache is not None else RatchetCache()
-    decaps = _Decaps(cache)
+    decaps = Decaps(cache)
 
     def open_with(mk_base: bytes, root_ss: bytes, kem_seed: bytes | None) -> tuple[bytes, bytes]:
         # A chain without epoch steps (kem_seed None) stays in epoch 0.
@@ -564,7 +530,7 @@ def ratchet_decrypt(
             kem_self=None if first else st.kem_self,
             send_pending=True,
             remote_dh_recent=(
-                (*st.remote_dh_recent, st.dh_remote)[-_OWN_DH_KEPT:]
+                (*st.remote_dh_recent, st.dh_remote)[-OWN_DH_KEPT:]
                 if st.dh_remote is not None
                 else st.remote_dh_recent
             ),
@@ -579,123 +545,3 @@ def ratchet_decrypt(
     plaintext, key = open_with(mk_base, st.recv_root_ss, kem_seed)
     decaps.commit()
     return replace(st, ckr=ckr, nr=nr + 1, skipped=_prune(tuple(skipped), now)), plaintext, key
-
-
-# dh, n, mk_base, root_ss, has-epochs flag, kem_seed (zeros when none), at
-_SKIPPED_ENTRY = 32 + 8 + 32 + 32 + 1 + MLKEM768_SEED_SIZE + 8
-STATE = wire.Schema(
-    0x0061,
-    "RatchetState",
-    (
-        wire.Field(1, "rk", wire.Kind.BYTES, size=32),
-        wire.Field(2, "dh_self", wire.Kind.BYTES, size=32, optional=True),
-        wire.Field(3, "kem_self", wire.Kind.BYTES, size=MLKEM768_SEED_SIZE, optional=True),
-        wire.Field(4, "dh_remote", wire.Kind.BYTES, size=32, optional=True),
-        wire.Field(5, "kem_remote", wire.Kind.BYTES, size=MLKEM768_PUBLIC_KEY_SIZE, optional=True),
-        wire.Field(6, "send_pending", wire.Kind.BOOL),
-        wire.Field(7, "cks", wire.Kind.BYTES, size=32, optional=True),
-        wire.Field(8, "ns", wire.Kind.UINT),
-        wire.Field(9, "pn", wire.Kind.UINT),
-        wire.Field(
-            10, "send_root_ct", wire.Kind.BYTES, size=MLKEM768_CIPHERTEXT_SIZE, optional=True
-        ),
-        wire.Field(11, "send_root_ss", wire.Kind.BYTES, size=32, optional=True),
-        wire.Field(12, "send_epoch", wire.Kind.UINT),
-        wire.Field(
-            13, "send_epoch_ct", wire.Kind.BYTES, size=MLKEM768_CIPHERTEXT_SIZE, optional=True
-        ),
-        wire.Field(14, "send_epoch_ss", wire.Kind.BYTES, size=32, optional=True),
-        wire.Field(15, "ckr", wire.Kind.BYTES, size=32, optional=True),
-        wire.Field(16, "nr", wire.Kind.UINT),
-        wire.Field(17, "recv_kem_seed", wire.Kind.BYTES, size=MLKEM768_SEED_SIZE, optional=True),
-        wire.Field(18, "skipped", wire.Kind.BYTES, max_len=MAX_SKIPPED * _SKIPPED_ENTRY),
-        wire.Field(19, "own_dh_recent", wire.Kind.BYTES, max_len=_OWN_DH_KEPT * 32),
-        wire.Field(20, "remote_dh_recent", wire.Kind.BYTES, max_len=_OWN_DH_KEPT * 32),
-        wire.Field(21, "dh_self_pub", wire.Kind.BYTES, size=32, optional=True),
-        wire.Field(
-            22, "kem_self_pub", wire.Kind.BYTES, size=MLKEM768_PUBLIC_KEY_SIZE, optional=True
-        ),
-        wire.Field(23, "recv_root_ss", wire.Kind.BYTES, size=32, optional=True),
-        wire.Field(24, "send_epochs", wire.Kind.BOOL),
-        wire.Field(25, "recv_epochs", wire.Kind.BOOL),
-    ),
-)
-
-
-def state_to_bytes(st: RatchetState) -> bytes:
-    """Secret: the ratchet state's wire encoding (type 0x0061)."""
-    skipped = b"".join(
-        s.dh
-        + s.n.to_bytes(8, "big")
-        + s.mk_base
-        + s.root_ss
-        + (b"\x01" + s.kem_seed if s.kem_seed is not None else bytes(1 + MLKEM768_SEED_SIZE))
-        + s.at.to_bytes(8, "big")
-        for s in st.skipped
-    )
-    values = {
-        name: getattr(st, name)
-        for name in [
-            "rk",
-            "dh_self",
-            "kem_self",
-            "dh_remote",
-            "kem_remote",
-            "send_pending",
-            "cks",
-            "ns",
-            "pn",
-            "send_root_ct",
-            "send_root_ss",
-            "send_epoch",
-            "send_epoch_ct",
-            "send_epoch_ss",
-            "ckr",
-            "nr",
-            "recv_kem_seed",
-            "dh_self_pub",
-            "kem_self_pub",
-            "recv_root_ss",
-            "send_epochs",
-            "recv_epochs",
-        ]
-    }
-    return wire.encode(
-        STATE,
-        {
-            **values,
-            "skipped": skipped,
-            "own_dh_recent": b"".join(st.own_dh_recent),
-            "remote_dh_recent": b"".join(st.remote_dh_recent),
-        },
-    )
-
-
-def state_from_bytes(data: bytes) -> RatchetState:
-    """Decode :func:`state_to_bytes` strictly."""
-    rec = wire.decode(STATE, data)
-    raw, own, remote = rec.pop("skipped"), rec.pop("own_dh_recent"), rec.pop("remote_dh_recent")
-    if len(raw) % _SKIPPED_ENTRY or len(own) % 32 or len(remote) % 32:
-        raise MalformedInput("bad ratchet state lists")
-    skipped = []
-    for i in range(0, len(raw), _SKIPPED_ENTRY):
-        e = raw[i : i + _SKIPPED_ENTRY]
-        flag, seed = e[104], e[105:169]
-        if flag not in (0, 1) or (flag == 0 and any(seed)):
-            raise MalformedInput("bad ratchet state lists")
-        skipped.append(
-            Skipped(
-                dh=e[:32],
-                n=int.from_bytes(e[32:40], "big"),
-                mk_base=e[40:72],
-                root_ss=e[72:104],
-                kem_seed=seed if flag else None,
-                at=int.from_bytes(e[169:177], "big"),
-            )
-        )
-    return RatchetState(
-        **rec,
-        skipped=tuple(skipped),
-        own_dh_recent=tuple(own[i : i + 32] for i in range(0, len(own), 32)),
-        remote_dh_recent=tuple(remote[i : i + 32] for i in range(0, len(remote), 32)),
-    )

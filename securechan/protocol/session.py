@@ -7,8 +7,10 @@ time. It composes the handshake (``handshake.py``), the hybrid Double Ratchet
 
 Sending (``docs/PROTOCOL.md`` §15): build the payload with the next sequence
 number and the hash of our previous message, sign it, pad it, ratchet-encrypt
-it. **The caller must persist the session (``to_bytes``) before it releases
-the ciphertext**; then a crash can at worst lose a message that was never
+it. Every ``send_*`` returns an :class:`Outgoing` holding everything the
+caller keeps of that message (envelope, signed record, message key,
+associated data). **The caller must persist the session (``to_bytes``)
+before it releases the envelope**; then a crash can at worst lose a message that was never
 sent, and never reuses a message key.
 
 Receiving: ratchet-decrypt, unpad, parse, and check, in this order, that the
@@ -23,11 +25,15 @@ Gaps and reordering: messages carry the sender's sequence number. A message
 beyond the next expected one is accepted and a :class:`MessagesMissing` event
 names the hole; when a missing message arrives later (within the ratchet's
 skip window) it is accepted too and :class:`OutOfOrder` reports it.
+
+Where the parts live: the hash-chain placement and its events in
+``peer_chain.py`` (pure), the state value and its stored form (0x0080) in
+``session_state.py``, the ratchet in ``ratchet.py`` (stored form in
+``ratchet_record.py``, in-memory cache in ``ratchet_cache.py``).
 """
 
 from __future__ import annotations
 
-import enum
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -36,7 +42,6 @@ from typing import Annotated
 from securechan import wire
 from securechan.errors import (
     BadSignature,
-    ChainBroken,
     MalformedInput,
     MessageRejected,
     Misaddressed,
@@ -44,7 +49,7 @@ from securechan.errors import (
     Replay,
     WrongConversation,
 )
-from securechan.identity.keys import PUBLIC_IDENTITY, Fingerprint, Identity, PublicIdentity
+from securechan.identity.keys import Fingerprint, Identity, PublicIdentity
 from securechan.primitives import random_bytes, sha256, sha512
 from securechan.protocol import handshake as hs
 from securechan.protocol.address import QueueGrant
@@ -59,34 +64,40 @@ from securechan.protocol.payload import (
     SignedPayload,
     text_body,
 )
+from securechan.protocol.peer_chain import GapAbandoned, MessagesMissing, OutOfOrder, place
 from securechan.protocol.prekeys import PrekeyBundle, PrekeyStore
 from securechan.protocol.ratchet import (
-    MAX_SKIP,
-    RatchetCache,
+    Random,
     RatchetHeader,
     RatchetState,
     chain_commitment,
-    prune,
     ratchet_decrypt,
     ratchet_encrypt,
-    state_from_bytes,
-    state_to_bytes,
+)
+from securechan.protocol.ratchet_cache import RatchetCache
+from securechan.protocol.session_state import (
+    SENT_HASHES_KEPT,
+    SESSION,
+    Role,
+    SessionState,
+    session_from_bytes,
+    session_to_bytes,
 )
 
 __all__ = [
+    "MESSAGE",
+    "SESSION",
     "Event",
     "GapAbandoned",
     "MessageReceived",
     "MessagesMissing",
     "OutOfOrder",
+    "Outgoing",
     "ReceiptChecked",
     "Role",
     "Session",
     "message_chain",
 ]
-
-MAX_GAP = MAX_SKIP
-_SENT_HASHES_KEPT = 4096
 
 
 @wire.record(0x0062, "RatchetMessage")
@@ -102,11 +113,20 @@ class RatchetMessage(wire.Record):
 MESSAGE = wire.schema_of(RatchetMessage)
 
 
-class Role(enum.IntEnum):
-    """Which side started the session."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outgoing:
+    """One message made by a :class:`Session`: everything the caller persists
+    (with the session state) before it releases ``envelope``.
 
-    INITIATOR = 1
-    RESPONDER = 2
+    ``record`` is the signed payload record (our own record of what we
+    said); ``key`` and ``ad`` open this one envelope and no other
+    (``docs/AUDIT.md``, Statements): keep them as secret as the message."""
+
+    seq: int
+    envelope: bytes = field(repr=False)  # the ratchet message to post
+    record: bytes = field(repr=False)  # the SignedPayload record
+    key: bytes = field(repr=False)  # the message key
+    ad: bytes  # the associated-data prefix (the transcript hash, public)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -130,21 +150,6 @@ class MessageReceived:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class MessagesMissing:
-    """Sequence numbers ``from_seq``..``to_seq`` (inclusive) have not arrived."""
-
-    from_seq: int
-    to_seq: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class OutOfOrder:
-    """Message ``seq`` arrived after a later one (a gap being filled)."""
-
-    seq: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class ReceiptChecked:
     """The peer's receipt: does its view of our messages match ours?"""
 
@@ -152,59 +157,30 @@ class ReceiptChecked:
     matches: bool
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class GapAbandoned:
-    """Messages ``from_seq``..``to_seq`` are no longer awaited: more than
-    1000 later messages arrived, so any of them that never came is lost."""
-
-    from_seq: int
-    to_seq: int
-
-
 Event = MessageReceived | MessagesMissing | OutOfOrder | ReceiptChecked | GapAbandoned
-# The hash of a message we gave up waiting for: its successor cannot be linked.
-_UNKNOWN = b"\xff" * 32
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _Received:
-    """Ordering state of the peer's direction."""
-
-    contiguous: int = 0  # every seq <= this has arrived
-    last_hash: bytes = ZERO_HASH  # hash of message `contiguous`
-    highest: int = 0  # highest seq seen
-    # seq -> (hash, prev_hash) for arrived messages beyond `contiguous`
-    ahead: tuple[tuple[int, bytes, bytes], ...] = ()
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _State:
-    role: Role
-    conversation: bytes
-    peer: PublicIdentity
-    transcript_hash: bytes
-    ratchet: RatchetState = field(repr=False)
-    send_seq: int = 0
-    send_last_hash: bytes = ZERO_HASH
-    received: _Received = _Received()
-    generation: int = 0
 
 
 class Session:
     """One conversation with one peer. Not thread-safe; one owner at a time."""
 
-    def __init__(self, me: Identity, state: _State, sent: tuple[bytes, ...] = ()) -> None:
+    def __init__(
+        self,
+        me: Identity,
+        state: SessionState,
+        sent: tuple[bytes, ...] = (),
+        *,
+        rand: Random = random_bytes,
+    ) -> None:
         self._me = me
         self._st = state
         # Hashes of our last messages, oldest first, for checking receipts.
         # Kept outside the immutable state: appending must not copy 4096 hashes.
-        self._sent: deque[bytes] = deque(sent, maxlen=_SENT_HASHES_KEPT)
+        self._sent: deque[bytes] = deque(sent, maxlen=SENT_HASHES_KEPT)
         self._cache = RatchetCache()
-        self._last_sent = b""
-        self._last_key = b""
-        # The one source of randomness for reuse guards (tests inject one to
-        # make vectors reproducible); key generation uses primitives'.
-        self.random: Callable[[int], bytes] = random_bytes
+        # The session's one source of randomness (ratchet key material,
+        # reuse guards, file ids), given like the clock: the OS CSPRNG unless
+        # a test or a vector injects a seeded one. Not part of the state.
+        self._rand = rand
         # Relay checkpoints to carry in the payloads we send (the client's
         # newest verified ones; see payload.py). Not part of the state.
         self.checkpoints: tuple[str, ...] = ()
@@ -224,14 +200,16 @@ class Session:
         *,
         now: int,
         text: str | None = None,
+        rand: Random = random_bytes,
     ) -> tuple[Session, bytes]:
         """Start a session with the pinned contact ``peer``.
 
         Returns the session and the first message (handshake plus the first
         ratchet message, carrying ``text`` or an empty hello). Persist the
-        session before sending the first message.
+        session before sending the first message. ``rand`` is the session's
+        source of randomness (the OS CSPRNG unless a test injects one).
         """
-        shake, first = hs.initiate(me, peer, bundle, now=now)
+        shake, first = hs.initiate(me, peer, bundle, now=now, rand=rand)
         if shake.first_step is None:
             raise ValueError("initiator handshake without its first step")  # unreachable
         ratchet = RatchetState.initiator(
@@ -239,20 +217,21 @@ class Session:
         )
         session = cls(
             me,
-            _State(
+            SessionState(
                 role=Role.INITIATOR,
                 conversation=shake.conversation,
                 peer=peer,
                 transcript_hash=shake.transcript_hash,
                 ratchet=ratchet,
             ),
+            rand=rand,
         )
         session.handshake_proof = (shake.transcript, shake.signature)
         if text is None:
             inner = session._send(ContentType.HELLO, b"", now=now)
         else:
             inner = session._send(ContentType.TEXT, text_body(text), now=now)
-        return session, replace(first, message=inner).to_bytes()
+        return session, replace(first, message=inner.envelope).to_bytes()
 
     @classmethod
     def accept(
@@ -264,6 +243,7 @@ class Session:
         *,
         contact: Callable[[Fingerprint], PublicIdentity | None],
         now: int,
+        rand: Random = random_bytes,
     ) -> tuple[Session, PrekeyStore, hs.ReplayGuard, list[Event]]:
         """Accept a first message. Returns the session, the new prekey store
         and replay guard (persist all three, then show the events).
@@ -289,13 +269,14 @@ class Session:
         )
         session = cls(
             me,
-            _State(
+            SessionState(
                 role=Role.RESPONDER,
                 conversation=shake.conversation,
                 peer=shake.initiator,
                 transcript_hash=shake.transcript_hash,
                 ratchet=ratchet,
             ),
+            rand=rand,
         )
         session.handshake_proof = (shake.transcript, shake.signature)
         events = session.receive(first.message, now=now)
@@ -327,24 +308,10 @@ class Session:
         return self._st.generation
 
     @property
-    def last_sent_record(self) -> bytes:
-        """The signed payload record of the last message sent by this object
-        (for the sender's own record; empty if it sent nothing yet)."""
-        return self._last_sent
-
-    @property
     def transcript_hash(self) -> bytes:
         """The handshake transcript hash: the associated-data prefix of every
         message of this session (public to both parties)."""
         return self._st.transcript_hash
-
-    @property
-    def last_sent_opening(self) -> tuple[bytes, bytes]:
-        """The message key and associated-data prefix of the last message sent
-        by this object: with them anyone can open that one envelope and no
-        other (``docs/AUDIT.md``, Statements). Keep them as secret as the
-        message itself."""
-        return self._last_key, self._st.transcript_hash
 
     @property
     def sent_count(self) -> int:
@@ -358,23 +325,24 @@ class Session:
 
     # --- sending --------------------------------------------------------------
 
-    def send_text(self, text: str, *, now: int) -> bytes:
-        """Encrypt a text message. Persist the session before sending it."""
+    def send_text(self, text: str, *, now: int) -> Outgoing:
+        """Encrypt a text message. Persist the session (and what the caller
+        keeps of the :class:`Outgoing`) before sending its envelope."""
         return self._send(ContentType.TEXT, text_body(text), now=now)
 
-    def send_receipt(self, *, now: int) -> bytes:
+    def send_receipt(self, *, now: int) -> Outgoing:
         """Tell the peer how far we have received its messages, and the hash."""
         r = self._st.received
         body = Receipt(up_to_seq=r.contiguous, chain_hash=r.last_hash).to_bytes()
         return self._send(ContentType.RECEIPT, body, now=now)
 
-    def send_grant(self, grant: QueueGrant, *, now: int) -> bytes:
+    def send_grant(self, grant: QueueGrant, *, now: int) -> Outgoing:
         """Tell the peer to send to our private queue from now on."""
         return self._send(ContentType.QUEUE, grant.to_bytes(), now=now)
 
-    def send_file(self, name: str, data: bytes, *, now: int) -> list[bytes]:
-        """Encrypt a file as chunks of 32 KiB (one message each)."""
-        file_id = random_bytes(16)
+    def send_file(self, name: str, data: bytes, *, now: int) -> list[Outgoing]:
+        """Encrypt a file as chunks of 32 KiB (one message each, in order)."""
+        file_id = self._rand(16)
         digest = sha512(data)
         count = max(1, -(-len(data) // CHUNK_SIZE))
         out = []
@@ -392,7 +360,7 @@ class Session:
             out.append(self._send(ContentType.FILE, chunk.to_bytes(), now=now))
         return out
 
-    def _send(self, content_type: ContentType, body: bytes, *, now: int) -> bytes:
+    def _send(self, content_type: ContentType, body: bytes, *, now: int) -> Outgoing:
         st = self._st
         payload = Payload(
             sender=self._me.fingerprint,
@@ -409,11 +377,9 @@ class Session:
         signed_bytes = signed.to_bytes()
         digest = sha256(signed_bytes)
         ratchet, header, ciphertext, key = ratchet_encrypt(
-            st.ratchet, pad(signed_bytes), st.transcript_hash, cache=self._cache, rand=self.random
+            st.ratchet, pad(signed_bytes), st.transcript_hash, cache=self._cache, rand=self._rand
         )
         message = RatchetMessage(header=header.to_bytes(), ciphertext=ciphertext).to_bytes()
-        self._last_sent = signed_bytes
-        self._last_key = key
         self._st = replace(
             st,
             ratchet=ratchet,
@@ -422,7 +388,13 @@ class Session:
             generation=st.generation + 1,
         )
         self._sent.append(digest)
-        return message
+        return Outgoing(
+            seq=payload.seq,
+            envelope=message,
+            record=signed_bytes,
+            key=key,
+            ad=st.transcript_hash,
+        )
 
     # --- receiving ------------------------------------------------------------
 
@@ -464,7 +436,7 @@ class Session:
             raise MessageRejected("the message's signature does not verify") from None
         digest = sha256(signed_bytes)
         try:
-            received, events = _place(st.received, p.seq, digest, p.prev_hash)
+            received, chain_events = place(st.received, p.seq, digest, p.prev_hash)
         except Replay as e:
             # A fresh ratchet position but a used sequence number: a sender
             # restored from a backup (or equivocating). The payload is
@@ -473,8 +445,7 @@ class Session:
                 str(e), chain=header.dh, n=header.n, seq=p.seq, signed=signed_bytes
             ) from None
         content = p.content()
-        events.insert(
-            0,
+        events: list[Event] = [
             MessageReceived(
                 seq=p.seq,
                 sent_at=p.sent_at,
@@ -487,7 +458,8 @@ class Session:
                 n=header.n,
                 checkpoints=p.checkpoints,
             ),
-        )
+            *chain_events,
+        ]
         if isinstance(content, Receipt):
             events.append(self._check_receipt(content))
         self._st = replace(st, ratchet=ratchet, received=received, generation=st.generation + 1)
@@ -542,72 +514,20 @@ class Session:
         Skipped message keys older than 30 days are pruned first, here and
         in memory (``now`` is the caller's clock): no expired key is ever
         written (review 2026-12, finding 6)."""
-        self._st = replace(self._st, ratchet=prune(self._st.ratchet, now))
-        st = self._st
-        r = st.received
-        return wire.encode(
-            SESSION,
-            {
-                "role": int(st.role),
-                "conversation": st.conversation,
-                "own": self._me.fingerprint.digest,
-                "peer": st.peer.to_bytes(),
-                "transcript_hash": st.transcript_hash,
-                "ratchet": state_to_bytes(st.ratchet),
-                "send_seq": st.send_seq,
-                "send_last_hash": st.send_last_hash,
-                "sent_hashes": b"".join(self._sent),
-                "recv_contiguous": r.contiguous,
-                "recv_last_hash": r.last_hash,
-                "recv_highest": r.highest,
-                "recv_ahead": b"".join(s.to_bytes(8, "big") + h + ph for s, h, ph in r.ahead),
-                "generation": st.generation,
-            },
+        self._st, data = session_to_bytes(
+            self._st, own=self._me.fingerprint.digest, sent=self._sent, now=now
         )
+        return data
 
     @classmethod
-    def from_bytes(cls, me: Identity, data: bytes, *, now: int) -> Session:
+    def from_bytes(
+        cls, me: Identity, data: bytes, *, now: int, rand: Random = random_bytes
+    ) -> Session:
         """Load a session of ``me``; raise :class:`MalformedInput`. Skipped
-        message keys older than 30 days at ``now`` are dropped on load."""
-        rec = wire.decode(SESSION, data)
-        if rec["own"] != me.fingerprint.digest:
-            raise MalformedInput("this session belongs to another identity")
-        try:
-            role = Role(rec["role"])
-        except ValueError:
-            raise MalformedInput("bad session role") from None
-        sent, ahead = rec["sent_hashes"], rec["recv_ahead"]
-        if len(sent) % 32 or len(ahead) % 72:
-            raise MalformedInput("bad session lists")
-        if rec["conversation"] != hs.conversation_id(rec["transcript_hash"]):
-            raise MalformedInput("the conversation id does not match the transcript")
-        return cls(
-            me,
-            _State(
-                role=role,
-                conversation=rec["conversation"],
-                peer=PublicIdentity.from_bytes(rec["peer"]),
-                transcript_hash=rec["transcript_hash"],
-                ratchet=prune(state_from_bytes(rec["ratchet"]), now),
-                send_seq=rec["send_seq"],
-                send_last_hash=rec["send_last_hash"],
-                received=_Received(
-                    contiguous=rec["recv_contiguous"],
-                    last_hash=rec["recv_last_hash"],
-                    highest=rec["recv_highest"],
-                    ahead=tuple(
-                        (
-                            int.from_bytes(ahead[i : i + 8], "big"),
-                            ahead[i + 8 : i + 40],
-                            ahead[i + 40 : i + 72],
-                        )
-                        for i in range(0, len(ahead), 72)
-                    ),
-                ),
-                generation=rec["generation"],
-            ),
-            tuple(sent[i : i + 32] for i in range(0, len(sent), 32)),
-        )
+        message keys older than 30 days at ``now`` are dropped on load.
+        ``rand`` as for :meth:`initiate`."""
+        state, sent = session_from_bytes(data, own=me.fingerprint.digest, now=now)
+        return cls(me, state, sent, rand=rand)
 
 
 def message_chain(data: bytes) -> bytes | None:
@@ -621,78 +541,3 @@ def message_chain(data: bytes) -> bytes | None:
         return RatchetHeader.from_bytes(RatchetMessage.from_bytes(data).header).dh
     except MalformedInput:
         return None
-
-
-def _place(
-    r: _Received, seq: int, digest: bytes, prev_hash: bytes
-) -> tuple[_Received, list[Event]]:
-    """Fit message ``seq`` into the peer's hash chain; return the new
-    ordering state and the gap/reorder events. Pure; raises on conflict."""
-    ahead = {s: (h, ph) for s, h, ph in r.ahead}
-    if seq == 0:
-        raise MessageRejected("sequence numbers start at 1")
-    if seq <= r.contiguous or seq in ahead:
-        raise Replay("this message was already received (or given up as lost)")
-    events: list[Event] = []
-    if seq - r.contiguous > MAX_GAP:
-        # Memory is bounded: stop waiting for the oldest holes. They were
-        # reported as missing when they opened; now they are given up.
-        base = seq - MAX_GAP
-        events.append(GapAbandoned(from_seq=r.contiguous + 1, to_seq=base))
-        known = {s: h for s, h, _ in r.ahead if s <= base}
-        r = _Received(
-            contiguous=base,
-            last_hash=known.get(base, _UNKNOWN),
-            highest=max(r.highest, base),
-            ahead=tuple(e for e in r.ahead if e[0] > base),
-        )
-        ahead = {s: (h, ph) for s, h, ph in r.ahead}
-    # The link to the previous message, when we know it.
-    if seq == r.contiguous + 1:
-        if r.last_hash != _UNKNOWN and prev_hash != r.last_hash:
-            raise ChainBroken("the message does not follow the last one received")
-    elif seq - 1 in ahead and ahead[seq - 1][0] != prev_hash:
-        raise ChainBroken("the message does not follow its predecessor")
-    # The link from the next message, when it came first.
-    if seq + 1 in ahead and ahead[seq + 1][1] != digest:
-        raise ChainBroken("a later message does not follow this one")
-    if seq > r.highest + 1:
-        events.append(MessagesMissing(from_seq=r.highest + 1, to_seq=seq - 1))
-    if seq < r.highest:
-        events.append(OutOfOrder(seq=seq))
-    ahead[seq] = (digest, prev_hash)
-    contiguous, last_hash = r.contiguous, r.last_hash
-    while contiguous + 1 in ahead:
-        contiguous += 1
-        last_hash = ahead.pop(contiguous)[0]
-    return (
-        _Received(
-            contiguous=contiguous,
-            last_hash=last_hash,
-            highest=max(r.highest, seq),
-            ahead=tuple(sorted((s, h, ph) for s, (h, ph) in ahead.items())),
-        ),
-        events,
-    )
-
-
-SESSION = wire.Schema(
-    0x0080,
-    "Session",
-    (
-        wire.Field(1, "role", wire.Kind.UINT),
-        wire.Field(2, "conversation", wire.Kind.BYTES, size=16),
-        wire.Field(3, "own", wire.Kind.BYTES, size=32),
-        wire.Field(4, "peer", wire.Kind.RECORD, max_len=8192, schema=PUBLIC_IDENTITY),
-        wire.Field(5, "transcript_hash", wire.Kind.BYTES, size=32),
-        wire.Field(6, "ratchet", wire.Kind.BYTES, max_len=1 << 20),
-        wire.Field(7, "send_seq", wire.Kind.UINT),
-        wire.Field(8, "send_last_hash", wire.Kind.BYTES, size=32),
-        wire.Field(9, "sent_hashes", wire.Kind.BYTES, max_len=_SENT_HASHES_KEPT * 32),
-        wire.Field(10, "recv_contiguous", wire.Kind.UINT),
-        wire.Field(11, "recv_last_hash", wire.Kind.BYTES, size=32),
-        wire.Field(12, "recv_highest", wire.Kind.UINT),
-        wire.Field(13, "recv_ahead", wire.Kind.BYTES, max_len=(MAX_GAP + 1) * 72),
-        wire.Field(14, "generation", wire.Kind.UINT),
-    ),
-)
