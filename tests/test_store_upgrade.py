@@ -12,7 +12,11 @@ import asyncio
 import dataclasses
 import json
 import shutil
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -348,3 +352,60 @@ def test_split_statements_keeps_triggers_and_comments_whole() -> None:
     assert len(statements) == 2 and statements[1].endswith("END;")
     with pytest.raises(ValueError, match="ends inside"):
         split_statements("SELECT 1; SELECT 2")
+
+
+def test_sigkill_mid_upgrade_leaves_the_old_version(old: Path, tmp_path: Path) -> None:
+    """A process killed (SIGKILL) inside an upgrade step: the file is still
+    version 6 with every row, and the next open upgrades it."""
+    folder = tmp_path / "schema"
+    shutil.copytree(Path(str(SCHEMA_ROOT / "client")), folder)
+    step = folder / "upgrade-to-v7.sql"
+    # A step that writes for a long time: the kill lands inside it.
+    slow = (
+        "CREATE TABLE half_done (x);\n"
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 100000000)"
+        " INSERT INTO half_done SELECT x FROM c;\n"
+    )
+    step.write_text(step.read_text() + slow)
+    path = old / "client" / "client.db"
+    code = (
+        "import dataclasses, sys, pathlib\n"
+        "from securechan.client import db\n"
+        "db.SCHEMA = dataclasses.replace(db.SCHEMA, folder=pathlib.Path(sys.argv[1]))\n"
+        "print('opening', flush=True)\n"
+        "db.ClientDB(pathlib.Path(sys.argv[2]), bytes.fromhex(sys.argv[3]))\n"
+    )
+    key = EXPECTED["client"]["storage_key"]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(folder), str(path), key], stdout=subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"opening\n"
+        deadline = time.monotonic() + 60
+        wal = path.with_name("client.db-wal")
+        # Killed once the step has written (the WAL grows), long before it ends.
+        while not (wal.exists() and wal.stat().st_size > 1 << 20):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    assert _pragma(path, "user_version") == 6
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT 1 FROM sqlite_master WHERE name = 'half_done'").fetchone() is None
+    db.close()
+    test_client_db_upgrades_in_place_and_keeps_every_row(old, tmp_path)
+
+
+@pytest.mark.parametrize("store", OPENERS)
+def test_schema_files_ship_in_the_package(store: str) -> None:
+    schema = OPENERS[store][2]
+    folder = SCHEMA_ROOT / schema.name
+    assert Path(str(folder)).parent.parent == Path(sqlite_store.__file__).parent.parent
+    names = sorted(f.name for f in folder.iterdir())
+    assert f"v{schema.version}.sql" in names
+    for name in names:
+        assert split_statements((folder / name).read_text())
