@@ -279,7 +279,12 @@ class Schema:
         and ``sqlite3.Error`` when SQLite fails (that step is rolled back:
         the file stays at the version before it).
         """
-        found: int | None = None
+        # The common case, a file at the current version, needs no write lock:
+        # a version only ever grows, so a current file stays current.
+        found: int | None = self._read(conn, path)
+        if found == self.version:
+            return found
+        found = None
         while True:
             conn.execute("BEGIN IMMEDIATE")
             try:
