@@ -12,6 +12,7 @@ production code.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -47,10 +48,10 @@ from securechan.errors import (
     MalformedInput,
     SecurechanError,
     StorageError,
-    UnsupportedVersion,
 )
 from securechan.identity import Identity, Keystore
 from securechan.identity.events import EventKind, SecurityEvent
+from securechan.sqlite_schema import SCHEMA_ROOT
 from tests.conftest import NOW, fixed_identity
 
 CTX_ENTRY = b"securechan/v1/audit-entry"
@@ -664,18 +665,23 @@ def test_limit_everything_deleted(built: Built, copy: Path) -> None:
 
 def test_newer_schema_is_refused(built: Built, copy: Path) -> None:
     _tamper(copy, lambda db: db.execute("PRAGMA user_version = 2"))
-    with pytest.raises(UnsupportedVersion):
+    with pytest.raises(StorageError, match="newer"):
         AuditLog.open(copy, read_only=True)
-    with pytest.raises(UnsupportedVersion):
+    with pytest.raises(StorageError, match="newer"):
         AuditLog.open(copy)
 
 
-def test_upgrade_path(built: Built, copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def to_v2(db: sqlite3.Connection) -> None:
-        db.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY)")
-
-    monkeypatch.setattr(log_module, "SCHEMA_VERSION", 2)
-    monkeypatch.setitem(log_module._MIGRATIONS, 1, to_v2)
+def test_upgrade_path(
+    built: Built, copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    schemas = tmp_path / "schema"
+    schemas.mkdir()
+    v1 = (SCHEMA_ROOT / "audit" / "v1.sql").read_text()
+    (schemas / "v2.sql").write_text(v1 + "CREATE TABLE notes (id INTEGER PRIMARY KEY);\n")
+    (schemas / "upgrade-to-v2.sql").write_text("CREATE TABLE notes (id INTEGER PRIMARY KEY);\n")
+    monkeypatch.setattr(
+        log_module, "SCHEMA", dataclasses.replace(log_module.SCHEMA, folder=schemas)
+    )
     with pytest.raises(StorageError, match="upgrades it"):
         AuditLog.open(copy, read_only=True)
     AuditLog.open(copy).close()

@@ -22,6 +22,7 @@ RANKS = {
     "errors": 0,
     "strict_json": 1,
     "primitives": 1,
+    "sqlite_schema": 1,  # opens every store's SQLite file (stdlib sqlite3 + errors)
     "wire": 2,
     "armor": 2,
     "terminal_text": 2,

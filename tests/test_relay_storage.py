@@ -9,8 +9,10 @@ versions, and that deleted envelopes do not linger in the file or its WAL.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -33,6 +35,7 @@ from securechan.relay.storage import (
     QueueFull,
     RelayStorage,
 )
+from securechan.sqlite_schema import SCHEMA_ROOT
 from tests.relay_conformance import (
     NOW,
     OpenStorage,
@@ -180,16 +183,18 @@ def test_an_upgrade_runs_the_missing_steps_all_or_nothing(
 
     _run(make_v1)
 
-    def add_column(conn: sqlite3.Connection) -> None:
-        conn.execute("ALTER TABLE queues ADD COLUMN note INTEGER")
-
-    def broken(conn: sqlite3.Connection) -> None:
-        add_column(conn)
-        raise sqlite3.OperationalError("this step fails half-way")
-
+    # The next version, in a schema folder of its own: v3.sql and upgrade-to-v3.sql.
+    schemas = tmp_path / "schema"
+    shutil.copytree(Path(str(SCHEMA_ROOT / "relay")), schemas)
+    add_column = "ALTER TABLE queues ADD COLUMN note INTEGER;\n"
+    v2 = (schemas / f"v{SCHEMA_VERSION}.sql").read_text()
+    (schemas / f"v{SCHEMA_VERSION + 1}.sql").write_text(v2 + add_column)
+    upgrade = schemas / f"upgrade-to-v{SCHEMA_VERSION + 1}.sql"
     # A failing step leaves the file at its old version, without the new column.
-    monkeypatch.setattr(sqlite_store, "_MIGRATIONS", (*sqlite_store._MIGRATIONS, broken))
-    monkeypatch.setattr(sqlite_store, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    failing = "INSERT INTO no_such_table VALUES (1);\n"
+    upgrade.write_text(add_column + failing)
+    schema = dataclasses.replace(sqlite_store.SCHEMA, folder=schemas)
+    monkeypatch.setattr(sqlite_store, "SCHEMA", schema)
     with pytest.raises(StorageError):
         SqliteStorage(path)
     conn = _raw(path)
@@ -198,7 +203,9 @@ def test_an_upgrade_runs_the_missing_steps_all_or_nothing(
     conn.close()
 
     # A good step upgrades the file and keeps the data.
-    monkeypatch.setattr(sqlite_store, "_MIGRATIONS", (*sqlite_store._MIGRATIONS[:-1], add_column))
+    upgrade.write_text(add_column)
+    schema = dataclasses.replace(sqlite_store.SCHEMA, folder=schemas)
+    monkeypatch.setattr(sqlite_store, "SCHEMA", schema)
 
     async def upgraded() -> None:
         async with await SqliteStorage.open(path) as s:

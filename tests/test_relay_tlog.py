@@ -67,6 +67,7 @@ from securechan.errors import ProofFailed
 from securechan.identity import Keystore
 from securechan.primitives import KDF_INTERACTIVE, Ed25519SigningKey
 from securechan.protocol.relay_auth import b64d
+from securechan.relay.tlog import SCHEMA as tlog_schema
 from securechan.relay.tlog import RelayLog
 from securechan.transport import RelayClient, RetryPolicy, SendReply
 
@@ -438,7 +439,7 @@ def relay_db_leaves(data: Path) -> list[bytes]:
 
 
 def tlog_leaves(data: Path) -> list[bytes]:
-    with TreeStore(data / "tlog.db") as tree:
+    with TreeStore(data / "tlog.db", schema=tlog_schema) as tree:
         return [tree.leaf_hash(i) for i in range(tree.size)]
 
 

@@ -3,9 +3,10 @@ security events, signed at intervals by the party's own identity.
 
 ``docs/AUDIT.md`` ("Local audit log") is the normative description. In short:
 
-* Two files in the home folder. ``audit.db`` (SQLite: WAL,
-  ``synchronous=FULL``, ``secure_delete=ON``, schema version in
-  ``PRAGMA user_version``) holds one row per entry. ``audit.head`` holds a
+* Two files in the home folder. ``audit.db`` (SQLite, opened by
+  :mod:`securechan.sqlite_schema`: WAL, ``synchronous=FULL``,
+  ``secure_delete=ON``; schema in ``securechan/schema/audit/``) holds one
+  row per entry. ``audit.head`` holds a
   copy of the newest signed checkpoint, replaced atomically after the
   checkpoint is committed, so cutting entries off the end of the database is
   seen even when the checkpoint entries go with them.
@@ -30,22 +31,31 @@ older copy of ``audit.head``; AUDIT.md says so in "What it does not prove".
 
 Errors: misuse raises ``ValueError``/``TypeError``; a log that fails its checks
 raises :class:`~securechan.errors.AuditLogBroken`; a file that cannot be read
-or written raises :class:`~securechan.errors.StorageError`; a log written by a
-newer schema raises :class:`~securechan.errors.UnsupportedVersion`.
+or written raises :class:`~securechan.errors.StorageError`, and so does a log written by
+a newer schema.
 """
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from securechan.audit.log_chain import (
+    HEAD_FILE,
+    ZERO_HASH,
+    Chain,
+    VerifyReport,
+    check_head_row,
+    check_head_signature,
+    parse_row,
+    verdict,
+)
+from securechan.audit.log_events import AuditEvents
 from securechan.audit.log_records import (
     CONTEXT_CHECKPOINT,
     INTERNAL_KINDS,
@@ -53,27 +63,18 @@ from securechan.audit.log_records import (
     AuditEntry,
     LogCheckpoint,
     LogSigner,
-    MessageEvent,
-    PartyEvent,
-    PrekeysRotated,
-    Rejection,
-    RelayCheckpointSeen,
-    SessionEvent,
-    clean_detail,
     entry_hash,
 )
 from securechan.errors import (
     AuditLogBroken,
     BadSignature,
     MalformedInput,
-    Reason,
     SecurechanError,
     StorageError,
-    UnsupportedVersion,
 )
 from securechan.identity._files import atomic_write, ensure_private_dir, read_bounded
-from securechan.identity.events import SecurityEvent
-from securechan.identity.keys import Fingerprint, Identity, PublicIdentity
+from securechan.identity.keys import Identity, PublicIdentity
+from securechan.sqlite_schema import Schema, connect, prepare_file
 
 __all__ = [
     "CHECKPOINT_EVERY",
@@ -86,40 +87,24 @@ __all__ = [
 ]
 
 DB_FILE = "audit.db"
-HEAD_FILE = "audit.head"
 CHECKPOINT_EVERY = 64
-SCHEMA_VERSION = 1
-ZERO_HASH = bytes(32)
 _MAX_HEAD = 16 * 1024
 
-_SCHEMA_V1 = (
-    "CREATE TABLE entries ("
-    " idx INTEGER PRIMARY KEY CHECK (idx >= 0),"
-    " kind TEXT NOT NULL,"
-    " entry BLOB NOT NULL,"
-    " hash BLOB NOT NULL CHECK (length(hash) = 32))",
-    # Finds the last checkpoint without a scan; `kind` repeats the entry's own
-    # kind, and verify() refuses a row where the two differ.
-    "CREATE INDEX entries_kind ON entries (kind, idx)",
-)
 
-# Upgrade path: _MIGRATIONS[v] turns a version-v file into version v + 1 inside
-# the transaction that records the new version. Empty while only v1 exists.
-_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {}
+def _legacy(db: sqlite3.Connection) -> int:
+    # Tables but no version: the header was reset (version 1 always set one).
+    raise AuditLogBroken(None, "the database lost its schema version")
+
+
+SCHEMA = Schema("audit", application_id=0x73634155, title="a securechan audit log", legacy=_legacy)
+"""``securechan/schema/audit/``: the table, its versions and upgrades."""
+SCHEMA_VERSION = SCHEMA.version
 
 # SQLite result codes that mean "could not get at the file", not "the file is
 # damaged": they become StorageError; every other failure is a broken log.
 _ACCESS_ERRORS = frozenset(
-    {
-        "SQLITE_BUSY",
-        "SQLITE_LOCKED",
-        "SQLITE_CANTOPEN",
-        "SQLITE_PERM",
-        "SQLITE_READONLY",
-        "SQLITE_FULL",
-        "SQLITE_NOMEM",
-        "SQLITE_AUTH",
-    }
+    "SQLITE_" + name
+    for name in ("BUSY", "LOCKED", "CANTOPEN", "PERM", "READONLY", "FULL", "NOMEM", "AUTH")
 )
 
 
@@ -142,25 +127,6 @@ def _sqlite_error(e: Exception, where: str, index: int | None) -> SecurechanErro
     return AuditLogBroken(index, f"the database file is damaged ({e})")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class VerifyReport:
-    """What :meth:`AuditLog.verify` established about an intact log.
-
-    ``last_checkpoint`` is the index of the last signed checkpoint entry
-    (``None`` if there is none yet); ``unsigned`` counts the entries after it,
-    which no signature covers yet. ``head_checkpoint`` is the checkpoint that
-    ``audit.head`` holds. ``signers`` are the keys the log introduced to sign
-    checkpoints (``log-signer`` entries), in order of first introduction.
-    """
-
-    entries: int
-    checkpoints: int
-    last_checkpoint: int | None
-    unsigned: int
-    head_checkpoint: int | None
-    signers: tuple[Fingerprint, ...]
-
-
 class _Tip:
     """Where the next entry goes: its index and the hash it chains from."""
 
@@ -171,97 +137,7 @@ class _Tip:
         self.head = head
 
 
-def _parse_row(index: int, row: tuple[Any, ...] | None) -> AuditEntry:
-    """The entry in ``row`` (idx, kind, entry, hash), which must be entry
-    ``index``: parsed strictly and checked against its row."""
-    if row is None:
-        raise AuditLogBroken(index, f"entry {index} is missing")
-    idx, kind, blob, stored = row
-    if type(idx) is not int:
-        raise AuditLogBroken(index, "a row has a damaged index")
-    if idx != index:
-        # Rows are read in index order, so a larger index means rows are gone.
-        raise AuditLogBroken(index, f"entry {index} is missing (the next row is entry {idx})")
-    if type(blob) is not bytes or type(stored) is not bytes or type(kind) is not str:
-        raise AuditLogBroken(index, "the row is damaged")
-    try:
-        entry = AuditEntry.from_bytes(blob)
-    except (SecurechanError, ValueError, TypeError):
-        raise AuditLogBroken(index, "the entry is malformed") from None
-    if entry.index != index:
-        raise AuditLogBroken(index, f"the row holds entry {entry.index} (moved or reordered)")
-    if entry.kind != kind:
-        raise AuditLogBroken(index, "the row's kind column does not match the entry")
-    return entry
-
-
-class _Chain:
-    """Recomputes the hash chain one stored row at a time.
-
-    Raises :class:`AuditLogBroken` at the first row that does not follow: a
-    gap, a row out of place, a malformed entry, a hash that does not chain,
-    or a checkpoint that does not sign the chain before it. With
-    ``check_signatures`` every checkpoint's signature is verified with the
-    key introduced by an earlier ``log-signer`` entry.
-    """
-
-    def __init__(self, *, start: int = 0, prev: bytes = ZERO_HASH, check_signatures: bool) -> None:
-        self.next = start
-        self.prev = prev
-        self.check_signatures = check_signatures
-        self.signers: dict[bytes, PublicIdentity] = {}
-        self.order: list[Fingerprint] = []
-        self.checkpoints = 0
-        self.last_checkpoint: tuple[int, LogCheckpoint] | None = None
-        self.last_good = -1  # index of the last checkpoint that verified
-
-    def feed(self, row: tuple[Any, ...]) -> AuditEntry:
-        """Check the next row; return its entry."""
-        i = self.next
-        entry = _parse_row(i, row)
-        digest = entry_hash(self.prev, row[2])
-        if digest != row[3]:
-            raise AuditLogBroken(
-                i, "the entry does not chain from the one before it (changed, inserted or moved)"
-            )
-        fields = entry.fields
-        if isinstance(fields, LogSigner):
-            fp = fields.identity.fingerprint
-            if fp.digest not in self.signers:
-                self.order.append(fp)
-            self.signers[fp.digest] = fields.identity
-        elif isinstance(fields, LogCheckpoint):
-            self._checkpoint(i, entry.time, fields)
-        self.prev = digest
-        self.next = i + 1
-        return entry
-
-    def _checkpoint(self, i: int, at: int, cp: LogCheckpoint) -> None:
-        if cp.count != i:
-            raise AuditLogBroken(i, f"the checkpoint claims to be at entry {cp.count}")
-        if cp.time != at:
-            raise AuditLogBroken(i, "the checkpoint's time differs from its entry's")
-        if cp.head != self.prev:
-            since = "the start" if self.last_good < 0 else f"entry {self.last_good}"
-            raise AuditLogBroken(
-                i,
-                f"the signed checkpoint does not match the entries before it: "
-                f"an entry after {since} was changed, inserted, removed or reordered",
-            )
-        if self.check_signatures:
-            signer = self.signers.get(cp.signer)
-            if signer is None:
-                raise AuditLogBroken(i, "the checkpoint's key was never introduced in the log")
-            try:
-                signer.verify(cp.signature, cp.body_bytes(), context=CONTEXT_CHECKPOINT)
-            except BadSignature:
-                raise AuditLogBroken(i, "the checkpoint's signature does not verify") from None
-        self.checkpoints += 1
-        self.last_checkpoint = (i, cp)
-        self.last_good = i
-
-
-class AuditLog:
+class AuditLog(AuditEvents):
     """The audit log of one home folder. Open it with :meth:`open`.
 
     One instance per thread (``sqlite3``'s rule). Several instances and
@@ -352,25 +228,13 @@ class AuditLog:
         if not path.exists() and (home / HEAD_FILE).exists():
             raise cls._no_log(home)  # before creating anything
         ensure_private_dir(home)
+        prepare_file(path)
         try:
-            # Created here with mode 0600; SQLite gives -wal and -shm the same.
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            os.close(fd)
-        except FileExistsError:
-            pass
-        except OSError as e:
-            raise StorageError(f"cannot create {path}: {e.strerror}") from None
-        try:
-            db = sqlite3.connect(path, isolation_level=None, timeout=30.0)
+            db = connect(path, foreign_keys=False)
         except _SQLITE_ERRORS as e:
             raise _sqlite_error(e, str(path), None) from None
         try:
-            (mode,) = db.execute("PRAGMA journal_mode = WAL").fetchone()
-            if str(mode).lower() != "wal":
-                raise StorageError(f"{path}: the audit log needs a file system with WAL support")
-            db.execute("PRAGMA synchronous = FULL")
-            db.execute("PRAGMA secure_delete = ON")
-            _init_schema(db, path)
+            SCHEMA.apply(db, path)
         except _SQLITE_ERRORS as e:
             db.close()
             raise _sqlite_error(e, str(path), None) from None
@@ -384,17 +248,11 @@ class AuditLog:
         if not path.exists():
             raise cls._no_log(home)
         try:
-            db = sqlite3.connect(
-                path.resolve().as_uri() + "?mode=ro", uri=True, isolation_level=None, timeout=30.0
-            )
+            db = connect(path, read_only=True)
         except _SQLITE_ERRORS as e:
             raise _sqlite_error(e, str(path), None) from None
         try:
-            db.execute("PRAGMA query_only = ON")
-            (version,) = db.execute("PRAGMA user_version").fetchone()
-            tables = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
-            _check_version(version, bool(tables), path, writable=False)
-            if version == 0:
+            if SCHEMA.check(db, path) == 0:
                 raise cls._no_log(home)
         except _SQLITE_ERRORS as e:
             db.close()
@@ -487,7 +345,7 @@ class AuditLog:
         last = self._last_checkpoint_index()
         if last is None:
             return None
-        entry = _parse_row(last, self._row(last))
+        entry = parse_row(last, self._row(last))
         if not isinstance(entry.fields, LogCheckpoint):  # unreachable: the kind was checked
             raise AuditLogBroken(last, "the row's kind column does not match the entry")
         return entry, entry.fields
@@ -529,7 +387,7 @@ class AuditLog:
         with self._transaction(write=False):
             n = self._tip().next
             row = self._row(cp.count)
-        _check_head_row(cp, raw, row, n)
+        check_head_row(cp, raw, row, n)
 
     def _sync_head(self) -> None:
         """Copy the newest checkpoint by our identity to ``audit.head``.
@@ -591,7 +449,7 @@ class AuditLog:
             if row is None or type(row[3]) is not bytes:
                 raise AuditLogBroken(start - 1, "the row is missing or damaged")
             prev = row[3]
-        chain = _Chain(start=start, prev=prev, check_signatures=False)
+        chain = Chain(start=start, prev=prev, check_signatures=False)
         with self._errors(start):
             rows = self._db.execute(
                 "SELECT idx, kind, entry, hash FROM entries WHERE idx >= ? ORDER BY idx", (start,)
@@ -674,96 +532,6 @@ class AuditLog:
         self._sync_head()
         return entry
 
-    # --- typed helpers -------------------------------------------------------------
-
-    def record(self, event: SecurityEvent) -> None:
-        """The :data:`~securechan.identity.events.EventSink` of the identity layer.
-
-        Maps each keystore and contact event to an entry of the same kind.
-        Failures propagate: a security record that silently drops events
-        would be worse than a loud error.
-        """
-        kind = event.kind.value
-        if KINDS.get(kind) is not PartyEvent:
-            raise ValueError(f"no audit entry kind for event {kind!r}")
-        old = event.old_fingerprint
-        fields = PartyEvent(
-            name=event.name,
-            fingerprint=Fingerprint.parse(event.fingerprint).digest,
-            old_fingerprint=Fingerprint.parse(old).digest if old is not None else None,
-        )
-        self._append(kind, fields, event.at)
-
-    def message_sent(
-        self,
-        *,
-        conversation: bytes,
-        seq: int,
-        payload_hash: bytes,
-        peer: Fingerprint,
-        at: int | None = None,
-    ) -> AuditEntry:
-        """A message we signed and queued: its conversation, sequence number,
-        SHA-256 of its signed payload record, and the recipient's key."""
-        fields = MessageEvent(
-            conversation=conversation, seq=seq, payload_hash=payload_hash, peer=peer.digest
-        )
-        return self._append("message-sent", fields, at)
-
-    def message_received(
-        self,
-        *,
-        conversation: bytes,
-        seq: int,
-        payload_hash: bytes,
-        peer: Fingerprint,
-        at: int | None = None,
-    ) -> AuditEntry:
-        """A message that passed every check, as :meth:`message_sent`."""
-        fields = MessageEvent(
-            conversation=conversation, seq=seq, payload_hash=payload_hash, peer=peer.digest
-        )
-        return self._append("message-received", fields, at)
-
-    def session_started(
-        self, *, conversation: bytes, peer: Fingerprint, role: str, at: int | None = None
-    ) -> AuditEntry:
-        """A new session; ``role`` is ``"initiator"`` or ``"responder"``."""
-        fields = SessionEvent(conversation=conversation, peer=peer.digest, role=role)
-        return self._append("session-started", fields, at)
-
-    def rejected(
-        self,
-        reason: Reason,
-        detail: str,
-        *,
-        conversation: bytes | None = None,
-        peer: Fingerprint | None = None,
-        at: int | None = None,
-    ) -> AuditEntry:
-        """Something refused: ``reason`` is its stable code (``Reason.REPLAY``),
-        ``detail`` its message, made safe to print and cut to 500 characters."""
-        fields = Rejection(
-            reason=reason,
-            detail=clean_detail(detail),
-            conversation=conversation,
-            peer=peer.digest if peer is not None else None,
-        )
-        return self._append("rejected", fields, at)
-
-    def checkpoint_seen(
-        self, *, origin: str, size: int, root_hash: bytes, at: int | None = None
-    ) -> AuditEntry:
-        """A relay transparency-log checkpoint we verified."""
-        fields = RelayCheckpointSeen(origin=origin, size=size, root_hash=root_hash)
-        return self._append("relay-checkpoint-seen", fields, at)
-
-    def prekeys_rotated(self, *, relay: str, count: int, at: int | None = None) -> AuditEntry:
-        """Prekeys published at ``relay`` (``count`` one-time keys)."""
-        return self._append("prekeys-rotated", PrekeysRotated(relay=relay, count=count), at)
-
-    # --- reading -------------------------------------------------------------------
-
     def entries(self, since: int | None = None) -> Iterator[AuditEntry]:
         """The entries from index ``since`` (default 0) on, parsed strictly.
 
@@ -802,17 +570,8 @@ class AuditLog:
         """
         trusted = public_identity
         head = self._read_head()
-        if head is not None:
-            cp, _ = head
-            if cp.signer != trusted.fingerprint.digest:
-                raise AuditLogBroken(
-                    None, f"{HEAD_FILE} is signed by {Fingerprint(cp.signer)}, not by this identity"
-                )
-            try:
-                trusted.verify(cp.signature, cp.body_bytes(), context=CONTEXT_CHECKPOINT)
-            except BadSignature:
-                raise AuditLogBroken(None, f"{HEAD_FILE}'s signature does not verify") from None
-        chain = _Chain(check_signatures=True)
+        check_head_signature(head, trusted)
+        chain = Chain(check_signatures=True)
         head_row: tuple[Any, ...] | None = None
         with self._transaction(write=False):
             with self._errors(0):
@@ -831,84 +590,4 @@ class AuditLog:
                 problems = self._db.execute("PRAGMA integrity_check(1)").fetchall()
             if problems != [("ok",)]:
                 raise AuditLogBroken(None, "the database file is damaged (integrity_check)")
-        n = chain.next
-        if head is not None:
-            _check_head_row(head[0], head[1], head_row, n)
-        last = chain.last_checkpoint
-        if last is not None:
-            if last[1].signer != trusted.fingerprint.digest:
-                raise AuditLogBroken(
-                    last[0],
-                    f"the last signed checkpoint is by {Fingerprint(last[1].signer)}, "
-                    f"not by this identity ({trusted.fingerprint})",
-                )
-            if head is None:
-                raise AuditLogBroken(
-                    None, f"{HEAD_FILE} is missing, but the log holds signed checkpoints"
-                )
-        return VerifyReport(
-            entries=n,
-            checkpoints=chain.checkpoints,
-            last_checkpoint=last[0] if last is not None else None,
-            unsigned=n - (last[0] + 1) if last is not None else n,
-            head_checkpoint=head[0].count if head is not None else None,
-            signers=tuple(chain.order),
-        )
-
-
-def _check_version(version: Any, has_tables: bool, path: Path, *, writable: bool) -> None:
-    if type(version) is not int or version < 0:
-        raise AuditLogBroken(None, "the database header is damaged")
-    if version > SCHEMA_VERSION:
-        raise UnsupportedVersion(f"{path} was written by a newer securechan (schema {version})")
-    if version == 0 and has_tables:
-        raise AuditLogBroken(None, "the database lost its schema version")
-    if 0 < version < SCHEMA_VERSION and not writable:
-        raise StorageError(
-            f"{path} uses schema {version}; any command that writes the log upgrades it"
-        )
-
-
-def _init_schema(db: sqlite3.Connection, path: Path) -> None:
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        (version,) = db.execute("PRAGMA user_version").fetchone()
-        tables = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
-        _check_version(version, bool(tables), path, writable=True)
-        if version == 0:
-            for statement in _SCHEMA_V1:
-                db.execute(statement)
-            version = 1
-        start = version
-        while version < SCHEMA_VERSION:
-            step = _MIGRATIONS.get(version)
-            if step is None:
-                raise UnsupportedVersion(f"{path}: no upgrade path from schema {version}")
-            step(db)
-            version += 1
-        if version != start or not tables:
-            # PRAGMA takes no parameters; the value is an int we computed.
-            db.execute(f"PRAGMA user_version = {int(version)}")
-        db.execute("COMMIT")
-    except BaseException:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        raise
-
-
-def _check_head_row(cp: LogCheckpoint, raw: bytes, row: tuple[Any, ...] | None, n: int) -> None:
-    """The row at ``cp.count`` must be the checkpoint ``audit.head`` holds."""
-    if cp.count >= n:
-        raise AuditLogBroken(
-            n,
-            f"entries from {n} on are missing: {HEAD_FILE} holds a signed "
-            f"checkpoint at entry {cp.count} (the log was cut short)",
-        )
-    if row is None:
-        raise AuditLogBroken(cp.count, f"the checkpoint {HEAD_FILE} holds is missing")
-    try:
-        stored = _parse_row(cp.count, row).fields
-    except AuditLogBroken:
-        stored = None
-    if not isinstance(stored, LogCheckpoint) or stored.to_bytes() != raw:
-        raise AuditLogBroken(cp.count, f"the entry is not the checkpoint {HEAD_FILE} holds")
+        return verdict(chain, head, head_row, trusted)

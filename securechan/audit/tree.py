@@ -22,10 +22,10 @@ Guarantees:
   handed out for an old checkpoint stays valid.
 * Several processes may share a file: a writer re-reads the size inside its
   write transaction and reloads its compact range if another one appended.
-* SQL is parameterised; pragmas come from fixed strings. SQLite failures and a
-  missing row (a damaged file) raise :class:`~securechan.errors.StorageError`;
-  a file from a newer schema raises
-  :class:`~securechan.errors.UnsupportedVersion`. Impossible requests
+* The file is opened by :mod:`securechan.sqlite_schema` (WAL,
+  ``synchronous``), its tables are in ``securechan/schema/tree/``. SQL is
+  parameterised. SQLite failures, a missing row (a damaged file) and a file
+  from a newer schema raise :class:`~securechan.errors.StorageError`. Impossible requests
   (``index >= size``, a size beyond the tree) raise ``ValueError``.
 """
 
@@ -36,31 +36,37 @@ import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from itertools import count
+from pathlib import Path
 from types import TracebackType
 
 from securechan.audit import merkle
 from securechan.audit.merkle import HASH_SIZE, CompactRange, NodeId, leaf_hash
-from securechan.errors import StorageError, UnsupportedVersion
+from securechan.errors import StorageError
+from securechan.sqlite_schema import Schema, connect
 
-__all__ = ["SCHEMA_VERSION", "TreeStore", "storage_index"]
+__all__ = ["SCHEMA", "SCHEMA_VERSION", "TreeStore", "legacy_version", "storage_index"]
 
-SCHEMA_VERSION = 1
 # Row positions (about 2n) must fit SQLite's signed 64-bit integers.
 _MAX_LEAVES = 1 << 62
 
-_SCHEMA_V1 = (
-    "CREATE TABLE schema_version (version INTEGER NOT NULL)",
-    "CREATE TABLE tree_size (id INTEGER PRIMARY KEY CHECK (id = 0),"
-    " size INTEGER NOT NULL CHECK (size >= 0))",
-    "CREATE TABLE nodes (pos INTEGER PRIMARY KEY, hash BLOB NOT NULL CHECK (length(hash) = 32))",
-    "INSERT INTO tree_size (id, size) VALUES (0, 0)",
+
+def legacy_version(db: sqlite3.Connection) -> int:
+    """The version of a file from before ``user_version``: version 1 kept it
+    in the one-row table ``schema_version`` (also in ``tlog.db``)."""
+    if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'schema_version'").fetchone():
+        raise StorageError("not a tree store (no schema version)")
+    rows = db.execute("SELECT version FROM schema_version").fetchall()
+    if rows != [(1,)]:
+        raise StorageError("tree store: damaged schema_version table")
+    return 1
+
+
+SCHEMA = Schema(
+    "tree", application_id=0x73635452, title="a securechan tree store", legacy=legacy_version
 )
-
-# Upgrade hook: _MIGRATIONS[v] turns a version-v file into version v + 1, inside
-# the transaction that then records the new version. Empty while only v1 exists.
-_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {}
-
-_SYNCHRONOUS = {"FULL": "PRAGMA synchronous = FULL", "NORMAL": "PRAGMA synchronous = NORMAL"}
+"""``securechan/schema/tree/``: a standalone tree file. ``tlog.db`` holds the
+same tables under the relay log's schema (``securechan.relay.tlog``)."""
+SCHEMA_VERSION = SCHEMA.version
 
 
 def storage_index(level: int, index: int) -> int:
@@ -81,18 +87,20 @@ class TreeStore:
     processes may share the file.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "FULL") -> None:
-        if synchronous not in _SYNCHRONOUS:
+    def __init__(
+        self, path: str | os.PathLike[str], *, synchronous: str = "FULL", schema: Schema = SCHEMA
+    ) -> None:
+        """Open (creating if needed) the tree in ``path``, a file of ``schema``
+        (a standalone tree by default; the relay's ``tlog.db`` passes its own)."""
+        if synchronous not in ("FULL", "NORMAL"):
             raise ValueError("synchronous is 'FULL' or 'NORMAL'")
+        where = Path(path)
         with self._errors():
-            self._db = sqlite3.connect(os.fspath(path), isolation_level=None, timeout=30.0)
+            # Nodes are never deleted: nothing for secure_delete to overwrite.
+            self._db = connect(where, synchronous=synchronous, secure_delete=False)
         try:
             with self._errors():
-                (mode,) = self._db.execute("PRAGMA journal_mode = WAL").fetchone()
-                if str(mode).lower() != "wal":
-                    raise StorageError("the tree store needs a file that supports WAL")
-                self._db.execute(_SYNCHRONOUS[synchronous])
-                self._init_schema()
+                schema.apply(self._db, where)
                 self._range = self._load_range(self._read_size())
         except BaseException:
             self._db.close()
@@ -123,38 +131,6 @@ class TreeStore:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise
-
-    def _init_schema(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            exists = self._db.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
-                ("schema_version",),
-            ).fetchone()
-            if not exists:
-                for statement in _SCHEMA_V1:
-                    self._db.execute(statement)
-                self._db.execute(
-                    "INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,)
-                )
-            else:
-                rows = self._db.execute("SELECT version FROM schema_version").fetchall()
-                if len(rows) != 1 or type(rows[0][0]) is not int:
-                    raise StorageError("tree store: damaged schema_version table")
-                version = rows[0][0]
-                if version > SCHEMA_VERSION:
-                    raise UnsupportedVersion("the tree store was written by a newer securechan")
-                while version < SCHEMA_VERSION:
-                    if version not in _MIGRATIONS:
-                        raise UnsupportedVersion("no upgrade path from this tree store version")
-                    _MIGRATIONS[version](self._db)
-                    version += 1
-                    self._db.execute("UPDATE schema_version SET version = ?", (version,))
-            self._db.execute("COMMIT")
-        except BaseException:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
-            raise
 
     def _read_size(self) -> int:
         row = self._db.execute("SELECT size FROM tree_size WHERE id = 0").fetchone()

@@ -1,8 +1,11 @@
 """The client's local database: session state, queues, outbox, messages.
 
-One SQLite file (``client.db`` in the home folder; WAL, ``synchronous=FULL``,
-``secure_delete=ON``). Everything secret or private is sealed with the
-identity's storage key before it is written: session and prekey state as
+One SQLite file (``client.db`` in the home folder; opened by
+:mod:`securechan.sqlite_schema`: WAL, ``synchronous=FULL``,
+``secure_delete=ON``; tables in ``securechan/schema/client/``; the
+received-envelope and log tables' methods in ``db_received.py`` and
+``db_logs.py``). Everything secret or private is sealed with the identity's
+storage key before it is written: session and prekey state as
 ``SealedState`` records (``protocol/sealed.py``), and queue secrets, peer
 grants and stored messages with XChaCha20-Poly1305 bound to their table and
 row. In clear remain only random ids (conversation ids, queue ids, message
@@ -24,131 +27,25 @@ never interleave their changes to one session.
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from securechan.client.db_logs import LogTables
+from securechan.client.db_received import HeldRow, ReceivedTables
 from securechan.client.generations import GENERATIONS_FILE, Generations
 from securechan.errors import MalformedInput, RolledBack, StorageError, VerificationFailed
 from securechan.primitives import aead_decrypt, aead_encrypt, hkdf_sha256, hmac_sha256
-from securechan.protocol.ordering import CHAIN, SENDER, Entry
 from securechan.protocol.sealed import open_state, seal_state
+from securechan.sqlite_schema import Schema, connect, prepare_file
 
 __all__ = ["ClientDB", "HeldRow", "OutboxEntry", "QueueRow", "SessionRow", "StoredMessage"]
 
-SCHEMA_VERSION = 6
+SCHEMA = Schema("client", application_id=0x7363434C, title="a securechan client database")
+"""``securechan/schema/client/``: the tables, their versions and upgrades."""
+SCHEMA_VERSION = SCHEMA.version
 _AAD = b"securechan/v1/client-db/"
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS state (
-    name TEXT PRIMARY KEY,
-    kind TEXT NOT NULL,
-    generation INTEGER NOT NULL,
-    blob BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS sessions (
-    conversation BLOB PRIMARY KEY,
-    peer BLOB NOT NULL,
-    created INTEGER NOT NULL,
-    grant_sent INTEGER NOT NULL DEFAULT 0,
-    peer_grant BLOB
-);
-CREATE INDEX IF NOT EXISTS sessions_peer ON sessions(peer, created);
-CREATE TABLE IF NOT EXISTS queues (
-    rid BLOB PRIMARY KEY,
-    relay TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    conversation BLOB,
-    secret BLOB NOT NULL,
-    last_seq INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY,
-    msg_id BLOB NOT NULL,
-    relay TEXT NOT NULL,
-    sid BLOB NOT NULL,
-    sender BLOB,
-    envelope BLOB NOT NULL,
-    created INTEGER NOT NULL,
-    UNIQUE (msg_id, relay, sid)
-);
-CREATE TABLE IF NOT EXISTS seen (
-    msg_id BLOB PRIMARY KEY,
-    at INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS messages (
-    id INTEGER PRIMARY KEY,
-    conversation BLOB NOT NULL,
-    peer BLOB NOT NULL,
-    direction TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    at INTEGER NOT NULL,
-    sealed BLOB NOT NULL,
-    UNIQUE (conversation, direction, seq)
-);
-CREATE TABLE IF NOT EXISTS file_chunks (
-    conversation BLOB NOT NULL,
-    file_id BLOB NOT NULL,
-    idx INTEGER NOT NULL,
-    sealed BLOB NOT NULL,
-    PRIMARY KEY (conversation, file_id, idx)
-);
-CREATE TABLE IF NOT EXISTS relay_logs (
-    relay TEXT PRIMARY KEY,
-    verifier_key TEXT NOT NULL,
-    checkpoint TEXT
-);
-CREATE TABLE IF NOT EXISTS refused_chains (
-    dh BLOB PRIMARY KEY,
-    at INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS log_receipts (
-    envelope_hash BLOB NOT NULL,
-    relay TEXT NOT NULL,
-    receipt TEXT NOT NULL,
-    PRIMARY KEY (envelope_hash, relay)
-);
-CREATE TABLE IF NOT EXISTS witness_policy (
-    relay TEXT PRIMARY KEY,
-    witnesses TEXT NOT NULL,
-    required INTEGER NOT NULL,
-    witnessed TEXT
-);
-CREATE TABLE IF NOT EXISTS meta (
-    name TEXT PRIMARY KEY,
-    value INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS positions (
-    position BLOB PRIMARY KEY,
-    conversation BLOB NOT NULL,
-    seq INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS retired (
-    conversation BLOB PRIMARY KEY,
-    at INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS held (
-    msg_id BLOB PRIMARY KEY,
-    relay TEXT NOT NULL,
-    envelope BLOB NOT NULL,
-    at INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS held_keys (
-    msg_id BLOB PRIMARY KEY,
-    kind TEXT NOT NULL,
-    key BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS held_keys_key ON held_keys(kind, key);
-CREATE TABLE IF NOT EXISTS parked (
-    msg_id BLOB PRIMARY KEY,
-    relay TEXT NOT NULL,
-    stage TEXT NOT NULL,
-    envelope BLOB NOT NULL,
-    at INTEGER NOT NULL
-);
-"""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -160,19 +57,6 @@ class SessionRow:
     created: int
     grant_sent: bool
     peer_grant: bytes | None  # sealed QueueGrant bytes, opened by the caller
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class HeldRow:
-    """A held envelope and what it waits for (``kind``/``key``: see
-    :meth:`ClientDB.set_held_key`; ``None`` for rows held before schema 6)."""
-
-    msg_id: bytes
-    relay: str
-    envelope: bytes
-    at: int
-    kind: str | None
-    key: bytes | None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -212,25 +96,26 @@ class StoredMessage:
     record: bytes
 
 
-class ClientDB:
+class ClientDB(ReceivedTables, LogTables):
     """The local database of one home folder, opened with its storage key."""
 
     def __init__(self, path: Path, storage_key: bytes) -> None:
         self.path = path
         self._key = storage_key
-        new = not path.exists()
+        prepare_file(path)
         try:
-            if new:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                os.close(fd)
-            self._db = sqlite3.connect(path, isolation_level=None, timeout=30.0)
-        except (OSError, sqlite3.Error) as e:
+            self._db = connect(path)
+        except sqlite3.Error as e:
             raise StorageError(f"cannot open {path}: {e}") from None
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA secure_delete=ON")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._migrate()
+        try:
+            # Two processes opening a new home at once: the schema is applied
+            # in BEGIN IMMEDIATE, so the second waits and finds it done.
+            SCHEMA.apply(self._db, path)
+        except BaseException as e:
+            self._db.close()
+            if isinstance(e, sqlite3.Error):
+                raise StorageError(f"cannot open {path}: {e}") from None
+            raise
         self.generations = Generations(path.parent / GENERATIONS_FILE, storage_key)
         # Stores found rolled back by this process, in the order found (the
         # channel reports each once to the audit log).
@@ -240,18 +125,6 @@ class ClientDB:
             storage_key, salt=b"", info=_AAD + b"position-key", length=32
         )
         self._check_marks_present()
-
-    def _migrate(self) -> None:
-        (version,) = self._db.execute("PRAGMA user_version").fetchone()
-        if version > SCHEMA_VERSION:
-            raise StorageError(f"{self.path} is from a newer securechan (schema {version})")
-        if version < SCHEMA_VERSION:
-            # Every statement is idempotent (IF NOT EXISTS), so the whole schema
-            # script is also the upgrade from any older version, and two
-            # processes opening a new home at once both succeed.
-            self._db.executescript(
-                "BEGIN IMMEDIATE;" + _SCHEMA + f"PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
-            )
 
     def close(self) -> None:
         """Close the connection."""
@@ -517,197 +390,6 @@ class ClientDB:
     def remove_outbox(self, entry_id: int) -> None:
         """The relay has the envelope."""
         self._db.execute("DELETE FROM outbox WHERE id = ?", (entry_id,))
-
-    # --- received envelopes -----------------------------------------------------
-
-    def seen(self, msg_id: bytes) -> bool:
-        """Was this envelope (by message id, across relays) processed?"""
-        return (
-            self._db.execute("SELECT 1 FROM seen WHERE msg_id = ?", (msg_id,)).fetchone()
-            is not None
-        )
-
-    def mark_seen(self, msg_id: bytes, now: int) -> None:
-        """Record a processed (or refused) envelope."""
-        self._db.execute("INSERT OR IGNORE INTO seen (msg_id, at) VALUES (?, ?)", (msg_id, now))
-
-    def hold(self, msg_id: bytes, relay: str, envelope: bytes, now: int) -> None:
-        """Keep an envelope to open later: a first message from an unknown
-        sender (for the user to accept), or a message that came ahead of its
-        session's first message."""
-        self._db.execute(
-            "INSERT OR IGNORE INTO held (msg_id, relay, envelope, at) VALUES (?, ?, ?, ?)",
-            (msg_id, relay, envelope, now),
-        )
-
-    def held(self) -> list[tuple[bytes, str, bytes, int]]:
-        """Held envelopes, oldest first: (msg_id, relay, envelope, time held)."""
-        return [
-            (r[0], r[1], r[2], int(r[3]))
-            for r in self._db.execute(
-                "SELECT msg_id, relay, envelope, at FROM held ORDER BY at, rowid"
-            )
-        ]
-
-    def unhold(self, msg_id: bytes) -> None:
-        """Forget a held envelope."""
-        self._db.execute("DELETE FROM held WHERE msg_id = ?", (msg_id,))
-        self._db.execute("DELETE FROM held_keys WHERE msg_id = ?", (msg_id,))
-
-    def set_held_key(self, msg_id: bytes, kind: str, key: bytes) -> None:
-        """What a held envelope waits for: ``("chain", ratchet key)`` for the
-        first message of its chain, ``("sender", fingerprint)`` for its sender
-        to be pinned. Only that event retries it."""
-        self._db.execute(
-            "INSERT OR REPLACE INTO held_keys (msg_id, kind, key) VALUES (?, ?, ?)",
-            (msg_id, kind, key),
-        )
-
-    def held_index(self) -> list[Entry]:
-        """The hold's state for :class:`~securechan.protocol.ordering.HoldQueue`
-        (no envelope bytes), oldest first. A row held before schema 6 says
-        nothing of what it waits for: it is read as waiting for a sender no
-        one pins (kept, never expired: what it did before)."""
-        rows = self._db.execute(
-            "SELECT h.msg_id, length(h.envelope), h.at, k.kind, k.key FROM held h"
-            " LEFT JOIN held_keys k ON k.msg_id = h.msg_id ORDER BY h.at, h.rowid"
-        ).fetchall()
-        return [
-            Entry(
-                msg_id=m,
-                size=int(n),
-                wait=CHAIN if k == CHAIN else SENDER,
-                key=key if key is not None else b"",
-                at=int(a),
-            )
-            for m, n, a, k, key in rows
-        ]
-
-    def held_unlabelled(self) -> list[HeldRow]:
-        """Held envelopes that do not say what they wait for (held before
-        schema 6), oldest first."""
-        rows = self._db.execute(
-            "SELECT h.msg_id, h.relay, h.envelope, h.at FROM held h"
-            " LEFT JOIN held_keys k ON k.msg_id = h.msg_id WHERE k.kind IS NULL"
-            " ORDER BY h.at, h.rowid"
-        ).fetchall()
-        return [
-            HeldRow(msg_id=m, relay=r, envelope=e, at=int(a), kind=None, key=None)
-            for m, r, e, a in rows
-        ]
-
-    def held_row(self, msg_id: bytes) -> HeldRow | None:
-        """One held envelope, or ``None``."""
-        r = self._db.execute(
-            "SELECT h.msg_id, h.relay, h.envelope, h.at, k.kind, k.key FROM held h"
-            " LEFT JOIN held_keys k ON k.msg_id = h.msg_id WHERE h.msg_id = ?",
-            (msg_id,),
-        ).fetchone()
-        if r is None:
-            return None
-        m, relay, e, a, k, key = r
-        return HeldRow(msg_id=m, relay=relay, envelope=e, at=int(a), kind=k, key=key)
-
-    def park(
-        self, msg_id: bytes, relay: str, stage: str, envelope: bytes, now: int, *, keep: int
-    ) -> None:
-        """Keep an envelope that failed unexpectedly (for diagnosis, never
-        retried); only the newest ``keep`` are kept."""
-        self._db.execute(
-            "INSERT OR REPLACE INTO parked (msg_id, relay, stage, envelope, at)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (msg_id, relay, stage, envelope, now),
-        )
-        self._db.execute(
-            "DELETE FROM parked WHERE rowid NOT IN"
-            " (SELECT rowid FROM parked ORDER BY at DESC, rowid DESC LIMIT ?)",
-            (keep,),
-        )
-
-    def parked(self) -> list[tuple[bytes, str, str, int]]:
-        """Parked envelopes: (msg_id, relay, stage, time), oldest first."""
-        rows = self._db.execute(
-            "SELECT msg_id, relay, stage, at FROM parked ORDER BY at, rowid"
-        ).fetchall()
-        return [(m, r, st, a) for m, r, st, a in rows]
-
-    def relay_log(self, relay: str) -> tuple[str, str | None] | None:
-        """The pinned log verifier key of a relay and the newest checkpoint
-        (signed note text) we verified from it."""
-        row = self._db.execute(
-            "SELECT verifier_key, checkpoint FROM relay_logs WHERE relay = ?", (relay,)
-        ).fetchone()
-        return None if row is None else (row[0], row[1])
-
-    def relay_logs(self) -> list[tuple[str, str, str | None]]:
-        """(relay, log verifier key, newest checkpoint) of every pinned relay log."""
-        rows = self._db.execute(
-            "SELECT relay, verifier_key, checkpoint FROM relay_logs ORDER BY relay"
-        ).fetchall()
-        return [(str(r[0]), str(r[1]), r[2]) for r in rows]
-
-    def set_witness_policy(self, relay: str, witnesses: list[str], required: int) -> None:
-        """The witnesses (verifier key lines) whose cosignatures a checkpoint of
-        ``relay`` needs, and how many of them; an empty list removes it."""
-        if not witnesses:
-            self._db.execute("DELETE FROM witness_policy WHERE relay = ?", (relay,))
-            return
-        self._db.execute(
-            "INSERT INTO witness_policy (relay, witnesses, required) VALUES (?, ?, ?) "
-            "ON CONFLICT(relay) DO UPDATE SET witnesses = excluded.witnesses, "
-            "required = excluded.required, witnessed = NULL",
-            (relay, "\n".join(witnesses), required),
-        )
-
-    def witness_policy(self, relay: str) -> tuple[list[str], int, str | None] | None:
-        """(witness keys, required, newest checkpoint that met the policy)."""
-        row = self._db.execute(
-            "SELECT witnesses, required, witnessed FROM witness_policy WHERE relay = ?", (relay,)
-        ).fetchone()
-        return None if row is None else (str(row[0]).split("\n"), int(row[1]), row[2])
-
-    def set_witnessed(self, relay: str, checkpoint: str) -> None:
-        """Keep the newest checkpoint of ``relay`` that met its witness policy."""
-        self._db.execute(
-            "UPDATE witness_policy SET witnessed = ? WHERE relay = ?", (checkpoint, relay)
-        )
-
-    def add_log_receipt(self, envelope_hash: bytes, relay: str, receipt: str) -> None:
-        """Keep a verified log receipt (JSON text) of an envelope we sent, for
-        statements. Receipts are public (the relay serves the same proofs)."""
-        self._db.execute(
-            "INSERT OR REPLACE INTO log_receipts (envelope_hash, relay, receipt) VALUES (?, ?, ?)",
-            (envelope_hash, relay, receipt),
-        )
-
-    def log_receipts(self, envelope_hash: bytes) -> list[tuple[str, str]]:
-        """(relay, receipt JSON) of every receipt kept for an envelope."""
-        rows = self._db.execute(
-            "SELECT relay, receipt FROM log_receipts WHERE envelope_hash = ? ORDER BY relay",
-            (envelope_hash,),
-        ).fetchall()
-        return [(str(r[0]), str(r[1])) for r in rows]
-
-    def set_relay_log(self, relay: str, verifier_key: str, checkpoint: str | None) -> None:
-        """Pin a relay's log key (first use) or advance its newest checkpoint."""
-        self._db.execute(
-            "INSERT INTO relay_logs (relay, verifier_key, checkpoint) VALUES (?, ?, ?) "
-            "ON CONFLICT(relay) DO UPDATE SET checkpoint = excluded.checkpoint",
-            (relay, verifier_key, checkpoint),
-        )
-
-    def refuse_chain(self, dh: bytes, now: int) -> None:
-        """Envelopes on this sender ratchet key belong to a refused first message."""
-        self._db.execute("INSERT OR IGNORE INTO refused_chains (dh, at) VALUES (?, ?)", (dh, now))
-
-    def chain_refused(self, dh: bytes) -> bool:
-        """Was the first message of this ratchet chain refused?"""
-        row = self._db.execute("SELECT 1 FROM refused_chains WHERE dh = ?", (dh,)).fetchone()
-        return row is not None
-
-    def unrefuse_chain(self, dh: bytes) -> None:
-        """The chain's first message was accepted after all."""
-        self._db.execute("DELETE FROM refused_chains WHERE dh = ?", (dh,))
 
     # --- messages -----------------------------------------------------------------
 

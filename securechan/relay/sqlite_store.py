@@ -36,10 +36,10 @@ for ``idle_checkpoint`` seconds after a deletion, at :meth:`close`, and on
 :meth:`SqliteStorage.checkpoint`. (Blocks the file system freed are out of
 reach of any database; full-disk encryption covers them.)
 
-**Schema.** ``PRAGMA user_version`` holds the schema version;
-``_MIGRATIONS[n]`` upgrades version ``n`` to ``n + 1``. All missing steps run
-in one transaction with the new version number, so an upgrade is all or
-nothing; a file from a newer version is refused.
+**Schema.** Connections and the schema come from :mod:`securechan.sqlite_schema`:
+the tables are in ``securechan/schema/relay/``, ``PRAGMA user_version`` holds
+the version, each upgrade step runs in one transaction with its new version
+number (all or nothing), and a file from a newer version is refused.
 """
 
 from __future__ import annotations
@@ -50,7 +50,6 @@ import logging
 import os
 import queue
 import sqlite3
-import stat
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -75,6 +74,7 @@ from securechan.relay.storage import (
     QuotaExceeded,
     StorageClosed,
 )
+from securechan.sqlite_schema import Schema, connect, prepare_file
 
 __all__ = [
     "MAX_BATCH",
@@ -129,125 +129,10 @@ class SqliteSettings:
 # --- schema ------------------------------------------------------------------
 
 
-def _migrate_0_to_1(conn: Conn) -> None:
-    # Ids and keys are checked for size here too, so a bug above cannot store
-    # something the interface does not allow. next_seq lives on the queue row
-    # so that a sequence number is never handed out twice, even after every
-    # envelope was acknowledged, expired or deleted. depth is kept by the
-    # triggers below, so the queue-full check costs one row, not a count of
-    # thousands, and no deletion path can forget it.
-    conn.execute(
-        """CREATE TABLE queues (
-            rid BLOB PRIMARY KEY CHECK (length(rid) = 16),
-            sid BLOB NOT NULL UNIQUE CHECK (length(sid) = 16),
-            recipient_key BLOB NOT NULL CHECK (length(recipient_key) = 32),
-            sender_key BLOB CHECK (sender_key IS NULL OR length(sender_key) = 32),
-            contact INTEGER NOT NULL CHECK (contact IN (0, 1)),
-            created INTEGER NOT NULL,
-            next_seq INTEGER NOT NULL DEFAULT 1 CHECK (next_seq >= 1),
-            depth INTEGER NOT NULL DEFAULT 0 CHECK (depth >= 0)
-        )"""
-    )
-    conn.execute(
-        """CREATE TABLE envelopes (
-            rid BLOB NOT NULL REFERENCES queues (rid) ON DELETE CASCADE,
-            seq INTEGER NOT NULL,
-            msg_id BLOB NOT NULL CHECK (length(msg_id) = 16),
-            data BLOB NOT NULL,
-            received INTEGER NOT NULL,
-            PRIMARY KEY (rid, seq),
-            UNIQUE (rid, msg_id)
-        )"""
-    )
-    conn.execute("CREATE INDEX envelopes_by_received ON envelopes (received)")
-    conn.execute(
-        """CREATE TRIGGER envelope_added AFTER INSERT ON envelopes BEGIN
-            UPDATE queues SET depth = depth + 1, next_seq = max(next_seq, NEW.seq + 1)
-            WHERE rid = NEW.rid;
-        END"""
-    )
-    conn.execute(
-        """CREATE TRIGGER envelope_removed AFTER DELETE ON envelopes BEGIN
-            UPDATE queues SET depth = depth - 1 WHERE rid = OLD.rid;
-        END"""
-    )
-    conn.execute(
-        """CREATE TABLE signed_prekeys (
-            rid BLOB PRIMARY KEY REFERENCES queues (rid) ON DELETE CASCADE,
-            blob BLOB NOT NULL
-        )"""
-    )
-    conn.execute(
-        """CREATE TABLE one_time_prekeys (
-            id INTEGER PRIMARY KEY,
-            rid BLOB NOT NULL REFERENCES queues (rid) ON DELETE CASCADE,
-            blob BLOB NOT NULL
-        )"""
-    )
-    conn.execute("CREATE INDEX one_time_by_rid ON one_time_prekeys (rid, id)")
-    conn.execute(
-        """CREATE TABLE nonces (
-            key BLOB NOT NULL CHECK (length(key) = 32),
-            nonce BLOB NOT NULL,
-            expires INTEGER NOT NULL,
-            PRIMARY KEY (key, nonce)
-        )"""
-    )
-    conn.execute("CREATE INDEX nonces_by_expiry ON nonces (expires)")
-
-
-def _migrate_1_to_2(conn: Conn) -> None:
-    # Byte quotas (docs/RELAY.md, "Limits"): each queue counts the bytes it
-    # holds, kept by the same triggers as depth, and queues are found by
-    # sender key to add up a sender's bytes.
-    conn.execute(
-        "ALTER TABLE queues ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0 CHECK (bytes >= 0)"
-    )
-    conn.execute(
-        "UPDATE queues SET bytes = (SELECT coalesce(sum(length(data)), 0) FROM envelopes"
-        " WHERE envelopes.rid = queues.rid)"
-    )
-    conn.execute("DROP TRIGGER envelope_added")
-    conn.execute("DROP TRIGGER envelope_removed")
-    conn.execute(
-        """CREATE TRIGGER envelope_added AFTER INSERT ON envelopes BEGIN
-            UPDATE queues SET depth = depth + 1, next_seq = max(next_seq, NEW.seq + 1),
-                bytes = bytes + length(NEW.data)
-            WHERE rid = NEW.rid;
-        END"""
-    )
-    conn.execute(
-        """CREATE TRIGGER envelope_removed AFTER DELETE ON envelopes BEGIN
-            UPDATE queues SET depth = depth - 1, bytes = bytes - length(OLD.data)
-            WHERE rid = OLD.rid;
-        END"""
-    )
-    conn.execute(
-        "CREATE INDEX queues_by_sender ON queues (sender_key) WHERE sender_key IS NOT NULL"
-    )
-
-
-_MIGRATIONS: Final[tuple[Callable[[Conn], None], ...]] = (_migrate_0_to_1, _migrate_1_to_2)
-SCHEMA_VERSION: Final = len(_MIGRATIONS)
-
-
-def _migrate(conn: Conn) -> None:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        (version,) = conn.execute("PRAGMA user_version").fetchone()
-        if version > SCHEMA_VERSION:
-            raise StorageError(
-                f"the relay database has schema version {version}; "
-                f"this build knows up to {SCHEMA_VERSION}"
-            )
-        for step in _MIGRATIONS[version:]:
-            step(conn)
-        # PRAGMA takes no parameters; SCHEMA_VERSION is an int constant.
-        conn.execute(f"PRAGMA user_version = {int(SCHEMA_VERSION)}")
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
+SCHEMA: Final = Schema("relay", application_id=0x7363524C, title="a securechan relay database")
+"""``securechan/schema/relay/``: the tables (v2.sql), and upgrade-to-v2.sql from
+version 1 (byte quotas). v1.sql stays for the upgrade test."""
+SCHEMA_VERSION: Final = SCHEMA.version
 
 
 # --- argument checks (misuse is a bug in the caller: TypeError / ValueError) ---
@@ -300,16 +185,7 @@ def _prepare_file(path: Path) -> None:
     folder = path.parent
     if not folder.exists():
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    # O_NOFOLLOW: a symlink planted at the database path is refused, not followed.
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise StorageError(f"{path} is not a regular file")
-        if st.st_mode & 0o077:
-            os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
+    prepare_file(path)
 
 
 @dataclass(slots=True)
@@ -423,7 +299,7 @@ class SqliteStorage:
         except sqlite3.Error as e:
             raise StorageError(f"cannot open {self.path}: {e}") from None
         try:
-            _migrate(self._conn)
+            SCHEMA.apply(self._conn, self.path)
             self._incremental_vacuum_on()
             self._page_size = int(self._conn.execute("PRAGMA page_size").fetchone()[0])
             self._used(self._conn)
@@ -469,28 +345,16 @@ class SqliteStorage:
         )
 
     def _connect_writer(self, sync: str, busy_timeout: float) -> Conn:
-        # isolation_level=None: transactions are ours (BEGIN IMMEDIATE ... COMMIT).
-        conn = sqlite3.connect(
-            self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+        # auto_vacuum takes effect on a new, empty file only, and only before
+        # WAL mode writes its header (see _incremental_vacuum_on).
+        return connect(
+            self.path,
+            synchronous=sync,  # from the _SYNC_MODES allow-list
+            incremental_vacuum=True,
+            journal_size_limit=64 * 1024 * 1024,  # bound the idle WAL: 64 MiB
+            timeout=busy_timeout,
+            check_same_thread=False,
         )
-        try:
-            # Takes effect on a new, empty file only, and only before WAL
-            # mode writes its header (see _incremental_vacuum_on).
-            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise StorageError(f"{self.path}: WAL mode is not available here")
-            conn.execute(f"PRAGMA synchronous = {sync}")  # from the _SYNC_MODES allow-list
-            conn.execute("PRAGMA secure_delete = ON")
-            conn.execute("PRAGMA foreign_keys = ON")
-            conn.execute("PRAGMA trusted_schema = OFF")
-            conn.execute("PRAGMA journal_size_limit = 67108864")  # bound the idle WAL: 64 MiB
-            if conn.execute("PRAGMA secure_delete").fetchone()[0] != 1:
-                raise StorageError("this SQLite cannot overwrite deleted data")
-        except BaseException:
-            conn.close()
-            raise
-        return conn
 
     def _incremental_vacuum_on(self) -> None:
         """``auto_vacuum = INCREMENTAL``: free pages can be given back to the
@@ -506,13 +370,8 @@ class SqliteStorage:
         conn.execute("VACUUM")
 
     def _connect_reader(self, busy_timeout: float) -> None:
-        uri = self.path.as_uri() + "?mode=ro"
-        conn = sqlite3.connect(
-            uri, uri=True, timeout=busy_timeout, isolation_level=None, check_same_thread=False
-        )
+        conn = connect(self.path, read_only=True, timeout=busy_timeout, check_same_thread=False)
         self._all_readers.append(conn)
-        conn.execute("PRAGMA query_only = ON")
-        conn.execute("PRAGMA trusted_schema = OFF")
         self._readers.put(conn)
 
     # --- plumbing ---------------------------------------------------------------

@@ -54,7 +54,6 @@ import logging
 import os
 import queue
 import sqlite3
-import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -76,11 +75,12 @@ from securechan.audit.note import (
     is_valid_key_name,
 )
 from securechan.audit.receipt import ENVELOPE_LEAF_CONTEXT, Receipt, envelope_leaf_hash
-from securechan.audit.tree import TreeStore
+from securechan.audit.tree import TreeStore, legacy_version
 from securechan.errors import BadSignature, MalformedInput, StorageError
 from securechan.primitives import Ed25519SigningKey, constant_time_equal, sha256
 from securechan.relay.batching import take_batch
 from securechan.relay.storage import RelayStorage, StorageClosed
+from securechan.sqlite_schema import Schema, connect, prepare_file
 
 __all__ = [
     "DEFAULT_COSIGN_WINDOW",
@@ -104,19 +104,28 @@ DEFAULT_COSIGN_WINDOW: Final = 300.0
 """Seconds a superseded checkpoint may still be cosigned."""
 MAX_FUTURE_COSIGNATURE: Final = 300
 """A cosignature dated further ahead of the relay's clock is refused."""
-_SCHEMA_VERSION: Final = 1
 _REPAIR_PAGE: Final = 64
 _COSIGN_HISTORY: Final = 65_536
 
-_SCHEMA_V1: Final = (
-    "CREATE TABLE relay_log_schema (version INTEGER NOT NULL)",
-    "CREATE TABLE relay_log_meta (id INTEGER PRIMARY KEY CHECK (id = 0),"
-    " origin TEXT NOT NULL, log_key TEXT NOT NULL, last_append INTEGER)",
-    "CREATE TABLE relay_log_leaves (leaf BLOB PRIMARY KEY CHECK (length(leaf) = 32),"
-    " idx INTEGER NOT NULL UNIQUE CHECK (idx >= 0)) WITHOUT ROWID",
-    "CREATE TABLE relay_log_cosignatures (witness TEXT PRIMARY KEY,"
-    " size INTEGER NOT NULL CHECK (size >= 0), timestamp INTEGER NOT NULL, line TEXT NOT NULL)",
+
+def _legacy_version(db: sqlite3.Connection) -> int:
+    # Version 1 kept the tree's version in schema_version and the relay
+    # tables' in relay_log_schema (absent if the first start stopped between
+    # the two): both 1.
+    version = legacy_version(db)
+    has = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'relay_log_schema'").fetchone()
+    if has and db.execute("SELECT version FROM relay_log_schema").fetchall() != [(1,)]:
+        raise StorageError("tlog.db: damaged relay_log_schema table")
+    return version
+
+
+SCHEMA: Final = Schema(
+    "relay_log",
+    application_id=0x7363544C,
+    title="a securechan relay log (tlog.db)",
+    legacy=_legacy_version,
 )
+"""``securechan/schema/relay_log/``: the tree's tables and the relay's."""
 
 
 def default_origin(public_key: bytes) -> str:
@@ -261,62 +270,24 @@ def _storage_error(exc: BaseException) -> BaseException:
     return exc
 
 
-def _prepare_file(path: Path) -> None:
-    """Create the file 0600 (refusing a symlink) before SQLite opens it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise StorageError(f"{path} is not a regular file")
-        if st.st_mode & 0o077:
-            os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
-
-
 def _connect_index(path: Path, *, writer: bool) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, timeout=30.0)
-    try:
-        conn.execute("PRAGMA trusted_schema = OFF")
-        if writer:
-            # Safe without its own sync: see the module docstring.
-            conn.execute("PRAGMA synchronous = NORMAL")
-        else:
-            conn.execute("PRAGMA query_only = ON")
-    except BaseException:
-        conn.close()
-        raise
-    return conn
+    # The writer's index connection is safe without its own sync: see the
+    # module docstring. Its TreeStore (opened first) set WAL and the schema.
+    return connect(
+        path, read_only=not writer, synchronous="NORMAL", secure_delete=False, foreign_keys=False
+    )
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        exists = conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'relay_log_schema'"
-        ).fetchone()
-        if not exists:
-            for statement in _SCHEMA_V1:
-                conn.execute(statement)
-            conn.execute("INSERT INTO relay_log_schema (version) VALUES (?)", (_SCHEMA_VERSION,))
-        else:
-            rows = conn.execute("SELECT version FROM relay_log_schema").fetchall()
-            if len(rows) != 1 or type(rows[0][0]) is not int:
-                raise StorageError("tlog.db: damaged relay_log_schema table")
-            if rows[0][0] > _SCHEMA_VERSION:
-                raise StorageError("tlog.db was written by a newer securechan relay")
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
+    # The writer's TreeStore applied SCHEMA already: this only confirms it.
+    SCHEMA.apply(conn, Path("tlog.db"))
 
 
 class _Reader:
     """The reader thread's own TreeStore and index connection."""
 
     def __init__(self, path: Path) -> None:
-        self.tree = TreeStore(path)
+        self.tree = TreeStore(path, schema=SCHEMA)
         try:
             self.index = _connect_index(path, writer=False)
         except BaseException:
@@ -399,7 +370,7 @@ class RelayLog:
         self._clean_size: int | None = None
         self._lost = False
         try:
-            _prepare_file(self.path)
+            prepare_file(self.path)
         except OSError as e:
             raise StorageError(f"cannot create {self.path}: {e.strerror}") from None
         ready = threading.Event()
@@ -659,7 +630,7 @@ class RelayLog:
 
     def _writer_main(self, ready: threading.Event, failure: list[BaseException]) -> None:
         try:
-            tree = TreeStore(self.path, synchronous=self._synchronous)
+            tree = TreeStore(self.path, synchronous=self._synchronous, schema=SCHEMA)
         except BaseException as e:
             failure.append(e)
             ready.set()
@@ -708,10 +679,6 @@ class RelayLog:
                 self._watermark = row[2] if type(row[2]) is int else None
             # A clean-stop mark is good for this start only: cleared in the
             # start-up transaction, so a crash later means a full repair.
-            index.execute(
-                "CREATE TABLE IF NOT EXISTS relay_log_clean"
-                " (id INTEGER PRIMARY KEY CHECK (id = 0), size INTEGER NOT NULL)"
-            )
             clean = index.execute("SELECT size FROM relay_log_clean WHERE id = 0").fetchone()
             index.execute("DELETE FROM relay_log_clean")
             if clean is not None and type(clean[0]) is int and self._watermark is not None:

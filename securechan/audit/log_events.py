@@ -1,0 +1,122 @@
+"""The audit log's typed appends: one method per kind of security event.
+
+A part of :class:`securechan.audit.log.AuditLog` (which inherits these);
+each builds the kind's fields record (:mod:`securechan.audit.log_records`)
+and appends it with :meth:`AuditLog._append`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from securechan.audit.log_records import (
+    KINDS,
+    AuditEntry,
+    MessageEvent,
+    PartyEvent,
+    PrekeysRotated,
+    Rejection,
+    RelayCheckpointSeen,
+    SessionEvent,
+    clean_detail,
+)
+from securechan.errors import Reason
+from securechan.identity.events import SecurityEvent
+from securechan.identity.keys import Fingerprint
+
+__all__ = ["AuditEvents"]
+
+
+class AuditEvents:
+    """``record`` (the identity layer's event sink) and the typed appends."""
+
+    def _append(self, kind: str, fields: Any, at: int | None) -> AuditEntry:
+        raise NotImplementedError
+
+    def record(self, event: SecurityEvent) -> None:
+        """The :data:`~securechan.identity.events.EventSink` of the identity layer.
+
+        Maps each keystore and contact event to an entry of the same kind.
+        Failures propagate: a security record that silently drops events
+        would be worse than a loud error.
+        """
+        kind = event.kind.value
+        if KINDS.get(kind) is not PartyEvent:
+            raise ValueError(f"no audit entry kind for event {kind!r}")
+        old = event.old_fingerprint
+        fields = PartyEvent(
+            name=event.name,
+            fingerprint=Fingerprint.parse(event.fingerprint).digest,
+            old_fingerprint=Fingerprint.parse(old).digest if old is not None else None,
+        )
+        self._append(kind, fields, event.at)
+
+    def message_sent(
+        self,
+        *,
+        conversation: bytes,
+        seq: int,
+        payload_hash: bytes,
+        peer: Fingerprint,
+        at: int | None = None,
+    ) -> AuditEntry:
+        """A message we signed and queued: its conversation, sequence number,
+        SHA-256 of its signed payload record, and the recipient's key."""
+        fields = MessageEvent(
+            conversation=conversation, seq=seq, payload_hash=payload_hash, peer=peer.digest
+        )
+        return self._append("message-sent", fields, at)
+
+    def message_received(
+        self,
+        *,
+        conversation: bytes,
+        seq: int,
+        payload_hash: bytes,
+        peer: Fingerprint,
+        at: int | None = None,
+    ) -> AuditEntry:
+        """A message that passed every check, as :meth:`message_sent`."""
+        fields = MessageEvent(
+            conversation=conversation, seq=seq, payload_hash=payload_hash, peer=peer.digest
+        )
+        return self._append("message-received", fields, at)
+
+    def session_started(
+        self, *, conversation: bytes, peer: Fingerprint, role: str, at: int | None = None
+    ) -> AuditEntry:
+        """A new session; ``role`` is ``"initiator"`` or ``"responder"``."""
+        fields = SessionEvent(conversation=conversation, peer=peer.digest, role=role)
+        return self._append("session-started", fields, at)
+
+    def rejected(
+        self,
+        reason: Reason,
+        detail: str,
+        *,
+        conversation: bytes | None = None,
+        peer: Fingerprint | None = None,
+        at: int | None = None,
+    ) -> AuditEntry:
+        """Something refused: ``reason`` is its stable code (``Reason.REPLAY``),
+        ``detail`` its message, made safe to print and cut to 500 characters."""
+        fields = Rejection(
+            reason=reason,
+            detail=clean_detail(detail),
+            conversation=conversation,
+            peer=peer.digest if peer is not None else None,
+        )
+        return self._append("rejected", fields, at)
+
+    def checkpoint_seen(
+        self, *, origin: str, size: int, root_hash: bytes, at: int | None = None
+    ) -> AuditEntry:
+        """A relay transparency-log checkpoint we verified."""
+        fields = RelayCheckpointSeen(origin=origin, size=size, root_hash=root_hash)
+        return self._append("relay-checkpoint-seen", fields, at)
+
+    def prekeys_rotated(self, *, relay: str, count: int, at: int | None = None) -> AuditEntry:
+        """Prekeys published at ``relay`` (``count`` one-time keys)."""
+        return self._append("prekeys-rotated", PrekeysRotated(relay=relay, count=count), at)
+
+    # --- reading -------------------------------------------------------------------

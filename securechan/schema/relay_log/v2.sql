@@ -1,0 +1,37 @@
+-- The relay's transparency log (tlog.db), schema version 2: a new file.
+-- Owner: securechan/relay/tlog.py; the tree tables are securechan/audit/tree.py's
+-- (the same as schema/tree/v2.sql; a test compares them).
+-- schema_version and relay_log_schema are where version 1 kept its versions;
+-- they stay, holding 2, so older relays refuse this file instead of misreading it.
+CREATE TABLE schema_version (version INTEGER NOT NULL);
+INSERT INTO schema_version (version) VALUES (2);
+CREATE TABLE tree_size (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    size INTEGER NOT NULL CHECK (size >= 0)
+);
+CREATE TABLE nodes (pos INTEGER PRIMARY KEY, hash BLOB NOT NULL CHECK (length(hash) = 32));
+INSERT INTO tree_size (id, size) VALUES (0, 0);
+
+CREATE TABLE relay_log_schema (version INTEGER NOT NULL);
+INSERT INTO relay_log_schema (version) VALUES (2);
+-- The log's origin and key (never change) and the time of the last append.
+CREATE TABLE relay_log_meta (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    origin TEXT NOT NULL,
+    log_key TEXT NOT NULL,
+    last_append INTEGER
+);
+-- Leaf hash -> index: deduplication, and a duplicate's receipt.
+CREATE TABLE relay_log_leaves (
+    leaf BLOB PRIMARY KEY CHECK (length(leaf) = 32),
+    idx INTEGER NOT NULL UNIQUE CHECK (idx >= 0)
+) WITHOUT ROWID;
+-- The newest cosignature line per witness.
+CREATE TABLE relay_log_cosignatures (
+    witness TEXT PRIMARY KEY,
+    size INTEGER NOT NULL CHECK (size >= 0),
+    timestamp INTEGER NOT NULL,
+    line TEXT NOT NULL
+);
+-- The log's size at the last clean stop; cleared by the next start.
+CREATE TABLE relay_log_clean (id INTEGER PRIMARY KEY CHECK (id = 0), size INTEGER NOT NULL);
