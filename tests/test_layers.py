@@ -23,6 +23,7 @@ RANKS = {
     "strict_json": 1,
     "primitives": 1,
     "wire": 2,
+    "wire_records": 2,
     "armor": 2,
     "terminal_text": 2,
     "identity": 3,

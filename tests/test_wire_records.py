@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from securechan import wire
+from securechan import wire, wire_records
 from securechan.audit import merkle, note, statement
 from securechan.errors import MalformedInput
 from securechan.identity.keys import PUBLIC_IDENTITY
@@ -439,7 +439,7 @@ def _values(schema: wire.Schema) -> st.SearchStrategy[dict[str, Any]]:
 def _as_fields(cls: type, values: dict[str, Any]) -> dict[str, Any]:
     # The dict API takes and gives lists of encoded records; a record holds
     # tuples, of instances where its annotation names a class.
-    _, bindings = wire._binding(cls)
+    _, bindings = wire_records._binding(cls)
     out = dict(values)
     for b in bindings:
         v = values[b.name]
