@@ -22,7 +22,9 @@ nested record is annotated with its class (decoded to an instance) or with
 ``bytes`` and ``of=Class`` (kept as its exact, checked bytes: for records
 whose bytes are signed), or with any class that has to_bytes/from_bytes and
 ``of=SCHEMA``; a list of records is ``tuple[Class, ...]`` (or
-``tuple[bytes, ...]`` with ``of=``). Dataclass fields without a wire
+``tuple[bytes, ...]`` with ``of=``). A ``bytes_`` field may be annotated
+with a small value class that defines ``__bytes__`` and is built from those
+bytes (``Fingerprint``). Dataclass fields without a wire
 annotation are not on the wire; they must have a default (decode_record
 passes them only through ``extra``). ``docs/PROTOCOL.md`` §2 is the
 normative text.
@@ -38,7 +40,7 @@ import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Self, TypeVar
+from typing import Any, Self, SupportsBytes, TypeVar
 
 from securechan.errors import MalformedInput
 from securechan.wire import Field, Kind, Schema, decode, encode
@@ -114,7 +116,7 @@ class _Binding:
 
     name: str
     kind: Kind
-    cls: type | None  # the nested record class when values are instances
+    cls: type | None  # the nested record (or bytes value) class of instances
     sub: Schema | None  # the nested records' schema (RECORD and LIST)
 
     def nested_schema(self) -> Schema:
@@ -178,11 +180,13 @@ def record(type_id: int, name: str) -> Callable[[type[_T]], type[_T]]:
                     sub = schema_of(tp)
                     item_cls = tp
             else:
-                if tp is not _PLAIN[spec.kind]:
+                sub = None
+                if spec.kind is Kind.BYTES and tp is not bytes and _is_bytes_value(tp):
+                    item_cls = tp  # a bytes value class: bytes(value) out, tp(raw) in
+                elif tp is not _PLAIN[spec.kind]:
                     raise TypeError(
                         f"{name}.{dc_field.name}: {spec.kind.value} needs {_PLAIN[spec.kind]}"
                     )
-                sub = None
             fields.append(
                 Field(
                     spec.tag,
@@ -202,6 +206,12 @@ def record(type_id: int, name: str) -> Callable[[type[_T]], type[_T]]:
         return cls
 
     return derive
+
+
+def _is_bytes_value(tp: Any) -> bool:
+    # A small value class over bytes (a fingerprint): __bytes__ gives its
+    # encoding and its constructor takes it back.
+    return isinstance(tp, type) and "__bytes__" in vars(tp)
 
 
 def _binding(cls: type) -> tuple[Schema, tuple[_Binding, ...]]:
@@ -227,7 +237,11 @@ def encode_record(obj: object) -> bytes:
         where = f"{schema.name}.{b.name}"
         if b.cls is not None and value is not None:
             # Encoded just now by the nested type itself: not decoded again.
-            if b.kind is Kind.RECORD:
+            if b.kind is Kind.BYTES:
+                if not isinstance(value, b.cls) or not isinstance(value, SupportsBytes):
+                    raise TypeError(f"{where} must be a {b.cls.__name__}")
+                value = bytes(value)
+            elif b.kind is Kind.RECORD:
                 value = _encode_instance(b.cls, value, where)
             else:
                 if not isinstance(value, tuple | list):
@@ -262,7 +276,12 @@ def decode_record(cls: type[_T], data: bytes | bytearray | memoryview, **extra: 
     for b in bindings:
         value = rec[b.name]
         if b.cls is not None and value is not None:
-            if b.kind is Kind.RECORD:
+            if b.kind is Kind.BYTES:
+                try:
+                    value = b.cls(value)
+                except ValueError:
+                    raise MalformedInput(f"{schema.name}.{b.name}: not a valid value") from None
+            elif b.kind is Kind.RECORD:
                 value = _decode_instance(b.cls, value)
             else:
                 value = tuple(_decode_instance(b.cls, v) for v in value)
