@@ -964,3 +964,18 @@ def test_a_bytes_value_class_is_its_bytes_on_the_wire() -> None:
         @dataclass(frozen=True)
         class _NotBytes:
             x: Annotated[int, wire.bytes_(1, size=8)]
+
+
+def test_wire_re_exports_the_record_api_whichever_module_is_imported_first() -> None:
+    # wire.py imports wire_records at its end and wire_records imports the
+    # codec from wire: both orders must give one set of objects.
+    import subprocess
+    import sys
+
+    for first, second in (("wire_records", "wire"), ("wire", "wire_records")):
+        code = (
+            f"import securechan.{first}, securechan.{second}\n"
+            "from securechan import wire, wire_records as r\n"
+            "assert all(getattr(wire, n) is getattr(r, n) for n in r.__all__)\n"
+        )
+        subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
