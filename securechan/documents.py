@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as _dt
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Annotated, BinaryIO, Self
 
 from securechan import armor, wire
 from securechan.errors import BadSignature, MalformedInput
@@ -39,27 +39,6 @@ _ARMOR_HEADERS = frozenset({"Signer", "Fingerprint", "Created", "Comment"})
 COMMENT_MAX = 1024
 MAX_TIME = 253402300799  # 9999-12-31T23:59:59Z, the last time a header can show
 
-DOCUMENT_STATEMENT = wire.Schema(
-    0x0030,
-    "DocumentStatement",
-    (
-        wire.Field(1, "signer_name", wire.Kind.TEXT, max_len=64),
-        wire.Field(2, "signer_fingerprint", wire.Kind.BYTES, size=32),
-        wire.Field(3, "created", wire.Kind.UINT),
-        wire.Field(4, "size", wire.Kind.UINT),
-        wire.Field(5, "sha512", wire.Kind.BYTES, size=64),
-        wire.Field(6, "comment", wire.Kind.TEXT, max_len=COMMENT_MAX, optional=True),
-    ),
-)
-DOCUMENT_SIGNATURE = wire.Schema(
-    0x0031,
-    "DocumentSignature",
-    (
-        wire.Field(1, "statement", wire.Kind.RECORD, max_len=2048, schema=DOCUMENT_STATEMENT),
-        wire.Field(2, "signature", wire.Kind.BYTES, size=HYBRID_SIGNATURE_SIZE),
-    ),
-)
-
 Progress = Callable[[int], None]
 
 
@@ -75,72 +54,52 @@ def _check_comment(comment: str | None) -> None:
         )
 
 
+@wire.record(0x0030, "DocumentStatement")
 @dataclass(frozen=True, slots=True, kw_only=True)
-class DocumentStatement:
+class DocumentStatement(wire.Record):
     """What a document signature asserts."""
 
-    signer_name: str
-    signer_fingerprint: Fingerprint
-    created: int
-    size: int
-    sha512: bytes
-    comment: str | None = None
-
-    def to_bytes(self) -> bytes:
-        """The canonical wire encoding (type 0x0030): the signed bytes."""
-        return wire.encode(
-            DOCUMENT_STATEMENT,
-            {
-                "signer_name": self.signer_name,
-                "signer_fingerprint": self.signer_fingerprint.digest,
-                "created": self.created,
-                "size": self.size,
-                "sha512": self.sha512,
-                "comment": self.comment,
-            },
-        )
+    signer_name: Annotated[str, wire.text(1, max_len=64)]
+    signer_fingerprint: Annotated[Fingerprint, wire.bytes_(2, size=32)]
+    created: Annotated[int, wire.uint(3)]
+    size: Annotated[int, wire.uint(4)]
+    sha512: Annotated[bytes, wire.bytes_(5, size=64)]
+    comment: Annotated[str | None, wire.text(6, max_len=COMMENT_MAX)] = None
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> DocumentStatement:
+    def from_bytes(cls, data: bytes) -> Self:
         """Decode strictly; raise :class:`MalformedInput`."""
-        rec = wire.decode(DOCUMENT_STATEMENT, data)
-        _check_comment(rec["comment"])
-        if rec["created"] > MAX_TIME:
+        st = wire.decode_record(cls, data)
+        _check_comment(st.comment)
+        if st.created > MAX_TIME:
             raise MalformedInput("the signing time is after the year 9999")
-        return cls(
-            signer_name=check_name(rec["signer_name"]),
-            signer_fingerprint=Fingerprint(rec["signer_fingerprint"]),
-            created=rec["created"],
-            size=rec["size"],
-            sha512=rec["sha512"],
-            comment=rec["comment"],
-        )
+        check_name(st.signer_name)
+        return st
 
 
+DOCUMENT_STATEMENT = wire.schema_of(DocumentStatement)
+
+
+@wire.record(0x0031, "DocumentSignature")
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DocumentSignature:
     """A statement and the signer's composite signature over it.
 
-    Parsing does not verify; :func:`verify_document` does.
+    Parsing does not verify; :func:`verify_document` does. (Hence no
+    ``from_bytes``: the decoder says in its name that it does not verify.)
     """
 
-    statement: DocumentStatement
-    signature: bytes
+    statement: Annotated[DocumentStatement, wire.nested(1, max_len=2048)]
+    signature: Annotated[bytes, wire.bytes_(2, size=HYBRID_SIGNATURE_SIZE)]
 
     def to_bytes(self) -> bytes:
         """The canonical wire encoding (type 0x0031)."""
-        return wire.encode(
-            DOCUMENT_SIGNATURE,
-            {"statement": self.statement.to_bytes(), "signature": self.signature},
-        )
+        return wire.encode_record(self)
 
     @classmethod
     def from_bytes_unverified(cls, data: bytes) -> DocumentSignature:
         """Decode strictly, without checking the signature."""
-        rec = wire.decode(DOCUMENT_SIGNATURE, data)
-        return cls(
-            statement=DocumentStatement.from_bytes(rec["statement"]), signature=rec["signature"]
-        )
+        return wire.decode_record(cls, data)
 
     def to_text(self) -> str:
         """The ``.sig`` file's text."""
@@ -159,6 +118,9 @@ class DocumentSignature:
             if expected.get(name) != value:
                 raise MalformedInput(f"the {name} header does not match the signed statement")
         return sig
+
+
+DOCUMENT_SIGNATURE = wire.schema_of(DocumentSignature)
 
 
 def _headers(st: DocumentStatement) -> list[tuple[str, str]]:

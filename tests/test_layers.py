@@ -24,6 +24,7 @@ RANKS = {
     "primitives": 1,
     "sqlite_schema": 1,  # opens every store's SQLite file (stdlib sqlite3 + errors)
     "wire": 2,
+    "wire_records": 2,
     "armor": 2,
     "terminal_text": 2,
     "identity": 3,

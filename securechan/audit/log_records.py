@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass, fields
-from typing import Any, ClassVar, Self
+from dataclasses import dataclass
+from typing import Annotated, Any, Self
 
 from securechan import wire
 from securechan.audit.note import is_valid_key_name
@@ -98,27 +98,24 @@ def _fp(value: bytes | None) -> str | None:
     return str(Fingerprint(value)) if value is not None else None
 
 
-class _Fields:
-    """Shared encoding of the field records: dataclass fields = wire fields."""
+class _Fields(wire.Record):
+    """Shared behaviour of the field records: each is a ``@wire.record``
+    whose dataclass fields are its wire fields."""
 
     __slots__ = ()
-    SCHEMA: ClassVar[wire.Schema]
 
-    def _values(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
-
-    def to_bytes(self) -> bytes:
-        """The canonical wire encoding."""
-        return wire.encode(self.SCHEMA, self._values())
+    @classmethod
+    def wire_schema(cls) -> wire.Schema:
+        """The record's schema (its type id is what an entry's kind fixes)."""
+        return wire.schema_of(cls)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Self:
         """Decode strictly; raise :class:`MalformedInput`."""
-        values = wire.decode(cls.SCHEMA, data)
         try:
-            return cls(**values)
-        except (ValueError, TypeError) as e:
-            raise MalformedInput(f"{cls.SCHEMA.name}: {e}") from None
+            return wire.decode_record(cls, data)
+        except (ValueError, TypeError) as e:  # a value the dataclass refuses
+            raise MalformedInput(f"{cls.wire_schema().name}: {e}") from None
 
     def _check(self) -> None:
         """Raise ``ValueError``/``TypeError`` unless the values fit the schema."""
@@ -129,25 +126,14 @@ class _Fields:
         raise NotImplementedError
 
 
-PARTY = wire.Schema(
-    0x00C1,
-    "AuditParty",
-    (
-        wire.Field(1, "name", wire.Kind.TEXT, max_len=64),
-        wire.Field(2, "fingerprint", wire.Kind.BYTES, size=32),
-        wire.Field(3, "old_fingerprint", wire.Kind.BYTES, size=32, optional=True),
-    ),
-)
-
-
+@wire.record(0x00C1, "AuditParty")
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PartyEvent(_Fields):
     """An identity or contact event: whose name, which key (and which before)."""
 
-    SCHEMA: ClassVar[wire.Schema] = PARTY
-    name: str
-    fingerprint: bytes
-    old_fingerprint: bytes | None = None
+    name: Annotated[str, wire.text(1, max_len=64)]
+    fingerprint: Annotated[bytes, wire.bytes_(2, size=32)]
+    old_fingerprint: Annotated[bytes | None, wire.bytes_(3, size=32)] = None
 
     def __post_init__(self) -> None:
         self._check()
@@ -164,25 +150,14 @@ class PartyEvent(_Fields):
         return out
 
 
-SESSION = wire.Schema(
-    0x00C2,
-    "AuditSession",
-    (
-        wire.Field(1, "conversation", wire.Kind.BYTES, size=CONVERSATION_ID_SIZE),
-        wire.Field(2, "peer", wire.Kind.BYTES, size=32),
-        wire.Field(3, "role", wire.Kind.TEXT, max_len=16),
-    ),
-)
-
-
+@wire.record(0x00C2, "AuditSession")
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SessionEvent(_Fields):
     """A session started: conversation id, the peer's key, our role."""
 
-    SCHEMA: ClassVar[wire.Schema] = SESSION
-    conversation: bytes
-    peer: bytes
-    role: str
+    conversation: Annotated[bytes, wire.bytes_(1, size=CONVERSATION_ID_SIZE)]
+    peer: Annotated[bytes, wire.bytes_(2, size=32)]
+    role: Annotated[str, wire.text(3, max_len=16)]
 
     def __post_init__(self) -> None:
         self._check()
@@ -194,28 +169,16 @@ class SessionEvent(_Fields):
         return {"conversation": _hex(self.conversation), "peer": _fp(self.peer), "role": self.role}
 
 
-MESSAGE = wire.Schema(
-    0x00C3,
-    "AuditMessage",
-    (
-        wire.Field(1, "conversation", wire.Kind.BYTES, size=CONVERSATION_ID_SIZE),
-        wire.Field(2, "seq", wire.Kind.UINT),
-        wire.Field(3, "payload_hash", wire.Kind.BYTES, size=32),
-        wire.Field(4, "peer", wire.Kind.BYTES, size=32),
-    ),
-)
-
-
+@wire.record(0x00C3, "AuditMessage")
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MessageEvent(_Fields):
     """A message sent or received (the kind says which): conversation,
     sequence number, SHA-256 of the signed payload record, the peer's key."""
 
-    SCHEMA: ClassVar[wire.Schema] = MESSAGE
-    conversation: bytes
-    seq: int
-    payload_hash: bytes
-    peer: bytes
+    conversation: Annotated[bytes, wire.bytes_(1, size=CONVERSATION_ID_SIZE)]
+    seq: Annotated[int, wire.uint(2)]
+    payload_hash: Annotated[bytes, wire.bytes_(3, size=32)]
+    peer: Annotated[bytes, wire.bytes_(4, size=32)]
 
     def __post_init__(self) -> None:
         self._check()
@@ -230,27 +193,15 @@ class MessageEvent(_Fields):
         }
 
 
-REJECTION = wire.Schema(
-    0x00C4,
-    "AuditRejection",
-    (
-        wire.Field(1, "reason", wire.Kind.TEXT, max_len=64),
-        wire.Field(2, "detail", wire.Kind.TEXT, max_len=4 * MAX_DETAIL),
-        wire.Field(3, "conversation", wire.Kind.BYTES, size=CONVERSATION_ID_SIZE, optional=True),
-        wire.Field(4, "peer", wire.Kind.BYTES, size=32, optional=True),
-    ),
-)
-
-
+@wire.record(0x00C4, "AuditRejection")
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Rejection(_Fields):
     """Something refused: the error class, its message, and whom it concerns."""
 
-    SCHEMA: ClassVar[wire.Schema] = REJECTION
-    reason: str
-    detail: str
-    conversation: bytes | None = None
-    peer: bytes | None = None
+    reason: Annotated[str, wire.text(1, max_len=64)]
+    detail: Annotated[str, wire.text(2, max_len=4 * MAX_DETAIL)]
+    conversation: Annotated[bytes | None, wire.bytes_(3, size=CONVERSATION_ID_SIZE)] = None
+    peer: Annotated[bytes | None, wire.bytes_(4, size=32)] = None
 
     def __post_init__(self) -> None:
         self._check()
@@ -269,25 +220,14 @@ class Rejection(_Fields):
         return out
 
 
-RELAY_CHECKPOINT = wire.Schema(
-    0x00C5,
-    "AuditRelayCheckpoint",
-    (
-        wire.Field(1, "origin", wire.Kind.TEXT, max_len=255),
-        wire.Field(2, "size", wire.Kind.UINT),
-        wire.Field(3, "root_hash", wire.Kind.BYTES, size=32),
-    ),
-)
-
-
+@wire.record(0x00C5, "AuditRelayCheckpoint")
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RelayCheckpointSeen(_Fields):
     """A relay transparency-log checkpoint we verified: origin, size, root."""
 
-    SCHEMA: ClassVar[wire.Schema] = RELAY_CHECKPOINT
-    origin: str
-    size: int
-    root_hash: bytes
+    origin: Annotated[str, wire.text(1, max_len=255)]
+    size: Annotated[int, wire.uint(2)]
+    root_hash: Annotated[bytes, wire.bytes_(3, size=32)]
 
     def __post_init__(self) -> None:
         self._check()
@@ -299,23 +239,13 @@ class RelayCheckpointSeen(_Fields):
         return {"origin": self.origin, "size": self.size, "root_hash": _hex(self.root_hash)}
 
 
-PREKEYS = wire.Schema(
-    0x00C6,
-    "AuditPrekeys",
-    (
-        wire.Field(1, "relay", wire.Kind.TEXT, max_len=512),
-        wire.Field(2, "count", wire.Kind.UINT),
-    ),
-)
-
-
+@wire.record(0x00C6, "AuditPrekeys")
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PrekeysRotated(_Fields):
     """Prekeys published at a relay (how many one-time keys)."""
 
-    SCHEMA: ClassVar[wire.Schema] = PREKEYS
-    relay: str
-    count: int
+    relay: Annotated[str, wire.text(1, max_len=512)]
+    count: Annotated[int, wire.uint(2)]
 
     def __post_init__(self) -> None:
         self._check()
@@ -327,34 +257,22 @@ class PrekeysRotated(_Fields):
         return {"relay": self.relay, "count": self.count}
 
 
-SIGNER = wire.Schema(
-    0x00C7,
-    "AuditLogSigner",
-    (wire.Field(1, "identity", wire.Kind.RECORD, max_len=8192, schema=PUBLIC_IDENTITY),),
-)
-
-
+@wire.record(0x00C7, "AuditLogSigner")
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LogSigner(_Fields):
     """Introduces the public identity whose key signs the checkpoints after it."""
 
-    SCHEMA: ClassVar[wire.Schema] = SIGNER
-    identity: PublicIdentity
+    identity: Annotated[PublicIdentity, wire.nested(1, max_len=8192, of=PUBLIC_IDENTITY)]
 
     def __post_init__(self) -> None:
         if not isinstance(self.identity, PublicIdentity):
             raise TypeError("identity is a PublicIdentity")
 
-    def to_bytes(self) -> bytes:
-        """The canonical wire encoding."""
-        return wire.encode(SIGNER, {"identity": self.identity.to_bytes()}, check_nested=False)
-
     @classmethod
     def from_bytes(cls, data: bytes) -> Self:
         """Decode strictly and check the identity's self-signature."""
-        rec = wire.decode(SIGNER, data)
         try:
-            return cls(identity=PublicIdentity.from_bytes(rec["identity"]))
+            return wire.decode_record(cls, data)
         except (BadSignature, ValueError, TypeError):
             raise MalformedInput("AuditLogSigner: not a valid public identity") from None
 
@@ -363,24 +281,21 @@ class LogSigner(_Fields):
         return {"name": self.identity.name, "fingerprint": str(self.identity.fingerprint)}
 
 
-CHECKPOINT_BODY = wire.Schema(
-    0x00C8,
-    "AuditCheckpointBody",
-    (
-        wire.Field(1, "count", wire.Kind.UINT),
-        wire.Field(2, "head", wire.Kind.BYTES, size=32),
-        wire.Field(3, "time", wire.Kind.UINT),
-        wire.Field(4, "signer", wire.Kind.BYTES, size=32),
-    ),
-)
-CHECKPOINT = wire.Schema(
-    0x00C9,
-    "AuditCheckpoint",
-    (
-        wire.Field(1, "body", wire.Kind.RECORD, max_len=256, schema=CHECKPOINT_BODY),
-        wire.Field(2, "signature", wire.Kind.BYTES, size=HYBRID_SIGNATURE_SIZE),
-    ),
-)
+@wire.record(0x00C8, "AuditCheckpointBody")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _CheckpointBody(wire.Record):
+    # What a LogCheckpoint's signature covers.
+    count: Annotated[int, wire.uint(1)]
+    head: Annotated[bytes, wire.bytes_(2, size=32)]
+    time: Annotated[int, wire.uint(3)]
+    signer: Annotated[bytes, wire.bytes_(4, size=32)]
+
+
+@wire.record(0x00C9, "AuditCheckpoint")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _CheckpointRecord(wire.Record):
+    body: Annotated[_CheckpointBody, wire.nested(1, max_len=256)]
+    signature: Annotated[bytes, wire.bytes_(2, size=HYBRID_SIGNATURE_SIZE)]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -389,9 +304,9 @@ class LogCheckpoint(_Fields):
     hash of the last of them (``head``), the time, the signer's fingerprint,
     and the composite signature over the encoded body (context
     ``securechan/v1/audit-checkpoint``). ``audit.head`` holds the same bytes.
+    On the wire the first four are a nested, signed ``AuditCheckpointBody``.
     """
 
-    SCHEMA: ClassVar[wire.Schema] = CHECKPOINT
     count: int
     head: bytes
     time: int
@@ -401,31 +316,54 @@ class LogCheckpoint(_Fields):
     def __post_init__(self) -> None:
         self.to_bytes()
 
+    @classmethod
+    def wire_schema(cls) -> wire.Schema:
+        """See :meth:`_Fields.wire_schema`."""
+        return wire.schema_of(_CheckpointRecord)
+
     @staticmethod
     def body_for(*, count: int, head: bytes, time: int, signer: bytes) -> bytes:
         """The signed bytes for these values."""
-        values = {"count": count, "head": head, "time": time, "signer": signer}
-        return wire.encode(CHECKPOINT_BODY, values)
+        return _CheckpointBody(count=count, head=head, time=time, signer=signer).to_bytes()
+
+    def _body(self) -> _CheckpointBody:
+        return _CheckpointBody(count=self.count, head=self.head, time=self.time, signer=self.signer)
 
     def body_bytes(self) -> bytes:
         """The bytes the signature covers."""
-        return self.body_for(count=self.count, head=self.head, time=self.time, signer=self.signer)
+        return self._body().to_bytes()
 
     def to_bytes(self) -> bytes:
         """The canonical wire encoding."""
-        values = {"body": self.body_bytes(), "signature": self.signature}
-        return wire.encode(CHECKPOINT, values, check_nested=False)
+        return _CheckpointRecord(body=self._body(), signature=self.signature).to_bytes()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Self:
         """Decode strictly (the signature is not checked here)."""
-        rec = wire.decode(CHECKPOINT, data)
-        body = wire.decode(CHECKPOINT_BODY, rec["body"])
-        return cls(**body, signature=rec["signature"])
+        rec = _CheckpointRecord.from_bytes(data)
+        body = rec.body
+        return cls(
+            count=body.count,
+            head=body.head,
+            time=body.time,
+            signer=body.signer,
+            signature=rec.signature,
+        )
 
     def describe(self) -> dict[str, Any]:
         """See :meth:`_Fields.describe`."""
         return {"count": self.count, "head": _hex(self.head), "signer": _fp(self.signer)}
+
+
+PARTY = wire.schema_of(PartyEvent)
+SESSION = wire.schema_of(SessionEvent)
+MESSAGE = wire.schema_of(MessageEvent)
+REJECTION = wire.schema_of(Rejection)
+RELAY_CHECKPOINT = wire.schema_of(RelayCheckpointSeen)
+PREKEYS = wire.schema_of(PrekeysRotated)
+SIGNER = wire.schema_of(LogSigner)
+CHECKPOINT_BODY = wire.schema_of(_CheckpointBody)
+CHECKPOINT = wire.schema_of(_CheckpointRecord)
 
 
 EntryFields = (
@@ -464,16 +402,18 @@ KINDS: dict[str, type[EntryFields]] = {
 
 INTERNAL_KINDS = frozenset({"log-signer", "log-checkpoint"})
 
-ENTRY = wire.Schema(
-    0x00C0,
-    "AuditEntry",
-    (
-        wire.Field(1, "index", wire.Kind.UINT),
-        wire.Field(2, "time", wire.Kind.UINT),
-        wire.Field(3, "kind", wire.Kind.TEXT, max_len=32),
-        wire.Field(4, "fields", wire.Kind.BYTES, max_len=_MAX_FIELDS),
-    ),
-)
+
+@wire.record(0x00C0, "AuditEntry")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _EntryRecord(wire.Record):
+    # AuditEntry's wire form: the fields as the bytes of their own record.
+    index: Annotated[int, wire.uint(1)]
+    time: Annotated[int, wire.uint(2)]
+    kind: Annotated[str, wire.text(3, max_len=32)]
+    fields: Annotated[bytes, wire.bytes_(4, max_len=_MAX_FIELDS)]
+
+
+ENTRY = wire.schema_of(_EntryRecord)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -498,26 +438,22 @@ class AuditEntry:
 
     def to_bytes(self) -> bytes:
         """The canonical wire encoding (type 0x00C0): what the hash covers."""
-        values = {
-            "index": self.index,
-            "time": self.time,
-            "kind": self.kind,
-            "fields": self.fields.to_bytes(),
-        }
-        return wire.encode(ENTRY, values)
+        return _EntryRecord(
+            index=self.index, time=self.time, kind=self.kind, fields=self.fields.to_bytes()
+        ).to_bytes()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> AuditEntry:
         """Decode strictly, fields included; raise :class:`MalformedInput`."""
-        rec = wire.decode(ENTRY, data)
-        record_type = KINDS.get(rec["kind"])
+        rec = _EntryRecord.from_bytes(data)
+        record_type = KINDS.get(rec.kind)
         if record_type is None:
             raise MalformedInput("AuditEntry: unknown kind")
-        if wire.peek_type(rec["fields"]) != record_type.SCHEMA.type_id:
+        if wire.peek_type(rec.fields) != record_type.wire_schema().type_id:
             raise MalformedInput("AuditEntry: the fields do not match the kind")
-        fields_value = record_type.from_bytes(rec["fields"])
+        fields_value = record_type.from_bytes(rec.fields)
         try:
-            entry = cls(index=rec["index"], time=rec["time"], kind=rec["kind"], fields=fields_value)
+            entry = cls(index=rec.index, time=rec.time, kind=rec.kind, fields=fields_value)
         except (ValueError, TypeError) as e:
             raise MalformedInput(f"AuditEntry: {e}") from None
         # wire's decoding is canonical (encode(decode(b)) == b), so the hash

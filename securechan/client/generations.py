@@ -40,6 +40,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 from securechan import wire
 from securechan.errors import MalformedInput, StorageError, VerificationFailed
@@ -53,24 +54,23 @@ _AAD = b"securechan/v1/state-generations"
 _MAX_FILE = 4 << 20
 _MAX_ITEMS = 100_000
 
-_ENTRY = wire.Schema(
-    0x00B8,
-    "StateGeneration",
-    (
-        wire.Field(1, "name", wire.Kind.TEXT, max_len=128),
-        wire.Field(2, "generation", wire.Kind.UINT),
-        wire.Field(3, "rolled_back", wire.Kind.BOOL),
-    ),
-)
-_FILE = wire.Schema(
-    0x00B9,
-    "StateGenerations",
-    (
-        wire.Field(
-            1, "items", wire.Kind.LIST, max_len=_MAX_FILE, schema=_ENTRY, max_items=_MAX_ITEMS
-        ),
-    ),
-)
+
+@wire.record(0x00B8, "StateGeneration")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Entry(wire.Record):
+    name: Annotated[str, wire.text(1, max_len=128)]
+    generation: Annotated[int, wire.uint(2)]
+    rolled_back: Annotated[bool, wire.boolean(3)]
+
+
+@wire.record(0x00B9, "StateGenerations")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _File(wire.Record):
+    items: Annotated[tuple[_Entry, ...], wire.list_(1, max_len=_MAX_FILE, max_items=_MAX_ITEMS)]
+
+
+_ENTRY = wire.schema_of(_Entry)
+_FILE = wire.schema_of(_File)
 
 
 @dataclass(slots=True)
@@ -111,13 +111,11 @@ class Generations:
             return _Marks()
         try:
             data = aead_decrypt(self._key, blob, _AAD)
-            items = wire.decode(_FILE, data)["items"]
             marks = _Marks()
-            for raw in items:
-                rec = wire.decode(_ENTRY, raw)
-                marks.high[rec["name"]] = rec["generation"]
-                if rec["rolled_back"]:
-                    marks.rolled_back.add(rec["name"])
+            for rec in _File.from_bytes(data).items:
+                marks.high[rec.name] = rec.generation
+                if rec.rolled_back:
+                    marks.rolled_back.add(rec.name)
             return marks
         except (VerificationFailed, MalformedInput):
             # Refusing to go on is the only safe answer: without the mark a
@@ -128,14 +126,11 @@ class Generations:
             ) from None
 
     def _write(self, marks: _Marks) -> None:
-        items = [
-            wire.encode(
-                _ENTRY,
-                {"name": name, "generation": gen, "rolled_back": name in marks.rolled_back},
-            )
+        items = tuple(
+            _Entry(name=name, generation=gen, rolled_back=name in marks.rolled_back)
             for name, gen in sorted(marks.high.items())
-        ]
-        data = wire.encode(_FILE, {"items": items})
+        )
+        data = _File(items=items).to_bytes()
         atomic_write(self.path, aead_encrypt(self._key, data, _AAD), replace=True)
 
     def high(self, name: str) -> int:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Annotated, Self
 
 from securechan import wire
 from securechan.errors import (
@@ -43,77 +44,44 @@ __all__ = ["Contact", "Contacts"]
 CONTACTS_FILE = "contacts.bin"
 MAX_CONTACTS = 4096
 
-CONTACT = wire.Schema(
-    0x0020,
-    "Contact",
-    (
-        wire.Field(1, "name", wire.Kind.TEXT, max_len=NAME_MAX),
-        wire.Field(2, "identity", wire.Kind.RECORD, max_len=8192, schema=PUBLIC_IDENTITY),
-        wire.Field(3, "verified", wire.Kind.BOOL),
-        wire.Field(4, "added", wire.Kind.UINT),
-        wire.Field(5, "verified_at", wire.Kind.UINT, optional=True),
-        # The contact card (identity + relay addresses), opaque to this layer.
-        wire.Field(6, "card", wire.Kind.BYTES, max_len=32768, optional=True),
-    ),
-)
-CONTACTS = wire.Schema(
-    0x0021,
-    "ContactsFile",
-    (
-        wire.Field(
-            1,
-            "contacts",
-            wire.Kind.LIST,
-            max_len=MAX_CONTACTS * 8400,
-            schema=CONTACT,
-            max_items=MAX_CONTACTS,
-        ),
-    ),
-)
 
-
+@wire.record(0x0020, "Contact")
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Contact:
+class Contact(wire.Record):
     """A pinned contact."""
 
-    name: str
-    identity: PublicIdentity
-    verified: bool
-    added: int
-    verified_at: int | None = None
-    card: bytes | None = None
+    name: Annotated[str, wire.text(1, max_len=NAME_MAX)]
+    identity: Annotated[PublicIdentity, wire.nested(2, max_len=8192, of=PUBLIC_IDENTITY)]
+    verified: Annotated[bool, wire.boolean(3)]
+    added: Annotated[int, wire.uint(4)]
+    verified_at: Annotated[int | None, wire.uint(5)] = None
+    # The contact card (identity + relay addresses), opaque to this layer.
+    card: Annotated[bytes | None, wire.bytes_(6, max_len=32768)] = None
 
     @property
     def fingerprint(self) -> Fingerprint:
         """The pinned key's fingerprint."""
         return self.identity.fingerprint
 
-    def to_bytes(self) -> bytes:
-        """The canonical wire encoding (type 0x0020)."""
-        return wire.encode(
-            CONTACT,
-            {
-                "name": self.name,
-                "identity": self.identity.to_bytes(),
-                "verified": self.verified,
-                "added": self.added,
-                "verified_at": self.verified_at,
-                "card": self.card,
-            },
-        )
-
     @classmethod
-    def from_bytes(cls, data: bytes) -> Contact:
+    def from_bytes(cls, data: bytes) -> Self:
         """Decode; the identity's self-signature is checked."""
-        rec = wire.decode(CONTACT, data)
-        return cls(
-            name=check_name(rec["name"]),
-            identity=PublicIdentity.from_bytes(rec["identity"]),
-            verified=rec["verified"],
-            added=rec["added"],
-            verified_at=rec["verified_at"],
-            card=rec["card"],
-        )
+        contact = wire.decode_record(cls, data)
+        check_name(contact.name)
+        return contact
+
+
+@wire.record(0x0021, "ContactsFile")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _ContactsFile(wire.Record):
+    contacts: Annotated[
+        tuple[Contact, ...],
+        wire.list_(1, max_len=MAX_CONTACTS * 8400, max_items=MAX_CONTACTS),
+    ]
+
+
+CONTACT = wire.schema_of(Contact)
+CONTACTS = wire.schema_of(_ContactsFile)
 
 
 def _now() -> int:
@@ -152,8 +120,7 @@ class Contacts:
         except FileNotFoundError:
             return []
         try:
-            rec = wire.decode(CONTACTS, raw)
-            contacts = [Contact.from_bytes(item) for item in rec["contacts"]]
+            contacts = list(_ContactsFile.from_bytes(raw).contacts)
         except (MalformedInput, BadSignature) as e:
             raise MalformedInput(f"{self.path} is damaged: {e}") from None
         if len({c.name for c in contacts}) != len(contacts):
@@ -161,7 +128,7 @@ class Contacts:
         return contacts
 
     def _save(self, contacts: list[Contact]) -> None:
-        data = wire.encode(CONTACTS, {"contacts": [c.to_bytes() for c in contacts]})
+        data = _ContactsFile(contacts=tuple(contacts)).to_bytes()
         atomic_write(self.path, data, replace=True)
 
     def _emit(self, kind: EventKind, contact: Contact, old: Fingerprint | None = None) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Annotated
 
 from securechan import armor, wire
 from securechan.errors import BadSignature, MalformedInput
@@ -44,34 +45,37 @@ _STORAGE_KEY_LABEL = b"securechan/v1/storage-key"
 NAME_MAX = 64
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
-IDENTITY_CLAIM = wire.Schema(
-    0x0001,
-    "IdentityClaim",
-    (
-        wire.Field(1, "name", wire.Kind.TEXT, max_len=NAME_MAX),
-        wire.Field(2, "created", wire.Kind.UINT),
-        wire.Field(3, "public_key", wire.Kind.BYTES, size=HYBRID_PUBLIC_KEY_SIZE),
-    ),
-)
-PUBLIC_IDENTITY = wire.Schema(
-    0x0002,
-    "PublicIdentity",
-    (
-        wire.Field(1, "claim", wire.Kind.RECORD, max_len=4096, schema=IDENTITY_CLAIM),
-        wire.Field(2, "self_signature", wire.Kind.BYTES, size=HYBRID_SIGNATURE_SIZE),
-    ),
-)
-SECRET_IDENTITY = wire.Schema(
-    0x0003,
-    "SecretIdentity",
-    (
-        wire.Field(1, "name", wire.Kind.TEXT, max_len=NAME_MAX),
-        wire.Field(2, "created", wire.Kind.UINT),
-        wire.Field(3, "ed25519_seed", wire.Kind.BYTES, size=SEED_SIZE),
-        wire.Field(4, "mldsa65_seed", wire.Kind.BYTES, size=SEED_SIZE),
-        wire.Field(5, "self_signature", wire.Kind.BYTES, size=HYBRID_SIGNATURE_SIZE),
-    ),
-)
+
+@wire.record(0x0001, "IdentityClaim")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Claim(wire.Record):
+    # What the self-signature covers.
+    name: Annotated[str, wire.text(1, max_len=NAME_MAX)]
+    created: Annotated[int, wire.uint(2)]
+    public_key: Annotated[bytes, wire.bytes_(3, size=HYBRID_PUBLIC_KEY_SIZE)]
+
+
+@wire.record(0x0002, "PublicIdentity")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _PublicRecord(wire.Record):
+    claim: Annotated[_Claim, wire.nested(1, max_len=4096)]
+    self_signature: Annotated[bytes, wire.bytes_(2, size=HYBRID_SIGNATURE_SIZE)]
+
+
+@wire.record(0x0003, "SecretIdentity")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _SecretRecord(wire.Record):
+    # Only for the encrypted keystore; the seeds stay out of repr().
+    name: Annotated[str, wire.text(1, max_len=NAME_MAX)]
+    created: Annotated[int, wire.uint(2)]
+    ed25519_seed: Annotated[bytes, wire.bytes_(3, size=SEED_SIZE)] = field(repr=False)
+    mldsa65_seed: Annotated[bytes, wire.bytes_(4, size=SEED_SIZE)] = field(repr=False)
+    self_signature: Annotated[bytes, wire.bytes_(5, size=HYBRID_SIGNATURE_SIZE)]
+
+
+IDENTITY_CLAIM = wire.schema_of(_Claim)
+PUBLIC_IDENTITY = wire.schema_of(_PublicRecord)
+SECRET_IDENTITY = wire.schema_of(_SecretRecord)
 
 _ARMOR_LABEL = "PUBLIC IDENTITY"
 _ARMOR_HEADERS = frozenset({"Name", "Fingerprint"})
@@ -106,6 +110,9 @@ class Fingerprint:
     def of(cls, key: HybridVerifyKey) -> Fingerprint:
         """The fingerprint of a composite public key."""
         return cls(sha256(_FINGERPRINT_LABEL + b"\x00" + bytes(key)))
+
+    def __bytes__(self) -> bytes:
+        return self.digest
 
     def __str__(self) -> str:
         h = self.digest.hex().upper()
@@ -142,11 +149,11 @@ class PublicIdentity:
         # Computed once: sessions read it several times per message.
         object.__setattr__(self, "_fingerprint", Fingerprint.of(self.public_key))
 
+    def _claim(self) -> _Claim:
+        return _Claim(name=self.name, created=self.created, public_key=bytes(self.public_key))
+
     def _claim_bytes(self) -> bytes:
-        return wire.encode(
-            IDENTITY_CLAIM,
-            {"name": self.name, "created": self.created, "public_key": bytes(self.public_key)},
-        )
+        return self._claim().to_bytes()
 
     @property
     def fingerprint(self) -> Fingerprint:
@@ -165,23 +172,21 @@ class PublicIdentity:
 
     def to_bytes(self) -> bytes:
         """The canonical wire encoding (type 0x0002)."""
-        return wire.encode(
-            PUBLIC_IDENTITY, {"claim": self._claim_bytes(), "self_signature": self.self_signature}
-        )
+        return _PublicRecord(claim=self._claim(), self_signature=self.self_signature).to_bytes()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> PublicIdentity:
         """Decode and verify; raise :class:`MalformedInput` or :class:`BadSignature`."""
-        outer = wire.decode(PUBLIC_IDENTITY, data)
-        claim = wire.decode(IDENTITY_CLAIM, outer["claim"])
-        check_name(claim["name"])
-        key = HybridVerifyKey(claim["public_key"])
+        outer = _PublicRecord.from_bytes(data)
+        claim = outer.claim
+        check_name(claim.name)
+        key = HybridVerifyKey(claim.public_key)
         try:
             return cls(
-                name=claim["name"],
-                created=claim["created"],
+                name=claim.name,
+                created=claim.created,
                 public_key=key,
-                self_signature=outer["self_signature"],
+                self_signature=outer.self_signature,
             )
         except BadSignature:
             raise BadSignature("the identity's self-signature does not verify") from None
@@ -235,10 +240,9 @@ class Identity:
     @cached_property
     def public(self) -> PublicIdentity:
         """The self-signed public identity (signed once, then cached)."""
-        claim = wire.encode(
-            IDENTITY_CLAIM,
-            {"name": self.name, "created": self.created, "public_key": bytes(self._key.public_key)},
-        )
+        claim = _Claim(
+            name=self.name, created=self.created, public_key=bytes(self._key.public_key)
+        ).to_bytes()
         sig = self._key.sign(claim, context=CONTEXT_IDENTITY_SELF)
         return PublicIdentity(
             name=self.name,
@@ -272,22 +276,17 @@ class Identity:
     def secret_bytes(self) -> bytes:
         """The secret record (seeds included) for the encrypted keystore only."""
         ed_seed, mldsa_seed = self._key.seed_bytes_secret()
-        return wire.encode(
-            SECRET_IDENTITY,
-            {
-                "name": self.name,
-                "created": self.created,
-                "ed25519_seed": ed_seed,
-                "mldsa65_seed": mldsa_seed,
-                "self_signature": self.public.self_signature,
-            },
-        )
+        return _SecretRecord(
+            name=self.name,
+            created=self.created,
+            ed25519_seed=ed_seed,
+            mldsa65_seed=mldsa_seed,
+            self_signature=self.public.self_signature,
+        ).to_bytes()
 
     @classmethod
     def from_secret_bytes(cls, data: bytes) -> Identity:
         """Rebuild from :meth:`secret_bytes`; checks the stored self-signature."""
-        rec = wire.decode(SECRET_IDENTITY, data)
-        key = HybridSigningKey(rec["ed25519_seed"], rec["mldsa65_seed"])
-        return cls(
-            name=rec["name"], created=rec["created"], key=key, self_signature=rec["self_signature"]
-        )
+        rec = _SecretRecord.from_bytes(data)
+        key = HybridSigningKey(rec.ed25519_seed, rec.mldsa65_seed)
+        return cls(name=rec.name, created=rec.created, key=key, self_signature=rec.self_signature)

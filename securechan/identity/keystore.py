@@ -26,6 +26,7 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 from securechan import armor, wire
 from securechan.errors import (
@@ -68,25 +69,27 @@ KDF_PROFILES: dict[str, KdfParams] = {
     "sensitive": KDF_SENSITIVE,
 }
 
-KEY_FILE_HEADER = wire.Schema(
-    0x0010,
-    "KeyFileHeader",
-    (
-        wire.Field(1, "kdf", wire.Kind.TEXT, max_len=16),
-        wire.Field(2, "opslimit", wire.Kind.UINT),
-        wire.Field(3, "memlimit", wire.Kind.UINT),
-        wire.Field(4, "salt", wire.Kind.BYTES, size=ARGON2_SALT_SIZE),
-        wire.Field(5, "fingerprint", wire.Kind.BYTES, size=32),
-    ),
-)
-KEY_FILE_SCHEMA = wire.Schema(
-    0x0011,
-    "KeyFile",
-    (
-        wire.Field(1, "header", wire.Kind.RECORD, max_len=256, schema=KEY_FILE_HEADER),
-        wire.Field(2, "sealed", wire.Kind.BYTES, max_len=8192),
-    ),
-)
+
+@wire.record(0x0010, "KeyFileHeader")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _KeyFileHeader(wire.Record):
+    kdf: Annotated[str, wire.text(1, max_len=16)]
+    opslimit: Annotated[int, wire.uint(2)]
+    memlimit: Annotated[int, wire.uint(3)]
+    salt: Annotated[bytes, wire.bytes_(4, size=ARGON2_SALT_SIZE)]
+    fingerprint: Annotated[bytes, wire.bytes_(5, size=32)]
+
+
+@wire.record(0x0011, "KeyFile")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _KeyFile(wire.Record):
+    # The header's exact bytes are the associated data of the sealed secret.
+    header: Annotated[bytes, wire.nested(1, max_len=256, of=_KeyFileHeader)]
+    sealed: Annotated[bytes, wire.bytes_(2, max_len=8192)]
+
+
+KEY_FILE_HEADER = wire.schema_of(_KeyFileHeader)
+KEY_FILE_SCHEMA = wire.schema_of(_KeyFile)
 _KDF_NAME = "argon2id"
 
 
@@ -206,19 +209,16 @@ class Keystore:
 
     def _seal(self, ident: Identity, secret: bytes, kdf: KdfParams) -> str:
         salt = random_bytes(ARGON2_SALT_SIZE)
-        header = wire.encode(
-            KEY_FILE_HEADER,
-            {
-                "kdf": _KDF_NAME,
-                "opslimit": kdf.opslimit,
-                "memlimit": kdf.memlimit,
-                "salt": salt,
-                "fingerprint": ident.fingerprint.digest,
-            },
-        )
+        header = _KeyFileHeader(
+            kdf=_KDF_NAME,
+            opslimit=kdf.opslimit,
+            memlimit=kdf.memlimit,
+            salt=salt,
+            fingerprint=ident.fingerprint.digest,
+        ).to_bytes()
         key = argon2id(secret, salt, kdf)
         sealed = aead_encrypt(key, ident.secret_bytes(), header)
-        body = wire.encode(KEY_FILE_SCHEMA, {"header": header, "sealed": sealed})
+        body = _KeyFile(header=header, sealed=sealed).to_bytes()
         return armor.armor(
             _ARMOR_LABEL, body, [("Name", ident.name), ("Fingerprint", str(ident.fingerprint))]
         )
@@ -235,25 +235,25 @@ class Keystore:
         block = armor.dearmor(
             text, _ARMOR_LABEL, allowed_headers=frozenset({"Name", "Fingerprint"})
         )
-        outer = wire.decode(KEY_FILE_SCHEMA, block.body)
-        header = wire.decode(KEY_FILE_HEADER, outer["header"])
+        outer = _KeyFile.from_bytes(block.body)
+        header = _KeyFileHeader.from_bytes(outer.header)
         fp_header = block.headers.get("Fingerprint")
-        if fp_header is not None and Fingerprint.parse(fp_header).digest != header["fingerprint"]:
+        if fp_header is not None and Fingerprint.parse(fp_header).digest != header.fingerprint:
             raise MalformedInput(f"{self.key_path}: the Fingerprint header does not match the key")
-        if header["kdf"] != _KDF_NAME:
-            raise MalformedInput(f"{self.key_path}: unknown key derivation {header['kdf']!r}")
-        params = KdfParams(opslimit=header["opslimit"], memlimit=header["memlimit"])
+        if header.kdf != _KDF_NAME:
+            raise MalformedInput(f"{self.key_path}: unknown key derivation {header.kdf!r}")
+        params = KdfParams(opslimit=header.opslimit, memlimit=header.memlimit)
         try:
             params.check()
         except ValueError as e:
             raise MalformedInput(f"{self.key_path}: {e}") from None
         return _SealedKey(
             name_header=block.headers.get("Name"),
-            header=outer["header"],
+            header=outer.header,
             params=params,
-            salt=header["salt"],
-            fingerprint=Fingerprint(header["fingerprint"]),
-            sealed=outer["sealed"],
+            salt=header.salt,
+            fingerprint=Fingerprint(header.fingerprint),
+            sealed=outer.sealed,
         )
 
     def fingerprint(self) -> Fingerprint:
