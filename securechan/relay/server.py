@@ -38,7 +38,7 @@ from securechan.audit.note import VerifierKey
 from securechan.errors import MalformedInput, StorageError
 from securechan.primitives import Ed25519SigningKey, sha256
 from securechan.protocol.relay_auth import b64e
-from securechan.relay.app import Relay, RelayConfig, make_app, storage_cause
+from securechan.relay.app import RELAY, Relay, RelayConfig, make_app, storage_cause
 from securechan.relay.connlimit import ConnectionGate, fd_headroom, open_fds, raise_fd_limit
 from securechan.relay.sqlite_store import SqliteStorage
 from securechan.relay.tlog import DEFAULT_COSIGN_WINDOW, RelayLog, parse_witness_keys
@@ -210,7 +210,7 @@ async def serve(
         await storage.close()
         raise
     app = make_app(storage, key, config, tlog=tlog)
-    relay: Relay = app["relay"]
+    relay: Relay = app[RELAY]
     metrics = relay.metrics
     metrics.connections.set_function(lambda: gate.open)
     metrics.open_fds.set_function(open_fds)

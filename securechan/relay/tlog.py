@@ -164,8 +164,6 @@ class _Job:
     arg: Any
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Any]
-    # Resolved with its value just before ``future``, in the same callback.
-    before: tuple[asyncio.Future[Any], Any] | None = None
     # An append's leaf hash when the caller had SHA-256(envelope) already.
     leaf: bytes | None = None
 
@@ -497,17 +495,30 @@ class RelayLog:
 
     # --- appending -----------------------------------------------------------------
 
-    async def append(self, envelope: bytes) -> Receipt:
+    async def append(self, envelope: bytes, *, digest: bytes | None = None) -> Receipt:
         """Log ``envelope`` (once: a logged one keeps its leaf); its receipt.
 
         Returns after the leaf is committed, with the checkpoint of the batch
         that committed it (or the newest one, for a leaf logged before) and
-        the inclusion proof the writer computed against it.
+        the inclusion proof the writer computed against it. ``digest``, if
+        given, must be SHA-256 of ``envelope`` as the caller computed it (the
+        relay has it from the request signature's check): the leaf hash is
+        then derived from it, not from the envelope again.
         """
         if not isinstance(envelope, bytes):
             raise TypeError("an envelope is bytes")
+        leaf = None
+        if digest is not None:
+            if not isinstance(digest, bytes) or len(digest) != 32:
+                raise ValueError("digest is SHA-256 of the envelope")
+            leaf = merkle.leaf_hash(ENVELOPE_LEAF_CONTEXT + digest)
         # Hashed by the writer: the event loop hands over the bytes and goes on.
-        return self.receipt_from(await self._submit("append", envelope))
+        return self.receipt_from(await self._submit("append", envelope, leaf))
+
+    def mark_dirty(self) -> None:
+        """An envelope may be stored but not logged (a send cancelled between
+        the two commits): the next start repairs, whatever :meth:`mark_clean`."""
+        self._lost = True
 
     async def receipt_for(self, envelope: bytes) -> Receipt | None:
         """The receipt of ``envelope`` against the newest checkpoint, or
@@ -575,51 +586,20 @@ class RelayLog:
 
     # --- plumbing ------------------------------------------------------------------
 
-    def append_from_thread(
-        self,
-        envelope: bytes,
-        loop: asyncio.AbstractEventLoop,
-        future: asyncio.Future[Any],
-        *,
-        before: tuple[asyncio.Future[Any], Any] | None = None,
-        digest: bytes | None = None,
-    ) -> None:
-        """Start :meth:`append` from any thread: ``future`` (of ``loop``) gets
-        the append's answer, which :meth:`receipt_from` turns into the
-        receipt on the event loop, or the error. ``before``, a future of the same loop with
-        its value, is resolved in the same callback just before ``future``, so
-        a task that awaits one and then the other wakes once. Raises
-        :class:`StorageClosed` (nothing started) after :meth:`close`.
-        ``digest``, if given, must be SHA-256 of ``envelope`` as the caller
-        computed it (the relay has it from the request signature's check):
-        the leaf hash is then derived from it, not from the envelope again."""
-        if not isinstance(envelope, bytes):
-            raise TypeError("an envelope is bytes")
-        leaf = None
-        if digest is not None:
-            if not isinstance(digest, bytes) or len(digest) != 32:
-                raise ValueError("digest is SHA-256 of the envelope")
-            leaf = merkle.leaf_hash(ENVELOPE_LEAF_CONTEXT + digest)
-        with self._lock:
-            if self._closed:
-                self._lost = True
-                raise StorageClosed("the transparency log is closed")
-            self._jobs.put(_Job("append", envelope, loop, future, before, leaf))
-
     def receipt_from(self, appended: Any) -> Receipt:
         """The receipt for what an append answered (on the event loop: the
         checkpoint note is composed there, once per checkpoint)."""
         index, head, _, proof = appended
         return Receipt(leaf_index=index, checkpoint=self._head_note(head), inclusion_proof=proof)
 
-    async def _submit(self, kind: str, arg: Any) -> Any:
+    async def _submit(self, kind: str, arg: Any, leaf: bytes | None = None) -> Any:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         with self._lock:  # no job may enter the queue behind close()'s stop mark
             if self._closed:
                 self._lost = self._lost or kind == "append"
                 raise StorageClosed("the transparency log is closed")
-            self._jobs.put(_Job(kind, arg, loop, future))
+            self._jobs.put(_Job(kind, arg, loop, future, leaf))
         return await future
 
     async def _read(self, fn: Callable[[_Reader], T]) -> T:
@@ -798,10 +778,7 @@ class RelayLog:
             by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]]
             by_loop = {}
             for j, ok, value in outcomes:
-                settled = by_loop.setdefault(j.loop, [])
-                if j.before is not None:
-                    settled.append((j.before[0], True, j.before[1]))
-                settled.append((j.future, ok, value))
+                by_loop.setdefault(j.loop, []).append((j.future, ok, value))
             for loop, settled in by_loop.items():
                 with contextlib.suppress(RuntimeError):  # the caller's loop is gone
                     loop.call_soon_threadsafe(_settle, settled)
