@@ -632,5 +632,3 @@ def test_cached_queue_records_follow_every_change(tmp_path: Path) -> None:
             assert await s.queue_by_rid(q.rid) is None
 
     _run(main)
-
-
