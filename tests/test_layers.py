@@ -116,6 +116,7 @@ def test_public_api_is_listed() -> None:
 NO_HTTP = (
     "securechan.relay.api",
     "securechan.relay.service",
+    "securechan.relay.log_service",
     "securechan.relay.config",
     "securechan.relay.storage",
     "securechan.relay.sqlite_store",

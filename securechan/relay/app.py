@@ -34,6 +34,7 @@ from securechan.protocol.relay_auth import b64d
 from securechan.relay import api
 from securechan.relay.api import ApiError
 from securechan.relay.config import RelayConfig
+from securechan.relay.log_service import LogService
 from securechan.relay.metrics import RelayMetrics
 from securechan.relay.push import Push
 from securechan.relay.service import Call, RelayService
@@ -80,6 +81,7 @@ class Relay:
 
     def __init__(self, service: RelayService, push: Push) -> None:
         self.service = service
+        self.logs = LogService(service)
         self.push = push
         self.config = service.config
         self.metrics = service.metrics
@@ -310,13 +312,13 @@ class Relay:
     # --- transparency log (docs/AUDIT.md, "Relay transparency log") -----------------
 
     async def log_checkpoint(self, request: web.Request) -> web.Response:
-        self.service.tlog(self._call(request))
+        self.logs.admit(self._call(request))
         query = _query(request, {"size"})
-        note = await self.service.log_checkpoint(query.get("size"))
+        note = await self.logs.log_checkpoint(query.get("size"))
         return web.Response(text=note, headers={"Cache-Control": "no-store"})
 
     async def log_leaf(self, request: web.Request) -> web.Response:
-        self.service.tlog(self._call(request))
+        self.logs.admit(self._call(request))
         text = request.query.get("hash", "")
         if (
             set(request.query) != {"hash"}
@@ -324,27 +326,27 @@ class Relay:
             or not _LEAF_HEX.fullmatch(text)
         ):
             raise ApiError("bad_query", "give hash, the leaf hash in 64 lowercase hex digits")
-        receipt = await self.service.log_leaf(bytes.fromhex(text))
+        receipt = await self.logs.log_leaf(bytes.fromhex(text))
         return web.json_response(receipt.to_json(), headers={"Cache-Control": "no-store"})
 
     async def log_inclusion(self, request: web.Request) -> web.Response:
-        self.service.tlog(self._call(request))
+        self.logs.admit(self._call(request))
         query = _query(request, {"index", "size"})
         if len(query) != 2:
             raise ApiError("bad_query", "give index and size, with index < size")
-        return _json(await self.service.log_inclusion(query["index"], query["size"]))
+        return _json(await self.logs.log_inclusion(query["index"], query["size"]))
 
     async def log_consistency(self, request: web.Request) -> web.Response:
-        self.service.tlog(self._call(request))
+        self.logs.admit(self._call(request))
         query = _query(request, {"old", "new"})
         if len(query) != 2:
             raise ApiError("bad_query", "give old and new, with old <= new")
-        return _json(await self.service.log_consistency(query["old"], query["new"]))
+        return _json(await self.logs.log_consistency(query["old"], query["new"]))
 
     async def log_cosignature(self, request: web.Request) -> web.Response:
-        self.service.tlog(self._call(request))
+        self.logs.admit(self._call(request))
         body = await self._body(request, int(api.route("log_cosignature").limit))
-        answer = await self.service.log_cosignature(body)
+        answer = await self.logs.log_cosignature(body)
         if isinstance(answer, int):
             # As tlog-witness add-checkpoint answers a stale old size.
             return web.Response(

@@ -320,11 +320,8 @@ def render() -> str:
         return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
     Dumper.add_representer(str, text)
-    header = (
-        "# Generated from securechan/relay/api.py: python -m securechan.relay.openapi --write\n"
-    )
     body = yaml.dump(document(), Dumper=Dumper, sort_keys=False, allow_unicode=True, width=88)
-    return header + str(body)
+    return str(body)
 
 
 def main(argv: list[str]) -> int:

@@ -46,12 +46,11 @@ from securechan.relay.storage import (
     QuotaExceeded,
     RelayStorage,
 )
-from securechan.relay.tlog import CosignatureRefused, RelayLog
+from securechan.relay.tlog import RelayLog
 
 __all__ = ["Call", "RelayService"]
 
 ApiError = api.ApiError
-ERRORS = api.ERRORS
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -474,58 +473,3 @@ class RelayService:
             raise ApiError("no_prekeys", "no prekeys were published here")
         signed, one_time, left = claimed
         return api.BundleReply(signed=signed, one_time=one_time, one_time_left=left)
-
-    # --- the transparency log (docs/AUDIT.md, "Relay transparency log") ------------------
-
-    def tlog(self, call: Call) -> RelayLog:
-        """The log, within the caller's per-address rate; 404 without one."""
-        if self.log is None:
-            raise ApiError("no_log", "this relay serves no transparency log")
-        self.limit(self.client_limit, call.remote, "client")
-        return self.log
-
-    def _log(self) -> RelayLog:
-        if self.log is None:
-            raise ApiError("no_log", "this relay serves no transparency log")
-        return self.log
-
-    def _reached(self, size: int) -> RelayLog:
-        tlog = self._log()
-        if size > tlog.size:
-            raise ApiError("no_checkpoint", f"the log has not reached size {size}")
-        return tlog
-
-    async def log_checkpoint(self, size: int | None) -> str:
-        if size is None:
-            return self._log().checkpoint()
-        return await self._reached(size).checkpoint_at(size)
-
-    async def log_leaf(self, leaf: bytes) -> Receipt:
-        """The receipt of one leaf, found by its hash: for a recipient, who
-        holds the envelope but never saw the send reply."""
-        receipt = await self._log().receipt_for_leaf(leaf)
-        if receipt is None:
-            raise ApiError("no_leaf", "the log holds no such leaf")
-        return receipt
-
-    async def log_inclusion(self, index: int, size: int) -> api.InclusionReply:
-        if index >= size:
-            raise ApiError("bad_query", "give index and size, with index < size")
-        hashes = await self._reached(size).inclusion_proof(index, size)
-        return api.InclusionReply(index=index, size=size, hashes=tuple(hashes))
-
-    async def log_consistency(self, old: int, new: int) -> api.ConsistencyReply:
-        if old > new:
-            raise ApiError("bad_query", "give old and new, with old <= new")
-        hashes = await self._reached(new).consistency_proof(old, new)
-        return api.ConsistencyReply(old=old, new=new, hashes=tuple(hashes))
-
-    async def log_cosignature(self, body: bytes) -> str | int:
-        """The checkpoint with every cosignature now held for its size, or,
-        for a stale one, the log's size (as tlog-witness answers)."""
-        try:
-            return await self._log().add_cosignatures(body)
-        except CosignatureRefused as e:
-            if e.reason == "stale":
-                return e.log_size or 0
-            raise ApiError(e.reason, e.message, status=ERRORS.get(e.reason, 400)) from None
