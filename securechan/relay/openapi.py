@@ -316,7 +316,9 @@ def render() -> str:
         """Multi-line text as YAML blocks (``|``), as a person would write it."""
 
     def text(dumper: Any, value: str) -> Any:
-        style = "|" if "\n" in value else None
+        # Blocks for multi-line text; statuses as "200" (a line-based reader
+        # in the tests takes double quotes or none).
+        style = "|" if "\n" in value else '"' if value.isdigit() else None
         return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
     Dumper.add_representer(str, text)

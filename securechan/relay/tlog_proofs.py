@@ -12,10 +12,10 @@ import sqlite3
 from securechan.audit import merkle
 from securechan.audit.tree import TreeStore
 
-__all__ = ["cover", "inclusion_proofs", "lookup_many"]
+__all__ = ["inclusion_proofs", "lookup_many"]
 
 
-def cover(begin: int, end: int) -> list[merkle.NodeId]:
+def _cover(begin: int, end: int) -> list[merkle.NodeId]:
     """The perfect subtrees covering leaves ``[begin, end)``: most sibling
     ranges are one complete subtree, found without the general walk."""
     width = end - begin
@@ -55,7 +55,7 @@ def inclusion_proofs(tree: TreeStore, indices: set[int], size: int) -> dict[int,
                 path = (sibling, *path)
             above[(level, node)] = path
         paths[index] = path
-    covers = {r: cover(*r) for r in ranges}
+    covers = {r: _cover(*r) for r in ranges}
     ids = list({node for cover in covers.values() for node in cover})
     nodes = dict(zip(ids, tree.get_nodes(ids), strict=True))
     hashes: dict[tuple[int, int], bytes] = {}
