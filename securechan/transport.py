@@ -455,8 +455,8 @@ def _reply(cls: type[T], data: Any, what: str) -> T:
     newer relay's extra fields are ignored)."""
     try:
         return api.from_json(cls, data, exact=False)
-    except MalformedInput:
-        raise MalformedInput(f"bad {what} from the relay") from None
+    except MalformedInput as e:
+        raise MalformedInput(f"bad {what} from the relay: {e}") from None
 
 
 def _envelope(m: api.Message) -> FetchedEnvelope:

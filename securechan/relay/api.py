@@ -217,7 +217,12 @@ class PrekeyCount:
 class BundleReply:
     signed: bytes = jfield("blob")
     one_time: bytes | None = jfield("blob", optional=True)
-    one_time_left: int = jfield("int")
+    one_time_left: int | None = jfield(
+        "int",
+        optional=True,
+        doc="One-time prekeys left after this claim (always sent by this relay; a client"
+        " needs only the blobs).",
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
