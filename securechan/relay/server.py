@@ -284,9 +284,10 @@ async def serve(
         await runner.cleanup()
         gate.sampled.flush()  # refusal counts not yet logged
         relay.ws_refusals.flush()
-        # relay.db first: its last commits hand their appends to the log,
-        # which then records a clean stop if every append succeeded, so the
-        # next start need not rescan relay.db (RelayLog.repair).
+        # The runner's cleanup let in-flight sends finish (each stores, then
+        # logs; one cancelled between the two marked the log dirty). Then
+        # relay.db, then the log records a clean stop if every append
+        # succeeded, so the next start need not rescan relay.db (RelayLog.repair).
         try:
             await storage.close()
             try:
