@@ -371,7 +371,7 @@ class RelayClient:
                 "GET", f"{path}?after={after}&limit={want}", key=recipient
             )
             reply = _reply(api.FetchReply, data, "fetch reply")
-            page = [_envelope(m) for m in reply.messages]
+            page = [_fetched(m) for m in reply.messages]
             if len(page) > want:
                 raise MalformedInput("bad fetch reply from the relay")
             out.extend(page)
@@ -435,7 +435,7 @@ class RelayClient:
                         break
                     item = _loads_or_none(msg.data if isinstance(msg.data, str) else b"")
                     if isinstance(item, dict) and item.pop("type", None) == "message":
-                        yield _envelope(_reply(api.Message, item, "envelope"))
+                        yield _envelope(item)
         except aiohttp.WSServerHandshakeError as e:
             raise RelayRefused(e.status, "the relay refused the WebSocket") from None
         except (aiohttp.ClientError, OSError) as e:
@@ -459,7 +459,12 @@ def _reply(cls: type[T], data: Any, what: str) -> T:
         raise MalformedInput(f"bad {what} from the relay: {e}") from None
 
 
-def _envelope(m: api.Message) -> FetchedEnvelope:
+def _envelope(item: Any) -> FetchedEnvelope:
+    """One envelope of a fetch answer or a push, from its JSON; MalformedInput."""
+    return _fetched(_reply(api.Message, item, "envelope"))
+
+
+def _fetched(m: api.Message) -> FetchedEnvelope:
     return FetchedEnvelope(seq=m.seq, msg_id=m.msg_id, data=m.data, received=m.received)
 
 

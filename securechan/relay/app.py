@@ -484,7 +484,10 @@ def make_app(
     for r in api.ROUTES:
         if r.log and tlog is None:
             continue
-        app.router.add_route(r.method, r.path, handlers[r.name])
+        if r.method == "GET":  # and HEAD, as aiohttp's add_get does
+            app.router.add_get(r.path, handlers[r.name])
+        else:
+            app.router.add_route(r.method, r.path, handlers[r.name])
     _gauges(relay, storage, tlog)
 
     async def close_sockets(app: web.Application) -> None:
