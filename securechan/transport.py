@@ -25,16 +25,17 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import aiohttp
 
 from securechan import strict_json
 from securechan.audit.note import MAX_NOTE_BYTES
-from securechan.audit.receipt import Receipt, decode_hashes
+from securechan.audit.receipt import Receipt
 from securechan.errors import MalformedInput, RelayRefused, RelayUnavailable
 from securechan.primitives import Ed25519SigningKey
-from securechan.protocol.relay_auth import b64d, b64e, sign_request
+from securechan.protocol.relay_auth import b64e, sign_request
+from securechan.relay import api
 
 __all__ = [
     "CosignatureReply",
@@ -121,28 +122,6 @@ def _loads_or_none(raw: bytes | str) -> Any:
         return _loads(raw)
     except MalformedInput:
         return None
-
-
-def _int_field(data: Any, name: str, what: str) -> int:
-    """A non-negative integer field of a relay's JSON object, or MalformedInput."""
-    value = data.get(name) if isinstance(data, dict) else None
-    if type(value) is not int or value < 0:
-        raise MalformedInput(f"bad {what} from the relay")
-    return value
-
-
-def _envelope(item: Any) -> FetchedEnvelope:
-    if not isinstance(item, dict):
-        raise MalformedInput("the relay sent a bad envelope")
-    try:
-        return FetchedEnvelope(
-            seq=_int_field(item, "seq", "envelope"),
-            msg_id=b64d(item["msg_id"], size=16),
-            data=b64d(item["data"], max_size=1 << 20),
-            received=_int_field(item, "received", "envelope"),
-        )
-    except (KeyError, TypeError, ValueError, OverflowError):
-        raise MalformedInput("the relay sent a bad envelope") from None
 
 
 class RelayClient:
@@ -249,14 +228,13 @@ class RelayClient:
             delay = max(delay, min(float(retry_after), self.retry.cap * 4))
         await asyncio.sleep(delay)
 
-    # --- API ------------------------------------------------------------------
+    # --- API (paths and bodies from securechan.relay.api, the one description) ---
 
     async def info(self) -> dict[str, Any]:
         """The relay's public information (its key, limits)."""
-        _, data = await self._request("GET", "/v1/relay")
-        if not isinstance(data, dict):
-            raise MalformedInput("bad relay info")
-        return data
+        _, data = await self._request("GET", api.route("info").path)
+        _reply(api.RelayInfo, data, "relay info")
+        return cast(dict[str, Any], data)
 
     async def create_queue(
         self,
@@ -266,39 +244,37 @@ class RelayClient:
         contact: bool = False,
     ) -> QueueIds:
         """Create a queue owned by ``recipient``."""
-        body = json.dumps(
-            {
-                "recipient_key": b64e(recipient.public),
-                "sender_key": b64e(sender_key) if sender_key else None,
-                "contact": contact,
-            }
-        ).encode()
-        _, data = await self._request("POST", "/v1/queues", body=body, key=recipient)
-        try:
-            return QueueIds(rid=b64d(data["rid"], size=16), sid=b64d(data["sid"], size=16))
-        except (KeyError, TypeError):
-            raise MalformedInput("bad queue ids from the relay") from None
+        req = api.CreateQueueRequest(
+            recipient_key=recipient.public, sender_key=sender_key or None, contact=contact
+        )
+        path = api.route("create_queue").path
+        _, data = await self._request("POST", path, body=_body(req), key=recipient)
+        ids = _reply(api.CreateQueueReply, data, "queue ids")
+        return QueueIds(rid=ids.rid, sid=ids.sid)
 
     async def delete_queue(self, rid: bytes, recipient: Ed25519SigningKey) -> None:
         """Delete a queue and everything in it."""
-        await self._request("DELETE", f"/v1/queues/{b64e(rid)}", key=recipient)
+        await self._request("DELETE", api.route("delete_queue").url(rid=rid), key=recipient)
 
-    async def send(
-        self, sid: bytes, envelope: bytes, msg_id: bytes, *, sender: Ed25519SigningKey | None
-    ) -> tuple[int, bool]:
-        """Post one envelope; return (queue seq, duplicate). Idempotent."""
+    async def _send(
+        self, sid: bytes, envelope: bytes, msg_id: bytes, sender: Ed25519SigningKey | None
+    ) -> api.SendReply:
         _, data = await self._request(
             "POST",
-            f"/v1/send/{b64e(sid)}",
+            api.route("send").url(sid=sid),
             body=envelope,
             key=sender,
             headers={"X-Message-Id": b64e(msg_id)},
             content_type="application/octet-stream",
         )
-        duplicate = data.get("duplicate") if isinstance(data, dict) else None
-        if type(duplicate) is not bool:
-            raise MalformedInput("bad send reply from the relay")
-        return _int_field(data, "seq", "send reply"), duplicate
+        return _reply(api.SendReply, data, "send reply")
+
+    async def send(
+        self, sid: bytes, envelope: bytes, msg_id: bytes, *, sender: Ed25519SigningKey | None
+    ) -> tuple[int, bool]:
+        """Post one envelope; return (queue seq, duplicate). Idempotent."""
+        reply = await self._send(sid, envelope, msg_id, sender)
+        return reply.seq, reply.duplicate
 
     async def send_with_receipt(
         self, sid: bytes, envelope: bytes, msg_id: bytes, *, sender: Ed25519SigningKey | None
@@ -306,25 +282,17 @@ class RelayClient:
         """Post one envelope; its position and log receipt (unverified: check
         it with :func:`securechan.audit.receipt.verify_receipt`). Idempotent;
         a resend carries the original envelope's receipt."""
-        _, data = await self._request(
-            "POST",
-            f"/v1/send/{b64e(sid)}",
-            body=envelope,
-            key=sender,
-            headers={"X-Message-Id": b64e(msg_id)},
-            content_type="application/octet-stream",
-        )
-        if not isinstance(data, dict) or "receipt" not in data:
+        reply = await self._send(sid, envelope, msg_id, sender)
+        if reply.receipt is None:
             raise MalformedInput("the relay sent no log receipt")
-        seq, duplicate = data.get("seq"), data.get("duplicate")
-        if type(seq) is not int or type(duplicate) is not bool:
-            raise MalformedInput("bad send reply from the relay")
-        return SendReply(seq=seq, duplicate=duplicate, receipt=Receipt.from_json(data["receipt"]))
+        return SendReply(seq=reply.seq, duplicate=reply.duplicate, receipt=reply.receipt)
 
     async def log_checkpoint(self, size: int | None = None) -> str:
         """The log's newest checkpoint (or the one of ``size``) with its
         cosignatures: signed-note text, not verified here."""
-        path = "/v1/log/checkpoint" if size is None else f"/v1/log/checkpoint?size={int(size)}"
+        path = api.route("log_checkpoint").path
+        if size is not None:
+            path += f"?size={int(size)}"
         _, raw = await self._request_raw("GET", path)
         if len(raw) > MAX_NOTE_BYTES:
             raise MalformedInput("the relay's checkpoint is too long")
@@ -336,8 +304,11 @@ class RelayClient:
     async def inclusion_proof(self, index: int, size: int) -> tuple[bytes, ...]:
         """The RFC 9162 inclusion proof of leaf ``index`` in the tree of ``size``."""
         query = f"index={int(index)}&size={int(size)}"
-        _, data = await self._request("GET", f"/v1/log/proof/inclusion?{query}")
-        return _proof(data, {"index": index, "size": size})
+        _, data = await self._request("GET", f"{api.route('log_inclusion').path}?{query}")
+        proof = _reply(api.InclusionReply, data, "proof reply")
+        if (proof.index, proof.size) != (index, size):
+            raise MalformedInput("bad proof reply from the relay")
+        return proof.hashes
 
     async def leaf_receipt(self, leaf_hash: bytes) -> Receipt | None:
         """The log's receipt for the leaf with this RFC 6962 hash (against the
@@ -345,8 +316,9 @@ class RelayClient:
         verified here: see :func:`securechan.audit.receipt.verify_receipt`."""
         if len(leaf_hash) != 32:
             raise ValueError("a leaf hash is 32 bytes")
+        path = f"{api.route('log_leaf').path}?hash={leaf_hash.hex()}"
         try:
-            _, data = await self._request("GET", f"/v1/log/proof/leaf?hash={leaf_hash.hex()}")
+            _, data = await self._request("GET", path)
         except RelayRefused as e:
             if e.status == 404:
                 return None
@@ -356,8 +328,11 @@ class RelayClient:
     async def consistency_proof(self, old: int, new: int) -> tuple[bytes, ...]:
         """The RFC 9162 consistency proof from size ``old`` to ``new``."""
         query = f"old={int(old)}&new={int(new)}"
-        _, data = await self._request("GET", f"/v1/log/proof/consistency?{query}")
-        return _proof(data, {"old": old, "new": new})
+        _, data = await self._request("GET", f"{api.route('log_consistency').path}?{query}")
+        proof = _reply(api.ConsistencyReply, data, "proof reply")
+        if (proof.old, proof.new) != (old, new):
+            raise MalformedInput("bad proof reply from the relay")
+        return proof.hashes
 
     async def post_cosignature(self, text: str) -> CosignatureReply:
         """Hand in a witness's cosignature: ``text`` is the checkpoint note
@@ -365,7 +340,7 @@ class RelayClient:
         is an answer (``accepted=False``), not an error."""
         status, raw = await self._request_raw(
             "POST",
-            "/v1/log/cosignature",
+            api.route("log_cosignature").path,
             body=text.encode("utf-8"),
             content_type="text/plain; charset=utf-8",
             answer=frozenset({409}),
@@ -389,20 +364,18 @@ class RelayClient:
         envelopes came or the relay says there are no more (an answer
         without ``more``, from an older relay, is one page as before)."""
         out: list[FetchedEnvelope] = []
+        path = api.route("fetch").url(rid=rid)
         while True:
             want = limit - len(out)
             _, data = await self._request(
-                "GET", f"/v1/queues/{b64e(rid)}/messages?after={after}&limit={want}", key=recipient
+                "GET", f"{path}?after={after}&limit={want}", key=recipient
             )
-            try:
-                page = [_envelope(m) for m in data["messages"]]
-                more = data.get("more", False)
-            except (KeyError, TypeError, AttributeError):
-                raise MalformedInput("bad fetch reply from the relay") from None
-            if not isinstance(more, bool) or len(page) > want:
+            reply = _reply(api.FetchReply, data, "fetch reply")
+            page = [_fetched(m) for m in reply.messages]
+            if len(page) > want:
                 raise MalformedInput("bad fetch reply from the relay")
             out.extend(page)
-            if not page or not more or len(out) >= limit:
+            if not page or not reply.more or len(out) >= limit:
                 return out
             if page[-1].seq <= after:
                 raise MalformedInput("the relay's fetch answer went backwards")
@@ -410,11 +383,10 @@ class RelayClient:
 
     async def ack(self, rid: bytes, recipient: Ed25519SigningKey, *, up_to: int) -> int:
         """Delete envelopes up to ``up_to``; return how many."""
-        body = json.dumps({"up_to": up_to}).encode()
-        _, data = await self._request(
-            "POST", f"/v1/queues/{b64e(rid)}/ack", body=body, key=recipient
-        )
-        return _int_field(data, "deleted", "ack reply")
+        body = _body(api.AckRequest(up_to=up_to))
+        path = api.route("ack").url(rid=rid)
+        _, data = await self._request("POST", path, body=body, key=recipient)
+        return _reply(api.AckReply, data, "ack reply").deleted
 
     async def put_prekeys(
         self,
@@ -426,34 +398,24 @@ class RelayClient:
         replace_one_time: bool = False,
     ) -> int:
         """Publish sealed prekey blobs on a contact address."""
-        body = json.dumps(
-            {
-                "signed": b64e(signed),
-                "one_time": [b64e(x) for x in one_time],
-                "replace_one_time": replace_one_time,
-            }
-        ).encode()
-        _, data = await self._request(
-            "PUT", f"/v1/queues/{b64e(rid)}/prekeys", body=body, key=recipient
+        req = api.PrekeysRequest(
+            signed=signed, one_time=tuple(one_time), replace_one_time=replace_one_time
         )
-        return _int_field(data, "one_time_left", "prekey reply")
+        path = api.route("put_prekeys").url(rid=rid)
+        _, data = await self._request("PUT", path, body=_body(req), key=recipient)
+        return _reply(api.PrekeyCount, data, "prekey reply").one_time_left
 
     async def prekey_count(self, rid: bytes, recipient: Ed25519SigningKey) -> int:
         """How many one-time prekeys remain on the relay."""
-        _, data = await self._request("GET", f"/v1/queues/{b64e(rid)}/prekeys", key=recipient)
-        return _int_field(data, "one_time_left", "prekey count")
+        path = api.route("prekey_status").url(rid=rid)
+        _, data = await self._request("GET", path, key=recipient)
+        return _reply(api.PrekeyCount, data, "prekey count").one_time_left
 
     async def claim_bundle(self, sid: bytes) -> tuple[bytes, bytes | None]:
         """Claim the sealed signed-prekey blob and one one-time blob."""
-        _, data = await self._request("POST", f"/v1/contact/{b64e(sid)}/bundle")
-        try:
-            one_time = data["one_time"]
-            return (
-                b64d(data["signed"], max_size=1 << 16),
-                b64d(one_time, max_size=1 << 16) if one_time is not None else None,
-            )
-        except (KeyError, TypeError, ValueError):
-            raise MalformedInput("bad bundle reply from the relay") from None
+        _, data = await self._request("POST", api.route("claim_bundle").url(sid=sid))
+        bundle = _reply(api.BundleReply, data, "bundle reply")
+        return bundle.signed, bundle.one_time
 
     async def subscribe(
         self, rid: bytes, recipient: Ed25519SigningKey
@@ -462,7 +424,7 @@ class RelayClient:
         the caller falls back to polling when this ends)."""
         if self._session is None:
             raise RuntimeError("use RelayClient as an async context manager")
-        path = f"/v1/queues/{b64e(rid)}/ws"
+        path = api.route("websocket").url(rid=rid)
         auth = sign_request(recipient, "GET", path, b"", now=int(self._clock()))
         try:
             async with self._session.ws_connect(
@@ -472,9 +434,7 @@ class RelayClient:
                     if msg.type != aiohttp.WSMsgType.TEXT:
                         break
                     item = _loads_or_none(msg.data if isinstance(msg.data, str) else b"")
-                    if item is None:
-                        continue
-                    if isinstance(item, dict) and item.get("type") == "message":
+                    if isinstance(item, dict) and item.pop("type", None) == "message":
                         yield _envelope(item)
         except aiohttp.WSServerHandshakeError as e:
             raise RelayRefused(e.status, "the relay refused the WebSocket") from None
@@ -482,13 +442,30 @@ class RelayClient:
             raise RelayUnavailable(f"{self.url}: {e}") from None
 
 
-def _proof(data: Any, echo: dict[str, int]) -> tuple[bytes, ...]:
-    """The hashes of a proof reply that answers the question asked."""
-    if not isinstance(data, dict) or any(
-        type(data.get(k)) is not int or data[k] != v for k, v in echo.items()
-    ):
-        raise MalformedInput("bad proof reply from the relay")
-    return decode_hashes(data.get("hashes"))
+T = TypeVar("T")
+
+
+def _body(request: Any) -> bytes:
+    """A request body: the JSON of one API request type."""
+    return json.dumps(api.to_json(request)).encode()
+
+
+def _reply(cls: type[T], data: Any, what: str) -> T:
+    """A relay's JSON answer as the API type ``cls``, or MalformedInput (a
+    newer relay's extra fields are ignored)."""
+    try:
+        return api.from_json(cls, data, exact=False)
+    except MalformedInput as e:
+        raise MalformedInput(f"bad {what} from the relay: {e}") from None
+
+
+def _envelope(item: Any) -> FetchedEnvelope:
+    """One envelope of a fetch answer or a push, from its JSON; MalformedInput."""
+    return _fetched(_reply(api.Message, item, "envelope"))
+
+
+def _fetched(m: api.Message) -> FetchedEnvelope:
+    return FetchedEnvelope(seq=m.seq, msg_id=m.msg_id, data=m.data, received=m.received)
 
 
 def _error_message(data: Any, status: int) -> str:

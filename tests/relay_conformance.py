@@ -541,7 +541,7 @@ class StorageConformance:
 
         run(open_storage, body)
 
-    # --- put_envelope(nonce=, then=) --------------------------------------------
+    # --- put_envelope(nonce=) ---------------------------------------------------
 
     def test_put_records_its_nonce(self, open_storage: OpenStorage) -> None:
         q, key = make_queue("n", sender=True), _b("sender key", 32)
@@ -616,78 +616,6 @@ class StorageConformance:
             assert await s.depth(q.rid) == 0
 
         run(open_storage, body)
-
-    def test_put_then_runs_after_the_commit(self, open_storage: OpenStorage) -> None:
-        q = make_queue("t")
-        seen: list[tuple[PutResult, bool]] = []
-
-        async def body(s: RelayStorage) -> None:
-            await s.create_queue(q)
-            loop = asyncio.get_running_loop()
-
-            def declines(result: PutResult, future: asyncio.Future[PutResult]) -> bool:
-                seen.append((result, future.done()))
-                return False  # the caller is answered at once
-
-            r = await s.put_envelope(
-                q.rid, msg_id(1), b"a", now=NOW, max_depth=DEPTH, then=declines
-            )
-            assert r == PutResult(seq=1, duplicate=False)
-            # Called once, before the caller was answered, for a duplicate too.
-            r = await s.put_envelope(
-                q.rid, msg_id(1), b"a", now=NOW, max_depth=DEPTH, then=declines
-            )
-            assert r == PutResult(seq=1, duplicate=True)
-            assert seen == [(PutResult(seq=1, duplicate=False), False), (r, False)]
-
-            def takes_over(result: PutResult, future: asyncio.Future[PutResult]) -> bool:
-                # Answer later, from another thread, as the relay's log does.
-                def answer() -> None:
-                    if not future.done():
-                        future.set_result(result)
-
-                loop.call_soon_threadsafe(loop.call_later, 0.05, answer)
-                return True
-
-            started = loop.time()
-            r = await s.put_envelope(
-                q.rid, msg_id(2), b"b", now=NOW, max_depth=DEPTH, then=takes_over
-            )
-            assert r == PutResult(seq=2, duplicate=False)
-            assert loop.time() - started >= 0.04
-            # The envelope was durable when then ran: another reader sees it.
-            assert [e.seq for e in await s.fetch(q.rid, after=0, limit=10)] == [1, 2]
-
-        run(open_storage, body)
-
-    def test_put_then_failing_or_skipped(self, open_storage: OpenStorage) -> None:
-        q = make_queue("tf")
-        calls: list[PutResult] = []
-
-        async def body(s: RelayStorage) -> None:
-            await s.create_queue(q)
-
-            def raises(result: PutResult, future: asyncio.Future[PutResult]) -> bool:
-                calls.append(result)
-                raise RuntimeError("cannot start")
-
-            # A continuation that raises: the caller is answered at once, and
-            # the envelope stays stored.
-            r = await s.put_envelope(q.rid, msg_id(1), b"a", now=NOW, max_depth=1, then=raises)
-            assert r == PutResult(seq=1, duplicate=False)
-            assert await s.depth(q.rid) == 1
-            # Not called for a refused send (full queue, no queue).
-            with pytest.raises(QueueFull):
-                await s.put_envelope(q.rid, msg_id(2), b"b", now=NOW, max_depth=1, then=raises)
-            with pytest.raises(ValueError, match="queue"):
-                await s.put_envelope(
-                    make_queue("none").rid, msg_id(2), b"b", now=NOW, max_depth=1, then=raises
-                )
-            assert calls == [PutResult(seq=1, duplicate=False)]
-
-        run(open_storage, body)
-
-    # --- concurrency ------------------------------------------------------------
 
     def test_concurrent_puts_get_distinct_seqs(self, open_storage: OpenStorage) -> None:
         q = make_queue("a")

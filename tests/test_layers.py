@@ -109,3 +109,35 @@ def test_public_api_is_listed() -> None:
         "SecurechanError",
     ):
         assert name in securechan.__all__
+
+
+# The relay's protocol (service), its API description and its storage load no
+# HTTP library: aiohttp is the thin layer on top (securechan/relay/app.py,
+# push.py, server.py). Checked on what importing them loads, so an import
+# through another module counts too.
+NO_HTTP = (
+    "securechan.relay.api",
+    "securechan.relay.service",
+    "securechan.relay.log_service",
+    "securechan.relay.config",
+    "securechan.relay.storage",
+    "securechan.relay.sqlite_store",
+    "securechan.relay.tlog",
+)
+
+
+@pytest.mark.parametrize("module", NO_HTTP)
+def test_relay_core_imports_no_http_library(module: str) -> None:
+    code = f"import sys, {module}; print('aiohttp' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", f"{module} loads aiohttp"
+
+
+def test_clients_of_the_relay_speak_its_one_api_description() -> None:
+    # The client transport may use the relay's API description and nothing
+    # else of the relay; it and the test suite's malicious relay both use it.
+    relay = {n for n in _imports(PKG / "transport.py") if n.startswith("securechan.relay")}
+    assert relay == {"securechan.relay"} or relay == {"securechan.relay.api"}, relay
+    assert "securechan.relay" in _imports(PKG / "testing" / "malicious_relay.py") or (
+        "securechan.relay.api" in _imports(PKG / "testing" / "malicious_relay.py")
+    )

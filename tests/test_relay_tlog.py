@@ -779,7 +779,7 @@ def test_zz_openapi_lists_every_status_the_log_routes_answered() -> None:
 def test_batch_inclusion_proofs_equal_the_tree_s(tmp_path: Path) -> None:
     # The writer computes a batch's proofs at once (relay/tlog.py); they must
     # be exactly RFC 9162's, as TreeStore computes them one by one.
-    from securechan.relay.tlog import _inclusion_proofs
+    from securechan.relay.tlog_proofs import inclusion_proofs as _inclusion_proofs
 
     tree = TreeStore(tmp_path / "tree.db", synchronous="NORMAL")
     try:

@@ -6,7 +6,6 @@ client address or size of a particular envelope beyond the histogram.
 
 from __future__ import annotations
 
-from aiohttp import web
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -117,7 +116,6 @@ class RelayMetrics:
             "securechan_relay_log_commits", "Transparency log tree commits", registry=r
         )
 
-    async def handler(self, request: web.Request) -> web.Response:
-        """The Prometheus text exposition."""
-        body = generate_latest(self.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    def render(self) -> tuple[bytes, str]:
+        """The Prometheus text exposition and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

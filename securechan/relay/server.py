@@ -38,7 +38,7 @@ from securechan.audit.note import VerifierKey
 from securechan.errors import MalformedInput, StorageError
 from securechan.primitives import Ed25519SigningKey, sha256
 from securechan.protocol.relay_auth import b64e
-from securechan.relay.app import Relay, RelayConfig, make_app, storage_cause
+from securechan.relay.app import RELAY, Relay, RelayConfig, make_app, storage_cause
 from securechan.relay.connlimit import ConnectionGate, fd_headroom, open_fds, raise_fd_limit
 from securechan.relay.sqlite_store import SqliteStorage
 from securechan.relay.tlog import DEFAULT_COSIGN_WINDOW, RelayLog, parse_witness_keys
@@ -210,7 +210,7 @@ async def serve(
         await storage.close()
         raise
     app = make_app(storage, key, config, tlog=tlog)
-    relay: Relay = app["relay"]
+    relay: Relay = app[RELAY]
     metrics = relay.metrics
     metrics.connections.set_function(lambda: gate.open)
     metrics.open_fds.set_function(open_fds)
@@ -284,9 +284,10 @@ async def serve(
         await runner.cleanup()
         gate.sampled.flush()  # refusal counts not yet logged
         relay.ws_refusals.flush()
-        # relay.db first: its last commits hand their appends to the log,
-        # which then records a clean stop if every append succeeded, so the
-        # next start need not rescan relay.db (RelayLog.repair).
+        # The runner's cleanup let in-flight sends finish (each stores, then
+        # logs; one cancelled between the two marked the log dirty). Then
+        # relay.db, then the log records a clean stop if every append
+        # succeeded, so the next start need not rescan relay.db (RelayLog.repair).
         try:
             await storage.close()
             try:

@@ -16,8 +16,6 @@ Every backend must pass ``tests/relay_conformance.py`` (run against SQLite in
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -172,7 +170,6 @@ class RelayStorage(Protocol):
         now: int,
         max_depth: int,
         nonce: NonceUse | None = None,
-        then: Callable[[PutResult, asyncio.Future[PutResult]], bool] | None = None,
         quota: Quota | None = None,
     ) -> PutResult:
         """Append durably; idempotent on ``msg_id``; raise :class:`QueueFull`
@@ -184,15 +181,7 @@ class RelayStorage(Protocol):
         With ``nonce``, the request nonce is recorded in the same transaction
         as the envelope (one commit for both): :class:`NonceReused`, and
         nothing stored, if it was recorded before. A refused send
-        (``QueueFull``) still records it, as :meth:`use_nonce` would have.
-
-        ``then(result, future)``, if given, is called once the envelope is
-        durable (stored now or found as a duplicate), before the caller is
-        answered, on whatever thread the backend commits on; it must not
-        block. Returning ``True`` means it has taken over answering and will
-        resolve ``future`` with ``result`` (the relay does so once the
-        envelope's log leaf is committed too); ``False`` or an exception
-        means the caller is answered at once."""
+        (``QueueFull``) still records it, as :meth:`use_nonce` would have."""
 
     async def fetch(
         self, rid: bytes, *, after: int, limit: int, max_bytes: int | None = None

@@ -61,6 +61,7 @@ from yarl import URL
 from securechan import strict_json
 from securechan.errors import MalformedInput
 from securechan.primitives import Ed25519SigningKey
+from securechan.relay import api
 from securechan.relay.tlog import RelayLog
 
 __all__ = ["Envelope", "Exchange", "MaliciousRelay", "b64d", "b64e", "route_of"]
@@ -79,24 +80,33 @@ def b64d(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+# Route names (securechan.relay.api.ROUTES) by the kind the adversary's rules name.
+_KINDS = {
+    "send": "send",
+    "create_queue": "create",
+    "fetch": "fetch",
+    "ack": "ack",
+    "put_prekeys": "prekeys",
+    "prekey_status": "prekeys",
+    "websocket": "ws",
+    "claim_bundle": "bundle",
+    "info": "info",
+    "log_checkpoint": "log",
+    "log_inclusion": "log",
+    "log_leaf": "log",
+    "log_consistency": "log",
+    "log_cosignature": "log",
+}
+
+
 def route_of(method: str, path: str) -> tuple[Kind, str | None]:
-    """The route kind and the queue id (rid or sid, base64url) in the path."""
-    parts = path.strip("/").split("/")
-    if parts[:2] == ["v1", "send"] and len(parts) == 3:
-        return "send", parts[2]
-    if parts[:2] == ["v1", "queues"]:
-        if len(parts) == 2:
-            return "create", None
-        tail = parts[3] if len(parts) > 3 else ""
-        kind = {"messages": "fetch", "ack": "ack", "prekeys": "prekeys", "ws": "ws"}.get(tail)
-        return kind or "other", parts[2]
-    if parts[:2] == ["v1", "contact"]:
-        return "bundle", parts[2] if len(parts) > 2 else None
-    if parts[:2] == ["v1", "log"]:
-        return "log", None
-    if parts[:2] == ["v1", "relay"]:
-        return "info", None
-    return "other", None
+    """The route kind and the queue id (rid or sid, base64url) in the path,
+    read from the relay's API description (:data:`securechan.relay.api.ROUTES`)."""
+    found = api.match(method, path)
+    if found is None:
+        return "other", None
+    route, ids = found
+    return _KINDS.get(route.name, "other"), ids.get("rid", ids.get("sid"))
 
 
 @dataclass
@@ -110,12 +120,10 @@ class Envelope:
     rid: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "seq": self.seq,
-            "msg_id": b64e(self.msg_id),
-            "data": b64e(self.data),
-            "received": self.received,
-        }
+        message = api.Message(
+            seq=self.seq, msg_id=self.msg_id, data=self.data, received=self.received
+        )
+        return api.to_json(message)
 
 
 @dataclass
@@ -415,29 +423,32 @@ class MaliciousRelay:
         if not (self._fork is not None):
             raise RuntimeError("the malicious relay is not running")
         log = self._fork.log
-        route = URL(x.path, encoded=True).path
+        found = api.match("GET", URL(x.path, encoded=True).path)
+        route = "" if found is None else found[0].name
         try:
             nums = {k: int(v) for k, v in query.items()}
-            if route.endswith("/checkpoint"):
+            reply: api.InclusionReply | api.ConsistencyReply
+            if route == "log_checkpoint":
                 note = (
                     log.checkpoint()
                     if "size" not in nums
                     else await log.checkpoint_at(nums["size"])
                 )
                 return 200, note.encode(), "text/plain; charset=utf-8"
-            if route.endswith("/proof/inclusion"):
+            if route == "log_inclusion":
                 hashes = await log.inclusion_proof(nums["index"], nums["size"])
-                body: dict[str, Any] = {"index": nums["index"], "size": nums["size"]}
-            elif route.endswith("/proof/consistency"):
+                reply = api.InclusionReply(
+                    index=nums["index"], size=nums["size"], hashes=tuple(hashes)
+                )
+            elif route == "log_consistency":
                 hashes = await log.consistency_proof(nums["old"], nums["new"])
-                body = {"old": nums["old"], "new": nums["new"]}
+                reply = api.ConsistencyReply(old=nums["old"], new=nums["new"], hashes=tuple(hashes))
             else:
                 raise KeyError(x.path)
         except (KeyError, ValueError):
-            err = {"error": {"code": "no_checkpoint", "message": "the log has no such size"}}
-            return 404, json.dumps(err).encode(), "application/json"
-        body["hashes"] = [base64.b64encode(h).decode() for h in hashes]
-        return 200, json.dumps(body).encode(), "application/json"
+            err = api.ApiError("no_checkpoint", "the log has no such size")
+            return 404, json.dumps(err.to_json()).encode(), "application/json"
+        return 200, json.dumps(api.to_json(reply)).encode(), "application/json"
 
     # --- the request path ---------------------------------------------------------------
 
@@ -539,14 +550,8 @@ class MaliciousRelay:
         rid = x.queue or ""
         after = int(URL(x.path, encoded=True).query.get("after", "0"))
         page = [
-            Envelope(
-                seq=m["seq"],
-                msg_id=b64d(m["msg_id"]),
-                data=b64d(m["data"]),
-                received=m["received"],
-                rid=rid,
-            )
-            for m in data["messages"]
+            Envelope(seq=m.seq, msg_id=m.msg_id, data=m.data, received=m.received, rid=rid)
+            for m in api.from_json(api.FetchReply, data, exact=False).messages
         ]
         self.fetched.extend(page)
         kind = self.queue_kinds.get(rid)
