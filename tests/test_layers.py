@@ -130,6 +130,7 @@ CLIENT_RANKS = {
     "pipeline": 4,
     "hold": 5,
     "delivery": 5,
+    "sessions": 5,
     "equivocation": 5,
     "outbox": 5,
     "record": 5,

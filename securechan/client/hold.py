@@ -72,7 +72,7 @@ class HeldEnvelopes:
             return None
         try:
             return self._decide_by_lookup(env, now)
-        except (MalformedInput, ValueError) as e:
+        except MalformedInput as e:
             return Quiet(env, "refuse", reason=Reason.MALFORMED_INPUT, error=str(e))
 
     def _decide_by_lookup(self, env: FetchedEnvelope, now: int) -> Quiet | None:

@@ -36,9 +36,9 @@ from securechan.client.pipeline import (
     stage,
 )
 from securechan.client.results import Received, Rejected
+from securechan.client.sessions import accept_first, open_ratchet
 from securechan.client.state import ProtocolState
 from securechan.errors import (
-    ConversationInUse,
     MalformedInput,
     MessageRejected,
     Reason,
@@ -52,7 +52,7 @@ from securechan.errors import (
     VerificationFailed,
     reason_of,
 )
-from securechan.identity.keys import Fingerprint, PublicIdentity
+from securechan.identity.keys import PublicIdentity
 from securechan.primitives import Ed25519SigningKey
 from securechan.protocol.handshake import FIRST
 from securechan.protocol.ordering import CHAIN, SENDER, Budget, Hold
@@ -105,7 +105,7 @@ class Inbox:
             except RelayError as e:
                 out.append(Rejected(reason=Reason.RELAY_ERROR, error=str(e)))
                 continue
-            except (MalformedInput, ValueError) as e:
+            except MalformedInput as e:
                 # A relay answering garbage for one queue must not stop the
                 # others: report it, record it, go on.
                 self._ctx.audit.rejected(
@@ -233,7 +233,8 @@ class Inbox:
     def _reopen(self, queue: QueueRow, env: FetchedEnvelope, now: int) -> Results:
         """Try a held envelope again (the hold's retry)."""
         try:
-            return self.open_or_refuse(queue, env, now, from_hold=True)
+            with stage("refuse"):
+                return self.open_or_refuse(queue, env, now, from_hold=True)
         except Unexpected as e:
             return [self._set_aside(queue, env, now, e)]
 
@@ -258,7 +259,7 @@ class Inbox:
             return self._open(queue, env, now, reopen=from_hold)
         except StorageError:
             raise  # the disk, not the envelope: nothing is marked, the next pass retries
-        except (SecurechanError, ValueError) as e:
+        except SecurechanError as e:
             found = peer_rollback(self._ctx, env.data, e, now) if isinstance(e, Replay) else None
             if found is not None:
                 with db.transaction():
@@ -319,10 +320,10 @@ class Inbox:
                 return []
             if kind == FIRST.type_id:
                 with stage("first-message"):
-                    session, events = self._accept_first(env.data, now)
+                    session, events = accept_first(self._ctx, self._state, env.data, now)
             elif kind == MESSAGE.type_id:
                 with stage("decrypt"):
-                    session, events = self._open_ratchet(queue, env.data, now)
+                    session, events = open_ratchet(self._state, self._rx, queue, env.data, now)
             else:
                 raise MessageRejected("not a securechan envelope")
             with stage("store"):
@@ -374,62 +375,3 @@ class Inbox:
                 audit.rejected(
                     item.reason, item.error, conversation=session.conversation, peer=peer, at=now
                 )
-
-    def _open_ratchet(self, queue: QueueRow, data: bytes, now: int) -> tuple[Session, list[Event]]:
-        """Try the sessions this queue can carry: a private queue belongs to
-        one conversation (and only its peer holds the sender key); the
-        contact queue may carry any initiator's early messages, so there a
-        session is tried only if it expects the message's ratchet key: its
-        current or a skipped chain, or a new chain while the peer could start
-        one and has no private queue of ours to send it to. A failed attempt
-        changes nothing (sessions are values) and is counted against the
-        pass's UNAUTH_TRIES."""
-        rows = self._db.sessions()
-        if queue.conversation is not None:
-            rows = [r for r in rows if r.conversation == queue.conversation]
-        else:
-            rows = [
-                r
-                for r in rows
-                if self._rx.expectation(self._state, r).expects(
-                    data, new_chain=r.grant_sent is False
-                )
-            ]
-            if not rows:
-                raise MessageRejected("no session expects this message's ratchet key")
-        last_error: SecurechanError = MessageRejected("no session opens this message")
-        for row in rows:
-            if queue.conversation is None and self._rx.budget.exhausted:
-                break
-            candidate = self._state.load_session(row.conversation)
-            try:
-                return candidate, candidate.receive(data, now=now)
-            except MessageRejected as e:
-                last_error = e
-                if queue.conversation is None:
-                    self._rx.budget.spend()
-        raise last_error
-
-    def _accept_first(self, data: bytes, now: int) -> tuple[Session, list[Event]]:
-        contacts = {c.fingerprint.digest: c for c in self._ctx.keystore.contacts.list()}
-
-        def lookup(fp: Fingerprint) -> PublicIdentity | None:
-            c = contacts.get(fp.digest)
-            return c.identity if c is not None else None
-
-        state = self._state
-        session, store, guard, events = Session.accept(
-            self._ctx.identity, state.prekeys(), state.guard(), data, contact=lookup, now=now
-        )
-        if self._db.has_session(session.conversation):
-            # Issue 11, finding 5: the initiator chose an id already in use.
-            # Refused before anything is stored (the existing session and
-            # the prekeys are untouched).
-            raise ConversationInUse(
-                "the first message names the conversation id of an existing session"
-            )
-        state.save_prekeys(store)
-        state.save_guard(guard)
-        self._db.add_session(session.conversation, session.peer.fingerprint.digest, now)
-        state.save_handshake(session)
-        return session, list(events)

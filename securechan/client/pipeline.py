@@ -102,11 +102,13 @@ class Unexpected(Exception):
 @contextlib.contextmanager
 def stage(name: str) -> Iterator[None]:
     """Name the pipeline stage for anything unexpected raised inside it.
-    Refusals (the errors tree; a ValueError from a parser) pass unchanged, as
-    does a failing store (sqlite3.OperationalError: the disk, a lock)."""
+    Refusals (the errors tree: every parser raises MalformedInput for bad
+    bytes) pass unchanged, as does a failing store (sqlite3.OperationalError:
+    the disk, a lock). Anything else is a bug, a ValueError included: it is
+    never reported as the peer's fault."""
     try:
         yield
-    except (SecurechanError, ValueError, Unexpected, sqlite3.OperationalError):
+    except (SecurechanError, Unexpected, sqlite3.OperationalError):
         raise
     except Exception as e:
         raise Unexpected(name, e) from e

@@ -14,6 +14,7 @@ mark: rolled-back sessions, reported once and refused for sending until
 from __future__ import annotations
 
 from securechan.client.context import Context
+from securechan.client.db import SessionRow
 from securechan.client.stored import Registration, Registrations, StoredHandshake
 from securechan.errors import MalformedInput, Reason
 from securechan.identity.keys import Fingerprint
@@ -77,6 +78,10 @@ class ProtocolState:
         self._db.save_state("replay-guard", "replay-guard", b"", None, guard.to_bytes())
 
     # --- sessions and their handshakes ------------------------------------------
+
+    def session_rows(self) -> list[SessionRow]:
+        """Every session row (retired ones included: they still receive)."""
+        return self._db.sessions()
 
     def load_session(self, conversation: bytes, *, sending: bool = False) -> Session:
         """A stored session. Loaded for ``sending``, a session older than its
