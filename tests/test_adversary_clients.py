@@ -163,8 +163,8 @@ def test_client_exhausts_one_time_prekeys(strangers: World) -> None:
     # The owner's client tops its one-time keys up (and records it).
     async def left() -> int:
         async with w.channel() as ch:
-            reg = ch._registrations()[0]
-            client = await ch._relay(reg.relay)
+            reg = ch.state.registrations()[0]
+            client = await ch.relay(reg.relay)
             from securechan.primitives import Ed25519SigningKey
 
             return await client.prekey_count(reg.rid, Ed25519SigningKey(reg.recipient_seed))

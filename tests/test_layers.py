@@ -4,6 +4,11 @@
 * Only the ``securechan/cli/`` package (the top layer) imports ``click``.
 * ``import securechan`` loads neither click nor aiohttp (CLI start-up cost).
 * Each module imports only modules of its own layer or below (DESIGN.md).
+* Inside ``client/``, the same rule between its modules (docs/ARCHITECTURE.md,
+  The client): the context under the concerns, the facade on top; the inbox,
+  outbox and record do not import each other, and no client module imports
+  another's private (underscored) names.
+* No import cycle anywhere in the package.
 """
 
 from __future__ import annotations
@@ -141,3 +146,120 @@ def test_clients_of_the_relay_speak_its_one_api_description() -> None:
     assert "securechan.relay" in _imports(PKG / "testing" / "malicious_relay.py") or (
         "securechan.relay.api" in _imports(PKG / "testing" / "malicious_relay.py")
     )
+
+
+# Inside client/: a module may import only client modules of a lower rank.
+CLIENT_RANKS = {
+    "generations": 0,
+    "results": 0,
+    "stored": 0,
+    "witness": 0,
+    "db_received": 0,
+    "db_logs": 0,
+    "db": 1,
+    "context": 2,
+    "files": 2,
+    "logview": 2,
+    "state": 3,
+    "policy": 3,
+    "registration": 4,
+    "pipeline": 4,
+    "hold": 5,
+    "delivery": 5,
+    "sessions": 5,
+    "equivocation": 5,
+    "outbox": 5,
+    "record": 5,
+    "inbox": 6,
+    "channel": 7,
+    "sync": 8,
+    "__init__": 9,
+}
+# The three concerns the facade wires together: none knows the others.
+PEERS = {"inbox", "outbox", "record"}
+
+
+def _client_imports(path: Path) -> list[tuple[str, list[str]]]:
+    """(client module, names imported from it) for each client import."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    out: list[tuple[str, list[str]]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            parts = node.module.split(".")
+            if parts[:2] == ["securechan", "client"] and len(parts) > 2:
+                out.append((parts[2], [a.name for a in node.names]))
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                parts = a.name.split(".")
+                if parts[:2] == ["securechan", "client"] and len(parts) > 2:
+                    out.append((parts[2], []))
+    return out
+
+
+CLIENT = sorted((PKG / "client").glob("*.py"))
+
+
+def test_every_client_module_has_a_rank() -> None:
+    for path in CLIENT:
+        assert path.stem in CLIENT_RANKS, f"{path.name}: add it to CLIENT_RANKS and ARCHITECTURE.md"
+
+
+@pytest.mark.parametrize("path", CLIENT, ids=lambda p: p.name)
+def test_client_layering(path: Path) -> None:
+    me = path.stem
+    for target, names in _client_imports(path):
+        assert CLIENT_RANKS[target] < CLIENT_RANKS[me], f"client/{me} imports client/{target}"
+        assert not (me in PEERS and target in PEERS), f"client/{me} imports client/{target}"
+        private = [n for n in names if n.startswith("_")]
+        assert not private, f"client/{me} imports private {private} of client/{target}"
+
+
+def _graph() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {}
+    known = {
+        ".".join(("securechan", *p.relative_to(PKG).with_suffix("").parts)).removesuffix(
+            ".__init__"
+        )
+        for p in _modules()
+    }
+    for path in _modules():
+        name = ".".join(("securechan", *path.relative_to(PKG).with_suffix("").parts))
+        name = name.removesuffix(".__init__")
+        deps: set[str] = set()
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            mods: list[str] = []
+            if isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                mods = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            deps.update(m for m in mods if m in known and m != name)
+        graph[name] = deps
+    return graph
+
+
+def test_no_import_cycle() -> None:
+    """Every import counts (module level, inside functions, under
+    TYPE_CHECKING), except a package's import of its own modules (its
+    ``__init__`` re-exports them)."""
+    graph = _graph()
+    for name, deps in graph.items():
+        graph[name] = {d for d in deps if not d.startswith(name + ".")}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for dep in sorted(graph.get(node, ())):
+            if state.get(dep) == 1:
+                cycle = [*stack[stack.index(dep) :], dep]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if dep not in state:
+                visit(dep)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)

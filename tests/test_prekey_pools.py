@@ -107,7 +107,7 @@ def test_two_initiators_claiming_from_two_relays_both_get_through(
             async with w.channel() as ch:
                 await ch.register(front.url)
                 card = await ch.register(relays[1].url)
-                ids = {p.prekey_id for p in ch._prekeys().one_time_records()}
+                ids = {p.prekey_id for p in ch.state.prekeys().one_time_records()}
             return ids, card
 
         before, card = run(register())
@@ -141,7 +141,7 @@ def test_two_initiators_claiming_from_two_relays_both_get_through(
         async def receive() -> tuple[list[Received | Rejected], set[int]]:
             async with w.channel() as ch:
                 got = await receive_until(ch, 2)
-                left = {p.prekey_id for p in ch._prekeys().one_time_records()}
+                left = {p.prekey_id for p in ch.state.prekeys().one_time_records()}
             return got, left
 
         got, after = run(receive())

@@ -307,16 +307,16 @@ def test_payload_handling_failing_sets_one_envelope_aside(
     t, w = world.t, world.w
     send(t, "washington", "one", "two", "three")
     before = len(audit_rejections(w.home))
-    import securechan.client.channel as channel_mod
+    import securechan.client.delivery as delivery_mod
 
-    real = channel_mod.Received
+    real = delivery_mod.Received
 
     def made(**k: Any) -> Received:
         if k.get("text") == "two":
             raise LookupError("injected: payload handling failed")
         return real(**k)
 
-    monkeypatch.setattr(channel_mod, "Received", made)
+    monkeypatch.setattr(delivery_mod, "Received", made)
     got = receive(w)
     monkeypatch.undo()
     assert shown(got) == ["one", "three"], got

@@ -573,7 +573,7 @@ async def _order(relay: RelayProcess, a: Party, b: Party, monkeypatch: pytest.Mo
         relay.start()
 
         # One transient failure (a reset connection) on the oldest envelope.
-        client = await ach._relay(relay.url)
+        client = await ach.relay(relay.url)
         # The outbox posts with send_with_receipt (it checks the log receipt).
         real_send = client.send_with_receipt
         dropped: list[bytes] = []
@@ -686,7 +686,7 @@ async def _receiver(
 
         # Record what A posts (the envelope, its id, where and with which key).
         posted: list[tuple[bytes, bytes, bytes, Ed25519SigningKey | None]] = []
-        a_relay = await ach._relay(relay.url)
+        a_relay = await ach.relay(relay.url)
         real_send = a_relay.send_with_receipt  # what the outbox posts with
 
         async def recording_send(
@@ -700,7 +700,7 @@ async def _receiver(
         # (a) B commits the message, then the relay dies before the ack lands.
         assert (await ach.send_text(b.name, "m1")).pending == 0
         m1 = posted[-1]
-        b_relay = await bch._relay(relay.url)
+        b_relay = await bch.relay(relay.url)
         real_ack: Callable[..., Awaitable[int]] = b_relay.ack
         acks: list[int] = []
 

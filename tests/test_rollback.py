@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from securechan import wire
-from securechan.client.channel import _RECORD
+from securechan.client.stored import StoredRecord
 from securechan.primitives import random_bytes
 from securechan.protocol.sealed import _HEADER, _SEALED, open_state
 from securechan.transport import RelayClient
@@ -291,7 +291,7 @@ def test_redelivered_envelope_stays_a_quiet_replay(pair: Pair) -> None:
     async def envelopes() -> list[bytes]:
         async with w.channel() as ch:
             return [
-                wire.decode(_RECORD, m.record)["envelope"]
+                StoredRecord.from_bytes(m.record).envelope
                 for m in ch.db.messages()
                 if m.direction == "in"
             ]

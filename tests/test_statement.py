@@ -344,8 +344,8 @@ def _post(pair: Pair, envelope: bytes) -> LogPlacement:
             row = ch.db.sessions(contact.fingerprint.digest)[0]
             with ch.db.transaction():
                 msg_id = random_bytes(16)
-                for url, sid, sender in ch._targets(contact, row.peer_grant):
-                    ch.db.add_outbox(msg_id, url, sid, sender, envelope, ch._now())
+                for url, sid, sender in ch.outbox.targets(contact, row.peer_grant):
+                    ch.db.add_outbox(msg_id, url, sid, sender, envelope, ch.now())
             await ch.flush_outbox()
             for url, text in ch.db.log_receipts(sha256(envelope)):
                 key_text = ch.db.relay_log(url)[0]
@@ -531,13 +531,13 @@ def test_statement_of_an_acknowledged_message_proves_both(
     # the responder): bound to the same session; washington's receipt covers
     # a later message only, so it proves no delivery.
     # (history does not list the hello: its id comes from the store.)
-    from securechan.client import channel as channel_mod
+    from securechan.client.stored import StoredRecord
 
     async def hello_statement() -> Statement:
         async with pair.w.channel() as ch:
             for m in ch.db.messages(limit=1 << 20):
                 if m.direction == "in" and m.seq == 1:
-                    signed = wire.decode(channel_mod._RECORD, m.record)["signed"]
+                    signed = StoredRecord.from_bytes(m.record).signed
                     return ch.statement(message_id(signed))
         raise AssertionError("no first message stored")
 
@@ -628,7 +628,7 @@ def test_statement_one_seq_two_payloads_only_one_delivered(
 
     async def snapshot() -> bytes:
         async with pair.t.channel() as ch:
-            data: bytes = ch._load_session(_conversation(ch)).to_bytes(now=int(time.time()))
+            data: bytes = ch.state.load_session(_conversation(ch)).to_bytes(now=int(time.time()))
             return data
 
     saved = asyncio.run(snapshot())

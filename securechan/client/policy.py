@@ -25,20 +25,21 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from securechan.audit.checkpoint import CosignedCheckpoint, open_cosigned_checkpoint
 from securechan.audit.merkle import verify_inclusion
 from securechan.audit.note import SIG_COSIGNATURE_V1, VerifierKey, keep_signatures
 from securechan.audit.receipt import Receipt, envelope_leaf_hash
 from securechan.audit.statement import LogPlacement, Statement
+from securechan.client.db import ClientDB
+from securechan.client.logview import RelayLogs
 from securechan.errors import MalformedInput, RelayError, VerificationFailed
 from securechan.primitives import sha256
-
-if TYPE_CHECKING:
-    from securechan.client.channel import Channel
+from securechan.transport import RelayClient
 
 __all__ = [
+    "PolicyHost",
     "WitnessPolicy",
     "check_witnessed",
     "get_policy",
@@ -46,6 +47,26 @@ __all__ = [
     "set_policy",
     "witnessed_statement",
 ]
+
+
+class PolicyHost(Protocol):
+    """What the policy needs of a client (a :class:`Channel` is one): its
+    database, its view of the relays' logs, the time, a relay connection,
+    and statements. Passed in, so this module does not import the facade."""
+
+    @property
+    def db(self) -> ClientDB: ...
+
+    @property
+    def logs(self) -> RelayLogs: ...
+
+    def now(self) -> int: ...
+
+    async def relay(self, url: str) -> RelayClient: ...
+
+    def statement(self, message_id: str) -> Statement: ...
+
+    async def fetch_receipt(self, message_id: str) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -60,7 +81,7 @@ class WitnessPolicy:
 
 
 def set_policy(
-    ch: Channel, relay_url: str, witnesses: Sequence[VerifierKey], required: int | None = None
+    ch: PolicyHost, relay_url: str, witnesses: Sequence[VerifierKey], required: int | None = None
 ) -> WitnessPolicy:
     """Require ``required`` (default: all) cosignatures of ``witnesses`` on
     checkpoints of ``relay_url``; no witnesses removes the policy. Raises
@@ -81,9 +102,13 @@ def set_policy(
     return WitnessPolicy(relay=relay_url, witnesses=keys, required=need)
 
 
-def get_policy(ch: Channel, relay_url: str) -> WitnessPolicy | None:
+def get_policy(ch: PolicyHost, relay_url: str) -> WitnessPolicy | None:
     """The policy of ``relay_url``, or None."""
-    row = ch.db.witness_policy(relay_url)
+    return _policy(ch.db, relay_url)
+
+
+def _policy(db: ClientDB, relay_url: str) -> WitnessPolicy | None:
+    row = db.witness_policy(relay_url)
     if row is None:
         return None
     keys, required, witnessed = row
@@ -101,14 +126,15 @@ def _open(policy: WitnessPolicy, log_key: VerifierKey, note: str, now: int) -> C
     )
 
 
-def check_witnessed(ch: Channel, relay_url: str, log_key: VerifierKey, note: str) -> bool:
+def check_witnessed(
+    db: ClientDB, relay_url: str, log_key: VerifierKey, note: str, *, now: int
+) -> bool:
     """Keep ``note`` as the relay's witnessed checkpoint if it meets the
     policy and is newer than the one kept. The caller has already checked it
     for consistency with everything seen from this relay. True if kept."""
-    policy = get_policy(ch, relay_url)
+    policy = _policy(db, relay_url)
     if policy is None:
         return False
-    now = int(ch._clock())
     try:
         new = _open(policy, log_key, note, now)
     except (VerificationFailed, MalformedInput):
@@ -117,12 +143,12 @@ def check_witnessed(ch: Channel, relay_url: str, log_key: VerifierKey, note: str
         old = _open(policy, log_key, policy.witnessed, now)
         if old.checkpoint.size >= new.checkpoint.size:
             return False
-    with ch.db.transaction():
-        ch.db.set_witnessed(relay_url, note)
+    with db.transaction():
+        db.set_witnessed(relay_url, note)
     return True
 
 
-async def refresh_witnessed(ch: Channel, relay_url: str) -> CosignedCheckpoint | None:
+async def refresh_witnessed(ch: PolicyHost, relay_url: str) -> CosignedCheckpoint | None:
     """Fetch the relay's newest checkpoint (with the cosignatures it holds),
     check it against what we saw (consistency), and keep it if it meets the
     policy. Returns the newest witnessed checkpoint we hold, or None."""
@@ -132,16 +158,16 @@ async def refresh_witnessed(ch: Channel, relay_url: str) -> CosignedCheckpoint |
     if policy is None:
         raise MalformedInput(f"no witness policy for {relay_url}: 'securechan policy set' first")
     key = await ch.logs.key(relay_url)
-    note = await (await ch._relay(relay_url)).log_checkpoint()
+    note = await (await ch.relay(relay_url)).log_checkpoint()
     await ch.logs.accept(relay_url, key, note, open_checkpoint(note, key))
-    check_witnessed(ch, relay_url, key, note)
+    check_witnessed(ch.db, relay_url, key, note, now=ch.now())
     policy = get_policy(ch, relay_url)
     if policy is None or policy.witnessed is None:
         return None
-    return _open(policy, key, policy.witnessed, int(ch._clock()))
+    return _open(policy, key, policy.witnessed, ch.now())
 
 
-async def witnessed_statement(ch: Channel, message_id: str) -> tuple[Statement, bool]:
+async def witnessed_statement(ch: PolicyHost, message_id: str) -> tuple[Statement, bool]:
     """The statement of a message, its log placement moved to a witnessed
     checkpoint when one covers the envelope (a fresh inclusion proof from the
     relay, checked here). Returns the statement and whether it is witnessed;
@@ -164,12 +190,12 @@ async def witnessed_statement(ch: Channel, message_id: str) -> tuple[Statement, 
         policy = get_policy(ch, relay_url)
         if policy is None or policy.witnessed is None:
             continue
-        cosigned = _open(policy, key, policy.witnessed, int(ch._clock()))
+        cosigned = _open(policy, key, policy.witnessed, ch.now())
         if cosigned.checkpoint.size <= receipt.leaf_index:
             continue
         size = cosigned.checkpoint.size
         try:
-            proof = await (await ch._relay(relay_url)).inclusion_proof(receipt.leaf_index, size)
+            proof = await (await ch.relay(relay_url)).inclusion_proof(receipt.leaf_index, size)
         except RelayError:
             continue
         verify_inclusion(

@@ -1,0 +1,56 @@
+"""Files: peer-supplied names made safe, chunks reassembled.
+
+A file travels as FileChunk payloads (``protocol/payload.py``: the sender's
+``Session.send_file`` cuts it). The receiver keeps each chunk in client.db's
+``file_chunks`` table until the last one arrives, then checks the whole
+file's size and SHA-512 before showing it.
+"""
+
+from __future__ import annotations
+
+from securechan.client.db import ClientDB
+from securechan.primitives import sha512
+from securechan.protocol.payload import FileChunk
+
+__all__ = ["file_intact", "file_summary", "sanitize_filename", "take_file"]
+
+_DEVICES = {"CON", "PRN", "AUX", "NUL"} | {f"{d}{i}" for d in ("COM", "LPT") for i in range(10)}
+
+
+def sanitize_filename(name: str) -> str:
+    """A safe file name from a peer-supplied one: one path component of
+    letters, digits, ``.``, ``_``, ``-`` and spaces; no leading dot, no
+    trailing dot or space; not a Windows device name (with any extension);
+    at most 100 characters, keeping a short extension. (magic-wormhole's
+    CVE-2026-42448 was a peer-supplied path.)"""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    clean = "".join(c if (c.isascii() and (c.isalnum() or c in "._- ")) else "_" for c in base)
+    stem, dot, ext = clean.strip(" .").rpartition(".")
+    if not dot or len(ext) > 10:
+        stem, ext = clean.strip(" ."), ""
+    stem = stem[: 100 - (len(ext) + 1 if ext else 0)].strip(" .") or "file"
+    if stem.split(".", 1)[0].strip(" ").upper() in _DEVICES:
+        stem = "_" + stem
+    return f"{stem}.{ext}" if ext else stem
+
+
+def take_file(db: ClientDB, conversation: bytes, chunk: FileChunk) -> bytes | None:
+    """Store one received chunk (inside the caller's transaction); when it
+    completes its file, take every chunk out and return the joined bytes
+    (not yet checked: :func:`file_intact`). None while chunks are missing."""
+    held = db.add_chunk(conversation, chunk.file_id, chunk.index, chunk.data)
+    if held != chunk.count:
+        return None
+    return b"".join(db.take_chunks(conversation, chunk.file_id))
+
+
+def file_intact(chunk: FileChunk, data: bytes) -> bool:
+    """Whether the joined file has the size and SHA-512 its chunks name."""
+    return len(data) == chunk.size and sha512(data) == chunk.sha512
+
+
+def file_summary(chunk: FileChunk) -> str | None:
+    """How the record shows a file: once, at its last chunk."""
+    if chunk.index != chunk.count - 1:
+        return None
+    return f"[file {chunk.name}, {chunk.size} bytes]"

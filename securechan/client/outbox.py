@@ -1,0 +1,370 @@
+"""The send path and the outbox.
+
+Reliability (``docs/RELAY.md`` §6): an envelope is written to the outbox in
+the same transaction as the session state that produced it and our record
+of the message, *then* posted; a crash before the relay's 2xx leaves it in
+the outbox, and the next command posts it again with the same message id,
+which the relay and the recipient both de-duplicate. Every post's log
+receipt is verified and held to everything seen of that relay's log.
+
+Owns: client.db's ``outbox`` and ``log_receipts`` tables, the ``out`` rows of
+``messages``; sessions are written through :class:`ProtocolState`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from securechan.audit.receipt import verify_receipt
+from securechan.client.context import Context
+from securechan.client.logview import RelayLogs
+from securechan.client.registration import Registrar
+from securechan.client.results import SendResult
+from securechan.client.state import ProtocolState
+from securechan.client.stored import StoredRecord
+from securechan.errors import (
+    BundleRejected,
+    MalformedInput,
+    Reason,
+    RelayError,
+    RolledBack,
+    SplitView,
+    UntrustedKey,
+    VerificationFailed,
+    reason_of,
+)
+from securechan.identity import Contact
+from securechan.identity.keys import Fingerprint
+from securechan.primitives import Ed25519SigningKey, sha256
+from securechan.protocol.address import ContactCard, QueueGrant, open_prekey_blob
+from securechan.protocol.payload import message_text
+from securechan.protocol.prekeys import Prekey, PrekeyBundle
+from securechan.protocol.session import Session
+
+__all__ = ["Built", "Outbox", "encrypt"]
+
+Target = tuple[str, bytes, bytes | None]  # (relay, sid, sender seed)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Built:
+    """What one send on a session made: its envelopes, and what our record
+    keeps of the last one (signed payload, envelope, message key and the
+    associated data); ``signed`` is empty for a queue grant (not recorded)."""
+
+    envelopes: tuple[bytes, ...]
+    signed: bytes = b""
+    key: bytes = b""
+    ad: bytes = b""
+
+
+def encrypt(
+    session: Session,
+    *,
+    now: int,
+    text: str | None = None,
+    file: tuple[str, bytes] | None = None,
+    grant: QueueGrant | None = None,
+) -> Built:
+    """The one place the client calls Session's send methods: a text, a
+    file, a queue grant, or (none of them) a receipt."""
+    if grant is not None:
+        return Built(envelopes=(session.send_grant(grant, now=now).envelope,))
+    if text is not None:
+        sent = [session.send_text(text, now=now)]
+    elif file is not None:
+        sent = session.send_file(file[0], file[1], now=now)
+    else:
+        sent = [session.send_receipt(now=now)]
+    last = sent[-1]  # a file: one stored record, the last chunk's
+    return Built(
+        envelopes=tuple(o.envelope for o in sent), signed=last.record, key=last.key, ad=last.ad
+    )
+
+
+Build = Callable[[Session], Built]
+
+
+class Outbox:
+    """Sends on the current session with a contact (starting one if there is
+    none), and posts the outbox."""
+
+    def __init__(
+        self, ctx: Context, state: ProtocolState, registrar: Registrar, logs: RelayLogs
+    ) -> None:
+        self._ctx = ctx
+        self._state = state
+        self._registrar = registrar
+        self._logs = logs
+
+    async def send_text(self, name: str, text: str) -> SendResult:
+        """See :meth:`Channel.send_text`."""
+        text = message_text(text)
+        return await self.send(name, lambda s: encrypt(s, now=self._ctx.now(), text=text))
+
+    async def send_receipt(self, name: str) -> SendResult:
+        """See :meth:`Channel.send_receipt`. Kept in our record: our signed
+        receipt is what proves delivery in a statement of the peer's message."""
+        return await self.send(name, lambda s: encrypt(s, now=self._ctx.now()))
+
+    async def send_file(
+        self, name: str, file_name: str, data: bytes, progress: Callable[[int, int], None] | None
+    ) -> SendResult:
+        """See :meth:`Channel.send_file`. One stored record per file: the
+        last chunk's signed payload."""
+        return await self.send(
+            name, lambda s: encrypt(s, now=self._ctx.now(), file=(file_name, data)), progress
+        )
+
+    async def send(
+        self, name: str, build: Build, progress: Callable[[int, int], None] | None = None
+    ) -> SendResult:
+        """Build one message on the current session with ``name`` (or a new
+        one), commit it with the session state and the outbox, then post."""
+        ctx = self._ctx
+        contact = ctx.contact(name)
+        now = ctx.now()
+        retired = ctx.db.retired()
+        rows = [
+            r for r in ctx.db.sessions(contact.fingerprint.digest) if r.conversation not in retired
+        ]
+        if rows:
+            row = rows[0]
+            targets = self.targets(contact, row.peer_grant)
+            split = await self._logs.refresh(t[0] for t in targets)
+            try:
+                with ctx.db.transaction():
+                    session = self._state.load_session(row.conversation, sending=True)
+                    session.checkpoints = self._logs.carried(t[0] for t in targets)
+                    seq, out = self._build(session, build)
+                    self._commit(session, contact, list(out.envelopes), seq, out, targets, now)
+            except RolledBack:
+                self._state.report_rollbacks()
+                raise RolledBack(
+                    f"refused to send to {contact.name}: the conversation's state was restored "
+                    "from an older copy and would reuse message keys; start a new session with "
+                    f"'securechan contact rekey {contact.name}'"
+                ) from None
+        else:
+            # First contact: the handshake, our queue grant and the message are
+            # built in memory and committed together, or not at all.
+            bundle = await self._fetch_bundle(contact)
+            targets = self.targets(contact, None)
+            session, first = Session.initiate(
+                ctx.identity, contact.identity, bundle, now=now, rand=ctx.random
+            )
+            grant = await self._registrar.own_queue(session.conversation)
+            split = await self._logs.refresh(t[0] for t in targets)
+            session.checkpoints = self._logs.carried(t[0] for t in targets)
+            envelopes = [first]
+            if grant is not None:
+                envelopes.extend(encrypt(session, now=now, grant=grant).envelopes)
+            seq, out = self._build(session, build)
+            envelopes.extend(out.envelopes)
+            with ctx.db.transaction():
+                ctx.db.add_session(session.conversation, contact.fingerprint.digest, now)
+                self._state.save_handshake(session)
+                if grant is not None:
+                    ctx.db.mark_grant_sent(session.conversation)
+                self._commit(session, contact, envelopes, seq, out, targets, now)
+            ctx.audit.session_started(
+                conversation=session.conversation,
+                peer=contact.fingerprint,
+                role="initiator",
+                at=now,
+            )
+        ctx.audit.message_sent(
+            conversation=session.conversation,
+            seq=seq[-1],
+            payload_hash=sha256(out.signed),
+            peer=contact.fingerprint,
+            at=now,
+        )
+        try:
+            delivered, pending = await self.flush(progress=progress)
+        except SplitView as e:
+            split = split or e
+        if split is not None:
+            raise split
+        return SendResult(contact=contact.name, seqs=seq, delivered=delivered, pending=pending)
+
+    @staticmethod
+    def _build(session: Session, build: Build) -> tuple[tuple[int, ...], Built]:
+        first_seq = session.sent_count + 1
+        out = build(session)
+        return tuple(range(first_seq, session.sent_count + 1)), out
+
+    def _commit(
+        self,
+        session: Session,
+        contact: Contact,
+        envelopes: list[bytes],
+        seqs: tuple[int, ...],
+        out: Built,
+        targets: list[Target],
+        now: int,
+    ) -> None:
+        """Inside the caller's transaction: the new session state, our record
+        of what we sent (one record per message: a file's last chunk), and
+        the envelopes in the outbox, all at once."""
+        db = self._ctx.db
+        self._state.save_session(session)
+        record = StoredRecord(
+            signed=out.signed,
+            contact=contact.name,
+            envelope=out.envelopes[-1],
+            key=out.key,
+            ad=out.ad,
+        )
+        db.add_message(
+            session.conversation,
+            contact.fingerprint.digest,
+            "out",
+            seqs[-1],
+            now,
+            record.to_bytes(),
+        )
+        for env in envelopes:
+            msg_id = self._ctx.random(16)
+            for relay_url, sid, sender in targets:
+                db.add_outbox(msg_id, relay_url, sid, sender, env, now)
+
+    def targets(self, contact: Contact, row_grant: bytes | None) -> list[Target]:
+        """(relay, sid, sender seed) to post to: the peer's private queue if it
+        granted one, else every address on its contact card."""
+        if row_grant is not None:
+            g = QueueGrant.from_bytes(row_grant)
+            return [(g.relay, g.sid, g.sender_seed)]
+        card = self._card(contact)
+        if not card.identity.same_key(contact.identity):
+            raise UntrustedKey(f"the contact card of {contact.name} is for another key")
+        return [(a.relay, a.sid, None) for a in card.addresses]
+
+    @staticmethod
+    def _card(contact: Contact) -> ContactCard:
+        if contact.card is None:
+            raise MalformedInput(
+                f"{contact.name} has no relay address: add their contact card (from 'id export')"
+            )
+        return ContactCard.from_bytes(contact.card)
+
+    async def _fetch_bundle(self, contact: Contact) -> PrekeyBundle:
+        """Claim and verify the peer's prekey bundle from the first of its
+        addresses that gives a valid one."""
+        card = self._card(contact)
+        last: Exception | None = None
+        for address in card.addresses:
+            try:
+                relay = await self._ctx.relay(address.relay)
+                signed, one_time = await relay.claim_bundle(address.sid)
+                bundle = PrekeyBundle(
+                    signed_prekey=Prekey.from_bytes(open_prekey_blob(address.key, signed)),
+                    one_time_prekey=(
+                        Prekey.from_bytes(open_prekey_blob(address.key, one_time))
+                        if one_time is not None
+                        else None
+                    ),
+                )
+                bundle.verify(contact.identity, now=self._ctx.now())
+                return bundle
+            except (RelayError, VerificationFailed, MalformedInput) as e:
+                last = e
+        if isinstance(last, VerificationFailed):
+            # A substituted or forged bundle: the relay (or the network) is
+            # attacking the first contact; it belongs in the audit log.
+            self._ctx.audit.rejected(Reason.BUNDLE_REJECTED, f"bundle for {contact.name}: {last}")
+            raise BundleRejected(f"no valid prekey bundle for {contact.name}: {last}")
+        raise last if last is not None else MalformedInput(f"{contact.name} has no address")
+
+    async def send_grants(self) -> None:
+        """Grant our private queue to each peer who granted theirs (queued in
+        the outbox, posted by the next :meth:`flush`)."""
+        ctx, db = self._ctx, self._ctx.db
+        retired = db.retired()
+        for row in db.sessions():
+            if row.grant_sent or row.peer_grant is None or row.conversation in retired:
+                continue
+            try:
+                self._state.load_session(row.conversation, sending=True)
+            except RolledBack:
+                continue  # never sends again; reported by close()
+            try:
+                grant = await self._registrar.own_queue(row.conversation)
+            except RelayError:
+                continue  # our relay is down: the grant goes out on a later pass
+            if grant is None or ctx.find_contact(Fingerprint(row.peer)) is None:
+                continue
+            target = QueueGrant.from_bytes(row.peer_grant)
+            with db.transaction():
+                session = self._state.load_session(row.conversation, sending=True)
+                out = encrypt(session, now=ctx.now(), grant=grant)
+                self._state.save_session(session)
+                db.mark_grant_sent(row.conversation)
+                db.add_outbox(
+                    ctx.random(16),
+                    target.relay,
+                    target.sid,
+                    target.sender_seed,
+                    out.envelopes[0],
+                    ctx.now(),
+                )
+
+    async def flush(self, *, progress: Callable[[int, int], None] | None = None) -> tuple[int, int]:
+        """See :meth:`Channel.flush_outbox`."""
+        ctx, db = self._ctx, self._ctx.db
+        delivered = pending = 0
+        blocked: set[tuple[str, bytes]] = set()
+        bad_receipts: list[str] = []
+        split: SplitView | None = None
+        # The high-water mark first: nothing leaves the machine that a
+        # restored client.db could make again unnoticed (client/generations.py).
+        db.record_generations()
+        entries = db.outbox()
+        for done, entry in enumerate(entries, 1):
+            if progress is not None:
+                progress(done, len(entries))
+            target = (entry.relay, entry.sid)
+            if target in blocked:
+                pending += 1
+                continue
+            try:
+                relay = await ctx.relay(entry.relay)
+                sender = Ed25519SigningKey(entry.sender) if entry.sender is not None else None
+                reply = await relay.send_with_receipt(
+                    entry.sid, entry.envelope, entry.msg_id, sender=sender
+                )
+            except RelayError:
+                blocked.add(target)
+                pending += 1
+                continue
+            with db.transaction():
+                db.remove_outbox(entry.id)
+            delivered += 1
+            # The relay has the envelope; now hold it to its log: the receipt
+            # must prove the envelope is in a checkpoint consistent with every
+            # checkpoint we saw from this relay before.
+            try:
+                key = await self._logs.key(entry.relay)
+                checkpoint = verify_receipt(reply.receipt, entry.envelope, key)
+                await self._logs.accept(entry.relay, key, reply.receipt.checkpoint, checkpoint)
+                with db.transaction():
+                    db.add_log_receipt(
+                        sha256(entry.envelope),
+                        entry.relay,
+                        json.dumps(reply.receipt.to_json(), separators=(",", ":")),
+                    )
+            except SplitView as e:
+                split = split or e  # the strongest finding: reported as such
+            except (VerificationFailed, MalformedInput) as e:
+                ctx.audit.rejected(reason_of(e), f"receipt from {entry.relay}: {e}")
+                bad_receipts.append(f"{entry.relay}: {e}")
+        if split is not None:
+            raise split
+        if bad_receipts:
+            raise VerificationFailed(
+                "a relay stored the message but its log receipt does not verify: "
+                + "; ".join(bad_receipts[:3])
+            )
+        return delivered, pending
