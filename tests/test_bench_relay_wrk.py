@@ -38,7 +38,9 @@ def test_missing_wrk_is_said_clearly(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (apt-get install wrk)")
+@pytest.mark.skipif(
+    shutil.which("wrk") is None, reason="wrk is not installed (apt-get install wrk)"
+)
 def test_quick_run_measures_both_targets() -> None:
     out = subprocess.run(
         [sys.executable, str(BENCH), "--quick", "--json"],

@@ -40,6 +40,7 @@ from securechan.protocol.relay_auth import (
     verify_request,
 )
 from securechan.relay.connlimit import SampledLog, client_key
+from securechan.relay.fairness import ContactFairness, ShareExceeded
 from securechan.relay.limits import LogSampler, RateLimiter
 from securechan.relay.metrics import RelayMetrics
 from securechan.relay.storage import (
@@ -135,6 +136,13 @@ class RelayConfig:
     max_connections_per_client: int = 0
     max_websockets: int = 0
     max_ws_per_client: int = 0
+    # First-contact fairness (docs/RELAY.md, "Contact addresses"): a contact
+    # address holds at most 1/contact_share of max_depth and queue_max_bytes
+    # from one client address (0: off), which may send contact_sender_rate
+    # per second to it (burst contact_sender_burst).
+    contact_share: int = 16
+    contact_sender_rate: float = 5.0
+    contact_sender_burst: int = 50
     clock: Callable[[], float] = field(default=time.time)
 
 
@@ -221,6 +229,14 @@ class Relay:
         self.ws_open = 0
         self.ws_by_client: dict[str, int] = {}
         self.ws_refusals = SampledLog("WebSockets")
+        self.contact = ContactFairness(
+            max_depth=config.max_depth,
+            max_bytes=config.queue_max_bytes or None,
+            share=config.contact_share,
+            rate=config.contact_sender_rate,
+            burst=config.contact_sender_burst,
+            ttl=config.ttl,
+        )
 
     # --- helpers --------------------------------------------------------------
 
@@ -487,6 +503,7 @@ class Relay:
         queue = await self._queue(rid)
         await self._authenticate(request, queue.recipient_key, await self._body(request, 0))
         await self.storage.delete_queue(rid)
+        self.contact.forget(rid)
         return web.json_response({"deleted": True})
 
     async def secure_queue(self, request: web.Request) -> web.Response:
@@ -516,6 +533,11 @@ class Relay:
         queue = await self.storage.queue_by_sid(sid)
         if queue is None:
             raise _HttpError(404, "no_queue", "no such queue")
+        # A contact address: each client address has its own rate and share
+        # (relay/fairness.py), checked before the queue's shared bucket.
+        sender = client_key(request.remote or "") if queue.contact else None
+        if sender is not None:
+            self._contact_rate(queue.rid, sender)
         self._limit(self.queue_limit, queue.rid, "queue")
         body = await self._body(request, self.config.max_envelope)
         if not body:
@@ -556,18 +578,32 @@ class Relay:
                 return True
 
         try:
-            result = await self.storage.put_envelope(
+            result = await self.contact.put(
                 queue.rid,
-                msg_id,
-                body,
-                now=self.now(),
-                max_depth=self.config.max_depth,
-                nonce=nonce,
-                then=None if tlog is None else then,
-                quota=self.quota,
+                sender,
+                len(body),
+                self.now(),
+                self.storage.put_envelope(
+                    queue.rid,
+                    msg_id,
+                    body,
+                    now=self.now(),
+                    max_depth=self.config.max_depth,
+                    nonce=nonce,
+                    then=None if tlog is None else then,
+                    quota=self.quota,
+                ),
             )
         except NonceReused:
             raise self._replayed(request) from None
+        except ShareExceeded:
+            self.metrics.rejected.labels("contact_share").inc()
+            raise _HttpError(
+                429,
+                "quota_exceeded",
+                "this address's share of the contact address is used up",
+                retry_after=60,
+            ) from None
         except QuotaExceeded as e:
             self.metrics.rejected.labels(f"{e.kind}_quota").inc()
             if e.kind in ("queue", "sender"):
@@ -596,6 +632,14 @@ class Relay:
         if not result.duplicate:
             self._notify(queue.rid, result.seq, msg_id, body)
         return web.json_response(reply, status=200 if result.duplicate else 201)
+
+    def _contact_rate(self, rid: bytes, sender: str) -> None:
+        wait = self.contact.allow_rate(rid, sender, self.config.clock())
+        if wait:
+            self.metrics.rate_limited.labels("contact_sender").inc()
+            raise _HttpError(
+                429, "rate_limited", "too many sends to this contact address", retry_after=wait
+            )
 
     def _notify(self, rid: bytes, seq: int, msg_id: bytes, body: bytes) -> None:
         if not self.subscribers.get(rid):
@@ -692,6 +736,7 @@ class Relay:
         await self._authenticate(request, queue.recipient_key, body)
         up_to = self._position(self._object(body, {"up_to"})["up_to"], "up_to")
         deleted = await self.storage.ack(rid, up_to=up_to)
+        self.contact.acked(rid, up_to)
         return web.json_response({"deleted": deleted})
 
     async def put_prekeys(self, request: web.Request) -> web.Response:
