@@ -24,7 +24,7 @@ import aiohttp
 import pytest
 
 from securechan.protocol.relay_auth import b64e
-from securechan.relay.fairness import ContactFairness, ShareExceeded
+from securechan.relay.fairness import MIN_SHARE, ContactFairness, ShareExceeded
 from securechan.transport import RelayClient
 from tests.test_relay_api import (
     STRICT,
@@ -137,7 +137,7 @@ def test_a_flooded_contact_address_still_takes_other_first_contacts(tmp_path: Pa
 
 
 def _fair(**kw: int) -> ContactFairness:
-    args = {"max_depth": 40, "max_bytes": 4000, "share": 4, "rate": 1.0, "burst": 3, "ttl": 100}
+    args = {"max_depth": 320, "max_bytes": 10000, "share": 10, "rate": 1.0, "burst": 3, "ttl": 100}
     args.update(kw)
     return ContactFairness(**args)  # type: ignore[arg-type]
 
@@ -145,20 +145,21 @@ def _fair(**kw: int) -> ContactFairness:
 def test_share_is_per_sender_and_comes_back_with_ack() -> None:
     f = _fair()
     rid = b"r" * 16
-    for seq in range(1, 11):
+    assert f.depth == MIN_SHARE == 32  # 320 / 10, but never below MIN_SHARE
+    for seq in range(1, 33):
         f.reserve(rid, "a", 10, now=0)
         f.settle(rid, "a", 10, seq, now=0)
     with pytest.raises(ShareExceeded):
         f.reserve(rid, "a", 10, now=0)
     f.reserve(rid, "b", 10, now=0)  # another sender is not affected
-    f.settle(rid, "b", 10, 11, now=0)
-    assert f.held_by(rid, "a") == (10, 100)
+    f.settle(rid, "b", 10, 33, now=0)
+    assert f.held_by(rid, "a") == (32, 320)
     f.acked(rid, 3)
-    assert f.held_by(rid, "a") == (7, 70)
+    assert f.held_by(rid, "a") == (29, 290)
     f.reserve(rid, "a", 10, now=0)
     f.settle(rid, "a", 10, None, now=0)  # refused or a duplicate: nothing held
-    assert f.held_by(rid, "a") == (7, 70)
-    f.acked(rid, 11)
+    assert f.held_by(rid, "a") == (29, 290)
+    f.acked(rid, 33)
     assert f.held_by(rid, "a") == f.held_by(rid, "b") == (0, 0)
 
 
@@ -168,7 +169,7 @@ def test_bytes_share_ttl_and_late_answers() -> None:
     f.reserve(rid, "a", 900, now=0)
     f.settle(rid, "a", 900, 1, now=0)
     with pytest.raises(ShareExceeded):
-        f.reserve(rid, "a", 200, now=0)  # 1000 bytes per sender
+        f.reserve(rid, "a", 200, now=0)  # 10000 / 10 = 1000 bytes per sender
     f.reserve(rid, "a", 200, now=101)  # the first passed the TTL
     # Answered after the owner already acknowledged it: not held.
     f.acked(rid, 5)

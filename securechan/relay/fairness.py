@@ -49,7 +49,11 @@ from typing import Any
 from securechan.relay.limits import RateLimiter
 from securechan.relay.storage import PutResult
 
-__all__ = ["ContactFairness", "ShareExceeded"]
+__all__ = ["MIN_SHARE", "ContactFairness", "ShareExceeded"]
+
+MIN_SHARE = 32
+"""Envelopes one client address may always hold in a contact address (unless
+``max_depth`` is smaller): the share is ``max(MIN_SHARE, max_depth / share)``."""
 
 
 class ShareExceeded(Exception):
@@ -85,7 +89,12 @@ class ContactFairness:
     ) -> None:
         if share < 0:
             raise ValueError("share must be 0 (off) or positive")
-        self.depth = max(1, max_depth // share) if share else None
+        # A share never goes below MIN_SHARE envelopes (or the whole queue, if
+        # smaller): a first contact is a few envelopes (the first message,
+        # what follows it before the grant comes back), and a small
+        # max_depth must not make one of them too many.
+        floor = min(max_depth, MIN_SHARE)
+        self.depth = max(floor, max_depth // share) if share else None
         self.bytes = max(1, max_bytes // share) if share and max_bytes else None
         self.ttl = ttl
         self.max_queues = max_queues
