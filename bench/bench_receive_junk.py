@@ -50,6 +50,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
@@ -87,12 +89,25 @@ def garbage() -> bytes:
     return wire.encode(session.MESSAGE, {"header": header, "ciphertext": random_bytes(1200)})
 
 
+# The relay gives each client address its own share and rate on a contact
+# address (docs/RELAY.md, "Contact addresses"): the junk is posted from
+# several loopback addresses, PER_ADDRESS envelopes from each.
+ATTACKERS = [f"127.0.0.{i}" for i in range(2, 40)]
+PER_ADDRESS = 40
+
+
 async def post_junk(card: ContactCard, count: int) -> None:
     """Post ``count`` garbage envelopes to every address of ``card``."""
     for address in card.addresses:
-        async with RelayClient(address.relay) as relay:
-            for _ in range(count):
-                await relay.send(address.sid, garbage(), random_bytes(16), sender=None)
+        for k in range(0, count, PER_ADDRESS):
+            local = ATTACKERS[(k // PER_ADDRESS) % len(ATTACKERS)]
+            connector = aiohttp.TCPConnector(local_addr=(local, 0))
+            async with (
+                aiohttp.ClientSession(connector=connector) as s,
+                RelayClient(address.relay, session=s) as relay,
+            ):
+                for _ in range(min(PER_ADDRESS, count - k)):
+                    await relay.send(address.sid, garbage(), random_bytes(16), sender=None)
 
 
 class Receiver:

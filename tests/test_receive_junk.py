@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from securechan import wire
@@ -109,14 +110,28 @@ def garbage_first() -> bytes:
     return first.to_bytes()
 
 
+# The relay gives each client address its own share and rate on a contact
+# address (docs/RELAY.md, "Contact addresses"), so the attacker posts from
+# several loopback addresses, PER_ADDRESS envelopes from each (under the
+# default burst), as a flood now has to.
+ATTACKERS = [f"127.0.0.{i}" for i in range(2, 40)]
+PER_ADDRESS = 40
+
+
 def post(card: ContactCard, envelopes: list[bytes]) -> None:
     """The attacker: only the contact card, no sender key."""
 
     async def go() -> None:
         for address in card.addresses:
-            async with RelayClient(address.relay) as relay:
-                for data in envelopes:
-                    await relay.send(address.sid, data, random_bytes(16), sender=None)
+            for k in range(0, len(envelopes), PER_ADDRESS):
+                local = ATTACKERS[(k // PER_ADDRESS) % len(ATTACKERS)]
+                connector = aiohttp.TCPConnector(local_addr=(local, 0))
+                async with (
+                    aiohttp.ClientSession(connector=connector) as s,
+                    RelayClient(address.relay, session=s) as relay,
+                ):
+                    for data in envelopes[k : k + PER_ADDRESS]:
+                        await relay.send(address.sid, data, random_bytes(16), sender=None)
 
     run(go())
 

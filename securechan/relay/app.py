@@ -238,7 +238,7 @@ class Relay:
             msg_id = b64d(request.headers.get("X-Message-Id", ""), size=16)
         except MalformedInput:
             raise ApiError("bad_message_id", "X-Message-Id must be 16 bytes") from None
-        queue = await svc.send_queue(sid)
+        queue = await svc.send_queue(sid, request.remote)
         body = await self._body(request, self.config.max_envelope)
         reply = await svc.send(self._call(request, body), queue, msg_id)
         return _json(reply, status=200 if reply.duplicate else 201)

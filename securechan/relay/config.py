@@ -79,6 +79,14 @@ class RelayConfig:
     max_connections_per_client: int = 0
     max_websockets: int = 0
     max_ws_per_client: int = 0
+    # First-contact fairness (docs/RELAY.md, "Contact addresses"): a contact
+    # address holds at most 1/contact_share of max_depth (never below 32
+    # envelopes) and of queue_max_bytes from one client address (0: off),
+    # which may send contact_sender_rate per second to it (burst
+    # contact_sender_burst).
+    contact_share: int = 16
+    contact_sender_rate: float = 5.0
+    contact_sender_burst: int = 50
     clock: Callable[[], float] = field(default=time.time)
 
     @property

@@ -34,6 +34,8 @@ from securechan.primitives import Ed25519SigningKey, random_bytes, sha256
 from securechan.protocol.relay_auth import MAX_SKEW, parse_authorization, verify_request
 from securechan.relay import api
 from securechan.relay.config import AUTO_RESERVE, AUTO_RESERVE_SHARE, WRITE_FAILED_FOR, RelayConfig
+from securechan.relay.connlimit import client_key
+from securechan.relay.fairness import ContactFairness, ShareExceeded
 from securechan.relay.limits import LogSampler, RateLimiter
 from securechan.relay.metrics import RelayMetrics
 from securechan.relay.storage import (
@@ -106,6 +108,14 @@ class RelayService:
             rate=config.client_byte_rate, burst=max(config.client_byte_burst, config.max_envelope)
         )
         self.quota = make_quota(config)
+        self.contact = ContactFairness(
+            max_depth=config.max_depth,
+            max_bytes=config.queue_max_bytes or None,
+            share=config.contact_share,
+            rate=config.contact_sender_rate,
+            burst=config.contact_sender_burst,
+            ttl=config.ttl,
+        )
         # When a storage error was last answered, and the commit count then:
         # /readyz says not ready until a later commit succeeds, or for
         # WRITE_FAILED_FOR seconds (a relay with no traffic comes back).
@@ -286,6 +296,7 @@ class RelayService:
     async def delete_queue(self, call: Call, queue: QueueRecord) -> api.DeleteReply:
         await self.authenticate(call, queue.recipient_key)
         await self.storage.delete_queue(queue.rid)
+        self.contact.forget(queue.rid)
         return api.DeleteReply(deleted=True)
 
     async def secure_queue(
@@ -301,13 +312,25 @@ class RelayService:
 
     # --- envelopes ------------------------------------------------------------------------
 
-    async def send_queue(self, sid: bytes) -> QueueRecord:
-        """The queue a send goes to, within its per-queue rate."""
+    async def send_queue(self, sid: bytes, remote: str | None = None) -> QueueRecord:
+        """The queue a send from ``remote`` goes to, within its rates: on a
+        contact address first the sender address's own (relay/fairness.py),
+        then the queue's shared one."""
         queue = await self.storage.queue_by_sid(sid)
         if queue is None:
             raise ApiError("no_queue", "no such queue")
+        if queue.contact:
+            self._contact_rate(queue.rid, client_key(remote or ""))
         self.limit(self.queue_limit, queue.rid, "queue")
         return queue
+
+    def _contact_rate(self, rid: bytes, sender: str) -> None:
+        wait = self.contact.allow_rate(rid, sender, self.config.clock())
+        if wait:
+            self.metrics.rate_limited.labels("contact_sender").inc()
+            raise ApiError(
+                "rate_limited", "too many sends to this contact address", retry_after=wait
+            )
 
     async def send(self, call: Call, queue: QueueRecord, msg_id: bytes) -> api.SendReply:
         """Store ``call.body`` on ``queue``, then log it; the reply once both
@@ -328,18 +351,34 @@ class RelayService:
         if queue.sender_key is not None:
             nonce, digest = self.verify(call, queue.sender_key)
         tlog = self.log
+        # A contact address: each client address has its own share of it
+        # (relay/fairness.py), reserved before the store.
+        sender = client_key(call.remote or "") if queue.contact else None
         try:
-            result = await self.storage.put_envelope(
+            result = await self.contact.put(
                 queue.rid,
-                msg_id,
-                body,
-                now=self.now(),
-                max_depth=self.config.max_depth,
-                nonce=nonce,
-                quota=self.quota,
+                sender,
+                len(body),
+                self.now(),
+                self.storage.put_envelope(
+                    queue.rid,
+                    msg_id,
+                    body,
+                    now=self.now(),
+                    max_depth=self.config.max_depth,
+                    nonce=nonce,
+                    quota=self.quota,
+                ),
             )
         except NonceReused:
             raise self._replayed(call) from None
+        except ShareExceeded:
+            self.metrics.rejected.labels("contact_share").inc()
+            raise ApiError(
+                "quota_exceeded",
+                "this address's share of the contact address is used up",
+                retry_after=60,
+            ) from None
         except QuotaExceeded as e:
             self.metrics.rejected.labels(f"{e.kind}_quota").inc()
             if e.kind in ("queue", "sender"):
@@ -430,7 +469,9 @@ class RelayService:
 
     async def ack(self, call: Call, rid: bytes, req: api.AckRequest) -> api.AckReply:
         """Delete envelopes up to ``req.up_to`` (``call`` already authenticated)."""
-        return api.AckReply(deleted=await self.storage.ack(rid, up_to=req.up_to))
+        deleted = await self.storage.ack(rid, up_to=req.up_to)
+        self.contact.acked(rid, req.up_to)
+        return api.AckReply(deleted=deleted)
 
     # --- prekeys ----------------------------------------------------------------------------
 
