@@ -19,15 +19,16 @@ import click
 import securechan
 from securechan.errors import (
     ContactExists,
-    ContactNotFound,
     IdentityExists,
     MalformedInput,
     NoIdentity,
+    NotFound,
     RelayError,
     RolledBack,
     SecurechanError,
     StorageError,
     UntrustedKey,
+    UsageError,
     VerificationFailed,
 )
 from securechan.terminal_text import inline
@@ -65,9 +66,10 @@ def _exit_code(exc: SecurechanError) -> int:
     if isinstance(
         exc,
         MalformedInput
+        | UsageError
+        | NotFound  # includes ContactNotFound
         | NoIdentity
         | IdentityExists
-        | ContactNotFound
         | ContactExists
         | StorageError,
     ):
@@ -245,7 +247,7 @@ class _App:
         if env:
             return env
         if not sys.stdin.isatty():
-            raise MalformedInput(
+            raise UsageError(
                 "no passphrase: use --passphrase-file or SECURECHAN_PASSPHRASE, "
                 "or run in a terminal"
             )

@@ -20,9 +20,7 @@ from securechan.cli.core import (
     _read_text,
     pass_app,
 )
-from securechan.errors import (
-    MalformedInput,
-)
+from securechan.errors import NotFound, UsageError
 from securechan.terminal_text import block, inline
 
 
@@ -74,12 +72,12 @@ def verify(
 ) -> None:
     """Check that FILE was signed by --from NAME (or --key PUBFILE)."""
     if (from_name is None) == (key is None):
-        raise MalformedInput("give exactly one of --from NAME or --key PUBFILE")
+        raise UsageError("give exactly one of --from NAME or --key PUBFILE")
     sig_path = sig if sig is not None else file.with_name(file.name + ".sig")
     try:
         sig_text = _read_text(sig_path, str(sig_path))
     except FileNotFoundError:
-        raise MalformedInput(f"no signature file {sig_path} (use --sig)") from None
+        raise NotFound(f"no signature file {sig_path} (use --sig)") from None
     signature = securechan.DocumentSignature.from_text_unverified(sig_text)
     verified_contact = True
     if from_name is not None:

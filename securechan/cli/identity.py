@@ -18,10 +18,7 @@ from securechan.cli.core import (
     _read_text,
     pass_app,
 )
-from securechan.errors import (
-    IdentityExists,
-    MalformedInput,
-)
+from securechan.errors import IdentityExists, UsageError
 from securechan.terminal_text import inline
 
 
@@ -114,9 +111,7 @@ def id_passwd(app: _App, new_passphrase_file: Path | None, kdf: str) -> None:
     old = app.passphrase(prompt="Current passphrase")
     if new_passphrase_file is None and not sys.stdin.isatty():
         # Not $SECURECHAN_PASSPHRASE: it already holds the current passphrase.
-        raise MalformedInput(
-            "give the new passphrase with --new-passphrase-file, or run in a terminal"
-        )
+        raise UsageError("give the new passphrase with --new-passphrase-file, or run in a terminal")
     new = _App(app.home, new_passphrase_file).passphrase(confirm=True, prompt="New passphrase")
     app.keystore.change_passphrase(old, new, kdf=securechan.KDF_PROFILES[kdf])
     click.echo("Passphrase changed.", err=True)

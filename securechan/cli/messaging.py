@@ -24,12 +24,7 @@ from securechan.cli.core import (
     _run,
     pass_app,
 )
-from securechan.errors import (
-    MalformedInput,
-    Reason,
-    RelayError,
-    StorageError,
-)
+from securechan.errors import Reason, RelayError, StorageError, UsageError
 from securechan.terminal_text import block, inline
 
 if TYPE_CHECKING:
@@ -56,12 +51,12 @@ def register(app: _App, relays: tuple[str, ...], fingerprint: str | None, as_jso
     from securechan.identity._files import atomic_write
 
     if fingerprint is not None and len(relays) != 1:
-        raise MalformedInput("--relay-fingerprint goes with exactly one --relay")
+        raise UsageError("--relay-fingerprint goes with exactly one --relay")
     wanted = fingerprint.strip().lower().replace(" ", "") if fingerprint else None
     if wanted is not None and (
         len(wanted) != 64 or any(c not in "0123456789abcdef" for c in wanted)
     ):
-        raise MalformedInput("a relay fingerprint is 64 hex digits")
+        raise UsageError("a relay fingerprint is 64 hex digits")
 
     async def go() -> Any:
         async with _channel(app) as ch:
@@ -102,7 +97,7 @@ def send(
 ) -> None:
     """Send MESSAGE (or '-' for stdin, or --file F) to CONTACT."""
     if (message is None) == (file_path is None):
-        raise MalformedInput("give a MESSAGE ('-' reads stdin) or --file F")
+        raise UsageError("give a MESSAGE ('-' reads stdin) or --file F")
     contact = app.keystore.contacts.get(contact_name)
     if not contact.verified:
         shown = inline(contact_name)

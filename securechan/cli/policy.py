@@ -16,10 +16,7 @@ from securechan.cli.core import (
     _run,
     pass_app,
 )
-from securechan.errors import (
-    MalformedInput,
-    RelayError,
-)
+from securechan.errors import NotFound, RelayError
 from securechan.terminal_text import inline
 
 
@@ -53,7 +50,7 @@ def policy_set(
     async def go() -> Any:
         async with _channel(app) as ch:
             if relay_url not in ch.relays() + ch.known_logs():
-                raise MalformedInput(f"{relay_url} is none of your or your contacts' relays")
+                raise NotFound(f"{relay_url} is none of your or your contacts' relays")
             return set_policy(ch, relay_url, keys, require)
 
     p = _run(go())

@@ -19,11 +19,7 @@ from securechan.cli.core import (
     _run,
     pass_app,
 )
-from securechan.errors import (
-    MalformedInput,
-    StorageError,
-    VerificationFailed,
-)
+from securechan.errors import StorageError, UsageError, VerificationFailed
 from securechan.terminal_text import block, inline
 
 
@@ -63,7 +59,7 @@ def statement_export(app: _App, message_id: str, output: Path, as_json: bool) ->
         with open(output, "x", encoding="ascii", newline="\n") as f:
             f.write(text)
     except FileExistsError:
-        raise MalformedInput(f"{output} exists; choose another name") from None
+        raise UsageError(f"{output} exists; choose another name") from None
     except OSError as e:
         raise StorageError(f"cannot write {output}: {e.strerror}") from None
     from securechan.audit.statement import message_id as _mid

@@ -17,10 +17,7 @@ from securechan.cli.core import (
     _run,
     pass_app,
 )
-from securechan.errors import (
-    MalformedInput,
-    RelayError,
-)
+from securechan.errors import MalformedInput, RelayError, UsageError
 from securechan.terminal_text import inline
 
 
@@ -116,9 +113,9 @@ def witness_cosign(
     try:
         pinned = VerifierKey.from_text(log_key)
     except MalformedInput as e:
-        raise MalformedInput(f"--log-key: {e}") from None
+        raise UsageError(f"--log-key: {e}") from None
     if pinned.sig_type != 0x01:
-        raise MalformedInput("--log-key is the log's Ed25519 (type 0x01) verifier key")
+        raise UsageError("--log-key is the log's Ed25519 (type 0x01) verifier key")
     home = _witness_home(app)
     key = home.unlock(app.passphrase())
 

@@ -53,6 +53,7 @@ from securechan.errors import (
     MalformedInput,
     MessageRejected,
     NoIdentity,
+    NotFound,
     Reason,
     RelayError,
     Replay,
@@ -63,6 +64,7 @@ from securechan.errors import (
     UnknownPrekey,
     UnknownSender,
     UntrustedKey,
+    UsageError,
     VerificationFailed,
     reason_of,
 )
@@ -621,7 +623,7 @@ class Channel:
     def _load_handshake(self, conversation: bytes) -> tuple[bytes, bytes]:
         loaded = self.db.load_state("handshake:" + conversation.hex(), "handshake", conversation)
         if loaded is None:
-            raise MalformedInput(
+            raise UsageError(
                 "this session was started before statements were bound to the handshake; "
                 "a statement needs a message of a newer session"
             )
@@ -1827,16 +1829,16 @@ class Channel:
     def _find_message(self, message_id: str) -> tuple[StoredMessage, dict[str, Any]]:
         wanted = message_id.strip().lower()
         if not 8 <= len(wanted) <= 64 or any(c not in "0123456789abcdef" for c in wanted):
-            raise MalformedInput("a message id is 8 to 64 hex digits")
+            raise UsageError("a message id is 8 to 64 hex digits")
         found = []
         for m in self.db.messages(limit=1 << 40):
             rec = wire.decode(_RECORD, m.record)
             if sha256(rec["signed"]).hex().startswith(wanted):
                 found.append((m, rec))
         if not found:
-            raise ContactNotFound(f"no stored message has the id {wanted}")
+            raise NotFound(f"no stored message has the id {wanted}")
         if len(found) > 1:
-            raise MalformedInput(f"the id {wanted} is ambiguous: give more digits")
+            raise UsageError(f"the id {wanted} is ambiguous: give more digits")
         return found[0]
 
     async def fetch_receipt(self, message_id: str) -> bool:
@@ -1880,13 +1882,13 @@ class Channel:
         one is kept (every send's; a received message's once
         :meth:`fetch_receipt` got it); the checkpoint keeps only the
         relay's own signature (cosignatures by keys the file does not name
-        would make it unverifiable). Raises :class:`ContactNotFound` for an
-        unknown id and :class:`MalformedInput` for a message stored before
+        would make it unverifiable). Raises :class:`NotFound` for an
+        unknown id and :class:`UsageError` for a message stored before
         statements existed.
         """
         m, rec = self._find_message(message_id)
         if rec["envelope"] is None or rec["key"] is None or rec["ad"] is None:
-            raise MalformedInput("this message was stored without what a statement needs")
+            raise UsageError("this message was stored without what a statement needs")
         peer = self.keystore.contacts.find(Fingerprint(m.peer))
         if peer is None:
             raise ContactNotFound("the message's contact is no longer pinned")

@@ -29,7 +29,7 @@ from aiohttp import WSMsgType, web
 from securechan import strict_json
 from securechan.audit.note import MAX_NOTE_BYTES
 from securechan.audit.receipt import Receipt, encode_hashes
-from securechan.errors import BadSignature, MalformedInput, StorageError
+from securechan.errors import BadSignature, MalformedInput, Reason, RelayError, StorageError
 from securechan.primitives import Ed25519SigningKey, random_bytes, sha256
 from securechan.protocol.relay_auth import (
     MAX_SKEW,
@@ -138,13 +138,18 @@ class RelayConfig:
     clock: Callable[[], float] = field(default=time.time)
 
 
-class _HttpError(Exception):
+class _HttpError(RelayError):
+    """A refusal on its way to the client (which raises RelayRefused for it);
+    ``error_code`` is the API's snake_case code (docs/openapi.yaml)."""
+
+    code = Reason.RELAY_REFUSED
+
     def __init__(
         self, status: int, code: str, message: str, *, retry_after: int | None = None
     ) -> None:
         super().__init__(message)
         self.status = status
-        self.code = code
+        self.error_code = code
         self.message = message
         self.retry_after = retry_after
 
@@ -152,7 +157,9 @@ class _HttpError(Exception):
 def _error_response(err: _HttpError) -> web.Response:
     headers = {"Retry-After": str(err.retry_after)} if err.retry_after is not None else None
     return web.json_response(
-        {"error": {"code": err.code, "message": err.message}}, status=err.status, headers=headers
+        {"error": {"code": err.error_code, "message": err.message}},
+        status=err.status,
+        headers=headers,
     )
 
 
@@ -973,12 +980,12 @@ def make_app(
             response = _error_response(err)
             relay.refusals.log(
                 logging.INFO,
-                f"{request.method} {name} -> {err.status} {err.code}",
+                f"{request.method} {name} -> {err.status} {err.error_code}",
                 "%s %s -> %d %s",
                 request.method,
                 name,
                 err.status,
-                err.code,
+                err.error_code,
             )
         except web.HTTPException as exc:  # aiohttp's own (404 route, 405, 413 ...)
             response = _error_response(_HttpError(exc.status, "http", exc.reason))

@@ -77,7 +77,13 @@ from securechan.audit.note import (
 )
 from securechan.audit.receipt import ENVELOPE_LEAF_CONTEXT, Receipt, envelope_leaf_hash
 from securechan.audit.tree import TreeStore
-from securechan.errors import BadSignature, MalformedInput, StorageError
+from securechan.errors import (
+    BadSignature,
+    MalformedInput,
+    Reason,
+    StorageError,
+    VerificationFailed,
+)
 from securechan.primitives import Ed25519SigningKey, constant_time_equal, sha256
 from securechan.relay.batching import take_batch
 from securechan.relay.storage import RelayStorage, StorageClosed
@@ -124,7 +130,7 @@ def default_origin(public_key: bytes) -> str:
     return "securechan-relay/" + sha256(public_key).hex()[:16]
 
 
-class CosignatureRefused(Exception):
+class CosignatureRefused(VerificationFailed):
     """A posted cosignature was not stored; ``reason`` says why.
 
     ``malformed`` (not a cosigned checkpoint of this log, or dated in the
@@ -133,6 +139,8 @@ class CosignatureRefused(Exception):
     (a size or root this log never had), ``stale`` (older than the window or
     than the witness's last cosignature; ``log_size`` is the current size).
     """
+
+    code = Reason.COSIGNATURE_REFUSED
 
     def __init__(self, reason: str, message: str, *, log_size: int | None = None) -> None:
         super().__init__(message)
