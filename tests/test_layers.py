@@ -20,6 +20,7 @@ PKG = Path(__file__).resolve().parent.parent / "securechan"
 # Lower number = lower layer. A module may import only its rank or lower.
 RANKS = {
     "errors": 0,
+    "timestamps": 0,
     "strict_json": 1,
     "primitives": 1,
     "wire": 2,

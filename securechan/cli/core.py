@@ -3,7 +3,6 @@ mapping, printing helpers. Every command module builds on this one."""
 
 from __future__ import annotations
 
-import datetime as _dt
 import importlib
 import json
 import os
@@ -32,6 +31,7 @@ from securechan.errors import (
     VerificationFailed,
 )
 from securechan.terminal_text import inline
+from securechan.timestamps import iso_utc
 
 if TYPE_CHECKING:  # typed, but not imported at start-up
     from securechan.client.channel import Channel, UnknownPolicy
@@ -265,9 +265,7 @@ def _emit_json(data: Any) -> None:
 
 
 def _iso(ts: int | None) -> str | None:
-    if ts is None:
-        return None
-    return _dt.datetime.fromtimestamp(ts, _dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return iso_utc(ts)
 
 
 def _json_option(f: Callable[..., Any]) -> Callable[..., Any]:

@@ -49,13 +49,14 @@ def demo(keep: Path | None, as_json: bool) -> None:
                 _print_step(step)
     ok = all(s.ok for s in steps)
     if as_json:
-        _emit_json(
-            {
-                "ok": ok,
-                "seconds": round(time.perf_counter() - t0, 3),
-                "steps": [s.to_json() for s in steps],
-            }
+        from securechan.cli.results import DemoReport
+
+        report = DemoReport(
+            ok=ok,
+            seconds=round(time.perf_counter() - t0, 3),
+            steps=tuple(s.to_json() for s in steps),
         )
+        _emit_json(report.to_json())
     else:
         verdict = "every step held" if ok else "SOME STEPS FAILED"
         click.echo(f"\n{verdict} ({time.perf_counter() - t0:.1f} s)")
