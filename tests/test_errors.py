@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import re
 from pathlib import Path
 
@@ -227,3 +228,31 @@ def test_cli_md_links_the_contract() -> None:
 @pytest.mark.parametrize("cls", _tree(), ids=lambda c: c.__name__)
 def test_every_class_has_a_one_line_docstring(cls: type[SecurechanError]) -> None:
     assert cls.__doc__ and cls.__doc__.strip().splitlines()[0].endswith(".")
+
+
+def test_old_entries_keep_their_class_names(tmp_path: Path) -> None:
+    """A log written before the codes (reasons were class names) still
+    verifies, and ``log show --json`` shows the old reason as it was next to
+    a new entry's code."""
+    from click.testing import CliRunner
+
+    from securechan.audit.log import AuditLog
+    from securechan.cli import cli
+    from tests.conftest import NOW, fixed_identity
+
+    home = tmp_path / "home"
+    me = fixed_identity("tehran")
+    with AuditLog.open(home, me) as log:
+        # What a client before 2dec72b wrote: the Python class name.
+        log.rejected("SplitView", "two roots for size 7", at=NOW)  # type: ignore[arg-type]
+        log.rejected(Reason.SPLIT_VIEW, "two roots for size 8", at=NOW + 1)
+        log.checkpoint(at=NOW + 2)
+    pub = tmp_path / "tehran.pub"
+    pub.write_text(me.public.to_text(), encoding="utf-8")
+
+    verified = CliRunner().invoke(cli, ["--home", str(home), "log", "verify", "--key", str(pub)])
+    assert verified.exit_code == 0, verified.output
+    shown = CliRunner().invoke(cli, ["--home", str(home), "log", "show", "--json"])
+    assert shown.exit_code == 0, shown.output
+    reasons = [e["fields"]["reason"] for e in json.loads(shown.output) if e["kind"] == "rejected"]
+    assert reasons == ["SplitView", "split-view"]

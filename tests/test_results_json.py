@@ -9,6 +9,7 @@ builds its JSON by hand any more.
 from __future__ import annotations
 
 import ast
+import hashlib
 import inspect
 import json
 import re
@@ -17,15 +18,24 @@ from typing import Any
 
 import pytest
 
+from securechan.audit.checkpoint import Cosignature
+from securechan.audit.note import SIG_COSIGNATURE_V1, VerifierKey
 from securechan.cli import results as cli_results
 from securechan.client import results as client_results
 from securechan.errors import Reason
+from securechan.primitives import Ed25519SigningKey
 from securechan.protocol.payload import ContentType
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI_DOC = ROOT / "docs" / "CLI.md"
 TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 NOW = 1_796_000_000  # 2026-11-30, any fixed time
+# PUBLIC TEST DATA: a witness's cosignature key from a fixed, public seed.
+_WITNESS_KEY = VerifierKey(
+    name="witness.example/json",
+    sig_type=SIG_COSIGNATURE_V1,
+    public_key=Ed25519SigningKey(hashlib.sha256(b"securechan json test witness").digest()).public,
+)
 
 
 def _documented() -> dict[str, dict[str, tuple[str, bool]]]:
@@ -46,7 +56,7 @@ def _documented() -> dict[str, dict[str, tuple[str, bool]]]:
     return out
 
 
-def _result_types() -> dict[str, type]:
+def _result_types() -> dict[str, Any]:
     found = {}
     for module in (client_results, cli_results):
         for name in module.__all__:
@@ -145,6 +155,13 @@ def _samples() -> list[Any]:
         ),
         c.PolicyInfo(relay="https://r"),
         c.PolicyInfo(relay="https://r", witnesses=("k",), required=1, error="relay down"),
+        c.PolicyInfo(
+            relay="https://r",
+            witnesses=("k",),
+            required=1,
+            witnessed_size=7,
+            cosigned_by=(Cosignature(cosigner=_WITNESS_KEY, timestamp=NOW),),
+        ),
         c.DemoReport(ok=True, seconds=1.5, steps=({"id": "x", "ok": True},)),
     ]
 
@@ -191,6 +208,10 @@ def test_json_round_trips_through_the_documented_fields(sample: Any) -> None:
     assert required <= set(data) <= set(doc)
     for field, value in data.items():
         assert _is(doc[field][0], value), (field, value, doc[field][0])
+    if isinstance(sample, cli_results.PolicyInfo) and sample.cosigned_by:
+        assert data["cosigned_by"] == [
+            {"witness": "witness.example/json", "at": "2026-11-30T00:53:20Z"}
+        ]
 
 
 def test_received_carries_the_saved_file() -> None:
