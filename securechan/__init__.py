@@ -26,10 +26,12 @@ from securechan.errors import (
     KeyChanged,
     MalformedInput,
     NoIdentity,
+    NotFound,
     SecurechanError,
     StorageError,
     UnsupportedVersion,
     UntrustedKey,
+    UsageError,
     VerificationFailed,
 )
 from securechan.identity import (
@@ -67,6 +69,7 @@ __all__ = [
     "Keystore",
     "MalformedInput",
     "NoIdentity",
+    "NotFound",
     "PublicIdentity",
     "SafetyNumber",
     "SecurechanError",
@@ -74,6 +77,7 @@ __all__ = [
     "StorageError",
     "UnsupportedVersion",
     "UntrustedKey",
+    "UsageError",
     "VerificationFailed",
     "__version__",
     "default_home",

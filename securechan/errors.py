@@ -8,7 +8,8 @@ caller, not a condition the user can act on.
 Authentication failures are deliberately coarse: one class per operation,
 raised ``from None``, with a message that never echoes secret input or the
 bytes that failed.  The CLI maps this tree to exit codes in one place
-(``securechan.cli._exit_code``), documented in ``docs/CLI.md``.
+(``securechan.cli._exit_code``), documented in ``docs/CLI.md``; the
+whole contract (classes, codes, exit codes) is ``docs/ERRORS.md``.
 """
 
 from __future__ import annotations
@@ -28,10 +29,12 @@ __all__ = [
     "DecryptionFailed",
     "IdentityExists",
     "KeyChanged",
+    "LimitReached",
     "MalformedInput",
     "MessageRejected",
     "Misaddressed",
     "NoIdentity",
+    "NotFound",
     "ProofFailed",
     "Reason",
     "Reflected",
@@ -48,6 +51,7 @@ __all__ = [
     "UnknownSender",
     "UnsupportedVersion",
     "UntrustedKey",
+    "UsageError",
     "VerificationFailed",
     "WrongConversation",
     "reason_of",
@@ -71,19 +75,27 @@ class Reason(StrEnum):
     CHECKPOINT_UNCHECKED = "checkpoint-unchecked"
     CONTACT_EXISTS = "contact-exists"
     CONTACT_NOT_FOUND = "contact-not-found"
+    CONTACT_SHARE_EXCEEDED = "contact-share-exceeded"
     CONVERSATION_IN_USE = "conversation-in-use"
+    COSIGNATURE_REFUSED = "cosignature-refused"
     DECRYPTION_FAILED = "decryption-failed"
     ERROR = "error"
     FILE_CORRUPT = "file-corrupt"
     IDENTITY_EXISTS = "identity-exists"
     INTERNAL_ERROR = "internal-error"
     KEY_CHANGED = "key-changed"
+    LIMIT_REACHED = "limit-reached"
     MALFORMED_INPUT = "malformed"
     MESSAGE_REJECTED = "message-rejected"
     MISADDRESSED = "misaddressed"
     NO_IDENTITY = "no-identity"
+    NONCE_REUSED = "nonce-reused"
+    NOT_FOUND = "not-found"
     PEER_ROLLED_BACK = "peer-rolled-back"
     PROOF_FAILED = "proof-failed"
+    QUEUE_FULL = "queue-full"
+    QUOTA_EXCEEDED = "quota-exceeded"
+    REQUEST_REFUSED = "request-refused"
     REKEYED = "rekeyed"
     REFLECTED = "reflected"
     RELAY_ERROR = "relay"
@@ -92,12 +104,14 @@ class Reason(StrEnum):
     REPLAY = "replay"
     ROLLED_BACK = "rolled-back"
     SPLIT_VIEW = "split-view"
+    STORAGE_CLOSED = "storage-closed"
     STORAGE_ERROR = "storage"
     TOO_FAR_AHEAD = "too-far-ahead"
     UNKNOWN_PREKEY = "unknown-prekey"
     UNKNOWN_SENDER = "unknown-sender"
     UNSUPPORTED_VERSION = "unsupported-version"
     UNTRUSTED_KEY = "untrusted-key"
+    USAGE_ERROR = "usage"
     VERIFICATION_FAILED = "verification-failed"
     WRONG_CONVERSATION = "wrong-conversation"
 
@@ -167,7 +181,23 @@ class KeyChanged(UntrustedKey):
         )
 
 
-class ContactNotFound(SecurechanError):
+class UsageError(SecurechanError):
+    """A usage mistake: options that do not go together, a bad option value.
+
+    Also a missing passphrase source, an output file that exists. Not
+    :class:`MalformedInput`, which is for bytes or text that came from a file,
+    a peer or a relay: a usage mistake is never counted as a peer's."""
+
+    code = Reason.USAGE_ERROR
+
+
+class NotFound(SecurechanError):
+    """Something the caller named does not exist (a contact, a message id...)."""
+
+    code = Reason.NOT_FOUND
+
+
+class ContactNotFound(NotFound):
     """No contact of that name is pinned."""
 
     code = Reason.CONTACT_NOT_FOUND
@@ -214,9 +244,15 @@ class RelayRefused(RelayError):
 
 
 class StorageError(SecurechanError):
-    """A file of the home folder could not be read or written."""
+    """A store (a home-folder file, a relay's database) could not be used."""
 
     code = Reason.STORAGE_ERROR
+
+
+class LimitReached(SecurechanError):
+    """A configured limit (a queue's length, a byte quota) would be passed."""
+
+    code = Reason.LIMIT_REACHED
 
 
 class RolledBack(StorageError):

@@ -51,8 +51,9 @@ _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-class _Refused(ValueError):
-    """Raised inside the parser's hooks; turned into MalformedInput."""
+class _Refused(MalformedInput):
+    """Raised inside the parser's hooks; turned into MalformedInput (with
+    the input's name) by :func:`loads`."""
 
 
 def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import Any, Self, SupportsBytes, TypeVar
 
 from securechan.errors import MalformedInput
-from securechan.wire import Field, Kind, Schema, decode, encode
+from securechan.wire_codec import Field, Kind, Schema, decode, encode
 
 __all__ = [
     "Record",

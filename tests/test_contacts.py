@@ -11,6 +11,7 @@ from securechan.errors import (
     ContactNotFound,
     KeyChanged,
     MalformedInput,
+    UsageError,
     VerificationFailed,
 )
 from securechan.identity import Contacts, EventKind, Identity, safety_number
@@ -94,7 +95,7 @@ def test_one_key_one_name(book: Contacts, them: Identity) -> None:
 
 
 def test_own_identity_is_not_a_contact(book: Contacts, me: Identity) -> None:
-    with pytest.raises(MalformedInput, match="own identity"):
+    with pytest.raises(UsageError, match="own identity"):
         book.add(me.public, name="me")
     assert book.list() == []
 

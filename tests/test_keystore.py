@@ -17,6 +17,7 @@ from securechan.errors import (
     NoIdentity,
     StorageError,
     UnsupportedVersion,
+    UsageError,
 )
 from securechan.identity import EventKind, Keystore
 from securechan.identity.events import SecurityEvent
@@ -90,7 +91,7 @@ def test_wrong_passphrase(made: Keystore) -> None:
     before = snapshot(made.home)
     with pytest.raises(BadPassphrase):
         made.unlock("correct horse battery stapler")
-    with pytest.raises(MalformedInput):
+    with pytest.raises(UsageError):
         made.unlock("")
     assert snapshot(made.home) == before
 

@@ -25,11 +25,13 @@ PKG = Path(__file__).resolve().parent.parent / "securechan"
 # Lower number = lower layer. A module may import only its rank or lower.
 RANKS = {
     "errors": 0,
+    "timestamps": 0,
     "strict_json": 1,
     "primitives": 1,
     "sqlite_schema": 1,  # opens every store's SQLite file (stdlib sqlite3 + errors)
     "wire": 2,
     "wire_records": 2,
+    "wire_codec": 2,
     "armor": 2,
     "terminal_text": 2,
     "identity": 3,

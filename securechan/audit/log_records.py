@@ -206,7 +206,9 @@ class Rejection(_Fields):
     def __post_init__(self) -> None:
         self._check()
         if not _REASON.fullmatch(self.reason):
-            raise ValueError("a reason is a code (letters, digits, '_', '.', '-')")
+            raise ValueError(
+                "a reason is a code (letters, digits, '_', '.', '-'); see errors.Reason"
+            )
         if len(self.detail) > MAX_DETAIL or _has_control(self.detail):
             raise ValueError("a detail is at most 500 characters, without control characters")
 

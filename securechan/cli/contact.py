@@ -27,18 +27,9 @@ from securechan.terminal_text import inline
 def _contact_json(
     c: securechan.Contact, sn: securechan.SafetyNumber | None = None
 ) -> dict[str, Any]:
-    data: dict[str, Any] = {
-        "name": c.name,
-        "identity_name": c.identity.name,
-        "fingerprint": str(c.fingerprint),
-        "verified": c.verified,
-        "added": _iso(c.added),
-        "verified_at": _iso(c.verified_at),
-    }
-    if sn is not None:
-        data["safety_number"] = str(sn)
-        data["safety_words"] = list(sn.words)
-    return data
+    from securechan.cli.results import ContactInfo
+
+    return ContactInfo.of(c, sn).to_json()
 
 
 @click.group(cls=_Group)

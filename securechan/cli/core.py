@@ -3,7 +3,6 @@ mapping, printing helpers. Every command module builds on this one."""
 
 from __future__ import annotations
 
-import datetime as _dt
 import importlib
 import json
 import os
@@ -19,18 +18,20 @@ import click
 import securechan
 from securechan.errors import (
     ContactExists,
-    ContactNotFound,
     IdentityExists,
     MalformedInput,
     NoIdentity,
+    NotFound,
     RelayError,
     RolledBack,
     SecurechanError,
     StorageError,
     UntrustedKey,
+    UsageError,
     VerificationFailed,
 )
 from securechan.terminal_text import inline
+from securechan.timestamps import iso_utc
 
 if TYPE_CHECKING:  # typed, but not imported at start-up
     from securechan.client.channel import Channel, UnknownPolicy
@@ -65,9 +66,10 @@ def _exit_code(exc: SecurechanError) -> int:
     if isinstance(
         exc,
         MalformedInput
+        | UsageError
+        | NotFound  # includes ContactNotFound
         | NoIdentity
         | IdentityExists
-        | ContactNotFound
         | ContactExists
         | StorageError,
     ):
@@ -245,7 +247,7 @@ class _App:
         if env:
             return env
         if not sys.stdin.isatty():
-            raise MalformedInput(
+            raise UsageError(
                 "no passphrase: use --passphrase-file or SECURECHAN_PASSPHRASE, "
                 "or run in a terminal"
             )
@@ -263,9 +265,7 @@ def _emit_json(data: Any) -> None:
 
 
 def _iso(ts: int | None) -> str | None:
-    if ts is None:
-        return None
-    return _dt.datetime.fromtimestamp(ts, _dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return iso_utc(ts)
 
 
 def _json_option(f: Callable[..., Any]) -> Callable[..., Any]:

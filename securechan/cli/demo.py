@@ -15,9 +15,7 @@ from securechan.cli.core import (
     _emit_json,
     _json_option,
 )
-from securechan.errors import (
-    MalformedInput,
-)
+from securechan.errors import UsageError
 from securechan.terminal_text import block, inline
 
 
@@ -40,7 +38,7 @@ def demo(keep: Path | None, as_json: bool) -> None:
     from securechan.primitives import KDF_MODERATE
 
     if keep is not None and keep.exists() and any(keep.iterdir()):
-        raise MalformedInput(f"{keep} is not empty")
+        raise UsageError(f"{keep} is not empty")
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="securechan-demo-") as tmp:
         folder = keep if keep is not None else Path(tmp)
@@ -51,13 +49,14 @@ def demo(keep: Path | None, as_json: bool) -> None:
                 _print_step(step)
     ok = all(s.ok for s in steps)
     if as_json:
-        _emit_json(
-            {
-                "ok": ok,
-                "seconds": round(time.perf_counter() - t0, 3),
-                "steps": [s.to_json() for s in steps],
-            }
+        from securechan.cli.results import DemoReport
+
+        report = DemoReport(
+            ok=ok,
+            seconds=round(time.perf_counter() - t0, 3),
+            steps=tuple(s.to_json() for s in steps),
         )
+        _emit_json(report.to_json())
     else:
         verdict = "every step held" if ok else "SOME STEPS FAILED"
         click.echo(f"\n{verdict} ({time.perf_counter() - t0:.1f} s)")

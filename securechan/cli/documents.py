@@ -20,9 +20,7 @@ from securechan.cli.core import (
     _read_text,
     pass_app,
 )
-from securechan.errors import (
-    MalformedInput,
-)
+from securechan.errors import NotFound, UsageError
 from securechan.terminal_text import block, inline
 
 
@@ -52,7 +50,10 @@ def sign(app: _App, file: Path, output: Path | None, comment: str | None, as_jso
     out = output if output is not None else file.with_name(file.name + ".sig")
     atomic_write(out, sig.to_text().encode("utf-8"), replace=True, mode=0o644)
     if as_json:
-        _emit_json({"signature": str(out), "size": sig.statement.size, "signer": ident.name})
+        from securechan.cli.results import DocumentSigned
+
+        signed = DocumentSigned(signature=str(out), size=sig.statement.size, signer=ident.name)
+        _emit_json(signed.to_json())
         return
     click.echo(
         f"Signed {inline(str(file))} ({size} bytes) as {inline(ident.name)}: {inline(str(out))}",
@@ -74,12 +75,12 @@ def verify(
 ) -> None:
     """Check that FILE was signed by --from NAME (or --key PUBFILE)."""
     if (from_name is None) == (key is None):
-        raise MalformedInput("give exactly one of --from NAME or --key PUBFILE")
+        raise UsageError("give exactly one of --from NAME or --key PUBFILE")
     sig_path = sig if sig is not None else file.with_name(file.name + ".sig")
     try:
         sig_text = _read_text(sig_path, str(sig_path))
     except FileNotFoundError:
-        raise MalformedInput(f"no signature file {sig_path} (use --sig)") from None
+        raise NotFound(f"no signature file {sig_path} (use --sig)") from None
     signature = securechan.DocumentSignature.from_text_unverified(sig_text)
     verified_contact = True
     if from_name is not None:
@@ -90,20 +91,21 @@ def verify(
     f, size = _open_document(file)
     with f, _progress(size, "Verifying") as progress:
         st = securechan.verify_document(signer, f, signature, progress=progress)
-    result = {
-        "valid": True,
-        "signer": signer.name,
-        "fingerprint": str(st.signer_fingerprint),
-        "created": _iso(st.created),
-        "comment": st.comment,
-        "contact_verified": verified_contact if from_name is not None else None,
-    }
+    from securechan.cli.results import DocumentVerified
+
+    result = DocumentVerified(
+        signer=signer.name,
+        fingerprint=str(st.signer_fingerprint),
+        created=st.created,
+        comment=st.comment,
+        contact_verified=verified_contact if from_name is not None else None,
+    )
     if as_json:
-        _emit_json(result)
+        _emit_json(result.to_json())
     else:
         click.echo(
             f"Good signature by {inline(signer.name)} ({st.signer_fingerprint}), "
-            f"made {result['created']}"
+            f"made {_iso(st.created)}"
         )
         if st.comment is not None:  # the signer's text: after the verdict, marked
             click.echo(f"Signed comment: {block(st.comment, width=_columns(), indent=16)}")

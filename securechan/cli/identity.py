@@ -18,10 +18,7 @@ from securechan.cli.core import (
     _read_text,
     pass_app,
 )
-from securechan.errors import (
-    IdentityExists,
-    MalformedInput,
-)
+from securechan.errors import IdentityExists, UsageError
 from securechan.terminal_text import inline
 
 
@@ -51,9 +48,12 @@ def init(app: _App, name: str, force: bool, kdf: str, as_json: bool) -> None:
     with AuditLog.open(store.home, ident) as log:
         log.checkpoint()
     if as_json:
-        _emit_json(
-            {"name": ident.name, "fingerprint": str(ident.fingerprint), "home": str(store.home)}
+        from securechan.cli.results import IdentityCreated
+
+        created = IdentityCreated(
+            name=ident.name, fingerprint=str(ident.fingerprint), home=str(store.home)
         )
+        _emit_json(created.to_json())
         return
     click.echo(f"Created identity {inline(ident.name)}")
     click.echo(f"Fingerprint: {ident.fingerprint}")
@@ -72,18 +72,17 @@ def id_show(app: _App, as_json: bool) -> None:
     """Show your name and fingerprint."""
     store = app.keystore
     pub = store.public_identity()
-    data = {
-        "name": pub.name,
-        "fingerprint": str(pub.fingerprint),
-        "created": _iso(pub.created),
-        "home": str(store.home),
-    }
+    from securechan.cli.results import IdentityInfo
+
+    info = IdentityInfo(
+        name=pub.name, fingerprint=str(pub.fingerprint), created=pub.created, home=str(store.home)
+    )
     if as_json:
-        _emit_json(data)
+        _emit_json(info.to_json())
         return
     click.echo(f"Name:        {inline(pub.name)}")
     click.echo(f"Fingerprint: {pub.fingerprint}")
-    click.echo(f"Created:     {data['created']}")
+    click.echo(f"Created:     {_iso(pub.created)}")
     click.echo(f"Home:        {inline(str(store.home))}")
 
 
@@ -114,9 +113,7 @@ def id_passwd(app: _App, new_passphrase_file: Path | None, kdf: str) -> None:
     old = app.passphrase(prompt="Current passphrase")
     if new_passphrase_file is None and not sys.stdin.isatty():
         # Not $SECURECHAN_PASSPHRASE: it already holds the current passphrase.
-        raise MalformedInput(
-            "give the new passphrase with --new-passphrase-file, or run in a terminal"
-        )
+        raise UsageError("give the new passphrase with --new-passphrase-file, or run in a terminal")
     new = _App(app.home, new_passphrase_file).passphrase(confirm=True, prompt="New passphrase")
     app.keystore.change_passphrase(old, new, kdf=securechan.KDF_PROFILES[kdf])
     click.echo("Passphrase changed.", err=True)

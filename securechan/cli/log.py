@@ -45,8 +45,9 @@ def log_show(app: _App, since: int | None, as_json: bool) -> None:
 
     with AuditLog.open(app.home, read_only=True) as log:
         if as_json:
-            rows = [e.describe() for e in log.entries(since)]
-            _emit_json([{**r, "time": _iso(r["time"])} for r in rows])
+            from securechan.cli.results import LogEntry
+
+            _emit_json([LogEntry.of(e).to_json() for e in log.entries(since)])
             return
         for entry in log.entries(since):
             fields = " ".join(f"{k}={_log_value(v)}" for k, v in entry.fields.describe().items())
@@ -73,18 +74,18 @@ def log_verify(app: _App, key: Any, as_json: bool) -> None:
     with AuditLog.open(app.home, read_only=True) as log:
         report = log.verify(ident)
     if as_json:
-        _emit_json(
-            {
-                "intact": True,
-                "entries": report.entries,
-                "checkpoints": report.checkpoints,
-                "last_checkpoint": report.last_checkpoint,
-                "unsigned": report.unsigned,
-                "head_checkpoint": report.head_checkpoint,
-                "identity": ident.name,
-                "fingerprint": str(ident.fingerprint),
-            }
+        from securechan.cli.results import LogVerified
+
+        verified = LogVerified(
+            entries=report.entries,
+            checkpoints=report.checkpoints,
+            last_checkpoint=report.last_checkpoint,
+            unsigned=report.unsigned,
+            head_checkpoint=report.head_checkpoint,
+            identity=ident.name,
+            fingerprint=str(ident.fingerprint),
         )
+        _emit_json(verified.to_json())
         return
     if report.last_checkpoint is None:
         signed = "no signed checkpoint yet"

@@ -24,12 +24,7 @@ from securechan.cli.core import (
     _run,
     pass_app,
 )
-from securechan.errors import (
-    MalformedInput,
-    Reason,
-    RelayError,
-    StorageError,
-)
+from securechan.errors import Reason, RelayError, StorageError, UsageError
 from securechan.terminal_text import block, inline
 
 if TYPE_CHECKING:
@@ -56,12 +51,12 @@ def register(app: _App, relays: tuple[str, ...], fingerprint: str | None, as_jso
     from securechan.identity._files import atomic_write
 
     if fingerprint is not None and len(relays) != 1:
-        raise MalformedInput("--relay-fingerprint goes with exactly one --relay")
+        raise UsageError("--relay-fingerprint goes with exactly one --relay")
     wanted = fingerprint.strip().lower().replace(" ", "") if fingerprint else None
     if wanted is not None and (
         len(wanted) != 64 or any(c not in "0123456789abcdef" for c in wanted)
     ):
-        raise MalformedInput("a relay fingerprint is 64 hex digits")
+        raise UsageError("a relay fingerprint is 64 hex digits")
 
     async def go() -> Any:
         async with _channel(app) as ch:
@@ -74,12 +69,13 @@ def register(app: _App, relays: tuple[str, ...], fingerprint: str | None, as_jso
     card, keys = _run(go())
     atomic_write(app.home / CARD_FILE, card.to_text().encode("ascii"), replace=True)
     if as_json:
-        _emit_json(
-            {
-                "relays": [a.relay for a in card.addresses],
-                "relay_fingerprints": {a.relay: keys.get(a.relay) for a in card.addresses},
-            }
+        from securechan.cli.results import Registered
+
+        registered = Registered(
+            relays=tuple(a.relay for a in card.addresses),
+            relay_fingerprints={a.relay: keys.get(a.relay) for a in card.addresses},
         )
+        _emit_json(registered.to_json())
         return
     for a in card.addresses:
         click.echo(f"Registered at {inline(a.relay)} (relay fingerprint {keys.get(a.relay)})")
@@ -102,7 +98,7 @@ def send(
 ) -> None:
     """Send MESSAGE (or '-' for stdin, or --file F) to CONTACT."""
     if (message is None) == (file_path is None):
-        raise MalformedInput("give a MESSAGE ('-' reads stdin) or --file F")
+        raise UsageError("give a MESSAGE ('-' reads stdin) or --file F")
     contact = app.keystore.contacts.get(contact_name)
     if not contact.verified:
         shown = inline(contact_name)
@@ -138,14 +134,7 @@ def send(
             "and will be posted by the next send, receive or status"
         )
     if as_json:
-        _emit_json(
-            {
-                "contact": result.contact,
-                "seqs": list(result.seqs),
-                "delivered": result.delivered,
-                "pending": result.pending,
-            }
-        )
+        _emit_json(result.to_json())
     else:
         state = "sent" if result.pending == 0 else f"sent, {result.pending} envelopes still queued"
         click.echo(f"Message {seqs} to {inline(result.contact)}: {state}", err=True)
@@ -186,10 +175,7 @@ def _show(item: Any, as_json: bool, download: Path) -> None:
 
     if isinstance(item, Rejected):
         if as_json:
-            out = {"rejected": item.reason, "error": item.error, "held": item.held}
-            if item.evidence:
-                out["evidence"] = list(item.evidence)
-            _emit_json(out)
+            _emit_json(item.to_json())
         elif item.reason == Reason.SPLIT_VIEW:
             error = inline(item.error, width=_columns(err=True), indent=24)
             click.echo(f"securechan: SPLIT VIEW: {error}", err=True)
@@ -207,20 +193,7 @@ def _show(item: Any, as_json: bool, download: Path) -> None:
     if item.file_data is not None:
         saved = _save_download(download, item.file_name or "file", item.file_data)
     if as_json:
-        _emit_json(
-            {
-                "contact": item.contact,
-                "fingerprint": item.fingerprint,
-                "verified": item.verified,
-                "seq": item.seq,
-                "sent_at": _iso(item.sent_at),
-                "type": item.content_type.name.lower(),
-                "text": item.text,
-                "file": str(saved) if saved else None,
-                "receipt_matches": item.receipt_matches,
-                "notes": list(item.notes),
-            }
-        )
+        _emit_json(item.to_json(file=str(saved) if saved else None))
         return
     for note in item.notes:
         click.echo(
@@ -317,19 +290,16 @@ def history(app: _App, contact_name: str | None, as_json: bool) -> None:
         async with _channel(app) as ch:
             return ch.history(contact_name)
 
-    rows = _run(go())
+    from securechan.client.results import HistoryEntry
+
+    rows = [HistoryEntry(*row) for row in _run(go())]
     if as_json:
-        _emit_json(
-            [
-                {"id": i, "contact": c, "direction": d, "seq": s, "sent_at": _iso(t), "summary": m}
-                for c, d, s, t, m, i in rows
-            ]
-        )
+        _emit_json([row.to_json() for row in rows])
         return
-    for c, d, s, t, m, i in rows:
-        arrow = "->" if d == "out" else "<-"
-        head = f"[{_iso(t)}] {i} {arrow} {inline(c)} #{s}: "
-        click.echo(head + block(m, width=_columns(), indent=len(head)))
+    for row in rows:
+        arrow = "->" if row.direction == "out" else "<-"
+        head = f"[{_iso(row.sent_at)}] {row.id} {arrow} {inline(row.contact)} #{row.seq}: "
+        click.echo(head + block(row.summary, width=_columns(), indent=len(head)))
 
 
 @click.command()
@@ -343,7 +313,9 @@ def status(app: _App, as_json: bool) -> None:
             await ch.flush_outbox()
             return ch.status()
 
-    info = _run(go())
+    from securechan.client.results import Status
+
+    info = Status.from_mapping(_run(go())).to_json()
     if as_json:
         _emit_json(info)
         return

@@ -11,15 +11,11 @@ from securechan.cli.core import (
     _channel,
     _emit_json,
     _Group,
-    _iso,
     _json_option,
     _run,
     pass_app,
 )
-from securechan.errors import (
-    MalformedInput,
-    RelayError,
-)
+from securechan.errors import NotFound, RelayError
 from securechan.terminal_text import inline
 
 
@@ -53,17 +49,17 @@ def policy_set(
     async def go() -> Any:
         async with _channel(app) as ch:
             if relay_url not in ch.relays() + ch.known_logs():
-                raise MalformedInput(f"{relay_url} is none of your or your contacts' relays")
+                raise NotFound(f"{relay_url} is none of your or your contacts' relays")
             return set_policy(ch, relay_url, keys, require)
 
+    from securechan.cli.results import PolicyInfo
+
     p = _run(go())
-    info = {
-        "relay": p.relay,
-        "witnesses": [k.to_text() for k in p.witnesses],
-        "required": p.required if p.witnesses else 0,
-    }
+    info = PolicyInfo(
+        relay=p.relay, witnesses=tuple(k.to_text() for k in p.witnesses), required=p.required
+    )
     if as_json:
-        _emit_json(info)
+        _emit_json(info.to_json())
     elif p.witnesses:
         click.echo(f"{inline(relay_url)}: {p.required} of {len(p.witnesses)} witnesses must cosign")
     else:
@@ -75,42 +71,43 @@ def policy_set(
 @pass_app
 def policy_show(app: _App, as_json: bool) -> None:
     """Each relay's policy and the newest checkpoint that met it (fetched now)."""
+    from securechan.cli.results import PolicyInfo
     from securechan.client.policy import get_policy, refresh_witnessed
 
-    async def go() -> Any:
+    async def go() -> list[PolicyInfo]:
         out = []
         async with _channel(app) as ch:
             for relay_url in ch.relays():
                 p = get_policy(ch, relay_url)
-                row: dict[str, Any] = {"relay": relay_url, "witnesses": [], "required": 0}
-                if p is not None:
-                    row["witnesses"] = [k.to_text() for k in p.witnesses]
-                    row["required"] = p.required
-                    try:
-                        cp = await refresh_witnessed(ch, relay_url)
-                    except RelayError as e:
-                        row["error"] = str(e)
-                        cp = None
-                    if cp is not None:
-                        row["witnessed_size"] = cp.checkpoint.size
-                        row["cosigned_by"] = [
-                            {"witness": c.cosigner.name, "at": _iso(c.timestamp)}
-                            for c in cp.cosignatures
-                        ]
-                out.append(row)
+                if p is None:
+                    out.append(PolicyInfo(relay=relay_url))
+                    continue
+                error = None
+                try:
+                    cp = await refresh_witnessed(ch, relay_url)
+                except RelayError as e:
+                    error, cp = str(e), None
+                out.append(
+                    PolicyInfo(
+                        relay=relay_url,
+                        witnesses=tuple(k.to_text() for k in p.witnesses),
+                        required=p.required,
+                        error=error,
+                        witnessed_size=None if cp is None else cp.checkpoint.size,
+                        cosigned_by=() if cp is None else tuple(cp.cosignatures),
+                    )
+                )
         return out
 
     rows = _run(go())
     if as_json:
-        _emit_json(rows)
+        _emit_json([row.to_json() for row in rows])
         return
     for row in rows:
-        relay_shown = inline(row["relay"])
-        if not row["witnesses"]:
+        relay_shown = inline(row.relay)
+        if not row.witnesses:
             click.echo(f"{relay_shown}: no witness policy")
             continue
-        seen = row.get("witnessed_size")
+        seen = row.witnessed_size
         state = f"witnessed up to size {seen}" if seen is not None else "nothing witnessed yet"
-        click.echo(
-            f"{relay_shown}: {row['required']} of {len(row['witnesses'])} witnesses; {state}"
-        )
+        click.echo(f"{relay_shown}: {row.required} of {len(row.witnesses)} witnesses; {state}")

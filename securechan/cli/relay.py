@@ -11,9 +11,7 @@ import click
 from securechan.cli.core import (
     _Group,
 )
-from securechan.errors import (
-    MalformedInput,
-)
+from securechan.errors import UsageError
 
 
 @click.group(cls=_Group)
@@ -81,7 +79,7 @@ def relay_serve(
     try:
         config = dataclasses.replace(RelayConfig(), **limits)
     except TypeError as e:
-        raise MalformedInput(f"bad [limits] in the config: {e}") from None
+        raise UsageError(f"bad [limits] in the config: {e}") from None
     logging.basicConfig(
         level=opts.log_level, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
     )

@@ -19,11 +19,7 @@ from securechan.cli.core import (
     _run,
     pass_app,
 )
-from securechan.errors import (
-    MalformedInput,
-    StorageError,
-    VerificationFailed,
-)
+from securechan.errors import StorageError, UsageError, VerificationFailed
 from securechan.terminal_text import block, inline
 
 
@@ -63,20 +59,21 @@ def statement_export(app: _App, message_id: str, output: Path, as_json: bool) ->
         with open(output, "x", encoding="ascii", newline="\n") as f:
             f.write(text)
     except FileExistsError:
-        raise MalformedInput(f"{output} exists; choose another name") from None
+        raise UsageError(f"{output} exists; choose another name") from None
     except OSError as e:
         raise StorageError(f"cannot write {output}: {e.strerror}") from None
     from securechan.audit.statement import message_id as _mid
+    from securechan.cli.results import StatementExported
 
-    info = {
-        "file": str(output),
-        "message_id": _mid(st.signed),
-        "log": st.placement is not None,
-        "witnessed": witnessed,
-        "delivery_receipt": st.receipt is not None,
-    }
+    info = StatementExported(
+        file=str(output),
+        message_id=_mid(st.signed),
+        log=st.placement is not None,
+        witnessed=witnessed,
+        delivery_receipt=st.receipt is not None,
+    )
     if as_json:
-        _emit_json(info)
+        _emit_json(info.to_json())
         return
     where = "without a relay log receipt"
     if st.placement is not None:
@@ -87,7 +84,7 @@ def statement_export(app: _App, message_id: str, output: Path, as_json: bool) ->
         else "no receipt from the recipient for exactly this message: delivery not proven"
     )
     click.echo(
-        f"Statement of message {info['message_id']} written to {inline(str(output))} "
+        f"Statement of message {info.message_id} written to {inline(str(output))} "
         f"({where}; {delivery})"
     )
 
@@ -132,64 +129,14 @@ def statement_verify(
     witnesses = [VerifierKey.from_text(w.strip()) for w in trust_witness]
     st = Statement.from_text(_read_text(file, "the statement file"))
     v = verify_statement(st, trust_relay=relay_key, trust_witnesses=witnesses)
-    p = v.payload
-    log = v.log
-    d = v.delivery
-    roles = {
-        str(v.session.initiator.fingerprint): "initiator",
-        str(v.session.responder.fingerprint): "responder",
-    }
-    result: dict[str, Any] = {
-        "valid": True,
-        "proves": {
-            "authorship": True,
-            "logged": log is not None,
-            "delivery": d is not None,
-        },
-        "message_id": v.message_id,
-        "from": {
-            "name": v.sender.name,
-            "fingerprint": str(v.sender.fingerprint),
-            "role": roles[str(v.sender.fingerprint)],
-        },
-        "to": {
-            "name": v.recipient.name,
-            "fingerprint": str(v.recipient.fingerprint),
-            "role": roles[str(v.recipient.fingerprint)],
-        },
-        "conversation": p.conversation.hex(),
-        "transcript_hash": v.session.transcript_hash.hex(),
-        "seq": p.seq,
-        "sent_at": _iso(p.sent_at),
-        "content_type": p.content_type.name.lower(),
-        "content": v.summary(),
-        "payload_sha256": v.payload_hash.hex(),
-        "prev_hash": p.prev_hash.hex(),
-        "log": None
-        if log is None
-        else {
-            "origin": log.checkpoint.origin,
-            "relay_key_trusted": log.trusted,
-            "leaf_index": log.leaf_index,
-            "tree_size": log.checkpoint.size,
-            "root_hash": log.checkpoint.root_hash.hex(),
-            "cosigned_by": [
-                {"witness": c.cosigner.name, "at": _iso(c.timestamp)} for c in log.cosignatures
-            ],
-        },
-        "delivery": None
-        if d is None
-        else {
-            "receipt_id": d.receipt_id,
-            "up_to_seq": d.up_to_seq,
-            "signed_at": _iso(d.signed_at),
-        },
-    }
+    from securechan.cli.results import StatementVerified
+
+    result = StatementVerified.of(v).to_json()
     if as_json:
         _emit_json(result)
     else:
         _print_statement(v, result)
-    if require_delivery and d is None:
+    if require_delivery and v.delivery is None:
         raise VerificationFailed("the statement does not prove delivery (no recipient receipt)")
 
 

@@ -17,10 +17,7 @@ from securechan.cli.core import (
     _run,
     pass_app,
 )
-from securechan.errors import (
-    MalformedInput,
-    RelayError,
-)
+from securechan.errors import MalformedInput, RelayError, UsageError
 from securechan.terminal_text import inline
 
 
@@ -54,7 +51,9 @@ def witness_init(app: _App, name: str, force: bool, kdf: str, as_json: bool) -> 
     )
     verifier = key.verifier.to_text()
     if as_json:
-        _emit_json({"name": key.name, "verifier_key": verifier})
+        from securechan.cli.results import WitnessKeyInfo
+
+        _emit_json(WitnessKeyInfo(name=key.name, verifier_key=verifier).to_json())
         return
     click.echo(verifier)
     click.echo(
@@ -70,7 +69,10 @@ def witness_key(app: _App, as_json: bool) -> None:
     """Print the witness's verifier key (no passphrase needed)."""
     verifier = _witness_home(app).verifier()
     if as_json:
-        _emit_json({"name": verifier.name, "verifier_key": verifier.to_text()})
+        from securechan.cli.results import WitnessKeyInfo
+
+        info = WitnessKeyInfo(name=verifier.name, verifier_key=verifier.to_text())
+        _emit_json(info.to_json())
     else:
         click.echo(verifier.to_text())
 
@@ -116,9 +118,9 @@ def witness_cosign(
     try:
         pinned = VerifierKey.from_text(log_key)
     except MalformedInput as e:
-        raise MalformedInput(f"--log-key: {e}") from None
+        raise UsageError(f"--log-key: {e}") from None
     if pinned.sig_type != 0x01:
-        raise MalformedInput("--log-key is the log's Ed25519 (type 0x01) verifier key")
+        raise UsageError("--log-key is the log's Ed25519 (type 0x01) verifier key")
     home = _witness_home(app)
     key = home.unlock(app.passphrase())
 
@@ -126,19 +128,17 @@ def witness_cosign(
         cp = result.checkpoint
         root = base64.b64encode(cp.root_hash).decode()
         if as_json:
-            click.echo(
-                json.dumps(
-                    {
-                        "origin": cp.origin,
-                        "size": cp.size,
-                        "root": root,
-                        "old_size": result.old_size,
-                        "status": result.status,
-                        "timestamp": result.timestamp,
-                    },
-                    sort_keys=True,
-                )
+            from securechan.cli.results import CosignRound
+
+            line = CosignRound(
+                origin=cp.origin,
+                size=cp.size,
+                root=root,
+                old_size=result.old_size,
+                status=result.status,
+                timestamp=result.timestamp,
             )
+            click.echo(json.dumps(line.to_json(), sort_keys=True))
         else:
             click.echo(f"{inline(cp.origin)} size {cp.size} root {root}: {inline(result.status)}")
 

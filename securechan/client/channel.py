@@ -338,8 +338,8 @@ class Channel:
         one is kept (every send's; a received message's once
         :meth:`fetch_receipt` got it); the checkpoint keeps only the
         relay's own signature (cosignatures by keys the file does not name
-        would make it unverifiable). Raises :class:`ContactNotFound` for an
-        unknown id and :class:`MalformedInput` for a message stored before
+        would make it unverifiable). Raises :class:`NotFound` for an
+        unknown id and :class:`UsageError` for a message stored before
         statements existed.
         """
         return self.record.statement(message_id)

@@ -34,7 +34,7 @@ from securechan.audit.receipt import Receipt, envelope_leaf_hash
 from securechan.audit.statement import LogPlacement, Statement
 from securechan.client.db import ClientDB
 from securechan.client.logview import RelayLogs
-from securechan.errors import MalformedInput, RelayError, VerificationFailed
+from securechan.errors import MalformedInput, NotFound, RelayError, UsageError, VerificationFailed
 from securechan.primitives import sha256
 from securechan.transport import RelayClient
 
@@ -85,18 +85,16 @@ def set_policy(
 ) -> WitnessPolicy:
     """Require ``required`` (default: all) cosignatures of ``witnesses`` on
     checkpoints of ``relay_url``; no witnesses removes the policy. Raises
-    ``MalformedInput`` for a key that is not a cosignature key, a repeated
+    ``UsageError`` for a key that is not a cosignature key, a repeated
     key, or a count out of range."""
     keys = tuple(witnesses)
     if any(k.sig_type != SIG_COSIGNATURE_V1 for k in keys):
-        raise MalformedInput(
-            "witness keys are cosignature keys (type 0x04), as 'witness key' prints"
-        )
+        raise UsageError("witness keys are cosignature keys (type 0x04), as 'witness key' prints")
     if len(set(keys)) != len(keys):
-        raise MalformedInput("a witness is named twice")
+        raise UsageError("a witness is named twice")
     need = len(keys) if required is None else required
     if keys and not 1 <= need <= len(keys):
-        raise MalformedInput(f"--require is between 1 and {len(keys)}")
+        raise UsageError(f"--require is between 1 and {len(keys)}")
     with ch.db.transaction():
         ch.db.set_witness_policy(relay_url, [k.to_text() for k in keys], need)
     return WitnessPolicy(relay=relay_url, witnesses=keys, required=need)
@@ -156,7 +154,7 @@ async def refresh_witnessed(ch: PolicyHost, relay_url: str) -> CosignedCheckpoin
 
     policy = get_policy(ch, relay_url)
     if policy is None:
-        raise MalformedInput(f"no witness policy for {relay_url}: 'securechan policy set' first")
+        raise NotFound(f"no witness policy for {relay_url}: 'securechan policy set' first")
     key = await ch.logs.key(relay_url)
     note = await (await ch.relay(relay_url)).log_checkpoint()
     await ch.logs.accept(relay_url, key, note, open_checkpoint(note, key))

@@ -21,7 +21,7 @@ from securechan.client.files import file_summary
 from securechan.client.logview import RelayLogs
 from securechan.client.state import ProtocolState
 from securechan.client.stored import StoredRecord
-from securechan.errors import ContactNotFound, MalformedInput, RelayError
+from securechan.errors import ContactNotFound, NotFound, RelayError, UsageError
 from securechan.identity.keys import Fingerprint
 from securechan.primitives import sha256
 from securechan.protocol.address import QueueGrant
@@ -73,16 +73,16 @@ class MessageRecord:
         """The one stored message whose id starts with ``wanted_id``."""
         wanted = wanted_id.strip().lower()
         if not 8 <= len(wanted) <= 64 or any(c not in "0123456789abcdef" for c in wanted):
-            raise MalformedInput("a message id is 8 to 64 hex digits")
+            raise UsageError("a message id is 8 to 64 hex digits")
         found = []
         for m in self._ctx.db.messages(limit=1 << 40):
             rec = StoredRecord.from_bytes(m.record)
             if sha256(rec.signed).hex().startswith(wanted):
                 found.append((m, rec))
         if not found:
-            raise ContactNotFound(f"no stored message has the id {wanted}")
+            raise NotFound(f"no stored message has the id {wanted}")
         if len(found) > 1:
-            raise MalformedInput(f"the id {wanted} is ambiguous: give more digits")
+            raise UsageError(f"the id {wanted} is ambiguous: give more digits")
         return found[0]
 
     async def fetch_receipt(self, wanted_id: str) -> bool:
@@ -114,7 +114,7 @@ class MessageRecord:
         """See :meth:`Channel.statement`."""
         m, rec = self.find(wanted_id)
         if rec.envelope is None or rec.key is None or rec.ad is None:
-            raise MalformedInput("this message was stored without what a statement needs")
+            raise UsageError("this message was stored without what a statement needs")
         peer = self._ctx.find_contact(Fingerprint(m.peer))
         if peer is None:
             raise ContactNotFound("the message's contact is no longer pinned")

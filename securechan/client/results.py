@@ -1,20 +1,28 @@
 """What the client's operations return: a received message, a refused
-envelope, the outcome of a send.
+envelope, the outcome of a send, a history row, the status.
 
 These are the public result types of :class:`securechan.client.Channel`
 (re-exported from ``securechan.client``); the CLI renders them. They live in
 their own module so every part of the client (inbox, outbox, record) can
 build them without importing the facade.
+
+Each has ``to_json()``: the JSON ``--json`` prints for it, with the fields
+listed in ``JSON_FIELDS`` (those in ``JSON_OPTIONAL`` appear only when they
+apply) and documented in docs/CLI.md, "JSON output". Times are
+:func:`~securechan.timestamps.iso_utc` strings.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from securechan.errors import Reason
 from securechan.protocol.payload import ContentType, Receipt
+from securechan.timestamps import iso_utc
 
-__all__ = ["Received", "Rejected", "SendResult"]
+__all__ = ["HistoryEntry", "Received", "Rejected", "SendResult", "Status"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -36,6 +44,36 @@ class Received:
     notes: tuple[str, ...] = ()
     hash: bytes = b""
 
+    JSON_FIELDS: ClassVar[tuple[str, ...]] = (
+        "contact",
+        "fingerprint",
+        "verified",
+        "seq",
+        "sent_at",
+        "type",
+        "text",
+        "file",
+        "receipt_matches",
+        "notes",
+    )
+    JSON_OPTIONAL: ClassVar[frozenset[str]] = frozenset()
+
+    def to_json(self, *, file: str | None = None) -> dict[str, Any]:
+        """``file``: where the caller saved ``file_data`` (the CLI's
+        ``--download``), else ``None``."""
+        return {
+            "contact": self.contact,
+            "fingerprint": self.fingerprint,
+            "verified": self.verified,
+            "seq": self.seq,
+            "sent_at": iso_utc(self.sent_at),
+            "type": self.content_type.name.lower(),
+            "text": self.text,
+            "file": file,
+            "receipt_matches": self.receipt_matches,
+            "notes": list(self.notes),
+        }
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Rejected:
@@ -44,8 +82,20 @@ class Rejected:
     reason: Reason
     error: str
     held: bool = False
-    # For a split view: the two signed checkpoints that conflict.
+    # For a split view: the two signed checkpoints that conflict; for a
+    # rolled-back peer: the hashes of both payloads and both envelopes.
     evidence: tuple[str, ...] = ()
+
+    JSON_FIELDS: ClassVar[tuple[str, ...]] = ("rejected", "error", "held", "evidence")
+    JSON_OPTIONAL: ClassVar[frozenset[str]] = frozenset({"evidence"})
+
+    def to_json(self) -> dict[str, Any]:
+        """``rejected`` is the stable reason code (docs/ERRORS.md);
+        ``evidence`` appears only when there is some."""
+        out: dict[str, Any] = {"rejected": str(self.reason), "error": self.error, "held": self.held}
+        if self.evidence:
+            out["evidence"] = list(self.evidence)
+        return out
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -57,3 +107,109 @@ class SendResult:
     seqs: tuple[int, ...]
     delivered: int
     pending: int
+
+    JSON_FIELDS: ClassVar[tuple[str, ...]] = ("contact", "seqs", "delivered", "pending")
+    JSON_OPTIONAL: ClassVar[frozenset[str]] = frozenset()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "contact": self.contact,
+            "seqs": list(self.seqs),
+            "delivered": self.delivered,
+            "pending": self.pending,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One stored message as :meth:`Channel.history` lists it (built from its
+    tuple: ``HistoryEntry(*row)``)."""
+
+    contact: str
+    direction: str  # "in" or "out"
+    seq: int
+    sent_at: int
+    summary: str
+    id: str  # the message id (securechan.audit.statement.message_id)
+
+    JSON_FIELDS: ClassVar[tuple[str, ...]] = (
+        "id",
+        "contact",
+        "direction",
+        "seq",
+        "sent_at",
+        "summary",
+    )
+    JSON_OPTIONAL: ClassVar[frozenset[str]] = frozenset()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "contact": self.contact,
+            "direction": self.direction,
+            "seq": self.seq,
+            "sent_at": iso_utc(self.sent_at),
+            "summary": self.summary,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Status:
+    """What :meth:`Channel.status` reports: relays, queues, sessions, the
+    outbox, held first messages, contacts whose state was rolled back."""
+
+    identity: str
+    relays: tuple[str, ...]
+    queues: int
+    sessions: int
+    outbox: int
+    held: int
+    rolled_back: tuple[str, ...]
+
+    JSON_FIELDS: ClassVar[tuple[str, ...]] = (
+        "identity",
+        "relays",
+        "queues",
+        "sessions",
+        "outbox",
+        "held",
+        "rolled_back",
+    )
+    JSON_OPTIONAL: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def from_mapping(cls, info: Mapping[str, object]) -> Status:
+        """From the mapping :meth:`Channel.status` returns."""
+
+        def names(key: str) -> tuple[str, ...]:
+            value = info[key]
+            if not isinstance(value, list | tuple):
+                raise TypeError(f"status {key!r} is a list")
+            return tuple(str(v) for v in value)
+
+        def count(key: str) -> int:
+            value = info[key]
+            if type(value) is not int:
+                raise TypeError(f"status {key!r} is an int")
+            return value
+
+        return cls(
+            identity=str(info["identity"]),
+            relays=names("relays"),
+            queues=count("queues"),
+            sessions=count("sessions"),
+            outbox=count("outbox"),
+            held=count("held"),
+            rolled_back=names("rolled_back"),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "identity": self.identity,
+            "relays": list(self.relays),
+            "queues": self.queues,
+            "sessions": self.sessions,
+            "outbox": self.outbox,
+            "held": self.held,
+            "rolled_back": list(self.rolled_back),
+        }

@@ -16,7 +16,7 @@ from __future__ import annotations
 from securechan.client.context import Context
 from securechan.client.db import SessionRow
 from securechan.client.stored import Registration, Registrations, StoredHandshake
-from securechan.errors import MalformedInput, Reason
+from securechan.errors import MalformedInput, Reason, UsageError
 from securechan.identity.keys import Fingerprint
 from securechan.protocol.handshake import ReplayGuard
 from securechan.protocol.prekeys import PrekeyStore
@@ -122,7 +122,7 @@ class ProtocolState:
         session older than statements)."""
         loaded = self._db.load_state("handshake:" + conversation.hex(), "handshake", conversation)
         if loaded is None:
-            raise MalformedInput(
+            raise UsageError(
                 "this session was started before statements were bound to the handshake; "
                 "a statement needs a message of a newer session"
             )

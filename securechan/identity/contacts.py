@@ -26,6 +26,7 @@ from securechan.errors import (
     ContactNotFound,
     KeyChanged,
     MalformedInput,
+    UsageError,
     VerificationFailed,
 )
 from securechan.identity._files import atomic_write, home_lock, read_bounded
@@ -180,7 +181,7 @@ class Contacts:
         """
         name = check_name(name if name is not None else identity.name)
         if self._own is not None and identity.fingerprint == self._own:
-            raise MalformedInput("that is your own identity, not a contact")
+            raise UsageError("that is your own identity, not a contact")
         with home_lock(self.home):
             contacts = self._load()
             for i, c in enumerate(contacts):
@@ -204,7 +205,7 @@ class Contacts:
                 if c.identity.same_key(identity):
                     raise ContactExists(f"this identity is already pinned as {c.name!r}")
             if len(contacts) >= MAX_CONTACTS:
-                raise MalformedInput(f"at most {MAX_CONTACTS} contacts")
+                raise UsageError(f"at most {MAX_CONTACTS} contacts")
             new = Contact(
                 name=name, identity=identity, verified=False, added=self._clock(), card=card
             )

@@ -35,6 +35,7 @@ from securechan.errors import (
     MalformedInput,
     NoIdentity,
     StorageError,
+    UsageError,
     VerificationFailed,
 )
 from securechan.identity._files import atomic_write, ensure_private_dir, home_lock, read_bounded
@@ -119,14 +120,14 @@ def passphrase_bytes(passphrase: str | bytes) -> bytes:
     """Normalise a passphrase: text is NFC-normalised and UTF-8 encoded.
 
     NFC makes the same passphrase typed on different keyboards derive the same
-    key. Raises :class:`MalformedInput` for an empty passphrase.
+    key. Raises :class:`UsageError` for an empty passphrase.
     """
     if isinstance(passphrase, str):
         passphrase = unicodedata.normalize("NFC", passphrase).encode("utf-8")
     if not isinstance(passphrase, bytes):
         raise TypeError("a passphrase is str or bytes")
     if not passphrase:
-        raise MalformedInput("the passphrase is empty")
+        raise UsageError("the passphrase is empty")
     return passphrase
 
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
-from securechan.errors import MalformedInput
+from securechan.errors import UsageError
 from securechan.identity.keys import Fingerprint, PublicIdentity
 from securechan.primitives import constant_time_equal, sha512
 
@@ -111,19 +111,19 @@ class SafetyNumber:
         """True if ``text`` is this number, as digits or as words.
 
         Spaces, dashes and slashes are ignored; words are case-insensitive.
-        Raises :class:`MalformedInput` when ``text`` is neither form.
+        Raises :class:`UsageError` when ``text`` is neither form.
         """
         tokens = [t for t in re.split(r"[\s/\-]+", text.strip().lower()) if t]
         if tokens and all(t.isdigit() for t in tokens):
             given = "".join(tokens)
             if len(given) != 60:
-                raise MalformedInput("a safety number is 60 digits")
+                raise UsageError("a safety number is 60 digits")
             return constant_time_equal(given.encode(), self.digits.encode())
         if tokens and all(t.isalpha() and t.isascii() for t in tokens):
             if len(tokens) != _WORD_COUNT:
-                raise MalformedInput(f"the spoken safety number is {_WORD_COUNT} words")
+                raise UsageError(f"the spoken safety number is {_WORD_COUNT} words")
             return constant_time_equal(" ".join(tokens).encode(), " ".join(self.words).encode())
-        raise MalformedInput(f"give the safety number as 60 digits or as {_WORD_COUNT} words")
+        raise UsageError(f"give the safety number as 60 digits or as {_WORD_COUNT} words")
 
 
 def safety_number(a: PublicIdentity | Fingerprint, b: PublicIdentity | Fingerprint) -> SafetyNumber:

@@ -32,7 +32,7 @@ from typing import Any, Final, Literal
 from securechan.audit.receipt import Receipt
 from securechan.errors import Reason, SecurechanError
 from securechan.protocol.relay_auth import b64e
-from securechan.relay.api_codec import from_json, jfield, to_json
+from securechan.relay.api_codec import Message, from_json, jfield, to_json
 
 __all__ = [
     "API_VERSION",
@@ -110,7 +110,7 @@ class ApiError(SecurechanError):
     The body is ``{"error": {"code": ..., "message": ...}}``; ``api_code``
     is that code (the class's ``code`` is its reason in the error tree)."""
 
-    code = Reason.RELAY_REFUSED
+    code = Reason.REQUEST_REFUSED
 
     def __init__(
         self,
@@ -161,16 +161,6 @@ class SecureQueueRequest:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SecuredReply:
     secured: bool = jfield("bool")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Message:
-    """One envelope in a fetch answer or a WebSocket push."""
-
-    seq: int = jfield("int")
-    msg_id: bytes = jfield("id")
-    data: bytes = jfield("blob", doc="base64url envelope bytes")
-    received: int = jfield("int", doc="Unix time the relay stored it")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -80,7 +80,7 @@ def _decode(kind: str, value: Any) -> Any:
     if kind == "messages":
         if not isinstance(value, list):
             raise ValueError
-        return tuple(from_json(_message_type(), m, exact=False) for m in value)
+        return tuple(from_json(Message, m, exact=False) for m in value)
     raise AssertionError(kind)
 
 
@@ -121,7 +121,13 @@ def from_json(cls: type[T], data: Any, *, exact: bool = True) -> T:
     return cls(**values)
 
 
-def _message_type() -> type[Any]:
-    from securechan.relay.api import Message  # the one type a type's field holds
+# The one API type another type's field holds (FetchReply.messages), so it
+# lives with the codec that decodes it; securechan.relay.api re-exports it.
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Message:
+    """One envelope in a fetch answer or a WebSocket push."""
 
-    return Message
+    seq: int = jfield("int")
+    msg_id: bytes = jfield("id")
+    data: bytes = jfield("blob", doc="base64url envelope bytes")
+    received: int = jfield("int", doc="Unix time the relay stored it")

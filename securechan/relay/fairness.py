@@ -46,6 +46,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from securechan.errors import LimitReached, Reason
 from securechan.relay.limits import RateLimiter
 from securechan.relay.storage import PutResult
 
@@ -56,8 +57,10 @@ MIN_SHARE = 32
 ``max_depth`` is smaller): the share is ``max(MIN_SHARE, max_depth / share)``."""
 
 
-class ShareExceeded(Exception):
+class ShareExceeded(LimitReached):
     """This client address holds its whole share of the contact address."""
+
+    code = Reason.CONTACT_SHARE_EXCEEDED
 
 
 @dataclass(slots=True)

@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from securechan.errors import LimitReached, Reason, StorageError, VerificationFailed
+
 __all__ = [
     "Envelope",
     "HeldEnvelope",
@@ -37,15 +39,19 @@ ID_SIZE = 16
 KEY_SIZE = 32
 
 
-class QueueFull(Exception):
+class QueueFull(LimitReached):
     """The queue holds its maximum number of envelopes."""
 
+    code = Reason.QUEUE_FULL
 
-class QuotaExceeded(Exception):
+
+class QuotaExceeded(LimitReached):
     """A send would take a byte quota past its limit; ``kind`` says which:
     ``"queue"``, ``"sender"`` (all queues of the sender key), ``"storage"``
     (the relay's overall limit) or ``"disk"`` (the file system's free space
     would fall under the reserve)."""
+
+    code = Reason.QUOTA_EXCEEDED
 
     def __init__(self, kind: str) -> None:
         super().__init__(f"the {kind} byte quota is used up")
@@ -77,12 +83,16 @@ class Quota:
         return min(self.free_bytes, int(disk_size * self.free_share))
 
 
-class StorageClosed(Exception):
+class StorageClosed(StorageError):
     """The storage was closed (the relay is shutting down)."""
 
+    code = Reason.STORAGE_CLOSED
 
-class NonceReused(Exception):
+
+class NonceReused(VerificationFailed):
     """The request nonce given with a write was already recorded (a replay)."""
+
+    code = Reason.NONCE_REUSED
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

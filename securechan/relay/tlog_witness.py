@@ -27,7 +27,7 @@ from securechan.audit.note import (
     VerifierKey,
 )
 from securechan.audit.tree import TreeStore
-from securechan.errors import BadSignature, MalformedInput
+from securechan.errors import BadSignature, MalformedInput, Reason, VerificationFailed
 
 __all__ = [
     "DEFAULT_COSIGN_WINDOW",
@@ -48,7 +48,7 @@ MAX_FUTURE_COSIGNATURE: Final = 300
 _COSIGN_HISTORY: Final = 65_536
 
 
-class CosignatureRefused(Exception):
+class CosignatureRefused(VerificationFailed):
     """A posted cosignature was not stored; ``reason`` says why.
 
     ``malformed`` (not a cosigned checkpoint of this log, or dated in the
@@ -57,6 +57,8 @@ class CosignatureRefused(Exception):
     (a size or root this log never had), ``stale`` (older than the window or
     than the witness's last cosignature; ``log_size`` is the current size).
     """
+
+    code = Reason.COSIGNATURE_REFUSED
 
     def __init__(self, reason: str, message: str, *, log_size: int | None = None) -> None:
         super().__init__(message)
