@@ -33,7 +33,9 @@ handler ignores the headers, so its pool is reused round after round);
 rounds are interleaved (ceiling, relay, ...), each a 1 s warm-up run and a
 measured run. With two or more CPUs the servers are pinned to one CPU and
 wrk to another. After the runs the relay's ``/metrics`` and a fetch of every
-queue check that the envelopes stored are exactly the 2xx answers counted.
+queue check that every 201 answered is stored once (besides at most the
+requests still in flight when wrk stopped a run, which the relay stores
+without an answer anyone read).
 
 Target (issue 15): the relay at least 0.6 of the bare handler's requests/s,
 with p99 under 50 ms. Exit code 0 when the run completed and every
@@ -307,8 +309,16 @@ def run(args: argparse.Namespace, wrk: str) -> dict[str, Any]:
         "duplicates": len(ids) - len(set(ids)),
         "wrong_size": sum(1 for v in stored.values() for _, _, n in v if n != ENVELOPE_BYTES),
     }
+    # Every 201 must be stored, once. A few more may be stored than were
+    # answered: wrk stops at the end of a round with up to one request in
+    # flight per connection, which the relay still stores (the sender of such
+    # a send would resend it under the same message id: a duplicate, answered
+    # 200). More than that would be an envelope stored without a send.
+    durability["unanswered_stored"] = held - created
     durability["ok"] = (
-        created == held and durability["duplicates"] == 0 and durability["wrong_size"] == 0
+        created <= held <= created + CONNECTIONS * rounds * 2
+        and durability["duplicates"] == 0
+        and durability["wrong_size"] == 0
     )
     return {
         "environment": br.environment(),
@@ -385,6 +395,7 @@ def markdown(out: dict[str, Any]) -> str:
     d = out["durability"]
     lines.append(
         f"- durability: {d['answered_201']} sends answered 201, {d['stored']} envelopes stored, "
+        f"({d['unanswered_stored']} still in flight when wrk stopped), "
         f"{d['duplicates']} duplicates: **{'ok' if d['ok'] else 'FAILED'}**"
     )
     m = out["metrics"]

@@ -52,7 +52,7 @@ def test_quick_run_measures_both_targets() -> None:
         timeout=220,
         check=False,
     )
-    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.returncode == 0, (out.stderr[-2000:], out.stdout[-3000:])
     data = json.loads(out.stdout)
     relay, ceiling = data["results"]["relay"], data["results"]["ceiling"]
     assert ceiling["requests_per_s"] > 0 and relay["requests_per_s"] > 0
