@@ -394,8 +394,8 @@ def markdown(out: dict[str, Any]) -> str:
         )
     d = out["durability"]
     lines.append(
-        f"- durability: {d['answered_201']} sends answered 201, {d['stored']} envelopes stored, "
-        f"({d['unanswered_stored']} still in flight when wrk stopped), "
+        f"- durability: {d['answered_201']} sends answered 201, {d['stored']} envelopes stored "
+        f"({d['unanswered_stored']} sent while wrk stopped, never answered), "
         f"{d['duplicates']} duplicates: **{'ok' if d['ok'] else 'FAILED'}**"
     )
     m = out["metrics"]
