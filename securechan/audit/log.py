@@ -41,7 +41,6 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from securechan.audit.log_chain import (
@@ -51,6 +50,7 @@ from securechan.audit.log_chain import (
     VerifyReport,
     check_head_row,
     check_head_signature,
+    parse_blob,
     verdict,
 )
 from securechan.audit.log_events import AuditEvents
@@ -67,7 +67,6 @@ from securechan.errors import (
     AuditLogBroken,
     BadSignature,
     MalformedInput,
-    SecurechanError,
     StorageError,
 )
 from securechan.identity._files import atomic_write, read_bounded
@@ -179,21 +178,6 @@ class AuditLog(AuditEvents, LogRows):
             db.close()
             raise
         return log
-
-    def close(self) -> None:
-        """Close the database."""
-        self._db.close()
-
-    def __enter__(self) -> AuditLog:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     @property
     def head_path(self) -> Path:
@@ -384,15 +368,7 @@ class AuditLog(AuditEvents, LogRows):
                 "SELECT idx, entry FROM entries WHERE idx >= ? ORDER BY idx", (start,)
             )
             for idx, blob in cursor:
-                if type(blob) is not bytes:
-                    raise AuditLogBroken(idx, "the row is damaged")
-                try:
-                    entry = AuditEntry.from_bytes(blob)
-                except (SecurechanError, ValueError, TypeError):
-                    raise AuditLogBroken(idx, "the entry is malformed") from None
-                if entry.index != idx:
-                    raise AuditLogBroken(idx, f"the row holds entry {entry.index}")
-                yield entry
+                yield parse_blob(idx, blob)
 
     def verify(self, public_identity: PublicIdentity) -> VerifyReport:
         """Check the whole log against ``public_identity``; return a report.

@@ -19,7 +19,7 @@ from securechan.audit.log_chain import HEAD_FILE, ZERO_HASH, parse_row
 from securechan.audit.log_records import AuditEntry, LogCheckpoint, entry_hash
 from securechan.errors import AuditLogBroken, SecurechanError, StorageError
 from securechan.identity._files import ensure_private_dir
-from securechan.sqlite_schema import Schema, connect, prepare_file
+from securechan.sqlite_schema import OwnsConnection, Schema, connect, prepare_file
 
 __all__ = ["DB_FILE", "SQLITE_ERRORS", "LogRows", "Tip", "open_db", "sqlite_error"]
 
@@ -95,9 +95,10 @@ class Tip:
         self.head = head
 
 
-class LogRows:
+class LogRows(OwnsConnection):
     """The ``entries`` table of one open log: transactions, the tip of the
-    chain, single rows and appending one (a mixin of ``AuditLog``)."""
+    chain, single rows and appending one (a mixin of ``AuditLog``), and
+    closing the connection."""
 
     _db: sqlite3.Connection
     _read_only: bool
