@@ -45,10 +45,11 @@ from functools import cached_property
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
+from typing import Self
 
 from securechan.errors import StorageError
 
-__all__ = ["SCHEMA_ROOT", "Schema", "connect", "prepare_file", "split_statements"]
+__all__ = ["SCHEMA_ROOT", "OwnsConnection", "Schema", "connect", "prepare_file", "split_statements"]
 
 SCHEMA_ROOT: Traversable = resources.files("securechan") / "schema"
 """Where the stores' ``.sql`` files are installed (package data)."""
@@ -146,6 +147,22 @@ def connect(
         conn.close()
         raise
     return conn
+
+
+class OwnsConnection:
+    """A store that owns one connection: :meth:`close`, and ``with`` closes it."""
+
+    _db: sqlite3.Connection
+
+    def close(self) -> None:
+        """Close the database connection."""
+        self._db.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def split_statements(script: str) -> list[str]:

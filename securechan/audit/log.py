@@ -40,9 +40,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from securechan.audit.log_chain import (
@@ -52,7 +50,7 @@ from securechan.audit.log_chain import (
     VerifyReport,
     check_head_row,
     check_head_signature,
-    parse_row,
+    parse_blob,
     verdict,
 )
 from securechan.audit.log_events import AuditEvents
@@ -63,18 +61,17 @@ from securechan.audit.log_records import (
     AuditEntry,
     LogCheckpoint,
     LogSigner,
-    entry_hash,
 )
+from securechan.audit.log_store import DB_FILE, LogRows, Tip, open_db
 from securechan.errors import (
     AuditLogBroken,
     BadSignature,
     MalformedInput,
-    SecurechanError,
     StorageError,
 )
-from securechan.identity._files import atomic_write, ensure_private_dir, read_bounded
+from securechan.identity._files import atomic_write, read_bounded
 from securechan.identity.keys import Identity, PublicIdentity
-from securechan.sqlite_schema import Schema, connect, prepare_file
+from securechan.sqlite_schema import Schema
 
 __all__ = [
     "CHECKPOINT_EVERY",
@@ -86,7 +83,6 @@ __all__ = [
     "VerifyReport",
 ]
 
-DB_FILE = "audit.db"
 CHECKPOINT_EVERY = 64
 _MAX_HEAD = 16 * 1024
 
@@ -100,44 +96,12 @@ SCHEMA = Schema("audit", application_id=0x73634155, title="a securechan audit lo
 """``securechan/schema/audit/``: the table, its versions and upgrades."""
 SCHEMA_VERSION = SCHEMA.version
 
-# SQLite result codes that mean "could not get at the file", not "the file is
-# damaged": they become StorageError; every other failure is a broken log.
-_ACCESS_ERRORS = frozenset(
-    "SQLITE_" + name
-    for name in ("BUSY", "LOCKED", "CANTOPEN", "PERM", "READONLY", "FULL", "NOMEM", "AUTH")
-)
-
 
 def _now() -> int:
     return int(time.time())
 
 
-# What a damaged file can make sqlite3 raise: its own errors, and a
-# UnicodeDecodeError when an error message quotes non-UTF-8 schema text.
-_SQLITE_ERRORS = (sqlite3.Error, UnicodeDecodeError)
-
-
-def _sqlite_error(e: Exception, where: str, index: int | None) -> SecurechanError:
-    """Map a SQLite failure to the error tree (no data in the message)."""
-    if not isinstance(e, sqlite3.Error):
-        return AuditLogBroken(index, "the database file is damaged (unreadable text)")
-    name = str(getattr(e, "sqlite_errorname", "") or "")
-    if name in _ACCESS_ERRORS or name.startswith("SQLITE_IOERR"):
-        return StorageError(f"cannot use {where}: {e}")
-    return AuditLogBroken(index, f"the database file is damaged ({e})")
-
-
-class _Tip:
-    """Where the next entry goes: its index and the hash it chains from."""
-
-    __slots__ = ("head", "next")
-
-    def __init__(self, next_index: int, head: bytes) -> None:
-        self.next = next_index
-        self.head = head
-
-
-class AuditLog(AuditEvents):
+class AuditLog(AuditEvents, LogRows):
     """The audit log of one home folder. Open it with :meth:`open`.
 
     One instance per thread (``sqlite3``'s rule). Several instances and
@@ -196,8 +160,7 @@ class AuditLog(AuditEvents):
         if read_only and identity is not None:
             raise ValueError("a read-only log signs nothing: give no identity")
         home = Path(home)
-        path = home / DB_FILE
-        db = cls._connect_read_only(home, path) if read_only else cls._connect(home, path)
+        db = open_db(home, SCHEMA, read_only=read_only)
         log = cls(
             db,
             home,
@@ -216,152 +179,10 @@ class AuditLog(AuditEvents):
             raise
         return log
 
-    @staticmethod
-    def _no_log(home: Path) -> SecurechanError:
-        """No log: broken if ``audit.head`` outlived it, else simply absent."""
-        if (home / HEAD_FILE).exists():
-            return AuditLogBroken(0, f"{DB_FILE} is missing or empty but {HEAD_FILE} is there")
-        return StorageError(f"no audit log in {home}")
-
-    @classmethod
-    def _connect(cls, home: Path, path: Path) -> sqlite3.Connection:
-        if not path.exists() and (home / HEAD_FILE).exists():
-            raise cls._no_log(home)  # before creating anything
-        ensure_private_dir(home)
-        prepare_file(path)
-        try:
-            db = connect(path, foreign_keys=False)
-        except _SQLITE_ERRORS as e:
-            raise _sqlite_error(e, str(path), None) from None
-        try:
-            SCHEMA.apply(db, path)
-        except _SQLITE_ERRORS as e:
-            db.close()
-            raise _sqlite_error(e, str(path), None) from None
-        except BaseException:
-            db.close()
-            raise
-        return db
-
-    @classmethod
-    def _connect_read_only(cls, home: Path, path: Path) -> sqlite3.Connection:
-        if not path.exists():
-            raise cls._no_log(home)
-        try:
-            db = connect(path, read_only=True)
-        except _SQLITE_ERRORS as e:
-            raise _sqlite_error(e, str(path), None) from None
-        try:
-            if SCHEMA.check(db, path) == 0:
-                raise cls._no_log(home)
-        except _SQLITE_ERRORS as e:
-            db.close()
-            raise _sqlite_error(e, str(path), None) from None
-        except BaseException:
-            db.close()
-            raise
-        return db
-
-    def close(self) -> None:
-        """Close the database."""
-        self._db.close()
-
-    def __enter__(self) -> AuditLog:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    @property
-    def path(self) -> Path:
-        """The database file."""
-        return self.home / DB_FILE
-
     @property
     def head_path(self) -> Path:
         """The file holding the newest signed checkpoint."""
         return self.home / HEAD_FILE
-
-    # --- plumbing ----------------------------------------------------------------
-
-    @contextmanager
-    def _errors(self, index: int | None = None) -> Iterator[None]:
-        try:
-            yield
-        except _SQLITE_ERRORS as e:
-            raise _sqlite_error(e, str(self.path), index) from None
-
-    @contextmanager
-    def _transaction(self, *, write: bool) -> Iterator[sqlite3.Connection]:
-        """One transaction: ``BEGIN IMMEDIATE`` to write, a snapshot to read."""
-        if write and self._read_only:
-            raise ValueError("this log was opened read-only")
-        with self._errors():
-            self._db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-        try:
-            yield self._db
-        except BaseException:
-            if self._db.in_transaction:
-                with self._errors():
-                    self._db.execute("ROLLBACK")
-            raise
-        with self._errors():
-            self._db.execute("COMMIT")
-
-    def _tip(self) -> _Tip:
-        """The next index and the hash of the last entry (inside a transaction)."""
-        with self._errors():
-            row = self._db.execute(
-                "SELECT idx, hash FROM entries ORDER BY idx DESC LIMIT 1"
-            ).fetchone()
-        if row is None:
-            return _Tip(0, ZERO_HASH)
-        idx, digest = row
-        if type(idx) is not int or type(digest) is not bytes or len(digest) != 32:
-            raise AuditLogBroken(None, "the last row is damaged")
-        return _Tip(idx + 1, digest)
-
-    def _row(self, index: int) -> tuple[Any, ...] | None:
-        with self._errors(index):
-            row = self._db.execute(
-                "SELECT idx, kind, entry, hash FROM entries WHERE idx = ?", (index,)
-            ).fetchone()
-        return tuple(row) if row is not None else None
-
-    def _last_checkpoint_index(self) -> int | None:
-        with self._errors():
-            (idx,) = self._db.execute(
-                "SELECT max(idx) FROM entries WHERE kind = 'log-checkpoint'"
-            ).fetchone()
-        return idx if type(idx) is int else None
-
-    def _last_checkpoint(self) -> tuple[AuditEntry, LogCheckpoint] | None:
-        """The last checkpoint entry and its fields, or ``None``."""
-        last = self._last_checkpoint_index()
-        if last is None:
-            return None
-        entry = parse_row(last, self._row(last))
-        if not isinstance(entry.fields, LogCheckpoint):  # unreachable: the kind was checked
-            raise AuditLogBroken(last, "the row's kind column does not match the entry")
-        return entry, entry.fields
-
-    def _insert(self, tip: _Tip, kind: str, fields: Any, at: int) -> AuditEntry:
-        """Append one entry at ``tip`` and advance it."""
-        entry = AuditEntry(index=tip.next, time=at, kind=kind, fields=fields)
-        blob = entry.to_bytes()
-        digest = entry_hash(tip.head, blob)
-        with self._errors():
-            self._db.execute(
-                "INSERT INTO entries (idx, kind, entry, hash) VALUES (?, ?, ?, ?)",
-                (entry.index, kind, blob, digest),
-            )
-        tip.next, tip.head = entry.index + 1, digest
-        return entry
 
     # --- audit.head ----------------------------------------------------------------
 
@@ -417,7 +238,7 @@ class AuditLog(AuditEvents):
 
     # --- writing -------------------------------------------------------------------
 
-    def _checkpoint_due(self, tip: _Tip) -> bool:
+    def _checkpoint_due(self, tip: Tip) -> bool:
         last = self._last_checkpoint_index()
         return tip.next - (last + 1 if last is not None else 0) >= self._every
 
@@ -457,7 +278,7 @@ class AuditLog(AuditEvents):
         for row in rows:
             chain.feed(tuple(row))
 
-    def _write_checkpoint(self, tip: _Tip, at: int) -> AuditEntry:
+    def _write_checkpoint(self, tip: Tip, at: int) -> AuditEntry:
         """Inside a write transaction: sign the chain up to ``tip``.
 
         A key signs only after a ``log-signer`` entry introduced it; one
@@ -547,15 +368,7 @@ class AuditLog(AuditEvents):
                 "SELECT idx, entry FROM entries WHERE idx >= ? ORDER BY idx", (start,)
             )
             for idx, blob in cursor:
-                if type(blob) is not bytes:
-                    raise AuditLogBroken(idx, "the row is damaged")
-                try:
-                    entry = AuditEntry.from_bytes(blob)
-                except (SecurechanError, ValueError, TypeError):
-                    raise AuditLogBroken(idx, "the entry is malformed") from None
-                if entry.index != idx:
-                    raise AuditLogBroken(idx, f"the row holds entry {entry.index}")
-                yield entry
+                yield parse_blob(idx, blob)
 
     def verify(self, public_identity: PublicIdentity) -> VerifyReport:
         """Check the whole log against ``public_identity``; return a report.

@@ -29,6 +29,7 @@ __all__ = [
     "VerifyReport",
     "check_head_row",
     "check_head_signature",
+    "parse_blob",
     "parse_row",
     "verdict",
 ]
@@ -56,6 +57,20 @@ class VerifyReport:
     signers: tuple[Fingerprint, ...]
 
 
+def parse_blob(index: int, blob: object) -> AuditEntry:
+    """The stored bytes of entry ``index``, parsed strictly; the entry must
+    say it is entry ``index``."""
+    if type(blob) is not bytes:
+        raise AuditLogBroken(index, "the row is damaged")
+    try:
+        entry = AuditEntry.from_bytes(blob)
+    except (SecurechanError, ValueError, TypeError):
+        raise AuditLogBroken(index, "the entry is malformed") from None
+    if entry.index != index:
+        raise AuditLogBroken(index, f"the row holds entry {entry.index} (moved or reordered)")
+    return entry
+
+
 def parse_row(index: int, row: tuple[Any, ...] | None) -> AuditEntry:
     """The entry in ``row`` (idx, kind, entry, hash), which must be entry
     ``index``: parsed strictly and checked against its row."""
@@ -69,12 +84,7 @@ def parse_row(index: int, row: tuple[Any, ...] | None) -> AuditEntry:
         raise AuditLogBroken(index, f"entry {index} is missing (the next row is entry {idx})")
     if type(blob) is not bytes or type(stored) is not bytes or type(kind) is not str:
         raise AuditLogBroken(index, "the row is damaged")
-    try:
-        entry = AuditEntry.from_bytes(blob)
-    except (SecurechanError, ValueError, TypeError):
-        raise AuditLogBroken(index, "the entry is malformed") from None
-    if entry.index != index:
-        raise AuditLogBroken(index, f"the row holds entry {entry.index} (moved or reordered)")
+    entry = parse_blob(index, blob)
     if entry.kind != kind:
         raise AuditLogBroken(index, "the row's kind column does not match the entry")
     return entry

@@ -37,12 +37,11 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from itertools import count
 from pathlib import Path
-from types import TracebackType
 
 from securechan.audit import merkle
 from securechan.audit.merkle import HASH_SIZE, CompactRange, NodeId, leaf_hash
 from securechan.errors import StorageError
-from securechan.sqlite_schema import Schema, connect
+from securechan.sqlite_schema import OwnsConnection, Schema, connect
 
 __all__ = ["SCHEMA", "SCHEMA_VERSION", "TreeStore", "legacy_version", "storage_index"]
 
@@ -80,7 +79,7 @@ def _position(size: int) -> int:
     return 2 * size - size.bit_count()
 
 
-class TreeStore:
+class TreeStore(OwnsConnection):
     """An append-only RFC 6962 Merkle tree in a SQLite file.
 
     One instance per thread (``sqlite3``'s rule); several instances or
@@ -267,20 +266,3 @@ class TreeStore:
         """RFC 9162 consistency proof from ``size1`` to ``size2`` (empty from 0)."""
         self._check_size(size2)
         return merkle.consistency_proof(self, size1, size2)
-
-    # --- lifetime ------------------------------------------------------------------
-
-    def close(self) -> None:
-        """Close the database connection."""
-        self._db.close()
-
-    def __enter__(self) -> TreeStore:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

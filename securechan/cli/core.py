@@ -272,6 +272,17 @@ def _json_option(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")(f)
 
 
+def _kdf_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--kdf``: the Argon2id cost of a new key file (``securechan.KDF_PROFILES``)."""
+    return click.option(
+        "--kdf",
+        type=click.Choice(sorted(securechan.KDF_PROFILES)),
+        default="moderate",
+        show_default=True,
+        help="Argon2id cost for the key file.",
+    )(f)
+
+
 @contextmanager
 def _progress(size: int, label: str) -> Iterator[Callable[[int], None] | None]:
     """A progress bar on stderr for big files, when stderr is a terminal."""

@@ -9,12 +9,7 @@ from typing import Any
 
 import click
 
-from securechan.cli.core import (
-    EXIT_VERIFY,
-    _columns,
-    _emit_json,
-    _json_option,
-)
+from securechan.cli.core import EXIT_VERIFY, _columns, _emit_json, _json_option
 from securechan.errors import UsageError
 from securechan.terminal_text import block, inline
 

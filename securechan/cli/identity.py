@@ -15,6 +15,7 @@ from securechan.cli.core import (
     _Group,
     _iso,
     _json_option,
+    _kdf_option,
     _read_text,
     pass_app,
 )
@@ -25,13 +26,7 @@ from securechan.terminal_text import inline
 @click.command()
 @click.option("--name", required=True, help="Your delegation's name, e.g. tehran.")
 @click.option("--force", is_flag=True, help="Replace an existing identity (it is lost).")
-@click.option(
-    "--kdf",
-    type=click.Choice(sorted(securechan.KDF_PROFILES)),
-    default="moderate",
-    show_default=True,
-    help="Argon2id cost for the key file.",
-)
+@_kdf_option
 @_json_option
 @pass_app
 def init(app: _App, name: str, force: bool, kdf: str, as_json: bool) -> None:

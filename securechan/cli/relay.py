@@ -8,9 +8,7 @@ from typing import Any
 
 import click
 
-from securechan.cli.core import (
-    _Group,
-)
+from securechan.cli.core import _Group
 from securechan.errors import UsageError
 
 

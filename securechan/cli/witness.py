@@ -9,14 +9,7 @@ from typing import Any
 import click
 
 import securechan
-from securechan.cli.core import (
-    _App,
-    _emit_json,
-    _Group,
-    _json_option,
-    _run,
-    pass_app,
-)
+from securechan.cli.core import _App, _emit_json, _Group, _json_option, _kdf_option, _run, pass_app
 from securechan.errors import MalformedInput, RelayError, UsageError
 from securechan.terminal_text import inline
 
@@ -35,13 +28,7 @@ def _witness_home(app: _App) -> Any:
 @witness.command(name="init")
 @click.option("--name", required=True, help="The witness's key name, e.g. witness.example/tehran.")
 @click.option("--force", is_flag=True, help="Replace an existing witness key (it is lost).")
-@click.option(
-    "--kdf",
-    type=click.Choice(sorted(securechan.KDF_PROFILES)),
-    default="moderate",
-    show_default=True,
-    help="Argon2id cost for the key file.",
-)
+@_kdf_option
 @_json_option
 @pass_app
 def witness_init(app: _App, name: str, force: bool, kdf: str, as_json: bool) -> None:

@@ -3,8 +3,8 @@
 One SQLite file (``client.db`` in the home folder; opened by
 :mod:`securechan.sqlite_schema`: WAL, ``synchronous=FULL``,
 ``secure_delete=ON``; tables in ``securechan/schema/client/``; the
-received-envelope and log tables' methods in ``db_received.py`` and
-``db_logs.py``). Everything secret or private is sealed with the identity's
+received-envelope, log and message tables' methods in ``db_received.py``,
+``db_logs.py`` and ``db_messages.py``). Everything secret or private is sealed with the identity's
 storage key before it is written: session and prekey state as
 ``SealedState`` records (``protocol/sealed.py``), and queue secrets, peer
 grants and stored messages with XChaCha20-Poly1305 bound to their table and
@@ -33,10 +33,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from securechan.client.db_logs import LogTables
+from securechan.client.db_messages import MessageTables, StoredMessage
 from securechan.client.db_received import HeldRow, ReceivedTables
 from securechan.client.generations import GENERATIONS_FILE, Generations
 from securechan.errors import MalformedInput, RolledBack, StorageError, VerificationFailed
-from securechan.primitives import aead_decrypt, aead_encrypt, hkdf_sha256, hmac_sha256
+from securechan.primitives import aead_decrypt, aead_encrypt, hkdf_sha256
 from securechan.protocol.sealed import open_state, seal_state
 from securechan.sqlite_schema import Schema, connect, prepare_file
 
@@ -83,20 +84,7 @@ class OutboxEntry:
     envelope: bytes
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StoredMessage:
-    """A message in the local store (``record`` is opened by the caller)."""
-
-    id: int
-    conversation: bytes
-    peer: bytes
-    direction: str
-    seq: int
-    at: int
-    record: bytes
-
-
-class ClientDB(ReceivedTables, LogTables):
+class ClientDB(ReceivedTables, LogTables, MessageTables):
     """The local database of one home folder, opened with its storage key."""
 
     def __init__(self, path: Path, storage_key: bytes) -> None:
@@ -390,111 +378,3 @@ class ClientDB(ReceivedTables, LogTables):
     def remove_outbox(self, entry_id: int) -> None:
         """The relay has the envelope."""
         self._db.execute("DELETE FROM outbox WHERE id = ?", (entry_id,))
-
-    # --- messages -----------------------------------------------------------------
-
-    def add_message(
-        self, conversation: bytes, peer: bytes, direction: str, seq: int, at: int, record: bytes
-    ) -> None:
-        """Store a sent or received message (sealed)."""
-        row = conversation + direction.encode() + seq.to_bytes(8, "big")
-        self._db.execute(
-            "INSERT OR IGNORE INTO messages (conversation, peer, direction, seq, at, sealed) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (conversation, peer, direction, seq, at, self.seal("messages", row, record)),
-        )
-
-    def messages(self, peer: bytes | None = None, *, limit: int = 1000) -> list[StoredMessage]:
-        """Stored messages in the order they were stored (of one peer, if given)."""
-        query = "SELECT id, conversation, peer, direction, seq, at, sealed FROM messages"
-        args: tuple[object, ...] = ()
-        if peer is not None:
-            query += " WHERE peer = ?"
-            args = (peer,)
-        rows = self._db.execute(query + " ORDER BY id LIMIT ?", (*args, limit)).fetchall()
-        out = []
-        for r in rows:
-            row = r[1] + r[3].encode() + r[4].to_bytes(8, "big")
-            out.append(
-                StoredMessage(
-                    id=r[0],
-                    conversation=r[1],
-                    peer=r[2],
-                    direction=r[3],
-                    seq=r[4],
-                    at=r[5],
-                    record=self.open("messages", row, r[6]),
-                )
-            )
-        return out
-
-    def position_key(self, dh: bytes, n: int) -> bytes:
-        """The index key of a ratchet position (keyed, so the clear index
-        does not link stored messages to envelopes the relay saw)."""
-        return hmac_sha256(self._position_key, dh + n.to_bytes(8, "big"))
-
-    def add_position(self, position: bytes, conversation: bytes, seq: int) -> None:
-        """Remember which received message consumed a ratchet position."""
-        self._db.execute(
-            "INSERT OR IGNORE INTO positions (position, conversation, seq) VALUES (?, ?, ?)",
-            (position, conversation, seq),
-        )
-
-    def position(self, position: bytes) -> tuple[bytes, int] | None:
-        """(conversation, seq) of the received message at a ratchet position."""
-        row = self._db.execute(
-            "SELECT conversation, seq FROM positions WHERE position = ?", (position,)
-        ).fetchone()
-        return None if row is None else (bytes(row[0]), int(row[1]))
-
-    def message(self, conversation: bytes, direction: str, seq: int) -> StoredMessage | None:
-        """One stored message by its place, or ``None``."""
-        r = self._db.execute(
-            "SELECT id, conversation, peer, direction, seq, at, sealed FROM messages "
-            "WHERE conversation = ? AND direction = ? AND seq = ?",
-            (conversation, direction, seq),
-        ).fetchone()
-        if r is None:
-            return None
-        row = r[1] + r[3].encode() + r[4].to_bytes(8, "big")
-        return StoredMessage(
-            id=r[0],
-            conversation=r[1],
-            peer=r[2],
-            direction=r[3],
-            seq=r[4],
-            at=r[5],
-            record=self.open("messages", row, r[6]),
-        )
-
-    # --- file chunks -----------------------------------------------------------------
-
-    def add_chunk(self, conversation: bytes, file_id: bytes, index: int, chunk: bytes) -> int:
-        """Store a received file chunk; return how many chunks of it are held."""
-        row = conversation + file_id + index.to_bytes(8, "big")
-        self._db.execute(
-            "INSERT OR IGNORE INTO file_chunks (conversation, file_id, idx, sealed) "
-            "VALUES (?, ?, ?, ?)",
-            (conversation, file_id, index, self.seal("file_chunks", row, chunk)),
-        )
-        (n,) = self._db.execute(
-            "SELECT COUNT(*) FROM file_chunks WHERE conversation = ? AND file_id = ?",
-            (conversation, file_id),
-        ).fetchone()
-        return int(n)
-
-    def take_chunks(self, conversation: bytes, file_id: bytes) -> list[bytes]:
-        """All chunks of a file in order, removed from the store."""
-        rows = self._db.execute(
-            "SELECT idx, sealed FROM file_chunks WHERE conversation = ? AND file_id = ? "
-            "ORDER BY idx",
-            (conversation, file_id),
-        ).fetchall()
-        self._db.execute(
-            "DELETE FROM file_chunks WHERE conversation = ? AND file_id = ?",
-            (conversation, file_id),
-        )
-        return [
-            self.open("file_chunks", conversation + file_id + r[0].to_bytes(8, "big"), r[1])
-            for r in rows
-        ]

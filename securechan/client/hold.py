@@ -142,7 +142,7 @@ class HeldEnvelopes:
                 if self._db.seen(q.env.msg_id):
                     continue
                 if q.kind == "chain":
-                    if not self.hold_as(order, queue, q.env, now, CHAIN, q.key):
+                    if not self.hold(queue, q.env, now, CHAIN, q.key, order=order):
                         refused.setdefault(Reason.DECRYPTION_FAILED, []).append(
                             "no session expects its ratchet key and the hold is full"
                         )
@@ -169,25 +169,6 @@ class HeldEnvelopes:
         caller's transaction, so a rolled-back envelope leaves no trace)."""
         return HoldQueue.from_rows(self._db.held_index(), HOLD)
 
-    def hold_as(
-        self,
-        order: HoldQueue,
-        queue: QueueRow,
-        env: FetchedEnvelope,
-        now: int,
-        kind: Literal["chain", "sender"],
-        key: bytes,
-    ) -> bool:
-        """Ask the machine whether to hold ``env`` until ``(kind, key)``
-        happens and store what it decides, inside the caller's transaction;
-        False (not held): the hold is full."""
-        decision = order.arrived(env.msg_id, len(env.data), kind, key, now=now)
-        if not isinstance(decision, Hold):
-            return False
-        self._db.hold(env.msg_id, queue.relay, env.data, now)
-        self._db.set_held_key(env.msg_id, decision.wait, decision.key)
-        return True
-
     def hold(
         self,
         queue: QueueRow,
@@ -195,9 +176,19 @@ class HeldEnvelopes:
         now: int,
         kind: Literal["chain", "sender"],
         key: bytes,
+        *,
+        order: HoldQueue | None = None,
     ) -> bool:
-        """:meth:`hold_as` with the machine as stored now."""
-        return self.hold_as(self.order(), queue, env, now, kind, key)
+        """Ask the machine (``order``, or the one stored now) whether to hold
+        ``env`` until ``(kind, key)`` happens and store what it decides,
+        inside the caller's transaction; False (not held): the hold is full."""
+        machine = self.order() if order is None else order
+        decision = machine.arrived(env.msg_id, len(env.data), kind, key, now=now)
+        if not isinstance(decision, Hold):
+            return False
+        self._db.hold(env.msg_id, queue.relay, env.data, now)
+        self._db.set_held_key(env.msg_id, decision.wait, decision.key)
+        return True
 
     def expire(self) -> Results:
         """Refuse the held messages that waited EARLY_GRACE for their chain's

@@ -47,7 +47,6 @@ import base64
 import contextlib
 import json
 import secrets
-import sqlite3
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -60,9 +59,8 @@ from yarl import URL
 
 from securechan import strict_json
 from securechan.errors import MalformedInput
-from securechan.primitives import Ed25519SigningKey
 from securechan.relay import api
-from securechan.relay.tlog import RelayLog
+from securechan.testing.shadow_log import ShadowLog
 
 __all__ = ["Envelope", "Exchange", "MaliciousRelay", "b64d", "b64e", "route_of"]
 
@@ -155,13 +153,6 @@ Match = Callable[[Envelope], bool]
 
 
 @dataclass
-class _Fork:
-    log: RelayLog
-    forked_leaf: bytes
-    base_size: int
-
-
-@dataclass
 class _Script:
     """Everything the test has told the adversary to do (guarded by a lock)."""
 
@@ -198,7 +189,7 @@ class MaliciousRelay:
         self.queue_kinds: dict[str, str] = {}  # rid -> "contact" | "private"
         self._script = _Script()
         self._lock = threading.Lock()
-        self._fork: _Fork | None = None
+        self._fork: ShadowLog | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
@@ -265,7 +256,7 @@ class MaliciousRelay:
 
     async def _shutdown(self) -> None:
         if self._fork is not None:
-            await self._fork.log.close()
+            await self._fork.close()
             self._fork = None
         if self._session is not None:
             await self._session.close()
@@ -395,60 +386,18 @@ class MaliciousRelay:
         with one leaf the real log never had appended first. Returns the
         injected leaf's envelope."""
         self.unfork()
-        return self.call(self._start_fork(base))
+        self._fork = self.call(ShadowLog.start(self.relay_data, self.workdir, base))
+        return self._fork.forked_leaf
 
     def unfork(self) -> None:
         """Serve the real log again."""
         if self._fork is not None and self._loop is not None:
             fork, self._fork = self._fork, None
-            self.call(fork.log.close())
+            self.call(fork.close())
 
     @property
     def forked(self) -> bool:
         return self._fork is not None
-
-    async def _start_fork(self, base: str) -> bytes:
-        key = Ed25519SigningKey(bytes.fromhex((self.relay_data / "relay.key").read_text().strip()))
-        path = self.workdir / f"shadow-tlog-{secrets.token_hex(4)}.db"
-        if base == "copy":
-            await asyncio.to_thread(_sqlite_copy, self.relay_data / "tlog.db", path)
-        log = await RelayLog.open(path, key)
-        base_size = log.size
-        leaf = b"the adversary's leaf " + secrets.token_bytes(32)
-        await log.append(leaf)
-        self._fork = _Fork(log=log, forked_leaf=leaf, base_size=base_size)
-        return leaf
-
-    async def _fork_answer(self, x: Exchange, query: dict[str, str]) -> tuple[int, bytes, str]:
-        if not (self._fork is not None):
-            raise RuntimeError("the malicious relay is not running")
-        log = self._fork.log
-        found = api.match("GET", URL(x.path, encoded=True).path)
-        route = "" if found is None else found[0].name
-        try:
-            nums = {k: int(v) for k, v in query.items()}
-            reply: api.InclusionReply | api.ConsistencyReply
-            if route == "log_checkpoint":
-                note = (
-                    log.checkpoint()
-                    if "size" not in nums
-                    else await log.checkpoint_at(nums["size"])
-                )
-                return 200, note.encode(), "text/plain; charset=utf-8"
-            if route == "log_inclusion":
-                hashes = await log.inclusion_proof(nums["index"], nums["size"])
-                reply = api.InclusionReply(
-                    index=nums["index"], size=nums["size"], hashes=tuple(hashes)
-                )
-            elif route == "log_consistency":
-                hashes = await log.consistency_proof(nums["old"], nums["new"])
-                reply = api.ConsistencyReply(old=nums["old"], new=nums["new"], hashes=tuple(hashes))
-            else:
-                raise KeyError(x.path)
-        except (KeyError, ValueError):
-            err = api.ApiError("no_checkpoint", "the log has no such size")
-            return 404, json.dumps(err.to_json()).encode(), "application/json"
-        return 200, json.dumps(api.to_json(reply)).encode(), "application/json"
 
     # --- the request path ---------------------------------------------------------------
 
@@ -506,7 +455,7 @@ class MaliciousRelay:
             if changed is not None:
                 x = changed
         if x.kind == "log" and self._fork is not None:
-            return await self._fork_answer(x, dict(request.query))
+            return await self._fork.answer(URL(x.path, encoded=True).path, dict(request.query))
         status, reply, ctype = await self._forward(x)
         x.forwarded = True
         status, reply = await self._after(x, status, reply)
@@ -538,8 +487,7 @@ class MaliciousRelay:
                 self.queue_kinds[made["rid"]] = "contact" if asked.get("contact") else "private"
         if x.kind == "send" and status < 300 and self._fork is not None:
             answer = _loads(reply)
-            receipt = await self._fork.log.append(x.body)
-            answer["receipt"] = receipt.to_json()
+            answer["receipt"] = await self._fork.receipt(x.body)
             return status, json.dumps(answer).encode()
         if x.kind == "fetch" and status == 200 and x.queue is not None:
             return status, self._rewrite_fetch(x, reply)
@@ -595,14 +543,3 @@ def _loads(raw: bytes) -> Any:
 
 def _error(status: int, message: str) -> bytes:
     return json.dumps({"error": {"code": f"http_{status}", "message": message}}).encode()
-
-
-def _sqlite_copy(src: Path, dst: Path) -> None:
-    """A consistent copy of a live SQLite file (the backup API reads a snapshot)."""
-    source = sqlite3.connect(f"file:{src}?mode=ro", uri=True)
-    target = sqlite3.connect(dst)
-    try:
-        source.backup(target)
-    finally:
-        source.close()
-        target.close()
