@@ -381,10 +381,7 @@ class SqliteStorage:
         Later calls of any other method raise :class:`StorageClosed`; calling
         ``close`` again waits for the first close and returns.
         """
-        if self._worker.close_now():
-            await asyncio.to_thread(self._worker.shutdown)
-        else:
-            await asyncio.to_thread(self._worker.wait_shut)
+        await self._worker.close()
 
     async def __aenter__(self) -> Self:
         return self

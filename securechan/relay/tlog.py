@@ -47,9 +47,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import queue
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -79,8 +77,9 @@ from securechan.relay.tlog_witness import (
     Witnesses,
     parse_witness_keys,
 )
-from securechan.relay.tlog_writer import MAX_BATCH, Appender, Job
+from securechan.relay.tlog_writer import LINGER, WHAT, Appender, Task
 from securechan.relay.tlog_writer import storage_error as _storage_error
+from securechan.relay.writer_thread import MAX_BATCH, WriterThread
 from securechan.sqlite_schema import connect, prepare_file
 
 __all__ = [
@@ -156,10 +155,6 @@ class RelayLog:
         self._synchronous = synchronous
         self._clock = clock
         self._appender = Appender(self._witness, self._make_head, clock)
-        self._lock = threading.Lock()
-        self._closed = False
-        self._shut = threading.Event()
-        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         # The newest head's note with its cosignatures, composed once (event loop).
         self._note: tuple[Head, dict[str, Cosig], str] | None = None
         self._watermark: int | None = None
@@ -170,16 +165,9 @@ class RelayLog:
             prepare_file(self.path)
         except OSError as e:
             raise StorageError(f"cannot create {self.path}: {e.strerror}") from None
-        ready = threading.Event()
-        failure: list[BaseException] = []
-        self._writer = threading.Thread(
-            target=self._writer_main, args=(ready, failure), name="relay-log-write", daemon=True
+        self._writer: WriterThread[Task] = WriterThread(
+            self._start_writer, name="relay-log-write", what=WHAT, linger=LINGER
         )
-        self._writer.start()
-        ready.wait()
-        if failure:
-            self._writer.join()
-            raise failure[0]
         self._reads = ReadThread(self.path, _connect_index)
 
     @classmethod
@@ -357,19 +345,15 @@ class RelayLog:
         return Receipt(leaf_index=index, checkpoint=self._head_note(head), inclusion_proof=proof)
 
     async def _submit(self, kind: str, arg: Any, leaf: bytes | None = None) -> Any:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        with self._lock:  # no job may enter the queue behind close()'s stop mark
-            if self._closed:
-                self._appender.lost = self._appender.lost or kind == "append"
-                raise StorageClosed("the transparency log is closed")
-            self._jobs.put(Job(kind, arg, loop, future, leaf))
-        return await future
+        try:
+            return await self._writer.submit(Task(kind, arg, leaf))
+        except StorageClosed:
+            # Not queued: an envelope stored but not logged; the next start repairs.
+            self._appender.lost = self._appender.lost or kind == "append"
+            raise
 
     async def _read(self, fn: Callable[[_Reader], T]) -> T:
-        with self._lock:
-            if self._closed:
-                raise StorageClosed("the transparency log is closed")
+        with self._writer.gate():
             done = self._reads.submit(fn)
         return await asyncio.wrap_future(done)
 
@@ -400,13 +384,9 @@ class RelayLog:
 
     # --- the writer thread -------------------------------------------------------------
 
-    def _writer_main(self, ready: threading.Event, failure: list[BaseException]) -> None:
-        try:
-            tree = TreeStore(self.path, synchronous=self._synchronous, schema=SCHEMA)
-        except BaseException as e:
-            failure.append(e)
-            ready.set()
-            return
+    def _start_writer(self) -> Appender:
+        """On the writer thread: its tree and index connection, checked."""
+        tree = TreeStore(self.path, synchronous=self._synchronous, schema=SCHEMA)
         index: sqlite3.Connection | None = None
         try:
             index = _connect_index(self.path, writer=True)
@@ -415,16 +395,8 @@ class RelayLog:
             if index is not None:
                 index.close()
             tree.close()
-            failure.append(_storage_error(e))
-            ready.set()
-            return
-        ready.set()
-        try:
-            self._appender.serve(self._jobs, tree, index)
-        finally:
-            index.close()
-            tree.close()
-            self._shut.set()
+            raise _storage_error(e)  # noqa: B904 (its cause is e already)
+        return self._appender.attach(tree, index)
 
     def _open_index(self, tree: TreeStore, index: sqlite3.Connection) -> None:
         _migrate(index)
@@ -491,18 +463,7 @@ class RelayLog:
 
     async def close(self) -> None:
         """Finish the jobs already submitted and close; a second call waits."""
-        with self._lock:
-            first = not self._closed
-            self._closed = True
-        if first:
-            await asyncio.to_thread(self._shutdown)
-        else:
-            await asyncio.to_thread(self._shut.wait)
-
-    def _shutdown(self) -> None:
-        self._reads.close()
-        self._jobs.put(None)
-        self._writer.join()
+        await self._writer.close(self._reads.close)
 
     async def __aenter__(self) -> Self:
         return self
