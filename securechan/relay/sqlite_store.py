@@ -47,7 +47,6 @@ import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Final, Self, TypeVar
 
 from securechan.errors import StorageError
@@ -65,6 +64,7 @@ from securechan.relay.storage import (
     QueueRecord,
     Quota,
 )
+from securechan.relay.writer_thread import Closing
 from securechan.sqlite_schema import Schema, connect, prepare_file
 
 __all__ = [
@@ -114,7 +114,7 @@ def _prepare_file(path: Path) -> None:
     prepare_file(path)
 
 
-class SqliteStorage:
+class SqliteStorage(Closing):
     """:class:`~securechan.relay.storage.RelayStorage` on one SQLite file.
 
     Construct with :meth:`open`. Methods raise :class:`StorageClosed` after
@@ -382,14 +382,3 @@ class SqliteStorage:
         ``close`` again waits for the first close and returns.
         """
         await self._worker.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()

@@ -51,7 +51,6 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Final, Self, TypeVar, cast
 
 from securechan.audit import merkle
@@ -68,7 +67,7 @@ from securechan.primitives import Ed25519SigningKey, constant_time_equal, sha256
 from securechan.relay.storage import RelayStorage, StorageClosed
 from securechan.relay.tlog_reader import LogReader as _Reader
 from securechan.relay.tlog_reader import ReadThread
-from securechan.relay.tlog_schema import SCHEMA
+from securechan.relay.tlog_schema import SCHEMA, synced_transaction
 from securechan.relay.tlog_witness import (
     DEFAULT_COSIGN_WINDOW,
     Cosig,
@@ -79,7 +78,7 @@ from securechan.relay.tlog_witness import (
 )
 from securechan.relay.tlog_writer import LINGER, WHAT, Appender, Task
 from securechan.relay.tlog_writer import storage_error as _storage_error
-from securechan.relay.writer_thread import MAX_BATCH, WriterThread
+from securechan.relay.writer_thread import MAX_BATCH, Closing, WriterThread
 from securechan.sqlite_schema import connect, prepare_file
 
 __all__ = [
@@ -119,7 +118,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
     SCHEMA.apply(conn, Path("tlog.db"))
 
 
-class RelayLog:
+class RelayLog(Closing):
     """The relay's transparency log in one SQLite file (``DATA/tlog.db``).
 
     Construct with :meth:`open`; finish with :meth:`close`. Methods raise
@@ -403,9 +402,7 @@ class RelayLog:
         key_text = self.verifier.to_text()
         size = tree.size
         # Synced: the clean-stop mark's removal must outlive a power loss.
-        index.execute("PRAGMA synchronous = FULL")
-        index.execute("BEGIN IMMEDIATE")
-        try:
+        with synced_transaction(index):
             row = index.execute(
                 "SELECT origin, log_key, last_append FROM relay_log_meta WHERE id = 0"
             ).fetchone()
@@ -443,13 +440,6 @@ class RelayLog:
                 index.executemany(
                     "INSERT OR IGNORE INTO relay_log_leaves (leaf, idx) VALUES (?, ?)", rows
                 )
-            index.execute("COMMIT")
-        except BaseException:
-            if index.in_transaction:
-                index.execute("ROLLBACK")
-            raise
-        finally:
-            index.execute("PRAGMA synchronous = NORMAL")
         self._head = self._make_head(size, tree.root(size))
         self._cosigs = self._load_cosignatures(tree, index, size)
 
@@ -464,14 +454,3 @@ class RelayLog:
     async def close(self) -> None:
         """Finish the jobs already submitted and close; a second call waits."""
         await self._writer.close(self._reads.close)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()

@@ -27,7 +27,8 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Final, Generic, Protocol, TypeVar
+from types import TracebackType
+from typing import Any, Final, Generic, Protocol, Self, TypeVar
 
 from securechan.errors import StorageError
 from securechan.relay.batching import LINGER, take_batch
@@ -35,6 +36,7 @@ from securechan.relay.storage import StorageClosed
 
 __all__ = [
     "MAX_BATCH",
+    "Closing",
     "Job",
     "Outcome",
     "Work",
@@ -100,6 +102,24 @@ class Work(Protocol[P]):
 
     def close(self) -> None:
         """Close the writer's connections (always called last)."""
+
+
+class Closing:
+    """A store used as ``async with store: ...``: closed on the way out."""
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
 
 
 def _settle(outcomes: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
