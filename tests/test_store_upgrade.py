@@ -246,7 +246,7 @@ def test_witness_state_reads_unchanged(old: Path) -> None:
 def test_relay_v1_plus_upgrade_is_v2(tmp_path: Path) -> None:
     path = tmp_path / "v1.db"
     conn = connect(path)
-    for statement in split_statements((SCHEMA_ROOT / "relay" / "v1.sql").read_text()):
+    for statement in split_statements((FIXTURES / "relay" / "schema-v1.sql").read_text()):
         conn.execute(statement)
     conn.execute("PRAGMA user_version = 1")
     sqlite_store.SCHEMA.apply(conn, path)

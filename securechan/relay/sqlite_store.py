@@ -103,7 +103,8 @@ class SqliteSettings:
 
 SCHEMA: Final = Schema("relay", application_id=0x7363524C, title="a securechan relay database")
 """``securechan/schema/relay/``: the tables (v2.sql), and upgrade-to-v2.sql from
-version 1 (byte quotas). v1.sql stays for the upgrade test."""
+version 1 (byte quotas). Version 1's schema is a test fixture
+(``tests/fixtures/stores/relay/schema-v1.sql``)."""
 SCHEMA_VERSION: Final = SCHEMA.version
 
 
@@ -234,12 +235,12 @@ class SqliteStorage(Closing):
     @property
     def commits(self) -> int:
         """Write transactions committed so far (each one sync with ``FULL``)."""
-        return self._worker.commits
+        return self._worker.work.commits
 
     @property
     def write_jobs(self) -> int:
         """Write jobs run so far; ``write_jobs / commits`` is the mean batch size."""
-        return self._worker.write_jobs
+        return self._worker.work.write_jobs
 
     async def _write(self, fn: Callable[[Conn], T], *, transaction: bool = True) -> T:
         return await self._worker.write(fn, transaction=transaction)

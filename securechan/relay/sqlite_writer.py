@@ -152,25 +152,16 @@ class SqliteWorker:
     def __init__(
         self, writer: Conn, readers: list[Conn], upkeep: Maintenance, *, name: str
     ) -> None:
-        self._work = _Transactions(writer, upkeep)
+        self.work = _Transactions(writer, upkeep)
+        """Its counters: ``commits`` (each one sync with ``FULL``), ``write_jobs``."""
         self._readers: queue.SimpleQueue[Conn] = queue.SimpleQueue()
         self._all_readers = list(readers)
         for conn in readers:
             self._readers.put(conn)
         self._read_pool = ThreadPoolExecutor(len(readers), thread_name_prefix=f"{name}-read")
         self._writer: WriterThread[_Write] = WriterThread(
-            lambda: self._work, name=f"{name}-write", what="the relay storage"
+            lambda: self.work, name=f"{name}-write", what="the relay storage"
         )
-
-    @property
-    def commits(self) -> int:
-        """Write transactions committed so far (each one sync with ``FULL``)."""
-        return self._work.commits
-
-    @property
-    def write_jobs(self) -> int:
-        """Write jobs run so far; ``write_jobs / commits`` is the mean batch size."""
-        return self._work.write_jobs
 
     def idle(self) -> bool:
         """No write job is waiting (writer thread: upkeep yields to writes)."""
