@@ -406,6 +406,11 @@ def test_schema_files_ship_in_the_package(store: str) -> None:
     folder = SCHEMA_ROOT / schema.name
     assert Path(str(folder)).parent.parent == Path(sqlite_store.__file__).parent.parent
     names = sorted(f.name for f in folder.iterdir())
-    assert f"v{schema.version}.sql" in names
+    # A new file's schema: vN.sql, or an upgrade script from version 0 (the client's).
+    new = f"v{schema.version}.sql"
+    step = f"upgrade-to-v{schema.version}.sql"
+    assert new in names or (
+        step in names and (folder / step).read_text().startswith("-- from-version: 0\n")
+    )
     for name in names:
         assert split_statements((folder / name).read_text())
