@@ -16,6 +16,8 @@ manner of magic-wormhole's mailbox server (``db-schemas/``):
   (the client's old scripts were idempotent, so one step covers them all);
   ``-- from-version: 0`` makes it the new files' schema too, in place of a
   ``vN.sql`` (the client's: one idempotent script, one file).
+* A line ``-- include: <store>/vN.sql`` stands for that whole file: the
+  relay's log includes the Merkle tree's tables (``tree/v2.sql``).
 
 The version is SQLite's ``PRAGMA user_version``; ``PRAGMA application_id``
 names the store, so a ``relay.db`` opened as a client database is refused
@@ -59,6 +61,7 @@ _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 _FULL = re.compile(r"v([1-9][0-9]*)\.sql")
 _UPGRADE = re.compile(r"upgrade-to-v([1-9][0-9]*)\.sql")
 _FROM = re.compile(r"--\s*from-version:\s*([0-9]+)\s*$")
+_INCLUDE = re.compile(r"--\s*include:\s*([a-z_]+/v[1-9][0-9]*\.sql)\s*$")
 
 
 def prepare_file(path: Path) -> None:
@@ -174,6 +177,20 @@ def split_statements(script: str) -> list[str]:
     return statements
 
 
+def _with_includes(script: str) -> str:
+    """``script`` with each line ``-- include: <store>/vN.sql`` replaced by
+    that store's schema file (one level: an included file's own include lines
+    stay comments), so that one file can hold another store's tables whole
+    (``tlog.db`` holds a Merkle tree's)."""
+    lines = []
+    for line in script.splitlines():
+        if m := _INCLUDE.fullmatch(line.strip()):
+            lines.append((SCHEMA_ROOT / m[1]).read_text(encoding="utf-8"))
+        else:
+            lines.append(line)
+    return "\n".join(lines)
+
+
 @dataclass(frozen=True)
 class _Step:
     target: int
@@ -238,7 +255,7 @@ class Schema:
         return self._files[0]
 
     def _script(self, name: str) -> list[str]:
-        return split_statements((self._dir / name).read_text(encoding="utf-8"))
+        return split_statements(_with_includes((self._dir / name).read_text(encoding="utf-8")))
 
     def _step_from(self, version: int) -> _Step | None:
         if version == 0:  # a new file: straight to the current version
