@@ -13,7 +13,11 @@ manner of magic-wormhole's mailbox server (``db-schemas/``):
   newest is needed; N is the store's current version.
 * ``upgrade-to-vN.sql`` — turns a version N-1 file into version N. A first
   line ``-- from-version: K`` lets one file upgrade every version K..N-1
-  (the client's old scripts were idempotent, so one step covers them all).
+  (the client's old scripts were idempotent, so one step covers them all);
+  ``-- from-version: 0`` makes it the new files' schema too, in place of a
+  ``vN.sql`` (the client's: one idempotent script, one file).
+* A line ``-- include: <store>/vN.sql`` stands for that whole file: the
+  relay's log includes the Merkle tree's tables (``tree/v2.sql``).
 
 The version is SQLite's ``PRAGMA user_version``; ``PRAGMA application_id``
 names the store, so a ``relay.db`` opened as a client database is refused
@@ -58,6 +62,7 @@ _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 _FULL = re.compile(r"v([1-9][0-9]*)\.sql")
 _UPGRADE = re.compile(r"upgrade-to-v([1-9][0-9]*)\.sql")
 _FROM = re.compile(r"--\s*from-version:\s*([0-9]+)\s*$")
+_INCLUDE = re.compile(r"--\s*include:\s*([a-z_]+/v[1-9][0-9]*\.sql)\s*$")
 
 
 def prepare_file(path: Path) -> None:
@@ -189,11 +194,26 @@ def split_statements(script: str) -> list[str]:
     return statements
 
 
+def _with_includes(script: str) -> str:
+    """``script`` with each line ``-- include: <store>/vN.sql`` replaced by
+    that store's schema file (one level: an included file's own include lines
+    stay comments), so that one file can hold another store's tables whole
+    (``tlog.db`` holds a Merkle tree's)."""
+    lines = []
+    for line in script.splitlines():
+        if m := _INCLUDE.fullmatch(line.strip()):
+            lines.append((SCHEMA_ROOT / m[1]).read_text(encoding="utf-8"))
+        else:
+            lines.append(line)
+    return "\n".join(lines)
+
+
 @dataclass(frozen=True)
 class _Step:
     target: int
-    first: int  # the lowest version this step upgrades
+    first: int  # the lowest version this step upgrades (0: it makes new files)
     name: str
+    upgrades: bool = True  # False: a vN.sql, for new files only
 
 
 @dataclass(frozen=True)
@@ -230,15 +250,21 @@ class Schema:
                 first_line = entry.read_text(encoding="utf-8").split("\n", 1)[0]
                 start = _FROM.fullmatch(first_line.strip())
                 first = int(start[1]) if start else target - 1
-                if not 0 < first < target:
-                    raise ValueError(f"{entry.name}: from-version must be 1 .. {target - 1}")
+                if not 0 <= first < target:
+                    raise ValueError(f"{entry.name}: from-version must be 0 .. {target - 1}")
                 steps.append(_Step(target, first, entry.name))
-        if not full:
-            raise ValueError(f"no vN.sql schema for the {self.name} store")
-        current = max(full)
+        if full:
+            steps.append(_Step(max(full), 0, f"v{max(full)}.sql", upgrades=False))
+        current = max((s.target for s in steps if s.first == 0), default=0)
+        if not current:
+            raise ValueError(
+                f"no vN.sql schema (or upgrade from version 0) for the {self.name} store"
+            )
         if any(s.target > current for s in steps):
-            raise ValueError(f"an upgrade of the {self.name} store goes past v{current}.sql")
-        return current, tuple(sorted(steps, key=lambda s: s.target))
+            raise ValueError(f"an upgrade of the {self.name} store goes past version {current}")
+        if sum(1 for s in steps if s.first == 0 and s.target == current) != 1:
+            raise ValueError(f"two schemas make a new {self.name} store of version {current}")
+        return current, tuple(sorted(steps, key=lambda s: (s.target, s.first)))
 
     @property
     def version(self) -> int:
@@ -246,11 +272,13 @@ class Schema:
         return self._files[0]
 
     def _script(self, name: str) -> list[str]:
-        return split_statements((self._dir / name).read_text(encoding="utf-8"))
+        return split_statements(_with_includes((self._dir / name).read_text(encoding="utf-8")))
 
     def _step_from(self, version: int) -> _Step | None:
+        if version == 0:  # a new file: straight to the current version
+            return next(s for s in self._files[1] if s.first == 0 and s.target == self.version)
         for step in self._files[1]:
-            if step.first <= version < step.target:
+            if step.upgrades and step.first <= version < step.target:
                 return step
         return None
 
@@ -311,15 +339,12 @@ class Schema:
                 if version == self.version:
                     conn.execute("COMMIT")
                     return found
-                if version == 0:
-                    target, script = self.version, f"v{self.version}.sql"
-                else:
-                    step = self._step_from(version)
-                    if step is None:
-                        raise StorageError(
-                            f"{path}: no upgrade from schema version {version} of {self.title}"
-                        )
-                    target, script = step.target, step.name
+                step = self._step_from(version)
+                if step is None:
+                    raise StorageError(
+                        f"{path}: no upgrade from schema version {version} of {self.title}"
+                    )
+                target, script = step.target, step.name
                 for statement in self._script(script):
                     conn.execute(statement)
                 # PRAGMAs take no parameters; both values are ints of ours.

@@ -127,11 +127,13 @@ def test_public_api_is_listed() -> None:
 NO_HTTP = (
     "securechan.relay.api",
     "securechan.relay.service",
+    "securechan.relay.guard",
     "securechan.relay.log_service",
     "securechan.relay.config",
     "securechan.relay.storage",
     "securechan.relay.sqlite_store",
     "securechan.relay.tlog",
+    "securechan.relay.writer_thread",
 )
 
 

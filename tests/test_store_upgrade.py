@@ -246,7 +246,7 @@ def test_witness_state_reads_unchanged(old: Path) -> None:
 def test_relay_v1_plus_upgrade_is_v2(tmp_path: Path) -> None:
     path = tmp_path / "v1.db"
     conn = connect(path)
-    for statement in split_statements((SCHEMA_ROOT / "relay" / "v1.sql").read_text()):
+    for statement in split_statements((FIXTURES / "relay" / "schema-v1.sql").read_text()):
         conn.execute(statement)
     conn.execute("PRAGMA user_version = 1")
     sqlite_store.SCHEMA.apply(conn, path)
@@ -406,6 +406,11 @@ def test_schema_files_ship_in_the_package(store: str) -> None:
     folder = SCHEMA_ROOT / schema.name
     assert Path(str(folder)).parent.parent == Path(sqlite_store.__file__).parent.parent
     names = sorted(f.name for f in folder.iterdir())
-    assert f"v{schema.version}.sql" in names
+    # A new file's schema: vN.sql, or an upgrade script from version 0 (the client's).
+    new = f"v{schema.version}.sql"
+    step = f"upgrade-to-v{schema.version}.sql"
+    assert new in names or (
+        step in names and (folder / step).read_text().startswith("-- from-version: 0\n")
+    )
     for name in names:
         assert split_statements((folder / name).read_text())

@@ -210,7 +210,7 @@ class Relay:
 
     async def create_queue(self, request: web.Request) -> web.Response:
         svc = self.service
-        svc.limit(svc.create_limit, request.remote, "create")
+        svc.guard.limit(svc.guard.create_limit, request.remote, "create")
         body = await self._body(request, 4096)
         req = self._parse(api.CreateQueueRequest, body)
         return _json(await svc.create_queue(self._call(request, body), req), status=201)
@@ -224,7 +224,7 @@ class Relay:
         rid = self._id(request, "rid")
         queue = await self.service.queue(rid)
         body = await self._body(request, 4096)
-        await self.service.authenticate(self._call(request, body), queue.recipient_key)
+        await self.service.guard.authenticate(self._call(request, body), queue.recipient_key)
         req = self._parse(api.SecureQueueRequest, body)
         return _json(await self.service.secure_queue(self._call(request, body), queue, req))
 
@@ -232,7 +232,7 @@ class Relay:
 
     async def send(self, request: web.Request) -> web.Response:
         svc = self.service
-        svc.limit(svc.client_limit, request.remote, "client")
+        svc.guard.limit(svc.guard.client_limit, request.remote, "client")
         sid = self._id(request, "sid")
         try:
             msg_id = b64d(request.headers.get("X-Message-Id", ""), size=16)
@@ -277,7 +277,7 @@ class Relay:
         rid = self._id(request, "rid")
         queue = await self.service.queue(rid)
         body = await self._body(request, 1024)
-        await self.service.authenticate(self._call(request, body), queue.recipient_key)
+        await self.service.guard.authenticate(self._call(request, body), queue.recipient_key)
         req = self._parse(api.AckRequest, body)
         return _json(await self.service.ack(self._call(request, body), rid, req))
 
@@ -292,7 +292,7 @@ class Relay:
         rid = self._id(request, "rid")
         queue = await self.service.queue(rid)
         body = await self._body(request, self.config.prekey_upload_bytes)
-        await self.service.authenticate(self._call(request, body), queue.recipient_key)
+        await self.service.guard.authenticate(self._call(request, body), queue.recipient_key)
         self.service.prekeys_allowed(queue)
         req = self._parse(api.PrekeysRequest, body)
         return _json(await self.service.put_prekeys(queue, req))
@@ -304,7 +304,7 @@ class Relay:
 
     async def claim_bundle(self, request: web.Request) -> web.Response:
         svc = self.service
-        svc.limit(svc.client_limit, request.remote, "client")
+        svc.guard.limit(svc.guard.client_limit, request.remote, "client")
         sid = self._id(request, "sid")
         await self._body(request, 0)
         return _json(await svc.claim_bundle(self._call(request), sid))
@@ -408,7 +408,7 @@ def _middleware(relay: Relay, storage: RelayStorage) -> Any:
         started = time.perf_counter()
         try:
             if name not in ungated:
-                svc.auth_gate(request.remote)
+                svc.guard.auth_gate(request.remote)
             response = await handler(request)
         except ApiError as err:
             response = _error_response(err)
@@ -455,7 +455,7 @@ def _gauges(relay: Relay, storage: RelayStorage, tlog: RelayLog | None) -> None:
     m.storage_free.set_function(lambda: getattr(storage, "free_bytes", lambda: None)() or 0)
     m.reclaimed_pages.set_function(lambda: getattr(storage, "reclaimed_pages", 0))
     m.ready.set_function(lambda: 0 if svc.not_ready() else 1)
-    m.read_nonces.set_function(lambda: len(svc.read_nonces))
+    m.read_nonces.set_function(lambda: len(svc.guard.read_nonces))
 
 
 def make_app(

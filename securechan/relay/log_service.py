@@ -25,7 +25,7 @@ class LogService:
     def admit(self, call: Call) -> None:
         """404 without a log; the caller's per-address rate."""
         self._log()
-        self.service.limit(self.service.client_limit, call.remote, "client")
+        self.service.guard.limit(self.service.guard.client_limit, call.remote, "client")
 
     def _log(self) -> RelayLog:
         if self.log is None:

@@ -7,6 +7,8 @@ replies or raises :class:`~securechan.relay.api.ApiError`. It imports no
 HTTP library (``tests/test_layers.py`` checks): :mod:`securechan.relay.app`
 is the aiohttp layer that parses requests into these calls and renders the
 answers, and another front end (or a test) can drive the same service.
+Signatures, nonces and rate limits are checked by its
+:class:`~securechan.relay.guard.Guard` (``service.guard``).
 
 **Store, then log.** A send is answered only when its envelope is committed
 to ``relay.db`` and its leaf to the transparency log (:meth:`RelayService.send`
@@ -23,20 +25,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 from securechan.audit.receipt import Receipt
-from securechan.errors import BadSignature, MalformedInput
 from securechan.primitives import Ed25519SigningKey, random_bytes, sha256
-from securechan.protocol.relay_auth import MAX_SKEW, parse_authorization, verify_request
 from securechan.relay import api
 from securechan.relay.config import AUTO_RESERVE, AUTO_RESERVE_SHARE, WRITE_FAILED_FOR, RelayConfig
 from securechan.relay.connlimit import client_key
 from securechan.relay.fairness import ContactFairness, ShareExceeded
-from securechan.relay.limits import LogSampler, RateLimiter
+from securechan.relay.guard import Call, Guard
+from securechan.relay.limits import LogSampler
 from securechan.relay.metrics import RelayMetrics
 from securechan.relay.storage import (
     ID_SIZE,
@@ -53,19 +52,6 @@ from securechan.relay.tlog import RelayLog
 __all__ = ["Call", "RelayService"]
 
 ApiError = api.ApiError
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Call:
-    """One request as the service sees it: the client's address (for
-    per-address limits), and what its signature covers (method, path with
-    query, ``Authorization`` header, body)."""
-
-    remote: str | None
-    method: str
-    target: str
-    authorization: str | None = None
-    body: bytes = b""
 
 
 def make_quota(config: RelayConfig) -> Quota:
@@ -99,14 +85,7 @@ class RelayService:
         self.key = key
         self.config = config
         self.metrics = metrics
-        self.queue_limit = RateLimiter(rate=config.queue_rate, burst=config.queue_burst)
-        self.client_limit = RateLimiter(rate=config.client_rate, burst=config.client_burst)
-        self.claim_limit = RateLimiter(rate=config.claim_rate, burst=config.claim_burst)
-        self.create_limit = RateLimiter(rate=config.create_rate, burst=config.create_burst)
-        self.fetch_limit = RateLimiter(rate=config.fetch_rate, burst=config.fetch_burst)
-        self.byte_limit = RateLimiter(
-            rate=config.client_byte_rate, burst=max(config.client_byte_burst, config.max_envelope)
-        )
+        self.guard = Guard(storage, config, metrics)
         self.quota = make_quota(config)
         self.contact = ContactFairness(
             max_depth=config.max_depth,
@@ -123,12 +102,6 @@ class RelayService:
         # Fetch answers being read, encoded or written (a budget in bytes:
         # each holds at most fetch_max_bytes of envelopes, plus one envelope).
         self.fetch_slots = asyncio.Semaphore(max(1, config.fetch_concurrency))
-        self.auth_limit = RateLimiter(
-            rate=config.auth_failure_rate, burst=config.auth_failure_burst
-        )
-        self.read_limit = RateLimiter(rate=config.read_rate, burst=config.read_burst)
-        # key + nonce -> expiry, oldest first (expiries are now + a constant).
-        self.read_nonces: OrderedDict[bytes, int] = OrderedDict()
         self.refusals = LogSampler(
             logging.getLogger("securechan.relay"),
             per_interval=config.log_sample,
@@ -140,82 +113,6 @@ class RelayService:
         # Told of every new envelope (the HTTP layer pushes it to WebSockets).
         self.on_stored: Callable[[bytes, api.Message], None] | None = None
 
-    # --- limits and authentication -------------------------------------------------
-
-    def now(self) -> int:
-        return int(self.config.clock())
-
-    def limit(self, limiter: RateLimiter, key: object, what: str, cost: float = 1.0) -> None:
-        """429 ``rate_limited`` when ``limiter`` has no tokens left for ``key``."""
-        wait = limiter.allow(key, self.config.clock(), cost)
-        if wait:
-            self.metrics.rate_limited.labels(what).inc()
-            raise ApiError("rate_limited", f"too many {what} requests", retry_after=wait)
-
-    def auth_gate(self, remote: str | None) -> None:
-        """429 for an address that spent its failed-authentication budget:
-        before any lookup or signature check, so a flood of bad signatures
-        costs the relay next to nothing."""
-        wait = self.auth_limit.blocked(remote, self.config.clock())
-        if wait:
-            self.metrics.rate_limited.labels("auth_failure").inc()
-            message = "too many failed authentications from this address"
-            raise ApiError("rate_limited", message, retry_after=wait)
-
-    def _auth_failed(self, call: Call, reason: str) -> None:
-        """Count a refused authentication and spend the address's budget."""
-        self.metrics.auth_failures.labels(reason).inc()
-        self.auth_limit.allow(call.remote, self.config.clock())
-
-    def verify(self, call: Call, key: bytes) -> tuple[NonceUse, bytes]:
-        """Check the call's signature (401, 403); the nonce the caller must
-        then record, refusing the request if it was recorded before, and
-        SHA-256 of the body (hashed once for the signature, reused by the log)."""
-        try:
-            req = parse_authorization(call.authorization)
-        except MalformedInput as e:
-            self._auth_failed(call, "missing" if call.authorization is None else "malformed")
-            raise ApiError("unauthenticated", str(e)) from None
-        now = self.now()
-        try:
-            digest = verify_request(key, req, call.method, call.target, call.body, now=now)
-        except BadSignature as e:
-            self._auth_failed(call, "stale" if abs(now - req.ts) > MAX_SKEW else "signature")
-            raise ApiError("forbidden", str(e)) from None
-        return NonceUse(key=key, nonce=req.nonce, now=now, expires=now + 2 * MAX_SKEW), digest
-
-    async def authenticate(self, call: Call, key: bytes, *, read: bool = False) -> None:
-        """Check the signature and record the nonce: a ``read`` (a request
-        that changes nothing) in memory, any other in relay.db."""
-        use, _ = self.verify(call, key)
-        if read:
-            fresh = self._use_read_nonce(use)
-        else:
-            fresh = await self.storage.use_nonce(key, use.nonce, now=use.now, expires=use.expires)
-        if not fresh:
-            raise self._replayed(call)
-
-    def _use_read_nonce(self, use: NonceUse) -> bool:
-        """Record a read's nonce in memory until it expires; ``False`` if held.
-        Bounded: past ``max_read_nonces`` the oldest is forgotten."""
-        cache = self.read_nonces
-        while cache:
-            oldest, expires = next(iter(cache.items()))
-            if expires >= use.now:
-                break
-            del cache[oldest]
-        ident = use.key + use.nonce
-        if ident in cache:
-            return False
-        cache[ident] = use.expires
-        if len(cache) > self.config.max_read_nonces:
-            cache.popitem(last=False)
-        return True
-
-    def _replayed(self, call: Call) -> ApiError:
-        self._auth_failed(call, "replayed")
-        return ApiError("replayed", "this request was already made")
-
     async def queue(self, rid: bytes) -> QueueRecord:
         queue = await self.storage.queue_by_rid(rid)
         if queue is None:
@@ -225,7 +122,7 @@ class RelayService:
     async def owned_queue(self, call: Call, rid: bytes, *, read: bool = False) -> QueueRecord:
         """The queue ``rid``, once the call is signed by its recipient key."""
         queue = await self.queue(rid)
-        await self.authenticate(call, queue.recipient_key, read=read)
+        await self.guard.authenticate(call, queue.recipient_key, read=read)
         return queue
 
     # --- health ------------------------------------------------------------------------
@@ -280,21 +177,21 @@ class RelayService:
         if req.contact and req.sender_key is not None:
             raise ApiError("bad_request", "expected recipient_key, sender_key, contact")
         # Proof of possession of the recipient key: the request is signed by it.
-        await self.authenticate(call, req.recipient_key)
+        await self.guard.authenticate(call, req.recipient_key)
         queue = QueueRecord(
             rid=random_bytes(ID_SIZE),
             sid=random_bytes(ID_SIZE),
             recipient_key=req.recipient_key,
             sender_key=req.sender_key,
             contact=req.contact,
-            created=self.now(),
+            created=self.guard.now(),
         )
         await self.storage.create_queue(queue)
         self.metrics.queues_created.inc()
         return api.CreateQueueReply(rid=queue.rid, sid=queue.sid)
 
     async def delete_queue(self, call: Call, queue: QueueRecord) -> api.DeleteReply:
-        await self.authenticate(call, queue.recipient_key)
+        await self.guard.authenticate(call, queue.recipient_key)
         await self.storage.delete_queue(queue.rid)
         self.contact.forget(queue.rid)
         return api.DeleteReply(deleted=True)
@@ -321,7 +218,7 @@ class RelayService:
             raise ApiError("no_queue", "no such queue")
         if queue.contact:
             self._contact_rate(queue.rid, client_key(remote or ""))
-        self.limit(self.queue_limit, queue.rid, "queue")
+        self.guard.limit(self.guard.queue_limit, queue.rid, "queue")
         return queue
 
     def _contact_rate(self, rid: bytes, sender: str) -> None:
@@ -338,7 +235,7 @@ class RelayService:
         body = call.body
         if not body:
             raise ApiError("empty", "an envelope is never empty")
-        wait = self.byte_limit.allow(call.remote, self.config.clock(), len(body))
+        wait = self.guard.byte_limit.allow(call.remote, self.config.clock(), len(body))
         if wait:
             self.metrics.rate_limited.labels("client_bytes").inc()
             raise ApiError(
@@ -349,7 +246,7 @@ class RelayService:
         nonce: NonceUse | None = None
         digest: bytes | None = None
         if queue.sender_key is not None:
-            nonce, digest = self.verify(call, queue.sender_key)
+            nonce, digest = self.guard.verify(call, queue.sender_key)
         tlog = self.log
         # A contact address: each client address has its own share of it
         # (relay/fairness.py), reserved before the store.
@@ -359,19 +256,19 @@ class RelayService:
                 queue.rid,
                 sender,
                 len(body),
-                self.now(),
+                self.guard.now(),
                 self.storage.put_envelope(
                     queue.rid,
                     msg_id,
                     body,
-                    now=self.now(),
+                    now=self.guard.now(),
                     max_depth=self.config.max_depth,
                     nonce=nonce,
                     quota=self.quota,
                 ),
             )
         except NonceReused:
-            raise self._replayed(call) from None
+            raise self.guard.replayed(call) from None
         except ShareExceeded:
             self.metrics.rejected.labels("contact_share").inc()
             raise ApiError(
@@ -409,7 +306,7 @@ class RelayService:
         if not result.duplicate and self.on_stored is not None:
             self.on_stored(
                 queue.rid,
-                api.Message(seq=result.seq, msg_id=msg_id, data=body, received=self.now()),
+                api.Message(seq=result.seq, msg_id=msg_id, data=body, received=self.guard.now()),
             )
         return api.SendReply(seq=result.seq, duplicate=result.duplicate, receipt=receipt)
 
@@ -430,11 +327,11 @@ class RelayService:
 
     async def fetch_admit(self, call: Call, queue: QueueRecord) -> None:
         """A fetch's signature and per-queue rates (before its query is read)."""
-        await self.authenticate(call, queue.recipient_key, read=True)
+        await self.guard.authenticate(call, queue.recipient_key, read=True)
         # Both per-queue limits count only authenticated fetches, so a stranger
         # cannot spend the owner's budget.
-        self.limit(self.read_limit, queue.rid, "read")
-        self.limit(self.fetch_limit, queue.rid, "fetch")
+        self.guard.limit(self.guard.read_limit, queue.rid, "read")
+        self.guard.limit(self.guard.fetch_limit, queue.rid, "fetch")
 
     @asynccontextmanager
     async def fetch(self, rid: bytes, after: int, limit: int) -> AsyncIterator[api.FetchReply]:
@@ -500,15 +397,15 @@ class RelayService:
             raise ApiError("conflict", "prekeys belong on a contact address")
 
     async def prekey_status(self, call: Call, queue: QueueRecord) -> api.PrekeyCount:
-        await self.authenticate(call, queue.recipient_key, read=True)
-        self.limit(self.read_limit, queue.rid, "read")
+        await self.guard.authenticate(call, queue.recipient_key, read=True)
+        self.guard.limit(self.guard.read_limit, queue.rid, "read")
         return api.PrekeyCount(one_time_left=await self.storage.prekey_count(queue.rid))
 
     async def claim_bundle(self, call: Call, sid: bytes) -> api.BundleReply:
         queue = await self.storage.queue_by_sid(sid)
         if queue is None or not queue.contact:
             raise ApiError("no_queue", "no such contact address")
-        self.limit(self.claim_limit, sid, "claim")
+        self.guard.limit(self.guard.claim_limit, sid, "claim")
         claimed = await self.storage.claim_bundle(queue.rid)
         if claimed is None:
             raise ApiError("no_prekeys", "no prekeys were published here")

@@ -47,7 +47,6 @@ import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Final, Self, TypeVar
 
 from securechan.errors import StorageError
@@ -65,6 +64,7 @@ from securechan.relay.storage import (
     QueueRecord,
     Quota,
 )
+from securechan.relay.writer_thread import Closing
 from securechan.sqlite_schema import Schema, connect, prepare_file
 
 __all__ = [
@@ -103,7 +103,8 @@ class SqliteSettings:
 
 SCHEMA: Final = Schema("relay", application_id=0x7363524C, title="a securechan relay database")
 """``securechan/schema/relay/``: the tables (v2.sql), and upgrade-to-v2.sql from
-version 1 (byte quotas). v1.sql stays for the upgrade test."""
+version 1 (byte quotas). Version 1's schema is a test fixture
+(``tests/fixtures/stores/relay/schema-v1.sql``)."""
 SCHEMA_VERSION: Final = SCHEMA.version
 
 
@@ -114,7 +115,7 @@ def _prepare_file(path: Path) -> None:
     prepare_file(path)
 
 
-class SqliteStorage:
+class SqliteStorage(Closing):
     """:class:`~securechan.relay.storage.RelayStorage` on one SQLite file.
 
     Construct with :meth:`open`. Methods raise :class:`StorageClosed` after
@@ -234,12 +235,12 @@ class SqliteStorage:
     @property
     def commits(self) -> int:
         """Write transactions committed so far (each one sync with ``FULL``)."""
-        return self._worker.commits
+        return self._worker.work.commits
 
     @property
     def write_jobs(self) -> int:
         """Write jobs run so far; ``write_jobs / commits`` is the mean batch size."""
-        return self._worker.write_jobs
+        return self._worker.work.write_jobs
 
     async def _write(self, fn: Callable[[Conn], T], *, transaction: bool = True) -> T:
         return await self._worker.write(fn, transaction=transaction)
@@ -381,18 +382,4 @@ class SqliteStorage:
         Later calls of any other method raise :class:`StorageClosed`; calling
         ``close`` again waits for the first close and returns.
         """
-        if self._worker.close_now():
-            await asyncio.to_thread(self._worker.shutdown)
-        else:
-            await asyncio.to_thread(self._worker.wait_shut)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
+        await self._worker.close()

@@ -1,14 +1,16 @@
-"""One writer thread and a pool of reader threads over one SQLite file.
+"""The writer thread and reader pool of relay.db.
 
 The plumbing of :class:`~securechan.relay.sqlite_store.SqliteStorage`,
 apart from what the relay stores: each write is a job (a function of the
-write connection) put on a queue; the writer thread takes a batch
-(:func:`~securechan.relay.batching.take_batch`) and runs it in ONE
-``BEGIN IMMEDIATE`` ... ``COMMIT``, each job inside its own ``SAVEPOINT`` (a
-job that raises is rolled back alone), and resolves the callers' futures
-only after ``COMMIT`` returned: with ``synchronous=FULL`` that commit synced
-the WAL, so a caller that sees success has its write on stable storage. If
-``BEGIN`` or ``COMMIT`` fails, every job of the batch fails with
+write connection) put on the queue of a
+:class:`~securechan.relay.writer_thread.WriterThread` (the writer thread the
+transparency log uses too); the thread takes a batch
+(:func:`~securechan.relay.batching.take_batch`) and :class:`_Transactions`
+runs it in ONE ``BEGIN IMMEDIATE`` ... ``COMMIT``, each job inside its own
+``SAVEPOINT`` (a job that raises is rolled back alone); the callers' futures
+are resolved only after ``COMMIT`` returned: with ``synchronous=FULL`` that
+commit synced the WAL, so a caller that sees success has its write on stable
+storage. If ``BEGIN`` or ``COMMIT`` fails, every job of the batch fails with
 :class:`~securechan.errors.StorageError` (nothing of it was stored). One
 event-loop wake-up per batch, not per job. Reads run on their own threads,
 one read-only connection each.
@@ -20,58 +22,25 @@ import asyncio
 import contextlib
 import queue
 import sqlite3
-import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, Final, Protocol, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
 from securechan.errors import StorageError
-from securechan.relay.batching import take_batch
-from securechan.relay.storage import StorageClosed
+from securechan.relay.writer_thread import (
+    MAX_BATCH,
+    Job,
+    Outcome,
+    WriterThread,
+    sqlite_words,
+    storage_error,
+)
 
 __all__ = ["MAX_BATCH", "SqliteWorker", "sqlite_words", "storage_error"]
 
 T = TypeVar("T")
 Conn = sqlite3.Connection
-
-MAX_BATCH: Final = 256
-"""Most write jobs sharing one transaction (and one sync)."""
-
-
-def sqlite_words(exc: sqlite3.Error) -> str:
-    """SQLite's own words for a failure ("database or disk is full
-    (SQLITE_FULL)", "database is locked (SQLITE_BUSY)"): names no data."""
-    name = getattr(exc, "sqlite_errorname", None)
-    # Without an SQLite error name the text is Python's, which may quote data.
-    return f"{exc} ({name})" if name else type(exc).__name__
-
-
-def storage_error(exc: BaseException) -> BaseException:
-    """What a caller sees for ``exc``: SQLite's errors become one StorageError."""
-    if isinstance(exc, sqlite3.Error):
-        err = StorageError(f"the relay database failed: {sqlite_words(exc)}")
-        err.__cause__ = exc
-        return err
-    return exc
-
-
-@dataclass(slots=True)
-class _Job:
-    fn: Callable[[Conn], Any]
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[Any]
-    transaction: bool
-
-
-def _settle(outcomes: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
-    for future, ok, value in outcomes:
-        if future.done():  # the caller was cancelled
-            continue
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
+_Write = tuple[Callable[[Conn], Any], bool]  # the job's function, and whether transactional
 
 
 class Maintenance(Protocol):
@@ -93,119 +62,54 @@ class Maintenance(Protocol):
         """The writer stops (the connection is closed next)."""
 
 
-class SqliteWorker:
-    """The writer thread (owning ``writer``) and the reader pool (``readers``).
+class _Transactions:
+    """relay.db's :class:`~securechan.relay.writer_thread.Work`: a batch in
+    one transaction of savepoints, the store's upkeep between batches."""
 
-    :meth:`write` and :meth:`read` raise :class:`StorageClosed` after
-    :meth:`close`; a job whose caller was cancelled still runs.
-    """
-
-    commits: int
-    """Write transactions committed so far (each one sync with ``FULL``)."""
-    write_jobs: int
-    """Write jobs run so far; ``write_jobs / commits`` is the mean batch size."""
-
-    def __init__(
-        self, writer: Conn, readers: list[Conn], upkeep: Maintenance, *, name: str
-    ) -> None:
+    def __init__(self, conn: Conn, upkeep: Maintenance) -> None:
         self.commits = 0
         self.write_jobs = 0
-        self._conn = writer
+        self._conn = conn
         self._upkeep = upkeep
-        self._lock = threading.Lock()
-        self._closed = False
-        self._shut = threading.Event()
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._readers: queue.SimpleQueue[Conn] = queue.SimpleQueue()
-        self._all_readers = list(readers)
-        for conn in readers:
-            self._readers.put(conn)
-        self._read_pool = ThreadPoolExecutor(len(readers), thread_name_prefix=f"{name}-read")
-        self._writer = threading.Thread(target=self._writer_main, name=f"{name}-write")
-        # A daemon: a relay that exits without close() loses nothing already
-        # acknowledged (that was committed), and must not hang on exit.
-        self._writer.daemon = True
-        self._writer.start()
 
-    def idle(self) -> bool:
-        """No write job is waiting (writer thread: upkeep yields to writes)."""
-        return self._jobs.empty()
+    def idle_wait(self) -> float | None:
+        return self._upkeep.idle_wait()
 
-    async def write(self, fn: Callable[[Conn], T], *, transaction: bool = True) -> T:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        with self._lock:  # no job may enter the queue behind close()'s stop mark
-            if self._closed:
-                raise StorageClosed("the relay storage is closed")
-            self._jobs.put(_Job(fn, loop, future, transaction))
-        return cast(T, await future)
+    def idle(self) -> None:
+        self._upkeep.idle(self._conn)
 
-    async def read(self, fn: Callable[[Conn], T]) -> T:
-        with self._lock:
-            if self._closed:
-                raise StorageClosed("the relay storage is closed")
-            done = self._read_pool.submit(self._run_read, fn)
-        return await asyncio.wrap_future(done)
+    def after_batch(self) -> None:
+        self._upkeep.after_batch(self._conn)
 
-    def _run_read(self, fn: Callable[[Conn], T]) -> T:
-        conn = self._readers.get()  # as many connections as threads: never waits
-        try:
-            return fn(conn)
-        except sqlite3.Error as e:
-            raise storage_error(e) from None
-        finally:
-            self._readers.put(conn)
+    def at_exit(self) -> None:
+        self._upkeep.at_exit(self._conn)
 
-    def _writer_main(self) -> None:
+    def close(self) -> None:
+        self._conn.close()
+
+    def run(self, batch: list[Job[_Write]]) -> list[Outcome[_Write]]:
         conn = self._conn
-        upkeep = self._upkeep
-        try:
-            while True:
-                try:
-                    job = self._jobs.get(timeout=upkeep.idle_wait())
-                except queue.Empty:
-                    upkeep.idle(conn)
-                    continue
-                if job is None:
-                    break
-                batch, stop = take_batch(self._jobs, job, MAX_BATCH)
-                self._run_batch(conn, batch)
-                upkeep.after_batch(conn)
-                if stop:
-                    break
-            upkeep.at_exit(conn)
-        finally:
-            conn.close()
-
-    def _run_batch(self, conn: Conn, batch: list[_Job]) -> None:
-        outcomes: list[tuple[_Job, bool, Any]] = []
-        transactional = [job for job in batch if job.transaction]
+        outcomes: list[Outcome[_Write]] = []
+        transactional = [job for job in batch if job.work[1]]
         if transactional:
             outcomes += self._commit(conn, transactional)
         for job in batch:
-            if not job.transaction:
+            if not job.work[1]:
                 try:
-                    outcomes.append((job, True, job.fn(conn)))
+                    outcomes.append((job, True, job.work[0](conn)))
                 except Exception as e:
                     outcomes.append((job, False, storage_error(e)))
-        # One wake-up per event loop and batch, not one per job.
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]]
-        by_loop = {}
-        for job, ok, value in outcomes:
-            by_loop.setdefault(job.loop, []).append((job.future, ok, value))
-        for loop, settled in by_loop.items():
-            with contextlib.suppress(RuntimeError):  # the caller's loop is gone
-                loop.call_soon_threadsafe(_settle, settled)
+        return outcomes
 
-    def _commit(self, conn: Conn, jobs: list[_Job]) -> list[tuple[_Job, bool, Any]]:
+    def _commit(self, conn: Conn, jobs: list[Job[_Write]]) -> list[Outcome[_Write]]:
         """Run ``jobs`` in one transaction, each in a savepoint; one sync at the end."""
-        done: list[tuple[_Job, bool, Any]] = []
+        done: list[Outcome[_Write]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             for job in jobs:
                 conn.execute("SAVEPOINT job")
                 try:
-                    value = job.fn(conn)
+                    value = job.work[0](conn)
                 except Exception as e:
                     if not conn.in_transaction:  # SQLite rolled everything back
                         done.append((job, False, storage_error(e)))
@@ -236,25 +140,55 @@ class SqliteWorker:
             self._upkeep.after_commit(conn)
         return done
 
-    def close_now(self) -> bool:
-        """Mark closed; ``True`` for the first call (which must then :meth:`shutdown`)."""
-        with self._lock:
-            first = not self._closed
-            self._closed = True
-        return first
 
-    def shutdown(self) -> None:
-        """Finish the writes already submitted and stop (blocking)."""
+class SqliteWorker:
+    """The writer thread (owning ``writer``) and the reader pool (``readers``).
+
+    :meth:`write` and :meth:`read` raise
+    :class:`~securechan.relay.storage.StorageClosed` after :meth:`close`; a
+    job whose caller was cancelled still runs.
+    """
+
+    def __init__(
+        self, writer: Conn, readers: list[Conn], upkeep: Maintenance, *, name: str
+    ) -> None:
+        self.work = _Transactions(writer, upkeep)
+        """Its counters: ``commits`` (each one sync with ``FULL``), ``write_jobs``."""
+        self._readers: queue.SimpleQueue[Conn] = queue.SimpleQueue()
+        self._all_readers = list(readers)
+        for conn in readers:
+            self._readers.put(conn)
+        self._read_pool = ThreadPoolExecutor(len(readers), thread_name_prefix=f"{name}-read")
+        self._writer: WriterThread[_Write] = WriterThread(
+            lambda: self.work, name=f"{name}-write", what="the relay storage"
+        )
+
+    def idle(self) -> bool:
+        """No write job is waiting (writer thread: upkeep yields to writes)."""
+        return self._writer.idle()
+
+    async def write(self, fn: Callable[[Conn], T], *, transaction: bool = True) -> T:
+        return cast(T, await self._writer.submit((fn, transaction)))
+
+    async def read(self, fn: Callable[[Conn], T]) -> T:
+        with self._writer.gate():
+            done = self._read_pool.submit(self._run_read, fn)
+        return await asyncio.wrap_future(done)
+
+    def _run_read(self, fn: Callable[[Conn], T]) -> T:
+        conn = self._readers.get()  # as many connections as threads: never waits
         try:
-            # Readers first, so that the writer's last checkpoint is not kept
-            # busy and closing the last connection removes the WAL file.
-            self._read_pool.shutdown(wait=True)
-            for conn in self._all_readers:
-                conn.close()
-            self._jobs.put(None)
-            self._writer.join()
+            return fn(conn)
+        except sqlite3.Error as e:
+            raise storage_error(e) from None
         finally:
-            self._shut.set()
+            self._readers.put(conn)
 
-    def wait_shut(self) -> None:
-        self._shut.wait()
+    async def close(self) -> None:
+        """Finish the writes already submitted and stop; a second call waits."""
+        await self._writer.close(self._close_readers)
+
+    def _close_readers(self) -> None:
+        self._read_pool.shutdown(wait=True)
+        for conn in self._all_readers:
+            conn.close()

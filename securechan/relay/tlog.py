@@ -47,13 +47,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import queue
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Final, Self, TypeVar, cast
 
 from securechan.audit import merkle
@@ -70,7 +67,7 @@ from securechan.primitives import Ed25519SigningKey, constant_time_equal, sha256
 from securechan.relay.storage import RelayStorage, StorageClosed
 from securechan.relay.tlog_reader import LogReader as _Reader
 from securechan.relay.tlog_reader import ReadThread
-from securechan.relay.tlog_schema import SCHEMA
+from securechan.relay.tlog_schema import SCHEMA, synced_transaction
 from securechan.relay.tlog_witness import (
     DEFAULT_COSIGN_WINDOW,
     Cosig,
@@ -79,8 +76,9 @@ from securechan.relay.tlog_witness import (
     Witnesses,
     parse_witness_keys,
 )
-from securechan.relay.tlog_writer import MAX_BATCH, Appender, Job
+from securechan.relay.tlog_writer import LINGER, WHAT, Appender, Task
 from securechan.relay.tlog_writer import storage_error as _storage_error
+from securechan.relay.writer_thread import MAX_BATCH, Closing, WriterThread
 from securechan.sqlite_schema import connect, prepare_file
 
 __all__ = [
@@ -120,7 +118,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
     SCHEMA.apply(conn, Path("tlog.db"))
 
 
-class RelayLog:
+class RelayLog(Closing):
     """The relay's transparency log in one SQLite file (``DATA/tlog.db``).
 
     Construct with :meth:`open`; finish with :meth:`close`. Methods raise
@@ -156,10 +154,6 @@ class RelayLog:
         self._synchronous = synchronous
         self._clock = clock
         self._appender = Appender(self._witness, self._make_head, clock)
-        self._lock = threading.Lock()
-        self._closed = False
-        self._shut = threading.Event()
-        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         # The newest head's note with its cosignatures, composed once (event loop).
         self._note: tuple[Head, dict[str, Cosig], str] | None = None
         self._watermark: int | None = None
@@ -170,16 +164,9 @@ class RelayLog:
             prepare_file(self.path)
         except OSError as e:
             raise StorageError(f"cannot create {self.path}: {e.strerror}") from None
-        ready = threading.Event()
-        failure: list[BaseException] = []
-        self._writer = threading.Thread(
-            target=self._writer_main, args=(ready, failure), name="relay-log-write", daemon=True
+        self._writer: WriterThread[Task] = WriterThread(
+            self._start_writer, name="relay-log-write", what=WHAT, linger=LINGER
         )
-        self._writer.start()
-        ready.wait()
-        if failure:
-            self._writer.join()
-            raise failure[0]
         self._reads = ReadThread(self.path, _connect_index)
 
     @classmethod
@@ -357,19 +344,15 @@ class RelayLog:
         return Receipt(leaf_index=index, checkpoint=self._head_note(head), inclusion_proof=proof)
 
     async def _submit(self, kind: str, arg: Any, leaf: bytes | None = None) -> Any:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        with self._lock:  # no job may enter the queue behind close()'s stop mark
-            if self._closed:
-                self._appender.lost = self._appender.lost or kind == "append"
-                raise StorageClosed("the transparency log is closed")
-            self._jobs.put(Job(kind, arg, loop, future, leaf))
-        return await future
+        try:
+            return await self._writer.submit(Task(kind, arg, leaf))
+        except StorageClosed:
+            # Not queued: an envelope stored but not logged; the next start repairs.
+            self._appender.lost = self._appender.lost or kind == "append"
+            raise
 
     async def _read(self, fn: Callable[[_Reader], T]) -> T:
-        with self._lock:
-            if self._closed:
-                raise StorageClosed("the transparency log is closed")
+        with self._writer.gate():
             done = self._reads.submit(fn)
         return await asyncio.wrap_future(done)
 
@@ -400,13 +383,9 @@ class RelayLog:
 
     # --- the writer thread -------------------------------------------------------------
 
-    def _writer_main(self, ready: threading.Event, failure: list[BaseException]) -> None:
-        try:
-            tree = TreeStore(self.path, synchronous=self._synchronous, schema=SCHEMA)
-        except BaseException as e:
-            failure.append(e)
-            ready.set()
-            return
+    def _start_writer(self) -> Appender:
+        """On the writer thread: its tree and index connection, checked."""
+        tree = TreeStore(self.path, synchronous=self._synchronous, schema=SCHEMA)
         index: sqlite3.Connection | None = None
         try:
             index = _connect_index(self.path, writer=True)
@@ -415,25 +394,15 @@ class RelayLog:
             if index is not None:
                 index.close()
             tree.close()
-            failure.append(_storage_error(e))
-            ready.set()
-            return
-        ready.set()
-        try:
-            self._appender.serve(self._jobs, tree, index)
-        finally:
-            index.close()
-            tree.close()
-            self._shut.set()
+            raise _storage_error(e)  # noqa: B904 (its cause is e already)
+        return self._appender.attach(tree, index)
 
     def _open_index(self, tree: TreeStore, index: sqlite3.Connection) -> None:
         _migrate(index)
         key_text = self.verifier.to_text()
         size = tree.size
         # Synced: the clean-stop mark's removal must outlive a power loss.
-        index.execute("PRAGMA synchronous = FULL")
-        index.execute("BEGIN IMMEDIATE")
-        try:
+        with synced_transaction(index):
             row = index.execute(
                 "SELECT origin, log_key, last_append FROM relay_log_meta WHERE id = 0"
             ).fetchone()
@@ -471,13 +440,6 @@ class RelayLog:
                 index.executemany(
                     "INSERT OR IGNORE INTO relay_log_leaves (leaf, idx) VALUES (?, ?)", rows
                 )
-            index.execute("COMMIT")
-        except BaseException:
-            if index.in_transaction:
-                index.execute("ROLLBACK")
-            raise
-        finally:
-            index.execute("PRAGMA synchronous = NORMAL")
         self._head = self._make_head(size, tree.root(size))
         self._cosigs = self._load_cosignatures(tree, index, size)
 
@@ -491,26 +453,4 @@ class RelayLog:
 
     async def close(self) -> None:
         """Finish the jobs already submitted and close; a second call waits."""
-        with self._lock:
-            first = not self._closed
-            self._closed = True
-        if first:
-            await asyncio.to_thread(self._shutdown)
-        else:
-            await asyncio.to_thread(self._shut.wait)
-
-    def _shutdown(self) -> None:
-        self._reads.close()
-        self._jobs.put(None)
-        self._writer.join()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
+        await self._writer.close(self._reads.close)

@@ -6,13 +6,15 @@ thread (:mod:`securechan.relay.tlog_reader`)."""
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Final
 
 from securechan.audit.tree import legacy_version
 from securechan.errors import StorageError
 from securechan.sqlite_schema import Schema
 
-__all__ = ["SCHEMA"]
+__all__ = ["SCHEMA", "synced_transaction"]
 
 
 def _legacy_version(db: sqlite3.Connection) -> int:
@@ -33,3 +35,22 @@ SCHEMA: Final = Schema(
     legacy=_legacy_version,
 )
 """``securechan/schema/relay_log/``: the tree's tables and the relay's."""
+
+
+@contextmanager
+def synced_transaction(index: sqlite3.Connection) -> Iterator[None]:
+    """One ``BEGIN IMMEDIATE`` ... ``COMMIT`` of the (otherwise NORMAL) index
+    connection, synced with ``synchronous=FULL``: durable before the caller
+    goes on. Rolled back if the block raises; NORMAL again after."""
+    index.execute("PRAGMA synchronous = FULL")
+    try:
+        index.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            index.execute("COMMIT")
+        except BaseException:
+            if index.in_transaction:
+                index.execute("ROLLBACK")
+            raise
+    finally:
+        index.execute("PRAGMA synchronous = NORMAL")

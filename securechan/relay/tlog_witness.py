@@ -28,6 +28,7 @@ from securechan.audit.note import (
 )
 from securechan.audit.tree import TreeStore
 from securechan.errors import BadSignature, MalformedInput, Reason, VerificationFailed
+from securechan.relay.tlog_schema import synced_transaction
 
 __all__ = [
     "DEFAULT_COSIGN_WINDOW",
@@ -216,24 +217,14 @@ class Witnesses:
         if rows:
             # Durable before the answer, like a witness's own state: FULL for
             # this one commit on the (otherwise NORMAL) index connection.
-            index.execute("PRAGMA synchronous = FULL")
-            try:
-                index.execute("BEGIN IMMEDIATE")
-                try:
-                    index.executemany(
-                        "INSERT INTO relay_log_cosignatures (witness, size, timestamp, line)"
-                        " VALUES (?, ?, ?, ?) ON CONFLICT (witness) DO UPDATE SET"
-                        " size = excluded.size, timestamp = excluded.timestamp,"
-                        " line = excluded.line",
-                        rows,
-                    )
-                    index.execute("COMMIT")
-                except BaseException:
-                    if index.in_transaction:
-                        index.execute("ROLLBACK")
-                    raise
-            finally:
-                index.execute("PRAGMA synchronous = NORMAL")
+            with synced_transaction(index):
+                index.executemany(
+                    "INSERT INTO relay_log_cosignatures (witness, size, timestamp, line)"
+                    " VALUES (?, ?, ?, ?) ON CONFLICT (witness) DO UPDATE SET"
+                    " size = excluded.size, timestamp = excluded.timestamp,"
+                    " line = excluded.line",
+                    rows,
+                )
             self.cosigs = updated
         relay_sig = head.signature if cp.size == head.size else self._signer.sign(note.text)
         return self.compose(note.text, cp.size, relay_sig)

@@ -1,7 +1,9 @@
 """The writer thread's work for the relay's transparency log.
 
-:class:`Appender` serves the log's job queue on its writer thread: appends
-are group-committed (every job waiting, up to :data:`MAX_BATCH`: the new
+:class:`Appender` is the :class:`~securechan.relay.writer_thread.Work` of
+the log's :class:`~securechan.relay.writer_thread.WriterThread` (the writer
+thread relay.db uses too): appends are group-committed (every job waiting,
+up to :data:`~securechan.relay.writer_thread.MAX_BATCH`: the new
 leaves, their index rows and the append time in ONE transaction of the
 tree's connection, one checkpoint signed, every caller's inclusion proof
 computed against it in one pass, and only then the callers' futures
@@ -13,9 +15,6 @@ on the event loop; its module docstring states the guarantees.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import queue
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,60 +23,30 @@ from typing import Any, Final
 from securechan.audit.receipt import envelope_leaf_hash
 from securechan.audit.tree import TreeStore
 from securechan.errors import StorageError
-from securechan.relay.batching import take_batch
 from securechan.relay.tlog_proofs import inclusion_proofs, lookup_many
 from securechan.relay.tlog_witness import Head, Witnesses
+from securechan.relay.writer_thread import Job, Outcome
+from securechan.relay.writer_thread import storage_error as _storage_error
 
-__all__ = ["MAX_BATCH", "Appender", "Job", "settle", "storage_error"]
+__all__ = ["LINGER", "WHAT", "Appender", "Task", "storage_error"]
 
-MAX_BATCH: Final = 256
-"""Most appends sharing one commit (and one checkpoint)."""
+WHAT: Final = "the transparency log"
+LINGER: Final = 0.0
+"""No linger: appends come in bursts already (the sends of one relay.db
+batch resume together), and a wait here would only add to every send's
+latency."""
 
 
-@dataclass(slots=True)
-class Job:
+@dataclass(slots=True, frozen=True)
+class Task:
     kind: str  # "append" (arg: the envelope), "cosign" (arg: the posted note) or "clean"
     arg: Any
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[Any]
     # An append's leaf hash when the caller had SHA-256(envelope) already.
     leaf: bytes | None = None
 
 
-def _settle(outcomes: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
-    for future, ok, value in outcomes:
-        if future.done():  # the caller was cancelled
-            continue
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
-
-
-def sqlite_words(exc: sqlite3.Error) -> str:
-    """SQLite's own words for a failure ("database or disk is full
-    (SQLITE_FULL)", "database is locked (SQLITE_BUSY)"): names no data."""
-    name = getattr(exc, "sqlite_errorname", None)
-    # Without an SQLite error name the text is Python's, which may quote data.
-    return f"{exc} ({name})" if name else type(exc).__name__
-
-
 def storage_error(exc: BaseException) -> BaseException:
-    if isinstance(exc, sqlite3.Error):
-        err = StorageError(f"the transparency log database failed: {sqlite_words(exc)}")
-        err.__cause__ = exc
-        return err
-    return exc
-
-
-def settle(outcomes: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
-    for future, ok, value in outcomes:
-        if future.done():  # the caller was cancelled
-            continue
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
+    return _storage_error(exc, f"{WHAT} database")
 
 
 class Appender:
@@ -99,52 +68,58 @@ class Appender:
         self._make_head = make_head
         self._clock = clock
 
-    def serve(
-        self, jobs: queue.SimpleQueue[Job | None], tree: TreeStore, index: sqlite3.Connection
-    ) -> None:
-        while True:
-            job = jobs.get()
-            if job is None:
-                return
-            # No linger: appends come in bursts already (the sends of one
-            # relay.db batch resume together), and a wait here would only
-            # add to every send's latency.
-            batch, stop = take_batch(jobs, job, MAX_BATCH, linger=0)
-            outcomes: list[tuple[Job, bool, Any]] = []
-            appends = [j for j in batch if j.kind == "append"]
-            if appends:
-                outcomes += self._append_batch(tree, appends)
-                self.lost = self.lost or not all(ok for _, ok, _ in outcomes)
-            for j in batch:
-                if j.kind == "clean":
-                    try:
-                        outcomes.append((j, True, self._mark_clean(index)))
-                    except Exception as e:
-                        outcomes.append((j, False, storage_error(e)))
-                if j.kind == "cosign":
-                    try:
-                        outcomes.append(
-                            (j, True, self._witness.cosign(tree, index, j.arg, self.head))
-                        )
-                    except Exception as e:
-                        outcomes.append((j, False, storage_error(e)))
-            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]]
-            by_loop = {}
-            for j, ok, value in outcomes:
-                by_loop.setdefault(j.loop, []).append((j.future, ok, value))
-            for loop, settled in by_loop.items():
-                with contextlib.suppress(RuntimeError):  # the caller's loop is gone
-                    loop.call_soon_threadsafe(settle, settled)
-            if stop:
-                return
+    def attach(self, tree: TreeStore, index: sqlite3.Connection) -> Appender:
+        """Take the writer thread's opened tree and index connection."""
+        self._tree = tree
+        self._index = index
+        return self
 
-    def _append_batch(self, tree: TreeStore, jobs: list[Job]) -> list[tuple[Job, bool, Any]]:
+    # --- writer_thread.Work ---------------------------------------------------------
+
+    def idle_wait(self) -> float | None:
+        return None
+
+    def idle(self) -> None:
+        pass
+
+    def after_batch(self) -> None:
+        pass
+
+    def at_exit(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self._index.close()
+        self._tree.close()
+
+    def run(self, batch: list[Job[Task]]) -> list[Outcome[Task]]:
+        tree, index = self._tree, self._index
+        outcomes: list[Outcome[Task]] = []
+        appends = [j for j in batch if j.work.kind == "append"]
+        if appends:
+            outcomes += self._append_batch(tree, appends)
+            self.lost = self.lost or not all(ok for _, ok, _ in outcomes)
+        for j in batch:
+            if j.work.kind == "clean":
+                try:
+                    outcomes.append((j, True, self._mark_clean(index)))
+                except Exception as e:
+                    outcomes.append((j, False, storage_error(e)))
+            if j.work.kind == "cosign":
+                try:
+                    cosigned = self._witness.cosign(tree, index, j.work.arg, self.head)
+                    outcomes.append((j, True, cosigned))
+                except Exception as e:
+                    outcomes.append((j, False, storage_error(e)))
+        return outcomes
+
+    def _append_batch(self, tree: TreeStore, jobs: list[Job[Task]]) -> list[Outcome[Task]]:
         start = self.head.size
         placed: dict[bytes, tuple[int, bool]] = {}
         new: list[bytes] = []
         try:
             # Jobs carry envelopes, and the leaf hash when the caller had the digest.
-            leaves = [job.leaf or envelope_leaf_hash(job.arg) for job in jobs]
+            leaves = [job.work.leaf or envelope_leaf_hash(job.work.arg) for job in jobs]
             # Through the tree's connection, which writes the index rows too:
             # its page cache stays warm (a second connection's cache would be
             # dropped after every commit of the tree's).
@@ -166,7 +141,7 @@ class Appender:
         except Exception as e:
             err = storage_error(e)
             return [(job, False, err) for job in jobs]
-        out: list[tuple[Job, bool, Any]] = []
+        out: list[Outcome[Task]] = []
         for job, leaf in zip(jobs, leaves, strict=True):
             idx, created = placed[leaf]
             # Only the first job of a new leaf reports it as created.

@@ -1,7 +1,11 @@
--- from-version: 1
--- Versions 1 to 6 were made by one idempotent script (every statement IF NOT
--- EXISTS), and two branches both called their schema 6; running the whole
--- script again brings any of them to the tables of version 7.
+-- from-version: 0
+-- The client's database (client.db), schema version 7, for a new file and for
+-- every older one. Owner: securechan/client/db.py. Sealed values are
+-- encrypted by the caller (ClientDB.seal); the clear columns hold random ids,
+-- counters and times. Versions 1 to 6 were made by one idempotent script
+-- (every statement IF NOT EXISTS), and two branches both called their schema
+-- 6; running the whole script again brings any of them to the tables of
+-- version 7, and makes them in a new file: one script, no separate v7.sql.
 
 CREATE TABLE IF NOT EXISTS state (
     name TEXT PRIMARY KEY,

@@ -1,16 +1,9 @@
 -- The relay's transparency log (tlog.db), schema version 2: a new file.
--- Owner: securechan/relay/tlog.py; the tree tables are securechan/audit/tree.py's
--- (the same as schema/tree/v2.sql; a test compares them).
--- schema_version and relay_log_schema are where version 1 kept its versions;
--- they stay, holding 2, so older relays refuse this file instead of misreading it.
-CREATE TABLE schema_version (version INTEGER NOT NULL);
-INSERT INTO schema_version (version) VALUES (2);
-CREATE TABLE tree_size (
-    id INTEGER PRIMARY KEY CHECK (id = 0),
-    size INTEGER NOT NULL CHECK (size >= 0)
-);
-CREATE TABLE nodes (pos INTEGER PRIMARY KEY, hash BLOB NOT NULL CHECK (length(hash) = 32));
-INSERT INTO tree_size (id, size) VALUES (0, 0);
+-- Owner: securechan/relay/tlog.py; the tree tables are securechan/audit/tree.py's,
+-- included whole from schema/tree/v2.sql (with its schema_version fence).
+-- relay_log_schema is where version 1 kept the relay tables' version; it stays,
+-- holding 2, so older relays refuse this file instead of misreading it.
+-- include: tree/v2.sql
 
 CREATE TABLE relay_log_schema (version INTEGER NOT NULL);
 INSERT INTO relay_log_schema (version) VALUES (2);
