@@ -87,6 +87,18 @@ class Step:
         }
 
 
+def _refused_once(step_id: str, title: str, got: list[Received], bad: list[Rejected]) -> Step:
+    """An attack step that holds when nothing was shown and one envelope was
+    refused; the reason it was refused as is in the details."""
+    return Step(
+        id=step_id,
+        title=title,
+        ok=not got and len(bad) == 1,
+        attack=True,
+        details={"refused as": bad[0].reason if bad else "NOT REFUSED"},
+    )
+
+
 class _Relay:
     """A ``securechan relay serve`` child process."""
 
@@ -440,22 +452,20 @@ class _Scenario:
         front.tamper(_is_message, flip)
         await t.send_text("washington", "Tehran: point 2, the monitors.")
         got, bad = await self._receive("washington")
-        yield Step(
-            id="attack-tamper",
-            title="muscat flips one bit of an envelope in transit: refused, nothing shown",
-            ok=not got and len(bad) == 1,
-            attack=True,
-            details={"refused as": bad[0].reason if bad else "NOT REFUSED"},
+        yield _refused_once(
+            "attack-tamper",
+            "muscat flips one bit of an envelope in transit: refused, nothing shown",
+            got,
+            bad,
         )
         # Replay: the same envelope again, under a new message id.
         front.inject(original.data, queue=original.rid)
         got, bad = await self._receive("washington")
-        yield Step(
-            id="attack-replay",
-            title="muscat replays an old envelope: refused as a replay, shown once only",
-            ok=not got and len(bad) == 1,
-            attack=True,
-            details={"refused as": bad[0].reason if bad else "NOT REFUSED"},
+        yield _refused_once(
+            "attack-replay",
+            "muscat replays an old envelope: refused as a replay, shown once only",
+            got,
+            bad,
         )
         # Drop: the next message never reaches washington.
         front.drop(lambda e: _is_message(e))
