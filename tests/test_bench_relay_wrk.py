@@ -59,5 +59,6 @@ def test_quick_run_measures_both_targets() -> None:
     # Every pre-signed request was accepted: no replay, no stale signature.
     assert relay["errors"] == 0 and not relay["pool_exhausted"]
     assert data["durability"]["ok"]
-    assert data["durability"]["stored"] == data["durability"]["answered_201"] > 0
+    # Every 201 is stored; a few more may be (sent as wrk stopped, never answered).
+    assert 0 < data["durability"]["answered_201"] <= data["durability"]["stored"]
     assert 0 < data["verdict"]["ratio"] < 2
