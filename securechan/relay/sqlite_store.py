@@ -1,9 +1,9 @@
 """The relay's embedded storage: SQLite in WAL mode, ``synchronous=FULL``, group commit.
 
-Open with ``storage = await SqliteStorage.open(path)`` (an async class method:
-it creates the folder with mode 0700 and the file with mode 0600, then runs the
-schema migrations in a worker thread) and finish with ``await storage.close()``
-(or use it as ``async with``).
+Open with ``storage = await open_in_thread(SqliteStorage, path)`` (the
+constructor, run in a worker thread: it creates the folder with mode 0700
+and the file with mode 0600, then runs the schema migrations) and finish
+with ``await storage.close()`` (or use it as ``async with``).
 
 **Layout.** :class:`SqliteStorage` opens the file and runs the schema
 migrations; the queues (and their cache in memory) are
@@ -39,7 +39,6 @@ number (all or nothing), and a file from a newer version is refused.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import queue
@@ -47,7 +46,7 @@ import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Self, TypeVar
+from typing import Any, Final, TypeVar
 
 from securechan.errors import StorageError
 from securechan.relay.sqlite_checks import Nonces
@@ -118,9 +117,10 @@ def _prepare_file(path: Path) -> None:
 class SqliteStorage(Closing):
     """:class:`~securechan.relay.storage.RelayStorage` on one SQLite file.
 
-    Construct with :meth:`open`. Methods raise :class:`StorageClosed` after
-    :meth:`close`, :class:`~securechan.errors.StorageError` when SQLite fails,
-    and ``TypeError``/``ValueError`` on misuse: wrong sizes, out-of-range
+    Open with :func:`~securechan.relay.writer_thread.open_in_thread`.
+    Methods raise :class:`StorageClosed` after :meth:`close`,
+    :class:`~securechan.errors.StorageError` when SQLite fails, and
+    ``TypeError``/``ValueError`` on misuse: wrong sizes, out-of-range
     integers, a write to a queue that does not exist, a duplicate queue id.
     """
 
@@ -133,7 +133,15 @@ class SqliteStorage(Closing):
         busy_timeout: float = 5.0,
         idle_checkpoint: float = 1.0,
     ) -> None:
-        """Blocking: prefer ``await SqliteStorage.open(...)`` from async code."""
+        """Open (creating if needed) the database at ``path`` and migrate it.
+
+        Blocking: from async code, ``await open_in_thread(SqliteStorage, path,
+        ...)`` (:func:`~securechan.relay.writer_thread.open_in_thread`).
+        ``synchronous`` below ``FULL`` breaks the durability contract (a
+        power loss may lose acknowledged envelopes); it exists for benchmarks.
+        Raises :class:`~securechan.errors.StorageError` if the file cannot be
+        created, is not a database, or has a newer schema.
+        """
         sync = synchronous.upper() if isinstance(synchronous, str) else ""
         if sync not in _SYNC_MODES:
             raise ValueError(f"synchronous must be one of {', '.join(_SYNC_MODES)}")
@@ -173,32 +181,6 @@ class SqliteStorage(Closing):
         self._envelopes = EnvelopeTable(self._worker, self._space, self._nonces)
         self._prekeys = PrekeyTable(self._worker, self._space)
         self._queues = QueueTable(self._worker, self._space)
-
-    @classmethod
-    async def open(
-        cls,
-        path: str | os.PathLike[str],
-        *,
-        synchronous: str = "FULL",
-        readers: int = 2,
-        busy_timeout: float = 5.0,
-        idle_checkpoint: float = 1.0,
-    ) -> Self:
-        """Open (creating if needed) the database at ``path`` and migrate it.
-
-        ``synchronous`` below ``FULL`` breaks the durability contract (a
-        power loss may lose acknowledged envelopes); it exists for benchmarks.
-        Raises :class:`~securechan.errors.StorageError` if the file cannot be
-        created, is not a database, or has a newer schema.
-        """
-        return await asyncio.to_thread(
-            cls,
-            path,
-            synchronous=synchronous,
-            readers=readers,
-            busy_timeout=busy_timeout,
-            idle_checkpoint=idle_checkpoint,
-        )
 
     def _connect_writer(self, sync: str, busy_timeout: float) -> Conn:
         # auto_vacuum takes effect on a new, empty file only, and only before
