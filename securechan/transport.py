@@ -23,9 +23,9 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 import aiohttp
 
@@ -100,6 +100,9 @@ class CosignatureReply:
     log_size: int | None = None
 
 
+_P = ParamSpec("_P")
+_S = TypeVar("_S")
+
 # The largest answer parsed: a page of 100 envelopes of at most 1 MiB each,
 # in base64, with room for the JSON around them.
 MAX_ANSWER = 150 << 20
@@ -113,6 +116,20 @@ def _loads(raw: bytes | str) -> Any:
     if not raw:
         return None
     return strict_json.loads(raw, max_size=MAX_ANSWER, what="the relay's answer")
+
+
+def _json_answer(
+    request: Callable[Concatenate[_S, _P], Awaitable[tuple[int, bytes]]],
+) -> Callable[Concatenate[_S, _P], Coroutine[Any, Any, tuple[int, Any]]]:
+    """``request`` (a method answering the status and raw body) with the
+    body parsed by :func:`_loads`; it takes the same arguments, which mypy
+    checks (ParamSpec)."""
+
+    async def decoded(self: _S, /, *args: _P.args, **kwargs: _P.kwargs) -> tuple[int, Any]:
+        status, raw = await request(self, *args, **kwargs)
+        return status, _loads(raw)
+
+    return decoded
 
 
 def _loads_or_none(raw: bytes | str) -> Any:
@@ -159,21 +176,6 @@ class RelayClient:
 
     # --- the request loop -----------------------------------------------------
 
-    async def _request(
-        self,
-        method: str,
-        path: str,
-        *,
-        body: bytes = b"",
-        key: Ed25519SigningKey | None = None,
-        headers: dict[str, str] | None = None,
-        content_type: str = "application/json",
-    ) -> tuple[int, Any]:
-        status, raw = await self._request_raw(
-            method, path, body=body, key=key, headers=headers, content_type=content_type
-        )
-        return status, _loads(raw)
-
     async def _request_raw(
         self,
         method: str,
@@ -219,6 +221,9 @@ class RelayClient:
                 continue
             raise RelayRefused(status, message)
         raise RelayUnavailable(f"{self.url}: {last}")
+
+    # The same loop, the body parsed as JSON (:func:`_loads`): most routes.
+    _request = _json_answer(_request_raw)
 
     async def _backoff(self, attempt: int, retry_after: str | None) -> None:
         if attempt + 1 >= self.retry.attempts:

@@ -99,11 +99,19 @@ def _fill(log: AuditLog, me: Identity, peer: Identity, clock: Clock, rounds: int
     log.session_started(conversation=CONV, peer=peer.fingerprint, role="initiator")
     log.prekeys_rotated(relay="https://relay.example:8470", count=20)
     for i in range(rounds):
-        log.message_sent(
-            conversation=CONV, seq=i + 1, payload_hash=bytes([i + 1]) * 32, peer=peer.fingerprint
+        log.message(
+            "message-sent",
+            conversation=CONV,
+            seq=i + 1,
+            payload_hash=bytes([i + 1]) * 32,
+            peer=peer.fingerprint,
         )
-        log.message_received(
-            conversation=CONV, seq=i + 1, payload_hash=bytes([i + 101]) * 32, peer=peer.fingerprint
+        log.message(
+            "message-received",
+            conversation=CONV,
+            seq=i + 1,
+            payload_hash=bytes([i + 101]) * 32,
+            peer=peer.fingerprint,
         )
     log.rejected("Replay", "message 3 was already processed", conversation=CONV)
     log.checkpoint_seen(origin="relay.example/log", size=42, root_hash=_sha256(b"root"))
@@ -117,8 +125,12 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     with AuditLog.open(home, me, clock=clock, checkpoint_every=EVERY) as log:
         _fill(log, me, peer, clock)
         log.checkpoint()  # on demand, in the middle of a stretch
-        log.message_sent(conversation=CONV, seq=9, payload_hash=ZERO, peer=peer.fingerprint)
-        log.message_sent(conversation=CONV, seq=10, payload_hash=ZERO, peer=peer.fingerprint)
+        log.message(
+            "message-sent", conversation=CONV, seq=9, payload_hash=ZERO, peer=peer.fingerprint
+        )
+        log.message(
+            "message-sent", conversation=CONV, seq=10, payload_hash=ZERO, peer=peer.fingerprint
+        )
         entries = list(log.entries())
     checkpoints = [e.index for e in entries if e.kind == "log-checkpoint"]
     return Built(home=home, me=me, entries=entries, checkpoints=checkpoints)
@@ -325,8 +337,12 @@ def test_two_writers_interleave(tmp_path: Path) -> None:
         AuditLog.open(home, checkpoint_every=3) as b,
     ):
         for i in range(7):
-            (a if i % 2 else b).message_sent(
-                conversation=CONV, seq=i + 1, payload_hash=ZERO, peer=peer.fingerprint
+            (a if i % 2 else b).message(
+                "message-sent",
+                conversation=CONV,
+                seq=i + 1,
+                payload_hash=ZERO,
+                peer=peer.fingerprint,
             )
         a.checkpoint()
     report = _report(home, me)
@@ -983,7 +999,12 @@ def test_random_appends_then_corruption(ops: list[str], every: int, offset: int,
                 elif op == "rejected":
                     log.rejected("Replay", f"message {n}")
                 else:
-                    helper = log.message_sent if op == "sent" else log.message_received
-                    helper(conversation=CONV, seq=n, payload_hash=ZERO, peer=peer.fingerprint)
+                    log.message(
+                        "message-sent" if op == "sent" else "message-received",
+                        conversation=CONV,
+                        seq=n,
+                        payload_hash=ZERO,
+                        peer=peer.fingerprint,
+                    )
         _report(home, me)
         _corrupt_and_check(home, me, offset, xor)

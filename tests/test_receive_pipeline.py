@@ -386,15 +386,15 @@ def test_audit_write_failing_loses_nothing(world: World, monkeypatch: pytest.Mon
     failure is reported, and the third message is delivered."""
     t, w = world.t, world.w
     send(t, "washington", "one", "two", "three")
-    real = AuditLog.message_received
+    real = AuditLog.message
     hit = _count_calls(2)
 
-    def message_received(self: AuditLog, *a: Any, **k: Any) -> Any:
-        if hit():
+    def message(self: AuditLog, kind: Any, *a: Any, **k: Any) -> Any:
+        if kind == "message-received" and hit():
             raise OSError(28, "injected: no space left on device")
-        return real(self, *a, **k)
+        return real(self, kind, *a, **k)
 
-    monkeypatch.setattr(AuditLog, "message_received", message_received)
+    monkeypatch.setattr(AuditLog, "message", message)
     got = receive(w)
     monkeypatch.undo()
     assert shown(got) == ["one", "two", "three"], got

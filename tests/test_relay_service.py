@@ -27,6 +27,7 @@ from securechan.relay.metrics import RelayMetrics
 from securechan.relay.service import Call, RelayService
 from securechan.relay.sqlite_store import SqliteStorage
 from securechan.relay.tlog import RelayLog
+from securechan.relay.writer_thread import open_in_thread
 
 
 def _call(key: Ed25519SigningKey | None, method: str, target: str, body: bytes = b"") -> Call:
@@ -40,8 +41,8 @@ KEY = Ed25519SigningKey.generate()
 async def _open(
     tmp: Path, key: Ed25519SigningKey = KEY
 ) -> tuple[SqliteStorage, RelayLog, RelayService]:
-    storage = await SqliteStorage.open(tmp / "relay.db")
-    tlog = await RelayLog.open(tmp / "tlog.db", key)
+    storage = await open_in_thread(SqliteStorage, tmp / "relay.db")
+    tlog = await open_in_thread(RelayLog, tmp / "tlog.db", key)
     return storage, tlog, RelayService(storage, key, RelayConfig(), RelayMetrics(), tlog)
 
 

@@ -35,6 +35,7 @@ from securechan.relay.storage import (
     QueueFull,
     RelayStorage,
 )
+from securechan.relay.writer_thread import open_in_thread
 from securechan.sqlite_schema import SCHEMA_ROOT
 from tests.relay_conformance import (
     NOW,
@@ -54,7 +55,7 @@ class TestSqliteConformance(StorageConformance):
         counter = itertools.count()
 
         async def open_fresh() -> RelayStorage:
-            return await SqliteStorage.open(tmp_path / f"relay-{next(counter)}.db")
+            return await open_in_thread(SqliteStorage, tmp_path / f"relay-{next(counter)}.db")
 
         return open_fresh
 
@@ -89,7 +90,7 @@ def test_open_creates_a_private_folder_and_file(tmp_path: Path) -> None:
     path = tmp_path / "new" / "data" / "relay.db"
 
     async def main() -> None:
-        async with await SqliteStorage.open(path) as s:
+        async with await open_in_thread(SqliteStorage, path) as s:
             await s.create_queue(make_queue("a"))
             assert path.stat().st_mode & 0o777 == 0o600
             assert path.parent.stat().st_mode & 0o777 == 0o700
@@ -103,7 +104,7 @@ def test_the_pragmas_in_force(tmp_path: Path) -> None:
     path = tmp_path / "relay.db"
 
     async def main() -> None:
-        async with await SqliteStorage.open(path) as s:
+        async with await open_in_thread(SqliteStorage, path) as s:
             got = await s.settings()
             assert got.journal_mode == "wal"
             assert got.synchronous == 2  # FULL: the WAL is synced on every commit
@@ -111,7 +112,7 @@ def test_the_pragmas_in_force(tmp_path: Path) -> None:
             assert got.foreign_keys == 1
             assert got.busy_timeout_ms == 5000
             assert got.schema_version == SCHEMA_VERSION
-        async with await SqliteStorage.open(path, synchronous="normal") as s:
+        async with await open_in_thread(SqliteStorage, path, synchronous="normal") as s:
             assert (await s.settings()).synchronous == 1
 
     _run(main)
@@ -158,7 +159,7 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "relay.db"
 
     async def make() -> None:
-        await (await SqliteStorage.open(path)).close()
+        await (await open_in_thread(SqliteStorage, path)).close()
 
     _run(make)
     conn = _raw(path)
@@ -178,7 +179,7 @@ def test_an_upgrade_runs_the_missing_steps_all_or_nothing(
     q = make_queue("kept")
 
     async def make_v1() -> None:
-        async with await SqliteStorage.open(path) as s:
+        async with await open_in_thread(SqliteStorage, path) as s:
             await s.create_queue(q)
 
     _run(make_v1)
@@ -208,7 +209,7 @@ def test_an_upgrade_runs_the_missing_steps_all_or_nothing(
     monkeypatch.setattr(sqlite_store, "SCHEMA", schema)
 
     async def upgraded() -> None:
-        async with await SqliteStorage.open(path) as s:
+        async with await open_in_thread(SqliteStorage, path) as s:
             assert (await s.settings()).schema_version == SCHEMA_VERSION + 1
             assert await s.queue_by_rid(q.rid) == q
 
@@ -226,7 +227,7 @@ def test_everything_survives_close_and_reopen(tmp_path: Path) -> None:
     q, c = make_queue("a", sender=True), make_queue("c", contact=True)
 
     async def first() -> None:
-        async with await SqliteStorage.open(path) as s:
+        async with await open_in_thread(SqliteStorage, path) as s:
             await s.create_queue(q)
             await s.create_queue(c)
             for i in range(5):
@@ -236,7 +237,7 @@ def test_everything_survives_close_and_reopen(tmp_path: Path) -> None:
             assert await s.use_nonce(bytes(32), b"n1", now=NOW, expires=NOW + 600)
 
     async def second() -> None:
-        async with await SqliteStorage.open(path) as s:
+        async with await open_in_thread(SqliteStorage, path) as s:
             assert await s.queue_by_rid(q.rid) == q
             assert await s.queue_by_sid(c.sid) == c
             got = await s.fetch(q.rid, after=0, limit=10)
@@ -256,7 +257,7 @@ def test_close_finishes_every_submitted_write(tmp_path: Path) -> None:
     q = make_queue("a")
 
     async def main() -> None:
-        s = await SqliteStorage.open(path)
+        s = await open_in_thread(SqliteStorage, path)
         await s.create_queue(q)
         puts = [
             asyncio.ensure_future(s.put_envelope(q.rid, msg_id(i), b"x", now=NOW, max_depth=DEPTH))
@@ -265,7 +266,7 @@ def test_close_finishes_every_submitted_write(tmp_path: Path) -> None:
         await asyncio.sleep(0)  # each put has queued its job
         await s.close()
         assert sorted(r.seq for r in await asyncio.gather(*puts)) == list(range(1, 51))
-        async with await SqliteStorage.open(path) as again:
+        async with await open_in_thread(SqliteStorage, path) as again:
             assert await again.depth(q.rid) == 50
 
     _run(main)
@@ -279,13 +280,14 @@ def test_close_finishes_every_submitted_write(tmp_path: Path) -> None:
 _CRASH_CHILD = r"""
 import asyncio, os, signal, sys
 from securechan.relay.sqlite_store import SqliteStorage
+from securechan.relay.writer_thread import open_in_thread
 from securechan.relay.storage import QueueRecord
 
 path, senders, each, kill_after = sys.argv[1], *map(int, sys.argv[2:])
 rid = bytes(range(16))
 
 async def main():
-    s = await SqliteStorage.open(path)
+    s = await open_in_thread(SqliteStorage, path)
     await s.create_queue(QueueRecord(rid=rid, sid=bytes(16), recipient_key=bytes(32),
                                      sender_key=None, contact=False, created=0))
     acked = 0
@@ -329,7 +331,7 @@ def test_sigkill_mid_burst_loses_nothing_acknowledged(tmp_path: Path) -> None:
     rid = bytes(range(16))
 
     async def main() -> None:
-        async with await SqliteStorage.open(path) as s:
+        async with await open_in_thread(SqliteStorage, path) as s:
             stored = await _fetch_all(s, rid)
             by_seq = {e.seq: e for e in stored}
             assert len(by_seq) == len(stored)
@@ -363,7 +365,7 @@ def test_concurrent_puts_share_commits(tmp_path: Path) -> None:
     q = make_queue("a")
 
     async def main() -> None:
-        async with await SqliteStorage.open(tmp_path / "relay.db") as s:
+        async with await open_in_thread(SqliteStorage, tmp_path / "relay.db") as s:
             await s.create_queue(q)
             commits, jobs = s.commits, s.write_jobs
             for i in range(10):  # one after the other: each waits for its own commit
@@ -398,7 +400,7 @@ def test_a_failed_commit_fails_its_whole_batch_and_stores_nothing(tmp_path: Path
         raise sqlite3.OperationalError("disk I/O error (simulated)")
 
     async def main() -> None:
-        async with await SqliteStorage.open(tmp_path / "relay.db") as s:
+        async with await open_in_thread(SqliteStorage, tmp_path / "relay.db") as s:
             await s.create_queue(q)
             held = asyncio.ensure_future(s._write(hold_the_writer))
             assert await asyncio.to_thread(entered.wait, 10)
@@ -432,7 +434,7 @@ def test_the_depth_counter_matches_the_rows(tmp_path: Path) -> None:
     a, b, c = make_queue("a"), make_queue("b"), make_queue("c")
 
     async def main() -> None:
-        async with await SqliteStorage.open(path) as s:
+        async with await open_in_thread(SqliteStorage, path) as s:
             for x in (a, b, c):
                 await s.create_queue(x)
             await asyncio.gather(
@@ -461,7 +463,7 @@ def test_fetch_is_capped(tmp_path: Path) -> None:
     q = make_queue("a")
 
     async def main() -> None:
-        async with await SqliteStorage.open(tmp_path / "relay.db") as s:
+        async with await open_in_thread(SqliteStorage, tmp_path / "relay.db") as s:
             await s.create_queue(q)
             await asyncio.gather(
                 *(
@@ -478,7 +480,7 @@ def test_expired_nonces_are_forgotten(tmp_path: Path) -> None:
     path = tmp_path / "relay.db"
 
     async def main() -> None:
-        async with await SqliteStorage.open(path) as s:
+        async with await open_in_thread(SqliteStorage, path) as s:
             for i in range(50):
                 assert await s.use_nonce(bytes(32), b"%d" % i, now=NOW, expires=NOW + 60)
             assert await s.use_nonce(bytes(32), b"later", now=NOW + 61, expires=NOW + 121)
@@ -504,7 +506,7 @@ def test_deleted_envelopes_and_prekeys_do_not_linger(tmp_path: Path) -> None:
     gone = [acked, expired, in_deleted_queue, claimed, old_signed]
 
     async def main() -> None:
-        async with await SqliteStorage.open(path) as s:
+        async with await open_in_thread(SqliteStorage, path) as s:
             for x in (a, b, c):
                 await s.create_queue(x)
             await s.put_envelope(a.rid, msg_id(1), acked * 4, now=NOW + 100, max_depth=DEPTH)
@@ -542,7 +544,7 @@ def test_the_wal_is_truncated_when_idle_after_a_deletion(tmp_path: Path) -> None
     q = make_queue("a")
 
     async def main() -> None:
-        async with await SqliteStorage.open(path, idle_checkpoint=0.05) as s:
+        async with await open_in_thread(SqliteStorage, path, idle_checkpoint=0.05) as s:
             await s.create_queue(q)
             await s.put_envelope(q.rid, msg_id(1), secret, now=NOW, max_depth=DEPTH)
             assert secret in _files(path)
@@ -582,7 +584,7 @@ def test_a_send_records_its_nonce_in_the_same_transaction(tmp_path: Path) -> Non
         return NonceUse(key=key, nonce=nonce, now=now, expires=now + 600)
 
     async def main() -> None:
-        async with await SqliteStorage.open(tmp_path / "relay.db") as s:
+        async with await open_in_thread(SqliteStorage, tmp_path / "relay.db") as s:
             q = make_queue("n", sender=True)
             await s.create_queue(q)
             commits = s.commits
@@ -621,7 +623,7 @@ def test_a_send_records_its_nonce_in_the_same_transaction(tmp_path: Path) -> Non
 
 def test_cached_queue_records_follow_every_change(tmp_path: Path) -> None:
     async def main() -> None:
-        async with await SqliteStorage.open(tmp_path / "relay.db") as s:
+        async with await open_in_thread(SqliteStorage, tmp_path / "relay.db") as s:
             q = make_queue("c")
             await s.create_queue(q)
             assert await s.queue_by_sid(q.sid) == q

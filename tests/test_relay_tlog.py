@@ -69,6 +69,7 @@ from securechan.primitives import KDF_INTERACTIVE, Ed25519SigningKey
 from securechan.protocol.relay_auth import b64d
 from securechan.relay.tlog import SCHEMA as tlog_schema
 from securechan.relay.tlog import RelayLog
+from securechan.relay.writer_thread import open_in_thread
 from securechan.transport import RelayClient, RetryPolicy, SendReply
 
 pytestmark = pytest.mark.timeout(120)
@@ -654,8 +655,11 @@ def test_a_relay_refuses_a_log_of_another_origin(root: Path) -> None:
     data.mkdir(mode=0o700)
 
     async def make() -> None:
-        tlog = await RelayLog.open(
-            data / "tlog.db", Ed25519SigningKey.generate(), origin="relay.example/other-log"
+        tlog = await open_in_thread(
+            RelayLog,
+            data / "tlog.db",
+            Ed25519SigningKey.generate(),
+            origin="relay.example/other-log",
         )
         await tlog.close()
 

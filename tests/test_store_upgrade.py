@@ -37,6 +37,7 @@ from securechan.primitives import Ed25519SigningKey
 from securechan.relay import sqlite_store, tlog
 from securechan.relay.sqlite_store import SqliteStorage
 from securechan.relay.tlog import RelayLog
+from securechan.relay.writer_thread import open_in_thread
 from securechan.sqlite_schema import SCHEMA_ROOT, Schema, connect, split_statements
 
 FIXTURES = Path(__file__).parent / "fixtures" / "stores"
@@ -175,7 +176,7 @@ def test_relay_db_keeps_queues_envelopes_prekeys_and_nonces(old: Path) -> None:
     exp = EXPECTED["relay"]
 
     async def check() -> None:
-        async with await SqliteStorage.open(old / "relay" / "relay.db") as s:
+        async with await open_in_thread(SqliteStorage, old / "relay" / "relay.db") as s:
             assert (await s.settings()).schema_version == sqlite_store.SCHEMA_VERSION == 2
             for rid, sid, key, contact in exp["queues"]:
                 q = await s.queue_by_rid(bytes.fromhex(rid))
@@ -201,7 +202,7 @@ def test_tlog_db_upgrades_one_version_and_serves_the_same_checkpoint(
     witness = VerifierKey.from_text(exp["witness"])
 
     async def check() -> None:
-        log = await RelayLog.open(path, key, witnesses=[witness])
+        log = await open_in_thread(RelayLog, path, key, witnesses=[witness])
         try:
             assert log.size == exp["log_size"]
             # Same tree, same signed note, and the stored cosignature still served.
@@ -269,7 +270,7 @@ def _open_client(path: Path) -> None:
 
 
 def _open_relay(path: Path) -> None:
-    asyncio.run(_close(SqliteStorage.open(path)))
+    asyncio.run(_close(open_in_thread(SqliteStorage, path)))
 
 
 async def _close(opening: Any) -> None:
@@ -278,7 +279,7 @@ async def _close(opening: Any) -> None:
 
 def _open_tlog(path: Path) -> None:
     key = Ed25519SigningKey(bytes.fromhex(EXPECTED["relay"]["relay_key_seed"]))
-    asyncio.run(_close(RelayLog.open(path, key)))
+    asyncio.run(_close(open_in_thread(RelayLog, path, key)))
 
 
 OPENERS: dict[str, tuple[str, Callable[[Path], None], Schema]] = {

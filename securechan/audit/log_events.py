@@ -1,4 +1,5 @@
-"""The audit log's typed appends: one method per kind of security event.
+"""The audit log's typed appends: one method per kind of security event
+(one for both directions of a message).
 
 A part of :class:`securechan.audit.log.AuditLog` (which inherits these);
 each builds the kind's fields record (:mod:`securechan.audit.log_records`)
@@ -7,7 +8,7 @@ and appends it with :meth:`AuditLog._append`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from securechan.audit.log_records import (
     KINDS,
@@ -51,8 +52,9 @@ class AuditEvents:
         )
         self._append(kind, fields, event.at)
 
-    def message_sent(
+    def message(
         self,
+        kind: Literal["message-sent", "message-received"],
         *,
         conversation: bytes,
         seq: int,
@@ -60,27 +62,14 @@ class AuditEvents:
         peer: Fingerprint,
         at: int | None = None,
     ) -> AuditEntry:
-        """A message we signed and queued: its conversation, sequence number,
-        SHA-256 of its signed payload record, and the recipient's key."""
+        """A message we signed and queued (``message-sent``) or one that
+        passed every check (``message-received``): its conversation,
+        sequence number, SHA-256 of its signed payload record, and the
+        peer's key (the recipient's or the sender's)."""
         fields = MessageEvent(
             conversation=conversation, seq=seq, payload_hash=payload_hash, peer=peer.digest
         )
-        return self._append("message-sent", fields, at)
-
-    def message_received(
-        self,
-        *,
-        conversation: bytes,
-        seq: int,
-        payload_hash: bytes,
-        peer: Fingerprint,
-        at: int | None = None,
-    ) -> AuditEntry:
-        """A message that passed every check, as :meth:`message_sent`."""
-        fields = MessageEvent(
-            conversation=conversation, seq=seq, payload_hash=payload_hash, peer=peer.digest
-        )
-        return self._append("message-received", fields, at)
+        return self._append(kind, fields, at)
 
     def session_started(
         self, *, conversation: bytes, peer: Fingerprint, role: str, at: int | None = None

@@ -363,7 +363,8 @@ class Inbox:
             if isinstance(ev, MessageReceived) and ev.checkpoints:
                 self._logs.carry_in(ev.checkpoints, session.peer.name)
             if isinstance(ev, MessageReceived):
-                audit.message_received(
+                audit.message(
+                    "message-received",
                     conversation=session.conversation,
                     seq=ev.seq,
                     payload_hash=ev.hash,

@@ -175,7 +175,8 @@ class Outbox:
                 role="initiator",
                 at=now,
             )
-        ctx.audit.message_sent(
+        ctx.audit.message(
+            "message-sent",
             conversation=session.conversation,
             seq=seq[-1],
             payload_hash=sha256(out.signed),

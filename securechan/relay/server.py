@@ -42,6 +42,7 @@ from securechan.relay.app import RELAY, Relay, RelayConfig, make_app, storage_ca
 from securechan.relay.connlimit import ConnectionGate, fd_headroom, open_fds, raise_fd_limit
 from securechan.relay.sqlite_store import SqliteStorage
 from securechan.relay.tlog import DEFAULT_COSIGN_WINDOW, RelayLog, parse_witness_keys
+from securechan.relay.writer_thread import open_in_thread
 
 __all__ = ["ServeOptions", "load_config_file", "load_or_create_key", "serve"]
 
@@ -178,9 +179,12 @@ async def serve(
     tls = _tls(opts)
     logging.getLogger("aiohttp.server").addFilter(_NoRequestDetails())
     witnesses = witness_keys(opts)
-    storage = await SqliteStorage.open(opts.data / "relay.db", synchronous=opts.synchronous)
+    storage = await open_in_thread(
+        SqliteStorage, opts.data / "relay.db", synchronous=opts.synchronous
+    )
     try:
-        tlog = await RelayLog.open(
+        tlog = await open_in_thread(
+            RelayLog,
             opts.data / "tlog.db",
             key,
             origin=opts.log_origin,

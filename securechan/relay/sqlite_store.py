@@ -1,9 +1,9 @@
 """The relay's embedded storage: SQLite in WAL mode, ``synchronous=FULL``, group commit.
 
-Open with ``storage = await SqliteStorage.open(path)`` (an async class method:
-it creates the folder with mode 0700 and the file with mode 0600, then runs the
-schema migrations in a worker thread) and finish with ``await storage.close()``
-(or use it as ``async with``).
+Open with ``storage = await open_in_thread(SqliteStorage, path)`` (the
+constructor, run in a worker thread: it creates the folder with mode 0700
+and the file with mode 0600, then runs the schema migrations) and finish
+with ``await storage.close()`` (or use it as ``async with``).
 
 **Layout.** :class:`SqliteStorage` opens the file and runs the schema
 migrations; the queues (and their cache in memory) are
@@ -39,7 +39,6 @@ number (all or nothing), and a file from a newer version is refused.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import queue
@@ -47,7 +46,7 @@ import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Self, TypeVar
+from typing import Any, Final, TypeVar
 
 from securechan.errors import StorageError
 from securechan.relay.sqlite_checks import Nonces
@@ -56,14 +55,7 @@ from securechan.relay.sqlite_prekeys import MAX_ONE_TIME_HELD, MAX_PREKEY_BLOB, 
 from securechan.relay.sqlite_queues import QueueTable
 from securechan.relay.sqlite_space import Space
 from securechan.relay.sqlite_writer import MAX_BATCH, SqliteWorker
-from securechan.relay.storage import (
-    Envelope,
-    HeldEnvelope,
-    NonceUse,
-    PutResult,
-    QueueRecord,
-    Quota,
-)
+from securechan.relay.storage import NonceUse
 from securechan.relay.writer_thread import Closing
 from securechan.sqlite_schema import Schema, connect, prepare_file
 
@@ -118,9 +110,10 @@ def _prepare_file(path: Path) -> None:
 class SqliteStorage(Closing):
     """:class:`~securechan.relay.storage.RelayStorage` on one SQLite file.
 
-    Construct with :meth:`open`. Methods raise :class:`StorageClosed` after
-    :meth:`close`, :class:`~securechan.errors.StorageError` when SQLite fails,
-    and ``TypeError``/``ValueError`` on misuse: wrong sizes, out-of-range
+    Open with :func:`~securechan.relay.writer_thread.open_in_thread`.
+    Methods raise :class:`StorageClosed` after :meth:`close`,
+    :class:`~securechan.errors.StorageError` when SQLite fails, and
+    ``TypeError``/``ValueError`` on misuse: wrong sizes, out-of-range
     integers, a write to a queue that does not exist, a duplicate queue id.
     """
 
@@ -133,7 +126,15 @@ class SqliteStorage(Closing):
         busy_timeout: float = 5.0,
         idle_checkpoint: float = 1.0,
     ) -> None:
-        """Blocking: prefer ``await SqliteStorage.open(...)`` from async code."""
+        """Open (creating if needed) the database at ``path`` and migrate it.
+
+        Blocking: from async code, ``await open_in_thread(SqliteStorage, path,
+        ...)`` (:func:`~securechan.relay.writer_thread.open_in_thread`).
+        ``synchronous`` below ``FULL`` breaks the durability contract (a
+        power loss may lose acknowledged envelopes); it exists for benchmarks.
+        Raises :class:`~securechan.errors.StorageError` if the file cannot be
+        created, is not a database, or has a newer schema.
+        """
         sync = synchronous.upper() if isinstance(synchronous, str) else ""
         if sync not in _SYNC_MODES:
             raise ValueError(f"synchronous must be one of {', '.join(_SYNC_MODES)}")
@@ -173,32 +174,23 @@ class SqliteStorage(Closing):
         self._envelopes = EnvelopeTable(self._worker, self._space, self._nonces)
         self._prekeys = PrekeyTable(self._worker, self._space)
         self._queues = QueueTable(self._worker, self._space)
-
-    @classmethod
-    async def open(
-        cls,
-        path: str | os.PathLike[str],
-        *,
-        synchronous: str = "FULL",
-        readers: int = 2,
-        busy_timeout: float = 5.0,
-        idle_checkpoint: float = 1.0,
-    ) -> Self:
-        """Open (creating if needed) the database at ``path`` and migrate it.
-
-        ``synchronous`` below ``FULL`` breaks the durability contract (a
-        power loss may lose acknowledged envelopes); it exists for benchmarks.
-        Raises :class:`~securechan.errors.StorageError` if the file cannot be
-        created, is not a database, or has a newer schema.
-        """
-        return await asyncio.to_thread(
-            cls,
-            path,
-            synchronous=synchronous,
-            readers=readers,
-            busy_timeout=busy_timeout,
-            idle_checkpoint=idle_checkpoint,
-        )
+        # The RelayStorage operations are the tables' own methods (each
+        # signature and its documentation written once, in sqlite_queues,
+        # sqlite_envelopes and sqlite_prekeys); queue records are cached.
+        self.create_queue = self._queues.create_queue
+        self.queue_by_rid = self._queues.queue_by_rid
+        self.queue_by_sid = self._queues.queue_by_sid
+        self.set_sender_key = self._queues.set_sender_key
+        self.delete_queue = self._queues.delete_queue
+        self.put_envelope = self._envelopes.put_envelope
+        self.fetch = self._envelopes.fetch
+        self.ack = self._envelopes.ack
+        self.depth = self._envelopes.depth
+        self.expire = self._envelopes.expire
+        self.held_since = self._envelopes.held_since
+        self.put_prekeys = self._prekeys.put_prekeys
+        self.claim_bundle = self._prekeys.claim_bundle
+        self.prekey_count = self._prekeys.prekey_count
 
     def _connect_writer(self, sync: str, busy_timeout: float) -> Conn:
         # auto_vacuum takes effect on a new, empty file only, and only before
@@ -270,73 +262,7 @@ class SqliteStorage(Closing):
         """The file system's free space (less the WAL) and size."""
         return self._space.disk_bytes()
 
-    # --- queues, envelopes, prekeys, nonces (sqlite_queues, _envelopes, _prekeys) --
-
-    async def create_queue(self, queue: QueueRecord) -> None:
-        """See :meth:`QueueTable.create_queue`."""
-        await self._queues.create_queue(queue)
-
-    async def queue_by_rid(self, rid: bytes) -> QueueRecord | None:
-        return await self._queues.queue_by_rid(rid)
-
-    async def queue_by_sid(self, sid: bytes) -> QueueRecord | None:
-        """See :meth:`QueueTable.queue_by_sid` (records are cached)."""
-        return await self._queues.queue_by_sid(sid)
-
-    async def set_sender_key(self, rid: bytes, sender_key: bytes) -> None:
-        await self._queues.set_sender_key(rid, sender_key)
-
-    async def delete_queue(self, rid: bytes) -> None:
-        await self._queues.delete_queue(rid)
-
-    async def put_envelope(
-        self,
-        rid: bytes,
-        msg_id: bytes,
-        data: bytes,
-        *,
-        now: int,
-        max_depth: int,
-        nonce: NonceUse | None = None,
-        quota: Quota | None = None,
-    ) -> PutResult:
-        """See :meth:`EnvelopeTable.put_envelope`."""
-        return await self._envelopes.put_envelope(
-            rid, msg_id, data, now=now, max_depth=max_depth, nonce=nonce, quota=quota
-        )
-
-    async def fetch(
-        self, rid: bytes, *, after: int, limit: int, max_bytes: int | None = None
-    ) -> list[Envelope]:
-        """See :meth:`EnvelopeTable.fetch`."""
-        return await self._envelopes.fetch(rid, after=after, limit=limit, max_bytes=max_bytes)
-
-    async def ack(self, rid: bytes, *, up_to: int) -> int:
-        return await self._envelopes.ack(rid, up_to=up_to)
-
-    async def depth(self, rid: bytes) -> int:
-        return await self._envelopes.depth(rid)
-
-    async def expire(self, *, older_than: int) -> int:
-        return await self._envelopes.expire(older_than=older_than)
-
-    async def held_since(
-        self, *, received: int, after: tuple[int, bytes, int] | None, limit: int
-    ) -> list[HeldEnvelope]:
-        return await self._envelopes.held_since(received=received, after=after, limit=limit)
-
-    async def put_prekeys(
-        self, rid: bytes, *, signed: bytes, one_time: list[bytes], replace_one_time: bool
-    ) -> int:
-        return await self._prekeys.put_prekeys(
-            rid, signed=signed, one_time=one_time, replace_one_time=replace_one_time
-        )
-
-    async def claim_bundle(self, rid: bytes) -> tuple[bytes, bytes | None, int] | None:
-        return await self._prekeys.claim_bundle(rid)
-
-    async def prekey_count(self, rid: bytes) -> int:
-        return await self._prekeys.prekey_count(rid)
+    # --- nonces (the other operations are the tables', bound in __init__) ---------
 
     async def use_nonce(self, key: bytes, nonce: bytes, *, now: int, expires: int) -> bool:
         """Record a nonce until ``expires``; ``False`` if it is already recorded.

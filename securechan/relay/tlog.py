@@ -51,7 +51,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Final, Self, TypeVar, cast
+from typing import Any, Final, TypeVar, cast
 
 from securechan.audit import merkle
 from securechan.audit.checkpoint import Checkpoint
@@ -121,7 +121,8 @@ def _migrate(conn: sqlite3.Connection) -> None:
 class RelayLog(Closing):
     """The relay's transparency log in one SQLite file (``DATA/tlog.db``).
 
-    Construct with :meth:`open`; finish with :meth:`close`. Methods raise
+    Open with :func:`~securechan.relay.writer_thread.open_in_thread`;
+    finish with :meth:`close`. Methods raise
     :class:`~securechan.relay.storage.StorageClosed` after :meth:`close` and
     :class:`~securechan.errors.StorageError` when SQLite fails. One process
     writes a log file at a time.
@@ -138,7 +139,14 @@ class RelayLog(Closing):
         cosign_window: float = DEFAULT_COSIGN_WINDOW,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        """Blocking: prefer ``await RelayLog.open(...)`` from async code."""
+        """Open (creating if needed) the log at ``path`` and repair its index.
+
+        Blocking: from async code, ``await open_in_thread(RelayLog, path, key,
+        ...)`` (:func:`~securechan.relay.writer_thread.open_in_thread`).
+        Raises :class:`~securechan.errors.StorageError` if the file cannot be
+        used, or if it holds the log of another origin or key (a log's
+        identity never changes); ``ValueError`` for a bad origin or witness key.
+        """
         self.path = Path(path).absolute()
         self.origin = default_origin(key.public) if origin is None else origin
         if not is_valid_key_name(self.origin):
@@ -168,35 +176,6 @@ class RelayLog(Closing):
             self._start_writer, name="relay-log-write", what=WHAT, linger=LINGER
         )
         self._reads = ReadThread(self.path, _connect_index)
-
-    @classmethod
-    async def open(
-        cls,
-        path: str | os.PathLike[str],
-        key: Ed25519SigningKey,
-        *,
-        origin: str | None = None,
-        witnesses: Sequence[VerifierKey] = (),
-        synchronous: str = "FULL",
-        cosign_window: float = DEFAULT_COSIGN_WINDOW,
-        clock: Callable[[], float] = time.time,
-    ) -> Self:
-        """Open (creating if needed) the log at ``path`` and repair its index.
-
-        Raises :class:`~securechan.errors.StorageError` if the file cannot be
-        used, or if it holds the log of another origin or key (a log's
-        identity never changes); ``ValueError`` for a bad origin or witness key.
-        """
-        return await asyncio.to_thread(
-            cls,
-            path,
-            key,
-            origin=origin,
-            witnesses=witnesses,
-            synchronous=synchronous,
-            cosign_window=cosign_window,
-            clock=clock,
-        )
 
     # --- public reads ------------------------------------------------------------
 

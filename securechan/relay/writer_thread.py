@@ -28,7 +28,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final, Generic, Protocol, Self, TypeVar
+from typing import Any, Final, Generic, ParamSpec, Protocol, Self, TypeVar
 
 from securechan.errors import StorageError
 from securechan.relay.batching import LINGER, take_batch
@@ -41,6 +41,7 @@ __all__ = [
     "Outcome",
     "Work",
     "WriterThread",
+    "open_in_thread",
     "sqlite_words",
     "storage_error",
 ]
@@ -120,6 +121,18 @@ class Closing:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+async def open_in_thread(store: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+    """``await open_in_thread(SqliteStorage, path, ...)``: construct a store
+    (whose constructor blocks: it opens files, migrates, starts threads) in
+    a worker thread, so that the event loop is not held. The arguments are
+    the constructor's, checked by mypy (ParamSpec)."""
+    return await asyncio.to_thread(store, *args, **kwargs)
 
 
 def _settle(outcomes: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:

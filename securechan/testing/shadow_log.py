@@ -20,6 +20,7 @@ from typing import Any, Literal
 from securechan.primitives import Ed25519SigningKey
 from securechan.relay import api
 from securechan.relay.tlog import RelayLog
+from securechan.relay.writer_thread import open_in_thread
 
 __all__ = ["ShadowLog"]
 
@@ -41,7 +42,7 @@ class ShadowLog:
         path = workdir / f"shadow-tlog-{secrets.token_hex(4)}.db"
         if base == "copy":
             await asyncio.to_thread(_sqlite_copy, relay_data / "tlog.db", path)
-        log = await RelayLog.open(path, key)
+        log = await open_in_thread(RelayLog, path, key)
         base_size = log.size
         leaf = b"the adversary's leaf " + secrets.token_bytes(32)
         await log.append(leaf)
