@@ -26,7 +26,7 @@ import pytest
 
 from securechan.client.channel import AUDIT_EACH
 from securechan.protocol.address import ContactCard
-from tests.adversary import HOST, Party, RelayProcess, audit_rejections, b64e
+from tests.adversary import HOST, Party, RelayProcess, audit_rejections, b64e, running_relay
 from tests.adversary.parties import transcript
 from tests.adversary.world import World, world_of
 from tests.test_adversary_relay import cli_receive, receive, refusals, run, shown
@@ -48,14 +48,8 @@ RSS_GROWTH_KIB = 96 * 1024  # the relay may grow by this much at most under atta
 
 @pytest.fixture(scope="module")
 def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
-    r = RelayProcess(tmp_path_factory.mktemp("relay"), config=CONFIG)
-    r.start()
-    try:
+    with running_relay(tmp_path_factory.mktemp("relay"), config=CONFIG) as r:
         yield r
-        r.stop()
-        r.assert_no_traceback()
-    finally:
-        r.close()
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import pytest
 
 from securechan.client.results import Received, Rejected
 from securechan.errors import MalformedInput, MessageRejected
-from tests.adversary import Exchange, RelayProcess
+from tests.adversary import Exchange, RelayProcess, running_relay
 from tests.adversary.world import World, world_of
 from tests.test_adversary_relay import (
     Unchanged,
@@ -37,14 +37,8 @@ pytestmark = pytest.mark.timeout(180)
 
 @pytest.fixture(scope="module")
 def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
-    r = RelayProcess(tmp_path_factory.mktemp("relay"))
-    r.start()
-    try:
+    with running_relay(tmp_path_factory.mktemp("relay")) as r:
         yield r
-        r.stop()
-        r.assert_no_traceback()
-    finally:
-        r.close()
 
 
 @pytest.fixture(scope="module")

@@ -47,6 +47,7 @@ from tests.adversary import (
     RelayProcess,
     audit_rejections,
     b64e,
+    running_relay,
     session_states,
 )
 from tests.adversary.parties import pin, receive_until, transcript
@@ -62,14 +63,8 @@ MESSAGE_TYPE = session_mod.MESSAGE.type_id
 
 @pytest.fixture(scope="module")
 def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
-    r = RelayProcess(tmp_path_factory.mktemp("relay"))
-    r.start()
-    try:
+    with running_relay(tmp_path_factory.mktemp("relay")) as r:
         yield r
-        r.stop()
-        r.assert_no_traceback()
-    finally:
-        r.close()
 
 
 @pytest.fixture(scope="module")

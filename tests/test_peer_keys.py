@@ -58,7 +58,7 @@ from securechan.protocol import ratchet as ratchet_mod
 from securechan.protocol.address import ContactCard, seal_prekey_blob
 from securechan.protocol.prekeys import CONTEXT_PREKEY, KIND_SIGNED, Prekey
 from securechan.protocol.ratchet import RatchetHeader
-from tests.adversary import RelayProcess, audit_rejections, b64e, session_states
+from tests.adversary import RelayProcess, audit_rejections, b64e, running_relay, session_states
 from tests.adversary.parties import Party, transcript
 from tests.adversary.world import PASSPHRASES, World, world_of
 from tests.conftest import fixed_identity
@@ -265,14 +265,8 @@ def test_relay_and_witness_key_parse_site() -> None:
 
 @pytest.fixture(scope="module")
 def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
-    r = RelayProcess(tmp_path_factory.mktemp("relay"))
-    r.start()
-    try:
+    with running_relay(tmp_path_factory.mktemp("relay")) as r:
         yield r
-        r.stop()
-        r.assert_no_traceback()
-    finally:
-        r.close()
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,7 @@ from securechan.client.results import Received, Rejected
 from securechan.client.stored import StoredRecord
 from securechan.protocol.session import Session
 from securechan.transport import RelayClient
-from tests.adversary import Party, RelayProcess, audit_rejections, b64e
+from tests.adversary import Party, RelayProcess, audit_rejections, b64e, running_relay
 from tests.adversary.world import World, world_of
 
 pytestmark = pytest.mark.timeout(300)
@@ -42,14 +42,8 @@ pytestmark = pytest.mark.timeout(300)
 
 @pytest.fixture(scope="module")
 def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
-    r = RelayProcess(tmp_path_factory.mktemp("relay"))
-    r.start()
-    try:
+    with running_relay(tmp_path_factory.mktemp("relay")) as r:
         yield r
-        r.stop()
-        r.assert_no_traceback()
-    finally:
-        r.close()
 
 
 @pytest.fixture(scope="module")

@@ -42,7 +42,7 @@ from securechan.protocol import ratchet
 from securechan.protocol import session as session_mod
 from securechan.protocol.address import ContactCard
 from securechan.transport import RelayClient
-from tests.adversary import Party, RelayProcess, audit_rejections
+from tests.adversary import Party, RelayProcess, audit_rejections, running_relay
 from tests.adversary.world import World, world_of
 
 pytestmark = pytest.mark.timeout(300)
@@ -50,14 +50,8 @@ pytestmark = pytest.mark.timeout(300)
 
 @pytest.fixture(scope="module")
 def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
-    r = RelayProcess(tmp_path_factory.mktemp("relay"))
-    r.start()
-    try:
+    with running_relay(tmp_path_factory.mktemp("relay")) as r:
         yield r
-        r.stop()
-        r.assert_no_traceback()
-    finally:
-        r.close()
 
 
 @pytest.fixture(scope="module")

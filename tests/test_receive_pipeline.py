@@ -29,7 +29,14 @@ from securechan.client.results import Received, Rejected
 from securechan.protocol import handshake as hs
 from securechan.protocol.session import Session
 from securechan.transport import RelayClient
-from tests.adversary import Party, RelayProcess, audit_rejections, b64e, session_states
+from tests.adversary import (
+    Party,
+    RelayProcess,
+    audit_rejections,
+    b64e,
+    running_relay,
+    session_states,
+)
 from tests.adversary.world import World, world_of
 
 pytestmark = pytest.mark.timeout(240)
@@ -37,14 +44,8 @@ pytestmark = pytest.mark.timeout(240)
 
 @pytest.fixture(scope="module")
 def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
-    r = RelayProcess(tmp_path_factory.mktemp("relay"))
-    r.start()
-    try:
+    with running_relay(tmp_path_factory.mktemp("relay")) as r:
         yield r
-        r.stop()
-        r.assert_no_traceback()
-    finally:
-        r.close()
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,7 @@ from securechan.audit.merkle import verify_consistency
 from securechan.audit.note import VerifierKey
 from securechan.client.results import Received, Rejected
 from securechan.errors import ProofFailed
-from tests.adversary import RelayProcess, audit_rejections
+from tests.adversary import RelayProcess, audit_rejections, running_relay
 from tests.adversary.parties import Party, transcript
 from tests.adversary.world import World, world_of
 from tests.test_e2e_relay import json_stream
@@ -44,14 +44,8 @@ pytestmark = pytest.mark.timeout(180)
 
 @pytest.fixture(scope="module")
 def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
-    r = RelayProcess(tmp_path_factory.mktemp("relay"))
-    r.start()
-    try:
+    with running_relay(tmp_path_factory.mktemp("relay")) as r:
         yield r
-        r.stop()
-        r.assert_no_traceback()
-    finally:
-        r.close()
 
 
 @pytest.fixture

@@ -36,7 +36,7 @@ from securechan.audit.witness_store import WitnessHome
 from securechan.errors import MalformedInput, StorageError
 from securechan.primitives import Ed25519SigningKey
 from securechan.protocol.relay_auth import b64e, sign_request
-from tests.adversary import RelayProcess
+from tests.adversary import RelayProcess, running_relay
 from tests.adversary.parties import make_people, transcript
 from tests.adversary.proxy import Exchange, MaliciousRelay
 
@@ -242,14 +242,8 @@ def test_the_fence_sees_what_it_fences(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
-    r = RelayProcess(tmp_path_factory.mktemp("relay"))
-    r.start()
-    try:
+    with running_relay(tmp_path_factory.mktemp("relay")) as r:
         yield r
-        r.stop()
-        r.assert_no_traceback()
-    finally:
-        r.close()
 
 
 def _http(

@@ -9,7 +9,14 @@ from tests.adversary.parties import (
     session_states,
 )
 from tests.adversary.proxy import Envelope, Exchange, MaliciousRelay, b64d, b64e, route_of
-from tests.adversary.relay import HOST, RelayProcess, clean_env, free_port, securechan_command
+from tests.adversary.relay import (
+    HOST,
+    RelayProcess,
+    clean_env,
+    free_port,
+    running_relay,
+    securechan_command,
+)
 
 __all__ = [
     "HOST",
@@ -25,6 +32,7 @@ __all__ = [
     "free_port",
     "make_people",
     "route_of",
+    "running_relay",
     "securechan_command",
     "session_states",
 ]

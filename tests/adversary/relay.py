@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = ["HOST", "RelayProcess", "clean_env", "free_port", "securechan_command"]
@@ -150,3 +151,18 @@ class RelayProcess:
     def assert_no_traceback(self) -> None:
         text = self.stderr()
         assert "Traceback" not in text, text
+
+
+@contextlib.contextmanager
+def running_relay(root: Path, *, config: str | None = None) -> Iterator[RelayProcess]:
+    """A relay process for a test module: started, yielded, then stopped and
+    checked for tracebacks in its log (always closed, even when a test
+    failed)."""
+    r = RelayProcess(root, config=config)
+    r.start()
+    try:
+        yield r
+        r.stop()
+        r.assert_no_traceback()
+    finally:
+        r.close()
