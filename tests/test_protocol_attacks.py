@@ -1123,3 +1123,34 @@ def test_fuzz_session_from_bytes() -> None:
 def test_fuzz_prekey_store_from_bytes() -> None:
     valid = _store(BOB, one_time=1).to_bytes()
     _decoder_fuzz(PrekeyStore.from_bytes, lambda s: s.to_bytes(), valid)  # type: ignore[attr-defined]
+
+
+# --- a sender restored from a backup that received since ------------------------------------
+
+
+def test_restored_sender_on_a_new_chain_is_opened_and_reported_with_its_payload() -> None:
+    """The restored sender receives a reply first, so its next message is on a
+    new ratchet chain with a previous-chain length below what Bob received.
+    Bob opens it (Signal's DHRatchet skips only up to pn) and the signed
+    sequence number, already used, raises Replay carrying the verified payload
+    the client compares with the one it kept; nothing in Bob's state moves.
+    (Before: DecryptionFailed before decrypting, with no evidence.)"""
+    p = _pair()
+    p.a.receive(p.b.send_text("reply", now=NOW).envelope, now=NOW)
+    p.b.receive(p.a.send_text("one", now=NOW).envelope, now=NOW)
+    backup = p.a.to_bytes(now=NOW)
+    two = p.a.send_text("two", now=NOW).envelope
+    assert _texts(p.b.receive(two, now=NOW)) == ["two"]
+    answer = p.b.send_text("answer", now=NOW).envelope
+    restored = Session.from_bytes(ALICE, backup, now=NOW)
+    assert _texts(restored.receive(answer, now=NOW)) == ["answer"]
+    rewritten = restored.send_text("rewritten two", now=NOW).envelope
+    header, _ = _parts(rewritten)
+    # A new chain whose previous-chain length went backwards (1 < 2).
+    assert header.dh != p.b._st.ratchet.dh_remote
+    assert header.pn < p.b._st.ratchet.nr
+    error = _refused(p.b, rewritten, Replay)
+    assert isinstance(error, Replay)
+    # The verified evidence: "two"'s sequence number, signed with other content.
+    assert error.seq == p.a.sent_count
+    assert error.signed is not None and b"rewritten two" in error.signed

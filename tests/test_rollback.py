@@ -24,8 +24,6 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from securechan import wire
 from securechan.client.stored import StoredRecord
 from securechan.primitives import random_bytes
@@ -249,13 +247,6 @@ def test_restored_home_is_reported_by_the_peer(pair: Pair, tmp_path: Path) -> No
     assert log.count("peer-rolled-back") == 2, log
 
 
-@pytest.mark.xfail(
-    reason="protocol: the peer's ratchet refuses this message before decrypting it "
-    "(DecryptionFailed: the previous-chain length went backwards), so no verified payload "
-    "reaches the client; it needs the protocol to open it and raise Replay with the "
-    "verified payload (Replay.signed). Checked with h-protocol b32908e merged.",
-    strict=True,
-)
 def test_restored_home_that_ratcheted_since_is_reported_by_the_peer(
     pair: Pair, tmp_path: Path
 ) -> None:

@@ -491,8 +491,13 @@ def ratchet_decrypt(
         dh_self, kem_self = state.dh_self, state.kem_self
         if dh_self is None or kem_self is None:
             raise DecryptionFailed("no key for this message")
-        if header.pn < state.nr and state.ckr is not None:
-            raise DecryptionFailed("the previous-chain length went backwards")
+        # A previous-chain length below what we received on that chain is
+        # never sent by an honest peer: it is a sender restored from a
+        # backup that received since (it skips nothing here). Signal's
+        # DHRatchet only skips up to pn; we do the same and go on, so that
+        # the message is opened and its signed sequence number, which went
+        # backwards, reports the rollback with evidence (the session
+        # refuses it; nothing is committed).
         if st.ckr is not None and st.dh_remote is not None and st.recv_root_ss is not None:
             ckr, nr = _skip(
                 skipped,
