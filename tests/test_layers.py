@@ -181,6 +181,7 @@ CLIENT_RANKS = {
     "outbox": 5,
     "record": 5,
     "inbox": 6,
+    "pairing": 5,  # pairing by a spoken code: context + the transport
     "channel": 7,
     "sync": 8,
     "__init__": 9,
