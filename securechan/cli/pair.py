@@ -51,8 +51,7 @@ def pair(
         click.echo(f"Pairing code: {text}", err=True)
         click.echo("Read it to the other side; they run: securechan pair CODE", err=True)
         if not as_json:
-            click.echo(text, nl=True)
-            click.get_text_stream("stdout").flush()
+            click.echo(text)  # click.echo flushes: the waiting script sees it now
 
     async def go() -> Any:
         async with _channel(app) as ch:
