@@ -311,3 +311,9 @@ def test_any_junk_in_any_phase_fails_the_machine_cleanly(phase: Phase, junk: byt
         assert b.failed
         return
     pytest.fail("junk accepted")
+
+
+def test_the_word_list_vector_of_protocol_md() -> None:
+    # docs/PROTOCOL.md §19.8: nameplate 3, secret 01 02 03 04 05.
+    code = PairingCode.make(3, bytes([1, 2, 3, 4, 5]))
+    assert code.text() == "3-adviser-accrue-aggregate-adrift-almighty"
