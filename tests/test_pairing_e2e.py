@@ -141,6 +141,17 @@ def test_pairing_pins_both_contacts_verified_by_code(
         (c,) = Contacts(home).list()
         assert c.name == peer and c.verified and c.verified_by == "code"
         assert c.card is not None  # the full card: we can send to it
+    shown = _run(homes["alice"], "contact", "show", "bob")
+    assert "Verified:      yes, " in shown.stdout and "(by code)" in shown.stdout
+    # Comparing safety numbers afterwards (the post-quantum check) still works.
+    number = next(
+        line.split(":", 1)[1].strip()
+        for line in shown.stdout.splitlines()
+        if line.startswith("Safety number:")
+    )
+    verified = _run(homes["alice"], "contact", "verify", "bob", number)
+    assert verified.returncode == 0, verified.stderr
+    assert Contacts(homes["alice"]).get("bob").verified_by is None
     # Verified by code, then a message goes through on the pinned card.
     sent = _run(homes["alice"], "send", "bob", "hello after pairing")
     assert sent.returncode == 0, sent.stderr

@@ -238,7 +238,8 @@ class Contacts:
                 raise VerificationFailed(
                     f"the safety number does not match {name!r}: do not trust this key"
                 )
-            done = replace(c, verified=True, verified_at=self._clock())
+            # The safety number supersedes a code (it is the post-quantum check).
+            done = replace(c, verified=True, verified_at=self._clock(), verified_by=None)
             contacts[i] = done
             self._save(contacts)
         self._emit(EventKind.CONTACT_VERIFIED, done)
