@@ -178,6 +178,8 @@ def test_a_wrong_code_fails_on_both_sides_and_pins_nothing(
         assert "nothing was pinned" in stderr
         assert "Traceback" not in stderr
     assert _contacts(homes["alice"]) == [] and _contacts(homes["bob"]) == []
+    assert not (homes["alice"] / "contacts.bin").exists()
+    assert not (homes["bob"] / "contacts.bin").exists()
     # The failed run burned the code: the right code no longer works either.
     late = _run(homes["bob"], "pair", code, "--relay", relay.url)
     assert late.returncode == 1 and "no such pairing code" in late.stderr
@@ -185,6 +187,26 @@ def test_a_wrong_code_fails_on_both_sides_and_pins_nothing(
     for home in (homes["alice"], homes["bob"]):
         shown = _run(home, "log", "show", "--json")
         assert "pairing-failed" in shown.stdout
+
+
+def test_a_name_pinned_to_another_key_refuses_before_confirming(
+    relay: RelayProcess, homes: dict[str, Path], tmp_path: Path
+) -> None:
+    # Bob already pinned someone else as "alice": his side refuses (exit 4,
+    # as 'contact add' would) before its key confirmation goes out, so
+    # Alice's run fails too and neither side pins anything.
+    exported = tmp_path / "mallory.id"
+    assert _run(homes["mallory"], "id", "export", "-o", str(exported)).returncode == 0
+    assert _run(homes["bob"], "contact", "add", str(exported), "--name", "alice").returncode == 0
+    before = (homes["bob"] / "contacts.bin").read_bytes()
+    a, code = _open(homes["alice"], relay)
+    b = _run(homes["bob"], "pair", code, "--relay", relay.url)
+    rc, _, err = _finish(a)
+    assert b.returncode == 4, b.stderr
+    assert "alice" in b.stderr and b.stderr.count("\n") == 1
+    assert rc == 1 and "nothing was pinned" in err
+    assert (homes["bob"] / "contacts.bin").read_bytes() == before
+    assert _contacts(homes["alice"]) == []
 
 
 def test_a_guesser_who_takes_the_slot_burns_the_code(

@@ -17,16 +17,21 @@ from collections.abc import Callable
 
 from securechan.client.context import Context
 from securechan.errors import (
+    ContactExists,
+    KeyChanged,
     MalformedInput,
     PairingFailed,
     Reason,
     RelayError,
     RelayRefused,
+    UsageError,
 )
 from securechan.identity.contacts import Contact
+from securechan.identity.keys import PublicIdentity, check_name
 from securechan.primitives import random_bytes
+from securechan.protocol.address import ContactCard
 from securechan.protocol.pair_code import DEFAULT_WORDS, MAX_WORDS, MIN_WORDS, PairingCode
-from securechan.protocol.pairing import Pairing, Side
+from securechan.protocol.pairing import Pairing, Phase, Side
 from securechan.relay import api
 from securechan.transport import RelayClient
 
@@ -75,8 +80,15 @@ async def pair(
             ) from None
         raise
     machine = Pairing(side, code, own_card)
+
+    def can_pin(card: ContactCard) -> None:
+        # Before our confirmation goes out: a name pinned to another key, or
+        # the key under another name, refuses here, so the peer never gets
+        # our confirmation and pins nothing either.
+        _check_pinnable(ctx, card.identity, name)
+
     try:
-        await asyncio.wait_for(_exchange(relay, code.nameplate, token, machine), timeout)
+        await asyncio.wait_for(_exchange(relay, code.nameplate, token, machine, can_pin), timeout)
         contact = ctx.keystore.contacts.pin_paired(
             machine.peer_card.identity, machine.peer_card_bytes, name=name
         )
@@ -107,9 +119,35 @@ def _as_failure(e: BaseException) -> PairingFailed | None:
     return None
 
 
-async def _exchange(relay: RelayClient, nameplate: int, token: bytes, machine: Pairing) -> None:
+def _check_pinnable(ctx: Context, identity: PublicIdentity, name: str | None) -> None:
+    """What :meth:`Contacts.pin_paired` would refuse, checked without writing."""
+    wanted = check_name(name if name is not None else identity.name)
+    for c in ctx.keystore.contacts.list():
+        if c.name == wanted and not c.identity.same_key(identity):
+            raise KeyChanged(wanted, str(c.fingerprint), str(identity.fingerprint))
+        if c.name != wanted and c.identity.same_key(identity):
+            raise ContactExists(f"this identity is already pinned as {c.name!r}")
+    if identity.fingerprint == ctx.keystore.public_identity().fingerprint:
+        raise UsageError("that is your own identity, not a contact")
+
+
+async def _exchange(
+    relay: RelayClient,
+    nameplate: int,
+    token: bytes,
+    machine: Pairing,
+    can_pin: Callable[[ContactCard], None],
+) -> None:
     while not machine.done:
-        for phase, data in machine.outgoing():
+        outgoing = machine.outgoing()
+        card = machine.peer_card_unconfirmed
+        if card is not None and any(phase == Phase.CONFIRM for phase, _ in outgoing):
+            try:
+                can_pin(card)
+            except BaseException:
+                machine.abort()
+                raise
+        for phase, data in outgoing:
             await relay.pair_call(
                 "pair_put",
                 api.PairPutRequest(nameplate=nameplate, token=token, phase=phase, body=data),
@@ -125,13 +163,6 @@ async def _exchange(relay: RelayClient, nameplate: int, token: bytes, machine: P
         )
         if got.body is not None:
             machine.receive(want, got.body)
-    # Our confirmation goes out after the peer's was checked.
-    for phase, data in machine.outgoing():
-        await relay.pair_call(
-            "pair_put",
-            api.PairPutRequest(nameplate=nameplate, token=token, phase=phase, body=data),
-            api.PairPutReply,
-        )
 
 
 async def _close(relay: RelayClient, nameplate: int, token: bytes, *, ok: bool) -> None:

@@ -178,6 +178,20 @@ class Pairing:
         self.peer_card  # noqa: B018 - raises unless done
         return self._peer_card_bytes
 
+    @property
+    def peer_card_unconfirmed(self) -> ContactCard | None:
+        """The peer's card once it opened and its self-signature verified,
+        before the key confirmation: for a local check (can we pin it?)
+        before our own confirmation goes out. Not to be pinned from."""
+        if self._state in (_State.WAIT_CONFIRM, _State.DONE):
+            return self._peer_card
+        return None
+
+    def abort(self) -> None:
+        """Fail the run from outside (a local refusal); final."""
+        self._state = _State.FAILED
+        self._out = []
+
     def outgoing(self) -> list[tuple[Phase, bytes]]:
         """Messages to post now (each once), with their phase."""
         out, self._out = self._out, []
