@@ -270,3 +270,33 @@ def test_opens_and_joins_are_rate_limited_per_address(
         assert statuses == [404] * 20
         status, body = _post(relay, "/v1/pair/open", None)
         assert status == 429 and body["error"]["code"] == "rate_limited"
+
+
+def test_the_library_pairs_two_channels(relay: RelayProcess, tmp_path: Path) -> None:
+    # Channel.pair on both sides, in one event loop: A's on_code hands the
+    # code to B as a person would read it out.
+    import asyncio
+
+    from securechan.client.channel import Channel
+    from securechan.identity import Keystore
+    from securechan.primitives import KDF_INTERACTIVE
+
+    homes = {n: tmp_path / n for n in ("cairo", "delhi")}
+    for name, home in homes.items():
+        Keystore(home).create(name, PASS, kdf=KDF_INTERACTIVE)
+
+    async def main() -> tuple[str, str]:
+        heard: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        async with (
+            Channel.open(homes["cairo"], PASS) as a,
+            Channel.open(homes["delhi"], PASS) as b,
+        ):
+            await a.register(relay.url)
+            await b.register(relay.url)
+            made = asyncio.create_task(a.pair(words=3, on_code=heard.set_result))
+            joined = await b.pair(code=await heard)
+            return (await made).name, joined.name
+
+    assert asyncio.run(main()) == ("delhi", "cairo")
+    (c,) = Contacts(homes["cairo"]).list()
+    assert c.verified_by == "code" and c.card is not None
