@@ -141,6 +141,8 @@ def test_pairing_pins_both_contacts_verified_by_code(
         (c,) = Contacts(home).list()
         assert c.name == peer and c.verified and c.verified_by == "code"
         assert c.card is not None  # the full card: we can send to it
+    log = _run(homes["alice"], "log", "show", "--json").stdout
+    assert "contact-added" in log and "contact-verified" in log
     shown = _run(homes["alice"], "contact", "show", "bob")
     assert "Verified:      yes, " in shown.stdout and "(by code)" in shown.stdout
     # Comparing safety numbers afterwards (the post-quantum check) still works.

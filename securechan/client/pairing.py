@@ -26,7 +26,7 @@ from securechan.errors import (
     RelayRefused,
     UsageError,
 )
-from securechan.identity.contacts import Contact
+from securechan.identity.contacts import Contact, Contacts
 from securechan.identity.keys import PublicIdentity, check_name
 from securechan.primitives import random_bytes
 from securechan.protocol.address import ContactCard
@@ -89,7 +89,15 @@ async def pair(
 
     try:
         await asyncio.wait_for(_exchange(relay, code.nameplate, token, machine, can_pin), timeout)
-        contact = ctx.keystore.contacts.pin_paired(
+        # The channel's keystore reports to no sink: pin through a contact
+        # store that writes the contact-added/-verified events to our log.
+        contacts = Contacts(
+            ctx.keystore.home,
+            own=ctx.keystore.fingerprint(),
+            events=ctx.audit.record,
+            clock=ctx.now,
+        )
+        contact = contacts.pin_paired(
             machine.peer_card.identity, machine.peer_card_bytes, name=name
         )
     except BaseException as e:
