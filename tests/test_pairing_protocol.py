@@ -317,3 +317,9 @@ def test_the_word_list_vector_of_protocol_md() -> None:
     # docs/PROTOCOL.md §19.8: nameplate 3, secret 01 02 03 04 05.
     code = PairingCode.make(3, bytes([1, 2, 3, 4, 5]))
     assert code.text() == "3-adviser-accrue-aggregate-adrift-almighty"
+
+
+def test_the_codes_shown_in_the_docs_parse() -> None:
+    # docs/GETTING-STARTED.md and `securechan pair --help` show real codes.
+    assert parse_code("7-istanbul-revenge-guitarist-python-sardonic").bits == 40
+    assert parse_code("7-istanbul-revenge").bits == 16

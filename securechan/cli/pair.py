@@ -36,7 +36,7 @@ def pair(
     """Exchange and verify contacts by reading a one-time code aloud.
 
     Without CODE: print a new code (a number and words, like
-    7-revenge-jamaica-...) and wait up to 5 minutes for the other side.
+    7-istanbul-revenge-...) and wait up to 5 minutes for the other side.
     With CODE: join that pairing. Both sides end with the other's contact
     card pinned and verified "by code", or, on any failure (a wrong code,
     a tampered exchange), with nothing pinned. A code works once."""

@@ -1,6 +1,6 @@
 """Pairing codes: a nameplate number and words from the PGP word list.
 
-A code reads ``7-revenge-Jamaica-...`` aloud: the nameplate (the relay
+A code reads ``7-istanbul-revenge-...`` aloud: the nameplate (the relay
 mailbox's number, which carries no secret) and N words, each one byte of
 secret from the PGP word list (Juola and Zimmermann, 1995: 256 "even" words
 of two syllables and 256 "odd" words of three, alternating, so a dropped or
@@ -162,7 +162,7 @@ def parse_code(text: str) -> PairingCode:
     norm = re.sub(r"[\s\-]+", "-", text.strip().lower()).strip("-")
     if not _SHAPE.fullmatch(norm):
         raise MalformedInput(
-            "that is not a pairing code: expected a number and words, like 7-revenge-jamaica"
+            "that is not a pairing code: expected a number and words, like 7-istanbul-revenge"
         )
     number, *words = norm.split("-")
     nameplate = int(number)
