@@ -27,6 +27,7 @@ raised ``from None``: the peer learns nothing from which check failed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final, Literal
 
 from securechan.errors import PairingFailed
@@ -49,7 +50,13 @@ class Spake2:
 
     __slots__ = ("_finished", "_message", "_state")
 
-    def __init__(self, side: Literal["A", "B"], password: bytes) -> None:
+    def __init__(
+        self,
+        side: Literal["A", "B"],
+        password: bytes,
+        *,
+        entropy: Callable[[int], bytes] | None = None,
+    ) -> None:
         from spake2 import SPAKE2_A, SPAKE2_B  # type: ignore[import-untyped]  # loaded when pairing
 
         if side not in ("A", "B"):
@@ -57,7 +64,10 @@ class Spake2:
         if not isinstance(password, bytes) or not password:
             raise ValueError("the password is non-empty bytes")
         cls = SPAKE2_A if side == "A" else SPAKE2_B
-        self._state = cls(password, idA=_ID_A, idB=_ID_B)
+        # ``entropy`` replaces os.urandom for the ephemeral scalar: test
+        # vectors only (tests/vectors/pairing.json).
+        extra = {"entropy_f": entropy} if entropy is not None else {}
+        self._state = cls(password, idA=_ID_A, idB=_ID_B, **extra)
         self._message: bytes = self._state.start()
         self._finished = False
 

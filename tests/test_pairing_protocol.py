@@ -323,3 +323,17 @@ def test_the_codes_shown_in_the_docs_parse() -> None:
     # docs/GETTING-STARTED.md and `securechan pair --help` show real codes.
     assert parse_code("7-istanbul-revenge-guitarist-python-sardonic").bits == 40
     assert parse_code("7-istanbul-revenge").bits == 16
+
+
+def test_the_pairing_vectors() -> None:
+    # tests/vectors/pairing.json (docs/PROTOCOL.md §19.8): SPAKE2 with fixed
+    # scalars, the key schedule, TH and both confirmations. A change in the
+    # spake2 package or in any context string shows up here.
+    import json
+    from pathlib import Path
+
+    from tests.vectors.generate_pairing import build
+
+    committed = json.loads((Path(__file__).parent / "vectors" / "pairing.json").read_text())
+    assert build() == committed
+    assert committed["key"] != committed["key_b_with_wrong_code"]

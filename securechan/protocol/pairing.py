@@ -48,9 +48,14 @@ from securechan.protocol.pair_code import PairingCode
 __all__ = [
     "MAX_CARD",
     "MAX_MESSAGE",
+    "PairKeys",
     "Pairing",
     "Phase",
+    "card_aad",
+    "confirmation",
+    "key_schedule",
     "parse_pair_message",
+    "transcript_hash",
 ]
 
 MAGIC: Final = b"SCP1"
@@ -100,6 +105,43 @@ def parse_pair_message(data: bytes, expected: Phase) -> PairMessage:
     return PairMessage(expected, payload)
 
 
+@dataclass(frozen=True, slots=True)
+class PairKeys:
+    """The keys of one run, from the PAKE key and both PAKE messages (§19.3)."""
+
+    th_pake: bytes
+    card_key: dict[str, bytes]
+    confirm_key: dict[str, bytes]
+
+
+def key_schedule(key: bytes, pake_a: bytes, pake_b: bytes) -> PairKeys:
+    """docs/PROTOCOL.md §19.3 steps 2-3 (pure: the vectors check it)."""
+    th_pake = sha256(_TH_PAKE + _lv(pake_a) + _lv(pake_b))
+
+    def derive(label: bytes, side: str) -> bytes:
+        return hkdf_sha256(key, salt=th_pake, info=label + side.encode(), length=32)
+
+    return PairKeys(
+        th_pake=th_pake,
+        card_key={x: derive(_CARD_KEY, x) for x in ("A", "B")},
+        confirm_key={x: derive(_CONFIRM_KEY, x) for x in ("A", "B")},
+    )
+
+
+def transcript_hash(pake_a: bytes, pake_b: bytes, card_a: bytes, card_b: bytes) -> bytes:
+    """``TH`` of §19.3 step 5, over both PAKE messages and both card hashes."""
+    return sha256(_TH + _lv(pake_a) + _lv(pake_b) + sha256(card_a) + sha256(card_b))
+
+
+def confirmation(keys: PairKeys, side: str, th: bytes) -> bytes:
+    """Side ``side``'s CONFIRM payload."""
+    return hmac_sha256(keys.confirm_key[side], th)
+
+
+def card_aad(side: str, th_pake: bytes) -> bytes:
+    return _CARD_AAD + side.encode() + th_pake
+
+
 def _frame(phase: Phase, payload: bytes) -> bytes:
     return MAGIC + bytes([phase]) + payload
 
@@ -140,9 +182,8 @@ class Pairing:
         self._out: list[tuple[Phase, bytes]] = [
             (Phase.PAKE, _frame(Phase.PAKE, self._pake.message()))
         ]
-        self._th_pake = b""
         self._pakes: tuple[bytes, bytes] = (b"", b"")
-        self._key = b""
+        self._keys: PairKeys | None = None
         self._peer_card_bytes = b""
         self._peer_card: ContactCard | None = None
         self._expected_confirm = b""
@@ -216,30 +257,24 @@ class Pairing:
             self._state = _State.FAILED
             raise
 
-    def _side_key(self, label: bytes, side: Side) -> bytes:
-        return hkdf_sha256(self._key, salt=self._th_pake, info=label + side.encode(), length=32)
-
     def _on_pake(self, payload: bytes) -> None:
         key = self._pake.finish(payload)
         mine = self._pake.message()
-        pake_a, pake_b = (mine, payload) if self.side == "A" else (payload, mine)
-        self._th_pake = sha256(_TH_PAKE + _lv(pake_a) + _lv(pake_b))
-        self._pakes = (pake_a, pake_b)
-        self._key = key
+        self._pakes = (mine, payload) if self.side == "A" else (payload, mine)
+        keys = self._keys = key_schedule(key, *self._pakes)
         sealed = aead_encrypt(
-            self._side_key(_CARD_KEY, self.side),
-            self._own_card,
-            aad=_CARD_AAD + self.side.encode() + self._th_pake,
+            keys.card_key[self.side], self._own_card, aad=card_aad(self.side, keys.th_pake)
         )
         self._out.append((Phase.CARD, _frame(Phase.CARD, sealed)))
         self._state = _State.WAIT_CARD
 
     def _on_card(self, sealed: bytes) -> None:
+        keys = self._keys
+        if keys is None:  # unreachable: WAIT_CARD comes after the PAKE
+            raise PairingFailed("the pairing exchange is out of order")
         try:
             card_bytes = aead_decrypt(
-                self._side_key(_CARD_KEY, self._peer),
-                sealed,
-                aad=_CARD_AAD + self._peer.encode() + self._th_pake,
+                keys.card_key[self._peer], sealed, aad=card_aad(self._peer, keys.th_pake)
             )
         except VerificationFailed:
             # The usual face of a wrong code: the keys differ.
@@ -252,11 +287,10 @@ class Pairing:
             raise PairingFailed("the peer's contact card does not verify") from None
         if card.identity.fingerprint == self._own_fp:
             raise PairingFailed("the peer sent our own contact card back")
-        own_hash, peer_hash = sha256(self._own_card), sha256(card_bytes)
-        hash_a, hash_b = (own_hash, peer_hash) if self.side == "A" else (peer_hash, own_hash)
-        th = sha256(_TH + _lv(self._pakes[0]) + _lv(self._pakes[1]) + hash_a + hash_b)
-        mine = hmac_sha256(self._side_key(_CONFIRM_KEY, self.side), th)
-        self._expected_confirm = hmac_sha256(self._side_key(_CONFIRM_KEY, self._peer), th)
+        cards = (self._own_card, card_bytes) if self.side == "A" else (card_bytes, self._own_card)
+        th = transcript_hash(*self._pakes, *cards)
+        mine = confirmation(keys, self.side, th)
+        self._expected_confirm = confirmation(keys, self._peer, th)
         self._peer_card, self._peer_card_bytes = card, card_bytes
         self._out.append((Phase.CONFIRM, _frame(Phase.CONFIRM, mine)))
         self._state = _State.WAIT_CONFIRM
