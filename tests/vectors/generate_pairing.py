@@ -36,7 +36,7 @@ CARD_A = b"securechan pairing vector: card of A"
 CARD_B = b"securechan pairing vector: card of B"
 
 
-class stream:  # noqa: N801 - used like a function
+class stream:
     """A deterministic byte source: SHA-256(label || counter) blocks."""
 
     def __init__(self, label: str) -> None:
