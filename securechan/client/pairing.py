@@ -120,7 +120,8 @@ def _as_failure(e: BaseException) -> PairingFailed | None:
         return PairingFailed("the other side did not finish in time; nothing was pinned")
     if isinstance(e, RelayRefused) and e.status == 404:
         return PairingFailed(
-            "the other side gave up (a wrong code, or a tampered exchange); nothing was pinned"
+            "the pairing ended at the relay: the other side gave up (a wrong code, a"
+            " tampered exchange) or the code expired; nothing was pinned"
         )
     if isinstance(e, MalformedInput):
         return PairingFailed("the relay's answer was malformed; nothing was pinned")
