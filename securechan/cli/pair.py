@@ -62,15 +62,9 @@ def pair(
 
     contact, sn = _run(go())
     if as_json:
-        _emit_json(
-            {
-                "name": contact.name,
-                "fingerprint": str(contact.fingerprint),
-                "verified": contact.verified,
-                "verified_by": contact.verified_by,
-                "safety_number": str(sn),
-            }
-        )
+        from securechan.cli.results import ContactInfo
+
+        _emit_json(ContactInfo.of(contact, sn).to_json())
         return
     shown = inline(contact.name)
     click.echo(f"Paired with {shown}: {contact.fingerprint}")
