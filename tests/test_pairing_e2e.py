@@ -132,11 +132,14 @@ def test_pairing_pins_both_contacts_verified_by_code(
 ) -> None:
     a, code = _open(homes["alice"], relay)
     assert parse_code(code).bits == 40
-    b = _run(homes["bob"], "pair", code, "--relay", relay.url)
+    b = _run(homes["bob"], "pair", code, "--relay", relay.url, "--json")
     rc, out, err = _finish(a)
     assert b.returncode == 0, b.stderr
     assert rc == 0, err
-    assert "Paired with alice" in b.stdout and "Paired with bob" in out
+    assert "Paired with bob" in out
+    shown_b = json.loads(b.stdout)
+    assert shown_b["name"] == "alice" and shown_b["verified"] is True
+    assert len(shown_b["safety_number"].split()) == 12
     for home, peer in ((homes["alice"], "bob"), (homes["bob"], "alice")):
         (c,) = Contacts(home).list()
         assert c.name == peer and c.verified and c.verified_by == "code"
