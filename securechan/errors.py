@@ -35,6 +35,7 @@ __all__ = [
     "Misaddressed",
     "NoIdentity",
     "NotFound",
+    "PairingFailed",
     "ProofFailed",
     "Reason",
     "Reflected",
@@ -91,6 +92,7 @@ class Reason(StrEnum):
     NO_IDENTITY = "no-identity"
     NONCE_REUSED = "nonce-reused"
     NOT_FOUND = "not-found"
+    PAIRING_FAILED = "pairing-failed"
     PEER_ROLLED_BACK = "peer-rolled-back"
     PROOF_FAILED = "proof-failed"
     QUEUE_FULL = "queue-full"
@@ -405,3 +407,11 @@ class SplitView(VerificationFailed):
     def __init__(self, message: str, evidence: tuple[str, str]) -> None:
         super().__init__(message)
         self.evidence = evidence
+
+
+class PairingFailed(VerificationFailed):
+    """Pairing by a spoken code failed; nothing was pinned.
+
+    A wrong code, a tampered exchange, an expired or used code."""
+
+    code = Reason.PAIRING_FAILED

@@ -422,6 +422,15 @@ class RelayClient:
         bundle = _reply(api.BundleReply, data, "bundle reply")
         return bundle.signed, bundle.one_time
 
+    async def pair_call(self, name: str, request: Any, reply: type[T]) -> T:
+        """One call to the pairing mailbox (docs/RELAY.md, "Pairing mailbox"):
+        route ``name`` (``pair_open``, ``pair_join``...), body ``request``
+        (an API type, or None), answer parsed as ``reply``."""
+        path = api.route(name).path
+        body = _body(request) if request is not None else b""
+        _, data = await self._request("POST", path, body=body)
+        return _reply(reply, data, "pairing answer")
+
     async def subscribe(
         self, rid: bytes, recipient: Ed25519SigningKey
     ) -> AsyncIterator[FetchedEnvelope]:

@@ -30,6 +30,7 @@ RANKS = {
     "timestamps": 0,
     "strict_json": 1,
     "primitives": 1,
+    "pake": 1,  # SPAKE2 for pairing: the only importer of the spake2 package
     "sqlite_schema": 1,  # opens every store's SQLite file (stdlib sqlite3 + errors)
     "wire": 2,
     "wire_records": 2,
@@ -83,6 +84,8 @@ def test_layering(path: Path) -> None:
         top = name.split(".")[0]
         if top in ("cryptography", "nacl"):
             assert path.name == "primitives.py", f"{path} imports {name}"
+        if top == "spake2":
+            assert path.name == "pake.py", f"{path} imports {name}"
         if top == "click":
             assert layer == "cli", f"{path} imports click"
         if top == "aiohttp":
@@ -178,6 +181,7 @@ CLIENT_RANKS = {
     "outbox": 5,
     "record": 5,
     "inbox": 6,
+    "pairing": 5,  # pairing by a spoken code: context + the transport
     "channel": 7,
     "sync": 8,
     "__init__": 9,

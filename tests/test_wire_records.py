@@ -492,6 +492,10 @@ _LEGACY_CT_CONTACT = wire.Schema(
         wire.Field(5, "verified_at", wire.Kind.UINT, optional=True),
         # The contact card (identity + relay addresses), opaque to this layer.
         wire.Field(6, "card", wire.Kind.BYTES, max_len=32768, optional=True),
+        # Added after the conversion (issue 18, pairing by a spoken code): how
+        # the contact was verified. Optional, so every store written before it
+        # reads and writes back unchanged (the real encodings below).
+        wire.Field(7, "verified_by", wire.Kind.TEXT, max_len=16, optional=True),
     ),
 )
 _LEGACY_CT_CONTACTS = wire.Schema(

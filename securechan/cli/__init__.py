@@ -79,6 +79,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "securechan.cli.log:log_group",
         "Show and verify your local audit log (no passphrase needed).",
     ),
+    "pair": (
+        "securechan.cli.pair:pair",
+        "Exchange and verify contacts by reading a one-time code aloud.",
+    ),
     "policy": (
         "securechan.cli.policy:policy",
         "Which witnesses must cosign a relay's log (docs/AUDIT.md, Witnesses).",

@@ -96,7 +96,8 @@ def contact_show(app: _App, name: str, as_json: bool) -> None:
         return
     click.echo(f"Name:          {inline(c.name)}")
     click.echo(f"Fingerprint:   {c.fingerprint}")
-    click.echo(f"Verified:      {'yes, ' + str(_iso(c.verified_at)) if c.verified else 'NO'}")
+    how = " (by code)" if c.verified and c.verified_by == "code" else ""
+    click.echo(f"Verified:      {'yes, ' + str(_iso(c.verified_at)) + how if c.verified else 'NO'}")
     click.echo(f"Safety number: {sn}")
     click.echo(f"Spoken form:   {sn.words_text}")
 

@@ -61,8 +61,8 @@ from securechan.client.record import History, MessageRecord
 from securechan.client.registration import ONE_TIME_BATCH, ONE_TIME_LOW, Registrar
 from securechan.client.results import Received, Rejected, SendResult
 from securechan.client.state import ProtocolState
-from securechan.errors import NoIdentity
-from securechan.identity import Identity, Keystore
+from securechan.errors import NoIdentity, UsageError
+from securechan.identity import Contact, Identity, Keystore
 from securechan.primitives import random_bytes
 from securechan.protocol.address import ContactCard
 from securechan.transport import RelayClient, RetryPolicy
@@ -231,6 +231,37 @@ class Channel:
     def card(self) -> ContactCard:
         """Our contact card (identity + every registered address)."""
         return self.registrar.card()
+
+    async def pair(
+        self,
+        relay_url: str | None = None,
+        *,
+        code: str | None = None,
+        words: int = 5,
+        name: str | None = None,
+        on_code: Callable[[str], None] | None = None,
+    ) -> Contact:
+        """Pair by a spoken code (docs/PROTOCOL.md, "Pairing"): without
+        ``code``, open a mailbox at the relay and hand the new code (``words``
+        words, 8 bits each) to ``on_code``; with ``code``, join it. Returns
+        the peer, pinned and verified "by code"; :class:`PairingFailed` (and
+        nothing pinned) otherwise. The relay defaults to our first one."""
+        from securechan.client.pairing import pair
+        from securechan.protocol.pair_code import parse_code
+
+        url = relay_url or next(iter(self.relays()), None)
+        if url is None:
+            raise UsageError("pairing needs a relay: register at one, or name one")
+        parsed = parse_code(code) if code is not None else None
+        return await pair(
+            self.ctx,
+            url,
+            self.card().to_bytes(),
+            code=parsed,
+            words=words,
+            name=name,
+            on_code=on_code,
+        )
 
     def relays(self) -> list[str]:
         """The relays we are registered at, as registered."""

@@ -13,11 +13,13 @@ Each call runs the async method to completion on a private event loop.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from securechan.client.channel import Channel, UnknownPolicy
 from securechan.client.results import Received, Rejected, SendResult
+from securechan.identity.contacts import Contact
 from securechan.protocol.address import ContactCard
 
 __all__ = ["SyncChannel"]
@@ -54,6 +56,21 @@ class SyncChannel:
     def card(self) -> ContactCard:
         """See :meth:`Channel.card`."""
         return self.channel.card()
+
+    def pair(
+        self,
+        relay_url: str | None = None,
+        *,
+        code: str | None = None,
+        words: int = 5,
+        name: str | None = None,
+        on_code: Callable[[str], None] | None = None,
+    ) -> Contact:
+        """:meth:`Channel.pair`: pair by a spoken code."""
+        result: Contact = self._run(
+            self.channel.pair(relay_url, code=code, words=words, name=name, on_code=on_code)
+        )
+        return result
 
     def send_text(self, contact: str, text: str) -> SendResult:
         """See :meth:`Channel.send_text`."""

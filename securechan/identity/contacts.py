@@ -58,6 +58,9 @@ class Contact(wire.Record):
     verified_at: Annotated[int | None, wire.uint(5)] = None
     # The contact card (identity + relay addresses), opaque to this layer.
     card: Annotated[bytes | None, wire.bytes_(6, max_len=32768)] = None
+    # How it was verified: None for the safety number (and older stores),
+    # "code" for pairing by a spoken code (docs/PROTOCOL.md, "Pairing").
+    verified_by: Annotated[str | None, wire.text(7, max_len=16)] = None
 
     @property
     def fingerprint(self) -> Fingerprint:
@@ -235,9 +238,58 @@ class Contacts:
                 raise VerificationFailed(
                     f"the safety number does not match {name!r}: do not trust this key"
                 )
-            done = replace(c, verified=True, verified_at=self._clock())
+            # The safety number supersedes a code (it is the post-quantum check).
+            done = replace(c, verified=True, verified_at=self._clock(), verified_by=None)
             contacts[i] = done
             self._save(contacts)
+        self._emit(EventKind.CONTACT_VERIFIED, done)
+        return done
+
+    def pin_paired(
+        self, identity: PublicIdentity, card: bytes, *, name: str | None = None
+    ) -> Contact:
+        """Pin ``identity`` with its ``card`` and mark it verified "by code"
+        in one atomic write: the outcome of a successful pairing (the code's
+        key confirmation covered this card). A name pinned to another key,
+        or this key pinned under another name, is refused as by :meth:`add`
+        (nothing changes); the same key under the same name gets the new
+        card and the mark.
+        """
+        name = check_name(name if name is not None else identity.name)
+        if self._own is not None and identity.fingerprint == self._own:
+            raise UsageError("that is your own identity, not a contact")
+        now = self._clock()
+        with home_lock(self.home):
+            contacts = self._load()
+            i = next((k for k, c in enumerate(contacts) if c.name == name), None)
+            for k, c in enumerate(contacts):
+                if k != i and c.identity.same_key(identity):
+                    raise ContactExists(f"this identity is already pinned as {c.name!r}")
+            added = i is None
+            if i is not None and not contacts[i].identity.same_key(identity):
+                old = contacts[i]
+                refused = Contact(name=name, identity=identity, verified=False, added=now)
+                self._emit(EventKind.CONTACT_KEY_CHANGE_REFUSED, refused, old=old.fingerprint)
+                raise KeyChanged(name, str(old.fingerprint), str(identity.fingerprint))
+            if i is None and len(contacts) >= MAX_CONTACTS:
+                raise UsageError(f"at most {MAX_CONTACTS} contacts")
+            base = contacts[i] if i is not None else None
+            done = Contact(
+                name=name,
+                identity=identity,
+                verified=True,
+                added=base.added if base is not None else now,
+                verified_at=now,
+                card=card,
+                verified_by="code",
+            )
+            if i is None:
+                contacts.append(done)
+            else:
+                contacts[i] = done
+            self._save(contacts)
+        if added:
+            self._emit(EventKind.CONTACT_ADDED, done)
         self._emit(EventKind.CONTACT_VERIFIED, done)
         return done
 

@@ -23,16 +23,26 @@ This module imports no HTTP library: it is plain data.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 from securechan.audit.receipt import Receipt
 from securechan.errors import Reason, SecurechanError
-from securechan.protocol.relay_auth import b64e
 from securechan.relay.api_codec import Message, from_json, jfield, to_json
+from securechan.relay.api_pairing import (
+    PAIR_ROUTES,
+    PairCloseReply,
+    PairCloseRequest,
+    PairGetReply,
+    PairGetRequest,
+    PairJoinRequest,
+    PairOpenReply,
+    PairPutReply,
+    PairPutRequest,
+)
+from securechan.relay.api_route import Query, Route
 
 __all__ = [
     "API_VERSION",
@@ -49,8 +59,17 @@ __all__ = [
     "FetchReply",
     "InclusionReply",
     "Message",
+    "PairCloseReply",
+    "PairCloseRequest",
+    "PairGetReply",
+    "PairGetRequest",
+    "PairJoinRequest",
+    "PairOpenReply",
+    "PairPutReply",
+    "PairPutRequest",
     "PrekeyCount",
     "PrekeysRequest",
+    "Query",
     "RelayInfo",
     "Route",
     "SecureQueueRequest",
@@ -86,6 +105,7 @@ ERRORS: Final[Mapping[str, int]] = {
     "no_log": 404,
     "no_leaf": 404,
     "no_checkpoint": 404,
+    "no_mailbox": 404,
     "timeout": 408,
     "conflict": 409,
     "too_large": 413,
@@ -250,64 +270,7 @@ class ConsistencyReply:
     hashes: tuple[bytes, ...] = jfield("hashes")
 
 
-# --- the route table --------------------------------------------------------------------
-
-Auth = Literal["none", "recipient", "sender", "owner"]
-"""``recipient``: signed by the queue's recipient key; ``sender``: signed by
-the queue's sender key once it is secured (open while it is a contact
-address); ``owner``: signed by the recipient key the body names (queue
-creation); ``none``: not signed."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Query:
-    name: str
-    required: bool = False
-    minimum: int = 0
-    maximum: int | None = None
-    pattern: str | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Route:
-    """One route: ``name`` is the handler's and the service method's name.
-
-    ``body`` is the request body: a JSON type, ``"octets"`` (an envelope),
-    ``"text"`` (a signed note) or ``None`` (no body); ``limit`` its largest
-    size in bytes, or the name of the :class:`~securechan.relay.config.RelayConfig`
-    attribute that holds it. ``reply`` is the success body: a JSON type,
-    ``"text"``, ``"yaml"``, ``"metrics"``, ``"ws"`` or a status object
-    (``"status"``). ``ok`` maps each success status to its meaning;
-    ``refusals`` lists the error statuses the route may answer; ``headers``
-    the request headers it requires besides ``Authorization``. ``log``:
-    served only with a transparency log. ``gated``: refused (429) to an
-    address over its failed-authentication budget.
-    """
-
-    name: str
-    method: str
-    path: str
-    summary: str
-    auth: Auth = "none"
-    body: type | str | None = None
-    limit: int | str = 0
-    query: tuple[Query, ...] = ()
-    reply: type | str = "status"
-    ok: Mapping[int, str] = dataclasses.field(default_factory=lambda: {200: "OK."})
-    refusals: tuple[int, ...] = ()
-    headers: tuple[str, ...] = ()
-    log: bool = False
-    gated: bool = True
-
-    def url(self, **ids: bytes) -> str:
-        """The path with its ``{rid}``/``{sid}`` filled in (base64url)."""
-        path = self.path
-        for name, value in ids.items():
-            path = path.replace("{" + name + "}", b64e(value))
-        if "{" in path:
-            raise ValueError(f"{self.name} needs {path}")
-        return path
-
+# --- the route table (Route, Query, Auth: api_route.py) ---------------------------------
 
 _SIGNED = (400, 401, 403, 404, 408, 413, 429, 503)
 _LOG = (400, 404, 429, 503)
@@ -540,6 +503,7 @@ ROUTES: Final[tuple[Route, ...]] = (
         refusals=(400, 403, 408, 409, 413, 422, 429, 503),
         log=True,
     ),
+    *PAIR_ROUTES,
 )
 
 _BY_NAME: Final = {r.name: r for r in ROUTES}

@@ -36,6 +36,7 @@ from securechan.relay.api import ApiError
 from securechan.relay.config import RelayConfig
 from securechan.relay.log_service import LogService
 from securechan.relay.metrics import RelayMetrics
+from securechan.relay.pairing import PairingService
 from securechan.relay.push import Push
 from securechan.relay.service import Call, RelayService
 from securechan.relay.storage import ID_SIZE, RelayStorage, StorageClosed
@@ -85,6 +86,7 @@ class Relay:
         self.push = push
         self.config = service.config
         self.metrics = service.metrics
+        self.pairing = PairingService()  # in memory, this process only (docs/RELAY.md)
 
     # The state an operator's code and the tests look at lives in the service.
     @property
@@ -308,6 +310,38 @@ class Relay:
         sid = self._id(request, "sid")
         await self._body(request, 0)
         return _json(await svc.claim_bundle(self._call(request), sid))
+
+    # --- pairing mailbox (docs/RELAY.md, "Pairing mailbox"; relay/pairing.py) -----
+
+    async def pair_open(self, request: web.Request) -> web.Response:
+        await self._body(request, 0)
+        nameplate, token = self.pairing.open(request.remote)
+        return _json(api.PairOpenReply(nameplate=nameplate, token=token), status=201)
+
+    async def pair_join(self, request: web.Request) -> web.Response:
+        req = self._parse(api.PairJoinRequest, await self._body(request, 1024))
+        token = self.pairing.join(request.remote, req.nameplate)
+        return _json(api.PairOpenReply(nameplate=req.nameplate, token=token))
+
+    async def pair_put(self, request: web.Request) -> web.Response:
+        req = self._parse(api.PairPutRequest, await self._body(request, 65536))
+        self.pairing.put(req.nameplate, req.token, req.phase, req.body)
+        return _json(api.PairPutReply(stored=True))
+
+    async def pair_get(self, request: web.Request) -> web.Response:
+        req = self._parse(api.PairGetRequest, await self._body(request, 1024))
+        # A short long-poll: the answer comes as soon as the other side posts.
+        for _ in range(100):
+            body = self.pairing.get(req.nameplate, req.token, req.phase)
+            if body is not None or self.service.stopping.is_set():
+                break
+            await asyncio.sleep(0.05)
+        return _json(api.PairGetReply(body=body))
+
+    async def pair_close(self, request: web.Request) -> web.Response:
+        req = self._parse(api.PairCloseRequest, await self._body(request, 1024))
+        deleted = self.pairing.close(req.nameplate, req.token, req.ok)
+        return _json(api.PairCloseReply(deleted=deleted))
 
     # --- transparency log (docs/AUDIT.md, "Relay transparency log") -----------------
 

@@ -65,7 +65,8 @@ from securechan.testing.shadow_log import ShadowLog
 __all__ = ["Envelope", "Exchange", "MaliciousRelay", "b64d", "b64e", "route_of"]
 
 T = TypeVar("T")
-Kind = str  # "send", "fetch", "ack", "bundle", "create", "prekeys", "log", "info", "ws", "other"
+Kind = str  # "send", "fetch", "ack", "bundle", "create", "prekeys", "log", "info", "ws",
+# "pair" (the pairing mailbox), "other"
 _HOP = {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade"}
 _PASS_BACK = ("Content-Type", "Retry-After", "Cache-Control")
 
@@ -94,6 +95,13 @@ _KINDS = {
     "log_leaf": "log",
     "log_consistency": "log",
     "log_cosignature": "log",
+    # The pairing mailbox (docs/RELAY.md, "Pairing mailbox"): one kind, the
+    # hooks tell the routes apart by path.
+    "pair_open": "pair",
+    "pair_join": "pair",
+    "pair_put": "pair",
+    "pair_get": "pair",
+    "pair_close": "pair",
 }
 
 
