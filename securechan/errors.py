@@ -116,6 +116,10 @@ class Reason(StrEnum):
     USAGE_ERROR = "usage"
     VERIFICATION_FAILED = "verification-failed"
     WRONG_CONVERSATION = "wrong-conversation"
+    # Groups (docs/PROTOCOL.md, Groups).
+    GROUP_REJECTED = "group-rejected"
+    GROUP_FORKED = "group-forked"
+    GROUP_EQUIVOCATION = "group-equivocation"
 
 
 def reason_of(error: BaseException) -> Reason:
@@ -415,3 +419,27 @@ class PairingFailed(VerificationFailed):
     A wrong code, a tampered exchange, an expired or used code."""
 
     code = Reason.PAIRING_FAILED
+
+
+class GroupRejected(MessageRejected):
+    """A group record that must not be applied (unauthorised, stale, forged)."""
+
+    code = Reason.GROUP_REJECTED
+
+
+class GroupForked(GroupRejected):
+    """A member was shown a group transcript this member never had."""
+
+    code = Reason.GROUP_FORKED
+
+
+class GroupEquivocation(GroupRejected):
+    """A member signed two different group messages for one sequence number.
+
+    ``evidence`` holds the hashes of both signed payloads."""
+
+    code = Reason.GROUP_EQUIVOCATION
+
+    def __init__(self, message: str, evidence: tuple[bytes, bytes]) -> None:
+        super().__init__(message)
+        self.evidence = evidence

@@ -1,0 +1,307 @@
+"""Groups of up to 20 members: explicit signed state, one transcript (sans-I/O).
+
+Design (issue 17; docs/PROTOCOL.md, Groups): a group message is signed once
+and sent through each member's pairwise session (pairwise fan-out over the
+post-quantum sessions: for 20 members MLS's tree saves nothing that matters,
+and no post-quantum MLS is usable from Python). What makes it a *group*, and
+a record a fact-checker can use, is explicit state:
+
+- **GroupState** (0x0110): the group id (32 random bytes chosen by its
+  creator), an epoch (0 at creation, +1 per change), a name, the members
+  (1..20, each a fingerprint and an admin flag, sorted by fingerprint, no
+  repeats, at least one admin) and ``previous``, the hash of the state it
+  replaces (zeros at epoch 0). Its hash names it.
+- **GroupChange** (0x0112): a new state signed by its author (composite
+  ML-DSA-65 + Ed25519, context ``securechan/v1/group-change``). Authorised
+  by the previous state: an admin may make any change (add, remove, grant or
+  revoke admin) that leaves an admin; any member may leave (the new state is
+  the old one without it, nothing else changed; the last admin cannot). The
+  creation (epoch 0) is authorised by its author being an admin member of it.
+- **GroupPayload** (0x0113) signed in a **SignedGroupPayload** (0x0114,
+  context ``securechan/v1/group-message``): group id, the hash of the state
+  the sender holds, the sender, its group sequence number (1, 2, ...), the
+  last transcript head it has seen, a commitment to the content and the
+  time. The content travels beside it in each pairwise message; each member
+  checks the commitment, so a sender who shows members different content
+  signs two payloads for one sequence number: proof of equivocation, caught
+  when members compare what they hold (each carries its transcript head).
+
+**One transcript.** Records (changes and messages) are applied in one order
+for every member: the relay log's order of their hashes (one sequencer,
+RFC 9750's strongly consistent model); :class:`GroupView` is fed in that
+order by the client. Its ``head`` chains every applied record:
+``head' = SHA-256("securechan/v1/group-head" 0x00 || head || record hash)``.
+A message names the head its sender had seen; a head this member never
+had means the two were shown different transcripts (a forked log), refused
+as :class:`GroupForked`, like a split view.
+
+Everything here is pure: bytes in, a new immutable view or an exception
+out; a refused record leaves the view as it was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Annotated
+
+from securechan import wire
+from securechan.errors import (
+    BadSignature,
+    GroupEquivocation,
+    GroupForked,
+    GroupRejected,
+    MalformedInput,
+)
+from securechan.identity.keys import Identity, PublicIdentity
+from securechan.primitives import HYBRID_SIGNATURE_SIZE, sha256
+
+__all__ = [
+    "CONTEXT_GROUP_CHANGE",
+    "CONTEXT_GROUP_MESSAGE",
+    "MAX_MEMBERS",
+    "GroupChange",
+    "GroupMember",
+    "GroupPayload",
+    "GroupState",
+    "GroupView",
+    "SignedGroupPayload",
+    "commit_content",
+]
+
+CONTEXT_GROUP_CHANGE = b"securechan/v1/group-change"
+CONTEXT_GROUP_MESSAGE = b"securechan/v1/group-message"
+_STATE_LABEL = b"securechan/v1/group-state\x00"
+_HEAD_LABEL = b"securechan/v1/group-head\x00"
+_CONTENT_LABEL = b"securechan/v1/group-content\x00"
+MAX_MEMBERS = 20
+MAX_NAME = 64
+# Transcript heads a member remembers, to recognise the one a sender names
+# (a sender is at most this many records behind).
+HEADS_KEPT = 1024
+ZERO = bytes(32)
+
+
+@wire.record(0x0111, "GroupMember")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupMember:
+    fingerprint: Annotated[bytes, wire.bytes_(1, size=32)]
+    admin: Annotated[bool, wire.boolean(2)]
+
+
+@wire.record(0x0110, "GroupState")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupState:
+    group_id: Annotated[bytes, wire.bytes_(1, size=32)]
+    epoch: Annotated[int, wire.uint(2)]
+    name: Annotated[str, wire.text(3, max_len=MAX_NAME)]
+    members: Annotated[
+        tuple[GroupMember, ...], wire.list_(4, max_len=MAX_MEMBERS * 64, max_items=MAX_MEMBERS)
+    ]
+    previous: Annotated[bytes, wire.bytes_(5, size=32)]
+
+    def __post_init__(self) -> None:
+        prints = [m.fingerprint for m in self.members]
+        if not 1 <= len(prints) <= MAX_MEMBERS:
+            raise MalformedInput(f"a group has 1 to {MAX_MEMBERS} members")
+        if prints != sorted(set(prints)):
+            raise MalformedInput("group members are sorted by fingerprint, each once")
+        if not any(m.admin for m in self.members):
+            raise MalformedInput("a group has at least one admin")
+        if (self.epoch == 0) != (self.previous == ZERO):
+            raise MalformedInput("only the first state of a group has no previous state")
+
+    @property
+    def hash(self) -> bytes:
+        return sha256(_STATE_LABEL + wire.encode_record(self))
+
+    def member(self, fingerprint: bytes) -> GroupMember | None:
+        return next((m for m in self.members if m.fingerprint == fingerprint), None)
+
+    def to_bytes(self) -> bytes:
+        return wire.encode_record(self)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> GroupState:
+        return wire.decode_record(cls, data)
+
+
+@wire.record(0x0112, "GroupChange")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupChange:
+    state: Annotated[GroupState, wire.nested(1, max_len=4096)]
+    author: Annotated[bytes, wire.bytes_(2, size=32)]
+    signature: Annotated[bytes, wire.bytes_(3, size=HYBRID_SIGNATURE_SIZE)]
+
+    @classmethod
+    def sign(cls, author: Identity, state: GroupState) -> GroupChange:
+        fp = author.fingerprint.digest
+        sig = author.sign(_change_message(state, fp), context=CONTEXT_GROUP_CHANGE)
+        return cls(state=state, author=fp, signature=sig)
+
+    def verify(self, author: PublicIdentity) -> None:
+        """Raise :class:`GroupRejected` unless ``author`` (the named one) signed it."""
+        if author.fingerprint.digest != self.author:
+            raise GroupRejected("the change names another author")
+        try:
+            author.verify(
+                self.signature,
+                _change_message(self.state, self.author),
+                context=CONTEXT_GROUP_CHANGE,
+            )
+        except Exception as e:  # BadSignature
+            raise GroupRejected("the change's signature does not verify") from e
+
+    @property
+    def hash(self) -> bytes:
+        return sha256(self.to_bytes())
+
+    def to_bytes(self) -> bytes:
+        return wire.encode_record(self)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> GroupChange:
+        return wire.decode_record(cls, data)
+
+
+def _change_message(state: GroupState, author: bytes) -> bytes:
+    return state.to_bytes() + author
+
+
+@wire.record(0x0113, "GroupPayload")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupPayload:
+    group_id: Annotated[bytes, wire.bytes_(1, size=32)]
+    state_hash: Annotated[bytes, wire.bytes_(2, size=32)]
+    sender: Annotated[bytes, wire.bytes_(3, size=32)]
+    seq: Annotated[int, wire.uint(4)]
+    head: Annotated[bytes, wire.bytes_(5, size=32)]
+    commitment: Annotated[bytes, wire.bytes_(6, size=32)]
+    sent_at: Annotated[int, wire.uint(7)]
+
+
+@wire.record(0x0114, "SignedGroupPayload")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SignedGroupPayload:
+    payload: Annotated[GroupPayload, wire.nested(1, max_len=512)]
+    signature: Annotated[bytes, wire.bytes_(2, size=HYBRID_SIGNATURE_SIZE)]
+
+    @classmethod
+    def sign(cls, sender: Identity, payload: GroupPayload) -> SignedGroupPayload:
+        if payload.sender != sender.fingerprint.digest:
+            raise ValueError("the payload names another sender")
+        data = wire.encode_record(payload)
+        return cls(payload=payload, signature=sender.sign(data, context=CONTEXT_GROUP_MESSAGE))
+
+    def verify(self, sender: PublicIdentity) -> None:
+        if sender.fingerprint.digest != self.payload.sender:
+            raise GroupRejected("the message names another sender")
+        try:
+            sender.verify(
+                self.signature, wire.encode_record(self.payload), context=CONTEXT_GROUP_MESSAGE
+            )
+        except BadSignature:
+            raise GroupRejected("the message's signature does not verify") from None
+
+    @property
+    def hash(self) -> bytes:
+        return sha256(self.to_bytes())
+
+    def to_bytes(self) -> bytes:
+        return wire.encode_record(self)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> SignedGroupPayload:
+        return wire.decode_record(cls, data)
+
+
+def commit_content(group_id: bytes, sender: bytes, seq: int, content: bytes) -> bytes:
+    """The commitment a group payload carries to its content."""
+    return sha256(_CONTENT_LABEL + group_id + sender + seq.to_bytes(8, "big") + content)
+
+
+def _next_head(head: bytes, record_hash: bytes) -> bytes:
+    return sha256(_HEAD_LABEL + head + record_hash)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupView:
+    """One member's view of a group, fed the group's records in log order."""
+
+    state: GroupState
+    head: bytes
+    # sender -> (its last sequence number, that message's signed hash)
+    last: Mapping[bytes, tuple[int, bytes]] = field(default_factory=lambda: MappingProxyType({}))
+    heads: tuple[bytes, ...] = ()  # recent heads, newest last (bounded)
+
+    @classmethod
+    def create(cls, change: GroupChange, author: PublicIdentity) -> GroupView:
+        """The view after a group's first record (its creation)."""
+        state = change.state
+        if state.epoch != 0:
+            raise GroupRejected("a group starts at epoch 0")
+        change.verify(author)
+        me = state.member(change.author)
+        if me is None or not me.admin:
+            raise GroupRejected("the creator is not an admin member of the group it made")
+        head = _next_head(ZERO, change.hash)
+        return cls(state=state, head=head, heads=(ZERO, head))
+
+    def _advance(self, record_hash: bytes, **changes: object) -> GroupView:
+        head = _next_head(self.head, record_hash)
+        heads = (*self.heads, head)[-HEADS_KEPT:]
+        return replace(self, head=head, heads=heads, **changes)  # type: ignore[arg-type]
+
+    def apply_change(self, change: GroupChange, author: PublicIdentity) -> GroupView:
+        """The view after a membership change; raise :class:`GroupRejected`."""
+        old, new = self.state, change.state
+        if new.group_id != old.group_id:
+            raise GroupRejected("the change is for another group")
+        if new.epoch != old.epoch + 1 or new.previous != old.hash:
+            # An old state replayed, or one made on a state we do not hold.
+            raise GroupRejected(f"the change does not follow the current state (epoch {old.epoch})")
+        change.verify(author)
+        who = old.member(change.author)
+        if who is None:
+            raise GroupRejected("the change's author is not a member")
+        if not who.admin:
+            leaving = tuple(m for m in old.members if m.fingerprint != change.author)
+            if new.members != leaving or new.name != old.name:
+                raise GroupRejected("only an admin may change the group; a member may only leave")
+        return self._advance(change.hash, state=new)
+
+    def accept_message(
+        self, signed: SignedGroupPayload, content: bytes, sender: PublicIdentity
+    ) -> GroupView:
+        """The view after one group message; raise :class:`GroupRejected`
+        (or a subclass) for a message that must not be shown."""
+        p = signed.payload
+        if p.group_id != self.state.group_id:
+            raise GroupRejected("the message is for another group")
+        if self.state.member(p.sender) is None:
+            raise GroupRejected("the sender is not a member of the group")
+        if p.state_hash != self.state.hash:
+            raise GroupRejected("the message was made for another member list")
+        signed.verify(sender)
+        if p.commitment != commit_content(p.group_id, p.sender, p.seq, content):
+            raise GroupRejected("the content is not the one the sender signed")
+        if p.head not in self.heads:
+            raise GroupForked(
+                "the sender saw a group transcript this member never had (a forked log)"
+            )
+        last_seq, last_hash = self.last.get(p.sender, (0, b""))
+        if p.seq <= last_seq:
+            if p.seq == last_seq and signed.hash != last_hash:
+                raise GroupEquivocation(
+                    "the sender signed two different messages for one sequence number",
+                    evidence=(last_hash, signed.hash),
+                )
+            raise GroupRejected("a replayed group message")
+        if p.seq != last_seq + 1:
+            raise GroupRejected(
+                f"group messages {last_seq + 1}..{p.seq - 1} of this sender are missing"
+            )
+        last = dict(self.last)
+        last[p.sender] = (p.seq, signed.hash)
+        return self._advance(signed.hash, last=MappingProxyType(last))

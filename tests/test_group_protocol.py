@@ -1,0 +1,229 @@
+"""The group protocol's sans-I/O core (securechan/protocol/group.py), played
+as the hostile member and the malicious relay would play it: a sender who
+shows members different content or signs two messages for one number, a
+forged, unauthorised or replayed membership change, a removed member who
+posts, a relay that reorders, drops or forks the transcript."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import replace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from securechan.errors import GroupEquivocation, GroupForked, GroupRejected, MalformedInput
+from securechan.identity import Identity
+from securechan.protocol.group import (
+    MAX_MEMBERS,
+    ZERO,
+    GroupChange,
+    GroupMember,
+    GroupPayload,
+    GroupState,
+    GroupView,
+    SignedGroupPayload,
+    commit_content,
+)
+from tests.conftest import fixed_identity
+
+GID = bytes(range(32))
+NOW = 1_790_000_000
+
+TEHRAN = fixed_identity("tehran")
+WASHINGTON = fixed_identity("washington")
+MUSCAT = fixed_identity("muscat")  # the mediator, creator and admin
+ENVOY = fixed_identity("envoy")
+
+
+def _fp(who: Identity) -> bytes:
+    return who.fingerprint.digest
+
+
+def _state(
+    members: dict[Identity, bool], *, epoch: int = 0, previous: bytes = ZERO, name: str = "talks"
+) -> GroupState:
+    ms = sorted(
+        (GroupMember(fingerprint=_fp(m), admin=a) for m, a in members.items()),
+        key=lambda m: m.fingerprint,
+    )
+    return GroupState(group_id=GID, epoch=epoch, name=name, members=tuple(ms), previous=previous)
+
+
+def _genesis() -> tuple[GroupView, GroupChange]:
+    state = _state({MUSCAT: True, TEHRAN: False, WASHINGTON: False})
+    change = GroupChange.sign(MUSCAT, state)
+    return GroupView.create(change, MUSCAT.public), change
+
+
+def _next(view: GroupView, members: dict[Identity, bool], **kw: object) -> GroupState:
+    return _state(members, epoch=view.state.epoch + 1, previous=view.state.hash, **kw)  # type: ignore[arg-type]
+
+
+def _message(
+    view: GroupView, sender: Identity, seq: int, content: bytes, *, head: bytes | None = None
+) -> SignedGroupPayload:
+    payload = GroupPayload(
+        group_id=view.state.group_id,
+        state_hash=view.state.hash,
+        sender=_fp(sender),
+        seq=seq,
+        head=view.head if head is None else head,
+        commitment=commit_content(view.state.group_id, _fp(sender), seq, content),
+        sent_at=NOW,
+    )
+    return SignedGroupPayload.sign(sender, payload)
+
+
+def _refused(view: GroupView, call: object, error: type[Exception] = GroupRejected) -> Exception:
+    before = (view.state, view.head, dict(view.last), view.heads)
+    with pytest.raises(error) as info:
+        call()  # type: ignore[operator]
+    assert (view.state, view.head, dict(view.last), view.heads) == before  # immutable: unchanged
+    return info.value
+
+
+def test_a_conversation_two_members_agree_on_one_transcript() -> None:
+    a, creation = _genesis()
+    b = GroupView.create(creation, MUSCAT.public)
+    assert a.head == b.head
+    m1 = _message(a, TEHRAN, 1, b"We accept the draft.")
+    m2 = _message(a, WASHINGTON, 1, b"So do we.")  # sent before it saw m1: an older head
+    for msg, content, who in (
+        (m1, b"We accept the draft.", TEHRAN),
+        (m2, b"So do we.", WASHINGTON),
+    ):
+        a = a.accept_message(msg, content, who.public)
+        b = b.accept_message(msg, content, who.public)
+    assert a.head == b.head and a.last == b.last and a.head != creation.hash
+
+
+def test_a_sender_showing_members_different_content_is_caught() -> None:
+    """The signed payload commits to one content: the member given other
+    content refuses it; the one given the signed content accepts it."""
+    view, _ = _genesis()
+    signed = _message(view, TEHRAN, 1, b"We accept the draft.")
+    view.accept_message(signed, b"We accept the draft.", TEHRAN.public)
+    _refused(view, lambda: view.accept_message(signed, b"We reject the draft.", TEHRAN.public))
+
+
+def test_two_messages_for_one_number_are_equivocation_with_evidence() -> None:
+    view, _ = _genesis()
+    first = _message(view, TEHRAN, 1, b"version A")
+    view = view.accept_message(first, b"version A", TEHRAN.public)
+    second = _message(replace(view, head=view.heads[-2]), TEHRAN, 1, b"version B")
+    error = _refused(
+        view, lambda: view.accept_message(second, b"version B", TEHRAN.public), GroupEquivocation
+    )
+    assert isinstance(error, GroupEquivocation)
+    assert error.evidence == (first.hash, second.hash)
+    # The same message again is a plain replay.
+    _refused(view, lambda: view.accept_message(first, b"version A", TEHRAN.public))
+
+
+def test_a_dropped_message_is_a_gap_and_a_reordered_one_refused() -> None:
+    view, _ = _genesis()
+    m1 = _message(view, TEHRAN, 1, b"one")
+    m2 = _message(view, TEHRAN, 2, b"two")
+    # The relay withholds m1 from this member: m2 alone is refused as a gap.
+    error = _refused(view, lambda: view.accept_message(m2, b"two", TEHRAN.public))
+    assert "1..1" in str(error)
+    view = view.accept_message(m1, b"one", TEHRAN.public)
+    view = view.accept_message(m2, b"two", TEHRAN.public)
+    assert view.last[_fp(TEHRAN)][0] == 2
+
+
+def test_a_forked_transcript_is_caught_by_the_head_a_sender_names() -> None:
+    """The relay shows member B a transcript without Washington's message:
+    Tehran's next message names a head B never had."""
+    a, creation = _genesis()
+    b = GroupView.create(creation, MUSCAT.public)
+    w1 = _message(a, WASHINGTON, 1, b"only some see this")
+    a = a.accept_message(w1, b"only some see this", WASHINGTON.public)
+    t1 = _message(a, TEHRAN, 1, b"after it")
+    a.accept_message(t1, b"after it", TEHRAN.public)
+    _refused(b, lambda: b.accept_message(t1, b"after it", TEHRAN.public), GroupForked)
+
+
+def test_forged_unauthorised_and_replayed_membership_changes() -> None:
+    view, creation = _genesis()
+    grown = _next(view, {MUSCAT: True, TEHRAN: False, WASHINGTON: False, ENVOY: False})
+    # A member who is not an admin may not add anyone.
+    by_tehran = GroupChange.sign(TEHRAN, grown)
+    _refused(view, lambda: view.apply_change(by_tehran, TEHRAN.public))
+    # A change whose signature is not its named author's.
+    forged = replace(GroupChange.sign(TEHRAN, grown), author=_fp(MUSCAT))
+    _refused(view, lambda: view.apply_change(forged, MUSCAT.public))
+    # An outsider cannot sign one at all.
+    by_envoy = GroupChange.sign(ENVOY, grown)
+    _refused(view, lambda: view.apply_change(by_envoy, ENVOY.public))
+    # The admin can; replaying the creation (an old state) afterwards cannot.
+    view = view.apply_change(GroupChange.sign(MUSCAT, grown), MUSCAT.public)
+    assert view.state.member(_fp(ENVOY)) is not None
+    _refused(view, lambda: view.apply_change(creation, MUSCAT.public))
+    # Nor a change made on a state we do not hold (skipping an epoch).
+    skipped = _state(
+        {MUSCAT: True, TEHRAN: False}, epoch=view.state.epoch + 2, previous=view.state.hash
+    )
+    _refused(view, lambda: view.apply_change(GroupChange.sign(MUSCAT, skipped), MUSCAT.public))
+
+
+def test_a_removed_member_cannot_post_and_old_member_lists_are_refused() -> None:
+    view, _ = _genesis()
+    before = view
+    removed = _next(view, {MUSCAT: True, TEHRAN: False})
+    view = view.apply_change(GroupChange.sign(MUSCAT, removed), MUSCAT.public)
+    # Washington, removed, signs a message on the current state: not a member.
+    post = _message(view, WASHINGTON, 1, b"still here?")
+    _refused(view, lambda: view.accept_message(post, b"still here?", WASHINGTON.public))
+    # A message made for the old member list is refused after the change.
+    stale = _message(before, TEHRAN, 1, b"made before the change")
+    _refused(view, lambda: view.accept_message(stale, b"made before the change", TEHRAN.public))
+
+
+def test_a_member_may_leave_but_not_change_anything_else() -> None:
+    view, _ = _genesis()
+    leave = _next(view, {MUSCAT: True, WASHINGTON: False})
+    after = view.apply_change(GroupChange.sign(TEHRAN, leave), TEHRAN.public)
+    assert after.state.member(_fp(TEHRAN)) is None
+    # Leaving while making itself admin, or removing another, is refused.
+    grab = _next(view, {MUSCAT: True, WASHINGTON: True})
+    _refused(view, lambda: view.apply_change(GroupChange.sign(TEHRAN, grab), TEHRAN.public))
+
+
+def test_state_rules_are_checked_when_decoding() -> None:
+    good = _state({MUSCAT: True, TEHRAN: False})
+    data = good.to_bytes()
+    assert GroupState.from_bytes(data) == good
+    with pytest.raises(MalformedInput):
+        _state({MUSCAT: False, TEHRAN: False})  # no admin
+    with pytest.raises(MalformedInput):
+        replace(good, members=tuple(reversed(good.members)))  # not sorted
+    with pytest.raises(MalformedInput):
+        replace(good, previous=b"\x01" * 32)  # epoch 0 with a previous state
+    many = {fixed_identity(f"m{i}"): i == 0 for i in range(MAX_MEMBERS + 1)}
+    with pytest.raises(MalformedInput):
+        _state(many)
+
+
+def test_a_group_message_edited_in_one_byte_is_refused() -> None:
+    view, _ = _genesis()
+    signed = _message(view, TEHRAN, 1, b"statement")
+    data = bytearray(signed.to_bytes())
+    for pos in (10, 60, len(data) - 5):
+        edited = bytearray(data)
+        edited[pos] ^= 1
+        try:
+            decoded = SignedGroupPayload.from_bytes(bytes(edited))
+        except MalformedInput:
+            continue
+        _refused(view, lambda d=decoded: view.accept_message(d, b"statement", TEHRAN.public))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=600))
+def test_decoders_refuse_junk_cleanly(data: bytes) -> None:
+    for cls in (GroupState, GroupChange, SignedGroupPayload):
+        with contextlib.suppress(MalformedInput):
+            cls.from_bytes(data)
