@@ -54,8 +54,8 @@ from securechan.primitives import (
     check_ed25519_public_key,
     check_mldsa44_public_key,
     ed25519_verify,
-    mldsa44_verify,
     hkdf_sha256,
+    mldsa44_verify,
     sha256,
 )
 
@@ -67,8 +67,8 @@ __all__ = [
     "MAX_SIGNATURES",
     "MAX_TIMESTAMP",
     "SIG_COSIGNATURE_V1",
-    "SIG_MLDSA44_COSIGNATURE",
     "SIG_ED25519",
+    "SIG_MLDSA44_COSIGNATURE",
     "NoteSignature",
     "NoteSigner",
     "OpenedNote",
@@ -78,11 +78,11 @@ __all__ = [
     "add_signatures",
     "check_note_text",
     "cosignature_message",
-    "mldsa44_cosigned_message",
     "is_valid_key_name",
     "keep_signatures",
     "key_id",
     "mldsa44_companion",
+    "mldsa44_cosigned_message",
     "open_note",
     "sign_note",
 ]
@@ -175,7 +175,7 @@ def mldsa44_cosigned_message(cosigner: str, timestamp: int, text: bytes) -> byte
     lines = text.split(b"\n", 3)
     if len(lines) < 4:
         raise ValueError("not a checkpoint")
-    origin, size_line, root_line = (line.decode("utf-8", "replace") for line in lines[:3])
+    _origin, size_line, root_line = (line.decode("utf-8", "replace") for line in lines[:3])
     if not _SIZE_LINE.fullmatch(size_line) or not _ROOT_LINE.fullmatch(root_line):
         raise ValueError("not a checkpoint")
     size, root = int(size_line), base64.b64decode(root_line)

@@ -1,0 +1,242 @@
+"""C2SP tlog-witness, both ways (issue 16 item 3).
+
+1. ``securechan witness serve`` as a generic witness: a log written in the
+   test from the specs (tests/tlog_spec.py, no securechan import) POSTs
+   ``add-checkpoint`` over real HTTP; every status code of the spec (200,
+   400, 403, 404, 409 with its size body, 422), both cosignatures (Ed25519
+   type 0x04 and ML-DSA-44 type 0x06) verified from the spec, the state
+   durable across a restart.
+2. The request parser under Hypothesis.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import http.client
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from securechan.audit.witness_api import MAX_PROOF_LINES, parse_add_checkpoint
+from securechan.errors import MalformedInput
+from tests.tlog_spec import DASH, SpecLog, b64, consistency, verify_cosignature
+
+EXE = Path(sys.executable).with_name("securechan")
+PASS = "witness passphrase"  # noqa: S105 (a test passphrase)
+
+
+def cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SECURECHAN_")}
+    env["SECURECHAN_PASSPHRASE"] = PASS
+    return subprocess.run(
+        [str(EXE), "--home", str(home), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+        check=False,
+    )
+
+
+class Witness:
+    """``securechan witness serve`` in a subprocess on 127.0.0.1."""
+
+    def __init__(self, home: Path, logs: list[str]) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SECURECHAN_")}
+        env["SECURECHAN_PASSPHRASE"] = PASS
+        args = [str(EXE), "--home", str(home), "witness", "serve", "--listen", "127.0.0.1:0"]
+        for log in logs:
+            args += ["--log", log]
+        self.err = open(home.parent / f"witness-{time.monotonic_ns()}.err", "w+")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.err, env=env
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            self.err.seek(0)
+            m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", self.err.read())
+            if m:
+                self.port = int(m.group(1))
+                break
+            assert self.proc.poll() is None, self.stderr()
+            assert time.monotonic() < deadline, "the witness did not start"
+            time.sleep(0.05)
+
+    def stderr(self) -> str:
+        self.err.seek(0)
+        return self.err.read()
+
+    def post(self, body: bytes, path: str = "/add-checkpoint") -> tuple[int, str, str]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            conn.request("POST", path, body=body)
+            resp = conn.getresponse()
+            return resp.status, resp.getheader("Content-Type") or "", resp.read().decode()
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        assert "Traceback" not in self.stderr(), self.stderr()
+        self.err.close()
+
+
+@pytest.fixture
+def witness_home(tmp_path: Path) -> Iterator[tuple[Path, str, str]]:
+    home = tmp_path / "witness-home"
+    out = cli(home, "witness", "init", "--name", "witness.example/w1", "--kdf", "interactive")
+    assert out.returncode == 0, out.stderr
+    ed = out.stdout.strip()
+    pq = cli(home, "witness", "key", "--mldsa44")
+    assert pq.returncode == 0, pq.stderr
+    assert cli(home, "witness", "key").stdout.strip() == ed
+    return home, ed, pq.stdout.strip()
+
+
+def cosigs(body: str) -> list[str]:
+    lines = body.splitlines(keepends=True)
+    assert lines and all(line.startswith(DASH) and line.endswith("\n") for line in lines)
+    return lines
+
+
+def test_securechan_witness_serves_a_log_written_from_the_spec(
+    witness_home: tuple[Path, str, str],
+) -> None:
+    home, ed_vkey, pq_vkey = witness_home
+    log = SpecLog("log.example/spec-log")
+    other = SpecLog("log.example/second")  # configured, never cosigned
+    stranger = SpecLog("log.example/unknown")  # not configured
+    w = Witness(home, [log.vkey, other.vkey])
+    try:
+        log.append(5)
+        # 404: an origin the witness does not witness.
+        stranger.append(2)
+        status, _, _ = w.post(stranger.request(0))
+        assert status == 404
+        # 400: malformed bodies, and an old size above the checkpoint's.
+        for junk in (
+            b"",
+            b"old 0\n",  # no empty line
+            b"old 00\n\n" + log.checkpoint().encode(),
+            b"old -1\n\n" + log.checkpoint().encode(),
+            b"old 0\nnot base64\n\n" + log.checkpoint().encode(),
+            b"old 0\n\n" + log.text(5).encode(),  # a checkpoint with no signature line
+            ("old 0\n" + f"{b64(bytes(32))}\n" * 64 + "\n" + log.checkpoint()).encode(),
+        ):
+            status, _, _ = w.post(junk)
+            assert status == 400, junk[:40]
+        status, _, _ = w.post(log.request(6, 5, []))
+        assert status == 400
+        # 403: signed by another key under the log's name (not a trusted key:
+        # no signature from one), and the trusted key's ID with a bad signature.
+        line = log.checkpoint().splitlines()[-1]
+        sig = bytearray(base64.b64decode(line.split(" ")[-1]))
+        sig[10] ^= 1
+        bad = f"{log.text(5)}\n{DASH}{log.origin} {b64(bytes(sig))}\n"
+        other_key = SpecLog(log.origin)  # same name, another key: another key ID
+        for body in (
+            ("old 0\n\n" + other_key.checkpoint(0)).encode(),
+            ("old 0\n\n" + bad).encode(),
+        ):
+            status, _, _ = w.post(body)
+            assert status == 403
+        # 200: the first checkpoint, from size 0; both cosignatures verify.
+        status, ctype, body = w.post(log.request(0))
+        assert status == 200, body
+        assert ctype.startswith("text/plain")
+        lines = cosigs(body)
+        assert len(lines) == 2
+        now = int(time.time())
+        stamps = [
+            verify_cosignature(v, log.text(5), ln)
+            for v, ln in zip([ed_vkey, pq_vkey], lines, strict=True)
+        ]
+        assert all(abs(s - now) < 120 for s in stamps)
+        # 409: the log thinks we have nothing; the body says 5.
+        log.append(3)
+        status, ctype, body = w.post(log.request(0))
+        assert (status, ctype, body) == (409, "text/x.tlog.size", "5\n")
+        status, _, body = w.post(log.request(4, 8))
+        assert (status, body) == (409, "5\n")
+        # 422: a proof that does not verify; another root for the size cosigned.
+        proof = consistency(5, log.leaves)
+        proof[0] = bytes(32)
+        status, _, _ = w.post(log.request(5, 8, proof))
+        assert status == 422
+        fork = log.sign(log.text(5, root=hashlib.sha256(b"fork").digest()))
+        status, _, _ = w.post(("old 5\n\n" + fork).encode())
+        assert status == 422
+        assert list((home / "witness-evidence").iterdir()), "the fork is kept as evidence"
+        # 422 on the second log: a non-empty proof from 0, a size-0 checkpoint
+        # whose root is not the empty tree's.
+        other.append(3)
+        status, _, _ = w.post(other.request(0, 3, [bytes(32)]))
+        assert status == 422
+        zero = other.sign(other.text(0, root=hashlib.sha256(b"x").digest()))
+        status, _, _ = w.post(("old 0\n\n" + zero).encode())
+        assert status == 422
+        # 200 again with a real proof, from 5 to 8.
+        status, _, body = w.post(log.request(5, 8))
+        assert status == 200, body
+        for vkey, line in zip([ed_vkey, pq_vkey], cosigs(body), strict=True):
+            verify_cosignature(vkey, log.text(8), line)
+        # The same checkpoint again: 200 (old 8 = size 8, same root).
+        status, _, body = w.post(log.request(8, 8))
+        assert status == 200, body
+    finally:
+        w.stop()
+    # The state is durable: a new process still knows size 8.
+    w = Witness(home, [log.vkey, other.vkey])
+    try:
+        status, ctype, body = w.post(log.request(5, 8))
+        assert (status, ctype, body) == (409, "text/x.tlog.size", "8\n")
+    finally:
+        w.stop()
+
+
+_line = st.sampled_from(
+    [b"old 0", b"old 7", b"old 18446744073709551615", b"old 1", b"", b"\n", b"old 01"]
+    + [b64(bytes([i]) * 32).encode() for i in range(3)]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_line, max_size=8), st.binary(max_size=64))
+def test_request_parser_never_crashes(lines: list[bytes], tail: bytes) -> None:
+    body = b"\n".join(lines) + tail
+    try:
+        req = parse_add_checkpoint(body)
+    except MalformedInput:
+        return
+    # What parses is exactly the spec's form, and prints back the same.
+    out = (
+        f"old {req.old}\n".encode()
+        + b"".join(b64(h).encode() + b"\n" for h in req.proof)
+        + b"\n"
+        + req.note
+    )
+    assert out == body
+    assert len(req.proof) <= MAX_PROOF_LINES
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300))
+def test_request_parser_on_arbitrary_bytes(body: bytes) -> None:
+    with contextlib.suppress(MalformedInput):
+        parse_add_checkpoint(body)
