@@ -6,7 +6,12 @@
    400, 403, 404, 409 with its size body, 422), both cosignatures (Ed25519
    type 0x04 and ML-DSA-44 type 0x06) verified from the spec, the state
    durable across a restart.
-2. The request parser under Hypothesis.
+2. The relay pushing its checkpoints with ``add-checkpoint``: to a witness
+   written in the test from the spec (every answer it can give, the 409
+   retry after a restart, a forged or stripped ML-DSA-44 line), and to
+   ``securechan witness serve``; PQ cosignatures verified, and refused by a
+   policy that requires them when forged or stripped.
+3. The request parser under Hypothesis.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import base64
 import contextlib
 import hashlib
 import http.client
+import json
 import os
 import re
 import subprocess
@@ -22,14 +28,27 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from securechan.audit.checkpoint import open_checkpoint, open_cosigned_checkpoint
+from securechan.audit.note import VerifierKey, open_note
 from securechan.audit.witness_api import MAX_PROOF_LINES, parse_add_checkpoint
-from securechan.errors import MalformedInput
-from tests.tlog_spec import DASH, SpecLog, b64, consistency, verify_cosignature
+from securechan.errors import BadSignature, MalformedInput, VerificationFailed
+from securechan.primitives import Ed25519SigningKey
+from securechan.transport import RelayClient
+from tests.test_relay_tlog import STRICT, envelope, new_queue, run, send, start_relay
+from tests.tlog_spec import (
+    DASH,
+    SpecLog,
+    SpecWitness,
+    b64,
+    consistency,
+    verify_cosignature,
+)
 
 EXE = Path(sys.executable).with_name("securechan")
 PASS = "witness passphrase"  # noqa: S105 (a test passphrase)
@@ -240,3 +259,180 @@ def test_request_parser_never_crashes(lines: list[bytes], tail: bytes) -> None:
 def test_request_parser_on_arbitrary_bytes(body: bytes) -> None:
     with contextlib.suppress(MalformedInput):
         parse_add_checkpoint(body)
+
+
+# --- the relay pushes (issue 16 item 3, the other direction) ---------------------
+
+ORIGIN = "relay.example/pushed"
+
+
+def relay_data(tmp_path: Path, name: str) -> tuple[Path, str]:
+    """A relay data folder with a fresh relay key; the log's verifier key."""
+    data = tmp_path / name
+    data.mkdir(mode=0o700)
+    key = Ed25519SigningKey.generate()
+    (data / "relay.key").write_text(key.seed_bytes_secret().hex() + "\n")
+    (data / "relay.key").chmod(0o600)
+    return data, VerifierKey(name=ORIGIN, sig_type=0x01, public_key=key.public).to_text()
+
+
+def push_config(keys: list[str], url: str) -> str:
+    return (
+        "[log]\n"
+        f'origin = "{ORIGIN}"\n'
+        f"witnesses = {json.dumps(keys)}\n"
+        f'witness_urls = ["{url}"]\n'
+        "push_interval = 0.1\n"
+    )
+
+
+def grow(url: str, n: int) -> None:
+    async def go() -> None:
+        async with RelayClient(url, retry=STRICT) as rc:
+            q = await new_queue(rc)
+            for _ in range(n):
+                await send(rc, q, envelope())
+
+    run(go())
+
+
+def checkpoint(url: str) -> str:
+    async def go() -> str:
+        async with RelayClient(url, retry=STRICT) as rc:
+            return await rc.log_checkpoint()
+
+    return run(go())
+
+
+def wait_cosigned(url: str, log_key: VerifierKey, keys: list[VerifierKey], size: int) -> str:
+    """The relay's checkpoint once it carries ``keys``' cosignatures at ``size``."""
+    deadline = time.monotonic() + 30
+    while True:
+        note = checkpoint(url)
+        with contextlib.suppress(VerificationFailed):
+            got = open_cosigned_checkpoint(note, log_key, keys, required=len(keys))
+            if got.checkpoint.size == size:
+                return note
+        assert time.monotonic() < deadline, note
+        time.sleep(0.1)
+
+
+def witness_lines(note: str, name: str) -> list[str]:
+    return [line + "\n" for line in note.splitlines() if line.startswith(f"{DASH}{name} ")]
+
+
+def test_the_relay_pushes_to_a_witness_written_from_the_spec(tmp_path: Path) -> None:
+    data, log_vkey = relay_data(tmp_path, "relay")
+    log_key = VerifierKey.from_text(log_vkey)
+    spec = SpecWitness("witness.example/spec", log_vkey)
+    server, port = spec.serve()
+    ed, pq = VerifierKey.from_text(spec.ed_vkey), VerifierKey.from_text(spec.pq_vkey)
+    config = push_config([spec.ed_vkey, spec.pq_vkey], f"http://127.0.0.1:{port}")
+    relay = start_relay(tmp_path, "relay", config, data=data)
+    try:
+        grow(relay.url, 3)
+        note = wait_cosigned(relay.url, log_key, [ed, pq], 3)
+        text = note.split("\n\n")[0] + "\n"
+        lines = witness_lines(note, spec.name)
+        assert [
+            verify_cosignature(k, text, ln) > 0
+            for k, ln in zip([spec.ed_vkey, spec.pq_vkey], lines, strict=True)
+        ] == [True, True]
+        # The relay's own two lines: Ed25519 (0x01) first, ML-DSA-44 (0x06).
+        own = witness_lines(note, ORIGIN)
+        assert len(own) == 2 and len(own[1]) > 3000
+        relay.stop()
+        # A new process knows nothing: old 0, a 409 with the witness's size
+        # 3, then the retry from 3 with a proof the spec's algorithm checks.
+        spec.seen.clear()
+        relay = start_relay(tmp_path, "relay", config, data=data)
+        grow(relay.url, 2)
+        wait_cosigned(relay.url, log_key, [ed, pq], 5)
+        assert spec.seen[:2] == [(0, 409), (3, 200)], spec.seen
+        # Every refusal the spec lists: logged, nothing stored, the relay up.
+        size = 5
+        for mode in (400, 403, 404, 422, 409, "forge-pq"):
+            spec.mode = mode
+            spec.seen.clear()
+            grow(relay.url, 1)
+            size += 1
+            deadline = time.monotonic() + 30
+            while not spec.seen:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            time.sleep(0.3)
+            note = checkpoint(relay.url)
+            assert open_checkpoint(note, log_key).size == size
+            assert witness_lines(note, spec.name) == [], (mode, note)
+        # A stripped ML-DSA line: the Ed25519 cosignature alone is stored, and
+        # a policy that requires the PQ cosignature refuses the checkpoint.
+        spec.mode = "strip-pq"
+        wait_cosigned(relay.url, log_key, [ed], size)
+        note = checkpoint(relay.url)
+        with pytest.raises(VerificationFailed):
+            open_cosigned_checkpoint(note, log_key, [ed, pq], required=2)
+        with pytest.raises(VerificationFailed):
+            open_cosigned_checkpoint(note, log_key, [pq], required=1)
+        spec.mode = None
+        grow(relay.url, 1)
+        wait_cosigned(relay.url, log_key, [ed, pq], size + 1)
+        relay.stop()
+        err = relay.err.read_text()
+        for status in ("400", "403", "404", "422"):
+            assert f"answered {status}" in err
+        assert "bad_signature" in err
+    finally:
+        relay.kill()
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_relay_pushes_to_securechan_witness(
+    tmp_path: Path, witness_home: tuple[Path, str, str]
+) -> None:
+    home, ed_vkey, pq_vkey = witness_home
+    data, log_vkey = relay_data(tmp_path, "relay")
+    log_key = VerifierKey.from_text(log_vkey)
+    ed, pq = VerifierKey.from_text(ed_vkey), VerifierKey.from_text(pq_vkey)
+    w = Witness(home, [log_vkey])
+    relay = start_relay(
+        tmp_path, "relay", push_config([ed_vkey, pq_vkey], f"http://127.0.0.1:{w.port}"), data=data
+    )
+    try:
+        grow(relay.url, 4)
+        note = wait_cosigned(relay.url, log_key, [ed, pq], 4)
+        got = open_cosigned_checkpoint(note, log_key, [ed, pq], required=2)
+        assert {c.cosigner.sig_type for c in got.cosignatures} == {0x04, 0x06}
+        text = note.split("\n\n")[0] + "\n"
+        for vkey, line in zip([ed_vkey, pq_vkey], witness_lines(note, ed.name), strict=True):
+            verify_cosignature(vkey, text, line)
+        # The relay's ML-DSA-44 line verifies under the key /v1/relay publishes.
+        info = run(_info(relay.url))
+        log_pq = VerifierKey.from_text(info["log_mldsa44_verifier_key"])
+        assert open_note(note, [log_key, log_pq]).verified_by(log_pq) is not None
+        # A forged or stripped witness ML-DSA line is refused by a policy
+        # that requires the PQ cosignature.
+        pq_line = witness_lines(note, ed.name)[1]
+        stripped = note.replace(pq_line, "")
+        open_cosigned_checkpoint(stripped, log_key, [ed, pq], required=1)
+        with pytest.raises(VerificationFailed):
+            open_cosigned_checkpoint(stripped, log_key, [ed, pq], required=2)
+        raw = bytearray(base64.b64decode(pq_line.split(" ")[-1]))
+        raw[-5] ^= 1
+        forged = note.replace(pq_line, f"{DASH}{ed.name} {b64(bytes(raw))}\n")
+        with pytest.raises(BadSignature):
+            open_cosigned_checkpoint(forged, log_key, [ed, pq], required=2)
+        # The witness's state follows the relay; the relay's next push goes on.
+        grow(relay.url, 3)
+        wait_cosigned(relay.url, log_key, [ed, pq], 7)
+        relay.stop()
+    finally:
+        relay.kill()
+        w.stop()
+    state = json.loads((home / "witness.json").read_text())
+    assert [open_checkpoint(e["note"], log_key).size for e in state["logs"]] == [7]
+
+
+async def _info(url: str) -> dict[str, Any]:
+    async with RelayClient(url, retry=STRICT) as rc:
+        return await rc.info()

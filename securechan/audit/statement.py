@@ -93,7 +93,8 @@ _MAX_SIGNED = 1 << 17
 @wire.record(0x00D1, "StatementWitness")
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _Witness(wire.Record):
-    key: Annotated[str, wire.text(1, max_len=512)]
+    # An ML-DSA-44 (type 0x06) verifier key is 1,774 characters at most.
+    key: Annotated[str, wire.text(1, max_len=2048)]
 
 
 @wire.record(0x00D2, "Statement")
@@ -113,7 +114,7 @@ class _StatementRecord(wire.Record):
     inclusion_proof: Annotated[bytes | None, wire.bytes_(11, max_len=MAX_PROOF_HASHES * 32)] = None
     witnesses: Annotated[
         tuple[_Witness, ...] | None,
-        wire.list_(12, max_len=_MAX_WITNESSES * 600, max_items=_MAX_WITNESSES),
+        wire.list_(12, max_len=_MAX_WITNESSES * 2100, max_items=_MAX_WITNESSES),
     ] = None
     # The recipient's signed RECEIPT payload covering exactly this message.
     receipt: Annotated[bytes | None, wire.bytes_(13, max_len=_MAX_SIGNED)] = None
