@@ -35,8 +35,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from securechan.audit.checkpoint import open_checkpoint, open_cosigned_checkpoint
+from securechan.audit.log import AuditLog
 from securechan.audit.note import VerifierKey, open_note
 from securechan.audit.witness_api import MAX_PROOF_LINES, parse_add_checkpoint
+from securechan.client.db import ClientDB
+from securechan.client.logview import RelayLogs
 from securechan.errors import BadSignature, MalformedInput, VerificationFailed
 from securechan.primitives import Ed25519SigningKey
 from securechan.transport import RelayClient
@@ -436,3 +439,57 @@ def test_the_relay_pushes_to_securechan_witness(
 async def _info(url: str) -> dict[str, Any]:
     async with RelayClient(url, retry=STRICT) as rc:
         return await rc.info()
+
+
+def test_the_client_requires_the_relays_ml_dsa_line(tmp_path: Path) -> None:
+    """The client pins the log's ML-DSA-44 key with the Ed25519 one and
+    refuses a checkpoint whose ML-DSA-44 line is missing or forged; a note
+    verifier that knows only the Ed25519 key (Go's sumdb note, C2SP tools)
+    still accepts the full note, ignoring the line it does not know."""
+    data, log_vkey = relay_data(tmp_path, "relay")
+    relay = start_relay(tmp_path, "relay", f'[log]\norigin = "{ORIGIN}"\n', data=data)
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    db = ClientDB(home / "client.db", bytes(32))
+    audit = AuditLog.open(home)
+    pq_text = pq_vkey(relay.url)
+
+    async def go() -> None:
+        async with RelayClient(relay.url, retry=STRICT) as rc:
+
+            async def connect(_: str) -> RelayClient:
+                return rc
+
+            logs = RelayLogs(db, audit, connect, lambda _: None, lambda *_: None)
+            key = await logs.key(relay.url)
+            assert key.to_text() == log_vkey
+            q = await new_queue(rc)
+            await send(rc, q, envelope())
+            note = await rc.log_checkpoint()
+            cp = open_checkpoint(note, key)
+            _, pq_line = witness_lines(note, ORIGIN)
+            stripped = note.replace(pq_line, "")
+            raw = bytearray(base64.b64decode(pq_line.split(" ")[-1]))
+            raw[40] ^= 1
+            forged = note.replace(pq_line, f"{DASH}{ORIGIN} {b64(bytes(raw))}\n")
+            for bad in (stripped, forged):
+                with pytest.raises(BadSignature):
+                    await logs.accept(relay.url, key, bad, cp)
+                known = db.relay_log(relay.url)
+                assert known is not None and known[1] is None  # nothing accepted
+            await logs.accept(relay.url, key, note, cp)
+            assert db.relay_log(relay.url) == (f"{log_vkey} {pq_text}", note)
+            # Ed25519-only verifiers: the full note verifies, the extra line ignored.
+            assert open_checkpoint(note, key) == cp
+            assert len(open_note(note, [key]).unverified) == 1
+
+    try:
+        run(go())
+        relay.stop()
+    finally:
+        relay.kill()
+        db.close()
+
+
+def pq_vkey(url: str) -> str:
+    return str(run(_info(url))["log_mldsa44_verifier_key"])
