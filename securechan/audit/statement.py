@@ -59,7 +59,13 @@ from typing import Annotated
 from securechan import armor, wire
 from securechan.audit.checkpoint import Checkpoint, Cosignature, open_cosigned_checkpoint
 from securechan.audit.merkle import MAX_PROOF_HASHES
-from securechan.audit.note import MAX_NOTE_BYTES, SIG_COSIGNATURE_V1, VerifierKey, open_note
+from securechan.audit.note import (
+    MAX_NOTE_BYTES,
+    SIG_COSIGNATURE_V1,
+    SIG_MLDSA44_COSIGNATURE,
+    VerifierKey,
+    open_note,
+)
 from securechan.audit.receipt import Receipt, verify_receipt
 from securechan.errors import BadSignature, MalformedInput, UntrustedKey, VerificationFailed
 from securechan.identity.keys import PublicIdentity
@@ -418,8 +424,8 @@ def _verify_placement(
     if trust_relay is not None and key != trust_relay:
         raise UntrustedKey("the statement's log is not the relay key you trust")
     witnesses = [VerifierKey.from_text(w) for w in placement.witnesses]
-    if any(w.sig_type != SIG_COSIGNATURE_V1 for w in witnesses):
-        raise MalformedInput("a statement's witness keys are cosignature (type 0x04) keys")
+    if any(w.sig_type not in (SIG_COSIGNATURE_V1, SIG_MLDSA44_COSIGNATURE) for w in witnesses):
+        raise MalformedInput("a statement's witness keys are cosignature (type 0x04 or 0x06) keys")
     if len(set(witnesses)) != len(witnesses) or key in witnesses:
         raise MalformedInput("a statement names each key once")
     opened = open_note(placement.checkpoint, [key, *witnesses])

@@ -266,6 +266,7 @@ async def serve(
     announce(f"relay key: {b64e(key.public)}")
     announce(f"relay fingerprint: {sha256(key.public).hex()}")
     announce(f"log verifier key: {tlog.verifier.to_text()}")
+    announce(f"log ML-DSA-44 verifier key: {tlog.pq_verifier.to_text()}")
     announce(f"listening on {scheme}://{host}:{port}")
 
     stop = asyncio.Event()
