@@ -40,6 +40,7 @@ from securechan.audit.statement import (
     message_id,
     verify_statement,
 )
+from securechan.client.logview import pinned_keys
 from securechan.errors import BadSignature, SecurechanError, UntrustedKey, VerificationFailed
 from securechan.identity.keys import Identity
 from securechan.primitives import (
@@ -348,12 +349,13 @@ def _post(pair: Pair, envelope: bytes) -> LogPlacement:
                     ch.db.add_outbox(msg_id, url, sid, sender, envelope, ch.now())
             await ch.flush_outbox()
             for url, text in ch.db.log_receipts(sha256(envelope)):
-                key_text = ch.db.relay_log(url)[0]
+                # The column holds the Ed25519 and ML-DSA-44 log keys.
+                log_key = pinned_keys(ch.db.relay_log(url)[0])[0]
                 receipt = LogReceipt.from_json(json.loads(text))
-                own = keep_signatures(receipt.checkpoint, [VerifierKey.from_text(key_text)])
+                own = keep_signatures(receipt.checkpoint, [log_key])
                 assert own is not None
                 return LogPlacement(
-                    log_key=key_text,
+                    log_key=log_key.to_text(),
                     leaf_index=receipt.leaf_index,
                     checkpoint=own,
                     inclusion_proof=receipt.inclusion_proof,
