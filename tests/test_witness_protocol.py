@@ -493,3 +493,27 @@ def test_the_client_requires_the_relays_ml_dsa_line(tmp_path: Path) -> None:
 
 def pq_vkey(url: str) -> str:
     return str(run(_info(url))["log_mldsa44_verifier_key"])
+
+
+def test_the_pull_mode_witness_posts_both_cosignatures(
+    tmp_path: Path, witness_home: tuple[Path, str, str]
+) -> None:
+    """``securechan witness cosign`` (the witness fetches and posts) sends its
+    ML-DSA-44 line too; a relay that lists both keys stores and serves both."""
+    home, ed_vkey, pq_vkey = witness_home
+    data, log_vkey = relay_data(tmp_path, "relay")
+    log_key = VerifierKey.from_text(log_vkey)
+    ed, pq = VerifierKey.from_text(ed_vkey), VerifierKey.from_text(pq_vkey)
+    config = f'[log]\norigin = "{ORIGIN}"\nwitnesses = {json.dumps([ed_vkey, pq_vkey])}\n'
+    relay = start_relay(tmp_path, "relay", config, data=data)
+    try:
+        grow(relay.url, 2)
+        out = cli(home, "witness", "cosign", "--relay", relay.url, "--log-key", log_vkey)
+        assert out.returncode == 0, out.stderr
+        note = wait_cosigned(relay.url, log_key, [ed, pq], 2)
+        text = note.split("\n\n")[0] + "\n"
+        for vkey, line in zip([ed_vkey, pq_vkey], witness_lines(note, ed.name), strict=True):
+            verify_cosignature(vkey, text, line)
+        relay.stop()
+    finally:
+        relay.kill()
