@@ -208,7 +208,9 @@ def test_statement_any_changed_byte_fails(
             Statement.from_text(edited)
     # The CLI reports an edited file in one line, exit 2 (malformed) or 1.
     bad = tmp_path / "edited.statement"
-    bad.write_text(text[: first_body + 10] + "A" + text[first_body + 11 :], encoding="ascii")
+    # (Not the character already there: a no-op edit verifies, rightly.)
+    new = "A" if text[first_body + 10] != "A" else "B"
+    bad.write_text(text[: first_body + 10] + new + text[first_body + 11 :], encoding="ascii")
     proc = _verify(tmp_path, bad, "--trust-relay", log_key)
     assert proc.returncode in (1, 2), transcript(proc)
     one_line_error(proc, proc.returncode)
