@@ -7,7 +7,8 @@ Nothing here is invented. The module composes:
   strict (it refuses non-canonical encodings and small-order points, as RFC
   8032 §5.1.7 allows), and measured faster than OpenSSL's here: 1.7x for
   signing, 2.0x for verifying (``bench/bench_signatures.py``).
-* **ML-DSA-65** (FIPS 204) from ``cryptography`` >= 50 (OpenSSL 3.5).
+* **ML-DSA-65** (FIPS 204) from ``cryptography`` >= 50 (OpenSSL 3.5); plain
+  **ML-DSA-44** for C2SP tlog-cosignature's type 0x06 cosignatures.
 * The **composite ML-DSA-65 + Ed25519** signature of the IETF LAMPS draft
   *Composite ML-DSA for use in X.509 PKI and CMS*
   (draft-ietf-lamps-pq-composite-sigs, the ``id-MLDSA65-Ed25519-SHA512``
@@ -73,6 +74,8 @@ __all__ = [
     "KEM_SHARED_SECRET_SIZE",
     "MESSAGE_AEAD_OVERHEAD",
     "MESSAGE_REUSE_GUARD_SIZE",
+    "MLDSA44_PUBLIC_KEY_SIZE",
+    "MLDSA44_SIGNATURE_SIZE",
     "MLDSA65_PUBLIC_KEY_SIZE",
     "MLDSA65_SIGNATURE_SIZE",
     "MLKEM768_CIPHERTEXT_SIZE",
@@ -86,6 +89,7 @@ __all__ = [
     "HybridSigningKey",
     "HybridVerifyKey",
     "KdfParams",
+    "MlDsa44SigningKey",
     "MlKemKeyPair",
     "X25519KeyPair",
     "aead_decrypt",
@@ -93,6 +97,7 @@ __all__ = [
     "argon2id",
     "check_ed25519_public_key",
     "check_hybrid_kem_public_key",
+    "check_mldsa44_public_key",
     "check_mlkem768_public_key",
     "check_x25519_public_key",
     "constant_time_equal",
@@ -102,6 +107,7 @@ __all__ = [
     "hpke_seal",
     "message_open",
     "message_seal",
+    "mldsa44_verify",
     "mlkem_encapsulate",
     "random_bytes",
     "sha256",
@@ -725,4 +731,61 @@ def ed25519_verify(public_key: bytes, signature: bytes, message: bytes) -> None:
     try:
         _sodium.crypto_sign_open(signature + message, public_key)
     except (_nacl_exc.BadSignatureError, _nacl_exc.ValueError):
+        raise BadSignature("signature does not verify") from None
+
+
+# --- plain ML-DSA-44 (C2SP tlog-cosignature type 0x06) -------------------------
+
+MLDSA44_PUBLIC_KEY_SIZE = 1312
+MLDSA44_SIGNATURE_SIZE = 2420
+
+
+class MlDsa44SigningKey:
+    """A plain ML-DSA-44 key (FIPS 204, pure ML-DSA, empty context), for the
+    one format that fixes it: C2SP tlog-cosignature's type 0x06 cosignatures.
+    Held as its 32-byte seed (FIPS 204 ``ML-DSA.KeyGen_internal``'s xi)."""
+
+    __slots__ = ("_seed", "_sk", "public")
+
+    def __init__(self, seed: bytes) -> None:
+        if len(seed) != SEED_SIZE:
+            raise ValueError("ML-DSA-44 seeds are 32 bytes")
+        self._seed = bytes(seed)
+        self._sk = _mldsa.MLDSA44PrivateKey.from_seed_bytes(self._seed)
+        self.public = self._sk.public_key().public_bytes_raw()
+
+    @classmethod
+    def generate(cls) -> MlDsa44SigningKey:
+        """A fresh key."""
+        return cls(random_bytes(SEED_SIZE))
+
+    def __repr__(self) -> str:
+        return "MlDsa44SigningKey(<secret>)"
+
+    def seed_bytes_secret(self) -> bytes:
+        """The 32-byte seed, for encrypted or 0600 storage only."""
+        return self._seed
+
+    def sign(self, message: bytes) -> bytes:
+        """A 2420-byte ML-DSA-44 signature (hedged, empty context)."""
+        return self._sk.sign(message)
+
+
+def check_mldsa44_public_key(public_key: bytes) -> None:
+    """Raise :class:`MalformedInput` unless ``public_key`` is an ML-DSA-44 key."""
+    if not isinstance(public_key, bytes) or len(public_key) != MLDSA44_PUBLIC_KEY_SIZE:
+        raise MalformedInput("an ML-DSA-44 public key is 1312 bytes")
+    try:
+        _mldsa.MLDSA44PublicKey.from_public_bytes(public_key)
+    except ValueError:
+        raise MalformedInput("invalid ML-DSA-44 public key") from None
+
+
+def mldsa44_verify(public_key: bytes, signature: bytes, message: bytes) -> None:
+    """ML-DSA-44 verification (FIPS 204, empty context); raise :class:`BadSignature`."""
+    if len(public_key) != MLDSA44_PUBLIC_KEY_SIZE or len(signature) != MLDSA44_SIGNATURE_SIZE:
+        raise BadSignature("bad ML-DSA-44 key or signature length")
+    try:
+        _mldsa.MLDSA44PublicKey.from_public_bytes(public_key).verify(signature, message)
+    except (_InvalidSignature, ValueError):
         raise BadSignature("signature does not verify") from None

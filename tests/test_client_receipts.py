@@ -13,7 +13,7 @@ import pytest
 
 from securechan.audit.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
 from securechan.audit.log import AuditLog
-from securechan.audit.note import VerifierKey
+from securechan.client.logview import pinned_keys
 from securechan.errors import SplitView
 from securechan.primitives import Ed25519SigningKey, random_bytes
 from tests.test_relay_crash import introduce, make_party, running_relay
@@ -35,7 +35,7 @@ def test_receipts_are_verified_and_checkpoints_kept(tmp_path: Path) -> None:
                 assert (await ach.send_text(b.name, f"m{i}")).pending == 0
             known = ach.db.relay_log(url)
             assert known is not None and known[1] is not None
-            key = VerifierKey.from_text(known[0])
+            key = pinned_keys(known[0])[0]  # Ed25519 and ML-DSA-44 keys
             cp = open_checkpoint(known[1], key)
             assert cp.size >= 3  # every envelope so far is in the log
 
@@ -55,7 +55,7 @@ def test_a_forked_history_is_caught(tmp_path: Path) -> None:
             assert (await ach.send_text(b.name, "before the fork")).pending == 0
             known = ach.db.relay_log(url)
             assert known is not None and known[1] is not None
-            key = VerifierKey.from_text(known[0])
+            key = pinned_keys(known[0])[0]  # Ed25519 and ML-DSA-44 keys
             seen = open_checkpoint(known[1], key)
             # The operator signs another tree of the same size and shows it to
             # alpha as if it were the history alpha saw before.

@@ -163,6 +163,7 @@ CLIENT_RANKS = {
     "results": 0,
     "stored": 0,
     "witness": 0,
+    "witness_serve": 0,
     "db_received": 0,
     "db_logs": 0,
     "db_messages": 0,

@@ -58,7 +58,7 @@ from securechan.audit.checkpoint import (
     open_cosigned_checkpoint,
 )
 from securechan.audit.merkle import EMPTY_ROOT, root_from_leaf_hashes, verify_consistency
-from securechan.audit.note import SIG_COSIGNATURE_V1, VerifierKey
+from securechan.audit.note import SIG_COSIGNATURE_V1, VerifierKey, keep_signatures, open_note
 from securechan.audit.receipt import Receipt, envelope_leaf_hash, verify_receipt
 from securechan.audit.tree import TreeStore
 from securechan.client.channel import Channel
@@ -277,6 +277,8 @@ def test_every_send_gets_a_receipt_that_verifies(main: LogRelay) -> None:
         async with RelayClient(main.url, retry=STRICT) as rc:
             key = await log_key(rc)
             info = await rc.info()
+            log_pq_key = VerifierKey.from_text(info["log_mldsa44_verifier_key"])
+            assert (log_pq_key.name, log_pq_key.sig_type) == (key.name, 0x06)
             fingerprint = hashlib.sha256(b64d(info["relay_key"])).hexdigest()
             assert key.name == f"securechan-relay/{fingerprint[:16]}"  # the default origin
             first = open_checkpoint(await rc.log_checkpoint(), key)
@@ -335,10 +337,16 @@ def test_every_send_gets_a_receipt_that_verifies(main: LogRelay) -> None:
             with pytest.raises(ProofFailed):
                 verify_consistency(5, 9, bent, views[5].root_hash, views[9].root_hash)
 
-            # Past checkpoints are served again, byte for byte (Ed25519 is deterministic).
+            # Past checkpoints are served again: the same text and Ed25519 line
+            # (deterministic); the ML-DSA-44 line is hedged (FIPS 204), so it
+            # differs between two signings but verifies each time.
             for data, _, reply in sent:
                 cp = open_checkpoint(reply.receipt.checkpoint, key)
-                assert await rc.log_checkpoint(cp.size) == reply.receipt.checkpoint
+                again = await rc.log_checkpoint(cp.size)
+                assert again.splitlines()[:5] == reply.receipt.checkpoint.splitlines()[:5]
+                assert len(again.splitlines()) == 6
+                for note in (again, reply.receipt.checkpoint):
+                    assert open_note(note, [log_pq_key]).verified_by(log_pq_key)
                 proof = await rc.inclusion_proof(reply.receipt.leaf_index, size)
                 verify_receipt(
                     Receipt(
@@ -639,8 +647,13 @@ def test_cosignatures_survive_a_restart_and_stale_checkpoints_get_409(root: Path
 
         async def after_restart() -> None:
             async with RelayClient(again.url, retry=STRICT) as rc:
-                assert await rc.log_checkpoint(size) == served  # the cosignature is kept
                 key = await log_key(rc)
+                # The cosignature is kept: the same note but for the log's own
+                # ML-DSA-44 line, which is hedged (made again after a restart).
+                w2 = W2[2]
+                again_note = await rc.log_checkpoint(size)
+                assert keep_signatures(again_note, [key, w2]) == keep_signatures(served, [key, w2])
+                assert len(again_note.splitlines()) == len(served.splitlines())
                 open_cosigned_checkpoint(served, key, [W2[2]], required=1)
 
         run(after_restart())

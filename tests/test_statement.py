@@ -40,6 +40,7 @@ from securechan.audit.statement import (
     message_id,
     verify_statement,
 )
+from securechan.client.logview import pinned_keys
 from securechan.errors import BadSignature, SecurechanError, UntrustedKey, VerificationFailed
 from securechan.identity.keys import Identity
 from securechan.primitives import (
@@ -207,7 +208,9 @@ def test_statement_any_changed_byte_fails(
             Statement.from_text(edited)
     # The CLI reports an edited file in one line, exit 2 (malformed) or 1.
     bad = tmp_path / "edited.statement"
-    bad.write_text(text[: first_body + 10] + "A" + text[first_body + 11 :], encoding="ascii")
+    # (Not the character already there: a no-op edit verifies, rightly.)
+    new = "A" if text[first_body + 10] != "A" else "B"
+    bad.write_text(text[: first_body + 10] + new + text[first_body + 11 :], encoding="ascii")
     proc = _verify(tmp_path, bad, "--trust-relay", log_key)
     assert proc.returncode in (1, 2), transcript(proc)
     one_line_error(proc, proc.returncode)
@@ -348,12 +351,13 @@ def _post(pair: Pair, envelope: bytes) -> LogPlacement:
                     ch.db.add_outbox(msg_id, url, sid, sender, envelope, ch.now())
             await ch.flush_outbox()
             for url, text in ch.db.log_receipts(sha256(envelope)):
-                key_text = ch.db.relay_log(url)[0]
+                # The column holds the Ed25519 and ML-DSA-44 log keys.
+                log_key = pinned_keys(ch.db.relay_log(url)[0])[0]
                 receipt = LogReceipt.from_json(json.loads(text))
-                own = keep_signatures(receipt.checkpoint, [VerifierKey.from_text(key_text)])
+                own = keep_signatures(receipt.checkpoint, [log_key])
                 assert own is not None
                 return LogPlacement(
-                    log_key=key_text,
+                    log_key=log_key.to_text(),
                     leaf_index=receipt.leaf_index,
                     checkpoint=own,
                     inclusion_proof=receipt.inclusion_proof,

@@ -26,7 +26,7 @@ import pytest
 from securechan.audit import log as audit_log
 from securechan.audit import tree as tree_module
 from securechan.audit.log import AuditLog
-from securechan.audit.note import VerifierKey
+from securechan.audit.note import VerifierKey, keep_signatures, open_note
 from securechan.audit.tree import TreeStore
 from securechan.audit.witness_store import WitnessHome
 from securechan.client import db as client_db
@@ -205,8 +205,12 @@ def test_tlog_db_upgrades_one_version_and_serves_the_same_checkpoint(
         log = await open_in_thread(RelayLog, path, key, witnesses=[witness])
         try:
             assert log.size == exp["log_size"]
-            # Same tree, same signed note, and the stored cosignature still served.
-            assert log.checkpoint() == exp["checkpoint"]
+            # Same tree, same signed note, and the stored cosignature still
+            # served; since issue 16 the log adds its ML-DSA-44 line, which
+            # verifies under the key derived from the same relay key.
+            served = log.checkpoint()
+            assert keep_signatures(served, [log.verifier, witness]) == exp["checkpoint"]
+            assert open_note(served, [log.pq_verifier]).verified_by(log.pq_verifier)
             for i, (*_, body) in enumerate(exp["envelopes"]):
                 receipt = await log.receipt_for(bytes.fromhex(body))
                 assert receipt is not None and receipt.leaf_index == i

@@ -255,7 +255,7 @@ _LEGACY_PK_STORE = wire.Schema(
 
 # audit/statement.py
 _LEGACY_WITNESS = wire.Schema(
-    0x00D1, "StatementWitness", (wire.Field(1, "key", wire.Kind.TEXT, max_len=512),)
+    0x00D1, "StatementWitness", (wire.Field(1, "key", wire.Kind.TEXT, max_len=2048),)
 )
 _LEGACY_STATEMENT = wire.Schema(
     0x00D2,
@@ -282,7 +282,7 @@ _LEGACY_STATEMENT = wire.Schema(
             12,
             "witnesses",
             wire.Kind.LIST,
-            max_len=statement._MAX_WITNESSES * 600,
+            max_len=statement._MAX_WITNESSES * 2100,
             schema=_LEGACY_WITNESS,
             max_items=statement._MAX_WITNESSES,
             optional=True,

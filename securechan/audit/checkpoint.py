@@ -35,6 +35,7 @@ from securechan.audit.note import (
     MAX_NOTE_BYTES,
     SIG_COSIGNATURE_V1,
     SIG_ED25519,
+    SIG_MLDSA44_COSIGNATURE,
     NoteSignature,
     NoteSigner,
     SignedNote,
@@ -60,6 +61,7 @@ __all__ = [
 ]
 
 MAX_EXTENSION_LINES = 16
+_COSIGNER_TYPES = (SIG_COSIGNATURE_V1, SIG_MLDSA44_COSIGNATURE)
 # ASCII digits only: int() would also take other scripts' digits and "1_0".
 _SIZE = re.compile("0|[1-9][0-9]{0,19}")
 _CONTROL = re.compile("[\x00-\x1f]")
@@ -230,15 +232,17 @@ def open_cosigned_checkpoint(
     """Verify a checkpoint's log signature and at least ``required`` cosignatures.
 
     Cosignatures from keys not in ``cosigners`` are ignored; one that is from a
-    listed key but fails to verify rejects the note. With ``now``, a
+    listed key but fails to verify rejects the note. A witness's Ed25519 (type
+    0x04) and ML-DSA-44 (type 0x06) keys are two cosigners: a policy that
+    lists the ML-DSA-44 key requires the post-quantum cosignature. With ``now``, a
     cosignature dated more than ``max_skew`` seconds ahead is not counted
     (tlog-cosignature: verifiers MAY reject future timestamps). Raises
     :class:`MalformedInput`, :class:`BadSignature`, or
     :class:`VerificationFailed` when the quorum is not met.
     """
     _log_key(log)
-    if any(not isinstance(c, VerifierKey) or c.sig_type != SIG_COSIGNATURE_V1 for c in cosigners):
-        raise ValueError("cosigner keys are type 0x04 keys")
+    if any(not isinstance(c, VerifierKey) or c.sig_type not in _COSIGNER_TYPES for c in cosigners):
+        raise ValueError("cosigner keys are type 0x04 (Ed25519) or 0x06 (ML-DSA-44) keys")
     if type(required) is not int or not 0 <= required <= len(cosigners):
         raise ValueError("required is between 0 and the number of cosigners")
     opened = open_note(note, [log, *cosigners])

@@ -13,6 +13,12 @@ Formats (https://c2sp.org/signed-note and https://c2sp.org/tlog-cosignature):
   tlog-cosignature v1: an Ed25519 signature over
   ``"cosignature/v1\\ntime <T>\\n" || note text`` whose signature bytes are
   ``timestamp T (u64, big-endian) || Ed25519 signature (64)``.
+* ``0x06`` is a tlog-cosignature over a checkpoint by an ML-DSA-44 key (FIPS
+  204, 1312-byte public key): its signature bytes are ``timestamp T (u64,
+  big-endian) || ML-DSA-44 signature (2420)`` over the ``cosigned_message``
+  ``"subtree/v1\n\0" || u8 len || cosigner name || u64 T || u8 len || origin
+  || u64 0 || u64 size || root hash`` (tlog-cosignature §ML-DSA-44 signed
+  message): the first three lines of the note text, not the text, are signed.
 * A verifier key is ``<name>+<key ID, 8 lowercase hex>+base64(type || public
   key)``; a signer key is ``PRIVATE+KEY+<name>+<key ID>+base64(type || seed)``
   (the forms of golang.org/x/mod/sumdb/note, extended to type 0x04).
@@ -40,10 +46,16 @@ from securechan.errors import BadSignature, MalformedInput
 from securechan.primitives import (
     ED25519_PUBLIC_KEY_SIZE,
     ED25519_SIGNATURE_SIZE,
+    MLDSA44_PUBLIC_KEY_SIZE,
+    MLDSA44_SIGNATURE_SIZE,
     SEED_SIZE,
     Ed25519SigningKey,
+    MlDsa44SigningKey,
     check_ed25519_public_key,
+    check_mldsa44_public_key,
     ed25519_verify,
+    hkdf_sha256,
+    mldsa44_verify,
     sha256,
 )
 
@@ -56,6 +68,7 @@ __all__ = [
     "MAX_TIMESTAMP",
     "SIG_COSIGNATURE_V1",
     "SIG_ED25519",
+    "SIG_MLDSA44_COSIGNATURE",
     "NoteSignature",
     "NoteSigner",
     "OpenedNote",
@@ -68,16 +81,25 @@ __all__ = [
     "is_valid_key_name",
     "keep_signatures",
     "key_id",
+    "mldsa44_companion",
+    "mldsa44_cosigned_message",
     "open_note",
     "sign_note",
 ]
 
 SIG_ED25519 = 0x01
 SIG_COSIGNATURE_V1 = 0x04
-_TYPES = (SIG_ED25519, SIG_COSIGNATURE_V1)
+SIG_MLDSA44_COSIGNATURE = 0x06
+_TYPES = (SIG_ED25519, SIG_COSIGNATURE_V1, SIG_MLDSA44_COSIGNATURE)
+_KEY_SIZES = {
+    SIG_ED25519: ED25519_PUBLIC_KEY_SIZE,
+    SIG_COSIGNATURE_V1: ED25519_PUBLIC_KEY_SIZE,
+    SIG_MLDSA44_COSIGNATURE: MLDSA44_PUBLIC_KEY_SIZE,
+}
 
 KEY_ID_SIZE = 4
 COSIGNATURE_SIZE = 8 + ED25519_SIGNATURE_SIZE
+MLDSA44_COSIGNATURE_SIZE = 8 + MLDSA44_SIGNATURE_SIZE
 MAX_TIMESTAMP = (1 << 63) - 1  # tlog-cosignature: "MUST NOT exceed 2^63 - 1"
 
 # The spec asks verifiers to accept at least 16 signatures; Go's note package
@@ -89,6 +111,11 @@ MAX_NAME_BYTES = 255
 _DASH = "\u2014 "
 _PRIVATE = "PRIVATE+KEY+"
 _COSIG_HEADER = b"cosignature/v1\ntime "
+_SUBTREE_LABEL = b"subtree/v1\n\x00"
+_SIZE_LINE = re.compile("0|[1-9][0-9]{0,19}")
+_ROOT_LINE = re.compile("[A-Za-z0-9+/]{43}=")
+# The longest verifier key: name, "+", 8 hex, "+", base64 of type || 1312 bytes.
+_MAX_VKEY = MAX_NAME_BYTES + 10 + 4 * ((1 + MLDSA44_PUBLIC_KEY_SIZE + 2) // 3)
 # Control characters below U+0020 other than newline (signed-note §Format).
 _CONTROL = re.compile("[\x00-\x09\x0b-\x1f]")
 # The Unicode White_Space property, the set Go's unicode.IsSpace tests.
@@ -138,6 +165,35 @@ def cosignature_message(text: bytes, timestamp: int) -> bytes:
     return _COSIG_HEADER + str(timestamp).encode() + b"\n" + text
 
 
+def mldsa44_cosigned_message(cosigner: str, timestamp: int, text: bytes) -> bytes:
+    """What a type 0x06 cosignature signs over a checkpoint note ``text``
+    (tlog-cosignature §ML-DSA-44 signed message, start 0, end = the size).
+
+    Raises ``ValueError`` if ``text`` does not start like a checkpoint
+    (origin, decimal size, base64 root) or a name is over 255 bytes.
+    """
+    lines = text.split(b"\n", 3)
+    if len(lines) < 4:
+        raise ValueError("not a checkpoint")
+    _origin, size_line, root_line = (line.decode("utf-8", "replace") for line in lines[:3])
+    if not _SIZE_LINE.fullmatch(size_line) or not _ROOT_LINE.fullmatch(root_line):
+        raise ValueError("not a checkpoint")
+    size, root = int(size_line), base64.b64decode(root_line)
+    name, log = cosigner.encode(), lines[0]
+    if not 0 < len(name) < 256 or not 0 < len(log) < 256 or size >= 1 << 64:
+        raise ValueError("not a checkpoint")
+    return (
+        _SUBTREE_LABEL
+        + bytes([len(name)])
+        + name
+        + struct.pack(">Q", timestamp)
+        + bytes([len(log)])
+        + log
+        + struct.pack(">QQ", 0, size)
+        + root
+    )
+
+
 def check_note_text(text: str) -> None:
     """Raise ``ValueError`` unless ``text`` can be signed as a note text."""
     if not isinstance(text, str) or not text.endswith("\n"):
@@ -160,9 +216,10 @@ class VerifierKey:
         if not is_valid_key_name(self.name):
             raise ValueError("invalid key name")
         if self.sig_type not in _TYPES:
-            raise ValueError("signature type must be 0x01 or 0x04")
-        if type(self.public_key) is not bytes or len(self.public_key) != ED25519_PUBLIC_KEY_SIZE:
-            raise ValueError("an Ed25519 public key is 32 bytes")
+            raise ValueError("signature type must be 0x01, 0x04 or 0x06")
+        size = _KEY_SIZES[self.sig_type]
+        if type(self.public_key) is not bytes or len(self.public_key) != size:
+            raise ValueError(f"a type {self.sig_type:#04x} public key is {size} bytes")
 
     @property
     def key_id(self) -> bytes:
@@ -177,7 +234,7 @@ class VerifierKey:
     @classmethod
     def from_text(cls, text: str) -> VerifierKey:
         """Parse the text form strictly; the key ID must match the key."""
-        if not isinstance(text, str) or len(text) > MAX_NAME_BYTES + 64:
+        if not isinstance(text, str) or len(text) > _MAX_VKEY:
             raise MalformedInput("malformed verifier key")
         # Names hold no "+" and IDs are hex, but base64 may: split twice only.
         parts = text.split("+", 2)
@@ -185,11 +242,14 @@ class VerifierKey:
             raise MalformedInput("malformed verifier key")
         name, hex_id, key64 = parts
         raw = _b64decode(key64)
-        if not is_valid_key_name(name) or len(raw) != 1 + ED25519_PUBLIC_KEY_SIZE:
+        if not is_valid_key_name(name) or not raw or raw[0] not in _TYPES:
+            raise MalformedInput("malformed verifier key or unknown key type")
+        if len(raw) != 1 + _KEY_SIZES[raw[0]]:
             raise MalformedInput("malformed verifier key")
-        if raw[0] not in _TYPES:
-            raise MalformedInput("unknown verifier key type")
-        check_ed25519_public_key(raw[1:])
+        if raw[0] == SIG_MLDSA44_COSIGNATURE:
+            check_mldsa44_public_key(raw[1:])
+        else:
+            check_ed25519_public_key(raw[1:])
         key = cls(name=name, sig_type=raw[0], public_key=raw[1:])
         if key.key_id.hex() != hex_id:
             raise MalformedInput("verifier key ID does not match the key")
@@ -198,12 +258,24 @@ class VerifierKey:
     def verify(self, text: bytes, signature: bytes) -> int | None:
         """Verify ``signature`` (the bytes after the key ID) over note ``text``.
 
-        Returns the cosignature's timestamp for type 0x04, ``None`` for 0x01.
-        Raises :class:`BadSignature`.
+        Returns the cosignature's timestamp for types 0x04 and 0x06, ``None``
+        for 0x01. Raises :class:`BadSignature`.
         """
         if self.sig_type == SIG_ED25519:
             ed25519_verify(self.public_key, signature, text)
             return None
+        if self.sig_type == SIG_MLDSA44_COSIGNATURE:
+            if len(signature) != MLDSA44_COSIGNATURE_SIZE:
+                raise BadSignature("malformed cosignature")
+            (stamp,) = struct.unpack(">Q", signature[:8])
+            try:
+                message = mldsa44_cosigned_message(self.name, stamp, text)
+            except ValueError:
+                raise BadSignature("an ML-DSA-44 cosignature signs a checkpoint") from None
+            if stamp > MAX_TIMESTAMP:
+                raise BadSignature("malformed cosignature")
+            mldsa44_verify(self.public_key, signature[8:], message)
+            return int(stamp)
         if len(signature) != COSIGNATURE_SIZE:
             raise BadSignature("malformed cosignature")
         (timestamp,) = struct.unpack(">Q", signature[:8])
@@ -214,11 +286,20 @@ class VerifierKey:
 
 
 class NoteSigner:
-    """An Ed25519 key signing notes under a name, as type 0x01 or 0x04."""
+    """An Ed25519 key signing notes under a name, as type 0x01 or 0x04, or
+    an ML-DSA-44 key cosigning checkpoints as type 0x06."""
 
     __slots__ = ("_key", "verifier")
 
-    def __init__(self, name: str, key: Ed25519SigningKey, *, sig_type: int = SIG_ED25519) -> None:
+    def __init__(
+        self,
+        name: str,
+        key: Ed25519SigningKey | MlDsa44SigningKey,
+        *,
+        sig_type: int = SIG_ED25519,
+    ) -> None:
+        if isinstance(key, MlDsa44SigningKey) != (sig_type == SIG_MLDSA44_COSIGNATURE):
+            raise ValueError("type 0x06 goes with an ML-DSA-44 key, 0x01 and 0x04 with Ed25519")
         self._key = key
         self.verifier = VerifierKey(name=name, sig_type=sig_type, public_key=key.public)
 
@@ -231,13 +312,19 @@ class NoteSigner:
         return self.verifier.name
 
     def sign(self, text: str, *, timestamp: int | None = None) -> NoteSignature:
-        """Sign note ``text``; type 0x04 needs ``timestamp`` (POSIX seconds)."""
+        """Sign note ``text``; types 0x04 and 0x06 need ``timestamp`` (POSIX
+        seconds; 0 for a type 0x06 line that states no time)."""
         check_note_text(text)
         message = text.encode()
         if self.verifier.sig_type == SIG_ED25519:
             if timestamp is not None:
                 raise ValueError("an Ed25519 note signature has no timestamp")
             sig = self._key.sign(message)
+        elif self.verifier.sig_type == SIG_MLDSA44_COSIGNATURE:
+            if type(timestamp) is not int or not 0 <= timestamp <= MAX_TIMESTAMP:
+                raise ValueError("a cosignature needs a timestamp in 0 .. 2**63 - 1")
+            signed = mldsa44_cosigned_message(self.name, timestamp, message)
+            sig = struct.pack(">Q", timestamp) + self._key.sign(signed)
         else:
             if type(timestamp) is not int or not 0 <= timestamp <= MAX_TIMESTAMP:
                 raise ValueError("a cosignature needs a timestamp in 0 .. 2**63 - 1")
@@ -264,7 +351,13 @@ class NoteSigner:
         raw = _b64decode(key64)
         if not is_valid_key_name(name) or len(raw) != 1 + SEED_SIZE or raw[0] not in _TYPES:
             raise MalformedInput("malformed signer key")
-        signer = cls(name, Ed25519SigningKey(raw[1:]), sig_type=raw[0])
+        seed = raw[1:]
+        key = (
+            MlDsa44SigningKey(seed)
+            if raw[0] == SIG_MLDSA44_COSIGNATURE
+            else Ed25519SigningKey(seed)
+        )
+        signer = cls(name, key, sig_type=raw[0])
         if signer.verifier.key_id.hex() != hex_id:
             raise MalformedInput("signer key ID does not match the key")
         return signer
@@ -424,12 +517,28 @@ def open_note(data: bytes | str, verifiers: Sequence[VerifierKey]) -> OpenedNote
     return OpenedNote(text=note.text, verified=tuple(verified), unverified=tuple(unverified))
 
 
+def mldsa44_companion(key: Ed25519SigningKey, purpose: str) -> MlDsa44SigningKey:
+    """The ML-DSA-44 key that goes with an Ed25519 note key: its seed is
+    HKDF-SHA256 (RFC 5869) of the Ed25519 seed, info
+    ``"securechan/v1/mldsa44-companion/" || purpose``.
+
+    So a relay or witness key made before ML-DSA gains its post-quantum
+    key with no new file. A quantum attacker who solves the Ed25519 public
+    key learns the secret scalar, not the seed (RFC 8032 hashes the seed
+    with SHA-512 to get it), so the companion key stays out of reach.
+    """
+    info = b"securechan/v1/mldsa44-companion/" + purpose.encode()
+    return MlDsa44SigningKey(
+        hkdf_sha256(key.seed_bytes_secret(), salt=b"", info=info, length=SEED_SIZE)
+    )
+
+
 def sign_note(text: str, signers: Sequence[NoteSigner], *, timestamp: int | None = None) -> str:
     """A signed note of ``text`` by each signer (``timestamp`` for cosigners)."""
     if not signers:
         raise ValueError("a note needs at least one signer")
     sigs = tuple(
-        s.sign(text, timestamp=timestamp if s.verifier.sig_type == SIG_COSIGNATURE_V1 else None)
+        s.sign(text, timestamp=timestamp if s.verifier.sig_type != SIG_ED25519 else None)
         for s in signers
     )
     return SignedNote(text=text, signatures=sigs).to_text()

@@ -59,7 +59,13 @@ from typing import Annotated
 from securechan import armor, wire
 from securechan.audit.checkpoint import Checkpoint, Cosignature, open_cosigned_checkpoint
 from securechan.audit.merkle import MAX_PROOF_HASHES
-from securechan.audit.note import MAX_NOTE_BYTES, SIG_COSIGNATURE_V1, VerifierKey, open_note
+from securechan.audit.note import (
+    MAX_NOTE_BYTES,
+    SIG_COSIGNATURE_V1,
+    SIG_MLDSA44_COSIGNATURE,
+    VerifierKey,
+    open_note,
+)
 from securechan.audit.receipt import Receipt, verify_receipt
 from securechan.errors import BadSignature, MalformedInput, UntrustedKey, VerificationFailed
 from securechan.identity.keys import PublicIdentity
@@ -93,7 +99,8 @@ _MAX_SIGNED = 1 << 17
 @wire.record(0x00D1, "StatementWitness")
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _Witness(wire.Record):
-    key: Annotated[str, wire.text(1, max_len=512)]
+    # An ML-DSA-44 (type 0x06) verifier key is 1,774 characters at most.
+    key: Annotated[str, wire.text(1, max_len=2048)]
 
 
 @wire.record(0x00D2, "Statement")
@@ -113,7 +120,7 @@ class _StatementRecord(wire.Record):
     inclusion_proof: Annotated[bytes | None, wire.bytes_(11, max_len=MAX_PROOF_HASHES * 32)] = None
     witnesses: Annotated[
         tuple[_Witness, ...] | None,
-        wire.list_(12, max_len=_MAX_WITNESSES * 600, max_items=_MAX_WITNESSES),
+        wire.list_(12, max_len=_MAX_WITNESSES * 2100, max_items=_MAX_WITNESSES),
     ] = None
     # The recipient's signed RECEIPT payload covering exactly this message.
     receipt: Annotated[bytes | None, wire.bytes_(13, max_len=_MAX_SIGNED)] = None
@@ -417,8 +424,8 @@ def _verify_placement(
     if trust_relay is not None and key != trust_relay:
         raise UntrustedKey("the statement's log is not the relay key you trust")
     witnesses = [VerifierKey.from_text(w) for w in placement.witnesses]
-    if any(w.sig_type != SIG_COSIGNATURE_V1 for w in witnesses):
-        raise MalformedInput("a statement's witness keys are cosignature (type 0x04) keys")
+    if any(w.sig_type not in (SIG_COSIGNATURE_V1, SIG_MLDSA44_COSIGNATURE) for w in witnesses):
+        raise MalformedInput("a statement's witness keys are cosignature (type 0x04 or 0x06) keys")
     if len(set(witnesses)) != len(witnesses) or key in witnesses:
         raise MalformedInput("a statement names each key once")
     opened = open_note(placement.checkpoint, [key, *witnesses])

@@ -45,6 +45,8 @@ from securechan.audit.merkle import EMPTY_ROOT, verify_consistency
 from securechan.audit.note import (
     MAX_TIMESTAMP,
     SIG_ED25519,
+    SIG_MLDSA44_COSIGNATURE,
+    NoteSigner,
     SignedNote,
     VerifierKey,
     open_note,
@@ -57,7 +59,7 @@ from securechan.errors import (
     UntrustedKey,
     VerificationFailed,
 )
-from securechan.primitives import Ed25519SigningKey
+from securechan.primitives import Ed25519SigningKey, MlDsa44SigningKey
 
 __all__ = [
     "MAX_STATE_BYTES",
@@ -200,7 +202,7 @@ class Cosigned:
 
     checkpoint: Checkpoint
     old_size: int
-    line: str  # the tlog-cosignature line (what add-checkpoint answers)
+    line: str  # the tlog-cosignature line(s) (what add-checkpoint answers)
     note: str  # the relay-signed note followed by ``line``: what is posted
     state: WitnessState
 
@@ -214,12 +216,15 @@ def witness_checkpoint(
     note: bytes | str,
     proof: Sequence[bytes],
     now: int,
+    pq_key: MlDsa44SigningKey | None = None,
 ) -> Cosigned:
     """Check ``note`` against ``state`` and cosign it as witness ``name``.
 
     ``proof`` is the consistency proof from ``state.old_size(log_key)`` to
     the note's size (empty when that is 0 or the sizes are equal). ``now`` is
-    the cosignature's timestamp, POSIX seconds.
+    the cosignature's timestamp, POSIX seconds. With ``pq_key``, the
+    cosignature lines are two: Ed25519 (type 0x04), then ML-DSA-44 (type
+    0x06) under the same name.
 
     Raises :class:`MalformedInput`, :class:`BadSignature` or
     :class:`VerificationFailed` for a note the log key does not sign,
@@ -245,7 +250,7 @@ def witness_checkpoint(
         # Nothing cosigned yet: the old tree is the empty one, and the proof
         # from it is empty (tlog-witness). A non-empty one is just malformed.
         verify_consistency(0, checkpoint.size, list(proof), EMPTY_ROOT, checkpoint.root_hash)
-        return _cosigned(state, key, name, log_key, signed, checkpoint, 0, now)
+        return _cosigned(state, (key, pq_key), name, log_key, signed, checkpoint, 0, now)
     old_size, old_root = prev.checkpoint.size, prev.checkpoint.root_hash
     evidence = (prev.note, signed)
     # Step 2, the checks of tlog-witness add-checkpoint.
@@ -268,12 +273,12 @@ def witness_checkpoint(
             f"(new size {checkpoint.size}): not cosigning",
             evidence,
         ) from None
-    return _cosigned(state, key, name, log_key, signed, checkpoint, old_size, now)
+    return _cosigned(state, (key, pq_key), name, log_key, signed, checkpoint, old_size, now)
 
 
 def _cosigned(
     state: WitnessState,
-    key: Ed25519SigningKey,
+    keys: tuple[Ed25519SigningKey, MlDsa44SigningKey | None],
     name: str,
     log_key: VerifierKey,
     signed: str,
@@ -283,7 +288,11 @@ def _cosigned(
 ) -> Cosigned:
     """Step 3: the new state, and the cosignature line."""
     entry = WitnessedLog(log_key=log_key, note=signed, checkpoint=checkpoint, timestamp=now)
+    key, pq_key = keys
     line = cosign_checkpoint(key, name, checkpoint, timestamp=now)
+    if pq_key is not None:
+        pq = NoteSigner(name, pq_key, sig_type=SIG_MLDSA44_COSIGNATURE)
+        line += pq.sign(checkpoint.to_text(), timestamp=now).to_line()
     return Cosigned(
         checkpoint=checkpoint,
         old_size=old_size,

@@ -3,6 +3,8 @@
 Layout (``docs/AUDIT.md``, "Witnesses"; the folder is 0700, files 0600)::
 
     witness.key        the witness's Ed25519 key, encrypted under the passphrase
+    witness-mldsa44.pub  its ML-DSA-44 verifier key (derived from the
+                       Ed25519 seed; public, written at init and unlock)
     witness.json       per log origin, the last checkpoint cosigned (WitnessState)
     witness.lock       held from reading the state to writing the new one
     witness-evidence/  one file per refusal that proves a split view
@@ -41,7 +43,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from securechan.audit.note import SIG_COSIGNATURE_V1, VerifierKey, is_valid_key_name
+from securechan.audit.note import (
+    SIG_COSIGNATURE_V1,
+    SIG_MLDSA44_COSIGNATURE,
+    VerifierKey,
+    is_valid_key_name,
+    mldsa44_companion,
+)
 from securechan.audit.witness import MAX_STATE_BYTES, WitnessState
 from securechan.errors import (
     BadPassphrase,
@@ -60,6 +68,7 @@ from securechan.primitives import (
     SEED_SIZE,
     Ed25519SigningKey,
     KdfParams,
+    MlDsa44SigningKey,
     aead_decrypt,
     aead_encrypt,
     argon2id,
@@ -69,6 +78,7 @@ from securechan.primitives import (
 __all__ = ["EVIDENCE_DIR", "KEY_FILE", "STATE_FILE", "WitnessHome", "WitnessKey"]
 
 KEY_FILE = "witness.key"
+PQ_KEY_FILE = "witness-mldsa44.pub"
 STATE_FILE = "witness.json"
 LOCK_FILE = "witness.lock"
 EVIDENCE_DIR = "witness-evidence"
@@ -88,6 +98,19 @@ class WitnessKey:
     def verifier(self) -> VerifierKey:
         """The verifier key the relay operator configures."""
         return VerifierKey(name=self.name, sig_type=SIG_COSIGNATURE_V1, public_key=self.key.public)
+
+    @property
+    def pq_key(self) -> MlDsa44SigningKey:
+        """The witness's ML-DSA-44 key, derived from the Ed25519 seed
+        (:func:`~securechan.audit.note.mldsa44_companion`)."""
+        return mldsa44_companion(self.key, "witness-cosignature")
+
+    @property
+    def pq_verifier(self) -> VerifierKey:
+        """The ML-DSA-44 (type 0x06) verifier key, under the same name."""
+        return VerifierKey(
+            name=self.name, sig_type=SIG_MLDSA44_COSIGNATURE, public_key=self.pq_key.public
+        )
 
 
 def _b64(raw: bytes) -> str:
@@ -206,7 +229,23 @@ class WitnessHome:
             raise IdentityExists(
                 f"{self.key_path} exists; use --force to replace the witness key"
             ) from None
+        self._write_pq(key)
         return key
+
+    def _write_pq(self, key: WitnessKey) -> None:
+        text = key.pq_verifier.to_text() + "\n"
+        atomic_write(self.home / PQ_KEY_FILE, text.encode("ascii"), replace=True, mode=0o644)
+
+    def pq_verifier(self) -> VerifierKey | None:
+        """The ML-DSA-44 verifier key, if the key was unlocked once (no
+        passphrase needed); the Ed25519 key's companion."""
+        try:
+            raw = read_bounded(self.home / PQ_KEY_FILE, _MAX_KEY_FILE)
+            key = VerifierKey.from_text(raw.decode("ascii").strip())
+        except (FileNotFoundError, UnicodeDecodeError, MalformedInput):
+            return None
+        mine = self.verifier()
+        return key if key.name == mine.name else None
 
     def _key_text(self) -> str:
         try:
@@ -226,7 +265,10 @@ class WitnessHome:
 
     def unlock(self, passphrase: str | bytes) -> WitnessKey:
         """The witness key, decrypted."""
-        return open_witness_key(self._key_text(), passphrase, where=self.key_path)
+        key = open_witness_key(self._key_text(), passphrase, where=self.key_path)
+        if self.pq_verifier() != key.pq_verifier:
+            self._write_pq(key)
+        return key
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:

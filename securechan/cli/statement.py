@@ -102,7 +102,7 @@ def statement_export(app: _App, message_id: str, output: Path, as_json: bool) ->
     "trust_witness",
     metavar="KEY",
     multiple=True,
-    help="A witness (type 0x04 key) that must have cosigned; repeatable.",
+    help="A witness (type 0x04 or 0x06 key) that must have cosigned; repeatable.",
 )
 @click.option(
     "--require-delivery",

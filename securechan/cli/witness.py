@@ -44,17 +44,29 @@ def witness_init(app: _App, name: str, force: bool, kdf: str, as_json: bool) -> 
         return
     click.echo(verifier)
     click.echo(
-        "Give this line to the relay's operator (DATA/witnesses.txt or [log] witnesses).",
+        "Give this line to the relay's operator (DATA/witnesses.txt or [log] witnesses);"
+        " 'securechan witness key --mldsa44' prints the ML-DSA-44 cosignature key.",
         err=True,
     )
 
 
 @witness.command(name="key")
+@click.option(
+    "--mldsa44",
+    is_flag=True,
+    help="Print the ML-DSA-44 (type 0x06) cosignature key instead of the Ed25519 one.",
+)
 @_json_option
 @pass_app
-def witness_key(app: _App, as_json: bool) -> None:
+def witness_key(app: _App, mldsa44: bool, as_json: bool) -> None:
     """Print the witness's verifier key (no passphrase needed)."""
-    verifier = _witness_home(app).verifier()
+    home = _witness_home(app)
+    verifier = home.verifier()
+    if mldsa44:
+        pq = home.pq_verifier()
+        if pq is None:
+            raise UsageError("unlock the witness key once first ('witness serve' or 'cosign')")
+        verifier = pq
     if as_json:
         from securechan.cli.results import WitnessKeyInfo
 
@@ -144,3 +156,70 @@ def witness_cosign(
             await asyncio.sleep(max(0.0, pause))
 
     _run(go())
+
+
+@witness.command(name="serve")
+@click.option(
+    "--listen",
+    default="127.0.0.1:8788",
+    show_default=True,
+    metavar="HOST:PORT",
+    help="Where to serve POST /add-checkpoint (port 0: any free port).",
+)
+@click.option(
+    "--log",
+    "logs",
+    multiple=True,
+    metavar="KEY",
+    help="A log to witness: its Ed25519 verifier key (name = origin). Repeatable.",
+)
+@click.option(
+    "--logs-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="A file of log verifier keys, one a line ('#' comments).",
+)
+@pass_app
+def witness_serve(app: _App, listen: str, logs: tuple[str, ...], logs_file: str | None) -> None:
+    """Serve the C2SP tlog-witness API: cosign each log's checkpoints (Ed25519
+    and ML-DSA-44) after checking their consistency with the last cosigned.
+
+    Runs until SIGINT or SIGTERM. Exit 2 for a bad option or log key."""
+    from securechan.audit.note import VerifierKey
+    from securechan.client.witness_serve import serve_witness, witness_app
+
+    host, sep, port_text = listen.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+        raise UsageError("--listen is HOST:PORT")
+    lines = list(logs)
+    if logs_file is not None:
+        try:
+            with open(logs_file, encoding="utf-8") as f:
+                lines += f.read(1 << 20).splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"--logs-file: cannot read {logs_file}: {e}") from None
+    keys = []
+    for line in (raw.strip() for raw in lines):
+        if line and not line.startswith("#"):
+            try:
+                keys.append(VerifierKey.from_text(line))
+            except MalformedInput as e:
+                raise UsageError(f"log key {inline(line[:80])}: {e}") from None
+    if not keys:
+        raise UsageError("name at least one log to witness (--log or --logs-file)")
+    home = _witness_home(app)
+    key = home.unlock(app.passphrase())
+    try:
+        web_app = witness_app(home, key, keys, clock=time.time)
+    except MalformedInput as e:
+        raise UsageError(str(e)) from None
+    click.echo(f"witness key: {key.verifier.to_text()}", err=True)
+    click.echo(f"witness ML-DSA-44 key: {key.pq_verifier.to_text()}", err=True)
+    _run(
+        serve_witness(
+            web_app,
+            host.strip("[]"),
+            int(port_text),
+            lambda text: click.echo(f"securechan witness: {text}", err=True),
+        )
+    )

@@ -8,6 +8,14 @@ signed, or carried inside a peer's message, must be consistent with that one
 **split view**: the relay signed two histories, and both signed notes are the
 evidence (``docs/AUDIT.md``, Receipts and Split views). The newest
 checkpoints travel inside our own messages for the peer to check in turn.
+
+The log's ML-DSA-44 key (``log_mldsa44_verifier_key`` of ``/v1/relay``) is
+pinned with the Ed25519 one, on first use, and from then on every checkpoint
+this view accepts must carry a valid ML-DSA-44 line by it as well
+(``docs/PROTOCOL.md``, Checkpoints): a quantum attacker who forges the
+relay's Ed25519 signature still cannot make this client accept a checkpoint.
+Both keys share one database column, ``"<Ed25519 vkey> <ML-DSA-44 vkey>"``
+(vkeys hold no space); a relay pinned before it published one has none.
 """
 
 from __future__ import annotations
@@ -17,9 +25,10 @@ from collections.abc import Awaitable, Callable, Iterable
 from securechan.audit.checkpoint import Checkpoint, open_checkpoint
 from securechan.audit.log import AuditLog
 from securechan.audit.merkle import verify_consistency
-from securechan.audit.note import VerifierKey
+from securechan.audit.note import SIG_MLDSA44_COSIGNATURE, VerifierKey, open_note
 from securechan.client.db import ClientDB
 from securechan.errors import (
+    BadSignature,
     MalformedInput,
     ProofFailed,
     Reason,
@@ -33,7 +42,20 @@ from securechan.errors import (
 from securechan.protocol.payload import MAX_CHECKPOINT_TEXT, MAX_CHECKPOINTS
 from securechan.transport import RelayClient
 
-__all__ = ["RelayLogs"]
+__all__ = ["RelayLogs", "pinned_keys", "require_pq_line"]
+
+
+def pinned_keys(text: str) -> tuple[VerifierKey, VerifierKey | None]:
+    """The (Ed25519, ML-DSA-44 or None) log keys of a ``relay_logs`` row."""
+    ed, _, pq = text.partition(" ")
+    return VerifierKey.from_text(ed), VerifierKey.from_text(pq) if pq else None
+
+
+def require_pq_line(note: str, pq: VerifierKey | None) -> None:
+    """:class:`BadSignature` unless ``note`` carries a valid line by ``pq``
+    (nothing is required when no ML-DSA-44 key is pinned)."""
+    if pq is not None and open_note(note, [pq]).verified_by(pq) is None:
+        raise BadSignature("the checkpoint lacks the log's ML-DSA-44 signature")
 
 
 class RelayLogs:
@@ -68,7 +90,7 @@ class RelayLogs:
         key we pinned when registering there."""
         known = self._db.relay_log(relay_url)
         if known is not None:
-            return VerifierKey.from_text(known[0])
+            return pinned_keys(known[0])[0]
         info = await (await self._relay(relay_url)).info()
         text = info.get("log_verifier_key")
         if not isinstance(text, str):
@@ -77,16 +99,29 @@ class RelayLogs:
         pinned = self._pinned_key(relay_url)
         if pinned is not None and key.public_key != pinned:
             raise UntrustedKey(f"the log key of {relay_url} is not the relay key you pinned")
+        row = key.to_text()
+        pq_text = info.get("log_mldsa44_verifier_key")
+        if pq_text is not None:
+            pq = VerifierKey.from_text(pq_text) if isinstance(pq_text, str) else None
+            if pq is None or pq.sig_type != SIG_MLDSA44_COSIGNATURE or pq.name != key.name:
+                raise MalformedInput(f"{relay_url} publishes a malformed ML-DSA-44 log key")
+            row += " " + pq.to_text()
         with self._db.transaction():
-            self._db.set_relay_log(relay_url, key.to_text(), None)
+            self._db.set_relay_log(relay_url, row, None)
         return key
+
+    def _pq(self, relay_url: str) -> VerifierKey | None:
+        known = self._db.relay_log(relay_url)
+        return None if known is None else pinned_keys(known[0])[1]
 
     async def accept(
         self, relay_url: str, key: VerifierKey, note: str, checkpoint: Checkpoint
     ) -> None:
         """Check a new checkpoint against the newest one we hold from this
         relay (a consistency proof either way), then keep the newer one.
-        Raises :class:`SplitView` with both notes when they conflict."""
+        Raises :class:`SplitView` with both notes when they conflict, and
+        :class:`BadSignature` for a note without the pinned ML-DSA-44 line."""
+        require_pq_line(note, self._pq(relay_url))
         known = self._db.relay_log(relay_url)
         old_note = known[1] if known is not None else None
         if old_note is not None:
@@ -108,7 +143,7 @@ class RelayLogs:
             if old.size >= checkpoint.size:
                 return
         with self._db.transaction():
-            self._db.set_relay_log(relay_url, key.to_text(), note)
+            self._db.set_relay_log(relay_url, known[0] if known else key.to_text(), note)
         if old_note is None:
             self._witnessed(relay_url, key, note)
         self._audit.checkpoint_seen(
@@ -184,7 +219,7 @@ class RelayLogs:
         for notes, peer in carried:
             for note in notes:
                 for relay_url, key_text, _ in logs:
-                    key = VerifierKey.from_text(key_text)
+                    key = pinned_keys(key_text)[0]
                     try:
                         checkpoint = open_checkpoint(note, key)
                     except (VerificationFailed, MalformedInput):
@@ -193,6 +228,8 @@ class RelayLogs:
                         await self.accept(relay_url, key, note, checkpoint)
                     except SplitView as e:
                         out.append((e, peer))
+                    except VerificationFailed as e:  # e.g. no ML-DSA-44 line
+                        self._audit.rejected(reason_of(e), f"checkpoint carried by {peer}: {e}")
                     except RelayError as e:
                         self._audit.rejected(Reason.CHECKPOINT_UNCHECKED, f"{relay_url}: {e}")
         return out

@@ -29,7 +29,12 @@ from typing import Protocol
 
 from securechan.audit.checkpoint import CosignedCheckpoint, open_cosigned_checkpoint
 from securechan.audit.merkle import verify_inclusion
-from securechan.audit.note import SIG_COSIGNATURE_V1, VerifierKey, keep_signatures
+from securechan.audit.note import (
+    SIG_COSIGNATURE_V1,
+    SIG_MLDSA44_COSIGNATURE,
+    VerifierKey,
+    keep_signatures,
+)
 from securechan.audit.receipt import Receipt, envelope_leaf_hash
 from securechan.audit.statement import LogPlacement, Statement
 from securechan.client.db import ClientDB
@@ -88,8 +93,11 @@ def set_policy(
     ``UsageError`` for a key that is not a cosignature key, a repeated
     key, or a count out of range."""
     keys = tuple(witnesses)
-    if any(k.sig_type != SIG_COSIGNATURE_V1 for k in keys):
-        raise UsageError("witness keys are cosignature keys (type 0x04), as 'witness key' prints")
+    if any(k.sig_type not in (SIG_COSIGNATURE_V1, SIG_MLDSA44_COSIGNATURE) for k in keys):
+        raise UsageError(
+            "witness keys are cosignature keys (type 0x04 or 0x06), as 'witness key'"
+            " and 'witness key --mldsa44' print"
+        )
     if len(set(keys)) != len(keys):
         raise UsageError("a witness is named twice")
     need = len(keys) if required is None else required

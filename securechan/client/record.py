@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import json
 
-from securechan.audit.note import VerifierKey, keep_signatures
+from securechan.audit.note import keep_signatures
 from securechan.audit.receipt import Receipt as LogReceipt
 from securechan.audit.receipt import envelope_leaf_hash, verify_receipt
 from securechan.audit.statement import LogPlacement, Statement, message_id
 from securechan.client.context import Context
 from securechan.client.db import StoredMessage
 from securechan.client.files import file_summary
-from securechan.client.logview import RelayLogs
+from securechan.client.logview import RelayLogs, pinned_keys
 from securechan.client.state import ProtocolState
 from securechan.client.stored import StoredRecord
 from securechan.errors import ContactNotFound, NotFound, RelayError, UsageError
@@ -142,11 +142,12 @@ class MessageRecord:
             if known is None:
                 continue
             receipt = LogReceipt.from_json_text(text)
-            own = keep_signatures(receipt.checkpoint, [VerifierKey.from_text(known[0])])
+            log_key = pinned_keys(known[0])[0]
+            own = keep_signatures(receipt.checkpoint, [log_key])
             if own is None:
                 continue
             return LogPlacement(
-                log_key=known[0],
+                log_key=log_key.to_text(),
                 leaf_index=receipt.leaf_index,
                 checkpoint=own,
                 inclusion_proof=receipt.inclusion_proof,

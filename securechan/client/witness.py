@@ -61,6 +61,7 @@ async def _once(
             done = witness_checkpoint(
                 state,
                 key=key.key,
+                pq_key=key.pq_key,
                 name=key.name,
                 log_key=log_key,
                 note=note,

@@ -254,6 +254,13 @@ class RelayInfo:
         doc="The log key as a C2SP note verifier key,"
         " <origin>+<key ID hex>+base64(0x01 || Ed25519 key).",
     )
+    log_mldsa44_verifier_key: str | None = jfield(
+        "str",
+        optional=True,
+        doc="The log's ML-DSA-44 key, which adds a second signature line to every"
+        " checkpoint: a C2SP verifier key <origin>+<key ID hex>+base64(0x06 ||"
+        " ML-DSA-44 key) (tlog-cosignature type 0x06, timestamp 0).",
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

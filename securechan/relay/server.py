@@ -42,6 +42,12 @@ from securechan.relay.app import RELAY, Relay, RelayConfig, make_app, storage_ca
 from securechan.relay.connlimit import ConnectionGate, fd_headroom, open_fds, raise_fd_limit
 from securechan.relay.sqlite_store import SqliteStorage
 from securechan.relay.tlog import DEFAULT_COSIGN_WINDOW, RelayLog, parse_witness_keys
+from securechan.relay.witness_push import (
+    DEFAULT_PUSH_INTERVAL,
+    WitnessPusher,
+    check_push_options,
+    stop_pushing,
+)
 from securechan.relay.writer_thread import open_in_thread
 
 __all__ = ["ServeOptions", "load_config_file", "load_or_create_key", "serve"]
@@ -68,12 +74,16 @@ class ServeOptions:
     log_origin: str | None = None
     log_witnesses: tuple[str, ...] = ()
     log_cosign_window: float = DEFAULT_COSIGN_WINDOW
+    log_witness_urls: tuple[str, ...] = ()
+    log_push_interval: float = DEFAULT_PUSH_INTERVAL
 
 
 _LOG_KEYS = {
     "origin": "log_origin",
     "witnesses": "log_witnesses",
     "cosign_window": "log_cosign_window",
+    "witness_urls": "log_witness_urls",
+    "push_interval": "log_push_interval",
 }
 
 
@@ -88,7 +98,9 @@ def load_config_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     limits = data.pop("limits", {})
     log_table = data.pop("log", {})
     if not isinstance(log_table, dict) or set(log_table) - set(_LOG_KEYS):
-        raise MalformedInput("the [log] table takes origin, witnesses and cosign_window")
+        raise MalformedInput(
+            "the [log] table takes origin, witnesses, cosign_window, witness_urls and push_interval"
+        )
     data.update({_LOG_KEYS[k]: v for k, v in log_table.items()})
     serve_names = {f.name for f in fields(ServeOptions)}
     limit_names = {f.name for f in fields(RelayConfig)} - {"clock"}
@@ -254,6 +266,7 @@ async def serve(
     announce(f"relay key: {b64e(key.public)}")
     announce(f"relay fingerprint: {sha256(key.public).hex()}")
     announce(f"log verifier key: {tlog.verifier.to_text()}")
+    announce(f"log ML-DSA-44 verifier key: {tlog.pq_verifier.to_text()}")
     announce(f"listening on {scheme}://{host}:{port}")
 
     stop = asyncio.Event()
@@ -268,6 +281,8 @@ async def serve(
                 log.info("expired %d envelopes", n)
 
     expirer = asyncio.create_task(expire_loop())
+    pusher = WitnessPusher(tlog, opts.log_witness_urls, interval=opts.log_push_interval)
+    pushes = asyncio.create_task(pusher.run()) if opts.log_witness_urls else None
     try:
         await stop.wait()
         if opts.drain_seconds > 0:
@@ -282,6 +297,7 @@ async def serve(
         log.info("stopping: finishing in-flight requests")
         relay.draining = True
         expirer.cancel()
+        await stop_pushing(pushes)
         with contextlib.suppress(asyncio.CancelledError):
             await expirer
         listener.close()
@@ -379,6 +395,18 @@ def options_from(values: dict[str, Any]) -> ServeOptions:
         ):
             raise MalformedInput("[log] witnesses is a list of verifier keys")
         clean["log_witnesses"] = tuple(witnesses)
+    urls = clean.get("log_witness_urls")
+    if urls is not None:
+        if not isinstance(urls, list | tuple) or not all(isinstance(u, str) for u in urls):
+            raise MalformedInput("[log] witness_urls is a list of URLs")
+        clean["log_witness_urls"] = tuple(urls)
+    interval = clean.get("log_push_interval", 1.0)
+    if isinstance(interval, bool) or not isinstance(interval, int | float):
+        raise MalformedInput("[log] push_interval is a number of seconds")
+    try:
+        check_push_options(clean.get("log_witness_urls", ()), interval)
+    except ValueError as e:
+        raise MalformedInput(f"[log] {e}") from None
     if not isinstance(clean.get("log_origin", ""), str):
         raise MalformedInput("[log] origin is a string")
     window = clean.get("log_cosign_window", 0.0)

@@ -136,6 +136,7 @@ class RelayService:
             ttl=self.config.ttl,
             log_origin=None if self.log is None else self.log.origin,
             log_verifier_key=None if self.log is None else self.log.verifier.to_text(),
+            log_mldsa44_verifier_key=None if self.log is None else self.log.pq_verifier.to_text(),
         )
 
     def storage_failed(self) -> None:

@@ -56,7 +56,6 @@ from typing import Any, Final, TypeVar, cast
 from securechan.audit import merkle
 from securechan.audit.checkpoint import Checkpoint
 from securechan.audit.note import (
-    NoteSigner,
     VerifierKey,
     is_valid_key_name,
 )
@@ -73,6 +72,7 @@ from securechan.relay.tlog_witness import (
     Cosig,
     CosignatureRefused,
     Head,
+    LogSigner,
     Witnesses,
     parse_witness_keys,
 )
@@ -151,8 +151,9 @@ class RelayLog(Closing):
         self.origin = default_origin(key.public) if origin is None else origin
         if not is_valid_key_name(self.origin):
             raise ValueError("the log origin must be a valid C2SP key name")
-        self._signer = NoteSigner(self.origin, key)
+        self._signer = LogSigner(self.origin, key)
         self.verifier: VerifierKey = self._signer.verifier
+        self.pq_verifier: VerifierKey = self._signer.pq_verifier
         self._witness = Witnesses(
             self.origin, self._signer, witnesses, window=cosign_window, clock=clock
         )

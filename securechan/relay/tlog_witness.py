@@ -21,13 +21,16 @@ from securechan.audit.checkpoint import Checkpoint
 from securechan.audit.note import (
     MAX_TIMESTAMP,
     SIG_COSIGNATURE_V1,
+    SIG_MLDSA44_COSIGNATURE,
     NoteSignature,
     NoteSigner,
     SignedNote,
     VerifierKey,
+    mldsa44_companion,
 )
 from securechan.audit.tree import TreeStore
 from securechan.errors import BadSignature, MalformedInput, Reason, VerificationFailed
+from securechan.primitives import Ed25519SigningKey
 from securechan.relay.tlog_schema import synced_transaction
 
 __all__ = [
@@ -36,6 +39,7 @@ __all__ = [
     "Cosig",
     "CosignatureRefused",
     "Head",
+    "LogSigner",
     "Witnesses",
     "parse_witness_keys",
 ]
@@ -68,14 +72,46 @@ class CosignatureRefused(VerificationFailed):
         self.log_size = log_size
 
 
+_WITNESS_TYPES = (SIG_COSIGNATURE_V1, SIG_MLDSA44_COSIGNATURE)
+
+
+class LogSigner:
+    """The log's two signatures on each checkpoint (``docs/PROTOCOL.md``):
+    Ed25519 (type 0x01, what every C2SP note verifier and Go's sumdb note
+    package check) and ML-DSA-44 (a tlog-cosignature type 0x06 by the log
+    key itself, name = origin, timestamp 0: it states the tree, no time).
+    The ML-DSA-44 key is :func:`mldsa44_companion` of the Ed25519 one."""
+
+    __slots__ = ("ed", "pq")
+
+    def __init__(self, origin: str, key: Ed25519SigningKey) -> None:
+        self.ed = NoteSigner(origin, key)
+        pq = mldsa44_companion(key, "log-checkpoint")
+        self.pq = NoteSigner(origin, pq, sig_type=SIG_MLDSA44_COSIGNATURE)
+
+    @property
+    def verifier(self) -> VerifierKey:
+        """The Ed25519 (type 0x01) verifier key."""
+        return self.ed.verifier
+
+    @property
+    def pq_verifier(self) -> VerifierKey:
+        """The ML-DSA-44 (type 0x06) verifier key, same name."""
+        return self.pq.verifier
+
+    def sign(self, text: str) -> tuple[NoteSignature, NoteSignature]:
+        """Both signature lines over checkpoint ``text``, Ed25519 first."""
+        return self.ed.sign(text), self.pq.sign(text, timestamp=0)
+
+
 @dataclass(frozen=True, slots=True)
 class Head:
-    """The newest checkpoint: its size, root, note text and the relay's signature."""
+    """The newest checkpoint: its size, root, note text and the relay's signatures."""
 
     size: int
     root: bytes
     text: str
-    signature: NoteSignature
+    signature: tuple[NoteSignature, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +127,7 @@ class Witnesses:
     def __init__(
         self,
         origin: str,
-        signer: NoteSigner,
+        signer: LogSigner,
         witnesses: Sequence[VerifierKey],
         *,
         window: float,
@@ -99,8 +135,8 @@ class Witnesses:
     ) -> None:
         known: dict[tuple[str, bytes], VerifierKey] = {}
         for w in witnesses:
-            if not isinstance(w, VerifierKey) or w.sig_type != SIG_COSIGNATURE_V1:
-                raise ValueError("witness keys are tlog-cosignature (type 0x04) verifier keys")
+            if not isinstance(w, VerifierKey) or w.sig_type not in _WITNESS_TYPES:
+                raise ValueError("witness keys are tlog-cosignature (type 0x04/0x06) keys")
             if known.setdefault((w.name, w.key_id), w) != w:
                 raise ValueError("two witness keys share a name and key ID")
         if not 0 <= window <= 86_400:
@@ -121,13 +157,13 @@ class Witnesses:
         """A batch grew the tree from ``start`` (writer thread)."""
         self._grown.append((time.monotonic(), start))
 
-    def compose(self, text: str, size: int, relay_sig: NoteSignature) -> str:
+    def compose(self, text: str, size: int, relay_sig: tuple[NoteSignature, ...]) -> str:
         """The signed note of a checkpoint with the cosignatures held for ``size``."""
         cosigs = self.cosigs
         extra = tuple(
             c.signature for w in self.keys if (c := cosigs.get(w.to_text())) and c.size == size
         )
-        return SignedNote(text=text, signatures=(relay_sig, *extra)).to_text()
+        return SignedNote(text=text, signatures=(*relay_sig, *extra)).to_text()
 
     def load(self, tree: TreeStore, index: sqlite3.Connection, size: int) -> dict[str, Cosig]:
         """Stored cosignatures of configured witnesses that still verify.
@@ -232,15 +268,18 @@ class Witnesses:
 
 def parse_witness_keys(lines: Sequence[str]) -> tuple[VerifierKey, ...]:
     """Witness verifier keys from text lines (``#`` comments and blanks
-    skipped); ``MalformedInput`` for a line that is not a type 0x04 key."""
+    skipped); ``MalformedInput`` for a line that is not a type 0x04 (Ed25519)
+    or 0x06 (ML-DSA-44) cosignature key."""
     keys: list[VerifierKey] = []
     for raw in lines:
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
         key = VerifierKey.from_text(line)
-        if key.sig_type != SIG_COSIGNATURE_V1:
-            raise MalformedInput("a witness key is a tlog-cosignature (type 0x04) verifier key")
+        if key.sig_type not in _WITNESS_TYPES:
+            raise MalformedInput(
+                "a witness key is a tlog-cosignature verifier key (type 0x04 or 0x06)"
+            )
         if key not in keys:
             keys.append(key)
     return tuple(keys)
