@@ -39,9 +39,10 @@ def _open_document(path: Path) -> tuple[BinaryIO, int]:
 @pass_app
 def sign(app: _App, file: Path, output: Path | None, comment: str | None, as_json: bool) -> None:
     """Write a detached signature of FILE to FILE.sig."""
+    from securechan.cli.passphrase import unlock
     from securechan.identity._files import atomic_write
 
-    ident = app.keystore.unlock(app.passphrase())
+    ident = unlock(app, app.keystore.unlock)  # three tries at a prompt
     f, size = _open_document(file)
     with f, _progress(size, "Signing") as progress:
         sig = securechan.sign_document(
