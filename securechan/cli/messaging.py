@@ -150,7 +150,7 @@ def _seq_range(seqs: tuple[int, ...]) -> str:
 def _save_download(folder: Path, name: str, data: bytes) -> Path:
     """Write a received file inside ``folder`` under a sanitised, new name."""
 
-    from securechan.client.channel import sanitize_filename
+    from securechan.filenames import sanitize_filename
 
     folder.mkdir(parents=True, exist_ok=True)
     clean = sanitize_filename(name)
