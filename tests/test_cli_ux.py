@@ -186,3 +186,24 @@ def test_completion_of_message_ids(pair: Pair) -> None:
     out = w.home.parent / "statement.txt"
     w.ok("statement", "export", one, "-o", out)
     assert out.exists()
+
+
+# --- identity names: ASCII only, and the refusal says why ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "odd"),
+    [
+        ("تهران", "U+062A"),  # Arabic script
+        ("tehr\u0430n", "U+0430"),  # a Cyrillic a (U+0430) inside: passes for "tehran"
+        ("washington\u202e", "U+202E"),  # a bidi override
+    ],
+)
+def test_a_non_ascii_name_is_refused_with_the_reason(tmp_path: Path, name: str, odd: str) -> None:
+    proc = run("--home", tmp_path / "h", "init", "--name", name, "--kdf", "interactive")
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("securechan: a name is 1-64 ASCII"), lines
+    assert f"{odd} is not ASCII" in lines[0], lines
+    assert "can look like these" in lines[0] and "THREAT-MODEL.md" in lines[0], lines
+    assert not (tmp_path / "h" / "identity.key").exists()
