@@ -213,3 +213,22 @@ def test_the_documented_rule(passphrase: str, weak: bool) -> None:
     from securechan.cli.passphrase import weakness
 
     assert (weakness(passphrase) is not None) is weak, weakness(passphrase)
+
+
+def test_id_passwd_three_tries_and_the_weak_question(home: Path) -> None:
+    term = Pty([*_command(), "--home", str(home), "id", "passwd", "--kdf", "interactive"], _env())
+    term.expect("Current passphrase:")
+    term.type("wrong guess")
+    term.expect("securechan: wrong passphrase, try again (2 left)")
+    term.expect("Current passphrase:")
+    term.type(GOOD)
+    term.expect("New passphrase:")
+    term.type("short")
+    term.expect("Repeat for confirmation:")
+    term.type("short")
+    term.expect("securechan: warning: weak passphrase: it is 5 characters long (under 12)")
+    term.expect("Use it anyway? [y/N]:")
+    term.type("y")
+    assert term.finish() == 0, term.out
+    assert "Passphrase changed." in term.out
+    Keystore(home).unlock("short")  # the new one opens the key file
