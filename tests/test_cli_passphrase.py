@@ -54,8 +54,15 @@ class Pty:
         deadline = time.monotonic() + timeout
         while text not in self.out[self._seen :]:
             if time.monotonic() > deadline or not self._read(0.5):
+                self.close()
                 pytest.fail(f"never saw {text!r}; the terminal showed:\n{self.out}")
         self._seen = self.out.index(text, self._seen) + len(text)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        os.close(self.master)
 
     def type(self, line: str) -> None:
         os.write(self.master, line.encode("utf-8") + b"\r")
@@ -68,8 +75,7 @@ class Pty:
         try:
             code = self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+            self.close()
             pytest.fail(f"the command did not end; the terminal showed:\n{self.out}")
         os.close(self.master)
         assert "Traceback" not in self.out, self.out
