@@ -238,3 +238,17 @@ def test_id_passwd_three_tries_and_the_weak_question(home: Path) -> None:
     assert term.finish() == 0, term.out
     assert "Passphrase changed." in term.out
     Keystore(home).unlock("short")  # the new one opens the key file
+
+
+def test_id_passwd_never_takes_the_new_passphrase_from_the_environment(home: Path) -> None:
+    # $SECURECHAN_PASSPHRASE holds the current passphrase; at a terminal the
+    # new one is asked for (before, the current one was silently reused).
+    argv = [*_command(), "--home", str(home), "id", "passwd", "--kdf", "interactive"]
+    term = Pty(argv, _env(GOOD))
+    term.expect("New passphrase:")
+    term.type("five random words, typed again")
+    term.expect("Repeat for confirmation:")
+    term.type("five random words, typed again")
+    assert term.finish() == 0, term.out
+    assert "Current passphrase:" not in term.out
+    Keystore(home).unlock("five random words, typed again")

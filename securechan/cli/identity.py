@@ -156,17 +156,26 @@ def id_export(app: _App, output: Path | None) -> None:
 @pass_app
 def id_passwd(app: _App, new_passphrase_file: Path | None, kdf: str, allow_weak: bool) -> None:
     """Change the passphrase that encrypts your key file."""
-    from securechan.cli.passphrase import unlock
+    from securechan.cli.passphrase import prompt_new, unlock
 
     store = app.keystore
+
+    def checked(secret: str) -> str:
+        store.unlock(secret)  # BadPassphrase: asked again at a prompt
+        return secret
+
     # Checked first (three tries at a prompt), so a typo is caught before
     # the new passphrase is asked for.
-    old = unlock(app, lambda secret: (store.unlock(secret), secret)[1], prompt="Current passphrase")
-    if new_passphrase_file is None and not sys.stdin.isatty():
-        # Not $SECURECHAN_PASSPHRASE: it already holds the current passphrase.
-        raise UsageError("give the new passphrase with --new-passphrase-file, or run in a terminal")
-    new_app = _App(app.home, new_passphrase_file)
-    new = new_app.passphrase(confirm=True, prompt="New passphrase")
+    old = unlock(app, checked, prompt="Current passphrase")
+    if new_passphrase_file is None:
+        # Never $SECURECHAN_PASSPHRASE: it holds the current passphrase.
+        if not sys.stdin.isatty():
+            raise UsageError(
+                "give the new passphrase with --new-passphrase-file, or run in a terminal"
+            )
+        new = prompt_new("New passphrase")
+    else:
+        new = _App(app.home, new_passphrase_file).passphrase(confirm=True)
     _check_strength(new, allow_weak=allow_weak, asked=new_passphrase_file is None)
     store.change_passphrase(old, new, kdf=securechan.KDF_PROFILES[kdf])
     click.echo("Passphrase changed.", err=True)
