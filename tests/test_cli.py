@@ -1097,7 +1097,8 @@ def test_a_command_imports_only_its_own_module(tmp_path: Path, args: list[str]) 
     own = {
         "--help": set(),
         "id": {"securechan.cli.identity"},
-        "contact": {"securechan.cli.contact"},
+        # and its shell_complete callbacks (light: no client, no audit log)
+        "contact": {"securechan.cli.contact", "securechan.cli.completion"},
     }
     assert commands == {"securechan.cli.core"} | own[args[0]], loaded
     for heavy in ("securechan.client", "securechan.relay", "securechan.audit", "aiohttp"):

@@ -48,6 +48,7 @@ from securechan.identity.safety import safety_number
 from securechan.primitives import KDF_INTERACTIVE
 from securechan.protocol.address import ContactCard
 from securechan.protocol.payload import FILE_CHUNK, FileChunk
+from securechan.terminal_text import is_flagged
 
 KDF = ("--kdf", "interactive")
 MIB = 1024 * 1024
@@ -390,7 +391,7 @@ def test_cli_end_to_end(relay: RelayProcess, tmp_path: Path) -> None:
         saved = Path(files[0]["file"])
         assert saved.parent.resolve() == folder.resolve()
         assert saved.name == sanitize_filename(name)
-        assert saved.name != name  # '#', '(' and ',' were replaced
+        assert saved.name == name  # nothing unsafe in it: kept (tests/test_filenames.py)
         assert saved.read_bytes() == data
         assert sorted(os.listdir(folder)) == [saved.name]
         history_t.append(("out" if sender is t else "in", f"[file {name}, {len(data)} bytes]"))
@@ -596,8 +597,8 @@ def test_library_api(relay: RelayProcess, people: dict[str, Party], tmp_path: Pa
 def test_sanitize_filename(name: str) -> None:
     clean = sanitize_filename(name)
     assert clean
-    assert len(clean) <= 100
-    assert re.fullmatch(r"[A-Za-z0-9._\- ]+", clean), clean
+    assert len(clean.encode("utf-8")) <= 200  # tests/test_filenames.py has the rest
+    assert not any(is_flagged(c) for c in clean), clean
     assert "/" not in clean and "\\" not in clean
     assert not clean.startswith(".")
     assert clean not in {".", ".."}

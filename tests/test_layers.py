@@ -37,6 +37,7 @@ RANKS = {
     "wire_codec": 2,
     "armor": 2,
     "terminal_text": 2,
+    "filenames": 2,
     "identity": 3,
     "documents": 4,
     "protocol": 4,

@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 import securechan
+from securechan.cli.completion import complete_contact
 from securechan.cli.core import (
     _App,
     _channel,
@@ -64,6 +65,9 @@ def contact_add(app: _App, file: Any, name: str | None, replace: bool, as_json: 
         return
     shown = inline(c.name)
     click.echo(f"Pinned {shown}: {c.fingerprint}")
+    if c.verified:  # the same key again: add changes nothing, verification kept
+        click.echo(f"Already verified ({_iso(c.verified_at)}).")
+        return
     click.echo(f"Not verified yet: compare safety numbers with 'securechan contact show {shown}'.")
 
 
@@ -82,7 +86,7 @@ def contact_list(app: _App, as_json: bool) -> None:
 
 
 @contact.command(name="show")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_contact)
 @_json_option
 @pass_app
 def contact_show(app: _App, name: str, as_json: bool) -> None:
@@ -103,7 +107,7 @@ def contact_show(app: _App, name: str, as_json: bool) -> None:
 
 
 @contact.command(name="verify")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_contact)
 @click.argument("safety_number", nargs=-1, required=True)
 @_json_option
 @pass_app
@@ -118,7 +122,7 @@ def contact_verify(app: _App, name: str, safety_number: tuple[str, ...], as_json
 
 
 @contact.command(name="rekey")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_contact)
 @pass_app
 def contact_rekey(app: _App, name: str) -> None:
     """Start a new session with NAME at the next send.
@@ -141,7 +145,7 @@ def contact_rekey(app: _App, name: str) -> None:
 
 
 @contact.command(name="remove")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_contact)
 @pass_app
 def contact_remove(app: _App, name: str) -> None:
     """Unpin a contact."""

@@ -251,9 +251,11 @@ class _App:
                 "no passphrase: use --passphrase-file or SECURECHAN_PASSPHRASE, "
                 "or run in a terminal"
             )
-        value: str = click.prompt(
-            prompt, hide_input=True, confirmation_prompt=confirm, err=True, type=str
-        )
+        if confirm:  # three tries, one-line errors (securechan/cli/passphrase.py)
+            from securechan.cli.passphrase import prompt_new
+
+            return prompt_new(prompt)
+        value: str = click.prompt(prompt, hide_input=True, err=True, type=str)
         return value
 
 
@@ -298,9 +300,10 @@ pass_app = click.make_pass_decorator(_App)
 
 def _channel(app: _App, *, unknown: UnknownPolicy = "refuse") -> Channel:
     """The client, unlocked (imported here: only messaging commands pay for it)."""
+    from securechan.cli.passphrase import unlock
     from securechan.client.channel import Channel
 
-    return Channel.open(app.home, app.passphrase(), unknown_senders=unknown)
+    return unlock(app, lambda secret: Channel.open(app.home, secret, unknown_senders=unknown))
 
 
 def _run(coro: Coroutine[Any, Any, _T]) -> _T:

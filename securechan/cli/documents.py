@@ -10,6 +10,7 @@ from typing import Any, BinaryIO
 import click
 
 import securechan
+from securechan.cli.completion import complete_contact_or_self
 from securechan.cli.core import (
     _App,
     _columns,
@@ -39,9 +40,10 @@ def _open_document(path: Path) -> tuple[BinaryIO, int]:
 @pass_app
 def sign(app: _App, file: Path, output: Path | None, comment: str | None, as_json: bool) -> None:
     """Write a detached signature of FILE to FILE.sig."""
+    from securechan.cli.passphrase import unlock
     from securechan.identity._files import atomic_write
 
-    ident = app.keystore.unlock(app.passphrase())
+    ident = unlock(app, app.keystore.unlock)  # three tries at a prompt
     f, size = _open_document(file)
     with f, _progress(size, "Signing") as progress:
         sig = securechan.sign_document(
@@ -61,12 +63,35 @@ def sign(app: _App, file: Path, output: Path | None, comment: str | None, as_jso
     )
 
 
+def _named_signer(app: _App, name: str) -> tuple[securechan.PublicIdentity, bool]:
+    """The contact NAME (and whether it is verified), else your own identity
+    when NAME is your name: you check your own signatures too. A contact
+    pinned under your name wins, as before; contacts never hold your key."""
+    from securechan.errors import ContactNotFound
+
+    store = app.keystore
+    try:
+        c = store.contacts.get(name)
+    except ContactNotFound:
+        if store.has_identity():
+            own = store.public_identity()
+            if own.name == name:
+                return own, True
+        raise
+    return c.identity, c.verified
+
+
 @click.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
     "--sig", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Default FILE.sig."
 )
-@click.option("--from", "from_name", help="The contact who should have signed.")
+@click.option(
+    "--from",
+    "from_name",
+    shell_complete=complete_contact_or_self,
+    help="The contact (or you, by your name) who should have signed.",
+)
 @click.option("--key", type=click.File("rb"), help="A public identity file instead.")
 @_json_option
 @pass_app
@@ -84,8 +109,7 @@ def verify(
     signature = securechan.DocumentSignature.from_text_unverified(sig_text)
     verified_contact = True
     if from_name is not None:
-        c = app.keystore.contacts.get(from_name)
-        signer, verified_contact = c.identity, c.verified
+        signer, verified_contact = _named_signer(app, from_name)
     else:
         signer = securechan.PublicIdentity.from_text(_read_text(key, "the --key file"))
     f, size = _open_document(file)

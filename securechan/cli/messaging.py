@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from securechan.cli.completion import complete_contact
 from securechan.cli.core import (
     _PROGRESS_MIN,
     CARD_FILE,
@@ -83,7 +84,7 @@ def register(app: _App, relays: tuple[str, ...], fingerprint: str | None, as_jso
 
 
 @click.command()
-@click.argument("contact_name", metavar="CONTACT")
+@click.argument("contact_name", metavar="CONTACT", shell_complete=complete_contact)
 @click.argument("message", required=False)
 @click.option(
     "--file",
@@ -150,7 +151,7 @@ def _seq_range(seqs: tuple[int, ...]) -> str:
 def _save_download(folder: Path, name: str, data: bytes) -> Path:
     """Write a received file inside ``folder`` under a sanitised, new name."""
 
-    from securechan.client.channel import sanitize_filename
+    from securechan.filenames import sanitize_filename
 
     folder.mkdir(parents=True, exist_ok=True)
     clean = sanitize_filename(name)
@@ -280,7 +281,7 @@ def receive(
 
 
 @click.command()
-@click.argument("contact_name", metavar="CONTACT", required=False)
+@click.argument("contact_name", metavar="CONTACT", required=False, shell_complete=complete_contact)
 @_json_option
 @pass_app
 def history(app: _App, contact_name: str | None, as_json: bool) -> None:

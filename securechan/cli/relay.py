@@ -26,8 +26,16 @@ def relay() -> None:
     default=None,
     help="Data folder (default ./relay-data).",
 )
-@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--tls-cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="PEM certificate chain: serve HTTPS (with --tls-key).",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="PEM private key of --tls-cert.",
+)
 @click.option(
     "--config",
     "config_file",
@@ -40,7 +48,12 @@ def relay() -> None:
     default=None,
     help="SQLite durability (default FULL: a 2xx survives power loss).",
 )
-@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]), default=None)
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
+    default=None,
+    help="What the relay logs on stderr (default INFO).",
+)
 def relay_serve(
     host: str | None,
     port: int | None,
@@ -51,7 +64,10 @@ def relay_serve(
     synchronous: str | None,
     log_level: str | None,
 ) -> None:
-    """Serve the relay until SIGTERM or Ctrl-C."""
+    """Serve the relay until SIGTERM or Ctrl-C.
+
+    A port already in use fails at once (exit 2), before a relay key or a
+    database is created in the data folder."""
     import asyncio
     import dataclasses
     import logging

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from securechan.cli.completion import complete_message_id
 from securechan.cli.core import (
     _App,
     _channel,
@@ -29,7 +30,7 @@ def statement() -> None:
 
 
 @statement.command(name="export")
-@click.argument("message_id")
+@click.argument("message_id", shell_complete=complete_message_id)
 @click.option(
     "-o",
     "--output",

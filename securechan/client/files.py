@@ -9,29 +9,11 @@ file's size and SHA-512 before showing it.
 from __future__ import annotations
 
 from securechan.client.db import ClientDB
+from securechan.filenames import sanitize_filename  # moved; kept importable here
 from securechan.primitives import sha512
 from securechan.protocol.payload import FileChunk
 
 __all__ = ["file_intact", "file_summary", "sanitize_filename", "take_file"]
-
-_DEVICES = {"CON", "PRN", "AUX", "NUL"} | {f"{d}{i}" for d in ("COM", "LPT") for i in range(10)}
-
-
-def sanitize_filename(name: str) -> str:
-    """A safe file name from a peer-supplied one: one path component of
-    letters, digits, ``.``, ``_``, ``-`` and spaces; no leading dot, no
-    trailing dot or space; not a Windows device name (with any extension);
-    at most 100 characters, keeping a short extension. (magic-wormhole's
-    CVE-2026-42448 was a peer-supplied path.)"""
-    base = name.replace("\\", "/").rsplit("/", 1)[-1]
-    clean = "".join(c if (c.isascii() and (c.isalnum() or c in "._- ")) else "_" for c in base)
-    stem, dot, ext = clean.strip(" .").rpartition(".")
-    if not dot or len(ext) > 10:
-        stem, ext = clean.strip(" ."), ""
-    stem = stem[: 100 - (len(ext) + 1 if ext else 0)].strip(" .") or "file"
-    if stem.split(".", 1)[0].strip(" ").upper() in _DEVICES:
-        stem = "_" + stem
-    return f"{stem}.{ext}" if ext else stem
 
 
 def take_file(db: ClientDB, conversation: bytes, chunk: FileChunk) -> bytes | None:

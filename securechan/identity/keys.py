@@ -87,13 +87,33 @@ def check_name(name: str) -> str:
     Names are 1-64 characters of ASCII letters, digits, ``.``, ``_`` and
     ``-``, starting with a letter or digit: safe as a file name, in a
     terminal and in a shell, and free of look-alike Unicode.
-    Raises :class:`MalformedInput` otherwise.
+    Raises :class:`MalformedInput` otherwise, saying which rule failed.
+
+    Why ASCII only (docs/THREAT-MODEL.md, "A contact passing for another"):
+    a name is what a person reads to tell one contact from another, in
+    ``receive``'s lines, ``contact list`` and ``verify --from``. Letters of
+    other scripts can look the same as these (Cyrillic U+0430 for Latin
+    ``a``, Greek U+03BF for ``o``) or be written right to left, so a stranger
+    could name an identity to pass for a pinned contact. Telling safe uses of
+    a script from look-alikes needs Unicode's script and confusable data
+    (UTS #39), which this Python does not carry; so other scripts are refused,
+    with the reason, rather than half-checked.
     """
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
+    if not isinstance(name, str):
+        raise MalformedInput("a name is text")
+    if _NAME.fullmatch(name):
+        return name
+    rule = "a name is 1-64 ASCII letters, digits, '.', '_' or '-', starting with a letter or digit"
+    odd = next((c for c in name if not c.isascii()), None)
+    if odd is not None:
         raise MalformedInput(
-            "a name is 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+            f"{rule}: U+{ord(odd):04X} is not ASCII; letters of other scripts are refused "
+            "because they can look like these (Cyrillic U+0430 for 'a'), so a contact "
+            "could pass for another (docs/THREAT-MODEL.md): use a transliteration"
         )
-    return name
+    if not name or len(name) > 64:
+        raise MalformedInput(f"{rule}: this one has {len(name)} characters")
+    raise MalformedInput(rule)
 
 
 @dataclass(frozen=True, slots=True)

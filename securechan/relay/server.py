@@ -25,6 +25,7 @@ import gc
 import logging
 import os
 import signal
+import socket
 import ssl
 import tomllib
 from collections.abc import Callable
@@ -110,6 +111,28 @@ def load_config_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return data, limits
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Raise :class:`StorageError` (exit 2, one line) if ``host:port`` cannot
+    be bound: a busy port or a bad address is reported before ``serve``
+    creates a relay key and databases in a data folder nobody will serve.
+    Each address the host resolves to is tried with a socket bound and closed
+    at once (SO_REUSEADDR, as the real listener); port 0 always succeeds.
+    The real bind can still lose a race; it reports the same line."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError) as e:
+        raise StorageError(f"cannot listen on {host}:{port}: {e}") from None
+    for family, kind, proto, _, address in infos:
+        try:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:  # as asyncio's create_server does
+                    probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                probe.bind(address)
+        except OSError as e:
+            raise StorageError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+
+
 def load_or_create_key(data_dir: Path) -> Ed25519SigningKey:
     """The relay key from ``relay.key``, created (0600, O_EXCL) if absent."""
     try:
@@ -187,6 +210,7 @@ async def serve(
     announce: Callable[[str], None] = print,
 ) -> None:
     """Run until SIGTERM/SIGINT; return after a clean shutdown."""
+    check_port_free(opts.host, opts.port)  # before a key or a database is created
     key = load_or_create_key(opts.data)
     tls = _tls(opts)
     logging.getLogger("aiohttp.server").addFilter(_NoRequestDetails())

@@ -1,0 +1,91 @@
+"""Shell completion of contact names and message ids (docs/CLI.md, "Shell completion").
+
+click calls these when ``_SECURECHAN_COMPLETE`` is set. They read only what
+needs no passphrase: the contact list (``contacts.json``, as ``contact list``
+does) and, for message ids, the audit log (``audit.db``, as ``log show``
+does; each ``message-sent`` and ``message-received`` entry holds SHA-256 of the
+message's signed record, whose first 16 hex digits are the id ``history``
+shows). They create nothing and print nothing: a missing or unreadable home
+completes to nothing, since a completion that fails must not break the shell.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from click.shell_completion import CompletionItem
+
+import securechan
+
+__all__ = ["complete_contact", "complete_contact_or_self", "complete_message_id"]
+
+_MESSAGE_ID_HEX = 16
+
+
+def _home(ctx: click.Context) -> Path:
+    """``--home`` (or ``$SECURECHAN_HOME``) as already parsed, else the default."""
+    home = ctx.find_root().params.get("home")
+    return Path(home) if home else securechan.default_home()
+
+
+def _contacts(ctx: click.Context, incomplete: str, *, own: bool) -> list[CompletionItem]:
+    store = securechan.Keystore(_home(ctx))
+    items = [
+        CompletionItem(c.name, help="verified" if c.verified else "UNVERIFIED")
+        for c in store.contacts.list()
+        if c.name.startswith(incomplete)
+    ]
+    if own and store.has_identity():
+        me = store.public_identity().name
+        if me.startswith(incomplete) and all(i.value != me for i in items):
+            items.append(CompletionItem(me, help="you"))
+    return items
+
+
+def complete_contact(
+    ctx: click.Context, param: click.Parameter, incomplete: str
+) -> list[CompletionItem]:
+    """The pinned contacts' names that start with ``incomplete``."""
+    try:
+        return _contacts(ctx, incomplete, own=False)
+    except Exception:  # completion never fails the shell; see the module doc
+        return []
+
+
+def complete_contact_or_self(
+    ctx: click.Context, param: click.Parameter, incomplete: str
+) -> list[CompletionItem]:
+    """As :func:`complete_contact`, and your own name (``verify --from``)."""
+    try:
+        return _contacts(ctx, incomplete, own=True)
+    except Exception:  # completion never fails the shell; see the module doc
+        return []
+
+
+def complete_message_id(
+    ctx: click.Context, param: click.Parameter, incomplete: str
+) -> list[CompletionItem]:
+    """The ids of stored messages (from the audit log) that start with
+    ``incomplete``, newest first."""
+    try:
+        from securechan.audit.log import AuditLog
+        from securechan.audit.log_records import MessageEvent
+
+        path = _home(ctx)
+        if not (path / "audit.db").exists():
+            return []
+        wanted = incomplete.lower()
+        found: list[CompletionItem] = []
+        with AuditLog.open(path, read_only=True) as log:
+            for entry in log.entries():
+                fields = entry.fields
+                if not isinstance(fields, MessageEvent):
+                    continue
+                mid = fields.payload_hash.hex()[:_MESSAGE_ID_HEX]
+                if mid.startswith(wanted):
+                    way = "sent" if entry.kind == "message-sent" else "received"
+                    found.append(CompletionItem(mid, help=f"{way} #{fields.seq}"))
+        return found[::-1]
+    except Exception:  # completion never fails the shell; see the module doc
+        return []
