@@ -381,3 +381,70 @@ def test_a_proof_from_a_static_copy_of_the_tiles(
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def _route_count(url: str, route: str) -> int:
+    _, _, body = _get(url + "/metrics")
+    total = 0
+    for m in re.finditer(r"^securechan_relay_requests_total\{(.*)\} (\S+)$", body.decode(), re.M):
+        if f'route="{route}"' in m[1]:
+            total += int(float(m[2]))
+    return total
+
+
+def test_the_client_proves_consistency_from_tiles_not_the_proof_endpoint(
+    relay: RelayProcess, logged: tuple[VerifierKey, list[bytes], list[str]]
+) -> None:
+    from securechan.client.tiles import relay_consistency
+
+    key, _, notes = logged
+    old, new = open_checkpoint(notes[5], key), open_checkpoint(notes[-1], key)
+    assert 0 < old.size < new.size
+    tiles_before = _route_count(relay.url, "/tile/{tile}")
+    proofs_before = _route_count(relay.url, "/v1/log/proof/consistency")
+
+    async def prove() -> None:
+        async with RelayClient(relay.url, retry=RetryPolicy(attempts=2, timeout=10.0)) as rc:
+            proof = await relay_consistency(rc, old.size, new.size)
+            merkle.verify_consistency(old.size, new.size, proof, old.root_hash, new.root_hash)
+
+    asyncio.run(prove())
+    assert _route_count(relay.url, "/tile/{tile}") > tiles_before
+    assert _route_count(relay.url, "/v1/log/proof/consistency") == proofs_before
+
+
+def test_a_log_upgraded_from_before_entries_serves_hash_tiles_and_only_new_bundles(
+    tmp_path: Path,
+) -> None:
+    import json
+    import shutil
+
+    from securechan.relay.tlog import RelayLog
+    from securechan.relay.tlog_tiles import read_tile
+    from securechan.relay.writer_thread import open_in_thread
+
+    fixtures = Path(__file__).parent / "fixtures" / "stores"
+    expected = json.loads((fixtures / "expected.json").read_text())["relay"]
+    shutil.copy(fixtures / "relay" / "tlog.db", tmp_path / "tlog.db")
+    key = Ed25519SigningKey(bytes.fromhex(expected["relay_key_seed"]))
+    old_size = expected["log_size"]
+
+    async def check() -> None:
+        log = await open_in_thread(RelayLog, tmp_path / "tlog.db", key)
+        try:
+            envs = [os.urandom(40) for _ in range(3)]
+            for e in envs:
+                await log.append(e)
+            size = log.size
+            assert size == old_size + 3
+            tile = await read_tile(log, TileId(0, 0, size))
+            leaves = [tile[i : i + 32] for i in range(0, len(tile), 32)]
+            assert mth(leaves) == open_checkpoint(log.checkpoint(), log.verifier).root_hash
+            assert leaves[-3:] == [h(b"\x00" + CONTEXT + h(e)) for e in envs]
+            # The bundle mixes leaves with and without a kept entry: not served.
+            with pytest.raises(LookupError, match="did not keep"):
+                await read_tile(log, TileId(None, 0, size))
+        finally:
+            await log.close()
+
+    asyncio.run(check())

@@ -6,11 +6,11 @@ caller names, and every proof is built from the fetched tiles and then
 checked against the checkpoint's signed root
 (:mod:`securechan.audit.tiles` does the maths). Where it is used:
 
-* :class:`~securechan.client.logview.LogView` proves two checkpoints of a
-  relay consistent from the relay's tiles (the proof endpoint only for a
-  relay that serves no tiles);
-* ``securechan witness`` (:mod:`securechan.client.witness`) the same, before
-  it cosigns;
+* :class:`~securechan.client.logview.RelayLogs` proves two checkpoints of
+  a relay consistent from the relay's tiles, and ``securechan witness
+  cosign`` (:mod:`securechan.client.witness`) the old and new checkpoint
+  before it cosigns (:func:`relay_consistency`: the proof endpoint only for
+  a relay that serves no tiles);
 * ``securechan relay tiles URL DIR`` copies a log's tiles to a folder for a
   static web server, checking every tile and entry on the way (:func:`mirror`).
 """
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -37,9 +37,19 @@ from securechan.audit.tiles import (
     verify_bundle,
     verify_tiles,
 )
-from securechan.errors import MalformedInput, RelayUnavailable
+from securechan.errors import MalformedInput, RelayError, RelayUnavailable
+from securechan.transport import RelayClient
 
-__all__ = ["MAX_RESOURCE", "Fetch", "TileReader", "http_fetch", "mirror"]
+__all__ = [
+    "MAX_RESOURCE",
+    "Fetch",
+    "TileReader",
+    "consistency_from_tiles",
+    "fetch_tiles",
+    "http_fetch",
+    "mirror",
+    "relay_consistency",
+]
 
 Fetch = Callable[[str], Awaitable[bytes | None]]
 """Fetches one resource by its path under the log's prefix (``checkpoint``,
@@ -70,6 +80,45 @@ def http_fetch(session: aiohttp.ClientSession, prefix: str) -> Fetch:
     return fetch
 
 
+async def fetch_tiles(fetch: Fetch, wanted: set[TileId]) -> dict[TileId, bytes]:
+    """``wanted``, fetched in parallel; :class:`MalformedInput` if one is missing."""
+    order = sorted(wanted, key=lambda t: t.path)
+    bodies = await asyncio.gather(*(fetch(t.path) for t in order))
+    out = {}
+    for tile, body in zip(order, bodies, strict=True):
+        if body is None:
+            raise MalformedInput(f"the log does not serve {tile.path}")
+        out[tile] = body
+    return out
+
+
+async def consistency_from_tiles(fetch: Fetch, old: int, new: int) -> list[bytes]:
+    """``PROOF(old, D[new])`` built from the log's tiles of size ``new`` (a
+    few tiles, fetched in parallel): what a relay's proof endpoint answers,
+    without it. Unverified: check it against the two signed roots with
+    :func:`~securechan.audit.merkle.verify_consistency`."""
+    hashes = TileHashes(new)
+    if 0 < old < new:
+        for tile, body in (
+            await fetch_tiles(fetch, tiles_for_proofs(new, consistency_from=[old]))
+        ).items():
+            hashes.add(tile, body)
+    return merkle.consistency_proof(hashes, old, new)
+
+
+async def relay_consistency(rc: RelayClient, old: int, new: int) -> Sequence[bytes]:
+    """The consistency proof from ``old`` to ``new`` of a relay's log: from
+    its tiles, as any monitor reads them, or from its proof endpoint when it
+    serves none (an older relay) or not these. Unverified, like the
+    endpoint's answer; the endpoint's refusals are raised as they are."""
+    if not 0 < old < new:
+        return ()
+    try:
+        return await consistency_from_tiles(rc.tile_resource, old, new)
+    except (MalformedInput, RelayError):
+        return await rc.consistency_proof(old, new)
+
+
 class TileReader:
     """A log read from its tiles at one verified checkpoint."""
 
@@ -97,11 +146,8 @@ class TileReader:
 
     async def tiles(self, wanted: set[TileId]) -> dict[TileId, bytes]:
         """Fetch (in parallel) the tiles not fetched yet; all of them."""
-        new = sorted((t for t in wanted if t not in self._raw), key=lambda t: t.path)
-        bodies = await asyncio.gather(*(self._fetch(t.path) for t in new))
-        for tile, body in zip(new, bodies, strict=True):
-            if body is None:
-                raise MalformedInput(f"the log does not serve {tile.path}")
+        new = await fetch_tiles(self._fetch, {t for t in wanted if t not in self._raw})
+        for tile, body in new.items():
             if tile.level is not None:
                 self.hashes.add(tile, body)
             self._raw[tile] = body
