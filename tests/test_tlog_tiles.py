@@ -331,18 +331,29 @@ def test_a_proof_from_a_static_copy_of_the_tiles(
 ) -> None:
     key, digests, notes = logged
     site = tmp_path / "site"
-    cmd = [*securechan_command(), "relay", "tiles", relay.url, str(site), "--log-key"]
-    done = subprocess.run([*cmd, key.to_text()], capture_output=True, text=True, timeout=60)
+
+    def tiles(url: str, folder: Path, log_key: str) -> subprocess.CompletedProcess[str]:
+        args = [*securechan_command(), "relay", "tiles", url, str(folder), "--log-key", log_key]
+        return subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
+
+    done = tiles(relay.url, site, key.to_text())
     assert done.returncode == 0, done.stderr
     assert (site / "tile" / "0" / "000").stat().st_size == 8192
     assert (site / "tile" / "entries" / "001.p" / str(N_SENDS - 256)).is_file()
-    # A second run fetches nothing it has (only partial tiles and the checkpoint).
-    again = subprocess.run([*cmd, key.to_text()], capture_output=True, text=True, timeout=60)
-    assert again.returncode == 0 and again.stdout.startswith(f"size {N_SENDS}:"), again.stdout
-    # The wrong key: refused, nothing written.
-    wrong = VerifierKey(name=key.name, sig_type=1, public_key=os.urandom(32)).to_text()
-    bad = subprocess.run([*cmd, wrong], capture_output=True, text=True, timeout=60)
-    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    # A second run fetches and writes only the partial tiles and the checkpoint.
+    again = tiles(relay.url, site, key.to_text())
+    assert again.returncode == 0 and again.stdout.startswith(f"size {N_SENDS}: 4 files"), again
+    # The wrong key: refused (exit 1), nothing written; unreachable: 3; a bad key: 2.
+    other_key = Ed25519SigningKey.generate().public
+    wrong = VerifierKey(name=key.name, sig_type=1, public_key=other_key).to_text()
+    for url, folder, log_key, code in (
+        (relay.url, tmp_path / "other", wrong, 1),
+        (f"http://{HOST}:{free_port()}", tmp_path / "other", key.to_text(), 3),
+        (relay.url, tmp_path / "other", "not a key", 2),
+    ):
+        bad = tiles(url, folder, log_key)
+        assert (bad.returncode, len(bad.stderr.splitlines())) == (code, 1), bad.stderr
+        assert not folder.exists()
 
     port = free_port()
     server = subprocess.Popen(
