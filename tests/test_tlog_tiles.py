@@ -306,6 +306,14 @@ def test_the_relay_serves_every_tile_and_bundle_as_the_spec_says(
     ):
         assert _get(f"{relay.url}/{path}")[0] == 404, path
     assert _get(f"{relay.url}/tile/0/001.p/{N_SENDS - 255}")[0] == 404
+    # Entry bundles are gzipped for a client that asks (the spec's SHOULD).
+    import gzip
+
+    gz = {"Accept-Encoding": "gzip"}
+    req = urllib.request.Request(relay.url + "/tile/entries/000", headers=gz)  # noqa: S310
+    with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 (127.0.0.1)
+        assert resp.headers["Content-Encoding"] == "gzip"
+        assert gzip.decompress(resp.read()) == bundle0
     # A narrower partial tile of a past size is still the same prefix.
     status, _, body = _get(f"{relay.url}/tile/0/001.p/3")
     assert status == 200 and body == b"".join(leaves[256:259])

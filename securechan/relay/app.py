@@ -324,11 +324,15 @@ class Relay:
 
     async def tiles_tile(self, request: web.Request) -> web.Response:
         self.logs.admit(self._call(request))
-        data, full = await self.logs.tiles_tile(request.match_info["tile"])
+        path = request.match_info["tile"]
+        data, full = await self.logs.tiles_tile(path)
         cache = tlog_tiles.FULL_CACHE if full else tlog_tiles.PARTIAL_CACHE
-        return web.Response(
+        response = web.Response(
             body=data, content_type="application/octet-stream", headers={"Cache-Control": cache}
         )
+        if path.startswith("entries/"):  # the spec: SHOULD be compressed (if asked)
+            response.enable_compression()
+        return response
 
     async def log_leaf(self, request: web.Request) -> web.Response:
         self.logs.admit(self._call(request))
