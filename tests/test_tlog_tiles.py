@@ -467,3 +467,57 @@ def test_a_log_upgraded_from_before_entries_serves_hash_tiles_and_only_new_bundl
             await log.close()
 
     asyncio.run(check())
+
+
+def _memory_log(size: int) -> tuple[VerifierKey, dict[str, bytes]]:
+    """A signed log of ``size`` entries as a dict of tlog-tiles paths."""
+    from securechan.audit.checkpoint import Checkpoint
+    from securechan.audit.note import NoteSigner, sign_note
+
+    entries = [CONTEXT + h(i.to_bytes(4, "big")) for i in range(size)]
+    tree = merkle.MemoryTree([h(b"\x00" + e) for e in entries])
+    signer = NoteSigner("securechan-relay/test", Ed25519SigningKey(bytes(32)))
+    text = Checkpoint(origin="securechan-relay/test", size=size, root_hash=tree.root()).to_text()
+    site = {"checkpoint": sign_note(text, [signer]).encode()}
+    for path, (level, n, w) in spec_tiles(size).items():
+        if level is None:
+            chunk = entries[n * 256 : n * 256 + w]
+            site[path] = b"".join(len(e).to_bytes(2, "big") + e for e in chunk)
+        else:
+            site[path] = b"".join(tree.get_nodes(parse_path(path).nodes()))
+    return signer.verifier, site
+
+
+@pytest.mark.parametrize("size", [1, 2, 255, 256, 257, 600])
+def test_the_tile_reader_reads_entries_and_proofs_and_refuses_a_forged_entry(size: int) -> None:
+    key, site = _memory_log(size)
+
+    async def fetch(path: str) -> bytes | None:
+        return site.get(path)
+
+    async def read() -> None:
+        reader = await TileReader.open(fetch, key)
+        cp = reader.checkpoint
+        last = (size - 1) // 256
+        entries = await reader.entries(last)
+        assert entries[-1] == CONTEXT + h((size - 1).to_bytes(4, "big"))
+        proof = await reader.inclusion_proof(size - 1)
+        merkle.verify_inclusion(h(b"\x00" + entries[-1]), size - 1, size, proof, cp.root_hash)
+        # One changed byte in the bundle, then in the level 0 tile: refused.
+        width = size - last * 256 if size - last * 256 < 256 else 256
+        suffix = "" if width == 256 else f".p/{width}"
+        for path in (
+            f"tile/entries/{spec_index(last)}{suffix}",
+            f"tile/0/{spec_index(last)}{suffix}",
+        ):
+            forged = dict(site)
+            forged[path] = site[path][:-1] + bytes([site[path][-1] ^ 1])
+
+            async def bad_fetch(p: str, forged: dict[str, bytes] = forged) -> bytes | None:
+                return forged.get(p)
+
+            bad = await TileReader.open(bad_fetch, key)
+            with pytest.raises(ProofFailed):
+                await bad.entries(last)
+
+    asyncio.run(read())

@@ -177,11 +177,11 @@ class TileReader:
         if not 0 <= first < size:
             raise ValueError("the checkpoint has no such entry bundle")
         width = min(256, size - first)
+        tile, entries = TileId(0, bundle, width), TileId(None, bundle, width)
+        got = await self.tiles({tile, entries})
         proof = await self.inclusion_proof(first)
-        level0 = self._raw[TileId(0, bundle, width)]
-        merkle.verify_inclusion(level0[:32], first, size, proof, self.checkpoint.root_hash)
-        got = await self.tiles({TileId(None, bundle, width)})
-        return verify_bundle(TileId(None, bundle, width), got[TileId(None, bundle, width)], level0)
+        merkle.verify_inclusion(got[tile][:32], first, size, proof, self.checkpoint.root_hash)
+        return verify_bundle(entries, got[entries], got[tile])
 
 
 def _write(path: Path, data: bytes) -> None:
