@@ -306,6 +306,14 @@ class RelayClient:
         except UnicodeDecodeError:
             raise MalformedInput("the relay's checkpoint is not UTF-8") from None
 
+    async def tile_resource(self, path: str) -> bytes | None:
+        """One C2SP tlog-tiles resource (``checkpoint``, ``tile/...``) of the
+        relay's log, not verified here (:mod:`securechan.client.tiles`), or
+        ``None`` if the relay has none (404: an older relay, or a tile it
+        has not reached)."""
+        status, raw = await self._request_raw("GET", "/" + path, answer=frozenset({404}))
+        return None if status == 404 else raw
+
     async def inclusion_proof(self, index: int, size: int) -> tuple[bytes, ...]:
         """The RFC 9162 inclusion proof of leaf ``index`` in the tree of ``size``."""
         query = f"index={int(index)}&size={int(size)}"

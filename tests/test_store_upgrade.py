@@ -218,7 +218,7 @@ def test_tlog_db_upgrades_one_version_and_serves_the_same_checkpoint(
             await log.close()
 
     asyncio.run(check())
-    assert _pragma(path, "user_version") == tlog.SCHEMA.version == 2
+    assert _pragma(path, "user_version") == tlog.SCHEMA.version == 3
     db = sqlite3.connect(path)
     fences = [
         db.execute("SELECT version FROM schema_version").fetchall(),

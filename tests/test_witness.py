@@ -546,6 +546,9 @@ class ScriptedRelay:
     async def consistency_proof(self, old: int, new: int) -> tuple[bytes, ...]:
         return tuple(self.log.proof(old, new))
 
+    async def tile_resource(self, path: str) -> bytes | None:
+        return None  # serves no tlog-tiles: the round falls back to consistency_proof
+
     async def post_cosignature(self, text: str) -> CosignatureReply:
         self.posted.append(text)
         if self.moves:

@@ -105,3 +105,42 @@ def relay_serve(
     except ImportError:
         pass
     run(serve(opts, config, announce=lambda line: click.echo(line)))
+
+
+@relay.command(name="tiles")
+@click.argument("url")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--log-key",
+    required=True,
+    metavar="KEY",
+    help="The log's verifier key (name+id+key), pinned out of band.",
+)
+def relay_tiles(url: str, directory: Path, log_key: str) -> None:
+    """Copy a log's C2SP tlog-tiles from URL (a relay, or any copy) to DIRECTORY.
+
+    Every tile and entry is checked against the checkpoint signed by
+    --log-key before anything is written; the checkpoint is written last.
+    Run it again to add what is new. Serve DIRECTORY with any static web
+    server (docs/RELAY.md, "The log as tiles"). Exit 1 if a check fails,
+    3 if URL cannot be reached."""
+    import asyncio
+
+    import aiohttp
+
+    from securechan.audit.note import VerifierKey
+    from securechan.client.tiles import http_fetch, mirror
+    from securechan.errors import MalformedInput
+
+    try:
+        pinned = VerifierKey.from_text(log_key)
+    except MalformedInput as e:
+        raise UsageError(f"--log-key: {e}") from None
+
+    async def go() -> tuple[int, int]:
+        timeout = aiohttp.ClientTimeout(total=60)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            return await mirror(http_fetch(session, url), pinned, directory)
+
+    size, written = asyncio.run(go())
+    click.echo(f"size {size}: {written} files written to {directory}")

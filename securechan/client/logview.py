@@ -27,6 +27,7 @@ from securechan.audit.log import AuditLog
 from securechan.audit.merkle import verify_consistency
 from securechan.audit.note import SIG_MLDSA44_COSIGNATURE, VerifierKey, open_note
 from securechan.client.db import ClientDB
+from securechan.client.tiles import relay_consistency
 from securechan.errors import (
     BadSignature,
     MalformedInput,
@@ -158,7 +159,8 @@ class RelayLogs:
             return
         relay = await self._relay(relay_url)
         try:
-            proof = await relay.consistency_proof(small.size, large.size)
+            # From the relay's tlog-tiles, as any monitor reads them.
+            proof = await relay_consistency(relay, small.size, large.size)
         except RelayRefused as e:
             # An honest log proves consistency up to any size it ever signed:
             # refusing to (a 4xx) means it no longer has the history it

@@ -19,6 +19,7 @@ from securechan.audit.checkpoint import Checkpoint, open_cosigned_checkpoint
 from securechan.audit.note import SignedNote, VerifierKey
 from securechan.audit.witness import already_cosigned, witness_checkpoint
 from securechan.audit.witness_store import WitnessHome, WitnessKey
+from securechan.client.tiles import relay_consistency
 from securechan.errors import MalformedInput, RelayError, SplitView, VerificationFailed
 from securechan.transport import RelayClient
 
@@ -56,7 +57,7 @@ async def _once(
         # Peek at the size only to decide which proof to ask for; the
         # signature and everything else are checked by witness_checkpoint.
         size = _size_unverified(note)
-        proof = await rc.consistency_proof(old, size) if 0 < old < size else ()
+        proof = await relay_consistency(rc, old, size)  # from its tiles (client/tiles.py)
         try:
             done = witness_checkpoint(
                 state,

@@ -75,6 +75,7 @@ __all__ = [
     "SecureQueueRequest",
     "SecuredReply",
     "SendReply",
+    "aiohttp_path",
     "from_json",
     "jfield",
     "match",
@@ -91,6 +92,7 @@ ERRORS: Final[Mapping[str, int]] = {
     "bad_json": 400,
     "bad_query": 400,
     "bad_id": 400,
+    "bad_tile": 400,
     "malformed": 400,
     "bad_message_id": 400,
     "empty": 400,
@@ -106,6 +108,7 @@ ERRORS: Final[Mapping[str, int]] = {
     "no_leaf": 404,
     "no_checkpoint": 404,
     "no_mailbox": 404,
+    "no_tile": 404,
     "timeout": 408,
     "conflict": 409,
     "too_large": 413,
@@ -511,12 +514,46 @@ ROUTES: Final[tuple[Route, ...]] = (
         log=True,
     ),
     *PAIR_ROUTES,
+    # C2SP tlog-tiles (docs/RELAY.md, "The log as tiles"), the relay's root as prefix.
+    Route(
+        name="tiles_checkpoint",
+        method="GET",
+        path="/checkpoint",
+        summary="The newest checkpoint at the tlog-tiles path (Cache-Control: no-cache).",
+        reply="text",
+        ok={200: "A C2SP tlog-checkpoint in a signed note, with its cosignatures."},
+        refusals=_LOG,
+        log=True,
+    ),
+    Route(
+        name="tiles_tile",
+        method="GET",
+        path="/tile/{tile}",
+        summary="A tlog-tiles hash tile or entry bundle; {tile} is the rest of the path:"
+        " <L>/<N>[.p/<W>] or entries/<N>[.p/<W>], N in groups such as x001/x234/067.",
+        reply="octets",
+        ok={200: "Width x 32 bytes of hashes, or width entries (docs/RELAY.md)."},
+        refusals=_LOG,
+        log=True,
+    ),
 )
 
 _BY_NAME: Final = {r.name: r for r in ROUTES}
-_PATTERNS: Final = tuple(
-    (r, re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", r.path) + "$")) for r in ROUTES
-)
+
+
+def _pattern(path: str) -> re.Pattern[str]:
+    # {tile} is the rest of the path, slashes included; other parameters one segment.
+    return re.compile(
+        "^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", path).replace("<tile>[^/]+", "<tile>.+") + "$"
+    )
+
+
+_PATTERNS: Final = tuple((r, _pattern(r.path)) for r in ROUTES)
+
+
+def aiohttp_path(r: Route) -> str:
+    """The route's path as aiohttp's router spells it (``{tile}`` matches ``/``)."""
+    return r.path.replace("{tile}", "{tile:.+}")
 
 
 def route(name: str) -> Route:

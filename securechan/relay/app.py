@@ -31,7 +31,7 @@ from securechan import strict_json
 from securechan.errors import MalformedInput, StorageError
 from securechan.primitives import Ed25519SigningKey
 from securechan.protocol.relay_auth import b64d
-from securechan.relay import api
+from securechan.relay import api, tlog_tiles
 from securechan.relay.api import ApiError
 from securechan.relay.config import RelayConfig
 from securechan.relay.log_service import LogService
@@ -351,6 +351,23 @@ class Relay:
         note = await self.logs.log_checkpoint(query.get("size"))
         return web.Response(text=note, headers={"Cache-Control": "no-store"})
 
+    async def tiles_checkpoint(self, request: web.Request) -> web.Response:
+        self.logs.admit(self._call(request))
+        note = await self.logs.log_checkpoint(None)
+        return web.Response(text=note, headers={"Cache-Control": tlog_tiles.CHECKPOINT_CACHE})
+
+    async def tiles_tile(self, request: web.Request) -> web.Response:
+        self.logs.admit(self._call(request))
+        path = request.match_info["tile"]
+        data, full = await self.logs.tiles_tile(path)
+        cache = tlog_tiles.FULL_CACHE if full else tlog_tiles.PARTIAL_CACHE
+        response = web.Response(
+            body=data, content_type="application/octet-stream", headers={"Cache-Control": cache}
+        )
+        if path.startswith("entries/"):  # the spec: SHOULD be compressed (if asked)
+            response.enable_compression()
+        return response
+
     async def log_leaf(self, request: web.Request) -> web.Response:
         self.logs.admit(self._call(request))
         text = request.query.get("hash", "")
@@ -519,7 +536,7 @@ def make_app(
         if r.log and tlog is None:
             continue
         if r.method == "GET":  # and HEAD, as aiohttp's add_get does
-            app.router.add_get(r.path, handlers[r.name])
+            app.router.add_get(api.aiohttp_path(r), handlers[r.name])
         else:
             app.router.add_route(r.method, r.path, handlers[r.name])
     _gauges(relay, storage, tlog)

@@ -11,6 +11,7 @@ from securechan.relay import api
 from securechan.relay.api import ERRORS, ApiError
 from securechan.relay.service import Call, RelayService
 from securechan.relay.tlog import CosignatureRefused, RelayLog
+from securechan.relay.tlog_tiles import read_tile, tile_at
 
 __all__ = ["LogService"]
 
@@ -72,3 +73,17 @@ class LogService:
             if e.reason == "stale":
                 return e.log_size or 0
             raise ApiError(e.reason, e.message, status=ERRORS.get(e.reason, 400)) from None
+
+    async def tiles_tile(self, path: str) -> tuple[bytes, bool]:
+        """A tlog-tiles tile or entry bundle by its path's tail, and whether
+        it is full (immutable); 400 for a path that is not exactly one tile,
+        404 for one the log does not serve."""
+        tlog = self._log()
+        try:
+            tile = tile_at(path)
+        except ValueError as e:
+            raise ApiError("bad_tile", str(e)) from None
+        try:
+            return await read_tile(tlog, tile), tile.full
+        except LookupError as e:
+            raise ApiError("no_tile", str(e)) from None

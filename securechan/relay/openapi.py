@@ -155,8 +155,17 @@ def _components() -> dict[str, Any]:
             }
         },
         "parameters": {
-            name: {"name": name, "in": "path", "required": True, "schema": _ref("Id")}
-            for name in ("rid", "sid")
+            **{
+                name: {"name": name, "in": "path", "required": True, "schema": _ref("Id")}
+                for name in ("rid", "sid")
+            },
+            "tile": {
+                "name": "tile",
+                "in": "path",
+                "required": True,
+                "description": "The rest of the path, slashes included (c2sp.org/tlog-tiles).",
+                "schema": {"type": "string", "maxLength": 155},
+            },
         },
         "schemas": schemas,
         "responses": {
@@ -226,6 +235,7 @@ def _content(reply: type | str) -> dict[str, Any] | None:
         "text": {"text/plain": {"schema": {"type": "string"}}},
         "metrics": {"text/plain": {"schema": {"type": "string"}}},
         "yaml": {"application/yaml": {"schema": {"type": "object"}}},
+        "octets": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
     }.get(reply)
 
 
@@ -240,7 +250,7 @@ def _operation(route: api.Route) -> dict[str, Any]:
         op["security"] = [{"SC1": []}]
     params: list[dict[str, Any]] = [
         {"$ref": f"#/components/parameters/{name}"}
-        for name in ("rid", "sid")
+        for name in ("rid", "sid", "tile")
         if "{" + name + "}" in route.path
     ]
     for q in route.query:

@@ -59,7 +59,7 @@ from securechan.audit.note import (
     VerifierKey,
     is_valid_key_name,
 )
-from securechan.audit.receipt import ENVELOPE_LEAF_CONTEXT, Receipt, envelope_leaf_hash
+from securechan.audit.receipt import Receipt, envelope_leaf_hash
 from securechan.audit.tree import TreeStore
 from securechan.errors import StorageError
 from securechan.primitives import Ed25519SigningKey, constant_time_equal, sha256
@@ -225,6 +225,25 @@ class RelayLog(Closing):
             raise ValueError("a consistency proof needs 0 <= old <= new")
         return await self._read(lambda r: r.tree.consistency_proof(old, new))
 
+    async def nodes(self, ids: list[merkle.NodeId]) -> list[bytes]:
+        """Complete subtree hashes, in one read (tlog-tiles' hash tiles:
+        :mod:`securechan.relay.tlog_tiles`). The caller bounds ``ids``."""
+        return await self._read(lambda r: r.tree.get_nodes(ids))
+
+    async def entry_digests(self, start: int, end: int) -> list[bytes] | None:
+        """SHA-256 of the envelope of each leaf in ``[start, end)`` (tlog-tiles'
+        entry bundles), or ``None`` if one is not kept (appended before
+        schema version 3). The caller bounds the range."""
+
+        def read(r: _Reader) -> list[bytes] | None:
+            rows = r.tree.connection.execute(
+                "SELECT digest FROM relay_log_entries WHERE idx >= ? AND idx < ? ORDER BY idx",
+                (start, end),
+            ).fetchall()
+            return [row[0] for row in rows] if len(rows) == end - start else None
+
+        return await self._read(read)
+
     def _check_size(self, size: int) -> None:
         if type(size) is not int or not 0 <= size <= self._head.size:
             raise ValueError("the log has no checkpoint of that size")
@@ -243,13 +262,10 @@ class RelayLog(Closing):
         """
         if not isinstance(envelope, bytes):
             raise TypeError("an envelope is bytes")
-        leaf = None
-        if digest is not None:
-            if not isinstance(digest, bytes) or len(digest) != 32:
-                raise ValueError("digest is SHA-256 of the envelope")
-            leaf = merkle.leaf_hash(ENVELOPE_LEAF_CONTEXT + digest)
+        if digest is not None and (not isinstance(digest, bytes) or len(digest) != 32):
+            raise ValueError("digest is SHA-256 of the envelope")
         # Hashed by the writer: the event loop hands over the bytes and goes on.
-        return self.receipt_from(await self._submit("append", envelope, leaf))
+        return self.receipt_from(await self._submit("append", envelope, digest))
 
     def mark_dirty(self) -> None:
         """An envelope may be stored but not logged: the next start repairs."""
@@ -323,9 +339,9 @@ class RelayLog(Closing):
         index, head, _, proof = appended
         return Receipt(leaf_index=index, checkpoint=self._head_note(head), inclusion_proof=proof)
 
-    async def _submit(self, kind: str, arg: Any, leaf: bytes | None = None) -> Any:
+    async def _submit(self, kind: str, arg: Any, digest: bytes | None = None) -> Any:
         try:
-            return await self._writer.submit(Task(kind, arg, leaf))
+            return await self._writer.submit(Task(kind, arg, digest))
         except StorageClosed:
             # Not queued: an envelope stored but not logged; the next start repairs.
             self._appender.lost = self._appender.lost or kind == "append"

@@ -20,9 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from securechan.audit.receipt import envelope_leaf_hash
+from securechan.audit.merkle import leaf_hash
+from securechan.audit.receipt import ENVELOPE_LEAF_CONTEXT
 from securechan.audit.tree import TreeStore
 from securechan.errors import StorageError
+from securechan.primitives import sha256
 from securechan.relay.tlog_proofs import inclusion_proofs, lookup_many
 from securechan.relay.tlog_witness import Head, Witnesses
 from securechan.relay.writer_thread import Job, Outcome
@@ -41,8 +43,8 @@ latency."""
 class Task:
     kind: str  # "append" (arg: the envelope), "cosign" (arg: the posted note) or "clean"
     arg: Any
-    # An append's leaf hash when the caller had SHA-256(envelope) already.
-    leaf: bytes | None = None
+    # An append's SHA-256(envelope) when the caller had it already.
+    digest: bytes | None = None
 
 
 def storage_error(exc: BaseException) -> BaseException:
@@ -117,14 +119,16 @@ class Appender:
         start = self.head.size
         placed: dict[bytes, tuple[int, bool]] = {}
         new: list[bytes] = []
+        entries: list[bytes] = []
         try:
-            # Jobs carry envelopes, and the leaf hash when the caller had the digest.
-            leaves = [job.work.leaf or envelope_leaf_hash(job.work.arg) for job in jobs]
+            # Jobs carry envelopes, and the digest when the caller had it.
+            digests = [job.work.digest or sha256(job.work.arg) for job in jobs]
+            leaves = [leaf_hash(ENVELOPE_LEAF_CONTEXT + d) for d in digests]
             # Through the tree's connection, which writes the index rows too:
             # its page cache stays warm (a second connection's cache would be
             # dropped after every commit of the tree's).
             known = lookup_many(tree.connection, set(leaves))
-            for leaf in leaves:
+            for leaf, digest in zip(leaves, digests, strict=True):
                 if leaf in placed:
                     continue
                 if leaf in known:
@@ -132,8 +136,9 @@ class Appender:
                 else:
                     placed[leaf] = (start + len(new), True)
                     new.append(leaf)
+                    entries.append(digest)
             if new:
-                self._commit(tree, start, new)
+                self._commit(tree, start, new, entries)
             head = self.head
             # Each caller's receipt proves its leaf in this batch's checkpoint:
             # computed here, once per batch, not by a read per caller.
@@ -150,9 +155,11 @@ class Appender:
                 placed[leaf] = (idx, False)
         return out
 
-    def _commit(self, tree: TreeStore, start: int, new: list[bytes]) -> None:
-        """The leaves, their index rows and the append time in ONE transaction
-        of the tree's connection (one commit, one sync), then the head."""
+    def _commit(self, tree: TreeStore, start: int, new: list[bytes], entries: list[bytes]) -> None:
+        """The leaves, their index rows, their entries (the envelope digests
+        the tlog-tiles entry bundles serve) and the append time in ONE
+        transaction of the tree's connection (one commit, one sync), then the
+        head."""
         stamp = int(self._clock())
 
         def index_rows(conn: sqlite3.Connection, at: int) -> None:
@@ -161,6 +168,10 @@ class Appender:
             conn.executemany(
                 "INSERT INTO relay_log_leaves (leaf, idx) VALUES (?, ?)",
                 ((leaf, start + i) for i, leaf in enumerate(new)),
+            )
+            conn.executemany(
+                "INSERT INTO relay_log_entries (idx, digest) VALUES (?, ?)",
+                ((start + i, digest) for i, digest in enumerate(entries)),
             )
             conn.execute("UPDATE relay_log_meta SET last_append = ? WHERE id = 0", (stamp,))
 

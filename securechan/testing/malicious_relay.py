@@ -20,7 +20,8 @@ is what a relay operator (or the network in front of the relay) could do:
 * ``fork``: a shadow transparency log (``RelayLog`` signed with the real
   relay's key, read from its data folder) that starts from a copy of the real
   log (or empty) plus one injected leaf, so the histories diverge; send
-  replies carry the shadow's receipts and ``/v1/log/*`` is answered from it.
+  replies carry the shadow's receipts and ``/v1/log/*`` and the tlog-tiles
+  (``/checkpoint``, ``/tile/...``) are answered from it.
 
 Each party can sit behind its own proxy (several proxies in front of one
 relay): a contact card and a queue grant name the URL their owner registered
@@ -102,6 +103,8 @@ _KINDS = {
     "pair_put": "pair",
     "pair_get": "pair",
     "pair_close": "pair",
+    "tiles_checkpoint": "log",
+    "tiles_tile": "log",
 }
 
 

@@ -20,6 +20,7 @@ from typing import Any, Literal
 from securechan.primitives import Ed25519SigningKey
 from securechan.relay import api
 from securechan.relay.tlog import RelayLog
+from securechan.relay.tlog_tiles import read_tile, tile_at
 from securechan.relay.writer_thread import open_in_thread
 
 __all__ = ["ShadowLog"]
@@ -63,6 +64,11 @@ class ShadowLog:
         try:
             nums = {k: int(v) for k, v in query.items()}
             reply: api.InclusionReply | api.ConsistencyReply
+            if route == "tiles_checkpoint":
+                return 200, log.checkpoint().encode(), "text/plain; charset=utf-8"
+            if route == "tiles_tile" and found is not None:
+                tile = await read_tile(log, tile_at(found[1]["tile"]))
+                return 200, tile, "application/octet-stream"
             if route == "log_checkpoint":
                 note = (
                     log.checkpoint()
@@ -80,7 +86,7 @@ class ShadowLog:
                 reply = api.ConsistencyReply(old=nums["old"], new=nums["new"], hashes=tuple(hashes))
             else:
                 raise KeyError(path)
-        except (KeyError, ValueError):
+        except (LookupError, ValueError):
             err = api.ApiError("no_checkpoint", "the log has no such size")
             return 404, json.dumps(err.to_json()).encode(), "application/json"
         return 200, json.dumps(api.to_json(reply)).encode(), "application/json"

@@ -1,4 +1,4 @@
--- The relay's transparency log (tlog.db), schema version 2: a new file.
+-- The relay's transparency log (tlog.db), schema version 3: a new file.
 -- Owner: securechan/relay/tlog.py; the tree tables are securechan/audit/tree.py's,
 -- included whole from schema/tree/v2.sql (with its schema_version fence).
 -- relay_log_schema is where version 1 kept the relay tables' version; it stays,
@@ -28,3 +28,10 @@ CREATE TABLE relay_log_cosignatures (
 );
 -- The log's size at the last clean stop; cleared by the next start.
 CREATE TABLE relay_log_clean (id INTEGER PRIMARY KEY CHECK (id = 0), size INTEGER NOT NULL);
+-- Index -> SHA-256 of the envelope of each leaf appended since version 3:
+-- the log's entries ("securechan/v1/envelope" || digest), served as C2SP
+-- tlog-tiles entry bundles (securechan/relay/tlog_tiles.py).
+CREATE TABLE relay_log_entries (
+    idx INTEGER PRIMARY KEY CHECK (idx >= 0),
+    digest BLOB NOT NULL CHECK (length(digest) = 32)
+);
