@@ -49,6 +49,7 @@ from securechan.errors import StorageError
 from securechan.primitives import Ed25519SigningKey
 from securechan.relay.pg_tlog import PgRelayLog
 from securechan.relay.tlog import CosignatureRefused, RelayLog
+from securechan.relay.tlog_open import open_relay_log
 from securechan.relay.writer_thread import open_in_thread
 
 pytestmark = pytest.mark.timeout(180)
@@ -79,9 +80,12 @@ def where(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 async def open_log(where: str, key: Ed25519SigningKey = KEY, **kw: Any) -> RelayLog:
+    """The log as ``relay serve`` opens it (:func:`open_relay_log`)."""
     if where.startswith("postgresql://"):
-        return await open_in_thread(PgRelayLog, where, key, **kw)
-    return await open_in_thread(RelayLog, where, key, **kw)
+        tlog = await open_relay_log(Path("unused"), key, db=where, **kw)
+        assert isinstance(tlog, PgRelayLog)
+        return tlog
+    return await open_relay_log(Path(where).parent, key, **kw)
 
 
 @asynccontextmanager

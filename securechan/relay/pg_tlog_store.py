@@ -22,7 +22,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from itertools import count
 from typing import TYPE_CHECKING, Final
 
 from securechan.audit import merkle
@@ -275,20 +274,28 @@ def append_leaves(
         for leaf in new:
             staged.append(leaf, rows)
         start = 2 * state.size - state.size.bit_count()
-        with conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO relay_log_nodes (pos, hash) VALUES (%s, %s)",
-                list(zip(count(start), rows, strict=False)),
-            )
-            cur.executemany(
-                "INSERT INTO relay_log_leaves (leaf, idx) VALUES (%s, %s)",
-                [(leaf, state.size + i) for i, leaf in enumerate(new)],
-            )
         root = staged.root()
+        # One statement for the whole batch (arrays, not a row each): the
+        # nodes, the index rows, the new state, and the notification, which
+        # is delivered at commit, never for a rolled-back batch.
         conn.execute(
-            "UPDATE relay_log_state SET size = %s, root = %s, last_append = %s WHERE id = 0",
-            (staged.size, root, stamp),
+            "WITH n AS (INSERT INTO relay_log_nodes (pos, hash)"
+            "   SELECT * FROM unnest(%s::bigint[], %s::bytea[])),"
+            " l AS (INSERT INTO relay_log_leaves (leaf, idx)"
+            "   SELECT * FROM unnest(%s::bytea[], %s::bigint[])),"
+            " s AS (UPDATE relay_log_state SET size = %s, root = %s, last_append = %s"
+            "   WHERE id = 0)"
+            " SELECT pg_notify(%s, %s)",
+            (
+                list(range(start, start + len(rows))),
+                rows,
+                new,
+                list(range(state.size, state.size + len(new))),
+                staged.size,
+                root,
+                stamp,
+                CHANNEL,
+                str(staged.size),
+            ),
         )
-        # Delivered to the listeners at commit, never for a rolled-back batch.
-        conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(staged.size)))
     return Appended(staged.size, root, placed, staged)
