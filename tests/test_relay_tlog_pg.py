@@ -269,12 +269,16 @@ def test_a_second_process_log_sees_appends_and_cosignatures(postgres_url: str) -
     run(go())
 
 
-def _worker(url: str, tag: str, count: int) -> subprocess.Popen[str]:
+def _worker(url: str, tag: str, count: int, *, quiet: bool = False) -> subprocess.Popen[str]:
+    """The worker; ``quiet`` for one whose stdout is read line by line:
+    its remaining output must then be read through the same buffered
+    ``proc.stdout`` (``communicate`` would read the pipe underneath it
+    and lose what the buffer holds)."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.Popen(
         [sys.executable, str(HERE / "pg_log_worker.py"), url, tag, str(count)],
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.DEVNULL if quiet else subprocess.PIPE,
         text=True,
         env=env,
     )
@@ -320,7 +324,7 @@ async def _check_one_tree(url: str, acked: list[tuple[bytes, Receipt]]) -> int:
 
 
 def test_two_processes_one_sigkilled_mid_burst_keep_one_tree(postgres_url: str) -> None:
-    a = _worker(postgres_url, "a", 1500)
+    a = _worker(postgres_url, "a", 1500, quiet=True)
     b = _worker(postgres_url, "b", 600)
     try:
         a_lines: list[str] = []
@@ -330,13 +334,16 @@ def test_two_processes_one_sigkilled_mid_burst_keep_one_tree(postgres_url: str) 
             if len(a_lines) > 150:
                 break
         a.send_signal(signal.SIGKILL)
-        a_rest, _ = a.communicate(timeout=30)
+        a_rest = a.stdout.read()
+        a.wait(timeout=30)
         b_out, b_err = b.communicate(timeout=120)
     finally:
         for p in (a, b):
             if p.poll() is None:
                 p.kill()
                 p.wait()
+        if a.stdout is not None:
+            a.stdout.close()
     assert a.returncode == -signal.SIGKILL
     assert b.returncode == 0, b_err
     acked_a = _acknowledged(a_lines + a_rest.splitlines(keepends=True))
@@ -389,7 +396,7 @@ def test_postgres_sigkilled_and_restarted_loses_nothing_acknowledged() -> None:
         pytest.skip(f"PostgreSQL tests skipped: {exc}")
     try:
         url = server.create_database("crash")
-        w = _worker(url, "c", 800)
+        w = _worker(url, "c", 800, quiet=True)
         lines: list[str] = []
         assert w.stdout is not None
         for line in w.stdout:
@@ -401,8 +408,9 @@ def test_postgres_sigkilled_and_restarted_loses_nothing_acknowledged() -> None:
         )  # SIGQUIT: no checkpoint, no clean shutdown
         time.sleep(1.0)
         _pg_ctl(server.folder, "start")
-        rest, err = w.communicate(timeout=150)
-        assert w.returncode == 0, err
+        rest = w.stdout.read()
+        w.stdout.close()
+        assert w.wait(timeout=150) == 0
         acked = _acknowledged(lines + rest.splitlines(keepends=True))
         assert len(acked) == 800  # the worker retried through the outage
         done = json.loads(rest.splitlines()[-1])

@@ -52,7 +52,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from securechan.audit.merkle import EMPTY_ROOT, CompactRange
 from securechan.audit.note import NoteSigner, VerifierKey, is_valid_key_name
@@ -86,7 +86,7 @@ __all__ = ["PgRelayLog"]
 
 log = logging.getLogger("securechan.relay")
 
-T = Any
+T = TypeVar("T")
 _POLL = 1.0
 """Seconds between two reads of the tree state when no notification came."""
 
