@@ -260,6 +260,17 @@ def test_a_second_process_log_sees_appends_and_cosignatures(postgres_url: str) -
             while a.size != 60 and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
             assert a.checkpoint() == b.checkpoint()
+            # Through LISTEN/NOTIFY, not the one-second poll: every append
+            # is seen by the other process's log well within the poll.
+            lags = []
+            for n in range(20):
+                receipt = await a.append(envelope(n, "lag"))
+                start = time.monotonic()
+                while b.size <= receipt.leaf_index and time.monotonic() - start < 3:
+                    await asyncio.sleep(0.001)
+                lags.append(time.monotonic() - start)
+                await asyncio.sleep(0.01)
+            assert max(lags) < 0.5, f"the other process lagged {max(lags):.3f} s"
             note = b.checkpoint()
             await a.add_cosignatures(cosigned(note, open_checkpoint(note, a.verifier)))
             while WNAME not in b.checkpoint() and time.monotonic() < deadline:

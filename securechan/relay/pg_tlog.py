@@ -289,8 +289,13 @@ class PgRelayLog(RelayLog):
         )
         self._reads = _PgReadThread(url)
         self._stop = threading.Event()
+        self._listening = threading.Event()
         self._listener = threading.Thread(target=self._listen, name="relay-log-listen", daemon=True)
         self._listener.start()
+        # Listening before the log is handed out: no later append is missed
+        # (one then seen only by the poll would lag a second). A listener
+        # that cannot connect yet keeps trying; the poll covers the gap.
+        self._listening.wait(10.0)
 
     # --- the writer thread ---------------------------------------------------------
 
@@ -340,6 +345,8 @@ class PgRelayLog(RelayLog):
                         conn.close()
                     conn = connect(self.url)
                     conn.execute(f"LISTEN {CHANNEL}")
+                    self._catch_up(conn)  # what was committed before LISTEN
+                    self._listening.set()
                 for _ in conn.notifies(timeout=_POLL, stop_after=1):
                     pass
                 if self._stop.is_set() or not hasattr(self._pg, "head"):
@@ -347,6 +354,7 @@ class PgRelayLog(RelayLog):
                 self._catch_up(conn)
             except Exception as e:
                 log.debug("transparency log listener: %s", pg_error(e))
+                self._listening.set()  # do not hold the opening; retried below
                 self._stop.wait(0.5)
         if conn is not None:
             conn.close()
