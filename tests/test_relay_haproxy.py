@@ -10,11 +10,13 @@ processes; with one SIGKILLed, every request is still answered (HAProxy
 redispatches what it could not connect) and the health check on /healthz
 takes the dead one out.
 
-Skipped when ``haproxy`` is not installed (``apt-get install haproxy``).
+Skipped when ``haproxy`` is not installed (``apt-get install haproxy``),
+except under ``.ci/run`` (``SECURECHAN_REQUIRE_HAPROXY``), which installs it.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -82,6 +84,8 @@ def test_the_documented_haproxy_config_spreads_and_fails_over(
         "/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None
     )
     if haproxy is None:
+        if os.environ.get("SECURECHAN_REQUIRE_HAPROXY"):
+            pytest.fail("SECURECHAN_REQUIRE_HAPROXY is set but haproxy is not installed")
         pytest.skip("haproxy not installed (Debian: apt-get install haproxy)")
     listen = free_port()
     cfg = tmp_path / "haproxy.cfg"
