@@ -4,7 +4,8 @@ envelopes to the shared log and prints one JSON line per ACKNOWLEDGED append
 
     python tests/pg_log_worker.py URL TAG COUNT [CONCURRENCY]
 
-Envelopes are ``TAG || counter || random``; an append that fails (PostgreSQL
+Envelopes are ``TAG || counter || random``, except every third one, which
+is the same bytes in every worker (``shared-N``); an append that fails (PostgreSQL
 down) is retried, as a client resends until it gets a 2xx, and only the
 receipt of a successful one is printed. PUBLIC TEST KEY (fixed seed).
 """
@@ -32,7 +33,12 @@ async def main(url: str, tag: str, count: int, concurrency: int) -> None:
     failed = 0
 
     async def one(n: int) -> None:
-        envelope = f"{tag}-{n}-".encode() + os.urandom(48)
+        # Every third envelope is the same bytes in every worker (a resend
+        # that reached another process): one leaf, one index for all.
+        if n % 3 == 0:
+            envelope = f"shared-{n}".encode() * 4
+        else:
+            envelope = f"{tag}-{n}-".encode() + os.urandom(48)
         async with gate:
             while True:
                 try:
