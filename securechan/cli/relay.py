@@ -144,3 +144,12 @@ def relay_tiles(url: str, directory: Path, log_key: str) -> None:
 
     size, written = asyncio.run(go())
     click.echo(f"size {size}: {written} files written to {directory}")
+
+
+def _add_migrate() -> None:
+    from securechan.cli.relay_migrate import relay_migrate
+
+    relay.add_command(relay_migrate)
+
+
+_add_migrate()

@@ -228,21 +228,14 @@ class RelayLog(Closing):
     async def nodes(self, ids: list[merkle.NodeId]) -> list[bytes]:
         """Complete subtree hashes, in one read (tlog-tiles' hash tiles:
         :mod:`securechan.relay.tlog_tiles`). The caller bounds ``ids``."""
-        return await self._read(lambda r: r.tree.get_nodes(ids))
+        return await self._read(lambda r: list(r.tree.get_nodes(ids)))
 
     async def entry_digests(self, start: int, end: int) -> list[bytes] | None:
         """SHA-256 of the envelope of each leaf in ``[start, end)`` (tlog-tiles'
         entry bundles), or ``None`` if one is not kept (appended before
         schema version 3). The caller bounds the range."""
 
-        def read(r: _Reader) -> list[bytes] | None:
-            rows = r.tree.connection.execute(
-                "SELECT digest FROM relay_log_entries WHERE idx >= ? AND idx < ? ORDER BY idx",
-                (start, end),
-            ).fetchall()
-            return [row[0] for row in rows] if len(rows) == end - start else None
-
-        return await self._read(read)
+        return await self._read(lambda r: r.entry_digests(start, end))
 
     def _check_size(self, size: int) -> None:
         if type(size) is not int or not 0 <= size <= self._head.size:
