@@ -114,6 +114,10 @@ class Reason(StrEnum):
     USAGE_ERROR = "usage"
     VERIFICATION_FAILED = "verification-failed"
     WRONG_CONVERSATION = "wrong-conversation"
+    # The agent (docs/AGENT.md).
+    AGENT_LOCKED = "agent-locked"
+    AGENT_UNAVAILABLE = "agent-unavailable"
+    HOME_IN_USE = "home-in-use"
 
 
 def reason_of(error: BaseException) -> Reason:
@@ -405,3 +409,25 @@ class SplitView(VerificationFailed):
     def __init__(self, message: str, evidence: tuple[str, str]) -> None:
         super().__init__(message)
         self.evidence = evidence
+
+
+class AgentLocked(UsageError):
+    """The agent holds no unlocked key: unlock it with the passphrase first.
+
+    It was never unlocked, a TTL ran out, or ``securechan agent lock``."""
+
+    code = Reason.AGENT_LOCKED
+
+
+class AgentUnavailable(SecurechanError):
+    """No agent answers on the home's socket, or it broke the protocol."""
+
+    code = Reason.AGENT_UNAVAILABLE
+
+
+class HomeInUse(StorageError):
+    """Another process holds the home folder (an agent, or a command).
+
+    An agent is running, or a command is while an agent tries to start."""
+
+    code = Reason.HOME_IN_USE

@@ -45,6 +45,7 @@ RANKS = {
     "client": 7,
     "testing": 7,
     "demo": 8,
+    "agent": 9,  # the agent process: a Channel behind a socket, started by the CLI
     "cli": 9,
     "__init__": 8,
     "__main__": 9,
@@ -156,6 +157,8 @@ def test_clients_of_the_relay_speak_its_one_api_description() -> None:
 
 # Inside client/: a module may import only client modules of a lower rank.
 CLIENT_RANKS = {
+    "agent_paths": 0,
+    "agent_client": 1,
     "generations": 0,
     "results": 0,
     "stored": 0,
@@ -166,6 +169,7 @@ CLIENT_RANKS = {
     "db": 1,
     "context": 2,
     "files": 2,
+    "downloads": 3,
     "logview": 2,
     "state": 3,
     "policy": 3,

@@ -58,6 +58,10 @@ __all__ = [
 
 # name -> ("module:attribute", the first paragraph of the command's help).
 COMMANDS: dict[str, tuple[str, str]] = {
+    "agent": (
+        "securechan.cli.agent:agent",
+        "Keep your key unlocked for a while in one background process.",
+    ),
     "contact": (
         "securechan.cli.contact:contact",
         "Pin, verify and list contacts (like SSH's known_hosts).",

@@ -17,6 +17,7 @@ import click
 
 import securechan
 from securechan.errors import (
+    AgentUnavailable,
     ContactExists,
     IdentityExists,
     MalformedInput,
@@ -34,6 +35,7 @@ from securechan.terminal_text import inline
 from securechan.timestamps import iso_utc
 
 if TYPE_CHECKING:  # typed, but not imported at start-up
+    from securechan.agent.homelock import HomeLock
     from securechan.client.channel import Channel, UnknownPolicy
 
 _T = TypeVar("_T")
@@ -55,7 +57,7 @@ _MAX_PASSPHRASE = 4096
 
 def _exit_code(exc: SecurechanError) -> int:
     """The one place that maps the error tree to exit codes."""
-    if isinstance(exc, RelayError):
+    if isinstance(exc, RelayError | AgentUnavailable):
         return EXIT_NETWORK
     if isinstance(exc, UntrustedKey):  # includes KeyChanged
         return EXIT_UNTRUSTED
@@ -216,6 +218,7 @@ class _App:
     def __init__(self, home: Path | None, passphrase_file: Path | None) -> None:
         self.home = home if home is not None else securechan.default_home()
         self.passphrase_file = passphrase_file
+        self.home_lock: HomeLock | None = None  # held while a command works in-process
 
     @property
     def keystore(self) -> securechan.Keystore:
@@ -298,8 +301,14 @@ pass_app = click.make_pass_decorator(_App)
 
 def _channel(app: _App, *, unknown: UnknownPolicy = "refuse") -> Channel:
     """The client, unlocked (imported here: only messaging commands pay for it)."""
+    from securechan.agent.homelock import HomeLock
     from securechan.client.channel import Channel
 
+    # One writer per home (docs/AGENT.md): while this command works
+    # in-process it holds the home's shared lock, so no agent starts under
+    # it; a running agent makes this fail (HomeInUse) before any prompt.
+    if app.home_lock is None and app.home.is_dir():
+        app.home_lock = HomeLock(app.home, exclusive=False)
     return Channel.open(app.home, app.passphrase(), unknown_senders=unknown)
 
 
