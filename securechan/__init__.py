@@ -8,15 +8,17 @@ The library exposes the same operations as the ``securechan`` command::
     me = home.create("tehran", "a long passphrase")
     ...
 
-Importing this package loads neither click nor aiohttp.
+Importing this package loads only ``securechan.errors`` and ``__version__``:
+every other public name is imported on first use (PEP 562 ``__getattr__``),
+so a program (or the command line talking to an agent) that needs none of
+the cryptography does not pay for it. It never loads click or aiohttp.
 """
 
-from securechan.documents import (
-    DocumentSignature,
-    DocumentStatement,
-    sign_document,
-    verify_document,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from securechan.errors import (
     BadPassphrase,
     BadSignature,
@@ -34,22 +36,64 @@ from securechan.errors import (
     UsageError,
     VerificationFailed,
 )
-from securechan.identity import (
-    KDF_PROFILES,
-    Contact,
-    Contacts,
-    EventKind,
-    Fingerprint,
-    Identity,
-    Keystore,
-    PublicIdentity,
-    SafetyNumber,
-    SecurityEvent,
-    default_home,
-    safety_number,
-)
+
+if TYPE_CHECKING:
+    from securechan.documents import (
+        DocumentSignature,
+        DocumentStatement,
+        sign_document,
+        verify_document,
+    )
+    from securechan.identity import (
+        KDF_PROFILES,
+        Contact,
+        Contacts,
+        EventKind,
+        Fingerprint,
+        Identity,
+        Keystore,
+        PublicIdentity,
+        SafetyNumber,
+        SecurityEvent,
+        default_home,
+        safety_number,
+    )
 
 __version__ = "0.1.0"
+
+# name -> the module that defines it, imported on first use.
+_LAZY = {
+    "DocumentSignature": "securechan.documents",
+    "DocumentStatement": "securechan.documents",
+    "sign_document": "securechan.documents",
+    "verify_document": "securechan.documents",
+    "KDF_PROFILES": "securechan.identity",
+    "Contact": "securechan.identity",
+    "Contacts": "securechan.identity",
+    "EventKind": "securechan.identity",
+    "Fingerprint": "securechan.identity",
+    "Identity": "securechan.identity",
+    "Keystore": "securechan.identity",
+    "PublicIdentity": "securechan.identity",
+    "SafetyNumber": "securechan.identity",
+    "SecurityEvent": "securechan.identity",
+    "default_home": "securechan.identity",
+    "safety_number": "securechan.identity",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'securechan' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "KDF_PROFILES",

@@ -28,6 +28,7 @@ PKG = Path(__file__).resolve().parent.parent / "securechan"
 RANKS = {
     "errors": 0,
     "timestamps": 0,
+    "home": 0,
     "strict_json": 1,
     "primitives": 1,
     "sqlite_schema": 1,  # opens every store's SQLite file (stdlib sqlite3 + errors)
@@ -95,10 +96,13 @@ def test_layering(path: Path) -> None:
             assert RANKS[target] <= RANKS[layer], f"{path} ({layer}) imports {name}: upward arrow"
 
 
-def test_import_securechan_stays_light() -> None:
-    code = (
-        "import sys, securechan; print(sorted(m for m in ('click', 'aiohttp') if m in sys.modules))"
-    )
+@pytest.mark.parametrize("module", ["securechan", "securechan.client.agent_client"])
+def test_import_securechan_stays_light(module: str) -> None:
+    """``import securechan`` is lazy (PEP 562): no click, no aiohttp and no
+    cryptography until a name that needs them is used; the agent's client
+    is standard library only (docs/AGENT.md)."""
+    heavy = "('click', 'aiohttp', 'cryptography', 'nacl')"
+    code = f"import sys, {module}; print(sorted(m for m in {heavy} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

@@ -65,9 +65,9 @@ def _default_path(home: Path | None) -> Path:
     from securechan.client.agent_paths import socket_path
 
     if home is None:
-        import securechan
+        from securechan.home import default_home
 
-        home = securechan.default_home()
+        home = default_home()
     return socket_path(home)
 
 
