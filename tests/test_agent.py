@@ -381,3 +381,73 @@ def _connect_as(uid: int, path: Path) -> tuple[bytes, bytes]:
     assert os.waitstatus_to_exitcode(status) == 0, data
     first, rest = json.loads(data)
     return first.encode(), rest.encode()
+
+
+def test_sigkill_mid_send_loses_nothing_and_delivers_once(
+    pair: tuple[Party, Party], tmp_path: Path
+) -> None:
+    """The agent dies while posting a 16 MiB file (512 envelopes): what it
+    stored in the outbox is posted by the next command in-process, and the
+    recipient gets the file exactly once, whole."""
+    t, w = pair
+    data = os.urandom(16 << 20)
+    source = tmp_path / "dossier.bin"
+    source.write_bytes(data)
+    t.ok("agent", "start")
+    with AgentClient(t.home) as agent:
+        pid = agent.status()["pid"]
+    errors: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            with AgentClient(t.home) as c:
+                c.send_file("washington", source)
+        except BaseException as e:  # the agent was killed under it
+            errors.append(e)
+
+    import threading
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    # Kill once the relay confirmed some of the file's envelopes, not all.
+    _wait_for(lambda: 0 < _outbox(t) < CHUNKS, timeout=120)
+    os.kill(pid, signal.SIGKILL)
+    sender.join(60)
+    assert errors and isinstance(errors[0], AgentUnavailable), errors
+    _wait_for(lambda: _zombie(pid) or not Path(f"/proc/{pid}").exists())
+    left = _outbox(t)
+    assert 0 < left < CHUNKS, left  # killed mid-send: some posted, some kept
+    t.ok("receive")  # in-process: flushes the outbox
+    assert _outbox(t) == 0
+    download = tmp_path / "in"
+    outputs = []
+    for _ in range(6):  # a receive pass takes at most 200 envelopes a queue today
+        proc = w.run("receive", "--json", "--download", download)
+        assert proc.returncode == 0, transcript(proc)
+        outputs.append(proc.stdout)
+        if download.exists() and any(download.iterdir()):
+            break
+    files = sorted(download.iterdir())
+    assert [f.read_bytes() == data for f in files] == [True], files
+    assert "rejected" not in "".join(outputs), outputs
+    # Nothing arrives twice: one more pass brings no second copy.
+    again = w.run("receive", "--json", "--download", download)
+    assert again.returncode == 0 and sorted(download.iterdir()) == files, transcript(again)
+
+
+CHUNKS = 512  # 16 MiB in 32 KiB chunks (protocol/payload.py CHUNK_SIZE)
+
+
+def _outbox(party: Party) -> int:
+    """Rows in ``party``'s outbox (deleted as the relay confirms each one),
+    read from its client.db; -1 while it cannot be read."""
+    import sqlite3
+
+    conn = sqlite3.connect(f"file:{party.home / 'client.db'}?mode=ro", uri=True, timeout=5)
+    try:
+        (total,) = conn.execute("SELECT count(*) FROM outbox").fetchone()
+        return int(total)
+    except sqlite3.Error:
+        return -1
+    finally:
+        conn.close()
