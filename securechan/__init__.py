@@ -16,8 +16,7 @@ the cryptography does not pay for it. It never loads click or aiohttp.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from securechan.errors import (
     BadPassphrase,
@@ -36,6 +35,7 @@ from securechan.errors import (
     UsageError,
     VerificationFailed,
 )
+from securechan.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from securechan.documents import (
@@ -82,18 +82,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'securechan' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
-
+__getattr__, __dir__ = lazy_attributes("securechan", _LAZY, globals())
 
 __all__ = [
     "KDF_PROFILES",

@@ -29,6 +29,7 @@ RANKS = {
     "errors": 0,
     "timestamps": 0,
     "home": 0,
+    "lazy": 0,
     "strict_json": 1,
     "primitives": 1,
     "sqlite_schema": 1,  # opens every store's SQLite file (stdlib sqlite3 + errors)

@@ -8,8 +8,9 @@ and the cryptography, ``AgentClient`` only the standard library
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from securechan.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from securechan.client.agent_client import AgentClient, AsyncAgentClient
@@ -29,18 +30,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'securechan.client' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
-
+__getattr__, __dir__ = lazy_attributes("securechan.client", _LAZY, globals())
 
 __all__ = [
     "AgentClient",

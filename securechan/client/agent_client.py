@@ -81,6 +81,22 @@ def _decode(line: bytes) -> dict[str, Any]:
     return obj
 
 
+def _answer(
+    obj: dict[str, Any], request_id: int, notifications: list[tuple[str, dict[str, Any]]]
+) -> tuple[bool, Any]:
+    """One line read while waiting for the answer to ``request_id``: a
+    notification is queued (``(False, None)``), the answer returned as
+    ``(True, result)`` or raised."""
+    if "method" in obj:
+        notifications.append((str(obj["method"]), dict(obj.get("params") or {})))
+        return False, None
+    if obj.get("id") != request_id:
+        raise AgentUnavailable("the agent answered another request")
+    if "error" in obj:
+        raise_for(obj["error"] if isinstance(obj["error"], dict) else {})
+    return True, obj.get("result")
+
+
 def _frame(method: str, params: dict[str, Any], request_id: int) -> bytes:
     body = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
     return json.dumps(body, separators=(",", ":")).encode() + b"\n"
@@ -131,15 +147,9 @@ class AgentClient:
         except OSError as e:
             raise AgentUnavailable(f"the agent connection failed: {e}") from None
         while True:
-            obj = self._line()
-            if "method" in obj:  # a notification that arrived first
-                self.notifications.append((str(obj["method"]), dict(obj.get("params") or {})))
-                continue
-            if obj.get("id") != request_id:
-                raise AgentUnavailable("the agent answered another request")
-            if "error" in obj:
-                raise_for(obj["error"] if isinstance(obj["error"], dict) else {})
-            return obj.get("result")
+            answered, result = _answer(self._line(), request_id, self.notifications)
+            if answered:
+                return result
 
     def subscribe(self) -> Iterator[tuple[str, dict[str, Any]]]:
         """``subscribeReceive``, then every notification as (method, params)."""
@@ -233,15 +243,9 @@ class AsyncAgentClient:
         except (ConnectionError, OSError) as e:
             raise AgentUnavailable(f"the agent connection failed: {e}") from None
         while True:
-            obj = await self._line()
-            if "method" in obj:
-                self.notifications.append((str(obj["method"]), dict(obj.get("params") or {})))
-                continue
-            if obj.get("id") != request_id:
-                raise AgentUnavailable("the agent answered another request")
-            if "error" in obj:
-                raise_for(obj["error"] if isinstance(obj["error"], dict) else {})
-            return obj.get("result")
+            answered, result = _answer(await self._line(), request_id, self.notifications)
+            if answered:
+                return result
 
     async def next_notification(self) -> tuple[str, dict[str, Any]]:
         """The next notification (after ``await call("subscribeReceive")``)."""
