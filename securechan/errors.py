@@ -15,7 +15,13 @@ whole contract (classes, codes, exit codes) is ``docs/ERRORS.md``.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import ClassVar
+
+# Not `from typing import TYPE_CHECKING`: importing typing costs start-up
+# time on the fast path through the agent; mypy treats this name the same.
+TYPE_CHECKING = False
+
+if TYPE_CHECKING:
+    from typing import ClassVar
 
 __all__ = [
     "AuditLogBroken",

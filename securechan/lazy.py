@@ -4,8 +4,14 @@ imported from its module on first use, so importing the package stays light."""
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
-from typing import Any
+
+# Not `from typing import TYPE_CHECKING`: importing typing costs start-up
+# time on the fast path through the agent; mypy treats this name the same.
+TYPE_CHECKING = False
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from typing import Any
 
 __all__ = ["lazy_attributes"]
 

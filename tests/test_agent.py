@@ -16,6 +16,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -33,7 +34,7 @@ from securechan.client.agent_client import AgentClient, AsyncAgentClient
 from securechan.client.agent_paths import socket_path
 from securechan.errors import AgentLocked, AgentUnavailable, ContactNotFound, VerificationFailed
 from tests.adversary.parties import Party, introduce, make_people, transcript
-from tests.adversary.relay import RelayProcess, running_relay
+from tests.adversary.relay import RelayProcess, clean_env, running_relay
 from tests.adversary.world import PASSPHRASES
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "AGENT.md"
@@ -174,9 +175,10 @@ def test_send_receive_follow_and_statement_through_the_agent(
     t, w = pair
     out = t.ok("agent", "start")
     assert "agent started" in out
-    # While the agent runs, a command that would open the home in-process
-    # refuses at once instead of writing the same database.
-    busy = t.run("status")
+    # While the agent runs, a command the fast path does not serve, which
+    # would open the home in-process, refuses at once instead of writing the
+    # same database.
+    busy = t.run("receive", "--follow", "--timeout", "1")
     assert busy.returncode == 2 and "an agent is running" in busy.stderr, transcript(busy)
     with AgentClient(t.home) as agent:
         sent = agent.send_text("washington", "through the agent")
@@ -451,3 +453,60 @@ def _outbox(party: Party) -> int:
         return -1
     finally:
         conn.close()
+
+
+def test_the_command_line_goes_through_the_agent_and_prints_the_same(
+    pair: tuple[Party, Party], tmp_path: Path
+) -> None:
+    """send, receive, history and status through a running agent print what
+    they print in-process, with the same exit codes; a locked agent is
+    unlocked from $SECURECHAN_PASSPHRASE; the process loads no cryptography."""
+    t, w = pair
+    inproc = {args: t.run(*args) for args in (("history",), ("history", "--json"), ("status",))}
+    t.ok("agent", "start")
+    sent = t.run("send", "washington", "through the thin command line")
+    assert sent.returncode == 0, transcript(sent)
+    assert re.fullmatch(r"Message \d+ to washington: sent\n", sent.stderr), sent.stderr
+    w.ok("send", "tehran", "an answer for the agent")
+    got = t.run("receive", "--json")
+    assert got.returncode == 0, transcript(got)
+    assert "an answer for the agent" in got.stdout
+    unknown = t.run("send", "nobody", "x")
+    assert unknown.returncode == 2 and "no contact named" in unknown.stderr, transcript(unknown)
+    # The same rows, from the agent, as the in-process history printed
+    # before plus the two new messages.
+    via = t.run("history")
+    before = inproc[("history",)].stdout.splitlines()
+    assert via.stdout.splitlines()[: len(before)] == before
+    assert len(via.stdout.splitlines()) == len(before) + 2
+    status = t.run("status")
+    assert status.returncode == 0
+    assert [x.split(":")[0] for x in status.stdout.splitlines()] == [
+        x.split(":")[0] for x in inproc[("status",)].stdout.splitlines()
+    ]
+    # Locked: the next command unlocks it from the environment.
+    with AgentClient(t.home) as agent:
+        agent.lock()
+    again = t.run("history", "--json")
+    assert again.returncode == 0 and json.loads(again.stdout)[
+        : len(json.loads(inproc[("history", "--json")].stdout))
+    ] == json.loads(inproc[("history", "--json")].stdout)
+    # The thin process imported neither click, the client nor the cryptography.
+    probe = (
+        "import sys, runpy; sys.argv = ['securechan', '--home', sys.argv[1], 'history'];\n"
+        "from securechan.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('click', 'aiohttp', 'cryptography', 'nacl',"
+        " 'securechan.client.channel') if m in sys.modules), file=sys.stderr)\n"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe, str(t.home)],
+        capture_output=True,
+        text=True,
+        env=clean_env(t.passphrase),
+        timeout=60,
+        check=False,
+    )
+    assert loaded.stderr.strip().splitlines()[-1] == "[]", loaded.stderr
+    version = t.run("--version")
+    assert version.stdout == "securechan, version 0.1.0\n"

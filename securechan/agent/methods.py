@@ -88,7 +88,7 @@ async def _version(state: AgentState, params: dict[str, Any]) -> Any:
 
 
 async def _status(state: AgentState, params: dict[str, Any]) -> Any:
-    _params(params)
+    p = _params(params, flush=(bool, False))
     out: dict[str, Any] = {
         "home": str(state.home),
         "pid": os.getpid(),
@@ -103,9 +103,13 @@ async def _status(state: AgentState, params: dict[str, Any]) -> Any:
         from securechan.client.results import Status
 
         async with state.channel_lock:
-            # Reading the status is not a use of the key: it does not
-            # restart the idle clock.
-            out["channel"] = Status.from_mapping(state.keys.get(touch=False).status()).to_json()
+            # Reading the status is not a use of the key: it does not restart
+            # the idle clock; posting the outbox first (flush, as the status
+            # command does) is.
+            ch = state.keys.get(touch=bool(p["flush"]))
+            if p["flush"]:
+                await ch.flush_outbox()
+            out["channel"] = Status.from_mapping(ch.status()).to_json()
     return out
 
 
@@ -138,13 +142,15 @@ async def _send(state: AgentState, params: dict[str, Any]) -> Any:
         raise RpcError(AgentErrorCode.INVALID_PARAMS, "give exactly one of 'text' and 'file'")
     async with state.channel_lock:
         ch = _channel(state)
+        verified = ch.keystore.contacts.get(p["contact"]).verified
         if p["text"] is not None:
             result = await ch.send_text(p["contact"], p["text"])
         else:
             path = _absolute(p["file"], "file")
             data = await asyncio.to_thread(_read_file, path)
             result = await ch.send_file(p["contact"], path.name, data)
-    return result.to_json()
+    # `verified` besides the send --json fields: the CLI warns when it is false.
+    return {**result.to_json(), "verified": verified}
 
 
 def _read_file(path: Path) -> bytes:

@@ -4,18 +4,19 @@ mapping, printing helpers. Every command module builds on this one."""
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import sqlite3
 import sys
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
 import securechan
+from securechan.cli.render import columns, json_text
+from securechan.cli.text_input import read_text
 from securechan.errors import (
     AgentUnavailable,
     ContactExists,
@@ -79,15 +80,8 @@ def _exit_code(exc: SecurechanError) -> int:
     return EXIT_VERIFY
 
 
-def _columns(*, err: bool = False) -> int | None:
-    """The terminal's width when stdout (or stderr) is a terminal, which wraps
-    long lines; None for a pipe or a file, where lines are never cut."""
-    stream = sys.stderr if err else sys.stdout
-    try:
-        columns = os.get_terminal_size(stream.fileno()).columns if stream.isatty() else 0
-    except (OSError, ValueError):
-        return None
-    return columns or None
+# The terminal's width (stdout, or stderr with err=True), or None for a pipe.
+_columns = columns
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -194,22 +188,7 @@ class _LazyGroup(_Group):
             formatter.write_dl([(name, cmd.get_short_help_str(limit)) for name, cmd in rows])
 
 
-_MAX_TEXT = 1024 * 1024
-
-
-def _read_text(source: Path | BinaryIO, what: str) -> str:
-    """Read at most 1 MiB of UTF-8 text from a path or a binary file."""
-    if isinstance(source, Path):
-        with open(source, "rb") as f:
-            raw = f.read(_MAX_TEXT + 1)
-    else:
-        raw = source.read(_MAX_TEXT + 1)
-    if len(raw) > _MAX_TEXT:
-        raise MalformedInput(f"{what} is larger than 1 MiB")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise MalformedInput(f"{what} is not UTF-8 text") from None
+_read_text = read_text
 
 
 class _App:
@@ -261,10 +240,7 @@ class _App:
 
 
 def _emit_json(data: Any) -> None:
-    # The exact text, but printed as ASCII (json.dumps' default ensure_ascii):
-    # controls, bidi and every other non-ASCII character are \uXXXX escapes,
-    # so JSON on a terminal is as harmless as the rendered form.
-    click.echo(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=True))
+    click.echo(json_text(data))
 
 
 def _iso(ts: int | None) -> str | None:

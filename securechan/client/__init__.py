@@ -8,9 +8,11 @@ and the cryptography, ``AgentClient`` only the standard library
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from securechan.lazy import lazy_attributes
+
+# Not `from typing import TYPE_CHECKING`: importing typing costs start-up
+# time on the fast path through the agent; mypy treats this name the same.
+TYPE_CHECKING = False
 
 if TYPE_CHECKING:
     from securechan.client.agent_client import AgentClient, AsyncAgentClient

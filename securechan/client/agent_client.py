@@ -18,16 +18,20 @@ import itertools
 import json
 import os
 import socket
-from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from securechan import errors
 from securechan.errors import AgentLocked, AgentUnavailable, MalformedInput, SecurechanError
 from securechan.strict_json import loads
 
+# Not `from typing import TYPE_CHECKING`: importing typing costs start-up
+# time on the fast path through the agent; mypy treats this name the same.
+TYPE_CHECKING = False
+
 if TYPE_CHECKING:
     import asyncio
+    from collections.abc import Iterator
+    from typing import Any
 
 __all__ = ["MAX_ANSWER", "AgentClient", "AsyncAgentClient", "raise_for"]
 
@@ -57,7 +61,11 @@ def raise_for(error: dict[str, Any]) -> None:
     if code == _LOCKED:
         raise AgentLocked(message)
     if code == _SECURECHAN and isinstance(data, dict) and isinstance(data.get("reason"), str):
-        raise _error_class(data["reason"])(message)
+        raised = _error_class(data["reason"])(message)
+        # The CLI's exit code for it, as the agent computed it (docs/AGENT.md).
+        exit_code = data.get("exit")
+        raised.exit_code = exit_code if isinstance(exit_code, int) else None  # type: ignore[attr-defined]
+        raise raised
     raise AgentUnavailable(f"the agent answered an error: {message} ({code})")
 
 
