@@ -510,3 +510,52 @@ def test_the_command_line_goes_through_the_agent_and_prints_the_same(
     assert loaded.stderr.strip().splitlines()[-1] == "[]", loaded.stderr
     version = t.run("--version")
     assert version.stdout == "securechan, version 0.1.0\n"
+
+
+def test_a_relay_outage_is_reported_to_subscribers_and_retried(
+    pristine: Path, tmp_path: Path, runtime: Path
+) -> None:
+    """The relay dies while the agent runs: subscribers get relayUnavailable
+    (with the backoff), and once the relay is back on its port the agent's
+    next pass and a send through it work again, without a restart."""
+    relay = RelayProcess(tmp_path / "own-relay")
+    relay.start()
+    try:
+        people = make_people(
+            pristine,
+            tmp_path,
+            {"tehran": PASSPHRASES["tehran"], "washington": PASSPHRASES["washington"]},
+        )
+        t, w = people["tehran"], people["washington"]
+        asyncio.run(asyncio.wait_for(introduce(t, relay.url, w, relay.url), 60))
+        t.ok("agent", "start", "--poll", "0.5")
+        try:
+
+            async def outage() -> dict[str, Any]:
+                async with await AsyncAgentClient.connect(t.home) as sub:
+                    await sub.call("subscribeReceive")
+                    relay.kill()
+                    while True:
+                        method, params = await asyncio.wait_for(sub.next_notification(), 30)
+                        assert method in ("receive", "relayUnavailable"), method
+                        if method == "relayUnavailable":
+                            return params
+
+            params = asyncio.run(outage())
+            assert params["retry_in"] >= 1 and relay.url.removeprefix("http://") in params["error"]
+            relay.start()
+            w.ok("send", "tehran", "after the outage")
+
+            def arrived() -> bool:
+                with AgentClient(t.home) as agent:
+                    return agent.status()["pending"] > 0
+
+            _wait_for(arrived, timeout=90)  # the backoff is at most 60 s
+            with AgentClient(t.home) as agent:
+                texts = [x.get("text") for x in agent.receive()]
+                assert "after the outage" in texts
+                assert agent.send_text("washington", "we are back")["pending"] == 0
+        finally:
+            t.run("agent", "stop")
+    finally:
+        relay.close()

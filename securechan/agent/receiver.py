@@ -25,13 +25,20 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from securechan.agent.methods import MAX_PENDING_BYTES, AgentState
-from securechan.errors import AgentLocked, MalformedInput, RelayError, SecurechanError
+from securechan.errors import AgentLocked, MalformedInput, Reason, RelayError, SecurechanError
 
 if TYPE_CHECKING:
     from securechan.client.channel import Channel
     from securechan.client.results import Received, Rejected
 
 __all__ = ["BACKOFF_MAX", "Receiver"]
+
+_RELAY_REASONS = frozenset({Reason.RELAY_ERROR, Reason.RELAY_UNAVAILABLE})
+
+
+def _relay_down(item: object) -> bool:
+    return getattr(item, "reason", None) in _RELAY_REASONS
+
 
 BACKOFF_MIN = 1.0
 BACKOFF_MAX = 60.0
@@ -75,8 +82,18 @@ class Receiver:
                         await self._wait(None, backoff)
                         backoff = min(backoff * 2, BACKOFF_MAX)
                         continue
+                    # A relay a pass could not reach is reported as an item
+                    # (the pass goes on with the other relays): an outage,
+                    # not an envelope; reported to subscribers, retried.
+                    down = [i for i in items if _relay_down(i)]
+                    self._publish([i for i in items if not _relay_down(i)])
+                    if down:
+                        error = getattr(down[0], "error", "a relay cannot be reached")
+                        self._notify("relayUnavailable", {"error": error, "retry_in": backoff})
+                        await self._wait(None, backoff)
+                        backoff = min(backoff * 2, BACKOFF_MAX)
+                        continue
                     backoff = BACKOFF_MIN
-                    self._publish(items)
                     if state.pending_bytes() > MAX_PENDING_BYTES:
                         break
                     self._wake.clear()

@@ -30,6 +30,13 @@ def agent() -> None:
 
 def _ttl_options(f: Any) -> Any:
     f = click.option(
+        "--poll",
+        type=click.FloatRange(min=0.1),
+        default=30,
+        show_default=True,
+        help="Seconds between receive passes when no relay pushed anything.",
+    )(f)
+    f = click.option(
         "--max-ttl",
         type=click.FloatRange(min=1),
         default=7200,
@@ -60,7 +67,7 @@ def _client(app: _App) -> Any:
     "(default: start locked; 'agent unlock' or the next command unlocks it).",
 )
 @pass_app
-def agent_run(app: _App, idle_ttl: float, max_ttl: float, unlock: bool) -> None:
+def agent_run(app: _App, idle_ttl: float, max_ttl: float, poll: float, unlock: bool) -> None:
     """Run the agent in the foreground (for systemd and other service managers).
 
     Logs go to stderr. SIGTERM or 'securechan agent stop' ends it."""
@@ -82,7 +89,9 @@ def agent_run(app: _App, idle_ttl: float, max_ttl: float, unlock: bool) -> None:
         idle_ttl=idle_ttl,
         max_ttl=max_ttl,
     )
-    server = AgentServer(app.home, keys, version=securechan.__version__, exit_code=_exit_code)
+    server = AgentServer(
+        app.home, keys, version=securechan.__version__, poll=poll, exit_code=_exit_code
+    )
     server.claim()  # before reading a passphrase: fail fast when the home is taken
     passphrase = app.passphrase() if unlock else None
 
@@ -100,7 +109,7 @@ def agent_run(app: _App, idle_ttl: float, max_ttl: float, unlock: bool) -> None:
 @agent.command(name="start")
 @_ttl_options
 @pass_app
-def agent_start(app: _App, idle_ttl: float, max_ttl: float) -> None:
+def agent_start(app: _App, idle_ttl: float, max_ttl: float, poll: float) -> None:
     """Start the agent in the background and unlock it (asks for the passphrase)."""
     from securechan.agent.homelock import agent_running
 
@@ -121,6 +130,8 @@ def agent_start(app: _App, idle_ttl: float, max_ttl: float) -> None:
         str(idle_ttl),
         "--max-ttl",
         str(max_ttl),
+        "--poll",
+        str(poll),
     ]
     env = {k: v for k, v in os.environ.items() if k != "SECURECHAN_PASSPHRASE"}
     with open(log_path, "ab") as log:
