@@ -32,6 +32,15 @@ Timed, in every round, in this order (the three references rotate):
   open, verify, store, acknowledge, audit log, print;
 * ``securechan receive`` with nothing waiting.
 
+Then, with an agent running for each home (``securechan agent start``,
+docs/AGENT.md), in the same rounds: ``python -c pass`` again (the reference
+for these rows), ``securechan --version``, ``send`` (1 KiB), ``receive``
+with one message and with nothing waiting, all through the agent (the thin
+command line), and GnuPG's ``gpg --sign --encrypt`` of the same text twice:
+through a gpg-agent holding the passphrase (gpg-agent caches the passphrase,
+not the key, so each signature still runs the key's S2K) and with a key that
+has no passphrase (gpg's floor).
+
 Each figure is the median over the rounds (default 15, ``--quick`` 3) of the
 wall-clock time; the children's CPU time (user + system, from
 ``getrusage(RUSAGE_CHILDREN)``) is also given: a busy machine inflates it much
@@ -263,6 +272,98 @@ def reference_cases(cwd: Path) -> dict[str, Callable[[], Timing]]:
     }
 
 
+# Measured while both homes' agents run (docs/AGENT.md): the thin command
+# line, beside python -c pass and gpg through a gpg-agent holding the
+# passphrase, all in the same rounds.
+AGENT_REFERENCE = "python -c pass (agent phase)"
+AGENT_ROWS = (
+    "through the agent: securechan --version",
+    "through the agent: securechan send (1 KiB text)",
+    "through the agent: securechan receive (1 message)",
+    "through the agent: securechan receive (nothing waiting)",
+    "gpg --sign --encrypt through gpg-agent (passphrase cached)",
+    "gpg --sign --encrypt, key without passphrase",
+)
+
+
+def _gpg_pair(root: Path) -> dict[str, Callable[[Path, Path], Timing]]:
+    """Timed ``gpg --sign --encrypt`` of a file, asking for no passphrase:
+    once through a gpg-agent that caches tehran's passphrase (gpg-agent
+    caches the passphrase, not the key, so each signature still runs the
+    key's S2K) and once with a key that has no passphrase (gpg's floor).
+    Empty without gpg."""
+    exe = shutil.which("gpg")
+    if exe is None:
+        return {}
+    from bench_gpg import Gpg
+
+    passfile, nopass = root / "gpg-passphrase", root / "gpg-nopass"
+    passfile.write_text("bench gpg passphrase\n")
+    nopass.write_text("")
+    first = root / "gpg-first.txt"
+    first.write_text("the first message caches the passphrase")
+    gw = Gpg(exe, root / "gnupg-w", "washington", passfile)
+    fp_w = gw.generate()
+    gw.run("--export", "--armor", "-o", root / "w.asc", fp_w)
+    out: dict[str, Callable[[Path, Path], Timing]] = {}
+    for row, home, pw in ((AGENT_ROWS[4], "gnupg-t", passfile), (AGENT_ROWS[5], "gnupg-n", nopass)):
+        g = Gpg(exe, root / home, "tehran", pw)
+        (g.home / "gpg-agent.conf").write_text("default-cache-ttl 600\nmax-cache-ttl 7200\n")
+        g.generate()
+        g.run("--import", root / "w.asc")
+        g.run("--quick-lsign-key", fp_w)
+        # Once with the passphrase, which the agent then caches.
+        g.run(
+            "-u", "tehran", "-r", "washington", "--sign", "--encrypt", "-o", root / "m.gpg", first
+        )
+        _gpgs.append(g)
+
+        def sign_encrypt(src: Path, dst: Path, env: dict[str, str] = g.env) -> Timing:
+            argv = [exe, "--batch", "--quiet", "--yes", "-u", "tehran", "-r", "washington"]
+            return timed([*argv, "--sign", "--encrypt", "-o", str(dst), str(src)], env, root)
+
+        out[row] = sign_encrypt
+    _gpgs.append(gw)
+    return out
+
+
+_gpgs: list[Any] = []
+
+
+def agent_phase(world: World, root: Path, runs: int, samples: dict[str, list[Timing]]) -> None:
+    """Start both homes' agents, then time the thin command line beside
+    python -c pass and gpg through a caching gpg-agent, in the same rounds."""
+    runtime = Path(tempfile.mkdtemp(prefix="sc-bench-", dir="/tmp"))
+    os.environ["XDG_RUNTIME_DIR"] = str(runtime)  # short socket paths
+    gpgs = _gpg_pair(root)
+    msg = root / "gpg-msg.txt"
+    env = clean_env()
+    py = sys.executable
+    world.t.run("agent", "start")
+    world.w.run("agent", "start")
+    try:
+        for i in range(runs):
+            samples.setdefault(AGENT_REFERENCE, []).append(timed([py, "-c", "pass"], env, root))
+            version = timed([*securechan_command(), "--version"], env, root)
+            samples.setdefault(AGENT_ROWS[0], []).append(version)
+            line = f"agent round {i}: {TEXT}"[:1024]
+            samples.setdefault(AGENT_ROWS[1], []).append(world.t.run("send", "washington", line))
+            got = world.w.run("receive", "--json")
+            if line not in got.out.stdout:
+                raise RuntimeError(f"the agent's receive did not show round {i}: {got.out}")
+            samples.setdefault(AGENT_ROWS[2], []).append(got)
+            samples.setdefault(AGENT_ROWS[3], []).append(world.w.run("receive", "--json"))
+            msg.write_text(line)
+            for row, gpg in gpgs.items():
+                samples.setdefault(row, []).append(gpg(msg, root / "m.gpg"))
+    finally:
+        for p in (world.t, world.w):
+            subprocess.run(p.argv("agent", "stop"), env=clean_env(), check=False)
+        for g in _gpgs:
+            g.stop_agent()
+        shutil.rmtree(runtime, ignore_errors=True)
+
+
 def key_unlock_seconds(home: Path, passphrase: str, repeats: int) -> float:
     """In-process median of one Argon2id unlock of a key file (the KDF share)."""
     from securechan.identity import Keystore
@@ -297,6 +398,7 @@ def run(runs: int) -> dict[str, Any]:
                 empty = world.w.run("receive", "--json")
                 samples.setdefault("securechan receive (nothing waiting)", []).append(empty)
             unlock = key_unlock_seconds(world.t.home, world.t.passphrase, max(3, runs // 2))
+            agent_phase(world, root, runs, samples)
     results = summarise(samples)
     ref = results["python -c pass"]["median_s"]
     imp = results['python -c "import securechan"']["median_s"]
@@ -307,13 +409,16 @@ def run(runs: int) -> dict[str, Any]:
         "securechan send (1 KiB text)",
         "securechan receive (1 message)",
         "securechan receive (nothing waiting)",
+        *(n for n in AGENT_ROWS if n in results),
     ):
         ours = results[name]["median_s"]
+        if name in AGENT_ROWS:  # against the reference measured beside it
+            ref = results[AGENT_REFERENCE]["median_s"]
         rows.append(
             {
                 "name": f"CLI cold start: {name}",
                 "ours": ours,
-                "reference_name": "python -c pass",
+                "reference_name": AGENT_REFERENCE if name in AGENT_ROWS else "python -c pass",
                 "reference": ref,
                 "ratio": ours / ref,
                 "unit": "s",
@@ -342,8 +447,9 @@ def markdown(out: dict[str, Any]) -> str:
         "| command | median ms | min ms | child CPU ms | / python -c pass |",
         "|---|---:|---:|---:|---:|",
     ]
-    ref = out["results"]["python -c pass"]["median_s"]
     for name, r in out["results"].items():
+        base = AGENT_REFERENCE if name in AGENT_ROWS else "python -c pass"
+        ref = out["results"][base]["median_s"]
         lines.append(
             f"| `{name}` | {r['median_s'] * 1000:.0f} | {r['min_s'] * 1000:.0f} "
             f"| {r['cpu_median_s'] * 1000:.0f} | {r['median_s'] / ref:.2f} |"

@@ -15,7 +15,13 @@ whole contract (classes, codes, exit codes) is ``docs/ERRORS.md``.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import ClassVar
+
+# Not `from typing import TYPE_CHECKING`: importing typing costs start-up
+# time on the fast path through the agent; mypy treats this name the same.
+TYPE_CHECKING = False
+
+if TYPE_CHECKING:
+    from typing import ClassVar
 
 __all__ = [
     "AuditLogBroken",
@@ -120,6 +126,10 @@ class Reason(StrEnum):
     GROUP_REJECTED = "group-rejected"
     GROUP_FORKED = "group-forked"
     GROUP_EQUIVOCATION = "group-equivocation"
+    # The agent (docs/AGENT.md).
+    AGENT_LOCKED = "agent-locked"
+    AGENT_UNAVAILABLE = "agent-unavailable"
+    HOME_IN_USE = "home-in-use"
 
 
 def reason_of(error: BaseException) -> Reason:
@@ -443,3 +453,25 @@ class GroupEquivocation(GroupRejected):
     def __init__(self, message: str, evidence: tuple[bytes, bytes]) -> None:
         super().__init__(message)
         self.evidence = evidence
+
+
+class AgentLocked(UsageError):
+    """The agent holds no unlocked key: unlock it with the passphrase first.
+
+    It was never unlocked, a TTL ran out, or ``securechan agent lock``."""
+
+    code = Reason.AGENT_LOCKED
+
+
+class AgentUnavailable(SecurechanError):
+    """No agent answers on the home's socket, or it broke the protocol."""
+
+    code = Reason.AGENT_UNAVAILABLE
+
+
+class HomeInUse(StorageError):
+    """Another process holds the home folder (an agent, or a command).
+
+    An agent is running, or a command is while an agent tries to start."""
+
+    code = Reason.HOME_IN_USE

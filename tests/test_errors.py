@@ -35,6 +35,10 @@ ALLOWED_OUTSIDE = {
     # raised by securechan itself; the fixture turns it into a skip or, in
     # CI, a failure.
     ("securechan.testing.postgres", "PostgresUnavailable"),
+    # The agent's JSON-RPC error answer (docs/AGENT.md, Errors): built and
+    # turned into an error frame inside the agent's server loop; what a
+    # client raises for one is a class of the tree (agent_client.raise_for).
+    ("securechan.agent.rpc", "RpcError"),
 }
 
 

@@ -2,43 +2,89 @@
 
 Exit codes (``docs/CLI.md``): 0 ok; 1 verification or policy failure; 2 usage,
 bad input or a local file problem; 3 relay or network failure; 4 untrusted or
-changed key. Expected errors print one line on stderr; never a traceback.
+changed key; 5 a rolled-back state. Expected errors print one line on
+stderr; never a traceback.
 
-The package: :mod:`securechan.cli.core` (the group class, global options, the
-one error-to-exit-code mapping ``_exit_code``, printing helpers) and one
-module per command group. The top-level group below names every command and
-its one-line help; a command's module is imported only when it runs, so
-``securechan --help`` loads neither the client nor the relay.
+:func:`main` first offers the command to a running agent
+(:mod:`securechan.cli.fast`: ``send``, ``receive``, ``history``, ``status``
+and ``--version``, in a process that loads neither click nor the
+cryptography); everything else, and everything when no agent runs, goes to
+the click group in :mod:`securechan.cli.app`, which imports a command's
+module only when it runs. This package itself is light: the names below are
+imported on first use (PEP 562).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import sys
 
-import click
+from securechan.lazy import lazy_attributes
 
-import securechan
-from securechan.cli.core import (
-    CARD_FILE,
-    EXIT_INTERNAL,
-    EXIT_NETWORK,
-    EXIT_OK,
-    EXIT_ROLLBACK,
-    EXIT_UNTRUSTED,
-    EXIT_USAGE,
-    EXIT_VERIFY,
-    _App,
-    _emit_json,
-    _exit_code,
-    _fail,
-    _Group,
-    _LazyGroup,
-    _read_text,
-    pass_app,
-)
+# Not `from typing import TYPE_CHECKING`: importing typing costs start-up
+# time on the fast path through the agent; mypy treats this name the same.
+TYPE_CHECKING = False
+
+if TYPE_CHECKING:
+    from securechan.cli.app import COMMANDS, cli
+    from securechan.cli.core import (
+        CARD_FILE,
+        EXIT_INTERNAL,
+        EXIT_NETWORK,
+        EXIT_OK,
+        EXIT_ROLLBACK,
+        EXIT_UNTRUSTED,
+        EXIT_USAGE,
+        EXIT_VERIFY,
+        _App,
+        _emit_json,
+        _exit_code,
+        _Group,
+        _read_text,
+        pass_app,
+    )
+
+_LAZY = {
+    "CARD_FILE": "securechan.cli.core",
+    "EXIT_INTERNAL": "securechan.cli.core",
+    "EXIT_NETWORK": "securechan.cli.core",
+    "EXIT_OK": "securechan.cli.core",
+    "EXIT_ROLLBACK": "securechan.cli.core",
+    "EXIT_UNTRUSTED": "securechan.cli.core",
+    "EXIT_USAGE": "securechan.cli.core",
+    "EXIT_VERIFY": "securechan.cli.core",
+    "_App": "securechan.cli.core",
+    "_Group": "securechan.cli.core",
+    "_emit_json": "securechan.cli.core",
+    "_exit_code": "securechan.cli.core",
+    "_read_text": "securechan.cli.core",
+    "pass_app": "securechan.cli.core",
+    "COMMANDS": "securechan.cli.app",
+    "cli": "securechan.cli.app",
+}
+__getattr__, __dir__ = lazy_attributes("securechan.cli", _LAZY, globals())
+
+
+def main() -> None:
+    """Console-script entry point: through the agent when one runs and the
+    command is one it serves, else the whole command line in this process."""
+    if sys.argv[1:] == ["--version"]:  # the lightest answer there is
+        from securechan import __version__
+
+        print(f"securechan, version {__version__}")  # as click's version_option
+        sys.exit(0)
+    from securechan.cli.fast import through_agent
+
+    code = through_agent(sys.argv[1:])
+    if code is not None:
+        sys.exit(code)
+    from securechan.cli.app import main as in_process
+
+    in_process()
+
 
 __all__ = [
     "CARD_FILE",
+    "COMMANDS",
     "EXIT_INTERNAL",
     "EXIT_NETWORK",
     "EXIT_OK",
@@ -55,94 +101,3 @@ __all__ = [
     "main",
     "pass_app",
 ]
-
-# name -> ("module:attribute", the first paragraph of the command's help).
-COMMANDS: dict[str, tuple[str, str]] = {
-    "contact": (
-        "securechan.cli.contact:contact",
-        "Pin, verify and list contacts (like SSH's known_hosts).",
-    ),
-    "demo": (
-        "securechan.cli.demo:demo",
-        "Play the back-channel on this machine, attacks included.",
-    ),
-    "history": (
-        "securechan.cli.messaging:history",
-        "Show the stored conversation (with CONTACT, or all).",
-    ),
-    "id": ("securechan.cli.identity:id_group", "Show or export your identity."),
-    "init": (
-        "securechan.cli.identity:init",
-        "Create your identity (hybrid ML-DSA-65 + Ed25519) in the home folder.",
-    ),
-    "log": (
-        "securechan.cli.log:log_group",
-        "Show and verify your local audit log (no passphrase needed).",
-    ),
-    "pair": (
-        "securechan.cli.pair:pair",
-        "Exchange and verify contacts by reading a one-time code aloud.",
-    ),
-    "policy": (
-        "securechan.cli.policy:policy",
-        "Which witnesses must cosign a relay's log (docs/AUDIT.md, Witnesses).",
-    ),
-    "receive": ("securechan.cli.messaging:receive", "Fetch, verify, store and print new messages."),
-    "register": (
-        "securechan.cli.messaging:register",
-        "Create your contact address at each relay and publish prekeys.",
-    ),
-    "relay": ("securechan.cli.relay:relay", "Run a mediator's relay."),
-    "send": (
-        "securechan.cli.messaging:send",
-        "Send MESSAGE (or '-' for stdin, or --file F) to CONTACT.",
-    ),
-    "sign": ("securechan.cli.documents:sign", "Write a detached signature of FILE to FILE.sig."),
-    "statement": (
-        "securechan.cli.statement:statement",
-        "Export one message as a statement a third party verifies offline.",
-    ),
-    "status": (
-        "securechan.cli.messaging:status",
-        "Relays, queues, sessions and envelopes waiting to be sent.",
-    ),
-    "verify": (
-        "securechan.cli.documents:verify",
-        "Check that FILE was signed by --from NAME (or --key PUBFILE).",
-    ),
-    "witness": (
-        "securechan.cli.witness:witness",
-        "Cosign a relay's transparency log as a witness (C2SP tlog-cosignature).",
-    ),
-}
-
-
-@click.group(
-    cls=_LazyGroup,
-    lazy_commands=COMMANDS,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-@click.version_option(securechan.__version__, prog_name="securechan")
-@click.option(
-    "--home",
-    type=click.Path(file_okay=False, path_type=Path),
-    envvar="SECURECHAN_HOME",
-    help="Home folder (default: $SECURECHAN_HOME, else the user data folder).",
-)
-@click.option(
-    "--passphrase-file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Read the passphrase from the first line of this file.",
-)
-@click.pass_context
-def cli(ctx: click.Context, home: Path | None, passphrase_file: Path | None) -> None:
-    """securechan: a signed, end-to-end encrypted back-channel."""
-    ctx.obj = _App(home, passphrase_file)
-
-
-def main() -> None:
-    """Console-script entry point."""
-    try:
-        cli.main(prog_name="securechan")
-    except KeyboardInterrupt:
-        _fail("interrupted", 130)

@@ -4,19 +4,21 @@ mapping, printing helpers. Every command module builds on this one."""
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import sqlite3
 import sys
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
 import securechan
+from securechan.cli.render import columns, json_text
+from securechan.cli.text_input import read_text
 from securechan.errors import (
+    AgentUnavailable,
     ContactExists,
     IdentityExists,
     MalformedInput,
@@ -34,6 +36,7 @@ from securechan.terminal_text import inline
 from securechan.timestamps import iso_utc
 
 if TYPE_CHECKING:  # typed, but not imported at start-up
+    from securechan.agent.homelock import HomeLock
     from securechan.client.channel import Channel, UnknownPolicy
 
 _T = TypeVar("_T")
@@ -55,7 +58,7 @@ _MAX_PASSPHRASE = 4096
 
 def _exit_code(exc: SecurechanError) -> int:
     """The one place that maps the error tree to exit codes."""
-    if isinstance(exc, RelayError):
+    if isinstance(exc, RelayError | AgentUnavailable):
         return EXIT_NETWORK
     if isinstance(exc, UntrustedKey):  # includes KeyChanged
         return EXIT_UNTRUSTED
@@ -77,15 +80,8 @@ def _exit_code(exc: SecurechanError) -> int:
     return EXIT_VERIFY
 
 
-def _columns(*, err: bool = False) -> int | None:
-    """The terminal's width when stdout (or stderr) is a terminal, which wraps
-    long lines; None for a pipe or a file, where lines are never cut."""
-    stream = sys.stderr if err else sys.stdout
-    try:
-        columns = os.get_terminal_size(stream.fileno()).columns if stream.isatty() else 0
-    except (OSError, ValueError):
-        return None
-    return columns or None
+# The terminal's width (stdout, or stderr with err=True), or None for a pipe.
+_columns = columns
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -192,22 +188,7 @@ class _LazyGroup(_Group):
             formatter.write_dl([(name, cmd.get_short_help_str(limit)) for name, cmd in rows])
 
 
-_MAX_TEXT = 1024 * 1024
-
-
-def _read_text(source: Path | BinaryIO, what: str) -> str:
-    """Read at most 1 MiB of UTF-8 text from a path or a binary file."""
-    if isinstance(source, Path):
-        with open(source, "rb") as f:
-            raw = f.read(_MAX_TEXT + 1)
-    else:
-        raw = source.read(_MAX_TEXT + 1)
-    if len(raw) > _MAX_TEXT:
-        raise MalformedInput(f"{what} is larger than 1 MiB")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise MalformedInput(f"{what} is not UTF-8 text") from None
+_read_text = read_text
 
 
 class _App:
@@ -216,6 +197,7 @@ class _App:
     def __init__(self, home: Path | None, passphrase_file: Path | None) -> None:
         self.home = home if home is not None else securechan.default_home()
         self.passphrase_file = passphrase_file
+        self.home_lock: HomeLock | None = None  # held while a command works in-process
 
     @property
     def keystore(self) -> securechan.Keystore:
@@ -260,10 +242,7 @@ class _App:
 
 
 def _emit_json(data: Any) -> None:
-    # The exact text, but printed as ASCII (json.dumps' default ensure_ascii):
-    # controls, bidi and every other non-ASCII character are \uXXXX escapes,
-    # so JSON on a terminal is as harmless as the rendered form.
-    click.echo(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=True))
+    click.echo(json_text(data))
 
 
 def _iso(ts: int | None) -> str | None:
@@ -300,9 +279,15 @@ pass_app = click.make_pass_decorator(_App)
 
 def _channel(app: _App, *, unknown: UnknownPolicy = "refuse") -> Channel:
     """The client, unlocked (imported here: only messaging commands pay for it)."""
+    from securechan.agent.homelock import HomeLock
     from securechan.cli.passphrase import unlock
     from securechan.client.channel import Channel
 
+    # One writer per home (docs/AGENT.md): while this command works
+    # in-process it holds the home's shared lock, so no agent starts under
+    # it; a running agent makes this fail (HomeInUse) before any prompt.
+    if app.home_lock is None and app.home.is_dir():
+        app.home_lock = HomeLock(app.home, exclusive=False)
     return unlock(app, lambda secret: Channel.open(app.home, secret, unknown_senders=unknown))
 
 

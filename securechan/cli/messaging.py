@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
+from securechan.cli import render
 from securechan.cli.completion import complete_contact
 from securechan.cli.core import (
     _PROGRESS_MIN,
@@ -17,16 +17,14 @@ from securechan.cli.core import (
     EXIT_VERIFY,
     _App,
     _channel,
-    _columns,
     _emit_json,
-    _iso,
     _json_option,
     _read_text,
     _run,
     pass_app,
 )
-from securechan.errors import Reason, RelayError, StorageError, UsageError
-from securechan.terminal_text import block, inline
+from securechan.errors import Reason, RelayError, UsageError
+from securechan.terminal_text import inline
 
 if TYPE_CHECKING:
     from securechan.client.channel import UnknownPolicy
@@ -127,7 +125,7 @@ def send(
             return await ch.send_text(contact_name, message or "")
 
     result = _run(go())
-    seqs = _seq_range(result.seqs)
+    seqs = render.seq_range(list(result.seqs))
     if result.pending and not result.delivered:
         # One line, exit 3: the message is safe in the outbox.
         raise RelayError(
@@ -137,83 +135,34 @@ def send(
     if as_json:
         _emit_json(result.to_json())
     else:
-        state = "sent" if result.pending == 0 else f"sent, {result.pending} envelopes still queued"
-        click.echo(f"Message {seqs} to {inline(result.contact)}: {state}", err=True)
-
-
-def _seq_range(seqs: tuple[int, ...]) -> str:
-    """'7', or '3-186' for the consecutive sequence numbers of a file."""
-    if not seqs:
-        return "?"
-    return str(seqs[0]) if len(seqs) == 1 else f"{seqs[0]}-{seqs[-1]}"
+        _echo(render.sent(result.to_json()))
 
 
 def _save_download(folder: Path, name: str, data: bytes) -> Path:
-    """Write a received file inside ``folder`` under a sanitised, new name."""
+    from securechan.client.downloads import save_download
 
-    from securechan.filenames import sanitize_filename
+    return save_download(folder, name, data)
 
-    folder.mkdir(parents=True, exist_ok=True)
-    clean = sanitize_filename(name)
-    stem, dot, ext = clean.rpartition(".")
-    if not dot:
-        stem, ext = clean, ""
-    for i in range(1000):
-        candidate = clean if i == 0 else f"{stem} ({i}){dot}{ext}"
-        path = folder / candidate
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        except FileExistsError:
-            continue
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        return path
-    raise StorageError(f"too many files named {clean} in {folder}")
+
+def _echo(lines: list[tuple[str, bool]]) -> None:
+    for line, to_stderr in lines:
+        click.echo(line, err=to_stderr)
 
 
 def _show(item: Any, as_json: bool, download: Path) -> None:
     from securechan.client.results import Rejected
 
     if isinstance(item, Rejected):
-        if as_json:
-            _emit_json(item.to_json())
-        elif item.reason == Reason.SPLIT_VIEW:
-            error = inline(item.error, width=_columns(err=True), indent=24)
-            click.echo(f"securechan: SPLIT VIEW: {error}", err=True)
-        elif item.reason == Reason.PEER_ROLLED_BACK:
-            error = inline(item.error, width=_columns(err=True), indent=30)
-            click.echo(f"securechan: PEER ROLLED BACK: {error}", err=True)
-        else:
-            # The error can name a stranger (UnknownSender) or quote a relay.
-            held = " (held: pin the sender, then run receive again)" if item.held else ""
-            head = f"securechan: refused an envelope: {inline(item.reason)}: "
-            error = inline(item.error + held, width=_columns(err=True), indent=len(head))
-            click.echo(head + error, err=True)
-        return
-    saved = None
-    if item.file_data is not None:
-        saved = _save_download(download, item.file_name or "file", item.file_data)
+        data = item.to_json()
+    else:
+        saved = None
+        if item.file_data is not None:
+            saved = _save_download(download, item.file_name or "file", item.file_data)
+        data = item.to_json(file=str(saved) if saved else None)
     if as_json:
-        _emit_json(item.to_json(file=str(saved) if saved else None))
-        return
-    for note in item.notes:
-        click.echo(
-            f"securechan: note: {inline(note, width=_columns(err=True), indent=18)}", err=True
-        )
-    mark = "verified" if item.verified else "UNVERIFIED"
-    who = inline(item.contact)
-    head = f"[{_iso(item.sent_at)}] {who} ({mark}) #{item.seq}"
-    if item.text is not None:
-        # The contact's text: controls visible, each further line marked.
-        click.echo(f"{head}: {block(item.text, width=_columns(), indent=len(head) + 2)}")
-    elif saved is not None:
-        # Where it was saved first; the sender's name for it last, so that
-        # name cannot pose as the place it was saved.
-        said = f"file saved as {saved} (the sender named it: {item.file_name or ''})"
-        click.echo(f"{head}: {inline(said, width=_columns(), indent=len(head) + 2)}")
-    elif item.receipt_matches is not None:
-        verdict = "matches our record" if item.receipt_matches else "DOES NOT MATCH our record"
-        click.echo(f"{who}: receipt {verdict}")
+        _emit_json(data)
+    else:
+        _echo(render.received(data))
 
 
 @click.command()
@@ -298,9 +247,7 @@ def history(app: _App, contact_name: str | None, as_json: bool) -> None:
         _emit_json([row.to_json() for row in rows])
         return
     for row in rows:
-        arrow = "->" if row.direction == "out" else "<-"
-        head = f"[{_iso(row.sent_at)}] {row.id} {arrow} {inline(row.contact)} #{row.seq}: "
-        click.echo(head + block(row.summary, width=_columns(), indent=len(head)))
+        _echo(render.history_row(row.to_json()))
 
 
 @click.command()
@@ -320,6 +267,4 @@ def status(app: _App, as_json: bool) -> None:
     if as_json:
         _emit_json(info)
         return
-    for k, v in info.items():
-        shown = ", ".join(map(str, v)) if isinstance(v, list) else str(v)
-        click.echo(f"{k + ':':<10} {inline(shown)}")
+    _echo(render.status(info))

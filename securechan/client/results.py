@@ -53,6 +53,7 @@ class Received:
         "type",
         "text",
         "file",
+        "file_name",
         "receipt_matches",
         "notes",
     )
@@ -70,6 +71,7 @@ class Received:
             "type": self.content_type.name.lower(),
             "text": self.text,
             "file": file,
+            "file_name": self.file_name,
             "receipt_matches": self.receipt_matches,
             "notes": list(self.notes),
         }

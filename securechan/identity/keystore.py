@@ -20,7 +20,6 @@ file from a newer format is :class:`UnsupportedVersion`.
 
 from __future__ import annotations
 
-import os
 import time
 import unicodedata
 from collections.abc import Callable
@@ -38,6 +37,7 @@ from securechan.errors import (
     UsageError,
     VerificationFailed,
 )
+from securechan.home import default_home
 from securechan.identity._files import atomic_write, ensure_private_dir, home_lock, read_bounded
 from securechan.identity.contacts import Contacts
 from securechan.identity.events import EventKind, EventSink, SecurityEvent, discard
@@ -104,16 +104,6 @@ class _SealedKey:
     salt: bytes
     fingerprint: Fingerprint
     sealed: bytes
-
-
-def default_home() -> Path:
-    """``$SECURECHAN_HOME``, else the platform's user data folder."""
-    env = os.environ.get("SECURECHAN_HOME")
-    if env:
-        return Path(env)
-    import platformdirs  # deferred: only needed when no home is given
-
-    return Path(platformdirs.user_data_dir("securechan", appauthor=False))
 
 
 def passphrase_bytes(passphrase: str | bytes) -> bytes:

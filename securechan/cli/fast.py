@@ -1,0 +1,282 @@
+"""The command line's fast path: a few commands sent to a running agent.
+
+``securechan send``, ``receive``, ``history`` and ``status`` (with the
+options listed in :func:`parse`) are served here without click,
+without the client and without the cryptography: the process parses its
+arguments, calls the agent over its socket (:mod:`securechan.client.agent_client`),
+and prints what the agent answered with the same renderer the in-process
+commands use (:mod:`securechan.cli.render`), so the output and the exit
+codes are the same either way (docs/AGENT.md, The thin command line).
+
+:func:`through_agent` returns ``None`` when it does not serve the command:
+no agent runs for the home, an option it does not know (``--help``,
+``receive --follow``...), or another command. ``main`` then runs the whole
+command line in-process, which refuses at once if an agent holds the home.
+
+A locked agent is unlocked here: the passphrase from ``--passphrase-file``,
+``$SECURECHAN_PASSPHRASE`` or the terminal (three tries), as the in-process
+commands ask for it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from securechan.cli import render
+from securechan.errors import (
+    AgentLocked,
+    AgentUnavailable,
+    BadPassphrase,
+    MalformedInput,
+    SecurechanError,
+    UsageError,
+)
+from securechan.terminal_text import inline
+
+# Not `from typing import TYPE_CHECKING`: importing typing costs start-up
+# time on the fast path through the agent; mypy treats this name the same.
+TYPE_CHECKING = False
+
+if TYPE_CHECKING:
+    from typing import Any
+
+__all__ = ["Parsed", "parse", "through_agent"]
+
+_EXIT_VERIFY, _EXIT_USAGE, _EXIT_NETWORK, _EXIT_ROLLBACK = 1, 2, 3, 5
+_TRIES = 3
+_MAX_PASSPHRASE = 4096
+
+
+class Parsed:
+    """A command line the fast path serves (a plain class: dataclasses cost
+    start-up time here)."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+        self.home: Path | None = None
+        self.passphrase_file: Path | None = None
+        self.args: list[str] = []
+        self.json = False
+        self.file: str | None = None
+        self.download: str | None = None
+
+
+_GLOBAL = {"--home": "home", "--passphrase-file": "passphrase_file"}
+# command -> (options taking a value, flags, how many positional arguments)
+_COMMANDS: dict[str, tuple[dict[str, str], set[str], tuple[int, int]]] = {
+    "send": ({"--file": "file"}, {"--json"}, (1, 2)),
+    "receive": ({"--download": "download"}, {"--json"}, (0, 0)),
+    "history": ({}, {"--json"}, (0, 1)),
+    "status": ({}, {"--json"}, (0, 0)),
+}
+
+
+def _option(arg: str, names: dict[str, str], rest: list[str]) -> tuple[str, str] | None:
+    """``--name value`` or ``--name=value`` for one of ``names``; None if not one."""
+    name, eq, value = arg.partition("=")
+    if name not in names:
+        return None
+    if not eq:
+        if not rest:
+            return None
+        value = rest.pop(0)
+    return names[name], value
+
+
+def parse(argv: list[str]) -> Parsed | None:
+    """The fast path's reading of ``argv``, or None when it is not one it serves."""
+    rest = list(argv)
+    found: dict[str, str] = {}
+    while rest and rest[0].startswith("-"):
+        got = _option(rest.pop(0), _GLOBAL, rest)
+        if got is None:
+            return None
+        found[got[0]] = got[1]
+    if not rest or rest[0] not in _COMMANDS:
+        return None
+    parsed = Parsed(command=rest.pop(0))
+    if "home" in found:
+        parsed.home = Path(found["home"])
+    if "passphrase_file" in found:
+        parsed.passphrase_file = Path(found["passphrase_file"])
+    options, flags, (low, high) = _COMMANDS[parsed.command]
+    while rest:
+        arg = rest.pop(0)
+        if arg in flags:
+            parsed.json = True
+        elif arg == "-" or not arg.startswith("-"):
+            parsed.args.append(arg)
+        else:
+            got = _option(arg, options, rest)
+            if got is None:
+                return None  # --help, --follow, --unknown ...: the whole CLI
+            setattr(parsed, got[0], got[1])
+    if not low <= len(parsed.args) <= high:
+        return None  # click's usage message, from the whole CLI
+    return parsed
+
+
+def through_agent(argv: list[str]) -> int | None:
+    """Serve ``argv`` through the home's agent; its exit code, or None."""
+    parsed = parse(argv)
+    if parsed is None:
+        return None
+    from securechan.client.agent_client import AgentClient
+    from securechan.home import default_home
+
+    home = parsed.home if parsed.home is not None else default_home()
+    try:
+        client = AgentClient(home)
+    except (AgentUnavailable, UsageError):
+        return None  # no agent: in-process
+    try:
+        with client:
+            return _serve(client, parsed)
+    except SecurechanError as e:
+        _say(f"securechan: {inline(str(e), width=render.columns(err=True), indent=12)}", True)
+        return _exit_code(e)
+    except KeyboardInterrupt:
+        _say("securechan: interrupted", True)
+        return 130
+
+
+def _exit_code(error: SecurechanError) -> int:
+    given = getattr(error, "exit_code", None)
+    if isinstance(given, int):
+        return given
+    if isinstance(error, AgentUnavailable):
+        return _EXIT_NETWORK
+    if isinstance(error, BadPassphrase):
+        return _EXIT_VERIFY
+    return _EXIT_USAGE  # AgentLocked, UsageError, MalformedInput
+
+
+def _say(line: str, to_stderr: bool) -> None:
+    print(line, file=sys.stderr if to_stderr else sys.stdout)
+
+
+def _print(lines: list[tuple[str, bool]]) -> None:
+    for line, to_stderr in lines:
+        _say(line, to_stderr)
+
+
+def _call(client: Any, parsed: Parsed, method: str, **params: Any) -> Any:
+    """Call ``method``; unlock a locked agent once and call it again."""
+    try:
+        return client.call(method, **params)
+    except AgentLocked:
+        _unlock(client, parsed)
+        return client.call(method, **params)
+
+
+def _unlock(client: Any, parsed: Parsed) -> None:
+    if parsed.passphrase_file is not None:
+        client.unlock(_passphrase_from_file(parsed.passphrase_file))
+        return
+    env = os.environ.get("SECURECHAN_PASSPHRASE")
+    if env:
+        client.unlock(env)
+        return
+    if not sys.stdin.isatty():
+        raise UsageError(
+            "the agent is locked and there is no passphrase: use --passphrase-file or "
+            "SECURECHAN_PASSPHRASE, run in a terminal, or 'securechan agent unlock'"
+        )
+    import getpass
+
+    for attempt in range(_TRIES):
+        try:
+            client.unlock(getpass.getpass("Passphrase (the agent is locked): ", sys.stderr))
+            return
+        except BadPassphrase:
+            if attempt == _TRIES - 1:
+                raise
+            _say("securechan: wrong passphrase, try again", True)
+
+
+def _passphrase_from_file(path: Path) -> str:
+    try:
+        with open(path, "rb") as f:
+            raw = f.readline(_MAX_PASSPHRASE + 1)
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror}") from None
+    try:
+        line = raw.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise MalformedInput(f"{path} is not UTF-8 text") from None
+    if not line or len(line.encode()) > _MAX_PASSPHRASE:
+        raise MalformedInput(f"{path}: the first line is empty or over 4096 bytes")
+    return line
+
+
+def _serve(client: Any, parsed: Parsed) -> int:
+    if parsed.command == "send":
+        return _send(client, parsed)
+    if parsed.command == "receive":
+        folder = os.path.abspath(parsed.download or ".")
+        items = _call(client, parsed, "receive", download=folder)["items"]
+        code = 0
+        for item in items:
+            _print([(render.json_text(item), False)] if parsed.json else render.received(item))
+            if item.get("rejected") == "split-view":
+                code = _EXIT_VERIFY
+            elif item.get("rejected") == "peer-rolled-back" and code == 0:
+                code = _EXIT_ROLLBACK
+        return code
+    if parsed.command == "history":
+        contact = parsed.args[0] if parsed.args else None
+        rows = _call(client, parsed, "history", contact=contact)["items"]
+        if parsed.json:
+            _say(render.json_text(rows), False)
+        else:
+            for row in rows:
+                _print(render.history_row(row))
+        return 0
+    info = _call(client, parsed, "status", flush=True)
+    if info["channel"] is None:  # locked since: unlock and ask again
+        _unlock(client, parsed)
+        info = client.call("status", flush=True)
+    _print(
+        [(render.json_text(info["channel"]), False)]
+        if parsed.json
+        else render.status(info["channel"])
+    )
+    return 0
+
+
+def _send(client: Any, parsed: Parsed) -> int:
+    from securechan.cli.text_input import read_text
+
+    contact = parsed.args[0]
+    message = parsed.args[1] if len(parsed.args) > 1 else None
+    if (message is None) == (parsed.file is None):
+        raise UsageError("give a MESSAGE ('-' reads stdin) or --file F")
+    params: dict[str, Any] = {"contact": contact}
+    if parsed.file is not None:
+        if not os.path.isfile(parsed.file):
+            raise UsageError(f"Invalid value for '--file': File '{parsed.file}' does not exist.")
+        params["file"] = os.path.abspath(parsed.file)
+    else:
+        params["text"] = (
+            read_text(sys.stdin.buffer, "standard input") if message == "-" else message
+        )
+    result = _call(client, parsed, "send", **params)
+    if not result.pop("verified", True):
+        shown = inline(contact)
+        _say(
+            f"securechan: warning: {shown} is not verified; compare safety numbers "
+            f"('securechan contact show {shown}')",
+            True,
+        )
+    if result["pending"] and not result["delivered"]:
+        seqs = render.seq_range(result["seqs"])
+        _say(
+            f"securechan: no relay accepted message {seqs} to {inline(result['contact'])} yet; "
+            "it is queued and will be posted by the next send, receive or status",
+            True,
+        )
+        return _EXIT_NETWORK
+    _print([(render.json_text(result), False)] if parsed.json else render.sent(result))
+    return 0

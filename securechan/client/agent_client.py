@@ -1,0 +1,264 @@
+"""Talking to a running ``securechan agent`` (docs/AGENT.md, Library).
+
+:class:`AgentClient` (blocking, standard library only: what the thin CLI
+uses, so a command through the agent imports no cryptography and no aiohttp)
+and :class:`AsyncAgentClient` (asyncio) call the agent's JSON-RPC methods
+and return their results: the same JSON objects ``--json`` prints and
+``Channel``'s result types' ``to_json()`` give. An error answer is raised
+as the securechan error of its reason (``data.reason``; a class whose
+constructor takes more than a message is raised as its nearest base that
+takes one), :class:`AgentLocked` for a locked agent, and
+:class:`AgentUnavailable` when no agent answers or it breaks the protocol.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import socket
+from pathlib import Path
+
+from securechan import errors
+from securechan.errors import AgentLocked, AgentUnavailable, MalformedInput, SecurechanError
+from securechan.strict_json import loads
+
+# Not `from typing import TYPE_CHECKING`: importing typing costs start-up
+# time on the fast path through the agent; mypy treats this name the same.
+TYPE_CHECKING = False
+
+if TYPE_CHECKING:
+    import asyncio
+    from collections.abc import Iterator
+    from typing import Any
+
+__all__ = ["MAX_ANSWER", "AgentClient", "AsyncAgentClient", "raise_for"]
+
+MAX_ANSWER = 64 * 1024 * 1024
+_LOCKED = -32001
+_SECURECHAN = -32000
+
+
+def _error_class(reason: str) -> type[SecurechanError]:
+    for value in vars(errors).values():
+        if (
+            isinstance(value, type)
+            and issubclass(value, SecurechanError)
+            and str(value.code) == reason
+        ):
+            cls: type[SecurechanError] = value
+            while "__init__" in vars(cls) and cls is not SecurechanError:
+                cls = cls.__mro__[1]
+            return cls
+    return SecurechanError
+
+
+def raise_for(error: dict[str, Any]) -> None:
+    """Raise the securechan error an error object stands for."""
+    code, message = error.get("code"), str(error.get("message", "agent error"))
+    data = error.get("data") if isinstance(error.get("data"), dict) else {}
+    if code == _LOCKED:
+        raise AgentLocked(message)
+    if code == _SECURECHAN and isinstance(data, dict) and isinstance(data.get("reason"), str):
+        raised = _error_class(data["reason"])(message)
+        # The CLI's exit code for it, as the agent computed it (docs/AGENT.md).
+        exit_code = data.get("exit")
+        raised.exit_code = exit_code if isinstance(exit_code, int) else None  # type: ignore[attr-defined]
+        raise raised
+    raise AgentUnavailable(f"the agent answered an error: {message} ({code})")
+
+
+def _default_path(home: Path | None) -> Path:
+    from securechan.client.agent_paths import socket_path
+
+    if home is None:
+        from securechan.home import default_home
+
+        home = default_home()
+    return socket_path(home)
+
+
+def _decode(line: bytes) -> dict[str, Any]:
+    try:
+        obj = loads(line, max_size=MAX_ANSWER, what="the agent's answer")
+    except MalformedInput as e:
+        raise AgentUnavailable(str(e)) from None
+    if not isinstance(obj, dict) or obj.get("jsonrpc") != "2.0":
+        raise AgentUnavailable("the agent sent something that is not JSON-RPC 2.0")
+    return obj
+
+
+def _answer(
+    obj: dict[str, Any], request_id: int, notifications: list[tuple[str, dict[str, Any]]]
+) -> tuple[bool, Any]:
+    """One line read while waiting for the answer to ``request_id``: a
+    notification is queued (``(False, None)``), the answer returned as
+    ``(True, result)`` or raised."""
+    if "method" in obj:
+        notifications.append((str(obj["method"]), dict(obj.get("params") or {})))
+        return False, None
+    if obj.get("id") != request_id:
+        raise AgentUnavailable("the agent answered another request")
+    if "error" in obj:
+        raise_for(obj["error"] if isinstance(obj["error"], dict) else {})
+    return True, obj.get("result")
+
+
+def _frame(method: str, params: dict[str, Any], request_id: int) -> bytes:
+    body = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
+    return json.dumps(body, separators=(",", ":")).encode() + b"\n"
+
+
+class AgentClient:
+    """A blocking connection to the agent of ``home`` (or the socket ``path``)."""
+
+    def __init__(
+        self, home: Path | None = None, *, path: Path | None = None, timeout: float | None = None
+    ) -> None:
+        self.path = path if path is not None else _default_path(home)
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.settimeout(timeout)
+        try:
+            self._sock.connect(os.fspath(self.path))
+        except OSError as e:
+            self._sock.close()
+            raise AgentUnavailable(f"no agent at {self.path}: {e.strerror or e}") from None
+        self._file = self._sock.makefile("rb")
+        self._ids = itertools.count(1)
+        self.notifications: list[tuple[str, dict[str, Any]]] = []
+
+    def __enter__(self) -> AgentClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._file.close()
+        self._sock.close()
+
+    def _line(self) -> dict[str, Any]:
+        try:
+            line = self._file.readline(MAX_ANSWER + 1)
+        except OSError as e:
+            raise AgentUnavailable(f"the agent connection failed: {e}") from None
+        if not line.endswith(b"\n"):
+            raise AgentUnavailable("the agent closed the connection")
+        return _decode(line)
+
+    def call(self, method: str, **params: Any) -> Any:
+        """Call ``method``; return its result or raise (see the module)."""
+        request_id = next(self._ids)
+        try:
+            self._sock.sendall(_frame(method, params, request_id))
+        except OSError as e:
+            raise AgentUnavailable(f"the agent connection failed: {e}") from None
+        while True:
+            answered, result = _answer(self._line(), request_id, self.notifications)
+            if answered:
+                return result
+
+    def subscribe(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """``subscribeReceive``, then every notification as (method, params)."""
+        self.call("subscribeReceive")
+        while True:
+            while self.notifications:
+                yield self.notifications.pop(0)
+            obj = self._line()
+            if "method" in obj:
+                yield str(obj["method"]), dict(obj.get("params") or {})
+
+    # The methods of docs/AGENT.md, named as the library's Channel names them.
+    def status(self) -> Any:
+        return self.call("status")
+
+    def unlock(self, passphrase: str) -> Any:
+        return self.call("unlock", passphrase=passphrase)
+
+    def lock(self) -> Any:
+        return self.call("lock")
+
+    def stop(self) -> Any:
+        return self.call("stop")
+
+    def send_text(self, contact: str, text: str) -> Any:
+        return self.call("send", contact=contact, text=text)
+
+    def send_file(self, contact: str, path: Path) -> Any:
+        return self.call("send", contact=contact, file=os.path.abspath(path))
+
+    def receive(self, download: Path | None = None) -> list[dict[str, Any]]:
+        folder = os.path.abspath(download) if download is not None else None
+        items: list[dict[str, Any]] = self.call("receive", download=folder)["items"]
+        return items
+
+    def history(self, contact: str | None = None) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self.call("history", contact=contact)["items"]
+        return items
+
+    def statement_export(self, message_id: str, output: Path) -> Any:
+        return self.call("statementExport", message_id=message_id, output=os.path.abspath(output))
+
+
+class AsyncAgentClient:
+    """The asyncio twin of :class:`AgentClient`: ``await AsyncAgentClient.connect(home)``."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._ids = itertools.count(1)
+        self.notifications: list[tuple[str, dict[str, Any]]] = []
+
+    @classmethod
+    async def connect(
+        cls, home: Path | None = None, *, path: Path | None = None
+    ) -> AsyncAgentClient:
+        import asyncio
+
+        where = path if path is not None else _default_path(home)
+        try:
+            reader, writer = await asyncio.open_unix_connection(os.fspath(where), limit=MAX_ANSWER)
+        except OSError as e:
+            raise AgentUnavailable(f"no agent at {where}: {e.strerror or e}") from None
+        return cls(reader, writer)
+
+    async def __aenter__(self) -> AsyncAgentClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        self._writer.close()
+        with contextlib.suppress(ConnectionError, OSError):
+            await self._writer.wait_closed()
+
+    async def _line(self) -> dict[str, Any]:
+        try:
+            line = await self._reader.readline()
+        except (OSError, ValueError) as e:
+            raise AgentUnavailable(f"the agent connection failed: {e}") from None
+        if not line.endswith(b"\n"):
+            raise AgentUnavailable("the agent closed the connection")
+        return _decode(line)
+
+    async def call(self, method: str, **params: Any) -> Any:
+        request_id = next(self._ids)
+        self._writer.write(_frame(method, params, request_id))
+        try:
+            await self._writer.drain()
+        except (ConnectionError, OSError) as e:
+            raise AgentUnavailable(f"the agent connection failed: {e}") from None
+        while True:
+            answered, result = _answer(await self._line(), request_id, self.notifications)
+            if answered:
+                return result
+
+    async def next_notification(self) -> tuple[str, dict[str, Any]]:
+        """The next notification (after ``await call("subscribeReceive")``)."""
+        while not self.notifications:
+            obj = await self._line()
+            if "method" in obj:
+                return str(obj["method"]), dict(obj.get("params") or {})
+        return self.notifications.pop(0)
