@@ -338,7 +338,7 @@ def test_secured_and_deleted_queues_are_seen_by_the_other_instance(postgres_url:
 
 
 def test_a_send_through_one_instance_wakes_the_other(postgres_url: str) -> None:
-    from securechan.relay.pg_pool import queue_tag
+    from securechan.relay.wake import queue_tag
 
     q, other = make_queue("woken"), make_queue("other")
 
@@ -379,7 +379,7 @@ def test_a_send_through_one_instance_wakes_the_other(postgres_url: str) -> None:
 def test_wake_payload_carries_no_id_or_content(postgres_url: str) -> None:
     import psycopg
 
-    from securechan.relay.pg_pool import WAKE_CHANNEL
+    from securechan.relay.wake import WAKE_CHANNEL
 
     q = make_queue("payload")
 

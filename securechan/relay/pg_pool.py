@@ -21,7 +21,7 @@ Each step runs in one transaction that first takes a transaction-level
 advisory lock, so relay processes starting together migrate once; a
 database at a newer version than this code knows is refused.
 
-**Wake-ups** (:class:`WakeListener`): a send commits ``NOTIFY
+**Wake-ups** (:class:`WakeListener`, :mod:`securechan.relay.wake`): a send commits ``NOTIFY
 securechan_envelope, '<tag> <seq> <origin>'`` in its own transaction, so
 the notification is delivered if and only if the envelope is committed.
 ``tag`` is :func:`queue_tag` (a hash of the queue id: the payload never
@@ -45,21 +45,17 @@ import psycopg
 from psycopg import AsyncConnection, conninfo, errors
 
 from securechan.errors import StorageError
-from securechan.primitives import sha256
+from securechan.relay.wake import WAKE_CHANNEL, parse_wake
 from securechan.sqlite_schema import SCHEMA_ROOT
 
 __all__ = [
     "RETRIES",
     "SCHEMA_LOCK",
     "SENDER_LOCK_CLASS",
-    "WAKE_CHANNEL",
     "PgSchema",
     "Pool",
     "WakeListener",
-    "format_wake",
     "one",
-    "parse_wake",
-    "queue_tag",
     "redact_dsn",
 ]
 
@@ -73,8 +69,6 @@ SCHEMA_LOCK: Final = (0x5EC0, 1)
 """Advisory lock (two-int form: class, object) held while a schema step runs."""
 SENDER_LOCK_CLASS: Final = 0x5EC1
 """Advisory lock class of the sender byte quota (object: a hash of the key)."""
-WAKE_CHANNEL: Final = "securechan_envelope"
-_TAG_CONTEXT: Final = b"securechan/v1/relay-wake-tag"
 
 
 def redact_dsn(dsn: str) -> str:
@@ -95,23 +89,6 @@ def _why(exc: BaseException) -> str:
     """A database error's first line (psycopg's messages carry no password)."""
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
-
-
-def queue_tag(rid: bytes) -> str:
-    """The name of queue ``rid`` in wake-ups: 16 bytes of a hash, in hex."""
-    return sha256(_TAG_CONTEXT + rid)[:16].hex()
-
-
-def format_wake(rid: bytes, seq: int, origin: str) -> str:
-    return f"{queue_tag(rid)} {seq} {origin}"
-
-
-def parse_wake(payload: str) -> tuple[str, int, str] | None:
-    """``(tag, seq, origin)`` of a wake-up payload; ``None`` if malformed."""
-    parts = payload.split(" ")
-    if len(parts) != 3 or len(parts[0]) != 32 or not parts[1].isdigit():
-        return None
-    return parts[0], int(parts[1]), parts[2]
 
 
 async def one(conn: Conn, sql: str, args: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:

@@ -53,12 +53,10 @@ from typing import Any, Final, Self, TypeVar
 
 from securechan.relay.pg_pool import (
     SENDER_LOCK_CLASS,
-    WAKE_CHANNEL,
     Conn,
     PgSchema,
     Pool,
     WakeListener,
-    format_wake,
     one,
     redact_dsn,
 )
@@ -77,6 +75,7 @@ from securechan.relay.storage import (
     QuotaExceeded,
     StorageClosed,
 )
+from securechan.relay.wake import WAKE_CHANNEL, format_wake
 
 __all__ = ["SCHEMA", "PgStorage", "is_postgres_url"]
 
@@ -162,7 +161,7 @@ class PgStorage(PgPrekeys):
     write_jobs = commits
 
     def on_wake(self, callback: Callable[[str, int], None]) -> None:
-        """Call ``callback(queue_tag, seq)`` (:func:`~securechan.relay.pg_pool.queue_tag`)
+        """Call ``callback(queue_tag, seq)`` (:func:`~securechan.relay.wake.queue_tag`)
         whenever another instance commits a new envelope (not a duplicate)."""
         self._wakes.append(callback)
 
