@@ -22,6 +22,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -430,3 +431,116 @@ def test_an_unreachable_server_is_a_storage_error_without_the_password() -> None
     assert "hunter2" not in str(info.value)
     assert "postgresql://relay@127.0.0.1:1/relaydb" in str(info.value)
     assert redact_dsn("host=h port=5 user=u password=pw dbname=d") == "postgresql://u@h:5/d"
+
+
+_BURST = textwrap.dedent(
+    """
+    import asyncio, sys
+    from securechan.errors import StorageError
+    from securechan.relay.pg_store import PgStorage
+    from tests.relay_conformance import NOW, make_queue, msg_id
+
+    async def main(url):
+        s = await PgStorage.open(url, pool_size=8, listen=False)
+        q = make_queue("crash")
+        counter = iter(range(10**6))
+        failing = False
+
+        async def sender():
+            nonlocal failing
+            while not failing:
+                i = next(counter)
+                try:
+                    r = await s.put_envelope(q.rid, msg_id(i), b"%d" % i, now=NOW, max_depth=10**6)
+                except StorageError:
+                    failing = True
+                    return
+                print("ok", r.seq, i, flush=True)  # acknowledged
+
+        await asyncio.gather(*(sender() for _ in range(16)))
+        print("down", flush=True)
+
+    asyncio.run(main(sys.argv[1]))
+    """
+)
+
+
+def _pg_ctl(folder: Path, *args: str) -> None:
+    """Debian's pg_ctl on the throwaway cluster in ``folder``, as its owner."""
+    import pwd
+
+    from securechan.testing.postgres import find_bindir
+
+    bindir = find_bindir()
+    assert bindir is not None
+    owner = pwd.getpwnam("postgres") if os.geteuid() == 0 else None
+    subprocess.run(
+        [str(bindir / "pg_ctl"), "-D", str(folder / "data"), *args],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        user=owner.pw_uid if owner else None,
+        group=owner.pw_gid if owner else None,
+        extra_groups=[] if owner else None,
+        cwd=folder,
+    )
+
+
+def test_a_crash_of_postgresql_mid_burst_loses_no_acknowledged_send(
+    postgres_server: Any, tmp_path: Path
+) -> None:
+    # Its own server: this one is crashed. `pg_ctl stop -m immediate` is
+    # PostgreSQL's crash (every server process quits at once, no checkpoint;
+    # the restart replays the WAL), 16 sends in flight at that moment.
+    from securechan.relay.pg_store import PgStorage
+    from securechan.testing.postgres import running_postgres
+
+    q = make_queue("crash")
+    with running_postgres() as server:
+        url = server.create_database("crash")
+
+        async def setup() -> None:
+            s = await PgStorage.open(url, listen=False)
+            await s.create_queue(q)
+            await s.close()
+
+        asyncio.run(setup())
+        out = tmp_path / "burst.out"
+        with out.open("wb") as f:
+            worker = subprocess.Popen(
+                [sys.executable, "-c", _BURST, url],
+                stdout=f,
+                stderr=subprocess.PIPE,
+                env={**os.environ, "PYTHONPATH": str(REPO)},
+                cwd=REPO,
+            )
+        deadline = time.monotonic() + 60
+        while out.read_text().count("ok ") < 200:
+            assert worker.poll() is None, worker.stderr.read() if worker.stderr else ""
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        _pg_ctl(server.folder, "-m", "immediate", "-w", "stop")
+        _, err = worker.communicate(timeout=60)
+        assert worker.returncode == 0, err.decode()
+        lines = out.read_text().split("\n")
+        assert "down" in lines
+        acked = {int(i): int(seq) for _, seq, i in (x.split() for x in lines if x.startswith("ok"))}
+        _pg_ctl(server.folder, "-l", str(server.folder / "log"), "-w", "start")
+
+        async def check() -> None:
+            s = await PgStorage.open(url, listen=False)
+            held = []
+            after = 0
+            while batch := await s.fetch(q.rid, after=after, limit=1000):
+                held += batch
+                after = batch[-1].seq
+            stored = {int(e.data): e.seq for e in held}
+            # Every acknowledged send is there, at the seq it was given.
+            assert {i: stored.get(i) for i in acked} == acked
+            assert len({e.seq for e in held}) == len(held)
+            # No seq is handed out again after the crash.
+            r = await s.put_envelope(q.rid, msg_id(10**7), b"after", now=NOW, max_depth=DEPTH)
+            assert r.seq == max(e.seq for e in held) + 1
+            await s.close()
+
+        asyncio.run(check())
