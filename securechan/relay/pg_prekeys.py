@@ -23,7 +23,7 @@ T = TypeVar("T")
 class PgPrekeys:
     """Sealed prekey blobs by queue (a base of :class:`PgStorage`)."""
 
-    async def _run(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
+    async def _run(self, fn: Callable[[Conn], Awaitable[T]], *, transaction: bool = True) -> T:
         raise NotImplementedError  # PgStorage runs it in a transaction
 
     # --- prekeys --------------------------------------------------------------------
@@ -100,4 +100,4 @@ class PgPrekeys:
             row = await one(conn, "SELECT count(*) FROM one_time_prekeys WHERE rid = %s", args)
             return 0 if row is None else int(row[0])
 
-        return await self._run(job)
+        return await self._run(job, transaction=False)

@@ -15,7 +15,9 @@ seen by all. What must not race is serialised by row locks:
   the queue's ``next_seq``, depth and bytes and looks for its ``msg_id``,
   and inserts under that lock: two processes sending to one queue take
   distinct, consecutive sequence numbers, a resend is stored once, and the
-  depth and queue byte quota hold exactly;
+  depth and queue byte quota hold exactly. The whole send is one call of
+  the schema's ``securechan_put_envelope`` function: one round trip, its
+  own transaction;
 * the sender byte quota (all queues secured with one key) takes a
   transaction advisory lock on the key when it is checked;
 * acks and expiry lock the queue rows before deleting (in ``rid`` order,
@@ -31,8 +33,9 @@ returns once PostgreSQL has flushed its commit, so a 2xx survives a
 SIGKILL of the relay or of PostgreSQL (concurrent commits share a flush,
 PostgreSQL's own group commit).
 
-**Wake-ups.** A send's transaction also sends ``NOTIFY`` (delivered at its
-commit); :meth:`PgStorage.on_wake` registers who is told when another
+**Wake-ups.** Once a send committed, a ``NOTIFY`` announces it (batched,
+after the commit: :class:`~securechan.relay.pg_pool.WakeSender` says why);
+:meth:`PgStorage.on_wake` registers who is told when another
 instance stored an envelope: the relay's push (WebSocket) delivery, so a
 receiver connected to process A hears of a send taken by process B.
 
@@ -51,12 +54,15 @@ import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, Self, TypeVar
 
+import psycopg
+
+from securechan.errors import StorageError
 from securechan.relay.pg_pool import (
-    SENDER_LOCK_CLASS,
     Conn,
     PgSchema,
     Pool,
     WakeListener,
+    WakeSender,
     one,
     redact_dsn,
 )
@@ -75,7 +81,7 @@ from securechan.relay.storage import (
     QuotaExceeded,
     StorageClosed,
 )
-from securechan.relay.wake import WAKE_CHANNEL, format_wake
+from securechan.relay.wake import format_wake
 
 __all__ = ["SCHEMA", "PgStorage", "is_postgres_url"]
 
@@ -84,7 +90,7 @@ T = TypeVar("T")
 SCHEMA: Final = PgSchema("relay_pg", title="securechan relay")
 _COLUMNS = "rid, sid, recipient_key, sender_key, contact, created"
 _ENVELOPE = "seq, msg_id, data, received"
-_FULL: Final = object()
+_PUT = "SELECT status, seq FROM securechan_put_envelope(" + ", ".join(["%s"] * 12) + ")"  # noqa: S608
 
 
 def is_postgres_url(value: str) -> bool:
@@ -124,6 +130,7 @@ class PgStorage(PgPrekeys):
         self._dsn = dsn
         self.where = redact_dsn(dsn)
         self._pool = Pool(dsn, size=pool_size)
+        self._wakes_out = WakeSender(self._pool)
         self.origin = secrets.token_hex(8)
         self._nonces = Nonces()
         self._next_purge = -(2**63)
@@ -174,12 +181,12 @@ class PgStorage(PgPrekeys):
         for callback in self._wakes:
             callback(tag, seq)
 
-    async def _run(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
+    async def _run(self, fn: Callable[[Conn], Awaitable[T]], *, transaction: bool = True) -> T:
         if self._closed or self._close_started:
             raise StorageClosed("the relay storage is closed")
         self._busy += 1
         try:
-            return await self._pool.run(fn)
+            return await self._pool.run(fn, transaction=transaction)
         finally:
             self._busy -= 1
 
@@ -192,6 +199,7 @@ class PgStorage(PgPrekeys):
         if self._closed:
             return
         self._closed = True
+        await self._wakes_out.close()
         if self._listener is not None:
             await self._listener.close()
         await self._pool.close()
@@ -216,7 +224,7 @@ class PgStorage(PgPrekeys):
             sql += " ON CONFLICT DO NOTHING"
             return (await conn.execute(sql, row)).rowcount == 1
 
-        if not await self._run(job):
+        if not await self._run(job, transaction=False):
             raise ValueError("a queue with this rid or sid exists")
 
     async def _queue_by(self, column: str, value: bytes) -> QueueRecord | None:
@@ -226,7 +234,7 @@ class PgStorage(PgPrekeys):
             row = await one(conn, sql, (value,))
             return None if row is None else _queue(row)
 
-        return await self._run(job)
+        return await self._run(job, transaction=False)
 
     async def queue_by_rid(self, rid: bytes) -> QueueRecord | None:
         """The queue with receive id ``rid``, or ``None``."""
@@ -244,7 +252,7 @@ class PgStorage(PgPrekeys):
             sql = "UPDATE queues SET sender_key = %s WHERE rid = %s"
             return (await conn.execute(sql, args)).rowcount
 
-        if await self._run(job) != 1:
+        if await self._run(job, transaction=False) != 1:
             raise ValueError("no such queue")
 
     async def delete_queue(self, rid: bytes) -> None:
@@ -254,7 +262,7 @@ class PgStorage(PgPrekeys):
         async def job(conn: Conn) -> None:
             await conn.execute("DELETE FROM queues WHERE rid = %s", args)  # cascades
 
-        await self._run(job)
+        await self._run(job, transaction=False)
 
     # --- envelopes ------------------------------------------------------------------
 
@@ -270,7 +278,8 @@ class PgStorage(PgPrekeys):
         quota: Quota | None = None,
     ) -> PutResult:
         """Append durably, idempotent on ``msg_id`` while held (see
-        :meth:`RelayStorage.put_envelope`), under the queue row's lock."""
+        :meth:`RelayStorage.put_envelope`), under the queue row's lock: one
+        call of ``securechan_put_envelope`` (``schema/relay_pg/v1.sql``)."""
         check_id(rid, "rid")
         check_id(msg_id, "msg_id")
         check_bytes(data, "data", max_size=MAX_ENVELOPE_BYTES)
@@ -284,47 +293,38 @@ class PgStorage(PgPrekeys):
         if request is not None:
             await self._purge_nonces(request[3])
 
-        async def job(conn: Conn) -> PutResult | object:
-            if request is not None and not await _record_nonce(conn, *request):
-                raise NonceReused("this request nonce was already used")
-            row = await one(
-                conn,
-                "SELECT next_seq, depth, bytes, sender_key FROM queues WHERE rid = %s FOR UPDATE",
-                (rid,),
-            )
-            if row is None:
-                raise ValueError("no such queue")
-            seq, depth, queue_bytes, sender_key = row
-            # A new statement, so a new snapshot: it sees what the last
-            # holder of the queue's lock committed.
-            held = await one(
-                conn, "SELECT seq FROM envelopes WHERE rid = %s AND msg_id = %s", (rid, msg_id)
-            )
-            if held is not None:  # checked before fullness: a resend is never refused
-                return PutResult(seq=int(held[0]), duplicate=True)
-            if depth >= max_depth:
-                return _FULL  # not raised: the nonce stays recorded
-            if quota is not None:
-                over = await _over_quota(conn, quota, len(data), queue_bytes, sender_key)
-                if over is not None:
-                    return over  # not raised either
-            # The envelope_added trigger moves next_seq on and counts the depth.
-            await conn.execute(
-                "WITH ins AS (INSERT INTO envelopes (rid, seq, msg_id, data, received)"
-                " VALUES (%s, %s, %s, %s, %s) RETURNING seq)"
-                " SELECT pg_notify(%s, %s) FROM ins",
-                (rid, seq, msg_id, data, now, WAKE_CHANNEL, format_wake(rid, seq, self.origin)),
-            )
-            return PutResult(seq=int(seq), duplicate=False)
+        limits = quota or Quota()
+        args = (
+            *(rid, msg_id, data, now, max_depth),
+            *(request[:3] if request else (None, None, None)),
+            request[3] if request else None,
+            *(limits.queue_bytes, limits.sender_bytes, limits.storage_bytes),
+        )
 
-        result = await self._run(job)
-        if result is _FULL:
+        async def job(conn: Conn) -> tuple[str, int | None]:
+            try:
+                row = await one(conn, _PUT, args)
+            except psycopg.Error as e:
+                if e.sqlstate == "SC404":
+                    raise ValueError("no such queue") from None
+                raise
+            if row is None:  # a function call always answers one row
+                raise StorageError("PostgreSQL: securechan_put_envelope answered nothing")
+            return str(row[0]), None if row[1] is None else int(row[1])
+
+        # One statement: its own transaction, one round trip.
+        status, seq = await self._run(job, transaction=False)
+        if status in ("stored", "duplicate") and seq is not None:
+            if status == "stored":
+                self._wakes_out.add(format_wake(rid, seq, self.origin))
+            return PutResult(seq=seq, duplicate=status == "duplicate")
+        if status == "nonce_reused":
+            raise NonceReused("this request nonce was already used")
+        if status == "full":
             raise QueueFull("the queue is full")
-        if isinstance(result, QuotaExceeded):
-            raise result
-        if not isinstance(result, PutResult):
-            raise TypeError("put_envelope: unexpected job result")  # unreachable
-        return result
+        if status in ("queue", "sender", "storage"):
+            raise QuotaExceeded(status)
+        raise StorageError(f"PostgreSQL: unexpected send status {status!r}")
 
     async def fetch(
         self, rid: bytes, *, after: int, limit: int, max_bytes: int | None = None
@@ -358,7 +358,7 @@ class PgStorage(PgPrekeys):
             cur = await conn.execute(sql, params, binary=True)
             return [_envelope(r) for r in await cur.fetchall()]
 
-        return await self._run(job)
+        return await self._run(job, transaction=False)
 
     async def ack(self, rid: bytes, *, up_to: int) -> int:
         """Delete envelopes with ``seq <= up_to``; return how many."""
@@ -379,7 +379,7 @@ class PgStorage(PgPrekeys):
             row = await one(conn, "SELECT depth FROM queues WHERE rid = %s", args)
             return 0 if row is None else int(row[0])
 
-        return await self._run(job)
+        return await self._run(job, transaction=False)
 
     async def expire(self, *, older_than: int) -> int:
         """Delete envelopes received before ``older_than``; return how many."""
@@ -427,7 +427,7 @@ class PgStorage(PgPrekeys):
                 for r in await cur.fetchall()
             ]
 
-        return await self._run(job)
+        return await self._run(job, transaction=False)
 
     # --- nonces ---------------------------------------------------------------------
 
@@ -440,7 +440,7 @@ class PgStorage(PgPrekeys):
         async def job(conn: Conn) -> bool:
             return await _record_nonce(conn, *args)
 
-        return await self._run(job)
+        return await self._run(job, transaction=False)
 
     async def _purge_nonces(self, now: int) -> None:
         """Expired nonces go, at most once a second per instance, in a
@@ -452,7 +452,7 @@ class PgStorage(PgPrekeys):
         async def job(conn: Conn) -> None:
             await conn.execute("DELETE FROM nonces WHERE expires < %s", (now,))
 
-        await self._run(job)
+        await self._run(job, transaction=False)
 
 
 async def _record_nonce(conn: Conn, key: bytes, nonce: bytes, expires: int, now: int) -> bool:
@@ -466,26 +466,3 @@ async def _record_nonce(conn: Conn, key: bytes, nonce: bytes, expires: int, now:
         (key, nonce, expires, now),
     )
     return cur.rowcount == 1
-
-
-async def _over_quota(
-    conn: Conn, quota: Quota, size: int, queue_bytes: int, sender_key: bytes | None
-) -> QuotaExceeded | None:
-    """The first limit of ``quota`` that ``size`` more bytes would pass."""
-    if quota.queue_bytes is not None and queue_bytes + size > quota.queue_bytes:
-        return QuotaExceeded("queue")
-    if quota.sender_bytes is not None and sender_key is not None:
-        # The queue locks of one sender's queues do not serialise its sends
-        # to different queues: this lock does, so the sum below holds.
-        lock = int.from_bytes(sender_key[:4], "big", signed=True)
-        await conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (SENDER_LOCK_CLASS, lock))
-        row = await one(
-            conn, "SELECT coalesce(sum(bytes), 0) FROM queues WHERE sender_key = %s", (sender_key,)
-        )
-        if row is not None and int(row[0]) + size > quota.sender_bytes:
-            return QuotaExceeded("sender")
-    if quota.storage_bytes is not None:
-        row = await one(conn, "SELECT pg_database_size(current_database())")
-        if row is not None and int(row[0]) + size > quota.storage_bytes:
-            return QuotaExceeded("storage")
-    return None
