@@ -491,56 +491,72 @@ def test_a_crash_of_postgresql_mid_burst_loses_no_acknowledged_send(
 ) -> None:
     # Its own server: this one is crashed. `pg_ctl stop -m immediate` is
     # PostgreSQL's crash (every server process quits at once, no checkpoint;
-    # the restart replays the WAL), 16 sends in flight at that moment.
+    # the restart replays the WAL), 16 sends in flight at that moment. A
+    # storage instance open across the crash comes back by itself: its
+    # pooled connections died, its next calls open new ones, and its
+    # wake-up listener listens again.
     from securechan.relay.pg_store import PgStorage
     from securechan.testing.postgres import running_postgres
 
     q = make_queue("crash")
     with running_postgres() as server:
         url = server.create_database("crash")
-
-        async def setup() -> None:
-            s = await PgStorage.open(url, listen=False)
-            await s.create_queue(q)
-            await s.close()
-
-        asyncio.run(setup())
         out = tmp_path / "burst.out"
-        with out.open("wb") as f:
-            worker = subprocess.Popen(
-                [sys.executable, "-c", _BURST, url],
-                stdout=f,
-                stderr=subprocess.PIPE,
-                env={**os.environ, "PYTHONPATH": str(REPO)},
-                cwd=REPO,
-            )
-        deadline = time.monotonic() + 60
-        while out.read_text().count("ok ") < 200:
-            assert worker.poll() is None, worker.stderr.read() if worker.stderr else ""
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-        _pg_ctl(server.folder, "-m", "immediate", "-w", "stop")
-        _, err = worker.communicate(timeout=60)
-        assert worker.returncode == 0, err.decode()
-        lines = out.read_text().split("\n")
-        assert "down" in lines
-        acked = {int(i): int(seq) for _, seq, i in (x.split() for x in lines if x.startswith("ok"))}
-        _pg_ctl(server.folder, "-l", str(server.folder / "log"), "-w", "start")
 
-        async def check() -> None:
-            s = await PgStorage.open(url, listen=False)
+        async def main() -> None:
+            survivor = await PgStorage.open(url, pool_size=4)
+            woken: list[int] = []
+            survivor.on_wake(lambda tag, seq: woken.append(seq))
+            await survivor.create_queue(q)
+            await survivor.put_envelope(q.rid, msg_id(10**7), b"before", now=NOW, max_depth=DEPTH)
+            with out.open("wb") as f:
+                worker = subprocess.Popen(
+                    [sys.executable, "-c", _BURST, url],
+                    stdout=f,
+                    stderr=subprocess.PIPE,
+                    env={**os.environ, "PYTHONPATH": str(REPO)},
+                    cwd=REPO,
+                )
+            deadline = time.monotonic() + 60
+            while out.read_text().count("ok ") < 200:
+                assert worker.poll() is None, worker.stderr.read() if worker.stderr else ""
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.01)
+            await asyncio.to_thread(_pg_ctl, server.folder, "-m", "immediate", "-w", "stop")
+            _, err = await asyncio.to_thread(worker.communicate, timeout=60)
+            assert worker.returncode == 0, err.decode()
+            lines = out.read_text().split("\n")
+            assert "down" in lines
+            acked = {
+                int(i): int(seq) for _, seq, i in (x.split() for x in lines if x.startswith("ok"))
+            }
+            await asyncio.to_thread(
+                _pg_ctl, server.folder, "-l", str(server.folder / "log"), "-w", "start"
+            )
             held = []
             after = 0
-            while batch := await s.fetch(q.rid, after=after, limit=1000):
+            while batch := await survivor.fetch(q.rid, after=after, limit=1000):
                 held += batch
                 after = batch[-1].seq
-            stored = {int(e.data): e.seq for e in held}
+            stored = {int(e.data): e.seq for e in held if e.data != b"before"}
             # Every acknowledged send is there, at the seq it was given.
             assert {i: stored.get(i) for i in acked} == acked
             assert len({e.seq for e in held}) == len(held)
             # No seq is handed out again after the crash.
-            r = await s.put_envelope(q.rid, msg_id(10**7), b"after", now=NOW, max_depth=DEPTH)
+            r = await survivor.put_envelope(
+                q.rid, msg_id(10**8), b"after", now=NOW, max_depth=DEPTH
+            )
             assert r.seq == max(e.seq for e in held) + 1
-            await s.close()
+            # The survivor hears other instances' sends again.
+            other = await PgStorage.open(url, listen=False)
+            deadline = time.monotonic() + 30
+            n = 0
+            while not woken:
+                assert time.monotonic() < deadline, "the wake-up listener did not come back"
+                n += 1
+                await other.put_envelope(q.rid, msg_id(10**9 + n), b"w", now=NOW, max_depth=DEPTH)
+                await asyncio.sleep(0.5)
+            await other.close()
+            await survivor.close()
 
-        asyncio.run(check())
+        asyncio.run(main())

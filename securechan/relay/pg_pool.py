@@ -153,9 +153,12 @@ class Pool:
         :class:`StorageError`, ``fn``'s own exceptions pass through (after
         the rollback). ``transaction=False`` is for an ``fn`` of one
         statement, which is its own transaction (two round trips fewer)."""
+        fresh_retry = True
         for attempt in range(RETRIES):
+            used: list[Conn] = []
             try:
                 async with self.connection() as conn:
+                    used.append(conn)
                     if transaction:
                         async with conn.transaction():
                             result = await fn(conn)
@@ -166,9 +169,28 @@ class Pool:
             except errors.TransactionRollback:
                 # The two transactions' losers wait a little, differently.
                 await asyncio.sleep(0.001 * (attempt + 1) * (1 + secrets.randbelow(4)))
+            except psycopg.OperationalError as e:
+                if fresh_retry and used and used[0].broken:
+                    # The connection is dead (PostgreSQL restarted?), and so
+                    # are the idle ones of its time: run once more on a new
+                    # one. Safe: every operation is idempotent but a prekey
+                    # claim, which at worst wastes one one-time prekey.
+                    fresh_retry = True
+                    await self._drop_idle()
+                    continue
+                raise StorageError(f"PostgreSQL: {_why(e)}") from None
             except psycopg.Error as e:
                 raise StorageError(f"PostgreSQL: {_why(e)}") from None
         raise StorageError("PostgreSQL: a transaction kept conflicting; try again")
+
+    async def _drop_idle(self) -> None:
+        async with self._freed:
+            idle, self._idle = self._idle, []
+            self._open -= len(idle)
+            self._freed.notify(len(idle))
+        for conn in idle:
+            with contextlib.suppress(psycopg.Error):
+                await conn.close()
 
     async def close(self) -> None:
         async with self._freed:
