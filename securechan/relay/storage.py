@@ -11,7 +11,8 @@ a 2xx reply to a send survives ``kill -9``. Concurrent writers may share one
 commit (group commit); each still returns only after its commit.
 
 Every backend must pass ``tests/relay_conformance.py`` (run against SQLite in
-``tests/test_relay_storage.py``).
+``tests/test_relay_storage.py``, against PostgreSQL in
+``tests/test_relay_pg_storage.py``).
 """
 
 from __future__ import annotations
