@@ -40,6 +40,13 @@ def relay() -> None:
     default=None,
     help="SQLite durability (default FULL: a 2xx survives power loss).",
 )
+@click.option(
+    "--db",
+    default=None,
+    metavar="postgresql://...",
+    help="Keep queues and envelopes in this PostgreSQL database instead of DATA/relay.db"
+    " (put the password in ~/.pgpass or PGPASSWORD, not here).",
+)
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]), default=None)
 def relay_serve(
     host: str | None,
@@ -49,6 +56,7 @@ def relay_serve(
     tls_key: Path | None,
     config_file: Path | None,
     synchronous: str | None,
+    db: str | None,
     log_level: str | None,
 ) -> None:
     """Serve the relay until SIGTERM or Ctrl-C."""
@@ -70,6 +78,7 @@ def relay_serve(
         "tls_cert": tls_cert,
         "tls_key": tls_key,
         "synchronous": synchronous,
+        "db": db,
         "log_level": log_level,
     }
     values.update({k: v for k, v in flags.items() if v is not None})

@@ -5,22 +5,36 @@ WebSocket of that queue gets it as one JSON text frame
 (``{"type": "message", ...}``, the fields of
 :class:`securechan.relay.api.Message`). Sockets are capped per queue, per
 client address and overall (``docs/RELAY.md``, "Connections").
+
+With several relay processes on one PostgreSQL database, a send may be
+taken by another process than the one holding the receiver's WebSocket:
+a storage that hears other processes' sends (``on_wake``, as
+:class:`~securechan.relay.pg_store.PgStorage` has) calls :meth:`Push.wake`
+with the queue's tag (:func:`~securechan.relay.wake.queue_tag`) and the
+envelope's seq; if this process holds a socket of that queue, it fetches
+that one envelope from the database and pushes it like its own sends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections import defaultdict
+from collections.abc import Callable
 
 from aiohttp import WSMsgType, web
 
+from securechan.errors import StorageError
 from securechan.relay import api
 from securechan.relay.api import ApiError
 from securechan.relay.connlimit import SampledLog, client_key
 from securechan.relay.service import RelayService
+from securechan.relay.wake import queue_tag
 
 __all__ = ["Push"]
+
+log = logging.getLogger("securechan.relay")
 
 
 class Push:
@@ -34,6 +48,15 @@ class Push:
         self.open = 0
         self.by_client: dict[str, int] = {}
         self.refusals = SampledLog("WebSockets")
+        # Queues with sockets here, by their wake-up tag; deliveries of
+        # other processes' sends in flight.
+        self.tags: dict[str, bytes] = {}
+        self._wakes: set[asyncio.Task[None]] = set()
+        on_wake: Callable[[Callable[[str, int], None]], None] | None = getattr(
+            service.storage, "on_wake", None
+        )
+        if on_wake is not None:
+            on_wake(self.wake)
 
     def _refuse(self, status: int, reason: str, message: str) -> web.Response:
         # Answered here, not raised: the refusal is logged sampled, not as
@@ -66,6 +89,7 @@ class Push:
         try:
             await ws.prepare(request)
             self.subscribers[rid].add(ws)
+            self.tags[queue_tag(rid)] = rid
             async for msg in ws:  # the client only sends pings or closes
                 if msg.type in (WSMsgType.ERROR, WSMsgType.CLOSE):
                     break
@@ -75,6 +99,7 @@ class Push:
                 sockets.discard(ws)
                 if not sockets:
                     self.subscribers.pop(rid, None)
+                    self.tags.pop(queue_tag(rid), None)
             self.open -= 1
             held = self.by_client.get(client, 0) - 1
             if held > 0:
@@ -93,6 +118,28 @@ class Push:
             if not ws.closed:
                 asyncio.get_running_loop().create_task(self._push(ws, frame))
 
+    def wake(self, tag: str, seq: int) -> None:
+        """Another process stored envelope ``seq`` in the queue tagged ``tag``:
+        push it to this process's sockets of that queue (none: nothing read)."""
+        rid = self.tags.get(tag)
+        if rid is None or not self.subscribers.get(rid):
+            return
+        task = asyncio.get_running_loop().create_task(self._deliver(rid, seq))
+        self._wakes.add(task)
+        task.add_done_callback(self._wakes.discard)
+
+    async def _deliver(self, rid: bytes, seq: int) -> None:
+        try:
+            held = await self.service.storage.fetch(rid, after=seq - 1, limit=1)
+        except StorageError as exc:  # the receiver still polls: it is not lost
+            log.warning("push: cannot read an envelope another process stored: %s", exc)
+            return
+        if held and held[0].seq == seq:  # not acknowledged meanwhile
+            e = held[0]
+            self.notify(
+                rid, api.Message(seq=e.seq, msg_id=e.msg_id, data=e.data, received=e.received)
+            )
+
     @staticmethod
     async def _push(ws: web.WebSocketResponse, frame: str) -> None:
         try:
@@ -101,6 +148,8 @@ class Push:
             await ws.close()
 
     async def close_all(self) -> None:
+        for task in list(self._wakes):
+            task.cancel()
         for sockets in list(self.subscribers.values()):
             for ws in list(sockets):
                 await ws.close(code=1001, message=b"relay shutting down")

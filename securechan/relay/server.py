@@ -2,7 +2,8 @@
 
 ``securechan relay serve`` calls :func:`serve`. The data folder (mode 0700)
 holds ``relay.key`` (the relay's Ed25519 seed, mode 0600, created on first
-start), ``relay.db`` (SQLite), ``tlog.db`` (the transparency log, see
+start), ``relay.db`` (SQLite; or ``db = "postgresql://..."`` / ``--db``: a
+PostgreSQL database, :mod:`securechan.relay.pg_store`), ``tlog.db`` (the transparency log, see
 :mod:`securechan.relay.tlog`) and optionally ``witnesses.txt`` (witness
 verifier keys, one a line, added to the config's ``[log] witnesses``). On
 start the relay prints one line per fact to stdout: its public key and
@@ -41,6 +42,7 @@ from securechan.protocol.relay_auth import b64e
 from securechan.relay.app import RELAY, Relay, RelayConfig, make_app, storage_cause
 from securechan.relay.connlimit import ConnectionGate, fd_headroom, open_fds, raise_fd_limit
 from securechan.relay.sqlite_store import SqliteStorage
+from securechan.relay.storage import RelayStorage
 from securechan.relay.tlog import DEFAULT_COSIGN_WINDOW, RelayLog, parse_witness_keys
 from securechan.relay.writer_thread import open_in_thread
 
@@ -68,6 +70,8 @@ class ServeOptions:
     log_origin: str | None = None
     log_witnesses: tuple[str, ...] = ()
     log_cosign_window: float = DEFAULT_COSIGN_WINDOW
+    # PostgreSQL instead of DATA/relay.db (docs/RELAY.md, "PostgreSQL").
+    db: str | None = None
 
 
 _LOG_KEYS = {
@@ -179,9 +183,7 @@ async def serve(
     tls = _tls(opts)
     logging.getLogger("aiohttp.server").addFilter(_NoRequestDetails())
     witnesses = witness_keys(opts)
-    storage = await open_in_thread(
-        SqliteStorage, opts.data / "relay.db", synchronous=opts.synchronous
-    )
+    storage = await _open_storage(opts)
     try:
         tlog = await open_in_thread(
             RelayLog,
@@ -308,6 +310,25 @@ async def serve(
         log.info("stopped")
 
 
+async def _open_storage(opts: ServeOptions) -> RelayStorage:
+    """``DATA/relay.db``, or the PostgreSQL database of ``opts.db`` (the
+    transparency log stays in ``DATA/tlog.db`` either way for now)."""
+    if opts.db is None:
+        return await open_in_thread(
+            SqliteStorage, opts.data / "relay.db", synchronous=opts.synchronous
+        )
+    try:
+        from securechan.relay.pg_store import PgStorage
+    except ImportError:
+        raise MalformedInput(
+            "--db postgresql://... needs psycopg: pip install 'securechan[postgres]'"
+        ) from None
+    storage = await PgStorage.open(opts.db)
+    # Never the DSN itself: it may hold a password.
+    log.info("storage: PostgreSQL %s; the log stays in %s", storage.where, opts.data / "tlog.db")
+    return storage
+
+
 def _connection_caps(config: RelayConfig) -> tuple[RelayConfig, ConnectionGate]:
     """Raise the fd limit; size the overall connection and WebSocket caps
     from it (a configured cap above what the descriptors allow is lowered,
@@ -381,6 +402,11 @@ def options_from(values: dict[str, Any]) -> ServeOptions:
         clean["log_witnesses"] = tuple(witnesses)
     if not isinstance(clean.get("log_origin", ""), str):
         raise MalformedInput("[log] origin is a string")
+    db = clean.get("db")
+    if db is not None and (
+        not isinstance(db, str) or not db.startswith(("postgresql://", "postgres://"))
+    ):
+        raise MalformedInput("db must be a postgresql:// URL (without it: DATA/relay.db)")
     window = clean.get("log_cosign_window", 0.0)
     if isinstance(window, bool) or not isinstance(window, int | float):
         raise MalformedInput("[log] cosign_window is a number of seconds")
