@@ -98,3 +98,12 @@ def relay_serve(
     except ImportError:
         pass
     run(serve(opts, config, announce=lambda line: click.echo(line)))
+
+
+def _add_migrate() -> None:
+    from securechan.cli.relay_migrate import relay_migrate
+
+    relay.add_command(relay_migrate)
+
+
+_add_migrate()

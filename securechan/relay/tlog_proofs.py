@@ -2,7 +2,9 @@
 whole batch of leaves at once, and leaf look-ups in its index.
 
 Independent of how the log is run (threads, checkpoints): the functions
-read a :class:`~securechan.audit.tree.TreeStore` and the leaf index.
+read a :class:`~securechan.audit.merkle.NodeSource` (a
+:class:`~securechan.audit.tree.TreeStore`, or the PostgreSQL log's tree)
+and the leaf index.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import sqlite3
 
 from securechan.audit import merkle
-from securechan.audit.tree import TreeStore
 
 __all__ = ["inclusion_proofs", "lookup_many"]
 
@@ -25,7 +26,9 @@ def _cover(begin: int, end: int) -> list[merkle.NodeId]:
     return merkle.perfect_cover(begin, end)
 
 
-def inclusion_proofs(tree: TreeStore, indices: set[int], size: int) -> dict[int, list[bytes]]:
+def inclusion_proofs(
+    tree: merkle.NodeSource, indices: set[int], size: int
+) -> dict[int, list[bytes]]:
     """RFC 9162 inclusion proofs of several leaves in the tree of ``size``.
 
     The same paths as :func:`securechan.audit.merkle.inclusion_proof` (a test

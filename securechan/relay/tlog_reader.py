@@ -10,20 +10,33 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
+from securechan.audit.merkle import NodeSource
 from securechan.audit.tree import TreeStore
 from securechan.relay.tlog_schema import SCHEMA
 from securechan.relay.tlog_writer import storage_error
 
-__all__ = ["LogReader", "ReadThread"]
+__all__ = ["LogReader", "ProofTree", "ReadThread"]
 
 T = TypeVar("T")
 Connect = Callable[..., sqlite3.Connection]
 
 
+class ProofTree(NodeSource, Protocol):
+    """What the log reads from its tree: a :class:`TreeStore`, or the
+    PostgreSQL log's (:mod:`securechan.relay.pg_tlog`)."""
+
+    def root(self, size: int | None = None) -> bytes: ...
+    def inclusion_proof(self, index: int, size: int) -> list[bytes]: ...
+    def consistency_proof(self, size1: int, size2: int) -> list[bytes]: ...
+    def close(self) -> None: ...
+
+
 class LogReader:
     """The reader thread's own TreeStore and index connection."""
+
+    tree: ProofTree
 
     def __init__(self, path: Path, connect: Connect) -> None:
         self.tree = TreeStore(path, schema=SCHEMA)

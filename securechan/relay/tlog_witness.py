@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import collections
 import logging
-import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final, Protocol
 
 from securechan.audit.checkpoint import Checkpoint
 from securechan.audit.note import (
@@ -26,7 +25,6 @@ from securechan.audit.note import (
     SignedNote,
     VerifierKey,
 )
-from securechan.audit.tree import TreeStore
 from securechan.errors import BadSignature, MalformedInput, Reason, VerificationFailed
 from securechan.relay.tlog_schema import synced_transaction
 
@@ -66,6 +64,12 @@ class CosignatureRefused(VerificationFailed):
         self.reason = reason
         self.message = message
         self.log_size = log_size
+
+
+class Roots(Protocol):
+    """A tree's root at a past size (a TreeStore, or the PostgreSQL log's)."""
+
+    def root(self, size: int | None = None) -> bytes: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +133,7 @@ class Witnesses:
         )
         return SignedNote(text=text, signatures=(relay_sig, *extra)).to_text()
 
-    def load(self, tree: TreeStore, index: sqlite3.Connection, size: int) -> dict[str, Cosig]:
+    def load(self, tree: Roots, index: Any, size: int) -> dict[str, Cosig]:
         """Stored cosignatures of configured witnesses that still verify.
 
         One that fails would make clients reject the whole note (a known key's
@@ -162,7 +166,7 @@ class Witnesses:
             self._grown.popleft()
         return self._grown[0][1] if self._grown else head_size
 
-    def cosign(self, tree: TreeStore, index: sqlite3.Connection, body: bytes, head: Head) -> str:
+    def cosign(self, tree: Roots, index: Any, body: bytes, head: Head) -> str:
         # Check and store on the writer thread: the staleness check and the
         # update are atomic (the race c2sp.org/tlog-witness warns about).
         try:
@@ -215,19 +219,24 @@ class Witnesses:
             updated[w.to_text()] = Cosig(cp.size, timestamp, sig)
             rows.append((w.to_text(), cp.size, timestamp, sig.to_line().removesuffix("\n")))
         if rows:
-            # Durable before the answer, like a witness's own state: FULL for
-            # this one commit on the (otherwise NORMAL) index connection.
-            with synced_transaction(index):
-                index.executemany(
-                    "INSERT INTO relay_log_cosignatures (witness, size, timestamp, line)"
-                    " VALUES (?, ?, ?, ?) ON CONFLICT (witness) DO UPDATE SET"
-                    " size = excluded.size, timestamp = excluded.timestamp,"
-                    " line = excluded.line",
-                    rows,
-                )
+            self.store(index, rows)
             self.cosigs = updated
         relay_sig = head.signature if cp.size == head.size else self._signer.sign(note.text)
         return self.compose(note.text, cp.size, relay_sig)
+
+    def store(self, index: Any, rows: list[tuple[str, int, int, str]]) -> None:
+        """Store cosignature rows (witness, size, timestamp, line) through
+        ``index`` (tlog.db's connection here; the PostgreSQL log overrides)."""
+        # Durable before the answer, like a witness's own state: FULL for
+        # this one commit on the (otherwise NORMAL) index connection.
+        with synced_transaction(index):
+            index.executemany(
+                "INSERT INTO relay_log_cosignatures (witness, size, timestamp, line)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (witness) DO UPDATE SET"
+                " size = excluded.size, timestamp = excluded.timestamp,"
+                " line = excluded.line",
+                rows,
+            )
 
 
 def parse_witness_keys(lines: Sequence[str]) -> tuple[VerifierKey, ...]:
