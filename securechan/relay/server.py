@@ -43,7 +43,8 @@ from securechan.relay.app import RELAY, Relay, RelayConfig, make_app, storage_ca
 from securechan.relay.connlimit import ConnectionGate, fd_headroom, open_fds, raise_fd_limit
 from securechan.relay.sqlite_store import SqliteStorage
 from securechan.relay.storage import RelayStorage
-from securechan.relay.tlog import DEFAULT_COSIGN_WINDOW, RelayLog, parse_witness_keys
+from securechan.relay.tlog import DEFAULT_COSIGN_WINDOW, parse_witness_keys
+from securechan.relay.tlog_open import open_relay_log
 from securechan.relay.writer_thread import open_in_thread
 
 __all__ = ["ServeOptions", "load_config_file", "load_or_create_key", "serve"]
@@ -185,10 +186,10 @@ async def serve(
     witnesses = witness_keys(opts)
     storage = await _open_storage(opts)
     try:
-        tlog = await open_in_thread(
-            RelayLog,
-            opts.data / "tlog.db",
+        tlog = await open_relay_log(
+            opts.data,
             key,
+            db=opts.db,
             origin=opts.log_origin,
             witnesses=witnesses,
             synchronous=opts.synchronous,
@@ -311,8 +312,8 @@ async def serve(
 
 
 async def _open_storage(opts: ServeOptions) -> RelayStorage:
-    """``DATA/relay.db``, or the PostgreSQL database of ``opts.db`` (the
-    transparency log stays in ``DATA/tlog.db`` either way for now)."""
+    """``DATA/relay.db``, or the PostgreSQL database of ``opts.db`` (which
+    then holds the transparency log too: :func:`open_relay_log`)."""
     if opts.db is None:
         return await open_in_thread(
             SqliteStorage, opts.data / "relay.db", synchronous=opts.synchronous
@@ -325,7 +326,7 @@ async def _open_storage(opts: ServeOptions) -> RelayStorage:
         ) from None
     storage = await PgStorage.open(opts.db)
     # Never the DSN itself: it may hold a password.
-    log.info("storage: PostgreSQL %s; the log stays in %s", storage.where, opts.data / "tlog.db")
+    log.info("storage and log: PostgreSQL %s", storage.where)
     return storage
 
 
