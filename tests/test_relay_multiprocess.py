@@ -20,6 +20,7 @@ Then, through the survivor:
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 from pathlib import Path
 
@@ -195,3 +196,50 @@ async def _wake(a: RelayProcess, b: RelayProcess) -> None:
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_reuse_port_spreads_connections_over_both_processes(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    config = f'db = "{postgres_url}"\nreuse_port = true\n'
+    a = RelayProcess(tmp_path / "a", config=config)
+    b = RelayProcess(tmp_path / "b", config=config)
+    b.data, b.port, b.url = a.data, a.port, a.url  # one relay, one port, two processes
+    a.start()
+    try:
+        b.start()
+        try:
+            before = {p.pid: _cpu_seconds(p.pid) for p in (a, b)}
+            asyncio.run(asyncio.wait_for(_many_connections(a.url, 300), 60))
+            used = {pid: _cpu_seconds(pid) - t for pid, t in before.items()}
+            # Each process served a share of the 300 fresh connections.
+            assert all(u > 0.02 for u in used.values()), used
+            b.stop()
+            a.stop()
+        finally:
+            b.close()
+    finally:
+        a.close()
+
+
+async def _many_connections(url: str, n: int) -> None:
+    connector = aiohttp.TCPConnector(force_close=True, limit=8)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def one() -> None:
+            async with session.get(f"{url}/v1/relay") as r:
+                assert r.status == 200
+
+        await asyncio.gather(*(one() for _ in range(n)))
+
+
+def test_reuse_port_without_postgresql_is_refused(tmp_path: Path) -> None:
+    relay = RelayProcess(tmp_path / "r", config="reuse_port = true\n")
+    with pytest.raises(AssertionError, match="reuse_port needs db"):
+        relay.start(timeout=20)
+    assert not (relay.data / "relay.db").exists()

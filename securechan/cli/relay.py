@@ -47,6 +47,12 @@ def relay() -> None:
     help="Keep queues and envelopes in this PostgreSQL database instead of DATA/relay.db"
     " (put the password in ~/.pgpass or PGPASSWORD, not here).",
 )
+@click.option(
+    "--reuse-port",
+    is_flag=True,
+    default=None,
+    help="Share the port with other relay processes on the same --db (SO_REUSEPORT).",
+)
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]), default=None)
 def relay_serve(
     host: str | None,
@@ -57,6 +63,7 @@ def relay_serve(
     config_file: Path | None,
     synchronous: str | None,
     db: str | None,
+    reuse_port: bool | None,
     log_level: str | None,
 ) -> None:
     """Serve the relay until SIGTERM or Ctrl-C."""
@@ -79,6 +86,7 @@ def relay_serve(
         "tls_key": tls_key,
         "synchronous": synchronous,
         "db": db,
+        "reuse_port": reuse_port,
         "log_level": log_level,
     }
     values.update({k: v for k, v in flags.items() if v is not None})

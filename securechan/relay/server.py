@@ -73,6 +73,9 @@ class ServeOptions:
     log_cosign_window: float = DEFAULT_COSIGN_WINDOW
     # PostgreSQL instead of DATA/relay.db (docs/RELAY.md, "PostgreSQL").
     db: str | None = None
+    # SO_REUSEPORT: several relay processes on one PostgreSQL database bind
+    # the same port and the kernel spreads connections among them.
+    reuse_port: bool = False
 
 
 _LOG_KEYS = {
@@ -241,7 +244,13 @@ async def serve(
             raise OSError(0, "the HTTP server was not set up")
         # Every connection passes the gate before aiohttp sees it.
         listener = await loop.create_server(
-            gate.wrap(handler), opts.host, opts.port, ssl=tls, reuse_address=True, backlog=512
+            gate.wrap(handler),
+            opts.host,
+            opts.port,
+            ssl=tls,
+            reuse_address=True,
+            reuse_port=opts.reuse_port or None,
+            backlog=512,
         )
     except OSError as e:
         await runner.cleanup()
@@ -408,6 +417,13 @@ def options_from(values: dict[str, Any]) -> ServeOptions:
         not isinstance(db, str) or not db.startswith(("postgresql://", "postgres://"))
     ):
         raise MalformedInput("db must be a postgresql:// URL (without it: DATA/relay.db)")
+    reuse = clean.get("reuse_port", False)
+    if not isinstance(reuse, bool):
+        raise MalformedInput("reuse_port is true or false")
+    if reuse and db is None:
+        # SQLite's relay.db and tlog.db have one writer process each: two
+        # relays on one data folder would append to the log independently.
+        raise MalformedInput("reuse_port needs db = postgresql://... (one database, N processes)")
     window = clean.get("log_cosign_window", 0.0)
     if isinstance(window, bool) or not isinstance(window, int | float):
         raise MalformedInput("[log] cosign_window is a number of seconds")
