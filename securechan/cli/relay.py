@@ -56,6 +56,12 @@ def relay() -> None:
     " (put the password in ~/.pgpass or PGPASSWORD, not here).",
 )
 @click.option(
+    "--reuse-port",
+    is_flag=True,
+    default=None,
+    help="Share the port with other relay processes on the same --db (SO_REUSEPORT).",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
     default=None,
@@ -70,6 +76,7 @@ def relay_serve(
     config_file: Path | None,
     synchronous: str | None,
     db: str | None,
+    reuse_port: bool | None,
     log_level: str | None,
 ) -> None:
     """Serve the relay until SIGTERM or Ctrl-C.
@@ -95,6 +102,7 @@ def relay_serve(
         "tls_key": tls_key,
         "synchronous": synchronous,
         "db": db,
+        "reuse_port": reuse_port,
         "log_level": log_level,
     }
     values.update({k: v for k, v in flags.items() if v is not None})

@@ -44,7 +44,8 @@ from securechan.relay.app import RELAY, Relay, RelayConfig, make_app, storage_ca
 from securechan.relay.connlimit import ConnectionGate, fd_headroom, open_fds, raise_fd_limit
 from securechan.relay.sqlite_store import SqliteStorage
 from securechan.relay.storage import RelayStorage
-from securechan.relay.tlog import DEFAULT_COSIGN_WINDOW, RelayLog, parse_witness_keys
+from securechan.relay.tlog import DEFAULT_COSIGN_WINDOW, parse_witness_keys
+from securechan.relay.tlog_open import open_relay_log
 from securechan.relay.witness_push import (
     DEFAULT_PUSH_INTERVAL,
     WitnessPusher,
@@ -81,6 +82,9 @@ class ServeOptions:
     log_push_interval: float = DEFAULT_PUSH_INTERVAL
     # PostgreSQL instead of DATA/relay.db (docs/RELAY.md, "PostgreSQL").
     db: str | None = None
+    # SO_REUSEPORT: several relay processes on one PostgreSQL database bind
+    # the same port and the kernel spreads connections among them.
+    reuse_port: bool = False
 
 
 _LOG_KEYS = {
@@ -115,13 +119,16 @@ def load_config_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return data, limits
 
 
-def check_port_free(host: str, port: int) -> None:
+def check_port_free(host: str, port: int, *, reuse_port: bool = False) -> None:
     """Raise :class:`StorageError` (exit 2, one line) if ``host:port`` cannot
     be bound: a busy port or a bad address is reported before ``serve``
     creates a relay key and databases in a data folder nobody will serve.
     Each address the host resolves to is tried with a socket bound and closed
     at once (SO_REUSEADDR, as the real listener); port 0 always succeeds.
-    The real bind can still lose a race; it reports the same line."""
+    The real bind can still lose a race; it reports the same line. With
+    ``reuse_port`` (several relay processes on one port) the probe sets
+    SO_REUSEPORT too, so a sibling process holding the port does not count
+    as busy, but any other program does."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except (OSError, UnicodeError) as e:
@@ -130,6 +137,8 @@ def check_port_free(host: str, port: int) -> None:
         try:
             with socket.socket(family, kind, proto) as probe:
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if reuse_port:
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 if family == socket.AF_INET6:  # as asyncio's create_server does
                     probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 probe.bind(address)
@@ -214,17 +223,18 @@ async def serve(
     announce: Callable[[str], None] = print,
 ) -> None:
     """Run until SIGTERM/SIGINT; return after a clean shutdown."""
-    check_port_free(opts.host, opts.port)  # before a key or a database is created
+    # Before a key or a database is created.
+    check_port_free(opts.host, opts.port, reuse_port=opts.reuse_port)
     key = load_or_create_key(opts.data)
     tls = _tls(opts)
     logging.getLogger("aiohttp.server").addFilter(_NoRequestDetails())
     witnesses = witness_keys(opts)
     storage = await _open_storage(opts)
     try:
-        tlog = await open_in_thread(
-            RelayLog,
-            opts.data / "tlog.db",
+        tlog = await open_relay_log(
+            opts.data,
             key,
+            db=opts.db,
             origin=opts.log_origin,
             witnesses=witnesses,
             synchronous=opts.synchronous,
@@ -276,7 +286,13 @@ async def serve(
             raise OSError(0, "the HTTP server was not set up")
         # Every connection passes the gate before aiohttp sees it.
         listener = await loop.create_server(
-            gate.wrap(handler), opts.host, opts.port, ssl=tls, reuse_address=True, backlog=512
+            gate.wrap(handler),
+            opts.host,
+            opts.port,
+            ssl=tls,
+            reuse_address=True,
+            reuse_port=opts.reuse_port or None,
+            backlog=512,
         )
     except OSError as e:
         await runner.cleanup()
@@ -351,8 +367,8 @@ async def serve(
 
 
 async def _open_storage(opts: ServeOptions) -> RelayStorage:
-    """``DATA/relay.db``, or the PostgreSQL database of ``opts.db`` (the
-    transparency log stays in ``DATA/tlog.db`` either way for now)."""
+    """``DATA/relay.db``, or the PostgreSQL database of ``opts.db`` (which
+    then holds the transparency log too: :func:`open_relay_log`)."""
     if opts.db is None:
         return await open_in_thread(
             SqliteStorage, opts.data / "relay.db", synchronous=opts.synchronous
@@ -365,7 +381,7 @@ async def _open_storage(opts: ServeOptions) -> RelayStorage:
         ) from None
     storage = await PgStorage.open(opts.db)
     # Never the DSN itself: it may hold a password.
-    log.info("storage: PostgreSQL %s; the log stays in %s", storage.where, opts.data / "tlog.db")
+    log.info("storage and log: PostgreSQL %s", storage.where)
     return storage
 
 
@@ -459,6 +475,13 @@ def options_from(values: dict[str, Any]) -> ServeOptions:
         not isinstance(db, str) or not db.startswith(("postgresql://", "postgres://"))
     ):
         raise MalformedInput("db must be a postgresql:// URL (without it: DATA/relay.db)")
+    reuse = clean.get("reuse_port", False)
+    if not isinstance(reuse, bool):
+        raise MalformedInput("reuse_port is true or false")
+    if reuse and db is None:
+        # SQLite's relay.db and tlog.db have one writer process each: two
+        # relays on one data folder would append to the log independently.
+        raise MalformedInput("reuse_port needs db = postgresql://... (one database, N processes)")
     window = clean.get("log_cosign_window", 0.0)
     if isinstance(window, bool) or not isinstance(window, int | float):
         raise MalformedInput("[log] cosign_window is a number of seconds")
