@@ -37,7 +37,7 @@ from securechan.relay.server import load_or_create_key
 from securechan.relay.writer_thread import open_in_thread
 from securechan.testing.postgres import PostgresServer
 from securechan.transport import RelayClient, RetryPolicy, SendReply
-from tests.adversary.relay import running_relay
+from tests.adversary.relay import RelayProcess, running_relay
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -57,12 +57,19 @@ def migrate(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+RKEY, SKEY = Ed25519SigningKey.generate(), Ed25519SigningKey.generate()
+_RID: list[bytes] = []  # the fixture's queue
+_SID: list[bytes] = []
+
+
 async def _send_all(url: str, count: int) -> tuple[VerifierKey, list[tuple[bytes, SendReply]]]:
     async with RelayClient(url, retry=PATIENT) as rc:
         info = await rc.info()
         key = VerifierKey.from_text(info["log_verifier_key"])
-        rkey, skey = Ed25519SigningKey.generate(), Ed25519SigningKey.generate()
+        rkey, skey = RKEY, SKEY
         ids = await rc.create_queue(rkey, sender_key=skey.public, contact=False)
+        _RID.append(ids.rid)
+        _SID.append(ids.sid)
         out = []
         for n in range(count):
             data = b"ENVELOPE-" + os.urandom(120 + n)
@@ -91,8 +98,6 @@ def test_migrate_copies_the_log_and_proves_root_and_size(
     served: tuple[Path, VerifierKey, list[Any]], postgres_url: str
 ) -> None:
     data, key, sent = served
-    refused = migrate("--from", str(data), "--to", postgres_url)
-    assert refused.returncode == 2 and "--log-only" in refused.stderr
     done = migrate("--from", str(data), "--to", postgres_url, "--log-only")
     assert done.returncode == 0, done.stderr
     assert postgres_url not in done.stdout + done.stderr  # a URL may carry a password
@@ -170,3 +175,42 @@ def test_migrate_refuses_what_is_not_a_log_or_not_postgres(tmp_path: Path) -> No
     assert "Traceback" not in no_log.stderr
     not_pg = migrate("--from", str(empty), "--to", "sqlite:///x.db", "--log-only")
     assert not_pg.returncode == 2 and "postgresql://" in not_pg.stderr
+
+
+def test_migrate_copies_storage_and_log_and_a_relay_on_postgresql_serves_them(
+    served: tuple[Path, VerifierKey, list[Any]], postgres_url: str, tmp_path: Path
+) -> None:
+    """Without --log-only: queues, envelopes and the log move; a relay
+    started with --db on the copy serves every envelope under its seq, the
+    next send takes the next seq and the next log index."""
+    data, key, sent = served
+    done = migrate("--from", str(data), "--to", postgres_url)
+    assert done.returncode == 0, done.stderr
+    assert "storage copied: 1 queues, 40 envelopes" in done.stdout, done.stdout
+    assert "size and root unchanged" in done.stdout
+    moved = tmp_path / "moved"
+    moved.mkdir(mode=0o700)
+    (moved / "relay.key").write_bytes((data / "relay.key").read_bytes())
+    relay = RelayProcess(tmp_path / "pg-relay", config=f'db = "{postgres_url}"\n')
+    relay.data = moved
+
+    async def go() -> None:
+        async with RelayClient(relay.url, retry=PATIENT) as rc:
+            info = await rc.info()
+            assert VerifierKey.from_text(info["log_verifier_key"]) == key
+            held = await rc.fetch(_RID[0], RKEY, limit=100)
+            assert [e.seq for e in held] == [reply.seq for _, reply in sent]
+            assert [e.data for e in held] == [body for body, _ in sent]
+            body = b"after the move"
+            reply = await rc.send_with_receipt(_SID[0], body, os.urandom(16), sender=SKEY)
+            assert reply.seq == sent[-1][1].seq + 1 and reply.receipt.leaf_index == 40
+
+    relay.start()
+    try:
+        asyncio.run(go())
+        relay.stop()
+    finally:
+        relay.close()
+    # Into a database that already holds them: refused, nothing written.
+    twice = migrate("--from", str(data), "--to", postgres_url)
+    assert twice.returncode == 2 and "already holds relay queues" in twice.stderr

@@ -22,7 +22,7 @@ from securechan.errors import ProofFailed, UsageError
 @click.option(
     "--log-only",
     is_flag=True,
-    help="Copy only the transparency log (needed while this build has no PostgreSQL storage).",
+    help="Copy only the transparency log, not relay.db's queues, envelopes and prekeys.",
 )
 def relay_migrate(source: Path, target: str, log_only: bool) -> None:
     """Copy a relay's log (and storage) into PostgreSQL; prove the log unchanged.

@@ -58,8 +58,13 @@ summary; raises :class:`~securechan.errors.StorageError`."""
 def storage_copier() -> StorageCopier | None:
     """The copier of relay.db into PostgreSQL, if this build has the
     PostgreSQL relay storage. THE SEAM: the PostgreSQL ``RelayStorage``
-    (issue 16, item 1, storage side) plugs its copier in here."""
-    return None
+    (issue 16, item 1, storage side) plugs its copier in here: None
+    without psycopg."""
+    try:
+        from securechan.relay.pg_store_migrate import copy_storage
+    except ImportError:
+        return None
+    return copy_storage
 
 
 @dataclass(frozen=True, slots=True)
