@@ -48,6 +48,7 @@ from securechan.identity.safety import safety_number
 from securechan.primitives import KDF_INTERACTIVE
 from securechan.protocol.address import ContactCard
 from securechan.protocol.payload import FILE_CHUNK, FileChunk
+from tests.ndjson import ndjson, one
 
 KDF = ("--kdf", "interactive")
 MIB = 1024 * 1024
@@ -100,16 +101,7 @@ def one_line_error(proc: subprocess.CompletedProcess[str], code: int) -> str:
 
 def json_stream(text: str) -> list[Any]:
     """The JSON documents printed one after another (``receive --json``)."""
-    decoder = json.JSONDecoder()
-    out: list[Any] = []
-    i = 0
-    while True:
-        while i < len(text) and text[i].isspace():
-            i += 1
-        if i == len(text):
-            return out
-        obj, i = decoder.raw_decode(text, i)
-        out.append(obj)
+    return list(ndjson(text))
 
 
 def texts(items: list[Any]) -> list[dict[str, Any]]:
@@ -227,7 +219,8 @@ class Party:
         return proc.stdout
 
     def json(self, *args: object) -> Any:
-        return json.loads(self.ok(*args, "--json"))
+        out = self.ok(*args, "--json")
+        return ndjson(out) if args[0] in ("history", "log") else one(out)
 
     def items(self, *args: object, cwd: Path | None = None) -> list[Any]:
         return json_stream(self.ok(*args, "--json", cwd=cwd))

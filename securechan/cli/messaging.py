@@ -12,12 +12,15 @@ import click
 from securechan.cli.core import (
     _PROGRESS_MIN,
     CARD_FILE,
+    EXIT_NETWORK,
     EXIT_ROLLBACK,
     EXIT_VERIFY,
+    RELAY_URL,
     _App,
     _channel,
     _columns,
     _emit_json,
+    _emit_json_lines,
     _iso,
     _json_option,
     _read_text,
@@ -32,7 +35,14 @@ if TYPE_CHECKING:
 
 
 @click.command()
-@click.option("--relay", "relays", multiple=True, required=True, help="Relay URL (repeatable).")
+@click.option(
+    "--relay",
+    "relays",
+    type=RELAY_URL,
+    multiple=True,
+    required=True,
+    help="Relay URL (repeatable).",
+)
 @click.option(
     "--relay-fingerprint",
     "fingerprint",
@@ -215,6 +225,16 @@ def _show(item: Any, as_json: bool, download: Path) -> None:
         click.echo(f"{who}: receipt {verdict}")
 
 
+def _show_relay_failure(item: Any, as_json: bool) -> None:
+    """A relay that could not be used: not an envelope's fault, so one line
+    naming the relay (the error says which and why), not 'refused an
+    envelope'; in JSON, the item (its ``relay`` field names it)."""
+    if as_json:
+        _emit_json(item.to_json())
+        return
+    click.echo(f"securechan: {inline(item.error, width=_columns(err=True), indent=12)}", err=True)
+
+
 @click.command()
 @click.option("--follow", is_flag=True, help="Keep receiving (Ctrl-C to stop).")
 @click.option(
@@ -252,8 +272,15 @@ def receive(
 
     split: list[str] = []
     rolled_back: list[str] = []
+    relays_down: set[str] = set()  # each relay that failed, reported once
 
     def show(item: Any) -> None:
+        relay = getattr(item, "relay", None)
+        if relay is not None:
+            if relay not in relays_down:
+                relays_down.add(relay)
+                _show_relay_failure(item, as_json)
+            return
         _show(item, as_json, download)
         if getattr(item, "reason", None) == Reason.SPLIT_VIEW:
             split.append(item.error)
@@ -277,6 +304,8 @@ def receive(
         sys.exit(EXIT_VERIFY)
     if rolled_back:
         sys.exit(EXIT_ROLLBACK)
+    if relays_down:
+        sys.exit(EXIT_NETWORK)
 
 
 @click.command()
@@ -294,7 +323,7 @@ def history(app: _App, contact_name: str | None, as_json: bool) -> None:
 
     rows = [HistoryEntry(*row) for row in _run(go())]
     if as_json:
-        _emit_json([row.to_json() for row in rows])
+        _emit_json_lines(row.to_json() for row in rows)
         return
     for row in rows:
         arrow = "->" if row.direction == "out" else "<-"
@@ -308,17 +337,29 @@ def history(app: _App, contact_name: str | None, as_json: bool) -> None:
 def status(app: _App, as_json: bool) -> None:
     """Relays, queues, sessions and envelopes waiting to be sent."""
 
+    failures: dict[str, str] = {}
+
     async def go() -> Any:
         async with _channel(app) as ch:
             await ch.flush_outbox()
-            return ch.status()
+            # Ask every relay this home uses whether it answers (exit 3 if not).
+            for url in sorted({*ch.relays(), *(q.relay for q in ch.db.queues())}):
+                try:
+                    await (await ch.relay(url)).info()
+                except RelayError as e:
+                    failures[url] = str(e)
+            return {**ch.status(), "unreachable": sorted(failures)}
 
     from securechan.client.results import Status
 
     info = Status.from_mapping(_run(go())).to_json()
     if as_json:
         _emit_json(info)
-        return
-    for k, v in info.items():
-        shown = ", ".join(map(str, v)) if isinstance(v, list) else str(v)
-        click.echo(f"{k + ':':<10} {inline(shown)}")
+    else:
+        for k, v in info.items():
+            shown = ", ".join(map(str, v)) if isinstance(v, list) else str(v)
+            click.echo(f"{k + ':':<10} {inline(shown)}")
+    for error in failures.values():
+        click.echo(f"securechan: {inline(error, width=_columns(err=True), indent=12)}", err=True)
+    if failures:
+        sys.exit(EXIT_NETWORK)
