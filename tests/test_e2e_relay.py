@@ -99,6 +99,10 @@ def one_line_error(proc: subprocess.CompletedProcess[str], code: int) -> str:
     return lines[0]
 
 
+# The commands printing one line per item (the rest print one object).
+LIST_COMMANDS = {("log", "show"), ("contact", "list"), ("policy", "show")}
+
+
 def json_stream(text: str) -> list[Any]:
     """The JSON documents printed one after another (``receive --json``)."""
     return list(ndjson(text))
@@ -219,8 +223,14 @@ class Party:
         return proc.stdout
 
     def json(self, *args: object) -> Any:
+        """One object for a single result; a list (one line each, NDJSON)
+        for the list commands."""
         out = self.ok(*args, "--json")
-        return ndjson(out) if args[0] in ("history", "log") else one(out)
+        return (
+            ndjson(out)
+            if tuple(map(str, args[:2])) in LIST_COMMANDS or args[0] == "history"
+            else one(out)
+        )
 
     def items(self, *args: object, cwd: Path | None = None) -> list[Any]:
         return json_stream(self.ok(*args, "--json", cwd=cwd))
@@ -847,7 +857,12 @@ def test_relay_down_then_back(people: dict[str, Party], tmp_path: Path) -> None:
         down1 = t.run("send", "washington", "Tehran: sent while the relay was down (1)")
         assert down1.returncode == 3, transcript(down1)
         assert down1.stdout == ""
-        assert t.json("status")["outbox"] == 1
+        # status says what is queued, names the dead relay, and exits 3.
+        status = t.run("status", "--json")
+        assert status.returncode == 3, transcript(status)
+        down = one(status.stdout)
+        assert (down["outbox"], down["unreachable"]) == (1, [relay.url]), down
+        assert one_line_error(status, 3).startswith(f"securechan: relay {relay.url} is unreachable")
         down2 = t.run("send", "washington", "Tehran: sent while the relay was down (2)")
         assert down2.returncode == 3, transcript(down2)
 

@@ -287,7 +287,9 @@ def _iso(ts: int | None) -> str | None:
 
 
 def _json_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")(f)
+    return click.option(
+        "--json", "as_json", is_flag=True, help="Print JSON on stdout, one object a line (NDJSON)."
+    )(f)
 
 
 class _RelayUrl(click.ParamType):  # type: ignore[type-arg]
