@@ -249,7 +249,9 @@ def _one_line_naming(proc: subprocess.CompletedProcess[str], url: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "args", [("receive",), ("status",), ("policy", "show")], ids=lambda a: " ".join(a)
+    "args",
+    [("receive",), ("receive", "--follow", "--timeout", "2"), ("status",), ("policy", "show")],
+    ids=lambda a: " ".join(a),
 )
 def test_an_unreachable_relay_is_exit_3_with_one_line(orphan: Home, args: tuple[str, ...]) -> None:
     url = (orphan.path / "relay-url").read_text(encoding="utf-8")
