@@ -206,6 +206,9 @@ def test_the_schema_has_exactly_the_documented_fields() -> None:
                 first = kind.split()[0]
                 assert "object" in str(got) or "$ref" in str(got), (name, f, got)
                 assert first == "object", (name, f)
+    # The reason codes a line can carry are exactly errors.Reason's (a new
+    # code needs its line in the schema too).
+    assert sorted(defs["code"]["enum"]) == sorted(r.value for r in errors.Reason)
     time_pattern = defs["time"]["pattern"]
     assert re.fullmatch(time_pattern, "2026-12-05T03:00:00Z")
     assert not re.fullmatch(time_pattern, "1796000000")
