@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AuditLogBroken",
     "BadPassphrase",
+    "BadRelayUrl",
     "BadSignature",
     "BundleRejected",
     "ChainBroken",
@@ -76,6 +77,7 @@ class Reason(StrEnum):
 
     AUDIT_LOG_BROKEN = "audit-log-broken"
     BAD_PASSPHRASE = "bad-passphrase"  # noqa: S105 - a reason code, not a secret
+    BAD_RELAY_URL = "bad-relay-url"
     BAD_SIGNATURE = "bad-signature"
     BUNDLE_REJECTED = "bundle-rejected"
     CHAIN_BROKEN = "chain-broken"
@@ -207,6 +209,12 @@ class UsageError(SecurechanError):
     code = Reason.USAGE_ERROR
 
 
+class BadRelayUrl(UsageError):
+    """A malformed relay URL (not http(s), no host, bad port, credentials, query, fragment)."""
+
+    code = Reason.BAD_RELAY_URL
+
+
 class NotFound(SecurechanError):
     """Something the caller named does not exist (a contact, a message id...)."""
 
@@ -238,9 +246,13 @@ class IdentityExists(SecurechanError):
 
 
 class RelayError(SecurechanError):
-    """A relay could not be used (exit code 3)."""
+    """A relay could not be used (exit code 3).
+
+    ``relay`` is the relay's URL when the raiser knows it (the transport
+    always does): what a caller reports once per relay."""
 
     code = Reason.RELAY_ERROR
+    relay: str | None = None
 
 
 class RelayUnavailable(RelayError):
@@ -248,15 +260,21 @@ class RelayUnavailable(RelayError):
 
     code = Reason.RELAY_UNAVAILABLE
 
+    def __init__(self, message: str, *, relay: str | None = None) -> None:
+        super().__init__(message)
+        self.relay = relay
+
 
 class RelayRefused(RelayError):
     """A relay refused a request (a 4xx answer other than 408 and 429)."""
 
     code = Reason.RELAY_REFUSED
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"the relay refused the request: {message}")
+    def __init__(self, status: int, message: str, *, relay: str | None = None) -> None:
+        where = f"relay {relay}" if relay else "the relay"
+        super().__init__(f"{where} refused the request: {message}")
         self.status = status
+        self.relay = relay
 
 
 class StorageError(SecurechanError):

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -32,7 +34,7 @@ import aiohttp
 from securechan import strict_json
 from securechan.audit.note import MAX_NOTE_BYTES
 from securechan.audit.receipt import Receipt
-from securechan.errors import MalformedInput, RelayRefused, RelayUnavailable
+from securechan.errors import BadRelayUrl, MalformedInput, RelayRefused, RelayUnavailable
 from securechan.primitives import Ed25519SigningKey
 from securechan.protocol.relay_auth import b64e, sign_request
 from securechan.relay import api
@@ -44,6 +46,7 @@ __all__ = [
     "RelayClient",
     "RetryPolicy",
     "SendReply",
+    "check_relay_url",
 ]
 
 
@@ -100,6 +103,80 @@ class CosignatureReply:
     log_size: int | None = None
 
 
+# What a contact card may carry (protocol/address.py): ASCII host name or
+# bracketed IPv6 address, an optional port and path. Checked piece by piece
+# below, so the refusal says which piece is wrong.
+_HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.\-]{0,252}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]{2,45}\]")
+_PATH = re.compile(r"(?:/[A-Za-z0-9._~\-/]{0,200})?")
+
+
+def check_relay_url(url: str) -> str:
+    """``url`` if it can be a relay's address, else :class:`BadRelayUrl`
+    saying why: ``http`` or ``https`` only, a host, a port in 1..65535 if
+    one is given, a plain path; no user name or password (they would be sent
+    with every request and end up in contact cards), no query or fragment.
+    What passes also fits in a contact card (``protocol/address.py``).
+    Nothing is resolved or contacted: a usage mistake is refused at once."""
+    from urllib.parse import urlsplit
+
+    def bad(why: str) -> BadRelayUrl:
+        return BadRelayUrl(f"bad relay URL {url}: {why}")
+
+    if not isinstance(url, str) or not url:
+        raise bad("it is empty")
+    if len(url) > 512:
+        raise bad("it is longer than 512 characters")
+    if any(c.isspace() or not c.isprintable() or not c.isascii() for c in url):
+        raise bad("it has spaces, control or non-ASCII characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        if "port" in str(e).lower():
+            raise bad("the port must be a number from 1 to 65535") from None
+        raise bad("it cannot be parsed as a URL") from None
+    if parts.scheme.lower() not in ("http", "https") or "://" not in url:
+        raise bad("it must start with http:// or https://")
+    if "@" in parts.netloc:
+        raise bad("it must not hold a user name or password")
+    if parts.query or "?" in url:
+        raise bad("it must not have a query (?...)")
+    if parts.fragment or "#" in url:
+        raise bad("it must not have a fragment (#...)")
+    if parts.netloc.endswith(":"):
+        raise bad("the port is empty")
+    host = parts.netloc.rpartition(":")[0] if port is not None else parts.netloc
+    if not host:
+        raise bad("it has no host")
+    if not _HOST.fullmatch(host):
+        raise bad("the host must be a name of letters, digits, '.' and '-', or [IPv6]")
+    if port is not None and not 1 <= port <= 65535:
+        raise bad("the port must be a number from 1 to 65535")
+    if not _PATH.fullmatch(parts.path):
+        raise bad("the path may hold only letters, digits and . _ ~ - /")
+    return url
+
+
+def _describe(e: BaseException, timeout: float) -> str:
+    """A connection failure in words (no traceback, no 'ssl:default')."""
+    if isinstance(e, aiohttp.ClientConnectorDNSError):
+        return "the host name was not found"
+    if isinstance(e, aiohttp.ClientSSLError):
+        return f"the TLS handshake failed ({type(e).__name__})"
+    if isinstance(e, aiohttp.ClientConnectorError):
+        err = e.os_error
+        if err.errno:
+            return os.strerror(err.errno).lower()
+        return f"cannot connect ({type(err).__name__})"
+    if isinstance(e, TimeoutError):
+        return f"no answer within {timeout:g} s"
+    if isinstance(e, aiohttp.ServerDisconnectedError):
+        return "the connection closed before an answer"
+    if isinstance(e, OSError) and e.errno:
+        return os.strerror(e.errno).lower()
+    return f"the connection failed ({type(e).__name__})"
+
+
 _P = ParamSpec("_P")
 _S = TypeVar("_S")
 
@@ -152,7 +229,7 @@ class RelayClient:
         clock: Callable[[], float] = time.time,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
-        self.url = url.rstrip("/")
+        self.url = check_relay_url(url).rstrip("/")
         self.retry = retry or RetryPolicy()
         self._clock = clock
         self._session = session
@@ -192,6 +269,7 @@ class RelayClient:
         if self._session is None:
             raise RuntimeError("use RelayClient as an async context manager")
         last: str = "no attempt"
+        reachable = False  # an answer came (5xx, 429): unavailable, not unreachable
         for attempt in range(self.retry.attempts):
             hdrs = dict(headers or {})
             if body:
@@ -209,18 +287,23 @@ class RelayClient:
                     status = resp.status
                     retry_after = resp.headers.get("Retry-After")
             except (aiohttp.ClientError, TimeoutError, OSError) as e:
-                last = f"{type(e).__name__}: {e}"
+                last = _describe(e, self.retry.timeout)
                 await self._backoff(attempt, None)
                 continue
             if status < 400 or status in answer:
                 return status, raw
             message = _error_message(_loads_or_none(raw), status)
             if status in (408, 429) or status >= 500:
-                last = message
+                last, reachable = message, True
                 await self._backoff(attempt, retry_after)
                 continue
-            raise RelayRefused(status, message)
-        raise RelayUnavailable(f"{self.url}: {last}")
+            raise RelayRefused(status, message, relay=self.url)
+        state = "is unavailable" if reachable else "is unreachable"
+        tries = self.retry.attempts
+        raise RelayUnavailable(
+            f"relay {self.url} {state}: {last} ({tries} attempt{'s' if tries > 1 else ''})",
+            relay=self.url,
+        )
 
     # The same loop, the body parsed as JSON (:func:`_loads`): most routes.
     _request = _json_answer(_request_raw)
@@ -459,9 +542,14 @@ class RelayClient:
                     if isinstance(item, dict) and item.pop("type", None) == "message":
                         yield _envelope(item)
         except aiohttp.WSServerHandshakeError as e:
-            raise RelayRefused(e.status, "the relay refused the WebSocket") from None
+            raise RelayRefused(
+                e.status, f"HTTP {e.status} on the WebSocket", relay=self.url
+            ) from None
         except (aiohttp.ClientError, OSError) as e:
-            raise RelayUnavailable(f"{self.url}: {e}") from None
+            raise RelayUnavailable(
+                f"relay {self.url} is unreachable: {_describe(e, self.retry.timeout)}",
+                relay=self.url,
+            ) from None
 
 
 T = TypeVar("T")

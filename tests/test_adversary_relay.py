@@ -52,6 +52,7 @@ from tests.adversary import (
 )
 from tests.adversary.parties import pin, receive_until, transcript
 from tests.adversary.world import World, world_of
+from tests.ndjson import ndjson, one
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -118,16 +119,7 @@ def cli_receive(p: Party) -> tuple[list[dict[str, Any]], list[str]]:
     """``securechan receive --json``: the JSON items and the stderr lines."""
     proc = p.run("receive", "--json")
     assert proc.returncode == 0, transcript(proc)
-    items = []
-    decoder = json.JSONDecoder()
-    text, i = proc.stdout, 0
-    while i < len(text):
-        if text[i].isspace():
-            i += 1
-            continue
-        obj, i = decoder.raw_decode(text, i)
-        items.append(obj)
-    return items, proc.stderr.splitlines()
+    return ndjson(proc.stdout), proc.stderr.splitlines()
 
 
 def is_message(env: Envelope) -> bool:
@@ -193,7 +185,7 @@ def test_relay_replays_old_envelope(world: World) -> None:
     audit = [e for e in w.cli_audit() if e["kind"] == "rejected"]
     assert audit[-1]["fields"]["reason"] == "replay"
     # Shown once, in history too; the conversation goes on.
-    history = json.loads(w.ok("history", "tehran", "--json"))
+    history = ndjson(w.ok("history", "tehran", "--json"))
     assert [h["summary"] for h in history].count("Tehran: the meeting is at noon.") == 1
     t.ok("send", "washington", "Tehran: still here.")
     items, _ = cli_receive(w)
@@ -219,7 +211,7 @@ def test_relay_reorders_envelopes(world: World) -> None:
     assert f"messages {seqs['one']}..{seqs['two']}" in notes, items
     assert "late" in notes, items
     assert not any(x.get("rejected") for x in items)
-    history = json.loads(w.ok("history", "tehran", "--json"))
+    history = ndjson(w.ok("history", "tehran", "--json"))
     convo = [h for h in history if h["summary"] in ("one", "two", "three")]
     assert sorted(h["seq"] for h in convo) == [seqs["one"], seqs["two"], seqs["three"]]
     assert len(convo) == 3
@@ -364,7 +356,7 @@ def test_relay_substitutes_prekey_bundle(strangers: World, pristine: Path, tmp_p
     assert proc.returncode == 1, transcript(proc)
     assert "bundle" in proc.stderr and len(proc.stderr.splitlines()) == 1, transcript(proc)
     state.check()
-    assert json.loads(t.ok("status", "--json"))["outbox"] == 0  # nothing encrypted to mallory
+    assert one(t.ok("status", "--json"))["outbox"] == 0  # nothing encrypted to mallory
     assert [x for x in fw.sent() if x.status < 300] == []
     assert state.audited() == ["bundle-rejected"]
     # The real bundle works.
@@ -377,7 +369,7 @@ def test_relay_substitutes_identity_key(world: World, pristine: Path, tmp_path: 
     """A first message from another key under a known contact's name, and the
     new key offered as the contact's: refused; sending stays with the pinned key."""
     t, w = world.t, world.w
-    known = json.loads(t.ok("contact", "show", "washington", "--json"))
+    known = one(t.ok("contact", "show", "washington", "--json"))
 
     async def t_card() -> ContactCard:
         async with t.channel() as ch:
@@ -405,7 +397,7 @@ def test_relay_substitutes_identity_key(world: World, pristine: Path, tmp_path: 
     offered.write_text(mallory.keystore.public_identity().to_text(), encoding="ascii")
     proc = t.run("contact", "add", str(offered))
     assert proc.returncode == 4, transcript(proc)
-    assert json.loads(t.ok("contact", "show", "washington", "--json")) == known
+    assert one(t.ok("contact", "show", "washington", "--json")) == known
     # Sending goes on to the pinned key only.
     t.ok("send", "washington", "Tehran: to the key we verified")
     assert shown(receive(w)) == ["Tehran: to the key we verified"]
@@ -681,7 +673,7 @@ def test_relay_forges_log_receipt(world: World, forgery: str) -> None:
     assert "receipt" in proc.stderr and len(proc.stderr.splitlines()) == 1, transcript(proc)
     assert _relay_log(t, fw.url) == head
     assert len(audit_rejections(t.home)) == before + 1
-    assert json.loads(t.ok("status", "--json"))["outbox"] == 0
+    assert one(t.ok("status", "--json"))["outbox"] == 0
     assert shown(receive(w)) == ["Tehran: first", "Tehran: second"]
 
 

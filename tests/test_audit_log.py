@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import shutil
 import sqlite3
 import stat
@@ -53,6 +52,7 @@ from securechan.identity import Identity, Keystore
 from securechan.identity.events import EventKind, SecurityEvent
 from securechan.sqlite_schema import SCHEMA_ROOT
 from tests.conftest import NOW, fixed_identity
+from tests.ndjson import ndjson, one
 
 CTX_ENTRY = b"securechan/v1/audit-entry"
 CTX_CHECKPOINT = b"securechan/v1/audit-checkpoint"
@@ -833,18 +833,18 @@ def test_cli_log_show(cli_home: Path) -> None:
         "log-checkpoint",
     ]
     assert "name=washington" in out[3]
-    rows = json.loads(ok(_cli("--home", cli_home, "log", "show", "--json")).stdout)
+    rows = ndjson(ok(_cli("--home", cli_home, "log", "show", "--json")).stdout)
     assert rows[3]["kind"] == "contact-added"
     assert rows[3]["fields"]["fingerprint"] == str(fixed_identity("washington").fingerprint)
     assert rows[0]["time"].endswith("Z")
-    since = json.loads(ok(_cli("--home", cli_home, "log", "show", "--since", 3, "--json")).stdout)
+    since = ndjson(ok(_cli("--home", cli_home, "log", "show", "--since", 3, "--json")).stdout)
     assert [r["index"] for r in since] == [3, 4]
 
 
 def test_cli_log_verify(cli_home: Path) -> None:
     result = ok(_cli("--home", cli_home, "log", "verify"))
     assert result.stdout == "log intact: 5 entries, last signed checkpoint at 4\n"
-    data = json.loads(ok(_cli("--home", cli_home, "log", "verify", "--json")).stdout)
+    data = one(ok(_cli("--home", cli_home, "log", "verify", "--json")).stdout)
     assert (data["intact"], data["entries"], data["last_checkpoint"]) == (True, 5, 4)
 
 
@@ -886,7 +886,7 @@ def test_cli_records_contact_events(cli_home: Path, tmp_path: Path) -> None:
     """_App.keystore passes the audit log as the identity layer's event sink."""
     home = _cli_copy(cli_home, tmp_path)
     ok(_cli("--home", home, "contact", "remove", "washington"))
-    rows = json.loads(ok(_cli("--home", home, "log", "show", "--since", 5, "--json")).stdout)
+    rows = ndjson(ok(_cli("--home", home, "log", "show", "--since", 5, "--json")).stdout)
     assert [r["kind"] for r in rows] == ["contact-removed"]
     out = ok(_cli("--home", home, "log", "verify")).stdout
     assert (

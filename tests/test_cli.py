@@ -22,12 +22,14 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
 
 import securechan
 from securechan.cli import cli
+from tests.ndjson import ndjson, one
 
 KDF = ("--kdf", "interactive")
 PASSPHRASES = {
@@ -141,9 +143,16 @@ def change_b64_char(text: str, pos: int) -> str:
     raise AssertionError("unreachable")
 
 
-def json_out(result: Result) -> object:
+def json_out(result: Result) -> Any:
+    """The one JSON object a command printed (NDJSON: one line)."""
     ok(result)
-    return json.loads(result.stdout)
+    return one(result.stdout)
+
+
+def json_lines(result: Result) -> list[dict[str, Any]]:
+    """What a list command printed: one JSON object per line (NDJSON)."""
+    ok(result)
+    return ndjson(result.stdout)
 
 
 # --- fixtures ------------------------------------------------------------------
@@ -400,7 +409,7 @@ def test_contact_add_and_list(world: World) -> None:
     assert result.stdout.splitlines()[0] == f"Pinned bravo: {b.fingerprint()}"
     assert "Not verified yet" in result.stdout
 
-    listed = json_out(run("--home", a.home, "contact", "list", "--json"))
+    listed = json_lines(run("--home", a.home, "contact", "list", "--json"))
     assert isinstance(listed, list)
     assert len(listed) == 1
     assert listed[0]["name"] == "bravo"
@@ -639,7 +648,7 @@ def test_contact_remove(paired: World) -> None:
     result = ok(run("--home", a.home, "contact", "remove", "bravo"))
     assert result.stdout == ""
     assert "bravo" in result.stderr
-    assert json_out(run("--home", a.home, "contact", "list", "--json")) == []
+    assert json_lines(run("--home", a.home, "contact", "list", "--json")) == []
     before = a.contacts.read_bytes()
     failed(run("--home", a.home, "contact", "remove", "bravo"), 2)
     failed(run("--home", a.home, "contact", "remove", "nobody"), 2)

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from securechan.audit.statement import Statement, verify_statement
+from tests.cli_schema import validate
+from tests.ndjson import one
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -53,7 +55,8 @@ def test_demo_json_every_step_and_detection(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
     assert elapsed < 60, f"the demo took {elapsed:.1f} s"
-    data = json.loads(proc.stdout)
+    data = one(proc.stdout)  # one NDJSON line ...
+    validate(data, "DemoReport")  # ... valid against docs/cli-json.schema.json
     assert data["ok"] is True
     steps = {s["id"]: s for s in data["steps"]}
     assert len(steps) == len(data["steps"]), "step ids are unique"

@@ -49,6 +49,7 @@ from securechan.primitives import KDF_INTERACTIVE
 from securechan.protocol.address import ContactCard
 from securechan.protocol.payload import FILE_CHUNK, FileChunk
 from securechan.terminal_text import is_flagged
+from tests.ndjson import ndjson, one
 
 KDF = ("--kdf", "interactive")
 MIB = 1024 * 1024
@@ -99,18 +100,13 @@ def one_line_error(proc: subprocess.CompletedProcess[str], code: int) -> str:
     return lines[0]
 
 
+# The commands printing one line per item (the rest print one object).
+LIST_COMMANDS = {("log", "show"), ("contact", "list"), ("policy", "show")}
+
+
 def json_stream(text: str) -> list[Any]:
     """The JSON documents printed one after another (``receive --json``)."""
-    decoder = json.JSONDecoder()
-    out: list[Any] = []
-    i = 0
-    while True:
-        while i < len(text) and text[i].isspace():
-            i += 1
-        if i == len(text):
-            return out
-        obj, i = decoder.raw_decode(text, i)
-        out.append(obj)
+    return list(ndjson(text))
 
 
 def texts(items: list[Any]) -> list[dict[str, Any]]:
@@ -228,7 +224,14 @@ class Party:
         return proc.stdout
 
     def json(self, *args: object) -> Any:
-        return json.loads(self.ok(*args, "--json"))
+        """One object for a single result; a list (one line each, NDJSON)
+        for the list commands."""
+        out = self.ok(*args, "--json")
+        return (
+            ndjson(out)
+            if tuple(map(str, args[:2])) in LIST_COMMANDS or args[0] == "history"
+            else one(out)
+        )
 
     def items(self, *args: object, cwd: Path | None = None) -> list[Any]:
         return json_stream(self.ok(*args, "--json", cwd=cwd))
@@ -855,7 +858,12 @@ def test_relay_down_then_back(people: dict[str, Party], tmp_path: Path) -> None:
         down1 = t.run("send", "washington", "Tehran: sent while the relay was down (1)")
         assert down1.returncode == 3, transcript(down1)
         assert down1.stdout == ""
-        assert t.json("status")["outbox"] == 1
+        # status says what is queued, names the dead relay, and exits 3.
+        status = t.run("status", "--json")
+        assert status.returncode == 3, transcript(status)
+        down = one(status.stdout)
+        assert (down["outbox"], down["unreachable"]) == (1, [relay.url]), down
+        assert one_line_error(status, 3).startswith(f"securechan: relay {relay.url} is unreachable")
         down2 = t.run("send", "washington", "Tehran: sent while the relay was down (2)")
         assert down2.returncode == 3, transcript(down2)
 

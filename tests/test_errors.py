@@ -262,5 +262,6 @@ def test_old_entries_keep_their_class_names(tmp_path: Path) -> None:
     assert verified.exit_code == 0, verified.output
     shown = CliRunner().invoke(cli, ["--home", str(home), "log", "show", "--json"])
     assert shown.exit_code == 0, shown.output
-    reasons = [e["fields"]["reason"] for e in json.loads(shown.output) if e["kind"] == "rejected"]
+    entries = [json.loads(line) for line in shown.output.splitlines()]
+    reasons = [e["fields"]["reason"] for e in entries if e["kind"] == "rejected"]
     assert reasons == ["SplitView", "split-view"]

@@ -46,6 +46,7 @@ from tests.adversary import (
 )
 from tests.adversary.parties import introduce, transcript
 from tests.adversary.world import PASSPHRASES
+from tests.ndjson import ndjson, one
 from tests.test_adversary_relay import run
 
 pytestmark = pytest.mark.timeout(240)
@@ -106,13 +107,7 @@ def receive_json(p: Party) -> tuple[list[str], list[str]]:
     proc = p.run("receive", "--json")
     assert proc.returncode == 0, transcript(proc)
     texts, refused = [], []
-    decoder = json.JSONDecoder()
-    s, i = proc.stdout, 0
-    while i < len(s):
-        if s[i].isspace():
-            i += 1
-            continue
-        obj, i = decoder.raw_decode(s, i)
+    for obj in ndjson(proc.stdout):
         if obj.get("text") is not None:
             texts.append(obj["text"])
         if obj.get("rejected"):
@@ -139,7 +134,7 @@ def keys_not_reused(sender: Party, receiver: Party, refused: list[str]) -> None:
     assert not [r for r in refused if r in ("replay", "decryption-failed", "chain-broken")], refused
     out = [
         h["seq"]
-        for h in json.loads(sender.ok("history", receiver.name, "--json"))
+        for h in ndjson(sender.ok("history", receiver.name, "--json"))
         if h["direction"] == "out"
     ]
     assert len(out) == len(set(out)), out
@@ -231,7 +226,7 @@ def test_relay_sigkilled_during_cli_traffic(pristine: Path, tmp_path: Path) -> N
 
 def _history_in(p: Party, peer: str) -> list[str]:
     """What ``p`` was shown from ``peer`` (its stored history: shown = stored)."""
-    rows = json.loads(p.ok("history", peer, "--json"))
+    rows = ndjson(p.ok("history", peer, "--json"))
     return [h["summary"] for h in rows if h["direction"] == "in" and h["summary"] != "hello"]
 
 
@@ -294,7 +289,7 @@ def test_sender_killed_after_relay_stored_before_answer(fronted: Any) -> None:
         "the relay stored the send",
     )
     front.reset()
-    status = json.loads(t.ok("status", "--json"))
+    status = one(t.ok("status", "--json"))
     assert status["outbox"] == 0
     reposts = [x for x in front.sent() if x.status in (200, 201)]
     assert [json.loads(x.reply)["duplicate"] for x in reposts][-1] is True

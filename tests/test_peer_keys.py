@@ -62,6 +62,7 @@ from tests.adversary import RelayProcess, audit_rejections, b64e, running_relay,
 from tests.adversary.parties import Party, transcript
 from tests.adversary.world import PASSPHRASES, World, world_of
 from tests.conftest import fixed_identity
+from tests.ndjson import ndjson
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -346,7 +347,7 @@ def files(
         t, w = world.t, world.w
         t.ok("send", "washington", "Tehran: the ceasefire holds")
         w.ok("receive")
-        rows = json.loads(t.ok("history", "washington", "--json"))
+        rows = ndjson(t.ok("history", "washington", "--json"))
         mid = next(r["id"] for r in rows if "ceasefire" in str(r.get("summary", "")))
         path = root / "one.statement"
         t.ok("statement", "export", mid, "-o", path)

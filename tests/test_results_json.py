@@ -230,8 +230,11 @@ def test_status_from_the_channels_mapping() -> None:
         "held": 0,
         "rolled_back": [],
     }
-    # Exactly today's JSON: the mapping Channel.status() returns.
-    assert client_results.Status.from_mapping(info).to_json() == info
+    # The mapping Channel.status() returns, and the relays that did not
+    # answer (the CLI's status asks each one) as ``unreachable``.
+    assert client_results.Status.from_mapping(info).to_json() == {**info, "unreachable": []}
+    down = {**info, "unreachable": ["https://r"]}
+    assert client_results.Status.from_mapping(down).to_json() == down
 
 
 def test_no_command_builds_json_by_hand() -> None:
@@ -243,10 +246,10 @@ def test_no_command_builds_json_by_hand() -> None:
             if not isinstance(node, ast.Call) or not node.args:
                 continue
             name = getattr(node.func, "id", getattr(node.func, "attr", ""))
-            if name not in ("_emit_json", "dumps"):
+            if name not in ("_emit_json", "_emit_json_lines", "dumps"):
                 continue
             arg = node.args[0]
-            if isinstance(arg, ast.ListComp):
+            if isinstance(arg, ast.ListComp | ast.GeneratorExp):
                 arg = arg.elt
             assert not isinstance(arg, ast.Dict | ast.List | ast.DictComp), (
                 f"{path.name}:{node.lineno} builds JSON by hand; use a result type's to_json()"

@@ -41,6 +41,7 @@ import pytest
 
 from securechan.terminal_text import CONTINUATION, is_flagged
 from tests import test_e2e_relay as e2e
+from tests.ndjson import ndjson
 from tests.test_e2e_relay import Pair, Party, _command, _env, json_stream
 
 # The real relay process and the two delegations of tests/test_e2e_relay.py.
@@ -213,7 +214,7 @@ def test_hostile_message_and_file_name_are_shown_escaped_on_the_terminal(
     # ... and exact in JSON.
     raw = run_on_pty(w, "history", "--json")
     assert raw.isascii()
-    summaries = [row["summary"] for row in json.loads(raw)]
+    summaries = [row["summary"] for row in ndjson(raw)]
     assert summaries.count(HOSTILE) == 2
     assert padded in summaries
     assert f"[file {HOSTILE_FILE}, 14 bytes]" in summaries
@@ -313,10 +314,11 @@ def test_a_relays_error_body_is_shown_escaped_on_one_line(
     assert code == 3, raw
     assert "Traceback" not in raw
     assert_terminal_safe(raw)
-    assert raw.startswith("securechan: the relay refused the request: 403 no\\x1b]0;relay title")
-    assert "\\x07\\x1b[2J<U+202E>\\x0a[2026-12-04T12:00:00Z]" in raw.replace(
-        "\n" + CONTINUATION, ""
-    )
+    joined = raw.replace("\n" + CONTINUATION, "")
+    # The line names the relay (issue 13), then its error body, escaped.
+    head = f"securechan: relay {hostile_relay} refused the request: 403 no\\x1b]0;relay title"
+    assert joined.startswith(head), raw
+    assert "\\x07\\x1b[2J<U+202E>\\x0a[2026-12-04T12:00:00Z]" in joined
     # Off a terminal (a pipe), the error is exactly one line.
     proc = w.run("register", "--relay", hostile_relay)
     assert proc.returncode == 3

@@ -107,9 +107,14 @@ async def _status(state: AgentState, params: dict[str, Any]) -> Any:
             # the idle clock; posting the outbox first (flush, as the status
             # command does) is.
             ch = state.keys.get(touch=bool(p["flush"]))
+            failures: dict[str, str] = {}
             if p["flush"]:
+                # As the status command: post the outbox, ask every relay.
                 await ch.flush_outbox()
-            out["channel"] = Status.from_mapping(ch.status()).to_json()
+                failures = await ch.unreachable_relays()
+            info = {**ch.status(), "unreachable": sorted(failures)}
+            out["channel"] = Status.from_mapping(info).to_json()
+            out["relay_errors"] = failures
     return out
 
 

@@ -37,7 +37,9 @@ _RELAY_REASONS = frozenset({Reason.RELAY_ERROR, Reason.RELAY_UNAVAILABLE})
 
 
 def _relay_down(item: object) -> bool:
-    return getattr(item, "reason", None) in _RELAY_REASONS
+    return getattr(item, "relay", None) is not None or (
+        getattr(item, "reason", None) in _RELAY_REASONS
+    )
 
 
 BACKOFF_MIN = 1.0

@@ -12,6 +12,7 @@ from securechan.cli.core import (
     _App,
     _channel,
     _emit_json,
+    _emit_json_lines,
     _Group,
     _iso,
     _json_option,
@@ -78,7 +79,7 @@ def contact_list(app: _App, as_json: bool) -> None:
     """List pinned contacts."""
     contacts = app.keystore.contacts.list()
     if as_json:
-        _emit_json([_contact_json(c) for c in contacts])
+        _emit_json_lines(_contact_json(c) for c in contacts)
         return
     for c in contacts:
         mark = "verified  " if c.verified else "UNVERIFIED"

@@ -7,7 +7,7 @@ import importlib
 import os
 import sqlite3
 import sys
-from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -241,8 +241,22 @@ class _App:
         return value
 
 
-def _emit_json(data: Any) -> None:
+def _emit_json(data: Mapping[str, Any]) -> None:
+    """One JSON object on one line of stdout: every ``--json`` output is
+    NDJSON (newline-delimited JSON, one object a line; docs/CLI.md, "JSON
+    output"). A command printing many results calls this once per result
+    (:func:`_emit_json_lines`); an array is never printed, so a stream can be
+    read line by line as it comes. The text is :func:`render.json_text`'s,
+    which the fast path through the agent prints too."""
+    if not isinstance(data, Mapping):
+        raise TypeError("--json prints one object per line, never an array")
     click.echo(json_text(data))
+
+
+def _emit_json_lines(items: Iterable[Mapping[str, Any]]) -> None:
+    """Many results: one object per line (NDJSON), none for no results."""
+    for item in items:
+        _emit_json(item)
 
 
 def _iso(ts: int | None) -> str | None:
@@ -250,7 +264,28 @@ def _iso(ts: int | None) -> str | None:
 
 
 def _json_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")(f)
+    return click.option(
+        "--json", "as_json", is_flag=True, help="Print JSON on stdout, one object a line (NDJSON)."
+    )(f)
+
+
+class _RelayUrl(click.ParamType):  # type: ignore[type-arg]
+    """A relay URL option, checked when the option is read
+    (:func:`securechan.transport.check_relay_url`): a malformed one is a
+    usage error (exit 2) at once, before any passphrase or network."""
+
+    name = "url"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from securechan.transport import check_relay_url
+
+        try:
+            return check_relay_url(str(value))
+        except SecurechanError as e:
+            self.fail(str(e), param, ctx)
+
+
+RELAY_URL = _RelayUrl()
 
 
 def _kdf_option(f: Callable[..., Any]) -> Callable[..., Any]:

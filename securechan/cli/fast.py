@@ -217,33 +217,39 @@ def _serve(client: Any, parsed: Parsed) -> int:
     if parsed.command == "receive":
         folder = os.path.abspath(parsed.download or ".")
         items = _call(client, parsed, "receive", download=folder)["items"]
-        code = 0
+        split = rolled_back = False
+        relays_down: set[str] = set()  # each relay that failed, reported once
         for item in items:
+            relay = item.get("relay")
+            if relay is not None:
+                if relay in relays_down:
+                    continue
+                relays_down.add(relay)
             _print([(render.json_text(item), False)] if parsed.json else render.received(item))
-            if item.get("rejected") == "split-view":
-                code = _EXIT_VERIFY
-            elif item.get("rejected") == "peer-rolled-back" and code == 0:
-                code = _EXIT_ROLLBACK
-        return code
+            split = split or item.get("rejected") == "split-view"
+            rolled_back = rolled_back or item.get("rejected") == "peer-rolled-back"
+        # As in-process: split view 1, rollback 5, an unreachable relay 3.
+        if split:
+            return _EXIT_VERIFY
+        if rolled_back:
+            return _EXIT_ROLLBACK
+        return _EXIT_NETWORK if relays_down else 0
     if parsed.command == "history":
         contact = parsed.args[0] if parsed.args else None
         rows = _call(client, parsed, "history", contact=contact)["items"]
-        if parsed.json:
-            _say(render.json_text(rows), False)
-        else:
-            for row in rows:
-                _print(render.history_row(row))
+        for row in rows:
+            _print([(render.json_text(row), False)] if parsed.json else render.history_row(row))
         return 0
     info = _call(client, parsed, "status", flush=True)
     if info["channel"] is None:  # locked since: unlock and ask again
         _unlock(client, parsed)
         info = client.call("status", flush=True)
-    _print(
-        [(render.json_text(info["channel"]), False)]
-        if parsed.json
-        else render.status(info["channel"])
-    )
-    return 0
+    channel = info["channel"]
+    _print([(render.json_text(channel), False)] if parsed.json else render.status(channel))
+    width = render.columns(err=True)
+    for error in info["relay_errors"].values():
+        _say(f"securechan: {inline(error, width=width, indent=12)}", True)
+    return _EXIT_NETWORK if info["relay_errors"] else 0
 
 
 def _send(client: Any, parsed: Parsed) -> int:

@@ -12,6 +12,7 @@ from securechan.cli.core import (
     _App,
     _columns,
     _emit_json,
+    _emit_json_lines,
     _Group,
     _iso,
     _json_option,
@@ -47,7 +48,7 @@ def log_show(app: _App, since: int | None, as_json: bool) -> None:
         if as_json:
             from securechan.cli.results import LogEntry
 
-            _emit_json([LogEntry.of(e).to_json() for e in log.entries(since)])
+            _emit_json_lines(LogEntry.of(e).to_json() for e in log.entries(since))
             return
         for entry in log.entries(since):
             fields = " ".join(f"{k}={_log_value(v)}" for k, v in entry.fields.describe().items())

@@ -13,11 +13,15 @@ from securechan.cli.completion import complete_contact
 from securechan.cli.core import (
     _PROGRESS_MIN,
     CARD_FILE,
+    EXIT_NETWORK,
     EXIT_ROLLBACK,
     EXIT_VERIFY,
+    RELAY_URL,
     _App,
     _channel,
+    _columns,
     _emit_json,
+    _emit_json_lines,
     _json_option,
     _read_text,
     _run,
@@ -31,7 +35,14 @@ if TYPE_CHECKING:
 
 
 @click.command()
-@click.option("--relay", "relays", multiple=True, required=True, help="Relay URL (repeatable).")
+@click.option(
+    "--relay",
+    "relays",
+    type=RELAY_URL,
+    multiple=True,
+    required=True,
+    help="Relay URL (repeatable).",
+)
 @click.option(
     "--relay-fingerprint",
     "fingerprint",
@@ -165,6 +176,16 @@ def _show(item: Any, as_json: bool, download: Path) -> None:
         _echo(render.received(data))
 
 
+def _show_relay_failure(item: Any, as_json: bool) -> None:
+    """A relay that could not be used: not an envelope's fault, so one line
+    naming the relay (the error says which and why), not 'refused an
+    envelope'; in JSON, the item (its ``relay`` field names it)."""
+    if as_json:
+        _emit_json(item.to_json())
+        return
+    _echo(render.received(item.to_json()))
+
+
 @click.command()
 @click.option("--follow", is_flag=True, help="Keep receiving (Ctrl-C to stop).")
 @click.option(
@@ -202,8 +223,15 @@ def receive(
 
     split: list[str] = []
     rolled_back: list[str] = []
+    relays_down: set[str] = set()  # each relay that failed, reported once
 
     def show(item: Any) -> None:
+        relay = getattr(item, "relay", None)
+        if relay is not None:
+            if relay not in relays_down:
+                relays_down.add(relay)
+                _show_relay_failure(item, as_json)
+            return
         _show(item, as_json, download)
         if getattr(item, "reason", None) == Reason.SPLIT_VIEW:
             split.append(item.error)
@@ -227,6 +255,8 @@ def receive(
         sys.exit(EXIT_VERIFY)
     if rolled_back:
         sys.exit(EXIT_ROLLBACK)
+    if relays_down:
+        sys.exit(EXIT_NETWORK)
 
 
 @click.command()
@@ -244,7 +274,7 @@ def history(app: _App, contact_name: str | None, as_json: bool) -> None:
 
     rows = [HistoryEntry(*row) for row in _run(go())]
     if as_json:
-        _emit_json([row.to_json() for row in rows])
+        _emit_json_lines(row.to_json() for row in rows)
         return
     for row in rows:
         _echo(render.history_row(row.to_json()))
@@ -256,15 +286,23 @@ def history(app: _App, contact_name: str | None, as_json: bool) -> None:
 def status(app: _App, as_json: bool) -> None:
     """Relays, queues, sessions and envelopes waiting to be sent."""
 
+    failures: dict[str, str] = {}
+
     async def go() -> Any:
         async with _channel(app) as ch:
             await ch.flush_outbox()
-            return ch.status()
+            # Ask every relay this home uses whether it answers (exit 3 if not).
+            failures.update(await ch.unreachable_relays())
+            return {**ch.status(), "unreachable": sorted(failures)}
 
     from securechan.client.results import Status
 
     info = Status.from_mapping(_run(go())).to_json()
     if as_json:
         _emit_json(info)
-        return
-    _echo(render.status(info))
+    else:
+        _echo(render.status(info))
+    for error in failures.values():
+        click.echo(f"securechan: {inline(error, width=_columns(err=True), indent=12)}", err=True)
+    if failures:
+        sys.exit(EXIT_NETWORK)

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import click
 
 from securechan.cli.core import (
+    EXIT_NETWORK,
+    RELAY_URL,
     _App,
     _channel,
+    _columns,
     _emit_json,
+    _emit_json_lines,
     _Group,
     _json_option,
     _run,
@@ -25,7 +30,9 @@ def policy() -> None:
 
 
 @policy.command(name="set")
-@click.option("--relay", "relay_url", required=True, help="The relay, as registered.")
+@click.option(
+    "--relay", "relay_url", type=RELAY_URL, required=True, help="The relay, as registered."
+)
 @click.option(
     "--witness",
     "witness_keys",
@@ -101,9 +108,8 @@ def policy_show(app: _App, as_json: bool) -> None:
 
     rows = _run(go())
     if as_json:
-        _emit_json([row.to_json() for row in rows])
-        return
-    for row in rows:
+        _emit_json_lines(row.to_json() for row in rows)
+    for row in [] if as_json else rows:
         relay_shown = inline(row.relay)
         if not row.witnesses:
             click.echo(f"{relay_shown}: no witness policy")
@@ -111,3 +117,10 @@ def policy_show(app: _App, as_json: bool) -> None:
         seen = row.witnessed_size
         state = f"witnessed up to size {seen}" if seen is not None else "nothing witnessed yet"
         click.echo(f"{relay_shown}: {row.required} of {len(row.witnesses)} witnesses; {state}")
+    # A relay that did not answer: every row is shown first, then one line
+    # per relay and exit 3 (docs/CLI.md, Exit codes).
+    errors = [row.error for row in rows if row.error is not None]
+    for error in errors:
+        click.echo(f"securechan: {inline(error, width=_columns(err=True), indent=12)}", err=True)
+    if errors:
+        sys.exit(EXIT_NETWORK)

@@ -45,11 +45,14 @@ def columns(*, err: bool = False) -> int | None:
 
 
 def json_text(data: Any) -> str:
-    """What ``--json`` prints for one object. The exact text, but as ASCII
-    (json.dumps' default ensure_ascii): controls, bidi and every other
-    non-ASCII character are \\uXXXX escapes, so JSON on a terminal is as
-    harmless as the rendered form."""
-    return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=True)
+    """What ``--json`` prints for one object: one line (NDJSON), compact,
+    keys sorted, ASCII only (json.dumps' ensure_ascii): controls, bidi and
+    every other non-ASCII character are \\uXXXX escapes, so JSON on a
+    terminal is as harmless as the rendered form, and no line break of a
+    value can split the line."""
+    return json.dumps(
+        data, sort_keys=True, ensure_ascii=True, separators=(",", ":"), allow_nan=False
+    )
 
 
 def seq_range(seqs: list[int]) -> str:
@@ -72,6 +75,10 @@ def received(item: Mapping[str, Any]) -> list[Line]:
     err = columns(err=True)
     if "rejected" in item:
         reason, error = str(item["rejected"]), str(item["error"])
+        if item.get("relay"):
+            # A relay that could not be used: not an envelope's fault; the
+            # error names the relay and why.
+            return [(f"securechan: {inline(error, width=err, indent=12)}", True)]
         if reason == "split-view":
             return [(f"securechan: SPLIT VIEW: {inline(error, width=err, indent=24)}", True)]
         if reason == "peer-rolled-back":

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
 import click
 
 import securechan
-from securechan.cli.core import _App, _emit_json, _Group, _json_option, _kdf_option, _run, pass_app
+from securechan.cli.core import (
+    RELAY_URL,
+    _App,
+    _emit_json,
+    _Group,
+    _json_option,
+    _kdf_option,
+    _run,
+    pass_app,
+)
 from securechan.errors import MalformedInput, RelayError, UsageError
 from securechan.terminal_text import inline
 
@@ -77,7 +85,7 @@ def witness_key(app: _App, mldsa44: bool, as_json: bool) -> None:
 
 
 @witness.command(name="cosign")
-@click.option("--relay", "url", required=True, help="The relay's URL.")
+@click.option("--relay", "url", type=RELAY_URL, required=True, help="The relay's URL.")
 @click.option(
     "--log-key",
     required=True,
@@ -137,7 +145,7 @@ def witness_cosign(
                 status=result.status,
                 timestamp=result.timestamp,
             )
-            click.echo(json.dumps(line.to_json(), sort_keys=True))
+            _emit_json(line.to_json())
         else:
             click.echo(f"{inline(cp.origin)} size {cp.size} root {root}: {inline(result.status)}")
 

@@ -61,7 +61,7 @@ from securechan.client.record import History, MessageRecord
 from securechan.client.registration import ONE_TIME_BATCH, ONE_TIME_LOW, Registrar
 from securechan.client.results import Received, Rejected, SendResult
 from securechan.client.state import ProtocolState
-from securechan.errors import NoIdentity, UsageError
+from securechan.errors import NoIdentity, RelayError, UsageError
 from securechan.identity import Contact, Identity, Keystore
 from securechan.primitives import random_bytes
 from securechan.protocol.address import ContactCard
@@ -378,6 +378,17 @@ class Channel:
     def known_logs(self) -> list[str]:
         """Every relay whose log key we pinned (ours, and our contacts')."""
         return self.record.known_logs()
+
+    async def unreachable_relays(self) -> dict[str, str]:
+        """Every relay this home uses (its registrations and its queues) that
+        does not answer now: URL -> why, in one line that names it."""
+        failures: dict[str, str] = {}
+        for url in sorted({*self.relays(), *(q.relay for q in self.db.queues())}):
+            try:
+                await (await self.relay(url)).info()
+            except RelayError as e:
+                failures[url] = str(e)
+        return failures
 
     def status(self) -> dict[str, object]:
         """Relays, queues, sessions and pending envelopes."""

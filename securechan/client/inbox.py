@@ -103,7 +103,7 @@ class Inbox:
                         queue.rid, Ed25519SigningKey(queue.secret), after=queue.last_seq, limit=200
                     )
             except RelayError as e:
-                out.append(Rejected(reason=Reason.RELAY_ERROR, error=str(e)))
+                out.append(Rejected(reason=Reason.RELAY_ERROR, error=str(e), relay=queue.relay))
                 continue
             except MalformedInput as e:
                 # A relay answering garbage for one queue must not stop the
@@ -143,7 +143,10 @@ class Inbox:
         except SplitView as e:
             out.append(Rejected(reason=Reason.SPLIT_VIEW, error=str(e), evidence=e.evidence))
         except (RelayError, VerificationFailed, MalformedInput) as e:
-            out.append(Rejected(reason=Reason.RELAY_ERROR, error=f"after receiving: {e}"))
+            url = e.relay if isinstance(e, RelayError) else None
+            out.append(
+                Rejected(reason=Reason.RELAY_ERROR, error=f"after receiving: {e}", relay=url)
+            )
         return out
 
     async def follow(

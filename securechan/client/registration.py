@@ -54,7 +54,10 @@ class Registrar:
         if pin_key is not None and pin_key != relay_key:
             raise UntrustedKey("the relay's key is not the one you pinned")
         if pin_fingerprint is not None and sha256(relay_key) != pin_fingerprint:
-            raise UntrustedKey(f"the key of {relay_url} does not have the fingerprint you gave")
+            raise UntrustedKey(
+                f"relay {relay_url} has the key fingerprint {sha256(relay_key).hex()}, "
+                f"not the {pin_fingerprint.hex()} you gave: nothing was registered"
+            )
         regs = self._state.registrations()
         existing = next((r for r in regs if r.relay == relay_url), None)
         if existing is not None and existing.relay_key != relay_key:

@@ -87,16 +87,22 @@ class Rejected:
     # For a split view: the two signed checkpoints that conflict; for a
     # rolled-back peer: the hashes of both payloads and both envelopes.
     evidence: tuple[str, ...] = ()
+    # For a relay that could not be used (``reason`` relay, relay-unavailable,
+    # relay-refused): its URL. Not an envelope's fault: the CLI reports it
+    # once per relay and exits 3.
+    relay: str | None = None
 
-    JSON_FIELDS: ClassVar[tuple[str, ...]] = ("rejected", "error", "held", "evidence")
-    JSON_OPTIONAL: ClassVar[frozenset[str]] = frozenset({"evidence"})
+    JSON_FIELDS: ClassVar[tuple[str, ...]] = ("rejected", "error", "held", "evidence", "relay")
+    JSON_OPTIONAL: ClassVar[frozenset[str]] = frozenset({"evidence", "relay"})
 
     def to_json(self) -> dict[str, Any]:
         """``rejected`` is the stable reason code (docs/ERRORS.md);
-        ``evidence`` appears only when there is some."""
+        ``evidence`` and ``relay`` appear only when there are some."""
         out: dict[str, Any] = {"rejected": str(self.reason), "error": self.error, "held": self.held}
         if self.evidence:
             out["evidence"] = list(self.evidence)
+        if self.relay is not None:
+            out["relay"] = self.relay
         return out
 
 
@@ -167,6 +173,8 @@ class Status:
     outbox: int
     held: int
     rolled_back: tuple[str, ...]
+    # Relays that did not answer (the CLI's status asks each one; exit 3).
+    unreachable: tuple[str, ...] = ()
 
     JSON_FIELDS: ClassVar[tuple[str, ...]] = (
         "identity",
@@ -176,6 +184,7 @@ class Status:
         "outbox",
         "held",
         "rolled_back",
+        "unreachable",
     )
     JSON_OPTIONAL: ClassVar[frozenset[str]] = frozenset()
 
@@ -203,6 +212,7 @@ class Status:
             outbox=count("outbox"),
             held=count("held"),
             rolled_back=names("rolled_back"),
+            unreachable=names("unreachable") if "unreachable" in info else (),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -214,4 +224,5 @@ class Status:
             "outbox": self.outbox,
             "held": self.held,
             "rolled_back": list(self.rolled_back),
+            "unreachable": list(self.unreachable),
         }

@@ -9,7 +9,6 @@ module (:func:`make_people`) and copied per test.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import sqlite3
@@ -28,6 +27,7 @@ from securechan.primitives import KDF_INTERACTIVE
 from securechan.protocol.address import ContactCard
 from securechan.transport import RetryPolicy
 from tests.adversary.relay import clean_env, securechan_command
+from tests.ndjson import ndjson
 
 __all__ = ["Party", "audit_rejections", "introduce", "make_people", "session_states"]
 
@@ -72,7 +72,7 @@ class Party:
 
     def cli_audit(self) -> list[dict[str, Any]]:
         """``securechan log show --json`` (no passphrase needed)."""
-        return list(json.loads(self.ok("log", "show", "--json")))
+        return ndjson(self.ok("log", "show", "--json"))
 
     # --- the library ------------------------------------------------------------
 
