@@ -79,6 +79,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "securechan.cli.log:log_group",
         "Show and verify your local audit log (no passphrase needed).",
     ),
+    "outbox": (
+        "securechan.cli.outbox:outbox",
+        "List the messages waiting to be posted, or cancel one.",
+    ),
     "policy": (
         "securechan.cli.policy:policy",
         "Which witnesses must cosign a relay's log (docs/AUDIT.md, Witnesses).",
