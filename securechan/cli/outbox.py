@@ -16,8 +16,9 @@ from securechan.terminal_text import inline
 def outbox(ctx: click.Context, as_json: bool) -> None:
     """List the messages waiting to be posted, or cancel one.
 
-    Without a subcommand: the messages no relay took in full yet, one line each: its id (for 'outbox cancel'), contact, kind, size, parts
-    the relays took of all its parts, and age. The next send, receive or
+    Without a subcommand: the messages no relay took in full yet, one line
+    each: its id (for 'outbox cancel'), contact, kind, size, parts the
+    relays took of all its parts, and age. The next send, receive or
     status posts them."""
     if ctx.invoked_subcommand is not None:
         return
