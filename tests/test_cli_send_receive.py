@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from securechan.client.inbox import PAGE
+PAGE = 200  # client/inbox.py PAGE (and the cap on main): one fetch page
 from securechan.protocol.payload import CHUNK_SIZE, MAX_TEXT_BYTES
 from tests.test_e2e_relay import (
     Party,
@@ -120,7 +120,8 @@ def _run_on_terminal(argv: list[str], env: dict[str, str]) -> tuple[int, str]:
             if chunk:
                 shown += chunk
                 continue
-        if proc.poll() is not None and not ready:
+            break  # end of file (EIO): the child closed the terminal
+        if proc.poll() is not None:
             break
     proc.wait(timeout=120)
     assert proc.stdout is not None
