@@ -29,7 +29,6 @@ from typing import Any
 
 import pytest
 
-PAGE = 200  # client/inbox.py PAGE (and the cap on main): one fetch page
 from securechan.protocol.payload import CHUNK_SIZE, MAX_TEXT_BYTES
 from tests.test_e2e_relay import (
     Party,
@@ -43,10 +42,10 @@ from tests.test_e2e_relay import (
     register,
     transcript,
 )
-from tests.test_e2e_relay import people as people  # noqa: F401 (fixture)
-from tests.test_e2e_relay import pristine as pristine  # noqa: F401 (fixture)
+from tests.test_e2e_relay import people as people
+from tests.test_e2e_relay import pristine as pristine
 
-MB = 1_000_000
+PAGE = 200  # client/inbox.py PAGE (and the cap on main): one fetch page
 
 
 @pytest.fixture
@@ -61,7 +60,7 @@ def relay(tmp_path: Path) -> Iterator[RelayProcess]:
 
 
 @pytest.fixture
-def tw(relay: RelayProcess, people: dict[str, Party]) -> tuple[Party, Party]:  # noqa: F811
+def tw(relay: RelayProcess, people: dict[str, Party]) -> tuple[Party, Party]:
     t, w = people["tehran"], people["washington"]
     introduce(t, w, relay.url)
     return t, w
@@ -187,7 +186,7 @@ def test_history_shows_more_than_a_thousand_messages_and_pages(
 
 def test_send_that_leaves_envelopes_queued_says_so_and_exits_3(
     relay: RelayProcess,
-    people: dict[str, Party],  # noqa: F811
+    people: dict[str, Party],
     tmp_path: Path,
 ) -> None:
     """washington is registered at two relays; one is down: the envelope for
