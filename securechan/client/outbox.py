@@ -508,71 +508,79 @@ class Outbox:
 
     def queued(self) -> list[QueuedMessage]:
         """See :meth:`Channel.queued`."""
-        out = []
-        for row in self._ctx.db.queued():
-            meta: dict[str, Any] = json.loads(row.meta) if row.meta is not None else {}
-            out.append(
-                QueuedMessage(
-                    id=row.key.hex() if row.ref is not None else row.key.hex()[:16],
-                    contact=meta.get("contact"),
-                    kind=str(meta.get("kind", "protocol")),
-                    size=int(meta.get("size", 0)),
-                    file_name=meta.get("name"),
-                    seqs=tuple(meta.get("seqs", ())),
-                    parts=row.parts,
-                    posted=row.parts - row.remaining,
-                    created=row.created,
-                    relays=row.relays,
-                )
-            )
-        return out
+        return queued(self._ctx)
 
     def cancel(self, message_id: str, *, interrupted: bool = False) -> Cancelled:
-        """See :meth:`Channel.cancel`."""
-        ctx, db = self._ctx, self._ctx.db
-        wanted = message_id.strip().lower()
-        found = [q for q in self.queued() if q.id == wanted]
-        if not found:
-            raise NotFound(
-                f"no queued message {message_id} (see 'securechan outbox'; a message "
-                "the relays took in full cannot be cancelled)"
+        """See :meth:`Channel.cancel`; ``interrupted``: called because the
+        send was cancelled (a post may then be in flight)."""
+        return withdraw(self._ctx, message_id, in_flight=interrupted and self._posting)
+
+
+def queued(ctx: Context) -> list[QueuedMessage]:
+    """See :meth:`Channel.queued`."""
+    out = []
+    for row in ctx.db.queued():
+        meta: dict[str, Any] = json.loads(row.meta) if row.meta is not None else {}
+        out.append(
+            QueuedMessage(
+                id=row.key.hex() if row.ref is not None else row.key.hex()[:16],
+                contact=meta.get("contact"),
+                kind=str(meta.get("kind", "protocol")),
+                size=int(meta.get("size", 0)),
+                file_name=meta.get("name"),
+                seqs=tuple(meta.get("seqs", ())),
+                parts=row.parts,
+                posted=row.parts - row.remaining,
+                created=row.created,
+                relays=row.relays,
             )
-        item = found[0]
-        if item.kind == "protocol" or item.contact is None:
-            raise UsageError(
-                f"{message_id} is a protocol envelope (a queue grant): not cancellable"
-            )
-        ref = bytes.fromhex(wanted)
-        retired = False
-        with db.transaction():
-            row = next((r for r in db.queued() if r.ref == ref), None)
-            taken = db.withdraw_outbox(ref)
-            if taken is None or row is None:
-                raise NotFound(f"no queued message {message_id}: it was posted meanwhile")
-            parts, withdrawn = taken
-            if withdrawn and row.conversation is not None:
-                # Our record must not claim a message the contact never gets.
-                if item.seqs:
-                    db.remove_message(row.conversation, "out", item.seqs[-1])
-                if row.conversation not in db.retired():
-                    db.retire_session(row.conversation, ctx.now())
-                    retired = True
-        if retired:
-            ctx.audit.rejected(
-                Reason.REKEYED,
-                f"session retired: a message to {item.contact} was cancelled before all of it "
-                "was posted; the next send starts a new one",
-                conversation=row.conversation,
-                at=ctx.now(),
-            )
-        in_flight = 1 if interrupted and self._posting else 0
-        return Cancelled(
-            id=wanted,
-            contact=item.contact,
-            kind=item.kind,
-            parts=parts,
-            withdrawn=withdrawn,
-            posted=parts - withdrawn,
-            in_flight=in_flight,
-            retired=retired,
         )
+    return out
+
+
+def withdraw(ctx: Context, message_id: str, *, in_flight: bool = False) -> Cancelled:
+    """See :meth:`Channel.cancel`."""
+    db = ctx.db
+    wanted = message_id.strip().lower()
+    found = [q for q in queued(ctx) if q.id == wanted]
+    if not found:
+        raise NotFound(
+            f"no queued message {message_id} (see 'securechan outbox'; a message "
+            "the relays took in full cannot be cancelled)"
+        )
+    item = found[0]
+    if item.kind == "protocol" or item.contact is None:
+        raise UsageError(f"{message_id} is a protocol envelope (a queue grant): not cancellable")
+    ref = bytes.fromhex(wanted)
+    retired = False
+    with db.transaction():
+        row = next((r for r in db.queued() if r.ref == ref), None)
+        taken = db.withdraw_outbox(ref)
+        if taken is None or row is None:
+            raise NotFound(f"no queued message {message_id}: it was posted meanwhile")
+        parts, withdrawn = taken
+        if withdrawn and row.conversation is not None:
+            # Our record must not claim a message the contact never gets.
+            if item.seqs:
+                db.remove_message(row.conversation, "out", item.seqs[-1])
+            if row.conversation not in db.retired():
+                db.retire_session(row.conversation, ctx.now())
+                retired = True
+    if retired:
+        ctx.audit.rejected(
+            Reason.REKEYED,
+            f"session retired: a message to {item.contact} was cancelled before all of it "
+            "was posted; the next send starts a new one",
+            conversation=row.conversation,
+            at=ctx.now(),
+        )
+    return Cancelled(
+        id=wanted,
+        contact=item.contact,
+        kind=item.kind,
+        parts=parts,
+        withdrawn=withdrawn,
+        posted=parts - withdrawn,
+        in_flight=1 if in_flight else 0,
+        retired=retired,
+    )
