@@ -100,6 +100,10 @@ def send(
     """Send MESSAGE (or '-' for stdin, or --file F) to CONTACT."""
     if (message is None) == (file_path is None):
         raise UsageError("give a MESSAGE ('-' reads stdin) or --file F")
+    if message == "-":
+        message = _read_text(sys.stdin.buffer, "standard input")
+    if message is not None:
+        _check_text_size(message)  # before anything else is printed or asked
     contact = app.keystore.contacts.get(contact_name)
     if not contact.verified:
         shown = inline(contact_name)
@@ -108,10 +112,6 @@ def send(
             f"('securechan contact show {shown}')",
             err=True,
         )
-    if message == "-":
-        message = _read_text(sys.stdin.buffer, "standard input")
-    if message is not None:
-        _check_text_size(message)
 
     async def go() -> Any:
         import asyncio
