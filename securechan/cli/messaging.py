@@ -378,7 +378,7 @@ def receive(
             stop = asyncio.Event()
             if timeout is not None:
                 asyncio.get_running_loop().call_later(timeout, stop.set)
-            async for item in ch.follow(stop=stop):
+            async for item in ch.follow(stop=stop, progress=progress):
                 show(item)
 
     _run(go())

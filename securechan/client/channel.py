@@ -353,10 +353,16 @@ class Channel:
         return list(self.inbox.left_waiting)
 
     def follow(
-        self, *, poll: float = 2.0, stop: asyncio.Event | None = None
+        self,
+        *,
+        poll: float = 2.0,
+        stop: asyncio.Event | None = None,
+        progress: Callable[[str, int, int], None] | None = None,
     ) -> AsyncIterator[Received | Rejected]:
         """Receive continuously: WebSocket push per queue, with polling as the
-        fall-back (and every ``poll`` seconds anyway)."""
+        fall-back (and every ``poll`` seconds anyway); ``progress`` as for
+        :meth:`receive`."""
+        self.inbox.progress = progress
         return self.inbox.follow(poll=poll, stop=stop)
 
     async def _after_receive(self) -> None:
