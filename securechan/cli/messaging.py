@@ -145,10 +145,14 @@ def send(
         _emit_json(result.to_json())
     if result.pending:
         # One line, exit 3: the message is safe in the outbox.
+        head = (
+            f"no relay accepted message {seqs} to {result.contact} yet"
+            if not result.delivered
+            else f"message {seqs} to {result.contact} was posted in part ({result.delivered} taken)"
+        )
         raise RelayError(
-            f"message {seqs} to {result.contact}: {result.pending} envelope(s) still queued "
-            f"(a relay did not take them; {result.delivered} taken); the next send, receive "
-            "or status posts them, 'securechan outbox' lists them"
+            f"{head}: {result.pending} envelope(s) still queued; the next send, receive or "
+            "status posts them, 'securechan outbox' lists them"
         )
     if not as_json:
         click.echo(f"Message {seqs} to {inline(result.contact)}: sent", err=True)
