@@ -25,7 +25,7 @@ from securechan.cli.core import (
     _run,
     pass_app,
 )
-from securechan.errors import MalformedInput, Reason, RelayError, StorageError, UsageError
+from securechan.errors import Reason, RelayError, StorageError, UsageError
 from securechan.terminal_text import block, inline
 
 if TYPE_CHECKING:
@@ -159,16 +159,12 @@ def send(
 
 
 def _check_text_size(message: str) -> None:
-    """A text over the protocol's limit: refused in one line, before the
-    passphrase is asked for (the limit is docs/CLI.md's)."""
-    from securechan.protocol.payload import MAX_TEXT_BYTES
+    """A text the protocol refuses (over ``MAX_TEXT_BYTES`` once in NFC, or
+    with a NUL): refused in one line before the passphrase is asked for,
+    by the library's own check (docs/CLI.md gives the limit)."""
+    from securechan.protocol.payload import message_text
 
-    size = len(message.encode("utf-8", errors="surrogatepass"))
-    if size > MAX_TEXT_BYTES:
-        raise MalformedInput(
-            f"the text is {size} bytes; a text is at most {MAX_TEXT_BYTES} bytes of UTF-8: "
-            "send it as a file (--file)"
-        )
+    message_text(message)
 
 
 def _interrupted(cancelled: Any) -> None:
