@@ -174,7 +174,7 @@ def _interrupted(cancelled: Any) -> None:
     elif cancelled.posted == 0 and not cancelled.in_flight:
         text = (
             f"interrupted: message to {cancelled.contact} cancelled, none of its "
-            f"{cancelled.parts} part(s) was posted"
+            f"{cancelled.parts} part(s) was posted: all were withdrawn"
         )
     else:
         maybe = " (one more may have reached it)" if cancelled.in_flight else ""
