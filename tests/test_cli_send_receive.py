@@ -11,6 +11,14 @@ processes on 127.0.0.1, real ``securechan`` subprocesses, real homes.
 - Ctrl-C during ``send --file`` withdraws the file: no later command
   delivers it;
 - ``outbox`` lists what is queued and ``outbox cancel`` withdraws it.
+
+Each test fails on main (8201c23; run with main's ``securechan/`` first on
+PYTHONPATH): receive saved no file (200 of 240 chunks taken); no progress
+line; history listed 1,000 of 1,005 rows and had no --limit; the send with
+one relay down printed "sent, 3 envelopes still queued" and exited 0; a
+100 KiB text asked for the passphrase first ("no passphrase" without one);
+Ctrl-C printed two lines and the file stayed queued; there was no
+``outbox`` command (exit 2).
 """
 
 from __future__ import annotations
