@@ -17,7 +17,8 @@ PYTHONPATH): receive saved no file (200 of 240 chunks taken); no progress
 line; history listed 1,000 of 1,005 rows and had no --limit; the send with
 one relay down printed "sent, 3 envelopes still queued" and exited 0; a
 100 KiB text asked for the passphrase first ("no passphrase" without one);
-Ctrl-C printed two lines and the file stayed queued; there was no
+Ctrl-C printed an empty line before "securechan: interrupted" (the test
+stops there; the issue saw the file delivered by the next command); no
 ``outbox`` command (exit 2).
 """
 
