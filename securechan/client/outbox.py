@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from securechan import strict_json
 from securechan.audit.receipt import verify_receipt
 from securechan.client.context import Context
 from securechan.client.logview import RelayLogs
@@ -520,7 +521,11 @@ def queued(ctx: Context) -> list[QueuedMessage]:
     """See :meth:`Channel.queued`."""
     out = []
     for row in ctx.db.queued():
-        meta: dict[str, Any] = json.loads(row.meta) if row.meta is not None else {}
+        meta: dict[str, Any] = (
+            strict_json.loads(row.meta, max_size=1 << 16, what="an outbox record")
+            if row.meta is not None
+            else {}
+        )
         out.append(
             QueuedMessage(
                 id=row.key.hex() if row.ref is not None else row.key.hex()[:16],
