@@ -177,6 +177,7 @@ CLIENT_RANKS = {
     "db_received": 0,
     "db_logs": 0,
     "db_messages": 0,
+    "db_outbox": 0,
     "db": 1,
     "context": 2,
     "files": 2,

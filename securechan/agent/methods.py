@@ -179,7 +179,9 @@ async def _receive(state: AgentState, params: dict[str, Any]) -> Any:
     p = _params(params, download=(str, False))
     folder = _absolute(p["download"], "download") if p["download"] is not None else None
     async with state.channel_lock:
-        fresh = await _channel(state).receive()
+        ch = _channel(state)
+        fresh = await ch.receive()
+        left_waiting = list(ch.left_waiting)
         items = [*state.pending, *fresh]
         state.pending.clear()
         state.drained.set()
@@ -194,16 +196,20 @@ async def _receive(state: AgentState, params: dict[str, Any]) -> Any:
                 save_download, folder, item.file_name or "file", item.file_data
             )
         out.append(item.to_json(file=str(saved) if saved else None))
-    return {"items": out}
+    return {"items": out, "left_waiting": left_waiting}
 
 
 async def _history(state: AgentState, params: dict[str, Any]) -> Any:
     from securechan.client.results import HistoryEntry
 
-    p = _params(params, contact=(str, False))
+    p = _params(params, contact=(str, False), limit=(int, False), before=(str, False))
+    if p["limit"] is not None and p["limit"] < 1:
+        raise RpcError(AgentErrorCode.INVALID_PARAMS, "limit must be at least 1")
     async with state.channel_lock:
-        rows = _channel(state).history(p["contact"])
-    return {"items": [HistoryEntry(*row).to_json() for row in rows]}
+        rows, more = _channel(state).history_page(
+            p["contact"], limit=p["limit"], before=p["before"]
+        )
+    return {"items": [HistoryEntry(*row).to_json() for row in rows], "more": more}
 
 
 async def _statement_export(state: AgentState, params: dict[str, Any]) -> Any:

@@ -85,6 +85,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "securechan.cli.log:log_group",
         "Show and verify your local audit log (no passphrase needed).",
     ),
+    "outbox": (
+        "securechan.cli.outbox:outbox",
+        "List the messages waiting to be posted, or cancel one.",
+    ),
     "pair": (
         "securechan.cli.pair:pair",
         "Exchange and verify contacts by reading a one-time code aloud.",

@@ -61,6 +61,8 @@ class Parsed:
         self.json = False
         self.file: str | None = None
         self.download: str | None = None
+        self.limit: str | None = None
+        self.before: str | None = None
 
 
 _GLOBAL = {"--home": "home", "--passphrase-file": "passphrase_file"}
@@ -68,7 +70,7 @@ _GLOBAL = {"--home": "home", "--passphrase-file": "passphrase_file"}
 _COMMANDS: dict[str, tuple[dict[str, str], set[str], tuple[int, int]]] = {
     "send": ({"--file": "file"}, {"--json"}, (1, 2)),
     "receive": ({"--download": "download"}, {"--json"}, (0, 0)),
-    "history": ({}, {"--json"}, (0, 1)),
+    "history": ({"--limit": "limit", "--before": "before"}, {"--json"}, (0, 1)),
     "status": ({}, {"--json"}, (0, 0)),
 }
 
@@ -216,7 +218,8 @@ def _serve(client: Any, parsed: Parsed) -> int:
         return _send(client, parsed)
     if parsed.command == "receive":
         folder = os.path.abspath(parsed.download or ".")
-        items = _call(client, parsed, "receive", download=folder)["items"]
+        answer = _call(client, parsed, "receive", download=folder)
+        items = answer["items"]
         split = rolled_back = False
         relays_down: set[str] = set()  # each relay that failed, reported once
         for item in items:
@@ -228,6 +231,11 @@ def _serve(client: Any, parsed: Parsed) -> int:
             _print([(render.json_text(item), False)] if parsed.json else render.received(item))
             split = split or item.get("rejected") == "split-view"
             rolled_back = rolled_back or item.get("rejected") == "peer-rolled-back"
+        for url in answer["left_waiting"]:
+            _say(
+                f"securechan: note: more messages wait at {inline(url)}: run 'securechan receive' again",
+                True,
+            )
         # As in-process: split view 1, rollback 5, an unreachable relay 3.
         if split:
             return _EXIT_VERIFY
@@ -236,7 +244,19 @@ def _serve(client: Any, parsed: Parsed) -> int:
         return _EXIT_NETWORK if relays_down else 0
     if parsed.command == "history":
         contact = parsed.args[0] if parsed.args else None
-        rows = _call(client, parsed, "history", contact=contact)["items"]
+        limit = None
+        if parsed.limit is not None:
+            if not parsed.limit.isdigit() or int(parsed.limit) < 1:
+                raise UsageError(f"Invalid value for '--limit': {parsed.limit!r} is not >= 1.")
+            limit = int(parsed.limit)
+        page = _call(client, parsed, "history", contact=contact, limit=limit, before=parsed.before)
+        rows = page["items"]
+        if page["more"] and rows:
+            _say(
+                f"securechan: note: showing the newest {len(rows)}; older messages: "
+                f"'securechan history --before {rows[0]['id'][:16]}'",
+                True,
+            )
         for row in rows:
             _print([(render.json_text(row), False)] if parsed.json else render.history_row(row))
         return 0
@@ -276,13 +296,22 @@ def _send(client: Any, parsed: Parsed) -> int:
             f"('securechan contact show {shown}')",
             True,
         )
-    if result["pending"] and not result["delivered"]:
-        seqs = render.seq_range(result["seqs"])
-        _say(
-            f"securechan: no relay accepted message {seqs} to {inline(result['contact'])} yet; "
-            "it is queued and will be posted by the next send, receive or status",
-            True,
+    if parsed.json:
+        _say(render.json_text(result), False)
+    if result["pending"]:
+        # As in-process: one line, exit 3; the message is safe in the outbox.
+        seqs, who = render.seq_range(result["seqs"]), result["contact"]
+        head = (
+            f"no relay accepted message {seqs} to {who} yet"
+            if not result["delivered"]
+            else f"message {seqs} to {who} was posted in part ({result['delivered']} taken)"
         )
+        line = (
+            f"{head}: {result['pending']} envelope(s) still queued; the next send, receive "
+            "or status posts them, 'securechan outbox' lists them"
+        )
+        _say(f"securechan: {inline(line, width=render.columns(err=True), indent=12)}", True)
         return _EXIT_NETWORK
-    _print([(render.json_text(result), False)] if parsed.json else render.sent(result))
+    if not parsed.json:
+        _print(render.sent(result))
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -109,6 +110,10 @@ def send(
     """Send MESSAGE (or '-' for stdin, or --file F) to CONTACT."""
     if (message is None) == (file_path is None):
         raise UsageError("give a MESSAGE ('-' reads stdin) or --file F")
+    if message == "-":
+        message = _read_text(sys.stdin.buffer, "standard input")
+    if message is not None:
+        _check_text_size(message)  # before anything else is printed or asked
     contact = app.keystore.contacts.get(contact_name)
     if not contact.verified:
         shown = inline(contact_name)
@@ -117,36 +122,117 @@ def send(
             f"('securechan contact show {shown}')",
             err=True,
         )
-    if message == "-":
-        message = _read_text(sys.stdin.buffer, "standard input")
 
     async def go() -> Any:
+        import asyncio
+
         async with _channel(app) as ch:
-            if file_path is not None:
-                data = file_path.read_bytes()
-                if len(data) < _PROGRESS_MIN or not sys.stderr.isatty():
-                    return await ch.send_file(contact_name, file_path.name, data)
-                with click.progressbar(length=1, label="Sending", file=sys.stderr) as bar:
+            try:
+                if file_path is not None:
+                    data = file_path.read_bytes()
+                    if len(data) < _PROGRESS_MIN or not sys.stderr.isatty() or as_json:
+                        return await ch.send_file(contact_name, file_path.name, data), None
+                    bar = _Progress(f"Sending {file_path.name}", len(data))
+                    try:
+                        return await ch.send_file(
+                            contact_name,
+                            file_path.name,
+                            data,
+                            progress=lambda done, total: bar.show(len(data) * done // total),
+                        ), None
+                    finally:
+                        bar.close()
+                return await ch.send_text(contact_name, message or ""), None
+            except asyncio.CancelledError:
+                # Ctrl-C: the channel withdrew what was not posted yet.
+                return None, ch.last_cancelled
 
-                    def tick(done: int, total: int) -> None:
-                        bar.length = total
-                        bar.update(done - bar.pos)
-
-                    return await ch.send_file(contact_name, file_path.name, data, progress=tick)
-            return await ch.send_text(contact_name, message or "")
-
-    result = _run(go())
+    result, cancelled = _run(go())
+    if result is None:
+        _interrupted(cancelled)
     seqs = render.seq_range(list(result.seqs))
-    if result.pending and not result.delivered:
-        # One line, exit 3: the message is safe in the outbox.
-        raise RelayError(
-            f"no relay accepted message {seqs} to {result.contact} yet; it is queued "
-            "and will be posted by the next send, receive or status"
-        )
     if as_json:
         _emit_json(result.to_json())
-    else:
+    if result.pending:
+        # One line, exit 3: the message is safe in the outbox.
+        head = (
+            f"no relay accepted message {seqs} to {result.contact} yet"
+            if not result.delivered
+            else f"message {seqs} to {result.contact} was posted in part ({result.delivered} taken)"
+        )
+        raise RelayError(
+            f"{head}: {result.pending} envelope(s) still queued; the next send, receive or "
+            "status posts them, 'securechan outbox' lists them"
+        )
+    if not as_json:
         _echo(render.sent(result.to_json()))
+
+
+def _check_text_size(message: str) -> None:
+    """A text the protocol refuses (over ``MAX_TEXT_BYTES`` once in NFC, or
+    with a NUL): refused in one line before the passphrase is asked for,
+    by the library's own check (docs/CLI.md gives the limit)."""
+    from securechan.protocol.payload import message_text
+
+    message_text(message)
+
+
+def _interrupted(cancelled: Any) -> None:
+    """Ctrl-C during a send: one line on what became of the message, exit 130."""
+    if cancelled is None:
+        text = "interrupted: nothing was queued for sending"
+    elif cancelled.posted == 0 and not cancelled.in_flight:
+        text = (
+            f"interrupted: message to {cancelled.contact} cancelled, none of its "
+            f"{cancelled.parts} part(s) was posted: all were withdrawn"
+        )
+    else:
+        maybe = " (one more may have reached it)" if cancelled.in_flight else ""
+        text = (
+            f"interrupted: message to {cancelled.contact} cancelled; the relay already has "
+            f"{cancelled.posted} of its {cancelled.parts} part(s){maybe}, the other "
+            f"{cancelled.withdrawn} were withdrawn"
+            + (
+                " (a file stays incomplete: the contact never sees it)"
+                if cancelled.kind == "file"
+                else ""
+            )
+        )
+    click.echo(f"securechan: {inline(text, width=_columns(err=True), indent=12)}", err=True)
+    sys.exit(130)
+
+
+class _Progress:
+    """Bytes, rate and ETA of a transfer on stderr (a terminal only)."""
+
+    def __init__(self, label: str, total: int) -> None:
+        self.label = inline(label)
+        self.total = total
+        self.start = time.monotonic()
+        self.first: int | None = None
+        self.shown = False
+
+    def show(self, done: int) -> None:
+        if self.first is None:
+            self.first = done
+        elapsed = time.monotonic() - self.start
+        rate = (done - self.first) / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - done) / rate if rate > 0 else None
+        left = "--:--" if eta is None else f"{int(eta) // 60:02d}:{int(eta) % 60:02d}"
+        line = (
+            f"{self.label}: {_mb(done)} of {_mb(self.total)} MB, {_mb(int(rate))} MB/s, ETA {left}"
+        )
+        click.echo("\r" + line + "\x1b[K", nl=False, err=True)
+        self.shown = True
+
+    def close(self) -> None:
+        if self.shown:
+            click.echo("", err=True)
+            self.shown = False
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1_000_000:.1f}"
 
 
 def _save_download(folder: Path, name: str, data: bytes) -> Path:
@@ -223,9 +309,25 @@ def receive(
 
     split: list[str] = []
     rolled_back: list[str] = []
+    bars: dict[str, _Progress] = {}
+
+    def progress(name: str, held: int, size: int) -> None:
+        # Large incoming files, on a terminal, without --json.
+        if as_json or size < _PROGRESS_MIN or not sys.stderr.isatty():
+            return
+        bar = bars.get(name)
+        if bar is None:
+            bar = bars[name] = _Progress(f"Receiving {name}", size)
+        bar.show(held)
+        if held >= size:
+            bar.close()
+            del bars[name]
+
     relays_down: set[str] = set()  # each relay that failed, reported once
 
     def show(item: Any) -> None:
+        for bar in bars.values():
+            bar.close()
         relay = getattr(item, "relay", None)
         if relay is not None:
             if relay not in relays_down:
@@ -241,13 +343,22 @@ def receive(
     async def go() -> None:
         async with _channel(app, unknown=unknown) as ch:
             if not follow:
-                for item in await ch.receive():
+                items = await ch.receive(progress=progress)
+                for bar in bars.values():
+                    bar.close()
+                for item in items:
                     show(item)
+                for url in ch.left_waiting:
+                    click.echo(
+                        f"securechan: note: more messages wait at {inline(url)}: "
+                        "run 'securechan receive' again",
+                        err=True,
+                    )
                 return
             stop = asyncio.Event()
             if timeout is not None:
                 asyncio.get_running_loop().call_later(timeout, stop.set)
-            async for item in ch.follow(stop=stop):
+            async for item in ch.follow(stop=stop, progress=progress):
                 show(item)
 
     _run(go())
@@ -261,18 +372,42 @@ def receive(
 
 @click.command()
 @click.argument("contact_name", metavar="CONTACT", required=False, shell_complete=complete_contact)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Only the newest N messages (default: every message).",
+)
+@click.option(
+    "--before",
+    metavar="ID",
+    default=None,
+    help="Only messages stored before the message ID (the next page back).",
+)
 @_json_option
 @pass_app
-def history(app: _App, contact_name: str | None, as_json: bool) -> None:
-    """Show the stored conversation (with CONTACT, or all)."""
+def history(
+    app: _App, contact_name: str | None, limit: int | None, before: str | None, as_json: bool
+) -> None:
+    """Show the stored conversation (with CONTACT, or all).
+
+    Every stored message, oldest first, unless --limit N: then the newest N,
+    and a note on stderr names the --before ID that shows the page before."""
 
     async def go() -> Any:
         async with _channel(app) as ch:
-            return ch.history(contact_name)
+            return ch.history_page(contact_name, limit=limit, before=before)
 
     from securechan.client.results import HistoryEntry
 
-    rows = [HistoryEntry(*row) for row in _run(go())]
+    page, more = _run(go())
+    rows = [HistoryEntry(*row) for row in page]
+    if more and rows:
+        click.echo(
+            f"securechan: note: showing the newest {len(rows)}; older messages: "
+            f"'securechan history --before {rows[0].id[:16]}'",
+            err=True,
+        )
     if as_json:
         _emit_json_lines(row.to_json() for row in rows)
         return

@@ -45,7 +45,7 @@ from securechan.client.db import ClientDB
 from securechan.client.files import sanitize_filename
 from securechan.client.inbox import Inbox
 from securechan.client.logview import RelayLogs
-from securechan.client.outbox import Outbox
+from securechan.client.outbox import Cancelled, Outbox, QueuedMessage
 from securechan.client.pipeline import (
     AUDIT_EACH,
     EARLY_GRACE,
@@ -77,7 +77,9 @@ __all__ = [
     "ONE_TIME_BATCH",
     "ONE_TIME_LOW",
     "UNAUTH_TRIES",
+    "Cancelled",
     "Channel",
+    "QueuedMessage",
     "Received",
     "Rejected",
     "SendResult",
@@ -311,8 +313,43 @@ class Channel:
         progress: Callable[[int, int], None] | None = None,
     ) -> SendResult:
         """Send a file (chunked) to the contact ``name``. ``progress(done,
-        total)`` is called as envelopes are posted."""
+        total)`` is called as envelopes are posted.
+
+        Cancelled while posting (Ctrl-C in the CLI, a task's ``cancel()``):
+        the file's envelopes not yet posted are withdrawn from the outbox
+        before ``CancelledError`` goes on, so no later command delivers
+        them; :attr:`last_cancelled` then says what the relays already had.
+        The same holds for :meth:`send_text`."""
         return await self.outbox.send_file(name, file_name, data, progress)
+
+    @property
+    def last_cancelled(self) -> Cancelled | None:
+        """What withdrawing the last send's message did when that send was
+        cancelled while posting (None: not cancelled, or cancelled before
+        anything was queued)."""
+        return self.outbox.cancelled
+
+    @property
+    def last_queued(self) -> str | None:
+        """The outbox id of the message the last send queued (what
+        :meth:`cancel` takes), or None."""
+        ref = self.outbox.last_ref
+        return ref.hex() if ref is not None else None
+
+    def queued(self) -> list[QueuedMessage]:
+        """The messages with envelopes still in the outbox (not yet taken by
+        a relay), oldest first; ``securechan outbox`` lists them."""
+        return self.outbox.queued()
+
+    def cancel(self, message_id: str) -> Cancelled:
+        """Withdraw a queued message (an id from :meth:`queued`): every
+        envelope of it still in the outbox is removed, with our record of
+        it, in one transaction. What a relay already took cannot be taken
+        back (``Cancelled.posted``); if anything was withdrawn the session
+        is retired, and the next send to the contact starts a new one.
+        :class:`NotFound` for an id not queued (posted in full already),
+        :class:`UsageError` for a protocol envelope (a queue grant)."""
+        return self.outbox.cancel(message_id)
 
     async def flush_outbox(
         self, *, progress: Callable[[int, int], None] | None = None
@@ -325,15 +362,38 @@ class Channel:
 
     # --- receiving ------------------------------------------------------------
 
-    async def receive(self) -> list[Received | Rejected]:
-        """One pass over every queue at every relay: fetch, open, store, ack."""
-        return await self.inbox.receive()
+    async def receive(
+        self, *, progress: Callable[[str, int, int], None] | None = None
+    ) -> list[Received | Rejected]:
+        """One pass over every queue at every relay: fetch, open, store, ack,
+        page after page until each queue is empty (bounded by
+        ``client.inbox.DRAIN_MAX`` envelopes a queue, and by the budget of
+        failed first messages: :attr:`left_waiting` names the relays where
+        some were left for the next pass). ``progress(file name, bytes held,
+        size)`` is called for each chunk of an incoming file."""
+        self.inbox.progress = progress
+        try:
+            return await self.inbox.receive()
+        finally:
+            self.inbox.progress = None
+
+    @property
+    def left_waiting(self) -> list[str]:
+        """Relays whose queues the last receive pass left with envelopes
+        waiting (taken by the next pass)."""
+        return list(self.inbox.left_waiting)
 
     def follow(
-        self, *, poll: float = 2.0, stop: asyncio.Event | None = None
+        self,
+        *,
+        poll: float = 2.0,
+        stop: asyncio.Event | None = None,
+        progress: Callable[[str, int, int], None] | None = None,
     ) -> AsyncIterator[Received | Rejected]:
         """Receive continuously: WebSocket push per queue, with polling as the
-        fall-back (and every ``poll`` seconds anyway)."""
+        fall-back (and every ``poll`` seconds anyway); ``progress`` as for
+        :meth:`receive`."""
+        self.inbox.progress = progress
         return self.inbox.follow(poll=poll, stop=stop)
 
     async def _after_receive(self) -> None:
@@ -350,6 +410,15 @@ class Channel:
         The message id is the same on both sides (:func:`message_id`)."""
         history: History = self.record.history(name)
         return history
+
+    def history_page(
+        self, name: str | None = None, *, limit: int | None = None, before: str | None = None
+    ) -> tuple[list[tuple[str, str, int, int, str, str]], bool]:
+        """Like :meth:`history`, but only the messages stored before the one
+        whose id (or unique prefix) is ``before``, and of those the newest
+        ``limit``; the flag says whether older ones were left out (page on
+        with ``before`` = the first row's id)."""
+        return self.record.history_page(name, limit=limit, before=before)
 
     async def fetch_receipt(self, message_id: str) -> bool:
         """For a message we received: ask the relay it came through for the

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from securechan.client.db_logs import LogTables
 from securechan.client.db_messages import MessageTables, StoredMessage
+from securechan.client.db_outbox import OutboxTables, QueuedRow
 from securechan.client.db_received import HeldRow, ReceivedTables
 from securechan.client.generations import GENERATIONS_FILE, Generations
 from securechan.errors import MalformedInput, RolledBack, StorageError, VerificationFailed
@@ -41,7 +42,15 @@ from securechan.primitives import aead_decrypt, aead_encrypt, hkdf_sha256
 from securechan.protocol.sealed import open_state, seal_state
 from securechan.sqlite_schema import Schema, connect, prepare_file
 
-__all__ = ["ClientDB", "HeldRow", "OutboxEntry", "QueueRow", "SessionRow", "StoredMessage"]
+__all__ = [
+    "ClientDB",
+    "HeldRow",
+    "OutboxEntry",
+    "QueueRow",
+    "QueuedRow",
+    "SessionRow",
+    "StoredMessage",
+]
 
 SCHEMA = Schema("client", application_id=0x7363434C, title="a securechan client database")
 """``securechan/schema/client/``: the tables, their versions and upgrades."""
@@ -84,7 +93,7 @@ class OutboxEntry:
     envelope: bytes
 
 
-class ClientDB(ReceivedTables, LogTables, MessageTables):
+class ClientDB(ReceivedTables, LogTables, MessageTables, OutboxTables):
     """The local database of one home folder, opened with its storage key."""
 
     def __init__(self, path: Path, storage_key: bytes) -> None:

@@ -54,15 +54,27 @@ class MessageTables:
             (conversation, peer, direction, seq, at, self.seal("messages", row, record)),
         )
 
-    def messages(self, peer: bytes | None = None, *, limit: int = 1000) -> list[StoredMessage]:
-        """Stored messages in the order they were stored (of one peer, if given)."""
+    def messages(
+        self, peer: bytes | None = None, *, after: int = 0, limit: int = 1000
+    ) -> list[StoredMessage]:
+        """One page of stored messages in the order they were stored (of one
+        peer, if given): at most ``limit``, those after the row id ``after``.
+        A caller that wants them all pages on with ``after`` = the last id."""
         query = "SELECT id, conversation, peer, direction, seq, at, sealed FROM messages"
-        args: tuple[object, ...] = ()
+        query += " WHERE id > ?"
+        args: tuple[object, ...] = (after,)
         if peer is not None:
-            query += " WHERE peer = ?"
-            args = (peer,)
+            query += " AND peer = ?"
+            args = (after, peer)
         rows = self._db.execute(query + " ORDER BY id LIMIT ?", (*args, limit)).fetchall()
         return [self._stored_message(r) for r in rows]
+
+    def remove_message(self, conversation: bytes, direction: str, seq: int) -> None:
+        """Forget a stored message (a send cancelled before it was posted)."""
+        self._db.execute(
+            "DELETE FROM messages WHERE conversation = ? AND direction = ? AND seq = ?",
+            (conversation, direction, seq),
+        )
 
     def position_key(self, dh: bytes, n: int) -> bytes:
         """The index key of a ratchet position (keyed, so the clear index

@@ -10,6 +10,7 @@ kept on the session row; file chunks go to client/files.py.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from securechan.client.context import Context
@@ -19,7 +20,7 @@ from securechan.client.results import Received, Rejected
 from securechan.client.stored import StoredRecord
 from securechan.errors import Reason
 from securechan.protocol.address import QueueGrant
-from securechan.protocol.payload import ContentType, FileChunk, Receipt
+from securechan.protocol.payload import CHUNK_SIZE, ContentType, FileChunk, Receipt
 from securechan.protocol.session import (
     Event,
     MessageReceived,
@@ -40,6 +41,8 @@ class Opened:
     events: list[Event]
     envelope: bytes
     relay: str
+    # Told of each stored chunk of a file: (file name, bytes held, size).
+    progress: Callable[[str, int, int], None] | None = None
 
 
 def deliver(ctx: Context, opened: Opened, now: int) -> list[Received | Rejected]:
@@ -113,7 +116,9 @@ def deliver(ctx: Context, opened: Opened, now: int) -> list[Received | Rejected]
             continue
         if isinstance(content, FileChunk):
             with stage("file"):
-                data = take_file(db, session.conversation, content)
+                held, data = take_file(db, session.conversation, content)
+            if opened.progress is not None:
+                opened.progress(content.name, min(content.size, held * CHUNK_SIZE), content.size)
             if data is not None:
                 if not file_intact(content, data):
                     out.append(

@@ -16,14 +16,15 @@ from securechan.protocol.payload import FileChunk
 __all__ = ["file_intact", "file_summary", "sanitize_filename", "take_file"]
 
 
-def take_file(db: ClientDB, conversation: bytes, chunk: FileChunk) -> bytes | None:
-    """Store one received chunk (inside the caller's transaction); when it
-    completes its file, take every chunk out and return the joined bytes
-    (not yet checked: :func:`file_intact`). None while chunks are missing."""
+def take_file(db: ClientDB, conversation: bytes, chunk: FileChunk) -> tuple[int, bytes | None]:
+    """Store one received chunk (inside the caller's transaction); return
+    how many chunks of its file are held, and when it completes its file,
+    take every chunk out and return the joined bytes too (not yet checked:
+    :func:`file_intact`); None while chunks are missing."""
     held = db.add_chunk(conversation, chunk.file_id, chunk.index, chunk.data)
     if held != chunk.count:
-        return None
-    return b"".join(db.take_chunks(conversation, chunk.file_id))
+        return held, None
+    return held, b"".join(db.take_chunks(conversation, chunk.file_id))
 
 
 def file_intact(chunk: FileChunk, data: bytes) -> bool:

@@ -1,6 +1,13 @@
 """The receive pipeline: fetch, open, store, acknowledge.
 
-One pass (:meth:`Inbox.receive`) reads every queue at every relay; each
+One pass (:meth:`Inbox.receive`) reads every queue at every relay until it
+is empty, a page of ``PAGE`` envelopes at a time, each page acknowledged
+once its envelopes are committed. The pass is bounded by what was waiting
+when it started, not by the relay's say: at most ``DRAIN_MAX`` envelopes per
+queue (a peer that keeps sending cannot keep ``receive`` running; the relay's
+per-queue byte quota bounds what waits anyway), and on a contact queue the
+bounded budget of failed first messages (client/pipeline.py); what is left
+is named in :attr:`Inbox.left_waiting` and taken by the next pass. Each
 envelope is decided by a lookup (client/hold.py) or opened by its session
 in one transaction with everything it changes (client/delivery.py), then
 the queue is acknowledged once. The rules (no envelope blocks a queue;
@@ -59,9 +66,11 @@ from securechan.protocol.ordering import CHAIN, SENDER, Budget, Hold
 from securechan.protocol.session import MESSAGE, Event, MessageReceived, Session, message_chain
 from securechan.transport import FetchedEnvelope
 
-__all__ = ["Inbox"]
+__all__ = ["DRAIN_MAX", "PAGE", "Inbox"]
 
 Results = list[Received | Rejected]
+PAGE = 200  # envelopes fetched (and then acknowledged) at a time
+DRAIN_MAX = 100_000  # envelopes taken from one queue in one pass (~3 GB of file chunks)
 
 
 class Inbox:
@@ -86,6 +95,11 @@ class Inbox:
         self._after = after
         self._rx = Pass()  # the receive pass under way (budget, caches)
         self.held = HeldEnvelopes(ctx, state, self._rx, self._reopen)
+        # Relays whose queue the last pass left with envelopes still waiting
+        # (the DRAIN_MAX or first-message bound), and the hook told of each
+        # stored chunk of an incoming file: (file name, bytes held, size).
+        self.left_waiting: list[str] = []
+        self.progress: Callable[[str, int, int], None] | None = None
 
     async def receive(self) -> Results:
         """See :meth:`Channel.receive`."""
@@ -95,39 +109,9 @@ class Inbox:
         out += held.expire() + held.release_senders()
         out.extend(held.release_chains())
         await self._flush()
+        self.left_waiting = []
         for queue in self._db.queues():
-            try:
-                with stage("fetch"):
-                    relay = await self._ctx.relay(queue.relay)
-                    envelopes = await relay.fetch(
-                        queue.rid, Ed25519SigningKey(queue.secret), after=queue.last_seq, limit=200
-                    )
-            except RelayError as e:
-                out.append(Rejected(reason=Reason.RELAY_ERROR, error=str(e), relay=queue.relay))
-                continue
-            except MalformedInput as e:
-                # A relay answering garbage for one queue must not stop the
-                # others: report it, record it, go on.
-                self._ctx.audit.rejected(
-                    Reason.MALFORMED_INPUT, f"fetch answer from {queue.relay}: {e}"
-                )
-                out.append(Rejected(reason=Reason.RELAY_ERROR, error=f"{queue.relay}: {e}"))
-                continue
-            except Unexpected as e:
-                out.append(
-                    report_unexpected(self._ctx.audit, e, f"fetch answer from {queue.relay}")
-                )
-                continue
-            self._rx.budget = Budget.of(HOLD)
-            done = 0
-            for env in envelopes:
-                if queue.kind == "contact" and self._rx.budget.exhausted:
-                    break  # the rest waits for the next pass (bounded work per pass)
-                out.extend(self._process(queue, env))
-                done = env.seq
-            out.extend(held.flush_quiet(queue))
-            if done:
-                out.extend(await self._ack(queue, done))
+            out.extend(await self._drain(queue))
         out.extend(
             Rejected(
                 reason=Reason.SPLIT_VIEW,
@@ -148,6 +132,55 @@ class Inbox:
                 Rejected(reason=Reason.RELAY_ERROR, error=f"after receiving: {e}", relay=url)
             )
         return out
+
+    async def _drain(self, queue: QueueRow) -> Results:
+        """Every envelope waiting in one queue, page by page (bounded: see
+        the module's docstring)."""
+        out: Results = []
+        held = self.held
+        self._rx.budget = Budget.of(HOLD)
+        after, taken = queue.last_seq, 0
+        while True:
+            try:
+                with stage("fetch"):
+                    relay = await self._ctx.relay(queue.relay)
+                    envelopes = await relay.fetch(
+                        queue.rid, Ed25519SigningKey(queue.secret), after=after, limit=PAGE
+                    )
+            except RelayError as e:
+                out.append(Rejected(reason=Reason.RELAY_ERROR, error=str(e), relay=queue.relay))
+                return out
+            except MalformedInput as e:
+                # A relay answering garbage for one queue must not stop the
+                # others: report it, record it, go on.
+                self._ctx.audit.rejected(
+                    Reason.MALFORMED_INPUT, f"fetch answer from {queue.relay}: {e}"
+                )
+                out.append(Rejected(reason=Reason.RELAY_ERROR, error=f"{queue.relay}: {e}"))
+                return out
+            except Unexpected as e:
+                out.append(
+                    report_unexpected(self._ctx.audit, e, f"fetch answer from {queue.relay}")
+                )
+                return out
+            done = 0
+            stopped = False
+            for env in envelopes:
+                if queue.kind == "contact" and self._rx.budget.exhausted:
+                    stopped = True  # the rest waits for the next pass (bounded work per pass)
+                    break
+                out.extend(self._process(queue, env))
+                done = env.seq
+            out.extend(held.flush_quiet(queue))
+            if done:
+                out.extend(await self._ack(queue, done))
+            taken += len(envelopes)
+            if stopped or (len(envelopes) == PAGE and taken >= DRAIN_MAX):
+                self.left_waiting.append(queue.relay)
+                return out
+            if len(envelopes) < PAGE or done <= after:
+                return out  # the relay has no more (or went backwards: stop)
+            after = done
 
     async def follow(
         self, *, poll: float = 2.0, stop: asyncio.Event | None = None
@@ -331,7 +364,13 @@ class Inbox:
                 raise MessageRejected("not a securechan envelope")
             with stage("store"):
                 self._state.save_session(session)
-            opened = Opened(session=session, events=events, envelope=env.data, relay=queue.relay)
+            opened = Opened(
+                session=session,
+                events=events,
+                envelope=env.data,
+                relay=queue.relay,
+                progress=self.progress,
+            )
             results = deliver(self._ctx, opened, now)
             with stage("store"):
                 db.mark_seen(env.msg_id, now)

@@ -7,16 +7,28 @@ the outbox, and the next command posts it again with the same message id,
 which the relay and the recipient both de-duplicate. Every post's log
 receipt is verified and held to everything seen of that relay's log.
 
-Owns: client.db's ``outbox`` and ``log_receipts`` tables, the ``out`` rows of
-``messages``; sessions are written through :class:`ProtocolState`.
+Cancelling (``securechan outbox cancel``, or a send interrupted while it
+posts): every envelope of the message still in the outbox is withdrawn in
+one transaction, with our record of the message; what the relay already
+took cannot be taken back and is reported (:class:`Cancelled`). A session
+that lost envelopes is retired (as ``contact rekey`` does): the peer could
+not open a message after the gap (its first message, or more than the
+ratchet's MAX_SKIP missing), so the next send starts a new one.
+
+Owns: client.db's ``outbox``, ``outbox_messages``, ``outbox_parts`` and
+``log_receipts`` tables, the ``out`` rows of ``messages``; sessions are
+written through :class:`ProtocolState`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+from securechan import strict_json
 from securechan.audit.receipt import verify_receipt
 from securechan.client.context import Context
 from securechan.client.logview import RelayLogs
@@ -27,11 +39,13 @@ from securechan.client.stored import StoredRecord
 from securechan.errors import (
     BundleRejected,
     MalformedInput,
+    NotFound,
     Reason,
     RelayError,
     RolledBack,
     SplitView,
     UntrustedKey,
+    UsageError,
     VerificationFailed,
     reason_of,
 )
@@ -43,7 +57,7 @@ from securechan.protocol.payload import message_text
 from securechan.protocol.prekeys import Prekey, PrekeyBundle
 from securechan.protocol.session import Session
 
-__all__ = ["Built", "Outbox", "encrypt"]
+__all__ = ["Built", "Cancelled", "Outbox", "QueuedMessage", "encrypt"]
 
 Target = tuple[str, bytes, bytes | None]  # (relay, sid, sender seed)
 
@@ -87,6 +101,77 @@ def encrypt(
 Build = Callable[[Session], Built]
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueuedMessage:
+    """A message with envelopes still in the outbox (``Channel.queued``).
+
+    ``id`` is what ``outbox cancel`` takes (16 hex digits); ``kind`` is
+    ``text``, ``file``, ``receipt`` or ``protocol`` (a queue grant or an
+    envelope queued before client.db version 8: not cancellable, no
+    contact); ``size`` the text's or file's bytes; ``parts`` the outbox rows
+    it was made of (each envelope once per relay) and ``posted`` how many of
+    them the relays already took."""
+
+    id: str
+    contact: str | None
+    kind: str
+    size: int
+    file_name: str | None
+    seqs: tuple[int, ...]
+    parts: int
+    posted: int
+    created: int
+    relays: tuple[str, ...]
+
+    JSON_FIELDS = ("id", "contact", "kind", "size", "file_name", "seqs", "parts", "posted")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "contact": self.contact,
+            "kind": self.kind,
+            "size": self.size,
+            "file_name": self.file_name,
+            "seqs": list(self.seqs),
+            "parts": self.parts,
+            "posted": self.posted,
+            "created": self.created,
+            "relays": list(self.relays),
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Cancelled:
+    """What a cancel did: ``withdrawn`` outbox rows taken out (never sent),
+    ``posted`` rows the relays had already taken (those cannot be taken
+    back: the contact receives them, and a file's chunks without the rest
+    are kept but never shown), ``in_flight`` 1 when the cancel interrupted a
+    post whose answer never came (that part may have reached the relay),
+    ``retired`` whether the session was retired (the next send starts a new
+    one)."""
+
+    id: str
+    contact: str
+    kind: str
+    parts: int
+    withdrawn: int
+    posted: int
+    in_flight: int
+    retired: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "contact": self.contact,
+            "kind": self.kind,
+            "parts": self.parts,
+            "withdrawn": self.withdrawn,
+            "posted": self.posted,
+            "in_flight": self.in_flight,
+            "retired": self.retired,
+        }
+
+
 class Outbox:
     """Sends on the current session with a contact (starting one if there is
     none), and posts the outbox."""
@@ -98,31 +183,57 @@ class Outbox:
         self._state = state
         self._registrar = registrar
         self._logs = logs
+        # The message the last send queued (its outbox id), what cancelling
+        # it did when the send was cancelled while posting, and whether a
+        # post is awaiting its answer.
+        self.last_ref: bytes | None = None
+        self.cancelled: Cancelled | None = None
+        self._posting = False
+        self._what: dict[str, Any] = {}
 
     async def send_text(self, name: str, text: str) -> SendResult:
         """See :meth:`Channel.send_text`."""
         text = message_text(text)
-        return await self.send(name, lambda s: encrypt(s, now=self._ctx.now(), text=text))
+        what = {"kind": "text", "size": len(text.encode("utf-8"))}
+        return await self.send(
+            name, lambda s: encrypt(s, now=self._ctx.now(), text=text), what=what
+        )
 
     async def send_receipt(self, name: str) -> SendResult:
         """See :meth:`Channel.send_receipt`. Kept in our record: our signed
         receipt is what proves delivery in a statement of the peer's message."""
-        return await self.send(name, lambda s: encrypt(s, now=self._ctx.now()))
+        what = {"kind": "receipt", "size": 0}
+        return await self.send(name, lambda s: encrypt(s, now=self._ctx.now()), what=what)
 
     async def send_file(
         self, name: str, file_name: str, data: bytes, progress: Callable[[int, int], None] | None
     ) -> SendResult:
         """See :meth:`Channel.send_file`. One stored record per file: the
         last chunk's signed payload."""
+        what = {"kind": "file", "size": len(data), "name": file_name}
         return await self.send(
-            name, lambda s: encrypt(s, now=self._ctx.now(), file=(file_name, data)), progress
+            name,
+            lambda s: encrypt(s, now=self._ctx.now(), file=(file_name, data)),
+            progress,
+            what=what,
         )
 
     async def send(
-        self, name: str, build: Build, progress: Callable[[int, int], None] | None = None
+        self,
+        name: str,
+        build: Build,
+        progress: Callable[[int, int], None] | None = None,
+        *,
+        what: dict[str, Any] | None = None,
     ) -> SendResult:
         """Build one message on the current session with ``name`` (or a new
-        one), commit it with the session state and the outbox, then post."""
+        one), commit it with the session state and the outbox, then post.
+        Cancelled while posting (Ctrl-C): the message's envelopes still
+        queued are withdrawn (:attr:`cancelled` says what the relays already
+        had), then the cancellation goes on."""
+        self.last_ref = None
+        self.cancelled = None
+        self._what = what or {"kind": "text", "size": 0}
         ctx = self._ctx
         contact = ctx.contact(name)
         now = ctx.now()
@@ -183,8 +294,13 @@ class Outbox:
             peer=contact.fingerprint,
             at=now,
         )
+        ref = self.last_ref
         try:
             delivered, pending = await self.flush(progress=progress)
+        except asyncio.CancelledError:
+            if ref is not None:
+                self.cancelled = self.cancel(ref.hex(), interrupted=True)
+            raise
         except SplitView as e:
             split = split or e
         if split is not None:
@@ -227,10 +343,25 @@ class Outbox:
             now,
             record.to_bytes(),
         )
+        msg_ids = []
         for env in envelopes:
             msg_id = self._ctx.random(16)
+            msg_ids.append(msg_id)
             for relay_url, sid, sender in targets:
                 db.add_outbox(msg_id, relay_url, sid, sender, env, now)
+        # What these envelopes are, for 'outbox' and 'outbox cancel'.
+        ref = self._ctx.random(8)
+        meta = {**self._what, "contact": contact.name, "seqs": list(seqs)}
+        db.add_outbox_message(
+            ref,
+            contact.fingerprint.digest,
+            session.conversation,
+            msg_ids,
+            len(msg_ids) * len(targets),
+            now,
+            json.dumps(meta, separators=(",", ":")).encode("utf-8"),
+        )
+        self.last_ref = ref
 
     def targets(self, contact: Contact, row_grant: bytes | None) -> list[Target]:
         """(relay, sid, sender seed) to post to: the peer's private queue if it
@@ -333,6 +464,7 @@ class Outbox:
             try:
                 relay = await ctx.relay(entry.relay)
                 sender = Ed25519SigningKey(entry.sender) if entry.sender is not None else None
+                self._posting = True
                 reply = await relay.send_with_receipt(
                     entry.sid, entry.envelope, entry.msg_id, sender=sender
                 )
@@ -340,8 +472,11 @@ class Outbox:
                 blocked.add(target)
                 pending += 1
                 continue
+            finally:
+                self._posting = False
             with db.transaction():
                 db.remove_outbox(entry.id)
+                db.settle_outbox(entry.msg_id)
             delivered += 1
             # The relay has the envelope; now hold it to its log: the receipt
             # must prove the envelope is in a checkpoint consistent with every
@@ -369,3 +504,88 @@ class Outbox:
                 + "; ".join(bad_receipts[:3])
             )
         return delivered, pending
+
+    # --- the outbox, as 'securechan outbox' shows it ---------------------------------
+
+    def queued(self) -> list[QueuedMessage]:
+        """See :meth:`Channel.queued`."""
+        return queued(self._ctx)
+
+    def cancel(self, message_id: str, *, interrupted: bool = False) -> Cancelled:
+        """See :meth:`Channel.cancel`; ``interrupted``: called because the
+        send was cancelled (a post may then be in flight)."""
+        return withdraw(self._ctx, message_id, in_flight=interrupted and self._posting)
+
+
+def queued(ctx: Context) -> list[QueuedMessage]:
+    """See :meth:`Channel.queued`."""
+    out = []
+    for row in ctx.db.queued():
+        meta: dict[str, Any] = (
+            strict_json.loads(row.meta, max_size=1 << 16, what="an outbox record")
+            if row.meta is not None
+            else {}
+        )
+        out.append(
+            QueuedMessage(
+                id=row.key.hex() if row.ref is not None else row.key.hex()[:16],
+                contact=meta.get("contact"),
+                kind=str(meta.get("kind", "protocol")),
+                size=int(meta.get("size", 0)),
+                file_name=meta.get("name"),
+                seqs=tuple(meta.get("seqs", ())),
+                parts=row.parts,
+                posted=row.parts - row.remaining,
+                created=row.created,
+                relays=row.relays,
+            )
+        )
+    return out
+
+
+def withdraw(ctx: Context, message_id: str, *, in_flight: bool = False) -> Cancelled:
+    """See :meth:`Channel.cancel`."""
+    db = ctx.db
+    wanted = message_id.strip().lower()
+    found = [q for q in queued(ctx) if q.id == wanted]
+    if not found:
+        raise NotFound(
+            f"no queued message {message_id} (see 'securechan outbox'; a message "
+            "the relays took in full cannot be cancelled)"
+        )
+    item = found[0]
+    if item.kind == "protocol" or item.contact is None:
+        raise UsageError(f"{message_id} is a protocol envelope (a queue grant): not cancellable")
+    ref = bytes.fromhex(wanted)
+    retired = False
+    with db.transaction():
+        row = next((r for r in db.queued() if r.ref == ref), None)
+        taken = db.withdraw_outbox(ref)
+        if taken is None or row is None:
+            raise NotFound(f"no queued message {message_id}: it was posted meanwhile")
+        parts, withdrawn = taken
+        if withdrawn and row.conversation is not None:
+            # Our record must not claim a message the contact never gets.
+            if item.seqs:
+                db.remove_message(row.conversation, "out", item.seqs[-1])
+            if row.conversation not in db.retired():
+                db.retire_session(row.conversation, ctx.now())
+                retired = True
+    if retired:
+        ctx.audit.rejected(
+            Reason.REKEYED,
+            f"session retired: a message to {item.contact} was cancelled before all of it "
+            "was posted; the next send starts a new one",
+            conversation=row.conversation,
+            at=ctx.now(),
+        )
+    return Cancelled(
+        id=wanted,
+        contact=item.contact,
+        kind=item.kind,
+        parts=parts,
+        withdrawn=withdrawn,
+        posted=parts - withdrawn,
+        in_flight=1 if in_flight else 0,
+        retired=retired,
+    )

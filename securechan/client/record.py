@@ -10,6 +10,7 @@ reads the ``messages`` table (written by the outbox and the inbox), the
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 from securechan.audit.note import keep_signatures
 from securechan.audit.receipt import Receipt as LogReceipt
@@ -31,6 +32,7 @@ __all__ = ["History", "MessageRecord"]
 
 # (contact, direction, seq, time, summary, message id)
 History = list[tuple[str, str, int, int, str, str]]
+_PAGE = 500  # messages read from the database at a time
 
 
 class MessageRecord:
@@ -42,12 +44,13 @@ class MessageRecord:
         self._logs = logs
 
     def history(self, name: str | None = None) -> History:
-        """See :meth:`Channel.history`."""
+        """See :meth:`Channel.history`: every stored message, read from the
+        database a page at a time."""
         peer = None
         if name is not None:
             peer = self._ctx.contact(name).fingerprint.digest
         out = []
-        for m in self._ctx.db.messages(peer):
+        for m in self._all_messages(peer):
             rec = StoredRecord.from_bytes(m.record)
             payload = SignedPayload.from_bytes_unverified(rec.signed).payload
             content = payload.content()
@@ -69,13 +72,38 @@ class MessageRecord:
             )
         return out
 
+    def _all_messages(self, peer: bytes | None) -> Iterator[StoredMessage]:
+        after = 0
+        while page := self._ctx.db.messages(peer, after=after, limit=_PAGE):
+            yield from page
+            after = page[-1].id
+
+    def history_page(
+        self, name: str | None, *, limit: int | None, before: str | None
+    ) -> tuple[History, bool]:
+        """See :meth:`Channel.history_page`."""
+        rows = self.history(name)
+        if before is not None:
+            wanted = before.strip().lower()
+            if not 8 <= len(wanted) <= 64 or any(c not in "0123456789abcdef" for c in wanted):
+                raise UsageError("--before takes a message id: 8 to 64 hex digits")
+            at = [i for i, r in enumerate(rows) if r[5].startswith(wanted)]
+            if not at:
+                raise NotFound(f"no stored message has the id {wanted}")
+            if len(at) > 1:
+                raise UsageError(f"the id {wanted} is ambiguous: give more digits")
+            rows = rows[: at[0]]
+        if limit is not None and len(rows) > limit:
+            return (rows[len(rows) - limit :] if limit else []), True
+        return rows, False
+
     def find(self, wanted_id: str) -> tuple[StoredMessage, StoredRecord]:
         """The one stored message whose id starts with ``wanted_id``."""
         wanted = wanted_id.strip().lower()
         if not 8 <= len(wanted) <= 64 or any(c not in "0123456789abcdef" for c in wanted):
             raise UsageError("a message id is 8 to 64 hex digits")
         found = []
-        for m in self._ctx.db.messages(limit=1 << 40):
+        for m in self._all_messages(None):
             rec = StoredRecord.from_bytes(m.record)
             if sha256(rec.signed).hex().startswith(wanted):
                 found.append((m, rec))

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from securechan.client.channel import Channel, UnknownPolicy
+from securechan.client.channel import Cancelled, Channel, QueuedMessage, UnknownPolicy
 from securechan.client.results import Received, Rejected, SendResult
 from securechan.identity.contacts import Contact
 from securechan.protocol.address import ContactCard
@@ -90,6 +90,14 @@ class SyncChannel:
     def history(self, contact: str | None = None) -> list[tuple[str, str, int, int, str, str]]:
         """See :meth:`Channel.history`."""
         return self.channel.history(contact)
+
+    def queued(self) -> list[QueuedMessage]:
+        """See :meth:`Channel.queued`."""
+        return self.channel.queued()
+
+    def cancel(self, message_id: str) -> Cancelled:
+        """See :meth:`Channel.cancel`."""
+        return self.channel.cancel(message_id)
 
     def close(self) -> None:
         """Close the channel and the private loop."""
