@@ -232,10 +232,8 @@ def _serve(client: Any, parsed: Parsed) -> int:
             split = split or item.get("rejected") == "split-view"
             rolled_back = rolled_back or item.get("rejected") == "peer-rolled-back"
         for url in answer["left_waiting"]:
-            _say(
-                f"securechan: note: more messages wait at {inline(url)}: run 'securechan receive' again",
-                True,
-            )
+            note = f"more messages wait at {inline(url)}: run 'securechan receive' again"
+            _say(f"securechan: note: {note}", True)
         # As in-process: split view 1, rollback 5, an unreachable relay 3.
         if split:
             return _EXIT_VERIFY
