@@ -36,6 +36,7 @@ from securechan.errors import AgentLocked, AgentUnavailable, ContactNotFound, Ve
 from tests.adversary.parties import Party, introduce, make_people, transcript
 from tests.adversary.relay import RelayProcess, clean_env, running_relay
 from tests.adversary.world import PASSPHRASES
+from tests.cli_schema import validate
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "AGENT.md"
 
@@ -238,6 +239,9 @@ def test_ttl_locks_the_key_and_unlock_restores_it(pair: tuple[Party, Party]) -> 
             agent.send_text("washington", "refused while locked")
     locked = t.run("agent", "status")
     assert locked.returncode == 0 and "locked" in locked.stdout
+    as_json = t.run("agent", "status", "--json")
+    assert as_json.returncode == 0, transcript(as_json)
+    validate(json.loads(as_json.stdout), "AgentStatus")  # docs/cli-json.schema.json
 
 
 def test_bad_frames_floods_and_connection_limit_leave_the_owner_served(

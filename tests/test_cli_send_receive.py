@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import pty
 import select
@@ -44,6 +45,7 @@ import pytest
 from securechan.client.outbox import encrypt
 from securechan.client.stored import StoredRecord
 from securechan.protocol.payload import CHUNK_SIZE, MAX_TEXT_BYTES
+from tests.cli_schema import validate
 from tests.test_e2e_relay import (
     Party,
     RelayProcess,
@@ -423,11 +425,19 @@ def test_outbox_lists_and_cancels_a_queued_message(
             ("washington", "file", 1000),
         ]
         assert queued[1]["file_name"] == "notes.txt" and queued[0]["posted"] == 0
+        for q in queued:
+            validate(q, "QueuedMessage")  # docs/cli-json.schema.json
         listed = t.run("outbox")
         assert listed.returncode == 0 and queued[0]["id"] in listed.stdout, transcript(listed)
+        done = t.run("outbox", "cancel", queued[1]["id"], "--json")
+        assert done.returncode == 0, transcript(done)
+        cancelled = json.loads(done.stdout)
+        validate(cancelled, "Cancelled")
+        assert cancelled["id"] == queued[1]["id"] and cancelled["withdrawn"] >= 1
+        assert [q["kind"] for q in items(t, "outbox")] == ["text"]
         done = t.run("outbox", "cancel", queued[0]["id"])
         assert done.returncode == 0 and "withdrawn" in done.stderr, transcript(done)
-        assert [q["kind"] for q in items(t, "outbox")] == ["file"]
+        assert items(t, "outbox") == []
         # Cancelling it again, or an unknown id: one line, exit 2.
         one_line_error(t.run("outbox", "cancel", queued[0]["id"]), 2)
         one_line_error(t.run("outbox", "cancel", "00" * 8), 2)
@@ -437,5 +447,5 @@ def test_outbox_lists_and_cancels_a_queued_message(
     got = items(w, "receive", "--download", tmp_path / "down")
     texts = [x["text"] for x in got if x.get("type") == "text"]
     assert texts == ["before", "after"], got
-    assert [Path(x["file"]).name for x in got if x.get("file")] == ["notes.txt"]
+    assert [Path(x["file"]).name for x in got if x.get("file")] == []
     assert items(t, "outbox") == []

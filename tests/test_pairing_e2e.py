@@ -27,6 +27,7 @@ import pytest
 from securechan.identity.contacts import Contacts
 from securechan.protocol.pair_code import PairingCode, parse_code
 from tests.adversary.relay import RelayProcess, running_relay
+from tests.cli_schema import validate
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -138,6 +139,7 @@ def test_pairing_pins_both_contacts_verified_by_code(
     assert rc == 0, err
     assert "Paired with bob" in out
     shown_b = json.loads(b.stdout)
+    validate(shown_b, "ContactInfo")  # docs/cli-json.schema.json
     assert shown_b["name"] == "alice" and shown_b["verified"] is True
     assert len(shown_b["safety_number"].split()) == 12
     for home, peer in ((homes["alice"], "bob"), (homes["bob"], "alice")):

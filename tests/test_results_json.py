@@ -18,9 +18,11 @@ from typing import Any
 
 import pytest
 
+from securechan.agent import methods as agent_methods
 from securechan.audit.checkpoint import Cosignature
 from securechan.audit.note import SIG_COSIGNATURE_V1, VerifierKey
 from securechan.cli import results as cli_results
+from securechan.client import outbox as client_outbox
 from securechan.client import results as client_results
 from securechan.errors import Reason
 from securechan.primitives import Ed25519SigningKey
@@ -58,7 +60,7 @@ def _documented() -> dict[str, dict[str, tuple[str, bool]]]:
 
 def _result_types() -> dict[str, Any]:
     found = {}
-    for module in (client_results, cli_results):
+    for module in (client_results, cli_results, client_outbox, agent_methods):
         for name in module.__all__:
             obj = getattr(module, name)
             if inspect.isclass(obj) and hasattr(obj, "to_json"):
@@ -163,6 +165,31 @@ def _samples() -> list[Any]:
             cosigned_by=(Cosignature(cosigner=_WITNESS_KEY, timestamp=NOW),),
         ),
         c.DemoReport(ok=True, seconds=1.5, steps=({"id": "x", "ok": True},)),
+        client_outbox.QueuedMessage(
+            id="00" * 8,
+            contact="washington",
+            kind="file",
+            size=10,
+            file_name="draft.txt",
+            seqs=(3, 4),
+            parts=2,
+            posted=1,
+            created=NOW,
+            relays=("https://r",),
+        ),
+        client_outbox.Cancelled(
+            id="00" * 8,
+            contact="washington",
+            kind="text",
+            parts=1,
+            withdrawn=1,
+            posted=0,
+            in_flight=0,
+            retired=True,
+        ),
+        agent_methods.AgentStatus(
+            home="/h", pid=7, locked=True, expires_in=0, idle_ttl=600.0, max_ttl=7200.0, pending=0
+        ),
     ]
 
 

@@ -265,9 +265,10 @@ def _serve(client: Any, parsed: Parsed) -> int:
     channel = info["channel"]
     _print([(render.json_text(channel), False)] if parsed.json else render.status(channel))
     width = render.columns(err=True)
-    for error in info["relay_errors"].values():
+    errors = info.get("relay_errors") or {}
+    for error in errors.values():
         _say(f"securechan: {inline(error, width=width, indent=12)}", True)
-    return _EXIT_NETWORK if info["relay_errors"] else 0
+    return _EXIT_NETWORK if errors else 0
 
 
 def _send(client: Any, parsed: Parsed) -> int:

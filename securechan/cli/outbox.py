@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from securechan.cli.core import _App, _channel, _emit_json, _iso, _json_option, _run, pass_app
+from securechan.cli.core import _App, _channel, _emit_json, _json_option, _run, pass_app
 from securechan.terminal_text import inline
 
 
@@ -33,9 +33,7 @@ def outbox(ctx: click.Context, as_json: bool) -> None:
     items, now = _run(go())
     if as_json:
         for item in items:
-            data = item.to_json()
-            data["created"] = _iso(item.created)
-            _emit_json(data)
+            _emit_json(item.to_json())
         return
     if not items:
         click.echo("The outbox is empty.", err=True)

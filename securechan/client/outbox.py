@@ -26,7 +26,7 @@ import asyncio
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from securechan import strict_json
 from securechan.audit.receipt import verify_receipt
@@ -56,6 +56,7 @@ from securechan.protocol.address import ContactCard, QueueGrant, open_prekey_blo
 from securechan.protocol.payload import message_text
 from securechan.protocol.prekeys import Prekey, PrekeyBundle
 from securechan.protocol.session import Session
+from securechan.timestamps import iso_utc
 
 __all__ = ["Built", "Cancelled", "Outbox", "QueuedMessage", "encrypt"]
 
@@ -123,7 +124,19 @@ class QueuedMessage:
     created: int
     relays: tuple[str, ...]
 
-    JSON_FIELDS = ("id", "contact", "kind", "size", "file_name", "seqs", "parts", "posted")
+    JSON_FIELDS: ClassVar[tuple[str, ...]] = (
+        "id",
+        "contact",
+        "kind",
+        "size",
+        "file_name",
+        "seqs",
+        "parts",
+        "posted",
+        "created",
+        "relays",
+    )
+    JSON_OPTIONAL: ClassVar[frozenset[str]] = frozenset()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -135,7 +148,7 @@ class QueuedMessage:
             "seqs": list(self.seqs),
             "parts": self.parts,
             "posted": self.posted,
-            "created": self.created,
+            "created": iso_utc(self.created),
             "relays": list(self.relays),
         }
 
@@ -158,6 +171,18 @@ class Cancelled:
     posted: int
     in_flight: int
     retired: bool
+
+    JSON_FIELDS: ClassVar[tuple[str, ...]] = (
+        "id",
+        "contact",
+        "kind",
+        "parts",
+        "withdrawn",
+        "posted",
+        "in_flight",
+        "retired",
+    )
+    JSON_OPTIONAL: ClassVar[frozenset[str]] = frozenset()
 
     def to_json(self) -> dict[str, Any]:
         return {
