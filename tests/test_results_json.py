@@ -22,7 +22,6 @@ from securechan.agent import methods as agent_methods
 from securechan.audit.checkpoint import Cosignature
 from securechan.audit.note import SIG_COSIGNATURE_V1, VerifierKey
 from securechan.cli import results as cli_results
-from securechan.client import outbox as client_outbox
 from securechan.client import results as client_results
 from securechan.errors import Reason
 from securechan.primitives import Ed25519SigningKey
@@ -60,7 +59,7 @@ def _documented() -> dict[str, dict[str, tuple[str, bool]]]:
 
 def _result_types() -> dict[str, Any]:
     found = {}
-    for module in (client_results, cli_results, client_outbox, agent_methods):
+    for module in (client_results, cli_results, agent_methods):
         for name in module.__all__:
             obj = getattr(module, name)
             if inspect.isclass(obj) and hasattr(obj, "to_json"):
@@ -165,7 +164,7 @@ def _samples() -> list[Any]:
             cosigned_by=(Cosignature(cosigner=_WITNESS_KEY, timestamp=NOW),),
         ),
         c.DemoReport(ok=True, seconds=1.5, steps=({"id": "x", "ok": True},)),
-        client_outbox.QueuedMessage(
+        r.QueuedMessage(
             id="00" * 8,
             contact="washington",
             kind="file",
@@ -177,7 +176,7 @@ def _samples() -> list[Any]:
             created=NOW,
             relays=("https://r",),
         ),
-        client_outbox.Cancelled(
+        r.Cancelled(
             id="00" * 8,
             contact="washington",
             kind="text",

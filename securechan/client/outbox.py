@@ -26,14 +26,14 @@ import asyncio
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 from securechan import strict_json
 from securechan.audit.receipt import verify_receipt
 from securechan.client.context import Context
 from securechan.client.logview import RelayLogs
 from securechan.client.registration import Registrar
-from securechan.client.results import SendResult
+from securechan.client.results import Cancelled, QueuedMessage, SendResult
 from securechan.client.state import ProtocolState
 from securechan.client.stored import StoredRecord
 from securechan.errors import (
@@ -56,7 +56,6 @@ from securechan.protocol.address import ContactCard, QueueGrant, open_prekey_blo
 from securechan.protocol.payload import message_text
 from securechan.protocol.prekeys import Prekey, PrekeyBundle
 from securechan.protocol.session import Session
-from securechan.timestamps import iso_utc
 
 __all__ = ["Built", "Cancelled", "Outbox", "QueuedMessage", "encrypt"]
 
@@ -100,101 +99,6 @@ def encrypt(
 
 
 Build = Callable[[Session], Built]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class QueuedMessage:
-    """A message with envelopes still in the outbox (``Channel.queued``).
-
-    ``id`` is what ``outbox cancel`` takes (16 hex digits); ``kind`` is
-    ``text``, ``file``, ``receipt`` or ``protocol`` (a queue grant or an
-    envelope queued before client.db version 8: not cancellable, no
-    contact); ``size`` the text's or file's bytes; ``parts`` the outbox rows
-    it was made of (each envelope once per relay) and ``posted`` how many of
-    them the relays already took."""
-
-    id: str
-    contact: str | None
-    kind: str
-    size: int
-    file_name: str | None
-    seqs: tuple[int, ...]
-    parts: int
-    posted: int
-    created: int
-    relays: tuple[str, ...]
-
-    JSON_FIELDS: ClassVar[tuple[str, ...]] = (
-        "id",
-        "contact",
-        "kind",
-        "size",
-        "file_name",
-        "seqs",
-        "parts",
-        "posted",
-        "created",
-        "relays",
-    )
-    JSON_OPTIONAL: ClassVar[frozenset[str]] = frozenset()
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "contact": self.contact,
-            "kind": self.kind,
-            "size": self.size,
-            "file_name": self.file_name,
-            "seqs": list(self.seqs),
-            "parts": self.parts,
-            "posted": self.posted,
-            "created": iso_utc(self.created),
-            "relays": list(self.relays),
-        }
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Cancelled:
-    """What a cancel did: ``withdrawn`` outbox rows taken out (never sent),
-    ``posted`` rows the relays had already taken (those cannot be taken
-    back: the contact receives them, and a file's chunks without the rest
-    are kept but never shown), ``in_flight`` 1 when the cancel interrupted a
-    post whose answer never came (that part may have reached the relay),
-    ``retired`` whether the session was retired (the next send starts a new
-    one)."""
-
-    id: str
-    contact: str
-    kind: str
-    parts: int
-    withdrawn: int
-    posted: int
-    in_flight: int
-    retired: bool
-
-    JSON_FIELDS: ClassVar[tuple[str, ...]] = (
-        "id",
-        "contact",
-        "kind",
-        "parts",
-        "withdrawn",
-        "posted",
-        "in_flight",
-        "retired",
-    )
-    JSON_OPTIONAL: ClassVar[frozenset[str]] = frozenset()
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "contact": self.contact,
-            "kind": self.kind,
-            "parts": self.parts,
-            "withdrawn": self.withdrawn,
-            "posted": self.posted,
-            "in_flight": self.in_flight,
-            "retired": self.retired,
-        }
 
 
 class Outbox:

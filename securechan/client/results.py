@@ -22,7 +22,15 @@ from securechan.errors import Reason
 from securechan.protocol.payload import ContentType, Receipt
 from securechan.timestamps import iso_utc
 
-__all__ = ["HistoryEntry", "Received", "Rejected", "SendResult", "Status"]
+__all__ = [
+    "Cancelled",
+    "HistoryEntry",
+    "QueuedMessage",
+    "Received",
+    "Rejected",
+    "SendResult",
+    "Status",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -225,4 +233,99 @@ class Status:
             "held": self.held,
             "rolled_back": list(self.rolled_back),
             "unreachable": list(self.unreachable),
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueuedMessage:
+    """A message with envelopes still in the outbox (``Channel.queued``).
+
+    ``id`` is what ``outbox cancel`` takes (16 hex digits); ``kind`` is
+    ``text``, ``file``, ``receipt`` or ``protocol`` (a queue grant or an
+    envelope queued before client.db version 8: not cancellable, no
+    contact); ``size`` the text's or file's bytes; ``parts`` the outbox rows
+    it was made of (each envelope once per relay) and ``posted`` how many of
+    them the relays already took."""
+
+    id: str
+    contact: str | None
+    kind: str
+    size: int
+    file_name: str | None
+    seqs: tuple[int, ...]
+    parts: int
+    posted: int
+    created: int
+    relays: tuple[str, ...]
+
+    JSON_FIELDS: ClassVar[tuple[str, ...]] = (
+        "id",
+        "contact",
+        "kind",
+        "size",
+        "file_name",
+        "seqs",
+        "parts",
+        "posted",
+        "created",
+        "relays",
+    )
+    JSON_OPTIONAL: ClassVar[frozenset[str]] = frozenset()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "contact": self.contact,
+            "kind": self.kind,
+            "size": self.size,
+            "file_name": self.file_name,
+            "seqs": list(self.seqs),
+            "parts": self.parts,
+            "posted": self.posted,
+            "created": iso_utc(self.created),
+            "relays": list(self.relays),
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Cancelled:
+    """What a cancel did: ``withdrawn`` outbox rows taken out (never sent),
+    ``posted`` rows the relays had already taken (those cannot be taken
+    back: the contact receives them, and a file's chunks without the rest
+    are kept but never shown), ``in_flight`` 1 when the cancel interrupted a
+    post whose answer never came (that part may have reached the relay),
+    ``retired`` whether the session was retired (the next send starts a new
+    one)."""
+
+    id: str
+    contact: str
+    kind: str
+    parts: int
+    withdrawn: int
+    posted: int
+    in_flight: int
+    retired: bool
+
+    JSON_FIELDS: ClassVar[tuple[str, ...]] = (
+        "id",
+        "contact",
+        "kind",
+        "parts",
+        "withdrawn",
+        "posted",
+        "in_flight",
+        "retired",
+    )
+    JSON_OPTIONAL: ClassVar[frozenset[str]] = frozenset()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "contact": self.contact,
+            "kind": self.kind,
+            "parts": self.parts,
+            "withdrawn": self.withdrawn,
+            "posted": self.posted,
+            "in_flight": self.in_flight,
+            "retired": self.retired,
         }
