@@ -99,13 +99,16 @@ def _json_commands() -> set[str]:
     out: set[str] = set()
 
     def walk(cmd: click.Command, path: str) -> None:
+        has_json = any("--json" in p.opts for p in cmd.params if isinstance(p, click.Option))
         if isinstance(cmd, click.Group):
+            if has_json:  # a group that prints too (outbox)
+                out.add(path)
             ctx = click.Context(cmd)
             for name in cmd.list_commands(ctx):
                 sub = cmd.get_command(ctx, name)
                 assert sub is not None
                 walk(sub, f"{path} {name}".strip())
-        elif any("--json" in p.opts for p in cmd.params if isinstance(p, click.Option)):
+        elif has_json:
             out.add(path)
 
     walk(cli, "")

@@ -67,6 +67,9 @@ def two_relays(tmp_path: Path, postgres_url: str) -> Iterator[tuple[_FlagRelay, 
     db = _with_password(postgres_url)
     a = _FlagRelay(tmp_path / "a", db)
     b = RelayProcess(tmp_path / "b", config=f'db = "{db}"\n')
+    # One relay in two processes: the same key (the log in the database is
+    # the log of one key and origin), so the same data folder.
+    b.data = tmp_path / "a" / "relay-data"
     try:
         b.start()
         yield a, b
@@ -130,7 +133,7 @@ def test_two_processes_share_queues_and_push_across_processes(
     assert "Traceback" not in out
     for text in (out, b.stderr(), *(p.read_text() for p in b.root.glob("relay-*.out"))):
         assert PASSWORD not in text
-    assert "storage: PostgreSQL postgresql://securechan@127.0.0.1:" in out
+    assert "storage and log: PostgreSQL postgresql://securechan@127.0.0.1:" in out
 
 
 async def _peek(q: asyncio.Queue[tuple[int, bytes]]) -> None:
