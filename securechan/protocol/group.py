@@ -43,7 +43,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from types import MappingProxyType
 from typing import Annotated
 
 from securechan import wire
@@ -232,7 +231,7 @@ class GroupView:
     state: GroupState
     head: bytes
     # sender -> (its last sequence number, that message's signed hash)
-    last: Mapping[bytes, tuple[int, bytes]] = field(default_factory=lambda: MappingProxyType({}))
+    last: Mapping[bytes, tuple[int, bytes]] = field(default_factory=dict)  # never mutated: copied
     heads: tuple[bytes, ...] = ()  # recent heads, newest last (bounded)
 
     @classmethod
@@ -304,4 +303,4 @@ class GroupView:
             )
         last = dict(self.last)
         last[p.sender] = (p.seq, signed.hash)
-        return self._advance(signed.hash, last=MappingProxyType(last))
+        return self._advance(signed.hash, last=last)

@@ -528,7 +528,11 @@ class MaliciousRelay:
                         s.held.append(env)
                     continue
                 out.append(env)
-            mine = [e for e in s.inject if e.rid in (rid, kind)]
+            # No more than the client asked for (it refuses a longer page):
+            # the rest of what is injected goes out with the next fetches.
+            limit = int(URL(x.path, encoded=True).query.get("limit", "100"))
+            room = max(0, limit - len(out))
+            mine = [e for e in s.inject if e.rid in (rid, kind)][:room]
             s.inject = [e for e in s.inject if e not in mine]
             # Injected envelopes go last, at the page's last position, so the
             # client's read position does not jump past the real queue.
