@@ -58,7 +58,7 @@ class Parsed:
         self.home: Path | None = None
         self.passphrase_file: Path | None = None
         self.args: list[str] = []
-        self.json = False
+        self.as_json = False
         self.file: str | None = None
         self.download: str | None = None
         self.limit: str | None = None
@@ -107,7 +107,7 @@ def parse(argv: list[str]) -> Parsed | None:
     while rest:
         arg = rest.pop(0)
         if arg in flags:
-            parsed.json = True
+            parsed.as_json = True
         elif arg == "-" or not arg.startswith("-"):
             parsed.args.append(arg)
         else:
@@ -228,7 +228,7 @@ def _serve(client: Any, parsed: Parsed) -> int:
                 if relay in relays_down:
                     continue
                 relays_down.add(relay)
-            _print([(render.json_text(item), False)] if parsed.json else render.received(item))
+            _print([(render.json_text(item), False)] if parsed.as_json else render.received(item))
             split = split or item.get("rejected") == "split-view"
             rolled_back = rolled_back or item.get("rejected") == "peer-rolled-back"
         for url in answer["left_waiting"]:
@@ -256,14 +256,14 @@ def _serve(client: Any, parsed: Parsed) -> int:
                 True,
             )
         for row in rows:
-            _print([(render.json_text(row), False)] if parsed.json else render.history_row(row))
+            _print([(render.json_text(row), False)] if parsed.as_json else render.history_row(row))
         return 0
     info = _call(client, parsed, "status", flush=True)
     if info["channel"] is None:  # locked since: unlock and ask again
         _unlock(client, parsed)
         info = client.call("status", flush=True)
     channel = info["channel"]
-    _print([(render.json_text(channel), False)] if parsed.json else render.status(channel))
+    _print([(render.json_text(channel), False)] if parsed.as_json else render.status(channel))
     width = render.columns(err=True)
     errors = info.get("relay_errors") or {}
     for error in errors.values():
@@ -295,7 +295,7 @@ def _send(client: Any, parsed: Parsed) -> int:
             f"('securechan contact show {shown}')",
             True,
         )
-    if parsed.json:
+    if parsed.as_json:
         _say(render.json_text(result), False)
     if result["pending"]:
         # As in-process: one line, exit 3; the message is safe in the outbox.
@@ -311,6 +311,6 @@ def _send(client: Any, parsed: Parsed) -> int:
         )
         _say(f"securechan: {inline(line, width=render.columns(err=True), indent=12)}", True)
         return _EXIT_NETWORK
-    if not parsed.json:
+    if not parsed.as_json:
         _print(render.sent(result))
     return 0
