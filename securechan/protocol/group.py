@@ -66,6 +66,7 @@ __all__ = [
     "GroupState",
     "GroupView",
     "SignedGroupPayload",
+    "check_content",
     "commit_content",
 ]
 
@@ -270,11 +271,47 @@ class GroupView:
                 raise GroupRejected("only an admin may change the group; a member may only leave")
         return self._advance(change.hash, state=new)
 
+    @classmethod
+    def join(
+        cls,
+        change: GroupChange,
+        author: PublicIdentity,
+        previous: GroupState | None,
+        head_before: bytes,
+    ) -> GroupView:
+        """The view of a member who joins at ``change`` (a creation, or a
+        change to a state that names it), from its welcome: ``previous`` is
+        the state the change replaces (None for a creation), ``head_before``
+        the transcript head before the change. The joiner checks that the
+        change follows ``previous`` and is authorised by it; it takes the
+        author's word for ``previous`` and ``head_before`` (the author signed
+        the change, which names ``previous`` by hash; a wrong head makes
+        every later message name a head the joiner never had: GroupForked)."""
+        if change.state.epoch == 0:
+            if previous is not None or head_before != ZERO:
+                raise GroupRejected("a creation follows no state")
+            return cls.create(change, author)
+        if previous is None:
+            raise GroupRejected("a joiner needs the state the change replaces")
+        start = cls(state=previous, head=head_before, heads=(head_before,))
+        view = start.apply_change(change, author)
+        return replace(view, heads=(view.head,))
+
     def accept_message(
         self, signed: SignedGroupPayload, content: bytes, sender: PublicIdentity
     ) -> GroupView:
-        """The view after one group message; raise :class:`GroupRejected`
-        (or a subclass) for a message that must not be shown."""
+        """The view after one group message whose content is at hand; raise
+        :class:`GroupRejected` (or a subclass) for a message that must not
+        be shown."""
+        check_content(signed, content)
+        return self.accept_record(signed, sender)
+
+    def accept_record(self, signed: SignedGroupPayload, sender: PublicIdentity) -> GroupView:
+        """The view after one group message record, in stream order, whether
+        or not its content (which travels pairwise) has arrived: the
+        transcript is the records; each member checks the content it gets
+        with :func:`check_content`. Raise :class:`GroupRejected` (or a
+        subclass)."""
         p = signed.payload
         if p.group_id != self.state.group_id:
             raise GroupRejected("the message is for another group")
@@ -283,8 +320,6 @@ class GroupView:
         if p.state_hash != self.state.hash:
             raise GroupRejected("the message was made for another member list")
         signed.verify(sender)
-        if p.commitment != commit_content(p.group_id, p.sender, p.seq, content):
-            raise GroupRejected("the content is not the one the sender signed")
         if p.head not in self.heads:
             raise GroupForked(
                 "the sender saw a group transcript this member never had (a forked log)"
@@ -304,3 +339,13 @@ class GroupView:
         last = dict(self.last)
         last[p.sender] = (p.seq, signed.hash)
         return self._advance(signed.hash, last=last)
+
+
+def check_content(signed: SignedGroupPayload, content: bytes) -> None:
+    """Raise :class:`GroupRejected` unless ``content`` is the one ``signed``
+    commits to. (A content that does not match, carried in a pairwise
+    message the sender signed too, is evidence of equivocation: the client
+    reports it with both.)"""
+    p = signed.payload
+    if p.commitment != commit_content(p.group_id, p.sender, p.seq, content):
+        raise GroupRejected("the content is not the one the sender signed")

@@ -20,6 +20,10 @@ Content types and their bodies:
   nothing to say yet.
 * ``QUEUE`` (5): a ``QueueGrant``: "send to me at this private queue from now
   on" (``address.py``).
+* ``GROUP_MESSAGE`` (6): a ``GroupDelivery``: one group message's signed
+  payload and content (``group_stream.py``, docs/PROTOCOL.md §20).
+* ``GROUP_WELCOME`` (7): a ``GroupWelcome``: a membership change and the new
+  epoch's secret, for a member of the new state.
 
 Any payload may also carry ``checkpoints``: the newest relay log checkpoints
 the sender has verified (C2SP signed notes, opaque text at this layer), so
@@ -40,11 +44,13 @@ from securechan.errors import MalformedInput
 from securechan.identity.keys import Fingerprint, Identity, PublicIdentity
 from securechan.primitives import HYBRID_SIGNATURE_SIZE, sha256
 from securechan.protocol.address import QueueGrant
+from securechan.protocol.group_stream import GroupDelivery, GroupWelcome
 
 __all__ = [
     "CHUNK_SIZE",
     "CONTEXT_MESSAGE",
     "MAX_TEXT_BYTES",
+    "Content",
     "ContentType",
     "FileChunk",
     "Payload",
@@ -74,6 +80,8 @@ class ContentType(enum.IntEnum):
     RECEIPT = 3
     HELLO = 4
     QUEUE = 5
+    GROUP_MESSAGE = 6
+    GROUP_WELCOME = 7
 
 
 @wire.record(0x0075, "CarriedCheckpoint")
@@ -142,6 +150,10 @@ class Receipt:
         return wire.decode_record(cls, data)
 
 
+# What a payload's body decodes to (``Payload.content``).
+Content = str | FileChunk | Receipt | QueueGrant | GroupDelivery | GroupWelcome | None
+
+
 CHECKPOINT_REF = wire.schema_of(CarriedCheckpoint)
 TEXT_BODY = wire.schema_of(TextBody)
 FILE_CHUNK = wire.schema_of(FileChunk)
@@ -191,9 +203,7 @@ class Payload:
     # The encoding and the decoded body, once computed (optimisations only:
     # never part of equality).
     raw: bytes | None = field(default=None, compare=False, repr=False)
-    parsed: str | FileChunk | Receipt | QueueGrant | None = field(
-        default=None, compare=False, repr=False
-    )
+    parsed: Content = field(default=None, compare=False, repr=False)
 
     def to_bytes(self) -> bytes:
         """The canonical wire encoding (type 0x0070): the signed bytes."""
@@ -238,14 +248,14 @@ class Payload:
         object.__setattr__(payload, "parsed", payload._parse_content())
         return payload
 
-    def content(self) -> str | FileChunk | Receipt | QueueGrant | None:
+    def content(self) -> Content:
         """The decoded body: text, a file chunk, a receipt, a queue grant, or
         None (hello)."""
         if self.parsed is not None:
             return self.parsed
         return self._parse_content()
 
-    def _parse_content(self) -> str | FileChunk | Receipt | QueueGrant | None:
+    def _parse_content(self) -> Content:
         if self.content_type is ContentType.TEXT:
             return TextBody.from_bytes(self.body).text
         if self.content_type is ContentType.FILE:
@@ -254,6 +264,10 @@ class Payload:
             return Receipt.from_bytes(self.body)
         if self.content_type is ContentType.QUEUE:
             return QueueGrant.from_bytes(self.body)
+        if self.content_type is ContentType.GROUP_MESSAGE:
+            return GroupDelivery.from_bytes(self.body)
+        if self.content_type is ContentType.GROUP_WELCOME:
+            return GroupWelcome.from_bytes(self.body)
         if self.body:
             raise MalformedInput("a hello has an empty body")
         return None

@@ -57,6 +57,7 @@ from securechan.protocol.padding import pad, unpad
 from securechan.protocol.payload import (
     CHUNK_SIZE,
     ZERO_HASH,
+    Content,
     ContentType,
     FileChunk,
     Payload,
@@ -136,7 +137,7 @@ class MessageReceived:
     seq: int
     sent_at: int
     content_type: ContentType
-    content: str | FileChunk | Receipt | QueueGrant | None
+    content: Content
     hash: bytes
     signed: bytes = field(repr=False)  # the SignedPayload record, for the record
     # The message key that opened it (this message only), for statements, and

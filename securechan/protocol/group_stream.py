@@ -1,0 +1,172 @@
+"""Group streams: the one order of a group's records, and their pairwise carriage.
+
+A group's records (membership changes and signed message payloads,
+``protocol/group.py``) are ordered by one sequencer: the relay's *group
+stream* of the epoch (docs/PROTOCOL.md §20, RFC 9750's strongly consistent
+model). The relay must learn nothing, so what it stores is a sealed blob:
+
+- every epoch has a 32-byte random **epoch secret**, chosen by the author of
+  the change that opens it (the creator for epoch 0) and sent to the
+  members of that epoch pairwise, in a :class:`GroupWelcome`;
+- ``stream_id = HKDF-SHA256(secret, "", "securechan/v1/group-stream-id")``
+  names the stream at the relay; ``stream_key`` (info
+  ``securechan/v1/group-stream-key``) seals each :class:`GroupRecord` with
+  XChaCha20-Poly1305 over its Padmé-padded encoding, the stream id as
+  associated data (a blob moved to another stream does not open).
+
+A blob that does not open is skipped by every member alike (whoever knows a
+stream id may post to it: the relay, a removed member); it never moves the
+transcript. The content of a group message never enters the stream: it
+travels in each member's pairwise session beside the signed payload, in a
+:class:`GroupDelivery`, and is checked against the payload's commitment.
+
+Pure functions and records only (sans-I/O).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from securechan import wire
+from securechan.errors import MalformedInput, VerificationFailed
+from securechan.primitives import aead_decrypt, aead_encrypt, hkdf_sha256
+from securechan.protocol.group import GroupChange, GroupState, SignedGroupPayload
+from securechan.protocol.padding import pad, unpad
+
+__all__ = [
+    "GROUP_CHUNK_SIZE",
+    "MAX_BLOB",
+    "MAX_CONTENT",
+    "GroupDelivery",
+    "GroupRecord",
+    "GroupWelcome",
+    "StreamKeys",
+    "open_record",
+    "seal_record",
+]
+
+_ID_INFO = b"securechan/v1/group-stream-id"
+_KEY_INFO = b"securechan/v1/group-stream-key"
+# The largest blob a relay takes on a group stream (a change of 20 members
+# is about 4.3 KiB sealed; a message record about 3.9 KiB).
+MAX_BLOB = 16 * 1024
+_MAX_RECORD = 8 * 1024
+# The largest content one group message carries (its TextBody or FileChunk
+# encoding): a pairwise payload's body holds it and the signed group payload
+# (about 3.5 KiB), so group files go in chunks of GROUP_CHUNK_SIZE.
+MAX_CONTENT = 32 * 1024
+GROUP_CHUNK_SIZE = 24 * 1024
+# What a GroupDelivery's content is (the exact bytes the commitment covers).
+KIND_TEXT = 1
+KIND_FILE = 2
+
+
+@dataclass(frozen=True, slots=True)
+class StreamKeys:
+    """The stream id (public to the relay) and sealing key of one epoch."""
+
+    stream_id: bytes
+    key: bytes
+
+    @classmethod
+    def from_secret(cls, epoch_secret: bytes) -> StreamKeys:
+        if len(epoch_secret) != 32:
+            raise ValueError("an epoch secret is 32 bytes")
+        return cls(
+            stream_id=hkdf_sha256(epoch_secret, salt=b"", info=_ID_INFO, length=32),
+            key=hkdf_sha256(epoch_secret, salt=b"", info=_KEY_INFO, length=32),
+        )
+
+
+@wire.record(0x0115, "GroupRecord")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupRecord:
+    """What one stream item seals: exactly one change or one message."""
+
+    change: Annotated[GroupChange | None, wire.nested(1, max_len=_MAX_RECORD)] = None
+    message: Annotated[SignedGroupPayload | None, wire.nested(2, max_len=_MAX_RECORD)] = None
+
+    def __post_init__(self) -> None:
+        if (self.change is None) == (self.message is None):
+            raise MalformedInput("a group record is exactly one change or one message")
+
+    @property
+    def hash(self) -> bytes:
+        """The hash the transcript chains: the change's or the signed payload's."""
+        if self.change is not None:
+            return self.change.hash
+        if self.message is not None:
+            return self.message.hash
+        raise MalformedInput("a group record is exactly one change or one message")
+
+    def to_bytes(self) -> bytes:
+        return wire.encode_record(self)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> GroupRecord:
+        return wire.decode_record(cls, data)
+
+
+def seal_record(keys: StreamKeys, record: GroupRecord) -> bytes:
+    """The blob to post on the epoch's stream."""
+    blob = aead_encrypt(keys.key, pad(record.to_bytes()), keys.stream_id)
+    if len(blob) > MAX_BLOB:
+        raise ValueError("a group record larger than a stream item")
+    return blob
+
+
+def open_record(keys: StreamKeys, blob: bytes) -> GroupRecord:
+    """Open a stream item; raise :class:`MalformedInput` for anything that is
+    not a record sealed under this epoch's key (skip it: every member does)."""
+    if len(blob) > MAX_BLOB:
+        raise MalformedInput("a stream item larger than the limit")
+    try:
+        padded = aead_decrypt(keys.key, blob, keys.stream_id)
+    except VerificationFailed:
+        raise MalformedInput("a stream item that does not open under the epoch's key") from None
+    return GroupRecord.from_bytes(unpad(padded))
+
+
+@wire.record(0x0116, "GroupWelcome")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupWelcome:
+    """Sent pairwise to every member of a new state, once its change is in
+    the stream: the change, the new epoch's secret, the transcript head just
+    before the change (zeros for a creation), the stream the change was
+    posted in, and the state the change replaces (absent for a creation):
+    what a joiner needs to start its view (``GroupView.join``)."""
+
+    change: Annotated[GroupChange, wire.nested(1, max_len=_MAX_RECORD)]
+    epoch_secret: Annotated[bytes, wire.bytes_(2, size=32)]
+    head_before: Annotated[bytes, wire.bytes_(3, size=32)]
+    stream_of_change: Annotated[bytes, wire.bytes_(4, size=32)]
+    previous: Annotated[GroupState | None, wire.nested(5, max_len=4096)] = None
+
+    def to_bytes(self) -> bytes:
+        return wire.encode_record(self)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> GroupWelcome:
+        return wire.decode_record(cls, data)
+
+
+@wire.record(0x0117, "GroupDelivery")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupDelivery:
+    """A group message's content, sent pairwise beside its signed payload."""
+
+    signed: Annotated[SignedGroupPayload, wire.nested(1, max_len=_MAX_RECORD)]
+    kind: Annotated[int, wire.uint(2)]
+    content: Annotated[bytes, wire.bytes_(3, max_len=MAX_CONTENT)]
+
+    def __post_init__(self) -> None:
+        if self.kind not in (KIND_TEXT, KIND_FILE):
+            raise MalformedInput("a group delivery carries text (1) or a file chunk (2)")
+
+    def to_bytes(self) -> bytes:
+        return wire.encode_record(self)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> GroupDelivery:
+        return wire.decode_record(cls, data)
