@@ -157,3 +157,45 @@ def test_a_group_delivery_rides_in_a_signed_pairwise_payload() -> None:
     assert again.content() == delivery
     with pytest.raises(MalformedInput):
         GroupDelivery(signed=msg, kind=9, content=content)
+
+
+def test_a_joiner_expects_the_next_numbers_of_members_who_spoke_before() -> None:
+    muscat, _ = _genesis()
+    for seq in (1, 2):
+        m = _message(muscat, TEHRAN, seq, b"x")
+        muscat = muscat.accept_message(m, b"x", TEHRAN.public)
+    state1 = _next(muscat, {MUSCAT: True, TEHRAN: False, WASHINGTON: False, ENVOY: False})
+    change = GroupChange.sign(MUSCAT, state1)
+    welcome = GroupWelcome(
+        change=change,
+        epoch_secret=SECRET1,
+        head_before=muscat.head,
+        stream_of_change=StreamKeys.from_secret(SECRET0).stream_id,
+        previous=muscat.state,
+        senders=GroupWelcome.marks(muscat.last),
+    )
+    welcome = GroupWelcome.from_bytes(welcome.to_bytes())
+    envoy = GroupView.join(change, MUSCAT.public, welcome.previous, muscat.head, welcome.last())
+    muscat = muscat.apply_change(change, MUSCAT.public)
+    third = _message(muscat, TEHRAN, 3, b"y")
+    assert (
+        envoy.accept_record(third, TEHRAN.public).head
+        == muscat.accept_record(third, TEHRAN.public).head
+    )
+    # Without the marks the joiner would see a gap; a mark for a stranger is refused.
+    bare = GroupView.join(change, MUSCAT.public, welcome.previous, welcome.head_before)
+    with pytest.raises(GroupRejected, match="missing"):
+        bare.accept_record(third, TEHRAN.public)
+    with pytest.raises(GroupRejected, match="non-member"):
+        GroupView.join(
+            change, MUSCAT.public, welcome.previous, welcome.head_before, {_fp(ENVOY): (1, ZERO)}
+        )
+    with pytest.raises(MalformedInput):
+        GroupWelcome(
+            change=change,
+            epoch_secret=SECRET1,
+            head_before=ZERO,
+            stream_of_change=ZERO,
+            previous=welcome.previous,
+            senders=(),
+        )

@@ -278,6 +278,7 @@ class GroupView:
         author: PublicIdentity,
         previous: GroupState | None,
         head_before: bytes,
+        last: Mapping[bytes, tuple[int, bytes]] | None = None,
     ) -> GroupView:
         """The view of a member who joins at ``change`` (a creation, or a
         change to a state that names it), from its welcome: ``previous`` is
@@ -286,14 +287,21 @@ class GroupView:
         change follows ``previous`` and is authorised by it; it takes the
         author's word for ``previous`` and ``head_before`` (the author signed
         the change, which names ``previous`` by hash; a wrong head makes
-        every later message name a head the joiner never had: GroupForked)."""
+        every later message name a head the joiner never had: GroupForked).
+        ``last`` is each sender's last sequence number and signed-payload
+        hash at ``head_before`` (also the author's word), so the joiner
+        expects the same next numbers as the members who were there."""
         if change.state.epoch == 0:
             if previous is not None or head_before != ZERO:
                 raise GroupRejected("a creation follows no state")
             return cls.create(change, author)
         if previous is None:
             raise GroupRejected("a joiner needs the state the change replaces")
-        start = cls(state=previous, head=head_before, heads=(head_before,))
+        marks = dict(last or {})
+        for fingerprint, (seq, _) in marks.items():
+            if previous.member(fingerprint) is None or seq < 1:
+                raise GroupRejected("a welcome's sequence marks name a non-member")
+        start = cls(state=previous, head=head_before, heads=(head_before,), last=marks)
         view = start.apply_change(change, author)
         return replace(view, heads=(view.head,))
 

@@ -25,13 +25,14 @@ Pure functions and records only (sans-I/O).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated
 
 from securechan import wire
 from securechan.errors import MalformedInput, VerificationFailed
 from securechan.primitives import aead_decrypt, aead_encrypt, hkdf_sha256
-from securechan.protocol.group import GroupChange, GroupState, SignedGroupPayload
+from securechan.protocol.group import MAX_MEMBERS, GroupChange, GroupState, SignedGroupPayload
 from securechan.protocol.padding import pad, unpad
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "MAX_CONTENT",
     "GroupDelivery",
     "GroupRecord",
+    "GroupSenderMark",
     "GroupWelcome",
     "StreamKeys",
     "open_record",
@@ -128,6 +130,17 @@ def open_record(keys: StreamKeys, blob: bytes) -> GroupRecord:
     return GroupRecord.from_bytes(unpad(padded))
 
 
+@wire.record(0x011C, "GroupSenderMark")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupSenderMark:
+    """One sender's last group sequence number and signed-payload hash at
+    the head a welcome starts a joiner from."""
+
+    fingerprint: Annotated[bytes, wire.bytes_(1, size=32)]
+    seq: Annotated[int, wire.uint(2)]
+    hash: Annotated[bytes, wire.bytes_(3, size=32)]
+
+
 @wire.record(0x0116, "GroupWelcome")
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GroupWelcome:
@@ -142,6 +155,34 @@ class GroupWelcome:
     head_before: Annotated[bytes, wire.bytes_(3, size=32)]
     stream_of_change: Annotated[bytes, wire.bytes_(4, size=32)]
     previous: Annotated[GroupState | None, wire.nested(5, max_len=4096)] = None
+    # Each sender's last sequence number at ``head_before`` (sorted by
+    # fingerprint, each once; absent when none): a joiner's baseline.
+    senders: Annotated[
+        tuple[GroupSenderMark, ...] | None,
+        wire.list_(6, max_len=MAX_MEMBERS * 96, max_items=MAX_MEMBERS),
+    ] = None
+
+    def __post_init__(self) -> None:
+        if self.senders is not None:
+            prints = [m.fingerprint for m in self.senders]
+            if not prints or prints != sorted(set(prints)):
+                raise MalformedInput(
+                    "a welcome's sender marks are sorted, each once, absent when none"
+                )
+            if self.previous is None:
+                raise MalformedInput("a creation's welcome has no sender marks")
+
+    def last(self) -> dict[bytes, tuple[int, bytes]]:
+        """The marks as ``GroupView.join`` takes them."""
+        return {m.fingerprint: (m.seq, m.hash) for m in self.senders or ()}
+
+    @staticmethod
+    def marks(last: Mapping[bytes, tuple[int, bytes]]) -> tuple[GroupSenderMark, ...] | None:
+        """A view's ``last`` as a welcome carries it."""
+        out = tuple(
+            GroupSenderMark(fingerprint=f, seq=seq, hash=h) for f, (seq, h) in sorted(last.items())
+        )
+        return out or None
 
     def to_bytes(self) -> bytes:
         return wire.encode_record(self)
