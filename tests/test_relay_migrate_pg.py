@@ -31,6 +31,7 @@ from securechan.audit.checkpoint import open_checkpoint
 from securechan.audit.merkle import root_from_leaf_hashes, verify_consistency
 from securechan.audit.note import VerifierKey
 from securechan.audit.receipt import envelope_leaf_hash, verify_receipt
+from securechan.errors import StorageError
 from securechan.primitives import Ed25519SigningKey
 from securechan.relay.pg_tlog import PgRelayLog
 from securechan.relay.server import load_or_create_key
@@ -247,5 +248,7 @@ def test_migrate_copies_group_streams(tmp_path: Path, postgres_url: str) -> None
                 assert put.position == len(blobs) + 1
         finally:
             await dst.close()
+        with pytest.raises(StorageError, match="already holds group streams"):
+            await copy_storage(data, postgres_url, now=1)
 
     asyncio.run(main())

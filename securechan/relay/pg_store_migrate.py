@@ -4,8 +4,8 @@
 Queues, envelopes, signed and one-time prekeys, group streams and their
 items, and the request nonces not yet expired are copied in ONE
 PostgreSQL transaction from ONE SQLite read snapshot, into a database
-whose storage is empty (a database that already holds a queue is refused:
-nothing is written). The tables have the same
+whose storage is empty (a database that already holds a queue or a group
+stream is refused: nothing is written). The tables have the same
 names and columns on both sides; queues go first with ``depth`` and
 ``bytes`` at 0 and their ``next_seq``, and the envelope triggers count the
 depth and bytes again as the envelopes go in (streams likewise: ``items``
@@ -94,9 +94,13 @@ async def copy_storage(data_dir: Path, url: str, *, now: int | None = None) -> s
         await SCHEMA.apply(pool, redact_dsn(url))
 
         async def copy(conn: Conn) -> None:
-            held = await (await conn.execute("SELECT count(*) FROM queues")).fetchone()
+            held = await (
+                await conn.execute("SELECT (SELECT count(*) FROM queues), count(*) FROM streams")
+            ).fetchone()
             if held is None or held[0] != 0:
                 raise StorageError(f"{redact_dsn(url)} already holds relay queues")
+            if held[1] != 0:
+                raise StorageError(f"{redact_dsn(url)} already holds group streams")
             async with conn.cursor() as cur:
                 await cur.executemany(
                     "INSERT INTO queues (rid, sid, recipient_key, sender_key, contact, created,"
