@@ -89,10 +89,11 @@ class Quota:
 
 
 class StreamFull(LimitReached):
-    """The group stream holds its maximum number of items (docs/RELAY.md,
-    "Group streams"): it takes no more, ever (items are never deleted)."""
+    """The group stream holds its maximum number of items, for good.
 
-    code = Reason.LIMIT_REACHED
+    Items are never deleted (docs/RELAY.md, "Group streams")."""
+
+    code = Reason.STREAM_FULL
 
 
 class StorageClosed(StorageError):
