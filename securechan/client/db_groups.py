@@ -9,8 +9,11 @@ methods). Four tables, schema version 9 (``securechan/schema/client/``):
   removed), and sealed: the local name, the relay of the group's streams,
   the current state's encoding and the view (head, recent heads, per sender
   the last sequence number and signed-payload hash): :class:`GroupRow`.
-* ``group_secrets``: per (group, epoch) the :class:`GroupWelcome` that gave
-  us the epoch's secret (sealed) and its author's fingerprint.
+* ``group_secrets``: per (group, epoch, hash of the change that opens the
+  epoch) the :class:`GroupWelcome` that gave us the epoch's secret (sealed)
+  and its author's fingerprint. Keyed by the change too: a welcome for a
+  change that never makes it into the stream (it lost to a concurrent one,
+  or a hostile member made it up) cannot shadow the real epoch's.
 * ``group_transcript``: one row per stream item read, in the order read:
   epoch, position, log index, record hash, status (one of
   ``GROUP_STATUSES``) and sealed the record, the blob, the stream id and
@@ -38,6 +41,10 @@ def _pack(data: dict[str, Any]) -> bytes:
     return json.dumps(data, separators=(",", ":"), sort_keys=True).encode("utf-8")
 
 
+def _secret_row(group_id: bytes, epoch: int, change_hash: bytes) -> bytes:
+    return group_id + epoch.to_bytes(8, "big") + change_hash
+
+
 def _unpack(data: bytes) -> dict[str, Any]:
     out = json.loads(data.decode("utf-8"))
     if not isinstance(out, dict):
@@ -63,6 +70,7 @@ class GroupRow:
     left: bool = False
     started: bool = True
     created: int = 0
+    opened_by: bytes = b""  # the hash of the change that opened the current epoch
 
     def _sealed(self) -> bytes:
         return _pack(
@@ -74,6 +82,7 @@ class GroupRow:
                 "heads": [h.hex() for h in self.heads],
                 "last": {k.hex(): [s, h.hex()] for k, (s, h) in self.last.items()},
                 "started": self.started,
+                "opened_by": self.opened_by.hex(),
             }
         )
 
@@ -199,43 +208,55 @@ class GroupTables:
             heads=tuple(bytes.fromhex(h) for h in d["heads"]),
             last={bytes.fromhex(k): (int(v[0]), bytes.fromhex(v[1])) for k, v in d["last"].items()},
             started=bool(d["started"]),
+            opened_by=bytes.fromhex(d["opened_by"]),
         )
 
     # --- epoch secrets ------------------------------------------------------------
 
     def put_welcome(
-        self, group_id: bytes, epoch: int, author: bytes, welcome: bytes, received: int
+        self,
+        group_id: bytes,
+        epoch: int,
+        change_hash: bytes,
+        author: bytes,
+        welcome: bytes,
+        received: int,
     ) -> bool:
-        """Keep the welcome that gave us an epoch's secret (the first one
-        kept for a (group, epoch) stays: a later different one is ignored).
-        Returns whether it was new."""
-        row = group_id + epoch.to_bytes(8, "big")
+        """Keep a welcome (the epoch's secret for one change); returns
+        whether it was new."""
         cur = self._db.execute(
-            "INSERT OR IGNORE INTO group_secrets (group_id, epoch, author, received, sealed) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (group_id, epoch, author, received, self.seal("group_secrets", row, welcome)),
+            "INSERT OR IGNORE INTO group_secrets "
+            "(group_id, epoch, change_hash, author, received, sealed) VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                group_id,
+                epoch,
+                change_hash,
+                author,
+                received,
+                self.seal("group_secrets", _secret_row(group_id, epoch, change_hash), welcome),
+            ),
         )
         return cur.rowcount == 1
 
-    def welcome(self, group_id: bytes, epoch: int) -> tuple[bytes, bytes] | None:
-        """(author fingerprint, GroupWelcome encoding) for a (group, epoch)."""
+    def welcome(self, group_id: bytes, epoch: int, change_hash: bytes) -> bytes | None:
+        """The GroupWelcome encoding for a (group, epoch, change), or None."""
         r = self._db.execute(
-            "SELECT author, sealed FROM group_secrets WHERE group_id = ? AND epoch = ?",
-            (group_id, epoch),
+            "SELECT sealed FROM group_secrets WHERE group_id = ? AND epoch = ? AND change_hash = ?",
+            (group_id, epoch, change_hash),
         ).fetchone()
         if r is None:
             return None
-        row = group_id + epoch.to_bytes(8, "big")
-        return r[0], self.open("group_secrets", row, r[1])
+        return self.open("group_secrets", _secret_row(group_id, epoch, change_hash), r[0])
 
-    def welcomes(self) -> list[tuple[bytes, int, bytes, bytes]]:
-        """Every kept welcome: (group id, epoch, author, encoding), oldest first."""
+    def welcomes(self, group_id: bytes) -> list[tuple[int, bytes, bytes]]:
+        """Every kept welcome of one group: (epoch, change hash, encoding)."""
         rows = self._db.execute(
-            "SELECT group_id, epoch, author, sealed FROM group_secrets ORDER BY received, epoch"
+            "SELECT epoch, change_hash, sealed FROM group_secrets WHERE group_id = ? "
+            "ORDER BY epoch, received",
+            (group_id,),
         ).fetchall()
         return [
-            (g, e, a, self.open("group_secrets", g + e.to_bytes(8, "big"), s))
-            for g, e, a, s in rows
+            (e, c, self.open("group_secrets", _secret_row(group_id, e, c), s)) for e, c, s in rows
         ]
 
     # --- the transcript -------------------------------------------------------------

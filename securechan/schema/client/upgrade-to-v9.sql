@@ -16,10 +16,11 @@ CREATE TABLE IF NOT EXISTS groups (
 CREATE TABLE IF NOT EXISTS group_secrets (
     group_id BLOB NOT NULL,
     epoch INTEGER NOT NULL,
+    change_hash BLOB NOT NULL,
     author BLOB NOT NULL,
     received INTEGER NOT NULL,
     sealed BLOB NOT NULL,
-    PRIMARY KEY (group_id, epoch)
+    PRIMARY KEY (group_id, epoch, change_hash)
 );
 CREATE TABLE IF NOT EXISTS group_transcript (
     id INTEGER PRIMARY KEY,
