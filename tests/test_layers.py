@@ -45,6 +45,7 @@ RANKS = {
     "protocol": 4,
     "audit": 5,
     "transport": 6,
+    "transport_streams": 6,  # the group streams' client calls (RelayClient's base)
     "relay": 6,
     "client": 7,
     "testing": 7,
