@@ -132,7 +132,7 @@ class Channel(GroupMethods):
         )
         self.registrar = Registrar(ctx, self.state)
         self.outbox = Outbox(ctx, self.state, self.registrar, self.logs)
-        self.group_client = Groups(ctx, self.outbox, self.registrar.relays)
+        self.group_client = Groups(ctx, self.outbox, self.registrar.relays, self.logs)
         self.inbox = Inbox(
             ctx,
             self.state,

@@ -23,9 +23,7 @@ The receive side of groups (issue 17; docs/PROTOCOL.md §20, "The client"):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Protocol, cast
 
 from securechan.client.context import Context
 from securechan.client.db_groups import GroupRow, TranscriptRow
@@ -37,12 +35,14 @@ from securechan.client.group_carriage import (
     with_view,
 )
 from securechan.client.group_results import GroupEntry
+from securechan.client.results import Rejected
 from securechan.errors import (
     GroupEquivocation,
     GroupForked,
     GroupRejected,
     MalformedInput,
     Reason,
+    RelayError,
 )
 from securechan.identity.keys import Fingerprint, PublicIdentity
 from securechan.primitives import sha256
@@ -61,26 +61,11 @@ from securechan.protocol.group_stream import (
     open_record,
 )
 from securechan.protocol.payload import FileChunk
+from securechan.transport import StreamItem
 
-__all__ = ["STREAM_PAGE", "GroupReader", "StreamRelay"]
+__all__ = ["STREAM_PAGE", "GroupReader"]
 
 STREAM_PAGE = 200  # stream items fetched at a time (the relay's limit)
-
-
-class StreamItemLike(Protocol):
-    position: int
-    blob: bytes
-    log_index: int
-
-
-class StreamRelay(Protocol):
-    """The relay's group streams (``RelayClient``, docs/RELAY.md)."""
-
-    async def post_stream_item(self, stream_id: bytes, blob: bytes) -> tuple[int, Any]: ...
-
-    async def fetch_stream(
-        self, stream_id: bytes, after: int, limit: int
-    ) -> tuple[Sequence[StreamItemLike], bool]: ...
 
 
 @dataclass(slots=True)
@@ -141,12 +126,23 @@ class GroupReader:
 
     # --- reading ----------------------------------------------------------------------
 
-    async def sync_all(self) -> list[GroupEntry]:
-        """Read every group we are a member of."""
-        out: list[GroupEntry] = []
+    async def sync_all(self) -> list[GroupEntry | Rejected]:
+        """Read every group we are a member of; a relay that cannot be
+        reached for one group is reported and the others are read."""
+        out: list[GroupEntry | Rejected] = []
         for row in self._ctx.db.groups():
-            if not row.left:
+            if row.left:
+                continue
+            try:
                 out.extend(await self.sync(row.group_id))
+            except RelayError as e:
+                out.append(
+                    Rejected(
+                        reason=Reason.RELAY_ERROR,
+                        error=f"group {row.name}: {e}",
+                        relay=e.relay or row.relay,
+                    )
+                )
         return out
 
     async def sync(self, group_id: bytes) -> list[GroupEntry]:
@@ -160,8 +156,14 @@ class GroupReader:
             keys = self.keys(row)
             if keys is None:
                 return out  # the epoch's welcome has not come yet
-            relay = cast(StreamRelay, await ctx.relay(row.relay))
-            items, more = await relay.fetch_stream(keys.stream_id, row.cursor, STREAM_PAGE)
+            relay = await ctx.relay(row.relay)
+            try:
+                items, more = await relay.fetch_stream(keys.stream_id, row.cursor, STREAM_PAGE)
+            except MalformedInput as e:
+                # The transport refuses a page with a gap, a repeat or a
+                # reordering: the relay shows this member another stream.
+                out.append(self._gap(row, f"the relay's page after position {row.cursor}: {e}"))
+                break
             moved = False
             for item in sorted(items, key=lambda i: i.position):
                 if item.position <= row.cursor:
@@ -177,14 +179,14 @@ class GroupReader:
         out.extend(self._late_content(group_id))
         return out
 
-    def _read(self, row: GroupRow, keys: StreamKeys, item: StreamItemLike) -> _Step:
+    def _read(self, row: GroupRow, keys: StreamKeys, item: StreamItem) -> _Step:
         """One stream item, in its own transaction."""
         ctx, db = self._ctx, self._ctx.db
         now = ctx.now()
         entries: list[GroupEntry] = []
         if item.position != row.cursor + 1:
-            gap = (row.cursor + 1, item.position - 1)
-            entries.append(self._gap(row, gap, now))
+            gap = f"positions {row.cursor + 1}..{item.position - 1} were not shown"
+            entries.append(self._gap(row, gap))
         base = TranscriptRow(
             group_id=row.group_id,
             epoch=row.epoch,
@@ -235,17 +237,18 @@ class GroupReader:
         entries.append(self.entry(new, t))
         return _Step(row=new, entries=entries, stop=stop or new.left)
 
-    def _gap(self, row: GroupRow, gap: tuple[int, int], now: int) -> GroupEntry:
+    def _gap(self, row: GroupRow, what: str) -> GroupEntry:
+        now = self._ctx.now()
         summary = (
-            f"stream positions {gap[0]}..{gap[1]} of epoch {row.epoch} were not shown to this "
-            "member: the relay withholds group records (a split view)"
+            f"stream of epoch {row.epoch}: {what}; the relay withholds or reorders group "
+            "records for this member (a split view of the group)"
         )
         self._ctx.audit.rejected(Reason.GROUP_FORKED, f"group {row.name}: {summary}", at=now)
         return GroupEntry(
             group=row.name,
             id="",
             epoch=row.epoch,
-            position=gap[0],
+            position=row.cursor + 1,
             sender="",
             seq=0,
             sent_at=now,

@@ -32,14 +32,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import cast
 
+from securechan.audit.receipt import verify_receipt
 from securechan.client.context import Context
 from securechan.client.db_groups import DeliveryRow, GroupRow
 from securechan.client.files import sanitize_filename
 from securechan.client.group_carriage import entry_id, local_name, view_of
 from securechan.client.group_results import GroupEntry, GroupInfo, GroupMemberInfo, GroupSent
-from securechan.client.group_sync import GroupReader, StreamRelay
+from securechan.client.group_sync import GroupReader
+from securechan.client.logview import RelayLogs
 from securechan.client.outbox import Built, Outbox
 from securechan.errors import (
     GroupRejected,
@@ -47,6 +48,8 @@ from securechan.errors import (
     NotFound,
     SecurechanError,
     UsageError,
+    VerificationFailed,
+    reason_of,
 )
 from securechan.identity import Contact
 from securechan.identity.keys import Fingerprint
@@ -87,9 +90,12 @@ SEND_TRIES = 3  # a message refused because a change came first is made again
 class Groups:
     """The client's groups, on a context, the outbox and the reader."""
 
-    def __init__(self, ctx: Context, outbox: Outbox, relays: Callable[[], list[str]]) -> None:
+    def __init__(
+        self, ctx: Context, outbox: Outbox, relays: Callable[[], list[str]], logs: RelayLogs
+    ) -> None:
         self._ctx = ctx
         self._outbox = outbox
+        self._logs = logs
         self._relays = relays
         self.reader = GroupReader(ctx)
 
@@ -430,11 +436,22 @@ class Groups:
         return keys
 
     async def _post(self, row: GroupRow, keys: StreamKeys, record: GroupRecord) -> tuple[int, int]:
-        """Post a sealed record to the epoch's stream: (position, log index)."""
-        relay = cast(StreamRelay, await self._ctx.relay(row.relay))
-        position, receipt = await relay.post_stream_item(keys.stream_id, seal_record(keys, record))
-        index = getattr(receipt, "leaf_index", -1)
-        return int(position), int(index) if isinstance(index, int) else -1
+        """Post a sealed record to the epoch's stream: (position, log index).
+        The receipt is verified and held to everything seen of the relay's
+        log, as a send's is (a SplitView or a bad receipt is raised: the
+        record is in the stream; the stream is read before anything goes
+        pairwise)."""
+        relay = await self._ctx.relay(row.relay)
+        blob = seal_record(keys, record)
+        position, receipt = await relay.post_stream_item(keys.stream_id, blob)
+        try:
+            key = await self._logs.key(row.relay)
+            checkpoint = verify_receipt(receipt, blob, key)
+            await self._logs.accept(row.relay, key, receipt.checkpoint, checkpoint)
+        except VerificationFailed as e:
+            self._ctx.audit.rejected(reason_of(e), f"group stream receipt from {row.relay}: {e}")
+            raise
+        return position, receipt.leaf_index
 
 
 def _file_chunks(path: str, file_id: bytes) -> list[bytes]:
