@@ -19,7 +19,7 @@ from securechan.identity import Identity, Keystore
 from securechan.primitives import KDF_INTERACTIVE
 from securechan.transport import RetryPolicy
 
-PASSPHRASE = "a long passphrase for the group tests"
+PASSPHRASE = "a long passphrase for the group tests"  # noqa: S105 (a test home)
 NAMES = ("alpha", "bravo", "charlie", "delta")
 FAST = RetryPolicy(attempts=2, base=0.05, cap=0.2, timeout=10.0)
 

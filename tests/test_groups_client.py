@@ -43,10 +43,8 @@ def test_three_members_see_one_transcript(pristine: Path, tmp_path: Path) -> Non
                 assert (g.name, g.group_id, g.head) == ("talks", info.group_id, info.head)
                 assert [e.status for e in entries(got[n])] == ["change"]
             sent = await a.send_group("talks", text="opening statement")
-            assert sent.seq == 1 and sent.pending == () and set(sent.delivered) == {
-                "bravo",
-                "charlie",
-            }
+            assert (sent.seq, sent.pending) == (1, ())
+            assert set(sent.delivered) == {"bravo", "charlie"}
             await pump(chs)
             await b.send_group("talks", text="bravo replies")
             await pump(chs)
