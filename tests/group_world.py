@@ -85,3 +85,18 @@ def shown(ch: Channel, group: str) -> list[tuple[str, str | None]]:
 
 def run(coro: object, seconds: float = 180) -> object:
     return asyncio.run(asyncio.wait_for(coro, seconds))  # type: ignore[arg-type]
+
+
+def pairwise_kinds(ch: Channel) -> list[int]:
+    """The content types of every pairwise message this home received, in
+    the order stored (its pairwise inbox, as client.db's record holds it)."""
+    from securechan.client.stored import StoredRecord
+    from securechan.protocol.payload import SignedPayload
+
+    out = []
+    for m in ch.db.messages(limit=100_000):
+        if m.direction != "in":
+            continue
+        signed = StoredRecord.from_bytes(m.record).signed
+        out.append(int(SignedPayload.from_bytes_unverified(signed).payload.content_type))
+    return out

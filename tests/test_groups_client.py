@@ -8,13 +8,27 @@ from pathlib import Path
 
 import pytest
 
+from securechan.client.channel import Channel
+from securechan.client.group_carriage import view_of
 from securechan.client.group_results import GROUP_STATUSES
+from securechan.errors import UsageError
+from securechan.protocol.group import GroupPayload, SignedGroupPayload, commit_content
+from securechan.protocol.group_stream import (
+    KIND_TEXT,
+    GroupDelivery,
+    GroupRecord,
+    GroupWelcome,
+    StreamKeys,
+    seal_record,
+)
+from securechan.protocol.payload import ContentType, TextBody
 from tests.group_world import (
     NAMES,
     copy_members,
     entries,
     make_pristine,
     mesh,
+    pairwise_kinds,
     pump,
     run,
     shown,
@@ -65,6 +79,238 @@ def test_three_members_see_one_transcript(pristine: Path, tmp_path: Path) -> Non
             # Group carriage is not listed as direct messages.
             for ch in chs.values():
                 assert not [h for h in ch.history() if "opening" in h[4]]
+        finally:
+            for ch in chs.values():
+                await ch.close()
+
+    with running_relay(tmp_path) as relay:
+        run(go(relay.url))
+
+
+def _group_messages(ch: Channel) -> int:
+    return pairwise_kinds(ch).count(int(ContentType.GROUP_MESSAGE))
+
+
+async def _post_as(ch: Channel, group: str, record: GroupRecord, epoch: int | None = None) -> None:
+    """A hostile member posts a record of its choosing, sealed under an epoch
+    key it holds (the current one, or ``epoch``'s)."""
+    g = ch.group_client
+    row = g.row(group)
+    if epoch is not None:
+        welcome = next(w for e, _, w in ch.db.welcomes(row.group_id) if e == epoch)
+        keys = StreamKeys.from_secret(GroupWelcome.from_bytes(welcome).epoch_secret)
+    else:
+        keys = g._keys(row)
+    relay = await ch.relay(row.relay)
+    await relay.post_stream_item(keys.stream_id, seal_record(keys, record))
+
+
+def _signed(
+    ch: Channel, group: str, text: str, *, seq: int | None = None
+) -> tuple[SignedGroupPayload, bytes]:
+    """A message signed by ``ch`` on the view it holds (a test double's)."""
+    row = ch.group_client.row(group)
+    view = view_of(row)
+    me = ch.identity.fingerprint.digest
+    n = seq if seq is not None else view.last.get(me, (0, b""))[0] + 1
+    content = TextBody(text=text).to_bytes()
+    payload = GroupPayload(
+        group_id=row.group_id,
+        state_hash=view.state.hash,
+        sender=me,
+        seq=n,
+        head=view.head,
+        commitment=commit_content(row.group_id, me, n, content),
+        sent_at=ch.now(),
+    )
+    return SignedGroupPayload.sign(ch.identity, payload), content
+
+
+async def _deliver(ch: Channel, to: str, signed: SignedGroupPayload, content: bytes) -> None:
+    """Send a GroupDelivery pairwise through the real session with ``to``."""
+    fp = ch.keystore.contacts.get(to).fingerprint.digest
+    body = GroupDelivery(signed=signed, kind=KIND_TEXT, content=content).to_bytes()
+    delivered, _ = await ch.group_client._pairwise([fp], ContentType.GROUP_MESSAGE, body)
+    assert delivered == [to]
+
+
+def test_add_and_remove(pristine: Path, tmp_path: Path) -> None:
+    m = copy_members(pristine, tmp_path)
+
+    async def go(url: str) -> None:
+        chs = {n: p.channel() for n, p in m.items()}
+        try:
+            await mesh(chs, url)
+            a, b, c, d = (chs[n] for n in NAMES)
+            await a.group_create("talks", ["bravo", "charlie"])
+            await pump(chs)
+            await a.send_group("talks", text="before delta")
+            await pump(chs)
+            info = await a.group_add("talks", ["delta"])
+            assert info.epoch == 1 and len(info.members) == 4
+            await pump(chs)
+            [g] = d.groups()
+            assert (g.epoch, g.head) == (1, info.head)
+            await d.send_group("talks", text="delta joins in")
+            await pump(chs)
+            for n in ("alpha", "bravo", "charlie"):
+                assert shown(chs[n], "talks") == [
+                    ("alpha", "before delta"),
+                    ("delta", "delta joins in"),
+                ], n
+            # The joiner starts at its change: it never reads earlier records.
+            assert shown(d, "talks") == [("delta", "delta joins in")]
+
+            before = _group_messages(c)
+            info = await a.group_remove("talks", ["charlie"])
+            assert info.epoch == 2 and "charlie" not in {x.name for x in info.members}
+            got = await pump(chs)
+            assert c.group_show("talks").left
+            assert [e.status for e in entries(got["charlie"])] == ["change"]
+            await a.send_group("talks", text="after charlie left")
+            await b.send_group("talks", text="bravo too")
+            await pump(chs)
+            # No later content reaches the removed member, not even pairwise.
+            assert _group_messages(c) == before
+            assert ("alpha", "after charlie left") not in shown(c, "talks")
+            with pytest.raises(UsageError):
+                await c.send_group("talks", text="let me in")
+            # The removed member posts anyway, as an attacker would: on the
+            # stream it knows (after the removal) and pairwise to alpha.
+            signed, content = _signed(c, "talks", "I am still here")
+            await _post_as(c, "talks", GroupRecord(message=signed), epoch=1)
+            await _deliver(c, "alpha", signed, content)
+            await pump(chs)
+            want = [
+                ("alpha", "before delta"),
+                ("delta", "delta joins in"),
+                ("alpha", "after charlie left"),
+                ("bravo", "bravo too"),
+            ]
+            for n in ("alpha", "bravo"):
+                assert shown(chs[n], "talks") == want, n
+            assert shown(d, "talks") == want[1:], [
+                (e.epoch, e.position, e.status, e.summary) for e in d.group_history("talks")
+            ]
+            heads = {chs[n].group_show("talks").head for n in ("alpha", "bravo", "delta")}
+            assert len(heads) == 1
+            assert all("still here" not in (e.text or "") for e in a.group_history("talks"))
+        finally:
+            for ch in chs.values():
+                await ch.close()
+
+    with running_relay(tmp_path) as relay:
+        run(go(relay.url))
+
+
+def test_leave(pristine: Path, tmp_path: Path) -> None:
+    m = copy_members(pristine, tmp_path, NAMES[:3])
+
+    async def go(url: str) -> None:
+        chs = {n: p.channel() for n, p in m.items()}
+        try:
+            await mesh(chs, url)
+            a, b, c = chs["alpha"], chs["bravo"], chs["charlie"]
+            await a.group_create("talks", ["bravo", "charlie"])
+            await pump(chs)
+            with pytest.raises(UsageError):
+                await a.group_leave("talks")  # the last admin cannot
+            before = _group_messages(b)
+            info = await b.group_leave("talks")
+            assert info.left and info.epoch == 1
+            await pump(chs)
+            for n in ("alpha", "charlie"):
+                g = chs[n].group_show("talks")
+                assert g.epoch == 1 and "bravo" not in {x.name for x in g.members}
+            await c.send_group("talks", text="without bravo")
+            await pump(chs)
+            assert shown(a, "talks") == [("charlie", "without bravo")]
+            assert _group_messages(b) == before
+            assert a.group_show("talks").head == c.group_show("talks").head
+        finally:
+            for ch in chs.values():
+                await ch.close()
+
+    with running_relay(tmp_path) as relay:
+        run(go(relay.url))
+
+
+def test_equivocating_sender_is_caught(pristine: Path, tmp_path: Path) -> None:
+    m = copy_members(pristine, tmp_path, NAMES[:3])
+
+    async def go(url: str) -> None:
+        chs = {n: p.channel() for n, p in m.items()}
+        try:
+            await mesh(chs, url)
+            a, b, c = chs["alpha"], chs["bravo"], chs["charlie"]
+            await a.group_create("talks", ["bravo", "charlie"])
+            await pump(chs)
+            # alpha, a test double, posts one signed record for everyone but
+            # shows bravo another text: (1) under a second signed payload for
+            # the same number, (2) under the same payload (its commitment).
+            s1, honest = _signed(a, "talks", "we accept")
+            s2, lie = _signed(a, "talks", "we refuse", seq=s1.payload.seq)
+            await _post_as(a, "talks", GroupRecord(message=s1))
+            await _deliver(a, "charlie", s1, honest)
+            await _deliver(a, "bravo", s2, lie)
+            got = await pump(chs)
+            [eb] = [e for e in entries(got["bravo"]) if e.seq == 1]
+            assert eb.status == "equivocation", eb
+            [ec] = [e for e in entries(got["charlie"]) if e.seq == 1]
+            assert (ec.status, ec.text) == ("shown", "we accept")
+            await a.group_client.reader.sync(a.group_client.row("talks").group_id)
+            s3, honest = _signed(a, "talks", "second point")
+            await _post_as(a, "talks", GroupRecord(message=s3))
+            await _deliver(a, "charlie", s3, honest)
+            await _deliver(a, "bravo", s3, TextBody(text="a different second point").to_bytes())
+            got = await pump(chs)
+            [eb] = [e for e in entries(got["bravo"]) if e.seq == 2]
+            assert eb.status == "equivocation" and eb.text is None, eb
+            assert [e.text for e in entries(got["charlie"]) if e.seq == 2] == ["second point"]
+            # The evidence is kept: the pairwise payload signed by alpha.
+            gid = b.group_client.row("talks").group_id
+            kept = b.db.deliveries(gid, sender=a.identity.fingerprint.digest)
+            assert {d.record_hash for d in kept} >= {s2.hash, s3.hash}
+            assert all(d.pairwise for d in kept)
+            # The transcript itself (the records) stays one for everyone.
+            assert len({ch.group_show("talks").head for ch in (b, c)}) == 1
+        finally:
+            for ch in chs.values():
+                await ch.close()
+
+    with running_relay(tmp_path) as relay:
+        run(go(relay.url))
+
+
+def test_replayed_old_state_is_refused(pristine: Path, tmp_path: Path) -> None:
+    m = copy_members(pristine, tmp_path)
+
+    async def go(url: str) -> None:
+        chs = {n: p.channel() for n, p in m.items()}
+        try:
+            await mesh(chs, url)
+            a, b = chs["alpha"], chs["bravo"]
+            await a.group_create("talks", ["bravo", "charlie", "delta"])
+            await pump(chs)
+            await a.group_remove("talks", ["delta"])
+            await pump(chs)
+            # alpha replays the creation (delta still in it) and the old
+            # change's state into the current stream.
+            gid = a.group_client.row("talks").group_id
+            creation = GroupRecord.from_bytes(
+                a.db.transcript(gid, status="change", limit=1)[0].record
+            )
+            await _post_as(a, "talks", creation)
+            got = await pump(chs)
+            for n in ("alpha", "bravo", "charlie"):
+                [e] = entries(got[n])
+                assert e.status == "refused" and "does not follow" in e.summary, e
+            await b.send_group("talks", text="still three of us")
+            await pump(chs)
+            heads = {chs[n].group_show("talks").head for n in ("alpha", "bravo", "charlie")}
+            assert len(heads) == 1
+            assert chs["charlie"].group_show("talks").epoch == 1
+            assert shown(chs["charlie"], "talks") == [("bravo", "still three of us")]
         finally:
             for ch in chs.values():
                 await ch.close()

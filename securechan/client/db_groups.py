@@ -71,6 +71,7 @@ class GroupRow:
     started: bool = True
     created: int = 0
     opened_by: bytes = b""  # the hash of the change that opened the current epoch
+    joined: bool = False  # the view started from a welcome (not from the creation)
 
     def _sealed(self) -> bytes:
         return _pack(
@@ -83,6 +84,7 @@ class GroupRow:
                 "last": {k.hex(): [s, h.hex()] for k, (s, h) in self.last.items()},
                 "started": self.started,
                 "opened_by": self.opened_by.hex(),
+                "joined": self.joined,
             }
         )
 
@@ -209,6 +211,7 @@ class GroupTables:
             last={bytes.fromhex(k): (int(v[0]), bytes.fromhex(v[1])) for k, v in d["last"].items()},
             started=bool(d["started"]),
             opened_by=bytes.fromhex(d["opened_by"]),
+            joined=bool(d.get("joined", False)),
         )
 
     # --- epoch secrets ------------------------------------------------------------

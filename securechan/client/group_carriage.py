@@ -219,6 +219,7 @@ def _join(
         created=old.created if old is not None else now,
         own_seq=old.own_seq if old is not None else 0,
         opened_by=change.hash,
+        joined=True,
     )
     ctx.db.put_group(with_view(row, view))
     ctx.db.add_transcript(

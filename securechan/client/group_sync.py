@@ -296,7 +296,12 @@ class GroupReader:
                 raise GroupRejected("a message before the group's creation")
             if sender is None:
                 raise GroupRejected("the sender is not one of this member's contacts")
-            view = view_of(row).accept_record(signed, sender)
+            view = view_of(row)
+            if row.joined and p.sender not in view.last and p.seq > 1:
+                # A joiner never saw this sender's earlier messages: the
+                # first number it sees from it is its start (docs/LIBRARY.md).
+                view = replace(view, last={**view.last, p.sender: (p.seq - 1, b"")})
+            view = view.accept_record(signed, sender)
         except GroupForked as e:
             return replace(t, status="forked", summary=f"{e} (a split view of the group)"), row
         except GroupEquivocation as e:
@@ -344,6 +349,12 @@ class GroupReader:
             )
         return replace(t, status="content-pending", summary="content not yet received")
 
+    def _all(self, group_id: bytes) -> list[TranscriptRow]:
+        rows: list[TranscriptRow] = []
+        while page := self._ctx.db.transcript(group_id, after=rows[-1].id if rows else 0):
+            rows.extend(page)
+        return rows
+
     def _late_content(self, group_id: bytes) -> list[GroupEntry]:
         """Deliveries not yet matched: content for a record already read
         (arrived late) is matched now; content for a record of the current
@@ -361,11 +372,9 @@ class GroupReader:
             if not rows and d.sender == me:
                 continue  # our own, not posted (the relay was down): not withheld
             if not rows:
-                rows = [
-                    r
-                    for r in db.transcript(group_id, status="content-pending", limit=100_000)
-                    if r.sender == d.sender and r.seq == d.seq
-                ]
+                # Another signed payload of the sender for this number: the
+                # record read (its equivocation reported when read, or now).
+                rows = [r for r in self._all(group_id) if r.sender == d.sender and r.seq == d.seq]
             if rows:
                 t = rows[0]
                 if t.status != "content-pending":
