@@ -56,9 +56,11 @@ def copy_members(pristine: Path, tmp: Path, names: Iterable[str] = NAMES) -> dic
     return out
 
 
-async def mesh(chs: dict[str, Channel], url: str) -> None:
-    """Register everyone at ``url``; everyone pins everyone (contact cards)."""
-    cards = {name: await ch.register(url) for name, ch in chs.items()}
+async def mesh(chs: dict[str, Channel], url: str, at: dict[str, str] | None = None) -> None:
+    """Register everyone at ``url`` (or the one ``at`` names for it); everyone
+    pins everyone (contact cards)."""
+    at = at or {}
+    cards = {name: await ch.register(at.get(name, url)) for name, ch in chs.items()}
     for name, ch in chs.items():
         for other, card in cards.items():
             if other != name:

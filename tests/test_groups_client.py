@@ -4,6 +4,8 @@ Channel. Members act as the attacker would where a test says so."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ import pytest
 from securechan.client.channel import Channel
 from securechan.client.group_carriage import view_of
 from securechan.client.group_results import GROUP_STATUSES
-from securechan.errors import UsageError
+from securechan.errors import SecurechanError, UsageError
 from securechan.protocol.group import GroupPayload, SignedGroupPayload, commit_content
 from securechan.protocol.group_stream import (
     KIND_TEXT,
@@ -22,6 +24,7 @@ from securechan.protocol.group_stream import (
     seal_record,
 )
 from securechan.protocol.payload import ContentType, TextBody
+from securechan.testing.malicious_relay import Exchange, MaliciousRelay
 from tests.group_world import (
     NAMES,
     copy_members,
@@ -311,6 +314,104 @@ def test_replayed_old_state_is_refused(pristine: Path, tmp_path: Path) -> None:
             assert len(heads) == 1
             assert chs["charlie"].group_show("talks").epoch == 1
             assert shown(chs["charlie"], "talks") == [("bravo", "still three of us")]
+        finally:
+            for ch in chs.values():
+                await ch.close()
+
+    with running_relay(tmp_path) as relay:
+        run(go(relay.url))
+
+
+def test_relay_withholding_from_one_member_is_reported(pristine: Path, tmp_path: Path) -> None:
+    """charlie reaches the relay through a proxy that, as a malicious relay
+    would, leaves a group record out of charlie's stream pages: first the
+    newest one (charlie gets its content pairwise: withheld), then one in the
+    middle (the page has a gap: forked, a split view)."""
+    m = copy_members(pristine, tmp_path, NAMES[:3])
+    withhold: set[int] = set()
+
+    def hide(x: Exchange, status: int, body: bytes) -> tuple[int, bytes]:
+        if x.method != "GET" or "/v1/streams/" not in x.path or status != 200 or not withhold:
+            return status, body
+        page = json.loads(body)
+        page["items"] = [i for i in page["items"] if i["position"] not in withhold]
+        return status, json.dumps(page).encode()
+
+    async def go(url: str, proxy: MaliciousRelay) -> None:
+        chs = {n: p.channel() for n, p in m.items()}
+        try:
+            await mesh(chs, url, {"charlie": proxy.url})
+            a, b, c = chs["alpha"], chs["bravo"], chs["charlie"]
+            await a.group_create("talks", ["bravo", "charlie"])
+            await pump(chs)
+            assert c.group_client.row("talks").relay == proxy.url
+            proxy.on_response("other", hide)
+            sent = await a.send_group("talks", text="the offer")
+            withhold.add(sent.position)
+            got = await pump(chs)
+            assert [e.status for e in entries(got["charlie"])] == ["withheld"]
+            assert [e.text for e in entries(got["bravo"])] == ["the offer"]
+            await b.send_group("talks", text="the answer")
+            got = await pump(chs)
+            assert "forked" in [e.status for e in entries(got["charlie"])]
+            assert not [e for e in entries(got["charlie"]) if e.status == "shown"]
+            # The relay stops withholding: charlie catches up, in order.
+            withhold.clear()
+            await pump(chs)
+            assert shown(c, "talks") == [("alpha", "the offer"), ("bravo", "the answer")]
+            assert len({ch.group_show("talks").head for ch in chs.values()}) == 1
+        finally:
+            for ch in chs.values():
+                await ch.close()
+
+    with (
+        running_relay(tmp_path) as relay,
+        MaliciousRelay(relay.url, relay.data, tmp_path / "proxy") as proxy,
+    ):
+        run(go(relay.url, proxy))
+
+
+def test_concurrent_change_and_message(pristine: Path, tmp_path: Path) -> None:
+    """bravo sends while alpha removes charlie: whichever the stream orders
+    first, the content goes only to the members of the state its record was
+    accepted under, so charlie never gets a message made after its removal."""
+    m = copy_members(pristine, tmp_path, NAMES[:3])
+
+    async def go(url: str) -> None:
+        chs = {n: p.channel() for n, p in m.items()}
+        try:
+            await mesh(chs, url)
+            a, b, c = chs["alpha"], chs["bravo"], chs["charlie"]
+            await a.group_create("talks", ["bravo", "charlie"])
+            await pump(chs)
+            for i in range(3):
+                if i:
+                    await a.group_add("talks", ["charlie"])
+                    await pump(chs)
+                results = await asyncio.gather(
+                    a.group_remove("talks", ["charlie"]),
+                    b.send_group("talks", text=f"during change {i}"),
+                    return_exceptions=True,
+                )
+                await pump(chs)
+                if isinstance(results[1], SecurechanError):  # made for the old state
+                    await b.send_group("talks", text=f"during change {i}")
+                    await pump(chs)
+                assert not isinstance(results[0], BaseException), results
+            gid = c.group_client.row("talks").group_id
+            me = c.identity.fingerprint.digest
+            states = {}
+            for t in c.db.transcript(gid, status="change"):
+                change = GroupRecord.from_bytes(t.record).change
+                assert change is not None
+                states[change.state.hash] = change.state
+            for d in c.db.deliveries(gid):
+                signed = GroupDelivery.from_bytes(d.delivery).signed
+                state = states[signed.payload.state_hash]
+                assert state.member(me) is not None
+            for n in ("alpha", "bravo"):
+                texts = [t for _, t in shown(chs[n], "talks")]
+                assert texts == [f"during change {i}" for i in range(3)], n
         finally:
             for ch in chs.values():
                 await ch.close()
