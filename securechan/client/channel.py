@@ -141,6 +141,7 @@ class Channel(GroupMethods):
             after=self._after_receive,
             groups=self.group_client.reader.sync_all,
         )
+        self.group_client.receive_pass = self.inbox.receive
         self.record = MessageRecord(ctx, self.state, self.logs)
 
     @classmethod
@@ -384,7 +385,8 @@ class Channel(GroupMethods):
         (``status`` per ``GROUP_STATUSES``)."""
         self.inbox.progress = progress
         try:
-            return await self.inbox.receive()
+            # First what receive passes run by group operations kept.
+            return [*self.group_client.take_stashed(), *await self.inbox.receive()]
         finally:
             self.inbox.progress = None
 

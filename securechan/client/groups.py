@@ -29,7 +29,8 @@ relay its welcome came through (docs/LIBRARY.md, Groups).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -42,6 +43,7 @@ from securechan.client.group_results import GroupEntry, GroupInfo, GroupMemberIn
 from securechan.client.group_sync import GroupReader
 from securechan.client.logview import RelayLogs
 from securechan.client.outbox import Built, Outbox
+from securechan.client.results import Received, Rejected
 from securechan.errors import (
     GroupRejected,
     MalformedInput,
@@ -82,9 +84,11 @@ from securechan.protocol.payload import (
 )
 from securechan.protocol.session import Session
 
-__all__ = ["SEND_TRIES", "Groups"]
+__all__ = ["SEND_TRIES", "WELCOME_WAIT", "Groups"]
 
 SEND_TRIES = 3  # a message refused because a change came first is made again
+# Pauses (seconds) between receive passes while a new epoch's welcome is awaited.
+WELCOME_WAIT = (0.25, 0.5, 1.0, 2.0)
 
 
 class Groups:
@@ -98,6 +102,13 @@ class Groups:
         self._logs = logs
         self._relays = relays
         self.reader = GroupReader(ctx)
+        # A receive pass, run when a group's new epoch key has not come yet
+        # (its welcome travels pairwise); what it returned waits here for the
+        # next Channel.receive, so nothing received is lost.
+        self.receive_pass: (
+            Callable[[], Awaitable[list[Received | Rejected | GroupEntry]]] | None
+        ) = None
+        self.stashed: list[Received | Rejected | GroupEntry] = []
 
     # --- what we hold -----------------------------------------------------------
 
@@ -414,11 +425,27 @@ class Groups:
 
     # --- the stream ------------------------------------------------------------------
 
+    def take_stashed(self) -> list[Received | Rejected | GroupEntry]:
+        """What receive passes run by group operations returned (see above)."""
+        out, self.stashed = self.stashed, []
+        return out
+
     async def _current(self, group: str) -> GroupRow:
         """The group, synced; UsageError if we cannot act in it now."""
         row = self.row(group)
         await self.reader.sync(row.group_id)
         row = self.row(row.group_id.hex())
+        for pause in WELCOME_WAIT:
+            waiting = not row.started or self.reader.keys(row) is None
+            if row.left or not waiting or self.receive_pass is None:
+                break
+            # A change was applied whose welcome has not been read: read the
+            # pairwise inbox (and the streams); its author sends the welcome
+            # right after it saw the change applied, so wait a little.
+            self.stashed.extend(await self.receive_pass())
+            row = self.row(row.group_id.hex())
+            if not row.started or self.reader.keys(row) is None:
+                await asyncio.sleep(pause)
         if row.left:
             raise UsageError(f"you are no longer a member of group {row.name!r}")
         if not row.started or self.reader.keys(row) is None:
