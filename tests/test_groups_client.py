@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from securechan.client.group_results import GROUP_STATUSES, GroupSent
 from securechan.errors import UsageError
 from securechan.protocol.group import GroupPayload, SignedGroupPayload, commit_content
 from securechan.protocol.group_stream import (
+    GROUP_CHUNK_SIZE,
     KIND_TEXT,
     GroupDelivery,
     GroupRecord,
@@ -82,6 +84,16 @@ def test_three_members_see_one_transcript(pristine: Path, tmp_path: Path) -> Non
             # Group carriage is not listed as direct messages.
             for ch in chs.values():
                 assert not [h for h in ch.history() if "opening" in h[4]]
+            # A file: one record per GROUP_CHUNK_SIZE chunk, whole again at each member.
+            data = os.urandom(2 * GROUP_CHUNK_SIZE + 1000)
+            (tmp_path / "annex.pdf").write_bytes(data)
+            sent = await b.send_group("talks", path=str(tmp_path / "annex.pdf"))
+            assert sent.seq == 4 and set(sent.delivered) == {"alpha", "charlie"}  # 2, 3, 4
+            got = await pump(chs)
+            for n in ("alpha", "charlie"):
+                parts = [e for e in entries(got[n]) if e.file_name == "annex.pdf"]
+                assert [e.status for e in parts] == ["shown"] * 3, n
+                assert chs[n].group_file("talks", parts[0].id) == ("annex.pdf", data)
         finally:
             for ch in chs.values():
                 await ch.close()

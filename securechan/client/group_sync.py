@@ -349,7 +349,8 @@ class GroupReader:
             )
         return replace(t, status="content-pending", summary="content not yet received")
 
-    def _all(self, group_id: bytes) -> list[TranscriptRow]:
+    def all_rows(self, group_id: bytes) -> list[TranscriptRow]:
+        """One group's whole transcript, in the order read."""
         rows: list[TranscriptRow] = []
         while page := self._ctx.db.transcript(group_id, after=rows[-1].id if rows else 0):
             rows.extend(page)
@@ -374,7 +375,9 @@ class GroupReader:
             if not rows:
                 # Another signed payload of the sender for this number: the
                 # record read (its equivocation reported when read, or now).
-                rows = [r for r in self._all(group_id) if r.sender == d.sender and r.seq == d.seq]
+                rows = [
+                    r for r in self.all_rows(group_id) if r.sender == d.sender and r.seq == d.seq
+                ]
             if rows:
                 t = rows[0]
                 if t.status != "content-pending":

@@ -38,7 +38,7 @@ from securechan.audit.receipt import verify_receipt
 from securechan.client.context import Context
 from securechan.client.db_groups import DeliveryRow, GroupRow
 from securechan.client.files import sanitize_filename
-from securechan.client.group_carriage import entry_id, local_name, view_of
+from securechan.client.group_carriage import decode_content, entry_id, local_name, view_of
 from securechan.client.group_results import GroupEntry, GroupInfo, GroupMemberInfo, GroupSent
 from securechan.client.group_sync import GroupReader
 from securechan.client.logview import RelayLogs
@@ -170,6 +170,10 @@ class Groups:
         if limit is not None:
             entries = entries[-limit:] if limit > 0 else []
         return entries
+
+    def file(self, group: str, entry: str) -> tuple[str, bytes]:
+        """See :meth:`Channel.group_file`."""
+        return _read_file(self._ctx, self.reader, self.row(group), entry)
 
     # --- changes ------------------------------------------------------------------
 
@@ -479,6 +483,43 @@ class Groups:
             self._ctx.audit.rejected(reason_of(e), f"group stream receipt from {row.relay}: {e}")
             raise
         return position, receipt.leaf_index
+
+
+def _read_file(ctx: Context, reader: GroupReader, row: GroupRow, entry: str) -> tuple[str, bytes]:
+    """A group file, whole, from the chunks this member was shown."""
+    db, wanted = ctx.db, entry.strip().lower()
+    rows = reader.all_rows(row.group_id)
+    hit = [t for t in rows if t.record_hash.hex().startswith(wanted) and t.file_name]
+    if len(wanted) < 8 or len(hit) != 1:
+        raise NotFound(f"no file entry {entry!r} in group {row.name!r}")
+    first = _chunk(db.deliveries(row.group_id, record_hash=hit[0].record_hash))
+    if first is None:
+        raise NotFound(f"no file entry {entry!r} in group {row.name!r}")
+    parts: dict[int, bytes] = {}
+    for t in rows:
+        if t.status != "shown" or t.sender != hit[0].sender or not t.file_name:
+            continue
+        c = _chunk(db.deliveries(row.group_id, record_hash=t.record_hash))
+        if c is not None and c.file_id == first.file_id:
+            parts.setdefault(c.index, c.data)
+    if len(parts) != first.count:
+        raise UsageError(
+            f"file {first.name!r} is not complete yet: {len(parts)} of {first.count} parts"
+        )
+    data = b"".join(parts[i] for i in range(first.count))
+    if len(data) != first.size or sha512(data) != first.sha512:
+        raise MalformedInput(f"file {first.name!r} does not match its hash")
+    return sanitize_filename(first.name), data
+
+
+def _chunk(deliveries: list[DeliveryRow]) -> FileChunk | None:
+    """The file chunk a (shown) record's delivery carries, or None."""
+    for d in deliveries:
+        delivery = GroupDelivery.from_bytes(d.delivery)
+        if delivery.kind == KIND_FILE:
+            _, chunk = decode_content(delivery.kind, delivery.content)
+            return chunk
+    return None
 
 
 def _file_chunks(path: str, file_id: bytes) -> list[bytes]:
