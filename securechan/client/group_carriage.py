@@ -38,6 +38,7 @@ __all__ = [
     "decode_content",
     "describe_change",
     "entry_id",
+    "join",
     "local_name",
     "store_pairwise",
     "view_of",
@@ -174,15 +175,13 @@ def store_pairwise(
         row = db.group(state.group_id)
         if row is not None and not (row.left and state.epoch > row.epoch):
             return None  # a member already: the reader takes the secret when it applies it
-        _join(ctx, content, peer, relay, now)
+        join(ctx, content, peer, relay, now)
         return None
     except GroupRejected as e:
         return Rejected(reason=e.code, error=f"group payload from {peer.name}: {e}")
 
 
-def _join(
-    ctx: Context, welcome: GroupWelcome, author: PublicIdentity, relay: str, now: int
-) -> None:
+def join(ctx: Context, welcome: GroupWelcome, author: PublicIdentity, relay: str, now: int) -> None:
     """A welcome to a group we do not hold (or left): become a member. A
     creation's: read stream 0 from its start (the creation is its first
     record). A later change's: start the view from the welcome."""

@@ -31,6 +31,7 @@ from securechan.client.group_carriage import (
     decode_content,
     describe_change,
     entry_id,
+    join,
     view_of,
     with_view,
 )
@@ -126,12 +127,29 @@ class GroupReader:
 
     # --- reading ----------------------------------------------------------------------
 
+    def rejoin(self, row: GroupRow) -> bool:
+        """A group we left (or were removed from) that a later welcome names
+        us in again (it came before we read our removal): join from it."""
+        ctx, me = self._ctx, self._ctx.identity.fingerprint.digest
+        for epoch, _, data in ctx.db.welcomes(row.group_id):
+            welcome = GroupWelcome.from_bytes(data)
+            author = self.identity(welcome.change.author)
+            if epoch <= row.epoch or welcome.change.state.member(me) is None or author is None:
+                continue
+            try:
+                with ctx.db.transaction():
+                    join(ctx, welcome, author, row.relay, ctx.now())
+            except GroupRejected:
+                continue
+            return True
+        return False
+
     async def sync_all(self) -> list[GroupEntry | Rejected]:
         """Read every group we are a member of; a relay that cannot be
         reached for one group is reported and the others are read."""
         out: list[GroupEntry | Rejected] = []
         for row in self._ctx.db.groups():
-            if row.left:
+            if row.left and not self.rejoin(row):
                 continue
             try:
                 out.extend(await self.sync(row.group_id))
