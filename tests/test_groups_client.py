@@ -15,7 +15,14 @@ from securechan.client.channel import Channel
 from securechan.client.group_carriage import view_of
 from securechan.client.group_results import GROUP_STATUSES, GroupSent
 from securechan.errors import UsageError
-from securechan.protocol.group import GroupPayload, SignedGroupPayload, commit_content
+from securechan.protocol.group import (
+    GroupChange,
+    GroupMember,
+    GroupPayload,
+    GroupState,
+    SignedGroupPayload,
+    commit_content,
+)
 from securechan.protocol.group_stream import (
     GROUP_CHUNK_SIZE,
     KIND_TEXT,
@@ -100,6 +107,10 @@ def test_three_members_see_one_transcript(pristine: Path, tmp_path: Path) -> Non
 
     with running_relay(tmp_path) as relay:
         run(go(relay.url))
+
+
+def _fp(ch: Channel, contact: str) -> bytes:
+    return ch.keystore.contacts.get(contact).fingerprint.digest
 
 
 def _group_messages(ch: Channel) -> int:
@@ -297,7 +308,9 @@ def test_equivocating_sender_is_caught(pristine: Path, tmp_path: Path) -> None:
         run(go(relay.url))
 
 
-def test_replayed_old_state_is_refused(pristine: Path, tmp_path: Path) -> None:
+def test_replayed_old_state_and_unauthorised_change_are_refused(
+    pristine: Path, tmp_path: Path
+) -> None:
     m = copy_members(pristine, tmp_path)
 
     async def go(url: str) -> None:
@@ -320,6 +333,25 @@ def test_replayed_old_state_is_refused(pristine: Path, tmp_path: Path) -> None:
             for n in ("alpha", "bravo", "charlie"):
                 [e] = entries(got[n])
                 assert e.status == "refused" and "does not follow" in e.summary, e
+            # bravo, not an admin, signs a change that adds delta back.
+            old = view_of(b.group_client.row("talks")).state
+            forged = GroupState(
+                group_id=old.group_id,
+                epoch=old.epoch + 1,
+                name=old.name,
+                members=tuple(
+                    sorted(
+                        (*old.members, GroupMember(fingerprint=_fp(b, "delta"), admin=True)),
+                        key=lambda x: x.fingerprint,
+                    )
+                ),
+                previous=old.hash,
+            )
+            await _post_as(b, "talks", GroupRecord(change=GroupChange.sign(b.identity, forged)))
+            got = await pump(chs)
+            for n in ("alpha", "bravo", "charlie"):
+                [e] = entries(got[n])
+                assert e.status == "refused" and "only an admin" in e.summary, e
             await b.send_group("talks", text="still three of us")
             await pump(chs)
             heads = {chs[n].group_show("talks").head for n in ("alpha", "bravo", "charlie")}

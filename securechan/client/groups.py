@@ -295,8 +295,10 @@ class Groups:
         await self.reader.sync(row.group_id)
         after = self.row(row.group_id.hex())
         if after.opened_by != change.hash:
+            mine = ctx.db.transcript(row.group_id, record_hash=change.hash, limit=1)
+            why = mine[0].summary if mine else "another change came first"
             raise GroupRejected(
-                f"the change to group {row.name!r} was refused (another change came first); "
+                f"the change to group {row.name!r} was refused ({why}); "
                 "look at the group and try again"
             )
         await self._welcome(welcome, exclude=me)
