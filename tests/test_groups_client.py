@@ -463,3 +463,49 @@ def test_concurrent_change_and_message(pristine: Path, tmp_path: Path) -> None:
 
     with running_relay(tmp_path) as relay:
         run(go(relay.url))
+
+
+def test_a_member_added_back_speaks_and_hears(pristine: Path, tmp_path: Path) -> None:
+    """charlie spoke, was removed and added back: its next number follows its
+    last one (not 1: that would read as a replay or an equivocation), and it
+    takes the others' next numbers though it missed what they said meanwhile."""
+    m = copy_members(pristine, tmp_path, NAMES[:3])
+
+    async def go(url: str) -> None:
+        chs = {n: p.channel() for n, p in m.items()}
+        try:
+            await mesh(chs, url)
+            a, b, c = chs["alpha"], chs["bravo"], chs["charlie"]
+            await a.group_create("talks", ["bravo", "charlie"])
+            await pump(chs)
+            await c.send_group("talks", text="charlie's first")
+            await b.send_group("talks", text="bravo's first")
+            await pump(chs)
+            await a.group_remove("talks", ["charlie"])
+            await pump(chs)
+            await b.send_group("talks", text="while charlie is out")
+            await pump(chs)
+            await a.group_add("talks", ["charlie"])
+            await pump(chs)
+            assert not c.group_show("talks").left
+            sent = await c.send_group("talks", text="charlie is back")
+            assert sent.seq == 2
+            await b.send_group("talks", text="welcome back")
+            await pump(chs)
+            for n in ("alpha", "bravo"):
+                assert shown(chs[n], "talks")[-2:] == [
+                    ("charlie", "charlie is back"),
+                    ("bravo", "welcome back"),
+                ], n
+            assert shown(c, "talks")[-2:] == [
+                ("charlie", "charlie is back"),
+                ("bravo", "welcome back"),
+            ]
+            assert ("bravo", "while charlie is out") not in shown(c, "talks")
+            assert len({ch.group_show("talks").head for ch in chs.values()}) == 1
+        finally:
+            for ch in chs.values():
+                await ch.close()
+
+    with running_relay(tmp_path) as relay:
+        run(go(relay.url))

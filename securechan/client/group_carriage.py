@@ -205,7 +205,9 @@ def join(ctx: Context, welcome: GroupWelcome, author: PublicIdentity, relay: str
             )
         )
         return
-    view = GroupView.join(change, author, welcome.previous, welcome.head_before)
+    marks = getattr(welcome, "last", None)  # the core's GroupSenderMark, where it has it
+    extra = {"last": marks()} if callable(marks) else {}
+    view = GroupView.join(change, author, welcome.previous, welcome.head_before, **extra)
     old = ctx.db.group(gid)
     row = GroupRow(
         group_id=gid,

@@ -327,7 +327,10 @@ class GroupReader:
             return replace(t, status="equivocation", summary=f"{e} (evidence: {ev})"), row
         except GroupRejected as e:
             return replace(t, summary=str(e)), row
-        return self._match(row, t, signed), with_view(row, view)
+        new = with_view(row, view)
+        if p.sender == self._ctx.identity.fingerprint.digest:
+            new = replace(new, own_seq=max(new.own_seq, p.seq))
+        return self._match(row, t, signed), new
 
     def _match(self, row: GroupRow, t: TranscriptRow, signed: SignedGroupPayload) -> TranscriptRow:
         """The applied record with the content this member got pairwise."""

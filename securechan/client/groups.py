@@ -30,9 +30,10 @@ relay its welcome came through (docs/LIBRARY.md, Groups).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from securechan.audit.receipt import verify_receipt
 from securechan.client.context import Context
@@ -286,6 +287,7 @@ class Groups:
             head_before=view.head,
             stream_of_change=keys.stream_id,
             previous=old,
+            **_sender_marks(view.last),
         )
         with ctx.db.transaction():
             ctx.db.put_welcome(
@@ -376,7 +378,10 @@ class Groups:
             view = view_of(row)
             if view.state.member(me) is None:
                 raise UsageError(f"you are not a member of group {row.name!r}")
-            seq = view.last.get(me, (0, b""))[0] + 1
+            # Our next number: after our last accepted one. A member added
+            # back whose welcome had no marks for it (its view does not hold
+            # its own last number) continues from what it stored.
+            seq = (view.last[me][0] if me in view.last else row.own_seq) + 1
             payload = GroupPayload(
                 group_id=row.group_id,
                 state_hash=view.state.hash,
@@ -402,7 +407,6 @@ class Groups:
                         message="",
                     )
                 )
-                db.put_group(replace(row, own_seq=max(row.own_seq, seq)))
             keys = self._keys(row)
             position, log_index = await self._post(row, keys, GroupRecord(message=signed))
             await self.reader.sync(row.group_id)
@@ -512,6 +516,14 @@ def _read_file(ctx: Context, reader: GroupReader, row: GroupRow, entry: str) -> 
     if len(data) != first.size or sha512(data) != first.sha512:
         raise MalformedInput(f"file {first.name!r} does not match its hash")
     return sanitize_filename(first.name), data
+
+
+def _sender_marks(last: Mapping[bytes, tuple[int, bytes]]) -> dict[str, Any]:
+    """Each sender's last number at the change, for joiners: the welcome's
+    ``senders`` field where the core has it (GroupSenderMark), else nothing
+    (the joiner then takes each sender's first number it sees as its start)."""
+    marks = getattr(GroupWelcome, "marks", None)
+    return {"senders": marks(last)} if callable(marks) and last else {}
 
 
 def _chunk(deliveries: list[DeliveryRow]) -> FileChunk | None:
