@@ -248,6 +248,26 @@ def test_leave(pristine: Path, tmp_path: Path) -> None:
             for n in ("alpha", "charlie"):
                 g = chs[n].group_show("talks")
                 assert g.epoch == 1 and "bravo" not in {x.name for x in g.members}
+            # bravo chose epoch 1's secret (it made the change): it can post
+            # there, as an attacker would, but its records are refused by all,
+            # and noise that does not open is skipped by all alike.
+            signed, _ = _signed(b, "talks", "I left but I still talk")
+            await _post_as(b, "talks", GroupRecord(message=signed), epoch=1)
+            relay = await b.relay(b.group_client.row("talks").relay)
+            noise_keys = StreamKeys.from_secret(
+                GroupWelcome.from_bytes(
+                    next(
+                        w
+                        for e, _, w in b.db.welcomes(b.group_client.row("talks").group_id)
+                        if e == 1
+                    )
+                ).epoch_secret
+            )
+            await relay.post_stream_item(noise_keys.stream_id, os.urandom(300))
+            got = await pump(chs)
+            for n in ("alpha", "charlie"):
+                assert [e.status for e in entries(got[n])] == ["refused", "refused"], n
+                assert "not a member" in entries(got[n])[0].summary
             await c.send_group("talks", text="without bravo")
             await pump(chs)
             assert shown(a, "talks") == [("charlie", "without bravo")]
