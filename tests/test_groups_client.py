@@ -14,7 +14,7 @@ import pytest
 from securechan.client.channel import Channel
 from securechan.client.group_carriage import view_of
 from securechan.client.group_results import GROUP_STATUSES, GroupSent
-from securechan.errors import UsageError
+from securechan.errors import RelayError, UsageError
 from securechan.protocol.group import (
     GroupChange,
     GroupMember,
@@ -45,7 +45,7 @@ from tests.group_world import (
     run,
     shown,
 )
-from tests.test_relay_crash import running_relay
+from tests.test_relay_crash import RelayProcess, running_relay
 
 
 @pytest.fixture(scope="module")
@@ -529,3 +529,22 @@ def test_a_member_added_back_speaks_and_hears(pristine: Path, tmp_path: Path) ->
 
     with running_relay(tmp_path) as relay:
         run(go(relay.url))
+
+
+def test_a_creation_the_relay_never_took_leaves_nothing(pristine: Path, tmp_path: Path) -> None:
+    m = copy_members(pristine, tmp_path, NAMES[:2])
+
+    async def go(relay: RelayProcess) -> None:
+        chs = {n: p.channel() for n, p in m.items()}
+        try:
+            await mesh(chs, relay.url)
+            relay.stop()
+            with pytest.raises(RelayError):
+                await chs["alpha"].group_create("talks", ["bravo"])
+            assert chs["alpha"].groups() == []
+        finally:
+            for ch in chs.values():
+                await ch.close()
+
+    with running_relay(tmp_path) as relay:
+        run(go(relay))

@@ -214,6 +214,11 @@ class GroupTables:
             joined=bool(d.get("joined", False)),
         )
 
+    def forget_group(self, group_id: bytes) -> None:
+        """Remove a group that never started (its creation was not posted)."""
+        for table in ("groups", "group_secrets", "group_transcript", "group_deliveries"):
+            self._db.execute(f"DELETE FROM {table} WHERE group_id = ?", (group_id,))  # noqa: S608
+
     # --- epoch secrets ------------------------------------------------------------
 
     def put_welcome(

@@ -49,6 +49,7 @@ from securechan.errors import (
     GroupRejected,
     MalformedInput,
     NotFound,
+    RelayError,
     SecurechanError,
     UsageError,
     VerificationFailed,
@@ -221,7 +222,14 @@ class Groups:
                 )
             )
         row = self.row(state.group_id.hex())
-        await self._post(row, keys, GroupRecord(change=change))
+        try:
+            await self._post(row, keys, GroupRecord(change=change))
+        except RelayError:
+            # Not in the stream (or its answer lost: an orphan no one reads):
+            # nothing to keep; the user creates it again.
+            with ctx.db.transaction():
+                ctx.db.forget_group(state.group_id)
+            raise
         await self.reader.sync(state.group_id)
         row = self.row(state.group_id.hex())
         if not row.started or GroupState.from_bytes(row.state).hash != state.hash:
