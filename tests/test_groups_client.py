@@ -548,3 +548,32 @@ def test_a_creation_the_relay_never_took_leaves_nothing(pristine: Path, tmp_path
 
     with running_relay(tmp_path) as relay:
         run(go(relay))
+
+
+def test_a_welcome_that_could_not_be_queued_is_sent_later(pristine: Path, tmp_path: Path) -> None:
+    """bravo's relay is down when alpha creates the group and alpha has no
+    session with bravo yet (its prekeys are out of reach): the welcome is
+    owed, and goes out after alpha's next receive once the relay is back."""
+    m = copy_members(pristine, tmp_path, NAMES[:3])
+
+    async def go(one: RelayProcess, two: RelayProcess) -> None:
+        chs = {n: p.channel() for n, p in m.items()}
+        try:
+            await mesh(chs, one.url, {"bravo": two.url})
+            two.stop()
+            info = await chs["alpha"].group_create("talks", ["bravo", "charlie"])
+            assert info.records == 1
+            assert chs["alpha"].group_client.row("talks").owed
+            two.start()
+            await chs["alpha"].receive()  # pays what it owes
+            assert not chs["alpha"].group_client.row("talks").owed
+            await pump(chs)
+            assert chs["bravo"].group_show("talks").head == info.head
+        finally:
+            for ch in chs.values():
+                await ch.close()
+
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    with running_relay(tmp_path / "one") as one, running_relay(tmp_path / "two") as two:
+        run(go(one, two))

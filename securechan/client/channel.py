@@ -410,8 +410,10 @@ class Channel(GroupMethods):
         return self.inbox.follow(poll=poll, stop=stop)
 
     async def _after_receive(self) -> None:
-        """Grant our private queue to peers who granted theirs; top up prekeys."""
+        """Grant our private queue to peers who granted theirs; send group
+        welcomes and contents that could not be queued before; top up prekeys."""
         await self.outbox.send_grants()
+        await self.group_client.pay_debts()
         await self.outbox.flush()
         await self.registrar.top_up_prekeys()
 

@@ -72,6 +72,12 @@ class GroupRow:
     created: int = 0
     opened_by: bytes = b""  # the hash of the change that opened the current epoch
     joined: bool = False  # the view started from a welcome (not from the creation)
+    # Pairwise sends that could not be queued: (content type, recipient, body).
+    owed: tuple[tuple[int, bytes, bytes], ...] = ()
+    # Relays that may hold the group's streams, tried in order on the first
+    # read (the one whose copy of ``probe_stream`` is not empty wins).
+    probe: tuple[str, ...] = ()
+    probe_stream: bytes = b""
 
     def _sealed(self) -> bytes:
         return _pack(
@@ -85,6 +91,9 @@ class GroupRow:
                 "started": self.started,
                 "opened_by": self.opened_by.hex(),
                 "joined": self.joined,
+                "owed": [[t, f.hex(), b.hex()] for t, f, b in self.owed],
+                "probe": list(self.probe),
+                "probe_stream": self.probe_stream.hex(),
             }
         )
 
@@ -212,6 +221,11 @@ class GroupTables:
             started=bool(d["started"]),
             opened_by=bytes.fromhex(d["opened_by"]),
             joined=bool(d.get("joined", False)),
+            owed=tuple(
+                (int(t), bytes.fromhex(f), bytes.fromhex(b)) for t, f, b in d.get("owed", [])
+            ),
+            probe=tuple(d.get("probe", [])),
+            probe_stream=bytes.fromhex(d.get("probe_stream", "")),
         )
 
     def forget_group(self, group_id: bytes) -> None:

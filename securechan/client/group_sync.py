@@ -171,6 +171,9 @@ class GroupReader:
             row = db.group(group_id)
             if row is None or row.left:
                 return out
+            if row.probe and not await self._find_relay(row):
+                return out  # no candidate relay holds the group's stream (yet)
+            row = db.group(group_id) or row
             keys = self.keys(row)
             if keys is None:
                 return out  # the epoch's welcome has not come yet
@@ -196,6 +199,22 @@ class GroupReader:
                 break
         out.extend(self._late_content(group_id))
         return out
+
+    async def _find_relay(self, row: GroupRow) -> bool:
+        """Which relay holds the group's streams (see ``group_carriage.join``)."""
+        for url in row.probe:
+            try:
+                relay = await self._ctx.relay(url)
+                items, _ = await relay.fetch_stream(row.probe_stream, 0, 1)
+            except (RelayError, MalformedInput):
+                continue
+            if items:
+                with self._ctx.db.transaction():
+                    now = self._ctx.db.group(row.group_id)
+                    if now is not None:
+                        self._ctx.db.put_group(replace(now, relay=url, probe=()))
+                return True
+        return False
 
     def _read(self, row: GroupRow, keys: StreamKeys, item: StreamItem) -> _Step:
         """One stream item, in its own transaction."""

@@ -30,17 +30,21 @@ relay its welcome came through (docs/LIBRARY.md, Groups).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
-from pathlib import Path
-from typing import Any
 
-from securechan.audit.receipt import verify_receipt
 from securechan.client.context import Context
 from securechan.client.db_groups import DeliveryRow, GroupRow
-from securechan.client.files import sanitize_filename
-from securechan.client.group_carriage import decode_content, entry_id, local_name, view_of
-from securechan.client.group_results import GroupEntry, GroupInfo, GroupMemberInfo, GroupSent
+from securechan.client.group_carriage import entry_id, local_name, view_of
+from securechan.client.group_parts import (
+    file_chunks,
+    group_info,
+    history,
+    post_record,
+    read_file,
+    sender_marks,
+)
+from securechan.client.group_results import GroupEntry, GroupInfo, GroupSent
 from securechan.client.group_sync import GroupReader
 from securechan.client.logview import RelayLogs
 from securechan.client.outbox import Built, Outbox
@@ -52,12 +56,9 @@ from securechan.errors import (
     RelayError,
     SecurechanError,
     UsageError,
-    VerificationFailed,
-    reason_of,
 )
 from securechan.identity import Contact
 from securechan.identity.keys import Fingerprint
-from securechan.primitives import sha512
 from securechan.protocol.group import (
     ZERO,
     GroupChange,
@@ -68,19 +69,15 @@ from securechan.protocol.group import (
     commit_content,
 )
 from securechan.protocol.group_stream import (
-    GROUP_CHUNK_SIZE,
     KIND_FILE,
     KIND_TEXT,
     GroupDelivery,
     GroupRecord,
     GroupWelcome,
     StreamKeys,
-    seal_record,
 )
 from securechan.protocol.payload import (
-    MAX_FILE_SIZE,
     ContentType,
-    FileChunk,
     TextBody,
     message_text,
 )
@@ -123,29 +120,7 @@ class Groups:
 
     def info(self, row: GroupRow) -> GroupInfo:
         """A stored group as :class:`GroupInfo`."""
-        state = GroupState.from_bytes(row.state)
-        me = self._ctx.identity.fingerprint.digest
-        members = []
-        for m in state.members:
-            contact = self._ctx.find_contact(Fingerprint(m.fingerprint))
-            members.append(
-                GroupMemberInfo(
-                    name=contact.name if contact is not None else None,
-                    fingerprint=m.fingerprint.hex(),
-                    admin=m.admin,
-                    verified=contact.verified if contact is not None else m.fingerprint == me,
-                    you=m.fingerprint == me,
-                )
-            )
-        return GroupInfo(
-            name=row.name,
-            group_id=row.group_id.hex(),
-            epoch=row.epoch,
-            members=tuple(members),
-            head=row.head.hex(),
-            records=self._ctx.db.transcript_count(row.group_id),
-            left=row.left,
-        )
+        return group_info(self._ctx, row)
 
     def all_groups(self) -> list[GroupInfo]:
         """Every group, in the order created."""
@@ -154,28 +129,12 @@ class Groups:
     def history(
         self, group: str, *, limit: int | None = None, before: str | None = None
     ) -> list[GroupEntry]:
-        """The group's transcript, oldest first: before the entry whose id
-        starts with ``before`` (if given), the newest ``limit`` of those."""
-        row = self.row(group)
-        db = self._ctx.db
-        rows, after = [], 0
-        while page := db.transcript(row.group_id, after=after):
-            rows.extend(page)
-            after = page[-1].id
-        entries = [self.reader.entry(row, t) for t in rows]
-        if before is not None:
-            wanted = before.strip().lower()
-            idx = [i for i, e in enumerate(entries) if e.id and e.id.startswith(wanted)]
-            if not idx:
-                raise NotFound(f"no entry {before!r} in group {row.name!r}")
-            entries = entries[: idx[0]]
-        if limit is not None:
-            entries = entries[-limit:] if limit > 0 else []
-        return entries
+        """See :meth:`Channel.group_history`."""
+        return history(self._ctx, self.reader, self.row(group), limit=limit, before=before)
 
     def file(self, group: str, entry: str) -> tuple[str, bytes]:
         """See :meth:`Channel.group_file`."""
-        return _read_file(self._ctx, self.reader, self.row(group), entry)
+        return read_file(self._ctx, self.reader, self.row(group), entry)
 
     # --- changes ------------------------------------------------------------------
 
@@ -295,7 +254,7 @@ class Groups:
             head_before=view.head,
             stream_of_change=keys.stream_id,
             previous=old,
-            **_sender_marks(view.last),
+            **sender_marks(view.last),
         )
         with ctx.db.transaction():
             ctx.db.put_welcome(
@@ -320,25 +279,43 @@ class Groups:
         """Send ``welcome`` pairwise to every member of its state but us."""
         body = welcome.to_bytes()
         targets = [m.fingerprint for m in welcome.change.state.members if m.fingerprint != exclude]
-        return await self._pairwise(targets, ContentType.GROUP_WELCOME, body)
+        gid = welcome.change.state.group_id
+        return await self._pairwise(targets, ContentType.GROUP_WELCOME, body, gid)
 
     async def _pairwise(
-        self, targets: Sequence[bytes], content_type: ContentType, body: bytes
+        self,
+        targets: Sequence[bytes],
+        content_type: ContentType,
+        body: bytes,
+        group_id: bytes | None = None,
     ) -> tuple[list[str], list[str]]:
-        """One pairwise message to each target; (delivered, pending) names."""
-        delivered, pending = [], []
+        """One pairwise message to each target; (delivered, pending) names.
+        One that could not even be queued (no session yet and the peer's
+        relay down) is owed: kept on the group's row and sent again after
+        each receive pass (:meth:`pay_debts`)."""
+        delivered: list[str] = []
+        pending: list[str] = []
+        owed: list[tuple[int, bytes, bytes]] = []
         for fp in targets:
             contact = self._ctx.find_contact(Fingerprint(fp))
             if contact is None:
                 pending.append(f"{fp.hex()} (not a contact)")
                 continue
-            if await self._send_one(contact, content_type, body):
-                delivered.append(contact.name)
-            else:
-                pending.append(contact.name)
+            sent, queued = await self._send_one(contact, content_type, body)
+            (delivered if sent else pending).append(contact.name)
+            if not queued:
+                owed.append((int(content_type), fp, body))
+        if owed and group_id is not None:
+            with self._ctx.db.transaction():
+                row = self._ctx.db.group(group_id)
+                if row is not None:
+                    self._ctx.db.put_group(replace(row, owed=(*row.owed, *owed)))
         return delivered, pending
 
-    async def _send_one(self, contact: Contact, content_type: ContentType, body: bytes) -> bool:
+    async def _send_one(
+        self, contact: Contact, content_type: ContentType, body: bytes
+    ) -> tuple[bool, bool]:
+        """(posted to the relay now, queued in the outbox at least)."""
         now = self._ctx.now
 
         def build(session: Session) -> Built:
@@ -351,8 +328,29 @@ class Groups:
                 contact.name, build, what={"kind": kind, "size": len(body)}
             )
         except SecurechanError:
-            return False  # no session and the relay is down, or rolled back: reported as pending
-        return res.pending == 0
+            # No session and the peer's relay is down, rolled back, or a split
+            # view found after queuing: owed only if nothing was queued.
+            return False, self._outbox.last_ref is not None
+        return res.pending == 0, True
+
+    async def pay_debts(self) -> None:
+        """Send again what could not be queued (see :meth:`_pairwise`)."""
+        for row in self._ctx.db.groups():
+            if not row.owed:
+                continue
+            still: list[tuple[int, bytes, bytes]] = []
+            for ct, fp, body in row.owed:
+                contact = self._ctx.find_contact(Fingerprint(fp))
+                if contact is None:
+                    continue
+                _, queued = await self._send_one(contact, ContentType(ct), body)
+                if not queued:
+                    still.append((ct, fp, body))
+            with self._ctx.db.transaction():
+                now = self._ctx.db.group(row.group_id)
+                if now is not None:
+                    left = [o for o in now.owed if o not in row.owed]
+                    self._ctx.db.put_group(replace(now, owed=(*still, *left)))
 
     # --- messages ------------------------------------------------------------------
 
@@ -364,7 +362,7 @@ class Groups:
         if text is not None:
             contents = [(KIND_TEXT, TextBody(text=message_text(text)).to_bytes())]
         else:
-            contents = [(KIND_FILE, c) for c in _file_chunks(str(path), self._ctx.random(16))]
+            contents = [(KIND_FILE, c) for c in file_chunks(str(path), self._ctx.random(16))]
         sent: GroupSent | None = None
         delivered: set[str] = set()
         pending: set[str] = set()
@@ -422,7 +420,7 @@ class Groups:
             if mine and mine[0].status == "shown":
                 targets = [m.fingerprint for m in view.state.members if m.fingerprint != me]
                 got, wait = await self._pairwise(
-                    targets, ContentType.GROUP_MESSAGE, delivery.to_bytes()
+                    targets, ContentType.GROUP_MESSAGE, delivery.to_bytes(), row.group_id
                 )
                 return GroupSent(
                     group=row.name,
@@ -481,91 +479,4 @@ class Groups:
         return keys
 
     async def _post(self, row: GroupRow, keys: StreamKeys, record: GroupRecord) -> tuple[int, int]:
-        """Post a sealed record to the epoch's stream: (position, log index).
-        The receipt is verified and held to everything seen of the relay's
-        log, as a send's is (a SplitView or a bad receipt is raised: the
-        record is in the stream; the stream is read before anything goes
-        pairwise)."""
-        relay = await self._ctx.relay(row.relay)
-        blob = seal_record(keys, record)
-        position, receipt = await relay.post_stream_item(keys.stream_id, blob)
-        try:
-            key = await self._logs.key(row.relay)
-            checkpoint = verify_receipt(receipt, blob, key)
-            await self._logs.accept(row.relay, key, receipt.checkpoint, checkpoint)
-        except VerificationFailed as e:
-            self._ctx.audit.rejected(reason_of(e), f"group stream receipt from {row.relay}: {e}")
-            raise
-        return position, receipt.leaf_index
-
-
-def _read_file(ctx: Context, reader: GroupReader, row: GroupRow, entry: str) -> tuple[str, bytes]:
-    """A group file, whole, from the chunks this member was shown."""
-    db, wanted = ctx.db, entry.strip().lower()
-    rows = reader.all_rows(row.group_id)
-    hit = [t for t in rows if t.record_hash.hex().startswith(wanted) and t.file_name]
-    if len(wanted) < 8 or len(hit) != 1:
-        raise NotFound(f"no file entry {entry!r} in group {row.name!r}")
-    first = _chunk(db.deliveries(row.group_id, record_hash=hit[0].record_hash))
-    if first is None:
-        raise NotFound(f"no file entry {entry!r} in group {row.name!r}")
-    parts: dict[int, bytes] = {}
-    for t in rows:
-        if t.status != "shown" or t.sender != hit[0].sender or not t.file_name:
-            continue
-        c = _chunk(db.deliveries(row.group_id, record_hash=t.record_hash))
-        if c is not None and c.file_id == first.file_id:
-            parts.setdefault(c.index, c.data)
-    if len(parts) != first.count:
-        raise UsageError(
-            f"file {first.name!r} is not complete yet: {len(parts)} of {first.count} parts"
-        )
-    data = b"".join(parts[i] for i in range(first.count))
-    if len(data) != first.size or sha512(data) != first.sha512:
-        raise MalformedInput(f"file {first.name!r} does not match its hash")
-    return sanitize_filename(first.name), data
-
-
-def _sender_marks(last: Mapping[bytes, tuple[int, bytes]]) -> dict[str, Any]:
-    """Each sender's last number at the change, for joiners: the welcome's
-    ``senders`` field where the core has it (GroupSenderMark), else nothing
-    (the joiner then takes each sender's first number it sees as its start)."""
-    marks = getattr(GroupWelcome, "marks", None)
-    return {"senders": marks(last)} if callable(marks) and last else {}
-
-
-def _chunk(deliveries: list[DeliveryRow]) -> FileChunk | None:
-    """The file chunk a (shown) record's delivery carries, or None."""
-    for d in deliveries:
-        delivery = GroupDelivery.from_bytes(d.delivery)
-        if delivery.kind == KIND_FILE:
-            _, chunk = decode_content(delivery.kind, delivery.content)
-            return chunk
-    return None
-
-
-def _file_chunks(path: str, file_id: bytes) -> list[bytes]:
-    """A file as group message contents: FileChunk encodings of
-    GROUP_CHUNK_SIZE bytes (the last one shorter)."""
-    p = Path(path)
-    try:
-        data = p.read_bytes()
-    except OSError as e:
-        raise UsageError(f"cannot read {path}: {e.strerror}") from None
-    if len(data) > MAX_FILE_SIZE:
-        raise UsageError(f"{path} is larger than {MAX_FILE_SIZE} bytes")
-    name = sanitize_filename(p.name)
-    digest = sha512(data)
-    count = max(1, -(-len(data) // GROUP_CHUNK_SIZE))
-    return [
-        FileChunk(
-            file_id=file_id,
-            name=name,
-            size=len(data),
-            sha512=digest,
-            index=i,
-            count=count,
-            data=data[i * GROUP_CHUNK_SIZE : (i + 1) * GROUP_CHUNK_SIZE],
-        ).to_bytes()
-        for i in range(count)
-    ]
+        return await post_record(self._ctx, self._logs, row, keys, record)
