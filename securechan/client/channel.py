@@ -405,9 +405,18 @@ class Channel(GroupMethods):
     ) -> AsyncIterator[Received | Rejected | GroupEntry]:
         """Receive continuously: WebSocket push per queue, with polling as the
         fall-back (and every ``poll`` seconds anyway); ``progress`` as for
-        :meth:`receive`."""
+        :meth:`receive`; what receive passes run by group operations kept
+        comes with the next item."""
         self.inbox.progress = progress
-        return self.inbox.follow(poll=poll, stop=stop)
+        return self._with_stashed(self.inbox.follow(poll=poll, stop=stop))
+
+    async def _with_stashed(
+        self, items: AsyncIterator[Received | Rejected | GroupEntry]
+    ) -> AsyncIterator[Received | Rejected | GroupEntry]:
+        async for item in items:
+            for kept in self.group_client.take_stashed():
+                yield kept
+            yield item
 
     async def _after_receive(self) -> None:
         """Grant our private queue to peers who granted theirs; send group
