@@ -410,17 +410,8 @@ class Channel(GroupMethods):
         self.inbox.progress = progress
         return self._with_stashed(self.inbox.follow(poll=poll, stop=stop))
 
-    async def _with_stashed(
-        self, items: AsyncIterator[Received | Rejected | GroupEntry]
-    ) -> AsyncIterator[Received | Rejected | GroupEntry]:
-        async for item in items:
-            for kept in self.group_client.take_stashed():
-                yield kept
-            yield item
-
     async def _after_receive(self) -> None:
-        """Grant our private queue to peers who granted theirs; send group
-        welcomes and contents that could not be queued before; top up prekeys."""
+        """Grant our queue to peers who granted theirs; owed group sends; prekeys."""
         await self.outbox.send_grants()
         await self.group_client.pay_debts()
         await self.outbox.flush()
