@@ -113,7 +113,7 @@ def test_client_db_upgrades_in_place_and_keeps_every_row(old: Path, tmp_path: Pa
     assert _pragma(path, "user_version") == 6
     db = ClientDB(path, bytes.fromhex(exp["storage_key"]))
     try:
-        assert _pragma(path, "user_version") == client_db.SCHEMA_VERSION == 8
+        assert _pragma(path, "user_version") == client_db.SCHEMA_VERSION == 9
         assert _pragma(path, "application_id") == client_db.SCHEMA.application_id
         peer = bytes.fromhex(exp["peer"])
         conv = [bytes.fromhex(c) for c in exp["sessions"]]
