@@ -182,13 +182,13 @@ def test_a_joiner_expects_the_next_numbers_of_members_who_spoke_before() -> None
         envoy.accept_record(third, TEHRAN.public).head
         == muscat.accept_record(third, TEHRAN.public).head
     )
-    # Without the marks the joiner would see a gap; a mark for a stranger is refused.
+    # Without the marks the joiner would see a gap; a mark of number 0 is refused.
     bare = GroupView.join(change, MUSCAT.public, welcome.previous, welcome.head_before)
     with pytest.raises(GroupRejected, match="missing"):
         bare.accept_record(third, TEHRAN.public)
-    with pytest.raises(GroupRejected, match="non-member"):
+    with pytest.raises(GroupRejected, match="not a sequence number"):
         GroupView.join(
-            change, MUSCAT.public, welcome.previous, welcome.head_before, {_fp(ENVOY): (1, ZERO)}
+            change, MUSCAT.public, welcome.previous, welcome.head_before, {_fp(ENVOY): (0, ZERO)}
         )
     with pytest.raises(MalformedInput):
         GroupWelcome(

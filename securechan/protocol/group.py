@@ -298,9 +298,10 @@ class GroupView:
         if previous is None:
             raise GroupRejected("a joiner needs the state the change replaces")
         marks = dict(last or {})
-        for fingerprint, (seq, _) in marks.items():
-            if previous.member(fingerprint) is None or seq < 1:
-                raise GroupRejected("a welcome's sequence marks name a non-member")
+        # Marks may name former members too (one removed and added back
+        # continues its numbers), never a number 0.
+        if any(seq < 1 for seq, _ in marks.values()):
+            raise GroupRejected("a welcome's sequence mark is not a sequence number")
         start = cls(state=previous, head=head_before, heads=(head_before,), last=marks)
         view = start.apply_change(change, author)
         return replace(view, heads=(view.head,))
