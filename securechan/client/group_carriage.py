@@ -233,9 +233,9 @@ def _join(
             )
         )
         return
-    marks = getattr(welcome, "last", None)  # the core's GroupSenderMark, where it has it
-    extra = {"last": marks()} if callable(marks) else {}
-    view = GroupView.join(change, author, welcome.previous, welcome.head_before, **extra)
+    # Each sender's last number at the change (GroupSenderMark): the joiner
+    # expects the same next numbers as the members who were there.
+    view = GroupView.join(change, author, welcome.previous, welcome.head_before, welcome.last())
     old = ctx.db.group(gid)
     row = GroupRow(
         group_id=gid,

@@ -140,10 +140,8 @@ def file_chunks(path: str, file_id: bytes) -> list[bytes]:
 
 def sender_marks(last: Mapping[bytes, tuple[int, bytes]]) -> dict[str, Any]:
     """Each sender's last number at the change, for joiners: the welcome's
-    ``senders`` field where the core has it (GroupSenderMark), else nothing
-    (the joiner then takes each sender's first number it sees as its start)."""
-    marks = getattr(GroupWelcome, "marks", None)
-    return {"senders": marks(last)} if callable(marks) and last else {}
+    ``senders`` field (GroupSenderMark; absent when no one has spoken)."""
+    return {"senders": GroupWelcome.marks(last)}
 
 
 def history(

@@ -334,10 +334,6 @@ class GroupReader:
             if sender is None:
                 raise GroupRejected("the sender is not one of this member's contacts")
             view = view_of(row)
-            if row.joined and p.sender not in view.last and p.seq > 1:
-                # A joiner never saw this sender's earlier messages: the
-                # first number it sees from it is its start (docs/LIBRARY.md).
-                view = replace(view, last={**view.last, p.sender: (p.seq - 1, b"")})
             view = view.accept_record(signed, sender)
         except GroupForked as e:
             return replace(t, status="forked", summary=f"{e} (a split view of the group)"), row
