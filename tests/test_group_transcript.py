@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from securechan.audit.checkpoint import Checkpoint, sign_checkpoint
 from securechan.audit.group_transcript import (
     GroupTranscript,
+    TranscriptEpoch,
     TranscriptItem,
     TranscriptJoin,
     VerifiedTranscript,
@@ -38,7 +39,7 @@ from securechan.errors import (
     UntrustedKey,
     VerificationFailed,
 )
-from securechan.identity import Identity
+from securechan.identity import Identity, PublicIdentity
 from securechan.primitives import Ed25519SigningKey
 from securechan.protocol.group import GroupChange, GroupState, GroupView
 from securechan.protocol.group_stream import GroupRecord, StreamKeys, open_record, seal_record
@@ -440,19 +441,33 @@ def test_a_statement_cannot_place_a_message_under_another_epochs_member_list() -
 
 
 def test_unused_identities_and_secrets_are_refused() -> None:
-    extra = tuple(
-        sorted((*WHOLE.identities, Identity.generate("stranger", now=1).public.to_bytes()))
+    stranger = Identity.generate("stranger", now=1).public
+    ids = sorted(
+        (*(PublicIdentity.from_bytes(i) for i in WHOLE.identities), stranger),
+        key=lambda i: i.fingerprint.digest,
     )
-    # sorted by bytes is not by fingerprint: whatever the order, refused.
-    with pytest.raises((MalformedInput, VerificationFailed)):
-        _verify(replace(WHOLE, identities=extra).to_bytes())
+    extra = replace(WHOLE, identities=tuple(i.to_bytes() for i in ids))
+    with pytest.raises(VerificationFailed, match="identity no record needs"):
+        _verify(extra.to_bytes())
+    # Sorted otherwise, or twice: refused when decoding.
+    with pytest.raises(MalformedInput):
+        GroupTranscript.from_bytes(replace(WHOLE, identities=WHOLE.identities[::-1]).to_bytes())
+    with pytest.raises(MalformedInput):
+        GroupTranscript.from_bytes(replace(WHOLE, identities=WHOLE.identities[:1] * 2).to_bytes())
     short = _bundle(upto=2)
     assert [e.epoch for e in short.epochs] == [0]
-    from securechan.audit.group_transcript import TranscriptEpoch
-
     more = replace(short, epochs=(*short.epochs, TranscriptEpoch(epoch=1, secret=SECRETS[1])))
     with pytest.raises(VerificationFailed, match="no item needs"):
         _verify(more)
+
+
+def test_an_item_of_another_stream_cannot_pass_as_noise() -> None:
+    # Epoch 1's "welcome" (position 2 of its stream) where epoch 0's stream
+    # has its position 2: it opens under no epoch 0 key, so without the
+    # stream check it would be shown as noise, not refused.
+    b = replace(WHOLE, items=(WHOLE.items[0], replace(WHOLE.items[6], content=None)))
+    with pytest.raises(VerificationFailed, match="another stream"):
+        _verify(b)
 
 
 def test_the_builder_refuses_a_stream_without_its_secret() -> None:
