@@ -45,7 +45,13 @@ from typing import Annotated
 from securechan import wire
 from securechan.audit.checkpoint import Checkpoint, open_checkpoint
 from securechan.audit.merkle import MAX_PROOF_HASHES, verify_inclusion
-from securechan.audit.note import MAX_NOTE_BYTES, VerifierKey, keep_signatures, open_note
+from securechan.audit.note import (
+    MAX_NOTE_BYTES,
+    SignedNote,
+    VerifierKey,
+    keep_signatures,
+    open_note,
+)
 from securechan.audit.receipt import envelope_leaf_hash
 from securechan.audit.statement import message_id
 from securechan.errors import (
@@ -286,12 +292,10 @@ class VerifiedGroupStatement:
 
 
 def _pinned_checkpoint(note: str, relay_key: VerifierKey) -> Checkpoint:
-    try:
-        opened = open_note(note, [relay_key])
-    except MalformedInput:
-        raise
-    except VerificationFailed:
-        raise UntrustedKey("the checkpoint is not signed by the relay key you pinned") from None
+    lines = SignedNote.from_text_unverified(note).signatures
+    if not any((sig.name, sig.key_id) == (relay_key.name, relay_key.key_id) for sig in lines):
+        raise UntrustedKey("the checkpoint is not signed by the relay key you pinned")
+    opened = open_note(note, [relay_key])  # BadSignature: the pinned key's line is forged
     if opened.unverified:
         # An unknown line would be ignored and so editable unnoticed.
         raise VerificationFailed("the checkpoint has a signature line by another key")
