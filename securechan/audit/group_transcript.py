@@ -277,6 +277,13 @@ class VerifiedTranscript:
             raise VerificationFailed("a statement ends at the message it discloses")
         return VerifiedGroupStatement(message=shown[0], transcript=self)
 
+    def statement_or_none(self) -> VerifiedGroupStatement | None:
+        """:meth:`statement`, or None when the bundle is not one."""
+        try:
+            return self.statement()
+        except VerificationFailed:
+            return None
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class VerifiedGroupStatement:

@@ -130,84 +130,20 @@ def verify_transcript(file: Any, relay_key: str, as_json: bool) -> None:
     if len(data) > _MAX_BUNDLE:
         raise MalformedInput("the transcript file is larger than any bundle can be")
     v = verify(GroupTranscript.from_bytes(data), relay_key=key)
-    result = _json(v)
+    from securechan.cli.results import TranscriptVerified
+
     if as_json:
-        _emit_json(result)
+        _emit_json(TranscriptVerified.of(v).to_json())
     else:
-        _print(v, result)
+        _print(v)
 
 
-def _statement_of(v: Any) -> Any:
-    from securechan.errors import VerificationFailed
-
-    try:
-        return v.statement()
-    except VerificationFailed:
-        return None
-
-
-def _entry(e: Any) -> dict[str, Any]:
-    content = None
-    if e.content is not None:
-        content = _summary(e.content)
-    return {
-        "number": e.number,
-        "status": e.status,
-        "epoch": e.epoch,
-        "position": e.position,
-        "log_index": e.log_index,
-        "author": e.author.fingerprint.digest.hex() if e.author is not None else None,
-        "author_name": e.author.name if e.author is not None else None,
-        "seq": e.seq,
-        "sent_at": e.sent_at,
-        "message_id": e.message_id,
-        "content": content,
-        "reason": e.reason,
-        "head": e.head.hex(),
-    }
-
-
-def _summary(content: Any) -> str:
-    from securechan.protocol.payload import TextBody
-
-    if isinstance(content, TextBody):
-        return content.text
-    return (
-        f"[file {content.name!r}, {content.size} bytes, chunk {content.index + 1} "
-        f"of {content.count}, SHA-512 {content.sha512.hex()}]"
-    )
-
-
-def _json(v: Any) -> dict[str, Any]:
-    s = _statement_of(v)
-    return {
-        "valid": True,
-        "statement": s is not None,
-        "group_id": v.group_id.hex(),
-        "joined": v.joined,
-        "log_origin": v.checkpoint.origin,
-        "tree_size": v.checkpoint.size,
-        "final_head": v.final_head.hex(),
-        "final_epoch": v.final_state.epoch,
-        "epochs": [
-            {
-                "epoch": st.epoch,
-                "state_hash": st.hash.hex(),
-                "members": [
-                    {"fingerprint": m.fingerprint.hex(), "admin": m.admin} for m in st.members
-                ],
-            }
-            for st in v.states
-        ],
-        "entries": [_entry(e) for e in v.entries],
-        "message": _entry(s.message) if s is not None else None,
-    }
-
-
-def _print(v: Any, result: dict[str, Any]) -> None:
+def _print(v: Any) -> None:
     """The verdict in the tool's own words first; what signers wrote (names,
     contents) after a marked line, each escaped."""
-    s = _statement_of(v)
+    from securechan.cli.transcript_results import content_summary
+
+    s = v.statement_or_none()
     kind = "Statement of one group message" if s is not None else "Group transcript"
     start = "from the exporter's join" if v.joined else "from the group's creation"
     click.echo(f"{kind}: VALID (relay log key checked: the one you gave)")
@@ -254,7 +190,7 @@ def _print(v: Any, result: dict[str, Any]) -> None:
             else "-"
         )
         if e.status == "message":
-            text = "content not disclosed" if e.content is None else _summary(e.content)
+            text = "content not disclosed" if e.content is None else content_summary(e.content)
             head = f"  #{e.number} {where} {who} #{e.seq}: "
             click.echo(head + block(text, width=width, indent=len(head)))
         elif e.status in ("refused", "unreadable"):

@@ -26,9 +26,8 @@ one).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from securechan.audit.checkpoint import open_checkpoint
 from securechan.audit.group_transcript import (
@@ -42,6 +41,7 @@ from securechan.client.context import Context
 from securechan.client.db_groups import GroupRow, TranscriptRow
 from securechan.client.groups import Groups
 from securechan.client.logview import RelayLogs
+from securechan.client.results import TranscriptExported
 from securechan.errors import NotFound, StorageError, UsageError
 from securechan.identity.keys import PublicIdentity
 from securechan.protocol.group import GroupChange
@@ -49,7 +49,6 @@ from securechan.protocol.group_stream import GroupDelivery, GroupRecord, GroupWe
 
 __all__ = [
     "GroupRecordHost",
-    "TranscriptExported",
     "export_group",
     "export_group_statement",
     "find_group_message",
@@ -67,33 +66,6 @@ class GroupRecordHost(Protocol):
     ctx: Context
     group_client: Groups
     logs: RelayLogs
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TranscriptExported:
-    """What an export wrote: the file, the group, how many records and
-    disclosed contents, and the checkpoint the log placements are against."""
-
-    file: str
-    group: str
-    group_id: str
-    records: int
-    disclosed: int
-    final_head: str
-    log_size: int
-    message_id: str | None = None  # a statement's message
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "file": self.file,
-            "group": self.group,
-            "group_id": self.group_id,
-            "records": self.records,
-            "disclosed": self.disclosed,
-            "final_head": self.final_head,
-            "log_size": self.log_size,
-            "message_id": self.message_id,
-        }
 
 
 def _rows(ctx: Context, group_id: bytes) -> list[TranscriptRow]:
