@@ -132,6 +132,12 @@ def test_a_statement_of_one_group_message(talks: dict[str, Any], tmp_path: Path)
         _cli(None, "verify-transcript", f, "--relay-key", talks["log_key"], "--json").stdout
     )
     assert result["statement"] and result["message"]["content"] == "we propose a freeze"
+    # The sender's own export of its message says the same.
+    own = tmp_path / "own.sctr"
+    proc = _cli(talks["homes"]["bravo"], "group", "statement", mid, "-o", own)
+    assert proc.returncode == 0, proc.stderr
+    again = _cli(None, "verify-transcript", own, "--relay-key", talks["log_key"], "--json")
+    assert json.loads(again.stdout)["message"] == result["message"]
     # Unknown id: not found (2).
     proc = _cli(talks["homes"]["charlie"], "group", "statement", "00" * 8, "-o", tmp_path / "n")
     assert proc.returncode == 2

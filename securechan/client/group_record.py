@@ -31,6 +31,7 @@ from typing import Protocol
 
 from securechan.audit.checkpoint import open_checkpoint
 from securechan.audit.group_transcript import (
+    MAX_ITEMS,
     GroupTranscript,
     TranscriptItem,
     TranscriptJoin,
@@ -148,6 +149,11 @@ async def group_bundle(
         raise UsageError(f"group {row.name!r} has {number} records; --to {last} is beyond")
     if not picked:
         raise UsageError(f"group {row.name!r} has no record to export yet")
+    if len(picked) > MAX_ITEMS:
+        raise UsageError(
+            f"group {row.name!r} has more than {MAX_ITEMS} stream items to this point: "
+            "too many for one bundle; end it earlier with --to"
+        )
     relay = await ctx.relay(row.relay)
     key = await host.logs.key(row.relay)
     note = await relay.log_checkpoint()
@@ -224,7 +230,13 @@ async def group_statement_bundle(
     return bundle, verified, row
 
 
-def _write(output: Path, data: bytes) -> None:
+def _write(output: Path, bundle: GroupTranscript) -> None:
+    try:
+        data = bundle.to_bytes()
+    except ValueError:  # over the wire limits (64 MiB of items)
+        raise UsageError(
+            "the transcript is larger than one bundle can be; end it earlier with --to"
+        ) from None
     try:
         with open(output, "xb") as f:
             f.write(data)
@@ -261,7 +273,7 @@ async def export_group(
     if output.exists():
         raise UsageError(f"{output} exists; choose another name")
     bundle, verified, row = await group_bundle(host, group, first=first, last=last)
-    _write(output, bundle.to_bytes())
+    _write(output, bundle)
     return _exported(output, bundle, verified, row, None)
 
 
@@ -272,5 +284,5 @@ async def export_group_statement(
     if output.exists():
         raise UsageError(f"{output} exists; choose another name")
     bundle, verified, row = await group_statement_bundle(host, message_id)
-    _write(output, bundle.to_bytes())
+    _write(output, bundle)
     return _exported(output, bundle, verified, row, verified.disclosed[0].message_id)
