@@ -175,9 +175,12 @@ class GroupTranscript(wire.Record):
         """The canonical bundle from in-memory parts (the client's store).
 
         ``items`` are in transcript order; contents set only on the messages
-        to disclose. Keeps only the epoch secrets the items' streams need,
-        the identities of the records' authors (``ValueError`` if one is
-        missing), and only the log's Ed25519 line of ``checkpoint``."""
+        to disclose. Keeps only the epoch secrets the items' streams need
+        (``ValueError`` if one is missing), the identities of the records'
+        authors among ``identities`` (a missing member's makes the bundle
+        fail verification; a stranger's record needs none), and only the
+        log's Ed25519 line of ``checkpoint`` (``ValueError`` if it has none).
+        Nothing is verified here: :func:`verify_transcript` does."""
         items = tuple(items)
         keys = {StreamKeys.from_secret(s).stream_id: (e, s) for e, s in epoch_secrets.items()}
         used: dict[int, bytes] = {}
@@ -344,10 +347,10 @@ class _Replay:
             f"the bundle lacks the public identity of the author {fp.hex()[:16]}"
         )
 
-    def start(self) -> tuple[GroupView | None, int]:
+    def start(self) -> GroupView | None:
         join = self.bundle.join
         if join is None:
-            return None, 0
+            return None
         if join.change.state.group_id != self.bundle.group_id:
             raise VerificationFailed("the join is for another group")
         author = self.identity(join.change.author, join.previous)
@@ -358,7 +361,7 @@ class _Replay:
         except GroupRejected as e:
             raise VerificationFailed(f"the join does not verify: {e}") from None
         self.add("joined", view, view.state.epoch, None, None, author=author, state=view.state)
-        return view, 0
+        return view
 
     def add(
         self,
@@ -397,7 +400,7 @@ class _Replay:
         )
 
     def run(self) -> GroupView:
-        view, _ = self.start()
+        view = self.start()
         epoch = view.state.epoch if view is not None else 0
         position = 0
         for item in self.bundle.items:
