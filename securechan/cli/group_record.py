@@ -118,9 +118,11 @@ def group_statement(app: _App, message_id: str, output: Path, as_json: bool) -> 
 )
 @_json_option
 def verify_transcript(file: Any, relay_key: str, as_json: bool) -> None:
-    """Check a group transcript or statement FILE offline, against the relay
-    log key you trust, and print what it proves. Exit 0 if everything it
-    claims holds, 1 if not, 2 for a malformed file."""
+    """Check a group transcript or statement FILE offline (--relay-key KEY).
+
+    Checks FILE against the relay log key you trust and prints what it
+    proves. Exit 0 if everything it claims holds, 1 if a check failed, 2 for
+    a malformed file, 4 if the checkpoint is not signed by KEY."""
     from securechan.audit.group_transcript import GroupTranscript
     from securechan.audit.group_transcript import verify_transcript as verify
     from securechan.audit.note import VerifierKey
