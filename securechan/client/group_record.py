@@ -58,7 +58,8 @@ __all__ = [
 ]
 
 # Row statuses (client/group_results.py) of records the member applied.
-_APPLIED = frozenset({"shown", "content-pending", "equivocation", "change"})
+_MESSAGES = frozenset({"shown", "content-pending", "equivocation"})
+_APPLIED = _MESSAGES | {"change"}
 
 
 class GroupRecordHost(Protocol):
@@ -198,16 +199,20 @@ def _change(t: TranscriptRow) -> GroupChange:
 
 def find_group_message(host: GroupRecordHost, message_id: str) -> tuple[GroupRow, bytes] | None:
     """The group and record hash of the group message whose id (16 hex
-    digits, as ``history --group`` shows) is ``message_id``, or None."""
+    digits as ``history --group`` shows, or a unique prefix of at least 8)
+    is ``message_id``, or None; ``UsageError`` for a prefix of several."""
     wanted = message_id.strip().lower()
     if len(wanted) < 8:
         return None
     ctx = host.ctx
+    found: dict[bytes, GroupRow] = {}
     for row in ctx.db.groups():
         for t in _rows(ctx, row.group_id):
-            if t.sender and t.record_hash.hex().startswith(wanted) and t.status in _APPLIED:
-                return row, t.record_hash
-    return None
+            if t.status in _MESSAGES and t.record_hash.hex().startswith(wanted):
+                found[t.record_hash] = row
+    if len(found) > 1:
+        raise UsageError(f"{message_id!r} names {len(found)} group messages; give more digits")
+    return next(((row, h) for h, row in found.items()), None)
 
 
 async def group_statement_bundle(
