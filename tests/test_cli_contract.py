@@ -82,6 +82,9 @@ ELSEWHERE = {
     "outbox cancel": "tests/test_cli_send_receive.py",
     "pair": "tests/test_pairing_e2e.py",
     "agent status": "tests/test_agent.py",
+    "group export": "tests/test_group_record_cli.py",
+    "group statement": "tests/test_group_record_cli.py",
+    "verify-transcript": "tests/test_group_record_cli.py",
 }
 
 

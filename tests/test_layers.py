@@ -181,6 +181,7 @@ CLIENT_RANKS = {
     "db_outbox": 0,
     "db_groups": 0,
     "group_results": 0,
+    "group_record": 7,  # groups: transcript bundles and statements from the store
     "db": 1,
     "context": 2,
     "files": 2,

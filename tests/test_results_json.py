@@ -189,6 +189,58 @@ def _samples() -> list[Any]:
         agent_methods.AgentStatus(
             home="/h", pid=7, locked=True, expires_in=0, idle_ttl=600.0, max_ttl=7200.0, pending=0
         ),
+        r.TranscriptExported(
+            file="/tmp/t.sctr",
+            group="talks",
+            group_id="ef" * 32,
+            records=6,
+            disclosed=1,
+            final_head="cd" * 32,
+            log_size=40,
+            message_id="0123456789abcdef",
+        ),
+        c.TranscriptVerified(
+            statement=True,
+            group_id="ef" * 32,
+            joined=False,
+            log_origin="relay.example/log",
+            tree_size=40,
+            final_head="cd" * 32,
+            final_epoch=0,
+            epochs=({"epoch": 0, "state_hash": "01" * 32, "members": []},),
+            entries=(
+                {
+                    "number": 2,
+                    "status": "message",
+                    "epoch": 0,
+                    "position": 2,
+                    "log_index": 9,
+                    "author": "ab" * 32,
+                    "author_name": "tehran",
+                    "seq": 1,
+                    "sent_at": "2026-12-05T07:00:00Z",
+                    "message_id": "0123456789abcdef",
+                    "content": "we propose a freeze",
+                    "reason": None,
+                    "head": "cd" * 32,
+                },
+            ),
+            message={
+                "number": 2,
+                "status": "message",
+                "epoch": 0,
+                "position": 2,
+                "log_index": 9,
+                "author": "ab" * 32,
+                "author_name": "tehran",
+                "seq": 1,
+                "sent_at": "2026-12-05T07:00:00Z",
+                "message_id": "0123456789abcdef",
+                "content": "we propose a freeze",
+                "reason": None,
+                "head": "cd" * 32,
+            },
+        ),
     ]
 
 

@@ -72,6 +72,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "securechan.cli.demo:demo",
         "Play the back-channel on this machine, attacks included.",
     ),
+    "group": (
+        "securechan.cli.group_record:group",
+        "Talk in groups of up to 20 members with one common transcript.",
+    ),
     "history": (
         "securechan.cli.messaging:history",
         "Show the stored conversation (with CONTACT, or all).",
@@ -119,6 +123,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "verify": (
         "securechan.cli.documents:verify",
         "Check that FILE was signed by --from NAME (or --key PUBFILE).",
+    ),
+    "verify-transcript": (
+        "securechan.cli.group_record:verify_transcript",
+        "Check a group transcript or statement FILE offline (--relay-key KEY).",
     ),
     "witness": (
         "securechan.cli.witness:witness",

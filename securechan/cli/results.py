@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from securechan.cli.transcript_results import TranscriptVerified
 from securechan.timestamps import iso_utc
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ __all__ = [
     "Registered",
     "StatementExported",
     "StatementVerified",
+    "TranscriptVerified",
     "WitnessKeyInfo",
 ]
 

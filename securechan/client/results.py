@@ -30,6 +30,7 @@ __all__ = [
     "Rejected",
     "SendResult",
     "Status",
+    "TranscriptExported",
 ]
 
 
@@ -329,3 +330,35 @@ class Cancelled:
             "in_flight": self.in_flight,
             "retired": self.retired,
         }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TranscriptExported:
+    """``group export`` / ``group statement``: what was written (the file,
+    the group, how many applied records and disclosed contents, the final
+    transcript head, the size of the checkpoint the log proofs are against,
+    and a statement's message id)."""
+
+    file: str
+    group: str
+    group_id: str
+    records: int
+    disclosed: int
+    final_head: str
+    log_size: int
+    message_id: str | None = None
+
+    JSON_FIELDS: ClassVar[tuple[str, ...]] = (
+        "file",
+        "group",
+        "group_id",
+        "records",
+        "disclosed",
+        "final_head",
+        "log_size",
+        "message_id",
+    )
+    JSON_OPTIONAL: ClassVar[frozenset[str]] = frozenset()
+
+    def to_json(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in self.JSON_FIELDS}

@@ -1,0 +1,545 @@
+"""Group transcripts: a group's records, proven to a third party offline.
+
+``docs/AUDIT.md`` ("Group transcripts") is the normative text; the group
+protocol is ``docs/PROTOCOL.md`` §20 and the design ``GROUPS-SPEC`` §4.
+
+A **bundle** (wire type 0x011B, one binary file) holds, for one group:
+
+- the exporter's start: either nothing (its first record is the group's
+  creation, item 1 of epoch 0's stream) or a **join** (0x011A): the change
+  that made the exporter a member, the state it replaces and the transcript
+  head just before it, as the exporter's welcome gave them;
+- the **epoch secrets** (0x0118) of every epoch whose stream the bundle
+  reads: each gives that stream's id and sealing key
+  (:class:`~securechan.protocol.group_stream.StreamKeys`);
+- the **items** (0x0119), in transcript order, every item of each stream
+  read from position 1 (or the start) up to the change that closes it, with
+  no gap: stream id, position, the blob exactly as the relay stores it, its
+  leaf index in the relay's transparency log, the RFC 9162 inclusion proof
+  of its leaf against the bundle's checkpoint and, for a message whose
+  content the exporter discloses, that content (the TextBody or FileChunk
+  encoding its commitment covers);
+- one **checkpoint** of the relay's log, carrying only the log's Ed25519
+  signature line;
+- the self-signed **public identities** of every author of a record, sorted
+  by fingerprint, each once, none unused.
+
+:func:`verify_transcript` checks all of it against the relay key the caller
+pins and replays :class:`~securechan.protocol.group.GroupView` over the
+records, as every member does; :class:`VerifiedTranscript` says what is
+proven. A **statement** of one group message is the same bundle ending at
+that message with only its content disclosed (:meth:`VerifiedTranscript.statement`).
+
+Assumption shared with the relay (``docs/RELAY.md``, group streams): a
+stream item is logged as an envelope is, leaf data
+``"securechan/v1/envelope" || SHA-256(blob)``
+(:func:`~securechan.audit.receipt.envelope_leaf_hash`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Annotated
+
+from securechan import wire
+from securechan.audit.checkpoint import Checkpoint, open_checkpoint
+from securechan.audit.merkle import MAX_PROOF_HASHES, verify_inclusion
+from securechan.audit.note import (
+    MAX_NOTE_BYTES,
+    SignedNote,
+    VerifierKey,
+    keep_signatures,
+    open_note,
+)
+from securechan.audit.receipt import envelope_leaf_hash
+from securechan.audit.statement import message_id
+from securechan.errors import (
+    GroupEquivocation,
+    GroupRejected,
+    MalformedInput,
+    UntrustedKey,
+    VerificationFailed,
+)
+from securechan.identity.keys import PUBLIC_IDENTITY, PublicIdentity
+from securechan.protocol.group import GroupChange, GroupState, GroupView, check_content
+from securechan.protocol.group_stream import MAX_BLOB, MAX_CONTENT, StreamKeys, open_record
+from securechan.protocol.payload import FileChunk, TextBody
+
+__all__ = [
+    "MAX_ITEMS",
+    "GroupTranscript",
+    "TranscriptEntry",
+    "TranscriptEpoch",
+    "TranscriptItem",
+    "TranscriptJoin",
+    "VerifiedGroupStatement",
+    "VerifiedTranscript",
+    "verify_transcript",
+]
+
+MAX_ITEMS = 10_000  # records one bundle holds (about 60 MB at most)
+_MAX_EPOCHS = 4096
+_MAX_IDENTITY = 16384
+_TEXT_TYPE = 0x0072
+_FILE_TYPE = 0x0073
+
+
+@wire.record(0x0118, "TranscriptEpoch")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TranscriptEpoch(wire.Record):
+    """An epoch's secret (its stream id and key derive from it)."""
+
+    epoch: Annotated[int, wire.uint(1)]
+    secret: Annotated[bytes, wire.bytes_(2, size=32)]
+
+
+@wire.record(0x0119, "TranscriptItem")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TranscriptItem(wire.Record):
+    """One stream item, where the log holds it, and maybe its content."""
+
+    stream_id: Annotated[bytes, wire.bytes_(1, size=32)]
+    position: Annotated[int, wire.uint(2)]
+    blob: Annotated[bytes, wire.bytes_(3, max_len=MAX_BLOB)]
+    log_index: Annotated[int, wire.uint(4)]
+    # RFC 9162 inclusion proof, hashes leaf side first, concatenated.
+    inclusion_proof: Annotated[bytes, wire.bytes_(5, max_len=MAX_PROOF_HASHES * 32)]
+    content: Annotated[bytes | None, wire.bytes_(6, max_len=MAX_CONTENT)] = None
+
+    def __post_init__(self) -> None:
+        if len(self.inclusion_proof) % 32:
+            raise MalformedInput("an inclusion proof is a whole number of hashes")
+        if self.position < 1:
+            raise MalformedInput("stream positions start at 1")
+
+    @property
+    def proof_hashes(self) -> tuple[bytes, ...]:
+        p = self.inclusion_proof
+        return tuple(p[i : i + 32] for i in range(0, len(p), 32))
+
+
+@wire.record(0x011A, "TranscriptJoin")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TranscriptJoin(wire.Record):
+    """A joiner's start, from its welcome (``GroupView.join``)."""
+
+    change: Annotated[GroupChange, wire.nested(1, max_len=8192)]
+    previous: Annotated[GroupState, wire.nested(2, max_len=4096)]
+    head_before: Annotated[bytes, wire.bytes_(3, size=32)]
+
+
+@wire.record(0x011B, "GroupTranscript")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupTranscript(wire.Record):
+    """A group transcript bundle, as exported (unverified until
+    :func:`verify_transcript`)."""
+
+    group_id: Annotated[bytes, wire.bytes_(1, size=32)]
+    epochs: Annotated[
+        tuple[TranscriptEpoch, ...],
+        wire.list_(2, max_len=_MAX_EPOCHS * 64, max_items=_MAX_EPOCHS),
+    ]
+    identities: Annotated[
+        tuple[bytes, ...],
+        wire.list_(3, max_len=64 * _MAX_IDENTITY, max_items=64, of=PUBLIC_IDENTITY),
+    ]
+    checkpoint: Annotated[str, wire.text(4, max_len=MAX_NOTE_BYTES)]
+    items: Annotated[
+        tuple[TranscriptItem, ...],
+        wire.list_(5, max_len=wire.MAX_FIELD_LEN, max_items=MAX_ITEMS),
+    ]
+    join: Annotated[TranscriptJoin | None, wire.nested(6, max_len=16384)] = None
+
+    def __post_init__(self) -> None:
+        # Strict shape, so that one bundle has one encoding and nothing
+        # unused rides along (an unused field would be a place to edit).
+        numbers = [e.epoch for e in self.epochs]
+        if not numbers or numbers != list(range(numbers[0], numbers[0] + len(numbers))):
+            raise MalformedInput("a bundle's epochs are consecutive, each once")
+        if not self.items:
+            raise MalformedInput("a bundle holds at least one record")
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        group_id: bytes,
+        items: Iterable[TranscriptItem],
+        epoch_secrets: Mapping[int, bytes],
+        identities: Iterable[PublicIdentity],
+        checkpoint: str,
+        log_key: VerifierKey,
+        join: TranscriptJoin | None = None,
+    ) -> GroupTranscript:
+        """The canonical bundle from in-memory parts (the client's store).
+
+        ``items`` are in transcript order; contents set only on the messages
+        to disclose. Keeps only the epoch secrets the items' streams need
+        (``ValueError`` if one is missing), the identities of the records'
+        authors among ``identities`` (a missing member's makes the bundle
+        fail verification; a stranger's record needs none), and only the
+        log's Ed25519 line of ``checkpoint`` (``ValueError`` if it has none).
+        Nothing is verified here: :func:`verify_transcript` does."""
+        items = tuple(items)
+        keys = {StreamKeys.from_secret(s).stream_id: (e, s) for e, s in epoch_secrets.items()}
+        used: dict[int, bytes] = {}
+        authors: set[bytes] = set()
+        if join is not None:
+            authors.add(join.change.author)
+        for item in items:
+            if item.stream_id not in keys:
+                raise ValueError("an item of a stream whose epoch secret is not given")
+            epoch, secret = keys[item.stream_id]
+            used[epoch] = secret
+            try:
+                record = open_record(StreamKeys.from_secret(secret), item.blob)
+            except MalformedInput:
+                continue  # noise: every member skips it; no author to show
+            if record.change is not None:
+                authors.add(record.change.author)
+            elif record.message is not None:
+                authors.add(record.message.payload.sender)
+        by_fp = {i.fingerprint.digest: i for i in identities}
+        # An author no member list names (a stranger's record, refused by
+        # every member) needs no identity: the replay refuses it unsigned.
+        known = sorted(fp for fp in authors if fp in by_fp)
+        note = keep_signatures(checkpoint, [log_key])
+        if note is None:
+            raise ValueError("the checkpoint carries no signature by the log key")
+        return cls(
+            group_id=group_id,
+            epochs=tuple(TranscriptEpoch(epoch=e, secret=used[e]) for e in sorted(used)),
+            identities=tuple(by_fp[fp].to_bytes() for fp in known),
+            checkpoint=note,
+            items=items,
+            join=join,
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> GroupTranscript:
+        """Decode strictly (``MalformedInput``): the wire rules, then the
+        shape (identities sorted and unique; epochs consecutive)."""
+        bundle = wire.decode_record(cls, data)
+        prints = [PublicIdentity.from_bytes(i).fingerprint.digest for i in bundle.identities]
+        if prints != sorted(set(prints)):
+            raise MalformedInput("a bundle's identities are sorted by fingerprint, each once")
+        return bundle
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TranscriptEntry:
+    """One item of a verified transcript, in order.
+
+    ``status``: ``created``/``joined``/``changed`` (a membership record
+    applied), ``message`` (a message record applied), ``refused`` (a record
+    every member refuses, with ``reason``), ``unreadable`` (a blob that does
+    not open under its epoch's key: skipped by every member)."""
+
+    number: int  # 1, 2, ... over the applied records from the exporter's start
+    status: str
+    epoch: int  # the stream's epoch
+    position: int | None  # None for a joiner's start (not in a stream it reads)
+    log_index: int | None
+    author: PublicIdentity | None = None
+    seq: int | None = None  # a message's sender sequence number
+    sent_at: int | None = None  # the sender's clock, as signed
+    message_id: str | None = None  # first 16 hex of SHA-256(signed payload)
+    content: TextBody | FileChunk | None = None  # None: not disclosed
+    state: GroupState | None = None  # a change's new state; a message's member list
+    reason: str | None = None
+    evidence: tuple[bytes, bytes] | None = None  # equivocation: both payload hashes
+    head: bytes = b""  # the transcript head after this entry
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VerifiedTranscript:
+    """What a verified bundle proves (``docs/AUDIT.md``, Group transcripts)."""
+
+    group_id: bytes
+    joined: bool  # the exporter's start is a join, not the creation
+    entries: tuple[TranscriptEntry, ...]
+    states: tuple[GroupState, ...]  # every member list, oldest first
+    final_state: GroupState
+    final_head: bytes
+    checkpoint: Checkpoint
+    log_key: VerifierKey
+
+    @property
+    def disclosed(self) -> tuple[TranscriptEntry, ...]:
+        return tuple(e for e in self.entries if e.content is not None)
+
+    def statement(self) -> VerifiedGroupStatement:
+        """The bundle read as a statement of its one disclosed message, the
+        transcript's last applied record; ``VerificationFailed`` otherwise."""
+        shown = self.disclosed
+        if len(shown) != 1:
+            raise VerificationFailed("a statement discloses exactly one message")
+        applied = [e for e in self.entries if e.status != "refused" and e.status != "unreadable"]
+        if applied[-1] is not shown[0]:
+            raise VerificationFailed("a statement ends at the message it discloses")
+        return VerifiedGroupStatement(message=shown[0], transcript=self)
+
+    def statement_or_none(self) -> VerifiedGroupStatement | None:
+        """:meth:`statement`, or None when the bundle is not one."""
+        try:
+            return self.statement()
+        except VerificationFailed:
+            return None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VerifiedGroupStatement:
+    """One group message, proven: its sender signed it with this content
+    (the commitment), under ``message.state`` (the member list then in
+    force in the transcript), as applied record ``message.number`` from the
+    exporter's start, at ``message.position`` of its epoch's stream and
+    leaf ``message.log_index`` of the relay log. Not proven: that any
+    member received or read it, or anything after it."""
+
+    message: TranscriptEntry
+    transcript: VerifiedTranscript
+
+
+def _pinned_checkpoint(note: str, relay_key: VerifierKey) -> Checkpoint:
+    lines = SignedNote.from_text_unverified(note).signatures
+    if not any((sig.name, sig.key_id) == (relay_key.name, relay_key.key_id) for sig in lines):
+        raise UntrustedKey("the checkpoint is not signed by the relay key you pinned")
+    opened = open_note(note, [relay_key])  # BadSignature: the pinned key's line is forged
+    if opened.unverified:
+        # An unknown line would be ignored and so editable unnoticed.
+        raise VerificationFailed("the checkpoint has a signature line by another key")
+    return open_checkpoint(note, relay_key)
+
+
+def _content(data: bytes) -> TextBody | FileChunk:
+    kind = wire.peek_type(data)
+    if kind == _TEXT_TYPE:
+        return TextBody.from_bytes(data)
+    if kind == _FILE_TYPE:
+        return FileChunk.from_bytes(data)
+    raise MalformedInput("a group message's content is a text or a file chunk")
+
+
+class _Replay:
+    """The verifier's walk over the items (one per bundle)."""
+
+    def __init__(self, bundle: GroupTranscript, checkpoint: Checkpoint) -> None:
+        self.bundle = bundle
+        self.checkpoint = checkpoint
+        self.keys = {e.epoch: StreamKeys.from_secret(e.secret) for e in bundle.epochs}
+        self.ids = {PublicIdentity.from_bytes(i) for i in bundle.identities}
+        self.by_fp = {i.fingerprint.digest: i for i in self.ids}
+        self.used: set[bytes] = set()
+        self.epochs_used: set[int] = set()
+        self.entries: list[TranscriptEntry] = []
+        self.states: list[GroupState] = []
+        self.number = 0
+
+    def identity(self, fp: bytes, state: GroupState | None) -> PublicIdentity | None:
+        who = self.by_fp.get(fp)
+        if who is not None:
+            self.used.add(fp)
+            return who
+        if state is not None and state.member(fp) is None:
+            return None  # a stranger: refused by every member, unsigned or not
+        raise VerificationFailed(
+            f"the bundle lacks the public identity of the author {fp.hex()[:16]}"
+        )
+
+    def start(self) -> GroupView | None:
+        join = self.bundle.join
+        if join is None:
+            return None
+        if join.change.state.group_id != self.bundle.group_id:
+            raise VerificationFailed("the join is for another group")
+        author = self.identity(join.change.author, join.previous)
+        if author is None:
+            raise VerificationFailed("the join's author is not a member of the state it changes")
+        try:
+            view = GroupView.join(join.change, author, join.previous, join.head_before)
+        except GroupRejected as e:
+            raise VerificationFailed(f"the join does not verify: {e}") from None
+        self.add("joined", view, view.state.epoch, None, None, author=author, state=view.state)
+        return view
+
+    def add(
+        self,
+        status: str,
+        view: GroupView | None,
+        epoch: int,
+        pos: int | None,
+        index: int | None,
+        **kw: object,
+    ) -> None:
+        applied = status not in ("refused", "unreadable")
+        if applied:
+            self.number += 1
+        if status in ("created", "joined", "changed") and view is not None:
+            self.states.append(view.state)
+        head = view.head if view is not None else b""
+        self.entries.append(
+            TranscriptEntry(
+                number=self.number,
+                status=status,
+                epoch=epoch,
+                position=pos,
+                log_index=index,
+                head=head,
+                **kw,  # type: ignore[arg-type]
+            )
+        )
+
+    def logged(self, item: TranscriptItem) -> None:
+        verify_inclusion(
+            envelope_leaf_hash(item.blob),
+            item.log_index,
+            self.checkpoint.size,
+            item.proof_hashes,
+            self.checkpoint.root_hash,
+        )
+
+    def run(self) -> GroupView:
+        view = self.start()
+        epoch = view.state.epoch if view is not None else 0
+        position = 0
+        for item in self.bundle.items:
+            keys = self.keys.get(epoch)
+            if keys is None:
+                raise VerificationFailed(f"the bundle lacks the secret of epoch {epoch}")
+            self.epochs_used.add(epoch)
+            if item.stream_id != keys.stream_id:
+                raise VerificationFailed(
+                    f"an item of another stream than epoch {epoch}'s (dropped, reordered, "
+                    "or read past the change that closed it)"
+                )
+            if item.position != position + 1:
+                raise VerificationFailed(
+                    f"epoch {epoch}'s stream jumps from position {position} to "
+                    f"{item.position} (a record dropped or reordered)"
+                )
+            position = item.position
+            self.logged(item)
+            view = self.step(view, item, keys, epoch)
+            if view.state.epoch != epoch:
+                epoch, position = view.state.epoch, 0
+        if view is None:  # pragma: no cover - the first item made or refused one
+            raise VerificationFailed("the bundle holds no group")
+        return view
+
+    def step(
+        self, view: GroupView | None, item: TranscriptItem, keys: StreamKeys, epoch: int
+    ) -> GroupView:
+        where = (epoch, item.position, item.log_index)
+        try:
+            record = open_record(keys, item.blob)
+        except MalformedInput:
+            if view is None:
+                raise VerificationFailed("the first item of epoch 0 is not the creation") from None
+            self.no_content(item)
+            self.add("unreadable", view, *where)
+            return view
+        state = view.state if view is not None else None
+        if record.change is not None:
+            change = record.change
+            author = self.identity(change.author, state)
+            if view is None:
+                if author is None or change.state.group_id != self.bundle.group_id:
+                    raise VerificationFailed(
+                        "the first item of epoch 0 is not this group's creation"
+                    )
+                try:
+                    new = GroupView.create(change, author)
+                except GroupRejected as e:
+                    raise VerificationFailed(f"the creation does not verify: {e}") from None
+                self.no_content(item)
+                self.add("created", new, *where, author=author, state=new.state)
+                return new
+            self.no_content(item)
+            try:
+                if author is None:
+                    raise GroupRejected("the change's author is not a member")
+                new = view.apply_change(change, author)
+            except GroupRejected as e:
+                self.add("refused", view, *where, author=author, reason=str(e))
+                return view
+            self.add("changed", new, *where, author=author, state=new.state)
+            return new
+        signed = record.message
+        if view is None or signed is None:
+            raise VerificationFailed("the first item of epoch 0 is not the creation")
+        sender = self.identity(signed.payload.sender, state)
+        try:
+            if sender is None:
+                raise GroupRejected("the sender is not a member of the group")
+            new = view.accept_record(signed, sender)
+        except GroupRejected as e:
+            self.no_content(item)
+            evidence = e.evidence if isinstance(e, GroupEquivocation) else None
+            self.add("refused", view, *where, author=sender, reason=str(e), evidence=evidence)
+            return view
+        content = None
+        if item.content is not None:
+            try:
+                check_content(signed, item.content)
+            except GroupRejected:
+                raise VerificationFailed(
+                    f"the content given for message {message_id(signed.to_bytes())} is not "
+                    "the one its sender signed"
+                ) from None
+            content = _content(item.content)
+        p = signed.payload
+        self.add(
+            "message",
+            new,
+            *where,
+            author=sender,
+            seq=p.seq,
+            sent_at=p.sent_at,
+            message_id=message_id(signed.to_bytes()),
+            content=content,
+            state=view.state,
+        )
+        return new
+
+    @staticmethod
+    def no_content(item: TranscriptItem) -> None:
+        if item.content is not None:
+            raise VerificationFailed("a content given for a record that is no applied message")
+
+
+def verify_transcript(bundle: GroupTranscript, *, relay_key: VerifierKey) -> VerifiedTranscript:
+    """Check everything a bundle claims; return what it proves.
+
+    Steps: (1) the checkpoint is signed by ``relay_key`` (the relay's log
+    key, which the caller pins; ``UntrustedKey`` otherwise) and by no other
+    key; (2) the start: the creation as item 1 of epoch 0's stream, or a
+    join that ``GroupView.join`` accepts; (3) for each item in order: it is
+    in the stream of the current epoch (the secret's stream id), at the next
+    position (1 after each change), its leaf is in the log under the
+    checkpoint (RFC 9162 §2.1.3.2), and its blob opens under the epoch's key
+    (else it is shown unreadable, as every member skips it); the record is
+    replayed with ``GroupView`` (a refused one shown with its reason, as
+    members record it); a disclosed content must match its message's
+    commitment; (4) every identity and epoch secret in the bundle is used.
+    A bundle that claims anything it cannot show is refused, not
+    downgraded. Raises :class:`MalformedInput`, :class:`UntrustedKey`,
+    :class:`ProofFailed` or :class:`VerificationFailed`.
+    """
+    checkpoint = _pinned_checkpoint(bundle.checkpoint, relay_key)
+    replay = _Replay(bundle, checkpoint)
+    view = replay.run()
+    if replay.used != set(replay.by_fp):
+        raise VerificationFailed("the bundle carries an identity no record needs")
+    if replay.epochs_used != set(replay.keys):
+        raise VerificationFailed("the bundle carries an epoch secret no item needs")
+    return VerifiedTranscript(
+        group_id=bundle.group_id,
+        joined=bundle.join is not None,
+        entries=tuple(replay.entries),
+        states=tuple(replay.states),
+        final_state=view.state,
+        final_head=view.head,
+        checkpoint=checkpoint,
+        log_key=relay_key,
+    )
