@@ -42,7 +42,14 @@ from securechan.errors import (
 from securechan.identity import Identity, PublicIdentity
 from securechan.primitives import Ed25519SigningKey
 from securechan.protocol.group import GroupChange, GroupState, GroupView
-from securechan.protocol.group_stream import GroupRecord, StreamKeys, open_record, seal_record
+from securechan.protocol.group_stream import (
+    GroupRecord,
+    GroupSenderMark,
+    GroupWelcome,
+    StreamKeys,
+    open_record,
+    seal_record,
+)
 from securechan.protocol.payload import TextBody
 from tests.test_group_protocol import ENVOY, MUSCAT, TEHRAN, WASHINGTON, _genesis, _message, _next
 
@@ -200,7 +207,10 @@ def _bundle(
 
 def _joiner(**kw: object) -> GroupTranscript:
     join = TranscriptJoin(
-        change=TALKS.join_change, previous=TALKS.state0, head_before=TALKS.head_before_join
+        change=TALKS.join_change,
+        previous=TALKS.state0,
+        head_before=TALKS.head_before_join,
+        senders=GroupWelcome.marks(TALKS.views[TALKS.epoch1_change_at - 1].last),
     )
     return _bundle(start=TALKS.epoch1_change_at + 1, join=join, **kw)  # type: ignore[arg-type]
 
@@ -269,11 +279,6 @@ def test_a_joiner_exports_from_its_join() -> None:
     assert v.final_state == TALKS.views[-1].state
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="protocol/group.py: GroupView.join starts with no sequence numbers, so a "
-    "joiner refuses an existing member's next message as a gap (reported to the coordinator)",
-)
 def test_a_joiner_accepts_the_next_message_of_a_member_who_spoke_before_it_joined() -> None:
     v = _verify(_joiner(disclose={5}).to_bytes())
     assert [e.status for e in v.entries][1:] == [
@@ -535,3 +540,26 @@ def test_the_decoder_refuses_cut_and_spliced_bundles_cleanly(data: st.DataObject
     if mangled != WHOLE_BYTES:
         with pytest.raises(SecurechanError):
             verify_transcript(bundle, relay_key=LOG)
+
+
+def test_a_joiners_sender_marks_are_each_confirmed_by_a_later_message() -> None:
+    b = _joiner()
+    # Tehran's mark only: it speaks after the join; Washington's one message
+    # after it is refused (made for the old member list), so its mark goes.
+    assert b.join is not None and b.join.senders
+    assert [m.fingerprint for m in b.join.senders] == [TEHRAN.fingerprint.digest]
+    assert GroupTranscript.from_bytes(b.to_bytes()) == b
+    assert _verify(b).entries
+    assert all(m.hash == bytes(32) for m in b.join.senders)  # numbers only
+    (mark,) = b.join.senders
+    for seq in (mark.seq - 1, mark.seq + 1):
+        edited = replace(b.join, senders=(replace(mark, seq=seq),))
+        with pytest.raises(VerificationFailed):
+            _verify(replace(b, join=edited))
+    with pytest.raises(VerificationFailed, match="carries no hash"):
+        _verify(replace(b, join=replace(b.join, senders=(replace(mark, hash=bytes([1]) * 32),))))
+    # A mark for a sender who never speaks in the bundle rides unchecked: refused.
+    wash = GroupSenderMark(fingerprint=WASHINGTON.fingerprint.digest, seq=1, hash=bytes(32))
+    marks = tuple(sorted((mark, wash), key=lambda m: m.fingerprint))
+    with pytest.raises(VerificationFailed, match="no later message confirms"):
+        _verify(replace(b, join=replace(b.join, senders=marks)))

@@ -39,7 +39,7 @@ stream item is logged as an envelope is, leaf data
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated
 
 from securechan import wire
@@ -62,8 +62,22 @@ from securechan.errors import (
     VerificationFailed,
 )
 from securechan.identity.keys import PUBLIC_IDENTITY, PublicIdentity
-from securechan.protocol.group import GroupChange, GroupState, GroupView, check_content
-from securechan.protocol.group_stream import MAX_BLOB, MAX_CONTENT, StreamKeys, open_record
+from securechan.protocol.group import (
+    MAX_MEMBERS,
+    ZERO,
+    GroupChange,
+    GroupState,
+    GroupView,
+    check_content,
+)
+from securechan.protocol.group_stream import (
+    MAX_BLOB,
+    MAX_CONTENT,
+    GroupRecord,
+    GroupSenderMark,
+    StreamKeys,
+    open_record,
+)
 from securechan.protocol.payload import FileChunk, TextBody
 
 __all__ = [
@@ -127,6 +141,39 @@ class TranscriptJoin(wire.Record):
     change: Annotated[GroupChange, wire.nested(1, max_len=8192)]
     previous: Annotated[GroupState, wire.nested(2, max_len=4096)]
     head_before: Annotated[bytes, wire.bytes_(3, size=32)]
+    # Each sender's last number at ``head_before`` (the welcome's marks).
+    senders: Annotated[
+        tuple[GroupSenderMark, ...] | None,
+        wire.list_(4, max_len=MAX_MEMBERS * 96, max_items=MAX_MEMBERS),
+    ] = None
+
+    def last(self) -> dict[bytes, tuple[int, bytes]]:
+        """The marks as ``GroupView.join`` takes them."""
+        return {m.fingerprint: (m.seq, m.hash) for m in self.senders or ()}
+
+
+def _accepted_senders(
+    join: TranscriptJoin, records: Iterable[GroupRecord], by_fp: Mapping[bytes, PublicIdentity]
+) -> set[bytes]:
+    """The senders of the messages a joiner's replay accepts (the builder's
+    light replay: which of the welcome's marks the bundle confirms)."""
+    try:
+        author = by_fp[join.change.author]
+        view = GroupView.join(join.change, author, join.previous, join.head_before, join.last())
+    except (KeyError, GroupRejected):
+        return set()
+    spoke: set[bytes] = set()
+    for record in records:
+        try:
+            if record.change is not None:
+                view = view.apply_change(record.change, by_fp[record.change.author])
+            elif record.message is not None:
+                sender = record.message.payload.sender
+                view = view.accept_record(record.message, by_fp[sender])
+                spoke.add(sender)
+        except (KeyError, GroupRejected):
+            continue
+    return spoke
 
 
 @wire.record(0x011B, "GroupTranscript")
@@ -187,6 +234,7 @@ class GroupTranscript(wire.Record):
         authors: set[bytes] = set()
         if join is not None:
             authors.add(join.change.author)
+        records: list[GroupRecord] = []
         for item in items:
             if item.stream_id not in keys:
                 raise ValueError("an item of a stream whose epoch secret is not given")
@@ -200,7 +248,14 @@ class GroupTranscript(wire.Record):
                 authors.add(record.change.author)
             elif record.message is not None:
                 authors.add(record.message.payload.sender)
+            records.append(record)
         by_fp = {i.fingerprint.digest: i for i in identities}
+        if join is not None and join.senders:
+            # Keep the marks of senders with an accepted message in the
+            # bundle, numbers only (the verifier checks each against it).
+            spoke = _accepted_senders(join, records, by_fp)
+            marks = tuple(replace(m, hash=ZERO) for m in join.senders if m.fingerprint in spoke)
+            join = replace(join, senders=marks or None)
         # An author no member list names (a stranger's record, refused by
         # every member) needs no identity: the replay refuses it unsigned.
         known = sorted(fp for fp in authors if fp in by_fp)
@@ -356,8 +411,12 @@ class _Replay:
         author = self.identity(join.change.author, join.previous)
         if author is None:
             raise VerificationFailed("the join's author is not a member of the state it changes")
+        if any(m.hash != ZERO for m in join.senders or ()):
+            # Only the numbers are checked (by the sender's next message);
+            # the hash a member holds is not the bundle's to claim.
+            raise VerificationFailed("a sender mark in a bundle carries no hash")
         try:
-            view = GroupView.join(join.change, author, join.previous, join.head_before)
+            view = GroupView.join(join.change, author, join.previous, join.head_before, join.last())
         except GroupRejected as e:
             raise VerificationFailed(f"the join does not verify: {e}") from None
         self.add("joined", view, view.state.epoch, None, None, author=author, state=view.state)
@@ -533,6 +592,17 @@ def verify_transcript(bundle: GroupTranscript, *, relay_key: VerifierKey) -> Ver
         raise VerificationFailed("the bundle carries an identity no record needs")
     if replay.epochs_used != set(replay.keys):
         raise VerificationFailed("the bundle carries an epoch secret no item needs")
+    # A joiner's sender marks are its welcome's word: each must be confirmed
+    # by a later message of its sender the replay accepted (a wrong number
+    # would have refused it), so none rides unchecked.
+    if bundle.join is not None:
+        spoke = {
+            e.author.fingerprint.digest
+            for e in replay.entries
+            if e.status == "message" and e.author is not None
+        }
+        if any(m.fingerprint not in spoke for m in bundle.join.senders or ()):
+            raise VerificationFailed("the join carries a sender mark no later message confirms")
     return VerifiedTranscript(
         group_id=bundle.group_id,
         joined=bundle.join is not None,

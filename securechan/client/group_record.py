@@ -119,7 +119,10 @@ async def group_bundle(
             if welcome.previous is None:  # pragma: no cover - a join's welcome has one
                 raise NotFound("the welcome this member joined by has no previous state")
             join = TranscriptJoin(
-                change=change, previous=welcome.previous, head_before=welcome.head_before
+                change=change,
+                previous=welcome.previous,
+                head_before=welcome.head_before,
+                senders=welcome.senders,
             )
             secrets[change.state.epoch] = welcome.epoch_secret
             authors.add(change.author)
