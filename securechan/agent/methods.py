@@ -23,6 +23,7 @@ from securechan.errors import StorageError, UsageError
 
 if TYPE_CHECKING:
     from securechan.client.channel import Channel
+    from securechan.client.group_results import GroupEntry
     from securechan.client.results import Received, Rejected
 
 __all__ = ["METHODS", "AgentState", "AgentStatus", "Handler"]
@@ -43,7 +44,7 @@ class AgentState:
     keys: KeyCache
     version: str
     channel_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    pending: list[Received | Rejected] = field(default_factory=list)
+    pending: list[Received | Rejected | GroupEntry] = field(default_factory=list)
     drained: asyncio.Event = field(default_factory=asyncio.Event)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     started: float = 0.0
@@ -219,6 +220,7 @@ async def _receive(state: AgentState, params: dict[str, Any]) -> Any:
     pass; files are written into ``download`` (default: not written, their
     ``file`` is null and they are dropped, so pass it when you expect files)."""
     from securechan.client.downloads import save_download
+    from securechan.client.group_results import GroupEntry
     from securechan.client.results import Rejected
 
     p = _params(params, download=(str, False))
@@ -233,6 +235,12 @@ async def _receive(state: AgentState, params: dict[str, Any]) -> Any:
     out = []
     for item in items:
         if isinstance(item, Rejected):
+            out.append(item.to_json())
+            continue
+        if isinstance(item, GroupEntry):  # a group record (docs/CLI.md, Groups)
+            content = getattr(item, "file_data", None)
+            if content is not None and folder is not None and item.status == "shown":
+                await asyncio.to_thread(save_download, folder, item.file_name or "file", content)
             out.append(item.to_json())
             continue
         saved = None
@@ -294,3 +302,8 @@ METHODS: dict[str, Handler] = {
     "history": _history,
     "statementExport": _statement_export,
 }
+
+# The group methods (groupCreate, sendGroup, ...) live in their own module.
+from securechan.agent.group_methods import GROUP_METHODS  # noqa: E402
+
+METHODS.update(GROUP_METHODS)

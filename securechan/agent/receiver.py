@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from securechan.agent.methods import MAX_PENDING_BYTES, AgentState
@@ -29,6 +29,7 @@ from securechan.errors import AgentLocked, MalformedInput, Reason, RelayError, S
 
 if TYPE_CHECKING:
     from securechan.client.channel import Channel
+    from securechan.client.group_results import GroupEntry
     from securechan.client.results import Received, Rejected
 
 __all__ = ["BACKOFF_MAX", "Receiver"]
@@ -109,12 +110,13 @@ class Receiver:
                     task.cancel()
                 await asyncio.gather(*listeners, return_exceptions=True)
 
-    def _publish(self, items: list[Received | Rejected]) -> None:
+    def _publish(self, items: Sequence[Received | Rejected | GroupEntry]) -> None:
+        from securechan.client.group_results import GroupEntry
         from securechan.client.results import Rejected
 
         for item in items:
             self._state.pending.append(item)
-            if isinstance(item, Rejected):
+            if isinstance(item, Rejected | GroupEntry):  # a group record: its own JSON
                 self._notify("receive", {"item": item.to_json()})
             else:
                 self._notify("receive", {"item": item.to_json(file=None)})
