@@ -242,7 +242,7 @@ def send_group(
     if as_json:
         _emit_json(data)
     if data["pending"]:
-        waiting = ", ".join(inline(str(p)) for p in data["pending"])
+        waiting = ", ".join(str(p) for p in data["pending"])
         raise RelayError(
             f"group message #{data['seq']} to {data['group']} is in the transcript, but its "
             f"content still waits in the outbox for {waiting}; the next send, receive or "
