@@ -220,8 +220,7 @@ async def _receive(state: AgentState, params: dict[str, Any]) -> Any:
     pass; files are written into ``download`` (default: not written, their
     ``file`` is null and they are dropped, so pass it when you expect files)."""
     from securechan.client.downloads import save_download
-    from securechan.client.group_results import GroupEntry
-    from securechan.client.results import Rejected
+    from securechan.client.results import Received
 
     p = _params(params, download=(str, False))
     folder = _absolute(p["download"], "download") if p["download"] is not None else None
@@ -234,13 +233,7 @@ async def _receive(state: AgentState, params: dict[str, Any]) -> Any:
         state.drained.set()
     out = []
     for item in items:
-        if isinstance(item, Rejected):
-            out.append(item.to_json())
-            continue
-        if isinstance(item, GroupEntry):  # a group record (docs/CLI.md, Groups)
-            content = getattr(item, "file_data", None)
-            if content is not None and folder is not None and item.status == "shown":
-                await asyncio.to_thread(save_download, folder, item.file_name or "file", content)
+        if not isinstance(item, Received):  # a refusal, or a group record (GroupEntry)
             out.append(item.to_json())
             continue
         saved = None

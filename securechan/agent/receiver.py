@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from securechan.agent.methods import MAX_PENDING_BYTES, AgentState
@@ -110,16 +110,15 @@ class Receiver:
                     task.cancel()
                 await asyncio.gather(*listeners, return_exceptions=True)
 
-    def _publish(self, items: Sequence[Received | Rejected | GroupEntry]) -> None:
-        from securechan.client.group_results import GroupEntry
-        from securechan.client.results import Rejected
+    def _publish(self, items: list[Received | Rejected | GroupEntry]) -> None:
+        from securechan.client.results import Received
 
         for item in items:
             self._state.pending.append(item)
-            if isinstance(item, Rejected | GroupEntry):  # a group record: its own JSON
-                self._notify("receive", {"item": item.to_json()})
-            else:
+            if isinstance(item, Received):
                 self._notify("receive", {"item": item.to_json(file=None)})
+            else:
+                self._notify("receive", {"item": item.to_json()})
 
     async def _wait(self, event: asyncio.Event | None, timeout: float | None) -> None:
         """Until ``event``, a lock or unlock, the agent stops, or ``timeout``."""

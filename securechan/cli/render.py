@@ -159,7 +159,7 @@ def _group_said(entry: Mapping[str, Any], saved: str | None) -> str:
     if status == "shown" and entry.get("file_name") is not None:
         if saved is not None:
             return f"file saved as {saved} (the sender named it: {entry['file_name']})"
-        return f"file {entry['file_name']}"
+        return str(entry["summary"])  # [file NAME, SIZE bytes (part I of N)]
     if status == "content-pending":
         return f"(content not yet received) {entry['summary']}".rstrip()
     return str(entry["summary"])

@@ -43,6 +43,7 @@ from securechan.relay.api_pairing import (
     PairPutRequest,
 )
 from securechan.relay.api_route import Query, Route
+from securechan.relay.api_streams import STREAM_ROUTES, StreamItem, StreamPage, StreamPostReply
 
 __all__ = [
     "API_VERSION",
@@ -75,6 +76,9 @@ __all__ = [
     "SecureQueueRequest",
     "SecuredReply",
     "SendReply",
+    "StreamItem",
+    "StreamPage",
+    "StreamPostReply",
     "aiohttp_path",
     "from_json",
     "jfield",
@@ -111,6 +115,7 @@ ERRORS: Final[Mapping[str, int]] = {
     "no_tile": 404,
     "timeout": 408,
     "conflict": 409,
+    "stream_full": 409,
     "too_large": 413,
     "not_in_log": 422,
     "rate_limited": 429,
@@ -514,6 +519,7 @@ ROUTES: Final[tuple[Route, ...]] = (
         log=True,
     ),
     *PAIR_ROUTES,
+    *STREAM_ROUTES,
     # C2SP tlog-tiles (docs/RELAY.md, "The log as tiles"), the relay's root as prefix.
     Route(
         name="tiles_checkpoint",
