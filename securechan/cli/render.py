@@ -242,7 +242,10 @@ def group_info(info: Mapping[str, Any]) -> list[Line]:
         (f"members:  {len(info['members'])}", False),
     ]
     for m in info["members"]:
-        name = inline(str(m["name"])) if m.get("name") is not None else "(not a contact)"
+        if m.get("name") is not None:
+            name = inline(str(m["name"]))
+        else:
+            name = "(you)" if m.get("you") else "(not a contact)"
         mark = "you" if m.get("you") else "verified" if m.get("verified") else "UNVERIFIED"
         admin = "admin" if m.get("admin") else "member"
         lines.append((f"  {name:<20} {mark:<10} {admin:<6} {m['fingerprint']}", False))
