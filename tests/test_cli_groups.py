@@ -330,6 +330,11 @@ def test_an_unknown_group_is_exit_2_with_one_line(people: dict[str, Party]) -> N
     one_line(t.run("group", "add", "talks"), 2)
     one_line(t.run("send", "--group", "talks", "washington", "hi"), 2)
     one_line(t.run("group", "create", "x", "--member", "nobody"), 2)
+    # A text over the group content limit: refused before anything is signed.
+    head = shown(t, "talks")["head"]
+    line = one_line(t.run("send", "--group", "talks", "x" * 33_000), 2)
+    assert "33000 bytes" in line and "at most 32760" in line, line
+    assert shown(t, "talks")["head"] == head
 
 
 # --- the same through a running agent --------------------------------------------------
@@ -415,3 +420,53 @@ def test_the_same_through_a_running_agent(people: dict[str, Party]) -> None:
     finally:
         t.run("agent", "stop")
         c.run("agent", "stop")
+
+
+# --- rendering (sans I/O): what a hostile member's text and names can do -------------
+
+
+@pytest.mark.parametrize("status", ["equivocation", "forked", "withheld"])
+def test_alarms_are_one_loud_line_on_stderr(status: str) -> None:
+    from securechan.cli import render
+
+    entry = {
+        "group": "talks\x1b]0;owned\x07",
+        "id": "00" * 8,
+        "epoch": 1,
+        "position": 7,
+        "sender": "washington\n[group talks] tehran: forged",
+        "seq": 3,
+        "sent_at": "2026-12-05T05:00:00Z",
+        "status": status,
+        "summary": "evidence\u202e kept",
+        "text": None,
+        "file_name": None,
+    }
+    ((line, to_stderr),) = render.group_entry(entry)
+    assert to_stderr and line.startswith(f"securechan: {render.GROUP_ALARMS[status]}: ")
+    assert "\x1b" not in line and "\n" not in line and "\u202e" not in line
+    assert "\\x1b]0;owned\\x07" in line and "\\x0a" in line and "<U+202E>" in line
+
+
+def test_a_group_message_shows_its_group_and_marks_further_lines() -> None:
+    from securechan.cli import render
+
+    entry = {
+        "group": "talks",
+        "id": "00" * 8,
+        "epoch": 0,
+        "position": 2,
+        "sender": "tehran",
+        "seq": 1,
+        "sent_at": "2026-12-05T05:00:00Z",
+        "status": "shown",
+        "summary": "x",
+        "text": "one\n[group talks] washington: forged",
+        "file_name": None,
+    }
+    ((line, to_stderr),) = render.group_entry(entry)
+    assert not to_stderr
+    assert line == "[group talks] tehran: one\n  | [group talks] washington: forged"
+    pending = {**entry, "status": "content-pending", "text": None, "summary": ""}
+    ((line, _),) = render.group_entry(pending)
+    assert line == "[group talks] tehran #1: (content not yet received)"

@@ -87,6 +87,10 @@ async def _send_group(state: AgentState, params: dict[str, Any]) -> Any:
     p = _params(params, group=(str, True), text=(str, False), file=(str, False))
     if (p["text"] is None) == (p["file"] is None):
         raise RpcError(AgentErrorCode.INVALID_PARAMS, "give exactly one of 'text' and 'file'")
+    if p["text"] is not None:
+        from securechan.cli.group import check_group_text
+
+        check_group_text(p["text"])  # before anything is signed or posted
     path = None
     if p["file"] is not None:
         path = _absolute(p["file"], "file")
