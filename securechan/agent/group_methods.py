@@ -8,7 +8,9 @@ and ``history --group --json`` print (``GroupInfo``, ``GroupSent``,
 ``GroupEntry``). Parameters are checked as the other methods' are
 (``-32602`` for an unknown, missing or mistyped one); group entries that
 a receive pass applies reach ``receive`` and its notifications as items
-with a ``status`` field.
+with a ``status`` field. The server looks a method up in
+:data:`~securechan.agent.methods.METHODS`, then in :data:`GROUP_METHODS`
+(this module builds on that one, not the other way round).
 """
 
 from __future__ import annotations

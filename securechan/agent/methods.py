@@ -295,8 +295,3 @@ METHODS: dict[str, Handler] = {
     "history": _history,
     "statementExport": _statement_export,
 }
-
-# The group methods (groupCreate, sendGroup, ...) live in their own module.
-from securechan.agent.group_methods import GROUP_METHODS  # noqa: E402
-
-METHODS.update(GROUP_METHODS)

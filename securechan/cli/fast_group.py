@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-    from securechan.cli.fast import Parsed
+    # securechan.cli.fast's Parsed (not imported: fast imports this module)
+    Parsed = Any
 
 __all__ = ["SUBCOMMANDS", "accepts", "serve"]
 
