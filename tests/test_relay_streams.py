@@ -30,7 +30,7 @@ from securechan.audit.checkpoint import open_checkpoint
 from securechan.audit.merkle import verify_inclusion
 from securechan.audit.note import VerifierKey
 from securechan.audit.receipt import envelope_leaf_hash, verify_receipt
-from securechan.errors import MalformedInput, ProofFailed, RelayRefused
+from securechan.errors import MalformedInput, ProofFailed, RelayError, RelayRefused
 from securechan.primitives import random_bytes
 from securechan.transport import RelayClient, RetryPolicy
 from securechan.transport_streams import (
@@ -436,3 +436,60 @@ def test_fuzz_post_decoder(raw: bytes) -> None:
     except MalformedInput:
         return
     assert position >= 1
+
+
+# --- SIGKILL mid-burst ----------------------------------------------------------------------
+
+
+def test_sigkill_mid_burst_loses_no_acknowledged_item(tmp_path: Path) -> None:
+    """Every post answered 200 before a SIGKILL is, after the restart, at the
+    position it was answered with and in the log; the posts that got no
+    answer are resent (as a client does) and each lands exactly once."""
+    relay = RelayProcess(tmp_path)
+    stream = random_bytes(32)
+    blobs = [random_bytes(200) for _ in range(120)]
+    answered: dict[bytes, int] = {}
+
+    async def burst() -> None:
+        killed = asyncio.Event()
+
+        async def post(c: RelayClient, blob: bytes) -> None:
+            try:
+                pos, _ = await c.post_stream_item(stream, blob)
+            except RelayError:  # a post the kill cut off: resent below
+                return
+            answered[blob] = pos
+            if len(answered) == 40 and not killed.is_set():
+                killed.set()
+                await asyncio.to_thread(relay.kill)
+
+        async with RelayClient(relay.url, retry=ONCE) as c:
+            await asyncio.gather(*(post(c, b) for b in blobs))
+
+    async def after() -> None:
+        async with RelayClient(relay.url, retry=PATIENT) as c:
+            key = await _log_key(c)
+            held = await _read_all(c, stream)
+            at = {i.blob: i.position for i in held}
+            for blob, pos in answered.items():
+                assert at.get(blob) == pos
+            await _check_in_log(c, key, held)
+            # The client resends what got no answer: each is stored once.
+            for blob in blobs:
+                pos, receipt = await c.post_stream_item(stream, blob)
+                verify_receipt(receipt, blob, key)
+                assert pos == at.get(blob, pos)
+            final = await _read_all(c, stream)
+            assert sorted(i.blob for i in final) == sorted(blobs)
+            await _check_in_log(c, key, final)
+
+    relay.start()
+    try:
+        asyncio.run(asyncio.wait_for(burst(), 120))
+        assert 40 <= len(answered) < len(blobs), len(answered)
+        relay.start()
+        asyncio.run(asyncio.wait_for(after(), 120))
+        relay.stop()
+        relay.assert_no_traceback()
+    finally:
+        relay.close()

@@ -132,7 +132,7 @@ class Channel(GroupMethods):
         )
         self.registrar = Registrar(ctx, self.state)
         self.outbox = Outbox(ctx, self.state, self.registrar, self.logs)
-        self.group_client = Groups(ctx, self.outbox, self.registrar.relays)
+        self.group_client = Groups(ctx, self.outbox, self.registrar.relays, self.logs)
         self.inbox = Inbox(
             ctx,
             self.state,
@@ -141,6 +141,7 @@ class Channel(GroupMethods):
             after=self._after_receive,
             groups=self.group_client.reader.sync_all,
         )
+        self.group_client.receive_pass = self.inbox.receive
         self.record = MessageRecord(ctx, self.state, self.logs)
 
     @classmethod
@@ -384,7 +385,8 @@ class Channel(GroupMethods):
         (``status`` per ``GROUP_STATUSES``)."""
         self.inbox.progress = progress
         try:
-            return await self.inbox.receive()
+            # First what receive passes run by group operations kept.
+            return [*self.group_client.take_stashed(), *await self.inbox.receive()]
         finally:
             self.inbox.progress = None
 
@@ -408,8 +410,10 @@ class Channel(GroupMethods):
         return self.inbox.follow(poll=poll, stop=stop)
 
     async def _after_receive(self) -> None:
-        """Grant our private queue to peers who granted theirs; top up prekeys."""
+        """Grant our private queue to peers who granted theirs; send group
+        welcomes and contents that could not be queued before; top up prekeys."""
         await self.outbox.send_grants()
+        await self.group_client.pay_debts()
         await self.outbox.flush()
         await self.registrar.top_up_prekeys()
 

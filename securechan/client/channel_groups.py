@@ -64,6 +64,14 @@ class GroupMethods:
         the content is sent pairwise only once the stream accepted it."""
         return await self.group_client.send(group, text=text, path=path)
 
+    def group_file(self, group: str, entry: str) -> tuple[str, bytes]:
+        """A file sent to the group, whole: ``entry`` is the id (or a prefix
+        of at least 8 hex digits) of any of its shown chunks (``GroupEntry``
+        with a ``file_name``). Returns (sanitised file name, data), checked
+        against the file's SHA-512. :class:`NotFound` for no such file entry,
+        :class:`UsageError` while parts are missing."""
+        return self.group_client.file(group, entry)
+
     def group_history(
         self, group: str, *, limit: int | None = None, before: str | None = None
     ) -> list[GroupEntry]:

@@ -71,6 +71,13 @@ class GroupRow:
     started: bool = True
     created: int = 0
     opened_by: bytes = b""  # the hash of the change that opened the current epoch
+    joined: bool = False  # the view started from a welcome (not from the creation)
+    # Pairwise sends that could not be queued: (content type, recipient, body).
+    owed: tuple[tuple[int, bytes, bytes], ...] = ()
+    # Relays that may hold the group's streams, tried in order on the first
+    # read (the one whose copy of ``probe_stream`` is not empty wins).
+    probe: tuple[str, ...] = ()
+    probe_stream: bytes = b""
 
     def _sealed(self) -> bytes:
         return _pack(
@@ -83,6 +90,10 @@ class GroupRow:
                 "last": {k.hex(): [s, h.hex()] for k, (s, h) in self.last.items()},
                 "started": self.started,
                 "opened_by": self.opened_by.hex(),
+                "joined": self.joined,
+                "owed": [[t, f.hex(), b.hex()] for t, f, b in self.owed],
+                "probe": list(self.probe),
+                "probe_stream": self.probe_stream.hex(),
             }
         )
 
@@ -209,7 +220,18 @@ class GroupTables:
             last={bytes.fromhex(k): (int(v[0]), bytes.fromhex(v[1])) for k, v in d["last"].items()},
             started=bool(d["started"]),
             opened_by=bytes.fromhex(d["opened_by"]),
+            joined=bool(d.get("joined", False)),
+            owed=tuple(
+                (int(t), bytes.fromhex(f), bytes.fromhex(b)) for t, f, b in d.get("owed", [])
+            ),
+            probe=tuple(d.get("probe", [])),
+            probe_stream=bytes.fromhex(d.get("probe_stream", "")),
         )
+
+    def forget_group(self, group_id: bytes) -> None:
+        """Remove a group that never started (its creation was not posted)."""
+        for table in ("groups", "group_secrets", "group_transcript", "group_deliveries"):
+            self._db.execute(f"DELETE FROM {table} WHERE group_id = ?", (group_id,))  # noqa: S608
 
     # --- epoch secrets ------------------------------------------------------------
 

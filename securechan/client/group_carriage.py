@@ -15,6 +15,7 @@ client/groups.py.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 
 from securechan import wire
@@ -23,6 +24,7 @@ from securechan.client.db_groups import DeliveryRow, GroupRow, TranscriptRow
 from securechan.client.results import Rejected
 from securechan.errors import GroupRejected, MalformedInput
 from securechan.identity.keys import PublicIdentity
+from securechan.protocol.address import ContactCard
 from securechan.protocol.group import ZERO, GroupState, GroupView
 from securechan.protocol.group_stream import (
     GROUP_CHUNK_SIZE,
@@ -38,6 +40,7 @@ __all__ = [
     "decode_content",
     "describe_change",
     "entry_id",
+    "join",
     "local_name",
     "store_pairwise",
     "view_of",
@@ -174,18 +177,40 @@ def store_pairwise(
         row = db.group(state.group_id)
         if row is not None and not (row.left and state.epoch > row.epoch):
             return None  # a member already: the reader takes the secret when it applies it
-        _join(ctx, content, peer, relay, now)
+        join(ctx, content, peer, relay, now)
         return None
     except GroupRejected as e:
         return Rejected(reason=e.code, error=f"group payload from {peer.name}: {e}")
 
 
-def _join(
-    ctx: Context, welcome: GroupWelcome, author: PublicIdentity, relay: str, now: int
-) -> None:
+def join(ctx: Context, welcome: GroupWelcome, author: PublicIdentity, relay: str, now: int) -> None:
     """A welcome to a group we do not hold (or left): become a member. A
     creation's: read stream 0 from its start (the creation is its first
-    record). A later change's: start the view from the welcome."""
+    record). A later change's: start the view from the welcome. Which relay
+    holds the group's streams is found on the first read: the first of the
+    relay the welcome came through and the author's relays whose copy of the
+    change's stream is not empty (:meth:`GroupReader.sync`)."""
+    probe = _candidates(ctx, author, relay)
+    _join(ctx, welcome, author, relay, now, probe)
+
+
+def _candidates(ctx: Context, author: PublicIdentity, relay: str) -> tuple[str, ...]:
+    out: list[str] = [relay]
+    contact = ctx.find_contact(author.fingerprint)
+    if contact is not None and contact.card is not None:
+        with contextlib.suppress(MalformedInput):
+            out.extend(a.relay for a in ContactCard.from_bytes(contact.card).addresses)
+    return tuple(dict.fromkeys(out))
+
+
+def _join(
+    ctx: Context,
+    welcome: GroupWelcome,
+    author: PublicIdentity,
+    relay: str,
+    now: int,
+    probe: tuple[str, ...],
+) -> None:
     change = welcome.change
     state = change.state
     gid = state.group_id
@@ -203,10 +228,14 @@ def _join(
                 started=False,
                 created=now,
                 opened_by=change.hash,
+                probe=probe,
+                probe_stream=welcome.stream_of_change,
             )
         )
         return
-    view = GroupView.join(change, author, welcome.previous, welcome.head_before)
+    marks = getattr(welcome, "last", None)  # the core's GroupSenderMark, where it has it
+    extra = {"last": marks()} if callable(marks) else {}
+    view = GroupView.join(change, author, welcome.previous, welcome.head_before, **extra)
     old = ctx.db.group(gid)
     row = GroupRow(
         group_id=gid,
@@ -219,6 +248,9 @@ def _join(
         created=old.created if old is not None else now,
         own_seq=old.own_seq if old is not None else 0,
         opened_by=change.hash,
+        joined=True,
+        probe=() if old is not None else probe,
+        probe_stream=welcome.stream_of_change,
     )
     ctx.db.put_group(with_view(row, view))
     ctx.db.add_transcript(

@@ -23,9 +23,7 @@ The receive side of groups (issue 17; docs/PROTOCOL.md §20, "The client"):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Protocol, cast
 
 from securechan.client.context import Context
 from securechan.client.db_groups import GroupRow, TranscriptRow
@@ -33,16 +31,19 @@ from securechan.client.group_carriage import (
     decode_content,
     describe_change,
     entry_id,
+    join,
     view_of,
     with_view,
 )
 from securechan.client.group_results import GroupEntry
+from securechan.client.results import Rejected
 from securechan.errors import (
     GroupEquivocation,
     GroupForked,
     GroupRejected,
     MalformedInput,
     Reason,
+    RelayError,
 )
 from securechan.identity.keys import Fingerprint, PublicIdentity
 from securechan.primitives import sha256
@@ -61,26 +62,11 @@ from securechan.protocol.group_stream import (
     open_record,
 )
 from securechan.protocol.payload import FileChunk
+from securechan.transport import StreamItem
 
-__all__ = ["STREAM_PAGE", "GroupReader", "StreamRelay"]
+__all__ = ["STREAM_PAGE", "GroupReader"]
 
 STREAM_PAGE = 200  # stream items fetched at a time (the relay's limit)
-
-
-class StreamItemLike(Protocol):
-    position: int
-    blob: bytes
-    log_index: int
-
-
-class StreamRelay(Protocol):
-    """The relay's group streams (``RelayClient``, docs/RELAY.md)."""
-
-    async def post_stream_item(self, stream_id: bytes, blob: bytes) -> tuple[int, Any]: ...
-
-    async def fetch_stream(
-        self, stream_id: bytes, after: int, limit: int
-    ) -> tuple[Sequence[StreamItemLike], bool]: ...
 
 
 @dataclass(slots=True)
@@ -141,12 +127,40 @@ class GroupReader:
 
     # --- reading ----------------------------------------------------------------------
 
-    async def sync_all(self) -> list[GroupEntry]:
-        """Read every group we are a member of."""
-        out: list[GroupEntry] = []
+    def rejoin(self, row: GroupRow) -> bool:
+        """A group we left (or were removed from) that a later welcome names
+        us in again (it came before we read our removal): join from it."""
+        ctx, me = self._ctx, self._ctx.identity.fingerprint.digest
+        for epoch, _, data in ctx.db.welcomes(row.group_id):
+            welcome = GroupWelcome.from_bytes(data)
+            author = self.identity(welcome.change.author)
+            if epoch <= row.epoch or welcome.change.state.member(me) is None or author is None:
+                continue
+            try:
+                with ctx.db.transaction():
+                    join(ctx, welcome, author, row.relay, ctx.now())
+            except GroupRejected:
+                continue
+            return True
+        return False
+
+    async def sync_all(self) -> list[GroupEntry | Rejected]:
+        """Read every group we are a member of; a relay that cannot be
+        reached for one group is reported and the others are read."""
+        out: list[GroupEntry | Rejected] = []
         for row in self._ctx.db.groups():
-            if not row.left:
+            if row.left and not self.rejoin(row):
+                continue
+            try:
                 out.extend(await self.sync(row.group_id))
+            except RelayError as e:
+                out.append(
+                    Rejected(
+                        reason=Reason.RELAY_ERROR,
+                        error=f"group {row.name}: {e}",
+                        relay=e.relay or row.relay,
+                    )
+                )
         return out
 
     async def sync(self, group_id: bytes) -> list[GroupEntry]:
@@ -157,11 +171,20 @@ class GroupReader:
             row = db.group(group_id)
             if row is None or row.left:
                 return out
+            if row.probe and not await self._find_relay(row):
+                return out  # no candidate relay holds the group's stream (yet)
+            row = db.group(group_id) or row
             keys = self.keys(row)
             if keys is None:
                 return out  # the epoch's welcome has not come yet
-            relay = cast(StreamRelay, await ctx.relay(row.relay))
-            items, more = await relay.fetch_stream(keys.stream_id, row.cursor, STREAM_PAGE)
+            relay = await ctx.relay(row.relay)
+            try:
+                items, more = await relay.fetch_stream(keys.stream_id, row.cursor, STREAM_PAGE)
+            except MalformedInput as e:
+                # The transport refuses a page with a gap, a repeat or a
+                # reordering: the relay shows this member another stream.
+                out.append(self._gap(row, f"the relay's page after position {row.cursor}: {e}"))
+                break
             moved = False
             for item in sorted(items, key=lambda i: i.position):
                 if item.position <= row.cursor:
@@ -177,14 +200,30 @@ class GroupReader:
         out.extend(self._late_content(group_id))
         return out
 
-    def _read(self, row: GroupRow, keys: StreamKeys, item: StreamItemLike) -> _Step:
+    async def _find_relay(self, row: GroupRow) -> bool:
+        """Which relay holds the group's streams (see ``group_carriage.join``)."""
+        for url in row.probe:
+            try:
+                relay = await self._ctx.relay(url)
+                items, _ = await relay.fetch_stream(row.probe_stream, 0, 1)
+            except (RelayError, MalformedInput):
+                continue
+            if items:
+                with self._ctx.db.transaction():
+                    now = self._ctx.db.group(row.group_id)
+                    if now is not None:
+                        self._ctx.db.put_group(replace(now, relay=url, probe=()))
+                return True
+        return False
+
+    def _read(self, row: GroupRow, keys: StreamKeys, item: StreamItem) -> _Step:
         """One stream item, in its own transaction."""
         ctx, db = self._ctx, self._ctx.db
         now = ctx.now()
         entries: list[GroupEntry] = []
         if item.position != row.cursor + 1:
-            gap = (row.cursor + 1, item.position - 1)
-            entries.append(self._gap(row, gap, now))
+            gap = f"positions {row.cursor + 1}..{item.position - 1} were not shown"
+            entries.append(self._gap(row, gap))
         base = TranscriptRow(
             group_id=row.group_id,
             epoch=row.epoch,
@@ -235,17 +274,18 @@ class GroupReader:
         entries.append(self.entry(new, t))
         return _Step(row=new, entries=entries, stop=stop or new.left)
 
-    def _gap(self, row: GroupRow, gap: tuple[int, int], now: int) -> GroupEntry:
+    def _gap(self, row: GroupRow, what: str) -> GroupEntry:
+        now = self._ctx.now()
         summary = (
-            f"stream positions {gap[0]}..{gap[1]} of epoch {row.epoch} were not shown to this "
-            "member: the relay withholds group records (a split view)"
+            f"stream of epoch {row.epoch}: {what}; the relay withholds or reorders group "
+            "records for this member (a split view of the group)"
         )
         self._ctx.audit.rejected(Reason.GROUP_FORKED, f"group {row.name}: {summary}", at=now)
         return GroupEntry(
             group=row.name,
             id="",
             epoch=row.epoch,
-            position=gap[0],
+            position=row.cursor + 1,
             sender="",
             seq=0,
             sent_at=now,
@@ -293,7 +333,12 @@ class GroupReader:
                 raise GroupRejected("a message before the group's creation")
             if sender is None:
                 raise GroupRejected("the sender is not one of this member's contacts")
-            view = view_of(row).accept_record(signed, sender)
+            view = view_of(row)
+            if row.joined and p.sender not in view.last and p.seq > 1:
+                # A joiner never saw this sender's earlier messages: the
+                # first number it sees from it is its start (docs/LIBRARY.md).
+                view = replace(view, last={**view.last, p.sender: (p.seq - 1, b"")})
+            view = view.accept_record(signed, sender)
         except GroupForked as e:
             return replace(t, status="forked", summary=f"{e} (a split view of the group)"), row
         except GroupEquivocation as e:
@@ -301,7 +346,10 @@ class GroupReader:
             return replace(t, status="equivocation", summary=f"{e} (evidence: {ev})"), row
         except GroupRejected as e:
             return replace(t, summary=str(e)), row
-        return self._match(row, t, signed), with_view(row, view)
+        new = with_view(row, view)
+        if p.sender == self._ctx.identity.fingerprint.digest:
+            new = replace(new, own_seq=max(new.own_seq, p.seq))
+        return self._match(row, t, signed), new
 
     def _match(self, row: GroupRow, t: TranscriptRow, signed: SignedGroupPayload) -> TranscriptRow:
         """The applied record with the content this member got pairwise."""
@@ -341,6 +389,13 @@ class GroupReader:
             )
         return replace(t, status="content-pending", summary="content not yet received")
 
+    def all_rows(self, group_id: bytes) -> list[TranscriptRow]:
+        """One group's whole transcript, in the order read."""
+        rows: list[TranscriptRow] = []
+        while page := self._ctx.db.transcript(group_id, after=rows[-1].id if rows else 0):
+            rows.extend(page)
+        return rows
+
     def _late_content(self, group_id: bytes) -> list[GroupEntry]:
         """Deliveries not yet matched: content for a record already read
         (arrived late) is matched now; content for a record of the current
@@ -358,10 +413,10 @@ class GroupReader:
             if not rows and d.sender == me:
                 continue  # our own, not posted (the relay was down): not withheld
             if not rows:
+                # Another signed payload of the sender for this number: the
+                # record read (its equivocation reported when read, or now).
                 rows = [
-                    r
-                    for r in db.transcript(group_id, status="content-pending", limit=100_000)
-                    if r.sender == d.sender and r.seq == d.seq
+                    r for r in self.all_rows(group_id) if r.sender == d.sender and r.seq == d.seq
                 ]
             if rows:
                 t = rows[0]

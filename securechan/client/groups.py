@@ -29,28 +29,36 @@ relay its welcome came through (docs/LIBRARY.md, Groups).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
-from pathlib import Path
-from typing import cast
 
 from securechan.client.context import Context
 from securechan.client.db_groups import DeliveryRow, GroupRow
-from securechan.client.files import sanitize_filename
 from securechan.client.group_carriage import entry_id, local_name, view_of
-from securechan.client.group_results import GroupEntry, GroupInfo, GroupMemberInfo, GroupSent
-from securechan.client.group_sync import GroupReader, StreamRelay
+from securechan.client.group_parts import (
+    file_chunks,
+    group_info,
+    history,
+    post_record,
+    read_file,
+    sender_marks,
+)
+from securechan.client.group_results import GroupEntry, GroupInfo, GroupSent
+from securechan.client.group_sync import GroupReader
+from securechan.client.logview import RelayLogs
 from securechan.client.outbox import Built, Outbox
+from securechan.client.results import Received, Rejected
 from securechan.errors import (
     GroupRejected,
     MalformedInput,
     NotFound,
+    RelayError,
     SecurechanError,
     UsageError,
 )
 from securechan.identity import Contact
 from securechan.identity.keys import Fingerprint
-from securechan.primitives import sha512
 from securechan.protocol.group import (
     ZERO,
     GroupChange,
@@ -61,37 +69,45 @@ from securechan.protocol.group import (
     commit_content,
 )
 from securechan.protocol.group_stream import (
-    GROUP_CHUNK_SIZE,
     KIND_FILE,
     KIND_TEXT,
     GroupDelivery,
     GroupRecord,
     GroupWelcome,
     StreamKeys,
-    seal_record,
 )
 from securechan.protocol.payload import (
-    MAX_FILE_SIZE,
     ContentType,
-    FileChunk,
     TextBody,
     message_text,
 )
 from securechan.protocol.session import Session
 
-__all__ = ["SEND_TRIES", "Groups"]
+__all__ = ["SEND_TRIES", "WELCOME_WAIT", "Groups"]
 
 SEND_TRIES = 3  # a message refused because a change came first is made again
+# Pauses (seconds) between receive passes while a new epoch's welcome is awaited.
+WELCOME_WAIT = (0.25, 0.5, 1.0, 2.0)
 
 
 class Groups:
     """The client's groups, on a context, the outbox and the reader."""
 
-    def __init__(self, ctx: Context, outbox: Outbox, relays: Callable[[], list[str]]) -> None:
+    def __init__(
+        self, ctx: Context, outbox: Outbox, relays: Callable[[], list[str]], logs: RelayLogs
+    ) -> None:
         self._ctx = ctx
         self._outbox = outbox
+        self._logs = logs
         self._relays = relays
         self.reader = GroupReader(ctx)
+        # A receive pass, run when a group's new epoch key has not come yet
+        # (its welcome travels pairwise); what it returned waits here for the
+        # next Channel.receive, so nothing received is lost.
+        self.receive_pass: (
+            Callable[[], Awaitable[list[Received | Rejected | GroupEntry]]] | None
+        ) = None
+        self.stashed: list[Received | Rejected | GroupEntry] = []
 
     # --- what we hold -----------------------------------------------------------
 
@@ -104,29 +120,7 @@ class Groups:
 
     def info(self, row: GroupRow) -> GroupInfo:
         """A stored group as :class:`GroupInfo`."""
-        state = GroupState.from_bytes(row.state)
-        me = self._ctx.identity.fingerprint.digest
-        members = []
-        for m in state.members:
-            contact = self._ctx.find_contact(Fingerprint(m.fingerprint))
-            members.append(
-                GroupMemberInfo(
-                    name=contact.name if contact is not None else None,
-                    fingerprint=m.fingerprint.hex(),
-                    admin=m.admin,
-                    verified=contact.verified if contact is not None else m.fingerprint == me,
-                    you=m.fingerprint == me,
-                )
-            )
-        return GroupInfo(
-            name=row.name,
-            group_id=row.group_id.hex(),
-            epoch=row.epoch,
-            members=tuple(members),
-            head=row.head.hex(),
-            records=self._ctx.db.transcript_count(row.group_id),
-            left=row.left,
-        )
+        return group_info(self._ctx, row)
 
     def all_groups(self) -> list[GroupInfo]:
         """Every group, in the order created."""
@@ -135,24 +129,12 @@ class Groups:
     def history(
         self, group: str, *, limit: int | None = None, before: str | None = None
     ) -> list[GroupEntry]:
-        """The group's transcript, oldest first: before the entry whose id
-        starts with ``before`` (if given), the newest ``limit`` of those."""
-        row = self.row(group)
-        db = self._ctx.db
-        rows, after = [], 0
-        while page := db.transcript(row.group_id, after=after):
-            rows.extend(page)
-            after = page[-1].id
-        entries = [self.reader.entry(row, t) for t in rows]
-        if before is not None:
-            wanted = before.strip().lower()
-            idx = [i for i, e in enumerate(entries) if e.id and e.id.startswith(wanted)]
-            if not idx:
-                raise NotFound(f"no entry {before!r} in group {row.name!r}")
-            entries = entries[: idx[0]]
-        if limit is not None:
-            entries = entries[-limit:] if limit > 0 else []
-        return entries
+        """See :meth:`Channel.group_history`."""
+        return history(self._ctx, self.reader, self.row(group), limit=limit, before=before)
+
+    def file(self, group: str, entry: str) -> tuple[str, bytes]:
+        """See :meth:`Channel.group_file`."""
+        return read_file(self._ctx, self.reader, self.row(group), entry)
 
     # --- changes ------------------------------------------------------------------
 
@@ -199,7 +181,14 @@ class Groups:
                 )
             )
         row = self.row(state.group_id.hex())
-        await self._post(row, keys, GroupRecord(change=change))
+        try:
+            await self._post(row, keys, GroupRecord(change=change))
+        except RelayError:
+            # Not in the stream (or its answer lost: an orphan no one reads):
+            # nothing to keep; the user creates it again.
+            with ctx.db.transaction():
+                ctx.db.forget_group(state.group_id)
+            raise
         await self.reader.sync(state.group_id)
         row = self.row(state.group_id.hex())
         if not row.started or GroupState.from_bytes(row.state).hash != state.hash:
@@ -265,6 +254,7 @@ class Groups:
             head_before=view.head,
             stream_of_change=keys.stream_id,
             previous=old,
+            **sender_marks(view.last),
         )
         with ctx.db.transaction():
             ctx.db.put_welcome(
@@ -274,8 +264,10 @@ class Groups:
         await self.reader.sync(row.group_id)
         after = self.row(row.group_id.hex())
         if after.opened_by != change.hash:
+            mine = ctx.db.transcript(row.group_id, record_hash=change.hash, limit=1)
+            why = mine[0].summary if mine else "another change came first"
             raise GroupRejected(
-                f"the change to group {row.name!r} was refused (another change came first); "
+                f"the change to group {row.name!r} was refused ({why}); "
                 "look at the group and try again"
             )
         await self._welcome(welcome, exclude=me)
@@ -287,25 +279,43 @@ class Groups:
         """Send ``welcome`` pairwise to every member of its state but us."""
         body = welcome.to_bytes()
         targets = [m.fingerprint for m in welcome.change.state.members if m.fingerprint != exclude]
-        return await self._pairwise(targets, ContentType.GROUP_WELCOME, body)
+        gid = welcome.change.state.group_id
+        return await self._pairwise(targets, ContentType.GROUP_WELCOME, body, gid)
 
     async def _pairwise(
-        self, targets: Sequence[bytes], content_type: ContentType, body: bytes
+        self,
+        targets: Sequence[bytes],
+        content_type: ContentType,
+        body: bytes,
+        group_id: bytes | None = None,
     ) -> tuple[list[str], list[str]]:
-        """One pairwise message to each target; (delivered, pending) names."""
-        delivered, pending = [], []
+        """One pairwise message to each target; (delivered, pending) names.
+        One that could not even be queued (no session yet and the peer's
+        relay down) is owed: kept on the group's row and sent again after
+        each receive pass (:meth:`pay_debts`)."""
+        delivered: list[str] = []
+        pending: list[str] = []
+        owed: list[tuple[int, bytes, bytes]] = []
         for fp in targets:
             contact = self._ctx.find_contact(Fingerprint(fp))
             if contact is None:
                 pending.append(f"{fp.hex()} (not a contact)")
                 continue
-            if await self._send_one(contact, content_type, body):
-                delivered.append(contact.name)
-            else:
-                pending.append(contact.name)
+            sent, queued = await self._send_one(contact, content_type, body)
+            (delivered if sent else pending).append(contact.name)
+            if not queued:
+                owed.append((int(content_type), fp, body))
+        if owed and group_id is not None:
+            with self._ctx.db.transaction():
+                row = self._ctx.db.group(group_id)
+                if row is not None:
+                    self._ctx.db.put_group(replace(row, owed=(*row.owed, *owed)))
         return delivered, pending
 
-    async def _send_one(self, contact: Contact, content_type: ContentType, body: bytes) -> bool:
+    async def _send_one(
+        self, contact: Contact, content_type: ContentType, body: bytes
+    ) -> tuple[bool, bool]:
+        """(posted to the relay now, queued in the outbox at least)."""
         now = self._ctx.now
 
         def build(session: Session) -> Built:
@@ -318,8 +328,29 @@ class Groups:
                 contact.name, build, what={"kind": kind, "size": len(body)}
             )
         except SecurechanError:
-            return False  # no session and the relay is down, or rolled back: reported as pending
-        return res.pending == 0
+            # No session and the peer's relay is down, rolled back, or a split
+            # view found after queuing: owed only if nothing was queued.
+            return False, self._outbox.last_ref is not None
+        return res.pending == 0, True
+
+    async def pay_debts(self) -> None:
+        """Send again what could not be queued (see :meth:`_pairwise`)."""
+        for row in self._ctx.db.groups():
+            if not row.owed:
+                continue
+            still: list[tuple[int, bytes, bytes]] = []
+            for ct, fp, body in row.owed:
+                contact = self._ctx.find_contact(Fingerprint(fp))
+                if contact is None:
+                    continue
+                _, queued = await self._send_one(contact, ContentType(ct), body)
+                if not queued:
+                    still.append((ct, fp, body))
+            with self._ctx.db.transaction():
+                now = self._ctx.db.group(row.group_id)
+                if now is not None:
+                    left = [o for o in now.owed if o not in row.owed]
+                    self._ctx.db.put_group(replace(now, owed=(*still, *left)))
 
     # --- messages ------------------------------------------------------------------
 
@@ -331,7 +362,7 @@ class Groups:
         if text is not None:
             contents = [(KIND_TEXT, TextBody(text=message_text(text)).to_bytes())]
         else:
-            contents = [(KIND_FILE, c) for c in _file_chunks(str(path), self._ctx.random(16))]
+            contents = [(KIND_FILE, c) for c in file_chunks(str(path), self._ctx.random(16))]
         sent: GroupSent | None = None
         delivered: set[str] = set()
         pending: set[str] = set()
@@ -353,7 +384,10 @@ class Groups:
             view = view_of(row)
             if view.state.member(me) is None:
                 raise UsageError(f"you are not a member of group {row.name!r}")
-            seq = view.last.get(me, (0, b""))[0] + 1
+            # Our next number: after our last accepted one. A member added
+            # back whose welcome had no marks for it (its view does not hold
+            # its own last number) continues from what it stored.
+            seq = (view.last[me][0] if me in view.last else row.own_seq) + 1
             payload = GroupPayload(
                 group_id=row.group_id,
                 state_hash=view.state.hash,
@@ -379,7 +413,6 @@ class Groups:
                         message="",
                     )
                 )
-                db.put_group(replace(row, own_seq=max(row.own_seq, seq)))
             keys = self._keys(row)
             position, log_index = await self._post(row, keys, GroupRecord(message=signed))
             await self.reader.sync(row.group_id)
@@ -387,7 +420,7 @@ class Groups:
             if mine and mine[0].status == "shown":
                 targets = [m.fingerprint for m in view.state.members if m.fingerprint != me]
                 got, wait = await self._pairwise(
-                    targets, ContentType.GROUP_MESSAGE, delivery.to_bytes()
+                    targets, ContentType.GROUP_MESSAGE, delivery.to_bytes(), row.group_id
                 )
                 return GroupSent(
                     group=row.name,
@@ -408,11 +441,27 @@ class Groups:
 
     # --- the stream ------------------------------------------------------------------
 
+    def take_stashed(self) -> list[Received | Rejected | GroupEntry]:
+        """What receive passes run by group operations returned (see above)."""
+        out, self.stashed = self.stashed, []
+        return out
+
     async def _current(self, group: str) -> GroupRow:
         """The group, synced; UsageError if we cannot act in it now."""
         row = self.row(group)
         await self.reader.sync(row.group_id)
         row = self.row(row.group_id.hex())
+        for pause in WELCOME_WAIT:
+            waiting = not row.started or self.reader.keys(row) is None
+            if row.left or not waiting or self.receive_pass is None:
+                break
+            # A change was applied whose welcome has not been read: read the
+            # pairwise inbox (and the streams); its author sends the welcome
+            # right after it saw the change applied, so wait a little.
+            self.stashed.extend(await self.receive_pass())
+            row = self.row(row.group_id.hex())
+            if not row.started or self.reader.keys(row) is None:
+                await asyncio.sleep(pause)
         if row.left:
             raise UsageError(f"you are no longer a member of group {row.name!r}")
         if not row.started or self.reader.keys(row) is None:
@@ -430,35 +479,4 @@ class Groups:
         return keys
 
     async def _post(self, row: GroupRow, keys: StreamKeys, record: GroupRecord) -> tuple[int, int]:
-        """Post a sealed record to the epoch's stream: (position, log index)."""
-        relay = cast(StreamRelay, await self._ctx.relay(row.relay))
-        position, receipt = await relay.post_stream_item(keys.stream_id, seal_record(keys, record))
-        index = getattr(receipt, "leaf_index", -1)
-        return int(position), int(index) if isinstance(index, int) else -1
-
-
-def _file_chunks(path: str, file_id: bytes) -> list[bytes]:
-    """A file as group message contents: FileChunk encodings of
-    GROUP_CHUNK_SIZE bytes (the last one shorter)."""
-    p = Path(path)
-    try:
-        data = p.read_bytes()
-    except OSError as e:
-        raise UsageError(f"cannot read {path}: {e.strerror}") from None
-    if len(data) > MAX_FILE_SIZE:
-        raise UsageError(f"{path} is larger than {MAX_FILE_SIZE} bytes")
-    name = sanitize_filename(p.name)
-    digest = sha512(data)
-    count = max(1, -(-len(data) // GROUP_CHUNK_SIZE))
-    return [
-        FileChunk(
-            file_id=file_id,
-            name=name,
-            size=len(data),
-            sha512=digest,
-            index=i,
-            count=count,
-            data=data[i * GROUP_CHUNK_SIZE : (i + 1) * GROUP_CHUNK_SIZE],
-        ).to_bytes()
-        for i in range(count)
-    ]
+        return await post_record(self._ctx, self._logs, row, keys, record)

@@ -90,7 +90,7 @@ class Inbox:
         *,
         flush: Callable[[], Awaitable[object]],
         after: Callable[[], Awaitable[None]],
-        groups: Callable[[], Awaitable[list[GroupEntry]]] | None = None,
+        groups: Callable[[], Awaitable[list[GroupEntry | Rejected]]] | None = None,
     ) -> None:
         self._ctx = ctx
         self._db = ctx.db

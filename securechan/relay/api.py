@@ -15,7 +15,8 @@ A JSON type is a frozen dataclass whose fields say their JSON spelling
 (:func:`jfield`): ``int`` (0 to 2**63-1), ``bool``, ``str``, ``id`` (16 bytes,
 base64url), ``key`` (32 bytes, base64url), ``blob`` (bytes, base64url),
 ``blobs`` (a list of them), ``receipt`` (:class:`~securechan.audit.receipt.Receipt`),
-``hashes`` (proof hashes, padded base64) or ``messages``. One definition gives
+``hashes`` (proof hashes, padded base64), ``messages`` or ``items`` (a
+group stream's, :mod:`securechan.relay.api_streams`). One definition gives
 both directions (:func:`to_json`, :func:`from_json`) and the schema.
 
 This module imports no HTTP library: it is plain data.

@@ -1,8 +1,9 @@
 """The relay's storage interface: what every backend must do.
 
 The relay keeps only what store-and-forward needs: queues (random ids and
-public capability keys), opaque envelopes, opaque sealed prekey blobs and the
-nonces of recent signed requests. It never stores a name, a fingerprint or a
+public capability keys), opaque envelopes, opaque sealed prekey blobs, the
+nonces of recent signed requests, and group streams (opaque blobs numbered
+per 32-byte stream id, with their log leaf's index). It never stores a name, a fingerprint or a
 plaintext; the envelopes and prekey blobs are ciphertexts it cannot open.
 
 Durability contract: when :meth:`RelayStorage.put_envelope` returns, the
@@ -89,10 +90,11 @@ class Quota:
 
 
 class StreamFull(LimitReached):
-    """The group stream holds its maximum number of items (docs/RELAY.md,
-    "Group streams"): it takes no more, ever (items are never deleted)."""
+    """The group stream holds its maximum number of items, for good.
 
-    code = Reason.LIMIT_REACHED
+    Items are never deleted (docs/RELAY.md, "Group streams")."""
+
+    code = Reason.STREAM_FULL
 
 
 class StorageClosed(StorageError):
@@ -189,7 +191,8 @@ class StreamPut:
 
 
 class RelayStorage(Protocol):
-    """Async storage used by the relay. All ids are 16 bytes, keys 32 bytes."""
+    """Async storage used by the relay. All ids are 16 bytes, keys and
+    stream ids 32 bytes."""
 
     async def create_queue(self, queue: QueueRecord) -> None:
         """Store a new queue; raise ``ValueError`` if rid or sid exists."""
