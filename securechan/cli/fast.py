@@ -264,6 +264,8 @@ def _serve(client: Any, parsed: Parsed) -> int:
             _print([(render.json_text(item), False)] if parsed.as_json else render.received(item))
             split = split or item.get("rejected") == "split-view"
             rolled_back = rolled_back or item.get("rejected") == "peer-rolled-back"
+        for saved in answer.get("group_files") or ():
+            _say(f"securechan: note: group file saved as {inline(str(saved))}", True)
         for url in answer["left_waiting"]:
             note = f"more messages wait at {inline(url)}: run 'securechan receive' again"
             _say(f"securechan: note: {note}", True)

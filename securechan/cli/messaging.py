@@ -273,27 +273,24 @@ def _echo(lines: list[tuple[str, bool]]) -> None:
         click.echo(line, err=to_stderr)
 
 
-def _show_group(item: Any, as_json: bool, download: Path) -> None:
+def _show_group(item: Any, as_json: bool, saved: str | None) -> None:
     """A group record this receive applied (GroupEntry): ``[group NAME]
-    sender: text``, or a loud line for an equivocation, a fork or
-    withheld records. A shown file's content, when the client hands it
-    over (``file_data``), is saved into ``download`` as a pairwise file is."""
-    saved = None
-    content = getattr(item, "file_data", None)
-    if content is not None and item.status == "shown":
-        saved = str(_save_download(download, item.file_name or "file", content))
+    sender: text``, or a loud line for an equivocation, a fork or withheld
+    records. ``saved``: where the file this record completed was saved."""
     if as_json:
         _emit_json(item.to_json())
+        if saved is not None:
+            click.echo(f"securechan: note: group file saved as {inline(saved)}", err=True)
     else:
         _echo(render.group_entry(item.to_json(), saved=saved))
 
 
-def _show(item: Any, as_json: bool, download: Path) -> None:
+def _show(item: Any, as_json: bool, download: Path, saved: str | None = None) -> None:
     from securechan.client.group_results import GroupEntry
     from securechan.client.results import Rejected
 
     if isinstance(item, GroupEntry):
-        _show_group(item, as_json, download)
+        _show_group(item, as_json, saved)
         return
     if isinstance(item, Rejected):
         data = item.to_json()
@@ -372,8 +369,11 @@ def receive(
             del bars[name]
 
     relays_down: set[str] = set()  # each relay that failed, reported once
+    from securechan.cli.group import GroupFileSaver
 
-    def show(item: Any) -> None:
+    group_files = GroupFileSaver(download)
+
+    def show(item: Any, ch: Any) -> None:
         for bar in bars.values():
             bar.close()
         relay = getattr(item, "relay", None)
@@ -382,7 +382,7 @@ def receive(
                 relays_down.add(relay)
                 _show_relay_failure(item, as_json)
             return
-        _show(item, as_json, download)
+        _show(item, as_json, download, group_files.save(ch, item))
         if getattr(item, "status", None) in render.GROUP_ALARMS:
             split.append(item.summary)
         if getattr(item, "reason", None) == Reason.SPLIT_VIEW:
@@ -397,7 +397,7 @@ def receive(
                 for bar in bars.values():
                     bar.close()
                 for item in items:
-                    show(item)
+                    show(item, ch)
                 for url in ch.left_waiting:
                     click.echo(
                         f"securechan: note: more messages wait at {inline(url)}: "
@@ -409,7 +409,7 @@ def receive(
             if timeout is not None:
                 asyncio.get_running_loop().call_later(timeout, stop.set)
             async for item in ch.follow(stop=stop, progress=progress):
-                show(item)
+                show(item, ch)
 
     _run(go())
     if split:
