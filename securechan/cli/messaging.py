@@ -295,10 +295,10 @@ def _show(item: Any, as_json: bool, download: Path, saved: str | None = None) ->
     if isinstance(item, Rejected):
         data = item.to_json()
     else:
-        saved = None
+        path = None
         if item.file_data is not None:
-            saved = _save_download(download, item.file_name or "file", item.file_data)
-        data = item.to_json(file=str(saved) if saved else None)
+            path = _save_download(download, item.file_name or "file", item.file_data)
+        data = item.to_json(file=str(path) if path else None)
     if as_json:
         _emit_json(data)
     else:
