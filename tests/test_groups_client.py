@@ -577,3 +577,43 @@ def test_a_welcome_that_could_not_be_queued_is_sent_later(pristine: Path, tmp_pa
     (tmp_path / "two").mkdir()
     with running_relay(tmp_path / "one") as one, running_relay(tmp_path / "two") as two:
         run(go(one, two))
+
+
+def test_a_group_message_whose_post_answer_was_lost(pristine: Path, tmp_path: Path) -> None:
+    """The relay stores alpha's record but its answers are lost: the send
+    fails, yet the record is in the stream, so its content is owed to the
+    members and goes out after alpha's next receive shows the record."""
+    m = copy_members(pristine, tmp_path, NAMES[:2])
+    lose = [0]
+
+    def lost(x: Exchange, status: int, body: bytes) -> tuple[int, bytes]:
+        if x.method == "POST" and "/v1/streams/" in x.path and lose[0] > 0:
+            lose[0] -= 1
+            return 502, b'{"error": "bad gateway"}'
+        return status, body
+
+    async def go(url: str, proxy: MaliciousRelay) -> None:
+        chs = {n: p.channel() for n, p in m.items()}
+        try:
+            await mesh(chs, url, {"alpha": proxy.url})
+            a = chs["alpha"]
+            await a.group_create("talks", ["bravo"])
+            await pump(chs)
+            proxy.on_response("other", lost)
+            lose[0] = 10
+            with pytest.raises(RelayError):
+                await a.send_group("talks", text="did it go?")
+            assert lose[0] < 10 and a.group_client.row("talks").owed
+            lose[0] = 0
+            got = await pump(chs, rounds=3)
+            assert [e.text for e in entries(got["bravo"]) if e.status == "shown"] == ["did it go?"]
+            assert not a.group_client.row("talks").owed
+        finally:
+            for ch in chs.values():
+                await ch.close()
+
+    with (
+        running_relay(tmp_path) as relay,
+        MaliciousRelay(relay.url, relay.data, tmp_path / "proxy") as proxy,
+    ):
+        run(go(relay.url, proxy))

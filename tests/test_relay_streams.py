@@ -493,3 +493,22 @@ def test_sigkill_mid_burst_loses_no_acknowledged_item(tmp_path: Path) -> None:
         relay.assert_no_traceback()
     finally:
         relay.close()
+
+
+def test_a_full_store_refuses_posts_before_the_log_grows(tmp_path: Path) -> None:
+    """With the relay's storage over its limit, a post is 507 and adds no
+    leaf to the log (the log is not filled with hashes of refused blobs)."""
+    config = "[limits]\nstorage_max_bytes = 200000\nstorage_reserve_bytes = 0\n"
+
+    async def go(url: str) -> None:
+        async with RelayClient(url, retry=ONCE) as c:
+            key = await _log_key(c)
+            before = open_checkpoint(await c.log_checkpoint(), key).size
+            path = f"{url}/v1/streams/{_b64(random_bytes(32))}"
+            async with aiohttp.ClientSession() as http, http.post(path, data=b"x") as r:
+                assert _error(r.status, await r.read()) == (507, "insufficient_storage")
+                assert r.headers["Retry-After"] == "60"
+            assert open_checkpoint(await c.log_checkpoint(), key).size == before
+
+    with running_relay(tmp_path, config=config) as relay:
+        asyncio.run(asyncio.wait_for(go(relay.url), 60))

@@ -405,13 +405,13 @@ class Channel(GroupMethods):
     ) -> AsyncIterator[Received | Rejected | GroupEntry]:
         """Receive continuously: WebSocket push per queue, with polling as the
         fall-back (and every ``poll`` seconds anyway); ``progress`` as for
-        :meth:`receive`."""
+        :meth:`receive`; what receive passes run by group operations kept
+        comes with the next item."""
         self.inbox.progress = progress
-        return self.inbox.follow(poll=poll, stop=stop)
+        return self._with_stashed(self.inbox.follow(poll=poll, stop=stop))
 
     async def _after_receive(self) -> None:
-        """Grant our private queue to peers who granted theirs; send group
-        welcomes and contents that could not be queued before; top up prekeys."""
+        """Grant our queue to peers who granted theirs; owed group sends; prekeys."""
         await self.outbox.send_grants()
         await self.group_client.pay_debts()
         await self.outbox.flush()

@@ -8,10 +8,11 @@ clash gets " (2)"); a group id in hex works wherever a name does.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 from securechan.client.group_results import GroupEntry, GroupInfo, GroupSent
 from securechan.client.groups import Groups
+from securechan.client.results import Received, Rejected
 
 __all__ = ["GroupMethods"]
 
@@ -80,3 +81,11 @@ class GroupMethods:
         ``before`` (an entry id or prefix) only older ones, the newest
         ``limit`` of them."""
         return self.group_client.history(group, limit=limit, before=before)
+
+    async def _with_stashed(
+        self, items: AsyncIterator[Received | Rejected | GroupEntry]
+    ) -> AsyncIterator[Received | Rejected | GroupEntry]:
+        async for item in items:
+            for kept in self.group_client.take_stashed():
+                yield kept
+            yield item

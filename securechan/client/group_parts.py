@@ -8,7 +8,8 @@ marks a welcome carries (:func:`sender_marks`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from securechan.protocol.group_stream import (
     StreamKeys,
     seal_record,
 )
-from securechan.protocol.payload import MAX_FILE_SIZE, FileChunk
+from securechan.protocol.payload import MAX_FILE_SIZE, ContentType, FileChunk
 
 __all__ = [
     "chunk_of",
@@ -180,3 +181,27 @@ async def post_record(
         ctx.audit.rejected(reason_of(e), f"group stream receipt from {row.relay}: {e}")
         raise
     return position, receipt.leaf_index
+
+
+def debt_due(ctx: Context, group_id: bytes, content_type: int, body: bytes) -> bool | None:
+    """Whether an owed pairwise send is due now (True), never (False: its
+    record was refused), or not yet (None: its record not read yet). A
+    welcome is always due; a group message only once its record is shown."""
+    if content_type != int(ContentType.GROUP_MESSAGE):
+        return True
+    signed = GroupDelivery.from_bytes(body).signed
+    rows = ctx.db.transcript(group_id, record_hash=signed.hash, limit=1)
+    if not rows:
+        return None
+    return rows[0].status == "shown"
+
+
+def owe(
+    ctx: Context, group_id: bytes, content_type: int, targets: Sequence[bytes], body: bytes
+) -> None:
+    """Keep pairwise sends on the group's row, for ``Groups.pay_debts``."""
+    with ctx.db.transaction():
+        row = ctx.db.group(group_id)
+        if row is not None:
+            owed = tuple((int(content_type), f, body) for f in targets)
+            ctx.db.put_group(replace(row, owed=(*row.owed, *owed)))

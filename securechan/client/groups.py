@@ -37,9 +37,11 @@ from securechan.client.context import Context
 from securechan.client.db_groups import DeliveryRow, GroupRow
 from securechan.client.group_carriage import entry_id, local_name, view_of
 from securechan.client.group_parts import (
+    debt_due,
     file_chunks,
     group_info,
     history,
+    owe,
     post_record,
     read_file,
     sender_marks,
@@ -306,10 +308,7 @@ class Groups:
             if not queued:
                 owed.append((int(content_type), fp, body))
         if owed and group_id is not None:
-            with self._ctx.db.transaction():
-                row = self._ctx.db.group(group_id)
-                if row is not None:
-                    self._ctx.db.put_group(replace(row, owed=(*row.owed, *owed)))
+            owe(self._ctx, group_id, content_type, [f for _, f, _ in owed], body)
         return delivered, pending
 
     async def _send_one(
@@ -343,7 +342,10 @@ class Groups:
                 contact = self._ctx.find_contact(Fingerprint(fp))
                 if contact is None:
                     continue
-                _, queued = await self._send_one(contact, ContentType(ct), body)
+                due = debt_due(self._ctx, row.group_id, ct, body)
+                queued = due is False or (
+                    due is True and (await self._send_one(contact, ContentType(ct), body))[1]
+                )
                 if not queued:
                     still.append((ct, fp, body))
             with self._ctx.db.transaction():
@@ -414,7 +416,14 @@ class Groups:
                     )
                 )
             keys = self._keys(row)
-            position, log_index = await self._post(row, keys, GroupRecord(message=signed))
+            try:
+                position, log_index = await self._post(row, keys, GroupRecord(message=signed))
+            except RelayError:
+                # The record may be in the stream (an answer lost): its content
+                # is owed to the others, sent once a read shows it (pay_debts).
+                others = [m.fingerprint for m in view.state.members if m.fingerprint != me]
+                owe(ctx, row.group_id, ContentType.GROUP_MESSAGE, others, delivery.to_bytes())
+                raise
             await self.reader.sync(row.group_id)
             mine = db.transcript(row.group_id, record_hash=signed.hash, limit=1)
             if mine and mine[0].status == "shown":

@@ -76,6 +76,10 @@ class StreamService:
             if receipt is None:  # held items were logged before they were stored
                 raise ApiError("storage", "the relay cannot answer right now", retry_after=5)
             return api.StreamPostReply(position=held.position, receipt=receipt)
+        # A full store refuses before the log grows (the storage checks again).
+        if {"disk_reserve", "storage_limit"} & set(svc.not_ready()):
+            svc.metrics.rejected.labels("storage_quota").inc()
+            raise ApiError("insufficient_storage", "the relay's storage is full", retry_after=60)
         # Logged first (see the module docstring), the leaf's index stored with it.
         receipt = await tlog.append(body)
         put = await self._put(stream_id, body, receipt.leaf_index, now)
