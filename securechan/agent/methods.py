@@ -231,6 +231,12 @@ async def _receive(state: AgentState, params: dict[str, Any]) -> Any:
         items = [*state.pending, *fresh]
         state.pending.clear()
         state.drained.set()
+        group_files: list[str] = []
+        if folder is not None:  # group files made whole by these items (docs/CLI.md, Groups)
+            from securechan.cli.group import GroupFileSaver
+
+            saver = GroupFileSaver(folder)
+            group_files = [p for p in (saver.save(ch, i) for i in items) if p is not None]
     out = []
     for item in items:
         if not isinstance(item, Received):  # a refusal, or a group record (GroupEntry)
@@ -242,7 +248,7 @@ async def _receive(state: AgentState, params: dict[str, Any]) -> Any:
                 save_download, folder, item.file_name or "file", item.file_data
             )
         out.append(item.to_json(file=str(saved) if saved else None))
-    return {"items": out, "left_waiting": left_waiting}
+    return {"items": out, "left_waiting": left_waiting, "group_files": group_files}
 
 
 async def _history(state: AgentState, params: dict[str, Any]) -> Any:

@@ -15,7 +15,6 @@ from securechan.cli.core import (
     _channel,
     _columns,
     _emit_json,
-    _Group,
     _json_option,
     _run,
     pass_app,
@@ -23,18 +22,13 @@ from securechan.cli.core import (
 from securechan.errors import MalformedInput
 from securechan.terminal_text import block, inline
 
-__all__ = ["group", "group_export", "group_statement", "verify_transcript"]
+__all__ = ["group_export", "group_statement", "verify_transcript"]
 
 # A bundle is one wire record: its items list is at most 64 MiB.
 _MAX_BUNDLE = 65 * 1024 * 1024
 
 
-@click.group(cls=_Group)
-def group() -> None:
-    """Talk in groups of up to 20 members with one common transcript."""
-
-
-@group.command(name="export")
+@click.command(name="export")
 @click.argument("name")
 @click.option(
     "-o",
@@ -77,7 +71,7 @@ def group_export(
     )
 
 
-@group.command(name="statement")
+@click.command(name="statement")
 @click.argument("message_id")
 @click.option(
     "-o",
