@@ -25,9 +25,8 @@ from securechan.audit.group_transcript import (
     TranscriptEpoch,
     TranscriptItem,
     TranscriptJoin,
-    VerifiedTranscript,
-    verify_transcript,
 )
+from securechan.audit.group_transcript_verify import VerifiedTranscript, verify_transcript
 from securechan.audit.merkle import MemoryTree
 from securechan.audit.note import SIG_ED25519, VerifierKey
 from securechan.audit.receipt import envelope_leaf_hash

@@ -118,7 +118,7 @@ def verify_transcript(file: Any, relay_key: str, as_json: bool) -> None:
     proves. Exit 0 if everything it claims holds, 1 if a check failed, 2 for
     a malformed file, 4 if the checkpoint is not signed by KEY."""
     from securechan.audit.group_transcript import GroupTranscript
-    from securechan.audit.group_transcript import verify_transcript as verify
+    from securechan.audit.group_transcript_verify import verify_transcript as verify
     from securechan.audit.note import VerifierKey
 
     key = VerifierKey.from_text(relay_key.strip())

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from securechan.timestamps import iso_utc
 
 if TYPE_CHECKING:
-    from securechan.audit.group_transcript import TranscriptEntry, VerifiedTranscript
+    from securechan.audit.group_transcript_verify import TranscriptEntry, VerifiedTranscript
 
 __all__ = ["TranscriptVerified", "content_summary"]
 

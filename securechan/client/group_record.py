@@ -35,9 +35,8 @@ from securechan.audit.group_transcript import (
     GroupTranscript,
     TranscriptItem,
     TranscriptJoin,
-    VerifiedTranscript,
-    verify_transcript,
 )
+from securechan.audit.group_transcript_verify import VerifiedTranscript, verify_transcript
 from securechan.client.context import Context
 from securechan.client.db_groups import GroupRow, TranscriptRow
 from securechan.client.groups import Groups
