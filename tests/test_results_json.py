@@ -129,7 +129,7 @@ def _samples() -> list[Any]:
             identity="tehran",
             fingerprint="ab" * 32,
         ),
-        c.StatementExported(
+        r.StatementExported(
             file="s.txt", message_id="00" * 8, log=True, witnessed=False, delivery_receipt=False
         ),
         c.StatementVerified(

@@ -258,29 +258,13 @@ async def _history(state: AgentState, params: dict[str, Any]) -> Any:
 
 
 async def _statement_export(state: AgentState, params: dict[str, Any]) -> Any:
-    from securechan.audit.statement import message_id
-    from securechan.cli.results import StatementExported
-    from securechan.client.policy import witnessed_statement
+    from securechan.client.policy import export_statement
 
     p = _params(params, message_id=(str, True), output=(str, True))
     output = _absolute(p["output"], "output")
     async with state.channel_lock:
-        st, witnessed = await witnessed_statement(_channel(state), p["message_id"])
-    text = st.to_text()
-    try:
-        with open(output, "x", encoding="ascii", newline="\n") as f:
-            f.write(text)
-    except FileExistsError:
-        raise UsageError(f"{output} exists; choose another name") from None
-    except OSError as e:
-        raise StorageError(f"cannot write {output}: {e.strerror}") from None
-    return StatementExported(
-        file=str(output),
-        message_id=message_id(st.signed),
-        log=st.placement is not None,
-        witnessed=witnessed,
-        delivery_receipt=st.receipt is not None,
-    ).to_json()
+        result = await export_statement(_channel(state), p["message_id"], output)
+    return result.to_json()
 
 
 METHODS: dict[str, Handler] = {

@@ -3,7 +3,7 @@
 The client's own results (a received message, a refused envelope, a send,
 a history row, the status) are in :mod:`securechan.client.results`; these are
 the rest: identities, contacts, document signatures, the audit log,
-statements, witnesses, policies, the demo. Each is built from the library's
+statement verification, witnesses, policies, the demo. Each is built from the library's
 objects (``of``) and has ``to_json()``, the one place its JSON is made, with
 the fields listed in ``JSON_FIELDS`` (those in ``JSON_OPTIONAL`` only when
 they apply), as docs/CLI.md, "JSON output", documents them; a test holds the
@@ -39,7 +39,6 @@ __all__ = [
     "LogVerified",
     "PolicyInfo",
     "Registered",
-    "StatementExported",
     "StatementVerified",
     "WitnessKeyInfo",
 ]
@@ -264,35 +263,6 @@ class LogVerified:
             "head_checkpoint": self.head_checkpoint,
             "identity": self.identity,
             "fingerprint": self.fingerprint,
-        }
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StatementExported:
-    """``statement export``: the file written and what it can prove."""
-
-    file: str
-    message_id: str
-    log: bool
-    witnessed: bool
-    delivery_receipt: bool
-
-    JSON_FIELDS: ClassVar[tuple[str, ...]] = (
-        "file",
-        "message_id",
-        "log",
-        "witnessed",
-        "delivery_receipt",
-    )
-    JSON_OPTIONAL: ClassVar[frozenset[str]] = _NONE
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "file": self.file,
-            "message_id": self.message_id,
-            "log": self.log,
-            "witnessed": self.witnessed,
-            "delivery_receipt": self.delivery_receipt,
         }
 
 

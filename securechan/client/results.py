@@ -29,6 +29,7 @@ __all__ = [
     "Received",
     "Rejected",
     "SendResult",
+    "StatementExported",
     "Status",
 ]
 
@@ -328,4 +329,34 @@ class Cancelled:
             "posted": self.posted,
             "in_flight": self.in_flight,
             "retired": self.retired,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatementExported:
+    """``statement export`` (:func:`securechan.client.policy.export_statement`):
+    the file written and what it can prove."""
+
+    file: str
+    message_id: str
+    log: bool
+    witnessed: bool
+    delivery_receipt: bool
+
+    JSON_FIELDS: ClassVar[tuple[str, ...]] = (
+        "file",
+        "message_id",
+        "log",
+        "witnessed",
+        "delivery_receipt",
+    )
+    JSON_OPTIONAL: ClassVar[frozenset[str]] = frozenset()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "message_id": self.message_id,
+            "log": self.log,
+            "witnessed": self.witnessed,
+            "delivery_receipt": self.delivery_receipt,
         }
