@@ -186,6 +186,7 @@ CLIENT_RANKS = {
     "context": 2,
     "files": 2,
     "downloads": 3,
+    "unshown": 3,  # the shown cursor: rebuilds received items from the store
     "logview": 2,
     "state": 3,
     "policy": 3,

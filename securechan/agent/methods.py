@@ -44,6 +44,9 @@ class AgentState:
     version: str
     channel_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     pending: list[Received | Rejected] = field(default_factory=list)
+    # Whether `pending` got what an earlier agent received and no `receive`
+    # call took (client/unshown.py): done once, before this agent's first pass.
+    restored: bool = False
     drained: asyncio.Event = field(default_factory=asyncio.Event)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     started: float = 0.0
@@ -186,6 +189,20 @@ def _channel(state: AgentState) -> Channel:
     return state.keys.get()
 
 
+def restore(state: AgentState, ch: Channel) -> None:
+    """Put first in ``pending`` what is stored after the shown cursor: what
+    an earlier agent received and no ``receive`` call took (it crashed or
+    stopped). Once per agent process, under the channel lock, before its
+    first receive pass (after it, everything after the cursor is in
+    ``pending`` already)."""
+    if state.restored:
+        return
+    from securechan.client.unshown import start_cursor, unshown
+
+    state.pending[:0] = unshown(ch.db, ch.keystore.contacts.find, start_cursor(ch.db))
+    state.restored = True
+
+
 async def _send(state: AgentState, params: dict[str, Any]) -> Any:
     p = _params(params, contact=(str, True), text=(str, False), file=(str, False))
     if (p["text"] is None) == (p["file"] is None):
@@ -220,14 +237,19 @@ async def _receive(state: AgentState, params: dict[str, Any]) -> Any:
     ``file`` is null and they are dropped, so pass it when you expect files)."""
     from securechan.client.downloads import save_download
     from securechan.client.results import Rejected
+    from securechan.client.unshown import mark_shown
 
     p = _params(params, download=(str, False))
     folder = _absolute(p["download"], "download") if p["download"] is not None else None
     async with state.channel_lock:
         ch = _channel(state)
+        restore(state, ch)
         fresh = await ch.receive()
         left_waiting = list(ch.left_waiting)
         items = [*state.pending, *fresh]
+        # Everything stored so far is in `items`: the cursor moves past it
+        # (on disk) as `pending` is emptied (in memory).
+        mark_shown(ch.db)
         state.pending.clear()
         state.drained.set()
     out = []
