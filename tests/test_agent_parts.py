@@ -22,8 +22,17 @@ from typing import Any
 
 import pytest
 
-from securechan.client.agent_client import AgentClient
+from securechan.client.agent_client import AgentClient, AsyncAgentClient
 from securechan.client.agent_paths import socket_path
+from securechan.client.policy import export_statement
+from securechan.client.results import (
+    AgentStatus,
+    Received,
+    SendResult,
+    StatementExported,
+    Status,
+)
+from securechan.protocol.payload import ContentType
 from tests.adversary.parties import Party, introduce, make_people, transcript
 from tests.adversary.relay import RelayProcess, running_relay
 from tests.adversary.world import PASSPHRASES
@@ -172,3 +181,79 @@ def test_a_home_used_before_any_agent_shows_nothing_old(pair: tuple[Party, Party
     assert _texts(_items(t.run("receive", "--json"))) == ["received in-process"]
     t.ok("agent", "start")
     assert _items(t.run("receive", "--json")) == []
+
+
+# --- the library's AgentClient returns Channel's result types --------------------------
+
+
+def test_agent_client_returns_the_result_types_of_channel(
+    pair: tuple[Party, Party], tmp_path: Path
+) -> None:
+    """Each typed method of AgentClient and AsyncAgentClient returns the
+    type Channel (or the client function the CLI calls) returns for the
+    same call, with the same values where the JSON carries them."""
+    t, w = pair
+
+    async def in_process() -> tuple[Any, Any, Any, Any, Any]:
+        async with w.channel() as wc:
+            sent = await wc.send_text("tehran", "in-process")
+        async with t.channel() as tc:
+            got = [x for x in await tc.receive() if getattr(x, "text", None)]
+            rows = tc.history("washington")
+            status = tc.status()
+            exported = await export_statement(tc, rows[-1][5], tmp_path / "in-process.txt")
+        return sent, got, rows, status, exported
+
+    sent_ch, got_ch, rows_ch, status_ch, exported_ch = asyncio.run(in_process())
+    t.ok("agent", "start")
+    with AgentClient(t.home) as agent:
+        sent = agent.send_text("washington", "through the agent")
+        assert type(sent) is type(sent_ch) is SendResult
+        assert sent.contact == "washington" and sent.pending == 0 and len(sent.seqs) == 1
+        w_sent = asyncio.run(_send(w, "tehran", "for the agent"))
+        _wait_for(lambda: _pending(t.home) >= 1)
+        got = agent.receive()
+        assert [type(x) for x in got] == [type(x) for x in got_ch] == [Received]
+        mine = got[0]
+        assert isinstance(mine, Received)
+        assert (mine.text, mine.contact, mine.seq, mine.verified) == (
+            "for the agent",
+            "washington",
+            w_sent.seqs[0],
+            True,
+        )
+        assert mine.content_type is ContentType.TEXT and isinstance(mine.sent_at, int)
+        rows = agent.history("washington")
+        assert type(rows) is type(rows_ch) and {type(r) for r in rows} == {tuple}
+        assert rows[: len(rows_ch)] == rows_ch  # the same rows, the same values
+        status = agent.status()
+        assert type(status) is AgentStatus and type(status.channel) is Status
+        assert status.channel == Status.from_mapping(status_ch)
+        exported = agent.statement_export(rows[-1][5], tmp_path / "agent.txt")
+        assert type(exported) is type(exported_ch) is StatementExported
+        assert exported.file == str(tmp_path / "agent.txt")
+
+    async def the_async_twin() -> None:
+        async with await AsyncAgentClient.connect(t.home) as agent:
+            sent = await agent.send_text("washington", "async")
+            assert type(sent) is SendResult
+            assert await agent.receive() == []
+            assert await agent.history("washington") == [*rows, *(await agent.history())[-1:]]
+            assert type(await agent.status()) is AgentStatus
+            out = tmp_path / "async.txt"
+            assert type(await agent.statement_export(rows[-1][5], out)) is StatementExported
+
+    asyncio.run(the_async_twin())
+    t.ok("agent", "stop")
+
+    async def after() -> Any:
+        async with t.channel() as tc:
+            return tc.history("washington")
+
+    # What the agent returned is what Channel returns for the same home.
+    assert asyncio.run(after())[: len(rows)] == rows
+
+
+async def _send(party: Party, contact: str, text: str) -> SendResult:
+    async with party.channel() as ch:
+        return await ch.send_text(contact, text)

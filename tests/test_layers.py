@@ -171,7 +171,8 @@ def test_clients_of_the_relay_speak_its_one_api_description() -> None:
 # Inside client/: a module may import only client modules of a lower rank.
 CLIENT_RANKS = {
     "agent_paths": 0,
-    "agent_client": 1,
+    "agent_results": 1,  # the agent's JSON as Channel's result types
+    "agent_client": 2,
     "generations": 0,
     "results": 0,
     "stored": 0,

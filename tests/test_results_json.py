@@ -186,7 +186,7 @@ def _samples() -> list[Any]:
             in_flight=0,
             retired=True,
         ),
-        agent_methods.AgentStatus(
+        r.AgentStatus(
             home="/h", pid=7, locked=True, expires_in=0, idle_ttl=600.0, max_ttl=7200.0, pending=0
         ),
     ]

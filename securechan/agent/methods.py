@@ -15,7 +15,7 @@ import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from securechan.agent.keycache import KeyCache
 from securechan.agent.rpc import AgentErrorCode, RpcError
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from securechan.client.channel import Channel
     from securechan.client.results import Received, Rejected
 
-__all__ = ["METHODS", "AgentState", "AgentStatus", "Handler"]
+__all__ = ["METHODS", "AgentState", "Handler"]
 
 # What the agent reads from a file named by `send`: the CLI's file limit.
 MAX_SEND_FILE = 64 * 1024 * 1024
@@ -56,51 +56,6 @@ class AgentState:
 
 
 Handler = Callable[[AgentState, dict[str, Any]], Awaitable[Any]]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AgentStatus:
-    """The agent's ``status`` (``securechan agent status --json``): the
-    channel's ``status --json`` object when unlocked, and with ``flush`` the
-    relays that did not answer (URL -> why)."""
-
-    home: str
-    pid: int
-    locked: bool
-    expires_in: int
-    idle_ttl: float
-    max_ttl: float
-    pending: int
-    channel: dict[str, Any] | None = None
-    relay_errors: dict[str, str] | None = None
-
-    JSON_FIELDS: ClassVar[tuple[str, ...]] = (
-        "home",
-        "pid",
-        "locked",
-        "expires_in",
-        "idle_ttl",
-        "max_ttl",
-        "pending",
-        "channel",
-        "relay_errors",
-    )
-    JSON_OPTIONAL: ClassVar[frozenset[str]] = frozenset({"relay_errors"})
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "home": self.home,
-            "pid": self.pid,
-            "locked": self.locked,
-            "expires_in": self.expires_in,
-            "idle_ttl": self.idle_ttl,
-            "max_ttl": self.max_ttl,
-            "pending": self.pending,
-            "channel": self.channel,
-        }
-        if self.relay_errors is not None:
-            out["relay_errors"] = dict(self.relay_errors)
-        return out
 
 
 def _params(params: dict[str, Any], **spec: tuple[type, bool]) -> dict[str, Any]:
@@ -136,12 +91,12 @@ async def _version(state: AgentState, params: dict[str, Any]) -> Any:
 
 
 async def _status(state: AgentState, params: dict[str, Any]) -> Any:
+    from securechan.client.results import AgentStatus, Status
+
     p = _params(params, flush=(bool, False))
-    channel: dict[str, Any] | None = None
+    channel: Status | None = None
     failures: dict[str, str] | None = None
     if not state.keys.locked:
-        from securechan.client.results import Status
-
         async with state.channel_lock:
             # Reading the status is not a use of the key: it does not restart
             # the idle clock; posting the outbox first (flush, as the status
@@ -152,7 +107,7 @@ async def _status(state: AgentState, params: dict[str, Any]) -> Any:
                 await ch.flush_outbox()
                 failures = await ch.unreachable_relays()
             info = {**ch.status(), "unreachable": sorted(failures or {})}
-            channel = Status.from_mapping(info).to_json()
+            channel = Status.from_mapping(info)
     return AgentStatus(
         home=str(state.home),
         pid=os.getpid(),

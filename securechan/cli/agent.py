@@ -149,7 +149,7 @@ def agent_start(app: _App, idle_ttl: float, max_ttl: float, poll: float) -> None
     try:
         with client:
             client.unlock(passphrase)
-            info = client.status()
+            info = client.call("status")
     except Exception:
         _stop(app)
         raise
@@ -207,7 +207,7 @@ def agent_stop(app: _App) -> None:
 def agent_status(app: _App, as_json: bool) -> None:
     """Whether an agent runs, and whether its key is unlocked (exit 3 if none)."""
     with _client(app) as client:
-        info = client.status()
+        info = client.call("status")
     if as_json:
         _emit_json(info)
         return
@@ -230,5 +230,5 @@ def agent_unlock(app: _App) -> None:
     """Unlock a locked agent (asks for the passphrase)."""
     with _client(app) as client:
         client.unlock(app.passphrase())
-        info = client.status()
+        info = client.call("status")
     click.echo(f"agent unlocked ({info['expires_in']} s left)")

@@ -23,6 +23,7 @@ from securechan.protocol.payload import ContentType, Receipt
 from securechan.timestamps import iso_utc
 
 __all__ = [
+    "AgentStatus",
     "Cancelled",
     "HistoryEntry",
     "QueuedMessage",
@@ -360,3 +361,49 @@ class StatementExported:
             "witnessed": self.witnessed,
             "delivery_receipt": self.delivery_receipt,
         }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentStatus:
+    """The agent's ``status`` (``securechan agent status --json``): the
+    channel's status when unlocked (``None`` when locked), and with ``flush``
+    the relays that did not answer (URL -> why). What
+    ``AgentClient.status()`` returns."""
+
+    home: str
+    pid: int
+    locked: bool
+    expires_in: int
+    idle_ttl: float
+    max_ttl: float
+    pending: int
+    channel: Status | None = None
+    relay_errors: dict[str, str] | None = None
+
+    JSON_FIELDS: ClassVar[tuple[str, ...]] = (
+        "home",
+        "pid",
+        "locked",
+        "expires_in",
+        "idle_ttl",
+        "max_ttl",
+        "pending",
+        "channel",
+        "relay_errors",
+    )
+    JSON_OPTIONAL: ClassVar[frozenset[str]] = frozenset({"relay_errors"})
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "home": self.home,
+            "pid": self.pid,
+            "locked": self.locked,
+            "expires_in": self.expires_in,
+            "idle_ttl": self.idle_ttl,
+            "max_ttl": self.max_ttl,
+            "pending": self.pending,
+            "channel": None if self.channel is None else self.channel.to_json(),
+        }
+        if self.relay_errors is not None:
+            out["relay_errors"] = dict(self.relay_errors)
+        return out
