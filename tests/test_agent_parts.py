@@ -27,6 +27,7 @@ from securechan.client.agent_paths import socket_path
 from securechan.client.policy import export_statement
 from securechan.client.results import (
     AgentStatus,
+    ContactInfo,
     Received,
     SendResult,
     StatementExported,
@@ -34,7 +35,7 @@ from securechan.client.results import (
 )
 from securechan.protocol.payload import ContentType
 from tests.adversary.parties import Party, introduce, make_people, transcript
-from tests.adversary.relay import RelayProcess, running_relay
+from tests.adversary.relay import RelayProcess, clean_env, running_relay, securechan_command
 from tests.adversary.world import PASSPHRASES
 
 
@@ -257,3 +258,122 @@ def test_agent_client_returns_the_result_types_of_channel(
 async def _send(party: Party, contact: str, text: str) -> SendResult:
     async with party.channel() as ch:
         return await ch.send_text(contact, text)
+
+
+# --- pairing through the agent; the commands that still refuse ---------------------------
+
+
+@pytest.fixture
+def strangers(
+    relay: RelayProcess, pristine: Path, tmp_path: Path, runtime: Path
+) -> Iterator[tuple[Party, Party]]:
+    """Two registered delegations that know nothing of each other yet."""
+    people = make_people(
+        pristine,
+        tmp_path,
+        {"tehran": PASSPHRASES["tehran"], "washington": PASSPHRASES["washington"]},
+    )
+    t, w = people["tehran"], people["washington"]
+    for p in (t, w):
+        p.ok("register", "--relay", relay.url)
+    yield t, w
+    for p in (t, w):
+        p.run("agent", "stop")
+
+
+def test_pair_goes_through_the_agent(strangers: tuple[Party, Party], relay: RelayProcess) -> None:
+    """Both sides have an agent: tehran's `securechan pair` makes the code
+    through its agent (the code comes back as a notification, before the
+    pairing ends) and washington's program joins with AgentClient.pair; both
+    agents then use the new contact at once."""
+    t, w = strangers
+    t.ok("agent", "start")
+    w.ok("agent", "start")
+    # The method as docs/AGENT.md describes it, in raw frames: bad parameters.
+    with socket.socket(socket.AF_UNIX) as raw:
+        raw.settimeout(30)
+        raw.connect(str(socket_path(t.home)))
+        f = raw.makefile("rb")
+        raw.sendall(
+            b'{"jsonrpc":"2.0","id":1,"method":"pair","params":{"words":"five"}}\n'
+            b'{"jsonrpc":"2.0","id":2,"method":"pair","params":{"code":"1-a-b","words":3}}\n'
+            b'{"jsonrpc":"2.0","id":3,"method":"pair","params":{"words":40}}\n'
+        )
+        answers = {a["id"]: a["error"] for a in (json.loads(f.readline()) for _ in range(3))}
+    assert answers[1]["code"] == -32602
+    assert (answers[2]["code"], answers[2]["data"]["reason"]) == (-32000, "usage")
+    assert (answers[3]["code"], answers[3]["data"]["reason"]) == (-32000, "usage")
+    # The agent's lock (the TTL ran out): the command unlocks it, then pairs.
+    with AgentClient(t.home) as agent:
+        agent.lock()
+    maker = subprocess.Popen(
+        [*securechan_command(), "--home", str(t.home), "pair", "--relay", relay.url],
+        env=clean_env(t.passphrase),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert maker.stdout is not None
+    code = maker.stdout.readline().strip()
+    assert code.count("-") >= 5, code
+    with AgentClient(w.home) as agent:
+        joined = agent.pair(relay.url, code=code)
+    assert type(joined) is ContactInfo
+    assert (joined.name, joined.verified) == ("tehran", True) and joined.safety_number
+    out, err = maker.communicate(timeout=120)
+    assert maker.returncode == 0, err
+    assert "Paired with washington" in out and "an agent is running" not in err
+    # Pinned and verified on both sides, and usable through both agents now.
+    assert json.loads(t.ok("contact", "show", "washington", "--json"))["verified"] is True
+    with AgentClient(t.home) as agent:
+        assert agent.send_text("washington", "paired through the agents").pending == 0
+    _wait_for(lambda: _pending(w.home) >= 1)
+    with AgentClient(w.home) as agent:
+        got = agent.receive()
+    texts = [x.text for x in got if isinstance(x, Received) and x.text]
+    assert texts == ["paired through the agents"]
+
+
+# Commands that still work in-process only: while an agent holds the home
+# they refuse at once, in one line, exit 2 (docs/AGENT.md, "What the agent
+# serves"), before asking for any passphrase.
+REFUSING = [
+    ("register", "--relay", "http://127.0.0.1:9"),
+    ("receive", "--follow", "--timeout", "1"),
+    ("outbox",),
+    ("outbox", "cancel", "0123456789abcdef"),
+    ("policy", "show"),
+    ("contact", "rekey", "washington"),
+    ("receive", "--unknown", "hold"),
+]
+
+
+@pytest.mark.parametrize("args", REFUSING, ids=lambda a: " ".join(a[:2]))
+def test_commands_the_agent_does_not_serve_refuse_in_one_line(
+    pair: tuple[Party, Party], args: tuple[str, ...]
+) -> None:
+    t, _ = pair
+    t.ok("agent", "start")
+    proc = t.run(*args)
+    assert proc.returncode == 2, transcript(proc)
+    assert proc.stderr == (
+        f"securechan: an agent is running for {t.home}: use it, or stop it with "
+        "'securechan agent stop'\n"
+    ), transcript(proc)
+    assert proc.stdout == ""
+
+
+def test_statement_export_goes_through_the_agent(pair: tuple[Party, Party], tmp_path: Path) -> None:
+    t, _ = pair
+    t.ok("agent", "start")
+    t.ok("send", "washington", "to be proven")
+    (row,) = [r for r in _items(t.run("history", "--json")) if r["summary"] == "to be proven"]
+    out = tmp_path / "proof.txt"
+    proc = t.run("statement", "export", row["id"], "-o", out, "--json")
+    assert proc.returncode == 0 and "an agent is running" not in proc.stderr, transcript(proc)
+    assert json.loads(proc.stdout)["file"] == str(out) and out.exists()
+    again = t.run("statement", "export", row["id"], "-o", out)
+    assert again.returncode == 2 and "exists" in again.stderr, transcript(again)
+    t.ok("agent", "stop")
+    assert t.run("statement", "verify", out).returncode == 0

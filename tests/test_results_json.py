@@ -96,7 +96,7 @@ def _samples() -> list[Any]:
         ),
         c.IdentityCreated(name="tehran", fingerprint="ab" * 32, home="/h"),
         c.IdentityInfo(name="tehran", fingerprint="ab" * 32, created=NOW, home="/h"),
-        c.ContactInfo(
+        r.ContactInfo(
             name="w",
             identity_name="washington",
             fingerprint="cd" * 32,
@@ -104,7 +104,7 @@ def _samples() -> list[Any]:
             added=NOW,
             verified_at=None,
         ),
-        c.ContactInfo(
+        r.ContactInfo(
             name="w",
             identity_name="washington",
             fingerprint="cd" * 32,

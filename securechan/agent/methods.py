@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from securechan.client.channel import Channel
     from securechan.client.results import Received, Rejected
 
-__all__ = ["METHODS", "AgentState", "Handler"]
+__all__ = ["METHODS", "REQUESTER", "AgentState", "Handler"]
 
 # What the agent reads from a file named by `send`: the CLI's file limit.
 MAX_SEND_FILE = 64 * 1024 * 1024
@@ -56,6 +57,13 @@ class AgentState:
 
 
 Handler = Callable[[AgentState, dict[str, Any]], Awaitable[Any]]
+
+# A notification to the connection whose request is being answered (set by
+# the server for each request): `pair` hands the new code to its caller,
+# and to no one else, before the pairing ends.
+REQUESTER: ContextVar[Callable[[str, dict[str, Any]], Awaitable[None]] | None] = ContextVar(
+    "securechan_agent_requester", default=None
+)
 
 
 def _params(params: dict[str, Any], **spec: tuple[type, bool]) -> dict[str, Any]:
@@ -244,6 +252,41 @@ async def _statement_export(state: AgentState, params: dict[str, Any]) -> Any:
     return result.to_json()
 
 
+async def _pair(state: AgentState, params: dict[str, Any]) -> Any:
+    """``securechan pair`` through the agent. Without ``code``: a new code
+    goes to the caller as a ``pairingCode`` notification, then the agent
+    waits (up to 5 minutes) for the other side. The channel lock is held
+    only to take the channel and its relay connection, not while waiting:
+    sends and receiving go on meanwhile (the pairing pins the contact in
+    contacts.json, under its own file lock, and writes the audit log)."""
+    from securechan.client.results import ContactInfo
+    from securechan.identity.safety import safety_number
+
+    p = _params(
+        params, code=(str, False), relay=(str, False), words=(int, False), name=(str, False)
+    )
+    words = 5 if p["words"] is None else p["words"]
+    if p["code"] is not None and p["words"] is not None:
+        raise UsageError("'words' goes with making a code, not with joining one")
+    if not 2 <= words <= 16:
+        raise UsageError("a code has 2 to 16 words")
+    tell = REQUESTER.get()
+    sent: list[asyncio.Future[None]] = []
+
+    def on_code(text: str) -> None:
+        if tell is not None:
+            sent.append(asyncio.ensure_future(tell("pairingCode", {"code": text})))
+
+    async with state.channel_lock:
+        ch = _channel(state)
+        url = p["relay"] or next(iter(ch.relays()), None)
+        if url is not None:
+            await ch.relay(url)  # opened here, not by two tasks at once
+    contact = await ch.pair(url, code=p["code"], words=words, name=p["name"], on_code=on_code)
+    await asyncio.gather(*sent, return_exceptions=True)
+    return ContactInfo.of(contact, safety_number(ch.identity.public, contact.identity)).to_json()
+
+
 METHODS: dict[str, Handler] = {
     "version": _version,
     "status": _status,
@@ -254,4 +297,5 @@ METHODS: dict[str, Handler] = {
     "receive": _receive,
     "history": _history,
     "statementExport": _statement_export,
+    "pair": _pair,
 }

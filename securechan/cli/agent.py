@@ -58,6 +58,33 @@ def _client(app: _App) -> Any:
     return AgentClient(app.home)
 
 
+def call_running_agent(
+    app: _App, method: str, params: dict[str, Any], notified: Any = None
+) -> dict[str, Any] | None:
+    """``method`` through the home's agent if one runs (None if none does),
+    for the commands that go through it without the fast path (``pair``,
+    ``statement export``). A locked agent is unlocked first with the
+    passphrase (``--passphrase-file``, $SECURECHAN_PASSPHRASE or a prompt)."""
+    from securechan.agent.homelock import agent_running
+    from securechan.errors import AgentLocked
+
+    if not agent_running(app.home):
+        return None
+    with _client(app) as client:
+        for attempt in (1, 2):
+            try:
+                if notified is None:
+                    result: dict[str, Any] = client.call(method, **params)
+                else:
+                    result = client.call_notified(method, params, notified)
+                return result
+            except AgentLocked:
+                if attempt == 2:
+                    raise
+                client.unlock(app.passphrase())
+    return None  # not reached
+
+
 @agent.command(name="run")
 @_ttl_options
 @click.option(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -54,21 +55,27 @@ def statement_export(app: _App, message_id: str, output: Path, as_json: bool) ->
         async with _channel(app) as ch:
             return await export_statement(ch, message_id, output)
 
-    info = _run(go())
+    from securechan.cli.agent import call_running_agent
+
+    # Through the agent when one runs (docs/AGENT.md, statementExport).
+    asked = {"message_id": message_id, "output": os.path.abspath(output)}
+    info = call_running_agent(app, "statementExport", asked)
+    if info is None:
+        info = _run(go()).to_json()
     if as_json:
-        _emit_json(info.to_json())
+        _emit_json(info)
         return
     where = "without a relay log receipt"
-    if info.log:
-        witnessed = info.witnessed
+    if info["log"]:
+        witnessed = info["witnessed"]
         where = "with a witnessed log checkpoint" if witnessed else "with its relay log receipt"
     delivery = (
         "the recipient's receipt for it"
-        if info.delivery_receipt
+        if info["delivery_receipt"]
         else "no receipt from the recipient for exactly this message: delivery not proven"
     )
     click.echo(
-        f"Statement of message {info.message_id} written to {inline(str(output))} "
+        f"Statement of message {info['message_id']} written to {inline(str(output))} "
         f"({where}; {delivery})"
     )
 

@@ -33,12 +33,13 @@ TYPE_CHECKING = False
 
 if TYPE_CHECKING:
     import asyncio
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from typing import Any
 
     from securechan.client.agent_results import History
     from securechan.client.results import (
         AgentStatus,
+        ContactInfo,
         Received,
         Rejected,
         SendResult,
@@ -171,6 +172,25 @@ class AgentClient:
             if answered:
                 return result
 
+    def call_notified(
+        self, method: str, params: dict[str, Any], notified: Callable[[str, dict[str, Any]], None]
+    ) -> Any:
+        """:meth:`call`, handing each notification that comes before the
+        answer to ``notified`` at once (``pair``'s ``pairingCode``)."""
+        request_id = next(self._ids)
+        try:
+            self._sock.sendall(_frame(method, params, request_id))
+        except OSError as e:
+            raise AgentUnavailable(f"the agent connection failed: {e}") from None
+        while True:
+            obj = self._line()
+            if "method" in obj:
+                notified(str(obj["method"]), dict(obj.get("params") or {}))
+                continue
+            answered, result = _answer(obj, request_id, self.notifications)
+            if answered:
+                return result
+
     def subscribe(self) -> Iterator[tuple[str, dict[str, Any]]]:
         """``subscribeReceive``, then every notification as (method, params)."""
         self.call("subscribeReceive")
@@ -224,6 +244,26 @@ class AgentClient:
 
         out = os.path.abspath(output)
         return statement_exported(self.call("statementExport", message_id=message_id, output=out))
+
+    def pair(
+        self,
+        relay_url: str | None = None,
+        *,
+        code: str | None = None,
+        words: int | None = None,
+        name: str | None = None,
+        on_code: Callable[[str], None] | None = None,
+    ) -> ContactInfo:
+        """As :meth:`Channel.pair`, but returns the contact as
+        :class:`ContactInfo` (with its safety number): the agent pinned it."""
+        from securechan.client.agent_results import contact_info
+
+        def notified(method: str, params: dict[str, Any]) -> None:
+            if method == "pairingCode" and on_code is not None:
+                on_code(str(params.get("code")))
+
+        params = {"relay": relay_url, "code": code, "words": words, "name": name}
+        return contact_info(self.call_notified("pair", params, notified))
 
 
 class AsyncAgentClient:

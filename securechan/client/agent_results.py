@@ -21,6 +21,7 @@ from typing import Any
 
 from securechan.client.results import (
     AgentStatus,
+    ContactInfo,
     Received,
     Rejected,
     SendResult,
@@ -32,6 +33,7 @@ from securechan.protocol.payload import ContentType
 
 __all__ = [
     "agent_status",
+    "contact_info",
     "history_rows",
     "received_item",
     "send_result",
@@ -151,4 +153,23 @@ def agent_status(obj: dict[str, Any]) -> AgentStatus:
         )
 
     result: AgentStatus = _checked(build, obj, "status")
+    return result
+
+
+def contact_info(obj: dict[str, Any]) -> ContactInfo:
+    def build(o: dict[str, Any]) -> ContactInfo:
+        words = o.get("safety_words")
+        verified_at = o.get("verified_at")
+        return ContactInfo(
+            name=str(o["name"]),
+            identity_name=str(o["identity_name"]),
+            fingerprint=str(o["fingerprint"]),
+            verified=bool(o["verified"]),
+            added=_seconds(o["added"]),
+            verified_at=None if verified_at is None else _seconds(verified_at),
+            safety_number=o.get("safety_number"),
+            safety_words=None if words is None else tuple(str(w) for w in words),
+        )
+
+    result: ContactInfo = _checked(build, obj, "pair")
     return result
