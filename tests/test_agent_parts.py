@@ -377,3 +377,19 @@ def test_statement_export_goes_through_the_agent(pair: tuple[Party, Party], tmp_
     assert again.returncode == 2 and "exists" in again.stderr, transcript(again)
     t.ok("agent", "stop")
     assert t.run("statement", "verify", out).returncode == 0
+
+
+def test_agent_md_lists_exactly_the_notifications() -> None:
+    """Every notification the agent sends is in docs/AGENT.md's table, and
+    nothing else is (the methods' table is checked in tests/test_agent.py)."""
+    import re
+
+    root = Path(__file__).resolve().parent.parent
+    text = (root / "docs" / "AGENT.md").read_text()
+    start = text.index("Notifications (no `id`)")
+    section = text[start : text.index("\n## ", start)]
+    documented = set(re.findall(r"^\| `(\w+)` \|", section, re.M))
+    sent: set[str] = set()
+    for path in (root / "securechan" / "agent").glob("*.py"):
+        sent |= set(re.findall(r'(?:_notify|tell)\(\s*"(\w+)"', path.read_text()))
+    assert sent == documented == {"receive", "relayUnavailable", "locked", "error", "pairingCode"}
