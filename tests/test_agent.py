@@ -184,7 +184,7 @@ def test_send_receive_follow_and_statement_through_the_agent(
     assert busy.returncode == 2 and "an agent is running" in busy.stderr, transcript(busy)
     with AgentClient(t.home) as agent:
         sent = agent.send_text("washington", "through the agent")
-        assert sent["contact"] == "washington" and sent["pending"] == 0
+        assert sent.contact == "washington" and sent.pending == 0
         got = [json.loads(x) for x in w.ok("receive", "--json").splitlines()]  # NDJSON
         texts = [x.get("text") for x in got]
         assert "through the agent" in texts
@@ -203,14 +203,14 @@ def test_send_receive_follow_and_statement_through_the_agent(
     with AgentClient(t.home) as agent:
         # The background receiver kept it for the next `receive`, once.
         items = agent.receive()
-        assert [x["text"] for x in items if x.get("text")] == ["pushed to the subscriber"]
+        assert [x.text for x in items if getattr(x, "text", None)] == ["pushed to the subscriber"]
         assert agent.receive() == []
         history = agent.history("washington")
-        summaries = [row["summary"] for row in history]
+        summaries = [row[4] for row in history]
         assert any("through the agent" in s for s in summaries), summaries
-        out_id = next(r["id"] for r in history if "through the agent" in r["summary"])
+        out_id = next(r[5] for r in history if "through the agent" in r[4])
         exported = agent.statement_export(out_id, tmp_path / "st.txt")
-        assert exported["file"] == str(tmp_path / "st.txt") and exported["log"] is True
+        assert exported.file == str(tmp_path / "st.txt") and exported.log is True
         with pytest.raises(ContactNotFound):
             agent.send_text("nobody", "x")
     verified = t.run("statement", "verify", tmp_path / "st.txt")
@@ -226,13 +226,13 @@ def test_ttl_locks_the_key_and_unlock_restores_it(pair: tuple[Party, Party]) -> 
     t, _ = pair
     t.ok("agent", "start", "--idle-ttl", "1", "--max-ttl", "60")
     with AgentClient(t.home) as agent:
-        assert agent.status()["locked"] is False
-        _wait_for(lambda: agent.status()["locked"], timeout=10)
+        assert agent.status().locked is False
+        _wait_for(lambda: agent.status().locked, timeout=10)
         with pytest.raises(AgentLocked):
             agent.history()
         with pytest.raises(VerificationFailed):
             agent.unlock("not the passphrase")
-        assert agent.status()["locked"] is True
+        assert agent.status().locked is True
         agent.unlock(t.passphrase)
         assert agent.history()  # the introduction's messages
         assert agent.lock() == {"locked": True, "was_unlocked": True}
@@ -307,7 +307,7 @@ def test_bad_frames_floods_and_connection_limit_leave_the_owner_served(
         for s in held:
             s.close()
     with AgentClient(t.home) as owner:
-        assert owner.status()["locked"] is False
+        assert owner.status().locked is False
 
 
 def test_sigkilled_agent_leaves_a_stale_socket_that_the_next_replaces(
@@ -316,7 +316,7 @@ def test_sigkilled_agent_leaves_a_stale_socket_that_the_next_replaces(
     t, _ = pair
     t.ok("agent", "start")
     with AgentClient(t.home) as agent:
-        pid = agent.status()["pid"]
+        pid = agent.status().pid
     os.kill(pid, signal.SIGKILL)
     # The leader turns zombie before its other threads are gone, and the
     # listening socket closes with the last of them: wait for that.
@@ -327,7 +327,7 @@ def test_sigkilled_agent_leaves_a_stale_socket_that_the_next_replaces(
     assert t.run("status").returncode == 0  # the lock died with it
     t.ok("agent", "start")
     with AgentClient(t.home) as agent:
-        assert agent.status()["pid"] != pid
+        assert agent.status().pid != pid
 
 
 def _refused(path: Path) -> bool:
@@ -413,7 +413,7 @@ def test_sigkill_mid_send_loses_nothing_and_delivers_once(
     source.write_bytes(data)
     t.ok("agent", "start")
     with AgentClient(t.home) as agent:
-        pid = agent.status()["pid"]
+        pid = agent.status().pid
     errors: list[BaseException] = []
 
     def send() -> None:
@@ -564,13 +564,13 @@ def test_a_relay_outage_is_reported_to_subscribers_and_retried(
 
             def arrived() -> bool:
                 with AgentClient(t.home) as agent:
-                    return agent.status()["pending"] > 0
+                    return agent.status().pending > 0
 
             _wait_for(arrived, timeout=90)  # the backoff is at most 60 s
             with AgentClient(t.home) as agent:
-                texts = [x.get("text") for x in agent.receive()]
+                texts = [getattr(x, "text", None) for x in agent.receive()]
                 assert "after the outage" in texts
-                assert agent.send_text("washington", "we are back")["pending"] == 0
+                assert agent.send_text("washington", "we are back").pending == 0
         finally:
             t.run("agent", "stop")
     finally:

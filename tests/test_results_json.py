@@ -99,7 +99,7 @@ def _samples() -> list[Any]:
         ),
         c.IdentityCreated(name="tehran", fingerprint="ab" * 32, home="/h"),
         c.IdentityInfo(name="tehran", fingerprint="ab" * 32, created=NOW, home="/h"),
-        c.ContactInfo(
+        r.ContactInfo(
             name="w",
             identity_name="washington",
             fingerprint="cd" * 32,
@@ -107,7 +107,7 @@ def _samples() -> list[Any]:
             added=NOW,
             verified_at=None,
         ),
-        c.ContactInfo(
+        r.ContactInfo(
             name="w",
             identity_name="washington",
             fingerprint="cd" * 32,
@@ -132,7 +132,7 @@ def _samples() -> list[Any]:
             identity="tehran",
             fingerprint="ab" * 32,
         ),
-        c.StatementExported(
+        r.StatementExported(
             file="s.txt", message_id="00" * 8, log=True, witnessed=False, delivery_receipt=False
         ),
         c.StatementVerified(
@@ -189,7 +189,7 @@ def _samples() -> list[Any]:
             in_flight=0,
             retired=True,
         ),
-        agent_methods.AgentStatus(
+        r.AgentStatus(
             home="/h", pid=7, locked=True, expires_in=0, idle_ttl=600.0, max_ttl=7200.0, pending=0
         ),
         r.TranscriptExported(

@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from securechan.agent.keycache import KeyCache
 from securechan.agent.rpc import AgentErrorCode, RpcError
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from securechan.client.group_results import GroupEntry
     from securechan.client.results import Received, Rejected
 
-__all__ = ["METHODS", "AgentState", "AgentStatus", "Handler"]
+__all__ = ["METHODS", "REQUESTER", "AgentState", "Handler"]
 
 # What the agent reads from a file named by `send`: the CLI's file limit.
 MAX_SEND_FILE = 64 * 1024 * 1024
@@ -45,6 +46,9 @@ class AgentState:
     version: str
     channel_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     pending: list[Received | Rejected | GroupEntry] = field(default_factory=list)
+    # Whether `pending` got what an earlier agent received and no `receive`
+    # call took (client/unshown.py): done once, before this agent's first pass.
+    restored: bool = False
     drained: asyncio.Event = field(default_factory=asyncio.Event)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     started: float = 0.0
@@ -55,50 +59,12 @@ class AgentState:
 
 Handler = Callable[[AgentState, dict[str, Any]], Awaitable[Any]]
 
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AgentStatus:
-    """The agent's ``status`` (``securechan agent status --json``): the
-    channel's ``status --json`` object when unlocked, and with ``flush`` the
-    relays that did not answer (URL -> why)."""
-
-    home: str
-    pid: int
-    locked: bool
-    expires_in: int
-    idle_ttl: float
-    max_ttl: float
-    pending: int
-    channel: dict[str, Any] | None = None
-    relay_errors: dict[str, str] | None = None
-
-    JSON_FIELDS: ClassVar[tuple[str, ...]] = (
-        "home",
-        "pid",
-        "locked",
-        "expires_in",
-        "idle_ttl",
-        "max_ttl",
-        "pending",
-        "channel",
-        "relay_errors",
-    )
-    JSON_OPTIONAL: ClassVar[frozenset[str]] = frozenset({"relay_errors"})
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "home": self.home,
-            "pid": self.pid,
-            "locked": self.locked,
-            "expires_in": self.expires_in,
-            "idle_ttl": self.idle_ttl,
-            "max_ttl": self.max_ttl,
-            "pending": self.pending,
-            "channel": self.channel,
-        }
-        if self.relay_errors is not None:
-            out["relay_errors"] = dict(self.relay_errors)
-        return out
+# A notification to the connection whose request is being answered (set by
+# the server for each request): `pair` hands the new code to its caller,
+# and to no one else, before the pairing ends.
+REQUESTER: ContextVar[Callable[[str, dict[str, Any]], Awaitable[None]] | None] = ContextVar(
+    "securechan_agent_requester", default=None
+)
 
 
 def _params(params: dict[str, Any], **spec: tuple[type, bool]) -> dict[str, Any]:
@@ -134,12 +100,12 @@ async def _version(state: AgentState, params: dict[str, Any]) -> Any:
 
 
 async def _status(state: AgentState, params: dict[str, Any]) -> Any:
+    from securechan.client.results import AgentStatus, Status
+
     p = _params(params, flush=(bool, False))
-    channel: dict[str, Any] | None = None
+    channel: Status | None = None
     failures: dict[str, str] | None = None
     if not state.keys.locked:
-        from securechan.client.results import Status
-
         async with state.channel_lock:
             # Reading the status is not a use of the key: it does not restart
             # the idle clock; posting the outbox first (flush, as the status
@@ -150,7 +116,7 @@ async def _status(state: AgentState, params: dict[str, Any]) -> Any:
                 await ch.flush_outbox()
                 failures = await ch.unreachable_relays()
             info = {**ch.status(), "unreachable": sorted(failures or {})}
-            channel = Status.from_mapping(info).to_json()
+            channel = Status.from_mapping(info)
     return AgentStatus(
         home=str(state.home),
         pid=os.getpid(),
@@ -187,6 +153,20 @@ def _channel(state: AgentState) -> Channel:
     return state.keys.get()
 
 
+def restore(state: AgentState, ch: Channel) -> None:
+    """Put first in ``pending`` what is stored after the shown cursor: what
+    an earlier agent received and no ``receive`` call took (it crashed or
+    stopped). Once per agent process, under the channel lock, before its
+    first receive pass (after it, everything after the cursor is in
+    ``pending`` already)."""
+    if state.restored:
+        return
+    from securechan.client.unshown import start_cursor, unshown
+
+    state.pending[:0] = unshown(ch.db, ch.keystore.contacts.find, start_cursor(ch.db))
+    state.restored = True
+
+
 async def _send(state: AgentState, params: dict[str, Any]) -> Any:
     p = _params(params, contact=(str, True), text=(str, False), file=(str, False))
     if (p["text"] is None) == (p["file"] is None):
@@ -221,19 +201,24 @@ async def _receive(state: AgentState, params: dict[str, Any]) -> Any:
     ``file`` is null and they are dropped, so pass it when you expect files)."""
     from securechan.client.downloads import save_download
     from securechan.client.results import Received
+    from securechan.client.unshown import mark_shown
 
     p = _params(params, download=(str, False))
     folder = _absolute(p["download"], "download") if p["download"] is not None else None
     async with state.channel_lock:
         ch = _channel(state)
+        restore(state, ch)
         fresh = await ch.receive()
         left_waiting = list(ch.left_waiting)
         items = [*state.pending, *fresh]
+        # Everything stored so far is in `items`: the cursor moves past it
+        # (on disk) as `pending` is emptied (in memory).
+        mark_shown(ch.db)
         state.pending.clear()
         state.drained.set()
         group_files: list[str] = []
         if folder is not None:  # group files made whole by these items (docs/CLI.md, Groups)
-            from securechan.cli.group import GroupFileSaver
+            from securechan.client.downloads import GroupFileSaver
 
             saver = GroupFileSaver(folder)
             group_files = [p for p in (saver.save(ch, i) for i in items) if p is not None]
@@ -265,29 +250,48 @@ async def _history(state: AgentState, params: dict[str, Any]) -> Any:
 
 
 async def _statement_export(state: AgentState, params: dict[str, Any]) -> Any:
-    from securechan.audit.statement import message_id
-    from securechan.cli.results import StatementExported
-    from securechan.client.policy import witnessed_statement
+    from securechan.client.policy import export_statement
 
     p = _params(params, message_id=(str, True), output=(str, True))
     output = _absolute(p["output"], "output")
     async with state.channel_lock:
-        st, witnessed = await witnessed_statement(_channel(state), p["message_id"])
-    text = st.to_text()
-    try:
-        with open(output, "x", encoding="ascii", newline="\n") as f:
-            f.write(text)
-    except FileExistsError:
-        raise UsageError(f"{output} exists; choose another name") from None
-    except OSError as e:
-        raise StorageError(f"cannot write {output}: {e.strerror}") from None
-    return StatementExported(
-        file=str(output),
-        message_id=message_id(st.signed),
-        log=st.placement is not None,
-        witnessed=witnessed,
-        delivery_receipt=st.receipt is not None,
-    ).to_json()
+        result = await export_statement(_channel(state), p["message_id"], output)
+    return result.to_json()
+
+
+async def _pair(state: AgentState, params: dict[str, Any]) -> Any:
+    """``securechan pair`` through the agent. Without ``code``: a new code
+    goes to the caller as a ``pairingCode`` notification, then the agent
+    waits (up to 5 minutes) for the other side. The channel lock is held
+    only to take the channel and its relay connection, not while waiting:
+    sends and receiving go on meanwhile (the pairing pins the contact in
+    contacts.json, under its own file lock, and writes the audit log)."""
+    from securechan.client.results import ContactInfo
+    from securechan.identity.safety import safety_number
+
+    p = _params(
+        params, code=(str, False), relay=(str, False), words=(int, False), name=(str, False)
+    )
+    words = 5 if p["words"] is None else p["words"]
+    if p["code"] is not None and p["words"] is not None:
+        raise UsageError("'words' goes with making a code, not with joining one")
+    if not 2 <= words <= 16:
+        raise UsageError("a code has 2 to 16 words")
+    tell = REQUESTER.get()
+    sent: list[asyncio.Future[None]] = []
+
+    def on_code(text: str) -> None:
+        if tell is not None:
+            sent.append(asyncio.ensure_future(tell("pairingCode", {"code": text})))
+
+    async with state.channel_lock:
+        ch = _channel(state)
+        url = p["relay"] or next(iter(ch.relays()), None)
+        if url is not None:
+            await ch.relay(url)  # opened here, not by two tasks at once
+    contact = await ch.pair(url, code=p["code"], words=words, name=p["name"], on_code=on_code)
+    await asyncio.gather(*sent, return_exceptions=True)
+    return ContactInfo.of(contact, safety_number(ch.identity.public, contact.identity)).to_json()
 
 
 METHODS: dict[str, Handler] = {
@@ -300,4 +304,5 @@ METHODS: dict[str, Handler] = {
     "receive": _receive,
     "history": _history,
     "statementExport": _statement_export,
+    "pair": _pair,
 }

@@ -3,8 +3,9 @@
 While the key is unlocked the agent keeps one WebSocket per receive queue
 (the relay pushes a wake-up when an envelope arrives) and runs a receive pass
 on each wake-up, and every ``poll`` seconds anyway. What a pass returns is
-kept for the next ``receive`` call and sent at once to every subscriber
-(``subscribeReceive``) as a ``receive`` notification; an attack the pass
+kept for the next ``receive`` call (it is also in ``client.db`` after the
+shown cursor, client/unshown.py, should the agent die first) and sent at
+once to every subscriber (``subscribeReceive``) as a ``receive`` notification; an attack the pass
 detected (split view, gap, replay, a rolled-back peer) is such an item, with
 its ``rejected`` reason. Everything a pass returns is already committed in
 ``client.db`` (history) before the relay is told to drop it, so a crash of
@@ -24,7 +25,7 @@ import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from securechan.agent.methods import MAX_PENDING_BYTES, AgentState
+from securechan.agent.methods import MAX_PENDING_BYTES, AgentState, restore
 from securechan.errors import AgentLocked, MalformedInput, Reason, RelayError, SecurechanError
 
 if TYPE_CHECKING:
@@ -79,6 +80,7 @@ class Receiver:
                         async with state.channel_lock:
                             if state.keys.locked:
                                 break
+                            restore(state, channel)
                             items = await channel.receive()
                     except RelayError as e:
                         self._notify("relayUnavailable", {"error": str(e), "retry_in": backoff})

@@ -32,7 +32,7 @@ from typing import Any
 from securechan.agent.group_methods import GROUP_METHODS
 from securechan.agent.homelock import HomeLock
 from securechan.agent.keycache import KeyCache
-from securechan.agent.methods import METHODS, AgentState
+from securechan.agent.methods import METHODS, REQUESTER, AgentState
 from securechan.agent.peercred import peer_credentials
 from securechan.agent.receiver import Receiver
 from securechan.agent.rpc import (
@@ -266,6 +266,11 @@ class AgentServer:
             return error_frame(
                 RpcError(AgentErrorCode.METHOD_NOT_FOUND, "no such method", request_id=rid)
             )
+
+        async def tell(method: str, params: dict[str, Any]) -> None:
+            await conn.send(notification_frame(method, params))
+
+        REQUESTER.set(tell)  # this request's own task: its context only
         try:
             return result_frame(rid, await handler(self.state, request.params))
         except RpcError as e:

@@ -58,6 +58,33 @@ def _client(app: _App) -> Any:
     return AgentClient(app.home)
 
 
+def call_running_agent(
+    app: _App, method: str, params: dict[str, Any], notified: Any = None
+) -> dict[str, Any] | None:
+    """``method`` through the home's agent if one runs (None if none does),
+    for the commands that go through it without the fast path (``pair``,
+    ``statement export``). A locked agent is unlocked first with the
+    passphrase (``--passphrase-file``, $SECURECHAN_PASSPHRASE or a prompt)."""
+    from securechan.agent.homelock import agent_running
+    from securechan.errors import AgentLocked
+
+    if not agent_running(app.home):
+        return None
+    with _client(app) as client:
+        for attempt in (1, 2):
+            try:
+                if notified is None:
+                    result: dict[str, Any] = client.call(method, **params)
+                else:
+                    result = client.call_notified(method, params, notified)
+                return result
+            except AgentLocked:
+                if attempt == 2:
+                    raise
+                client.unlock(app.passphrase())
+    return None  # not reached
+
+
 @agent.command(name="run")
 @_ttl_options
 @click.option(
@@ -149,7 +176,7 @@ def agent_start(app: _App, idle_ttl: float, max_ttl: float, poll: float) -> None
     try:
         with client:
             client.unlock(passphrase)
-            info = client.status()
+            info = client.call("status")
     except Exception:
         _stop(app)
         raise
@@ -207,7 +234,7 @@ def agent_stop(app: _App) -> None:
 def agent_status(app: _App, as_json: bool) -> None:
     """Whether an agent runs, and whether its key is unlocked (exit 3 if none)."""
     with _client(app) as client:
-        info = client.status()
+        info = client.call("status")
     if as_json:
         _emit_json(info)
         return
@@ -230,5 +257,5 @@ def agent_unlock(app: _App) -> None:
     """Unlock a locked agent (asks for the passphrase)."""
     with _client(app) as client:
         client.unlock(app.passphrase())
-        info = client.status()
+        info = client.call("status")
     click.echo(f"agent unlocked ({info['expires_in']} s left)")

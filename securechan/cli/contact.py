@@ -29,7 +29,7 @@ from securechan.terminal_text import inline
 def _contact_json(
     c: securechan.Contact, sn: securechan.SafetyNumber | None = None
 ) -> dict[str, Any]:
-    from securechan.cli.results import ContactInfo
+    from securechan.client.results import ContactInfo
 
     return ContactInfo.of(c, sn).to_json()
 

@@ -31,7 +31,7 @@ from securechan.cli.text_input import read_text
 from securechan.errors import RelayError, UsageError
 from securechan.terminal_text import inline
 
-__all__ = ["GroupFileSaver", "check_group_text", "group", "group_history", "send_group"]
+__all__ = ["check_group_text", "group", "group_history", "send_group"]
 
 
 @click.group(cls=_Group)
@@ -298,43 +298,6 @@ def group_history(
         return
     for row in rows:
         _echo(render.group_history_row(row.to_json()))
-
-
-class GroupFileSaver:
-    """Saves each group file into ``folder`` once it is whole (``receive``,
-    and the agent's ``receive`` with a ``download`` folder).
-
-    A group file travels as one record per piece; for each shown piece the
-    client is asked for the whole file (``Channel.group_file``: the pieces
-    put together and checked against the file's SHA-512), which fails
-    while pieces are missing. The file is saved, under its sanitised name
-    and never over an existing file, by the first piece it is whole at;
-    the same file is not saved twice in one run."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.done: set[tuple[str, str, bytes]] = set()
-
-    def save(self, ch: Any, item: Any) -> str | None:
-        """Where the file ``item`` completed was saved, or None."""
-        from securechan.client.group_results import GroupEntry
-
-        if not isinstance(item, GroupEntry) or item.status != "shown" or not item.file_name:
-            return None
-        import hashlib
-
-        from securechan.client.downloads import save_download
-        from securechan.errors import NotFound
-
-        try:
-            name, data = ch.group_file(item.group, item.id)
-        except (UsageError, NotFound):
-            return None  # pieces still missing: a later receive saves it
-        key = (item.group, name, hashlib.sha256(data).digest())
-        if key in self.done:
-            return None
-        self.done.add(key)
-        return str(save_download(self.folder, name, data))
 
 
 # The group's record (docs/AUDIT.md, "Group transcripts").

@@ -369,7 +369,7 @@ def receive(
             del bars[name]
 
     relays_down: set[str] = set()  # each relay that failed, reported once
-    from securechan.cli.group import GroupFileSaver
+    from securechan.client.downloads import GroupFileSaver
 
     group_files = GroupFileSaver(download)
 
@@ -391,13 +391,19 @@ def receive(
             rolled_back.append(item.error)
 
     async def go() -> None:
+        from securechan.client.unshown import mark_shown, start_cursor, unshown
+
         async with _channel(app, unknown=unknown) as ch:
+            # First what an agent received and no `receive` showed (it
+            # stopped or crashed since): each message is shown once.
+            earlier = unshown(ch.db, ch.keystore.contacts.find, start_cursor(ch.db))
             if not follow:
-                items = await ch.receive(progress=progress)
+                items = [*earlier, *await ch.receive(progress=progress)]
                 for bar in bars.values():
                     bar.close()
                 for item in items:
                     show(item, ch)
+                mark_shown(ch.db)
                 for url in ch.left_waiting:
                     click.echo(
                         f"securechan: note: more messages wait at {inline(url)}: "
@@ -408,8 +414,12 @@ def receive(
             stop = asyncio.Event()
             if timeout is not None:
                 asyncio.get_running_loop().call_later(timeout, stop.set)
+            for item in earlier:
+                show(item, ch)
             async for item in ch.follow(stop=stop, progress=progress):
                 show(item, ch)
+                mark_shown(ch.db)
+            mark_shown(ch.db)
 
     _run(go())
     if split:

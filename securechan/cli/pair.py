@@ -56,18 +56,28 @@ def pair(
     async def go() -> Any:
         async with _channel(app) as ch:
             contact = await ch.pair(relay_url, code=code, words=words, name=name, on_code=show)
+            from securechan.client.results import ContactInfo
             from securechan.identity.safety import safety_number
 
-            return contact, safety_number(ch.identity.public, contact.identity)
+            sn = safety_number(ch.identity.public, contact.identity)
+            return ContactInfo.of(contact, sn).to_json()
 
-    contact, sn = _run(go())
+    from securechan.cli.agent import call_running_agent
+
+    def notified(method: str, params: dict[str, Any]) -> None:
+        if method == "pairingCode":
+            show(str(params.get("code")))
+
+    # Through the agent when one runs (docs/AGENT.md): it pins the contact.
+    asked = {"relay": relay_url, "code": code, "words": None if code else words, "name": name}
+    info = call_running_agent(app, "pair", asked, notified)
+    if info is None:
+        info = _run(go())
     if as_json:
-        from securechan.cli.results import ContactInfo
-
-        _emit_json(ContactInfo.of(contact, sn).to_json())
+        _emit_json(info)
         return
-    shown = inline(contact.name)
-    click.echo(f"Paired with {shown}: {contact.fingerprint}")
+    shown = inline(info["name"])
+    click.echo(f"Paired with {shown}: {info['fingerprint']}")
     click.echo(f"{shown} is pinned and verified by code.")
     click.echo(
         "For a check a future quantum computer cannot undo, compare safety numbers:"

@@ -3,7 +3,7 @@
 The client's own results (a received message, a refused envelope, a send,
 a history row, the status) are in :mod:`securechan.client.results`; these are
 the rest: identities, contacts, document signatures, the audit log,
-statements, witnesses, policies, the demo. Each is built from the library's
+statement verification, witnesses, policies, the demo. Each is built from the library's
 objects (``of``) and has ``to_json()``, the one place its JSON is made, with
 the fields listed in ``JSON_FIELDS`` (those in ``JSON_OPTIONAL`` only when
 they apply), as docs/CLI.md, "JSON output", documents them; a test holds the
@@ -26,10 +26,8 @@ if TYPE_CHECKING:
     from securechan.audit.checkpoint import Cosignature
     from securechan.audit.log_records import AuditEntry
     from securechan.audit.statement import VerifiedStatement
-    from securechan.identity import Contact, SafetyNumber
 
 __all__ = [
-    "ContactInfo",
     "CosignRound",
     "DemoReport",
     "DocumentSigned",
@@ -40,7 +38,6 @@ __all__ = [
     "LogVerified",
     "PolicyInfo",
     "Registered",
-    "StatementExported",
     "StatementVerified",
     "TranscriptVerified",
     "WitnessKeyInfo",
@@ -87,60 +84,6 @@ class IdentityInfo:
             "created": iso_utc(self.created),
             "home": self.home,
         }
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ContactInfo:
-    """``contact add``, ``list``, ``show``, ``verify``: one pinned contact
-    (``show`` adds the safety number, as digits and as words)."""
-
-    name: str
-    identity_name: str
-    fingerprint: str
-    verified: bool
-    added: int
-    verified_at: int | None
-    safety_number: str | None = None
-    safety_words: tuple[str, ...] | None = None
-
-    JSON_FIELDS: ClassVar[tuple[str, ...]] = (
-        "name",
-        "identity_name",
-        "fingerprint",
-        "verified",
-        "added",
-        "verified_at",
-        "safety_number",
-        "safety_words",
-    )
-    JSON_OPTIONAL: ClassVar[frozenset[str]] = frozenset({"safety_number", "safety_words"})
-
-    @classmethod
-    def of(cls, c: Contact, sn: SafetyNumber | None = None) -> ContactInfo:
-        return cls(
-            name=c.name,
-            identity_name=c.identity.name,
-            fingerprint=str(c.fingerprint),
-            verified=c.verified,
-            added=c.added,
-            verified_at=c.verified_at,
-            safety_number=None if sn is None else str(sn),
-            safety_words=None if sn is None else tuple(sn.words),
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "name": self.name,
-            "identity_name": self.identity_name,
-            "fingerprint": self.fingerprint,
-            "verified": self.verified,
-            "added": iso_utc(self.added),
-            "verified_at": iso_utc(self.verified_at),
-        }
-        if self.safety_number is not None:
-            data["safety_number"] = self.safety_number
-            data["safety_words"] = list(self.safety_words or ())
-        return data
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -266,35 +209,6 @@ class LogVerified:
             "head_checkpoint": self.head_checkpoint,
             "identity": self.identity,
             "fingerprint": self.fingerprint,
-        }
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StatementExported:
-    """``statement export``: the file written and what it can prove."""
-
-    file: str
-    message_id: str
-    log: bool
-    witnessed: bool
-    delivery_receipt: bool
-
-    JSON_FIELDS: ClassVar[tuple[str, ...]] = (
-        "file",
-        "message_id",
-        "log",
-        "witnessed",
-        "delivery_receipt",
-    )
-    JSON_OPTIONAL: ClassVar[frozenset[str]] = _NONE
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "file": self.file,
-            "message_id": self.message_id,
-            "log": self.log,
-            "witnessed": self.witnessed,
-            "delivery_receipt": self.delivery_receipt,
         }
 
 

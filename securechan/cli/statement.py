@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from securechan.cli.core import (
     _run,
     pass_app,
 )
-from securechan.errors import StorageError, UsageError, VerificationFailed
+from securechan.errors import VerificationFailed
 from securechan.terminal_text import block, inline
 
 
@@ -48,44 +49,33 @@ def statement_export(app: _App, message_id: str, output: Path, as_json: bool) ->
     the recipient's signed receipt for it, if there is one; give it only to
     whom you mean to."""
 
-    from securechan.client.policy import witnessed_statement
+    from securechan.client.policy import export_statement
 
     async def go() -> Any:
         async with _channel(app) as ch:
-            return await witnessed_statement(ch, message_id)
+            return await export_statement(ch, message_id, output)
 
-    st, witnessed = _run(go())
-    text = st.to_text()
-    try:
-        with open(output, "x", encoding="ascii", newline="\n") as f:
-            f.write(text)
-    except FileExistsError:
-        raise UsageError(f"{output} exists; choose another name") from None
-    except OSError as e:
-        raise StorageError(f"cannot write {output}: {e.strerror}") from None
-    from securechan.audit.statement import message_id as _mid
-    from securechan.cli.results import StatementExported
+    from securechan.cli.agent import call_running_agent
 
-    info = StatementExported(
-        file=str(output),
-        message_id=_mid(st.signed),
-        log=st.placement is not None,
-        witnessed=witnessed,
-        delivery_receipt=st.receipt is not None,
-    )
+    # Through the agent when one runs (docs/AGENT.md, statementExport).
+    asked = {"message_id": message_id, "output": os.path.abspath(output)}
+    info = call_running_agent(app, "statementExport", asked)
+    if info is None:
+        info = _run(go()).to_json()
     if as_json:
-        _emit_json(info.to_json())
+        _emit_json(info)
         return
     where = "without a relay log receipt"
-    if st.placement is not None:
+    if info["log"]:
+        witnessed = info["witnessed"]
         where = "with a witnessed log checkpoint" if witnessed else "with its relay log receipt"
     delivery = (
         "the recipient's receipt for it"
-        if st.receipt is not None
+        if info["delivery_receipt"]
         else "no receipt from the recipient for exactly this message: delivery not proven"
     )
     click.echo(
-        f"Statement of message {info.message_id} written to {inline(str(output))} "
+        f"Statement of message {info['message_id']} written to {inline(str(output))} "
         f"({where}; {delivery})"
     )
 

@@ -3,8 +3,11 @@
 :class:`AgentClient` (blocking, standard library only: what the thin CLI
 uses, so a command through the agent imports no cryptography and no aiohttp)
 and :class:`AsyncAgentClient` (asyncio) call the agent's JSON-RPC methods
-and return their results: the same JSON objects ``--json`` prints and
-``Channel``'s result types' ``to_json()`` give. An error answer is raised
+``call`` returns a method's raw result: the JSON object ``--json`` prints
+(``Channel``'s result types' ``to_json()``); the named methods
+(``send_text``, ``receive``, ``history``, ``status``...) return ``Channel``'s
+result types themselves (client/agent_results.py, imported on their first
+call: it loads the cryptography, so the thin CLI uses ``call`` only). An error answer is raised
 as the securechan error of its reason (``data.reason``; a class whose
 constructor takes more than a message is raised as its nearest base that
 takes one), :class:`AgentLocked` for a locked agent, and
@@ -30,8 +33,18 @@ TYPE_CHECKING = False
 
 if TYPE_CHECKING:
     import asyncio
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from typing import Any
+
+    from securechan.client.agent_results import History
+    from securechan.client.results import (
+        AgentStatus,
+        ContactInfo,
+        Received,
+        Rejected,
+        SendResult,
+        StatementExported,
+    )
 
 __all__ = ["MAX_ANSWER", "AgentClient", "AsyncAgentClient", "raise_for"]
 
@@ -159,6 +172,25 @@ class AgentClient:
             if answered:
                 return result
 
+    def call_notified(
+        self, method: str, params: dict[str, Any], notified: Callable[[str, dict[str, Any]], None]
+    ) -> Any:
+        """:meth:`call`, handing each notification that comes before the
+        answer to ``notified`` at once (``pair``'s ``pairingCode``)."""
+        request_id = next(self._ids)
+        try:
+            self._sock.sendall(_frame(method, params, request_id))
+        except OSError as e:
+            raise AgentUnavailable(f"the agent connection failed: {e}") from None
+        while True:
+            obj = self._line()
+            if "method" in obj:
+                notified(str(obj["method"]), dict(obj.get("params") or {}))
+                continue
+            answered, result = _answer(obj, request_id, self.notifications)
+            if answered:
+                return result
+
     def subscribe(self) -> Iterator[tuple[str, dict[str, Any]]]:
         """``subscribeReceive``, then every notification as (method, params)."""
         self.call("subscribeReceive")
@@ -169,9 +201,13 @@ class AgentClient:
             if "method" in obj:
                 yield str(obj["method"]), dict(obj.get("params") or {})
 
-    # The methods of docs/AGENT.md, named as the library's Channel names them.
-    def status(self) -> Any:
-        return self.call("status")
+    # The methods of docs/AGENT.md, named as the library's Channel names them
+    # and returning Channel's result types (client/agent_results.py, loaded
+    # on first use: it brings the cryptography; `call` stays light).
+    def status(self) -> AgentStatus:
+        from securechan.client.agent_results import agent_status
+
+        return agent_status(self.call("status"))
 
     def unlock(self, passphrase: str) -> Any:
         return self.call("unlock", passphrase=passphrase)
@@ -182,23 +218,52 @@ class AgentClient:
     def stop(self) -> Any:
         return self.call("stop")
 
-    def send_text(self, contact: str, text: str) -> Any:
-        return self.call("send", contact=contact, text=text)
+    def send_text(self, contact: str, text: str) -> SendResult:
+        from securechan.client.agent_results import send_result
 
-    def send_file(self, contact: str, path: Path) -> Any:
-        return self.call("send", contact=contact, file=os.path.abspath(path))
+        return send_result(self.call("send", contact=contact, text=text))
 
-    def receive(self, download: Path | None = None) -> list[dict[str, Any]]:
+    def send_file(self, contact: str, path: Path) -> SendResult:
+        from securechan.client.agent_results import send_result
+
+        return send_result(self.call("send", contact=contact, file=os.path.abspath(path)))
+
+    def receive(self, download: Path | None = None) -> list[Received | Rejected]:
+        from securechan.client.agent_results import received_item
+
         folder = os.path.abspath(download) if download is not None else None
-        items: list[dict[str, Any]] = self.call("receive", download=folder)["items"]
-        return items
+        return [received_item(x) for x in self.call("receive", download=folder)["items"]]
 
-    def history(self, contact: str | None = None) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = self.call("history", contact=contact)["items"]
-        return items
+    def history(self, contact: str | None = None) -> History:
+        from securechan.client.agent_results import history_rows
 
-    def statement_export(self, message_id: str, output: Path) -> Any:
-        return self.call("statementExport", message_id=message_id, output=os.path.abspath(output))
+        return history_rows(self.call("history", contact=contact)["items"])
+
+    def statement_export(self, message_id: str, output: Path) -> StatementExported:
+        from securechan.client.agent_results import statement_exported
+
+        out = os.path.abspath(output)
+        return statement_exported(self.call("statementExport", message_id=message_id, output=out))
+
+    def pair(
+        self,
+        relay_url: str | None = None,
+        *,
+        code: str | None = None,
+        words: int | None = None,
+        name: str | None = None,
+        on_code: Callable[[str], None] | None = None,
+    ) -> ContactInfo:
+        """As :meth:`Channel.pair`, but returns the contact as
+        :class:`ContactInfo` (with its safety number): the agent pinned it."""
+        from securechan.client.agent_results import contact_info
+
+        def notified(method: str, params: dict[str, Any]) -> None:
+            if method == "pairingCode" and on_code is not None:
+                on_code(str(params.get("code")))
+
+        params = {"relay": relay_url, "code": code, "words": words, "name": name}
+        return contact_info(self.call_notified("pair", params, notified))
 
 
 class AsyncAgentClient:
@@ -262,3 +327,47 @@ class AsyncAgentClient:
             if "method" in obj:
                 return str(obj["method"]), dict(obj.get("params") or {})
         return self.notifications.pop(0)
+
+    # The same typed methods as AgentClient's.
+    async def status(self) -> AgentStatus:
+        from securechan.client.agent_results import agent_status
+
+        return agent_status(await self.call("status"))
+
+    async def unlock(self, passphrase: str) -> Any:
+        return await self.call("unlock", passphrase=passphrase)
+
+    async def lock(self) -> Any:
+        return await self.call("lock")
+
+    async def stop(self) -> Any:
+        return await self.call("stop")
+
+    async def send_text(self, contact: str, text: str) -> SendResult:
+        from securechan.client.agent_results import send_result
+
+        return send_result(await self.call("send", contact=contact, text=text))
+
+    async def send_file(self, contact: str, path: Path) -> SendResult:
+        from securechan.client.agent_results import send_result
+
+        return send_result(await self.call("send", contact=contact, file=os.path.abspath(path)))
+
+    async def receive(self, download: Path | None = None) -> list[Received | Rejected]:
+        from securechan.client.agent_results import received_item
+
+        folder = os.path.abspath(download) if download is not None else None
+        answer = await self.call("receive", download=folder)
+        return [received_item(x) for x in answer["items"]]
+
+    async def history(self, contact: str | None = None) -> History:
+        from securechan.client.agent_results import history_rows
+
+        return history_rows((await self.call("history", contact=contact))["items"])
+
+    async def statement_export(self, message_id: str, output: Path) -> StatementExported:
+        from securechan.client.agent_results import statement_exported
+
+        out = os.path.abspath(output)
+        answer = await self.call("statementExport", message_id=message_id, output=out)
+        return statement_exported(answer)

@@ -69,6 +69,25 @@ class MessageTables:
         rows = self._db.execute(query + " ORDER BY id LIMIT ?", (*args, limit)).fetchall()
         return [self._stored_message(r) for r in rows]
 
+    def last_message_id(self) -> int:
+        """The row id of the newest stored message (0 when there is none)."""
+        (n,) = self._db.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()
+        return int(n)
+
+    def shown_cursor(self) -> int | None:
+        """The row id up to which received messages were handed to a
+        ``receive`` caller (client/unshown.py), or ``None`` if never set."""
+        row = self._db.execute("SELECT value FROM meta WHERE name = 'received_shown'").fetchone()
+        return None if row is None else int(row[0])
+
+    def set_shown_cursor(self, up_to: int) -> None:
+        """Move the shown cursor forward to ``up_to`` (never back)."""
+        self._db.execute(
+            "INSERT INTO meta (name, value) VALUES ('received_shown', ?) "
+            "ON CONFLICT(name) DO UPDATE SET value = max(value, excluded.value)",
+            (up_to,),
+        )
+
     def remove_message(self, conversation: bytes, direction: str, seq: int) -> None:
         """Forget a stored message (a send cancelled before it was posted)."""
         self._db.execute(

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Protocol
 
 from securechan.audit.checkpoint import CosignedCheckpoint, open_cosigned_checkpoint
@@ -39,7 +40,15 @@ from securechan.audit.receipt import Receipt, envelope_leaf_hash
 from securechan.audit.statement import LogPlacement, Statement
 from securechan.client.db import ClientDB
 from securechan.client.logview import RelayLogs
-from securechan.errors import MalformedInput, NotFound, RelayError, UsageError, VerificationFailed
+from securechan.client.results import StatementExported
+from securechan.errors import (
+    MalformedInput,
+    NotFound,
+    RelayError,
+    StorageError,
+    UsageError,
+    VerificationFailed,
+)
 from securechan.primitives import sha256
 from securechan.transport import RelayClient
 
@@ -47,6 +56,7 @@ __all__ = [
     "PolicyHost",
     "WitnessPolicy",
     "check_witnessed",
+    "export_statement",
     "get_policy",
     "refresh_witnessed",
     "set_policy",
@@ -224,3 +234,28 @@ async def witnessed_statement(ch: PolicyHost, message_id: str) -> tuple[Statemen
         )
         return replace(statement, placement=placement), True
     return statement, False
+
+
+async def export_statement(ch: PolicyHost, message_id: str, output: Path) -> StatementExported:
+    """Write the statement of ``message_id`` (:func:`witnessed_statement`)
+    to the new file ``output`` (never over an existing one: UsageError) and
+    say what it can prove. The one place a statement file is written: the
+    ``statement export`` command and the agent's ``statementExport`` call it."""
+    from securechan.audit.statement import message_id as statement_id
+
+    st, witnessed = await witnessed_statement(ch, message_id)
+    text = st.to_text()
+    try:
+        with open(output, "x", encoding="ascii", newline="\n") as f:
+            f.write(text)
+    except FileExistsError:
+        raise UsageError(f"{output} exists; choose another name") from None
+    except OSError as e:
+        raise StorageError(f"cannot write {output}: {e.strerror}") from None
+    return StatementExported(
+        file=str(output),
+        message_id=statement_id(st.signed),
+        log=st.placement is not None,
+        witnessed=witnessed,
+        delivery_receipt=st.receipt is not None,
+    )

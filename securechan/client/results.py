@@ -16,19 +16,25 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from securechan.errors import Reason
 from securechan.protocol.payload import ContentType, Receipt
 from securechan.timestamps import iso_utc
 
+if TYPE_CHECKING:
+    from securechan.identity import Contact, SafetyNumber
+
 __all__ = [
+    "AgentStatus",
     "Cancelled",
+    "ContactInfo",
     "HistoryEntry",
     "QueuedMessage",
     "Received",
     "Rejected",
     "SendResult",
+    "StatementExported",
     "Status",
     "TranscriptExported",
 ]
@@ -330,6 +336,137 @@ class Cancelled:
             "in_flight": self.in_flight,
             "retired": self.retired,
         }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatementExported:
+    """``statement export`` (:func:`securechan.client.policy.export_statement`):
+    the file written and what it can prove."""
+
+    file: str
+    message_id: str
+    log: bool
+    witnessed: bool
+    delivery_receipt: bool
+
+    JSON_FIELDS: ClassVar[tuple[str, ...]] = (
+        "file",
+        "message_id",
+        "log",
+        "witnessed",
+        "delivery_receipt",
+    )
+    JSON_OPTIONAL: ClassVar[frozenset[str]] = frozenset()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "message_id": self.message_id,
+            "log": self.log,
+            "witnessed": self.witnessed,
+            "delivery_receipt": self.delivery_receipt,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentStatus:
+    """The agent's ``status`` (``securechan agent status --json``): the
+    channel's status when unlocked (``None`` when locked), and with ``flush``
+    the relays that did not answer (URL -> why). What
+    ``AgentClient.status()`` returns."""
+
+    home: str
+    pid: int
+    locked: bool
+    expires_in: int
+    idle_ttl: float
+    max_ttl: float
+    pending: int
+    channel: Status | None = None
+    relay_errors: dict[str, str] | None = None
+
+    JSON_FIELDS: ClassVar[tuple[str, ...]] = (
+        "home",
+        "pid",
+        "locked",
+        "expires_in",
+        "idle_ttl",
+        "max_ttl",
+        "pending",
+        "channel",
+        "relay_errors",
+    )
+    JSON_OPTIONAL: ClassVar[frozenset[str]] = frozenset({"relay_errors"})
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "home": self.home,
+            "pid": self.pid,
+            "locked": self.locked,
+            "expires_in": self.expires_in,
+            "idle_ttl": self.idle_ttl,
+            "max_ttl": self.max_ttl,
+            "pending": self.pending,
+            "channel": None if self.channel is None else self.channel.to_json(),
+        }
+        if self.relay_errors is not None:
+            out["relay_errors"] = dict(self.relay_errors)
+        return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ContactInfo:
+    """``contact add``, ``list``, ``show``, ``verify``, ``pair`` (and the
+    agent's ``pair``): one pinned contact (``show`` and ``pair`` add the
+    safety number, as digits and as words)."""
+
+    name: str
+    identity_name: str
+    fingerprint: str
+    verified: bool
+    added: int
+    verified_at: int | None
+    safety_number: str | None = None
+    safety_words: tuple[str, ...] | None = None
+
+    JSON_FIELDS: ClassVar[tuple[str, ...]] = (
+        "name",
+        "identity_name",
+        "fingerprint",
+        "verified",
+        "added",
+        "verified_at",
+        "safety_number",
+        "safety_words",
+    )
+    JSON_OPTIONAL: ClassVar[frozenset[str]] = frozenset({"safety_number", "safety_words"})
+
+    @classmethod
+    def of(cls, c: Contact, sn: SafetyNumber | None = None) -> ContactInfo:
+        return cls(
+            name=c.name,
+            identity_name=c.identity.name,
+            fingerprint=str(c.fingerprint),
+            verified=c.verified,
+            added=c.added,
+            verified_at=c.verified_at,
+            safety_number=None if sn is None else str(sn),
+            safety_words=None if sn is None else tuple(sn.words),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "name": self.name,
+            "identity_name": self.identity_name,
+            "fingerprint": self.fingerprint,
+            "verified": self.verified,
+            "added": iso_utc(self.added),
+            "verified_at": iso_utc(self.verified_at),
+        }
+        if self.safety_number is not None:
+            data["safety_number"] = self.safety_number
+            data["safety_words"] = list(self.safety_words or ())
+        return data
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,0 +1,149 @@
+"""What was received and not yet shown: a cursor into client.db's messages
+(docs/AGENT.md, Receiving).
+
+A receive pass commits every message it accepts to the ``messages`` table
+before it acknowledges it to the relay (client/inbox.py). The agent keeps
+receiving while no client listens; what it received is then in the store
+but not yet handed to a ``receive`` caller. The **shown cursor** (``meta``
+row ``received_shown``) is the row id of ``messages`` up to which received
+messages were handed to one; :func:`unshown` rebuilds the items after it
+from the store, so they survive the agent's crash or stop, and
+:func:`mark_shown` moves it after a caller got them. Both the agent's
+``receive`` and the in-process ``securechan receive`` use them, so each
+message is shown once whichever of the two runs next.
+
+What the store does not keep, the rebuilt items lack: the notes of a pass
+(messages missing, out of order), the separate ``receipt_matches`` item of a
+receipt check, and refused envelopes (those are in the audit log, and were
+sent to subscribers as they happened). A file is rebuilt from its chunks'
+stored messages (each carries its chunk) when its last chunk is after the
+cursor; its chunks were taken out of ``file_chunks`` when it completed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from securechan.client.db import ClientDB, StoredMessage
+from securechan.client.files import file_intact
+from securechan.client.results import Received, Rejected
+from securechan.client.stored import StoredRecord
+from securechan.errors import MalformedInput, Reason, StorageError
+from securechan.identity import Contact
+from securechan.identity.keys import Fingerprint
+from securechan.primitives import sha256
+from securechan.protocol.address import QueueGrant
+from securechan.protocol.payload import ContentType, FileChunk, Payload, Receipt, SignedPayload
+
+__all__ = ["mark_shown", "start_cursor", "unshown"]
+
+_PAGE = 500
+Items = list[Received | Rejected]
+FindContact = Callable[[Fingerprint], Contact | None]
+
+
+def _received(
+    db: ClientDB, after: int, peer: bytes | None = None
+) -> Iterator[tuple[StoredMessage, StoredRecord, Payload]]:
+    while page := db.messages(peer, after=after, limit=_PAGE):
+        for m in page:
+            if m.direction != "in":
+                continue
+            try:
+                rec = StoredRecord.from_bytes(m.record)
+                payload = SignedPayload.from_bytes_unverified(rec.signed).payload
+            except MalformedInput as e:
+                raise StorageError(f"{db.path}: a stored message is damaged: {e}") from None
+            yield m, rec, payload
+        after = page[-1].id
+
+
+def start_cursor(db: ClientDB) -> int:
+    """The shown cursor; set to the newest message when it was never set
+    (on a home that never had one, everything stored before counts as shown)."""
+    cursor = db.shown_cursor()
+    if cursor is None:
+        cursor = db.last_message_id()
+        with db.transaction():
+            db.set_shown_cursor(cursor)
+    return cursor
+
+
+def mark_shown(db: ClientDB, up_to: int | None = None) -> None:
+    """Everything stored up to ``up_to`` (default: now) was shown."""
+    with db.transaction():
+        db.set_shown_cursor(db.last_message_id() if up_to is None else up_to)
+
+
+def unshown(db: ClientDB, find_contact: FindContact, after: int) -> Items:
+    """The received messages stored after the row id ``after``, as the
+    items the pass that accepted them returned (see the module for what
+    they lack), in the order they were stored."""
+    out: list[tuple[int, Received | Rejected]] = []
+    files: dict[tuple[bytes, bytes], tuple[FileChunk, bytes]] = {}
+    for m, rec, payload in _received(db, after):
+        content = payload.content()
+        if isinstance(content, QueueGrant):
+            continue
+        if isinstance(content, FileChunk):
+            files.setdefault((m.conversation, content.file_id), (content, m.peer))
+            continue
+        item = _item(rec, payload, m, find_contact)
+        if isinstance(content, Receipt):
+            out.append((m.id, Received(**item, receipt=content)))  # type: ignore[arg-type]
+        else:
+            text = content if isinstance(content, str) else None
+            out.append((m.id, Received(**item, text=text)))  # type: ignore[arg-type]
+    for (conversation, file_id), (first, peer) in files.items():
+        done = _file(db, find_contact, (conversation, peer, file_id), first, after)
+        if done is not None:
+            out.append(done)
+    out.sort(key=lambda pair: pair[0])
+    return [item for _, item in out]
+
+
+def _item(
+    rec: StoredRecord, payload: Payload, m: StoredMessage, find_contact: FindContact
+) -> dict[str, object]:
+    contact = find_contact(payload.sender)
+    return {
+        "contact": contact.name if contact is not None else rec.contact,
+        "fingerprint": str(payload.sender),
+        "verified": contact.verified if contact is not None else False,
+        "conversation": m.conversation,
+        "seq": m.seq,
+        "sent_at": payload.sent_at,
+        "content_type": payload.content_type,
+        "hash": sha256(rec.signed),
+    }
+
+
+def _file(
+    db: ClientDB,
+    find_contact: FindContact,
+    where: tuple[bytes, bytes, bytes],
+    chunk: FileChunk,
+    after: int,
+) -> tuple[int, Received | Rejected] | None:
+    """The file (conversation, peer, file id) if its chunks are all stored
+    and the one that completed it (the last stored) is after ``after``."""
+    conversation, peer, file_id = where
+    chunks: dict[int, bytes] = {}
+    last: tuple[StoredMessage, StoredRecord, Payload] | None = None
+    for m, rec, payload in _received(db, 0, peer):
+        content = payload.content()
+        if m.conversation != conversation or not isinstance(content, FileChunk):
+            continue
+        if content.file_id != file_id or content.index in chunks:
+            continue
+        chunks[content.index] = content.data
+        last = (m, rec, payload)
+    if last is None or len(chunks) != chunk.count or last[0].id <= after:
+        return None
+    data = b"".join(chunks[i] for i in sorted(chunks))
+    if not file_intact(chunk, data):
+        error = f"file {chunk.name!r} does not match its hash"
+        return last[0].id, Rejected(reason=Reason.FILE_CORRUPT, error=error)
+    item = _item(last[1], last[2], last[0], find_contact)
+    item["content_type"] = ContentType.FILE
+    return last[0].id, Received(**item, file_name=chunk.name, file_data=data)  # type: ignore[arg-type]
