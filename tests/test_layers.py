@@ -30,6 +30,7 @@ RANKS = {
     "timestamps": 0,
     "home": 0,
     "lazy": 0,
+    "json_text": 0,  # compact JSON writing without the json package (the thin CLI)
     "strict_json": 1,
     "primitives": 1,
     "pake": 1,  # SPAKE2 for pairing: the only importer of the spake2 package
@@ -167,6 +168,7 @@ def test_clients_of_the_relay_speak_its_one_api_description() -> None:
 # Inside client/: a module may import only client modules of a lower rank.
 CLIENT_RANKS = {
     "agent_paths": 0,
+    "agent_socket": 0,
     "agent_client": 1,
     "generations": 0,
     "results": 0,

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import os
-import socket
 from pathlib import Path
 
 from securechan import errors
+from securechan.client.agent_socket import MAX_ANSWER, AgentAnswer, AgentConnection, NoAgent
 from securechan.errors import AgentLocked, AgentUnavailable, MalformedInput, SecurechanError
+from securechan.json_text import dumps
 from securechan.strict_json import loads
 
 # Not `from typing import TYPE_CHECKING`: importing typing costs start-up
@@ -31,11 +31,10 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import asyncio
     from collections.abc import Iterator
-    from typing import Any
+    from typing import Any, NoReturn
 
 __all__ = ["MAX_ANSWER", "AgentClient", "AsyncAgentClient", "raise_for"]
 
-MAX_ANSWER = 64 * 1024 * 1024
 _LOCKED = -32001
 _SECURECHAN = -32000
 
@@ -54,7 +53,7 @@ def _error_class(reason: str) -> type[SecurechanError]:
     return SecurechanError
 
 
-def raise_for(error: dict[str, Any]) -> None:
+def raise_for(error: dict[str, Any]) -> NoReturn:
     """Raise the securechan error an error object stands for."""
     code, message = error.get("code"), str(error.get("message", "agent error"))
     data = error.get("data") if isinstance(error.get("data"), dict) else {}
@@ -107,26 +106,22 @@ def _answer(
 
 def _frame(method: str, params: dict[str, Any], request_id: int) -> bytes:
     body = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
-    return json.dumps(body, separators=(",", ":")).encode() + b"\n"
+    return dumps(body).encode("ascii") + b"\n"
 
 
 class AgentClient:
-    """A blocking connection to the agent of ``home`` (or the socket ``path``)."""
+    """A blocking connection to the agent of ``home`` (or the socket ``path``),
+    on :class:`~securechan.client.agent_socket.AgentConnection`."""
 
     def __init__(
         self, home: Path | None = None, *, path: Path | None = None, timeout: float | None = None
     ) -> None:
         self.path = path if path is not None else _default_path(home)
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.settimeout(timeout)
         try:
-            self._sock.connect(os.fspath(self.path))
-        except OSError as e:
-            self._sock.close()
-            raise AgentUnavailable(f"no agent at {self.path}: {e.strerror or e}") from None
-        self._file = self._sock.makefile("rb")
-        self._ids = itertools.count(1)
-        self.notifications: list[tuple[str, dict[str, Any]]] = []
+            self._conn = AgentConnection(os.fspath(self.path), timeout=timeout)
+        except NoAgent as e:
+            raise AgentUnavailable(str(e)) from None
+        self.notifications = self._conn.notifications
 
     def __enter__(self) -> AgentClient:
         return self
@@ -135,29 +130,16 @@ class AgentClient:
         self.close()
 
     def close(self) -> None:
-        self._file.close()
-        self._sock.close()
-
-    def _line(self) -> dict[str, Any]:
-        try:
-            line = self._file.readline(MAX_ANSWER + 1)
-        except OSError as e:
-            raise AgentUnavailable(f"the agent connection failed: {e}") from None
-        if not line.endswith(b"\n"):
-            raise AgentUnavailable("the agent closed the connection")
-        return _decode(line)
+        self._conn.close()
 
     def call(self, method: str, **params: Any) -> Any:
         """Call ``method``; return its result or raise (see the module)."""
-        request_id = next(self._ids)
         try:
-            self._sock.sendall(_frame(method, params, request_id))
-        except OSError as e:
-            raise AgentUnavailable(f"the agent connection failed: {e}") from None
-        while True:
-            answered, result = _answer(self._line(), request_id, self.notifications)
-            if answered:
-                return result
+            return self._conn.call(method, **params)
+        except AgentAnswer as e:
+            raise_for({"code": e.code, "message": e.message, "data": e.data})
+        except NoAgent as e:
+            raise AgentUnavailable(str(e)) from None
 
     def subscribe(self) -> Iterator[tuple[str, dict[str, Any]]]:
         """``subscribeReceive``, then every notification as (method, params)."""
@@ -165,7 +147,10 @@ class AgentClient:
         while True:
             while self.notifications:
                 yield self.notifications.pop(0)
-            obj = self._line()
+            try:
+                obj = self._conn.read()
+            except NoAgent as e:
+                raise AgentUnavailable(str(e)) from None
             if "method" in obj:
                 yield str(obj["method"]), dict(obj.get("params") or {})
 
