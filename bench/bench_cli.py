@@ -402,7 +402,12 @@ def agent_phase(world: World, root: Path, runs: int, samples: dict[str, list[Tim
                 samples.setdefault(row, []).append(gpg(msg, root / "m.gpg"))
     finally:
         for p in (world.t, world.w):
-            subprocess.run(p.argv("agent", "stop"), env=clean_env(), check=False)
+            subprocess.run(
+                p.argv("agent", "stop"),
+                env=clean_env(),
+                check=False,
+                stdout=subprocess.DEVNULL,  # keep --json output one document
+            )
         for g in _gpgs:
             g.stop_agent()
         shutil.rmtree(runtime, ignore_errors=True)

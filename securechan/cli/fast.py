@@ -24,7 +24,6 @@ import os
 import sys
 
 from securechan.cli import render
-from securechan.client.agent_socket import AgentAnswer, AgentConnection, NoAgent
 from securechan.terminal_text import inline
 
 # Not `from typing import TYPE_CHECKING`: importing typing costs start-up
@@ -33,6 +32,8 @@ TYPE_CHECKING = False
 
 if TYPE_CHECKING:
     from typing import Any
+
+    from securechan.client.agent_socket import AgentAnswer, AgentConnection
 
 __all__ = ["Parsed", "parse", "through_agent"]
 
@@ -148,7 +149,10 @@ def through_agent(argv: list[str]) -> int | None:
     parsed = parse(argv)
     if parsed is None:
         return None
+    # Imported only now: a command this path does not serve (--help, id show,
+    # ...) loads nothing of the client package.
     from securechan.client.agent_paths import socket_file
+    from securechan.client.agent_socket import AgentAnswer, AgentConnection, NoAgent
     from securechan.home import default_home_dir
 
     home = parsed.home if parsed.home is not None else default_home_dir()
@@ -191,6 +195,8 @@ def _print(lines: list[tuple[str, bool]]) -> None:
 
 def _call(client: AgentConnection, parsed: Parsed, method: str, **params: Any) -> Any:
     """Call ``method``; unlock a locked agent once and call it again."""
+    from securechan.client.agent_socket import AgentAnswer
+
     try:
         return client.call(method, **params)
     except AgentAnswer as e:
@@ -215,6 +221,8 @@ def _unlock(client: AgentConnection, parsed: Parsed) -> None:
             _EXIT_USAGE,
         )
     import getpass
+
+    from securechan.client.agent_socket import AgentAnswer
 
     for attempt in range(_TRIES):
         try:
