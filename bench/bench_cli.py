@@ -46,6 +46,16 @@ wall-clock time; the children's CPU time (user + system, from
 ``getrusage(RUSAGE_CHILDREN)``) is also given: a busy machine inflates it much
 less than the wall clock. Every run's exit code and output are checked (the
 message received is the one sent). ``bench/bench_gpg.py`` reuses this set-up.
+
+What is measured is the console script next to the interpreter that runs
+this file, and the output says which install that is: securechan imported
+from site-packages (``pip install .``, what the README and ``.ci/run``
+install) or from a source tree (``pip install -e .`` or PYTHONPATH), and
+whether pip wrote a console script that imports ``re`` (pip before 25
+does; ``re`` and the ``enum`` it loads cost about 6 ms of start-up here, more
+than the whole fast path through the agent imports). The children run with
+bytecode caches as any install has them (PYTHONDONTWRITEBYTECODE is dropped
+from their environment).
 """
 
 from __future__ import annotations
@@ -87,7 +97,15 @@ def securechan_command() -> list[str]:
 
 
 def clean_env(passphrase: str | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SECURECHAN_")}
+    # Without PYTHONDONTWRITEBYTECODE: an installed copy has its bytecode
+    # (pip compiles it at install time, an editable one on first import), so
+    # a child that recompiled every module from source on each run would
+    # measure a start-up no user has.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("SECURECHAN_") and k != "PYTHONDONTWRITEBYTECODE"
+    }
     if passphrase is not None:
         env["SECURECHAN_PASSPHRASE"] = passphrase
     return env
@@ -247,6 +265,32 @@ class World:
                 raise RuntimeError(f"set-up message not received: {got}")
 
 
+def installation() -> dict[str, Any]:
+    """What is measured: where securechan is imported from (an install in
+    site-packages, as ``pip install .`` makes it, or a source tree: an
+    editable install or PYTHONPATH), and whether the console script that pip
+    wrote imports ``re`` (pip before 25 does: about 6 ms here on its own)."""
+    import sysconfig
+
+    import securechan
+
+    module = Path(securechan.__file__).resolve().parent
+    site = Path(sysconfig.get_paths()["purelib"]).resolve()
+    script = Path(securechan_command()[0]).read_text("utf-8", errors="replace").splitlines()
+    try:
+        from importlib.metadata import version
+
+        pip = version("pip")
+    except Exception:  # no pip in this environment
+        pip = "none"
+    return {
+        "securechan_from": str(module),
+        "kind": "installed (site-packages)" if module.is_relative_to(site) else "source tree",
+        "script_imports_re": any(line.strip() == "import re" for line in script[:8]),
+        "pip": pip,
+    }
+
+
 def summarise(samples: dict[str, list[Timing]]) -> dict[str, dict[str, Any]]:
     out = {}
     for name, runs in samples.items():
@@ -358,7 +402,12 @@ def agent_phase(world: World, root: Path, runs: int, samples: dict[str, list[Tim
                 samples.setdefault(row, []).append(gpg(msg, root / "m.gpg"))
     finally:
         for p in (world.t, world.w):
-            subprocess.run(p.argv("agent", "stop"), env=clean_env(), check=False)
+            subprocess.run(
+                p.argv("agent", "stop"),
+                env=clean_env(),
+                check=False,
+                stdout=subprocess.DEVNULL,  # keep --json output one document
+            )
         for g in _gpgs:
             g.stop_agent()
         shutil.rmtree(runtime, ignore_errors=True)
@@ -430,6 +479,7 @@ def run(runs: int) -> dict[str, Any]:
             "python": f"{platform.python_implementation()} {platform.python_version()}",
             "platform": platform.platform(),
         },
+        "installation": installation(),
         "runs": runs,
         "kdf": KDF,
         "key_unlock_s": unlock,
@@ -439,10 +489,13 @@ def run(runs: int) -> dict[str, Any]:
 
 
 def markdown(out: dict[str, Any]) -> str:
+    inst = out["installation"]
     lines = [
         f"CLI cold start, whole processes, median of {out['runs']} runs "
         f"(key files at --kdf {out['kdf']}; one Argon2id unlock takes "
         f"{out['key_unlock_s'] * 1000:.0f} ms in-process).",
+        f"securechan from {inst['securechan_from']} ({inst['kind']}); pip {inst['pip']}; "
+        f"the console script {'imports' if inst['script_imports_re'] else 'does not import'} re.",
         "",
         "| command | median ms | min ms | child CPU ms | / python -c pass |",
         "|---|---:|---:|---:|---:|",

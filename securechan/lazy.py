@@ -3,7 +3,7 @@ imported from its module on first use, so importing the package stays light."""
 
 from __future__ import annotations
 
-import importlib
+import sys
 
 # Not `from typing import TYPE_CHECKING`: importing typing costs start-up
 # time on the fast path through the agent; mypy treats this name the same.
@@ -27,7 +27,8 @@ def lazy_attributes(
         module = names.get(name)
         if module is None:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(module), name)
+        __import__(module)  # importlib.import_module, without importing importlib
+        value = getattr(sys.modules[module], name)
         namespace[name] = value
         return value
 

@@ -42,7 +42,12 @@ the rest of securechan: the CLI and the demo use it (tests/test_layers.py).
 
 from __future__ import annotations
 
-import re
+# Not `from typing import TYPE_CHECKING`: importing typing costs start-up
+# time on the fast path through the agent; mypy treats this name the same.
+TYPE_CHECKING = False
+
+if TYPE_CHECKING:
+    import re
 
 __all__ = ["CONTINUATION", "block", "escape", "inline", "is_flagged"]
 
@@ -74,8 +79,21 @@ _FORMAT = (
 _C0_C1 = "\x00-\x1f\x7f-\x9f"
 _SEPARATORS = "\u2028\u2029"
 _SURROGATES = "\ud800-\udfff"
-_FLAGGED = re.compile(f"[{_C0_C1}{_SEPARATORS}{_SURROGATES}{_FORMAT}]")
-_LINE_BREAK = re.compile(r"\r?\n")
+_CLASS = f"[{_C0_C1}{_SEPARATORS}{_SURROGATES}{_FORMAT}]"
+_compiled: list[re.Pattern[str]] = []
+
+
+def _flagged() -> re.Pattern[str]:
+    """The flagged characters' pattern, compiled on first use: text that
+    :meth:`str.isprintable` passes holds none (every flagged character is a
+    control, a separator, a surrogate or a format character, none of which
+    is printable), so the thin command line printing plain text never loads
+    ``re``."""
+    if not _compiled:
+        import re
+
+        _compiled.append(re.compile(_CLASS))
+    return _compiled[0]
 
 
 def escape(char: str) -> str:
@@ -89,7 +107,7 @@ def escape(char: str) -> str:
 
 def is_flagged(char: str) -> bool:
     """Whether :func:`inline` replaces this character by its escape."""
-    return _FLAGGED.fullmatch(char) is not None
+    return not char.isprintable() and _flagged().fullmatch(char) is not None
 
 
 def inline(text: str, *, width: int | None = None, indent: int = 0) -> str:
@@ -99,7 +117,9 @@ def inline(text: str, *, width: int | None = None, indent: int = 0) -> str:
     With ``width`` (the terminal's columns) the result is also cut, as
     :func:`block` does, where the terminal would have wrapped it."""
     if width is None:
-        return _FLAGGED.sub(lambda m: escape(m.group()), text)
+        if text.isprintable():
+            return text  # nothing to escape (see _flagged)
+        return _flagged().sub(lambda m: escape(m.group()), text)
     return _fit([text], width, indent)
 
 
@@ -115,10 +135,16 @@ def block(text: str, *, width: int | None = None, indent: int = 0) -> str:
     line padded to wrap at the right place cannot start a screen line with
     text of its own either. Widths are over-estimated (every character but
     printable ASCII counts two columns), so the cut comes early, never late."""
-    lines = _LINE_BREAK.split(text)
+    lines = _lines(text)
     if width is None:
         return ("\n" + CONTINUATION).join(inline(line) for line in lines)
     return _fit(lines, width, indent)
+
+
+def _lines(text: str) -> list[str]:
+    """``text`` split at each LF or CR LF (a lone CR stays, to be escaped)."""
+    lines = text.split("\n")
+    return [line[:-1] if line.endswith("\r") else line for line in lines[:-1]] + lines[-1:]
 
 
 def _fit(lines: list[str], width: int, indent: int) -> str:

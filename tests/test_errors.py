@@ -39,6 +39,17 @@ ALLOWED_OUTSIDE = {
     # turned into an error frame inside the agent's server loop; what a
     # client raises for one is a class of the tree (agent_client.raise_for).
     ("securechan.agent.rpc", "RpcError"),
+    # The thin command line's (issue 14): importing the error tree costs a
+    # command through the agent more than the rest of its imports, so the
+    # light socket client, the fast path and the strict JSON reader's hook
+    # signal with these. None leaves its module's callers: agent_client maps
+    # NoAgent and AgentAnswer onto the tree (AgentUnavailable, raise_for),
+    # cli/fast.py prints a _Failure as one line and its exit code, and
+    # strict_json turns _Refused into MalformedInput.
+    ("securechan.client.agent_socket", "NoAgent"),
+    ("securechan.client.agent_socket", "AgentAnswer"),
+    ("securechan.cli.fast", "_Failure"),
+    ("securechan.strict_json", "_Refused"),
 }
 
 

@@ -32,6 +32,7 @@ RANKS = {
     "timestamps": 0,
     "home": 0,
     "lazy": 0,
+    "json_text": 0,  # compact JSON writing without the json package (the thin CLI)
     "strict_json": 1,
     "primitives": 1,
     "pake": 1,  # SPAKE2 for pairing: the only importer of the spake2 package
@@ -172,6 +173,7 @@ def test_clients_of_the_relay_speak_its_one_api_description() -> None:
 # Inside client/: a module may import only client modules of a lower rank.
 CLIENT_RANKS = {
     "agent_paths": 0,
+    "agent_socket": 0,
     "agent_results": 1,  # the agent's JSON as Channel's result types
     "agent_client": 2,
     "generations": 0,

@@ -22,17 +22,8 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 from securechan.cli import render
-from securechan.errors import (
-    AgentLocked,
-    AgentUnavailable,
-    BadPassphrase,
-    MalformedInput,
-    SecurechanError,
-    UsageError,
-)
 from securechan.terminal_text import inline
 
 # Not `from typing import TYPE_CHECKING`: importing typing costs start-up
@@ -42,11 +33,46 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from securechan.client.agent_socket import AgentAnswer, AgentConnection
+
 __all__ = ["Parsed", "parse", "through_agent"]
 
+# The exit codes of docs/CLI.md this path can end with (cli/core.py's
+# _exit_code maps the error tree to the same numbers): importing the error
+# classes costs this process more than the rest of its imports together.
 _EXIT_VERIFY, _EXIT_USAGE, _EXIT_NETWORK, _EXIT_ROLLBACK = 1, 2, 3, 5
 _TRIES = 3
 _MAX_PASSPHRASE = 4096
+# JSON-RPC error codes of the agent (docs/AGENT.md, Errors).
+_SECURECHAN_ERROR, _LOCKED = -32000, -32001
+
+
+class _Failure(Exception):
+    """A failure this path reports as the whole command line would: one line
+    on stderr (``securechan: message``) and the exit code."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _failure(answer: AgentAnswer) -> _Failure:
+    """The agent's error answer as the command line reports it (what
+    agent_client.raise_for raises, and cli/core.py's exit code for it)."""
+    if answer.code == _LOCKED:
+        return _Failure(answer.message, _EXIT_USAGE)  # agent-locked
+    reason, given = answer.data.get("reason"), answer.data.get("exit")
+    if answer.code != _SECURECHAN_ERROR or not isinstance(reason, str):
+        return _Failure(
+            f"the agent answered an error: {answer.message} ({answer.code})", _EXIT_NETWORK
+        )
+    if isinstance(given, int) and not isinstance(given, bool):
+        return _Failure(answer.message, given)  # the exit code the agent computed
+    if reason == "bad-passphrase":
+        return _Failure(answer.message, _EXIT_VERIFY)
+    if reason == "agent-unavailable":
+        return _Failure(answer.message, _EXIT_NETWORK)
+    return _Failure(answer.message, _EXIT_USAGE)
 
 
 class Parsed:
@@ -55,8 +81,8 @@ class Parsed:
 
     def __init__(self, command: str) -> None:
         self.command = command
-        self.home: Path | None = None
-        self.passphrase_file: Path | None = None
+        self.home: str | None = None
+        self.passphrase_file: str | None = None
         self.args: list[str] = []
         self.as_json = False
         self.file: str | None = None
@@ -107,10 +133,8 @@ def parse(argv: list[str]) -> Parsed | None:
     if not rest or rest[0] not in _COMMANDS:
         return None
     parsed = Parsed(command=rest.pop(0))
-    if "home" in found:
-        parsed.home = Path(found["home"])
-    if "passphrase_file" in found:
-        parsed.passphrase_file = Path(found["passphrase_file"])
+    parsed.home = found.get("home")
+    parsed.passphrase_file = found.get("passphrase_file")
     options, flags, (low, high) = _COMMANDS[parsed.command]
     while rest:
         arg = rest.pop(0)
@@ -143,34 +167,39 @@ def through_agent(argv: list[str]) -> int | None:
     parsed = parse(argv)
     if parsed is None:
         return None
-    from securechan.client.agent_client import AgentClient
-    from securechan.home import default_home
+    # Imported only now: a command this path does not serve (--help, id show,
+    # ...) loads nothing of the client package.
+    from securechan.client.agent_paths import socket_file
+    from securechan.client.agent_socket import AgentAnswer, AgentConnection, NoAgent
+    from securechan.home import default_home_dir
 
-    home = parsed.home if parsed.home is not None else default_home()
+    home = parsed.home if parsed.home is not None else default_home_dir()
     try:
-        client = AgentClient(home)
-    except (AgentUnavailable, UsageError):
+        client = AgentConnection(socket_file(home))
+    except NoAgent:
         return None  # no agent: in-process
+    except Exception as e:
+        from securechan.errors import UsageError
+
+        if isinstance(e, UsageError):
+            return None  # a socket path too long: in-process, which says why
+        raise
     try:
         with client:
             return _serve(client, parsed)
-    except SecurechanError as e:
+    except _Failure as e:
         _say(f"securechan: {inline(str(e), width=render.columns(err=True), indent=12)}", True)
-        return _exit_code(e)
+        return e.exit_code
+    except AgentAnswer as e:
+        failure = _failure(e)
+        _say(f"securechan: {inline(str(failure), width=render.columns(err=True), indent=12)}", True)
+        return failure.exit_code
+    except NoAgent as e:
+        _say(f"securechan: {inline(str(e), width=render.columns(err=True), indent=12)}", True)
+        return _EXIT_NETWORK
     except KeyboardInterrupt:
         _say("securechan: interrupted", True)
         return 130
-
-
-def _exit_code(error: SecurechanError) -> int:
-    given = getattr(error, "exit_code", None)
-    if isinstance(given, int):
-        return given
-    if isinstance(error, AgentUnavailable):
-        return _EXIT_NETWORK
-    if isinstance(error, BadPassphrase):
-        return _EXIT_VERIFY
-    return _EXIT_USAGE  # AgentLocked, UsageError, MalformedInput
 
 
 def _say(line: str, to_stderr: bool) -> None:
@@ -182,56 +211,64 @@ def _print(lines: list[tuple[str, bool]]) -> None:
         _say(line, to_stderr)
 
 
-def _call(client: Any, parsed: Parsed, method: str, **params: Any) -> Any:
+def _call(client: AgentConnection, parsed: Parsed, method: str, **params: Any) -> Any:
     """Call ``method``; unlock a locked agent once and call it again."""
+    from securechan.client.agent_socket import AgentAnswer
+
     try:
         return client.call(method, **params)
-    except AgentLocked:
-        _unlock(client, parsed)
-        return client.call(method, **params)
+    except AgentAnswer as e:
+        if e.code != _LOCKED:
+            raise
+    _unlock(client, parsed)
+    return client.call(method, **params)
 
 
-def _unlock(client: Any, parsed: Parsed) -> None:
+def _unlock(client: AgentConnection, parsed: Parsed) -> None:
     if parsed.passphrase_file is not None:
-        client.unlock(_passphrase_from_file(parsed.passphrase_file))
+        client.call("unlock", passphrase=_passphrase_from_file(parsed.passphrase_file))
         return
     env = os.environ.get("SECURECHAN_PASSPHRASE")
     if env:
-        client.unlock(env)
+        client.call("unlock", passphrase=env)
         return
     if not sys.stdin.isatty():
-        raise UsageError(
+        raise _Failure(
             "the agent is locked and there is no passphrase: use --passphrase-file or "
-            "SECURECHAN_PASSPHRASE, run in a terminal, or 'securechan agent unlock'"
+            "SECURECHAN_PASSPHRASE, run in a terminal, or 'securechan agent unlock'",
+            _EXIT_USAGE,
         )
     import getpass
 
+    from securechan.client.agent_socket import AgentAnswer
+
     for attempt in range(_TRIES):
         try:
-            client.unlock(getpass.getpass("Passphrase (the agent is locked): ", sys.stderr))
+            passphrase = getpass.getpass("Passphrase (the agent is locked): ", sys.stderr)
+            client.call("unlock", passphrase=passphrase)
             return
-        except BadPassphrase:
-            if attempt == _TRIES - 1:
+        except AgentAnswer as e:
+            if e.data.get("reason") != "bad-passphrase" or attempt == _TRIES - 1:
                 raise
             _say("securechan: wrong passphrase, try again", True)
 
 
-def _passphrase_from_file(path: Path) -> str:
+def _passphrase_from_file(path: str) -> str:
     try:
         with open(path, "rb") as f:
             raw = f.readline(_MAX_PASSPHRASE + 1)
     except OSError as e:
-        raise UsageError(f"cannot read {path}: {e.strerror}") from None
+        raise _Failure(f"cannot read {path}: {e.strerror}", _EXIT_USAGE) from None
     try:
         line = raw.decode("utf-8").rstrip("\r\n")
     except UnicodeDecodeError:
-        raise MalformedInput(f"{path} is not UTF-8 text") from None
+        raise _Failure(f"{path} is not UTF-8 text", _EXIT_USAGE) from None
     if not line or len(line.encode()) > _MAX_PASSPHRASE:
-        raise MalformedInput(f"{path}: the first line is empty or over 4096 bytes")
+        raise _Failure(f"{path}: the first line is empty or over 4096 bytes", _EXIT_USAGE)
     return line
 
 
-def _serve(client: Any, parsed: Parsed) -> int:
+def _serve(client: AgentConnection, parsed: Parsed) -> int:
     if parsed.command == "group" or parsed.group is not None:
         from securechan.cli.fast_group import serve
 
@@ -280,7 +317,9 @@ def _serve(client: Any, parsed: Parsed) -> int:
         limit = None
         if parsed.limit is not None:
             if not parsed.limit.isdigit() or int(parsed.limit) < 1:
-                raise UsageError(f"Invalid value for '--limit': {parsed.limit!r} is not >= 1.")
+                raise _Failure(
+                    f"Invalid value for '--limit': {parsed.limit!r} is not >= 1.", _EXIT_USAGE
+                )
             limit = int(parsed.limit)
         page = _call(client, parsed, "history", contact=contact, limit=limit, before=parsed.before)
         rows = page["items"]
@@ -306,22 +345,22 @@ def _serve(client: Any, parsed: Parsed) -> int:
     return _EXIT_NETWORK if errors else 0
 
 
-def _send(client: Any, parsed: Parsed) -> int:
-    from securechan.cli.text_input import read_text
-
+def _send(client: AgentConnection, parsed: Parsed) -> int:
     contact = parsed.args[0]
     message = parsed.args[1] if len(parsed.args) > 1 else None
     if (message is None) == (parsed.file is None):
-        raise UsageError("give a MESSAGE ('-' reads stdin) or --file F")
+        raise _Failure("give a MESSAGE ('-' reads stdin) or --file F", _EXIT_USAGE)
     params: dict[str, Any] = {"contact": contact}
     if parsed.file is not None:
         if not os.path.isfile(parsed.file):
-            raise UsageError(f"Invalid value for '--file': File '{parsed.file}' does not exist.")
+            raise _Failure(
+                f"Invalid value for '--file': File '{parsed.file}' does not exist.", _EXIT_USAGE
+            )
         params["file"] = os.path.abspath(parsed.file)
+    elif message == "-":
+        params["text"] = _stdin_text()
     else:
-        params["text"] = (
-            read_text(sys.stdin.buffer, "standard input") if message == "-" else message
-        )
+        params["text"] = message
     result = _call(client, parsed, "send", **params)
     if not result.pop("verified", True):
         shown = inline(contact)
@@ -349,3 +388,16 @@ def _send(client: Any, parsed: Parsed) -> int:
     if not parsed.as_json:
         _print(render.sent(result))
     return 0
+
+
+def _stdin_text() -> str:
+    from securechan.cli.text_input import read_text
+
+    try:
+        return read_text(sys.stdin.buffer, "standard input")
+    except Exception as e:
+        from securechan.errors import MalformedInput
+
+        if isinstance(e, MalformedInput):
+            raise _Failure(str(e), _EXIT_USAGE) from None
+        raise

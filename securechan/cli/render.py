@@ -3,8 +3,8 @@ rendered from their JSON objects (the ``--json`` fields, docs/CLI.md).
 
 One renderer for both ways a command runs: in-process (``cli/messaging.py``
 renders ``item.to_json()``) and through the agent (``cli/fast.py`` renders
-what the agent answered), so the two print the same lines. Standard library
-and :mod:`securechan.terminal_text` only: the fast path must not pay for
+what the agent answered), so the two print the same lines. Standard library,
+:mod:`securechan.json_text` and :mod:`securechan.terminal_text` only: the fast path must not pay for
 click or the cryptography. Every peer- or relay-controlled string goes
 through ``inline``/``block`` (controls visible, one line per line).
 
@@ -13,10 +13,10 @@ Each function returns ``(line, to_stderr)`` pairs; the caller prints them.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
+from securechan.json_text import dumps
 from securechan.terminal_text import block, inline
 
 # Not `from typing import TYPE_CHECKING`: importing typing costs start-up
@@ -63,9 +63,7 @@ def json_text(data: Any) -> str:
     every other non-ASCII character are \\uXXXX escapes, so JSON on a
     terminal is as harmless as the rendered form, and no line break of a
     value can split the line."""
-    return json.dumps(
-        data, sort_keys=True, ensure_ascii=True, separators=(",", ":"), allow_nan=False
-    )
+    return dumps(data)  # json.dumps with those settings, without importing json
 
 
 def seq_range(seqs: list[int]) -> str:

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import os
-import socket
 from pathlib import Path
 
 from securechan import errors
+from securechan.client.agent_socket import MAX_ANSWER, AgentAnswer, AgentConnection, NoAgent
 from securechan.errors import AgentLocked, AgentUnavailable, MalformedInput, SecurechanError
+from securechan.json_text import dumps
 from securechan.strict_json import loads
 
 # Not `from typing import TYPE_CHECKING`: importing typing costs start-up
@@ -34,7 +34,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import asyncio
     from collections.abc import Callable, Iterator
-    from typing import Any
+    from typing import Any, NoReturn
 
     from securechan.client.agent_results import History
     from securechan.client.results import (
@@ -48,7 +48,6 @@ if TYPE_CHECKING:
 
 __all__ = ["MAX_ANSWER", "AgentClient", "AsyncAgentClient", "raise_for"]
 
-MAX_ANSWER = 64 * 1024 * 1024
 _LOCKED = -32001
 _SECURECHAN = -32000
 
@@ -67,7 +66,7 @@ def _error_class(reason: str) -> type[SecurechanError]:
     return SecurechanError
 
 
-def raise_for(error: dict[str, Any]) -> None:
+def raise_for(error: dict[str, Any]) -> NoReturn:
     """Raise the securechan error an error object stands for."""
     code, message = error.get("code"), str(error.get("message", "agent error"))
     data = error.get("data") if isinstance(error.get("data"), dict) else {}
@@ -120,26 +119,22 @@ def _answer(
 
 def _frame(method: str, params: dict[str, Any], request_id: int) -> bytes:
     body = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
-    return json.dumps(body, separators=(",", ":")).encode() + b"\n"
+    return dumps(body).encode("ascii") + b"\n"
 
 
 class AgentClient:
-    """A blocking connection to the agent of ``home`` (or the socket ``path``)."""
+    """A blocking connection to the agent of ``home`` (or the socket ``path``),
+    on :class:`~securechan.client.agent_socket.AgentConnection`."""
 
     def __init__(
         self, home: Path | None = None, *, path: Path | None = None, timeout: float | None = None
     ) -> None:
         self.path = path if path is not None else _default_path(home)
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.settimeout(timeout)
         try:
-            self._sock.connect(os.fspath(self.path))
-        except OSError as e:
-            self._sock.close()
-            raise AgentUnavailable(f"no agent at {self.path}: {e.strerror or e}") from None
-        self._file = self._sock.makefile("rb")
-        self._ids = itertools.count(1)
-        self.notifications: list[tuple[str, dict[str, Any]]] = []
+            self._conn = AgentConnection(os.fspath(self.path), timeout=timeout)
+        except NoAgent as e:
+            raise AgentUnavailable(str(e)) from None
+        self.notifications = self._conn.notifications
 
     def __enter__(self) -> AgentClient:
         return self
@@ -148,42 +143,34 @@ class AgentClient:
         self.close()
 
     def close(self) -> None:
-        self._file.close()
-        self._sock.close()
+        self._conn.close()
 
-    def _line(self) -> dict[str, Any]:
+    def _read(self) -> dict[str, Any]:
         try:
-            line = self._file.readline(MAX_ANSWER + 1)
-        except OSError as e:
-            raise AgentUnavailable(f"the agent connection failed: {e}") from None
-        if not line.endswith(b"\n"):
-            raise AgentUnavailable("the agent closed the connection")
-        return _decode(line)
+            return self._conn.read()
+        except NoAgent as e:
+            raise AgentUnavailable(str(e)) from None
 
     def call(self, method: str, **params: Any) -> Any:
         """Call ``method``; return its result or raise (see the module)."""
-        request_id = next(self._ids)
         try:
-            self._sock.sendall(_frame(method, params, request_id))
-        except OSError as e:
-            raise AgentUnavailable(f"the agent connection failed: {e}") from None
-        while True:
-            answered, result = _answer(self._line(), request_id, self.notifications)
-            if answered:
-                return result
+            return self._conn.call(method, **params)
+        except AgentAnswer as e:
+            raise_for({"code": e.code, "message": e.message, "data": e.data})
+        except NoAgent as e:
+            raise AgentUnavailable(str(e)) from None
 
     def call_notified(
         self, method: str, params: dict[str, Any], notified: Callable[[str, dict[str, Any]], None]
     ) -> Any:
         """:meth:`call`, handing each notification that comes before the
         answer to ``notified`` at once (``pair``'s ``pairingCode``)."""
-        request_id = next(self._ids)
         try:
-            self._sock.sendall(_frame(method, params, request_id))
-        except OSError as e:
-            raise AgentUnavailable(f"the agent connection failed: {e}") from None
+            request_id = self._conn.send(method, params)
+        except NoAgent as e:
+            raise AgentUnavailable(str(e)) from None
         while True:
-            obj = self._line()
+            obj = self._read()
             if "method" in obj:
                 notified(str(obj["method"]), dict(obj.get("params") or {}))
                 continue
@@ -197,7 +184,7 @@ class AgentClient:
         while True:
             while self.notifications:
                 yield self.notifications.pop(0)
-            obj = self._line()
+            obj = self._read()
             if "method" in obj:
                 yield str(obj["method"]), dict(obj.get("params") or {})
 
