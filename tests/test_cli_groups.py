@@ -31,18 +31,12 @@ from typing import Any
 import pytest
 
 from securechan.client.agent_client import AgentClient, AsyncAgentClient
-from securechan.client.channel import Channel
 from securechan.errors import NotFound, UsageError
 from tests.adversary.parties import Party, make_people, pin, receive_until, transcript
 from tests.adversary.relay import RelayProcess, clean_env, running_relay, securechan_command
 from tests.adversary.world import PASSPHRASES
 from tests.cli_schema import validate
 from tests.ndjson import ndjson
-
-pytestmark = pytest.mark.skipif(
-    not hasattr(Channel, "group_create"),
-    reason="the group client (Channel.group_*, helper gclient) is not on this branch yet",
-)
 
 NAMES = ("tehran", "washington", "cairo")
 RECEIVE_TYPES = ("Received", "Rejected", "GroupEntry")
