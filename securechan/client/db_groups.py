@@ -28,17 +28,23 @@ transaction, or alone in autocommit.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from securechan.json_text import dumps
+from securechan.strict_json import loads
+
 __all__ = ["DeliveryRow", "GroupRow", "GroupTables", "TranscriptRow"]
 
 
+# A stored group value (the state, the view's recent heads, senders' marks).
+_MAX_VALUE = 8 * 1024 * 1024
+
+
 def _pack(data: dict[str, Any]) -> bytes:
-    return json.dumps(data, separators=(",", ":"), sort_keys=True).encode("utf-8")
+    return dumps(data).encode("ascii")
 
 
 def _secret_row(group_id: bytes, epoch: int, change_hash: bytes) -> bytes:
@@ -46,7 +52,9 @@ def _secret_row(group_id: bytes, epoch: int, change_hash: bytes) -> bytes:
 
 
 def _unpack(data: bytes) -> dict[str, Any]:
-    out = json.loads(data.decode("utf-8"))
+    # Sealed under the storage key, so only this client wrote it; read
+    # strictly all the same (one JSON reader in the package).
+    out = loads(data, max_size=_MAX_VALUE, what="a stored group value")
     if not isinstance(out, dict):
         raise ValueError("a stored group value is not an object")
     return out
