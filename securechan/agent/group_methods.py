@@ -90,7 +90,7 @@ async def _send_group(state: AgentState, params: dict[str, Any]) -> Any:
     if (p["text"] is None) == (p["file"] is None):
         raise RpcError(AgentErrorCode.INVALID_PARAMS, "give exactly one of 'text' and 'file'")
     if p["text"] is not None:
-        from securechan.cli.group import check_group_text
+        from securechan.client.group_parts import check_group_text
 
         check_group_text(p["text"])  # before anything is signed or posted
     path = None

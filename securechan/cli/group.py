@@ -31,7 +31,7 @@ from securechan.cli.text_input import read_text
 from securechan.errors import RelayError, UsageError
 from securechan.terminal_text import inline
 
-__all__ = ["check_group_text", "group", "group_history", "send_group"]
+__all__ = ["group", "group_history", "send_group"]
 
 
 @click.group(cls=_Group)
@@ -228,6 +228,8 @@ def send_group(
     if message == "-":
         message = read_text(sys.stdin.buffer, "standard input")
     if message is not None:
+        from securechan.client.group_parts import check_group_text
+
         check_group_text(message)  # refused in one line before the passphrase
 
     async def go() -> Any:
@@ -249,27 +251,6 @@ def send_group(
         )
     if not as_json:
         _echo(render.group_sent(data))
-
-
-def check_group_text(text: str) -> None:
-    """A text a group message cannot carry is refused at once (exit 2, one
-    line), before anything is signed or posted: with a NUL (as ``send``),
-    or longer than the group content limit allows (``MAX_CONTENT``, 32 KiB
-    for the TextBody encoding: 32,760 bytes of UTF-8 in NFC, a bit less
-    than a pairwise message's 36,800)."""
-    import unicodedata
-
-    from securechan.protocol.group_stream import MAX_CONTENT
-    from securechan.protocol.payload import TextBody, message_text
-
-    size = len(unicodedata.normalize("NFC", text).encode("utf-8", "surrogatepass"))
-    overhead = len(TextBody(text="a" * 32_000).to_bytes()) - 32_000
-    if size > MAX_CONTENT - overhead:
-        raise UsageError(
-            f"the text is {size} bytes of UTF-8; a group message holds at most "
-            f"{MAX_CONTENT - overhead} (send longer text as a file: send --group NAME --file F)"
-        )
-    message_text(text)  # a NUL, a lone surrogate: refused as send refuses them
 
 
 def group_history(

@@ -37,6 +37,7 @@ from securechan.protocol.group_stream import (
 from securechan.protocol.payload import MAX_FILE_SIZE, ContentType, FileChunk
 
 __all__ = [
+    "check_group_text",
     "chunk_of",
     "file_chunks",
     "group_info",
@@ -203,3 +204,24 @@ def owe(
         if row is not None:
             owed = tuple((int(content_type), f, body) for f in targets)
             ctx.db.put_group(replace(row, owed=(*row.owed, *owed)))
+
+
+def check_group_text(text: str) -> None:
+    """A text a group message cannot carry is refused at once (exit 2, one
+    line), before anything is signed or posted: with a NUL (as ``send``),
+    or longer than the group content limit allows (``MAX_CONTENT``, 32 KiB
+    for the TextBody encoding: 32,760 bytes of UTF-8 in NFC, a bit less
+    than a pairwise message's 36,800)."""
+    import unicodedata
+
+    from securechan.protocol.group_stream import MAX_CONTENT
+    from securechan.protocol.payload import TextBody, message_text
+
+    size = len(unicodedata.normalize("NFC", text).encode("utf-8", "surrogatepass"))
+    overhead = len(TextBody(text="a" * 32_000).to_bytes()) - 32_000
+    if size > MAX_CONTENT - overhead:
+        raise UsageError(
+            f"the text is {size} bytes of UTF-8; a group message holds at most "
+            f"{MAX_CONTENT - overhead} (send longer text as a file: send --group NAME --file F)"
+        )
+    message_text(text)  # a NUL, a lone surrogate: refused as send refuses them
