@@ -608,3 +608,46 @@ def test_a_cached_encoding_never_outlives_the_values_it_encodes() -> None:
     forged = replace(change, state=state)  # the signature over the edited state
     with pytest.raises(GroupRejected):
         GroupView.create(forged, MUSCAT.public)
+
+
+def test_an_admin_giving_members_different_epoch_secrets_splits_them_visibly() -> None:
+    """Muscat adds Envoy and gives Tehran and Washington different secrets
+    for epoch 1: each reads its own stream. Both applied the same change
+    (same head); each then gets the other's message pairwise but never its
+    record: content without a record, which the client reports as
+    withheld. The two welcomes, for one change with two secrets, are the
+    evidence (each signed pairwise by Muscat)."""
+    relay, (muscat, tehran, washington), _ = group(MUSCAT, TEHRAN, WASHINGTON)
+    grown = _next(muscat.view, {MUSCAT: True, TEHRAN: False, WASHINGTON: False, ENVOY: False})
+    change = GroupChange.sign(MUSCAT, grown)
+    post(relay, 0, GroupRecord(change=change))
+    other = bytes([99]) * 32
+    tehran.secrets[1], washington.secrets[1] = SECRETS[1], other
+    sync(relay, tehran, washington)
+    assert tehran.view.head == washington.view.head and tehran.keys != washington.keys
+    t1 = say(tehran, relay, b"from Tehran", seq=1)
+    w1 = _message(washington.view, WASHINGTON, 1, b"from Washington")
+    relay.post(
+        StreamKeys.from_secret(other).stream_id,
+        seal_record(washington.keys, GroupRecord(message=w1)),
+    )
+    sync(relay, tehran, washington)
+    # Each holds the other's delivery (signed, for the state both hold)
+    # and no record of it: the relay looks guilty of withholding.
+    for holder, delivered in ((tehran, w1), (washington, t1)):
+        delivered.verify(PUBLIC[delivered.payload.sender])
+        assert delivered.payload.state_hash == holder.view.state.hash
+        assert delivered.payload.head in holder.view.heads
+        assert delivered.hash not in holder.applied
+    welcomes = [
+        GroupWelcome(
+            change=change,
+            epoch_secret=secret,
+            head_before=muscat.view.head,
+            stream_of_change=KEYS[0].stream_id,
+            previous=muscat.view.state,
+        )
+        for secret in (SECRETS[1], other)
+    ]
+    assert welcomes[0].change == welcomes[1].change
+    assert welcomes[0].epoch_secret != welcomes[1].epoch_secret
