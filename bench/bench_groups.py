@@ -555,6 +555,10 @@ class Figure:
     sequence_us: float  # the same primitive calls made in order as one operation
     paired_sequence: list[float]
     without_group_us: float  # the session layer's part alone
+    cpu_us: float = 0.0  # CPU-time medians of the figure, its floor in sequence, ...
+    cpu_sequence_us: float = 0.0
+    cpu_without_group_us: float = 0.0
+    cpu_floor_us: float = 0.0
 
     @property
     def floor_us(self) -> float:
@@ -579,6 +583,12 @@ class Figure:
             "without_group_code_us": self.without_group_us,
             "group_code_share": self.measured_us / self.without_group_us,
             "session_layer_over_floor": self.without_group_us / self.floor_us,
+            "cpu_time_us": {
+                "measured": self.cpu_us,
+                "floor": self.cpu_floor_us,
+                "floor_in_sequence": self.cpu_sequence_us,
+                "without_group_code": self.cpu_without_group_us,
+            },
             "floor_in_sequence_us": self.sequence_us,
             "ratio_to_floor_in_sequence": self.measured_us / self.sequence_us,
             "paired_ratio_to_floor_in_sequence_median": statistics.median(self.paired_sequence),
@@ -602,6 +612,10 @@ def summarise(results: list[Result]) -> dict[str, Figure]:
             / sum(k * by[op].cpu_median_us for op, k in floor.items()),
             sequence_us=by[SEQUENCES[name]].median_us,
             without_group_us=by[WITHOUT_GROUP[name]].median_us,
+            cpu_us=by[name].cpu_median_us,
+            cpu_sequence_us=by[SEQUENCES[name]].cpu_median_us,
+            cpu_without_group_us=by[WITHOUT_GROUP[name]].cpu_median_us,
+            cpu_floor_us=sum(k * by[op].cpu_median_us for op, k in floor.items()),
             paired_sequence=[
                 a / b
                 for a, b in zip(by[name].samples_us, by[SEQUENCES[name]].samples_us, strict=True)
@@ -662,13 +676,16 @@ def markdown(
     lines += [
         "",
         "| figure | without the group code µs | figure ÷ that (the group code) "
-        "| that ÷ floor (the session layer) |",
-        "|---|---:|---:|---:|",
+        "| that ÷ floor (the session layer) | the same three ratios from CPU time: "
+        "figure ÷ floor, ÷ floor in sequence, ÷ without the group code |",
+        "|---|---:|---:|---:|---:|",
     ]
     for f in figures.values():
         lines.append(
             f"| {f.name.split(' (')[0]} | {f.without_group_us:.0f} | "
-            f"{f.measured_us / f.without_group_us:.3f}x | {f.without_group_us / f.floor_us:.3f}x |"
+            f"{f.measured_us / f.without_group_us:.3f}x | {f.without_group_us / f.floor_us:.3f}x | "
+            f"{f.cpu_us / f.cpu_floor_us:.3f}x, {f.cpu_us / f.cpu_sequence_us:.3f}x, "
+            f"{f.cpu_us / f.cpu_without_group_us:.3f}x |"
         )
     lines.append("")
     for f in figures.values():
