@@ -230,7 +230,8 @@ def rows_groups(d: dict[str, Any]) -> list[Row]:
                 "sum of the primitives it must run",
                 s["floor_us"],
                 "µs",
-                f"target <= {s['target_ratio']} (the message); CPU-time ratio "
+                (f"target <= {s['target_ratio']}; " if s["target_ratio"] else "")
+                + f"CPU-time ratio "
                 f"{s['ratio_cpu_time']:.2f}; the group code alone "
                 f"{s['group_code_share']:.2f}x",
             )
