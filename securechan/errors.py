@@ -105,6 +105,7 @@ class Reason(StrEnum):
     PROOF_FAILED = "proof-failed"
     QUEUE_FULL = "queue-full"
     QUOTA_EXCEEDED = "quota-exceeded"
+    STREAM_FULL = "stream-full"
     REQUEST_REFUSED = "request-refused"
     REKEYED = "rekeyed"
     REFLECTED = "reflected"

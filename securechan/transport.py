@@ -38,6 +38,7 @@ from securechan.errors import BadRelayUrl, MalformedInput, RelayRefused, RelayUn
 from securechan.primitives import Ed25519SigningKey
 from securechan.protocol.relay_auth import b64e, sign_request
 from securechan.relay import api
+from securechan.transport_streams import StreamItem, StreamMethods
 
 __all__ = [
     "CosignatureReply",
@@ -46,6 +47,7 @@ __all__ = [
     "RelayClient",
     "RetryPolicy",
     "SendReply",
+    "StreamItem",
     "check_relay_url",
 ]
 
@@ -218,8 +220,9 @@ def _loads_or_none(raw: bytes | str) -> Any:
         return None
 
 
-class RelayClient:
-    """One relay. Use as ``async with RelayClient(url) as relay: ...``."""
+class RelayClient(StreamMethods):
+    """One relay. Use as ``async with RelayClient(url) as relay: ...``
+    (the group-stream calls come from :class:`StreamMethods`)."""
 
     def __init__(
         self,

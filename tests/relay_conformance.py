@@ -41,6 +41,8 @@ from securechan.relay.storage import (
     QueueRecord,
     RelayStorage,
     StorageClosed,
+    StreamFull,
+    StreamPut,
 )
 
 __all__ = ["NOW", "OpenStorage", "StorageConformance", "make_queue", "msg_id"]
@@ -107,6 +109,11 @@ _op = st.one_of(
     st.tuples(st.just("fetch"), st.integers(0, 1), st.integers(0, 12), st.integers(1, 4)),
     st.tuples(st.just("expire"), st.integers(0, 4)),
 )
+
+
+def stream_id(name: str) -> bytes:
+    """A 32-byte group stream id derived from ``name``."""
+    return _b(f"stream {name}", 32)
 
 
 class StorageConformance:
@@ -843,5 +850,123 @@ class StorageConformance:
                     assert await s.expire(older_than=NOW + t) == n, op
                 for qi, x in enumerate(queues):
                     assert await s.depth(x.rid) == len(model[qi].held)
+
+        run(open_storage, body)
+
+
+class StreamConformance:
+    """The group-stream part of the contract (docs/RELAY.md, "Group
+    streams"): positions 1, 2, 3... with no gap or repeat (concurrent posts
+    included), idempotent on the blob, a full stream refused for good, an
+    unknown stream empty, bad arguments refused with nothing stored.
+    Backends' test modules mix it into their conformance class."""
+
+    @pytest.fixture
+    def open_storage(self) -> OpenStorage:
+        raise NotImplementedError("a backend's test module provides open_storage")
+
+    def test_stream_positions_are_gapless_and_resends_are_held_once(
+        self, open_storage: OpenStorage
+    ) -> None:
+        a, b = stream_id("a"), stream_id("b")
+
+        async def body(s: RelayStorage) -> None:
+            assert await s.put_stream_item(a, b"one", log_index=7, now=NOW, max_items=10) == (
+                StreamPut(position=1, log_index=7, duplicate=False)
+            )
+            assert (await s.put_stream_item(a, b"two", log_index=9, now=NOW, max_items=10)) == (
+                StreamPut(position=2, log_index=9, duplicate=False)
+            )
+            # Another stream counts from 1 on its own; the same bytes may be there.
+            put = await s.put_stream_item(b, b"one", log_index=7, now=NOW, max_items=10)
+            assert (put.position, put.duplicate) == (1, False)
+            # A resend of "one" to a: the held item (its log index too), nothing new.
+            again = await s.put_stream_item(a, b"one", log_index=99, now=NOW + 5, max_items=10)
+            assert again == StreamPut(position=1, log_index=7, duplicate=True)
+            assert await s.stream_length(a) == 2
+            items = await s.fetch_stream(a, after=0, limit=10)
+            assert [(i.position, i.data, i.log_index, i.received) for i in items] == [
+                (1, b"one", 7, NOW),
+                (2, b"two", 9, NOW),
+            ]
+            assert [i.position for i in await s.fetch_stream(a, after=1, limit=10)] == [2]
+            assert [i.position for i in await s.fetch_stream(a, after=0, limit=1)] == [1]
+            assert await s.fetch_stream(a, after=2, limit=10) == []
+
+        run(open_storage, body)
+
+    def test_unknown_stream_is_empty(self, open_storage: OpenStorage) -> None:
+        async def body(s: RelayStorage) -> None:
+            assert await s.fetch_stream(stream_id("none"), after=0, limit=10) == []
+            assert await s.stream_length(stream_id("none")) == 0
+
+        run(open_storage, body)
+
+    def test_a_full_stream_refuses_new_items_but_answers_resends(
+        self, open_storage: OpenStorage
+    ) -> None:
+        a = stream_id("full")
+
+        async def body(s: RelayStorage) -> None:
+            for n in range(3):
+                await s.put_stream_item(a, b"%d" % n, log_index=n, now=NOW, max_items=3)
+            with pytest.raises(StreamFull):
+                await s.put_stream_item(a, b"new", log_index=5, now=NOW, max_items=3)
+            again = await s.put_stream_item(a, b"1", log_index=0, now=NOW, max_items=3)
+            assert again == StreamPut(position=2, log_index=1, duplicate=True)
+            assert await s.stream_length(a) == 3
+            # The refused post took no position: a larger limit goes on at 4.
+            put = await s.put_stream_item(a, b"new", log_index=5, now=NOW, max_items=4)
+            assert put.position == 4
+
+        run(open_storage, body)
+
+    def test_bad_stream_arguments_are_refused_and_store_nothing(
+        self, open_storage: OpenStorage
+    ) -> None:
+        good = stream_id("good")
+
+        async def body(s: RelayStorage) -> None:
+            for bad_id in (b"", bytes(16), bytes(31), bytes(33)):
+                with pytest.raises(ValueError, match="stream_id"):
+                    await s.put_stream_item(bad_id, b"x", log_index=0, now=NOW, max_items=9)
+                with pytest.raises(ValueError, match="stream_id"):
+                    await s.fetch_stream(bad_id, after=0, limit=1)
+            with pytest.raises(TypeError, match="stream_id"):
+                await s.fetch_stream("x" * 32, after=0, limit=1)  # type: ignore[arg-type]
+            with pytest.raises(ValueError, match="data"):
+                await s.put_stream_item(good, b"", log_index=0, now=NOW, max_items=9)
+            with pytest.raises(ValueError, match="log_index"):
+                await s.put_stream_item(good, b"x", log_index=-1, now=NOW, max_items=9)
+            with pytest.raises(ValueError, match="max_items"):
+                await s.put_stream_item(good, b"x", log_index=0, now=NOW, max_items=0)
+            with pytest.raises(ValueError, match="limit"):
+                await s.fetch_stream(good, after=0, limit=0)
+            assert await s.stream_length(good) == 0
+
+        run(open_storage, body)
+
+    def test_concurrent_posts_take_distinct_consecutive_positions(
+        self, open_storage: OpenStorage
+    ) -> None:
+        a = stream_id("busy")
+        blobs = [b"item %d" % n for n in range(60)]
+
+        async def body(s: RelayStorage) -> None:
+            # Each blob posted twice at once: stored once, both answers agree.
+            puts = await asyncio.gather(
+                *(
+                    s.put_stream_item(a, blob, log_index=n, now=NOW, max_items=1000)
+                    for n, blob in [*enumerate(blobs), *enumerate(blobs)]
+                )
+            )
+            first, second = puts[: len(blobs)], puts[len(blobs) :]
+            assert [p.position for p in first] == [p.position for p in second]
+            assert sorted(p.position for p in first) == list(range(1, len(blobs) + 1))
+            assert sum(not p.duplicate for p in puts) == len(blobs)
+            held = await s.fetch_stream(a, after=0, limit=1000)
+            assert [i.position for i in held] == list(range(1, len(blobs) + 1))
+            where = {p.position: blob for p, blob in zip(first, blobs, strict=True)}
+            assert {i.position: i.data for i in held} == where
 
         run(open_storage, body)

@@ -27,6 +27,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from securechan.agent.group_methods import GROUP_METHODS
 from securechan.agent.methods import METHODS
 from securechan.agent.peercred import peer_credentials
 from securechan.agent.rpc import MAX_FRAME, AgentErrorCode, Request, RpcError, parse_request
@@ -157,7 +158,7 @@ def test_agent_md_lists_exactly_the_methods() -> None:
     text = DOC.read_text()
     section = text[text.index("## Methods") : text.index("Notifications (no `id`)")]
     documented = set(re.findall(r"^\| `(\w+)` \|", section, re.M))
-    assert documented == {*METHODS, "subscribeReceive", "unsubscribeReceive"}
+    assert documented == {*METHODS, *GROUP_METHODS, "subscribeReceive", "unsubscribeReceive"}
 
 
 def test_peer_credentials_are_the_kernel_s() -> None:

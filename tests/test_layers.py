@@ -45,6 +45,7 @@ RANKS = {
     "protocol": 4,
     "audit": 5,
     "transport": 6,
+    "transport_streams": 6,  # the group streams' client calls (RelayClient's base)
     "relay": 6,
     "client": 7,
     "testing": 7,
@@ -178,6 +179,8 @@ CLIENT_RANKS = {
     "db_logs": 0,
     "db_messages": 0,
     "db_outbox": 0,
+    "db_groups": 0,
+    "group_results": 0,
     "db": 1,
     "context": 2,
     "files": 2,
@@ -195,9 +198,14 @@ CLIENT_RANKS = {
     "record": 5,
     "inbox": 6,
     "pairing": 5,  # pairing by a spoken code: context + the transport
-    "channel": 7,
-    "sync": 8,
-    "__init__": 9,
+    "group_carriage": 3,  # groups: the pairwise carriage in, shared helpers
+    "group_sync": 4,  # groups: reading the streams
+    "group_parts": 5,  # groups: info, files, welcome marks
+    "groups": 6,  # groups: changes and sends (on the outbox)
+    "channel_groups": 7,  # the Channel's group methods
+    "channel": 8,
+    "sync": 9,
+    "__init__": 10,
 }
 # The three concerns the facade wires together: none knows the others.
 PEERS = {"inbox", "outbox", "record"}

@@ -31,6 +31,7 @@ from securechan.audit.checkpoint import open_checkpoint
 from securechan.audit.merkle import root_from_leaf_hashes, verify_consistency
 from securechan.audit.note import VerifierKey
 from securechan.audit.receipt import envelope_leaf_hash, verify_receipt
+from securechan.errors import StorageError
 from securechan.primitives import Ed25519SigningKey
 from securechan.relay.pg_tlog import PgRelayLog
 from securechan.relay.server import load_or_create_key
@@ -214,3 +215,40 @@ def test_migrate_copies_storage_and_log_and_a_relay_on_postgresql_serves_them(
     # Into a database that already holds them: refused, nothing written.
     twice = migrate("--from", str(data), "--to", postgres_url)
     assert twice.returncode == 2 and "already holds relay queues" in twice.stderr
+
+
+def test_migrate_copies_group_streams(tmp_path: Path, postgres_url: str) -> None:
+    """Group streams move with the storage: every item at its position with
+    its log index, and the next post on PostgreSQL takes the next position."""
+    from securechan.relay.pg_store import PgStorage
+    from securechan.relay.pg_store_migrate import copy_storage
+    from securechan.relay.sqlite_store import SqliteStorage
+
+    data = tmp_path / "data"
+    streams = {bytes([n]) * 32: [os.urandom(20 + k) for k in range(n + 2)] for n in range(3)}
+
+    async def main() -> None:
+        src = await open_in_thread(SqliteStorage, data / "relay.db")
+        try:
+            for sid, blobs in streams.items():
+                for k, blob in enumerate(blobs):
+                    await src.put_stream_item(sid, blob, log_index=k, now=1, max_items=100)
+        finally:
+            await src.close()
+        summary = await copy_storage(data, postgres_url, now=1)
+        assert "3 group streams with 9 items" in summary, summary
+        dst = await PgStorage.open(postgres_url, listen=False)
+        try:
+            for sid, blobs in streams.items():
+                held = await dst.fetch_stream(sid, after=0, limit=100)
+                assert [(i.position, i.data, i.log_index) for i in held] == [
+                    (k + 1, blob, k) for k, blob in enumerate(blobs)
+                ]
+                put = await dst.put_stream_item(sid, b"next", log_index=99, now=2, max_items=100)
+                assert put.position == len(blobs) + 1
+        finally:
+            await dst.close()
+        with pytest.raises(StorageError, match="already holds group streams"):
+            await copy_storage(data, postgres_url, now=1)
+
+    asyncio.run(main())

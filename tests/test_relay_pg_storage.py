@@ -39,7 +39,14 @@ from securechan.relay.storage import (
     QuotaExceeded,
     RelayStorage,
 )
-from tests.relay_conformance import NOW, OpenStorage, StorageConformance, make_queue, msg_id
+from tests.relay_conformance import (
+    NOW,
+    OpenStorage,
+    StorageConformance,
+    StreamConformance,
+    make_queue,
+    msg_id,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 DEPTH = 10_000
@@ -58,7 +65,7 @@ def _new_schema(url: str, name: str) -> str:
     return _in_schema(url, name)
 
 
-class TestPostgresConformance(StorageConformance):
+class TestPostgresConformance(StorageConformance, StreamConformance):
     @pytest.fixture
     def open_storage(self, postgres_url: str) -> OpenStorage:
         # A fresh PostgreSQL schema (namespace) per call: cheaper than a
@@ -560,3 +567,53 @@ def test_a_crash_of_postgresql_mid_burst_loses_no_acknowledged_send(
             await survivor.close()
 
         asyncio.run(main())
+
+
+def test_pg_v1_plus_upgrade_is_v2(postgres_url: str) -> None:
+    """A version 1 database (before group streams, with a queue and an
+    envelope) upgrades in place: the envelope is kept, the tables, columns
+    and functions are those of a new database, and streams work."""
+    import psycopg
+
+    from securechan.relay.pg_store import PgStorage
+
+    old = (REPO / "tests/fixtures/stores/relay/pg-schema-v1.sql").read_text()
+    upgraded, fresh = _new_schema(postgres_url, "v1up"), _new_schema(postgres_url, "fresh")
+    with psycopg.connect(upgraded, autocommit=True) as conn:
+        conn.execute(old.encode())
+        conn.execute(
+            "CREATE TABLE schema_version"
+            " (component text PRIMARY KEY, version integer NOT NULL CHECK (version >= 1))"
+        )
+        conn.execute("INSERT INTO schema_version VALUES ('relay_pg', 1)")
+    q = make_queue("kept")
+
+    async def main() -> None:
+        s = await PgStorage.open(upgraded, listen=False)
+        try:
+            assert s.schema_version == 2
+            await s.create_queue(q)
+            await s.put_envelope(q.rid, msg_id(1), b"env", now=NOW, max_depth=10)
+            put = await s.put_stream_item(bytes(32), b"x", log_index=0, now=NOW, max_items=5)
+            assert put.position == 1
+        finally:
+            await s.close()
+        await (await PgStorage.open(fresh, listen=False)).close()
+
+    asyncio.run(main())
+
+    def shape(url: str, schema: str) -> list[tuple[object, ...]]:
+        with psycopg.connect(url, autocommit=True) as conn:
+            cols = conn.execute(
+                "SELECT table_name, column_name, data_type, is_nullable, column_default"
+                " FROM information_schema.columns WHERE table_schema = %s ORDER BY 1, 2",
+                (schema,),
+            ).fetchall()
+            funcs = conn.execute(
+                "SELECT p.proname, pg_get_function_identity_arguments(p.oid) FROM pg_proc p"
+                " JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = %s ORDER BY 1",
+                (schema,),
+            ).fetchall()
+            return [*cols, *funcs]
+
+    assert shape(upgraded, "v1up") == shape(fresh, "fresh")

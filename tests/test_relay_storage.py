@@ -41,6 +41,7 @@ from tests.relay_conformance import (
     NOW,
     OpenStorage,
     StorageConformance,
+    StreamConformance,
     make_queue,
     msg_id,
 )
@@ -49,7 +50,7 @@ REPO = Path(__file__).resolve().parent.parent
 DEPTH = 10_000
 
 
-class TestSqliteConformance(StorageConformance):
+class TestSqliteConformance(StorageConformance, StreamConformance):
     @pytest.fixture
     def open_storage(self, tmp_path: Path) -> OpenStorage:
         counter = itertools.count()

@@ -22,6 +22,7 @@ from securechan.agent import methods as agent_methods
 from securechan.audit.checkpoint import Cosignature
 from securechan.audit.note import SIG_COSIGNATURE_V1, VerifierKey
 from securechan.cli import results as cli_results
+from securechan.client import group_results
 from securechan.client import results as client_results
 from securechan.errors import Reason
 from securechan.primitives import Ed25519SigningKey
@@ -59,10 +60,12 @@ def _documented() -> dict[str, dict[str, tuple[str, bool]]]:
 
 def _result_types() -> dict[str, Any]:
     found = {}
-    for module in (client_results, cli_results, agent_methods):
+    for module in (client_results, cli_results, agent_methods, group_results):
         for name in module.__all__:
             obj = getattr(module, name)
-            if inspect.isclass(obj) and hasattr(obj, "to_json"):
+            # (a nested type without JSON_FIELDS, GroupMemberInfo, is
+            # described with the type it is nested in)
+            if inspect.isclass(obj) and hasattr(obj, "JSON_FIELDS"):
                 found[name] = obj
     return found
 
@@ -188,6 +191,57 @@ def _samples() -> list[Any]:
         ),
         agent_methods.AgentStatus(
             home="/h", pid=7, locked=True, expires_in=0, idle_ttl=600.0, max_ttl=7200.0, pending=0
+        ),
+        *_group_samples(),
+    ]
+
+
+def _group_samples() -> list[Any]:
+    g = group_results
+    me = g.GroupMemberInfo(
+        name="tehran", fingerprint="ab" * 32, admin=True, verified=True, you=True
+    )
+    stranger = g.GroupMemberInfo(name=None, fingerprint="cd" * 32, admin=False, verified=False)
+    return [
+        g.GroupInfo(
+            name="talks \u202e",
+            group_id="01" * 16,
+            epoch=2,
+            members=(me, stranger),
+            head="02" * 32,
+            records=7,
+        ),
+        g.GroupSent(
+            group="talks",
+            id="03" * 8,
+            seq=4,
+            position=9,
+            log_index=120,
+            delivered=("washington",),
+            pending=("muscat",),
+        ),
+        g.GroupEntry(
+            group="talks",
+            id="04" * 8,
+            epoch=1,
+            position=3,
+            sender="washington",
+            seq=2,
+            sent_at=NOW,
+            status="shown",
+            summary="text",
+            text="We accept.",
+        ),
+        g.GroupEntry(
+            group="talks",
+            id="05" * 8,
+            epoch=1,
+            position=4,
+            sender="ef" * 32,
+            seq=0,
+            sent_at=NOW,
+            status="change",
+            summary="removed muscat",
         ),
     ]
 

@@ -113,7 +113,7 @@ def test_client_db_upgrades_in_place_and_keeps_every_row(old: Path, tmp_path: Pa
     assert _pragma(path, "user_version") == 6
     db = ClientDB(path, bytes.fromhex(exp["storage_key"]))
     try:
-        assert _pragma(path, "user_version") == client_db.SCHEMA_VERSION == 8
+        assert _pragma(path, "user_version") == client_db.SCHEMA_VERSION == 9
         assert _pragma(path, "application_id") == client_db.SCHEMA.application_id
         peer = bytes.fromhex(exp["peer"])
         conv = [bytes.fromhex(c) for c in exp["sessions"]]
@@ -177,7 +177,7 @@ def test_relay_db_keeps_queues_envelopes_prekeys_and_nonces(old: Path) -> None:
 
     async def check() -> None:
         async with await open_in_thread(SqliteStorage, old / "relay" / "relay.db") as s:
-            assert (await s.settings()).schema_version == sqlite_store.SCHEMA_VERSION == 2
+            assert (await s.settings()).schema_version == sqlite_store.SCHEMA_VERSION == 3
             for rid, sid, key, contact in exp["queues"]:
                 q = await s.queue_by_rid(bytes.fromhex(rid))
                 assert q is not None
@@ -248,7 +248,9 @@ def test_witness_state_reads_unchanged(old: Path) -> None:
 # --- the schema files agree with each other ----------------------------------------------
 
 
-def test_relay_v1_plus_upgrade_is_v2(tmp_path: Path) -> None:
+def test_relay_v1_plus_upgrades_is_current(tmp_path: Path) -> None:
+    """Version 1 upgraded step by step (byte quotas, then group streams) has
+    exactly the tables of a new file."""
     path = tmp_path / "v1.db"
     conn = connect(path)
     for statement in split_statements((FIXTURES / "relay" / "schema-v1.sql").read_text()):
@@ -256,7 +258,7 @@ def test_relay_v1_plus_upgrade_is_v2(tmp_path: Path) -> None:
     conn.execute("PRAGMA user_version = 1")
     sqlite_store.SCHEMA.apply(conn, path)
     conn.close()
-    assert _pragma(path, "user_version") == 2
+    assert _pragma(path, "user_version") == sqlite_store.SCHEMA_VERSION == 3
     assert _shape(path) == _shape(_fresh(tmp_path, sqlite_store.SCHEMA))
 
 

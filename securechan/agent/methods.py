@@ -23,6 +23,7 @@ from securechan.errors import StorageError, UsageError
 
 if TYPE_CHECKING:
     from securechan.client.channel import Channel
+    from securechan.client.group_results import GroupEntry
     from securechan.client.results import Received, Rejected
 
 __all__ = ["METHODS", "AgentState", "AgentStatus", "Handler"]
@@ -43,7 +44,7 @@ class AgentState:
     keys: KeyCache
     version: str
     channel_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    pending: list[Received | Rejected] = field(default_factory=list)
+    pending: list[Received | Rejected | GroupEntry] = field(default_factory=list)
     drained: asyncio.Event = field(default_factory=asyncio.Event)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     started: float = 0.0
@@ -219,7 +220,7 @@ async def _receive(state: AgentState, params: dict[str, Any]) -> Any:
     pass; files are written into ``download`` (default: not written, their
     ``file`` is null and they are dropped, so pass it when you expect files)."""
     from securechan.client.downloads import save_download
-    from securechan.client.results import Rejected
+    from securechan.client.results import Received
 
     p = _params(params, download=(str, False))
     folder = _absolute(p["download"], "download") if p["download"] is not None else None
@@ -230,9 +231,15 @@ async def _receive(state: AgentState, params: dict[str, Any]) -> Any:
         items = [*state.pending, *fresh]
         state.pending.clear()
         state.drained.set()
+        group_files: list[str] = []
+        if folder is not None:  # group files made whole by these items (docs/CLI.md, Groups)
+            from securechan.cli.group import GroupFileSaver
+
+            saver = GroupFileSaver(folder)
+            group_files = [p for p in (saver.save(ch, i) for i in items) if p is not None]
     out = []
     for item in items:
-        if isinstance(item, Rejected):
+        if not isinstance(item, Received):  # a refusal, or a group record (GroupEntry)
             out.append(item.to_json())
             continue
         saved = None
@@ -241,7 +248,7 @@ async def _receive(state: AgentState, params: dict[str, Any]) -> Any:
                 save_download, folder, item.file_name or "file", item.file_data
             )
         out.append(item.to_json(file=str(saved) if saved else None))
-    return {"items": out, "left_waiting": left_waiting}
+    return {"items": out, "left_waiting": left_waiting, "group_files": group_files}
 
 
 async def _history(state: AgentState, params: dict[str, Any]) -> Any:

@@ -29,6 +29,7 @@ from securechan.errors import AgentLocked, MalformedInput, Reason, RelayError, S
 
 if TYPE_CHECKING:
     from securechan.client.channel import Channel
+    from securechan.client.group_results import GroupEntry
     from securechan.client.results import Received, Rejected
 
 __all__ = ["BACKOFF_MAX", "Receiver"]
@@ -109,15 +110,15 @@ class Receiver:
                     task.cancel()
                 await asyncio.gather(*listeners, return_exceptions=True)
 
-    def _publish(self, items: list[Received | Rejected]) -> None:
-        from securechan.client.results import Rejected
+    def _publish(self, items: list[Received | Rejected | GroupEntry]) -> None:
+        from securechan.client.results import Received
 
         for item in items:
             self._state.pending.append(item)
-            if isinstance(item, Rejected):
-                self._notify("receive", {"item": item.to_json()})
-            else:
+            if isinstance(item, Received):
                 self._notify("receive", {"item": item.to_json(file=None)})
+            else:
+                self._notify("receive", {"item": item.to_json()})
 
     async def _wait(self, event: asyncio.Event | None, timeout: float | None) -> None:
         """Until ``event``, a lock or unlock, the agent stops, or ``timeout``."""

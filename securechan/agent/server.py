@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from securechan.agent.group_methods import GROUP_METHODS
 from securechan.agent.homelock import HomeLock
 from securechan.agent.keycache import KeyCache
 from securechan.agent.methods import METHODS, AgentState
@@ -260,7 +261,7 @@ class AgentServer:
                 )
             conn.subscribed = request.method == "subscribeReceive"
             return result_frame(rid, {"subscribed": conn.subscribed})
-        handler = METHODS.get(request.method)
+        handler = METHODS.get(request.method) or GROUP_METHODS.get(request.method)
         if handler is None:
             return error_frame(
                 RpcError(AgentErrorCode.METHOD_NOT_FOUND, "no such method", request_id=rid)

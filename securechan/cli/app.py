@@ -72,6 +72,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "securechan.cli.demo:demo",
         "Play the back-channel on this machine, attacks included.",
     ),
+    "group": (
+        "securechan.cli.group:group",
+        "Talk in groups of up to 20 members with one common transcript.",
+    ),
     "history": (
         "securechan.cli.messaging:history",
         "Show the stored conversation (with CONTACT, or all).",
@@ -105,7 +109,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "relay": ("securechan.cli.relay:relay", "Run a mediator's relay."),
     "send": (
         "securechan.cli.messaging:send",
-        "Send MESSAGE (or '-' for stdin, or --file F) to CONTACT.",
+        "Send MESSAGE (or '-' for stdin, or --file F) to CONTACT or --group NAME.",
     ),
     "sign": ("securechan.cli.documents:sign", "Write a detached signature of FILE to FILE.sig."),
     "statement": (

@@ -1,11 +1,14 @@
-"""Shell completion of contact names and message ids (docs/CLI.md, "Shell completion").
+"""Shell completion of contact names, message ids and group names (docs/CLI.md,
+"Shell completion").
 
 click calls these when ``_SECURECHAN_COMPLETE`` is set. They read only what
 needs no passphrase: the contact list (``contacts.json``, as ``contact list``
 does) and, for message ids, the audit log (``audit.db``, as ``log show``
 does; each ``message-sent`` and ``message-received`` entry holds SHA-256 of the
 message's signed record, whose first 16 hex digits are the id ``history``
-shows). They create nothing and print nothing: a missing or unreadable home
+shows). Group names are sealed in ``client.db``, so they come from the
+home's running agent, if one runs unlocked (``groupList``). They create
+nothing and print nothing: a missing or unreadable home
 completes to nothing, since a completion that fails must not break the shell.
 """
 
@@ -18,7 +21,12 @@ from click.shell_completion import CompletionItem
 
 import securechan
 
-__all__ = ["complete_contact", "complete_contact_or_self", "complete_message_id"]
+__all__ = [
+    "complete_contact",
+    "complete_contact_or_self",
+    "complete_group",
+    "complete_message_id",
+]
 
 _MESSAGE_ID_HEX = 16
 
@@ -89,3 +97,34 @@ def complete_message_id(
         return found[::-1]
     except Exception:  # completion never fails the shell; see the module doc
         return []
+
+
+def complete_group(
+    ctx: click.Context, param: click.Parameter, incomplete: str
+) -> list[CompletionItem]:
+    """Your groups' names that start with ``incomplete`` (``group
+    add|remove|leave|show``, ``send --group``, ``history --group``)."""
+    try:
+        return [
+            CompletionItem(name, help="group")
+            for name in _group_names(_home(ctx))
+            if name.startswith(incomplete)
+        ]
+    except Exception:  # completion never fails the shell; see the module doc
+        return []
+
+
+def _group_names(home: Path) -> list[str]:
+    """The group names, from the home's running agent (``groupList``).
+
+    A group's name is sealed in ``client.db`` with the rest of its state
+    (docs/STORAGE.md), unlike a contact's name in ``contacts.bin``, so
+    without the key there is nothing to read: with no agent, or a locked
+    one, group names complete to nothing."""
+    from securechan.client.agent_client import AgentClient
+
+    with AgentClient(home, timeout=2.0) as agent:
+        answer = agent.call("groupList")
+    return sorted(
+        str(item["name"]) for item in answer["items"] if isinstance(item.get("name"), str)
+    )

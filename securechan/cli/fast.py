@@ -63,15 +63,23 @@ class Parsed:
         self.download: str | None = None
         self.limit: str | None = None
         self.before: str | None = None
+        self.group: str | None = None  # send --group, history --group
+        self.members: list[str] = []  # group create --member (repeatable)
 
 
 _GLOBAL = {"--home": "home", "--passphrase-file": "passphrase_file"}
 # command -> (options taking a value, flags, how many positional arguments)
 _COMMANDS: dict[str, tuple[dict[str, str], set[str], tuple[int, int]]] = {
-    "send": ({"--file": "file"}, {"--json"}, (1, 2)),
+    "send": ({"--file": "file", "--group": "group"}, {"--json"}, (0, 2)),
     "receive": ({"--download": "download"}, {"--json"}, (0, 0)),
-    "history": ({"--limit": "limit", "--before": "before"}, {"--json"}, (0, 1)),
+    "history": (
+        {"--limit": "limit", "--before": "before", "--group": "group"},
+        {"--json"},
+        (0, 1),
+    ),
     "status": ({}, {"--json"}, (0, 0)),
+    # group create|add|remove|leave|list|show: securechan/cli/fast_group.py
+    "group": ({"--member": "members"}, {"--json"}, (1, 65)),
 }
 
 
@@ -114,9 +122,19 @@ def parse(argv: list[str]) -> Parsed | None:
             got = _option(arg, options, rest)
             if got is None:
                 return None  # --help, --follow, --unknown ...: the whole CLI
-            setattr(parsed, got[0], got[1])
+            if got[0] == "members":
+                parsed.members.append(got[1])
+            else:
+                setattr(parsed, got[0], got[1])
     if not low <= len(parsed.args) <= high:
         return None  # click's usage message, from the whole CLI
+    if parsed.command == "send" and parsed.group is None and not parsed.args:
+        return None
+    if parsed.command == "group" or parsed.group is not None:
+        from securechan.cli.fast_group import accepts
+
+        if not accepts(parsed):
+            return None
     return parsed
 
 
@@ -214,6 +232,13 @@ def _passphrase_from_file(path: Path) -> str:
 
 
 def _serve(client: Any, parsed: Parsed) -> int:
+    if parsed.command == "group" or parsed.group is not None:
+        from securechan.cli.fast_group import serve
+
+        def call(method: str, **params: Any) -> Any:
+            return _call(client, parsed, method, **params)
+
+        return serve(client, parsed, call)
     if parsed.command == "send":
         return _send(client, parsed)
     if parsed.command == "receive":
@@ -228,9 +253,19 @@ def _serve(client: Any, parsed: Parsed) -> int:
                 if relay in relays_down:
                     continue
                 relays_down.add(relay)
+            if "status" in item:  # a group record (GroupEntry; its file is saved by the agent)
+                _print(
+                    [(render.json_text(item), False)]
+                    if parsed.as_json
+                    else render.group_entry(item)
+                )
+                split = split or item["status"] in render.GROUP_ALARMS
+                continue
             _print([(render.json_text(item), False)] if parsed.as_json else render.received(item))
             split = split or item.get("rejected") == "split-view"
             rolled_back = rolled_back or item.get("rejected") == "peer-rolled-back"
+        for saved in answer.get("group_files") or ():
+            _say(f"securechan: note: group file saved as {inline(str(saved))}", True)
         for url in answer["left_waiting"]:
             note = f"more messages wait at {inline(url)}: run 'securechan receive' again"
             _say(f"securechan: note: {note}", True)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from securechan.cli import render
-from securechan.cli.completion import complete_contact
+from securechan.cli.completion import complete_contact, complete_group
 from securechan.cli.core import (
     _PROGRESS_MIN,
     CARD_FILE,
@@ -94,7 +94,7 @@ def register(app: _App, relays: tuple[str, ...], fingerprint: str | None, as_jso
 
 
 @click.command()
-@click.argument("contact_name", metavar="CONTACT", shell_complete=complete_contact)
+@click.argument("contact_name", metavar="CONTACT", required=False, shell_complete=complete_contact)
 @click.argument("message", required=False)
 @click.option(
     "--file",
@@ -102,12 +102,39 @@ def register(app: _App, relays: tuple[str, ...], fingerprint: str | None, as_jso
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Send a file instead of a text.",
 )
+@click.option(
+    "--group",
+    "group_name",
+    metavar="NAME",
+    default=None,
+    shell_complete=complete_group,
+    help="Send to every member of the group NAME instead of to a CONTACT "
+    "(then no CONTACT: 'send --group NAME MESSAGE').",
+)
 @_json_option
 @pass_app
 def send(
-    app: _App, contact_name: str, message: str | None, file_path: Path | None, as_json: bool
+    app: _App,
+    contact_name: str | None,
+    message: str | None,
+    file_path: Path | None,
+    group_name: str | None,
+    as_json: bool,
 ) -> None:
-    """Send MESSAGE (or '-' for stdin, or --file F) to CONTACT."""
+    """Send MESSAGE (or '-' for stdin, or --file F) to CONTACT or --group NAME.
+
+    With --group the message is signed once, placed in the group's
+    transcript at the relay, then sent to each member through its own
+    session (docs/CLI.md, Groups)."""
+    if group_name is not None:
+        if message is not None:
+            raise UsageError("with --group NAME give no CONTACT: 'send --group NAME MESSAGE'")
+        from securechan.cli.group import send_group
+
+        send_group(app, group_name, contact_name, file_path, as_json)
+        return
+    if contact_name is None:
+        raise UsageError("Missing argument 'CONTACT' (or --group NAME)")
     if (message is None) == (file_path is None):
         raise UsageError("give a MESSAGE ('-' reads stdin) or --file F")
     if message == "-":
@@ -246,16 +273,32 @@ def _echo(lines: list[tuple[str, bool]]) -> None:
         click.echo(line, err=to_stderr)
 
 
-def _show(item: Any, as_json: bool, download: Path) -> None:
+def _show_group(item: Any, as_json: bool, saved: str | None) -> None:
+    """A group record this receive applied (GroupEntry): ``[group NAME]
+    sender: text``, or a loud line for an equivocation, a fork or withheld
+    records. ``saved``: where the file this record completed was saved."""
+    if as_json:
+        _emit_json(item.to_json())
+        if saved is not None:
+            click.echo(f"securechan: note: group file saved as {inline(saved)}", err=True)
+    else:
+        _echo(render.group_entry(item.to_json(), saved=saved))
+
+
+def _show(item: Any, as_json: bool, download: Path, saved: str | None = None) -> None:
+    from securechan.client.group_results import GroupEntry
     from securechan.client.results import Rejected
 
+    if isinstance(item, GroupEntry):
+        _show_group(item, as_json, saved)
+        return
     if isinstance(item, Rejected):
         data = item.to_json()
     else:
-        saved = None
+        path = None
         if item.file_data is not None:
-            saved = _save_download(download, item.file_name or "file", item.file_data)
-        data = item.to_json(file=str(saved) if saved else None)
+            path = _save_download(download, item.file_name or "file", item.file_data)
+        data = item.to_json(file=str(path) if path else None)
     if as_json:
         _emit_json(data)
     else:
@@ -301,10 +344,12 @@ def receive(
 ) -> None:
     """Fetch, verify, store and print new messages.
 
-    Exit 1 at the end if a relay was caught showing two histories (a split
-    view), else 5 if a contact sent a second, different message at a place
-    already used (its state was rolled back): every message is still stored
-    and shown first."""
+    Group messages show as '[group NAME] sender: text'. Exit 1 at the end
+    if a relay was caught showing two histories (a split view, of the log
+    or of a group's transcript) or a group member equivocated or records
+    were withheld, else 5 if a contact sent a second, different message at
+    a place already used (its state was rolled back): every message is
+    still stored and shown first."""
     import asyncio
 
     split: list[str] = []
@@ -324,8 +369,11 @@ def receive(
             del bars[name]
 
     relays_down: set[str] = set()  # each relay that failed, reported once
+    from securechan.cli.group import GroupFileSaver
 
-    def show(item: Any) -> None:
+    group_files = GroupFileSaver(download)
+
+    def show(item: Any, ch: Any) -> None:
         for bar in bars.values():
             bar.close()
         relay = getattr(item, "relay", None)
@@ -334,7 +382,9 @@ def receive(
                 relays_down.add(relay)
                 _show_relay_failure(item, as_json)
             return
-        _show(item, as_json, download)
+        _show(item, as_json, download, group_files.save(ch, item))
+        if getattr(item, "status", None) in render.GROUP_ALARMS:
+            split.append(item.summary)
         if getattr(item, "reason", None) == Reason.SPLIT_VIEW:
             split.append(item.error)
         if getattr(item, "reason", None) == Reason.PEER_ROLLED_BACK:
@@ -347,7 +397,7 @@ def receive(
                 for bar in bars.values():
                     bar.close()
                 for item in items:
-                    show(item)
+                    show(item, ch)
                 for url in ch.left_waiting:
                     click.echo(
                         f"securechan: note: more messages wait at {inline(url)}: "
@@ -359,7 +409,7 @@ def receive(
             if timeout is not None:
                 asyncio.get_running_loop().call_later(timeout, stop.set)
             async for item in ch.follow(stop=stop, progress=progress):
-                show(item)
+                show(item, ch)
 
     _run(go())
     if split:
@@ -384,15 +434,37 @@ def receive(
     default=None,
     help="Only messages stored before the message ID (the next page back).",
 )
+@click.option(
+    "--group",
+    "group_name",
+    metavar="NAME",
+    default=None,
+    shell_complete=complete_group,
+    help="The transcript of the group NAME (in the relay's order) instead of a conversation.",
+)
 @_json_option
 @pass_app
 def history(
-    app: _App, contact_name: str | None, limit: int | None, before: str | None, as_json: bool
+    app: _App,
+    contact_name: str | None,
+    limit: int | None,
+    before: str | None,
+    group_name: str | None,
+    as_json: bool,
 ) -> None:
     """Show the stored conversation (with CONTACT, or all).
 
     Every stored message, oldest first, unless --limit N: then the newest N,
-    and a note on stderr names the --before ID that shows the page before."""
+    and a note on stderr names the --before ID that shows the page before.
+    With --group NAME: the group's transcript, every record in the order
+    the relay's log gave it (the same order for every member)."""
+    if group_name is not None:
+        if contact_name is not None:
+            raise UsageError("give a CONTACT or --group NAME, not both")
+        from securechan.cli.group import group_history
+
+        group_history(app, group_name, limit, before, as_json)
+        return
 
     async def go() -> Any:
         async with _channel(app) as ch:

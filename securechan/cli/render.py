@@ -28,7 +28,20 @@ if TYPE_CHECKING:
     from typing import Any
 
 
-__all__ = ["columns", "history_row", "json_text", "received", "sent", "status"]
+__all__ = [
+    "GROUP_ALARMS",
+    "columns",
+    "group_entry",
+    "group_history_row",
+    "group_info",
+    "group_row",
+    "group_sent",
+    "history_row",
+    "json_text",
+    "received",
+    "sent",
+    "status",
+]
 
 Line = tuple[str, bool]
 
@@ -124,3 +137,121 @@ def status(info: Mapping[str, Any]) -> list[Line]:
         shown = ", ".join(map(str, v)) if isinstance(v, list) else str(v)
         lines.append((f"{k + ':':<10} {inline(shown)}", False))
     return lines
+
+
+# --- groups (docs/CLI.md, Groups) -------------------------------------------------
+
+# A group entry's status -> the loud line it gets on stderr (as SPLIT VIEW
+# and PEER ROLLED BACK do); ``receive`` exits 1 after printing any of them.
+GROUP_ALARMS = {
+    "equivocation": "GROUP EQUIVOCATION",
+    "forked": "GROUP FORKED",
+    "withheld": "GROUP WITHHELD",
+}
+
+
+def _group_said(entry: Mapping[str, Any], saved: str | None) -> str:
+    """What a group record says, for people: the text, the file, the
+    change, or why there is nothing to show."""
+    status = str(entry["status"])
+    if status == "shown" and entry.get("text") is not None:
+        return str(entry["text"])
+    if status == "shown" and entry.get("file_name") is not None:
+        if saved is not None:
+            return f"file saved as {saved} (the sender named it: {entry['file_name']})"
+        return str(entry["summary"])  # [file NAME, SIZE bytes (part I of N)]
+    if status == "content-pending":
+        return f"(content not yet received) {entry['summary']}".rstrip()
+    return str(entry["summary"])
+
+
+def group_entry(entry: Mapping[str, Any], *, saved: str | None = None) -> list[Line]:
+    """One group record as ``receive`` shows it (GroupEntry JSON):
+    ``[group NAME] sender: text``; a refused record, an equivocation, a
+    fork or withheld records as one line on stderr."""
+    err = columns(err=True)
+    group, sender = inline(str(entry["group"])), inline(str(entry["sender"]))
+    status = str(entry["status"])
+    where = f"[group {group}] {sender} #{entry['seq']} (position {entry['position']})"
+    if status in GROUP_ALARMS:
+        head = f"securechan: {GROUP_ALARMS[status]}: {where}: "
+        return [(head + inline(str(entry["summary"]), width=err, indent=len(head)), True)]
+    if status == "refused":
+        head = f"securechan: [group {group}] refused a record at position {entry['position']}: "
+        return [(head + inline(str(entry["summary"]), width=err, indent=len(head)), True)]
+    head = f"[group {group}] {sender}: "
+    if status == "change":
+        head = f"[group {group}] {sender} changed the group: "
+    elif status == "content-pending":
+        head = f"[group {group}] {sender} #{entry['seq']}: "
+    text = block(_group_said(entry, saved), width=columns(), indent=len(head))
+    return [(head + text, False)]
+
+
+def group_history_row(entry: Mapping[str, Any]) -> list[Line]:
+    """One ``history --group`` row (GroupEntry JSON): time, id, position,
+    sender, status and what it says."""
+    status = str(entry["status"])
+    mark = "" if status in ("shown", "change") else f" [{status.upper()}]"
+    head = (
+        f"[{entry['sent_at']}] {entry['id']} #{entry['position']} "
+        f"{inline(str(entry['sender']))}{mark}: "
+    )
+    return [(head + block(_group_said(entry, None), width=columns(), indent=len(head)), False)]
+
+
+def group_sent(result: Mapping[str, Any]) -> list[Line]:
+    """A ``send --group`` result (GroupSent JSON)."""
+    pending = list(result["pending"])
+    state = "sent" if not pending else f"sent; waiting in the outbox for {len(pending)}"
+    return [
+        (
+            f"Group message #{result['seq']} to {inline(str(result['group']))}: {state} "
+            f"(position {result['position']}, log index {result['log_index']}, "
+            f"id {result['id']})",
+            True,
+        )
+    ]
+
+
+def group_row(info: Mapping[str, Any]) -> list[Line]:
+    """One ``group list`` line (GroupInfo JSON)."""
+    members = info["members"]
+    left = " (left)" if info.get("left") else ""
+    return [
+        (
+            f"{inline(str(info['name']))}{left}  {len(members)} members  epoch {info['epoch']}  "
+            f"{info['records']} records  head {str(info['head'])[:16]}",
+            False,
+        )
+    ]
+
+
+def group_info(info: Mapping[str, Any]) -> list[Line]:
+    """``group show`` (GroupInfo JSON): the group, its policy, epoch and
+    transcript head, then one line per member: name, whether verified,
+    admin, fingerprint."""
+    left = "  (you are no longer a member: read-only)" if info.get("left") else ""
+    lines: list[Line] = [
+        (f"group:    {inline(str(info['name']))}{left}", False),
+        (f"id:       {info['group_id']}", False),
+        (f"epoch:    {info['epoch']}", False),
+        (f"records:  {info['records']}", False),
+        (f"head:     {info['head']}", False),
+        (f"policy:   {_POLICIES.get(str(info['policy']), inline(str(info['policy'])))}", False),
+        (f"members:  {len(info['members'])}", False),
+    ]
+    for m in info["members"]:
+        if m.get("name") is not None:
+            name = inline(str(m["name"]))
+        else:
+            name = "(you)" if m.get("you") else "(not a contact)"
+        mark = "you" if m.get("you") else "verified" if m.get("verified") else "UNVERIFIED"
+        admin = "admin" if m.get("admin") else "member"
+        lines.append((f"  {name:<20} {mark:<10} {admin:<6} {m['fingerprint']}", False))
+    return lines
+
+
+_POLICIES = {
+    "admins": "admins add and remove members; any member may leave",
+}

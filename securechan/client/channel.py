@@ -40,9 +40,12 @@ from pathlib import Path
 
 from securechan.audit.log import AuditLog
 from securechan.audit.statement import Statement
+from securechan.client.channel_groups import GroupMethods
 from securechan.client.context import Context, RelayPool, UnknownPolicy
 from securechan.client.db import ClientDB
 from securechan.client.files import sanitize_filename
+from securechan.client.group_results import GroupEntry
+from securechan.client.groups import Groups
 from securechan.client.inbox import Inbox
 from securechan.client.logview import RelayLogs
 from securechan.client.outbox import Cancelled, Outbox, QueuedMessage
@@ -88,7 +91,7 @@ __all__ = [
 ]
 
 
-class Channel:
+class Channel(GroupMethods):
     """One unlocked home folder and its relays. Not for concurrent use from
     several tasks; several processes on one home are serialised by the
     database's write lock."""
@@ -129,9 +132,16 @@ class Channel:
         )
         self.registrar = Registrar(ctx, self.state)
         self.outbox = Outbox(ctx, self.state, self.registrar, self.logs)
+        self.group_client = Groups(ctx, self.outbox, self.registrar.relays, self.logs)
         self.inbox = Inbox(
-            ctx, self.state, self.logs, flush=self.outbox.flush, after=self._after_receive
+            ctx,
+            self.state,
+            self.logs,
+            flush=self.outbox.flush,
+            after=self._after_receive,
+            groups=self.group_client.reader.sync_all,
         )
+        self.group_client.receive_pass = self.inbox.receive
         self.record = MessageRecord(ctx, self.state, self.logs)
 
     @classmethod
@@ -364,16 +374,19 @@ class Channel:
 
     async def receive(
         self, *, progress: Callable[[str, int, int], None] | None = None
-    ) -> list[Received | Rejected]:
+    ) -> list[Received | Rejected | GroupEntry]:
         """One pass over every queue at every relay: fetch, open, store, ack,
         page after page until each queue is empty (bounded by
         ``client.inbox.DRAIN_MAX`` envelopes a queue, and by the budget of
         failed first messages: :attr:`left_waiting` names the relays where
         some were left for the next pass). ``progress(file name, bytes held,
-        size)`` is called for each chunk of an incoming file."""
+        size)`` is called for each chunk of an incoming file. Then each
+        group's stream is read: one :class:`GroupEntry` per group record read
+        (``status`` per ``GROUP_STATUSES``)."""
         self.inbox.progress = progress
         try:
-            return await self.inbox.receive()
+            # First what receive passes run by group operations kept.
+            return [*self.group_client.take_stashed(), *await self.inbox.receive()]
         finally:
             self.inbox.progress = None
 
@@ -389,16 +402,18 @@ class Channel:
         poll: float = 2.0,
         stop: asyncio.Event | None = None,
         progress: Callable[[str, int, int], None] | None = None,
-    ) -> AsyncIterator[Received | Rejected]:
+    ) -> AsyncIterator[Received | Rejected | GroupEntry]:
         """Receive continuously: WebSocket push per queue, with polling as the
         fall-back (and every ``poll`` seconds anyway); ``progress`` as for
-        :meth:`receive`."""
+        :meth:`receive`; what receive passes run by group operations kept
+        comes with the next item."""
         self.inbox.progress = progress
-        return self.inbox.follow(poll=poll, stop=stop)
+        return self._with_stashed(self.inbox.follow(poll=poll, stop=stop))
 
     async def _after_receive(self) -> None:
-        """Grant our private queue to peers who granted theirs; top up prekeys."""
+        """Grant our queue to peers who granted theirs; owed group sends; prekeys."""
         await self.outbox.send_grants()
+        await self.group_client.pay_debts()
         await self.outbox.flush()
         await self.registrar.top_up_prekeys()
 

@@ -4,10 +4,10 @@ One SQLite file (``client.db`` in the home folder; opened by
 :mod:`securechan.sqlite_schema`: WAL, ``synchronous=FULL``,
 ``secure_delete=ON``; tables in ``securechan/schema/client/``; the
 received-envelope, log and message tables' methods in ``db_received.py``,
-``db_logs.py`` and ``db_messages.py``). Everything secret or private is sealed with the identity's
-storage key before it is written: session and prekey state as
-``SealedState`` records (``protocol/sealed.py``), and queue secrets, peer
-grants and stored messages with XChaCha20-Poly1305 bound to their table and
+``db_logs.py``, ``db_messages.py`` and ``db_groups.py``). Everything secret
+or private is sealed with the identity's storage key before it is written:
+session and prekey state as ``SealedState`` records (``protocol/sealed.py``),
+and queue secrets, peer grants and stored messages with XChaCha20-Poly1305 bound to their table and
 row. In clear remain only random ids (conversation ids, queue ids, message
 ids), counters and times, and the peer's fingerprint that also sits in
 ``contacts.bin``.
@@ -32,6 +32,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from securechan.client.db_groups import GroupTables
 from securechan.client.db_logs import LogTables
 from securechan.client.db_messages import MessageTables, StoredMessage
 from securechan.client.db_outbox import OutboxTables, QueuedRow
@@ -93,7 +94,7 @@ class OutboxEntry:
     envelope: bytes
 
 
-class ClientDB(ReceivedTables, LogTables, MessageTables, OutboxTables):
+class ClientDB(ReceivedTables, LogTables, MessageTables, OutboxTables, GroupTables):
     """The local database of one home folder, opened with its storage key."""
 
     def __init__(self, path: Path, storage_key: bytes) -> None:

@@ -15,11 +15,13 @@ from dataclasses import dataclass
 
 from securechan.client.context import Context
 from securechan.client.files import file_intact, take_file
+from securechan.client.group_carriage import store_pairwise
 from securechan.client.pipeline import ratchet_position, stage
 from securechan.client.results import Received, Rejected
 from securechan.client.stored import StoredRecord
 from securechan.errors import Reason
 from securechan.protocol.address import QueueGrant
+from securechan.protocol.group_stream import GroupDelivery, GroupWelcome
 from securechan.protocol.payload import CHUNK_SIZE, ContentType, FileChunk, Receipt
 from securechan.protocol.session import (
     Event,
@@ -113,6 +115,22 @@ def deliver(ctx: Context, opened: Opened, now: int) -> list[Received | Rejected]
         if isinstance(content, QueueGrant):
             with stage("payload"):
                 db.set_peer_grant(session.conversation, content.to_bytes())
+            continue
+        if isinstance(content, (GroupDelivery, GroupWelcome)):
+            # Kept for the group layer (client/group_sync.py), never shown
+            # as a direct message: the group's stream orders it.
+            with stage("group"):
+                refused = store_pairwise(
+                    ctx,
+                    session.peer,
+                    content,
+                    pairwise=ev.signed,
+                    message=f"{session.conversation.hex()}:{ev.seq}",
+                    relay=opened.relay,
+                    now=now,
+                )
+            if refused is not None:
+                out.append(refused)
             continue
         if isinstance(content, FileChunk):
             with stage("file"):

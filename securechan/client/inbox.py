@@ -31,6 +31,7 @@ from securechan.client.context import Context
 from securechan.client.db import QueueRow
 from securechan.client.delivery import Opened, deliver
 from securechan.client.equivocation import peer_rollback
+from securechan.client.group_results import GroupEntry
 from securechan.client.hold import HeldEnvelopes, may_be_early_here
 from securechan.client.logview import RelayLogs
 from securechan.client.pipeline import (
@@ -69,6 +70,9 @@ from securechan.transport import FetchedEnvelope
 __all__ = ["DRAIN_MAX", "PAGE", "Inbox"]
 
 Results = list[Received | Rejected]
+# What a pass yields: besides messages and refusals, one GroupEntry per
+# group record read in the pass (client/group_sync.py).
+PassResults = list[Received | Rejected | GroupEntry]
 PAGE = 200  # envelopes fetched (and then acknowledged) at a time
 DRAIN_MAX = 100_000  # envelopes taken from one queue in one pass (~3 GB of file chunks)
 
@@ -86,6 +90,7 @@ class Inbox:
         *,
         flush: Callable[[], Awaitable[object]],
         after: Callable[[], Awaitable[None]],
+        groups: Callable[[], Awaitable[list[GroupEntry | Rejected]]] | None = None,
     ) -> None:
         self._ctx = ctx
         self._db = ctx.db
@@ -93,6 +98,7 @@ class Inbox:
         self._logs = logs
         self._flush = flush
         self._after = after
+        self._groups = groups
         self._rx = Pass()  # the receive pass under way (budget, caches)
         self.held = HeldEnvelopes(ctx, state, self._rx, self._reopen)
         # Relays whose queue the last pass left with envelopes still waiting
@@ -101,11 +107,12 @@ class Inbox:
         self.left_waiting: list[str] = []
         self.progress: Callable[[str, int, int], None] | None = None
 
-    async def receive(self) -> Results:
+    async def receive(self) -> PassResults:
         """See :meth:`Channel.receive`."""
         self._rx.reset()
         held = self.held
-        out: Results = held.upgrade()
+        out: PassResults = []
+        out += held.upgrade()
         out += held.expire() + held.release_senders()
         out.extend(held.release_chains())
         await self._flush()
@@ -120,6 +127,16 @@ class Inbox:
             )
             for e, peer in await self._logs.check_carried()
         )
+        if self._groups is not None:
+            # The groups' streams, after the pairwise payloads are stored:
+            # a relay that fails here does not lose what was received above.
+            try:
+                out.extend(await self._groups())
+            except (RelayError, MalformedInput) as e:
+                url = e.relay if isinstance(e, RelayError) else None
+                out.append(
+                    Rejected(reason=Reason.RELAY_ERROR, error=f"group streams: {e}", relay=url)
+                )
         # What follows must not lose what was received above (it is stored
         # and acknowledged already): its failures are reported with it.
         try:
@@ -184,7 +201,7 @@ class Inbox:
 
     async def follow(
         self, *, poll: float = 2.0, stop: asyncio.Event | None = None
-    ) -> AsyncIterator[Received | Rejected]:
+    ) -> AsyncIterator[Received | Rejected | GroupEntry]:
         """See :meth:`Channel.follow`."""
         stop = stop or asyncio.Event()
         wake = asyncio.Event()

@@ -35,6 +35,11 @@ History = list[tuple[str, str, int, int, str, str]]
 _PAGE = 500  # messages read from the database at a time
 
 
+# Payloads kept in the record but not listed as direct messages: the hello,
+# and group carriage (a group's transcript lists those: Channel.group_history).
+_NOT_SHOWN = (ContentType.HELLO, ContentType.GROUP_MESSAGE, ContentType.GROUP_WELCOME)
+
+
 class MessageRecord:
     """The stored messages of one home, as the user reads them."""
 
@@ -54,8 +59,8 @@ class MessageRecord:
             rec = StoredRecord.from_bytes(m.record)
             payload = SignedPayload.from_bytes_unverified(rec.signed).payload
             content = payload.content()
-            if isinstance(content, QueueGrant) or payload.content_type is ContentType.HELLO:
-                continue  # protocol housekeeping, kept in the store, not shown
+            if isinstance(content, QueueGrant) or payload.content_type in _NOT_SHOWN:
+                continue  # housekeeping, or group carriage: kept in the store, not shown
             if isinstance(content, str):
                 summary = content
             elif isinstance(content, FileChunk):

@@ -13,11 +13,12 @@ Each call runs the async method to completion on a private event loop.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from securechan.client.channel import Cancelled, Channel, QueuedMessage, UnknownPolicy
+from securechan.client.group_results import GroupEntry, GroupInfo, GroupSent
 from securechan.client.results import Received, Rejected, SendResult
 from securechan.identity.contacts import Contact
 from securechan.protocol.address import ContactCard
@@ -82,10 +83,53 @@ class SyncChannel:
         result: SendResult = self._run(self.channel.send_file(contact, file_name, data))
         return result
 
-    def receive(self) -> list[Received | Rejected]:
+    def receive(self) -> list[Received | Rejected | GroupEntry]:
         """See :meth:`Channel.receive`."""
-        items: list[Received | Rejected] = self._run(self.channel.receive())
+        items: list[Received | Rejected | GroupEntry] = self._run(self.channel.receive())
         return items
+
+    # --- groups (see the Channel methods of the same names) ---------------------
+
+    def group_create(self, name: str, members: Sequence[str]) -> GroupInfo:
+        """See :meth:`Channel.group_create`."""
+        result: GroupInfo = self._run(self.channel.group_create(name, members))
+        return result
+
+    def group_add(self, group: str, contacts: Sequence[str]) -> GroupInfo:
+        """See :meth:`Channel.group_add`."""
+        result: GroupInfo = self._run(self.channel.group_add(group, contacts))
+        return result
+
+    def group_remove(self, group: str, contacts: Sequence[str]) -> GroupInfo:
+        """See :meth:`Channel.group_remove`."""
+        result: GroupInfo = self._run(self.channel.group_remove(group, contacts))
+        return result
+
+    def group_leave(self, group: str) -> GroupInfo:
+        """See :meth:`Channel.group_leave`."""
+        result: GroupInfo = self._run(self.channel.group_leave(group))
+        return result
+
+    def send_group(
+        self, group: str, *, text: str | None = None, path: str | None = None
+    ) -> GroupSent:
+        """See :meth:`Channel.send_group`."""
+        result: GroupSent = self._run(self.channel.send_group(group, text=text, path=path))
+        return result
+
+    def groups(self) -> list[GroupInfo]:
+        """See :meth:`Channel.groups`."""
+        return self.channel.groups()
+
+    def group_show(self, group: str) -> GroupInfo:
+        """See :meth:`Channel.group_show`."""
+        return self.channel.group_show(group)
+
+    def group_history(
+        self, group: str, *, limit: int | None = None, before: str | None = None
+    ) -> list[GroupEntry]:
+        """See :meth:`Channel.group_history`."""
+        return self.channel.group_history(group, limit=limit, before=before)
 
     def history(self, contact: str | None = None) -> list[tuple[str, str, int, int, str, str]]:
         """See :meth:`Channel.history`."""

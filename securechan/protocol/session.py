@@ -361,6 +361,13 @@ class Session:
             out.append(self._send(ContentType.FILE, chunk.to_bytes(), now=now))
         return out
 
+    def send_group(self, content_type: ContentType, body: bytes, *, now: int) -> Outgoing:
+        """Carry a group payload (a ``GroupDelivery`` or ``GroupWelcome``
+        encoding, docs/PROTOCOL.md §20) to the peer."""
+        if content_type not in (ContentType.GROUP_MESSAGE, ContentType.GROUP_WELCOME):
+            raise ValueError("send_group carries GROUP_MESSAGE or GROUP_WELCOME only")
+        return self._send(content_type, body, now=now)
+
     def _send(self, content_type: ContentType, body: bytes, *, now: int) -> Outgoing:
         st = self._st
         payload = Payload(

@@ -15,7 +15,8 @@ A JSON type is a frozen dataclass whose fields say their JSON spelling
 (:func:`jfield`): ``int`` (0 to 2**63-1), ``bool``, ``str``, ``id`` (16 bytes,
 base64url), ``key`` (32 bytes, base64url), ``blob`` (bytes, base64url),
 ``blobs`` (a list of them), ``receipt`` (:class:`~securechan.audit.receipt.Receipt`),
-``hashes`` (proof hashes, padded base64) or ``messages``. One definition gives
+``hashes`` (proof hashes, padded base64), ``messages`` or ``items`` (a
+group stream's, :mod:`securechan.relay.api_streams`). One definition gives
 both directions (:func:`to_json`, :func:`from_json`) and the schema.
 
 This module imports no HTTP library: it is plain data.
@@ -43,6 +44,7 @@ from securechan.relay.api_pairing import (
     PairPutRequest,
 )
 from securechan.relay.api_route import Query, Route
+from securechan.relay.api_streams import STREAM_ROUTES, StreamItem, StreamPage, StreamPostReply
 
 __all__ = [
     "API_VERSION",
@@ -75,6 +77,9 @@ __all__ = [
     "SecureQueueRequest",
     "SecuredReply",
     "SendReply",
+    "StreamItem",
+    "StreamPage",
+    "StreamPostReply",
     "aiohttp_path",
     "from_json",
     "jfield",
@@ -111,6 +116,7 @@ ERRORS: Final[Mapping[str, int]] = {
     "no_tile": 404,
     "timeout": 408,
     "conflict": 409,
+    "stream_full": 409,
     "too_large": 413,
     "not_in_log": 422,
     "rate_limited": 429,
@@ -514,6 +520,7 @@ ROUTES: Final[tuple[Route, ...]] = (
         log=True,
     ),
     *PAIR_ROUTES,
+    *STREAM_ROUTES,
     # C2SP tlog-tiles (docs/RELAY.md, "The log as tiles"), the relay's root as prefix.
     Route(
         name="tiles_checkpoint",

@@ -12,7 +12,7 @@ from securechan.audit.receipt import Receipt, decode_hashes, encode_hashes
 from securechan.errors import MalformedInput
 from securechan.protocol.relay_auth import b64d, b64e
 
-__all__ = ["Kind", "from_json", "jfield", "to_json"]
+__all__ = ["Kind", "Message", "StreamItem", "from_json", "jfield", "to_json"]
 
 ID_SIZE: Final = 16
 KEY_SIZE: Final = 32
@@ -22,7 +22,9 @@ MAX_BLOB: Final = 1 << 20
 
 T = TypeVar("T")
 
-Kind = Literal["int", "bool", "str", "id", "key", "blob", "blobs", "receipt", "hashes", "messages"]
+Kind = Literal[
+    "int", "bool", "str", "id", "key", "blob", "blobs", "receipt", "hashes", "messages", "items"
+]
 
 
 def jfield(kind: Kind, *, optional: bool = False, doc: str = "", default: Any = None) -> Any:
@@ -45,7 +47,7 @@ def _encode(kind: str, value: Any) -> Any:
         return value.to_json()
     if kind == "hashes":
         return encode_hashes(value)
-    if kind == "messages":
+    if kind in ("messages", "items"):
         return [to_json(m) for m in value]
     return value
 
@@ -81,6 +83,10 @@ def _decode(kind: str, value: Any) -> Any:
         if not isinstance(value, list):
             raise ValueError
         return tuple(from_json(Message, m, exact=False) for m in value)
+    if kind == "items":
+        if not isinstance(value, list):
+            raise ValueError
+        return tuple(from_json(StreamItem, m, exact=False) for m in value)
     raise AssertionError(kind)
 
 
@@ -131,3 +137,13 @@ class Message:
     msg_id: bytes = jfield("id")
     data: bytes = jfield("blob", doc="base64url envelope bytes")
     received: int = jfield("int", doc="Unix time the relay stored it")
+
+
+# Held by StreamPage.items (securechan.relay.api_streams), so here too.
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class StreamItem:
+    """One item of a group stream (docs/RELAY.md, "Group streams")."""
+
+    position: int = jfield("int", doc="1, 2, 3... in the stream, no gap")
+    blob: bytes = jfield("blob", doc="base64url item bytes, opaque to the relay")
+    log_index: int = jfield("int", doc="index of its leaf in the transparency log")

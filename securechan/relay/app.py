@@ -33,13 +33,15 @@ from securechan.primitives import Ed25519SigningKey
 from securechan.protocol.relay_auth import b64d
 from securechan.relay import api, tlog_tiles
 from securechan.relay.api import ApiError
+from securechan.relay.api_streams import MAX_STREAM_PAGE
 from securechan.relay.config import RelayConfig
 from securechan.relay.log_service import LogService
 from securechan.relay.metrics import RelayMetrics
 from securechan.relay.pairing import PairingService
 from securechan.relay.push import Push
 from securechan.relay.service import Call, RelayService
-from securechan.relay.storage import ID_SIZE, RelayStorage, StorageClosed
+from securechan.relay.storage import ID_SIZE, STREAM_ID_SIZE, RelayStorage, StorageClosed
+from securechan.relay.streams import StreamService
 from securechan.relay.tlog import RelayLog
 
 __all__ = ["RELAY", "Relay", "RelayConfig", "make_app", "openapi_text", "storage_cause"]
@@ -87,6 +89,7 @@ class Relay:
         self.config = service.config
         self.metrics = service.metrics
         self.pairing = PairingService()  # in memory, this process only (docs/RELAY.md)
+        self.streams = StreamService(service)
 
     # The state an operator's code and the tests look at lives in the service.
     @property
@@ -161,9 +164,9 @@ class Relay:
             raise ApiError("bad_request", str(e)) from None
 
     @staticmethod
-    def _id(request: web.Request, name: str) -> bytes:
+    def _id(request: web.Request, name: str, size: int = ID_SIZE) -> bytes:
         try:
-            return b64d(request.match_info[name], size=ID_SIZE)
+            return b64d(request.match_info[name], size=size)
         except MalformedInput:
             raise ApiError("bad_id", f"malformed {name}") from None
 
@@ -342,6 +345,26 @@ class Relay:
         req = self._parse(api.PairCloseRequest, await self._body(request, 1024))
         deleted = self.pairing.close(req.nameplate, req.token, req.ok)
         return _json(api.PairCloseReply(deleted=deleted))
+
+    # --- group streams (docs/RELAY.md, "Group streams"; relay/streams.py) ---------
+
+    async def stream_post(self, request: web.Request) -> web.Response:
+        svc = self.service
+        svc.guard.limit(svc.guard.client_limit, request.remote, "client")
+        stream_id = self._id(request, "stream", STREAM_ID_SIZE)
+        body = await self._body(request, self.config.stream_max_blob)
+        return _json(await self.streams.post(self._call(request, body), stream_id))
+
+    async def stream_fetch(self, request: web.Request) -> web.Response:
+        svc = self.service
+        svc.guard.limit(svc.guard.client_limit, request.remote, "client")
+        stream_id = self._id(request, "stream", STREAM_ID_SIZE)
+        await self._body(request, 0)
+        query = _query(request, {"after", "limit"})
+        limit = query.get("limit", MAX_STREAM_PAGE)
+        if not 1 <= limit <= MAX_STREAM_PAGE:
+            raise ApiError("bad_query", f"limit must be 1 to {MAX_STREAM_PAGE}")
+        return _json(await self.streams.fetch(stream_id, query.get("after", 0), limit))
 
     # --- transparency log (docs/AUDIT.md, "Relay transparency log") -----------------
 

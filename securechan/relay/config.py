@@ -87,6 +87,10 @@ class RelayConfig:
     contact_share: int = 16
     contact_sender_rate: float = 5.0
     contact_sender_burst: int = 50
+    # Group streams (docs/RELAY.md, "Group streams"): the largest blob, and
+    # how many items one stream holds at most (items are never deleted).
+    stream_max_blob: int = 16 * 1024
+    stream_max_items: int = 100_000
     clock: Callable[[], float] = field(default=time.time)
 
     @property

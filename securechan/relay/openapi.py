@@ -67,6 +67,7 @@ def _field_schema(f: dataclasses.Field[Any]) -> dict[str, Any]:
         "receipt": _ref("Receipt"),
         "hashes": {"type": "array", "maxItems": 65, "items": _ref("Hash")},
         "messages": {"type": "array", "items": _ref("Message")},
+        "items": {"type": "array", "items": _ref("StreamItem")},
     }
     schema = table[kind]
     if f.metadata["optional"] and kind in ("id", "key", "blob"):
@@ -93,7 +94,10 @@ def _type_schema(cls: type, *, request: bool) -> dict[str, Any]:
 
 def _types() -> dict[str, tuple[type, bool]]:
     """Every JSON type the routes name, by name: (type, is a request)."""
-    found: dict[str, tuple[type, bool]] = {"Message": (api.Message, False)}
+    found: dict[str, tuple[type, bool]] = {
+        "Message": (api.Message, False),
+        "StreamItem": (api.StreamItem, False),
+    }
     for r in api.ROUTES:
         if isinstance(r.body, type):
             found[r.body.__name__] = (r.body, True)
@@ -165,6 +169,13 @@ def _components() -> dict[str, Any]:
                 "required": True,
                 "description": "The rest of the path, slashes included (c2sp.org/tlog-tiles).",
                 "schema": {"type": "string", "maxLength": 155},
+            },
+            "stream": {
+                "name": "stream",
+                "in": "path",
+                "required": True,
+                "description": "A group stream id: 32 bytes, base64url without padding.",
+                "schema": _ref("Key"),
             },
         },
         "schemas": schemas,
@@ -250,7 +261,7 @@ def _operation(route: api.Route) -> dict[str, Any]:
         op["security"] = [{"SC1": []}]
     params: list[dict[str, Any]] = [
         {"$ref": f"#/components/parameters/{name}"}
-        for name in ("rid", "sid", "tile")
+        for name in ("rid", "sid", "tile", "stream")
         if "{" + name + "}" in route.path
     ]
     for q in route.query:

@@ -20,6 +20,8 @@ seen by all. What must not race is serialised by row locks:
   own transaction;
 * the sender byte quota (all queues secured with one key) takes a
   transaction advisory lock on the key when it is checked;
+* a group-stream post locks its stream row the same way
+  (:mod:`~securechan.relay.pg_streams`): gapless positions across processes;
 * acks and expiry lock the queue rows before deleting (in ``rid`` order,
   the order sends lock them in: no deadlock), prekey claims take a one-time
   blob with ``FOR UPDATE SKIP LOCKED`` (each handed out once), nonces are
@@ -67,6 +69,7 @@ from securechan.relay.pg_pool import (
     redact_dsn,
 )
 from securechan.relay.pg_prekeys import PgPrekeys
+from securechan.relay.pg_streams import PgStreams
 from securechan.relay.sqlite_checks import Nonces, check_bytes, check_id, check_int, check_key
 from securechan.relay.sqlite_envelopes import MAX_ENVELOPE_BYTES, MAX_FETCH
 from securechan.relay.storage import (
@@ -115,7 +118,7 @@ def _envelope(row: tuple[Any, ...]) -> Envelope:
     return Envelope(seq=int(seq), msg_id=bytes(mid), data=bytes(data), received=int(received))
 
 
-class PgStorage(PgPrekeys):
+class PgStorage(PgPrekeys, PgStreams):
     """:class:`~securechan.relay.storage.RelayStorage` on a PostgreSQL database.
 
     Methods raise :class:`StorageClosed` after :meth:`close`,
@@ -279,7 +282,7 @@ class PgStorage(PgPrekeys):
     ) -> PutResult:
         """Append durably, idempotent on ``msg_id`` while held (see
         :meth:`RelayStorage.put_envelope`), under the queue row's lock: one
-        call of ``securechan_put_envelope`` (``schema/relay_pg/v1.sql``)."""
+        call of ``securechan_put_envelope`` (``schema/relay_pg/v2.sql``)."""
         check_id(rid, "rid")
         check_id(msg_id, "msg_id")
         check_bytes(data, "data", max_size=MAX_ENVELOPE_BYTES)

@@ -1,15 +1,18 @@
 """Copy a stopped relay's ``DATA/relay.db`` into the PostgreSQL storage
 (``securechan relay migrate``; docs/RELAY.md, "Moving a relay to PostgreSQL").
 
-Queues, envelopes, signed and one-time prekeys and the request nonces not
-yet expired are copied in ONE PostgreSQL transaction from ONE SQLite read
-snapshot, into a database whose storage is empty (a database that already
-holds a queue is refused: nothing is written). The tables have the same
+Queues, envelopes, signed and one-time prekeys, group streams and their
+items, and the request nonces not yet expired are copied in ONE
+PostgreSQL transaction from ONE SQLite read snapshot, into a database
+whose storage is empty (a database that already holds a queue or a group
+stream is refused: nothing is written). The tables have the same
 names and columns on both sides; queues go first with ``depth`` and
 ``bytes`` at 0 and their ``next_seq``, and the envelope triggers count the
-depth and bytes again as the envelopes go in. Before the commit every
-queue's ``next_seq``, depth and bytes, and every table's row count, are
-compared with the source: any difference rolls the copy back.
+depth and bytes again as the envelopes go in (streams likewise: ``items``
+and ``bytes`` at 0, counted again by their trigger). Before the commit every
+queue's ``next_seq``, depth and bytes, every stream's item count and bytes,
+and every table's row count, are compared with the source: any difference
+rolls the copy back.
 """
 
 from __future__ import annotations
@@ -30,7 +33,15 @@ if TYPE_CHECKING:
 
 __all__ = ["copy_storage"]
 
-_TABLES = ("queues", "envelopes", "signed_prekeys", "one_time_prekeys", "nonces")
+_TABLES = (
+    "queues",
+    "envelopes",
+    "signed_prekeys",
+    "one_time_prekeys",
+    "nonces",
+    "streams",
+    "stream_items",
+)
 
 
 def _read(path: Path, now: int) -> tuple[sqlite3.Connection, dict[str, list[tuple[object, ...]]]]:
@@ -56,6 +67,13 @@ def _read(path: Path, now: int) -> tuple[sqlite3.Connection, dict[str, list[tupl
             "nonces": conn.execute(
                 "SELECT key, nonce, expires FROM nonces WHERE expires >= ?", (now,)
             ).fetchall(),
+            "streams": conn.execute(
+                "SELECT stream_id, created, items, bytes FROM streams ORDER BY stream_id"
+            ).fetchall(),
+            "stream_items": conn.execute(
+                "SELECT stream_id, position, digest, data, log_index, received"
+                " FROM stream_items ORDER BY stream_id, position"
+            ).fetchall(),
         }
     except BaseException:
         conn.close()
@@ -76,9 +94,13 @@ async def copy_storage(data_dir: Path, url: str, *, now: int | None = None) -> s
         await SCHEMA.apply(pool, redact_dsn(url))
 
         async def copy(conn: Conn) -> None:
-            held = await (await conn.execute("SELECT count(*) FROM queues")).fetchone()
+            held = await (
+                await conn.execute("SELECT (SELECT count(*) FROM queues), count(*) FROM streams")
+            ).fetchone()
             if held is None or held[0] != 0:
                 raise StorageError(f"{redact_dsn(url)} already holds relay queues")
+            if held[1] != 0:
+                raise StorageError(f"{redact_dsn(url)} already holds group streams")
             async with conn.cursor() as cur:
                 await cur.executemany(
                     "INSERT INTO queues (rid, sid, recipient_key, sender_key, contact, created,"
@@ -108,6 +130,15 @@ async def copy_storage(data_dir: Path, url: str, *, now: int | None = None) -> s
                     "INSERT INTO nonces (key, nonce, expires) VALUES (%s, %s, %s)",
                     rows["nonces"],
                 )
+                await cur.executemany(
+                    "INSERT INTO streams (stream_id, created) VALUES (%s, %s)",
+                    [r[:2] for r in rows["streams"]],
+                )
+                await cur.executemany(
+                    "INSERT INTO stream_items (stream_id, position, digest, data, log_index,"
+                    " received) VALUES (%s, %s, %s, %s, %s, %s)",
+                    rows["stream_items"],
+                )
             # Checked before the commit: the triggers' counts and every table.
             copied = await (
                 await conn.execute("SELECT rid, next_seq, depth, bytes FROM queues ORDER BY rid")
@@ -116,6 +147,13 @@ async def copy_storage(data_dir: Path, url: str, *, now: int | None = None) -> s
             got = [(bytes(r[0]), r[1], r[2], r[3]) for r in copied]
             if got != want:
                 raise StorageError("the copied queues' next_seq, depth or bytes differ")
+            copied = await (
+                await conn.execute("SELECT stream_id, items, bytes FROM streams ORDER BY stream_id")
+            ).fetchall()
+            if [(bytes(r[0]), r[1], r[2]) for r in copied] != [
+                (r[0], r[2], r[3]) for r in rows["streams"]
+            ]:
+                raise StorageError("the copied streams' item counts or bytes differ")
             for table in _TABLES:
                 query = f"SELECT count(*) FROM {table}"  # noqa: S608 - a name from _TABLES
                 count = await (await conn.execute(query)).fetchone()
@@ -128,5 +166,6 @@ async def copy_storage(data_dir: Path, url: str, *, now: int | None = None) -> s
     return (
         f"storage copied: {len(rows['queues'])} queues, {len(rows['envelopes'])} envelopes, "
         f"{len(rows['signed_prekeys'])} signed and {len(rows['one_time_prekeys'])} one-time "
-        f"prekeys, {len(rows['nonces'])} nonces (counts and queue positions checked)"
+        f"prekeys, {len(rows['nonces'])} nonces, {len(rows['streams'])} group streams with "
+        f"{len(rows['stream_items'])} items (counts and positions checked)"
     )

@@ -9,7 +9,8 @@ with ``await storage.close()`` (or use it as ``async with``).
 migrations; the queues (and their cache in memory) are
 :mod:`~securechan.relay.sqlite_queues`, the envelopes (with the request
 nonces and the byte quotas) :mod:`~securechan.relay.sqlite_envelopes`, the
-prekeys :mod:`~securechan.relay.sqlite_prekeys`, disk space and reclaiming
+prekeys :mod:`~securechan.relay.sqlite_prekeys`, the group streams
+:mod:`~securechan.relay.sqlite_streams`, disk space and reclaiming
 it :mod:`~securechan.relay.sqlite_space`, the threads
 :mod:`~securechan.relay.sqlite_writer`.
 
@@ -54,6 +55,7 @@ from securechan.relay.sqlite_envelopes import MAX_ENVELOPE_BYTES, MAX_FETCH, Env
 from securechan.relay.sqlite_prekeys import MAX_ONE_TIME_HELD, MAX_PREKEY_BLOB, PrekeyTable
 from securechan.relay.sqlite_queues import QueueTable
 from securechan.relay.sqlite_space import Space
+from securechan.relay.sqlite_streams import StreamTable
 from securechan.relay.sqlite_writer import MAX_BATCH, SqliteWorker
 from securechan.relay.storage import NonceUse
 from securechan.relay.writer_thread import Closing
@@ -94,8 +96,9 @@ class SqliteSettings:
 
 
 SCHEMA: Final = Schema("relay", application_id=0x7363524C, title="a securechan relay database")
-"""``securechan/schema/relay/``: the tables (v2.sql), and upgrade-to-v2.sql from
-version 1 (byte quotas). Version 1's schema is a test fixture
+"""``securechan/schema/relay/``: the tables (v3.sql), upgrade-to-v2.sql from
+version 1 (byte quotas) and upgrade-to-v3.sql from version 2 (group
+streams). Version 1's schema is a test fixture
 (``tests/fixtures/stores/relay/schema-v1.sql``)."""
 SCHEMA_VERSION: Final = SCHEMA.version
 
@@ -174,6 +177,7 @@ class SqliteStorage(Closing):
         self._envelopes = EnvelopeTable(self._worker, self._space, self._nonces)
         self._prekeys = PrekeyTable(self._worker, self._space)
         self._queues = QueueTable(self._worker, self._space)
+        self._streams = StreamTable(self._worker, self._space)
         # The RelayStorage operations are the tables' own methods (each
         # signature and its documentation written once, in sqlite_queues,
         # sqlite_envelopes and sqlite_prekeys); queue records are cached.
@@ -191,6 +195,9 @@ class SqliteStorage(Closing):
         self.put_prekeys = self._prekeys.put_prekeys
         self.claim_bundle = self._prekeys.claim_bundle
         self.prekey_count = self._prekeys.prekey_count
+        self.put_stream_item = self._streams.put_stream_item
+        self.fetch_stream = self._streams.fetch_stream
+        self.stream_length = self._streams.stream_length
 
     def _connect_writer(self, sync: str, busy_timeout: float) -> Conn:
         # auto_vacuum takes effect on a new, empty file only, and only before

@@ -1,8 +1,9 @@
 """The relay's storage interface: what every backend must do.
 
 The relay keeps only what store-and-forward needs: queues (random ids and
-public capability keys), opaque envelopes, opaque sealed prekey blobs and the
-nonces of recent signed requests. It never stores a name, a fingerprint or a
+public capability keys), opaque envelopes, opaque sealed prekey blobs, the
+nonces of recent signed requests, and group streams (opaque blobs numbered
+per 32-byte stream id, with their log leaf's index). It never stores a name, a fingerprint or a
 plaintext; the envelopes and prekey blobs are ciphertexts it cannot open.
 
 Durability contract: when :meth:`RelayStorage.put_envelope` returns, the
@@ -34,10 +35,14 @@ __all__ = [
     "QuotaExceeded",
     "RelayStorage",
     "StorageClosed",
+    "StoredItem",
+    "StreamFull",
+    "StreamPut",
 ]
 
 ID_SIZE = 16
 KEY_SIZE = 32
+STREAM_ID_SIZE = 32
 
 
 class QueueFull(LimitReached):
@@ -82,6 +87,14 @@ class Quota:
         if self.free_share is None:
             return self.free_bytes
         return min(self.free_bytes, int(disk_size * self.free_share))
+
+
+class StreamFull(LimitReached):
+    """The group stream holds its maximum number of items, for good.
+
+    Items are never deleted (docs/RELAY.md, "Group streams")."""
+
+    code = Reason.STREAM_FULL
 
 
 class StorageClosed(StorageError):
@@ -154,8 +167,32 @@ class PutResult:
     duplicate: bool
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoredItem:
+    """One item of a group stream: its position (1, 2, 3... per stream),
+    the opaque blob, the index of its leaf in the transparency log and
+    when it was received."""
+
+    position: int
+    data: bytes = field(repr=False)
+    log_index: int
+    received: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamPut:
+    """Where a posted stream item landed; ``duplicate`` if the same blob
+    was already in the stream (a resend: nothing new was stored, and
+    ``position`` and ``log_index`` are the held item's)."""
+
+    position: int
+    log_index: int
+    duplicate: bool
+
+
 class RelayStorage(Protocol):
-    """Async storage used by the relay. All ids are 16 bytes, keys 32 bytes."""
+    """Async storage used by the relay. All ids are 16 bytes, keys and
+    stream ids 32 bytes."""
 
     async def create_queue(self, queue: QueueRecord) -> None:
         """Store a new queue; raise ``ValueError`` if rid or sid exists."""
@@ -234,6 +271,34 @@ class RelayStorage(Protocol):
     async def use_nonce(self, key: bytes, nonce: bytes, *, now: int, expires: int) -> bool:
         """Record a request nonce; ``False`` if it was already used (a
         replayed request). Entries past ``expires`` may be forgotten."""
+
+    async def put_stream_item(
+        self,
+        stream_id: bytes,
+        data: bytes,
+        *,
+        log_index: int,
+        now: int,
+        max_items: int,
+        quota: Quota | None = None,
+    ) -> StreamPut:
+        """Append ``data`` to the group stream ``stream_id`` (32 bytes; the
+        stream exists once it has an item) at the next position, durably,
+        with the index of its (already committed) log leaf. Positions are
+        1, 2, 3... with no gap and no repeat, even for concurrent posts in
+        several processes. Idempotent on the blob: the same bytes posted
+        again to the stream answer the held item (``duplicate``), even when
+        the stream is full. :class:`StreamFull` when ``max_items`` are held;
+        with ``quota``, :class:`QuotaExceeded` (``"storage"`` or ``"disk"``)
+        when the blob would pass the relay's overall limits. A refused post
+        stores nothing and takes no position."""
+
+    async def fetch_stream(self, stream_id: bytes, *, after: int, limit: int) -> list[StoredItem]:
+        """Items with ``position > after``, in position order, at most
+        ``limit``; an unknown stream has none."""
+
+    async def stream_length(self, stream_id: bytes) -> int:
+        """How many items the stream holds (its last position; 0 if unknown)."""
 
     async def close(self) -> None:
         """Finish pending writes and close."""

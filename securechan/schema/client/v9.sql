@@ -1,5 +1,5 @@
--- The client's database (client.db), schema version 8, for a new file (older
--- files: upgrade-to-v7.sql, then upgrade-to-v8.sql). Owner: securechan/client/db.py.
+-- The client's database (client.db), schema version 9, for a new file (older
+-- files: upgrade-to-v7.sql, then upgrade-to-v8.sql and upgrade-to-v9.sql). Owner: securechan/client/db.py.
 CREATE TABLE IF NOT EXISTS state (
     name TEXT PRIMARY KEY,
     kind TEXT NOT NULL,
@@ -120,3 +120,49 @@ CREATE TABLE IF NOT EXISTS outbox_parts (
     ref BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS outbox_parts_ref ON outbox_parts(ref);
+
+-- Groups (issue 17; securechan/client/db_groups.py, docs/PROTOCOL.md §20).
+-- Clear columns: random group ids, epochs, stream positions, log indexes,
+-- record hashes, member fingerprints (as in sessions), statuses and times;
+-- names, states, secrets, records and contents are sealed.
+CREATE TABLE IF NOT EXISTS groups (
+    group_id BLOB PRIMARY KEY,
+    epoch INTEGER NOT NULL,
+    cursor INTEGER NOT NULL DEFAULT 0,
+    own_seq INTEGER NOT NULL DEFAULT 0,
+    left_group INTEGER NOT NULL DEFAULT 0,
+    created INTEGER NOT NULL,
+    sealed BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS group_secrets (
+    group_id BLOB NOT NULL,
+    epoch INTEGER NOT NULL,
+    change_hash BLOB NOT NULL,
+    author BLOB NOT NULL,
+    received INTEGER NOT NULL,
+    sealed BLOB NOT NULL,
+    PRIMARY KEY (group_id, epoch, change_hash)
+);
+CREATE TABLE IF NOT EXISTS group_transcript (
+    id INTEGER PRIMARY KEY,
+    group_id BLOB NOT NULL,
+    epoch INTEGER NOT NULL,
+    position INTEGER NOT NULL,
+    log_index INTEGER NOT NULL,
+    record_hash BLOB NOT NULL,
+    status TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    sealed BLOB NOT NULL,
+    UNIQUE (group_id, epoch, position)
+);
+CREATE INDEX IF NOT EXISTS group_transcript_hash ON group_transcript(group_id, record_hash);
+CREATE TABLE IF NOT EXISTS group_deliveries (
+    record_hash BLOB PRIMARY KEY,
+    group_id BLOB NOT NULL,
+    sender BLOB NOT NULL,
+    seq INTEGER NOT NULL,
+    received INTEGER NOT NULL,
+    matched INTEGER NOT NULL DEFAULT 0,
+    sealed BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS group_deliveries_seq ON group_deliveries(group_id, sender, seq);

@@ -1,4 +1,4 @@
--- The relay's database (relay.db), schema version 2: a new file.
+-- The relay's database (relay.db), schema version 3: a new file.
 -- Owner: securechan/relay/sqlite_store.py (docs/RELAY.md, "Durability and storage").
 -- Ids and keys are checked for size here too, so a bug above cannot store
 -- something the interface does not allow. next_seq lives on the queue row so
@@ -54,3 +54,30 @@ CREATE TABLE nonces (
     PRIMARY KEY (key, nonce)
 );
 CREATE INDEX nonces_by_expiry ON nonces (expires);
+-- Group streams (docs/RELAY.md, "Group streams"; relay/sqlite_streams.py):
+-- opaque blobs numbered 1, 2, 3... per 32-byte stream id, each with the
+-- index of its transparency-log leaf. items and bytes live on the stream
+-- row and are kept by the trigger, so the next position and the stream's
+-- size are one row's read; a blob is held once per stream (its SHA-256 is
+-- unique), so a resend is answered with the held item. Items are never
+-- deleted: the stream is a group's ordered record.
+CREATE TABLE streams (
+    stream_id BLOB PRIMARY KEY CHECK (length(stream_id) = 32),
+    created INTEGER NOT NULL,
+    items INTEGER NOT NULL DEFAULT 0 CHECK (items >= 0),
+    bytes INTEGER NOT NULL DEFAULT 0 CHECK (bytes >= 0)
+);
+CREATE TABLE stream_items (
+    stream_id BLOB NOT NULL REFERENCES streams (stream_id),
+    position INTEGER NOT NULL CHECK (position >= 1),
+    digest BLOB NOT NULL CHECK (length(digest) = 32),
+    data BLOB NOT NULL,
+    log_index INTEGER NOT NULL CHECK (log_index >= 0),
+    received INTEGER NOT NULL,
+    PRIMARY KEY (stream_id, position),
+    UNIQUE (stream_id, digest)
+);
+CREATE TRIGGER stream_item_added AFTER INSERT ON stream_items BEGIN
+    UPDATE streams SET items = max(items, NEW.position), bytes = bytes + length(NEW.data)
+    WHERE stream_id = NEW.stream_id;
+END;
