@@ -289,10 +289,9 @@ def membership_change(s: Sender, joiner: Identity) -> tuple[bytes, bytes, list[b
 
 
 def send(session: Session, content_type: ContentType, body: bytes) -> bytes:
-    """The session layer's send of one pairwise payload (``Session._send``:
-    what ``send_text`` and ``send_file`` call; the group client calls it
-    through a public method of its own with the same body)."""
-    return session._send(content_type, body, now=NOW).envelope
+    """The session layer's send of one pairwise group payload
+    (``Session.send_group``, what the group client calls per member)."""
+    return session.send_group(content_type, body, now=NOW).envelope
 
 
 def make_sender(n_others: int, *, prefix: str) -> tuple[Sender, list[Identity]]:

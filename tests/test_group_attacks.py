@@ -179,7 +179,7 @@ def pairwise(me: Identity, peer: Identity) -> tuple[Session, Session]:
 
 def carry(pair: tuple[Session, Session], delivery: GroupDelivery) -> MessageReceived:
     """A GroupDelivery through a real pairwise session (what a member gets)."""
-    out = pair[0]._send(ContentType.GROUP_MESSAGE, delivery.to_bytes(), now=NOW)
+    out = pair[0].send_group(ContentType.GROUP_MESSAGE, delivery.to_bytes(), now=NOW)
     event = pair[1].receive(out.envelope, now=NOW)[0]
     assert isinstance(event, MessageReceived)
     return event
