@@ -50,6 +50,7 @@ RANKS = {
     "client": 7,
     "testing": 7,
     "demo": 8,
+    "demo_groups": 8,  # the demo's group scene
     "agent": 9,  # the agent process: a Channel behind a socket, started by the CLI
     "cli": 9,
     "__init__": 8,
