@@ -21,6 +21,7 @@ tlog       bench_tlog.py          log append/proof/verify vs. raw SHA-256
 cli        bench_cli.py           ``securechan send``/``receive`` vs. ``python -c pass``
 gpg        bench_gpg.py           ``securechan`` vs. GnuPG on the same 1 KiB
 junk       bench_receive_junk.py  ``receive`` with 256 garbage envelopes vs. none
+groups     bench_groups.py        a group message / change vs. its primitives' sum
 ========== ====================== ===========================================
 
 Every row of the report gives our figure, the reference measured in the same
@@ -51,7 +52,7 @@ REPO = HERE.parent
 
 Row = dict[str, Any]
 
-BENCHMARKS = ("signatures", "protocol", "relay", "tlog", "cli", "gpg", "receive_junk")
+BENCHMARKS = ("signatures", "protocol", "relay", "tlog", "cli", "gpg", "receive_junk", "groups")
 TITLES = {
     "signatures": "Composite signatures vs. their halves (`bench_signatures.py`)",
     "protocol": "Session protocol vs. its raw primitives (`bench_protocol.py`)",
@@ -60,6 +61,7 @@ TITLES = {
     "cli": "CLI cold start vs. the bare interpreter (`bench_cli.py`)",
     "gpg": "securechan vs. GnuPG, same 1 KiB message (`bench_gpg.py`)",
     "receive_junk": "receive under 256 garbage envelopes vs. none (`bench_receive_junk.py`)",
+    "groups": "Groups vs. their raw primitives (`bench_groups.py`)",
 }
 
 
@@ -218,6 +220,25 @@ def rows_protocol(d: dict[str, Any]) -> list[Row]:
     return out
 
 
+def rows_groups(d: dict[str, Any]) -> list[Row]:
+    out = []
+    for name, s in d["summary"].items():
+        out.append(
+            row(
+                name,
+                s["measured_median_us"],
+                "sum of the primitives it must run",
+                s["floor_us"],
+                "µs",
+                (f"target <= {s['target_ratio']}; " if s["target_ratio"] else "")
+                + f"CPU-time ratio "
+                f"{s['ratio_cpu_time']:.2f}; the group code alone "
+                f"{s['group_code_share']:.2f}x",
+            )
+        )
+    return out
+
+
 def rows_relay(d: dict[str, Any]) -> list[Row]:
     r, c = d["results"]["relay"], d["results"]["ceiling"]
     cfg = d["configuration"]
@@ -313,6 +334,7 @@ EXTRACT: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "cli": rows_given,
     "gpg": rows_given,
     "receive_junk": rows_junk,
+    "groups": rows_groups,
 }
 
 
@@ -357,6 +379,15 @@ def details(name: str, d: dict[str, Any]) -> list[str]:
     if name == "protocol":
         return [f"{d['repeats']} interleaved repeats; message on the wire and per-part sizes: "
                 "run the script without `--json`."]  # fmt: skip
+    if name == "groups":
+        b = d["bytes"]
+        return [
+            f"{d['repeats']} interleaved repeats. Per group message to 10 members: a "
+            f"{b['stream blob, message record']}-byte stream blob and 10 pairwise envelopes of "
+            f"{b['pairwise envelope, group message (sizes seen)'][0]} bytes; "
+            f"{b['log leaves per group message (1 stream item + pairwise sends)']} log leaves "
+            f"({b['log tile bytes per group message']:.0f} tile bytes)."
+        ]
     if name == "tlog":
         return [
             "Append and proof rows are given per leaf or per proof, next to one SHA-256 of "

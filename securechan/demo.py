@@ -12,8 +12,11 @@ a mediator controls: what its relay stores, hands out and signs.
 Then the mediator attacks: it reads its own database, tampers with an
 envelope, replays one, drops one, shows the two delegations different
 histories of its log, and answers with an error made to drive a terminal.
-Each attempt must be caught. The run ends with a statement of one message
-verified as a third party would, and both audit logs verified.
+Each attempt must be caught. Then a statement of one message is verified
+as a third party would, and both audit logs verified. Last, a group scene
+(:mod:`securechan.demo_groups`): the mediator and both delegations in one
+group, a member removed, and a member who shows others different content
+caught.
 
 Every step is a :class:`Step` (title, whether it held, details); the CLI
 decides how to show them. A run is good only if every step held.
@@ -44,6 +47,7 @@ from securechan.client.channel import Channel
 from securechan.client.policy import refresh_witnessed, set_policy, witnessed_statement
 from securechan.client.results import Received, Rejected
 from securechan.client.witness import witness_round
+from securechan.demo_groups import group_scene
 from securechan.errors import MalformedInput, Reason, SecurechanError
 from securechan.identity import Identity, Keystore
 from securechan.primitives import Ed25519SigningKey, KdfParams, random_bytes
@@ -416,6 +420,10 @@ class _Scenario:
                 details={"entries": str(report.entries), "refusals recorded": str(refused)},
             )
         self.ch.clear()
+
+        # --- 6. A group: the mediator and both delegations (demo_groups.py) ---------------
+        async for step in group_scene(self.folder / "group", muscat.url, self.kdf, Step):
+            yield step
 
     def _mediator_reads(self, muscat: _Relay) -> Step:
         """muscat opens its own database: what can it learn?"""

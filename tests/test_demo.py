@@ -29,6 +29,8 @@ ATTACKS = {
     "attack-split-view",
     "attack-statement-edit",
     "attack-terminal",
+    "attack-group-removed",
+    "attack-group-equivocation",
 }
 
 
@@ -74,6 +76,7 @@ def test_demo_json_every_step_and_detection(tmp_path: Path) -> None:
         "receipt",
         "witness",
         "statement",
+        "group",
     ):
         assert want in steps
     # muscat refused service at first contact: the message came through geneva.

@@ -53,6 +53,7 @@ RANKS = {
     "client": 7,
     "testing": 7,
     "demo": 8,
+    "demo_groups": 8,  # the demo's group scene
     # The agent process: a Channel behind a socket, started by the CLI. Below
     # the CLI: cli/ imports agent/, never the other way (no package cycle).
     "agent": 9,

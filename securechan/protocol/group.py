@@ -83,6 +83,19 @@ HEADS_KEPT = 1024
 ZERO = bytes(32)
 
 
+def _encoded(record: GroupState | GroupChange | GroupPayload | SignedGroupPayload) -> bytes:
+    """The record's canonical encoding, made once per instance: the records
+    here are immutable, and a group send encodes the same state, change or
+    signed payload several times (its hash, the stream record, the pairwise
+    delivery or welcome). The cache is a field outside the wire schema and
+    outside ``__init__``, so ``dataclasses.replace`` never copies it."""
+    raw = record._raw
+    if raw is None:
+        raw = wire.encode_record(record)
+        object.__setattr__(record, "_raw", raw)
+    return raw
+
+
 @wire.record(0x0111, "GroupMember")
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GroupMember:
@@ -100,6 +113,7 @@ class GroupState:
         tuple[GroupMember, ...], wire.list_(4, max_len=MAX_MEMBERS * 64, max_items=MAX_MEMBERS)
     ]
     previous: Annotated[bytes, wire.bytes_(5, size=32)]
+    _raw: bytes | None = field(default=None, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         prints = [m.fingerprint for m in self.members]
@@ -114,13 +128,13 @@ class GroupState:
 
     @property
     def hash(self) -> bytes:
-        return sha256(_STATE_LABEL + wire.encode_record(self))
+        return sha256(_STATE_LABEL + self.to_bytes())
 
     def member(self, fingerprint: bytes) -> GroupMember | None:
         return next((m for m in self.members if m.fingerprint == fingerprint), None)
 
     def to_bytes(self) -> bytes:
-        return wire.encode_record(self)
+        return _encoded(self)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> GroupState:
@@ -133,6 +147,7 @@ class GroupChange:
     state: Annotated[GroupState, wire.nested(1, max_len=4096)]
     author: Annotated[bytes, wire.bytes_(2, size=32)]
     signature: Annotated[bytes, wire.bytes_(3, size=HYBRID_SIGNATURE_SIZE)]
+    _raw: bytes | None = field(default=None, init=False, compare=False, repr=False)
 
     @classmethod
     def sign(cls, author: Identity, state: GroupState) -> GroupChange:
@@ -158,7 +173,7 @@ class GroupChange:
         return sha256(self.to_bytes())
 
     def to_bytes(self) -> bytes:
-        return wire.encode_record(self)
+        return _encoded(self)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> GroupChange:
@@ -179,6 +194,10 @@ class GroupPayload:
     head: Annotated[bytes, wire.bytes_(5, size=32)]
     commitment: Annotated[bytes, wire.bytes_(6, size=32)]
     sent_at: Annotated[int, wire.uint(7)]
+    _raw: bytes | None = field(default=None, init=False, compare=False, repr=False)
+
+    def to_bytes(self) -> bytes:
+        return _encoded(self)
 
 
 @wire.record(0x0114, "SignedGroupPayload")
@@ -186,21 +205,20 @@ class GroupPayload:
 class SignedGroupPayload:
     payload: Annotated[GroupPayload, wire.nested(1, max_len=512)]
     signature: Annotated[bytes, wire.bytes_(2, size=HYBRID_SIGNATURE_SIZE)]
+    _raw: bytes | None = field(default=None, init=False, compare=False, repr=False)
 
     @classmethod
     def sign(cls, sender: Identity, payload: GroupPayload) -> SignedGroupPayload:
         if payload.sender != sender.fingerprint.digest:
             raise ValueError("the payload names another sender")
-        data = wire.encode_record(payload)
+        data = payload.to_bytes()
         return cls(payload=payload, signature=sender.sign(data, context=CONTEXT_GROUP_MESSAGE))
 
     def verify(self, sender: PublicIdentity) -> None:
         if sender.fingerprint.digest != self.payload.sender:
             raise GroupRejected("the message names another sender")
         try:
-            sender.verify(
-                self.signature, wire.encode_record(self.payload), context=CONTEXT_GROUP_MESSAGE
-            )
+            sender.verify(self.signature, self.payload.to_bytes(), context=CONTEXT_GROUP_MESSAGE)
         except BadSignature:
             raise GroupRejected("the message's signature does not verify") from None
 
@@ -209,7 +227,7 @@ class SignedGroupPayload:
         return sha256(self.to_bytes())
 
     def to_bytes(self) -> bytes:
-        return wire.encode_record(self)
+        return _encoded(self)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> SignedGroupPayload:
