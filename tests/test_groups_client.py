@@ -14,6 +14,7 @@ import pytest
 from securechan.client.channel import Channel
 from securechan.client.group_carriage import view_of
 from securechan.client.group_results import GROUP_STATUSES, GroupSent
+from securechan.client.unshown import unshown
 from securechan.errors import RelayError, UsageError
 from securechan.protocol.group import (
     GroupChange,
@@ -88,9 +89,13 @@ def test_three_members_see_one_transcript(pristine: Path, tmp_path: Path) -> Non
                 assert all(e.status in GROUP_STATUSES for e in ch.group_history("talks"))
             heads = {ch.group_show("talks").head for ch in chs.values()}
             assert len(heads) == 1
-            # Group carriage is not listed as direct messages.
+            # Group carriage is not listed as direct messages, nor rebuilt
+            # as one by the shown cursor (what receive shows after a crash).
             for ch in chs.values():
                 assert not [h for h in ch.history() if "opening" in h[4]]
+                again = unshown(ch.db, ch.keystore.contacts.find, 0)
+                carriage = {ContentType.HELLO, ContentType.GROUP_MESSAGE, ContentType.GROUP_WELCOME}
+                assert not [x for x in again if getattr(x, "content_type", None) in carriage]
             # A file: one record per GROUP_CHUNK_SIZE chunk, whole again at each member.
             data = os.urandom(2 * GROUP_CHUNK_SIZE + 1000)
             (tmp_path / "annex.pdf").write_bytes(data)

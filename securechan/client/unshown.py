@@ -58,6 +58,11 @@ def _received(
         after = page[-1].id
 
 
+# Stored payloads a receive never returns as direct messages: the hello, and
+# group carriage (receive returns the group's transcript entries instead).
+_NOT_ITEMS = (ContentType.HELLO, ContentType.GROUP_MESSAGE, ContentType.GROUP_WELCOME)
+
+
 def start_cursor(db: ClientDB) -> int:
     """The shown cursor; set to the newest message when it was never set
     (on a home that never had one, everything stored before counts as shown)."""
@@ -83,8 +88,8 @@ def unshown(db: ClientDB, find_contact: FindContact, after: int) -> Items:
     files: dict[tuple[bytes, bytes], tuple[FileChunk, bytes]] = {}
     for m, rec, payload in _received(db, after):
         content = payload.content()
-        if isinstance(content, QueueGrant):
-            continue
+        if isinstance(content, QueueGrant) or payload.content_type in _NOT_ITEMS:
+            continue  # housekeeping, or group carriage (the group's transcript shows it)
         if isinstance(content, FileChunk):
             files.setdefault((m.conversation, content.file_id), (content, m.peer))
             continue
