@@ -66,7 +66,6 @@ import os
 import platform
 import queue
 import re
-import resource
 import shutil
 import signal
 import statistics
@@ -75,10 +74,12 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from process_timing import Timing, clean_env, timed
 
 MODES = {"default": 15, "quick": 3}
 KDF = "interactive"
@@ -94,54 +95,6 @@ def securechan_command() -> list[str]:
     if found is None:
         raise SystemExit(f"no securechan console script next to {sys.executable}: pip install -e .")
     return [found]
-
-
-def clean_env(passphrase: str | None = None) -> dict[str, str]:
-    # Without PYTHONDONTWRITEBYTECODE: an installed copy has its bytecode
-    # (pip compiles it at install time, an editable one on first import), so
-    # a child that recompiled every module from source on each run would
-    # measure a start-up no user has.
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("SECURECHAN_") and k != "PYTHONDONTWRITEBYTECODE"
-    }
-    if passphrase is not None:
-        env["SECURECHAN_PASSPHRASE"] = passphrase
-    return env
-
-
-@dataclass
-class Timing:
-    """Wall-clock and child CPU seconds of one whole process."""
-
-    wall: float
-    cpu: float
-    out: subprocess.CompletedProcess[str]
-
-
-def timed(argv: Sequence[str], env: dict[str, str], cwd: Path) -> Timing:
-    """Run ``argv`` to completion; raise if it fails."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.perf_counter()
-    out = subprocess.run(
-        list(argv),
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        timeout=300,
-        check=False,
-    )
-    wall = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    if out.returncode != 0:
-        raise RuntimeError(
-            f"{' '.join(map(str, argv))} exited {out.returncode}\n{out.stdout}\n{out.stderr}"
-        )
-    return Timing(wall, cpu, out)
 
 
 class Relay:
@@ -339,7 +292,7 @@ def _gpg_pair(root: Path) -> dict[str, Callable[[Path, Path], Timing]]:
     exe = shutil.which("gpg")
     if exe is None:
         return {}
-    from bench_gpg import Gpg
+    from gpg_home import Gpg
 
     passfile, nopass = root / "gpg-passphrase", root / "gpg-nopass"
     passfile.write_text("bench gpg passphrase\n")

@@ -63,64 +63,17 @@ import argparse
 import json
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench_cli import MODES, TEXT, Timing, World, clean_env, timed
+from bench_cli import MODES, TEXT, World
+from gpg_home import Gpg, gpg_version
+from process_timing import Timing
 
 GPG_PASSPHRASE = "gpg bench passphrase"  # noqa: S105 - throwaway keys made in the run
-NO_CACHE = "default-cache-ttl 0\nmax-cache-ttl 0\n"
-
-
-class Gpg:
-    """One GnuPG home with a throwaway key."""
-
-    def __init__(self, exe: str, home: Path, name: str, passfile: Path) -> None:
-        self.exe = exe
-        self.home = home
-        self.name = name
-        self.passfile = passfile
-        home.mkdir(mode=0o700)
-        (home / "gpg-agent.conf").write_text(NO_CACHE)
-        self.env = {**clean_env(), "GNUPGHOME": str(home)}
-
-    def argv(self, *args: object) -> list[str]:
-        return [
-            self.exe,
-            "--batch",
-            "--quiet",
-            "--yes",
-            "--pinentry-mode",
-            "loopback",
-            "--passphrase-file",
-            str(self.passfile),
-            *map(str, args),
-        ]
-
-    def run(self, *args: object) -> Timing:
-        return timed(self.argv(*args), self.env, self.home.parent)
-
-    def generate(self) -> str:
-        self.run("--quick-gen-key", f"{self.name} <{self.name}@example.invalid>", "future-default")
-        listing = self.run("--with-colons", "--fingerprint", self.name).out.stdout
-        return next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr"))
-
-    def stop_agent(self) -> None:
-        gpgconf = shutil.which("gpgconf")
-        if gpgconf:
-            subprocess.run([gpgconf, "--kill", "gpg-agent"], env=self.env, check=False)
-
-
-def gpg_version(exe: str) -> str:
-    out = subprocess.run([exe, "--version"], capture_output=True, text=True, check=False)
-    lines = out.stdout.splitlines()
-    return ", ".join(lines[:2]) if lines else "unknown"
-
-
 ROWS = (
     # (row name, securechan sample, gpg sample)
     ("encrypt + sign 1 KiB to a pinned recipient", "securechan send", "gpg --sign --encrypt"),
