@@ -115,6 +115,17 @@ def _fill(log: AuditLog, me: Identity, peer: Identity, clock: Clock, rounds: int
         )
     log.rejected("Replay", "message 3 was already processed", conversation=CONV)
     log.checkpoint_seen(origin="relay.example/log", size=42, root_hash=_sha256(b"root"))
+    _fill_group(log, me, peer)
+
+
+def _fill_group(log: AuditLog, me: Identity, peer: Identity) -> None:
+    """The group kinds (docs/AUDIT.md): a creation, a message each way."""
+    from tests.test_audit_group_entries import group_records
+
+    change, signed, theirs = group_records(me, peer)
+    log.group_change(change, None, position=1, log_index=7)
+    log.group_message("group-message-sent", signed, epoch=0, position=2, log_index=8)
+    log.group_message("group-message-received", theirs, epoch=0, position=3)
 
 
 @pytest.fixture(scope="module")

@@ -370,6 +370,29 @@ class AuditLog(AuditEvents, LogRows):
             for idx, blob in cursor:
                 yield parse_blob(idx, blob)
 
+    def newest(self, kind: str, *, since: int) -> list[AuditEntry]:
+        """The entries of ``kind``, newest first, back to (not including) the
+        first one whose time is before Unix time ``since``; parsed strictly.
+
+        For a writer that must not record one event twice after a crash
+        (client/group_sync.py: a group joined by a welcome); the ``(kind,
+        idx)`` index keeps it short when ``kind`` is rare. Raises
+        :class:`AuditLogBroken` at an entry that does not parse.
+        """
+        if kind not in KINDS:
+            raise ValueError(f"unknown entry kind {kind!r}")
+        out: list[AuditEntry] = []
+        with self._transaction(write=False), self._errors(None):
+            cursor = self._db.execute(
+                "SELECT idx, entry FROM entries WHERE kind = ? ORDER BY idx DESC", (kind,)
+            )
+            for idx, blob in cursor:
+                entry = parse_blob(idx, blob)
+                if entry.time < since:
+                    break
+                out.append(entry)
+        return out
+
     def verify(self, public_identity: PublicIdentity) -> VerifyReport:
         """Check the whole log against ``public_identity``; return a report.
 

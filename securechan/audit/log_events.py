@@ -13,6 +13,8 @@ from typing import Any, Literal
 from securechan.audit.log_records import (
     KINDS,
     AuditEntry,
+    GroupChangeEvent,
+    GroupMessageEvent,
     MessageEvent,
     PartyEvent,
     PrekeysRotated,
@@ -24,8 +26,34 @@ from securechan.audit.log_records import (
 from securechan.errors import Reason
 from securechan.identity.events import SecurityEvent
 from securechan.identity.keys import Fingerprint
+from securechan.protocol.group import GroupChange, GroupState, SignedGroupPayload
 
-__all__ = ["AuditEvents"]
+__all__ = ["AuditEvents", "group_action"]
+
+
+def group_action(old: GroupState | None, new: GroupState, author: bytes) -> str:
+    """What a change from ``old`` to ``new`` by ``author`` did, one of
+    :data:`~securechan.audit.log_records.GROUP_ACTIONS`: ``create`` (no
+    ``old``), ``leave`` (the author went and nothing else changed), ``add``,
+    ``remove``, ``admin``, ``rename`` (that alone changed), ``rekey``
+    (nothing changed but the epoch), ``change`` (several of these at once)."""
+    if old is None:
+        return "create"
+    before = {m.fingerprint: m.admin for m in old.members}
+    after = {m.fingerprint: m.admin for m in new.members}
+    removed = before.keys() - after.keys()
+    parts = {
+        "add": bool(after.keys() - before.keys()),
+        "remove": bool(removed),
+        "admin": any(before[f] != a for f, a in after.items() if f in before),
+        "rename": new.name != old.name,
+    }
+    done = [k for k, v in parts.items() if v]
+    if done == ["remove"] and removed == {author}:
+        return "leave"
+    if len(done) == 1:
+        return done[0]
+    return "change" if done else "rekey"
 
 
 class AuditEvents:
@@ -70,6 +98,59 @@ class AuditEvents:
             conversation=conversation, seq=seq, payload_hash=payload_hash, peer=peer.digest
         )
         return self._append(kind, fields, at)
+
+    def group_message(
+        self,
+        kind: Literal["group-message-sent", "group-message-received"],
+        signed: SignedGroupPayload,
+        *,
+        epoch: int,
+        position: int,
+        log_index: int | None = None,
+        at: int | None = None,
+    ) -> AuditEntry:
+        """A group message whose record the group's stream accepted: ours
+        (``group-message-sent``) or another member's whose content passed
+        every check (``group-message-received``). Records the group, the
+        epoch and stream position it was read at, sender, sequence number
+        and SHA-256 of ``signed`` (never its content)."""
+        p = signed.payload
+        fields = GroupMessageEvent(
+            group=p.group_id,
+            epoch=epoch,
+            position=position,
+            sender=p.sender,
+            seq=p.seq,
+            payload_hash=signed.hash,
+            log_index=log_index,
+        )
+        return self._append(kind, fields, at)
+
+    def group_change(
+        self,
+        change: GroupChange,
+        old: GroupState | None,
+        *,
+        position: int,
+        log_index: int | None = None,
+        at: int | None = None,
+    ) -> AuditEntry:
+        """A membership change the group's rules accepted (``group-change``):
+        read at ``position`` of the previous epoch's stream (0: we joined by
+        its welcome), from ``old`` (``None`` for a creation)."""
+        state = change.state
+        fields = GroupChangeEvent(
+            group=state.group_id,
+            epoch=state.epoch,
+            position=position,
+            author=change.author,
+            change_hash=change.hash,
+            state_hash=state.hash,
+            members=len(state.members),
+            action=group_action(old, state, change.author),
+            log_index=log_index,
+        )
+        return self._append("group-change", fields, at)
 
     def session_started(
         self, *, conversation: bytes, peer: Fingerprint, role: str, at: int | None = None

@@ -27,15 +27,19 @@ from securechan.audit.note import is_valid_key_name
 from securechan.errors import BadSignature, MalformedInput
 from securechan.identity.keys import PUBLIC_IDENTITY, Fingerprint, PublicIdentity, check_name
 from securechan.primitives import HYBRID_SIGNATURE_SIZE, sha256
+from securechan.protocol.group import MAX_MEMBERS
 from securechan.protocol.handshake import CONVERSATION_ID_SIZE
 
 __all__ = [
     "CONTEXT_CHECKPOINT",
     "CONTEXT_ENTRY",
+    "GROUP_ACTIONS",
     "INTERNAL_KINDS",
     "KINDS",
     "AuditEntry",
     "EntryFields",
+    "GroupChangeEvent",
+    "GroupMessageEvent",
     "LogCheckpoint",
     "LogSigner",
     "MessageEvent",
@@ -357,6 +361,94 @@ class LogCheckpoint(_Fields):
         return {"count": self.count, "head": _hex(self.head), "signer": _fp(self.signer)}
 
 
+@wire.record(0x00CA, "AuditGroupMessage")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupMessageEvent(_Fields):
+    """A group message (the kind says sent or received): the group, the
+    epoch and stream position its record was read at, the sender's key and
+    group sequence number, SHA-256 of the SignedGroupPayload (the hash
+    bundles, statements and ``history --group`` ids use) and, when the
+    relay's receipt gave it, the stream item's index in the relay's log."""
+
+    group: Annotated[bytes, wire.bytes_(1, size=32)]
+    epoch: Annotated[int, wire.uint(2)]
+    position: Annotated[int, wire.uint(3)]
+    sender: Annotated[bytes, wire.bytes_(4, size=32)]
+    seq: Annotated[int, wire.uint(5)]
+    payload_hash: Annotated[bytes, wire.bytes_(6, size=32)]
+    log_index: Annotated[int | None, wire.uint(7)] = None
+
+    def __post_init__(self) -> None:
+        self._check()
+        if self.position < 1 or self.seq < 1:
+            raise ValueError("a group message has a stream position and a sequence number from 1")
+
+    def describe(self) -> dict[str, Any]:
+        """See :meth:`_Fields.describe`."""
+        out: dict[str, Any] = {
+            "group": _hex(self.group),
+            "epoch": self.epoch,
+            "position": self.position,
+            "sender": _fp(self.sender),
+            "seq": self.seq,
+            "payload_hash": _hex(self.payload_hash),
+        }
+        if self.log_index is not None:
+            out["log_index"] = self.log_index
+        return out
+
+
+GROUP_ACTIONS = ("create", "add", "remove", "leave", "admin", "rename", "rekey", "change")
+"""What a group change did (``AuditGroupChange.action``, docs/AUDIT.md)."""
+
+
+@wire.record(0x00CB, "AuditGroupChange")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupChangeEvent(_Fields):
+    """A membership change accepted: the group, the epoch it opens, where we
+    read it (stream position of epoch ``epoch - 1``; 0: we were welcomed by
+    it, never read it), its author's key, SHA-256 of the GroupChange (the
+    record hash of bundles), the new state's hash and member count, what it
+    did (:data:`GROUP_ACTIONS`), and the relay log index when known."""
+
+    group: Annotated[bytes, wire.bytes_(1, size=32)]
+    epoch: Annotated[int, wire.uint(2)]
+    position: Annotated[int, wire.uint(3)]
+    author: Annotated[bytes, wire.bytes_(4, size=32)]
+    change_hash: Annotated[bytes, wire.bytes_(5, size=32)]
+    state_hash: Annotated[bytes, wire.bytes_(6, size=32)]
+    members: Annotated[int, wire.uint(7)]
+    action: Annotated[str, wire.text(8, max_len=16)]
+    log_index: Annotated[int | None, wire.uint(9)] = None
+
+    def __post_init__(self) -> None:
+        self._check()
+        if self.action not in GROUP_ACTIONS:
+            raise ValueError(f"a group change's action is one of {', '.join(GROUP_ACTIONS)}")
+        if (self.epoch == 0) != (self.action == "create"):
+            raise ValueError("a creation, and only a creation, opens epoch 0")
+        if self.epoch == 0 and self.position == 0:
+            raise ValueError("a group's creation is read in its first stream, never welcomed")
+        if not 1 <= self.members <= MAX_MEMBERS:
+            raise ValueError(f"a group has 1 to {MAX_MEMBERS} members")
+
+    def describe(self) -> dict[str, Any]:
+        """See :meth:`_Fields.describe`."""
+        out: dict[str, Any] = {
+            "group": _hex(self.group),
+            "epoch": self.epoch,
+            "position": self.position,
+            "author": _fp(self.author),
+            "action": self.action,
+            "members": self.members,
+            "change_hash": _hex(self.change_hash),
+            "state_hash": _hex(self.state_hash),
+        }
+        if self.log_index is not None:
+            out["log_index"] = self.log_index
+        return out
+
+
 PARTY = wire.schema_of(PartyEvent)
 SESSION = wire.schema_of(SessionEvent)
 MESSAGE = wire.schema_of(MessageEvent)
@@ -366,6 +458,8 @@ PREKEYS = wire.schema_of(PrekeysRotated)
 SIGNER = wire.schema_of(LogSigner)
 CHECKPOINT_BODY = wire.schema_of(_CheckpointBody)
 CHECKPOINT = wire.schema_of(_CheckpointRecord)
+GROUP_MESSAGE = wire.schema_of(GroupMessageEvent)
+GROUP_CHANGE = wire.schema_of(GroupChangeEvent)
 
 
 EntryFields = (
@@ -377,6 +471,8 @@ EntryFields = (
     | PrekeysRotated
     | LogSigner
     | LogCheckpoint
+    | GroupMessageEvent
+    | GroupChangeEvent
 )
 
 KINDS: dict[str, type[EntryFields]] = {
@@ -396,6 +492,10 @@ KINDS: dict[str, type[EntryFields]] = {
     "rejected": Rejection,
     "prekeys-rotated": PrekeysRotated,
     "relay-checkpoint-seen": RelayCheckpointSeen,
+    # Groups (docs/PROTOCOL.md §20): read from the group's stream and accepted.
+    "group-message-sent": GroupMessageEvent,
+    "group-message-received": GroupMessageEvent,
+    "group-change": GroupChangeEvent,
     # Written only by the log itself.
     "log-signer": LogSigner,
     "log-checkpoint": LogCheckpoint,

@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 
 from securechan.client.context import Context
 from securechan.client.db_groups import GroupRow, TranscriptRow
+from securechan.client.group_audit import audit_join, audit_message, audit_read
 from securechan.client.group_carriage import (
     decode_content,
     describe_change,
@@ -167,6 +168,7 @@ class GroupReader:
         """Read one group's streams as far as they go; apply in order."""
         ctx, db = self._ctx, self._ctx.db
         out: list[GroupEntry] = []
+        audit_join(self._ctx, group_id)
         while True:
             row = db.group(group_id)
             if row is None or row.left:
@@ -271,6 +273,7 @@ class GroupReader:
                 f"group {row.name} position {item.position}: {t.summary}",
                 at=now,
             )
+        audit_read(self._ctx, row, t, record, now)
         entries.append(self.entry(new, t))
         return _Step(row=new, entries=entries, stop=stop or new.left)
 
@@ -427,6 +430,8 @@ class GroupReader:
                 with db.transaction():
                     db.update_transcript(new_t)
                     db.mark_delivery(d.record_hash)
+                if new_t.status == "shown" and d.sender != me:
+                    audit_message(self._ctx, "group-message-received", new_t, message)
                 out.append(self.entry(row, new_t))
             elif signed.payload.state_hash == state_hash or row.left:
                 summary = (
