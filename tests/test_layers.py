@@ -210,6 +210,7 @@ CLIENT_RANKS = {
     "pairing": 5,  # pairing by a spoken code: context + the transport
     "group_carriage": 3,  # groups: the pairwise carriage in, shared helpers
     "group_sync": 4,  # groups: reading the streams
+    "group_audit": 3,  # groups: the audit-log entries of what group_sync read
     "group_parts": 5,  # groups: info, files, welcome marks
     "groups": 6,  # groups: changes and sends (on the outbox)
     "channel_groups": 7,  # the Channel's group methods
