@@ -25,9 +25,10 @@ from securechan.client.channel import Channel
 from securechan.client.group_record import group_statement_bundle
 from securechan.protocol.group import GroupState
 from securechan.protocol.group_stream import GroupRecord
+from securechan.protocol.payload import TextBody
 from tests.cli_schema import validate
 from tests.group_world import NAMES, Member, copy_members, make_pristine, mesh, pump, run
-from tests.test_groups_client import _post_as, _signed
+from tests.test_groups_client import _deliver, _post_as, _signed
 from tests.test_relay_crash import running_relay
 
 GROUP_KINDS = ("group-message-sent", "group-message-received", "group-change")
@@ -269,3 +270,59 @@ def test_every_member_records_every_change(pristine: Path, tmp_path: Path) -> No
     for p in m.values():
         ok = _cli(p.home, "log", "verify")
         assert ok.returncode == 0, ok.stderr
+
+
+def test_content_after_its_record(pristine: Path, tmp_path: Path) -> None:
+    """A record read before its content: no entry until the content comes;
+    then ``group-message-received`` if it matches the commitment, or a
+    ``group-equivocation`` rejection (as when the content comes first) and
+    no message entry if the sender showed this member other content."""
+    m = copy_members(pristine, tmp_path, NAMES[:3])
+
+    async def go(url: str) -> None:
+        chs = {n: p.channel() for n, p in m.items()}
+        try:
+            await mesh(chs, url)
+            a, b, c = chs["alpha"], chs["bravo"], chs["charlie"]
+            await a.group_create("talks", ["bravo", "charlie"])
+            await pump(chs)
+            gid = a.group_client.row("talks").group_id
+
+            async def read_streams() -> None:
+                for ch in chs.values():
+                    await ch.group_client.reader.sync(gid)
+
+            s1, honest = _signed(a, "talks", "first point")
+            await _post_as(a, "talks", GroupRecord(message=s1))
+            await read_streams()
+            for n in ("bravo", "charlie"):
+                assert _count(m[n].home, s1.hash) == 0, n  # content pending
+            await _deliver(a, "bravo", s1, honest)
+            await _deliver(a, "charlie", s1, honest)
+            await pump(chs)
+            for n, ch in (("bravo", b), ("charlie", c)):
+                [f] = [g for g in _messages(m[n].home, "group-message-received")]
+                assert f.payload_hash == s1.hash, n
+                _check_message(ch, f, a, 1)
+            # The same, but bravo is shown another content under the record.
+            s2, honest = _signed(a, "talks", "second point")
+            await _post_as(a, "talks", GroupRecord(message=s2))
+            await read_streams()
+            before = len(_log(m["bravo"].home, ("rejected",)))
+            await _deliver(a, "charlie", s2, honest)
+            await _deliver(a, "bravo", s2, TextBody(text="a different second point").to_bytes())
+            await pump(chs)
+            assert _count(m["charlie"].home, s2.hash) == 1
+            assert _count(m["bravo"].home, s2.hash) == 0
+            new = _log(m["bravo"].home, ("rejected",))[before:]
+            assert [e.fields.reason for e in new] == ["group-equivocation"]  # type: ignore[union-attr]
+            assert [h.status for h in b.group_history("talks") if h.seq == 2] == ["equivocation"]
+            # alpha's own two records, accepted by the stream: sent entries.
+            sent = _messages(m["alpha"].home, "group-message-sent")
+            assert [f.payload_hash for f in sent] == [s1.hash, s2.hash]
+        finally:
+            for ch in chs.values():
+                await ch.close()
+
+    with running_relay(tmp_path) as relay:
+        run(go(relay.url))

@@ -7,8 +7,10 @@ client.db has committed the transcript row it is about:
 * :func:`audit_read`: a stream item accepted: a membership change, our own
   message (its record accepted by the stream), another member's message
   whose content passed every check (shown);
-* :func:`audit_message`: a message whose content came after its record
-  (matched later: shown then);
+* :func:`audit_late`: a message whose content came after its record,
+  matched then: shown (``group-message-received``) or not the content the
+  sender signed for everyone (a ``rejected`` entry, ``group-equivocation``,
+  as when the content comes first);
 * :func:`audit_join`: the change we joined a group by (its welcome), before
   the new epoch's first item is read.
 
@@ -28,10 +30,11 @@ from typing import Literal
 from securechan.audit.log_records import GroupChangeEvent
 from securechan.client.context import Context
 from securechan.client.db_groups import GroupRow, TranscriptRow
+from securechan.errors import Reason
 from securechan.protocol.group import GroupState, SignedGroupPayload
 from securechan.protocol.group_stream import GroupRecord, GroupWelcome
 
-__all__ = ["audit_join", "audit_message", "audit_read"]
+__all__ = ["audit_join", "audit_late", "audit_message", "audit_read"]
 
 
 def _log_index(t: TranscriptRow) -> int | None:
@@ -70,6 +73,21 @@ def audit_message(
     ctx.audit.group_message(
         kind, signed, epoch=t.epoch, position=t.position, log_index=_log_index(t), at=at
     )
+
+
+def audit_late(ctx: Context, row: GroupRow, t: TranscriptRow, signed: SignedGroupPayload) -> None:
+    """The entry of a content-pending record of ``row``'s group that the
+    content that came later now matched (``t``, as updated)."""
+    if t.sender == ctx.identity.fingerprint.digest:
+        return  # our own: its group-message-sent was written when read
+    if t.status == "shown":
+        audit_message(ctx, "group-message-received", t, signed)
+    elif t.status == "equivocation":
+        ctx.audit.rejected(
+            Reason.GROUP_EQUIVOCATION,
+            f"group {row.name} position {t.position}: {t.summary}",
+            at=ctx.now(),
+        )
 
 
 def audit_join(ctx: Context, group_id: bytes) -> None:

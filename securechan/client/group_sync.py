@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 
 from securechan.client.context import Context
 from securechan.client.db_groups import GroupRow, TranscriptRow
-from securechan.client.group_audit import audit_join, audit_message, audit_read
+from securechan.client.group_audit import audit_join, audit_late, audit_read
 from securechan.client.group_carriage import (
     decode_content,
     describe_change,
@@ -430,8 +430,7 @@ class GroupReader:
                 with db.transaction():
                     db.update_transcript(new_t)
                     db.mark_delivery(d.record_hash)
-                if new_t.status == "shown" and d.sender != me:
-                    audit_message(self._ctx, "group-message-received", new_t, message)
+                audit_late(self._ctx, row, new_t, message)
                 out.append(self.entry(row, new_t))
             elif signed.payload.state_hash == state_hash or row.left:
                 summary = (
