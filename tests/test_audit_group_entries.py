@@ -378,3 +378,20 @@ def test_a_group_entry_edited_removed_or_reordered_fails_verify(tmp_path: Path, 
     bad = runner.invoke(cli, ["--home", str(home), "log", "verify", "--key", str(key)])
     assert bad.exit_code == 1, bad.output
     assert "entry 1" in bad.output or "entry 2" in bad.output, bad.output
+
+
+def test_newest_reads_one_kind_back_to_a_time(tmp_path: Path) -> None:
+    """``AuditLog.newest``: what the group reader looks a lost join entry up
+    with (client/group_audit.py)."""
+    me, peer = fixed_identity("tehran"), fixed_identity("washington")
+    change, signed, _ = group_records(me, peer)
+    with AuditLog.open(tmp_path / "home", me, checkpoint_every=3) as log:
+        for at in (NOW, NOW + 5, NOW + 9):
+            log.group_change(change, None, position=1, at=at)
+            log.group_message("group-message-sent", signed, epoch=0, position=2, at=at)
+        assert [e.time for e in log.newest("group-change", since=NOW + 5)] == [NOW + 9, NOW + 5]
+        assert [e.time for e in log.newest("group-change", since=0)] == [NOW + 9, NOW + 5, NOW]
+        assert log.newest("group-change", since=NOW + 10) == []
+        assert all(e.kind == "group-change" for e in log.newest("group-change", since=0))
+        with pytest.raises(ValueError, match="unknown"):
+            log.newest("no-such-kind", since=0)

@@ -110,7 +110,7 @@ def audit_join(ctx: Context, group_id: bytes) -> None:
             return
     change = GroupRecord.from_bytes(t.record).change
     data = db.welcome(group_id, row.epoch, row.opened_by)
-    if change is None or data is None:
-        return
-    previous = GroupWelcome.from_bytes(data).previous
+    previous = GroupWelcome.from_bytes(data).previous if data is not None else None
+    if change is None or previous is None:
+        return  # unreachable: a join is made from a welcome with the state it replaces
     ctx.audit.group_change(change, previous, position=0, at=t.at)
