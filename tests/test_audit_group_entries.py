@@ -395,3 +395,36 @@ def test_newest_reads_one_kind_back_to_a_time(tmp_path: Path) -> None:
         assert all(e.kind == "group-change" for e in log.newest("group-change", since=0))
         with pytest.raises(ValueError, match="unknown"):
             log.newest("no-such-kind", since=0)
+
+
+def test_group_statement_completes_group_message_ids(tmp_path: Path) -> None:
+    """``group statement`` completes the ids of the group-message entries
+    (newest first); ``statement export`` keeps completing direct ones only."""
+    import click
+
+    from securechan.cli.completion import complete_group_message_id, complete_message_id
+
+    home = tmp_path / "home"
+    _, peer, (_, signed, theirs) = _log_with_group_entries(home)
+    with AuditLog.open(home) as log:
+        log.message(
+            "message-sent",
+            conversation=bytes(16),
+            seq=4,
+            payload_hash=b"\x77" * 32,
+            peer=peer.fingerprint,
+        )
+    ctx = click.Context(cli)
+    ctx.params = {"home": str(home)}
+    param = click.Argument(["message_id"])
+    got = complete_group_message_id(ctx, param, "")
+    assert [(i.value, i.help) for i in got] == [
+        (theirs.hash.hex()[:16], "group received #1"),
+        (signed.hash.hex()[:16], "group sent #1"),
+    ]
+    assert [i.value for i in complete_group_message_id(ctx, param, theirs.hash.hex()[:5])] == [
+        theirs.hash.hex()[:16]
+    ]
+    assert [i.value for i in complete_message_id(ctx, param, "")] == ["77" * 8]
+    ctx.params = {"home": str(tmp_path / "none")}
+    assert complete_group_message_id(ctx, param, "") == []

@@ -6,10 +6,11 @@ needs no passphrase: the contact list (``contacts.json``, as ``contact list``
 does) and, for message ids, the audit log (``audit.db``, as ``log show``
 does; each ``message-sent`` and ``message-received`` entry holds SHA-256 of the
 message's signed record, whose first 16 hex digits are the id ``history``
-shows). Group names are sealed in ``client.db``, so they come from the
-home's running agent, if one runs unlocked (``groupList``). They create
-nothing and print nothing: a missing or unreadable home
-completes to nothing, since a completion that fails must not break the shell.
+shows; the ``group-message-*`` entries, the ids ``history --group`` shows).
+Group names are sealed in ``client.db``, so they come from the home's
+running agent, if one runs unlocked (``groupList``). They create nothing
+and print nothing: a missing or unreadable home completes to nothing, since
+a completion that fails must not break the shell.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ __all__ = [
     "complete_contact",
     "complete_contact_or_self",
     "complete_group",
+    "complete_group_message_id",
     "complete_message_id",
 ]
 
@@ -71,30 +73,54 @@ def complete_contact_or_self(
         return []
 
 
+def _message_ids(
+    ctx: click.Context, incomplete: str, kinds: dict[str, str]
+) -> list[CompletionItem]:
+    """Ids (16 hex digits of a payload hash) of the audit log's entries of
+    ``kinds`` (kind -> help word) starting with ``incomplete``, newest first."""
+    from securechan.audit.log import AuditLog
+    from securechan.audit.log_records import GroupMessageEvent, MessageEvent
+
+    path = _home(ctx)
+    if not (path / "audit.db").exists():
+        return []
+    wanted = incomplete.lower()
+    found: list[CompletionItem] = []
+    with AuditLog.open(path, read_only=True) as log:
+        for entry in log.entries():
+            fields = entry.fields
+            if entry.kind not in kinds or not isinstance(fields, MessageEvent | GroupMessageEvent):
+                continue
+            mid = fields.payload_hash.hex()[:_MESSAGE_ID_HEX]
+            if mid.startswith(wanted):
+                found.append(CompletionItem(mid, help=f"{kinds[entry.kind]} #{fields.seq}"))
+    return found[::-1]
+
+
 def complete_message_id(
     ctx: click.Context, param: click.Parameter, incomplete: str
 ) -> list[CompletionItem]:
     """The ids of stored messages (from the audit log) that start with
     ``incomplete``, newest first."""
     try:
-        from securechan.audit.log import AuditLog
-        from securechan.audit.log_records import MessageEvent
+        return _message_ids(
+            ctx, incomplete, {"message-sent": "sent", "message-received": "received"}
+        )
+    except Exception:  # completion never fails the shell; see the module doc
+        return []
 
-        path = _home(ctx)
-        if not (path / "audit.db").exists():
-            return []
-        wanted = incomplete.lower()
-        found: list[CompletionItem] = []
-        with AuditLog.open(path, read_only=True) as log:
-            for entry in log.entries():
-                fields = entry.fields
-                if not isinstance(fields, MessageEvent):
-                    continue
-                mid = fields.payload_hash.hex()[:_MESSAGE_ID_HEX]
-                if mid.startswith(wanted):
-                    way = "sent" if entry.kind == "message-sent" else "received"
-                    found.append(CompletionItem(mid, help=f"{way} #{fields.seq}"))
-        return found[::-1]
+
+def complete_group_message_id(
+    ctx: click.Context, param: click.Parameter, incomplete: str
+) -> list[CompletionItem]:
+    """The ids of group messages (``group statement``), from the audit log's
+    ``group-message-sent``/``group-message-received`` entries, newest first."""
+    try:
+        return _message_ids(
+            ctx,
+            incomplete,
+            {"group-message-sent": "group sent", "group-message-received": "group received"},
+        )
     except Exception:  # completion never fails the shell; see the module doc
         return []
 

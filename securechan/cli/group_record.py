@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from securechan.cli.completion import complete_group_message_id
 from securechan.cli.core import (
     _App,
     _channel,
@@ -72,7 +73,7 @@ def group_export(
 
 
 @click.command(name="statement")
-@click.argument("message_id")
+@click.argument("message_id", shell_complete=complete_group_message_id)
 @click.option(
     "-o",
     "--output",
