@@ -375,7 +375,7 @@ class AuditLog(AuditEvents, LogRows):
         first one whose time is before Unix time ``since``; parsed strictly.
 
         For a writer that must not record one event twice after a crash
-        (client/group_sync.py: a group joined by a welcome); the ``(kind,
+        (client/group_audit.py: a group joined by a welcome); the ``(kind,
         idx)`` index keeps it short when ``kind`` is rare. Raises
         :class:`AuditLogBroken` at an entry that does not parse.
         """
