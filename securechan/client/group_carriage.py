@@ -16,6 +16,7 @@ client/groups.py.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import replace
 
 from securechan import wire
@@ -23,7 +24,8 @@ from securechan.client.context import Context
 from securechan.client.db_groups import DeliveryRow, GroupRow, TranscriptRow
 from securechan.client.results import Rejected
 from securechan.errors import GroupRejected, MalformedInput
-from securechan.identity.keys import PublicIdentity
+from securechan.identity import Contact
+from securechan.identity.keys import Fingerprint, PublicIdentity
 from securechan.protocol.address import ContactCard
 from securechan.protocol.group import ZERO, GroupState, GroupView
 from securechan.protocol.group_stream import (
@@ -37,6 +39,7 @@ from securechan.protocol.payload import MAX_FILE_SIZE, FileChunk, TextBody
 
 __all__ = [
     "ENTRY_ID_HEX",
+    "contacts_of",
     "decode_content",
     "describe_change",
     "entry_id",
@@ -131,6 +134,24 @@ def decode_content(kind: int, content: bytes) -> tuple[str | None, FileChunk | N
     ):
         raise MalformedInput("an inconsistent group file chunk")
     return None, chunk
+
+
+def contacts_of(ctx: Context, targets: Sequence[bytes]) -> tuple[list[Contact], list[bytes]]:
+    """The contacts a fan-out goes to (members' fingerprints, in order),
+    and the fingerprints that are not contacts. The fan-out itself is one
+    batch over the current sessions (``outbox.send_group_batch``, on
+    ``Session.send_group_batch``: every pairwise copy signed first, then
+    encrypted, all committed with the outbox in one transaction before
+    anything is posted); docs/PROTOCOL.md §20.8."""
+    found: list[Contact] = []
+    unknown: list[bytes] = []
+    for fp in targets:
+        contact = ctx.find_contact(Fingerprint(fp))
+        if contact is None:
+            unknown.append(fp)
+        else:
+            found.append(contact)
+    return found, unknown
 
 
 def store_pairwise(

@@ -35,7 +35,7 @@ from dataclasses import replace
 
 from securechan.client.context import Context
 from securechan.client.db_groups import DeliveryRow, GroupRow
-from securechan.client.group_carriage import entry_id, local_name, view_of
+from securechan.client.group_carriage import contacts_of, entry_id, local_name, view_of
 from securechan.client.group_parts import (
     debt_due,
     file_chunks,
@@ -49,7 +49,7 @@ from securechan.client.group_parts import (
 from securechan.client.group_results import GroupEntry, GroupInfo, GroupSent
 from securechan.client.group_sync import GroupReader
 from securechan.client.logview import RelayLogs
-from securechan.client.outbox import Built, Outbox
+from securechan.client.outbox import Built, Outbox, send_group_batch
 from securechan.client.results import Received, Rejected
 from securechan.errors import (
     GroupRejected,
@@ -298,15 +298,18 @@ class Groups:
         delivered: list[str] = []
         pending: list[str] = []
         owed: list[tuple[int, bytes, bytes]] = []
-        for fp in targets:
-            contact = self._ctx.find_contact(Fingerprint(fp))
-            if contact is None:
-                pending.append(f"{fp.hex()} (not a contact)")
-                continue
+        contacts, unknown = contacts_of(self._ctx, targets)
+        pending.extend(f"{fp.hex()} (not a contact)" for fp in unknown)
+        # One batch over the current sessions (outbox.send_group_batch); the
+        # rest (no session yet...) one by one, as before.
+        posted, rest = await send_group_batch(self._outbox, contacts, content_type, body)
+        for name, sent in posted.items():
+            (delivered if sent else pending).append(name)
+        for contact in rest:
             sent, queued = await self._send_one(contact, content_type, body)
             (delivered if sent else pending).append(contact.name)
             if not queued:
-                owed.append((int(content_type), fp, body))
+                owed.append((int(content_type), contact.fingerprint.digest, body))
         if owed and group_id is not None:
             owe(self._ctx, group_id, content_type, [f for _, f, _ in owed], body)
         return delivered, pending
