@@ -16,7 +16,7 @@ client/groups.py.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 
 from securechan import wire
@@ -39,10 +39,10 @@ from securechan.protocol.payload import MAX_FILE_SIZE, FileChunk, TextBody
 
 __all__ = [
     "ENTRY_ID_HEX",
-    "contacts_of",
     "decode_content",
     "describe_change",
     "entry_id",
+    "fan_out",
     "join",
     "local_name",
     "store_pairwise",
@@ -136,22 +136,43 @@ def decode_content(kind: int, content: bytes) -> tuple[str | None, FileChunk | N
     return None, chunk
 
 
-def contacts_of(ctx: Context, targets: Sequence[bytes]) -> tuple[list[Contact], list[bytes]]:
-    """The contacts a fan-out goes to (members' fingerprints, in order),
-    and the fingerprints that are not contacts. The fan-out itself is one
-    batch over the current sessions (``outbox.send_group_batch``, on
-    ``Session.send_group_batch``: every pairwise copy signed first, then
-    encrypted, all committed with the outbox in one transaction before
-    anything is posted); docs/PROTOCOL.md §20.8."""
-    found: list[Contact] = []
-    unknown: list[bytes] = []
+# The batch fan-out (outbox.send_group_batch, given by the caller: the
+# outbox is above this module): (posted now, by name; contacts left over).
+Batch = Callable[[Sequence[Contact]], Awaitable[tuple[dict[str, bool], list[Contact]]]]
+# One send on its own: (posted now, queued at least).
+SendOne = Callable[[Contact], Awaitable[tuple[bool, bool]]]
+
+
+async def fan_out(
+    ctx: Context, targets: Sequence[bytes], batch: Batch, send_one: SendOne
+) -> tuple[list[str], list[str], list[bytes]]:
+    """One group payload (a delivery or a welcome) to each member in
+    ``targets``: (delivered, pending) names and the fingerprints owed (not
+    even queued). The members with a current session get it as one
+    ``batch`` (``outbox.send_group_batch`` on ``Session.send_group_batch``:
+    every pairwise copy signed first, then encrypted, all committed with
+    the outbox in one transaction before anything is posted;
+    docs/PROTOCOL.md §20.8); the rest (no session yet...) one by one
+    through ``send_one``, as before."""
+    delivered: list[str] = []
+    pending: list[str] = []
+    owed: list[bytes] = []
+    contacts: list[Contact] = []
     for fp in targets:
         contact = ctx.find_contact(Fingerprint(fp))
         if contact is None:
-            unknown.append(fp)
+            pending.append(f"{fp.hex()} (not a contact)")
         else:
-            found.append(contact)
-    return found, unknown
+            contacts.append(contact)
+    posted, rest = await batch(contacts)
+    for name, sent in posted.items():
+        (delivered if sent else pending).append(name)
+    for contact in rest:
+        sent, queued = await send_one(contact)
+        (delivered if sent else pending).append(contact.name)
+        if not queued:
+            owed.append(contact.fingerprint.digest)
+    return delivered, pending, owed
 
 
 def store_pairwise(

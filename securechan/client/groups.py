@@ -35,7 +35,7 @@ from dataclasses import replace
 
 from securechan.client.context import Context
 from securechan.client.db_groups import DeliveryRow, GroupRow
-from securechan.client.group_carriage import contacts_of, entry_id, local_name, view_of
+from securechan.client.group_carriage import entry_id, fan_out, local_name, view_of
 from securechan.client.group_parts import (
     debt_due,
     file_chunks,
@@ -295,23 +295,14 @@ class Groups:
         One that could not even be queued (no session yet and the peer's
         relay down) is owed: kept on the group's row and sent again after
         each receive pass (:meth:`pay_debts`)."""
-        delivered: list[str] = []
-        pending: list[str] = []
-        owed: list[tuple[int, bytes, bytes]] = []
-        contacts, unknown = contacts_of(self._ctx, targets)
-        pending.extend(f"{fp.hex()} (not a contact)" for fp in unknown)
-        # One batch over the current sessions (outbox.send_group_batch); the
-        # rest (no session yet...) one by one, as before.
-        posted, rest = await send_group_batch(self._outbox, contacts, content_type, body)
-        for name, sent in posted.items():
-            (delivered if sent else pending).append(name)
-        for contact in rest:
-            sent, queued = await self._send_one(contact, content_type, body)
-            (delivered if sent else pending).append(contact.name)
-            if not queued:
-                owed.append((int(content_type), contact.fingerprint.digest, body))
+        delivered, pending, owed = await fan_out(
+            self._ctx,
+            targets,
+            lambda cs: send_group_batch(self._outbox, cs, content_type, body),
+            lambda c: self._send_one(c, content_type, body),
+        )
         if owed and group_id is not None:
-            owe(self._ctx, group_id, content_type, [f for _, f, _ in owed], body)
+            owe(self._ctx, group_id, content_type, owed, body)
         return delivered, pending
 
     async def _send_one(
