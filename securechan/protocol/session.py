@@ -369,11 +369,15 @@ class Session:
         ratchet-encrypted on its session's current state, and only when
         every copy has been made are the sessions' new states committed. A
         failure at any step (a signing error, a session whose state cannot
-        send) raises and leaves every session as it was. Signing all first
-        keeps the signer's working set warm across the signatures instead
-        of evicting it with AEAD work between them (§20.8). Each session at
-        most once per batch. Persist every session before releasing any
-        envelope, as for one send."""
+        send) raises and leaves every session as it was (a root step's
+        fresh key pairs may stay in a session's in-memory RatchetCache:
+        never persisted, never needed for correctness). Each copy is one
+        RatchetEncrypt of the Double Ratchet (Signal's specification,
+        §3.4) on its own session, as a single send makes it; signing all
+        first keeps the signer's working set warm across the signatures
+        instead of evicting it with AEAD work between them (§20.8). Each
+        session at most once per batch. Persist every session before
+        releasing any envelope, as for one send (§15)."""
         if len({id(s) for s, _, _ in sends}) != len(sends):
             raise ValueError("a session appears twice in one batch")
         for _, content_type, _ in sends:
