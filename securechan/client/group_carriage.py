@@ -16,6 +16,7 @@ client/groups.py.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 
 from securechan import wire
@@ -23,7 +24,8 @@ from securechan.client.context import Context
 from securechan.client.db_groups import DeliveryRow, GroupRow, TranscriptRow
 from securechan.client.results import Rejected
 from securechan.errors import GroupRejected, MalformedInput
-from securechan.identity.keys import PublicIdentity
+from securechan.identity import Contact
+from securechan.identity.keys import Fingerprint, PublicIdentity
 from securechan.protocol.address import ContactCard
 from securechan.protocol.group import ZERO, GroupState, GroupView
 from securechan.protocol.group_stream import (
@@ -40,6 +42,7 @@ __all__ = [
     "decode_content",
     "describe_change",
     "entry_id",
+    "fan_out",
     "join",
     "local_name",
     "store_pairwise",
@@ -131,6 +134,45 @@ def decode_content(kind: int, content: bytes) -> tuple[str | None, FileChunk | N
     ):
         raise MalformedInput("an inconsistent group file chunk")
     return None, chunk
+
+
+# The batch fan-out (outbox.send_group_batch, given by the caller: the
+# outbox is above this module): (posted now, by name; contacts left over).
+Batch = Callable[[Sequence[Contact]], Awaitable[tuple[dict[str, bool], list[Contact]]]]
+# One send on its own: (posted now, queued at least).
+SendOne = Callable[[Contact], Awaitable[tuple[bool, bool]]]
+
+
+async def fan_out(
+    ctx: Context, targets: Sequence[bytes], batch: Batch, send_one: SendOne
+) -> tuple[list[str], list[str], list[bytes]]:
+    """One group payload (a delivery or a welcome) to each member in
+    ``targets``: (delivered, pending) names and the fingerprints owed (not
+    even queued). The members with a current session get it as one
+    ``batch`` (``outbox.send_group_batch`` on ``Session.send_group_batch``:
+    every pairwise copy signed first, then encrypted, all committed with
+    the outbox in one transaction before anything is posted;
+    docs/PROTOCOL.md §20.8); the rest (no session yet...) one by one
+    through ``send_one``, as before."""
+    delivered: list[str] = []
+    pending: list[str] = []
+    owed: list[bytes] = []
+    contacts: list[Contact] = []
+    for fp in targets:
+        contact = ctx.find_contact(Fingerprint(fp))
+        if contact is None:
+            pending.append(f"{fp.hex()} (not a contact)")
+        else:
+            contacts.append(contact)
+    posted, rest = await batch(contacts)
+    for name, sent in posted.items():
+        (delivered if sent else pending).append(name)
+    for contact in rest:
+        sent, queued = await send_one(contact)
+        (delivered if sent else pending).append(contact.name)
+        if not queued:
+            owed.append(contact.fingerprint.digest)
+    return delivered, pending, owed
 
 
 def store_pairwise(

@@ -35,7 +35,7 @@ from dataclasses import replace
 
 from securechan.client.context import Context
 from securechan.client.db_groups import DeliveryRow, GroupRow
-from securechan.client.group_carriage import entry_id, local_name, view_of
+from securechan.client.group_carriage import entry_id, fan_out, local_name, view_of
 from securechan.client.group_parts import (
     debt_due,
     file_chunks,
@@ -49,7 +49,7 @@ from securechan.client.group_parts import (
 from securechan.client.group_results import GroupEntry, GroupInfo, GroupSent
 from securechan.client.group_sync import GroupReader
 from securechan.client.logview import RelayLogs
-from securechan.client.outbox import Built, Outbox
+from securechan.client.outbox import Built, Outbox, send_group_batch
 from securechan.client.results import Received, Rejected
 from securechan.errors import (
     GroupRejected,
@@ -295,20 +295,14 @@ class Groups:
         One that could not even be queued (no session yet and the peer's
         relay down) is owed: kept on the group's row and sent again after
         each receive pass (:meth:`pay_debts`)."""
-        delivered: list[str] = []
-        pending: list[str] = []
-        owed: list[tuple[int, bytes, bytes]] = []
-        for fp in targets:
-            contact = self._ctx.find_contact(Fingerprint(fp))
-            if contact is None:
-                pending.append(f"{fp.hex()} (not a contact)")
-                continue
-            sent, queued = await self._send_one(contact, content_type, body)
-            (delivered if sent else pending).append(contact.name)
-            if not queued:
-                owed.append((int(content_type), fp, body))
+        delivered, pending, owed = await fan_out(
+            self._ctx,
+            targets,
+            lambda cs: send_group_batch(self._outbox, cs, content_type, body),
+            lambda c: self._send_one(c, content_type, body),
+        )
         if owed and group_id is not None:
-            owe(self._ctx, group_id, content_type, [f for _, f, _ in owed], body)
+            owe(self._ctx, group_id, content_type, owed, body)
         return delivered, pending
 
     async def _send_one(

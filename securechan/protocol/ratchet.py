@@ -376,11 +376,24 @@ def ratchet_encrypt(
         epoch_ct=st.send_epoch_ct if epoch > 0 else None,
         guard=rand(MESSAGE_REUSE_GUARD_SIZE),
     )
-    header = replace(header, raw=header.to_bytes())
-    message_key = _message_key(mk_base, st.send_epoch_ss)
-    ciphertext = message_seal(
-        message_key, plaintext, ad + header.to_bytes(), reuse_guard=header.guard
+    # Encoded once, with the codec's checks (the bytes to_bytes() would
+    # make), and kept in the header without copying it (replace() costs as
+    # much as the encoding).
+    raw = wire.encode(
+        HEADER,
+        {
+            "dh": header.dh,
+            "kem_pub": header.kem_pub,
+            "root_ct": header.root_ct,
+            "pn": header.pn,
+            "n": header.n,
+            "epoch_ct": header.epoch_ct,
+            "guard": header.guard,
+        },
     )
+    object.__setattr__(header, "raw", raw)
+    message_key = _message_key(mk_base, st.send_epoch_ss)
+    ciphertext = message_seal(message_key, plaintext, ad + raw, reuse_guard=header.guard)
     return replace(st, cks=next_chain, ns=st.ns + 1), header, ciphertext, message_key
 
 

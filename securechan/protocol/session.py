@@ -26,18 +26,19 @@ beyond the next expected one is accepted and a :class:`MessagesMissing` event
 names the hole; when a missing message arrives later (within the ratchet's
 skip window) it is accepted too and :class:`OutOfOrder` reports it.
 
-Where the parts live: the hash-chain placement and its events in
-``peer_chain.py`` (pure), the state value and its stored form (0x0080) in
-``session_state.py``, the ratchet in ``ratchet.py`` (stored form in
+Where the parts live: the send's two pure steps (sign, then seal) and the
+wire form of a ratchet message in ``session_send.py`` (the batch send,
+:meth:`Session.send_group_batch`, signs every copy first); the hash-chain
+placement and its events in ``peer_chain.py`` (pure), the state value and
+its stored form (0x0080) in ``session_state.py``, the ratchet in ``ratchet.py`` (stored form in
 ``ratchet_record.py``, in-memory cache in ``ratchet_cache.py``).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Annotated
 
 from securechan import wire
 from securechan.errors import (
@@ -53,14 +54,13 @@ from securechan.identity.keys import Fingerprint, Identity, PublicIdentity
 from securechan.primitives import random_bytes, sha256, sha512
 from securechan.protocol import handshake as hs
 from securechan.protocol.address import QueueGrant
-from securechan.protocol.padding import pad, unpad
+from securechan.protocol.padding import unpad
 from securechan.protocol.payload import (
     CHUNK_SIZE,
     ZERO_HASH,
     Content,
     ContentType,
     FileChunk,
-    Payload,
     Receipt,
     SignedPayload,
     text_body,
@@ -73,9 +73,16 @@ from securechan.protocol.ratchet import (
     RatchetState,
     chain_commitment,
     ratchet_decrypt,
-    ratchet_encrypt,
 )
 from securechan.protocol.ratchet_cache import RatchetCache
+from securechan.protocol.session_send import (
+    MESSAGE,
+    Outgoing,
+    RatchetMessage,
+    Signed,
+    seal,
+    sign_next,
+)
 from securechan.protocol.session_state import (
     SENT_HASHES_KEPT,
     SESSION,
@@ -94,40 +101,12 @@ __all__ = [
     "MessagesMissing",
     "OutOfOrder",
     "Outgoing",
+    "RatchetMessage",
     "ReceiptChecked",
     "Role",
     "Session",
     "message_chain",
 ]
-
-
-@wire.record(0x0062, "RatchetMessage")
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RatchetMessage(wire.Record):
-    """A ratchet message on the wire: the header's exact bytes (parse them
-    with ``RatchetHeader.from_bytes``) and the ciphertext."""
-
-    header: Annotated[bytes, wire.bytes_(1, max_len=4096)]
-    ciphertext: Annotated[bytes, wire.bytes_(2, max_len=1 << 20)]
-
-
-MESSAGE = wire.schema_of(RatchetMessage)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Outgoing:
-    """One message made by a :class:`Session`: everything the caller persists
-    (with the session state) before it releases ``envelope``.
-
-    ``record`` is the signed payload record (our own record of what we
-    said); ``key`` and ``ad`` open this one envelope and no other
-    (``docs/AUDIT.md``, Statements): keep them as secret as the message."""
-
-    seq: int
-    envelope: bytes = field(repr=False)  # the ratchet message to post
-    record: bytes = field(repr=False)  # the SignedPayload record
-    key: bytes = field(repr=False)  # the message key
-    ad: bytes  # the associated-data prefix (the transcript hash, public)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -369,40 +348,51 @@ class Session:
         return self._send(content_type, body, now=now)
 
     def _send(self, content_type: ContentType, body: bytes, *, now: int) -> Outgoing:
-        st = self._st
-        payload = Payload(
-            sender=self._me.fingerprint,
-            recipient=st.peer.fingerprint,
-            conversation=st.conversation,
-            seq=st.send_seq + 1,
-            sent_at=now,
-            content_type=content_type,
-            body=body,
-            prev_hash=st.send_last_hash,
-            checkpoints=self.checkpoints,
-        )
-        signed = SignedPayload.sign(self._me, payload)
-        signed_bytes = signed.to_bytes()
-        digest = sha256(signed_bytes)
-        ratchet, header, ciphertext, key = ratchet_encrypt(
-            st.ratchet, pad(signed_bytes), st.transcript_hash, cache=self._cache, rand=self._rand
-        )
-        message = RatchetMessage(header=header.to_bytes(), ciphertext=ciphertext).to_bytes()
-        self._st = replace(
-            st,
-            ratchet=ratchet,
-            send_seq=payload.seq,
-            send_last_hash=digest,
-            generation=st.generation + 1,
-        )
-        self._sent.append(digest)
-        return Outgoing(
-            seq=payload.seq,
-            envelope=message,
-            record=signed_bytes,
-            key=key,
-            ad=st.transcript_hash,
-        )
+        signed = sign_next(self._me, self._st, self.checkpoints, content_type, body, now=now)
+        state, out = seal(self._st, signed, cache=self._cache, rand=self._rand)
+        self._commit(state, signed)
+        return out
+
+    def _commit(self, state: SessionState, signed: Signed) -> None:
+        self._st = state
+        self._sent.append(signed.digest)
+
+    @staticmethod
+    def send_group_batch(
+        sends: Sequence[tuple[Session, ContentType, bytes]], *, now: int
+    ) -> list[Outgoing]:
+        """One group payload to each of several sessions (a group message's
+        or a change's fan-out, docs/PROTOCOL.md §20.5): the same messages,
+        byte for byte in format, as :meth:`send_group` on each in turn.
+
+        All or nothing: every pairwise payload is signed first, then each is
+        ratchet-encrypted on its session's current state, and only when
+        every copy has been made are the sessions' new states committed. A
+        failure at any step (a signing error, a session whose state cannot
+        send) raises and leaves every session as it was (a root step's
+        fresh key pairs may stay in a session's in-memory RatchetCache:
+        never persisted, never needed for correctness). Each copy is one
+        RatchetEncrypt of the Double Ratchet (Signal's specification,
+        §3.4) on its own session, as a single send makes it; signing all
+        first keeps the signer's working set warm across the signatures
+        instead of evicting it with AEAD work between them (§20.8). Each
+        session at most once per batch. Persist every session before
+        releasing any envelope, as for one send (§15)."""
+        if len({id(s) for s, _, _ in sends}) != len(sends):
+            raise ValueError("a session appears twice in one batch")
+        for _, content_type, _ in sends:
+            if content_type not in (ContentType.GROUP_MESSAGE, ContentType.GROUP_WELCOME):
+                raise ValueError("send_group_batch carries GROUP_MESSAGE or GROUP_WELCOME only")
+        signed = [
+            sign_next(s._me, s._st, s.checkpoints, ct, body, now=now) for s, ct, body in sends
+        ]
+        sealed = [
+            seal(s._st, x, cache=s._cache, rand=s._rand)
+            for (s, _, _), x in zip(sends, signed, strict=True)
+        ]
+        for (s, _, _), x, (state, _) in zip(sends, signed, sealed, strict=True):
+            s._commit(state, x)
+        return [out for _, out in sealed]
 
     # --- receiving ------------------------------------------------------------
 
