@@ -26,6 +26,7 @@ from securechan.protocol.group import (
     SignedGroupPayload,
     commit_content,
 )
+from securechan.protocol.group_stream import StreamKeys
 from tests.conftest import fixed_identity
 
 GID = bytes(range(32))
@@ -51,9 +52,21 @@ def _state(
     return GroupState(group_id=GID, epoch=epoch, name=name, members=tuple(ms), previous=previous)
 
 
+def _secret(epoch: int) -> bytes:
+    """The tests' secret of an epoch (as tests/test_group_attacks.py reads them)."""
+    return bytes([40 + epoch]) * 32
+
+
+def _sign(author: Identity, state: GroupState) -> GroupChange:
+    """A change signed as the client signs one: committing to the stream of
+    the epoch it opens (here the tests' secret of that epoch)."""
+    commitment = StreamKeys.from_secret(_secret(state.epoch)).commitment
+    return GroupChange.sign(author, state, next_stream=commitment)
+
+
 def _genesis() -> tuple[GroupView, GroupChange]:
     state = _state({MUSCAT: True, TEHRAN: False, WASHINGTON: False})
-    change = GroupChange.sign(MUSCAT, state)
+    change = _sign(MUSCAT, state)
     return GroupView.create(change, MUSCAT.public), change
 
 
@@ -150,30 +163,30 @@ def test_forged_unauthorised_and_replayed_membership_changes() -> None:
     view, creation = _genesis()
     grown = _next(view, {MUSCAT: True, TEHRAN: False, WASHINGTON: False, ENVOY: False})
     # A member who is not an admin may not add anyone.
-    by_tehran = GroupChange.sign(TEHRAN, grown)
+    by_tehran = _sign(TEHRAN, grown)
     _refused(view, lambda: view.apply_change(by_tehran, TEHRAN.public))
     # A change whose signature is not its named author's.
-    forged = replace(GroupChange.sign(TEHRAN, grown), author=_fp(MUSCAT))
+    forged = replace(_sign(TEHRAN, grown), author=_fp(MUSCAT))
     _refused(view, lambda: view.apply_change(forged, MUSCAT.public))
     # An outsider cannot sign one at all.
-    by_envoy = GroupChange.sign(ENVOY, grown)
+    by_envoy = _sign(ENVOY, grown)
     _refused(view, lambda: view.apply_change(by_envoy, ENVOY.public))
     # The admin can; replaying the creation (an old state) afterwards cannot.
-    view = view.apply_change(GroupChange.sign(MUSCAT, grown), MUSCAT.public)
+    view = view.apply_change(_sign(MUSCAT, grown), MUSCAT.public)
     assert view.state.member(_fp(ENVOY)) is not None
     _refused(view, lambda: view.apply_change(creation, MUSCAT.public))
     # Nor a change made on a state we do not hold (skipping an epoch).
     skipped = _state(
         {MUSCAT: True, TEHRAN: False}, epoch=view.state.epoch + 2, previous=view.state.hash
     )
-    _refused(view, lambda: view.apply_change(GroupChange.sign(MUSCAT, skipped), MUSCAT.public))
+    _refused(view, lambda: view.apply_change(_sign(MUSCAT, skipped), MUSCAT.public))
 
 
 def test_a_removed_member_cannot_post_and_old_member_lists_are_refused() -> None:
     view, _ = _genesis()
     before = view
     removed = _next(view, {MUSCAT: True, TEHRAN: False})
-    view = view.apply_change(GroupChange.sign(MUSCAT, removed), MUSCAT.public)
+    view = view.apply_change(_sign(MUSCAT, removed), MUSCAT.public)
     # Washington, removed, signs a message on the current state: not a member.
     post = _message(view, WASHINGTON, 1, b"still here?")
     _refused(view, lambda: view.accept_message(post, b"still here?", WASHINGTON.public))
@@ -185,11 +198,11 @@ def test_a_removed_member_cannot_post_and_old_member_lists_are_refused() -> None
 def test_a_member_may_leave_but_not_change_anything_else() -> None:
     view, _ = _genesis()
     leave = _next(view, {MUSCAT: True, WASHINGTON: False})
-    after = view.apply_change(GroupChange.sign(TEHRAN, leave), TEHRAN.public)
+    after = view.apply_change(_sign(TEHRAN, leave), TEHRAN.public)
     assert after.state.member(_fp(TEHRAN)) is None
     # Leaving while making itself admin, or removing another, is refused.
     grab = _next(view, {MUSCAT: True, WASHINGTON: True})
-    _refused(view, lambda: view.apply_change(GroupChange.sign(TEHRAN, grab), TEHRAN.public))
+    _refused(view, lambda: view.apply_change(_sign(TEHRAN, grab), TEHRAN.public))
 
 
 def test_state_rules_are_checked_when_decoding() -> None:

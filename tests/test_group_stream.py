@@ -88,7 +88,9 @@ def test_a_joiner_starts_from_its_welcome_and_agrees_with_the_old_members() -> N
     muscat, _creation = _genesis()
     muscat = muscat.accept_message(_message(muscat, TEHRAN, 1, b"hello"), b"hello", TEHRAN.public)
     state1 = _next(muscat, {MUSCAT: True, TEHRAN: False, WASHINGTON: False, ENVOY: False})
-    change = GroupChange.sign(MUSCAT, state1)
+    change = GroupChange.sign(
+        MUSCAT, state1, next_stream=StreamKeys.from_secret(SECRET1).commitment
+    )
     welcome = GroupWelcome(
         change=change,
         epoch_secret=SECRET1,
@@ -110,7 +112,9 @@ def test_a_joiner_starts_from_its_welcome_and_agrees_with_the_old_members() -> N
 def test_a_joiner_lied_to_about_the_head_refuses_the_next_message_as_a_fork() -> None:
     muscat, _ = _genesis()
     state1 = _next(muscat, {MUSCAT: True, TEHRAN: False, WASHINGTON: False, ENVOY: False})
-    change = GroupChange.sign(MUSCAT, state1)
+    change = GroupChange.sign(
+        MUSCAT, state1, next_stream=StreamKeys.from_secret(SECRET1).commitment
+    )
     envoy = GroupView.join(change, MUSCAT.public, muscat.state, bytes([1]) * 32)
     muscat = muscat.apply_change(change, MUSCAT.public)
     with pytest.raises(GroupForked):
@@ -121,7 +125,9 @@ def test_a_joiner_refuses_a_change_its_previous_state_does_not_authorise() -> No
     muscat, _ = _genesis()
     # Tehran (not an admin) "adds" an envoy; a welcome from it is refused.
     state1 = _next(muscat, {MUSCAT: True, TEHRAN: False, WASHINGTON: False, ENVOY: False})
-    forged = GroupChange.sign(TEHRAN, state1)
+    forged = GroupChange.sign(
+        TEHRAN, state1, next_stream=StreamKeys.from_secret(SECRET1).commitment
+    )
     with pytest.raises(GroupRejected):
         GroupView.join(forged, TEHRAN.public, muscat.state, muscat.head)
     with pytest.raises(GroupRejected):
@@ -165,7 +171,9 @@ def test_a_joiner_expects_the_next_numbers_of_members_who_spoke_before() -> None
         m = _message(muscat, TEHRAN, seq, b"x")
         muscat = muscat.accept_message(m, b"x", TEHRAN.public)
     state1 = _next(muscat, {MUSCAT: True, TEHRAN: False, WASHINGTON: False, ENVOY: False})
-    change = GroupChange.sign(MUSCAT, state1)
+    change = GroupChange.sign(
+        MUSCAT, state1, next_stream=StreamKeys.from_secret(SECRET1).commitment
+    )
     welcome = GroupWelcome(
         change=change,
         epoch_secret=SECRET1,

@@ -50,14 +50,26 @@ from securechan.protocol.group_stream import (
     seal_record,
 )
 from securechan.protocol.payload import TextBody
-from tests.test_group_protocol import ENVOY, MUSCAT, TEHRAN, WASHINGTON, _genesis, _message, _next
+from tests.test_group_protocol import (
+    ENVOY,
+    MUSCAT,
+    TEHRAN,
+    WASHINGTON,
+    _genesis,
+    _message,
+    _next,
+    _secret,
+    _sign,
+)
 
 # PUBLIC TEST DATA: the relay's log key is derived from a public string.
 LOG_SK = Ed25519SigningKey(hashlib.sha256(b"securechan test group relay log").digest())
 ORIGIN = "relay.example/log"
 LOG = VerifierKey(name=ORIGIN, sig_type=SIG_ED25519, public_key=LOG_SK.public)
 OTHER_SK = Ed25519SigningKey(hashlib.sha256(b"securechan test another relay").digest())
-SECRETS = {e: bytes([0x40 + e]) * 32 for e in range(4)}
+SECRETS = {e: _secret(e) for e in range(4)}  # as _genesis's creation commits
+
+
 IDS = [MUSCAT.public, TEHRAN.public, WASHINGTON.public, ENVOY.public]
 REFUSALS = (MalformedInput, VerificationFailed, UntrustedKey)  # ProofFailed, BadSignature inside
 
@@ -152,9 +164,7 @@ def _talks() -> Talks:
         post(0, GroupRecord(message=m), view, _text(text))
     post(0, b"relay noise that opens under no key" * 3, view)
     state0, head_before = view.state, view.head
-    add = GroupChange.sign(
-        MUSCAT, _next(view, {MUSCAT: True, TEHRAN: False, WASHINGTON: False, ENVOY: False})
-    )
+    add = _sign(MUSCAT, _next(view, {MUSCAT: True, TEHRAN: False, WASHINGTON: False, ENVOY: False}))
     stale = _message(view, WASHINGTON, 2, _text("made for epoch 0"))
     view = view.apply_change(add, MUSCAT.public)
     post(0, GroupRecord(change=add), view)
@@ -165,7 +175,7 @@ def _talks() -> Talks:
         view = view.accept_message(m, _text(text), sender.public)
         post(1, GroupRecord(message=m), view, _text(text))
     post(1, GroupRecord(message=stale), view)  # refused: another member list
-    remove = GroupChange.sign(MUSCAT, _next(view, {MUSCAT: True, TEHRAN: False, ENVOY: False}))
+    remove = _sign(MUSCAT, _next(view, {MUSCAT: True, TEHRAN: False, ENVOY: False}))
     view = view.apply_change(remove, MUSCAT.public)
     post(1, GroupRecord(change=remove), view)
     m = _message(view, TEHRAN, 3, _text("agreed, without Washington"))
@@ -374,7 +384,7 @@ def test_a_forged_membership_change_shows_refused_and_changes_nothing() -> None:
     # the relay logs it in epoch 1's stream before Muscat's removal.
     relay = TALKS.relay.copy(6)
     view = TALKS.views[6]
-    coup = GroupChange.sign(TEHRAN, _next(view, {MUSCAT: False, TEHRAN: True, ENVOY: False}))
+    coup = _sign(TEHRAN, _next(view, {MUSCAT: False, TEHRAN: True, ENVOY: False}))
     items = [relay.proven(it, TALKS.contents.get(i)) for i, it in enumerate(TALKS.items[:7])]
     items.append(relay.proven(relay.post(1, GroupRecord(change=coup))))
     b = _bundle(items=items)

@@ -46,6 +46,7 @@ from securechan.client.group_parts import (
     read_file,
     sender_marks,
 )
+from securechan.client.group_rekey import audible, rekey_quiet
 from securechan.client.group_results import GroupEntry, GroupInfo, GroupSent
 from securechan.client.group_sync import GroupReader
 from securechan.client.logview import RelayLogs
@@ -77,6 +78,7 @@ from securechan.protocol.group_stream import (
     GroupRecord,
     GroupWelcome,
     StreamKeys,
+    leave_secret,
 )
 from securechan.protocol.payload import (
     ContentType,
@@ -110,8 +112,18 @@ class Groups:
             Callable[[], Awaitable[list[Received | Rejected | GroupEntry]]] | None
         ) = None
         self.stashed: list[Received | Rejected | GroupEntry] = []
+        self.changing = False  # a change under way (its receive passes do not rekey)
 
     # --- what we hold -----------------------------------------------------------
+
+    @property
+    def me(self) -> bytes:
+        """Our fingerprint."""
+        return self._ctx.identity.fingerprint.digest
+
+    def db_rows(self) -> list[GroupRow]:
+        """Every stored group row."""
+        return self._ctx.db.groups()
 
     def row(self, group: str) -> GroupRow:
         """The group with this local name (or group id hex); NotFound."""
@@ -159,9 +171,9 @@ class Groups:
             )
         except (MalformedInput, ValueError) as e:
             raise UsageError(f"cannot create group {name!r}: {e}") from None
-        change = GroupChange.sign(ctx.identity, state)
         secret = ctx.random(32)
         keys = StreamKeys.from_secret(secret)
+        change = GroupChange.sign(ctx.identity, state, next_stream=keys.commitment)
         welcome = GroupWelcome(
             change=change, epoch_secret=secret, head_before=ZERO, stream_of_change=keys.stream_id
         )
@@ -224,11 +236,33 @@ class Groups:
             group, lambda old: tuple(m for m in old.members if m.fingerprint != me)
         )
 
+    async def rekey(self, group: str) -> GroupInfo:
+        """See :meth:`Channel.group_rekey`: a change with the same members
+        and a fresh epoch secret (admins only)."""
+        return await self._change(group, lambda old: old.members, rekey=True)
+
     async def _change(
-        self, group: str, members: Callable[[GroupState], tuple[GroupMember, ...]]
+        self,
+        group: str,
+        members: Callable[[GroupState], tuple[GroupMember, ...]],
+        *,
+        rekey: bool = False,
+    ) -> GroupInfo:
+        changing, self.changing = self.changing, True
+        try:
+            return await self._change_now(group, members, rekey=rekey)
+        finally:
+            self.changing = changing
+
+    async def _change_now(
+        self,
+        group: str,
+        members: Callable[[GroupState], tuple[GroupMember, ...]],
+        *,
+        rekey: bool,
     ) -> GroupInfo:
         ctx = self._ctx
-        row = await self._current(group)
+        row = await self.current(group)
         view = view_of(row)
         old = view.state
         try:
@@ -241,15 +275,21 @@ class Groups:
             )
         except (MalformedInput, ValueError) as e:
             raise UsageError(f"cannot change group {row.name!r}: {e}") from None
-        if state.members == old.members:
+        if state.members == old.members and not rekey:
             raise UsageError(f"group {row.name!r} would not change")
         me = ctx.identity.fingerprint.digest
         who = old.member(me)
         if who is None or (not who.admin and state.member(me) is not None):
-            raise UsageError(f"only an admin of group {row.name!r} may change its members")
-        change = GroupChange.sign(ctx.identity, state)
+            what = "rekey it" if rekey else "change its members"
+            raise UsageError(f"only an admin of group {row.name!r} may {what}")
         keys = self._keys(row)
-        secret = ctx.random(32)
+        leaving = state.member(me) is None
+        # A leave picks no secret: the epoch it opens is derived from the
+        # current one (quiet until a remaining admin's rekey).
+        secret = leave_secret(self._secret(row), state) if leaving else ctx.random(32)
+        change = GroupChange.sign(
+            ctx.identity, state, next_stream=StreamKeys.from_secret(secret).commitment
+        )
         welcome = GroupWelcome(
             change=change,
             epoch_secret=secret,
@@ -258,10 +298,11 @@ class Groups:
             previous=old,
             **sender_marks(view.last),
         )
-        with ctx.db.transaction():
-            ctx.db.put_welcome(
-                old.group_id, state.epoch, change.hash, me, welcome.to_bytes(), ctx.now()
-            )
+        if not leaving:
+            with ctx.db.transaction():
+                ctx.db.put_welcome(
+                    old.group_id, state.epoch, change.hash, me, welcome.to_bytes(), ctx.now()
+                )
         await self._post(row, keys, GroupRecord(change=change))
         await self.reader.sync(row.group_id)
         after = self.row(row.group_id.hex())
@@ -272,7 +313,8 @@ class Groups:
                 f"the change to group {row.name!r} was refused ({why}); "
                 "look at the group and try again"
             )
-        await self._welcome(welcome, exclude=me)
+        if not leaving:  # the others derive a leave's secret: no welcome
+            await self._welcome(welcome, exclude=me)
         return self.info(after)
 
     async def _welcome(
@@ -333,7 +375,9 @@ class Groups:
         return res.pending == 0, True
 
     async def pay_debts(self) -> None:
-        """Send again what could not be queued (see :meth:`_pairwise`)."""
+        """Send again what could not be queued (see :meth:`_pairwise`);
+        first rekey the groups a leave left quiet (``group_rekey.rekey_quiet``)."""
+        await rekey_quiet(self)
         for row in self._ctx.db.groups():
             if not row.owed:
                 continue
@@ -382,7 +426,7 @@ class Groups:
         ctx, db = self._ctx, self._ctx.db
         me = ctx.identity.fingerprint.digest
         for _ in range(SEND_TRIES):
-            row = await self._current(group)
+            row = await audible(self, group)
             view = view_of(row)
             if view.state.member(me) is None:
                 raise UsageError(f"you are not a member of group {row.name!r}")
@@ -455,7 +499,7 @@ class Groups:
         out, self.stashed = self.stashed, []
         return out
 
-    async def _current(self, group: str) -> GroupRow:
+    async def current(self, group: str) -> GroupRow:
         """The group, synced; UsageError if we cannot act in it now."""
         row = self.row(group)
         await self.reader.sync(row.group_id)
@@ -480,12 +524,15 @@ class Groups:
         return row
 
     def _keys(self, row: GroupRow) -> StreamKeys:
-        keys = self.reader.keys(row)
-        if keys is None:
+        return StreamKeys.from_secret(self._secret(row))
+
+    def _secret(self, row: GroupRow) -> bytes:
+        secret = self.reader.secret(row)
+        if secret is None:
             raise UsageError(
                 f"group {row.name!r} is waiting for its current epoch's key; run receive"
             )
-        return keys
+        return secret
 
     async def _post(self, row: GroupRow, keys: StreamKeys, record: GroupRecord) -> tuple[int, int]:
         return await post_record(self._ctx, self._logs, row, keys, record)

@@ -12,11 +12,18 @@ a record a fact-checker can use, is explicit state:
   repeats, at least one admin) and ``previous``, the hash of the state it
   replaces (zeros at epoch 0). Its hash names it.
 - **GroupChange** (0x0112): a new state signed by its author (composite
-  ML-DSA-65 + Ed25519, context ``securechan/v1/group-change``). Authorised
-  by the previous state: an admin may make any change (add, remove, grant or
-  revoke admin) that leaves an admin; any member may leave (the new state is
-  the old one without it, nothing else changed; the last admin cannot). The
-  creation (epoch 0) is authorised by its author being an admin member of it.
+  ML-DSA-65 + Ed25519, context ``securechan/v1/group-change``) with a
+  commitment to the stream of the epoch it opens (``next_stream``,
+  :func:`stream_commitment` of that stream's id: a welcome's secret and a
+  bundle's next stream are checked against it). Authorised by the previous
+  state: an admin may make any change (add, remove, grant or revoke admin,
+  or none: a rekey) that leaves an admin; any member may leave (the new
+  state is the old one without it, nothing else changed; the last admin
+  cannot). A leave opens a *quiet* epoch (its secret is derived from the
+  one the leaver held, so the leaver knows it): no message is accepted in
+  it until a remaining member's change (an admin's rekey) opens a fresh
+  one. The creation (epoch 0) is authorised by its author being an admin
+  member of it.
 - **GroupPayload** (0x0113) signed in a **SignedGroupPayload** (0x0114,
   context ``securechan/v1/group-message``): group id, the hash of the state
   the sender holds, the sender, its group sequence number (1, 2, ...), the
@@ -68,6 +75,7 @@ __all__ = [
     "SignedGroupPayload",
     "check_content",
     "commit_content",
+    "stream_commitment",
 ]
 
 CONTEXT_GROUP_CHANGE = b"securechan/v1/group-change"
@@ -75,6 +83,7 @@ CONTEXT_GROUP_MESSAGE = b"securechan/v1/group-message"
 _STATE_LABEL = b"securechan/v1/group-state\x00"
 _HEAD_LABEL = b"securechan/v1/group-head\x00"
 _CONTENT_LABEL = b"securechan/v1/group-content\x00"
+_STREAM_LABEL = b"securechan/v1/group-next-stream\x00"
 MAX_MEMBERS = 20
 MAX_NAME = 64
 # Transcript heads a member remembers, to recognise the one a sender names
@@ -147,26 +156,43 @@ class GroupChange:
     state: Annotated[GroupState, wire.nested(1, max_len=4096)]
     author: Annotated[bytes, wire.bytes_(2, size=32)]
     signature: Annotated[bytes, wire.bytes_(3, size=HYBRID_SIGNATURE_SIZE)]
+    # stream_commitment() of the stream id of the epoch this change opens.
+    # Absent only in encodings made before it existed (still decoded, so
+    # old client.db rows read; never verified: see verify()).
+    next_stream: Annotated[bytes | None, wire.bytes_(4, size=32)] = None
     _raw: bytes | None = field(default=None, init=False, compare=False, repr=False)
 
     @classmethod
-    def sign(cls, author: Identity, state: GroupState) -> GroupChange:
+    def sign(cls, author: Identity, state: GroupState, *, next_stream: bytes) -> GroupChange:
+        """``next_stream``: :func:`stream_commitment` of the new epoch's
+        stream id (``StreamKeys.commitment``)."""
+        if len(next_stream) != 32:
+            raise ValueError("a stream commitment is 32 bytes")
         fp = author.fingerprint.digest
-        sig = author.sign(_change_message(state, fp), context=CONTEXT_GROUP_CHANGE)
-        return cls(state=state, author=fp, signature=sig)
+        sig = author.sign(_change_message(state, fp, next_stream), context=CONTEXT_GROUP_CHANGE)
+        return cls(state=state, author=fp, signature=sig, next_stream=next_stream)
 
     def verify(self, author: PublicIdentity) -> None:
         """Raise :class:`GroupRejected` unless ``author`` (the named one) signed it."""
         if author.fingerprint.digest != self.author:
             raise GroupRejected("the change names another author")
+        if self.next_stream is None:
+            raise GroupRejected(
+                "a group change without a commitment to its epoch's stream (made by a "
+                "version before it was bound)"
+            )
         try:
             author.verify(
                 self.signature,
-                _change_message(self.state, self.author),
+                _change_message(self.state, self.author, self.next_stream),
                 context=CONTEXT_GROUP_CHANGE,
             )
         except Exception as e:  # BadSignature
             raise GroupRejected("the change's signature does not verify") from e
+
+    def leaves(self) -> bool:
+        """Whether the change's author is not in the state it makes (a leave)."""
+        return self.state.member(self.author) is None
 
     @property
     def hash(self) -> bytes:
@@ -180,8 +206,21 @@ class GroupChange:
         return wire.decode_record(cls, data)
 
 
-def _change_message(state: GroupState, author: bytes) -> bytes:
-    return state.to_bytes() + author
+def _change_message(state: GroupState, author: bytes, next_stream: bytes) -> bytes:
+    return state.to_bytes() + author + next_stream
+
+
+def stream_commitment(stream_id: bytes) -> bytes:
+    """What a change binds of the stream its epoch uses:
+    ``SHA-256("securechan/v1/group-next-stream" 0x00 || stream_id)``. Not
+    the stream id itself: whoever reads the change (a member who leaves or is
+    removed by it, reading the stream it is posted in) must not learn where
+    the next epoch's records are (it could read their sizes and times, and
+    post noise there); a third party given the next epoch's secret (a
+    transcript bundle) checks it."""
+    if len(stream_id) != 32:
+        raise ValueError("a stream id is 32 bytes")
+    return sha256(_STREAM_LABEL + stream_id)
 
 
 @wire.record(0x0113, "GroupPayload")
@@ -252,6 +291,11 @@ class GroupView:
     # sender -> (its last sequence number, that message's signed hash)
     last: Mapping[bytes, tuple[int, bytes]] = field(default_factory=dict)  # never mutated: copied
     heads: tuple[bytes, ...] = ()  # recent heads, newest last (bounded)
+    # The current epoch was opened by a leave: its secret is derived from
+    # the one the leaver held (``group_stream.leave_secret``), so no message
+    # is accepted in it; a remaining member's change (an admin's rekey)
+    # opens a fresh epoch and ends it.
+    quiet: bool = False
 
     @classmethod
     def create(cls, change: GroupChange, author: PublicIdentity) -> GroupView:
@@ -283,11 +327,14 @@ class GroupView:
         who = old.member(change.author)
         if who is None:
             raise GroupRejected("the change's author is not a member")
-        if not who.admin:
-            leaving = tuple(m for m in old.members if m.fingerprint != change.author)
-            if new.members != leaving or new.name != old.name:
-                raise GroupRejected("only an admin may change the group; a member may only leave")
-        return self._advance(change.hash, state=new)
+        leaving = tuple(m for m in old.members if m.fingerprint != change.author)
+        if change.leaves() and (new.members != leaving or new.name != old.name):
+            # A leave changes nothing else (no one joins an epoch whose
+            # secret a non-member knows), an admin's as anyone's.
+            raise GroupRejected("a change by a member who leaves must change nothing else")
+        if not who.admin and not change.leaves():
+            raise GroupRejected("only an admin may change the group; a member may only leave")
+        return self._advance(change.hash, state=new, quiet=change.leaves())
 
     @classmethod
     def join(
@@ -315,6 +362,8 @@ class GroupView:
             return cls.create(change, author)
         if previous is None:
             raise GroupRejected("a joiner needs the state the change replaces")
+        if change.leaves():
+            raise GroupRejected("a leave welcomes no one (its epoch's secret is derived)")
         marks = dict(last or {})
         # Marks may name former members too (one removed and added back
         # continues its numbers), never a number 0.
@@ -342,6 +391,11 @@ class GroupView:
         p = signed.payload
         if p.group_id != self.state.group_id:
             raise GroupRejected("the message is for another group")
+        if self.quiet:
+            raise GroupRejected(
+                "a message in an epoch opened by a member who left (that member knows its "
+                "secret): no message until an admin rekeys the group"
+            )
         if self.state.member(p.sender) is None:
             raise GroupRejected("the sender is not a member of the group")
         if p.state_hash != self.state.hash:
