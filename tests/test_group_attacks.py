@@ -35,6 +35,8 @@ from securechan.protocol.group_stream import (
     GroupRecord,
     GroupWelcome,
     StreamKeys,
+    check_leave,
+    leave_secret,
     open_record,
     seal_record,
 )
@@ -645,3 +647,54 @@ def test_an_admin_cannot_give_members_different_epoch_secrets() -> None:
         muscat.view.apply_change(edited, MUSCAT.public)
     assert GroupWelcome.from_bytes(good).epoch_secret == SECRETS[1]
     del tehran, washington, relay
+
+
+def test_two_admins_rekeying_a_quiet_epoch_at_once_converge() -> None:
+    """Washington leaves; its leave commits to the epoch derived from epoch
+    1's secret (no welcome: every member derives it). A hostile Tehran
+    posts a message into that quiet epoch: refused by all (Washington knows
+    its secret). Muscat and Tehran, both admins, each post a rekey in the
+    quiet stream at once: the stream's order decides; the first is applied
+    by every member, the second no longer follows the current state and is
+    refused by all; everyone holds one epoch and one head."""
+    relay, (muscat, tehran), _ = group(MUSCAT, TEHRAN)
+    promote = _sign(MUSCAT, _next(muscat.view, {MUSCAT: True, TEHRAN: True, WASHINGTON: False}))
+    post(relay, 0, GroupRecord(change=promote))
+    for m in (muscat, tehran):
+        m.secrets[1] = SECRETS[1]
+    sync(relay, muscat, tehran)
+    state2 = _next(muscat.view, {MUSCAT: True, TEHRAN: True})
+    derived = leave_secret(SECRETS[1], state2)
+    quiet_keys = StreamKeys.from_secret(derived)
+    leave = GroupChange.sign(WASHINGTON, state2, next_stream=quiet_keys.commitment)
+    check_leave(leave, SECRETS[1])  # what every member checks on reading it
+    with pytest.raises(GroupRejected):  # a leave naming another stream
+        check_leave(_sign(WASHINGTON, state2), SECRETS[1])
+    post(relay, 1, GroupRecord(change=leave))
+    for m in (muscat, tehran):
+        m.secrets[2] = derived
+    sync(relay, muscat, tehran)
+    assert muscat.view.quiet and tehran.view.quiet
+    noise = _message(tehran.view, TEHRAN, 1, b"into the quiet epoch")
+    relay.post(quiet_keys.stream_id, seal_record(quiet_keys, GroupRecord(message=noise)))
+    fresh = {MUSCAT: bytes([71]) * 32, TEHRAN: bytes([72]) * 32}
+    rekeys = {
+        who: GroupChange.sign(
+            who,
+            _next(muscat.view, {MUSCAT: True, TEHRAN: True}),
+            next_stream=StreamKeys.from_secret(fresh[who]).commitment,
+        )
+        for who in (MUSCAT, TEHRAN)
+    }
+    for who in (TEHRAN, MUSCAT):  # Tehran's reaches the relay first
+        relay.post(quiet_keys.stream_id, seal_record(quiet_keys, GroupRecord(change=rekeys[who])))
+    for m in (muscat, tehran):
+        m.secrets[3] = fresh[TEHRAN]  # the winner's welcome
+    sync(relay, muscat, tehran)
+    for m in (muscat, tehran):
+        assert m.view.state.epoch == 3 and not m.view.quiet
+        assert rekeys[TEHRAN].hash in m.applied and rekeys[MUSCAT].hash not in m.applied
+        assert any("member who left" in r for r in m.refused)
+    assert heads(muscat, tehran) == {muscat.view.head}
+    # The loser's rekey, read after the winner's by anyone who did: refused.
+    _refused(muscat.view, lambda: muscat.view.apply_change(rekeys[MUSCAT], MUSCAT.public))

@@ -240,3 +240,50 @@ def test_decoders_refuse_junk_cleanly(data: bytes) -> None:
     for cls in (GroupState, GroupChange, SignedGroupPayload):
         with contextlib.suppress(MalformedInput):
             cls.from_bytes(data)
+
+
+def test_a_change_whose_epoch_commitment_is_edited_fails_its_signature() -> None:
+    """The stream a change opens is bound into its signature: an attacker
+    (the relay, a member) who points the change at another stream, in one
+    byte or whole, or strips the commitment, is refused by every member."""
+    view, _ = _genesis()
+    change = _sign(MUSCAT, _next(view, {MUSCAT: True, TEHRAN: False, WASHINGTON: False}))
+    assert change.next_stream is not None
+    elsewhere = StreamKeys.from_secret(bytes([99]) * 32).commitment
+    flipped = bytes([change.next_stream[0] ^ 1]) + change.next_stream[1:]
+    for forged in (replace(change, next_stream=elsewhere), replace(change, next_stream=flipped)):
+        again = type(change).from_bytes(forged.to_bytes())
+        _refused(view, lambda f=again: view.apply_change(f, MUSCAT.public))  # type: ignore[misc]
+    stripped = replace(change, next_stream=None)
+    _refused(view, lambda: view.apply_change(stripped, MUSCAT.public))
+    assert view.apply_change(change, MUSCAT.public).state == change.state
+
+
+def test_a_leave_opens_a_quiet_epoch_until_a_remaining_admin_changes_the_group() -> None:
+    """No message is accepted in the epoch a leave opens (the leaver knows
+    its secret), from any member; an admin's rekey (same members) ends it.
+    A leave that changes anything else, an admin's too, is refused."""
+    view, _ = _genesis()
+    view = view.apply_change(
+        _sign(MUSCAT, _next(view, {MUSCAT: True, TEHRAN: True, WASHINGTON: False})),
+        MUSCAT.public,
+    )
+    leave = _sign(WASHINGTON, _next(view, {MUSCAT: True, TEHRAN: True}))
+    quiet = view.apply_change(leave, WASHINGTON.public)
+    assert quiet.quiet and not view.quiet
+    said = _message(quiet, TEHRAN, 1, b"into the quiet epoch")
+    err = _refused(
+        quiet, lambda: quiet.accept_message(said, b"into the quiet epoch", TEHRAN.public)
+    )
+    assert "member who left" in str(err)
+    # Tehran (an admin) leaves and promotes Washington in one change: refused.
+    grab = _sign(TEHRAN, _next(view, {MUSCAT: True, WASHINGTON: True}))
+    _refused(view, lambda: view.apply_change(grab, TEHRAN.public))
+    rekey = _sign(MUSCAT, _next(quiet, {MUSCAT: True, TEHRAN: True}))
+    fresh = quiet.apply_change(rekey, MUSCAT.public)
+    assert not fresh.quiet and fresh.state.members == quiet.state.members
+    said = _message(fresh, TEHRAN, 1, b"now")
+    assert fresh.accept_message(said, b"now", TEHRAN.public).last[_fp(TEHRAN)][0] == 1
+    # A joiner is never welcomed by a leave.
+    with pytest.raises(GroupRejected, match="leave welcomes no one"):
+        GroupView.join(leave, WASHINGTON.public, view.state, view.head)

@@ -572,3 +572,45 @@ def test_a_joiners_sender_marks_are_each_confirmed_by_a_later_message() -> None:
     marks = tuple(sorted((mark, wash), key=lambda m: m.fingerprint))
     with pytest.raises(VerificationFailed, match="no later message confirms"):
         _verify(replace(b, join=replace(b.join, senders=marks)))
+
+
+def test_a_bundle_whose_next_stream_is_swapped_is_refused() -> None:
+    """Muscat (who holds every secret) exports the talks but swaps epoch 1's
+    stream for one of its own making: the same signed records of epoch 1,
+    sealed under another secret and posted to another stream (so every item
+    is logged, in order, and opens). The change that opened epoch 1 is
+    signed with a commitment to the real stream: the bundle is refused. On
+    main's code (no commitment) it verified: a bundle could not prove that
+    the next stream was the one the change announced."""
+    other = bytes([0x77]) * 32
+    keys = StreamKeys.from_secret(other)
+    relay = TALKS.relay.copy(TALKS.epoch1_change_at)
+    items = [relay.proven(TALKS.items[i]) for i in range(TALKS.epoch1_change_at + 1)]
+    real = StreamKeys.from_secret(SECRETS[1])
+    for pos, it in enumerate(TALKS.items[TALKS.epoch1_change_at + 1 : -2], start=1):
+        blob = seal_record(keys, open_record(real, it.blob))
+        relay._log(envelope_leaf_hash(b"someone else's envelope %d" % relay.tree.size))
+        index = relay._log(envelope_leaf_hash(blob))
+        items.append(
+            TranscriptItem(
+                stream_id=keys.stream_id,
+                position=pos,
+                blob=blob,
+                log_index=index,
+                inclusion_proof=b"",
+            )
+        )
+    items = [relay.proven(i) for i in items]
+    swapped = GroupTranscript.build(
+        group_id=TALKS.views[0].state.group_id,
+        items=items,
+        epoch_secrets={0: SECRETS[0], 1: other},
+        identities=IDS,
+        checkpoint=relay.checkpoint(),
+        log_key=LOG,
+    )
+    with pytest.raises(VerificationFailed, match="committed to"):
+        _verify(swapped.to_bytes())
+    # The honest bundle up to the same point verifies.
+    honest = _bundle(upto=len(TALKS.items) - 3, disclose=set())
+    assert [e.status for e in _verify(honest).entries][-1] == "refused"
