@@ -334,22 +334,8 @@ class GroupReader:
         if old_view is None:
             return replace(t, status="change", summary=summary), new, False
         if change.leaves() and not left:
-            # No one sends a welcome for a leave: its epoch's secret is
-            # derived (leave_secret); keep it as the welcome of that epoch.
-            derived = GroupWelcome(
-                change=change,
-                epoch_secret=leave_secret(secret, change.state),
-                head_before=old_view.head,
-                stream_of_change=keys.stream_id,
-                previous=old_view.state,
-            )
-            self._ctx.db.put_welcome(
-                row.group_id,
-                change.state.epoch,
-                change.hash,
-                change.author,
-                derived.to_bytes(),
-                self._ctx.now(),
+            _keep_leave_secret(
+                self._ctx, change, leave_secret(secret, change.state), old_view, keys
             )
         new = replace(new, opened_by=change.hash, left=left)
         return replace(t, status="change", summary=summary), new, True
@@ -483,6 +469,24 @@ class GroupReader:
                     )
                 )
         return out
+
+
+def _keep_leave_secret(
+    ctx: Context, change: GroupChange, secret: bytes, before: GroupView, keys: StreamKeys
+) -> None:
+    """No one sends a welcome for a leave: its epoch's secret is derived
+    (``leave_secret``); keep it as the welcome of that epoch."""
+    derived = GroupWelcome(
+        change=change,
+        epoch_secret=secret,
+        head_before=before.head,
+        stream_of_change=keys.stream_id,
+        previous=before.state,
+    )
+    state = change.state
+    ctx.db.put_welcome(
+        state.group_id, state.epoch, change.hash, change.author, derived.to_bytes(), ctx.now()
+    )
 
 
 def _members(row: GroupRow, change: GroupChange) -> set[bytes]:

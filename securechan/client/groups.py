@@ -36,6 +36,7 @@ from dataclasses import replace
 from securechan.client.context import Context
 from securechan.client.db_groups import DeliveryRow, GroupRow
 from securechan.client.group_carriage import entry_id, local_name, view_of
+from securechan.client.group_change import audible, make_change, rekey_quiet
 from securechan.client.group_parts import (
     debt_due,
     file_chunks,
@@ -44,9 +45,7 @@ from securechan.client.group_parts import (
     owe,
     post_record,
     read_file,
-    sender_marks,
 )
-from securechan.client.group_rekey import audible, rekey_quiet
 from securechan.client.group_results import GroupEntry, GroupInfo, GroupSent
 from securechan.client.group_sync import GroupReader
 from securechan.client.logview import RelayLogs
@@ -78,7 +77,6 @@ from securechan.protocol.group_stream import (
     GroupRecord,
     GroupWelcome,
     StreamKeys,
-    leave_secret,
 )
 from securechan.protocol.payload import (
     ContentType,
@@ -117,13 +115,8 @@ class Groups:
     # --- what we hold -----------------------------------------------------------
 
     @property
-    def me(self) -> bytes:
-        """Our fingerprint."""
-        return self._ctx.identity.fingerprint.digest
-
-    def db_rows(self) -> list[GroupRow]:
-        """Every stored group row."""
-        return self._ctx.db.groups()
+    def ctx(self) -> Context:
+        return self._ctx
 
     def row(self, group: str) -> GroupRow:
         """The group with this local name (or group id hex); NotFound."""
@@ -196,7 +189,7 @@ class Groups:
             )
         row = self.row(state.group_id.hex())
         try:
-            await self._post(row, keys, GroupRecord(change=change))
+            await self.post(row, keys, GroupRecord(change=change))
         except RelayError:
             # Not in the stream (or its answer lost: an orphan no one reads):
             # nothing to keep; the user creates it again.
@@ -207,7 +200,7 @@ class Groups:
         row = self.row(state.group_id.hex())
         if not row.started or GroupState.from_bytes(row.state).hash != state.hash:
             raise GroupRejected(f"the creation of group {name!r} was not applied in its stream")
-        await self._welcome(welcome, exclude=me)
+        await self.welcome(welcome, exclude=me)
         return self.info(self.row(state.group_id.hex()))
 
     async def add(self, group: str, contacts: Sequence[str]) -> GroupInfo:
@@ -250,74 +243,11 @@ class Groups:
     ) -> GroupInfo:
         changing, self.changing = self.changing, True
         try:
-            return await self._change_now(group, members, rekey=rekey)
+            return await make_change(self, group, members, rekey=rekey)
         finally:
             self.changing = changing
 
-    async def _change_now(
-        self,
-        group: str,
-        members: Callable[[GroupState], tuple[GroupMember, ...]],
-        *,
-        rekey: bool,
-    ) -> GroupInfo:
-        ctx = self._ctx
-        row = await self.current(group)
-        view = view_of(row)
-        old = view.state
-        try:
-            state = GroupState(
-                group_id=old.group_id,
-                epoch=old.epoch + 1,
-                name=old.name,
-                members=members(old),
-                previous=old.hash,
-            )
-        except (MalformedInput, ValueError) as e:
-            raise UsageError(f"cannot change group {row.name!r}: {e}") from None
-        if state.members == old.members and not rekey:
-            raise UsageError(f"group {row.name!r} would not change")
-        me = ctx.identity.fingerprint.digest
-        who = old.member(me)
-        if who is None or (not who.admin and state.member(me) is not None):
-            what = "rekey it" if rekey else "change its members"
-            raise UsageError(f"only an admin of group {row.name!r} may {what}")
-        keys = self._keys(row)
-        leaving = state.member(me) is None
-        # A leave picks no secret: the epoch it opens is derived from the
-        # current one (quiet until a remaining admin's rekey).
-        secret = leave_secret(self._secret(row), state) if leaving else ctx.random(32)
-        change = GroupChange.sign(
-            ctx.identity, state, next_stream=StreamKeys.from_secret(secret).commitment
-        )
-        welcome = GroupWelcome(
-            change=change,
-            epoch_secret=secret,
-            head_before=view.head,
-            stream_of_change=keys.stream_id,
-            previous=old,
-            **sender_marks(view.last),
-        )
-        if not leaving:
-            with ctx.db.transaction():
-                ctx.db.put_welcome(
-                    old.group_id, state.epoch, change.hash, me, welcome.to_bytes(), ctx.now()
-                )
-        await self._post(row, keys, GroupRecord(change=change))
-        await self.reader.sync(row.group_id)
-        after = self.row(row.group_id.hex())
-        if after.opened_by != change.hash:
-            mine = ctx.db.transcript(row.group_id, record_hash=change.hash, limit=1)
-            why = mine[0].summary if mine else "another change came first"
-            raise GroupRejected(
-                f"the change to group {row.name!r} was refused ({why}); "
-                "look at the group and try again"
-            )
-        if not leaving:  # the others derive a leave's secret: no welcome
-            await self._welcome(welcome, exclude=me)
-        return self.info(after)
-
-    async def _welcome(
+    async def welcome(
         self, welcome: GroupWelcome, *, exclude: bytes
     ) -> tuple[list[str], list[str]]:
         """Send ``welcome`` pairwise to every member of its state but us."""
@@ -376,7 +306,7 @@ class Groups:
 
     async def pay_debts(self) -> None:
         """Send again what could not be queued (see :meth:`_pairwise`);
-        first rekey the groups a leave left quiet (``group_rekey.rekey_quiet``)."""
+        first rekey the groups a leave left quiet (``group_change.rekey_quiet``)."""
         await rekey_quiet(self)
         for row in self._ctx.db.groups():
             if not row.owed:
@@ -461,7 +391,7 @@ class Groups:
                 )
             keys = self._keys(row)
             try:
-                position, log_index = await self._post(row, keys, GroupRecord(message=signed))
+                position, log_index = await self.post(row, keys, GroupRecord(message=signed))
             except RelayError:
                 # The record may be in the stream (an answer lost): its content
                 # is owed to the others, sent once a read shows it (pay_debts).
@@ -524,9 +454,9 @@ class Groups:
         return row
 
     def _keys(self, row: GroupRow) -> StreamKeys:
-        return StreamKeys.from_secret(self._secret(row))
+        return StreamKeys.from_secret(self.secret_of(row))
 
-    def _secret(self, row: GroupRow) -> bytes:
+    def secret_of(self, row: GroupRow) -> bytes:
         secret = self.reader.secret(row)
         if secret is None:
             raise UsageError(
@@ -534,5 +464,5 @@ class Groups:
             )
         return secret
 
-    async def _post(self, row: GroupRow, keys: StreamKeys, record: GroupRecord) -> tuple[int, int]:
+    async def post(self, row: GroupRow, keys: StreamKeys, record: GroupRecord) -> tuple[int, int]:
         return await post_record(self._ctx, self._logs, row, keys, record)
