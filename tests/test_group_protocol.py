@@ -57,11 +57,12 @@ def _secret(epoch: int) -> bytes:
     return bytes([40 + epoch]) * 32
 
 
-def _sign(author: Identity, state: GroupState) -> GroupChange:
-    """A change signed as the client signs one: committing to the stream of
-    the epoch it opens (here the tests' secret of that epoch)."""
+def _sign(author: Identity, state: GroupState, head: bytes | None = None) -> GroupChange:
+    """A change committing to the stream of the epoch it opens (here the
+    tests' secret of that epoch); bound to ``head`` if given (the client
+    always gives it: a joiner needs it)."""
     commitment = StreamKeys.from_secret(_secret(state.epoch)).commitment
-    return GroupChange.sign(author, state, next_stream=commitment)
+    return GroupChange.sign(author, state, next_stream=commitment, head=head)
 
 
 def _genesis() -> tuple[GroupView, GroupChange]:

@@ -164,7 +164,11 @@ def _talks() -> Talks:
         post(0, GroupRecord(message=m), view, _text(text))
     post(0, b"relay noise that opens under no key" * 3, view)
     state0, head_before = view.state, view.head
-    add = _sign(MUSCAT, _next(view, {MUSCAT: True, TEHRAN: False, WASHINGTON: False, ENVOY: False}))
+    add = _sign(
+        MUSCAT,
+        _next(view, {MUSCAT: True, TEHRAN: False, WASHINGTON: False, ENVOY: False}),
+        head=view.head,  # a joiner's welcome starts from it: the head is bound
+    )
     stale = _message(view, WASHINGTON, 2, _text("made for epoch 0"))
     view = view.apply_change(add, MUSCAT.public)
     post(0, GroupRecord(change=add), view)
@@ -614,3 +618,16 @@ def test_a_bundle_whose_next_stream_is_swapped_is_refused() -> None:
     # The honest bundle up to the same point verifies.
     honest = _bundle(upto=len(TALKS.items) - 3, disclose=set())
     assert [e.status for e in _verify(honest).entries][-1] == "refused"
+
+
+def test_a_joiners_bundle_with_another_head_before_the_join_is_refused_at_the_join() -> None:
+    """The change a joiner joined by signs the head it was made on: a bundle
+    whose join names another head before it is refused at once (before, the
+    head was its author's word, and the lie showed only as forks on the
+    later messages)."""
+    good = _joiner()
+    assert good.join is not None
+    _verify(good)
+    lied = replace(good, join=replace(good.join, head_before=bytes([1]) * 32))
+    with pytest.raises(VerificationFailed, match="head before the change"):
+        _verify(lied.to_bytes())

@@ -47,6 +47,9 @@ __all__ = ["GroupsLike", "audible", "make_change", "rekey_quiet"]
 # Pauses (seconds) between receive passes while a member who is not an
 # admin waits for an admin's rekey.
 REKEY_WAIT = (0.0, 0.25, 0.5, 1.0, 2.0)
+# A change refused because a record came first (it names the head it was
+# made on) is made again on the new head, at most this many times in all.
+CHANGE_TRIES = 3
 
 
 class GroupsLike(Protocol):
@@ -88,6 +91,24 @@ async def make_change(
 ) -> GroupInfo:
     """The change of ``group`` to ``members(current state)`` (the same
     members: only with ``rekey``), made, posted, applied, then welcomed."""
+    for attempt in range(CHANGE_TRIES):
+        info = await _try_change(
+            groups, group, members, rekey=rekey, last=attempt + 1 == CHANGE_TRIES
+        )
+        if info is not None:
+            return info
+    raise AssertionError("unreachable: the last try raises")  # pragma: no cover
+
+
+async def _try_change(
+    groups: GroupsLike,
+    group: str,
+    members: Callable[[GroupState], tuple[GroupMember, ...]],
+    *,
+    rekey: bool,
+    last: bool,
+) -> GroupInfo | None:
+    """One try; None when a record came first (made again on the new head)."""
     ctx = groups.ctx
     row = await groups.current(group)
     view = view_of(row)
@@ -116,7 +137,10 @@ async def make_change(
     # current one (quiet until a remaining admin's rekey).
     secret = leave_secret(current, state) if leaving else ctx.random(32)
     change = GroupChange.sign(
-        ctx.identity, state, next_stream=StreamKeys.from_secret(secret).commitment
+        ctx.identity,
+        state,
+        next_stream=StreamKeys.from_secret(secret).commitment,
+        head=view.head,  # applied only on this head: a joiner's head_before is bound
     )
     welcome = GroupWelcome(
         change=change,
@@ -137,6 +161,8 @@ async def make_change(
     if after.opened_by != change.hash:
         mine = ctx.db.transcript(row.group_id, record_hash=change.hash, limit=1)
         why = mine[0].summary if mine else "another change came first"
+        if mine and "another transcript head" in why and not last:
+            return None  # a message came first: make it again on the new head
         raise GroupRejected(
             f"the change to group {row.name!r} was refused ({why}); look at the group and try again"
         )

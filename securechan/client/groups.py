@@ -166,7 +166,7 @@ class Groups:
             raise UsageError(f"cannot create group {name!r}: {e}") from None
         secret = ctx.random(32)
         keys = StreamKeys.from_secret(secret)
-        change = GroupChange.sign(ctx.identity, state, next_stream=keys.commitment)
+        change = GroupChange.sign(ctx.identity, state, next_stream=keys.commitment, head=ZERO)
         welcome = GroupWelcome(
             change=change, epoch_secret=secret, head_before=ZERO, stream_of_change=keys.stream_id
         )

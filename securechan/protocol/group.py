@@ -15,7 +15,9 @@ a record a fact-checker can use, is explicit state:
   ML-DSA-65 + Ed25519, context ``securechan/v1/group-change``) with a
   commitment to the stream of the epoch it opens (``next_stream``,
   :func:`stream_commitment` of that stream's id: a welcome's secret and a
-  bundle's next stream are checked against it). Authorised by the previous
+  bundle's next stream are checked against it) and the transcript head it
+  was made on (``head``: applied only on that head, so a joiner's welcome
+  cannot lie about the head before the change). Authorised by the previous
   state: an admin may make any change (add, remove, grant or revoke admin,
   or none: a rekey) that leaves an admin; any member may leave (the new
   state is the old one without it, nothing else changed; the last admin
@@ -160,17 +162,32 @@ class GroupChange:
     # Absent only in encodings made before it existed (still decoded, so
     # old client.db rows read; never verified: see verify()).
     next_stream: Annotated[bytes | None, wire.bytes_(4, size=32)] = None
+    # The transcript head the change was made on: the head just before it
+    # once applied (a member applies it only on that head), so a joiner's
+    # welcome cannot lie about the history before the change. Optional for
+    # members (a change without it is applied on any head, as before it
+    # existed); required to start a joiner's view (GroupView.join).
+    head: Annotated[bytes | None, wire.bytes_(5, size=32)] = None
     _raw: bytes | None = field(default=None, init=False, compare=False, repr=False)
 
     @classmethod
-    def sign(cls, author: Identity, state: GroupState, *, next_stream: bytes) -> GroupChange:
+    def sign(
+        cls,
+        author: Identity,
+        state: GroupState,
+        *,
+        next_stream: bytes,
+        head: bytes | None = None,
+    ) -> GroupChange:
         """``next_stream``: :func:`stream_commitment` of the new epoch's
-        stream id (``StreamKeys.commitment``)."""
-        if len(next_stream) != 32:
-            raise ValueError("a stream commitment is 32 bytes")
+        stream id (``StreamKeys.commitment``); ``head``: the transcript head
+        the author holds (the client always gives it; ZERO for a creation)."""
+        if len(next_stream) != 32 or (head is not None and len(head) != 32):
+            raise ValueError("a stream commitment and a head are 32 bytes")
         fp = author.fingerprint.digest
-        sig = author.sign(_change_message(state, fp, next_stream), context=CONTEXT_GROUP_CHANGE)
-        return cls(state=state, author=fp, signature=sig, next_stream=next_stream)
+        message = _change_message(state, fp, next_stream, head)
+        sig = author.sign(message, context=CONTEXT_GROUP_CHANGE)
+        return cls(state=state, author=fp, signature=sig, next_stream=next_stream, head=head)
 
     def verify(self, author: PublicIdentity) -> None:
         """Raise :class:`GroupRejected` unless ``author`` (the named one) signed it."""
@@ -184,7 +201,7 @@ class GroupChange:
         try:
             author.verify(
                 self.signature,
-                _change_message(self.state, self.author, self.next_stream),
+                _change_message(self.state, self.author, self.next_stream, self.head),
                 context=CONTEXT_GROUP_CHANGE,
             )
         except Exception as e:  # BadSignature
@@ -206,8 +223,11 @@ class GroupChange:
         return wire.decode_record(cls, data)
 
 
-def _change_message(state: GroupState, author: bytes, next_stream: bytes) -> bytes:
-    return state.to_bytes() + author + next_stream
+def _change_message(
+    state: GroupState, author: bytes, next_stream: bytes, head: bytes | None
+) -> bytes:
+    bound = b"\x00" if head is None else b"\x01" + head
+    return state.to_bytes() + author + next_stream + bound
 
 
 def stream_commitment(stream_id: bytes) -> bytes:
@@ -304,6 +324,8 @@ class GroupView:
         if state.epoch != 0:
             raise GroupRejected("a group starts at epoch 0")
         change.verify(author)
+        if change.head not in (None, ZERO):
+            raise GroupRejected("a creation follows no transcript head")
         me = state.member(change.author)
         if me is None or not me.admin:
             raise GroupRejected("the creator is not an admin member of the group it made")
@@ -323,6 +345,11 @@ class GroupView:
         if new.epoch != old.epoch + 1 or new.previous != old.hash:
             # An old state replayed, or one made on a state we do not hold.
             raise GroupRejected(f"the change does not follow the current state (epoch {old.epoch})")
+        if change.head is not None and change.head != self.head:
+            raise GroupRejected(
+                "the change was made on another transcript head (a record came first); "
+                "its author makes it again"
+            )
         change.verify(author)
         who = old.member(change.author)
         if who is None:
@@ -349,13 +376,14 @@ class GroupView:
         change to a state that names it), from its welcome: ``previous`` is
         the state the change replaces (None for a creation), ``head_before``
         the transcript head before the change. The joiner checks that the
-        change follows ``previous`` and is authorised by it; it takes the
-        author's word for ``previous`` and ``head_before`` (the author signed
-        the change, which names ``previous`` by hash; a wrong head makes
-        every later message name a head the joiner never had: GroupForked).
-        ``last`` is each sender's last sequence number and signed-payload
-        hash at ``head_before`` (also the author's word), so the joiner
-        expects the same next numbers as the members who were there."""
+        change follows ``previous`` (named by hash in the signed state) and
+        is authorised by it, and that ``head_before`` is the head the signed
+        change was made on (``change.head``: every member applies the change
+        only on that head). ``last`` is each sender's last sequence number
+        and signed-payload hash at ``head_before`` (the author's word: a
+        wrong mark makes a sender's next message a gap or a replay for this
+        joiner alone), so the joiner expects the same next numbers as the
+        members who were there."""
         if change.state.epoch == 0:
             if previous is not None or head_before != ZERO:
                 raise GroupRejected("a creation follows no state")
@@ -364,6 +392,12 @@ class GroupView:
             raise GroupRejected("a joiner needs the state the change replaces")
         if change.leaves():
             raise GroupRejected("a leave welcomes no one (its epoch's secret is derived)")
+        if change.head is None or change.head != head_before:
+            # The change names the head it was made on, signed: the welcome's
+            # head before it is no longer its author's word alone.
+            raise GroupRejected(
+                "the welcome's head before the change is not the one it was made on"
+            )
         marks = dict(last or {})
         # Marks may name former members too (one removed and added back
         # continues its numbers), never a number 0.
