@@ -26,7 +26,7 @@ from securechan.protocol.group import (
     SignedGroupPayload,
     commit_content,
 )
-from securechan.protocol.group_stream import StreamKeys
+from securechan.protocol.group_stream import GroupWelcome, StreamKeys
 from tests.conftest import fixed_identity
 
 GID = bytes(range(32))
@@ -288,3 +288,24 @@ def test_a_leave_opens_a_quiet_epoch_until_a_remaining_admin_changes_the_group()
     # A joiner is never welcomed by a leave.
     with pytest.raises(GroupRejected, match="leave welcomes no one"):
         GroupView.join(leave, WASHINGTON.public, view.state, view.head)
+
+
+def test_a_change_encoded_before_the_commitment_still_decodes_but_never_verifies() -> None:
+    """client.db rows written before fields 4 and 5 (transcript records,
+    welcomes) hold changes without them: they still decode (the rows read,
+    and a welcome's secret is found), but such a change is never applied,
+    joined by or accepted in a bundle (it would carry no commitment)."""
+    view, creation = _genesis()
+    old_style = GroupChange(
+        state=creation.state, author=creation.author, signature=creation.signature
+    )
+    data = old_style.to_bytes()
+    assert GroupChange.from_bytes(data) == old_style and old_style.next_stream is None
+    assert len(data) < len(creation.to_bytes())
+    with pytest.raises(GroupRejected, match="without a commitment"):
+        GroupView.create(GroupChange.from_bytes(data), MUSCAT.public)
+    welcome = GroupWelcome(
+        change=old_style, epoch_secret=_secret(0), head_before=ZERO, stream_of_change=ZERO
+    )
+    assert GroupWelcome.from_bytes(welcome.to_bytes()).epoch_secret == _secret(0)
+    del view
