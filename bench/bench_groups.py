@@ -319,10 +319,10 @@ def membership_change(
         previous=old.hash,
         members=tuple(sorted(members, key=lambda m: m.fingerprint)),
     )
-    change = GroupChange.sign(s.me, state)
-    blob = seal_record(s.keys, GroupRecord(change=change))
     secret = random_bytes(32)
-    StreamKeys.from_secret(secret)  # the client follows the new stream
+    keys = StreamKeys.from_secret(secret)  # the client follows the new stream
+    change = GroupChange.sign(s.me, state, next_stream=keys.commitment)
+    blob = seal_record(s.keys, GroupRecord(change=change))
     welcome = GroupWelcome(
         change=change,
         epoch_secret=secret,
@@ -368,10 +368,10 @@ def unsigned_sessions(s: Sender) -> list[Session]:
 def make_sender(n_others: int, *, prefix: str) -> tuple[Sender, list[Identity]]:
     me = identity(f"{prefix}-mediator")
     others = [identity(f"{prefix}-member-{i}") for i in range(n_others)]
-    creation = GroupChange.sign(me, group_state([me, *others], me))
+    keys = StreamKeys.from_secret(bytes(range(100, 132)))
+    creation = GroupChange.sign(me, group_state([me, *others], me), next_stream=keys.commitment)
     view = GroupView.create(creation, me.public)
     pairs = [session_to(me, o) for o in others]
-    keys = StreamKeys.from_secret(bytes(range(100, 132)))
     sender = Sender(me, view, keys, [p[0] for p in pairs], [p[1] for p in pairs])
     return sender, others
 

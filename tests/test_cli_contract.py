@@ -89,6 +89,7 @@ ELSEWHERE = {
     "group add": "tests/test_cli_groups.py",
     "group remove": "tests/test_cli_groups.py",
     "group leave": "tests/test_cli_groups.py",
+    "group rekey": "tests/test_cli_groups.py",
     "group list": "tests/test_cli_groups.py",
     "group show": "tests/test_cli_groups.py",
 }

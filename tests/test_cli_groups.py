@@ -276,6 +276,13 @@ def test_leave(people: dict[str, Party]) -> None:
     assert "you are no longer a member" in w.ok("group", "show", "talks")
     receive(t)
     assert "washington" not in names(shown(t, "talks"), "tehran")
+    # The leave's epoch is quiet: tehran (the admin) rekeyed on that receive.
+    assert shown(t, "talks")["epoch"] == gone["epoch"] + 1
+    (again,) = js(t, "group", "rekey", "talks", types=("GroupInfo",))
+    assert again["epoch"] == gone["epoch"] + 2
+    assert names(again, "tehran") == names(shown(t, "talks"), "tehran")
+    line = one_line(people["cairo"].run("group", "rekey", "talks"), 2)
+    assert "only an admin" in line, line
     line = one_line(w.run("send", "--group", "talks", "after leaving"), 2)
     assert "member" in line, line
     # What was said before stays readable, read-only.
@@ -373,6 +380,8 @@ def test_the_same_through_a_running_agent(people: dict[str, Party]) -> None:
         with AgentClient(c.home) as cairo:  # cairo is no admin of mediation
             with pytest.raises(UsageError, match="only an admin"):
                 cairo.call("groupRemove", group="mediation", contacts=["washington"])
+            with pytest.raises(UsageError, match="only an admin"):
+                cairo.call("groupRekey", group="mediation")
             with pytest.raises(NotFound):
                 cairo.call("sendGroup", group="no such group", text="x")
         c.ok("agent", "stop")
@@ -381,6 +390,11 @@ def test_the_same_through_a_running_agent(people: dict[str, Party]) -> None:
             assert len(page["items"]) == 1 and page["more"] is True
             for row in page["items"]:
                 validate(row, "GroupEntry")
+            fresh = agent.call("groupRekey", group="mediation")
+            validate(fresh, "GroupInfo")
+            assert fresh["epoch"] == 1 and len(fresh["members"]) == 3
+        thin = t.run("group", "rekey", "mediation")
+        assert thin.returncode == 0 and "Rekeyed group" in thin.stdout + thin.stderr, thin
 
         # The thin command line: the same lines and codes as in-process.
         via = js(t, "group", "show", "mediation", types=("GroupInfo",))

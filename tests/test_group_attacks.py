@@ -35,6 +35,8 @@ from securechan.protocol.group_stream import (
     GroupRecord,
     GroupWelcome,
     StreamKeys,
+    check_leave,
+    leave_secret,
     open_record,
     seal_record,
 )
@@ -50,6 +52,7 @@ from tests.test_group_protocol import (
     _message,
     _next,
     _refused,
+    _sign,
     _state,
 )
 
@@ -144,7 +147,7 @@ def post(relay: Relay, epoch: int, record: GroupRecord) -> bytes:
 def group(*names: Identity) -> tuple[Relay, list[Member], GroupChange]:
     """A group made by Muscat (the mediator, admin) with Tehran and
     Washington; its creation is the first item of stream 0."""
-    creation = GroupChange.sign(MUSCAT, _state({MUSCAT: True, TEHRAN: False, WASHINGTON: False}))
+    creation = _sign(MUSCAT, _state({MUSCAT: True, TEHRAN: False, WASHINGTON: False}))
     relay = Relay()
     post(relay, 0, GroupRecord(change=creation))
     view = GroupView.create(creation, MUSCAT.public)
@@ -300,7 +303,7 @@ def test_a_message_moved_across_a_change_for_one_member_is_caught() -> None:
     the next message of epoch 1 is refused by Tehran as a fork."""
     relay, (muscat, tehran, washington), _ = group(MUSCAT, TEHRAN, WASHINGTON)
     grown = _next(muscat.view, {MUSCAT: True, TEHRAN: False, WASHINGTON: False, ENVOY: False})
-    post(relay, 0, GroupRecord(change=GroupChange.sign(MUSCAT, grown)))
+    post(relay, 0, GroupRecord(change=_sign(MUSCAT, grown)))
     say(washington, relay, b"on the old list", seq=1)
     stream0 = KEYS[0].stream_id
     items = relay.items(stream0, MUSCAT)
@@ -353,7 +356,7 @@ def test_a_member_the_relay_keeps_from_a_change_reads_nothing_of_the_new_epoch()
     others' head."""
     relay, (muscat, tehran, washington), _ = group(MUSCAT, TEHRAN, WASHINGTON)
     head_before = muscat.view.head
-    change = GroupChange.sign(
+    change = _sign(
         MUSCAT,
         _next(muscat.view, {MUSCAT: True, TEHRAN: False, WASHINGTON: False, ENVOY: False}),
     )
@@ -393,7 +396,7 @@ def test_a_removed_member_can_neither_post_nor_read_the_next_epoch() -> None:
     signs to put itself back is refused. The others agree throughout."""
     relay, (muscat, tehran, washington), _ = group(MUSCAT, TEHRAN, WASHINGTON)
     removed = _next(muscat.view, {MUSCAT: True, TEHRAN: False})
-    post(relay, 0, GroupRecord(change=GroupChange.sign(MUSCAT, removed)))
+    post(relay, 0, GroupRecord(change=_sign(MUSCAT, removed)))
     for m in (muscat, tehran):
         m.secrets[1] = SECRETS[1]
     sync(relay, muscat, tehran, washington)
@@ -427,7 +430,7 @@ def test_a_removed_member_can_neither_post_nor_read_the_next_epoch() -> None:
     back = replace(
         _next(muscat.view, {MUSCAT: True, TEHRAN: False, WASHINGTON: True}), name="talks"
     )
-    forged_back = GroupChange.sign(WASHINGTON, back)
+    forged_back = _sign(WASHINGTON, back)
     post(relay, 1, GroupRecord(change=forged_back))  # as if it held the key
     before = heads(muscat, tehran)
     sync(relay, muscat, tehran)
@@ -451,9 +454,9 @@ def test_an_unauthorised_change_in_the_stream_is_refused_by_every_member_alike()
     view = muscat.view
     grown = _next(view, {MUSCAT: True, TEHRAN: False, WASHINGTON: False, ENVOY: False})
     promoted = _next(view, {MUSCAT: True, TEHRAN: True, WASHINGTON: False})
-    by_muscat = GroupChange.sign(MUSCAT, grown)
-    post(relay, 0, GroupRecord(change=GroupChange.sign(TEHRAN, grown)))
-    post(relay, 0, GroupRecord(change=GroupChange.sign(TEHRAN, promoted)))
+    by_muscat = _sign(MUSCAT, grown)
+    post(relay, 0, GroupRecord(change=_sign(TEHRAN, grown)))
+    post(relay, 0, GroupRecord(change=_sign(TEHRAN, promoted)))
     post(relay, 0, GroupRecord(change=replace(by_muscat, author=_fp(TEHRAN))))
     post(relay, 0, GroupRecord(change=by_muscat))
     for m in members:
@@ -473,7 +476,7 @@ def test_two_concurrent_changes_the_stream_order_decides() -> None:
     relay, members, _ = group(MUSCAT, TEHRAN, WASHINGTON)
     muscat = members[0]
     two_admins = _next(muscat.view, {MUSCAT: True, TEHRAN: False, WASHINGTON: True})
-    post(relay, 0, GroupRecord(change=GroupChange.sign(MUSCAT, two_admins)))
+    post(relay, 0, GroupRecord(change=_sign(MUSCAT, two_admins)))
     for m in members:
         m.secrets[1] = SECRETS[1]
         m.secrets[2] = SECRETS[2]
@@ -481,8 +484,8 @@ def test_two_concurrent_changes_the_stream_order_decides() -> None:
     view1 = muscat.view
     add_envoy = _next(view1, {MUSCAT: True, TEHRAN: False, WASHINGTON: True, ENVOY: False})
     drop_tehran = _next(view1, {MUSCAT: True, WASHINGTON: True})
-    mine = GroupChange.sign(MUSCAT, add_envoy)
-    theirs = GroupChange.sign(WASHINGTON, drop_tehran)
+    mine = _sign(MUSCAT, add_envoy)
+    theirs = _sign(WASHINGTON, drop_tehran)
     post(relay, 1, GroupRecord(change=mine))
     post(relay, 1, GroupRecord(change=theirs))
     sync(relay, *members)
@@ -492,9 +495,7 @@ def test_two_concurrent_changes_the_stream_order_decides() -> None:
     # is refused.
     view = muscat.view
     _refused(view, lambda: view.apply_change(theirs, WASHINGTON.public))
-    again = GroupChange.sign(
-        WASHINGTON, _next(view, {MUSCAT: True, WASHINGTON: True, ENVOY: False})
-    )
+    again = _sign(WASHINGTON, _next(view, {MUSCAT: True, WASHINGTON: True, ENVOY: False}))
     assert view.apply_change(again, WASHINGTON.public).state.member(_fp(TEHRAN)) is None
 
 
@@ -509,12 +510,12 @@ def test_a_member_replaying_an_old_membership_state_is_refused() -> None:
     muscat, tehran, _ = members
     for m in members:
         m.secrets[1] = SECRETS[1]
-    c1 = GroupChange.sign(
+    c1 = _sign(
         MUSCAT, _next(muscat.view, {MUSCAT: True, TEHRAN: False, WASHINGTON: False, ENVOY: False})
     )
     post(relay, 0, GroupRecord(change=c1))
     sync(relay, *members)
-    c2 = GroupChange.sign(MUSCAT, _next(muscat.view, {MUSCAT: True, TEHRAN: False, ENVOY: False}))
+    c2 = _sign(MUSCAT, _next(muscat.view, {MUSCAT: True, TEHRAN: False, ENVOY: False}))
     post(relay, 1, GroupRecord(change=c2))
     for m in (muscat, tehran):
         m.secrets[2] = SECRETS[2]
@@ -543,8 +544,8 @@ def test_a_forged_change_for_another_group_or_without_an_admin() -> None:
     relay, members, _ = group(MUSCAT, TEHRAN)
     view = members[0].view
     other = replace(_next(view, {MUSCAT: True, TEHRAN: False}), group_id=bytes(32))
-    _refused(view, lambda: view.apply_change(GroupChange.sign(MUSCAT, other), MUSCAT.public))
-    good = GroupChange.sign(MUSCAT, _next(view, {MUSCAT: True, TEHRAN: True}))
+    _refused(view, lambda: view.apply_change(_sign(MUSCAT, other), MUSCAT.public))
+    good = _sign(MUSCAT, _next(view, {MUSCAT: True, TEHRAN: True}))
     swapped = replace(good, state=_next(view, {MUSCAT: True, TEHRAN: False, ENVOY: True}))
     _refused(view, lambda: view.apply_change(swapped, MUSCAT.public))
     with pytest.raises(MalformedInput):
@@ -567,7 +568,7 @@ def test_a_stream_item_moved_between_epochs_streams_or_groups() -> None:
     old = say(tehran, relay, b"epoch zero", seq=1)
     stream0 = KEYS[0].stream_id
     relay.post(stream0, relay.streams[stream0][-1])  # the relay duplicates it
-    change = GroupChange.sign(MUSCAT, _next(muscat.view, dict.fromkeys(EVERYONE[:3], True)))
+    change = _sign(MUSCAT, _next(muscat.view, dict.fromkeys(EVERYONE[:3], True)))
     for m in members:
         m.secrets[1] = SECRETS[1]
     post(relay, 0, GroupRecord(change=change))
@@ -578,7 +579,7 @@ def test_a_stream_item_moved_between_epochs_streams_or_groups() -> None:
     relay.post(stream1, relay.streams[stream0][1])  # moved blob
     post(relay, 1, GroupRecord(message=old))  # re-sealed by a member
     elsewhere = replace(_state({MUSCAT: True, TEHRAN: False}), group_id=bytes([9]) * 32)
-    other_view = GroupView.create(GroupChange.sign(MUSCAT, elsewhere), MUSCAT.public)
+    other_view = GroupView.create(_sign(MUSCAT, elsewhere), MUSCAT.public)
     post(relay, 1, GroupRecord(message=_message(other_view, TEHRAN, 2, b"other group")))
     before = heads(*members)
     sync(relay, *members)
@@ -602,7 +603,7 @@ def test_a_cached_encoding_never_outlives_the_values_it_encodes() -> None:
     first = state.hash
     edited = replace(state, name="other talks")
     assert edited.hash != first and edited.to_bytes() == wire.encode_record(edited)
-    change = GroupChange.sign(MUSCAT, edited)
+    change = _sign(MUSCAT, edited)
     assert GroupChange.from_bytes(change.to_bytes()) == change
     GroupView.create(change, MUSCAT.public)  # verifies over the edited state's bytes
     forged = replace(change, state=state)  # the signature over the edited state
@@ -610,44 +611,90 @@ def test_a_cached_encoding_never_outlives_the_values_it_encodes() -> None:
         GroupView.create(forged, MUSCAT.public)
 
 
-def test_an_admin_giving_members_different_epoch_secrets_splits_them_visibly() -> None:
-    """Muscat adds Envoy and gives Tehran and Washington different secrets
-    for epoch 1: each reads its own stream. Both applied the same change
-    (same head); each then gets the other's message pairwise but never its
-    record: content without a record, which the client reports as
-    withheld. The two welcomes, for one change with two secrets, are the
-    evidence (each signed pairwise by Muscat)."""
+def test_an_admin_cannot_give_members_different_epoch_secrets() -> None:
+    """Muscat adds Envoy and tries to give Tehran and Washington different
+    secrets for epoch 1, so that each reads its own stream (a split group).
+    The change, ordered in the stream and signed, commits to epoch 1's
+    stream (``next_stream``): a welcome whose secret gives another stream
+    cannot be made, and one edited on the wire does not decode, so every
+    member follows the one stream the change announced. (On main's code,
+    before the commitment, both welcomes were accepted: the group split.)"""
     relay, (muscat, tehran, washington), _ = group(MUSCAT, TEHRAN, WASHINGTON)
     grown = _next(muscat.view, {MUSCAT: True, TEHRAN: False, WASHINGTON: False, ENVOY: False})
-    change = GroupChange.sign(MUSCAT, grown)
+    change = _sign(MUSCAT, grown)
     post(relay, 0, GroupRecord(change=change))
     other = bytes([99]) * 32
-    tehran.secrets[1], washington.secrets[1] = SECRETS[1], other
-    sync(relay, tehran, washington)
-    assert tehran.view.head == washington.view.head and tehran.keys != washington.keys
-    t1 = say(tehran, relay, b"from Tehran", seq=1)
-    w1 = _message(washington.view, WASHINGTON, 1, b"from Washington")
-    relay.post(
-        StreamKeys.from_secret(other).stream_id,
-        seal_record(washington.keys, GroupRecord(message=w1)),
-    )
-    sync(relay, tehran, washington)
-    # Each holds the other's delivery (signed, for the state both hold)
-    # and no record of it: the relay looks guilty of withholding.
-    for holder, delivered in ((tehran, w1), (washington, t1)):
-        delivered.verify(PUBLIC[delivered.payload.sender])
-        assert delivered.payload.state_hash == holder.view.state.hash
-        assert delivered.payload.head in holder.view.heads
-        assert delivered.hash not in holder.applied
-    welcomes = [
-        GroupWelcome(
+
+    def welcome(secret: bytes) -> GroupWelcome:
+        return GroupWelcome(
             change=change,
             epoch_secret=secret,
             head_before=muscat.view.head,
             stream_of_change=KEYS[0].stream_id,
             previous=muscat.view.state,
         )
-        for secret in (SECRETS[1], other)
-    ]
-    assert welcomes[0].change == welcomes[1].change
-    assert welcomes[0].epoch_secret != welcomes[1].epoch_secret
+
+    good = welcome(SECRETS[1]).to_bytes()
+    with pytest.raises(MalformedInput, match="commits to"):
+        welcome(other)
+    # The hostile admin edits an honest welcome's secret in the encoding.
+    assert good.count(SECRETS[1]) == 1
+    with pytest.raises(MalformedInput, match="commits to"):
+        GroupWelcome.from_bytes(good.replace(SECRETS[1], other))
+    # And a change edited to commit to the other stream fails its signature.
+    edited = replace(change, next_stream=StreamKeys.from_secret(other).commitment)
+    with pytest.raises(GroupRejected, match="signature"):
+        muscat.view.apply_change(edited, MUSCAT.public)
+    assert GroupWelcome.from_bytes(good).epoch_secret == SECRETS[1]
+    del tehran, washington, relay
+
+
+def test_two_admins_rekeying_a_quiet_epoch_at_once_converge() -> None:
+    """Washington leaves; its leave commits to the epoch derived from epoch
+    1's secret (no welcome: every member derives it). A hostile Tehran
+    posts a message into that quiet epoch: refused by all (Washington knows
+    its secret). Muscat and Tehran, both admins, each post a rekey in the
+    quiet stream at once: the stream's order decides; the first is applied
+    by every member, the second no longer follows the current state and is
+    refused by all; everyone holds one epoch and one head."""
+    relay, (muscat, tehran), _ = group(MUSCAT, TEHRAN)
+    promote = _sign(MUSCAT, _next(muscat.view, {MUSCAT: True, TEHRAN: True, WASHINGTON: False}))
+    post(relay, 0, GroupRecord(change=promote))
+    for m in (muscat, tehran):
+        m.secrets[1] = SECRETS[1]
+    sync(relay, muscat, tehran)
+    state2 = _next(muscat.view, {MUSCAT: True, TEHRAN: True})
+    derived = leave_secret(SECRETS[1], state2)
+    quiet_keys = StreamKeys.from_secret(derived)
+    leave = GroupChange.sign(WASHINGTON, state2, next_stream=quiet_keys.commitment)
+    check_leave(leave, SECRETS[1])  # what every member checks on reading it
+    with pytest.raises(GroupRejected):  # a leave naming another stream
+        check_leave(_sign(WASHINGTON, state2), SECRETS[1])
+    post(relay, 1, GroupRecord(change=leave))
+    for m in (muscat, tehran):
+        m.secrets[2] = derived
+    sync(relay, muscat, tehran)
+    assert muscat.view.quiet and tehran.view.quiet
+    noise = _message(tehran.view, TEHRAN, 1, b"into the quiet epoch")
+    relay.post(quiet_keys.stream_id, seal_record(quiet_keys, GroupRecord(message=noise)))
+    fresh = {MUSCAT: bytes([71]) * 32, TEHRAN: bytes([72]) * 32}
+    rekeys = {
+        who: GroupChange.sign(
+            who,
+            _next(muscat.view, {MUSCAT: True, TEHRAN: True}),
+            next_stream=StreamKeys.from_secret(fresh[who]).commitment,
+        )
+        for who in (MUSCAT, TEHRAN)
+    }
+    for who in (TEHRAN, MUSCAT):  # Tehran's reaches the relay first
+        relay.post(quiet_keys.stream_id, seal_record(quiet_keys, GroupRecord(change=rekeys[who])))
+    for m in (muscat, tehran):
+        m.secrets[3] = fresh[TEHRAN]  # the winner's welcome
+    sync(relay, muscat, tehran)
+    for m in (muscat, tehran):
+        assert m.view.state.epoch == 3 and not m.view.quiet
+        assert rekeys[TEHRAN].hash in m.applied and rekeys[MUSCAT].hash not in m.applied
+        assert any("member who left" in r for r in m.refused)
+    assert heads(muscat, tehran) == {muscat.view.head}
+    # The loser's rekey, read after the winner's by anyone who did: refused.
+    _refused(muscat.view, lambda: muscat.view.apply_change(rekeys[MUSCAT], MUSCAT.public))

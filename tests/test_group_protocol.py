@@ -26,6 +26,7 @@ from securechan.protocol.group import (
     SignedGroupPayload,
     commit_content,
 )
+from securechan.protocol.group_stream import GroupWelcome, StreamKeys
 from tests.conftest import fixed_identity
 
 GID = bytes(range(32))
@@ -51,9 +52,22 @@ def _state(
     return GroupState(group_id=GID, epoch=epoch, name=name, members=tuple(ms), previous=previous)
 
 
+def _secret(epoch: int) -> bytes:
+    """The tests' secret of an epoch (as tests/test_group_attacks.py reads them)."""
+    return bytes([40 + epoch]) * 32
+
+
+def _sign(author: Identity, state: GroupState, head: bytes | None = None) -> GroupChange:
+    """A change committing to the stream of the epoch it opens (here the
+    tests' secret of that epoch); bound to ``head`` if given (the client
+    always gives it: a joiner needs it)."""
+    commitment = StreamKeys.from_secret(_secret(state.epoch)).commitment
+    return GroupChange.sign(author, state, next_stream=commitment, head=head)
+
+
 def _genesis() -> tuple[GroupView, GroupChange]:
     state = _state({MUSCAT: True, TEHRAN: False, WASHINGTON: False})
-    change = GroupChange.sign(MUSCAT, state)
+    change = _sign(MUSCAT, state)
     return GroupView.create(change, MUSCAT.public), change
 
 
@@ -150,30 +164,30 @@ def test_forged_unauthorised_and_replayed_membership_changes() -> None:
     view, creation = _genesis()
     grown = _next(view, {MUSCAT: True, TEHRAN: False, WASHINGTON: False, ENVOY: False})
     # A member who is not an admin may not add anyone.
-    by_tehran = GroupChange.sign(TEHRAN, grown)
+    by_tehran = _sign(TEHRAN, grown)
     _refused(view, lambda: view.apply_change(by_tehran, TEHRAN.public))
     # A change whose signature is not its named author's.
-    forged = replace(GroupChange.sign(TEHRAN, grown), author=_fp(MUSCAT))
+    forged = replace(_sign(TEHRAN, grown), author=_fp(MUSCAT))
     _refused(view, lambda: view.apply_change(forged, MUSCAT.public))
     # An outsider cannot sign one at all.
-    by_envoy = GroupChange.sign(ENVOY, grown)
+    by_envoy = _sign(ENVOY, grown)
     _refused(view, lambda: view.apply_change(by_envoy, ENVOY.public))
     # The admin can; replaying the creation (an old state) afterwards cannot.
-    view = view.apply_change(GroupChange.sign(MUSCAT, grown), MUSCAT.public)
+    view = view.apply_change(_sign(MUSCAT, grown), MUSCAT.public)
     assert view.state.member(_fp(ENVOY)) is not None
     _refused(view, lambda: view.apply_change(creation, MUSCAT.public))
     # Nor a change made on a state we do not hold (skipping an epoch).
     skipped = _state(
         {MUSCAT: True, TEHRAN: False}, epoch=view.state.epoch + 2, previous=view.state.hash
     )
-    _refused(view, lambda: view.apply_change(GroupChange.sign(MUSCAT, skipped), MUSCAT.public))
+    _refused(view, lambda: view.apply_change(_sign(MUSCAT, skipped), MUSCAT.public))
 
 
 def test_a_removed_member_cannot_post_and_old_member_lists_are_refused() -> None:
     view, _ = _genesis()
     before = view
     removed = _next(view, {MUSCAT: True, TEHRAN: False})
-    view = view.apply_change(GroupChange.sign(MUSCAT, removed), MUSCAT.public)
+    view = view.apply_change(_sign(MUSCAT, removed), MUSCAT.public)
     # Washington, removed, signs a message on the current state: not a member.
     post = _message(view, WASHINGTON, 1, b"still here?")
     _refused(view, lambda: view.accept_message(post, b"still here?", WASHINGTON.public))
@@ -185,11 +199,11 @@ def test_a_removed_member_cannot_post_and_old_member_lists_are_refused() -> None
 def test_a_member_may_leave_but_not_change_anything_else() -> None:
     view, _ = _genesis()
     leave = _next(view, {MUSCAT: True, WASHINGTON: False})
-    after = view.apply_change(GroupChange.sign(TEHRAN, leave), TEHRAN.public)
+    after = view.apply_change(_sign(TEHRAN, leave), TEHRAN.public)
     assert after.state.member(_fp(TEHRAN)) is None
     # Leaving while making itself admin, or removing another, is refused.
     grab = _next(view, {MUSCAT: True, WASHINGTON: True})
-    _refused(view, lambda: view.apply_change(GroupChange.sign(TEHRAN, grab), TEHRAN.public))
+    _refused(view, lambda: view.apply_change(_sign(TEHRAN, grab), TEHRAN.public))
 
 
 def test_state_rules_are_checked_when_decoding() -> None:
@@ -227,3 +241,71 @@ def test_decoders_refuse_junk_cleanly(data: bytes) -> None:
     for cls in (GroupState, GroupChange, SignedGroupPayload):
         with contextlib.suppress(MalformedInput):
             cls.from_bytes(data)
+
+
+def test_a_change_whose_epoch_commitment_is_edited_fails_its_signature() -> None:
+    """The stream a change opens is bound into its signature: an attacker
+    (the relay, a member) who points the change at another stream, in one
+    byte or whole, or strips the commitment, is refused by every member."""
+    view, _ = _genesis()
+    change = _sign(MUSCAT, _next(view, {MUSCAT: True, TEHRAN: False, WASHINGTON: False}))
+    assert change.next_stream is not None
+    elsewhere = StreamKeys.from_secret(bytes([99]) * 32).commitment
+    flipped = bytes([change.next_stream[0] ^ 1]) + change.next_stream[1:]
+    for forged in (replace(change, next_stream=elsewhere), replace(change, next_stream=flipped)):
+        again = type(change).from_bytes(forged.to_bytes())
+        _refused(view, lambda f=again: view.apply_change(f, MUSCAT.public))  # type: ignore[misc]
+    stripped = replace(change, next_stream=None)
+    _refused(view, lambda: view.apply_change(stripped, MUSCAT.public))
+    assert view.apply_change(change, MUSCAT.public).state == change.state
+
+
+def test_a_leave_opens_a_quiet_epoch_until_a_remaining_admin_changes_the_group() -> None:
+    """No message is accepted in the epoch a leave opens (the leaver knows
+    its secret), from any member; an admin's rekey (same members) ends it.
+    A leave that changes anything else, an admin's too, is refused."""
+    view, _ = _genesis()
+    view = view.apply_change(
+        _sign(MUSCAT, _next(view, {MUSCAT: True, TEHRAN: True, WASHINGTON: False})),
+        MUSCAT.public,
+    )
+    leave = _sign(WASHINGTON, _next(view, {MUSCAT: True, TEHRAN: True}))
+    quiet = view.apply_change(leave, WASHINGTON.public)
+    assert quiet.quiet and not view.quiet
+    said = _message(quiet, TEHRAN, 1, b"into the quiet epoch")
+    err = _refused(
+        quiet, lambda: quiet.accept_message(said, b"into the quiet epoch", TEHRAN.public)
+    )
+    assert "member who left" in str(err)
+    # Tehran (an admin) leaves and promotes Washington in one change: refused.
+    grab = _sign(TEHRAN, _next(view, {MUSCAT: True, WASHINGTON: True}))
+    _refused(view, lambda: view.apply_change(grab, TEHRAN.public))
+    rekey = _sign(MUSCAT, _next(quiet, {MUSCAT: True, TEHRAN: True}))
+    fresh = quiet.apply_change(rekey, MUSCAT.public)
+    assert not fresh.quiet and fresh.state.members == quiet.state.members
+    said = _message(fresh, TEHRAN, 1, b"now")
+    assert fresh.accept_message(said, b"now", TEHRAN.public).last[_fp(TEHRAN)][0] == 1
+    # A joiner is never welcomed by a leave.
+    with pytest.raises(GroupRejected, match="leave welcomes no one"):
+        GroupView.join(leave, WASHINGTON.public, view.state, view.head)
+
+
+def test_a_change_encoded_before_the_commitment_still_decodes_but_never_verifies() -> None:
+    """client.db rows written before fields 4 and 5 (transcript records,
+    welcomes) hold changes without them: they still decode (the rows read,
+    and a welcome's secret is found), but such a change is never applied,
+    joined by or accepted in a bundle (it would carry no commitment)."""
+    view, creation = _genesis()
+    old_style = GroupChange(
+        state=creation.state, author=creation.author, signature=creation.signature
+    )
+    data = old_style.to_bytes()
+    assert GroupChange.from_bytes(data) == old_style and old_style.next_stream is None
+    assert len(data) < len(creation.to_bytes())
+    with pytest.raises(GroupRejected, match="without a commitment"):
+        GroupView.create(GroupChange.from_bytes(data), MUSCAT.public)
+    welcome = GroupWelcome(
+        change=old_style, epoch_secret=_secret(0), head_before=ZERO, stream_of_change=ZERO
+    )
+    assert GroupWelcome.from_bytes(welcome.to_bytes()).epoch_secret == _secret(0)
+    del view

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from securechan.errors import GroupForked, GroupRejected, MalformedInput
+from securechan.errors import GroupRejected, MalformedInput
 from securechan.protocol.group import ZERO, GroupChange, GroupView, check_content
 from securechan.protocol.group_stream import (
     KIND_TEXT,
@@ -88,7 +88,9 @@ def test_a_joiner_starts_from_its_welcome_and_agrees_with_the_old_members() -> N
     muscat, _creation = _genesis()
     muscat = muscat.accept_message(_message(muscat, TEHRAN, 1, b"hello"), b"hello", TEHRAN.public)
     state1 = _next(muscat, {MUSCAT: True, TEHRAN: False, WASHINGTON: False, ENVOY: False})
-    change = GroupChange.sign(MUSCAT, state1)
+    change = GroupChange.sign(
+        MUSCAT, state1, next_stream=StreamKeys.from_secret(SECRET1).commitment, head=muscat.head
+    )
     welcome = GroupWelcome(
         change=change,
         epoch_secret=SECRET1,
@@ -107,21 +109,51 @@ def test_a_joiner_starts_from_its_welcome_and_agrees_with_the_old_members() -> N
     )
 
 
-def test_a_joiner_lied_to_about_the_head_refuses_the_next_message_as_a_fork() -> None:
+def test_a_joiner_lied_to_about_the_head_refuses_the_welcome() -> None:
+    """The change signs the head it was made on (every member applies it
+    only there): a welcome naming another head before it is refused at
+    once. Without that head in the change (a change as made before it was
+    bound) a joiner cannot start at all; on main's code the lie was found
+    only at the next message, as a fork."""
     muscat, _ = _genesis()
     state1 = _next(muscat, {MUSCAT: True, TEHRAN: False, WASHINGTON: False, ENVOY: False})
-    change = GroupChange.sign(MUSCAT, state1)
-    envoy = GroupView.join(change, MUSCAT.public, muscat.state, bytes([1]) * 32)
-    muscat = muscat.apply_change(change, MUSCAT.public)
-    with pytest.raises(GroupForked):
-        envoy.accept_record(_message(muscat, TEHRAN, 1, b"x"), TEHRAN.public)
+    change = GroupChange.sign(
+        MUSCAT, state1, next_stream=StreamKeys.from_secret(SECRET1).commitment, head=muscat.head
+    )
+    with pytest.raises(GroupRejected, match="head before the change"):
+        GroupView.join(change, MUSCAT.public, muscat.state, bytes([1]) * 32)
+    unbound = GroupChange.sign(
+        MUSCAT, state1, next_stream=StreamKeys.from_secret(SECRET1).commitment
+    )
+    with pytest.raises(GroupRejected, match="head before the change"):
+        GroupView.join(unbound, MUSCAT.public, muscat.state, muscat.head)
+    envoy = GroupView.join(change, MUSCAT.public, muscat.state, muscat.head)
+    assert envoy.head == muscat.apply_change(change, MUSCAT.public).head
+
+
+def test_a_change_made_on_another_head_is_refused_and_made_again() -> None:
+    """Muscat makes a change on its head; Tehran's message is ordered first.
+    Every member refuses the change (it names a head they passed): applied
+    on another head, a joiner's welcome could not name the head before it.
+    Made again on the new head, it is applied."""
+    muscat, _ = _genesis()
+    state1 = _next(muscat, {MUSCAT: True, TEHRAN: False, WASHINGTON: False, ENVOY: False})
+    commitment = StreamKeys.from_secret(SECRET1).commitment
+    early = GroupChange.sign(MUSCAT, state1, next_stream=commitment, head=muscat.head)
+    moved = muscat.accept_message(_message(muscat, TEHRAN, 1, b"first"), b"first", TEHRAN.public)
+    with pytest.raises(GroupRejected, match="another transcript head"):
+        moved.apply_change(early, MUSCAT.public)
+    again = GroupChange.sign(MUSCAT, state1, next_stream=commitment, head=moved.head)
+    assert moved.apply_change(again, MUSCAT.public).state == state1
 
 
 def test_a_joiner_refuses_a_change_its_previous_state_does_not_authorise() -> None:
     muscat, _ = _genesis()
     # Tehran (not an admin) "adds" an envoy; a welcome from it is refused.
     state1 = _next(muscat, {MUSCAT: True, TEHRAN: False, WASHINGTON: False, ENVOY: False})
-    forged = GroupChange.sign(TEHRAN, state1)
+    forged = GroupChange.sign(
+        TEHRAN, state1, next_stream=StreamKeys.from_secret(SECRET1).commitment
+    )
     with pytest.raises(GroupRejected):
         GroupView.join(forged, TEHRAN.public, muscat.state, muscat.head)
     with pytest.raises(GroupRejected):
@@ -165,7 +197,9 @@ def test_a_joiner_expects_the_next_numbers_of_members_who_spoke_before() -> None
         m = _message(muscat, TEHRAN, seq, b"x")
         muscat = muscat.accept_message(m, b"x", TEHRAN.public)
     state1 = _next(muscat, {MUSCAT: True, TEHRAN: False, WASHINGTON: False, ENVOY: False})
-    change = GroupChange.sign(MUSCAT, state1)
+    change = GroupChange.sign(
+        MUSCAT, state1, next_stream=StreamKeys.from_secret(SECRET1).commitment, head=muscat.head
+    )
     welcome = GroupWelcome(
         change=change,
         epoch_secret=SECRET1,

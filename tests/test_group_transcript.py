@@ -50,14 +50,26 @@ from securechan.protocol.group_stream import (
     seal_record,
 )
 from securechan.protocol.payload import TextBody
-from tests.test_group_protocol import ENVOY, MUSCAT, TEHRAN, WASHINGTON, _genesis, _message, _next
+from tests.test_group_protocol import (
+    ENVOY,
+    MUSCAT,
+    TEHRAN,
+    WASHINGTON,
+    _genesis,
+    _message,
+    _next,
+    _secret,
+    _sign,
+)
 
 # PUBLIC TEST DATA: the relay's log key is derived from a public string.
 LOG_SK = Ed25519SigningKey(hashlib.sha256(b"securechan test group relay log").digest())
 ORIGIN = "relay.example/log"
 LOG = VerifierKey(name=ORIGIN, sig_type=SIG_ED25519, public_key=LOG_SK.public)
 OTHER_SK = Ed25519SigningKey(hashlib.sha256(b"securechan test another relay").digest())
-SECRETS = {e: bytes([0x40 + e]) * 32 for e in range(4)}
+SECRETS = {e: _secret(e) for e in range(4)}  # as _genesis's creation commits
+
+
 IDS = [MUSCAT.public, TEHRAN.public, WASHINGTON.public, ENVOY.public]
 REFUSALS = (MalformedInput, VerificationFailed, UntrustedKey)  # ProofFailed, BadSignature inside
 
@@ -152,8 +164,10 @@ def _talks() -> Talks:
         post(0, GroupRecord(message=m), view, _text(text))
     post(0, b"relay noise that opens under no key" * 3, view)
     state0, head_before = view.state, view.head
-    add = GroupChange.sign(
-        MUSCAT, _next(view, {MUSCAT: True, TEHRAN: False, WASHINGTON: False, ENVOY: False})
+    add = _sign(
+        MUSCAT,
+        _next(view, {MUSCAT: True, TEHRAN: False, WASHINGTON: False, ENVOY: False}),
+        head=view.head,  # a joiner's welcome starts from it: the head is bound
     )
     stale = _message(view, WASHINGTON, 2, _text("made for epoch 0"))
     view = view.apply_change(add, MUSCAT.public)
@@ -165,7 +179,7 @@ def _talks() -> Talks:
         view = view.accept_message(m, _text(text), sender.public)
         post(1, GroupRecord(message=m), view, _text(text))
     post(1, GroupRecord(message=stale), view)  # refused: another member list
-    remove = GroupChange.sign(MUSCAT, _next(view, {MUSCAT: True, TEHRAN: False, ENVOY: False}))
+    remove = _sign(MUSCAT, _next(view, {MUSCAT: True, TEHRAN: False, ENVOY: False}))
     view = view.apply_change(remove, MUSCAT.public)
     post(1, GroupRecord(change=remove), view)
     m = _message(view, TEHRAN, 3, _text("agreed, without Washington"))
@@ -374,7 +388,7 @@ def test_a_forged_membership_change_shows_refused_and_changes_nothing() -> None:
     # the relay logs it in epoch 1's stream before Muscat's removal.
     relay = TALKS.relay.copy(6)
     view = TALKS.views[6]
-    coup = GroupChange.sign(TEHRAN, _next(view, {MUSCAT: False, TEHRAN: True, ENVOY: False}))
+    coup = _sign(TEHRAN, _next(view, {MUSCAT: False, TEHRAN: True, ENVOY: False}))
     items = [relay.proven(it, TALKS.contents.get(i)) for i, it in enumerate(TALKS.items[:7])]
     items.append(relay.proven(relay.post(1, GroupRecord(change=coup))))
     b = _bundle(items=items)
@@ -562,3 +576,58 @@ def test_a_joiners_sender_marks_are_each_confirmed_by_a_later_message() -> None:
     marks = tuple(sorted((mark, wash), key=lambda m: m.fingerprint))
     with pytest.raises(VerificationFailed, match="no later message confirms"):
         _verify(replace(b, join=replace(b.join, senders=marks)))
+
+
+def test_a_bundle_whose_next_stream_is_swapped_is_refused() -> None:
+    """Muscat (who holds every secret) exports the talks but swaps epoch 1's
+    stream for one of its own making: the same signed records of epoch 1,
+    sealed under another secret and posted to another stream (so every item
+    is logged, in order, and opens). The change that opened epoch 1 is
+    signed with a commitment to the real stream: the bundle is refused. On
+    main's code (no commitment) it verified: a bundle could not prove that
+    the next stream was the one the change announced."""
+    other = bytes([0x77]) * 32
+    keys = StreamKeys.from_secret(other)
+    relay = TALKS.relay.copy(TALKS.epoch1_change_at)
+    items = [relay.proven(TALKS.items[i]) for i in range(TALKS.epoch1_change_at + 1)]
+    real = StreamKeys.from_secret(SECRETS[1])
+    for pos, it in enumerate(TALKS.items[TALKS.epoch1_change_at + 1 : -2], start=1):
+        blob = seal_record(keys, open_record(real, it.blob))
+        relay._log(envelope_leaf_hash(b"someone else's envelope %d" % relay.tree.size))
+        index = relay._log(envelope_leaf_hash(blob))
+        items.append(
+            TranscriptItem(
+                stream_id=keys.stream_id,
+                position=pos,
+                blob=blob,
+                log_index=index,
+                inclusion_proof=b"",
+            )
+        )
+    items = [relay.proven(i) for i in items]
+    swapped = GroupTranscript.build(
+        group_id=TALKS.views[0].state.group_id,
+        items=items,
+        epoch_secrets={0: SECRETS[0], 1: other},
+        identities=IDS,
+        checkpoint=relay.checkpoint(),
+        log_key=LOG,
+    )
+    with pytest.raises(VerificationFailed, match="committed to"):
+        _verify(swapped.to_bytes())
+    # The honest bundle up to the same point verifies.
+    honest = _bundle(upto=len(TALKS.items) - 3, disclose=set())
+    assert [e.status for e in _verify(honest).entries][-1] == "refused"
+
+
+def test_a_joiners_bundle_with_another_head_before_the_join_is_refused_at_the_join() -> None:
+    """The change a joiner joined by signs the head it was made on: a bundle
+    whose join names another head before it is refused at once (before, the
+    head was its author's word, and the lie showed only as forks on the
+    later messages)."""
+    good = _joiner()
+    assert good.join is not None
+    _verify(good)
+    lied = replace(good, join=replace(good.join, head_before=bytes([1]) * 32))
+    with pytest.raises(VerificationFailed, match="head before the change"):
+        _verify(lied.to_bytes())

@@ -212,6 +212,7 @@ CLIENT_RANKS = {
     "group_sync": 4,  # groups: reading the streams
     "group_audit": 3,  # groups: the audit-log entries of what group_sync read
     "group_parts": 5,  # groups: info, files, welcome marks
+    "group_change": 5,  # groups: changes, leaves and rekeys (Groups calls it)
     "groups": 6,  # groups: changes and sends (on the outbox)
     "channel_groups": 7,  # the Channel's group methods
     "channel": 8,

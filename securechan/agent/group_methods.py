@@ -1,6 +1,6 @@
 """The agent's group methods (docs/AGENT.md, Methods; docs/CLI.md, Groups).
 
-``groupCreate``, ``groupAdd``, ``groupRemove``, ``groupLeave``,
+``groupCreate``, ``groupAdd``, ``groupRemove``, ``groupLeave``, ``groupRekey``,
 ``groupList``, ``groupShow``, ``sendGroup`` and ``groupHistory``: each
 calls the channel's ``group_*`` method under the channel lock and answers
 with the objects ``securechan group ... --json``, ``send --group --json``
@@ -71,6 +71,13 @@ async def _group_leave(state: AgentState, params: dict[str, Any]) -> Any:
     return info.to_json()
 
 
+async def _group_rekey(state: AgentState, params: dict[str, Any]) -> Any:
+    p = _params(params, group=(str, True))
+    async with state.channel_lock:
+        info = await _channel(state).group_rekey(p["group"])
+    return info.to_json()
+
+
 async def _group_list(state: AgentState, params: dict[str, Any]) -> Any:
     _params(params)
     async with state.channel_lock:
@@ -126,6 +133,7 @@ GROUP_METHODS: dict[str, Handler] = {
     "groupAdd": _group_add,
     "groupRemove": _group_remove,
     "groupLeave": _group_leave,
+    "groupRekey": _group_rekey,
     "groupList": _group_list,
     "groupShow": _group_show,
     "sendGroup": _send_group,

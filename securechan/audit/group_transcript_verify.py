@@ -40,6 +40,7 @@ from securechan.protocol.group import (
 )
 from securechan.protocol.group_stream import (
     StreamKeys,
+    check_leave,
     open_record,
 )
 from securechan.protocol.payload import FileChunk, TextBody
@@ -156,6 +157,11 @@ class _Replay:
         self.bundle = bundle
         self.checkpoint = checkpoint
         self.keys = {e.epoch: StreamKeys.from_secret(e.secret) for e in bundle.epochs}
+        self.secrets = {e.epoch: e.secret for e in bundle.epochs}
+        # epoch -> the stream commitment of the change that opened it: the
+        # bundle's secret of that epoch must give that stream (a chain of
+        # streams, each announced in a signed change).
+        self.committed: dict[int, bytes | None] = {}
         self.ids = {PublicIdentity.from_bytes(i) for i in bundle.identities}
         self.by_fp = {i.fingerprint.digest: i for i in self.ids}
         self.used: set[bytes] = set()
@@ -192,6 +198,7 @@ class _Replay:
             view = GroupView.join(join.change, author, join.previous, join.head_before, join.last())
         except GroupRejected as e:
             raise VerificationFailed(f"the join does not verify: {e}") from None
+        self.committed[view.state.epoch] = join.change.next_stream
         self.add("joined", view, view.state.epoch, None, None, author=author, state=view.state)
         return view
 
@@ -240,6 +247,12 @@ class _Replay:
             if keys is None:
                 raise VerificationFailed(f"the bundle lacks the secret of epoch {epoch}")
             self.epochs_used.add(epoch)
+            committed = self.committed.get(epoch)
+            if committed is not None and keys.commitment != committed:
+                raise VerificationFailed(
+                    f"the stream of epoch {epoch} is not the one the change that opened it "
+                    "committed to (a stream swapped)"
+                )
             if item.stream_id != keys.stream_id:
                 raise VerificationFailed(
                     f"an item of another stream than epoch {epoch}'s (dropped, reordered, "
@@ -284,6 +297,10 @@ class _Replay:
                     new = GroupView.create(change, author)
                 except GroupRejected as e:
                     raise VerificationFailed(f"the creation does not verify: {e}") from None
+                if keys.commitment != change.next_stream:
+                    raise VerificationFailed(
+                        "the stream of epoch 0 is not the one the creation committed to"
+                    )
                 self.no_content(item)
                 self.add("created", new, *where, author=author, state=new.state)
                 return new
@@ -292,9 +309,11 @@ class _Replay:
                 if author is None:
                     raise GroupRejected("the change's author is not a member")
                 new = view.apply_change(change, author)
+                check_leave(change, self.secrets[epoch])
             except GroupRejected as e:
                 self.add("refused", view, *where, author=author, reason=str(e))
                 return view
+            self.committed[new.state.epoch] = change.next_stream
             self.add("changed", new, *where, author=author, state=new.state)
             return new
         signed = record.message

@@ -36,6 +36,7 @@ SUBCOMMANDS = {
     "add": (2, 64),
     "remove": (2, 64),
     "leave": (1, 1),
+    "rekey": (1, 1),
     "list": (0, 0),
     "show": (1, 1),
 }
@@ -114,6 +115,9 @@ def serve(client: Any, parsed: Parsed, call: Callable[..., Any]) -> int:
     elif sub == "remove":
         info = call("groupRemove", group=rest[0], contacts=rest[1:])
         text = f"Removed {len(rest) - 1} member(s) from {inline(str(info['name']))}"
+    elif sub == "rekey":
+        info = call("groupRekey", group=rest[0])
+        text = f"Rekeyed group {inline(str(info['name']))} (epoch {info['epoch']})"
     else:
         info = call("groupLeave", group=rest[0])
         text = f"Left group {inline(str(info['name']))}"

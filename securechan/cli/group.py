@@ -170,6 +170,25 @@ def leave(app: _App, name: str, as_json: bool) -> None:
     _done(info, as_json, f"Left group {inline(info.name)}")
 
 
+@group.command()
+@click.argument("name", metavar="NAME", shell_complete=complete_group)
+@_json_option
+@pass_app
+def rekey(app: _App, name: str, as_json: bool) -> None:
+    """Give the group NAME a fresh epoch secret (admins only).
+
+    The members stay the same. Done by itself, by the first admin whose
+    client reads it, after a member leaves: the leaver knows the secret of
+    the epoch its leave opens, so no message goes there until a rekey."""
+
+    async def go() -> Any:
+        async with _channel(app) as ch:
+            return await ch.group_rekey(name)
+
+    info = _run(go())
+    _done(info, as_json, f"Rekeyed group {inline(info.name)} (epoch {info.epoch})")
+
+
 @group.command(name="list")
 @_json_option
 @pass_app

@@ -49,6 +49,12 @@ class GroupMethods:
         here from then on (``GroupInfo.left``)."""
         return await self.group_client.leave(group)
 
+    async def group_rekey(self, group: str) -> GroupInfo:
+        """Give the group a fresh epoch secret, same members (admins only).
+        Done by itself after a member leaves (its leave opens a quiet epoch
+        in which no message goes: docs/PROTOCOL.md §20.4); any time by hand."""
+        return await self.group_client.rekey(group)
+
     def groups(self) -> list[GroupInfo]:
         """Every group this home holds (left ones too), in the order created."""
         return self.group_client.all_groups()

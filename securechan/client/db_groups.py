@@ -86,6 +86,9 @@ class GroupRow:
     # read (the one whose copy of ``probe_stream`` is not empty wins).
     probe: tuple[str, ...] = ()
     probe_stream: bytes = b""
+    # The current epoch was opened by a leave (GroupView.quiet): no message
+    # until an admin's rekey. Absent in rows written before it (False).
+    quiet: bool = False
 
     def _sealed(self) -> bytes:
         return _pack(
@@ -102,6 +105,7 @@ class GroupRow:
                 "owed": [[t, f.hex(), b.hex()] for t, f, b in self.owed],
                 "probe": list(self.probe),
                 "probe_stream": self.probe_stream.hex(),
+                "quiet": self.quiet,
             }
         )
 
@@ -234,6 +238,7 @@ class GroupTables:
             ),
             probe=tuple(d.get("probe", [])),
             probe_stream=bytes.fromhex(d.get("probe_stream", "")),
+            quiet=bool(d.get("quiet", False)),
         )
 
     def forget_group(self, group_id: bytes) -> None:

@@ -61,7 +61,11 @@ def entry_id(record_hash: bytes) -> str:
 def view_of(row: GroupRow) -> GroupView:
     """The view a stored group row holds."""
     return GroupView(
-        state=GroupState.from_bytes(row.state), head=row.head, last=dict(row.last), heads=row.heads
+        state=GroupState.from_bytes(row.state),
+        head=row.head,
+        last=dict(row.last),
+        heads=row.heads,
+        quiet=row.quiet,
     )
 
 
@@ -75,6 +79,7 @@ def with_view(row: GroupRow, view: GroupView) -> GroupRow:
         heads=view.heads,
         last=dict(view.last),
         started=True,
+        quiet=view.quiet,
     )
 
 

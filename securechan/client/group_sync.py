@@ -60,6 +60,8 @@ from securechan.protocol.group_stream import (
     GroupRecord,
     GroupWelcome,
     StreamKeys,
+    check_leave,
+    leave_secret,
     open_record,
 )
 from securechan.protocol.payload import FileChunk
@@ -103,12 +105,18 @@ class GroupReader:
         contact = self._ctx.find_contact(Fingerprint(fingerprint))
         return contact.name if contact is not None else fingerprint.hex()
 
-    def keys(self, row: GroupRow) -> StreamKeys | None:
-        """The current epoch's stream keys, if we hold its secret."""
+    def secret(self, row: GroupRow) -> bytes | None:
+        """The current epoch's secret, if we hold it (its welcome, checked
+        against the change that opened the epoch when it was decoded)."""
         data = self._ctx.db.welcome(row.group_id, row.epoch, row.opened_by)
         if data is None:
             return None
-        return StreamKeys.from_secret(GroupWelcome.from_bytes(data).epoch_secret)
+        return GroupWelcome.from_bytes(data).epoch_secret
+
+    def keys(self, row: GroupRow) -> StreamKeys | None:
+        """The current epoch's stream keys, if we hold its secret."""
+        secret = self.secret(row)
+        return None if secret is None else StreamKeys.from_secret(secret)
 
     def entry(self, row: GroupRow, t: TranscriptRow) -> GroupEntry:
         """A transcript row as the library shows it."""
@@ -248,7 +256,9 @@ class GroupReader:
         if record is None:
             t = replace(base, summary="a stream item that does not open (skipped by every member)")
         elif record.change is not None:
-            t, new, stop = self._change(row, replace(base, record=record.to_bytes()), record.change)
+            t, new, stop = self._change(
+                row, replace(base, record=record.to_bytes()), record.change, keys
+            )
         elif record.message is not None:
             t, new = self._message(row, replace(base, record=record.to_bytes()), record.message)
         else:  # GroupRecord's decoder makes this unreachable
@@ -297,31 +307,39 @@ class GroupReader:
         )
 
     def _change(
-        self, row: GroupRow, t: TranscriptRow, change: GroupChange
+        self, row: GroupRow, t: TranscriptRow, change: GroupChange, keys: StreamKeys
     ) -> tuple[TranscriptRow, GroupRow, bool]:
         t = replace(t, record_hash=change.hash, sender=change.author)
         author = self.identity(change.author)
         names = {fp: self.name(fp) for fp in _members(row, change)}
+        secret = self.secret(row)
         try:
             if author is None:
                 raise GroupRejected("the change's author is not one of this member's contacts")
+            if secret is None:  # pragma: no cover - the stream was read with it
+                raise GroupRejected("the current epoch's secret is not held")
             if not row.started:
-                if change.state.hash != GroupState.from_bytes(row.state).hash:
+                if change.hash != row.opened_by:
                     raise GroupRejected("not the creation this member was welcomed to")
                 view = GroupView.create(change, author)
-                old = None
+                old_view = None
             else:
                 old_view = view_of(row)
                 view = old_view.apply_change(change, author)
-                old = old_view.state
+                # A leave commits to the epoch derived from this one's secret.
+                check_leave(change, secret)
         except GroupRejected as e:
             return replace(t, summary=str(e)), row, False
         me = self._ctx.identity.fingerprint.digest
         left = view.state.member(me) is None
-        summary = describe_change(old, view.state, names)
+        summary = describe_change(old_view.state if old_view else None, view.state, names)
         new = with_view(row, view)
-        if old is None:
+        if old_view is None:
             return replace(t, status="change", summary=summary), new, False
+        if change.leaves() and not left:
+            _keep_leave_secret(
+                self._ctx, change, leave_secret(secret, change.state), old_view, keys
+            )
         new = replace(new, opened_by=change.hash, left=left)
         return replace(t, status="change", summary=summary), new, True
 
@@ -455,6 +473,24 @@ class GroupReader:
                     )
                 )
         return out
+
+
+def _keep_leave_secret(
+    ctx: Context, change: GroupChange, secret: bytes, before: GroupView, keys: StreamKeys
+) -> None:
+    """No one sends a welcome for a leave: its epoch's secret is derived
+    (``leave_secret``); keep it as the welcome of that epoch."""
+    derived = GroupWelcome(
+        change=change,
+        epoch_secret=secret,
+        head_before=before.head,
+        stream_of_change=keys.stream_id,
+        previous=before.state,
+    )
+    state = change.state
+    ctx.db.put_welcome(
+        state.group_id, state.epoch, change.hash, change.author, derived.to_bytes(), ctx.now()
+    )
 
 
 def _members(row: GroupRow, change: GroupChange) -> set[bytes]:

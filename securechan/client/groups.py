@@ -36,6 +36,7 @@ from dataclasses import replace
 from securechan.client.context import Context
 from securechan.client.db_groups import DeliveryRow, GroupRow
 from securechan.client.group_carriage import entry_id, fan_out, local_name, view_of
+from securechan.client.group_change import audible, make_change, rekey_quiet
 from securechan.client.group_parts import (
     debt_due,
     file_chunks,
@@ -44,7 +45,6 @@ from securechan.client.group_parts import (
     owe,
     post_record,
     read_file,
-    sender_marks,
 )
 from securechan.client.group_results import GroupEntry, GroupInfo, GroupSent
 from securechan.client.group_sync import GroupReader
@@ -110,8 +110,13 @@ class Groups:
             Callable[[], Awaitable[list[Received | Rejected | GroupEntry]]] | None
         ) = None
         self.stashed: list[Received | Rejected | GroupEntry] = []
+        self.changing = False  # a change under way (its receive passes do not rekey)
 
     # --- what we hold -----------------------------------------------------------
+
+    @property
+    def ctx(self) -> Context:
+        return self._ctx
 
     def row(self, group: str) -> GroupRow:
         """The group with this local name (or group id hex); NotFound."""
@@ -159,9 +164,9 @@ class Groups:
             )
         except (MalformedInput, ValueError) as e:
             raise UsageError(f"cannot create group {name!r}: {e}") from None
-        change = GroupChange.sign(ctx.identity, state)
         secret = ctx.random(32)
         keys = StreamKeys.from_secret(secret)
+        change = GroupChange.sign(ctx.identity, state, next_stream=keys.commitment, head=ZERO)
         welcome = GroupWelcome(
             change=change, epoch_secret=secret, head_before=ZERO, stream_of_change=keys.stream_id
         )
@@ -184,7 +189,7 @@ class Groups:
             )
         row = self.row(state.group_id.hex())
         try:
-            await self._post(row, keys, GroupRecord(change=change))
+            await self.post(row, keys, GroupRecord(change=change))
         except RelayError:
             # Not in the stream (or its answer lost: an orphan no one reads):
             # nothing to keep; the user creates it again.
@@ -195,7 +200,7 @@ class Groups:
         row = self.row(state.group_id.hex())
         if not row.started or GroupState.from_bytes(row.state).hash != state.hash:
             raise GroupRejected(f"the creation of group {name!r} was not applied in its stream")
-        await self._welcome(welcome, exclude=me)
+        await self.welcome(welcome, exclude=me)
         return self.info(self.row(state.group_id.hex()))
 
     async def add(self, group: str, contacts: Sequence[str]) -> GroupInfo:
@@ -224,58 +229,25 @@ class Groups:
             group, lambda old: tuple(m for m in old.members if m.fingerprint != me)
         )
 
-    async def _change(
-        self, group: str, members: Callable[[GroupState], tuple[GroupMember, ...]]
-    ) -> GroupInfo:
-        ctx = self._ctx
-        row = await self._current(group)
-        view = view_of(row)
-        old = view.state
-        try:
-            state = GroupState(
-                group_id=old.group_id,
-                epoch=old.epoch + 1,
-                name=old.name,
-                members=members(old),
-                previous=old.hash,
-            )
-        except (MalformedInput, ValueError) as e:
-            raise UsageError(f"cannot change group {row.name!r}: {e}") from None
-        if state.members == old.members:
-            raise UsageError(f"group {row.name!r} would not change")
-        me = ctx.identity.fingerprint.digest
-        who = old.member(me)
-        if who is None or (not who.admin and state.member(me) is not None):
-            raise UsageError(f"only an admin of group {row.name!r} may change its members")
-        change = GroupChange.sign(ctx.identity, state)
-        keys = self._keys(row)
-        secret = ctx.random(32)
-        welcome = GroupWelcome(
-            change=change,
-            epoch_secret=secret,
-            head_before=view.head,
-            stream_of_change=keys.stream_id,
-            previous=old,
-            **sender_marks(view.last),
-        )
-        with ctx.db.transaction():
-            ctx.db.put_welcome(
-                old.group_id, state.epoch, change.hash, me, welcome.to_bytes(), ctx.now()
-            )
-        await self._post(row, keys, GroupRecord(change=change))
-        await self.reader.sync(row.group_id)
-        after = self.row(row.group_id.hex())
-        if after.opened_by != change.hash:
-            mine = ctx.db.transcript(row.group_id, record_hash=change.hash, limit=1)
-            why = mine[0].summary if mine else "another change came first"
-            raise GroupRejected(
-                f"the change to group {row.name!r} was refused ({why}); "
-                "look at the group and try again"
-            )
-        await self._welcome(welcome, exclude=me)
-        return self.info(after)
+    async def rekey(self, group: str) -> GroupInfo:
+        """See :meth:`Channel.group_rekey`: a change with the same members
+        and a fresh epoch secret (admins only)."""
+        return await self._change(group, lambda old: old.members, rekey=True)
 
-    async def _welcome(
+    async def _change(
+        self,
+        group: str,
+        members: Callable[[GroupState], tuple[GroupMember, ...]],
+        *,
+        rekey: bool = False,
+    ) -> GroupInfo:
+        changing, self.changing = self.changing, True
+        try:
+            return await make_change(self, group, members, rekey=rekey)
+        finally:
+            self.changing = changing
+
+    async def welcome(
         self, welcome: GroupWelcome, *, exclude: bytes
     ) -> tuple[list[str], list[str]]:
         """Send ``welcome`` pairwise to every member of its state but us."""
@@ -327,7 +299,9 @@ class Groups:
         return res.pending == 0, True
 
     async def pay_debts(self) -> None:
-        """Send again what could not be queued (see :meth:`_pairwise`)."""
+        """Send again what could not be queued (see :meth:`_pairwise`);
+        first rekey the groups a leave left quiet (``group_change.rekey_quiet``)."""
+        await rekey_quiet(self)
         for row in self._ctx.db.groups():
             if not row.owed:
                 continue
@@ -376,7 +350,7 @@ class Groups:
         ctx, db = self._ctx, self._ctx.db
         me = ctx.identity.fingerprint.digest
         for _ in range(SEND_TRIES):
-            row = await self._current(group)
+            row = await audible(self, group)
             view = view_of(row)
             if view.state.member(me) is None:
                 raise UsageError(f"you are not a member of group {row.name!r}")
@@ -411,7 +385,7 @@ class Groups:
                 )
             keys = self._keys(row)
             try:
-                position, log_index = await self._post(row, keys, GroupRecord(message=signed))
+                position, log_index = await self.post(row, keys, GroupRecord(message=signed))
             except RelayError:
                 # The record may be in the stream (an answer lost): its content
                 # is owed to the others, sent once a read shows it (pay_debts).
@@ -449,7 +423,7 @@ class Groups:
         out, self.stashed = self.stashed, []
         return out
 
-    async def _current(self, group: str) -> GroupRow:
+    async def current(self, group: str) -> GroupRow:
         """The group, synced; UsageError if we cannot act in it now."""
         row = self.row(group)
         await self.reader.sync(row.group_id)
@@ -474,12 +448,15 @@ class Groups:
         return row
 
     def _keys(self, row: GroupRow) -> StreamKeys:
-        keys = self.reader.keys(row)
-        if keys is None:
+        return StreamKeys.from_secret(self.secret_of(row))
+
+    def secret_of(self, row: GroupRow) -> bytes:
+        secret = self.reader.secret(row)
+        if secret is None:
             raise UsageError(
                 f"group {row.name!r} is waiting for its current epoch's key; run receive"
             )
-        return keys
+        return secret
 
-    async def _post(self, row: GroupRow, keys: StreamKeys, record: GroupRecord) -> tuple[int, int]:
+    async def post(self, row: GroupRow, keys: StreamKeys, record: GroupRecord) -> tuple[int, int]:
         return await post_record(self._ctx, self._logs, row, keys, record)

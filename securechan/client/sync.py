@@ -110,6 +110,11 @@ class SyncChannel:
         result: GroupInfo = self._run(self.channel.group_leave(group))
         return result
 
+    def group_rekey(self, group: str) -> GroupInfo:
+        """See :meth:`Channel.group_rekey`."""
+        result: GroupInfo = self._run(self.channel.group_rekey(group))
+        return result
+
     def send_group(
         self, group: str, *, text: str | None = None, path: str | None = None
     ) -> GroupSent:

@@ -12,11 +12,20 @@ a record a fact-checker can use, is explicit state:
   repeats, at least one admin) and ``previous``, the hash of the state it
   replaces (zeros at epoch 0). Its hash names it.
 - **GroupChange** (0x0112): a new state signed by its author (composite
-  ML-DSA-65 + Ed25519, context ``securechan/v1/group-change``). Authorised
-  by the previous state: an admin may make any change (add, remove, grant or
-  revoke admin) that leaves an admin; any member may leave (the new state is
-  the old one without it, nothing else changed; the last admin cannot). The
-  creation (epoch 0) is authorised by its author being an admin member of it.
+  ML-DSA-65 + Ed25519, context ``securechan/v1/group-change``) with a
+  commitment to the stream of the epoch it opens (``next_stream``,
+  :func:`stream_commitment` of that stream's id: a welcome's secret and a
+  bundle's next stream are checked against it) and the transcript head it
+  was made on (``head``: applied only on that head, so a joiner's welcome
+  cannot lie about the head before the change). Authorised by the previous
+  state: an admin may make any change (add, remove, grant or revoke admin,
+  or none: a rekey) that leaves an admin; any member may leave (the new
+  state is the old one without it, nothing else changed; the last admin
+  cannot). A leave opens a *quiet* epoch (its secret is derived from the
+  one the leaver held, so the leaver knows it): no message is accepted in
+  it until a remaining member's change (an admin's rekey) opens a fresh
+  one. The creation (epoch 0) is authorised by its author being an admin
+  member of it.
 - **GroupPayload** (0x0113) signed in a **SignedGroupPayload** (0x0114,
   context ``securechan/v1/group-message``): group id, the hash of the state
   the sender holds, the sender, its group sequence number (1, 2, ...), the
@@ -68,6 +77,7 @@ __all__ = [
     "SignedGroupPayload",
     "check_content",
     "commit_content",
+    "stream_commitment",
 ]
 
 CONTEXT_GROUP_CHANGE = b"securechan/v1/group-change"
@@ -75,6 +85,7 @@ CONTEXT_GROUP_MESSAGE = b"securechan/v1/group-message"
 _STATE_LABEL = b"securechan/v1/group-state\x00"
 _HEAD_LABEL = b"securechan/v1/group-head\x00"
 _CONTENT_LABEL = b"securechan/v1/group-content\x00"
+_STREAM_LABEL = b"securechan/v1/group-next-stream\x00"
 MAX_MEMBERS = 20
 MAX_NAME = 64
 # Transcript heads a member remembers, to recognise the one a sender names
@@ -147,26 +158,58 @@ class GroupChange:
     state: Annotated[GroupState, wire.nested(1, max_len=4096)]
     author: Annotated[bytes, wire.bytes_(2, size=32)]
     signature: Annotated[bytes, wire.bytes_(3, size=HYBRID_SIGNATURE_SIZE)]
+    # stream_commitment() of the stream id of the epoch this change opens.
+    # Absent only in encodings made before it existed (still decoded, so
+    # old client.db rows read; never verified: see verify()).
+    next_stream: Annotated[bytes | None, wire.bytes_(4, size=32)] = None
+    # The transcript head the change was made on: the head just before it
+    # once applied (a member applies it only on that head), so a joiner's
+    # welcome cannot lie about the history before the change. Optional for
+    # members (a change without it is applied on any head, as before it
+    # existed); required to start a joiner's view (GroupView.join).
+    head: Annotated[bytes | None, wire.bytes_(5, size=32)] = None
     _raw: bytes | None = field(default=None, init=False, compare=False, repr=False)
 
     @classmethod
-    def sign(cls, author: Identity, state: GroupState) -> GroupChange:
+    def sign(
+        cls,
+        author: Identity,
+        state: GroupState,
+        *,
+        next_stream: bytes,
+        head: bytes | None = None,
+    ) -> GroupChange:
+        """``next_stream``: :func:`stream_commitment` of the new epoch's
+        stream id (``StreamKeys.commitment``); ``head``: the transcript head
+        the author holds (the client always gives it; ZERO for a creation)."""
+        if len(next_stream) != 32 or (head is not None and len(head) != 32):
+            raise ValueError("a stream commitment and a head are 32 bytes")
         fp = author.fingerprint.digest
-        sig = author.sign(_change_message(state, fp), context=CONTEXT_GROUP_CHANGE)
-        return cls(state=state, author=fp, signature=sig)
+        message = _change_message(state, fp, next_stream, head)
+        sig = author.sign(message, context=CONTEXT_GROUP_CHANGE)
+        return cls(state=state, author=fp, signature=sig, next_stream=next_stream, head=head)
 
     def verify(self, author: PublicIdentity) -> None:
         """Raise :class:`GroupRejected` unless ``author`` (the named one) signed it."""
         if author.fingerprint.digest != self.author:
             raise GroupRejected("the change names another author")
+        if self.next_stream is None:
+            raise GroupRejected(
+                "a group change without a commitment to its epoch's stream (made by a "
+                "version before it was bound)"
+            )
         try:
             author.verify(
                 self.signature,
-                _change_message(self.state, self.author),
+                _change_message(self.state, self.author, self.next_stream, self.head),
                 context=CONTEXT_GROUP_CHANGE,
             )
         except Exception as e:  # BadSignature
             raise GroupRejected("the change's signature does not verify") from e
+
+    def leaves(self) -> bool:
+        """Whether the change's author is not in the state it makes (a leave)."""
+        return self.state.member(self.author) is None
 
     @property
     def hash(self) -> bytes:
@@ -180,8 +223,24 @@ class GroupChange:
         return wire.decode_record(cls, data)
 
 
-def _change_message(state: GroupState, author: bytes) -> bytes:
-    return state.to_bytes() + author
+def _change_message(
+    state: GroupState, author: bytes, next_stream: bytes, head: bytes | None
+) -> bytes:
+    bound = b"\x00" if head is None else b"\x01" + head
+    return state.to_bytes() + author + next_stream + bound
+
+
+def stream_commitment(stream_id: bytes) -> bytes:
+    """What a change binds of the stream its epoch uses:
+    ``SHA-256("securechan/v1/group-next-stream" 0x00 || stream_id)``. Not
+    the stream id itself: whoever reads the change (a member who leaves or is
+    removed by it, reading the stream it is posted in) must not learn where
+    the next epoch's records are (it could read their sizes and times, and
+    post noise there); a third party given the next epoch's secret (a
+    transcript bundle) checks it."""
+    if len(stream_id) != 32:
+        raise ValueError("a stream id is 32 bytes")
+    return sha256(_STREAM_LABEL + stream_id)
 
 
 @wire.record(0x0113, "GroupPayload")
@@ -252,6 +311,11 @@ class GroupView:
     # sender -> (its last sequence number, that message's signed hash)
     last: Mapping[bytes, tuple[int, bytes]] = field(default_factory=dict)  # never mutated: copied
     heads: tuple[bytes, ...] = ()  # recent heads, newest last (bounded)
+    # The current epoch was opened by a leave: its secret is derived from
+    # the one the leaver held (``group_stream.leave_secret``), so no message
+    # is accepted in it; a remaining member's change (an admin's rekey)
+    # opens a fresh epoch and ends it.
+    quiet: bool = False
 
     @classmethod
     def create(cls, change: GroupChange, author: PublicIdentity) -> GroupView:
@@ -260,6 +324,8 @@ class GroupView:
         if state.epoch != 0:
             raise GroupRejected("a group starts at epoch 0")
         change.verify(author)
+        if change.head not in (None, ZERO):
+            raise GroupRejected("a creation follows no transcript head")
         me = state.member(change.author)
         if me is None or not me.admin:
             raise GroupRejected("the creator is not an admin member of the group it made")
@@ -279,15 +345,23 @@ class GroupView:
         if new.epoch != old.epoch + 1 or new.previous != old.hash:
             # An old state replayed, or one made on a state we do not hold.
             raise GroupRejected(f"the change does not follow the current state (epoch {old.epoch})")
+        if change.head is not None and change.head != self.head:
+            raise GroupRejected(
+                "the change was made on another transcript head (a record came first); "
+                "its author makes it again"
+            )
         change.verify(author)
         who = old.member(change.author)
         if who is None:
             raise GroupRejected("the change's author is not a member")
-        if not who.admin:
-            leaving = tuple(m for m in old.members if m.fingerprint != change.author)
-            if new.members != leaving or new.name != old.name:
-                raise GroupRejected("only an admin may change the group; a member may only leave")
-        return self._advance(change.hash, state=new)
+        leaving = tuple(m for m in old.members if m.fingerprint != change.author)
+        if change.leaves() and (new.members != leaving or new.name != old.name):
+            # A leave changes nothing else (no one joins an epoch whose
+            # secret a non-member knows), an admin's as anyone's.
+            raise GroupRejected("a change by a member who leaves must change nothing else")
+        if not who.admin and not change.leaves():
+            raise GroupRejected("only an admin may change the group; a member may only leave")
+        return self._advance(change.hash, state=new, quiet=change.leaves())
 
     @classmethod
     def join(
@@ -302,19 +376,28 @@ class GroupView:
         change to a state that names it), from its welcome: ``previous`` is
         the state the change replaces (None for a creation), ``head_before``
         the transcript head before the change. The joiner checks that the
-        change follows ``previous`` and is authorised by it; it takes the
-        author's word for ``previous`` and ``head_before`` (the author signed
-        the change, which names ``previous`` by hash; a wrong head makes
-        every later message name a head the joiner never had: GroupForked).
-        ``last`` is each sender's last sequence number and signed-payload
-        hash at ``head_before`` (also the author's word), so the joiner
-        expects the same next numbers as the members who were there."""
+        change follows ``previous`` (named by hash in the signed state) and
+        is authorised by it, and that ``head_before`` is the head the signed
+        change was made on (``change.head``: every member applies the change
+        only on that head). ``last`` is each sender's last sequence number
+        and signed-payload hash at ``head_before`` (the author's word: a
+        wrong mark makes a sender's next message a gap or a replay for this
+        joiner alone), so the joiner expects the same next numbers as the
+        members who were there."""
         if change.state.epoch == 0:
             if previous is not None or head_before != ZERO:
                 raise GroupRejected("a creation follows no state")
             return cls.create(change, author)
         if previous is None:
             raise GroupRejected("a joiner needs the state the change replaces")
+        if change.leaves():
+            raise GroupRejected("a leave welcomes no one (its epoch's secret is derived)")
+        if change.head is None or change.head != head_before:
+            # The change names the head it was made on, signed: the welcome's
+            # head before it is no longer its author's word alone.
+            raise GroupRejected(
+                "the welcome's head before the change is not the one it was made on"
+            )
         marks = dict(last or {})
         # Marks may name former members too (one removed and added back
         # continues its numbers), never a number 0.
@@ -342,6 +425,11 @@ class GroupView:
         p = signed.payload
         if p.group_id != self.state.group_id:
             raise GroupRejected("the message is for another group")
+        if self.quiet:
+            raise GroupRejected(
+                "a message in an epoch opened by a member who left (that member knows its "
+                "secret): no message until an admin rekeys the group"
+            )
         if self.state.member(p.sender) is None:
             raise GroupRejected("the sender is not a member of the group")
         if p.state_hash != self.state.hash:

@@ -7,7 +7,14 @@ model). The relay must learn nothing, so what it stores is a sealed blob:
 
 - every epoch has a 32-byte random **epoch secret**, chosen by the author of
   the change that opens it (the creator for epoch 0) and sent to the
-  members of that epoch pairwise, in a :class:`GroupWelcome`;
+  members of that epoch pairwise, in a :class:`GroupWelcome`; the change
+  commits to it (``GroupChange.next_stream``, ``StreamKeys.commitment``),
+  and a welcome whose secret does not match its change is refused. A leave
+  chooses none: its epoch's secret is :func:`leave_secret` of the current
+  one (so no member depends on the leaver's welcome, and the leaver learns
+  nothing it did not hold); that epoch is *quiet* (no message is accepted)
+  until a remaining admin's change opens a fresh one (docs/PROTOCOL.md
+  §20.4);
 - ``stream_id = HKDF-SHA256(secret, "", "securechan/v1/group-stream-id")``
   names the stream at the relay; ``stream_key`` (info
   ``securechan/v1/group-stream-key``) seals each :class:`GroupRecord` with
@@ -30,9 +37,15 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from securechan import wire
-from securechan.errors import MalformedInput, VerificationFailed
-from securechan.primitives import aead_decrypt, aead_encrypt, hkdf_sha256
-from securechan.protocol.group import MAX_MEMBERS, GroupChange, GroupState, SignedGroupPayload
+from securechan.errors import GroupRejected, MalformedInput, VerificationFailed
+from securechan.primitives import aead_decrypt, aead_encrypt, constant_time_equal, hkdf_sha256
+from securechan.protocol.group import (
+    MAX_MEMBERS,
+    GroupChange,
+    GroupState,
+    SignedGroupPayload,
+    stream_commitment,
+)
 from securechan.protocol.padding import pad, unpad
 
 __all__ = [
@@ -44,12 +57,15 @@ __all__ = [
     "GroupSenderMark",
     "GroupWelcome",
     "StreamKeys",
+    "check_leave",
+    "leave_secret",
     "open_record",
     "seal_record",
 ]
 
 _ID_INFO = b"securechan/v1/group-stream-id"
 _KEY_INFO = b"securechan/v1/group-stream-key"
+_LEAVE_INFO = b"securechan/v1/group-leave-secret"
 # The largest blob a relay takes on a group stream (a change of 20 members
 # is about 4.3 KiB sealed; a message record about 3.9 KiB).
 MAX_BLOB = 16 * 1024
@@ -79,6 +95,33 @@ class StreamKeys:
             stream_id=hkdf_sha256(epoch_secret, salt=b"", info=_ID_INFO, length=32),
             key=hkdf_sha256(epoch_secret, salt=b"", info=_KEY_INFO, length=32),
         )
+
+    @property
+    def commitment(self) -> bytes:
+        """What a change opening this epoch binds (``GroupChange.next_stream``)."""
+        return stream_commitment(self.stream_id)
+
+
+def leave_secret(epoch_secret: bytes, state: GroupState) -> bytes:
+    """The secret of the epoch a leave opens: ``HKDF-SHA256(current secret,
+    salt = SHA-256 name of the new state, info = "securechan/v1/group-leave-secret")``.
+    Every member of the current epoch (the leaver too) can derive it: a leave
+    adds no secret, and the epoch it opens is quiet until an admin's rekey."""
+    if len(epoch_secret) != 32:
+        raise ValueError("an epoch secret is 32 bytes")
+    return hkdf_sha256(epoch_secret, salt=state.hash, info=_LEAVE_INFO, length=32)
+
+
+def check_leave(change: GroupChange, epoch_secret: bytes) -> None:
+    """Raise :class:`GroupRejected` unless a leave ``change`` read in the
+    stream whose secret is ``epoch_secret`` commits to the derived stream
+    (:func:`leave_secret`). Nothing for other changes (their author chose a
+    fresh secret and welcomes the members with it)."""
+    if not change.leaves() or change.next_stream is None:
+        return
+    derived = StreamKeys.from_secret(leave_secret(epoch_secret, change.state))
+    if not constant_time_equal(derived.commitment, change.next_stream):
+        raise GroupRejected("a leave that does not open the epoch derived from the current one")
 
 
 @wire.record(0x0115, "GroupRecord")
@@ -163,6 +206,14 @@ class GroupWelcome:
     ] = None
 
     def __post_init__(self) -> None:
+        committed = self.change.next_stream
+        if committed is not None and not constant_time_equal(
+            StreamKeys.from_secret(self.epoch_secret).commitment, committed
+        ):
+            # The secret must open the stream the author signed for (a
+            # welcome cannot lead a member to another stream than the one
+            # the change, ordered in the stream, announced).
+            raise MalformedInput("a welcome's epoch secret is not the one its change commits to")
         if self.senders is not None:
             prints = [m.fingerprint for m in self.senders]
             if not prints or prints != sorted(set(prints)):

@@ -1,0 +1,215 @@
+"""Groups: membership changes, and no message into an epoch a former member
+knows (issue 17; docs/PROTOCOL.md §20.4, §20.6).
+
+:func:`make_change` is every change's send side (create aside): sign the
+new state with a commitment to the stream of the epoch it opens, post it
+sealed to the current epoch's stream, read the stream until it is applied,
+and only then send the :class:`GroupWelcome` pairwise to every other member
+of the new state. A change that loses to a concurrent one is refused
+(:class:`GroupRejected`): nothing was sent pairwise.
+
+A leave picks no secret: the epoch it opens takes one derived from the
+current epoch's (``protocol.group_stream.leave_secret``), which the leaver
+held, so that epoch is *quiet*: every member refuses messages in it
+(``GroupView.quiet``), and no welcome is sent (each member derives the
+secret). It ends with a remaining member's change, which brings a fresh
+secret: an admin's **rekey** (same members).
+
+* :func:`rekey_quiet`, run after each receive pass (``Groups.pay_debts``):
+  an admin whose client has applied a leave rekeys the group at once. Two
+  admins doing so at once post two rekeys in the quiet epoch's stream; the
+  stream's order decides, the second no longer follows the current state
+  and is refused by every member (its author sent nothing pairwise);
+* :func:`audible`, before a group message is made: an admin rekeys a quiet
+  group first; a member who is not waits a little for an admin's rekey
+  (receive passes), then is refused with one line saying what to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from securechan.client.context import Context
+from securechan.client.db_groups import GroupRow
+from securechan.client.group_carriage import view_of
+from securechan.client.group_results import GroupEntry, GroupInfo
+from securechan.client.group_sync import GroupReader
+from securechan.client.results import Received, Rejected
+from securechan.errors import GroupRejected, MalformedInput, SecurechanError, UsageError
+from securechan.protocol.group import GroupChange, GroupMember, GroupState
+from securechan.protocol.group_stream import GroupRecord, GroupWelcome, StreamKeys, leave_secret
+
+__all__ = ["GroupsLike", "audible", "make_change", "rekey_quiet"]
+
+# Pauses (seconds) between receive passes while a member who is not an
+# admin waits for an admin's rekey.
+REKEY_WAIT = (0.0, 0.25, 0.5, 1.0, 2.0)
+# A change refused because a record came first (it names the head it was
+# made on) is made again on the new head, at most this many times in all.
+CHANGE_TRIES = 3
+
+
+class GroupsLike(Protocol):
+    """What this module uses of ``client.groups.Groups``."""
+
+    reader: GroupReader
+    changing: bool
+    receive_pass: Callable[[], Awaitable[list[Received | Rejected | GroupEntry]]] | None
+    stashed: list[Received | Rejected | GroupEntry]
+
+    @property
+    def ctx(self) -> Context: ...
+
+    def row(self, group: str) -> GroupRow: ...
+
+    def info(self, row: GroupRow) -> GroupInfo: ...
+
+    async def current(self, group: str) -> GroupRow: ...
+
+    async def rekey(self, group: str) -> GroupInfo: ...
+
+    def secret_of(self, row: GroupRow) -> bytes: ...
+
+    async def post(
+        self, row: GroupRow, keys: StreamKeys, record: GroupRecord
+    ) -> tuple[int, int]: ...
+
+    async def welcome(
+        self, welcome: GroupWelcome, *, exclude: bytes
+    ) -> tuple[list[str], list[str]]: ...
+
+
+async def make_change(
+    groups: GroupsLike,
+    group: str,
+    members: Callable[[GroupState], tuple[GroupMember, ...]],
+    *,
+    rekey: bool,
+) -> GroupInfo:
+    """The change of ``group`` to ``members(current state)`` (the same
+    members: only with ``rekey``), made, posted, applied, then welcomed."""
+    for attempt in range(CHANGE_TRIES):
+        info = await _try_change(
+            groups, group, members, rekey=rekey, last=attempt + 1 == CHANGE_TRIES
+        )
+        if info is not None:
+            return info
+    raise AssertionError("unreachable: the last try raises")  # pragma: no cover
+
+
+async def _try_change(
+    groups: GroupsLike,
+    group: str,
+    members: Callable[[GroupState], tuple[GroupMember, ...]],
+    *,
+    rekey: bool,
+    last: bool,
+) -> GroupInfo | None:
+    """One try; None when a record came first (made again on the new head)."""
+    ctx = groups.ctx
+    row = await groups.current(group)
+    view = view_of(row)
+    old = view.state
+    try:
+        state = GroupState(
+            group_id=old.group_id,
+            epoch=old.epoch + 1,
+            name=old.name,
+            members=members(old),
+            previous=old.hash,
+        )
+    except (MalformedInput, ValueError) as e:
+        raise UsageError(f"cannot change group {row.name!r}: {e}") from None
+    if state.members == old.members and not rekey:
+        raise UsageError(f"group {row.name!r} would not change")
+    me = ctx.identity.fingerprint.digest
+    who = old.member(me)
+    if who is None or (not who.admin and state.member(me) is not None):
+        what = "rekey it" if rekey else "change its members"
+        raise UsageError(f"only an admin of group {row.name!r} may {what}")
+    current = groups.secret_of(row)
+    keys = StreamKeys.from_secret(current)
+    leaving = state.member(me) is None
+    # A leave picks no secret: the epoch it opens is derived from the
+    # current one (quiet until a remaining admin's rekey).
+    secret = leave_secret(current, state) if leaving else ctx.random(32)
+    change = GroupChange.sign(
+        ctx.identity,
+        state,
+        next_stream=StreamKeys.from_secret(secret).commitment,
+        head=view.head,  # applied only on this head: a joiner's head_before is bound
+    )
+    welcome = GroupWelcome(
+        change=change,
+        epoch_secret=secret,
+        head_before=view.head,
+        stream_of_change=keys.stream_id,
+        previous=old,
+        senders=GroupWelcome.marks(view.last),  # each sender's last number, for joiners
+    )
+    if not leaving:
+        with ctx.db.transaction():
+            ctx.db.put_welcome(
+                old.group_id, state.epoch, change.hash, me, welcome.to_bytes(), ctx.now()
+            )
+    await groups.post(row, keys, GroupRecord(change=change))
+    await groups.reader.sync(row.group_id)
+    after = groups.row(row.group_id.hex())
+    if after.opened_by != change.hash:
+        mine = ctx.db.transcript(row.group_id, record_hash=change.hash, limit=1)
+        why = mine[0].summary if mine else "another change came first"
+        if mine and "another transcript head" in why and not last:
+            return None  # a message came first: make it again on the new head
+        raise GroupRejected(
+            f"the change to group {row.name!r} was refused ({why}); look at the group and try again"
+        )
+    if not leaving:  # the others derive a leave's secret: no welcome
+        await groups.welcome(welcome, exclude=me)
+    return groups.info(after)
+
+
+def _admin(groups: GroupsLike, row: GroupRow) -> bool:
+    who = GroupState.from_bytes(row.state).member(groups.ctx.identity.fingerprint.digest)
+    return who is not None and who.admin
+
+
+async def rekey_quiet(groups: GroupsLike) -> None:
+    """Rekey every group we are an admin of whose epoch a leave opened. A
+    rekey that loses to another admin's (or to any change) is refused: the
+    group already has a fresh epoch; one that cannot reach the relay is
+    tried again after the next pass."""
+    if groups.changing:
+        return  # a receive pass run by a change: the change itself comes first
+    for row in groups.ctx.db.groups():
+        if row.left or not row.started or not row.quiet or not _admin(groups, row):
+            continue
+        with contextlib.suppress(SecurechanError):
+            await groups.rekey(row.group_id.hex())
+
+
+async def audible(groups: GroupsLike, group: str) -> GroupRow:
+    """``Groups.current``, in an epoch messages may go into; UsageError if a
+    leave left it quiet and no admin's rekey came."""
+    row = await groups.current(group)
+    for pause in REKEY_WAIT:
+        if not row.quiet or row.left:
+            return row
+        if _admin(groups, row):
+            with contextlib.suppress(GroupRejected):  # another change came first
+                await groups.rekey(group)
+        elif groups.receive_pass is not None:
+            await asyncio.sleep(pause)
+            groups.stashed.extend(await groups.receive_pass())
+        else:
+            break
+        row = await groups.current(group)
+    if row.quiet and not row.left:
+        raise UsageError(
+            f"group {row.name!r} is waiting for an admin to rekey it after a member left "
+            "(no message goes into an epoch a former member knows); try again later, or "
+            f"ask an admin to run: securechan group rekey {row.name}"
+        )
+    return row
