@@ -38,6 +38,7 @@ from securechan.protocol.group import (
     GroupPayload,
     GroupState,
     SignedGroupPayload,
+    stream_commitment,
 )
 from tests.cli_schema import validate
 from tests.conftest import NOW, fixed_identity
@@ -75,7 +76,8 @@ def group_records(
 ) -> tuple[GroupChange, SignedGroupPayload, SignedGroupPayload]:
     """A creation by ``me`` (with ``peer``) and one message of each."""
     state = _state({me.fingerprint.digest: True, peer.fingerprint.digest: False})
-    return GroupChange.sign(me, state), _signed(me, state, 1), _signed(peer, state, 1)
+    change = GroupChange.sign(me, state, next_stream=stream_commitment(bytes(32)), head=ZERO)
+    return change, _signed(me, state, 1), _signed(peer, state, 1)
 
 
 def _message(**kw: Any) -> GroupMessageEvent:

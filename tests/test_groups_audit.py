@@ -243,24 +243,28 @@ def test_every_member_records_every_change(pristine: Path, tmp_path: Path) -> No
             await pump(chs)
             await b.group_leave("talks")
             await pump(chs)
+            await pump(chs)  # alpha, the admin left, rekeys the leave's quiet epoch
             gid = a.group_client.row("talks").group_id
             final = GroupState.from_bytes(a.group_client.row("talks").state)
             for n in NAMES:
                 actions = [f.action for f in _changes(m[n].home)]
                 want = {
-                    "alpha": ["create", "add", "remove", "leave"],
-                    "bravo": ["create", "add", "remove", "leave"],
+                    "alpha": ["create", "add", "remove", "leave", "rekey"],
+                    "bravo": ["create", "add", "remove", "leave"],  # it reads no later epoch
                     "charlie": ["create", "add", "remove"],  # it reads no later epoch
-                    "delta": ["add", "remove", "leave"],
+                    "delta": ["add", "remove", "leave", "rekey"],
                 }[n]
                 assert actions == want, n
                 assert all(f.group == gid for f in _changes(m[n].home))
             for n in ("alpha", "delta"):
-                last = _changes(m[n].home)[-1]
-                assert (last.state_hash, last.members, last.epoch) == (final.hash, 2, 3)
-                assert last.author == b.identity.fingerprint.digest
+                *_, left, rekeyed = _changes(m[n].home)
+                assert (left.members, left.epoch) == (2, 3)
+                assert left.author == b.identity.fingerprint.digest
+                assert (rekeyed.state_hash, rekeyed.members, rekeyed.epoch) == (final.hash, 2, 4)
+                assert rekeyed.author == a.identity.fingerprint.digest
             _check_change(c, _changes(m["charlie"].home)[-1], a, "remove")
-            _check_change(d, _changes(m["delta"].home)[-1], b, "leave")
+            _check_change(d, _changes(m["delta"].home)[-2], b, "leave")
+            _check_change(d, _changes(m["delta"].home)[-1], a, "rekey")
         finally:
             for ch in chs.values():
                 await ch.close()
