@@ -31,6 +31,12 @@ __all__ = ["METHODS", "REQUESTER", "AgentState", "Handler"]
 
 # What the agent reads from a file named by `send`: the CLI's file limit.
 MAX_SEND_FILE = 64 * 1024 * 1024
+# How long a relay checkpoint the agent verified as the relay's newest (the
+# previous send's receipt, or the last refresh) stands in for the fetch
+# before the next message is signed (client/logview.py, RelayLogs.fresh_for;
+# docs/AUDIT.md, "Split views between parties"). A command run without the
+# agent fetches before every message.
+CHECKPOINT_FRESH = 10.0
 # Received items the background receiver keeps for the next `receive` call;
 # past this many bytes of files it stops fetching (the relay keeps the rest).
 MAX_PENDING_BYTES = 256 * 1024 * 1024
@@ -173,6 +179,7 @@ async def _send(state: AgentState, params: dict[str, Any]) -> Any:
         raise RpcError(AgentErrorCode.INVALID_PARAMS, "give exactly one of 'text' and 'file'")
     async with state.channel_lock:
         ch = _channel(state)
+        ch.logs.fresh_for = CHECKPOINT_FRESH
         verified = ch.keystore.contacts.get(p["contact"]).verified
         if p["text"] is not None:
             result = await ch.send_text(p["contact"], p["text"])

@@ -26,12 +26,14 @@ import asyncio
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from securechan import strict_json
-from securechan.audit.receipt import verify_receipt
+from securechan.audit.receipt import envelope_leaf_hash, verify_receipt
 from securechan.client.context import Context
-from securechan.client.logview import RelayLogs
+from securechan.client.db import OutboxEntry
+from securechan.client.logview import Appended, RelayLogs
 from securechan.client.registration import Registrar
 from securechan.client.results import Cancelled, QueuedMessage, SendResult
 from securechan.client.state import ProtocolState
@@ -403,28 +405,42 @@ class Outbox:
                 continue
             finally:
                 self._posting = False
-            with db.transaction():
-                db.remove_outbox(entry.id)
-                db.settle_outbox(entry.msg_id)
             delivered += 1
+            settled: list[bool] = []
             # The relay has the envelope; now hold it to its log: the receipt
             # must prove the envelope is in a checkpoint consistent with every
-            # checkpoint we saw from this relay before.
+            # checkpoint we saw from this relay before. The outbox row is
+            # settled in the one commit that keeps the receipt and the
+            # checkpoint, or alone (finally) when the receipt fails or the
+            # check is cut short: until then a crash leaves the row, and the
+            # next flush posts it again under the same message id, which the
+            # relay answers as a duplicate (docs/RELAY.md §6).
             try:
                 key = await self._logs.key(entry.relay)
                 checkpoint = verify_receipt(reply.receipt, entry.envelope, key)
-                await self._logs.accept(entry.relay, key, reply.receipt.checkpoint, checkpoint)
-                with db.transaction():
-                    db.add_log_receipt(
-                        sha256(entry.envelope),
-                        entry.relay,
-                        json.dumps(reply.receipt.to_json(), separators=(",", ":")),
-                    )
+                receipt = json.dumps(reply.receipt.to_json(), separators=(",", ":"))
+                await self._logs.accept(
+                    entry.relay,
+                    key,
+                    reply.receipt.checkpoint,
+                    checkpoint,
+                    current=True,
+                    appended=Appended(
+                        reply.receipt.leaf_index,
+                        envelope_leaf_hash(entry.envelope),
+                        reply.receipt.inclusion_proof,
+                    ),
+                    then=partial(self._settle, entry, receipt, settled),
+                )
             except SplitView as e:
                 split = split or e  # the strongest finding: reported as such
             except (VerificationFailed, MalformedInput) as e:
                 ctx.audit.rejected(reason_of(e), f"receipt from {entry.relay}: {e}")
                 bad_receipts.append(f"{entry.relay}: {e}")
+            finally:
+                if not settled:  # idempotent: a second settle finds nothing
+                    with db.transaction():
+                        self._settle(entry, None, settled)
         if split is not None:
             raise split
         if bad_receipts:
@@ -433,6 +449,16 @@ class Outbox:
                 + "; ".join(bad_receipts[:3])
             )
         return delivered, pending
+
+    def _settle(self, entry: OutboxEntry, receipt: str | None, done: list[bool]) -> None:
+        """Inside the caller's transaction: the relay has ``entry``; keep its
+        receipt (JSON text) when it verified."""
+        db = self._ctx.db
+        db.remove_outbox(entry.id)
+        db.settle_outbox(entry.msg_id)
+        if receipt is not None:
+            db.add_log_receipt(sha256(entry.envelope), entry.relay, receipt)
+        done.append(True)
 
     # --- the outbox, as 'securechan outbox' shows it ---------------------------------
 
