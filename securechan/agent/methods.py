@@ -180,13 +180,16 @@ async def _send(state: AgentState, params: dict[str, Any]) -> Any:
     async with state.channel_lock:
         ch = _channel(state)
         ch.logs.fresh_for = CHECKPOINT_FRESH
-        verified = ch.keystore.contacts.get(p["contact"]).verified
         if p["text"] is not None:
             result = await ch.send_text(p["contact"], p["text"])
         else:
             path = _absolute(p["file"], "file")
+            ch.keystore.contacts.get(p["contact"])  # an unknown name before reading the file
             data = await asyncio.to_thread(_read_file, path)
             result = await ch.send_file(p["contact"], path.name, data)
+        # The contact as the send read it (contacts.json is read once a send).
+        contact = ch.outbox.last_contact
+        verified = contact.verified if contact is not None else False
     # `verified` besides the send --json fields: the CLI warns when it is false.
     return {**result.to_json(), "verified": verified}
 

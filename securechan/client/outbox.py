@@ -118,6 +118,9 @@ class Outbox:
         # it did when the send was cancelled while posting, and whether a
         # post is awaiting its answer.
         self.last_ref: bytes | None = None
+        # The contact the last send was to, as read for it (its verified
+        # flag, for the agent's answer, without reading contacts again).
+        self.last_contact: Contact | None = None
         self.cancelled: Cancelled | None = None
         self._posting = False
         self._what: dict[str, Any] = {}
@@ -166,7 +169,7 @@ class Outbox:
         self.cancelled = None
         self._what = what or {"kind": "text", "size": 0}
         ctx = self._ctx
-        contact = ctx.contact(name)
+        self.last_contact = contact = ctx.contact(name)
         now = ctx.now()
         retired = ctx.db.retired()
         rows = [
