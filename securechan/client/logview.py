@@ -252,7 +252,9 @@ class RelayLogs:
         outbox retries the send anyway); a relay caught with two histories
         is returned as a :class:`SplitView` for the caller to raise once the
         message is sent (it is end-to-end protected: the fork costs no
-        message, and the user is told)."""
+        message, and the user is told). A relay whose checkpoint we verified
+        as its newest less than :attr:`fresh_for` seconds ago is not asked
+        again (the agent: docs/AUDIT.md, "Split views between parties")."""
         split: SplitView | None = None
         for relay_url in dict.fromkeys(relay_urls):
             if self._is_current(relay_url):

@@ -5,7 +5,10 @@ the same transaction as the session state that produced it and our record
 of the message, *then* posted; a crash before the relay's 2xx leaves it in
 the outbox, and the next command posts it again with the same message id,
 which the relay and the recipient both de-duplicate. Every post's log
-receipt is verified and held to everything seen of that relay's log.
+receipt is verified and held to everything seen of that relay's log; the
+row leaves the outbox in the commit that keeps the receipt and the newer
+checkpoint (alone if the check fails or is cut short), so a crash between
+the relay's 2xx and that commit posts it again, as a duplicate.
 
 Cancelling (``securechan outbox cancel``, or a send interrupted while it
 posts): every envelope of the message still in the outbox is withdrawn in
