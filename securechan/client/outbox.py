@@ -430,7 +430,8 @@ class Outbox:
                     key,
                     reply.receipt.checkpoint,
                     checkpoint,
-                    current=True,
+                    # A duplicate's receipt is the one of the first post: old.
+                    current=not reply.duplicate,
                     appended=Appended(
                         reply.receipt.leaf_index,
                         envelope_leaf_hash(entry.envelope),
