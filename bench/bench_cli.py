@@ -39,7 +39,13 @@ with one message and with nothing waiting, all through the agent (the thin
 command line), and GnuPG's ``gpg --sign --encrypt`` of the same text twice:
 through a gpg-agent holding the passphrase (gpg-agent caches the passphrase,
 not the key, so each signature still runs the key's S2K) and with a key that
-has no passphrase (gpg's floor).
+has no passphrase (gpg's floor). The CPU time the agents and the relay
+spend per send through the agent is read from their ``/proc`` counters
+around the send rows (the sender's agent, the relay, and the recipient's
+agent, which the relay's push wakes on the same cores). Then washington's
+agent is stopped and tehran sends again, beside ``python -c pass`` (the row
+"recipient's agent stopped": in reality the recipient is on another
+machine); washington receives those messages in-process at the end.
 
 Each figure is the median over the rounds (default 15, ``--quick`` 3) of the
 wall-clock time; the children's CPU time (user + system, from
@@ -425,6 +431,7 @@ def agent_phase(
                 env=clean_env(),
                 check=False,
                 stdout=subprocess.DEVNULL,  # keep --json output one document
+                stderr=subprocess.DEVNULL,  # washington's was stopped already
             )
         for g in _gpgs:
             g.stop_agent()
