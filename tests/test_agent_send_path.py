@@ -295,3 +295,36 @@ def test_a_relay_that_stops_answering_during_the_receipt_check(world: World) -> 
     t.ok("receive")
     assert [x for x in front.sent() if x.kind == "send"] == posts  # nothing posted again
     assert _texts(w) == ["Tehran: before.", "Tehran: during the outage."]
+
+
+def test_a_settle_commit_without_its_own_fsync_survives_sigkill(tmp_path: Path) -> None:
+    """The settle commit is not fsync'ed on its own (``durable=False``): a
+    process SIGKILLed right after it still leaves it in client.db (the
+    kernel has the write-ahead log; only a power loss could undo it, and the
+    next durable commit makes it durable). The connection's durable setting
+    is back to FULL after it."""
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import os, signal, sys
+        from pathlib import Path
+        from securechan.client.db import ClientDB
+        db = ClientDB(Path(sys.argv[1]), bytes(32))
+        with db.transaction(durable=False) as conn:
+            conn.execute("INSERT INTO meta (name, value) VALUES ('settled', 1)")
+        assert db._db.execute("PRAGMA synchronous").fetchone()[0] == 2
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    argv = [sys.executable, "-c", script, str(tmp_path / "client.db")]
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    import sqlite3
+
+    conn = sqlite3.connect(tmp_path / "client.db")
+    try:
+        assert conn.execute("SELECT value FROM meta WHERE name = 'settled'").fetchone() == (1,)
+    finally:
+        conn.close()

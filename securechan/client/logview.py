@@ -163,6 +163,7 @@ class RelayLogs:
         current: bool = False,
         appended: Appended | None = None,
         then: Callable[[], None] | None = None,
+        durable: bool = True,
     ) -> None:
         """Check a new checkpoint against the newest one we hold from this
         relay (a consistency proof either way), then keep the newer one.
@@ -176,7 +177,8 @@ class RelayLogs:
         proof is made from them (:func:`appended_proof`) instead of fetched
         from the relay's tiles, and checked the same way. ``then``: run in the
         database transaction that keeps the checkpoint (one commit), and only
-        if the checkpoint passed."""
+        if the checkpoint passed; ``durable=False``: that commit joins the
+        next durable one (:meth:`ClientDB.transaction`)."""
         require_pq_line(note, self._pq(relay_url))
         known = self._db.relay_log(relay_url)
         old_note = known[1] if known is not None else None
@@ -200,7 +202,7 @@ class RelayLogs:
             self._witnessed(relay_url, key, note)
             newer = old.size < checkpoint.size
         if newer or then is not None:
-            with self._db.transaction():
+            with self._db.transaction(durable=durable):
                 if newer:
                     self._db.set_relay_log(relay_url, known[0] if known else key.to_text(), note)
                 if then is not None:

@@ -438,6 +438,11 @@ class Outbox:
                         reply.receipt.inclusion_proof,
                     ),
                     then=partial(self._settle, entry, receipt, settled),
+                    # Lost only with the machine (power, OS crash) before the
+                    # next durable commit: the row is posted again, as a
+                    # duplicate, the receipt fetched again, the older
+                    # checkpoint still held to (docs/AGENT.md, Measured).
+                    durable=False,
                 )
             except SplitView as e:
                 split = split or e  # the strongest finding: reported as such
