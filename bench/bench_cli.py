@@ -39,7 +39,13 @@ with one message and with nothing waiting, all through the agent (the thin
 command line), and GnuPG's ``gpg --sign --encrypt`` of the same text twice:
 through a gpg-agent holding the passphrase (gpg-agent caches the passphrase,
 not the key, so each signature still runs the key's S2K) and with a key that
-has no passphrase (gpg's floor).
+has no passphrase (gpg's floor). The CPU time the agents and the relay
+spend per send through the agent is read from their ``/proc`` counters
+around the send rows (the sender's agent, the relay, and the recipient's
+agent, which the relay's push wakes on the same cores). Then washington's
+agent is stopped and tehran sends again, beside ``python -c pass`` (the row
+"recipient's agent stopped": in reality the recipient is on another
+machine); washington receives those messages in-process at the end.
 
 Each figure is the median over the rounds (default 15, ``--quick`` 3) of the
 wall-clock time; the children's CPU time (user + system, from
@@ -327,9 +333,50 @@ def _gpg_pair(root: Path) -> dict[str, Callable[[Path, Path], Timing]]:
 _gpgs: list[Any] = []
 
 
-def agent_phase(world: World, root: Path, runs: int, samples: dict[str, list[Timing]]) -> None:
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds a running process has used so far (Linux
+    ``/proc``; 0.0 where there is none)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def agent_pid(d: Delegation) -> int:
+    return int(json.loads(d.run("agent", "status", "--json").out.stdout)["pid"])
+
+
+# The CPU time the long-running processes spend per send through the agent
+# (their /proc counters over the send rows' rounds): the sender's agent,
+# the relay, and the recipient's agent (woken by the relay's push).
+SERVER_CPU = ("sender's agent", "relay", "recipient's agent")
+# Sends through the agent while the recipient's agent is stopped (in
+# reality the recipient is on another machine; here it shares the cores).
+SOLO_ROW = "through the agent: securechan send (1 KiB text), recipient's agent stopped"
+SOLO_REFERENCE = "python -c pass (recipient's agent stopped)"
+
+
+def _server_cpu(pids: dict[str, int]) -> dict[str, float]:
+    return {name: process_cpu(pid) for name, pid in pids.items()}
+
+
+def _add_cpu(total: dict[str, float], before: dict[str, float], after: dict[str, float]) -> None:
+    for name in after:
+        total[name] = total.get(name, 0.0) + after[name] - before[name]
+
+
+def agent_phase(
+    world: World,
+    root: Path,
+    runs: int,
+    samples: dict[str, list[Timing]],
+    server_cpu: dict[str, dict[str, float]],
+) -> None:
     """Start both homes' agents, then time the thin command line beside
-    python -c pass and gpg through a caching gpg-agent, in the same rounds."""
+    python -c pass and gpg through a caching gpg-agent, in the same rounds;
+    then sends with the recipient's agent stopped. ``server_cpu`` gets the
+    CPU milliseconds per send of the agents and the relay."""
     runtime = Path(tempfile.mkdtemp(prefix="sc-bench-", dir="/tmp"))
     os.environ["XDG_RUNTIME_DIR"] = str(runtime)  # short socket paths
     gpgs = _gpg_pair(root)
@@ -338,13 +385,22 @@ def agent_phase(world: World, root: Path, runs: int, samples: dict[str, list[Tim
     py = sys.executable
     world.t.run("agent", "start")
     world.w.run("agent", "start")
+    pids = {
+        SERVER_CPU[0]: agent_pid(world.t),
+        SERVER_CPU[1]: world.relay.proc.pid if world.relay.proc is not None else 0,
+        SERVER_CPU[2]: agent_pid(world.w),
+    }
+    both: dict[str, float] = {}
     try:
         for i in range(runs):
             samples.setdefault(AGENT_REFERENCE, []).append(timed([py, "-c", "pass"], env, root))
             version = timed([*securechan_command(), "--version"], env, root)
             samples.setdefault(AGENT_ROWS[0], []).append(version)
             line = f"agent round {i}: {TEXT}"[:1024]
+            before = _server_cpu(pids)
             samples.setdefault(AGENT_ROWS[1], []).append(world.t.run("send", "washington", line))
+            time.sleep(0.05)  # the recipient's agent's pass the push woke
+            _add_cpu(both, before, _server_cpu(pids))
             got = world.w.run("receive", "--json")
             if line not in got.out.stdout:
                 raise RuntimeError(f"the agent's receive did not show round {i}: {got.out}")
@@ -353,6 +409,21 @@ def agent_phase(world: World, root: Path, runs: int, samples: dict[str, list[Tim
             msg.write_text(line)
             for row, gpg in gpgs.items():
                 samples.setdefault(row, []).append(gpg(msg, root / "m.gpg"))
+        server_cpu["recipient's agent running"] = {k: v * 1000 / runs for k, v in both.items()}
+        world.w.run("agent", "stop")
+        del pids[SERVER_CPU[2]]
+        solo: dict[str, float] = {}
+        lines = []
+        for i in range(runs):
+            samples.setdefault(SOLO_REFERENCE, []).append(timed([py, "-c", "pass"], env, root))
+            lines.append(f"solo round {i}: {TEXT}"[:1024])
+            before = _server_cpu(pids)
+            samples.setdefault(SOLO_ROW, []).append(world.t.run("send", "washington", lines[-1]))
+            _add_cpu(solo, before, _server_cpu(pids))
+        server_cpu["recipient's agent stopped"] = {k: v * 1000 / runs for k, v in solo.items()}
+        got = world.w.run("receive", "--json").out.stdout
+        if any(line not in got for line in lines):
+            raise RuntimeError("a send made while the recipient's agent was stopped is missing")
     finally:
         for p in (world.t, world.w):
             subprocess.run(
@@ -360,6 +431,7 @@ def agent_phase(world: World, root: Path, runs: int, samples: dict[str, list[Tim
                 env=clean_env(),
                 check=False,
                 stdout=subprocess.DEVNULL,  # keep --json output one document
+                stderr=subprocess.DEVNULL,  # washington's was stopped already
             )
         for g in _gpgs:
             g.stop_agent()
@@ -400,7 +472,8 @@ def run(runs: int) -> dict[str, Any]:
                 empty = world.w.run("receive", "--json")
                 samples.setdefault("securechan receive (nothing waiting)", []).append(empty)
             unlock = key_unlock_seconds(world.t.home, world.t.passphrase, max(3, runs // 2))
-            agent_phase(world, root, runs, samples)
+            server_cpu: dict[str, dict[str, float]] = {}
+            agent_phase(world, root, runs, samples, server_cpu)
     results = summarise(samples)
     ref = results["python -c pass"]["median_s"]
     imp = results['python -c "import securechan"']["median_s"]
@@ -412,15 +485,18 @@ def run(runs: int) -> dict[str, Any]:
         "securechan receive (1 message)",
         "securechan receive (nothing waiting)",
         *(n for n in AGENT_ROWS if n in results),
+        SOLO_ROW,
     ):
         ours = results[name]["median_s"]
         if name in AGENT_ROWS:  # against the reference measured beside it
             ref = results[AGENT_REFERENCE]["median_s"]
+        elif name == SOLO_ROW:
+            ref = results[SOLO_REFERENCE]["median_s"]
         rows.append(
             {
                 "name": f"CLI cold start: {name}",
                 "ours": ours,
-                "reference_name": AGENT_REFERENCE if name in AGENT_ROWS else "python -c pass",
+                "reference_name": _reference(name),
                 "reference": ref,
                 "ratio": ours / ref,
                 "unit": "s",
@@ -437,8 +513,15 @@ def run(runs: int) -> dict[str, Any]:
         "kdf": KDF,
         "key_unlock_s": unlock,
         "results": results,
+        "server_cpu_ms_per_send": server_cpu,
         "rows": rows,
     }
+
+
+def _reference(name: str) -> str:
+    if name in AGENT_ROWS:
+        return AGENT_REFERENCE
+    return SOLO_REFERENCE if name == SOLO_ROW else "python -c pass"
 
 
 def markdown(out: dict[str, Any]) -> str:
@@ -454,12 +537,14 @@ def markdown(out: dict[str, Any]) -> str:
         "|---|---:|---:|---:|---:|",
     ]
     for name, r in out["results"].items():
-        base = AGENT_REFERENCE if name in AGENT_ROWS else "python -c pass"
-        ref = out["results"][base]["median_s"]
+        ref = out["results"][_reference(name)]["median_s"]
         lines.append(
             f"| `{name}` | {r['median_s'] * 1000:.0f} | {r['min_s'] * 1000:.0f} "
             f"| {r['cpu_median_s'] * 1000:.0f} | {r['median_s'] / ref:.2f} |"
         )
+    lines += ["", "CPU ms per send through the agent, besides the command's own process:"]
+    for when, cpu in out["server_cpu_ms_per_send"].items():
+        lines.append(f"- {when}: " + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items()))
     return "\n".join(lines)
 
 

@@ -31,6 +31,12 @@ __all__ = ["METHODS", "REQUESTER", "AgentState", "Handler"]
 
 # What the agent reads from a file named by `send`: the CLI's file limit.
 MAX_SEND_FILE = 64 * 1024 * 1024
+# How long a relay checkpoint the agent verified as the relay's newest (the
+# previous send's receipt, or the last refresh) stands in for the fetch
+# before the next message is signed (client/logview.py, RelayLogs.fresh_for;
+# docs/AUDIT.md, "Split views between parties"). A command run without the
+# agent fetches before every message.
+CHECKPOINT_FRESH = 10.0
 # Received items the background receiver keeps for the next `receive` call;
 # past this many bytes of files it stops fetching (the relay keeps the rest).
 MAX_PENDING_BYTES = 256 * 1024 * 1024
@@ -173,13 +179,17 @@ async def _send(state: AgentState, params: dict[str, Any]) -> Any:
         raise RpcError(AgentErrorCode.INVALID_PARAMS, "give exactly one of 'text' and 'file'")
     async with state.channel_lock:
         ch = _channel(state)
-        verified = ch.keystore.contacts.get(p["contact"]).verified
+        ch.logs.fresh_for = CHECKPOINT_FRESH
         if p["text"] is not None:
             result = await ch.send_text(p["contact"], p["text"])
         else:
             path = _absolute(p["file"], "file")
+            ch.keystore.contacts.get(p["contact"])  # an unknown name before reading the file
             data = await asyncio.to_thread(_read_file, path)
             result = await ch.send_file(p["contact"], path.name, data)
+        # The contact as the send read it (contacts.json is read once a send).
+        contact = ch.outbox.last_contact
+        verified = contact.verified if contact is not None else False
     # `verified` besides the send --json fields: the CLI warns when it is false.
     return {**result.to_json(), "verified": verified}
 

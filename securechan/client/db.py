@@ -129,22 +129,38 @@ class ClientDB(ReceivedTables, LogTables, MessageTables, OutboxTables, GroupTabl
         self._db.close()
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` ... ``COMMIT``; rollback on any exception."""
+    def transaction(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``; rollback on any exception.
+
+        ``durable=False``: the commit is not fsync'ed on its own
+        (``synchronous=NORMAL`` for it): it is atomic, survives the
+        process being killed, and becomes durable with the next durable
+        commit (in WAL mode that fsyncs the log it follows in) or
+        checkpoint; only a power loss or an OS crash before then can undo
+        it. For bookkeeping whose loss is repaired, never for a commit that
+        must precede something leaving the machine."""
         if self._db.in_transaction:
             yield self._db
             return
+        level = None
+        if not durable:
+            (level,) = self._db.execute("PRAGMA synchronous").fetchone()
+            self._db.execute("PRAGMA synchronous = NORMAL")
         try:
-            self._db.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as e:
-            raise StorageError(f"cannot lock {self.path}: {e}") from None
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        else:
-            self._db.execute("COMMIT")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as e:
+                raise StorageError(f"cannot lock {self.path}: {e}") from None
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            else:
+                self._db.execute("COMMIT")
+        finally:
+            if level is not None:
+                self._db.execute(f"PRAGMA synchronous = {int(level)}")  # as it was
 
     # --- sealing --------------------------------------------------------------
 

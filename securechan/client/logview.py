@@ -20,11 +20,13 @@ Both keys share one database column, ``"<Ed25519 vkey> <ML-DSA-44 vkey>"``
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 
 from securechan.audit.checkpoint import Checkpoint, open_checkpoint
 from securechan.audit.log import AuditLog
-from securechan.audit.merkle import verify_consistency
+from securechan.audit.merkle import MAX_TREE_SIZE, verify_consistency
 from securechan.audit.note import SIG_MLDSA44_COSIGNATURE, VerifierKey, open_note
 from securechan.client.db import ClientDB
 from securechan.client.tiles import relay_consistency
@@ -43,7 +45,36 @@ from securechan.errors import (
 from securechan.protocol.payload import MAX_CHECKPOINT_TEXT, MAX_CHECKPOINTS
 from securechan.transport import RelayClient
 
-__all__ = ["RelayLogs", "pinned_keys", "require_pq_line"]
+__all__ = ["Appended", "RelayLogs", "appended_proof", "pinned_keys", "require_pq_line"]
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """What a verified send receipt says about the checkpoint it carries:
+    leaf ``index``, whose hash is ``leaf``, is in that checkpoint's tree by
+    the inclusion ``path`` (already checked against its root by
+    :func:`~securechan.audit.receipt.verify_receipt`)."""
+
+    index: int
+    leaf: bytes
+    path: tuple[bytes, ...]
+
+
+def appended_proof(appended: Appended) -> list[bytes]:
+    """``PROOF(index, D[index + 1])`` (RFC 9162 §2.1.4.1) for a tree that
+    grew by the one leaf ``appended.index``, from that leaf's hash and its
+    inclusion path: the path of the last leaf is the roots of the perfect
+    subtrees of the ``index`` leaves before it, smallest first, so the
+    consistency proof is the same hashes with the new leaf after the first
+    (only the new leaf when ``index`` is a power of two). Unverified: check
+    it with :func:`~securechan.audit.merkle.verify_consistency` like any
+    proof (a wrong one fails there, it proves nothing)."""
+    index, path = appended.index, list(appended.path)
+    if not 0 < index < MAX_TREE_SIZE - 1 or not path:
+        return []
+    if index & (index - 1) == 0:
+        return [appended.leaf]
+    return [path[0], appended.leaf, *path[1:]]
 
 
 def pinned_keys(text: str) -> tuple[VerifierKey, VerifierKey | None]:
@@ -85,6 +116,13 @@ class RelayLogs:
         self._splits: set[tuple[str, str]] = set()
         # Checkpoints peers carried in the messages of the current pass.
         self._carried_in: list[tuple[tuple[str, ...], str]] = []
+        # How long (seconds) a relay's checkpoint stays current for
+        # :meth:`refresh` once this process verified it as the relay's newest
+        # (a refresh or a send receipt): 0, the default, fetches before every
+        # message; a long-running agent sets it (docs/AUDIT.md, "Split views
+        # between parties"). When each was verified so (time.monotonic()).
+        self.fresh_for = 0.0
+        self._current: dict[str, float] = {}
 
     async def key(self, relay_url: str) -> VerifierKey:
         """The relay's log key: pinned on first use, and equal to the relay
@@ -116,20 +154,41 @@ class RelayLogs:
         return None if known is None else pinned_keys(known[0])[1]
 
     async def accept(
-        self, relay_url: str, key: VerifierKey, note: str, checkpoint: Checkpoint
+        self,
+        relay_url: str,
+        key: VerifierKey,
+        note: str,
+        checkpoint: Checkpoint,
+        *,
+        current: bool = False,
+        appended: Appended | None = None,
+        then: Callable[[], None] | None = None,
+        durable: bool = True,
     ) -> None:
         """Check a new checkpoint against the newest one we hold from this
         relay (a consistency proof either way), then keep the newer one.
         Raises :class:`SplitView` with both notes when they conflict, and
-        :class:`BadSignature` for a note without the pinned ML-DSA-44 line."""
+        :class:`BadSignature` for a note without the pinned ML-DSA-44 line.
+
+        ``current``: the checkpoint is the relay's newest as of now (fetched
+        just now, or a send receipt's), for :attr:`fresh_for`. ``appended``:
+        a send receipt's leaf and inclusion path in ``checkpoint``; when the
+        leaf is the one right after the checkpoint we hold, the consistency
+        proof is made from them (:func:`appended_proof`) instead of fetched
+        from the relay's tiles, and checked the same way. ``then``: run in the
+        database transaction that keeps the checkpoint (one commit), and only
+        if the checkpoint passed; ``durable=False``: that commit joins the
+        next durable one (:meth:`ClientDB.transaction`)."""
         require_pq_line(note, self._pq(relay_url))
         known = self._db.relay_log(relay_url)
         old_note = known[1] if known is not None else None
+        newer = True
         if old_note is not None:
             old = open_checkpoint(old_note, key)
             try:
-                await self._prove(relay_url, old, checkpoint)
+                await self._prove(relay_url, old, checkpoint, appended)
             except ProofFailed as e:
+                self._current.pop(relay_url, None)
                 # One audit entry per contradicted head: later checkpoints that
                 # contradict the same head are the same finding.
                 if (relay_url, old_note) not in self._splits:
@@ -141,22 +200,39 @@ class RelayLogs:
                     (old_note, note),
                 ) from None
             self._witnessed(relay_url, key, note)
-            if old.size >= checkpoint.size:
-                return
-        with self._db.transaction():
-            self._db.set_relay_log(relay_url, known[0] if known else key.to_text(), note)
+            newer = old.size < checkpoint.size
+        if newer or then is not None:
+            with self._db.transaction(durable=durable):
+                if newer:
+                    self._db.set_relay_log(relay_url, known[0] if known else key.to_text(), note)
+                if then is not None:
+                    then()
+        if current:
+            self._current[relay_url] = time.monotonic()
+        if not newer:
+            return
         if old_note is None:
             self._witnessed(relay_url, key, note)
         self._audit.checkpoint_seen(
             origin=checkpoint.origin, size=checkpoint.size, root_hash=checkpoint.root_hash
         )
 
-    async def _prove(self, relay_url: str, a: Checkpoint, b: Checkpoint) -> None:
+    async def _prove(
+        self, relay_url: str, a: Checkpoint, b: Checkpoint, appended: Appended | None = None
+    ) -> None:
         small, large = (a, b) if a.size <= b.size else (b, a)
         if small.size == large.size:
             if small.root_hash != large.root_hash:
                 raise ProofFailed("two different roots for one size")
             return
+        if appended is not None and large is b and appended.index == small.size == b.size - 1:
+            try:
+                # The receipt's own path proves the one-leaf step: no fetch.
+                derived = appended_proof(appended)
+                verify_consistency(small.size, b.size, derived, small.root_hash, b.root_hash)
+                return
+            except ProofFailed:
+                pass  # judged below on the relay's own tiles, as any other step
         relay = await self._relay(relay_url)
         try:
             # From the relay's tlog-tiles, as any monitor reads them.
@@ -178,13 +254,17 @@ class RelayLogs:
         outbox retries the send anyway); a relay caught with two histories
         is returned as a :class:`SplitView` for the caller to raise once the
         message is sent (it is end-to-end protected: the fork costs no
-        message, and the user is told)."""
+        message, and the user is told). A relay whose checkpoint we verified
+        as its newest less than :attr:`fresh_for` seconds ago is not asked
+        again (the agent: docs/AUDIT.md, "Split views between parties")."""
         split: SplitView | None = None
         for relay_url in dict.fromkeys(relay_urls):
+            if self._is_current(relay_url):
+                continue  # verified as the relay's newest moments ago
             try:
                 key = await self.key(relay_url)
                 note = await (await self._relay(relay_url)).log_checkpoint()
-                await self.accept(relay_url, key, note, open_checkpoint(note, key))
+                await self.accept(relay_url, key, note, open_checkpoint(note, key), current=True)
             except RelayError:
                 continue
             except SplitView as e:
@@ -192,6 +272,12 @@ class RelayLogs:
             except (VerificationFailed, MalformedInput) as e:
                 self._audit.rejected(reason_of(e), f"checkpoint from {relay_url}: {e}")
         return split
+
+    def _is_current(self, relay_url: str) -> bool:
+        """Whether the checkpoint we hold of ``relay_url`` was verified as
+        the relay's newest less than :attr:`fresh_for` seconds ago."""
+        at = self._current.get(relay_url)
+        return at is not None and time.monotonic() - at < self.fresh_for
 
     def carried(self, first: Iterable[str]) -> tuple[str, ...]:
         """The newest verified checkpoints we hold, those of the relays in

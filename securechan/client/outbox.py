@@ -5,7 +5,10 @@ the same transaction as the session state that produced it and our record
 of the message, *then* posted; a crash before the relay's 2xx leaves it in
 the outbox, and the next command posts it again with the same message id,
 which the relay and the recipient both de-duplicate. Every post's log
-receipt is verified and held to everything seen of that relay's log.
+receipt is verified and held to everything seen of that relay's log; the
+row leaves the outbox in the commit that keeps the receipt and the newer
+checkpoint (alone if the check fails or is cut short), so a crash between
+the relay's 2xx and that commit posts it again, as a duplicate.
 
 Cancelling (``securechan outbox cancel``, or a send interrupted while it
 posts): every envelope of the message still in the outbox is withdrawn in
@@ -26,12 +29,14 @@ import asyncio
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from securechan import strict_json
-from securechan.audit.receipt import verify_receipt
+from securechan.audit.receipt import envelope_leaf_hash, verify_receipt
 from securechan.client.context import Context
-from securechan.client.logview import RelayLogs
+from securechan.client.db import OutboxEntry
+from securechan.client.logview import Appended, RelayLogs
 from securechan.client.registration import Registrar
 from securechan.client.results import Cancelled, QueuedMessage, SendResult
 from securechan.client.state import ProtocolState
@@ -117,6 +122,9 @@ class Outbox:
         # it did when the send was cancelled while posting, and whether a
         # post is awaiting its answer.
         self.last_ref: bytes | None = None
+        # The contact the last send was to, as read for it (its verified
+        # flag, for the agent's answer, without reading contacts again).
+        self.last_contact: Contact | None = None
         self.cancelled: Cancelled | None = None
         self._posting = False
         self._what: dict[str, Any] = {}
@@ -165,7 +173,7 @@ class Outbox:
         self.cancelled = None
         self._what = what or {"kind": "text", "size": 0}
         ctx = self._ctx
-        contact = ctx.contact(name)
+        self.last_contact = contact = ctx.contact(name)
         now = ctx.now()
         retired = ctx.db.retired()
         rows = [
@@ -404,28 +412,48 @@ class Outbox:
                 continue
             finally:
                 self._posting = False
-            with db.transaction():
-                db.remove_outbox(entry.id)
-                db.settle_outbox(entry.msg_id)
             delivered += 1
+            settled: list[bool] = []
             # The relay has the envelope; now hold it to its log: the receipt
             # must prove the envelope is in a checkpoint consistent with every
-            # checkpoint we saw from this relay before.
+            # checkpoint we saw from this relay before. The outbox row is
+            # settled in the one commit that keeps the receipt and the
+            # checkpoint, or alone (finally) when the receipt fails or the
+            # check is cut short: until then a crash leaves the row, and the
+            # next flush posts it again under the same message id, which the
+            # relay answers as a duplicate (docs/RELAY.md §6).
             try:
                 key = await self._logs.key(entry.relay)
                 checkpoint = verify_receipt(reply.receipt, entry.envelope, key)
-                await self._logs.accept(entry.relay, key, reply.receipt.checkpoint, checkpoint)
-                with db.transaction():
-                    db.add_log_receipt(
-                        sha256(entry.envelope),
-                        entry.relay,
-                        json.dumps(reply.receipt.to_json(), separators=(",", ":")),
-                    )
+                receipt = json.dumps(reply.receipt.to_json(), separators=(",", ":"))
+                await self._logs.accept(
+                    entry.relay,
+                    key,
+                    reply.receipt.checkpoint,
+                    checkpoint,
+                    # A duplicate's receipt is the one of the first post: old.
+                    current=not reply.duplicate,
+                    appended=Appended(
+                        reply.receipt.leaf_index,
+                        envelope_leaf_hash(entry.envelope),
+                        reply.receipt.inclusion_proof,
+                    ),
+                    then=partial(self._settle, entry, receipt, settled),
+                    # Lost only with the machine (power, OS crash) before the
+                    # next durable commit: the row is posted again, as a
+                    # duplicate, the receipt fetched again, the older
+                    # checkpoint still held to (docs/AGENT.md, Measured).
+                    durable=False,
+                )
             except SplitView as e:
                 split = split or e  # the strongest finding: reported as such
             except (VerificationFailed, MalformedInput) as e:
                 ctx.audit.rejected(reason_of(e), f"receipt from {entry.relay}: {e}")
                 bad_receipts.append(f"{entry.relay}: {e}")
+            finally:
+                if not settled:  # idempotent: a second settle finds nothing
+                    with db.transaction():
+                        self._settle(entry, None, settled)
         if split is not None:
             raise split
         if bad_receipts:
@@ -434,6 +462,16 @@ class Outbox:
                 + "; ".join(bad_receipts[:3])
             )
         return delivered, pending
+
+    def _settle(self, entry: OutboxEntry, receipt: str | None, done: list[bool]) -> None:
+        """Inside the caller's transaction: the relay has ``entry``; keep its
+        receipt (JSON text) when it verified."""
+        db = self._ctx.db
+        db.remove_outbox(entry.id)
+        db.settle_outbox(entry.msg_id)
+        if receipt is not None:
+            db.add_log_receipt(sha256(entry.envelope), entry.relay, receipt)
+        done.append(True)
 
     # --- the outbox, as 'securechan outbox' shows it ---------------------------------
 
