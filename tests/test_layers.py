@@ -189,7 +189,7 @@ CLIENT_RANKS = {
     "db_outbox": 0,
     "db_groups": 0,
     "group_results": 0,
-    "group_record": 7,  # groups: transcript bundles and statements from the store
+    "group_record": 8,  # groups: transcript bundles and statements from the store
     "db": 1,
     "context": 2,
     "files": 2,
@@ -205,19 +205,20 @@ CLIENT_RANKS = {
     "sessions": 5,
     "equivocation": 5,
     "outbox": 5,
+    "outbox_batch": 6,  # the group fan-out's batch send through the outbox
     "record": 5,
-    "inbox": 6,
+    "inbox": 7,
     "pairing": 5,  # pairing by a spoken code: context + the transport
     "group_carriage": 3,  # groups: the pairwise carriage in, shared helpers
     "group_sync": 4,  # groups: reading the streams
     "group_audit": 3,  # groups: the audit-log entries of what group_sync read
     "group_parts": 5,  # groups: info, files, welcome marks
     "group_change": 5,  # groups: changes, leaves and rekeys (Groups calls it)
-    "groups": 6,  # groups: changes and sends (on the outbox)
-    "channel_groups": 7,  # the Channel's group methods
-    "channel": 8,
-    "sync": 9,
-    "__init__": 10,
+    "groups": 7,  # groups: changes and sends (on the outbox)
+    "channel_groups": 8,  # the Channel's group methods
+    "channel": 9,
+    "sync": 10,
+    "__init__": 11,
 }
 # The three concerns the facade wires together: none knows the others.
 PEERS = {"inbox", "outbox", "record"}

@@ -141,7 +141,7 @@ def decode_content(kind: int, content: bytes) -> tuple[str | None, FileChunk | N
     return None, chunk
 
 
-# The batch fan-out (outbox.send_group_batch, given by the caller: the
+# The batch fan-out (outbox_batch.send_group_batch, given by the caller: the
 # outbox is above this module): (posted now, by name; contacts left over).
 Batch = Callable[[Sequence[Contact]], Awaitable[tuple[dict[str, bool], list[Contact]]]]
 # One send on its own: (posted now, queued at least).
@@ -154,7 +154,7 @@ async def fan_out(
     """One group payload (a delivery or a welcome) to each member in
     ``targets``: (delivered, pending) names and the fingerprints owed (not
     even queued). The members with a current session get it as one
-    ``batch`` (``outbox.send_group_batch`` on ``Session.send_group_batch``:
+    ``batch`` (``outbox_batch.send_group_batch`` on ``Session.send_group_batch``:
     every pairwise copy signed first, then encrypted, all committed with
     the outbox in one transaction before anything is posted;
     docs/PROTOCOL.md §20.8); the rest (no session yet...) one by one

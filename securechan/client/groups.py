@@ -49,7 +49,8 @@ from securechan.client.group_parts import (
 from securechan.client.group_results import GroupEntry, GroupInfo, GroupSent
 from securechan.client.group_sync import GroupReader
 from securechan.client.logview import RelayLogs
-from securechan.client.outbox import Built, Outbox, send_group_batch
+from securechan.client.outbox import Built, Outbox
+from securechan.client.outbox_batch import send_group_batch
 from securechan.client.results import Received, Rejected
 from securechan.errors import (
     GroupRejected,
