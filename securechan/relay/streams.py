@@ -152,13 +152,22 @@ class StreamService:
         except (StreamFull, QuotaExceeded) as e:
             raise self._refusal(e) from None
 
-    async def fetch(self, stream_id: bytes, after: int, limit: int) -> api.StreamPage:
+    async def fetch(
+        self, stream_id: bytes, after: int, limit: int, size: int | None = None
+    ) -> api.StreamPage:
         """Items after ``after`` (an unknown stream: none), at most ``limit``,
-        read in one of the relay's fetch slots (answers in memory stay bounded)."""
+        read in one of the relay's fetch slots (answers in memory stay
+        bounded); with ``size``, each item whose leaf is in the tree of that
+        size with its inclusion proof (computed in one read of the log)."""
         svc = self.service
         guard = svc.guard
         guard.limit(guard.read_limit, stream_id, "read")
         limit = min(limit, MAX_STREAM_PAGE)
+        if size is not None:
+            if svc.log is None:
+                raise ApiError("no_log", "this relay keeps no transparency log")
+            if not 1 <= size <= svc.log.size:
+                raise ApiError("no_checkpoint", f"the log has not reached size {size}")
         try:
             await asyncio.wait_for(svc.fetch_slots.acquire(), timeout=svc.config.body_timeout)
         except TimeoutError:
@@ -166,11 +175,20 @@ class StreamService:
             raise ApiError("busy", "too many fetches at once", retry_after=1) from None
         try:
             items = await svc.storage.fetch_stream(stream_id, after=after, limit=limit)
+            proofs: dict[int, list[bytes]] = {}
+            if size is not None and svc.log is not None and items:
+                wanted = {i.log_index for i in items if i.log_index < size}
+                proofs = await svc.log.inclusion_proofs(wanted, size)
         finally:
             svc.fetch_slots.release()
         return api.StreamPage(
             items=tuple(
-                api.StreamItem(position=i.position, blob=i.data, log_index=i.log_index)
+                api.StreamItem(
+                    position=i.position,
+                    blob=i.data,
+                    log_index=i.log_index,
+                    inclusion=None if i.log_index not in proofs else tuple(proofs[i.log_index]),
+                )
                 for i in items
             ),
             more=len(items) == limit,
