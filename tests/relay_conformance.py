@@ -33,15 +33,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from securechan.relay.storage import (
+    STREAM_ITEM_OVERHEAD,
     Envelope,
     NonceReused,
     NonceUse,
     PutResult,
     QueueFull,
     QueueRecord,
-    RelayStorage,
-    STREAM_ITEM_OVERHEAD,
     QuotaExceeded,
+    RelayStorage,
     StorageClosed,
     StreamFull,
     StreamLimits,
