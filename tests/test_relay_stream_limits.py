@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import subprocess
 from pathlib import Path
 
 import aiohttp
@@ -33,7 +34,7 @@ from securechan.audit.note import VerifierKey
 from securechan.errors import RelayRefused
 from securechan.primitives import Ed25519SigningKey, random_bytes
 from securechan.transport import RelayClient, RetryPolicy
-from tests.adversary.relay import RelayProcess, running_relay
+from tests.adversary.relay import RelayProcess, clean_env, running_relay, securechan_command
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -240,3 +241,49 @@ def test_postgres_bounds_streams_and_refuses_a_full_store_before_the_log_grows(
         a.assert_no_traceback()
     finally:
         a.close()
+
+
+def test_a_group_send_to_a_full_stream_is_one_line_from_the_cli(tmp_path: Path) -> None:
+    """A group whose stream has reached the relay's stream_max_bytes: the
+    next ``securechan send --group`` exits 3 (relay-refused) with one line
+    on stderr that says why; the member's earlier messages stay shown."""
+    from tests.group_world import PASSPHRASE, copy_members, make_pristine, mesh, pump, run
+
+    m = copy_members(make_pristine(tmp_path / "pristine"), tmp_path, ("alpha", "bravo"))
+    config = "[limits]\nstream_max_bytes = 40000\n"
+
+    async def setup(url: str) -> int:
+        chs = {n: p.channel() for n, p in m.items()}
+        try:
+            await mesh(chs, url)
+            await chs["alpha"].group_create("talks", ["bravo"])
+            await pump(chs)
+            sent = 0
+            with pytest.raises(RelayRefused) as info:  # noqa: PT012 (sends until refused)
+                while True:
+                    await chs["alpha"].send_group("talks", text=f"statement {sent}")
+                    sent += 1
+            assert info.value.status == 409
+            return sent
+        finally:
+            for ch in chs.values():
+                await ch.close()
+
+    with running_relay(tmp_path / "relay", config=config) as relay:
+        sent = run(setup(relay.url))
+        assert isinstance(sent, int) and sent >= 1
+        proc = subprocess.run(
+            [
+                *securechan_command(),
+                *("--home", str(m["alpha"].home)),
+                *("send", "--group", "talks", "one more statement"),
+            ],
+            capture_output=True,
+            text=True,
+            env=clean_env(PASSPHRASE),
+            timeout=120,
+        )
+        assert proc.returncode == 3, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1, proc.stderr
+        assert "the stream is full: its byte quota is used up" in lines[0]
