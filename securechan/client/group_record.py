@@ -206,7 +206,11 @@ async def group_bundle(
 
 
 async def item_proofs(
-    relay: RelayClient, rows: Sequence[TranscriptRow], checkpoint: Checkpoint
+    relay: RelayClient,
+    rows: Sequence[TranscriptRow],
+    checkpoint: Checkpoint,
+    *,
+    paged: bool = True,
 ) -> dict[tuple[bytes, int], tuple[bytes, ...]]:
     """The inclusion proof of every row's item in the tree of ``checkpoint``,
     by (stream id, position), each checked against its signed root: read
@@ -215,7 +219,8 @@ async def item_proofs(
     request, the streams read at once), so an export of n items of one
     stream costs about n / 200 requests, not n. A relay that serves no
     proofs with its pages (an older one: 400) is asked for each proof
-    (``GET /v1/log/proof/inclusion``).
+    (``GET /v1/log/proof/inclusion``), as every relay is with ``paged=False``
+    (``bench/bench_group_export.py`` compares the two).
 
     The relay is not trusted: a page with a gap, a repeat or a missing
     proof is :class:`MalformedInput` (the transport's checks), a page that
@@ -227,19 +232,20 @@ async def item_proofs(
     for t in rows:
         wanted[t.stream_id][t.position] = t
     try:
-        found = await asyncio.gather(
-            *(_stream_proofs(relay, sid, held, checkpoint) for sid, held in wanted.items())
-        )
+        if paged:
+            found = await asyncio.gather(
+                *(_stream_proofs(relay, sid, held, checkpoint) for sid, held in wanted.items())
+            )
+            return {key: proof for part in found for key, proof in part.items()}
     except RelayRefused as e:
         if e.status != 400:
             raise
-        return {
-            (t.stream_id, t.position): _checked(
-                t, await relay.inclusion_proof(t.log_index, checkpoint.size), checkpoint
-            )
-            for t in rows
-        }
-    return {key: proof for part in found for key, proof in part.items()}
+    return {
+        (t.stream_id, t.position): _checked(
+            t, await relay.inclusion_proof(t.log_index, checkpoint.size), checkpoint
+        )
+        for t in rows
+    }
 
 
 async def _stream_proofs(
