@@ -60,11 +60,17 @@ def start_relay(data: Path) -> tuple[subprocess.Popen[bytes], str]:
     exe = Path(sys.executable).with_name("securechan")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "securechan"]
     cmd += ["relay", "serve", "--host", "127.0.0.1", "--port", "0", "--data", str(data)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    for raw in proc.stdout or ():
-        line = raw.decode().strip()
-        if line.startswith("listening on "):
-            return proc, line.removeprefix("listening on ")
+    out = data.parent / "relay.out"
+    with out.open("wb") as f:  # a file, not a pipe nobody drains
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.DEVNULL)
+    for _ in range(3000):
+        for line in out.read_text("utf-8", errors="replace").splitlines():
+            if line.startswith("listening on "):
+                return proc, line.removeprefix("listening on ").strip()
+        if proc.poll() is not None:
+            break
+        time.sleep(0.01)
+    proc.kill()
     raise RuntimeError("the relay did not start")
 
 
