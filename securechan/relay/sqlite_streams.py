@@ -90,11 +90,11 @@ class StreamTotals:
         at = self._read_at
         return at is None or time.monotonic() - at >= self.refresh
 
-    def read(self, row: tuple[int, int, int]) -> None:
+    def read(self, row: tuple[int, int, int], *, fresh: bool = True) -> None:
         streams, blob_bytes, items = (int(v) for v in row)
         self.streams = streams
         self.bytes = blob_bytes + items * STREAM_ITEM_OVERHEAD
-        self._read_at = time.monotonic()
+        self._read_at = time.monotonic() if fresh else None
 
     def forget(self) -> None:
         """Read again before the next check (after a failed write)."""
@@ -123,11 +123,13 @@ class StreamTable:
         self._totals = StreamTotals()
 
     def _usage(self, conn: Conn, stream_id: bytes, *, writer: bool) -> StreamUsage:
-        # The writer thread reads the totals again once a second; a reader
-        # (which may not see the writer's batch yet) only before the first.
+        # The writer thread reads the totals again once a second (its own
+        # posts move them on in between: exact, one writer). A reader, which
+        # may not see the writer's open batch, only fills them before the
+        # writer's first read, and leaves them stale for it.
         totals = self._totals
         if totals.stale() if writer else totals.never_read():
-            totals.read(conn.execute(TOTALS_SQL).fetchone())
+            totals.read(conn.execute(TOTALS_SQL).fetchone(), fresh=writer)
         row = conn.execute(
             "SELECT items, bytes FROM streams WHERE stream_id = ?", (stream_id,)
         ).fetchone()
