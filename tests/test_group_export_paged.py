@@ -254,3 +254,40 @@ def test_a_malicious_page_in_the_export_is_refused(case: str) -> None:
                 await item_proofs(rc, log.rows(), log.checkpoint)
 
     asyncio.run(go())
+
+
+def test_a_relay_without_paged_proofs_is_asked_item_by_item() -> None:
+    """A relay that refuses ``size`` (an older one: 400 bad_query) is asked
+    for each item's proof, and each proof is still checked."""
+    log = Log()
+    seen: list[str] = []
+
+    async def items(request: web.Request) -> web.Response:
+        seen.append(request.path)
+        error = {"error": {"code": "bad_query", "message": "the parameters are after, limit"}}
+        return web.json_response(error, status=400)
+
+    async def inclusion(request: web.Request) -> web.Response:
+        seen.append(request.path)
+        index, size = int(request.query["index"]), int(request.query["size"])
+        proof = log.tree.inclusion_proof(index, size)
+        return web.json_response({"index": index, "size": size, "hashes": encode_hashes(proof)})
+
+    async def go() -> None:
+        app = web.Application()
+        app.router.add_get("/v1/streams/{stream}/items", items)
+        app.router.add_get("/v1/log/proof/inclusion", inclusion)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        try:
+            async with RelayClient(f"http://127.0.0.1:{port}", retry=ONCE) as rc:
+                proofs = await item_proofs(rc, log.rows(), log.checkpoint)
+        finally:
+            await runner.cleanup()
+        assert len(proofs) == N
+        assert seen.count("/v1/log/proof/inclusion") == N
+
+    asyncio.run(go())
