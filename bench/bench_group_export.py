@@ -8,8 +8,9 @@ A real ``securechan relay serve`` (the console script next to
 ``sys.executable``, SQLite, ``synchronous=FULL``) on 127.0.0.1 and two real
 homes (cheapest Argon2id) in a temporary folder: alpha creates a group with
 bravo and sends N group messages (default 1,000) through the library's
-``Channel.send_group``; the relay's transparency log holds those items and
-the pairwise envelopes between them, as it would in use. Then, interleaved
+``Channel.send_group`` (bravo receives after every 20); the relay's
+transparency log holds those items and the pairwise envelopes between
+them, as it would in use. Then, interleaved
 ``R`` times (default 3), on the same rows and the same signed checkpoint:
 
 * **per item** (what ``group export`` did before: one ``GET
@@ -119,6 +120,8 @@ async def run(messages: int, repeats: int, root: Path, url: str) -> dict[str, An
         start = time.perf_counter()
         for n in range(messages):
             await alpha.send_group("talks", text=f"statement {n} of the talks")
+            if n % 20 == 19:  # bravo reads, as a member does (and frees alpha's
+                await chs["bravo"].receive()  # first-contact share of its queue)
         send_seconds = time.perf_counter() - start
         await chs["bravo"].receive()
 
