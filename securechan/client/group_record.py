@@ -58,7 +58,7 @@ from securechan.identity.keys import PublicIdentity
 from securechan.protocol.group import GroupChange
 from securechan.protocol.group_stream import GroupDelivery, GroupRecord, GroupWelcome
 from securechan.transport import RelayClient
-from securechan.transport_streams import MAX_STREAM_PAGE
+from securechan.transport_streams import MAX_STREAM_PAGE, StreamItem
 
 __all__ = [
     "GroupRecordHost",
@@ -69,6 +69,9 @@ __all__ = [
     "group_statement_bundle",
     "item_proofs",
 ]
+
+_PAGES_AT_ONCE = 4
+"""Stream pages an export asks for at once (the relay answers 8 at a time)."""
 
 # Row statuses (client/group_results.py) of records the member applied.
 _MESSAGES = frozenset({"shown", "content-pending", "equivocation"})
@@ -216,7 +219,7 @@ async def item_proofs(
     by (stream id, position), each checked against its signed root: read
     from the streams' pages with their proofs (``GET
     /v1/streams/{id}/items?size=N``, :data:`MAX_STREAM_PAGE` items a
-    request, the streams read at once), so an export of n items of one
+    request, up to :data:`_PAGES_AT_ONCE` pages in flight), so an export of n items of one
     stream costs about n / 200 requests, not n. A relay that serves no
     proofs with its pages (an older one: 400) is asked for each proof
     (``GET /v1/log/proof/inclusion``), as every relay is with ``paged=False``
@@ -233,8 +236,12 @@ async def item_proofs(
         wanted[t.stream_id][t.position] = t
     try:
         if paged:
+            slots = asyncio.Semaphore(_PAGES_AT_ONCE)
             found = await asyncio.gather(
-                *(_stream_proofs(relay, sid, held, checkpoint) for sid, held in wanted.items())
+                *(
+                    _stream_proofs(relay, sid, held, checkpoint, slots)
+                    for sid, held in wanted.items()
+                )
             )
             return {key: proof for part in found for key, proof in part.items()}
     except RelayRefused as e:
@@ -249,22 +256,28 @@ async def item_proofs(
 
 
 async def _stream_proofs(
-    relay: RelayClient, stream_id: bytes, held: dict[int, TranscriptRow], checkpoint: Checkpoint
+    relay: RelayClient,
+    stream_id: bytes,
+    held: dict[int, TranscriptRow],
+    checkpoint: Checkpoint,
+    slots: asyncio.Semaphore,
 ) -> dict[tuple[bytes, int], tuple[bytes, ...]]:
-    """The proofs of the items ``held`` (by position) of one stream, read
-    page by page from the first of them to the last."""
-    out: dict[tuple[bytes, int], tuple[bytes, ...]] = {}
-    after, last = min(held) - 1, max(held)
-    while after < last:
-        page, _ = await relay.fetch_stream(
-            stream_id, after, min(MAX_STREAM_PAGE, last - after), size=checkpoint.size
-        )
-        if not page:
-            raise ProofFailed(
-                f"the relay's group stream ends at position {after}, before position "
-                f"{after + 1} this member read: it withholds or dropped items"
+    """The proofs of the items ``held`` (by position) of one stream: its
+    pages from the first of them to the last, all asked for at once (at
+    most :data:`_PAGES_AT_ONCE` in flight), each checked."""
+    first, last = min(held), max(held)
+    starts = range(first - 1, last, MAX_STREAM_PAGE)
+
+    async def page(after: int) -> list[StreamItem]:
+        async with slots:
+            items, _ = await relay.fetch_stream(
+                stream_id, after, min(MAX_STREAM_PAGE, last - after), size=checkpoint.size
             )
-        for item in page:
+        return items
+
+    out: dict[tuple[bytes, int], tuple[bytes, ...]] = {}
+    for after, items in zip(starts, await asyncio.gather(*map(page, starts)), strict=True):
+        for item in items:
             t = held.get(item.position)
             if t is None:
                 continue  # not in this export (a refused blob, or past its end)
@@ -274,7 +287,13 @@ async def _stream_proofs(
                     " than this member read from it"
                 )
             out[(stream_id, item.position)] = _checked(t, item.inclusion or (), checkpoint)
-        after = page[-1].position
+        # The transport checked the positions: after + 1, after + 2, ...
+        if len(items) < min(MAX_STREAM_PAGE, last - after):
+            end = after + len(items)
+            raise ProofFailed(
+                f"the relay's group stream ends at position {end}, before position "
+                f"{end + 1} this member read: it withholds or dropped items"
+            )
     return out
 
 
