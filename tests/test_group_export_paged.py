@@ -291,3 +291,44 @@ def test_a_relay_without_paged_proofs_is_asked_item_by_item() -> None:
         assert seen.count("/v1/log/proof/inclusion") == N
 
     asyncio.run(go())
+
+
+def test_the_relay_serves_pages_with_proofs(tmp_path: Path) -> None:
+    """A real relay: ``size`` adds each item's inclusion proof in that tree
+    (they verify against the signed checkpoint); an item logged after it
+    comes without one; a size the log has not reached is 404
+    no_checkpoint; an unknown stream still reads as an empty one, byte for
+    byte (its existence is not revealed). On main ``size`` was 400."""
+    from securechan.audit.checkpoint import open_checkpoint
+    from securechan.audit.merkle import verify_inclusion
+    from securechan.audit.note import VerifierKey
+    from securechan.primitives import random_bytes
+
+    async def go(url: str) -> None:
+        stream, blobs = random_bytes(32), [random_bytes(100) for _ in range(4)]
+        async with RelayClient(url, retry=ONCE) as rc:
+            key = VerifierKey.from_text((await rc.info())["log_verifier_key"])
+            for blob in blobs[:3]:
+                await rc.post_stream_item(stream, blob)
+            cp = open_checkpoint(await rc.log_checkpoint(), key)
+            await rc.post_stream_item(stream, blobs[3])
+            items, more = await rc.fetch_stream(stream, 0, 10, size=cp.size)
+            assert [i.blob for i in items] == blobs and not more
+            for item in items[:3]:
+                leaf = envelope_leaf_hash(item.blob)
+                verify_inclusion(leaf, item.log_index, cp.size, item.inclusion or (), cp.root_hash)
+            assert items[3].inclusion is None  # logged after the checkpoint
+        async with aiohttp.ClientSession() as http:
+            path = f"{url}/v1/streams/{_b64(stream)}/items"
+            async with http.get(f"{path}?after=0&size={cp.size + 100}") as r:
+                assert r.status == 404
+                assert (await r.json())["error"]["code"] == "no_checkpoint"
+            unknown = f"{url}/v1/streams/{_b64(random_bytes(32))}/items"
+            async with (
+                http.get(f"{unknown}?after=0&size={cp.size}") as r1,
+                http.get(f"{unknown}?after=0") as r2,
+            ):
+                assert (r1.status, await r1.read()) == (r2.status, await r2.read())
+
+    with running_relay(tmp_path) as relay:
+        run(go(relay.url), 120)
