@@ -12,7 +12,11 @@ repeat and no reordering (a relay that withholds an item in the middle of
 a stream is caught here), at most ``limit`` items, each blob non-empty and
 at most :data:`MAX_STREAM_BLOB` bytes, no blob and no log index twice.
 The receipts are parsed, not verified: the caller checks them
-(:func:`securechan.audit.receipt.verify_receipt`), as for sends.
+(:func:`securechan.audit.receipt.verify_receipt`), as for sends. A page
+asked for with ``size`` must carry an inclusion proof for every item whose
+leaf index is below it and none for the others; the proofs are parsed, not
+verified (the transcript export checks each against its checkpoint:
+:mod:`securechan.client.group_record`).
 
 This module does I/O only: it moves opaque bytes.
 """
@@ -43,8 +47,9 @@ __all__ = [
 STREAM_ID_SIZE: Final = 32
 MAX_STREAM_BLOB: Final = 16 * 1024
 """The largest blob a client posts or accepts (the relay's default limit)."""
-# A full page in JSON: base64 of every blob plus room for the rest.
-_MAX_PAGE_BYTES: Final = MAX_STREAM_PAGE * (MAX_STREAM_BLOB * 4 // 3 + 256) + 1024
+# A full page in JSON: base64 of every blob and of an inclusion proof (at
+# most 65 hashes of 44 characters and their quotes) plus room for the rest.
+_MAX_PAGE_BYTES: Final = MAX_STREAM_PAGE * (MAX_STREAM_BLOB * 4 // 3 + 65 * 48 + 256) + 1024
 _MAX_POST_BYTES: Final = 256 * 1024  # a receipt: a checkpoint note and <= 64 hashes
 
 
@@ -74,7 +79,9 @@ def decode_stream_post(raw: bytes) -> tuple[int, Receipt]:
     return reply.position, reply.receipt
 
 
-def decode_stream_page(raw: bytes, *, after: int, limit: int) -> tuple[list[StreamItem], bool]:
+def decode_stream_page(
+    raw: bytes, *, after: int, limit: int, size: int | None = None
+) -> tuple[list[StreamItem], bool]:
     """The relay's answer to ``GET .../items?after=after&limit=limit``:
     the items and whether there may be more. :class:`MalformedInput` unless
     the items are exactly positions ``after + 1 ... after + n`` with ``n <=
@@ -106,6 +113,10 @@ def decode_stream_page(raw: bytes, *, after: int, limit: int) -> tuple[list[Stre
             raise bad(f"item {item.position} is {len(item.blob)} bytes")
         if item.blob in blobs or item.log_index in leaves:
             raise bad(f"item {item.position} repeats an earlier item")
+        proved = size is not None and item.log_index < size
+        if proved != (item.inclusion is not None):
+            why = "without the inclusion proof asked for" if proved else "with a proof unasked"
+            raise bad(f"item {item.position} comes {why}")
         blobs.add(item.blob)
         leaves.add(item.log_index)
     if page.more and len(items) < limit:
@@ -154,17 +165,22 @@ class StreamMethods:
         return decode_stream_post(raw)
 
     async def fetch_stream(
-        self, stream_id: bytes, after: int, limit: int = MAX_STREAM_PAGE
+        self, stream_id: bytes, after: int, limit: int = MAX_STREAM_PAGE, *, size: int | None = None
     ) -> tuple[list[StreamItem], bool]:
         """One page of the stream's items after position ``after`` (at most
         ``limit``, 1 to :data:`MAX_STREAM_PAGE`) and whether there may be
         more (fetch again after the last position). An unknown stream has
-        no items. :class:`MalformedInput` for a page that breaks the rules
-        above (see :func:`decode_stream_page`)."""
+        no items. With ``size`` (a tree size of the relay's log), each item
+        in that tree comes with its inclusion proof (``item.inclusion``,
+        unverified). :class:`MalformedInput` for a page that breaks the
+        rules above (see :func:`decode_stream_page`)."""
         _check_stream_id(stream_id)
         _check_position(after, "after")
         if type(limit) is not int or not 1 <= limit <= MAX_STREAM_PAGE:
             raise ValueError(f"limit must be 1 to {MAX_STREAM_PAGE}")
+        query = f"after={after}&limit={limit}"
+        if size is not None:
+            query += f"&size={_check_position(size, 'size')}"
         path = api.route("stream_fetch").url(stream=stream_id)
-        _, raw = await self._request_raw("GET", f"{path}?after={after}&limit={limit}")
-        return decode_stream_page(raw, after=after, limit=limit)
+        _, raw = await self._request_raw("GET", f"{path}?{query}")
+        return decode_stream_page(raw, after=after, limit=limit, size=size)

@@ -33,15 +33,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from securechan.relay.storage import (
+    STREAM_ITEM_OVERHEAD,
     Envelope,
     NonceReused,
     NonceUse,
     PutResult,
     QueueFull,
     QueueRecord,
+    QuotaExceeded,
     RelayStorage,
     StorageClosed,
     StreamFull,
+    StreamLimits,
     StreamPut,
 )
 
@@ -918,6 +921,58 @@ class StreamConformance:
             # The refused post took no position: a larger limit goes on at 4.
             put = await s.put_stream_item(a, b"new", log_index=5, now=NOW, max_items=4)
             assert put.position == 4
+
+        run(open_storage, body)
+
+    def test_stream_byte_and_count_bounds_refuse_and_answer_resends(
+        self, open_storage: OpenStorage
+    ) -> None:
+        """A stream's byte quota (409-style :class:`StreamFull`, for good),
+        the relay's most streams (only a new stream is refused) and the
+        stream bytes of all streams (:class:`QuotaExceeded`), each item
+        charged its blob and STREAM_ITEM_OVERHEAD; a resend of a held item
+        is answered whatever the bounds; a refused post stores nothing."""
+        a, b, c = stream_id("quota a"), stream_id("quota b"), stream_id("quota c")
+        item = 100 + STREAM_ITEM_OVERHEAD  # what one 100-byte blob is charged
+        per_stream = StreamLimits(max_items=1000, max_bytes=3 * item)
+
+        async def put(s: RelayStorage, sid: bytes, n: int, limits: StreamLimits) -> StreamPut:
+            blob = b"%03d" % n + bytes(97)
+            return await s.put_stream_item(
+                sid, blob, log_index=n, now=NOW, max_items=limits.max_items, limits=limits
+            )
+
+        async def body(s: RelayStorage) -> None:
+            assert await s.stream_usage(a) == await s.stream_usage(b)
+            for n in range(3):
+                assert (await put(s, a, n, per_stream)).position == n + 1
+            usage = await s.stream_usage(a)
+            assert (usage.items, usage.bytes) == (3, 3 * item)
+            with pytest.raises(StreamFull, match="byte quota"):
+                await put(s, a, 3, per_stream)
+            assert (await put(s, a, 1, per_stream)).duplicate  # a resend: answered
+            assert await s.held_stream_item(a, b"%03d" % 1 + bytes(97)) == StreamPut(
+                position=2, log_index=1, duplicate=True
+            )
+            assert await s.held_stream_item(a, b"not held") is None
+            assert await s.stream_length(a) == 3
+            # Two streams at most: a third is refused, the held ones go on.
+            two = StreamLimits(max_items=1000, max_streams=2)
+            assert (await put(s, b, 10, two)).position == 1
+            with pytest.raises(QuotaExceeded) as info:
+                await put(s, c, 20, two)
+            assert info.value.kind == "streams"
+            assert (await put(s, b, 11, two)).position == 2
+            assert await s.fetch_stream(c, after=0, limit=5) == []
+            # All streams together: 5 items held; room for one more, not two.
+            total = StreamLimits(max_items=1000, total_bytes=6 * item)
+            usage = await s.stream_usage(b)
+            assert (usage.streams, usage.total_bytes) == (2, 5 * item)
+            assert (await put(s, b, 12, total)).position == 3
+            with pytest.raises(QuotaExceeded) as info:
+                await put(s, a, 13, total)
+            assert info.value.kind == "stream_bytes"
+            assert await s.stream_length(a) == 3
 
         run(open_storage, body)
 

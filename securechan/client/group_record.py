@@ -26,10 +26,13 @@ one).
 
 from __future__ import annotations
 
+import asyncio
+from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-from securechan.audit.checkpoint import open_checkpoint
+from securechan.audit.checkpoint import Checkpoint, open_checkpoint
 from securechan.audit.group_transcript import (
     MAX_ITEMS,
     GroupTranscript,
@@ -37,15 +40,25 @@ from securechan.audit.group_transcript import (
     TranscriptJoin,
 )
 from securechan.audit.group_transcript_verify import VerifiedTranscript, verify_transcript
+from securechan.audit.merkle import verify_inclusion
+from securechan.audit.receipt import envelope_leaf_hash
 from securechan.client.context import Context
 from securechan.client.db_groups import GroupRow, TranscriptRow
 from securechan.client.groups import Groups
 from securechan.client.logview import RelayLogs
 from securechan.client.results import TranscriptExported
-from securechan.errors import NotFound, StorageError, UsageError
+from securechan.errors import (
+    NotFound,
+    ProofFailed,
+    RelayRefused,
+    StorageError,
+    UsageError,
+)
 from securechan.identity.keys import PublicIdentity
 from securechan.protocol.group import GroupChange
 from securechan.protocol.group_stream import GroupDelivery, GroupRecord, GroupWelcome
+from securechan.transport import RelayClient
+from securechan.transport_streams import MAX_STREAM_PAGE, StreamItem
 
 __all__ = [
     "GroupRecordHost",
@@ -54,7 +67,11 @@ __all__ = [
     "find_group_message",
     "group_bundle",
     "group_statement_bundle",
+    "item_proofs",
 ]
+
+_PAGES_AT_ONCE = 4
+"""Stream pages an export asks for at once (the relay answers 8 at a time)."""
 
 # Row statuses (client/group_results.py) of records the member applied.
 _MESSAGES = frozenset({"shown", "content-pending", "equivocation"})
@@ -162,19 +179,18 @@ async def group_bundle(
     note = await relay.log_checkpoint()
     checkpoint = open_checkpoint(note, key)
     await host.logs.accept(row.relay, key, note, checkpoint)
-    items = []
-    for t, content in picked:
-        proof = await relay.inclusion_proof(t.log_index, checkpoint.size)
-        items.append(
-            TranscriptItem(
-                stream_id=t.stream_id,
-                position=t.position,
-                blob=t.blob,
-                log_index=t.log_index,
-                inclusion_proof=b"".join(proof),
-                content=content,
-            )
+    proofs = await item_proofs(relay, [t for t, _ in picked], checkpoint)
+    items = [
+        TranscriptItem(
+            stream_id=t.stream_id,
+            position=t.position,
+            blob=t.blob,
+            log_index=t.log_index,
+            inclusion_proof=b"".join(proofs[(t.stream_id, t.position)]),
+            content=content,
         )
+        for t, content in picked
+    ]
     identities: list[PublicIdentity] = []
     for fp in sorted(authors):
         who = host.group_client.reader.identity(fp)
@@ -190,6 +206,109 @@ async def group_bundle(
         join=join,
     )
     return bundle, verify_transcript(bundle, relay_key=key), row
+
+
+async def item_proofs(
+    relay: RelayClient,
+    rows: Sequence[TranscriptRow],
+    checkpoint: Checkpoint,
+    *,
+    paged: bool = True,
+) -> dict[tuple[bytes, int], tuple[bytes, ...]]:
+    """The inclusion proof of every row's item in the tree of ``checkpoint``,
+    by (stream id, position), each checked against its signed root: read
+    from the streams' pages with their proofs (``GET
+    /v1/streams/{id}/items?size=N``, :data:`MAX_STREAM_PAGE` items a
+    request, up to :data:`_PAGES_AT_ONCE` pages in flight), so an export of n items of one
+    stream costs about n / 200 requests, not n. A relay that serves no
+    proofs with its pages (an older one: 400) is asked for each proof
+    (``GET /v1/log/proof/inclusion``), as every relay is with ``paged=False``
+    (``bench/bench_group_export.py`` compares the two).
+
+    The relay is not trusted: a page with a gap, a repeat or a missing
+    proof is :class:`MalformedInput` (the transport's checks), a page that
+    ends before an item this member read, or that holds at one of its
+    positions another blob or leaf than it read (the relay now shows
+    another stream), or a wrong proof is :class:`ProofFailed`: nothing is
+    written."""
+    wanted: dict[bytes, dict[int, TranscriptRow]] = defaultdict(dict)
+    for t in rows:
+        wanted[t.stream_id][t.position] = t
+    try:
+        if paged:
+            slots = asyncio.Semaphore(_PAGES_AT_ONCE)
+            found = await asyncio.gather(
+                *(
+                    _stream_proofs(relay, sid, held, checkpoint, slots)
+                    for sid, held in wanted.items()
+                )
+            )
+            return {key: proof for part in found for key, proof in part.items()}
+    except RelayRefused as e:
+        if e.status != 400:
+            raise
+    return {
+        (t.stream_id, t.position): _checked(
+            t, await relay.inclusion_proof(t.log_index, checkpoint.size), checkpoint
+        )
+        for t in rows
+    }
+
+
+async def _stream_proofs(
+    relay: RelayClient,
+    stream_id: bytes,
+    held: dict[int, TranscriptRow],
+    checkpoint: Checkpoint,
+    slots: asyncio.Semaphore,
+) -> dict[tuple[bytes, int], tuple[bytes, ...]]:
+    """The proofs of the items ``held`` (by position) of one stream: its
+    pages from the first of them to the last, all asked for at once (at
+    most :data:`_PAGES_AT_ONCE` in flight), each checked."""
+    first, last = min(held), max(held)
+    starts = range(first - 1, last, MAX_STREAM_PAGE)
+
+    async def page(after: int) -> list[StreamItem]:
+        async with slots:
+            items, _ = await relay.fetch_stream(
+                stream_id, after, min(MAX_STREAM_PAGE, last - after), size=checkpoint.size
+            )
+        return items
+
+    out: dict[tuple[bytes, int], tuple[bytes, ...]] = {}
+    for after, items in zip(starts, await asyncio.gather(*map(page, starts)), strict=True):
+        for item in items:
+            t = held.get(item.position)
+            if t is None:
+                continue  # not in this export (a refused blob, or past its end)
+            if item.blob != t.blob or item.log_index != t.log_index:
+                raise ProofFailed(
+                    f"the relay's group stream holds another item at position {item.position}"
+                    " than this member read from it"
+                )
+            out[(stream_id, item.position)] = _checked(t, item.inclusion or (), checkpoint)
+        # The transport checked the positions: after + 1, after + 2, ...
+        if len(items) < min(MAX_STREAM_PAGE, last - after):
+            end = after + len(items)
+            raise ProofFailed(
+                f"the relay's group stream ends at position {end}, before position "
+                f"{end + 1} this member read: it withholds or dropped items"
+            )
+    return out
+
+
+def _checked(t: TranscriptRow, proof: Sequence[bytes], checkpoint: Checkpoint) -> tuple[bytes, ...]:
+    """``proof``, once it proves the row's blob at its leaf under the
+    checkpoint's root (:class:`ProofFailed` otherwise)."""
+    try:
+        verify_inclusion(
+            envelope_leaf_hash(t.blob), t.log_index, checkpoint.size, proof, checkpoint.root_hash
+        )
+    except ProofFailed as e:
+        raise ProofFailed(
+            f"the relay's inclusion proof of group stream item {t.position} is wrong: {e}"
+        ) from None
+    return tuple(proof)
 
 
 def _change(t: TranscriptRow) -> GroupChange:

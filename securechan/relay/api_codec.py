@@ -147,3 +147,9 @@ class StreamItem:
     position: int = jfield("int", doc="1, 2, 3... in the stream, no gap")
     blob: bytes = jfield("blob", doc="base64url item bytes, opaque to the relay")
     log_index: int = jfield("int", doc="index of its leaf in the transparency log")
+    inclusion: tuple[bytes, ...] | None = jfield(
+        "hashes",
+        optional=True,
+        doc="asked for with size: the RFC 9162 inclusion proof of its leaf in the tree of"
+        " that size (absent for a leaf past it)",
+    )

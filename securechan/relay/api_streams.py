@@ -65,10 +65,13 @@ STREAM_ROUTES: Final[tuple[Route, ...]] = (
         method="GET",
         path=_STREAM + "/items",
         summary="A group stream's items after a position, in position order (an unknown"
-        " stream has none: its existence is not revealed).",
+        " stream has none: its existence is not revealed). With size (a tree size the log"
+        " has reached, as a checkpoint names), each item in that tree comes with its"
+        " inclusion proof: a transcript export proves a page of items in one request.",
         query=(
             Query(name="after"),
             Query(name="limit", minimum=1, maximum=MAX_STREAM_PAGE),
+            Query(name="size", minimum=1),
         ),
         reply=StreamPage,
         ok={200: "Items."},

@@ -360,11 +360,12 @@ class Relay:
         svc.guard.limit(svc.guard.client_limit, request.remote, "client")
         stream_id = self._id(request, "stream", STREAM_ID_SIZE)
         await self._body(request, 0)
-        query = _query(request, {"after", "limit"})
+        query = _query(request, {"after", "limit", "size"})
         limit = query.get("limit", MAX_STREAM_PAGE)
         if not 1 <= limit <= MAX_STREAM_PAGE:
             raise ApiError("bad_query", f"limit must be 1 to {MAX_STREAM_PAGE}")
-        return _json(await self.streams.fetch(stream_id, query.get("after", 0), limit))
+        page = self.streams.fetch(stream_id, query.get("after", 0), limit, query.get("size"))
+        return _json(await page)
 
     # --- transparency log (docs/AUDIT.md, "Relay transparency log") -----------------
 

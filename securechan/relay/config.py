@@ -91,6 +91,13 @@ class RelayConfig:
     # how many items one stream holds at most (items are never deleted).
     stream_max_blob: int = 16 * 1024
     stream_max_items: int = 100_000
+    # Stream bytes (each item charged its blob + 256 bytes) one stream holds
+    # at most; how many streams the relay holds, and their bytes together,
+    # so that strangers who open streams cannot take the queues' space
+    # (0: no limit).
+    stream_max_bytes: int = 64 * 1024 * 1024
+    max_streams: int = 10_000
+    streams_max_bytes: int = 1024 * 1024 * 1024
     clock: Callable[[], float] = field(default=time.time)
 
     @property

@@ -198,6 +198,8 @@ class SqliteStorage(Closing):
         self.put_stream_item = self._streams.put_stream_item
         self.fetch_stream = self._streams.fetch_stream
         self.stream_length = self._streams.stream_length
+        self.stream_usage = self._streams.stream_usage
+        self.held_stream_item = self._streams.held_stream_item
 
     def _connect_writer(self, sync: str, busy_timeout: float) -> Conn:
         # auto_vacuum takes effect on a new, empty file only, and only before

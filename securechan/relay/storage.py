@@ -24,6 +24,7 @@ from typing import Protocol
 from securechan.errors import LimitReached, Reason, StorageError, VerificationFailed
 
 __all__ = [
+    "STREAM_ITEM_OVERHEAD",
     "Envelope",
     "HeldEnvelope",
     "NonceReused",
@@ -37,7 +38,9 @@ __all__ = [
     "StorageClosed",
     "StoredItem",
     "StreamFull",
+    "StreamLimits",
     "StreamPut",
+    "StreamUsage",
 ]
 
 ID_SIZE = 16
@@ -55,7 +58,9 @@ class QuotaExceeded(LimitReached):
     """A send would take a byte quota past its limit; ``kind`` says which:
     ``"queue"``, ``"sender"`` (all queues of the sender key), ``"storage"``
     (the relay's overall limit) or ``"disk"`` (the file system's free space
-    would fall under the reserve)."""
+    would fall under the reserve); for a group-stream post also ``"streams"``
+    (the relay holds its most streams: no new one) or ``"stream_bytes"``
+    (all streams together hold their most bytes)."""
 
     code = Reason.QUOTA_EXCEEDED
 
@@ -90,11 +95,62 @@ class Quota:
 
 
 class StreamFull(LimitReached):
-    """The group stream holds its maximum number of items, for good.
+    """The group stream holds its maximum number of items or bytes, for good.
 
     Items are never deleted (docs/RELAY.md, "Group streams")."""
 
     code = Reason.STREAM_FULL
+
+
+STREAM_ITEM_OVERHEAD = 256
+"""Bytes a stream item is charged beyond its blob in the stream byte bounds
+(its row, its index entries, its log leaf), so that many tiny items cannot
+pass a bound that counts blob bytes only (docs/RELAY.md, "Group streams")."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamLimits:
+    """Bounds of one group-stream post (``None``: no bound). ``max_items``
+    and ``max_bytes`` bound the stream (:class:`StreamFull`, for good);
+    ``max_streams`` the streams the relay holds (only a post that would
+    open a new stream is refused) and ``total_bytes`` the bytes of all
+    streams together (:class:`QuotaExceeded` ``"streams"`` and
+    ``"stream_bytes"``). Bytes are charged as the blob plus
+    :data:`STREAM_ITEM_OVERHEAD` per item."""
+
+    max_items: int
+    max_bytes: int | None = None
+    max_streams: int | None = None
+    total_bytes: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamUsage:
+    """What one stream and all streams hold (bytes charged as in
+    :class:`StreamLimits`). ``streams`` and ``total_bytes`` may lag by the
+    posts of the last second in other relay processes. ``used_bytes``: the
+    database's size where the store has no cheaper count (PostgreSQL), for
+    the relay's check before the log grows; ``None`` otherwise."""
+
+    items: int
+    bytes: int
+    streams: int
+    total_bytes: int
+    used_bytes: int | None = None
+
+    def refusal(self, limits: StreamLimits, size: int) -> LimitReached | None:
+        """Why one more item of ``size`` blob bytes must be refused, or None."""
+        charged = size + STREAM_ITEM_OVERHEAD
+        if self.items >= limits.max_items:
+            return StreamFull("the stream is full")
+        if limits.max_bytes is not None and self.bytes + charged > limits.max_bytes:
+            return StreamFull("the stream is full: its byte quota is used up")
+        new = self.items == 0
+        if new and limits.max_streams is not None and self.streams >= limits.max_streams:
+            return QuotaExceeded("streams")
+        if limits.total_bytes is not None and self.total_bytes + charged > limits.total_bytes:
+            return QuotaExceeded("stream_bytes")
+        return None
 
 
 class StorageClosed(StorageError):
@@ -281,6 +337,7 @@ class RelayStorage(Protocol):
         now: int,
         max_items: int,
         quota: Quota | None = None,
+        limits: StreamLimits | None = None,
     ) -> StreamPut:
         """Append ``data`` to the group stream ``stream_id`` (32 bytes; the
         stream exists once it has an item) at the next position, durably,
@@ -290,8 +347,10 @@ class RelayStorage(Protocol):
         again to the stream answer the held item (``duplicate``), even when
         the stream is full. :class:`StreamFull` when ``max_items`` are held;
         with ``quota``, :class:`QuotaExceeded` (``"storage"`` or ``"disk"``)
-        when the blob would pass the relay's overall limits. A refused post
-        stores nothing and takes no position."""
+        when the blob would pass the relay's overall limits; with
+        ``limits`` (whose ``max_items`` replaces ``max_items``), the refusal
+        of :meth:`StreamUsage.refusal`. A refused post stores nothing and
+        takes no position."""
 
     async def fetch_stream(self, stream_id: bytes, *, after: int, limit: int) -> list[StoredItem]:
         """Items with ``position > after``, in position order, at most
@@ -299,6 +358,12 @@ class RelayStorage(Protocol):
 
     async def stream_length(self, stream_id: bytes) -> int:
         """How many items the stream holds (its last position; 0 if unknown)."""
+
+    async def stream_usage(self, stream_id: bytes) -> StreamUsage:
+        """What the stream and all streams hold (all 0 for a new relay)."""
+
+    async def held_stream_item(self, stream_id: bytes, data: bytes) -> StreamPut | None:
+        """The item of the stream holding exactly ``data`` (``duplicate``), or None."""
 
     async def close(self) -> None:
         """Finish pending writes and close."""

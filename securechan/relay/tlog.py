@@ -64,6 +64,7 @@ from securechan.audit.tree import TreeStore
 from securechan.errors import StorageError
 from securechan.primitives import Ed25519SigningKey, constant_time_equal, sha256
 from securechan.relay.storage import RelayStorage, StorageClosed
+from securechan.relay.tlog_proofs import inclusion_proofs
 from securechan.relay.tlog_reader import LogReader as _Reader
 from securechan.relay.tlog_reader import ReadThread
 from securechan.relay.tlog_schema import SCHEMA, synced_transaction
@@ -217,6 +218,17 @@ class RelayLog(Closing):
         if type(index) is not int or not 0 <= index < size:
             raise ValueError("an inclusion proof needs 0 <= index < size")
         return await self._read(lambda r: r.tree.inclusion_proof(index, size))
+
+    async def inclusion_proofs(self, indices: set[int], size: int) -> dict[int, list[bytes]]:
+        """The inclusion proofs of several leaves in the tree of ``size``, in
+        one read (the same paths as :meth:`inclusion_proof`; a group stream
+        page's, docs/RELAY.md "Group streams")."""
+        self._check_size(size)
+        if any(type(i) is not int or not 0 <= i < size for i in indices):
+            raise ValueError("an inclusion proof needs 0 <= index < size")
+        if not indices:
+            return {}
+        return await self._read(lambda r: inclusion_proofs(r.tree, set(indices), size))
 
     async def consistency_proof(self, old: int, new: int) -> list[bytes]:
         """RFC 9162 consistency proof from ``old`` to ``new`` (empty from 0)."""
