@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from securechan.client.context import Context
@@ -38,11 +38,26 @@ from securechan.client.group_carriage import view_of
 from securechan.client.group_results import GroupEntry, GroupInfo
 from securechan.client.group_sync import GroupReader
 from securechan.client.results import Received, Rejected
-from securechan.errors import GroupRejected, MalformedInput, SecurechanError, UsageError
+from securechan.errors import (
+    ContactNotFound,
+    GroupRejected,
+    MalformedInput,
+    SecurechanError,
+    UsageError,
+)
 from securechan.protocol.group import GroupChange, GroupMember, GroupState
 from securechan.protocol.group_stream import GroupRecord, GroupWelcome, StreamKeys, leave_secret
+from securechan.terminal_text import inline
 
-__all__ = ["GroupsLike", "audible", "make_change", "rekey_quiet"]
+__all__ = [
+    "ChangeRefused",
+    "GroupsLike",
+    "admin_change",
+    "audible",
+    "last_admin",
+    "make_change",
+    "rekey_quiet",
+]
 
 # Pauses (seconds) between receive passes while a member who is not an
 # admin waits for an admin's rekey.
@@ -121,6 +136,8 @@ async def _try_change(
             members=members(old),
             previous=old.hash,
         )
+    except ChangeRefused as e:
+        raise UsageError(e.say(row.name)) from None
     except (MalformedInput, ValueError) as e:
         raise UsageError(f"cannot change group {row.name!r}: {e}") from None
     if state.members == old.members and not rekey:
@@ -213,3 +230,69 @@ async def audible(groups: GroupsLike, group: str) -> GroupRow:
             f"ask an admin to run: securechan group rekey {row.name}"
         )
     return row
+
+
+# --- admins (docs/CLI.md, Groups: "group admin") ----------------------------------
+
+
+class ChangeRefused(Exception):
+    """A change refused before it is made; ``say(local group name)`` is the
+    one line the user reads (a :class:`UsageError` from ``make_change``)."""
+
+    def __init__(self, say: Callable[[str], str]) -> None:
+        super().__init__("refused")
+        self.say = say
+
+
+def last_admin(old: GroupState, me: bytes, what: str) -> None:
+    """Raise :class:`ChangeRefused` if ``me`` is the group's only admin
+    (``what``: "leave" or "step down"): a group keeps at least one admin."""
+    who = old.member(me)
+    if who is None or not who.admin or any(m.admin for m in old.members if m is not who):
+        return
+    raise ChangeRefused(
+        lambda g: (
+            f"you are the last admin of group {g!r} and cannot {what}: first make another "
+            f"member an admin (securechan group admin {g} CONTACT)"
+        )
+    )
+
+
+def admin_change(
+    ctx: Context, contacts: Sequence[str], *, grant: bool
+) -> Callable[[GroupState], tuple[GroupMember, ...]]:
+    """The member list with each of ``contacts`` made an admin (``grant``)
+    or a plain member. A contact name, or our own identity's name (to step
+    down ourselves); each must be a member; a group keeps one admin."""
+    me = ctx.identity.fingerprint.digest
+    named: dict[bytes, str] = {}
+    for name in contacts:
+        try:
+            named[ctx.contact(name).fingerprint.digest] = name
+        except ContactNotFound:
+            if name != ctx.identity.name:
+                raise
+            named[me] = name
+
+    def change(old: GroupState) -> tuple[GroupMember, ...]:
+        for fp, name in named.items():
+            if old.member(fp) is None:
+                raise ChangeRefused(_not_member(inline(name)))
+        new = tuple(
+            GroupMember(fingerprint=m.fingerprint, admin=grant) if m.fingerprint in named else m
+            for m in old.members
+        )
+        if not any(m.admin for m in new):
+            last_admin(old, me, "step down")
+            raise ChangeRefused(lambda g: f"group {g!r} would have no admin left")
+        return new
+
+    return change
+
+
+def _not_member(shown: str) -> Callable[[str], str]:
+    def say(g: str) -> str:
+        add = f"securechan group add {g} {shown}"
+        return f"{shown} is not a member of group {g!r} (add it first: {add})"
+
+    return say
