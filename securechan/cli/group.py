@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from securechan.cli import render
-from securechan.cli.completion import complete_contact, complete_group
+from securechan.cli.completion import complete_contact, complete_contact_or_self, complete_group
 from securechan.cli.core import (
     _App,
     _channel,
@@ -167,7 +167,7 @@ def remove(app: _App, name: str, contacts: tuple[str, ...], as_json: bool) -> No
 
 @group.command()
 @click.argument("name", metavar="NAME", shell_complete=complete_group)
-@click.argument("contacts", metavar="CONTACT...", nargs=-1, shell_complete=complete_contact)
+@click.argument("contacts", metavar="CONTACT...", nargs=-1, shell_complete=complete_contact_or_self)
 @click.option("--revoke", is_flag=True, help="Make them plain members again instead of admins.")
 @_json_option
 @pass_app
