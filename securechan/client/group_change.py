@@ -50,7 +50,6 @@ from securechan.protocol.group_stream import GroupRecord, GroupWelcome, StreamKe
 from securechan.terminal_text import inline
 
 __all__ = [
-    "ChangeRefused",
     "GroupsLike",
     "admin_change",
     "audible",
@@ -136,8 +135,6 @@ async def _try_change(
             members=members(old),
             previous=old.hash,
         )
-    except ChangeRefused as e:
-        raise UsageError(e.say(row.name)) from None
     except (MalformedInput, ValueError) as e:
         raise UsageError(f"cannot change group {row.name!r}: {e}") from None
     if state.members == old.members and not rekey:
@@ -235,64 +232,49 @@ async def audible(groups: GroupsLike, group: str) -> GroupRow:
 # --- admins (docs/CLI.md, Groups: "group admin") ----------------------------------
 
 
-class ChangeRefused(Exception):
-    """A change refused before it is made; ``say(local group name)`` is the
-    one line the user reads (a :class:`UsageError` from ``make_change``)."""
-
-    def __init__(self, say: Callable[[str], str]) -> None:
-        super().__init__("refused")
-        self.say = say
-
-
-def last_admin(old: GroupState, me: bytes, what: str) -> None:
-    """Raise :class:`ChangeRefused` if ``me`` is the group's only admin
-    (``what``: "leave" or "step down"): a group keeps at least one admin."""
+def last_admin(old: GroupState, me: bytes, what: str, name: str) -> None:
+    """Raise :class:`UsageError` if ``me`` is the only admin of the group
+    (locally ``name``; ``what``: "leave" or "step down"): a group keeps at
+    least one admin, so the line says what to do first."""
     who = old.member(me)
     if who is None or not who.admin or any(m.admin for m in old.members if m is not who):
         return
-    raise ChangeRefused(
-        lambda g: (
-            f"you are the last admin of group {g!r} and cannot {what}: first make another "
-            f"member an admin (securechan group admin {g} CONTACT)"
-        )
+    raise UsageError(
+        f"you are the last admin of group {name!r} and cannot {what}: first make another "
+        f"member an admin (securechan group admin {name} CONTACT)"
     )
 
 
 def admin_change(
-    ctx: Context, contacts: Sequence[str], *, grant: bool
+    ctx: Context, name: str, contacts: Sequence[str], *, grant: bool
 ) -> Callable[[GroupState], tuple[GroupMember, ...]]:
-    """The member list with each of ``contacts`` made an admin (``grant``)
-    or a plain member. A contact name, or our own identity's name (to step
-    down ourselves); each must be a member; a group keeps one admin."""
+    """The member list of the group (locally ``name``) with each of
+    ``contacts`` made an admin (``grant``) or a plain member. A contact
+    name, or our own identity's name (to step down ourselves); each must be
+    a member; a group keeps one admin."""
     me = ctx.identity.fingerprint.digest
     named: dict[bytes, str] = {}
-    for name in contacts:
+    for who in contacts:
         try:
-            named[ctx.contact(name).fingerprint.digest] = name
+            named[ctx.contact(who).fingerprint.digest] = who
         except ContactNotFound:
-            if name != ctx.identity.name:
+            if who != ctx.identity.name:
                 raise
-            named[me] = name
+            named[me] = who
 
     def change(old: GroupState) -> tuple[GroupMember, ...]:
-        for fp, name in named.items():
+        for fp, who in named.items():
             if old.member(fp) is None:
-                raise ChangeRefused(_not_member(inline(name)))
+                shown = inline(who)
+                add = f"securechan group add {name} {shown}"
+                raise UsageError(f"{shown} is not a member of group {name!r} (add it first: {add})")
         new = tuple(
             GroupMember(fingerprint=m.fingerprint, admin=grant) if m.fingerprint in named else m
             for m in old.members
         )
         if not any(m.admin for m in new):
-            last_admin(old, me, "step down")
-            raise ChangeRefused(lambda g: f"group {g!r} would have no admin left")
+            last_admin(old, me, "step down", name)
+            raise UsageError(f"group {name!r} would have no admin left")
         return new
 
     return change
-
-
-def _not_member(shown: str) -> Callable[[str], str]:
-    def say(g: str) -> str:
-        add = f"securechan group add {g} {shown}"
-        return f"{shown} is not a member of group {g!r} (add it first: {add})"
-
-    return say

@@ -234,16 +234,18 @@ class Groups:
     async def leave(self, group: str) -> GroupInfo:
         """See :meth:`Channel.group_leave`."""
         me = self._ctx.identity.fingerprint.digest
+        name = self.row(group).name
 
         def change(old: GroupState) -> tuple[GroupMember, ...]:
-            last_admin(old, me, "leave")
+            last_admin(old, me, "leave", name)
             return tuple(m for m in old.members if m.fingerprint != me)
 
         return await self._change(group, change)
 
     async def admin(self, group: str, contacts: Sequence[str], *, grant: bool) -> GroupInfo:
         """See :meth:`Channel.group_admin`."""
-        return await self._change(group, admin_change(self._ctx, contacts, grant=grant))
+        change = admin_change(self._ctx, self.row(group).name, contacts, grant=grant)
+        return await self._change(group, change)
 
     async def rekey(self, group: str) -> GroupInfo:
         """See :meth:`Channel.group_rekey`: a change with the same members
