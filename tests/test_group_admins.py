@@ -273,6 +273,15 @@ def test_create_with_admin_gives_two_admins_at_epoch_0_everywhere(
         receive(p)
     same_everywhere([t, w, c], "council")
     assert set(roles(t, "council").values()) == {True}
+    # The creator steps down (its own name), and is a plain member everywhere.
+    (down,) = js(t, "group", "admin", "council", "tehran", "--revoke", types=("GroupInfo",))
+    assert down["epoch"] == 2
+    for p in (w, c):
+        receive(p)
+    same_everywhere([t, w, c], "council")
+    assert roles(c, "council") == {"tehran": False, "washington": True, "cairo": True}
+    line = one_line(t.run("group", "remove", "council", "washington"), 2)
+    assert "only an admin" in line, line
 
 
 def test_group_admin_through_a_running_agent(people: dict[str, Party]) -> None:
