@@ -330,3 +330,30 @@ def test_group_admin_through_a_running_agent(people: dict[str, Party]) -> None:
     same_everywhere([t, w, c], "agency")
     assert roles(c, "agency") == {"tehran": True, "washington": True, "cairo": False}
     assert roles(w, "agency2") == {"tehran": True, "washington": False, "cairo": True}
+
+
+def test_the_last_admin_rule_in_the_client() -> None:
+    """The client's check before a leave or a step-down: the only admin of a
+    group with other members is told what to do first; one of several
+    admins, a plain member, or the only member (refused by the member
+    list's own rule: a group has 1 to 20 members) passes it."""
+    from securechan.client.group_change import last_admin
+    from securechan.protocol.group import GroupMember
+
+    a, b, c = bytes([1]) * 32, bytes([2]) * 32, bytes([3]) * 32
+
+    def state(*members: tuple[bytes, bool]) -> GroupState:
+        return GroupState(
+            group_id=bytes(32),
+            epoch=0,
+            name="g",
+            members=tuple(GroupMember(fingerprint=f, admin=x) for f, x in members),
+            previous=bytes(32),
+        )
+
+    with pytest.raises(UsageError, match=r"last admin of group 'talks' and cannot leave: .*"
+                       r"\(securechan group admin talks CONTACT\)"):  # fmt: skip
+        last_admin(state((a, True), (b, False)), a, "leave", "talks")
+    last_admin(state((a, True), (b, True), (c, False)), a, "leave", "talks")
+    last_admin(state((a, True), (b, False)), b, "leave", "talks")
+    last_admin(state((a, True)), a, "leave", "talks")

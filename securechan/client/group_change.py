@@ -239,6 +239,8 @@ def last_admin(old: GroupState, me: bytes, what: str, name: str) -> None:
     who = old.member(me)
     if who is None or not who.admin or any(m.admin for m in old.members if m is not who):
         return
+    if len(old.members) == 1:
+        return  # no one else to make an admin: the member list's own rule refuses it
     raise UsageError(
         f"you are the last admin of group {name!r} and cannot {what}: first make another "
         f"member an admin (securechan group admin {name} CONTACT)"
