@@ -88,6 +88,8 @@ ELSEWHERE = {
     "group create": "tests/test_cli_groups.py",
     "group add": "tests/test_cli_groups.py",
     "group remove": "tests/test_cli_groups.py",
+    "group admin": "tests/test_group_admins.py",
+    "group rekey": "tests/test_group_admins.py",
     "group leave": "tests/test_cli_groups.py",
     "group rekey": "tests/test_cli_groups.py",
     "group list": "tests/test_cli_groups.py",

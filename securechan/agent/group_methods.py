@@ -1,6 +1,6 @@
 """The agent's group methods (docs/AGENT.md, Methods; docs/CLI.md, Groups).
 
-``groupCreate``, ``groupAdd``, ``groupRemove``, ``groupLeave``, ``groupRekey``,
+``groupCreate``, ``groupAdd``, ``groupRemove``, ``groupAdmin``, ``groupLeave``, ``groupRekey``,
 ``groupList``, ``groupShow``, ``sendGroup`` and ``groupHistory``: each
 calls the channel's ``group_*`` method under the channel lock and answers
 with the objects ``securechan group ... --json``, ``send --group --json``
@@ -41,10 +41,11 @@ def _names(value: Any, what: str) -> list[str]:
 
 
 async def _group_create(state: AgentState, params: dict[str, Any]) -> Any:
-    p = _params(params, name=(str, True), members=(list, True))
+    p = _params(params, name=(str, True), members=(list, True), admins=(list, False))
     members = _names(p["members"], "members")
+    admins = [] if p["admins"] is None else _names(p["admins"], "admins")
     async with state.channel_lock:
-        info = await _channel(state).group_create(p["name"], members)
+        info = await _channel(state).group_create(p["name"], members, admins=admins)
     return info.to_json()
 
 
@@ -61,6 +62,14 @@ async def _group_remove(state: AgentState, params: dict[str, Any]) -> Any:
     contacts = _names(p["contacts"], "contacts")
     async with state.channel_lock:
         info = await _channel(state).group_remove(p["group"], contacts)
+    return info.to_json()
+
+
+async def _group_admin(state: AgentState, params: dict[str, Any]) -> Any:
+    p = _params(params, group=(str, True), contacts=(list, True), revoke=(bool, False))
+    contacts = _names(p["contacts"], "contacts")
+    async with state.channel_lock:
+        info = await _channel(state).group_admin(p["group"], contacts, grant=not p["revoke"])
     return info.to_json()
 
 
@@ -132,6 +141,7 @@ GROUP_METHODS: dict[str, Handler] = {
     "groupCreate": _group_create,
     "groupAdd": _group_add,
     "groupRemove": _group_remove,
+    "groupAdmin": _group_admin,
     "groupLeave": _group_leave,
     "groupRekey": _group_rekey,
     "groupList": _group_list,

@@ -91,6 +91,8 @@ class Parsed:
         self.before: str | None = None
         self.group: str | None = None  # send --group, history --group
         self.members: list[str] = []  # group create --member (repeatable)
+        self.admins: list[str] = []  # group create --admin (repeatable)
+        self.revoke = False  # group admin --revoke
 
 
 _GLOBAL = {"--home": "home", "--passphrase-file": "passphrase_file"}
@@ -105,7 +107,7 @@ _COMMANDS: dict[str, tuple[dict[str, str], set[str], tuple[int, int]]] = {
     ),
     "status": ({}, {"--json"}, (0, 0)),
     # group create|add|remove|leave|list|show: securechan/cli/fast_group.py
-    "group": ({"--member": "members"}, {"--json"}, (1, 65)),
+    "group": ({"--member": "members", "--admin": "admins"}, {"--json", "--revoke"}, (1, 65)),
 }
 
 
@@ -138,7 +140,9 @@ def parse(argv: list[str]) -> Parsed | None:
     options, flags, (low, high) = _COMMANDS[parsed.command]
     while rest:
         arg = rest.pop(0)
-        if arg in flags:
+        if arg == "--revoke" and arg in flags:
+            parsed.revoke = True
+        elif arg in flags:
             parsed.as_json = True
         elif arg == "-" or not arg.startswith("-"):
             parsed.args.append(arg)
@@ -146,8 +150,8 @@ def parse(argv: list[str]) -> Parsed | None:
             got = _option(arg, options, rest)
             if got is None:
                 return None  # --help, --follow, --unknown ...: the whole CLI
-            if got[0] == "members":
-                parsed.members.append(got[1])
+            if got[0] in ("members", "admins"):
+                getattr(parsed, got[0]).append(got[1])
             else:
                 setattr(parsed, got[0], got[1])
     if not low <= len(parsed.args) <= high:

@@ -1,6 +1,6 @@
 """The group commands through a running agent (docs/AGENT.md, The thin command line).
 
-``group create|add|remove|leave|list|show``, ``send --group`` and
+``group create|add|remove|admin|leave|rekey|list|show``, ``send --group`` and
 ``history --group``, parsed by :mod:`securechan.cli.fast` and served here
 with the agent's group methods, printed with the renderer the in-process
 commands use (:mod:`securechan.cli.render`), with the same exit codes.
@@ -37,6 +37,7 @@ SUBCOMMANDS = {
     "remove": (2, 64),
     "leave": (1, 1),
     "rekey": (1, 1),
+    "admin": (2, 64),
     "list": (0, 0),
     "show": (1, 1),
 }
@@ -53,8 +54,12 @@ def accepts(parsed: Parsed) -> bool:
             return False
         if (parsed.args[0] == "create") != bool(parsed.members):
             return False  # --member goes with create only, and create needs one
-        named = parsed.members or parsed.args[2:]
-        return len(set(named)) == len(named)  # a CONTACT named twice: in-process says so
+        if parsed.admins and parsed.args[0] != "create":
+            return False  # --admin goes with create only
+        if parsed.revoke and parsed.args[0] != "admin":
+            return False  # --revoke goes with admin only
+        # A CONTACT named twice: in-process says so.
+        return all(len(set(n)) == len(n) for n in (parsed.members, parsed.admins, parsed.args[2:]))
     if parsed.group is None:
         return True
     if parsed.command == "send":  # send --group NAME (MESSAGE | --file F)
@@ -105,8 +110,11 @@ def serve(client: Any, parsed: Parsed, call: Callable[..., Any]) -> int:
         _print([(render.json_text(info), False)] if parsed.as_json else render.group_info(info))
         return 0
     if sub == "create":
-        info = call("groupCreate", name=rest[0], members=list(parsed.members))
-        _warn_unverified(info, parsed.members)
+        params: dict[str, Any] = {"name": rest[0], "members": list(parsed.members)}
+        if parsed.admins:
+            params["admins"] = list(parsed.admins)
+        info = call("groupCreate", **params)
+        _warn_unverified(info, list(dict.fromkeys(parsed.members + parsed.admins)))
         text = f"Created group {inline(str(info['name']))} with {len(info['members'])} members"
     elif sub == "add":
         info = call("groupAdd", group=rest[0], contacts=rest[1:])
@@ -115,6 +123,10 @@ def serve(client: Any, parsed: Parsed, call: Callable[..., Any]) -> int:
     elif sub == "remove":
         info = call("groupRemove", group=rest[0], contacts=rest[1:])
         text = f"Removed {len(rest) - 1} member(s) from {inline(str(info['name']))}"
+    elif sub == "admin":
+        info = call("groupAdmin", group=rest[0], contacts=rest[1:], revoke=parsed.revoke)
+        done = "no longer admin" if parsed.revoke else "made admin"
+        text = f"{len(rest) - 1} member(s) of {inline(str(info['name']))} {done}"
     elif sub == "rekey":
         info = call("groupRekey", group=rest[0])
         text = f"Rekeyed group {inline(str(info['name']))} (epoch {info['epoch']})"

@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from securechan.cli import render
-from securechan.cli.completion import complete_contact, complete_group
+from securechan.cli.completion import complete_contact, complete_contact_or_self, complete_group
 from securechan.cli.core import (
     _App,
     _channel,
@@ -92,20 +92,33 @@ def _done(info: Any, as_json: bool, text: str) -> None:
     shell_complete=complete_contact,
     help="A pinned contact to take into the group (repeatable; you are in it as its admin).",
 )
+@click.option(
+    "--admin",
+    "admins",
+    metavar="CONTACT",
+    multiple=True,
+    shell_complete=complete_contact,
+    help="A pinned contact who is a member and an admin from the start (repeatable).",
+)
 @_json_option
 @pass_app
-def create(app: _App, name: str, members: tuple[str, ...], as_json: bool) -> None:
+def create(
+    app: _App, name: str, members: tuple[str, ...], admins: tuple[str, ...], as_json: bool
+) -> None:
     """Create the group NAME with you as its admin and each --member CONTACT.
 
-    The creation is posted to the relay's group stream and each member gets
-    it through its pairwise session; NAME is local (each member sees the
-    name you give it)."""
+    Each --admin CONTACT is a member too, and an admin as you are (e.g. the
+    mediator and each delegation's head). The creation is posted to the
+    relay's group stream and each member gets it through its pairwise
+    session; NAME is local (each member sees the name you give it)."""
     _check_names(members, "--member CONTACT")
-    _warn_unverified(app, members)
+    if admins:
+        _check_names(admins, "--admin CONTACT")
+    _warn_unverified(app, tuple(dict.fromkeys((*members, *admins))))
 
     async def go() -> Any:
         async with _channel(app) as ch:
-            return await ch.group_create(name, list(members))
+            return await ch.group_create(name, list(members), admins=list(admins))
 
     info = _run(go())
     _done(info, as_json, f"Created group {inline(info.name)} with {len(info.members)} members")
@@ -154,13 +167,37 @@ def remove(app: _App, name: str, contacts: tuple[str, ...], as_json: bool) -> No
 
 @group.command()
 @click.argument("name", metavar="NAME", shell_complete=complete_group)
+@click.argument("contacts", metavar="CONTACT...", nargs=-1, shell_complete=complete_contact_or_self)
+@click.option("--revoke", is_flag=True, help="Make them plain members again instead of admins.")
+@_json_option
+@pass_app
+def admin(app: _App, name: str, contacts: tuple[str, ...], revoke: bool, as_json: bool) -> None:
+    """Make each CONTACT (a member) an admin of the group NAME (admins only).
+
+    An admin may add and remove members, grant and revoke admin and rekey
+    the group; with --revoke they are plain members again (your own name
+    steps you down). The group keeps at least one admin."""
+    _check_names(contacts, "CONTACT")
+
+    async def go() -> Any:
+        async with _channel(app) as ch:
+            return await ch.group_admin(name, list(contacts), grant=not revoke)
+
+    info = _run(go())
+    done = "no longer admin" if revoke else "made admin"
+    _done(info, as_json, f"{len(contacts)} member(s) of {inline(info.name)} {done}")
+
+
+@group.command()
+@click.argument("name", metavar="NAME", shell_complete=complete_group)
 @_json_option
 @pass_app
 def leave(app: _App, name: str, as_json: bool) -> None:
     """Leave the group NAME.
 
-    Any member may leave (the last admin may not: name another admin
-    first). The transcript up to your leaving stays readable here."""
+    Any member may leave (the last admin may not: make another member an
+    admin first, 'securechan group admin NAME CONTACT'). The transcript up
+    to your leaving stays readable here."""
 
     async def go() -> Any:
         async with _channel(app) as ch:

@@ -251,5 +251,5 @@ def group_info(info: Mapping[str, Any]) -> list[Line]:
 
 
 _POLICIES = {
-    "admins": "admins add and remove members; any member may leave",
+    "admins": "admins change members and admins; any member may leave but the last admin",
 }

@@ -18,19 +18,33 @@ __all__ = ["GroupMethods"]
 
 
 class GroupMethods:
-    """``group_create``, ``group_add``, ``group_remove``, ``group_leave``,
+    """``group_create``, ``group_add``, ``group_remove``, ``group_admin``, ``group_leave``,
     ``groups``, ``group_show``, ``send_group``, ``group_history``."""
 
     group_client: Groups
 
-    async def group_create(self, name: str, members: Sequence[str]) -> GroupInfo:
+    async def group_create(
+        self, name: str, members: Sequence[str], *, admins: Sequence[str] = ()
+    ) -> GroupInfo:
         """Create a group of us (its admin) and the contacts ``members``:
         the creation is signed, posted to the group's stream at our first
         relay and read back, then each member gets its welcome pairwise.
+        Each of ``admins`` (contacts) is a member too, an admin from epoch 0
+        (e.g. the mediator and each delegation's head).
         :class:`UsageError` for a bad name or member list (1 to 20 members,
         name at most 64 bytes), :class:`ContactNotFound` for an unknown
         contact, :class:`RelayError` if the relay cannot be reached."""
-        return await self.group_client.create(name, members)
+        return await self.group_client.create(name, members, admins)
+
+    async def group_admin(
+        self, group: str, contacts: Sequence[str], *, grant: bool = True
+    ) -> GroupInfo:
+        """Make members admins (``grant``) or plain members again (admins
+        only): a change with a new epoch, as ``group_add``. A name is a
+        contact's, or our own identity's (to step down ourselves).
+        :class:`UsageError` for one who is not a member, a change that
+        changes nothing, or one that would leave no admin."""
+        return await self.group_client.admin(group, contacts, grant=grant)
 
     async def group_add(self, group: str, contacts: Sequence[str]) -> GroupInfo:
         """Add contacts to a group (admins only): a new epoch whose secret
@@ -45,8 +59,9 @@ class GroupMethods:
         return await self.group_client.remove(group, contacts)
 
     async def group_leave(self, group: str) -> GroupInfo:
-        """Leave a group (the last admin cannot): the group is read-only
-        here from then on (``GroupInfo.left``)."""
+        """Leave a group (the last admin cannot: :meth:`group_admin` first):
+        the group is read-only here from then on (``GroupInfo.left``); a
+        remaining admin rekeys it (docs/PROTOCOL.md §20.4)."""
         return await self.group_client.leave(group)
 
     async def group_rekey(self, group: str) -> GroupInfo:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from securechan.client.context import Context
@@ -38,11 +38,25 @@ from securechan.client.group_carriage import view_of
 from securechan.client.group_results import GroupEntry, GroupInfo
 from securechan.client.group_sync import GroupReader
 from securechan.client.results import Received, Rejected
-from securechan.errors import GroupRejected, MalformedInput, SecurechanError, UsageError
+from securechan.errors import (
+    ContactNotFound,
+    GroupRejected,
+    MalformedInput,
+    SecurechanError,
+    UsageError,
+)
 from securechan.protocol.group import GroupChange, GroupMember, GroupState
 from securechan.protocol.group_stream import GroupRecord, GroupWelcome, StreamKeys, leave_secret
+from securechan.terminal_text import inline
 
-__all__ = ["GroupsLike", "audible", "make_change", "rekey_quiet"]
+__all__ = [
+    "GroupsLike",
+    "admin_change",
+    "audible",
+    "last_admin",
+    "make_change",
+    "rekey_quiet",
+]
 
 # Pauses (seconds) between receive passes while a member who is not an
 # admin waits for an admin's rekey.
@@ -213,3 +227,56 @@ async def audible(groups: GroupsLike, group: str) -> GroupRow:
             f"ask an admin to run: securechan group rekey {row.name}"
         )
     return row
+
+
+# --- admins (docs/CLI.md, Groups: "group admin") ----------------------------------
+
+
+def last_admin(old: GroupState, me: bytes, what: str, name: str) -> None:
+    """Raise :class:`UsageError` if ``me`` is the only admin of the group
+    (locally ``name``; ``what``: "leave" or "step down"): a group keeps at
+    least one admin, so the line says what to do first."""
+    who = old.member(me)
+    if who is None or not who.admin or any(m.admin for m in old.members if m is not who):
+        return
+    if len(old.members) == 1:
+        return  # no one else to make an admin: the member list's own rule refuses it
+    raise UsageError(
+        f"you are the last admin of group {name!r} and cannot {what}: first make another "
+        f"member an admin (securechan group admin {name} CONTACT)"
+    )
+
+
+def admin_change(
+    ctx: Context, name: str, contacts: Sequence[str], *, grant: bool
+) -> Callable[[GroupState], tuple[GroupMember, ...]]:
+    """The member list of the group (locally ``name``) with each of
+    ``contacts`` made an admin (``grant``) or a plain member. A contact
+    name, or our own identity's name (to step down ourselves); each must be
+    a member; a group keeps one admin."""
+    me = ctx.identity.fingerprint.digest
+    named: dict[bytes, str] = {}
+    for who in contacts:
+        try:
+            named[ctx.contact(who).fingerprint.digest] = who
+        except ContactNotFound:
+            if who != ctx.identity.name:
+                raise
+            named[me] = who
+
+    def change(old: GroupState) -> tuple[GroupMember, ...]:
+        for fp, who in named.items():
+            if old.member(fp) is None:
+                shown = inline(who)
+                add = f"securechan group add {name} {shown}"
+                raise UsageError(f"{shown} is not a member of group {name!r} (add it first: {add})")
+        new = tuple(
+            GroupMember(fingerprint=m.fingerprint, admin=grant) if m.fingerprint in named else m
+            for m in old.members
+        )
+        if not any(m.admin for m in new):
+            last_admin(old, me, "step down", name)
+            raise UsageError(f"group {name!r} would have no admin left")
+        return new
+
+    return change

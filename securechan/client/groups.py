@@ -36,7 +36,13 @@ from dataclasses import replace
 from securechan.client.context import Context
 from securechan.client.db_groups import DeliveryRow, GroupRow
 from securechan.client.group_carriage import entry_id, fan_out, local_name, view_of
-from securechan.client.group_change import audible, make_change, rekey_quiet
+from securechan.client.group_change import (
+    admin_change,
+    audible,
+    last_admin,
+    make_change,
+    rekey_quiet,
+)
 from securechan.client.group_parts import (
     debt_due,
     file_chunks,
@@ -146,7 +152,9 @@ class Groups:
 
     # --- changes ------------------------------------------------------------------
 
-    async def create(self, name: str, members: Sequence[str]) -> GroupInfo:
+    async def create(
+        self, name: str, members: Sequence[str], admins: Sequence[str] = ()
+    ) -> GroupInfo:
         """See :meth:`Channel.group_create`."""
         ctx = self._ctx
         relays = self._relays()
@@ -154,13 +162,14 @@ class Groups:
             raise UsageError("a group needs a relay for its stream: register at one first")
         me = ctx.identity.fingerprint.digest
         contacts = [ctx.contact(m) for m in members]
-        prints = {c.fingerprint.digest for c in contacts} | {me}
+        heads = {me} | {ctx.contact(a).fingerprint.digest for a in admins}
+        prints = {c.fingerprint.digest for c in contacts} | heads
         try:
             state = GroupState(
                 group_id=ctx.random(32),
                 epoch=0,
                 name=name,
-                members=tuple(GroupMember(fingerprint=f, admin=f == me) for f in sorted(prints)),
+                members=tuple(GroupMember(fingerprint=f, admin=f in heads) for f in sorted(prints)),
                 previous=ZERO,
             )
         except (MalformedInput, ValueError) as e:
@@ -226,9 +235,18 @@ class Groups:
     async def leave(self, group: str) -> GroupInfo:
         """See :meth:`Channel.group_leave`."""
         me = self._ctx.identity.fingerprint.digest
-        return await self._change(
-            group, lambda old: tuple(m for m in old.members if m.fingerprint != me)
-        )
+        name = self.row(group).name
+
+        def change(old: GroupState) -> tuple[GroupMember, ...]:
+            last_admin(old, me, "leave", name)
+            return tuple(m for m in old.members if m.fingerprint != me)
+
+        return await self._change(group, change)
+
+    async def admin(self, group: str, contacts: Sequence[str], *, grant: bool) -> GroupInfo:
+        """See :meth:`Channel.group_admin`."""
+        change = admin_change(self._ctx, self.row(group).name, contacts, grant=grant)
+        return await self._change(group, change)
 
     async def rekey(self, group: str) -> GroupInfo:
         """See :meth:`Channel.group_rekey`: a change with the same members
