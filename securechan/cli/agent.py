@@ -85,6 +85,24 @@ def call_running_agent(
     return None  # not reached
 
 
+def running_agent_client(app: _App) -> Any:
+    """An unlocked connection to the home's agent if one runs (None if
+    none does): for ``receive --follow``, which calls it more than once.
+    A locked agent is unlocked first, as :func:`call_running_agent` does."""
+    from securechan.agent.homelock import agent_running
+
+    if not agent_running(app.home):
+        return None
+    client = _client(app)
+    try:
+        if client.call("status")["locked"]:
+            client.unlock(app.passphrase())
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
 @agent.command(name="run")
 @_ttl_options
 @click.option(

@@ -75,10 +75,23 @@ def register(app: _App, relays: tuple[str, ...], fingerprint: str | None, as_jso
             for url in relays:
                 pin = bytes.fromhex(wanted) if wanted is not None else None
                 card = await ch.register(url, pin_fingerprint=pin)
-            return card, ch.relay_fingerprints()
+            if card is None:  # pragma: no cover - --relay is required
+                raise UsageError("give at least one --relay")
+            return card.to_text(), ch.relay_fingerprints()
 
-    card, keys = _run(go())
-    atomic_write(app.home / CARD_FILE, card.to_text().encode("ascii"), replace=True)
+    from securechan.cli.agent import call_running_agent
+
+    # Through the agent when one runs (docs/AGENT.md, register): it then
+    # listens on the new queues.
+    done = call_running_agent(app, "register", {"relays": list(relays), "fingerprint": wanted})
+    if done is not None:
+        card_text, keys = str(done["card"]), dict(done["relay_fingerprints"])
+    else:
+        card_text, keys = _run(go())
+    from securechan.protocol.address import ContactCard
+
+    card = ContactCard.from_text(card_text)
+    atomic_write(app.home / CARD_FILE, card_text.encode("ascii"), replace=True)
     if as_json:
         from securechan.cli.results import Registered
 
@@ -351,6 +364,31 @@ def receive(
     a place already used (its state was rolled back): every message is
     still stored and shown first."""
     import asyncio
+
+    from securechan.cli.agent import running_agent_client
+
+    if unknown == "hold":
+        from securechan.agent.homelock import agent_running
+
+        if agent_running(app.home):
+            # The agent's background passes refuse, as they arrive, first
+            # messages from senders not pinned: nothing would be left to hold.
+            raise UsageError(
+                "--unknown hold is not served by the agent: it receives in the background "
+                "and refuses first messages from senders you have not pinned as they arrive; "
+                "stop it ('securechan agent stop') to hold them"
+            )
+    agent_client = running_agent_client(app)
+    if agent_client is not None:  # the agent receives (docs/AGENT.md)
+        from securechan.cli.agent_receive import receive_through_agent
+
+        with agent_client:
+            code = receive_through_agent(
+                app, agent_client, download, follow=follow, timeout=timeout, as_json=as_json
+            )
+        if code:
+            sys.exit(code)
+        return
 
     split: list[str] = []
     rolled_back: list[str] = []
