@@ -18,14 +18,45 @@ so a message to a new address is pushed at once, without a restart.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from securechan.agent.methods import AgentState, Handler, _channel, _params
 from securechan.agent.rpc import AgentErrorCode, RpcError
 from securechan.errors import NotFound, RelayError, UsageError
 from securechan.timestamps import iso_utc
 
 __all__ = ["HOME_METHODS"]
+
+# ``state`` is agent/methods.py's AgentState: that module imports this one
+# (at a method's first call), so this one does not import it back.
+Handler = Callable[[Any, dict[str, Any]], Awaitable[Any]]
+
+
+def _params(params: dict[str, Any], **spec: tuple[type, bool]) -> dict[str, Any]:
+    """Check ``params`` against ``name=(type, required)``; raise -32602
+    (the rule of agent/methods.py's checker, for these methods)."""
+    unknown = sorted(set(params) - set(spec))
+    if unknown:
+        raise RpcError(AgentErrorCode.INVALID_PARAMS, f"unknown parameter {unknown[0]!r}")
+    out: dict[str, Any] = {}
+    for name, (kind, required) in spec.items():
+        value = params.get(name)
+        if value is None:
+            if required:
+                raise RpcError(AgentErrorCode.INVALID_PARAMS, f"missing parameter {name!r}")
+            out[name] = None
+        elif (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
+            raise RpcError(
+                AgentErrorCode.INVALID_PARAMS, f"parameter {name!r} must be a {kind.__name__}"
+            )
+        else:
+            out[name] = value
+    return out
+
+
+def _channel(state: Any) -> Any:
+    """The unlocked channel (a use of the key: restarts the idle clock)."""
+    return state.keys.get()
 
 
 def _strings(value: Any, what: str, *, empty: bool) -> list[str]:
@@ -51,7 +82,7 @@ def _fingerprint(text: str | None) -> bytes | None:
     return bytes.fromhex(wanted)
 
 
-async def _register(state: AgentState, params: dict[str, Any]) -> Any:
+async def _register(state: Any, params: dict[str, Any]) -> Any:
     """``register``: each relay in turn (``Channel.register``), then the
     receiver listens on the new queues."""
     p = _params(params, relays=(list, True), fingerprint=(str, False))
@@ -77,7 +108,7 @@ async def _register(state: AgentState, params: dict[str, Any]) -> Any:
     }
 
 
-async def _outbox(state: AgentState, params: dict[str, Any]) -> Any:
+async def _outbox(state: Any, params: dict[str, Any]) -> Any:
     _params(params)
     async with state.channel_lock:
         ch = _channel(state)
@@ -85,7 +116,7 @@ async def _outbox(state: AgentState, params: dict[str, Any]) -> Any:
     return {"items": [item.to_json() for item in items], "now": iso_utc(now)}
 
 
-async def _outbox_cancel(state: AgentState, params: dict[str, Any]) -> Any:
+async def _outbox_cancel(state: Any, params: dict[str, Any]) -> Any:
     p = _params(params, message_id=(str, True))
     async with state.channel_lock:
         done = _channel(state).cancel(p["message_id"])
@@ -117,7 +148,7 @@ def _policy_json(
     return out
 
 
-async def _policy_set(state: AgentState, params: dict[str, Any]) -> Any:
+async def _policy_set(state: Any, params: dict[str, Any]) -> Any:
     from securechan.audit.note import VerifierKey
     from securechan.client.policy import set_policy
 
@@ -132,7 +163,7 @@ async def _policy_set(state: AgentState, params: dict[str, Any]) -> Any:
     return _policy_json(done.relay, [k.to_text() for k in done.witnesses], done.required)
 
 
-async def _policy_show(state: AgentState, params: dict[str, Any]) -> Any:
+async def _policy_show(state: Any, params: dict[str, Any]) -> Any:
     """Each registered relay's policy and the newest checkpoint that met it
     (fetched now); a relay that does not answer has its ``error``."""
     from securechan.client.policy import get_policy, refresh_witnessed
@@ -160,7 +191,7 @@ async def _policy_show(state: AgentState, params: dict[str, Any]) -> Any:
     return {"items": out}
 
 
-async def _contact_rekey(state: AgentState, params: dict[str, Any]) -> Any:
+async def _contact_rekey(state: Any, params: dict[str, Any]) -> Any:
     p = _params(params, contact=(str, True))
     async with state.channel_lock:
         count = _channel(state).rekey(p["contact"])

@@ -128,9 +128,17 @@ def agent_run(app: _App, idle_ttl: float, max_ttl: float, poll: float, unlock: b
     keystore = app.keystore
     if not keystore.has_identity():
         raise UsageError(f"no identity in {app.home}; run 'securechan init'")
+
+    def make_channel(identity: Any) -> Channel:
+        channel = Channel(keystore, identity)
+        # The agent keeps the shown cursor itself: its items wait in memory
+        # until a `receive` call takes them (agent/methods.py).
+        channel.shown.enabled = False
+        return channel
+
     keys = KeyCache(
         keystore.unlock,
-        lambda identity: Channel(keystore, identity),
+        make_channel,
         idle_ttl=idle_ttl,
         max_ttl=max_ttl,
     )

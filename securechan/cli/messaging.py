@@ -429,19 +429,16 @@ def receive(
             rolled_back.append(item.error)
 
     async def go() -> None:
-        from securechan.client.unshown import mark_shown, start_cursor, unshown
-
         async with _channel(app, unknown=unknown) as ch:
-            # First what an agent received and no `receive` showed (it
-            # stopped or crashed since): each message is shown once.
-            earlier = unshown(ch.db, ch.keystore.contacts.find, start_cursor(ch.db))
+            # The channel hands over first what an agent received and no
+            # `receive` showed (it stopped or crashed since), and moves the
+            # shown cursor (client/unshown.py): each message is shown once.
             if not follow:
-                items = [*earlier, *await ch.receive(progress=progress)]
+                items = await ch.receive(progress=progress)
                 for bar in bars.values():
                     bar.close()
                 for item in items:
                     show(item, ch)
-                mark_shown(ch.db)
                 for url in ch.left_waiting:
                     click.echo(
                         f"securechan: note: more messages wait at {inline(url)}: "
@@ -452,12 +449,8 @@ def receive(
             stop = asyncio.Event()
             if timeout is not None:
                 asyncio.get_running_loop().call_later(timeout, stop.set)
-            for item in earlier:
-                show(item, ch)
             async for item in ch.follow(stop=stop, progress=progress):
                 show(item, ch)
-                mark_shown(ch.db)
-            mark_shown(ch.db)
 
     _run(go())
     if split:

@@ -22,7 +22,8 @@ cursor; its chunks were taken out of ``file_chunks`` when it completed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from typing import TypeVar
 
 from securechan.client.db import ClientDB, StoredMessage
 from securechan.client.files import file_intact
@@ -35,7 +36,7 @@ from securechan.primitives import sha256
 from securechan.protocol.address import QueueGrant
 from securechan.protocol.payload import ContentType, FileChunk, Payload, Receipt, SignedPayload
 
-__all__ = ["mark_shown", "start_cursor", "unshown"]
+__all__ = ["ShownCursor", "mark_shown", "start_cursor", "unshown"]
 
 _PAGE = 500
 Items = list[Received | Rejected]
@@ -80,13 +81,15 @@ def mark_shown(db: ClientDB, up_to: int | None = None) -> None:
         db.set_shown_cursor(db.last_message_id() if up_to is None else up_to)
 
 
-def unshown(db: ClientDB, find_contact: FindContact, after: int) -> Items:
-    """The received messages stored after the row id ``after``, as the
-    items the pass that accepted them returned (see the module for what
-    they lack), in the order they were stored."""
+def unshown(db: ClientDB, find_contact: FindContact, after: int, up_to: int | None = None) -> Items:
+    """The received messages stored after the row id ``after`` (and up to
+    ``up_to``, if given), as the items the pass that accepted them returned
+    (see the module for what they lack), in the order they were stored."""
     out: list[tuple[int, Received | Rejected]] = []
     files: dict[tuple[bytes, bytes], tuple[FileChunk, bytes]] = {}
     for m, rec, payload in _received(db, after):
+        if up_to is not None and m.id > up_to:
+            break
         content = payload.content()
         if isinstance(content, QueueGrant) or payload.content_type in _NOT_ITEMS:
             continue  # housekeeping, or group carriage (the group's transcript shows it)
@@ -101,7 +104,7 @@ def unshown(db: ClientDB, find_contact: FindContact, after: int) -> Items:
             out.append((m.id, Received(**item, text=text)))  # type: ignore[arg-type]
     for (conversation, file_id), (first, peer) in files.items():
         done = _file(db, find_contact, (conversation, peer, file_id), first, after)
-        if done is not None:
+        if done is not None and (up_to is None or done[0] <= up_to):
             out.append(done)
     out.sort(key=lambda pair: pair[0])
     return [item for _, item in out]
@@ -152,3 +155,63 @@ def _file(
     item = _item(last[1], last[2], last[0], find_contact)
     item["content_type"] = ContentType.FILE
     return last[0].id, Received(**item, file_name=chunk.name, file_data=data)  # type: ignore[arg-type]
+
+
+_Item = TypeVar("_Item")
+
+
+class ShownCursor:
+    """The shown cursor as a :class:`~securechan.client.channel.Channel`
+    keeps it for its caller (``Channel.receive`` and ``Channel.follow``), so
+    a program using the library, ``securechan receive`` and an agent agree
+    on what was shown: the first receive of a channel returns first what is
+    stored after the cursor (what an agent, or a pass whose caller never got
+    its items, received), then each receive moves the cursor past
+    everything stored. Only messages stored before the channel was opened
+    are rebuilt: what a group operation's pass received since is handed
+    over by the channel itself (its stash), not twice.
+
+    The agent keeps the cursor itself (its items wait in memory until a
+    ``receive`` call takes them, agent/methods.py): its channel sets
+    :attr:`enabled` to False."""
+
+    def __init__(self, db: ClientDB, find_contact: FindContact) -> None:
+        self._db = db
+        self._find = find_contact
+        self._opened_at = db.last_message_id()
+        self._restored = False
+        self.enabled = True
+
+    def _earlier(self) -> Items:
+        if self._restored:
+            return []
+        self._restored = True
+        cursor = start_cursor(self._db)
+        if cursor >= self._opened_at:
+            return []
+        return unshown(self._db, self._find, cursor, up_to=self._opened_at)
+
+    def handed(self, items: Sequence[_Item]) -> list[Received | Rejected | _Item]:
+        """What a receive pass returned, after what was stored and never
+        shown (first call only); the cursor then moves past everything."""
+        if not self.enabled:
+            return list(items)
+        out: list[Received | Rejected | _Item] = [*self._earlier(), *items]
+        mark_shown(self._db)
+        return out
+
+    async def follow(
+        self, items: AsyncIterator[_Item]
+    ) -> AsyncIterator[Received | Rejected | _Item]:
+        """``Channel.follow``'s items, the never shown first; the cursor
+        moves after each item is handed over."""
+        if not self.enabled:
+            async for item in items:
+                yield item
+            return
+        for earlier in self._earlier():
+            yield earlier
+        mark_shown(self._db)
+        async for item in items:
+            yield item
+            mark_shown(self._db)
