@@ -398,3 +398,75 @@ def test_library_receive_and_agent_receive_show_nothing_twice(pair: tuple[Party,
 def library_texts(run: Any) -> list[str]:
     texts: list[str] = asyncio.run(run())
     return texts
+
+
+# --- the new methods in raw frames, as docs/AGENT.md describes them ---------------------
+
+
+def test_the_new_methods_answer_as_agent_md_describes(
+    pair: tuple[Party, Party], relay: RelayProcess
+) -> None:
+    """A client written against docs/AGENT.md's Methods and Errors only:
+    newline-delimited JSON-RPC 2.0 on the socket, parameters by name."""
+    import socket
+
+    t, _ = pair
+    t.ok("agent", "start", "--poll", "600")
+    url = relay.url
+    with socket.socket(socket.AF_UNIX) as raw:
+        raw.settimeout(60)
+        raw.connect(str(socket_path(t.home)))
+        reader = raw.makefile("rb")
+        n = 0
+
+        def call(method: str, **params: Any) -> dict[str, Any]:
+            nonlocal n
+            n += 1
+            frame = {"jsonrpc": "2.0", "id": n, "method": method, "params": params}
+            raw.sendall(json.dumps(frame).encode() + b"\n")
+            while True:
+                answer = json.loads(reader.readline())
+                if answer.get("id") == n:  # not a notification
+                    return dict(answer)
+
+        def error(answer: dict[str, Any]) -> tuple[int, str | None, int | None]:
+            e = answer["error"]
+            data = e.get("data") or {}
+            return e["code"], data.get("reason"), data.get("exit")
+
+        try:
+            listed = call("outbox")["result"]
+            assert set(listed) == {"items", "now"} and isinstance(listed["items"], list)
+            assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", listed["now"])
+            not_queued = call("outboxCancel", message_id="00" * 8)
+            assert error(not_queued) == (-32000, "not-found", 2), not_queued
+            assert error(call("outboxCancel"))[0] == -32602
+            assert error(call("contactRekey"))[0] == -32602
+            nobody = call("contactRekey", contact="nobody")
+            assert error(nobody)[:2] == (-32000, "contact-not-found"), nobody
+            rekeyed = call("contactRekey", contact="washington")["result"]
+            assert rekeyed["contact"] == "washington" and rekeyed["retired"] >= 1
+            shown = call("policyShow")["result"]["items"]
+            assert shown == [{"relay": url, "witnesses": [], "required": 0}]
+            for item in shown:
+                validate(item, "PolicyInfo")
+            assert error(call("policySet", relay=url, witnesses="a key"))[0] == -32602
+            assert error(call("policySet", relay=url))[0] == -32602
+            elsewhere = call("policySet", relay="http://127.0.0.1:9", witnesses=[])
+            assert error(elsewhere)[:2] == (-32000, "not-found"), elsewhere
+            removed = call("policySet", relay=url, witnesses=[])["result"]
+            assert removed == {"relay": url, "witnesses": [], "required": 0}
+            assert error(call("register", relays=[]))[0] == -32602
+            assert error(call("register", relays=url))[0] == -32602
+            two = call("register", relays=[url, url], fingerprint="00" * 32)
+            assert error(two)[:2] == (-32000, "usage"), two
+            short = call("register", relays=[url], fingerprint="abc")
+            assert error(short)[:2] == (-32000, "usage"), short
+            wrong = call("register", relays=[url], fingerprint="00" * 32)
+            assert error(wrong)[:2] == (-32000, "untrusted-key"), wrong
+            again = call("register", relays=[url])["result"]
+            assert set(again) == {"relays", "relay_fingerprints", "card"}
+            assert again["relays"] == [url] and again["card"]
+            validate({k: again[k] for k in ("relays", "relay_fingerprints")}, "Registered")
+        finally:
+            reader.close()
