@@ -470,3 +470,49 @@ def test_the_new_methods_answer_as_agent_md_describes(
             validate({k: again[k] for k in ("relays", "relay_fingerprints")}, "Registered")
         finally:
             reader.close()
+
+
+# --- items rebuilt after a crash keep the notes of their pass ---------------------------
+
+
+def test_items_rebuilt_after_a_crash_keep_the_notes_of_their_pass(
+    pair: tuple[Party, Party], relay: RelayProcess
+) -> None:
+    """washington queues three texts while the relay is down and withdraws
+    the middle one: tehran's agent receives the first and the third, the
+    third with a note that a message has not arrived. The agent is
+    SIGKILLed before any `receive`; the next agent rebuilds both from the
+    store, with the notes its subscriber saw live."""
+    t, w = pair
+    texts = ("before the gap", "withdrawn", "after the gap")
+    relay.stop()
+    try:
+        for text in texts:
+            queued = w.run("send", "tehran", text)
+            assert queued.returncode == 3, transcript(queued)
+        mine = [x for x in _lines(w.run("outbox", "--json")) if x["kind"] == "text"]
+        assert len(mine) == 3
+        _served(w.run("outbox", "cancel", mine[1]["id"]))
+    finally:
+        relay.start()
+    t.ok("agent", "start", "--poll", "0.5")
+    live: dict[str, dict[str, Any]] = {}
+    with AgentClient(t.home) as sub:
+        sub.call("subscribeReceive")
+        w.ok("status")  # posts what is left in the outbox
+        deadline = time.monotonic() + 60
+        while "after the gap" not in live:
+            got = sub.next_notification(max(0.1, deadline - time.monotonic()))
+            assert got is not None, f"timed out; live so far: {live}"
+            method, params = got
+            if method == "receive" and params["item"].get("text"):
+                live[params["item"]["text"]] = params["item"]
+    assert "withdrawn" not in live
+    assert live["after the gap"]["notes"], live  # the gap, as the live pass saw it
+    assert live["before the gap"]["notes"] == []
+    _kill_agent(t.home)
+    t.ok("agent", "start")
+    rebuilt = {x["text"]: x for x in _lines(t.run("receive", "--json")) if x.get("text")}
+    assert set(rebuilt) == {"before the gap", "after the gap"}
+    for text, item in rebuilt.items():
+        assert item["notes"] == live[text]["notes"], (text, item, live[text])

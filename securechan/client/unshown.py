@@ -9,15 +9,20 @@ row ``received_shown``) is the row id of ``messages`` up to which received
 messages were handed to one; :func:`unshown` rebuilds the items after it
 from the store, so they survive the agent's crash or stop, and
 :func:`mark_shown` moves it after a caller got them. Both the agent's
-``receive`` and the in-process ``securechan receive`` use them, so each
-message is shown once whichever of the two runs next.
+``receive`` and the library's ``Channel.receive`` (:class:`ShownCursor`,
+which the in-process ``securechan receive`` uses) use them, so each message
+is shown once whichever of them runs next.
 
-What the store does not keep, the rebuilt items lack: the notes of a pass
-(messages missing, out of order), the separate ``receipt_matches`` item of a
-receipt check, and refused envelopes (those are in the audit log, and were
-sent to subscribers as they happened). A file is rebuilt from its chunks'
-stored messages (each carries its chunk) when its last chunk is after the
-cursor; its chunks were taken out of ``file_chunks`` when it completed.
+A rebuilt item gets the notes of the pass that accepted it (messages
+missing, a message arriving late): they follow from the order in which the
+conversation's messages were stored, replayed as the protocol's ordering
+state placed them (:func:`_chain_notes`, protocol/peer_chain.py ``place``).
+What the store does not keep, the rebuilt items lack: the separate
+``receipt_matches`` item of a receipt check, and refused envelopes (those
+are in the audit log, and were sent to subscribers as they happened). A
+file is rebuilt from its chunks' stored messages (each carries its chunk)
+when its last chunk is after the cursor; its chunks were taken out of
+``file_chunks`` when it completed.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from securechan.identity.keys import Fingerprint
 from securechan.primitives import sha256
 from securechan.protocol.address import QueueGrant
 from securechan.protocol.payload import ContentType, FileChunk, Payload, Receipt, SignedPayload
+from securechan.protocol.peer_chain import MAX_GAP
 
 __all__ = ["ShownCursor", "mark_shown", "start_cursor", "unshown"]
 
@@ -87,6 +93,7 @@ def unshown(db: ClientDB, find_contact: FindContact, after: int, up_to: int | No
     (see the module for what they lack), in the order they were stored."""
     out: list[tuple[int, Received | Rejected]] = []
     files: dict[tuple[bytes, bytes], tuple[FileChunk, bytes]] = {}
+    notes = _Notes(db)
     for m, rec, payload in _received(db, after):
         if up_to is not None and m.id > up_to:
             break
@@ -97,17 +104,64 @@ def unshown(db: ClientDB, find_contact: FindContact, after: int, up_to: int | No
             files.setdefault((m.conversation, content.file_id), (content, m.peer))
             continue
         item = _item(rec, payload, m, find_contact)
+        item["notes"] = notes.of(m, str(item["contact"]))
         if isinstance(content, Receipt):
             out.append((m.id, Received(**item, receipt=content)))  # type: ignore[arg-type]
         else:
             text = content if isinstance(content, str) else None
             out.append((m.id, Received(**item, text=text)))  # type: ignore[arg-type]
     for (conversation, file_id), (first, peer) in files.items():
-        done = _file(db, find_contact, (conversation, peer, file_id), first, after)
+        done = _file(db, find_contact, (conversation, peer, file_id), first, after, notes)
         if done is not None and (up_to is None or done[0] <= up_to):
             out.append(done)
     out.sort(key=lambda pair: pair[0])
     return [item for _, item in out]
+
+
+def _chain_notes(seqs: list[tuple[int, int]], name: str) -> dict[int, tuple[str, ...]]:
+    """The notes each message of one conversation got when it was accepted,
+    from ``(row id, seq)`` in the order they were stored: the ordering
+    state of protocol/peer_chain.py ``place`` replayed on sequence numbers
+    (the hash links were checked when they arrived), and the notes
+    client/delivery.py makes of its events."""
+    contiguous = highest = 0
+    ahead: set[int] = set()
+    out: dict[int, tuple[str, ...]] = {}
+    for row, seq in seqs:
+        if seq - contiguous > MAX_GAP:  # the oldest holes were given up
+            contiguous = seq - MAX_GAP
+            highest = max(highest, contiguous)
+            ahead = {s for s in ahead if s > contiguous}
+        notes: list[str] = []
+        if seq > highest + 1:
+            notes.append(f"messages {highest + 1}..{seq - 1} from {name} have not arrived")
+        if seq < highest:
+            notes.append(f"message {seq} arrived late (out of order)")
+        out[row] = tuple(notes)
+        ahead.add(seq)
+        while contiguous + 1 in ahead:
+            contiguous += 1
+            ahead.discard(contiguous)
+        highest = max(highest, seq)
+    return out
+
+
+class _Notes:
+    """Each rebuilt message's notes, one replay per conversation."""
+
+    def __init__(self, db: ClientDB) -> None:
+        self._db = db
+        self._done: dict[bytes, dict[int, tuple[str, ...]]] = {}
+
+    def of(self, m: StoredMessage, name: str) -> tuple[str, ...]:
+        if m.conversation not in self._done:
+            seqs = [
+                (x.id, x.seq)
+                for x, _, _ in _received(self._db, 0, m.peer)
+                if x.conversation == m.conversation
+            ]
+            self._done[m.conversation] = _chain_notes(seqs, name)
+        return self._done[m.conversation].get(m.id, ())
 
 
 def _item(
@@ -132,6 +186,7 @@ def _file(
     where: tuple[bytes, bytes, bytes],
     chunk: FileChunk,
     after: int,
+    notes: _Notes,
 ) -> tuple[int, Received | Rejected] | None:
     """The file (conversation, peer, file id) if its chunks are all stored
     and the one that completed it (the last stored) is after ``after``."""
@@ -154,6 +209,7 @@ def _file(
         return last[0].id, Rejected(reason=Reason.FILE_CORRUPT, error=error)
     item = _item(last[1], last[2], last[0], find_contact)
     item["content_type"] = ContentType.FILE
+    item["notes"] = notes.of(last[0], str(item["contact"]))
     return last[0].id, Received(**item, file_name=chunk.name, file_data=data)  # type: ignore[arg-type]
 
 
