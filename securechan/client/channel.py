@@ -387,7 +387,7 @@ class Channel(GroupMethods):
         self.inbox.progress = progress
         try:  # what receive passes run by group operations kept comes first
             stashed = self.group_client.take_stashed()
-            return self.shown.handed([*stashed, *await self.inbox.receive()])
+            return await self.shown.handed(stashed, self.inbox.receive)
         finally:
             self.inbox.progress = None
 

@@ -27,11 +27,16 @@ when its last chunk is after the cursor; its chunks were taken out of
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+import asyncio
+import contextlib
+import fcntl
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import TypeVar
 
 from securechan.client.db import ClientDB, StoredMessage
 from securechan.client.files import file_intact
+from securechan.client.group_results import GroupEntry
 from securechan.client.results import Received, Rejected
 from securechan.client.stored import StoredRecord
 from securechan.errors import MalformedInput, Reason, StorageError
@@ -247,14 +252,43 @@ class ShownCursor:
             return []
         return unshown(self._db, self._find, cursor, up_to=self._opened_at)
 
-    def handed(self, items: Sequence[_Item]) -> list[Received | Rejected | _Item]:
-        """What a receive pass returned, after what was stored and never
-        shown (first call only); the cursor then moves past everything."""
+    async def handed(
+        self,
+        stashed: Sequence[Received | Rejected | GroupEntry],
+        receive: Callable[[], Awaitable[Sequence[Received | Rejected | GroupEntry]]],
+    ) -> list[Received | Rejected | GroupEntry]:
+        """What was stored and never shown (first call only), ``stashed``,
+        then what the pass ``receive`` returns; the cursor then moves past
+        everything stored. The whole is one claim (:meth:`_claim`): a second
+        receiver of the same home waits, then finds the cursor past what the
+        first stored, instead of rebuilding it as never shown."""
         if not self.enabled:
-            return list(items)
-        out: list[Received | Rejected | _Item] = [*self._earlier(), *items]
-        mark_shown(self._db)
+            return [*stashed, *await receive()]
+        async with self._claim():
+            out: list[Received | Rejected | GroupEntry] = [*self._earlier(), *stashed]
+            out += await receive()
+            mark_shown(self._db)
         return out
+
+    @contextlib.asynccontextmanager
+    async def _claim(self) -> AsyncIterator[None]:
+        """An exclusive ``flock`` on ``HOME/receive.lock`` from before a
+        receive pass until the cursor moved past what it stored: two
+        receivers of one home in-process (``receive --follow`` in one
+        terminal, ``receive`` in another) would otherwise each show what the
+        other stored but had not yet marked. Polled, so a cancelled wait
+        leaves nothing behind; the kernel drops it when a process dies."""
+        fd = os.open(self._db.path.parent / "receive.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    await asyncio.sleep(0.05)
+            yield
+        finally:
+            os.close(fd)
 
     async def follow(
         self, items: AsyncIterator[_Item]
@@ -265,9 +299,11 @@ class ShownCursor:
             async for item in items:
                 yield item
             return
-        for earlier in self._earlier():
-            yield earlier
-        mark_shown(self._db)
+        async with self._claim():
+            earlier = self._earlier()
+            mark_shown(self._db)
+        for rebuilt in earlier:
+            yield rebuilt
         async for item in items:
             yield item
             mark_shown(self._db)
