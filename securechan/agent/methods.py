@@ -304,6 +304,18 @@ async def _pair(state: AgentState, params: dict[str, Any]) -> Any:
     return ContactInfo.of(contact, safety_number(ch.identity.public, contact.identity)).to_json()
 
 
+def _home_method(name: str) -> Handler:
+    """A method of agent/home_methods.py (register, outbox, policy, rekey),
+    imported at its first call: that module builds on this one."""
+
+    async def call(state: AgentState, params: dict[str, Any]) -> Any:
+        from securechan.agent.home_methods import HOME_METHODS
+
+        return await HOME_METHODS[name](state, params)
+
+    return call
+
+
 METHODS: dict[str, Handler] = {
     "version": _version,
     "status": _status,
@@ -315,4 +327,15 @@ METHODS: dict[str, Handler] = {
     "history": _history,
     "statementExport": _statement_export,
     "pair": _pair,
+    **{
+        name: _home_method(name)
+        for name in (
+            "register",
+            "outbox",
+            "outboxCancel",
+            "policySet",
+            "policyShow",
+            "contactRekey",
+        )
+    },
 }

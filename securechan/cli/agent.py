@@ -85,6 +85,24 @@ def call_running_agent(
     return None  # not reached
 
 
+def running_agent_client(app: _App) -> Any:
+    """An unlocked connection to the home's agent if one runs (None if
+    none does): for ``receive --follow``, which calls it more than once.
+    A locked agent is unlocked first, as :func:`call_running_agent` does."""
+    from securechan.agent.homelock import agent_running
+
+    if not agent_running(app.home):
+        return None
+    client = _client(app)
+    try:
+        if client.call("status")["locked"]:
+            client.unlock(app.passphrase())
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
 @agent.command(name="run")
 @_ttl_options
 @click.option(
@@ -110,9 +128,17 @@ def agent_run(app: _App, idle_ttl: float, max_ttl: float, poll: float, unlock: b
     keystore = app.keystore
     if not keystore.has_identity():
         raise UsageError(f"no identity in {app.home}; run 'securechan init'")
+
+    def make_channel(identity: Any) -> Channel:
+        channel = Channel(keystore, identity)
+        # The agent keeps the shown cursor itself: its items wait in memory
+        # until a `receive` call takes them (agent/methods.py).
+        channel.shown.enabled = False
+        return channel
+
     keys = KeyCache(
         keystore.unlock,
-        lambda identity: Channel(keystore, identity),
+        make_channel,
         idle_ttl=idle_ttl,
         max_ttl=max_ttl,
     )

@@ -138,7 +138,10 @@ def contact_rekey(app: _App, name: str) -> None:
             count: int = ch.rekey(name)
             return count
 
-    count = _run(go())
+    from securechan.cli.agent import call_running_agent
+
+    answer = call_running_agent(app, "contactRekey", {"contact": name})
+    count = int(answer["retired"]) if answer is not None else _run(go())
     click.echo(
         f"Retired {count} session(s) with {inline(name)}; the next send starts a new one.",
         err=True,

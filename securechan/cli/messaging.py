@@ -75,10 +75,23 @@ def register(app: _App, relays: tuple[str, ...], fingerprint: str | None, as_jso
             for url in relays:
                 pin = bytes.fromhex(wanted) if wanted is not None else None
                 card = await ch.register(url, pin_fingerprint=pin)
-            return card, ch.relay_fingerprints()
+            if card is None:  # pragma: no cover - --relay is required
+                raise UsageError("give at least one --relay")
+            return card.to_text(), ch.relay_fingerprints()
 
-    card, keys = _run(go())
-    atomic_write(app.home / CARD_FILE, card.to_text().encode("ascii"), replace=True)
+    from securechan.cli.agent import call_running_agent
+
+    # Through the agent when one runs (docs/AGENT.md, register): it then
+    # listens on the new queues.
+    done = call_running_agent(app, "register", {"relays": list(relays), "fingerprint": wanted})
+    if done is not None:
+        card_text, keys = str(done["card"]), dict(done["relay_fingerprints"])
+    else:
+        card_text, keys = _run(go())
+    from securechan.protocol.address import ContactCard
+
+    card = ContactCard.from_text(card_text)
+    atomic_write(app.home / CARD_FILE, card_text.encode("ascii"), replace=True)
     if as_json:
         from securechan.cli.results import Registered
 
@@ -352,6 +365,31 @@ def receive(
     still stored and shown first."""
     import asyncio
 
+    from securechan.cli.agent import running_agent_client
+
+    if unknown == "hold":
+        from securechan.agent.homelock import agent_running
+
+        if agent_running(app.home):
+            # The agent's background passes refuse, as they arrive, first
+            # messages from senders not pinned: nothing would be left to hold.
+            raise UsageError(
+                "--unknown hold is not served by the agent: it receives in the background "
+                "and refuses first messages from senders you have not pinned as they arrive; "
+                "stop it ('securechan agent stop') to hold them"
+            )
+    agent_client = running_agent_client(app)
+    if agent_client is not None:  # the agent receives (docs/AGENT.md)
+        from securechan.cli.agent_receive import receive_through_agent
+
+        with agent_client:
+            code = receive_through_agent(
+                app, agent_client, download, follow=follow, timeout=timeout, as_json=as_json
+            )
+        if code:
+            sys.exit(code)
+        return
+
     split: list[str] = []
     rolled_back: list[str] = []
     bars: dict[str, _Progress] = {}
@@ -391,19 +429,16 @@ def receive(
             rolled_back.append(item.error)
 
     async def go() -> None:
-        from securechan.client.unshown import mark_shown, start_cursor, unshown
-
         async with _channel(app, unknown=unknown) as ch:
-            # First what an agent received and no `receive` showed (it
-            # stopped or crashed since): each message is shown once.
-            earlier = unshown(ch.db, ch.keystore.contacts.find, start_cursor(ch.db))
+            # The channel hands over first what an agent received and no
+            # `receive` showed (it stopped or crashed since), and moves the
+            # shown cursor (client/unshown.py): each message is shown once.
             if not follow:
-                items = [*earlier, *await ch.receive(progress=progress)]
+                items = await ch.receive(progress=progress)
                 for bar in bars.values():
                     bar.close()
                 for item in items:
                     show(item, ch)
-                mark_shown(ch.db)
                 for url in ch.left_waiting:
                     click.echo(
                         f"securechan: note: more messages wait at {inline(url)}: "
@@ -414,12 +449,8 @@ def receive(
             stop = asyncio.Event()
             if timeout is not None:
                 asyncio.get_running_loop().call_later(timeout, stop.set)
-            for item in earlier:
-                show(item, ch)
             async for item in ch.follow(stop=stop, progress=progress):
                 show(item, ch)
-                mark_shown(ch.db)
-            mark_shown(ch.db)
 
     _run(go())
     if split:

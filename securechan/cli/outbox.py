@@ -30,7 +30,15 @@ def outbox(ctx: click.Context, as_json: bool) -> None:
         async with _channel(app) as ch:
             return ch.queued(), ch.now()
 
-    items, now = _run(go())
+    from securechan.cli.agent import call_running_agent
+
+    listed = call_running_agent(app, "outbox", {})  # through the agent when one runs
+    if listed is not None:
+        from securechan.client.agent_results import outbox_now, queued_messages
+
+        items, now = queued_messages(listed), outbox_now(listed)
+    else:
+        items, now = _run(go())
     if as_json:
         for item in items:
             _emit_json(item.to_json())
@@ -73,7 +81,15 @@ def cancel(app: _App, message_id: str, as_json: bool) -> None:
         async with _channel(app) as ch:
             return ch.cancel(message_id)
 
-    done = _run(go())
+    from securechan.cli.agent import call_running_agent
+
+    answer = call_running_agent(app, "outboxCancel", {"message_id": message_id})
+    if answer is not None:  # the agent withdrew it (docs/AGENT.md, outboxCancel)
+        from securechan.client.agent_results import cancelled
+
+        done = cancelled(answer)
+    else:
+        done = _run(go())
     if as_json:
         _emit_json(done.to_json())
         return

@@ -59,16 +59,30 @@ def policy_set(
                 raise NotFound(f"{relay_url} is none of your or your contacts' relays")
             return set_policy(ch, relay_url, keys, require)
 
+    from securechan.cli.agent import call_running_agent
     from securechan.cli.results import PolicyInfo
 
-    p = _run(go())
-    info = PolicyInfo(
-        relay=p.relay, witnesses=tuple(k.to_text() for k in p.witnesses), required=p.required
-    )
+    # Through the agent when one runs (docs/AGENT.md, policySet): its next
+    # statement follows the new policy.
+    asked = {"relay": relay_url, "witnesses": [k.to_text() for k in keys], "require": require}
+    answer = call_running_agent(app, "policySet", asked)
+    if answer is not None:
+        info = PolicyInfo(
+            relay=str(answer["relay"]),
+            witnesses=tuple(str(k) for k in answer["witnesses"]),
+            required=int(answer["required"]),
+        )
+    else:
+        p = _run(go())
+        info = PolicyInfo(
+            relay=p.relay, witnesses=tuple(k.to_text() for k in p.witnesses), required=p.required
+        )
     if as_json:
         _emit_json(info.to_json())
-    elif p.witnesses:
-        click.echo(f"{inline(relay_url)}: {p.required} of {len(p.witnesses)} witnesses must cosign")
+    elif info.witnesses:
+        click.echo(
+            f"{inline(relay_url)}: {info.required} of {len(info.witnesses)} witnesses must cosign"
+        )
     else:
         click.echo(f"{inline(relay_url)}: no witness policy")
 
@@ -106,20 +120,30 @@ def policy_show(app: _App, as_json: bool) -> None:
                 )
         return out
 
-    rows = _run(go())
+    from securechan.cli.agent import call_running_agent
+
+    # Through the agent when one runs (docs/AGENT.md, policyShow): the same
+    # objects, the command line's PolicyInfo as JSON.
+    answer = call_running_agent(app, "policyShow", {})
+    if answer is not None:
+        rows: list[dict[str, Any]] = list(answer["items"])
+    else:
+        rows = [row.to_json() for row in _run(go())]
     if as_json:
-        _emit_json_lines(row.to_json() for row in rows)
+        _emit_json_lines(rows)
     for row in [] if as_json else rows:
-        relay_shown = inline(row.relay)
-        if not row.witnesses:
+        relay_shown = inline(row["relay"])
+        if not row["witnesses"]:
             click.echo(f"{relay_shown}: no witness policy")
             continue
-        seen = row.witnessed_size
+        seen = row.get("witnessed_size")
         state = f"witnessed up to size {seen}" if seen is not None else "nothing witnessed yet"
-        click.echo(f"{relay_shown}: {row.required} of {len(row.witnesses)} witnesses; {state}")
+        click.echo(
+            f"{relay_shown}: {row['required']} of {len(row['witnesses'])} witnesses; {state}"
+        )
     # A relay that did not answer: every row is shown first, then one line
     # per relay and exit 3 (docs/CLI.md, Exit codes).
-    errors = [row.error for row in rows if row.error is not None]
+    errors = [str(row["error"]) for row in rows if row.get("error") is not None]
     for error in errors:
         click.echo(f"securechan: {inline(error, width=_columns(err=True), indent=12)}", err=True)
     if errors:

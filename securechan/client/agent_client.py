@@ -39,12 +39,15 @@ if TYPE_CHECKING:
     from securechan.client.agent_results import History
     from securechan.client.results import (
         AgentStatus,
+        Cancelled,
         ContactInfo,
+        QueuedMessage,
         Received,
         Rejected,
         SendResult,
         StatementExported,
     )
+    from securechan.protocol.address import ContactCard
 
 __all__ = ["MAX_ANSWER", "AgentClient", "AsyncAgentClient", "raise_for"]
 
@@ -188,6 +191,25 @@ class AgentClient:
             if "method" in obj:
                 yield str(obj["method"]), dict(obj.get("params") or {})
 
+    def next_notification(self, timeout: float | None = None) -> tuple[str, dict[str, Any]] | None:
+        """The next notification (after ``call("subscribeReceive")``), or
+        None when ``timeout`` seconds pass without one."""
+        import select
+        import time
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self.notifications:
+                return self.notifications.pop(0)
+            # A whole line may already be buffered; else wait for the socket.
+            if deadline is not None and b"\n" not in self._conn._buffer:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([self._conn._sock], [], [], left)[0]:
+                    return None
+            obj = self._read()
+            if "method" in obj:
+                return str(obj["method"]), dict(obj.get("params") or {})
+
     # The methods of docs/AGENT.md, named as the library's Channel names them
     # and returning Channel's result types (client/agent_results.py, loaded
     # on first use: it brings the cryptography; `call` stays light).
@@ -251,6 +273,43 @@ class AgentClient:
 
         params = {"relay": relay_url, "code": code, "words": words, "name": name}
         return contact_info(self.call_notified("pair", params, notified))
+
+    def register(self, relay_url: str, *, pin_fingerprint: bytes | None = None) -> ContactCard:
+        """As :meth:`Channel.register`; the agent then listens on the new queues."""
+        from securechan.client.agent_results import contact_card
+
+        pin = pin_fingerprint.hex() if pin_fingerprint is not None else None
+        return contact_card(self.call("register", relays=[relay_url], fingerprint=pin))
+
+    def queued(self) -> list[QueuedMessage]:
+        """As :meth:`Channel.queued` (``securechan outbox``)."""
+        from securechan.client.agent_results import queued_messages
+
+        return queued_messages(self.call("outbox"))
+
+    def cancel(self, message_id: str) -> Cancelled:
+        """As :meth:`Channel.cancel` (``securechan outbox cancel``)."""
+        from securechan.client.agent_results import cancelled
+
+        return cancelled(self.call("outboxCancel", message_id=message_id))
+
+    def rekey(self, name: str) -> int:
+        """As :meth:`Channel.rekey`: how many sessions were retired."""
+        return int(self.call("contactRekey", contact=name)["retired"])
+
+    def set_policy(
+        self, relay_url: str, witnesses: list[str], required: int | None = None
+    ) -> dict[str, Any]:
+        """``policy set``: ``witnesses`` are key lines; the ``--json`` object."""
+        result: dict[str, Any] = self.call(
+            "policySet", relay=relay_url, witnesses=list(witnesses), require=required
+        )
+        return result
+
+    def policies(self) -> list[dict[str, Any]]:
+        """``policy show``: one ``--json`` object per registered relay."""
+        items: list[dict[str, Any]] = self.call("policyShow")["items"]
+        return items
 
 
 class AsyncAgentClient:
@@ -358,3 +417,36 @@ class AsyncAgentClient:
         out = os.path.abspath(output)
         answer = await self.call("statementExport", message_id=message_id, output=out)
         return statement_exported(answer)
+
+    async def register(
+        self, relay_url: str, *, pin_fingerprint: bytes | None = None
+    ) -> ContactCard:
+        from securechan.client.agent_results import contact_card
+
+        pin = pin_fingerprint.hex() if pin_fingerprint is not None else None
+        return contact_card(await self.call("register", relays=[relay_url], fingerprint=pin))
+
+    async def queued(self) -> list[QueuedMessage]:
+        from securechan.client.agent_results import queued_messages
+
+        return queued_messages(await self.call("outbox"))
+
+    async def cancel(self, message_id: str) -> Cancelled:
+        from securechan.client.agent_results import cancelled
+
+        return cancelled(await self.call("outboxCancel", message_id=message_id))
+
+    async def rekey(self, name: str) -> int:
+        return int((await self.call("contactRekey", contact=name))["retired"])
+
+    async def set_policy(
+        self, relay_url: str, witnesses: list[str], required: int | None = None
+    ) -> dict[str, Any]:
+        result: dict[str, Any] = await self.call(
+            "policySet", relay=relay_url, witnesses=list(witnesses), require=required
+        )
+        return result
+
+    async def policies(self) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = (await self.call("policyShow"))["items"]
+        return items

@@ -21,7 +21,9 @@ from typing import Any
 
 from securechan.client.results import (
     AgentStatus,
+    Cancelled,
     ContactInfo,
+    QueuedMessage,
     Received,
     Rejected,
     SendResult,
@@ -29,12 +31,17 @@ from securechan.client.results import (
     Status,
 )
 from securechan.errors import AgentUnavailable, Reason
+from securechan.protocol.address import ContactCard
 from securechan.protocol.payload import ContentType
 
 __all__ = [
     "agent_status",
+    "cancelled",
+    "contact_card",
     "contact_info",
     "history_rows",
+    "outbox_now",
+    "queued_messages",
     "received_item",
     "send_result",
     "statement_exported",
@@ -173,3 +180,64 @@ def contact_info(obj: dict[str, Any]) -> ContactInfo:
 
     result: ContactInfo = _checked(build, obj, "pair")
     return result
+
+
+def queued_messages(obj: dict[str, Any]) -> list[QueuedMessage]:
+    """``outbox``'s items as :meth:`Channel.queued` returns them."""
+
+    def build(o: dict[str, Any]) -> list[QueuedMessage]:
+        return [
+            QueuedMessage(
+                id=str(x["id"]),
+                contact=None if x["contact"] is None else str(x["contact"]),
+                kind=str(x["kind"]),
+                size=int(x["size"]),
+                file_name=None if x["file_name"] is None else str(x["file_name"]),
+                seqs=tuple(int(s) for s in x["seqs"]),
+                parts=int(x["parts"]),
+                posted=int(x["posted"]),
+                created=_seconds(x["created"]),
+                relays=tuple(str(r) for r in x["relays"]),
+            )
+            for x in o["items"]
+        ]
+
+    items: list[QueuedMessage] = _checked(build, obj, "outbox")
+    return items
+
+
+def outbox_now(obj: dict[str, Any]) -> int:
+    """The agent's clock when it listed the outbox (for the items' age)."""
+    now: int = _checked(lambda o: _seconds(o["now"]), obj, "outbox")
+    return now
+
+
+def cancelled(obj: dict[str, Any]) -> Cancelled:
+    def build(o: dict[str, Any]) -> Cancelled:
+        return Cancelled(
+            id=str(o["id"]),
+            contact=str(o["contact"]),
+            kind=str(o["kind"]),
+            parts=int(o["parts"]),
+            withdrawn=int(o["withdrawn"]),
+            posted=int(o["posted"]),
+            in_flight=int(o["in_flight"]),
+            retired=bool(o["retired"]),
+        )
+
+    result: Cancelled = _checked(build, obj, "outboxCancel")
+    return result
+
+
+def contact_card(obj: dict[str, Any]) -> ContactCard:
+    """``register``'s card, as :meth:`Channel.register` returns it."""
+    from securechan.errors import MalformedInput
+
+    def build(o: dict[str, Any]) -> ContactCard:
+        try:
+            return ContactCard.from_text(str(o["card"]))
+        except MalformedInput as e:
+            raise ValueError(str(e)) from None
+
+    card: ContactCard = _checked(build, obj, "register")
+    return card

@@ -64,6 +64,7 @@ from securechan.client.record import History, MessageRecord
 from securechan.client.registration import ONE_TIME_BATCH, ONE_TIME_LOW, Registrar
 from securechan.client.results import Received, Rejected, SendResult
 from securechan.client.state import ProtocolState
+from securechan.client.unshown import ShownCursor
 from securechan.errors import NoIdentity, RelayError, UsageError
 from securechan.identity import Contact, Identity, Keystore
 from securechan.primitives import random_bytes
@@ -131,6 +132,7 @@ class Channel(GroupMethods):
             lambda url, key, note: check_witnessed(db, url, key, note, now=ctx.now()),
         )
         self.registrar = Registrar(ctx, self.state)
+        self.shown = ShownCursor(db, keystore.contacts.find)  # client/unshown.py
         self.outbox = Outbox(ctx, self.state, self.registrar, self.logs)
         self.group_client = Groups(ctx, self.outbox, self.registrar.relays, self.logs)
         self.inbox = Inbox(
@@ -376,17 +378,16 @@ class Channel(GroupMethods):
         self, *, progress: Callable[[str, int, int], None] | None = None
     ) -> list[Received | Rejected | GroupEntry]:
         """One pass over every queue at every relay: fetch, open, store, ack,
-        page after page until each queue is empty (bounded by
-        ``client.inbox.DRAIN_MAX`` envelopes a queue, and by the budget of
-        failed first messages: :attr:`left_waiting` names the relays where
-        some were left for the next pass). ``progress(file name, bytes held,
-        size)`` is called for each chunk of an incoming file. Then each
-        group's stream is read: one :class:`GroupEntry` per group record read
-        (``status`` per ``GROUP_STATUSES``)."""
+        page after page until each queue is empty (at most ``DRAIN_MAX`` envelopes
+        a queue, and the budget of failed first messages: :attr:`left_waiting`
+        names the relays where some were left); ``progress(file name, bytes
+        held, size)`` for each chunk of a file. Then each group's stream is read
+        (a ``GroupEntry`` per record). The first call returns first what was
+        stored and never shown (an agent's); each moves the shown cursor."""
         self.inbox.progress = progress
-        try:
-            # First what receive passes run by group operations kept.
-            return [*self.group_client.take_stashed(), *await self.inbox.receive()]
+        try:  # what receive passes run by group operations kept comes first
+            stashed = self.group_client.take_stashed()
+            return await self.shown.handed(stashed, self.inbox.receive)
         finally:
             self.inbox.progress = None
 
@@ -408,7 +409,7 @@ class Channel(GroupMethods):
         :meth:`receive`; what receive passes run by group operations kept
         comes with the next item."""
         self.inbox.progress = progress
-        return self._with_stashed(self.inbox.follow(poll=poll, stop=stop))
+        return self.shown.follow(self._with_stashed(self.inbox.follow(poll=poll, stop=stop)))
 
     async def _after_receive(self) -> None:
         """Grant our queue to peers who granted theirs; owed group sends; prekeys."""

@@ -9,23 +9,34 @@ row ``received_shown``) is the row id of ``messages`` up to which received
 messages were handed to one; :func:`unshown` rebuilds the items after it
 from the store, so they survive the agent's crash or stop, and
 :func:`mark_shown` moves it after a caller got them. Both the agent's
-``receive`` and the in-process ``securechan receive`` use them, so each
-message is shown once whichever of the two runs next.
+``receive`` and the library's ``Channel.receive`` (:class:`ShownCursor`,
+which the in-process ``securechan receive`` uses) use them, so each message
+is shown once whichever of them runs next.
 
-What the store does not keep, the rebuilt items lack: the notes of a pass
-(messages missing, out of order), the separate ``receipt_matches`` item of a
-receipt check, and refused envelopes (those are in the audit log, and were
-sent to subscribers as they happened). A file is rebuilt from its chunks'
-stored messages (each carries its chunk) when its last chunk is after the
-cursor; its chunks were taken out of ``file_chunks`` when it completed.
+A rebuilt item gets the notes of the pass that accepted it (messages
+missing, a message arriving late): they follow from the order in which the
+conversation's messages were stored, replayed as the protocol's ordering
+state placed them (:func:`_chain_notes`, protocol/peer_chain.py ``place``).
+What the store does not keep, the rebuilt items lack: the separate
+``receipt_matches`` item of a receipt check, and refused envelopes (those
+are in the audit log, and were sent to subscribers as they happened). A
+file is rebuilt from its chunks' stored messages (each carries its chunk)
+when its last chunk is after the cursor; its chunks were taken out of
+``file_chunks`` when it completed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import asyncio
+import contextlib
+import fcntl
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from typing import TypeVar
 
 from securechan.client.db import ClientDB, StoredMessage
 from securechan.client.files import file_intact
+from securechan.client.group_results import GroupEntry
 from securechan.client.results import Received, Rejected
 from securechan.client.stored import StoredRecord
 from securechan.errors import MalformedInput, Reason, StorageError
@@ -34,8 +45,9 @@ from securechan.identity.keys import Fingerprint
 from securechan.primitives import sha256
 from securechan.protocol.address import QueueGrant
 from securechan.protocol.payload import ContentType, FileChunk, Payload, Receipt, SignedPayload
+from securechan.protocol.peer_chain import MAX_GAP
 
-__all__ = ["mark_shown", "start_cursor", "unshown"]
+__all__ = ["ShownCursor", "mark_shown", "start_cursor", "unshown"]
 
 _PAGE = 500
 Items = list[Received | Rejected]
@@ -80,13 +92,16 @@ def mark_shown(db: ClientDB, up_to: int | None = None) -> None:
         db.set_shown_cursor(db.last_message_id() if up_to is None else up_to)
 
 
-def unshown(db: ClientDB, find_contact: FindContact, after: int) -> Items:
-    """The received messages stored after the row id ``after``, as the
-    items the pass that accepted them returned (see the module for what
-    they lack), in the order they were stored."""
+def unshown(db: ClientDB, find_contact: FindContact, after: int, up_to: int | None = None) -> Items:
+    """The received messages stored after the row id ``after`` (and up to
+    ``up_to``, if given), as the items the pass that accepted them returned
+    (see the module for what they lack), in the order they were stored."""
     out: list[tuple[int, Received | Rejected]] = []
     files: dict[tuple[bytes, bytes], tuple[FileChunk, bytes]] = {}
+    notes = _Notes(db)
     for m, rec, payload in _received(db, after):
+        if up_to is not None and m.id > up_to:
+            break
         content = payload.content()
         if isinstance(content, QueueGrant) or payload.content_type in _NOT_ITEMS:
             continue  # housekeeping, or group carriage (the group's transcript shows it)
@@ -94,17 +109,64 @@ def unshown(db: ClientDB, find_contact: FindContact, after: int) -> Items:
             files.setdefault((m.conversation, content.file_id), (content, m.peer))
             continue
         item = _item(rec, payload, m, find_contact)
+        item["notes"] = notes.of(m, str(item["contact"]))
         if isinstance(content, Receipt):
             out.append((m.id, Received(**item, receipt=content)))  # type: ignore[arg-type]
         else:
             text = content if isinstance(content, str) else None
             out.append((m.id, Received(**item, text=text)))  # type: ignore[arg-type]
     for (conversation, file_id), (first, peer) in files.items():
-        done = _file(db, find_contact, (conversation, peer, file_id), first, after)
-        if done is not None:
+        done = _file(db, find_contact, (conversation, peer, file_id), first, after, notes)
+        if done is not None and (up_to is None or done[0] <= up_to):
             out.append(done)
     out.sort(key=lambda pair: pair[0])
     return [item for _, item in out]
+
+
+def _chain_notes(seqs: list[tuple[int, int]], name: str) -> dict[int, tuple[str, ...]]:
+    """The notes each message of one conversation got when it was accepted,
+    from ``(row id, seq)`` in the order they were stored: the ordering
+    state of protocol/peer_chain.py ``place`` replayed on sequence numbers
+    (the hash links were checked when they arrived), and the notes
+    client/delivery.py makes of its events."""
+    contiguous = highest = 0
+    ahead: set[int] = set()
+    out: dict[int, tuple[str, ...]] = {}
+    for row, seq in seqs:
+        if seq - contiguous > MAX_GAP:  # the oldest holes were given up
+            contiguous = seq - MAX_GAP
+            highest = max(highest, contiguous)
+            ahead = {s for s in ahead if s > contiguous}
+        notes: list[str] = []
+        if seq > highest + 1:
+            notes.append(f"messages {highest + 1}..{seq - 1} from {name} have not arrived")
+        if seq < highest:
+            notes.append(f"message {seq} arrived late (out of order)")
+        out[row] = tuple(notes)
+        ahead.add(seq)
+        while contiguous + 1 in ahead:
+            contiguous += 1
+            ahead.discard(contiguous)
+        highest = max(highest, seq)
+    return out
+
+
+class _Notes:
+    """Each rebuilt message's notes, one replay per conversation."""
+
+    def __init__(self, db: ClientDB) -> None:
+        self._db = db
+        self._done: dict[bytes, dict[int, tuple[str, ...]]] = {}
+
+    def of(self, m: StoredMessage, name: str) -> tuple[str, ...]:
+        if m.conversation not in self._done:
+            seqs = [
+                (x.id, x.seq)
+                for x, _, _ in _received(self._db, 0, m.peer)
+                if x.conversation == m.conversation
+            ]
+            self._done[m.conversation] = _chain_notes(seqs, name)
+        return self._done[m.conversation].get(m.id, ())
 
 
 def _item(
@@ -129,6 +191,7 @@ def _file(
     where: tuple[bytes, bytes, bytes],
     chunk: FileChunk,
     after: int,
+    notes: _Notes,
 ) -> tuple[int, Received | Rejected] | None:
     """The file (conversation, peer, file id) if its chunks are all stored
     and the one that completed it (the last stored) is after ``after``."""
@@ -151,4 +214,96 @@ def _file(
         return last[0].id, Rejected(reason=Reason.FILE_CORRUPT, error=error)
     item = _item(last[1], last[2], last[0], find_contact)
     item["content_type"] = ContentType.FILE
+    item["notes"] = notes.of(last[0], str(item["contact"]))
     return last[0].id, Received(**item, file_name=chunk.name, file_data=data)  # type: ignore[arg-type]
+
+
+_Item = TypeVar("_Item")
+
+
+class ShownCursor:
+    """The shown cursor as a :class:`~securechan.client.channel.Channel`
+    keeps it for its caller (``Channel.receive`` and ``Channel.follow``), so
+    a program using the library, ``securechan receive`` and an agent agree
+    on what was shown: the first receive of a channel returns first what is
+    stored after the cursor (what an agent, or a pass whose caller never got
+    its items, received), then each receive moves the cursor past
+    everything stored. Only messages stored before the channel was opened
+    are rebuilt: what a group operation's pass received since is handed
+    over by the channel itself (its stash), not twice.
+
+    The agent keeps the cursor itself (its items wait in memory until a
+    ``receive`` call takes them, agent/methods.py): its channel sets
+    :attr:`enabled` to False."""
+
+    def __init__(self, db: ClientDB, find_contact: FindContact) -> None:
+        self._db = db
+        self._find = find_contact
+        self._opened_at = db.last_message_id()
+        self._restored = False
+        self.enabled = True
+
+    def _earlier(self) -> Items:
+        if self._restored:
+            return []
+        self._restored = True
+        cursor = start_cursor(self._db)
+        if cursor >= self._opened_at:
+            return []
+        return unshown(self._db, self._find, cursor, up_to=self._opened_at)
+
+    async def handed(
+        self,
+        stashed: Sequence[Received | Rejected | GroupEntry],
+        receive: Callable[[], Awaitable[Sequence[Received | Rejected | GroupEntry]]],
+    ) -> list[Received | Rejected | GroupEntry]:
+        """What was stored and never shown (first call only), ``stashed``,
+        then what the pass ``receive`` returns; the cursor then moves past
+        everything stored. The whole is one claim (:meth:`_claim`): a second
+        receiver of the same home waits, then finds the cursor past what the
+        first stored, instead of rebuilding it as never shown."""
+        if not self.enabled:
+            return [*stashed, *await receive()]
+        async with self._claim():
+            out: list[Received | Rejected | GroupEntry] = [*self._earlier(), *stashed]
+            out += await receive()
+            mark_shown(self._db)
+        return out
+
+    @contextlib.asynccontextmanager
+    async def _claim(self) -> AsyncIterator[None]:
+        """An exclusive ``flock`` on ``HOME/receive.lock`` from before a
+        receive pass until the cursor moved past what it stored: two
+        receivers of one home in-process (``receive --follow`` in one
+        terminal, ``receive`` in another) would otherwise each show what the
+        other stored but had not yet marked. Polled, so a cancelled wait
+        leaves nothing behind; the kernel drops it when a process dies."""
+        fd = os.open(self._db.path.parent / "receive.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    await asyncio.sleep(0.05)
+            yield
+        finally:
+            os.close(fd)
+
+    async def follow(
+        self, items: AsyncIterator[_Item]
+    ) -> AsyncIterator[Received | Rejected | _Item]:
+        """``Channel.follow``'s items, the never shown first; the cursor
+        moves after each item is handed over."""
+        if not self.enabled:
+            async for item in items:
+                yield item
+            return
+        async with self._claim():
+            earlier = self._earlier()
+            mark_shown(self._db)
+        for rebuilt in earlier:
+            yield rebuilt
+        async for item in items:
+            yield item
+            mark_shown(self._db)
