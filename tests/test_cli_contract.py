@@ -91,7 +91,6 @@ ELSEWHERE = {
     "group admin": "tests/test_group_admins.py",
     "group rekey": "tests/test_group_admins.py",
     "group leave": "tests/test_cli_groups.py",
-    "group rekey": "tests/test_cli_groups.py",
     "group list": "tests/test_cli_groups.py",
     "group show": "tests/test_cli_groups.py",
 }
