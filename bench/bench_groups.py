@@ -321,7 +321,7 @@ def membership_change(
     )
     secret = random_bytes(32)
     keys = StreamKeys.from_secret(secret)  # the client follows the new stream
-    change = GroupChange.sign(s.me, state, next_stream=keys.commitment)
+    change = GroupChange.sign(s.me, state, next_stream=keys.commitment, head=s.view.head)
     blob = seal_record(s.keys, GroupRecord(change=change))
     welcome = GroupWelcome(
         change=change,
@@ -369,7 +369,9 @@ def make_sender(n_others: int, *, prefix: str) -> tuple[Sender, list[Identity]]:
     me = identity(f"{prefix}-mediator")
     others = [identity(f"{prefix}-member-{i}") for i in range(n_others)]
     keys = StreamKeys.from_secret(bytes(range(100, 132)))
-    creation = GroupChange.sign(me, group_state([me, *others], me), next_stream=keys.commitment)
+    creation = GroupChange.sign(
+        me, group_state([me, *others], me), next_stream=keys.commitment, head=ZERO
+    )
     view = GroupView.create(creation, me.public)
     pairs = [session_to(me, o) for o in others]
     sender = Sender(me, view, keys, [p[0] for p in pairs], [p[1] for p in pairs])
