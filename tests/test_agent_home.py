@@ -339,7 +339,11 @@ def test_receive_unknown_hold_refuses_in_one_line_saying_why(pair: tuple[Party, 
     t.ok("agent", "start")
     proc = t.run("receive", "--unknown", "hold")
     assert proc.returncode == 2, transcript(proc)
-    assert proc.stderr.startswith("securechan: --unknown hold is not served by the agent: ")
+    assert proc.stderr.startswith("securechan: --unknown hold is not served by this agent: ")
+    assert (
+        "restart it with 'securechan agent stop' and 'securechan agent start --unknown hold'"
+        in (proc.stderr)
+    )
     assert len(proc.stderr.splitlines()) == 1 and proc.stdout == ""
 
 

@@ -336,8 +336,10 @@ def test_pair_goes_through_the_agent(strangers: tuple[Party, Party], relay: Rela
 
 
 # What still refuses while an agent holds the home (docs/AGENT.md, "What the
-# agent serves"): `receive --unknown hold`, in one line saying why, exit 2,
-# before asking for any passphrase. `register`, `receive --follow`, `outbox`,
+# agent serves"): `receive --unknown hold` through an agent started without
+# `--unknown hold`, in one line saying how to restart it, exit 2, before
+# asking for any passphrase; through an agent started with it, it is served
+# (tests/test_agent_hold.py). `register`, `receive --follow`, `outbox`,
 # `outbox cancel`, `policy` and `contact rekey` go through the agent
 # (tests/test_agent_home.py).
 REFUSING = [
@@ -354,9 +356,15 @@ def test_commands_the_agent_does_not_serve_refuse_in_one_line(
     t.ok("agent", "start")
     proc = t.run(*args)
     assert proc.returncode == 2, transcript(proc)
-    assert proc.stderr.startswith("securechan: --unknown hold is not served by the agent: ")
+    assert proc.stderr.startswith("securechan: --unknown hold is not served by this agent: ")
+    assert "'securechan agent start --unknown hold'" in proc.stderr, transcript(proc)
     assert len(proc.stderr.splitlines()) == 1, transcript(proc)
     assert proc.stdout == ""
+    # Started with --unknown hold, the same command is served.
+    t.ok("agent", "stop")
+    t.ok("agent", "start", "--unknown", "hold")
+    served = t.run(*args, *(("--timeout", "1") if "--follow" in args else ()))
+    assert served.returncode == 0, transcript(served)
 
 
 def test_statement_export_goes_through_the_agent(pair: tuple[Party, Party], tmp_path: Path) -> None:

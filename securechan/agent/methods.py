@@ -58,6 +58,10 @@ class AgentState:
     drained: asyncio.Event = field(default_factory=asyncio.Event)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     started: float = 0.0
+    # What the background passes do with a first message from a sender not
+    # pinned (`agent start --unknown`): the channel's policy, reported by
+    # `status` so that `receive --unknown hold` knows whether it is served.
+    unknown_senders: str = "refuse"
 
     def pending_bytes(self) -> int:
         return sum(len(getattr(item, "file_data", None) or b"") for item in self.pending)
@@ -130,6 +134,7 @@ async def _status(state: AgentState, params: dict[str, Any]) -> Any:
         expires_in=round(state.keys.expires_in()),
         idle_ttl=state.keys.idle_ttl,
         max_ttl=state.keys.max_ttl,
+        unknown_senders=state.unknown_senders,
         pending=len(state.pending),
         channel=channel,
         relay_errors=failures,

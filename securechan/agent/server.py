@@ -84,9 +84,16 @@ class AgentServer:
         version: str,
         poll: float = 30.0,
         exit_code: Callable[[SecurechanError], int] | None = None,
+        unknown_senders: str = "refuse",
     ) -> None:
         self.home = home
-        self.state = AgentState(home=home, keys=keys, version=version, started=time.time())
+        self.state = AgentState(
+            home=home,
+            keys=keys,
+            version=version,
+            started=time.time(),
+            unknown_senders=unknown_senders,
+        )
         self.path = socket_path(home)
         self._exit_code = exit_code
         self._poll = poll

@@ -6,13 +6,16 @@ import os
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 import securechan
 from securechan.cli.core import _App, _emit_json, _exit_code, _Group, _json_option, pass_app
 from securechan.errors import AgentUnavailable, UsageError
+
+if TYPE_CHECKING:
+    from securechan.client.context import UnknownPolicy
 
 _START_TIMEOUT = 15.0
 _STOP_TIMEOUT = 15.0
@@ -29,6 +32,15 @@ def agent() -> None:
 
 
 def _ttl_options(f: Any) -> Any:
+    f = click.option(
+        "--unknown",
+        type=click.Choice(["refuse", "hold"]),
+        default="refuse",
+        show_default=True,
+        help="First messages from identities you have not pinned, as the agent "
+        "receives them: refuse them, or hold them until you pin the sender "
+        "(as 'receive --unknown hold'; needed for it to work through the agent).",
+    )(f)
     f = click.option(
         "--poll",
         type=click.FloatRange(min=0.1),
@@ -85,6 +97,18 @@ def call_running_agent(
     return None  # not reached
 
 
+def agent_policy(app: _App) -> str | None:
+    """What the home's running agent does with first messages from senders
+    not pinned (``"refuse"`` or ``"hold"``, its ``--unknown``), asked
+    without unlocking it; None when no agent runs."""
+    from securechan.agent.homelock import agent_running
+
+    if not agent_running(app.home):
+        return None
+    with _client(app) as client:
+        return str(client.call("status").get("unknown_senders", "refuse"))
+
+
 def running_agent_client(app: _App) -> Any:
     """An unlocked connection to the home's agent if one runs (None if
     none does): for ``receive --follow``, which calls it more than once.
@@ -112,7 +136,9 @@ def running_agent_client(app: _App) -> Any:
     "(default: start locked; 'agent unlock' or the next command unlocks it).",
 )
 @pass_app
-def agent_run(app: _App, idle_ttl: float, max_ttl: float, poll: float, unlock: bool) -> None:
+def agent_run(
+    app: _App, idle_ttl: float, max_ttl: float, poll: float, unknown: UnknownPolicy, unlock: bool
+) -> None:
     """Run the agent in the foreground (for systemd and other service managers).
 
     Logs go to stderr. SIGTERM or 'securechan agent stop' ends it."""
@@ -130,7 +156,7 @@ def agent_run(app: _App, idle_ttl: float, max_ttl: float, poll: float, unlock: b
         raise UsageError(f"no identity in {app.home}; run 'securechan init'")
 
     def make_channel(identity: Any) -> Channel:
-        channel = Channel(keystore, identity)
+        channel = Channel(keystore, identity, unknown_senders=unknown)
         # The agent keeps the shown cursor itself: its items wait in memory
         # until a `receive` call takes them (agent/methods.py).
         channel.shown.enabled = False
@@ -143,7 +169,12 @@ def agent_run(app: _App, idle_ttl: float, max_ttl: float, poll: float, unlock: b
         max_ttl=max_ttl,
     )
     server = AgentServer(
-        app.home, keys, version=securechan.__version__, poll=poll, exit_code=_exit_code
+        app.home,
+        keys,
+        version=securechan.__version__,
+        poll=poll,
+        exit_code=_exit_code,
+        unknown_senders=unknown,
     )
     server.claim()  # before reading a passphrase: fail fast when the home is taken
     passphrase = app.passphrase() if unlock else None
@@ -162,7 +193,9 @@ def agent_run(app: _App, idle_ttl: float, max_ttl: float, poll: float, unlock: b
 @agent.command(name="start")
 @_ttl_options
 @pass_app
-def agent_start(app: _App, idle_ttl: float, max_ttl: float, poll: float) -> None:
+def agent_start(
+    app: _App, idle_ttl: float, max_ttl: float, poll: float, unknown: UnknownPolicy
+) -> None:
     """Start the agent in the background and unlock it (asks for the passphrase)."""
     from securechan.agent.homelock import agent_running
 
@@ -185,6 +218,8 @@ def agent_start(app: _App, idle_ttl: float, max_ttl: float, poll: float) -> None
         str(max_ttl),
         "--poll",
         str(poll),
+        "--unknown",
+        unknown,
     ]
     env = {k: v for k, v in os.environ.items() if k != "SECURECHAN_PASSPHRASE"}
     with open(log_path, "ab") as log:
@@ -206,9 +241,10 @@ def agent_start(app: _App, idle_ttl: float, max_ttl: float, poll: float) -> None
     except Exception:
         _stop(app)
         raise
+    held = "; first messages from unpinned senders held" if unknown == "hold" else ""
     click.echo(
         f"agent started (pid {info['pid']}); key unlocked for {int(idle_ttl)} s idle, "
-        f"{int(max_ttl)} s at most; log: {log_path}"
+        f"{int(max_ttl)} s at most{held}; log: {log_path}"
     )
 
 
@@ -265,7 +301,10 @@ def agent_status(app: _App, as_json: bool) -> None:
         _emit_json(info)
         return
     state = "locked" if info["locked"] else f"unlocked ({info['expires_in']} s left)"
-    click.echo(f"agent running (pid {info['pid']}), {state}; socket {client.path}")
+    click.echo(
+        f"agent running (pid {info['pid']}), {state}; unknown senders: "
+        f"{info['unknown_senders']}; socket {client.path}"
+    )
 
 
 @agent.command(name="lock")

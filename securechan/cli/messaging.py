@@ -368,15 +368,16 @@ def receive(
     from securechan.cli.agent import running_agent_client
 
     if unknown == "hold":
-        from securechan.agent.homelock import agent_running
+        from securechan.cli.agent import agent_policy
 
-        if agent_running(app.home):
+        if agent_policy(app) == "refuse":
             # The agent's background passes refuse, as they arrive, first
             # messages from senders not pinned: nothing would be left to hold.
+            # Started with `--unknown hold`, they hold them (served below).
             raise UsageError(
-                "--unknown hold is not served by the agent: it receives in the background "
-                "and refuses first messages from senders you have not pinned as they arrive; "
-                "stop it ('securechan agent stop') to hold them"
+                "--unknown hold is not served by this agent: it refuses first messages "
+                "from senders you have not pinned as they arrive; restart it with "
+                "'securechan agent stop' and 'securechan agent start --unknown hold'"
             )
     agent_client = running_agent_client(app)
     if agent_client is not None:  # the agent receives (docs/AGENT.md)

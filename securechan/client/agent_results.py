@@ -154,6 +154,7 @@ def agent_status(obj: dict[str, Any]) -> AgentStatus:
             expires_in=int(o["expires_in"]),
             idle_ttl=float(o["idle_ttl"]),
             max_ttl=float(o["max_ttl"]),
+            unknown_senders=str(o["unknown_senders"]),
             pending=int(o["pending"]),
             channel=None if channel is None else Status.from_mapping(channel),
             relay_errors=None if errors is None else {str(k): str(v) for k, v in errors.items()},

@@ -372,8 +372,10 @@ class StatementExported:
 class AgentStatus:
     """The agent's ``status`` (``securechan agent status --json``): the
     channel's status when unlocked (``None`` when locked), and with ``flush``
-    the relays that did not answer (URL -> why). What
-    ``AgentClient.status()`` returns."""
+    the relays that did not answer (URL -> why); ``unknown_senders``: what
+    its background receiving does with a first message from a sender not
+    pinned (``"refuse"``, or ``"hold"`` when started with ``--unknown
+    hold``). What ``AgentClient.status()`` returns."""
 
     home: str
     pid: int
@@ -381,6 +383,7 @@ class AgentStatus:
     expires_in: int
     idle_ttl: float
     max_ttl: float
+    unknown_senders: str = "refuse"
     pending: int
     channel: Status | None = None
     relay_errors: dict[str, str] | None = None
@@ -392,6 +395,7 @@ class AgentStatus:
         "expires_in",
         "idle_ttl",
         "max_ttl",
+        "unknown_senders",
         "pending",
         "channel",
         "relay_errors",
@@ -406,6 +410,7 @@ class AgentStatus:
             "expires_in": self.expires_in,
             "idle_ttl": self.idle_ttl,
             "max_ttl": self.max_ttl,
+            "unknown_senders": self.unknown_senders,
             "pending": self.pending,
             "channel": None if self.channel is None else self.channel.to_json(),
         }
