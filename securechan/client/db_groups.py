@@ -89,6 +89,11 @@ class GroupRow:
     # The current epoch was opened by a leave (GroupView.quiet): no message
     # until an admin's rekey. Absent in rows written before it (False).
     quiet: bool = False
+    # Bytes the relay holds in the current epoch's stream as far as read
+    # (each item: its blob + 256, as the relay charges it; docs/RELAY.md,
+    # "Group streams"), for the rekey before the stream fills (§20.4).
+    # Absent in rows written before it (0: counted from the next item).
+    stream_bytes: int = 0
 
     def _sealed(self) -> bytes:
         return _pack(
@@ -106,6 +111,7 @@ class GroupRow:
                 "probe": list(self.probe),
                 "probe_stream": self.probe_stream.hex(),
                 "quiet": self.quiet,
+                "stream_bytes": self.stream_bytes,
             }
         )
 
@@ -239,6 +245,7 @@ class GroupTables:
             probe=tuple(d.get("probe", [])),
             probe_stream=bytes.fromhex(d.get("probe_stream", "")),
             quiet=bool(d.get("quiet", False)),
+            stream_bytes=int(d.get("stream_bytes", 0)),
         )
 
     def forget_group(self, group_id: bytes) -> None:
