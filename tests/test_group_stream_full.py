@@ -16,7 +16,8 @@ homes on disk, the library's Channel and the CLI:
 * a stream that is full for good: a non-admin's send is one line saying an
   admin's client moves the group on; the admin's send, whose rekey cannot
   be posted either, exits 3 with one line telling the operator what to
-  raise.
+  raise; once the operator has, the group moves on and its admin's client
+  rotates under what the full stream held.
 
 The budget is set on the admin's ``Groups.rotate_at`` (the library's knob
 for a relay configured below the documented defaults, which the client
@@ -34,7 +35,17 @@ from securechan.client.channel import Channel
 from securechan.client.group_change import ROTATE_AT, StreamBudget
 from securechan.errors import RelayRefused
 from tests.adversary.relay import clean_env, running_relay, securechan_command
-from tests.group_world import NAMES, PASSPHRASE, copy_members, make_pristine, mesh, pump, run, shown
+from tests.group_world import (
+    NAMES,
+    PASSPHRASE,
+    Member,
+    copy_members,
+    make_pristine,
+    mesh,
+    pump,
+    run,
+    shown,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -150,7 +161,7 @@ def test_a_stream_filled_by_a_member_is_rekeyed_by_the_admins_next_run(
         run(go(relay.url))
 
 
-def test_a_full_stream_is_one_line_for_the_member_and_for_the_admin(
+def test_a_full_stream_is_one_line_and_the_group_moves_on_once_the_limit_is_raised(
     pristine: Path, tmp_path: Path
 ) -> None:
     """stream_max_items = 6, the clients' default budget (far above): bravo
@@ -158,8 +169,10 @@ def test_a_full_stream_is_one_line_for_the_member_and_for_the_admin(
     moves the group on. Alpha (the admin) then sends from the command line:
     its client tries to rekey, the full stream refuses the change too, and
     the command exits 3 with one line telling the operator what to raise;
-    nothing hangs. On the base code alpha's line said only that the stream
-    is full."""
+    nothing hangs. The operator raises stream_max_items to 14: alpha's next
+    send goes, its client rekeys at 90% of the 6 items the full stream held,
+    and ten statements later no stream was full. On the base code alpha's
+    line said only that the stream is full."""
     m = copy_members(pristine, tmp_path, NAMES[:2])
 
     async def setup(url: str) -> None:
@@ -200,3 +213,35 @@ def test_a_full_stream_is_one_line_for_the_member_and_for_the_admin(
         assert "the stream is full" in lines[0]
         assert "cannot move to a new epoch" in lines[0]
         assert "stream_max_items" in lines[0] and "operator" in lines[0]
+        # The operator raises the limit and restarts the relay. Alpha's
+        # client kept what the full stream held (6 items): from now on it
+        # rotates at 90% of that, so ten more statements never meet a full
+        # stream (on main's rotation at the defaults the 15th item of
+        # stream 0 was refused again).
+        relay.stop()
+        assert relay.config is not None
+        relay.config.write_text("[limits]\nstream_max_items = 14\n", encoding="utf-8")
+        relay.start()
+        run(_after_the_raise(m))
+
+
+async def _after_the_raise(m: dict[str, Member]) -> None:
+    chs = {n: p.channel() for n, p in m.items()}
+    try:
+        a, b = chs["alpha"], chs["bravo"]
+        assert a.group_client.row("talks").stream_cap[0] == 6
+        said = [f"statement {n}" for n in range(10)]
+        for text in said:
+            await a.send_group("talks", text=text)
+        assert a.group_show("talks").epoch >= 2
+        await pump(chs)
+        await b.send_group("talks", text="bravo again")
+        await pump(chs)
+        for n, ch in chs.items():
+            got = [t for s, t in shown(ch, "talks") if s == "alpha"]
+            assert got == said, n
+            assert shown(ch, "talks")[-1] == ("bravo", "bravo again"), n
+            assert _statuses(ch, "talks") <= {"change", "shown"}, n
+    finally:
+        for ch in chs.values():
+            await ch.close()

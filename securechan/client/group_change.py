@@ -36,6 +36,8 @@ limits) makes an admin's client rekey and send it once more in the new
 epoch (:func:`after_full`); a member who is not an admin gets one line
 saying an admin's client moves the group on; a change the full stream
 refuses gets one line telling the operator to raise the relay's limits.
+Either way the client keeps what the full stream held (``learn_full``)
+and later rotates under 90% of it.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from securechan.client.context import Context
@@ -75,6 +77,7 @@ __all__ = [
     "after_full",
     "audible",
     "last_admin",
+    "learn_full",
     "make_change",
     "rekey_due",
     "stream_full",
@@ -109,6 +112,17 @@ class StreamBudget:
     def reached(self, row: GroupRow) -> bool:
         """Whether the stream of ``row``'s epoch, as far as read, holds it."""
         return row.cursor >= self.items or row.stream_bytes >= self.bytes
+
+    def under(self, cap: tuple[int, int]) -> StreamBudget:
+        """This budget kept at 90% of a stream the relay found full at
+        ``cap`` (items, bytes; (0, 0): none seen), at least one item."""
+        items, size = cap
+        if not items:
+            return self
+        return StreamBudget(
+            items=max(1, min(self.items, items * 9 // 10)),
+            bytes=max(1, min(self.bytes, size * 9 // 10)),
+        )
 
 
 # 90% of the defaults: 10,000 items and 6.4 MiB of room for the change and
@@ -225,6 +239,7 @@ async def _try_change(
     except RelayRefused as e:
         if not stream_full(e):
             raise
+        await learn_full(groups, row)
         # The change goes into the epoch's stream, which is full for good:
         # only the relay's operator can make room (no silent hang).
         raise RelayRefused(
@@ -260,7 +275,7 @@ def _filling(groups: GroupsLike, row: GroupRow) -> bool:
         not row.left
         and row.started
         and not row.quiet
-        and groups.rotate_at.reached(row)
+        and groups.rotate_at.under(row.stream_cap).reached(row)
         and _admin(groups, row)
     )
 
@@ -294,12 +309,32 @@ def _said(e: RelayRefused) -> str:
     return str(e).split("refused the request: ", 1)[-1]
 
 
+async def learn_full(groups: GroupsLike, row: GroupRow) -> None:
+    """Keep what ``row``'s epoch's stream held (read to its end) when the
+    relay refused a post as full: the relay publishes no limits, so later
+    epochs rotate at 90% of it (:meth:`StreamBudget.under`), also after
+    the operator raised the limit (an earlier rotation, never a stuck
+    group). The smallest seen is kept."""
+    with contextlib.suppress(SecurechanError):
+        await groups.reader.sync(row.group_id)
+    db = groups.ctx.db
+    with db.transaction():
+        now = db.group(row.group_id)
+        if now is None or now.epoch != row.epoch or now.cursor == 0:
+            return  # the epoch moved on meanwhile: not that stream's count
+        seen = (now.cursor, now.stream_bytes)
+        old = now.stream_cap
+        cap = seen if not old[0] else (min(old[0], seen[0]), min(old[1], seen[1]))
+        db.put_group(replace(now, stream_cap=cap))
+
+
 async def after_full(groups: GroupsLike, row: GroupRow, e: RelayRefused, *, again: bool) -> None:
     """A message of ``row``'s group refused because its stream is full: an
     admin's client rekeys (the caller sends the message once more, in the
     new epoch); otherwise (not an admin, or already sent again once) the
     refusal is raised as one line saying what moves the group on. A change
     the full stream refuses too raises its own line (:func:`make_change`)."""
+    await learn_full(groups, row)
     if again or not _admin(groups, row):
         raise RelayRefused(
             409,
