@@ -51,6 +51,11 @@ def _secret_row(group_id: bytes, epoch: int, change_hash: bytes) -> bytes:
     return group_id + epoch.to_bytes(8, "big") + change_hash
 
 
+def _cap(value: Any) -> tuple[int, int]:
+    items, size = value
+    return int(items), int(size)
+
+
 def _unpack(data: bytes) -> dict[str, Any]:
     # Sealed under the storage key, so only this client wrote it; read
     # strictly all the same (one JSON reader in the package).
@@ -89,6 +94,15 @@ class GroupRow:
     # The current epoch was opened by a leave (GroupView.quiet): no message
     # until an admin's rekey. Absent in rows written before it (False).
     quiet: bool = False
+    # Bytes the relay holds in the current epoch's stream as far as read
+    # (each item: its blob + 256, as the relay charges it; docs/RELAY.md,
+    # "Group streams"), for the rekey before the stream fills (§20.4).
+    # Absent in rows written before it (0: counted from the next item).
+    stream_bytes: int = 0
+    # (items, bytes) a stream of this group held when the relay refused a
+    # post as full (409 stream_full; the smallest seen), (0, 0) if never:
+    # the rotation budget is kept under it (client/group_change.py).
+    stream_cap: tuple[int, int] = (0, 0)
 
     def _sealed(self) -> bytes:
         return _pack(
@@ -106,6 +120,8 @@ class GroupRow:
                 "probe": list(self.probe),
                 "probe_stream": self.probe_stream.hex(),
                 "quiet": self.quiet,
+                "stream_bytes": self.stream_bytes,
+                "stream_cap": list(self.stream_cap),
             }
         )
 
@@ -239,6 +255,8 @@ class GroupTables:
             probe=tuple(d.get("probe", [])),
             probe_stream=bytes.fromhex(d.get("probe_stream", "")),
             quiet=bool(d.get("quiet", False)),
+            stream_bytes=int(d.get("stream_bytes", 0)),
+            stream_cap=_cap(d.get("stream_cap", [0, 0])),
         )
 
     def forget_group(self, group_id: bytes) -> None:

@@ -67,9 +67,13 @@ from securechan.protocol.group_stream import (
 from securechan.protocol.payload import FileChunk
 from securechan.transport import StreamItem
 
-__all__ = ["STREAM_PAGE", "GroupReader"]
+__all__ = ["ITEM_CHARGE", "STREAM_PAGE", "GroupReader"]
 
 STREAM_PAGE = 200  # stream items fetched at a time (the relay's limit)
+# What the relay charges each stream item beyond its blob (docs/RELAY.md,
+# "Group streams"; relay/storage.STREAM_ITEM_OVERHEAD, not imported: the
+# client does not load the relay).
+ITEM_CHARGE = 256
 
 
 @dataclass(slots=True)
@@ -268,7 +272,12 @@ class GroupReader:
             if current is None or current.cursor != row.cursor or current.epoch != row.epoch:
                 return _Step(row=current or row, entries=entries, stop=True)  # another process
             db.add_transcript(t)
-            new = replace(new, cursor=0 if stop and not new.left else item.position)
+            moved = stop and not new.left  # a new epoch: its stream starts empty
+            new = replace(
+                new,
+                cursor=0 if moved else item.position,
+                stream_bytes=0 if moved else row.stream_bytes + len(item.blob) + ITEM_CHARGE,
+            )
             db.put_group(new)
             if t.status == "shown" or t.status == "equivocation":
                 for d in db.deliveries(row.group_id, record_hash=t.record_hash):

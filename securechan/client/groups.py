@@ -37,11 +37,15 @@ from securechan.client.context import Context
 from securechan.client.db_groups import DeliveryRow, GroupRow
 from securechan.client.group_carriage import entry_id, fan_out, local_name, view_of
 from securechan.client.group_change import (
+    ROTATE_AT,
+    StreamBudget,
     admin_change,
+    after_full,
     audible,
     last_admin,
     make_change,
-    rekey_quiet,
+    rekey_due,
+    stream_full,
 )
 from securechan.client.group_parts import (
     debt_due,
@@ -63,6 +67,7 @@ from securechan.errors import (
     MalformedInput,
     NotFound,
     RelayError,
+    RelayRefused,
     SecurechanError,
     UsageError,
 )
@@ -118,6 +123,10 @@ class Groups:
         ) = None
         self.stashed: list[Received | Rejected | GroupEntry] = []
         self.changing = False  # a change under way (its receive passes do not rekey)
+        # An admin's client rekeys a group once its epoch's stream holds this
+        # (group_change.ROTATE_AT: 90% of the relay's documented defaults); a
+        # library user whose relay is configured lower sets it lower.
+        self.rotate_at: StreamBudget = ROTATE_AT
 
     # --- what we hold -----------------------------------------------------------
 
@@ -319,8 +328,9 @@ class Groups:
 
     async def pay_debts(self) -> None:
         """Send again what could not be queued (see :meth:`_pairwise`);
-        first rekey the groups a leave left quiet (``group_change.rekey_quiet``)."""
-        await rekey_quiet(self)
+        first rekey the groups a leave left quiet or whose stream is filling
+        (``group_change.rekey_due``)."""
+        await rekey_due(self)
         for row in self._ctx.db.groups():
             if not row.owed:
                 continue
@@ -368,6 +378,7 @@ class Groups:
     async def _send_record(self, group: str, kind: int, content: bytes) -> GroupSent:
         ctx, db = self._ctx, self._ctx.db
         me = ctx.identity.fingerprint.digest
+        full_once = False  # sent again once after a rekey for a full stream
         for _ in range(SEND_TRIES):
             row = await audible(self, group)
             view = view_of(row)
@@ -405,7 +416,13 @@ class Groups:
             keys = self._keys(row)
             try:
                 position, log_index = await self.post(row, keys, GroupRecord(message=signed))
-            except RelayError:
+            except RelayError as e:
+                if isinstance(e, RelayRefused) and stream_full(e):
+                    # Not in the stream, for good: an admin's client moves the
+                    # group on and sends once more; else one line says who does.
+                    await after_full(self, row, e, again=full_once)
+                    full_once = True
+                    continue
                 # The record may be in the stream (an answer lost): its content
                 # is owed to the others, sent once a read shows it (pay_debts).
                 others = [m.fingerprint for m in view.state.members if m.fingerprint != me]
@@ -418,6 +435,7 @@ class Groups:
                 got, wait = await self._pairwise(
                     targets, ContentType.GROUP_MESSAGE, delivery.to_bytes(), row.group_id
                 )
+                await rekey_due(self, row.group_id.hex())  # its stream may now be filling
                 return GroupSent(
                     group=row.name,
                     id=entry_id(signed.hash),
